@@ -1,0 +1,383 @@
+//! Typed configuration, resolved once at the edge (STYLE.md §9).
+//!
+//! Every setting has one name, used three ways: a flag `--min-expires`, a
+//! TOML key `min-expires` in the `--config` file, and an environment
+//! variable `RINGMESH_MIN_EXPIRES`. A flag beats the environment, which
+//! beats the file. Unknown file keys are rejected. [`SupernodeArgs::resolve`]
+//! validates everything before any socket is bound and names the key at
+//! fault.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How leaves authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Digest authentication against the subscriber list (realm = domain).
+    Digest,
+    /// An open registrar and proxy for any user of the domain (benchmarks).
+    None,
+}
+
+/// A SIP transport the supernode listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+    /// The token used in Via and the `transport` URI parameter.
+    pub fn via_token(&self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// `udp:HOST:PORT` or `tcp:HOST:PORT` (IPv6 as `[::1]:5060`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        let (t, rest) = s.split_once(':').ok_or_else(|| format!("'{s}' is not udp:HOST:PORT or tcp:HOST:PORT"))?;
+        let transport = match t.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            other => return Err(format!("unknown transport '{other}' in '{s}' (use udp or tcp)")),
+        };
+        let addr: SocketAddr =
+            rest.parse().map_err(|_| format!("'{rest}' in '{s}' is not HOST:PORT with an IP address (IPv6 as [::1]:5060)"))?;
+        Ok(Listen { transport, addr })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport.as_str(), self.addr)
+    }
+}
+
+/// The `ringmesh supernode` flags; each also reads `RINGMESH_<KEY>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SupernodeArgs {
+    /// TOML file with the same keys as the flags (unknown keys are errors).
+    #[arg(long, env = "RINGMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This supernode's name (logs, metrics, admin).
+    #[arg(long, env = "RINGMESH_NAME")]
+    pub name: Option<String>,
+    /// The SIP domain the farm serves (the digest realm).
+    #[arg(long, env = "RINGMESH_DOMAIN")]
+    pub domain: Option<String>,
+    /// Where to listen for SIP: udp:HOST:PORT or tcp:HOST:PORT (repeatable).
+    #[arg(long, env = "RINGMESH_SIP", value_delimiter = ',')]
+    pub sip: Vec<String>,
+    /// Address to put in Via, Record-Route and Contact when it differs from
+    /// the bound one (e.g. the load balancer's).
+    #[arg(long, env = "RINGMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory (state, keys).
+    #[arg(long, env = "RINGMESH_DATA")]
+    pub data: Option<PathBuf>,
+    /// digest (default) or none.
+    #[arg(long, env = "RINGMESH_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Subscriber list (TOML) used by digest auth.
+    #[arg(long, env = "RINGMESH_SUBSCRIBERS")]
+    pub subscribers: Option<PathBuf>,
+    /// Where to serve /metrics, /healthz and /readyz (HOST:PORT).
+    #[arg(long, env = "RINGMESH_METRICS")]
+    pub metrics: Option<String>,
+    /// Shortest registration accepted, seconds (shorter gets 423).
+    #[arg(long, env = "RINGMESH_MIN_EXPIRES")]
+    pub min_expires: Option<u32>,
+    /// Longest registration granted, seconds (longer is clamped).
+    #[arg(long, env = "RINGMESH_MAX_EXPIRES")]
+    pub max_expires: Option<u32>,
+    /// Registration lifetime when the REGISTER names none, seconds.
+    #[arg(long, env = "RINGMESH_DEFAULT_EXPIRES")]
+    pub default_expires: Option<u32>,
+    /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
+    /// Many deployed UAs answer only the first challenge, so MD5 leads by
+    /// default; list sha-256 first where every UA supports RFC 8760.
+    #[arg(long, env = "RINGMESH_DIGEST_ALGORITHMS", value_delimiter = ',')]
+    pub digest_algorithms: Vec<String>,
+    /// How long a digest nonce stays fresh, seconds.
+    #[arg(long, env = "RINGMESH_NONCE_LIFETIME")]
+    pub nonce_lifetime: Option<u64>,
+    /// RFC 3261 timer T1 in milliseconds.
+    #[arg(long, env = "RINGMESH_T1_MS")]
+    pub t1_ms: Option<u64>,
+    /// RFC 3261 timer T2 in milliseconds.
+    #[arg(long, env = "RINGMESH_T2_MS")]
+    pub t2_ms: Option<u64>,
+    /// RFC 3261 timer T4 in milliseconds.
+    #[arg(long, env = "RINGMESH_T4_MS")]
+    pub t4_ms: Option<u64>,
+    /// A TCP peer that sends nothing for this long, or stalls mid-message,
+    /// is disconnected (seconds).
+    #[arg(long, env = "RINGMESH_TCP_IDLE_TIMEOUT")]
+    pub tcp_idle_timeout: Option<u64>,
+    /// A TCP peer that starts a message and does not finish it within this
+    /// many seconds is disconnected.
+    #[arg(long, env = "RINGMESH_TCP_MESSAGE_TIMEOUT")]
+    pub tcp_message_timeout: Option<u64>,
+    /// Most simultaneous TCP connections.
+    #[arg(long, env = "RINGMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or ringmesh=debug.
+    #[arg(long, env = "RINGMESH_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same keys in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    name: Option<String>,
+    domain: Option<String>,
+    sip: Option<Vec<String>>,
+    advertise: Option<String>,
+    data: Option<PathBuf>,
+    auth: Option<AuthMode>,
+    subscribers: Option<PathBuf>,
+    metrics: Option<String>,
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    default_expires: Option<u32>,
+    digest_algorithms: Option<Vec<String>>,
+    nonce_lifetime: Option<u64>,
+    t1_ms: Option<u64>,
+    t2_ms: Option<u64>,
+    t4_ms: Option<u64>,
+    tcp_idle_timeout: Option<u64>,
+    tcp_message_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    log: Option<String>,
+}
+
+/// The validated configuration of one supernode.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub domain: String,
+    pub listen: Vec<Listen>,
+    /// Host put in Via/Record-Route/Contact; `None` = the bound address.
+    pub advertise: Option<String>,
+    pub data: PathBuf,
+    pub auth: AuthMode,
+    pub subscribers: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub digest_algorithms: Vec<ringmesh_sip::digest::Algorithm>,
+    pub nonce_lifetime: Duration,
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub tcp_message_timeout: Duration,
+    pub max_connections: usize,
+    pub log: String,
+}
+
+/// A configuration error that names the key to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {message} (set by --{key}, {env} or `{key}` in the config file)")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub env: String,
+    pub message: String,
+}
+
+fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key, env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")), message: message.into() }
+}
+
+impl SupernodeArgs {
+    /// Merges flags/environment over the file and validates the result.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+        let domain = self.domain.or(file.domain).unwrap_or_else(|| "ringmesh.test".into());
+        if domain.is_empty() || ringmesh_sip::Host::parse(domain.as_bytes()).is_err() {
+            return Err(err("domain", format!("'{domain}' is not a valid host name")));
+        }
+        let sip = if self.sip.is_empty() { file.sip.unwrap_or_default() } else { self.sip };
+        let sip = if sip.is_empty() { vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()] } else { sip };
+        let listen = sip.iter().map(|s| s.parse::<Listen>()).collect::<Result<Vec<_>, _>>().map_err(|m| err("sip", m))?;
+        let advertise = self.advertise.or(file.advertise);
+        if let Some(a) = &advertise {
+            let host = a.trim_start_matches('[').trim_end_matches(']');
+            if host.parse::<IpAddr>().is_err() && ringmesh_sip::Host::parse(a.as_bytes()).is_err() {
+                return Err(err("advertise", format!("'{a}' is not a host name or IP address")));
+            }
+        }
+        let name = self.name.or(file.name).unwrap_or_else(|| "sn0".into());
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(err("name", format!("'{name}' must be letters, digits, '-', '_' or '.'")));
+        }
+        let auth = self.auth.or(file.auth).unwrap_or(AuthMode::Digest);
+        let subscribers = self.subscribers.or(file.subscribers);
+        if auth == AuthMode::Digest && subscribers.is_none() {
+            return Err(err("subscribers", "digest auth needs a subscriber list (or use --auth none)"));
+        }
+        let metrics = match self.metrics.or(file.metrics) {
+            Some(m) => Some(m.parse().map_err(|_| err("metrics", format!("'{m}' is not HOST:PORT with an IP address")))?),
+            None => None,
+        };
+        let min_expires = self.min_expires.or(file.min_expires).unwrap_or(60);
+        let max_expires = self.max_expires.or(file.max_expires).unwrap_or(7200);
+        let default_expires = self.default_expires.or(file.default_expires).unwrap_or(3600);
+        if min_expires == 0 {
+            return Err(err("min-expires", "must be at least 1 second"));
+        }
+        if max_expires < min_expires {
+            return Err(err("max-expires", format!("{max_expires} is below min-expires {min_expires}")));
+        }
+        if !(min_expires..=max_expires).contains(&default_expires) {
+            return Err(err("default-expires", format!("{default_expires} is outside min-expires..max-expires")));
+        }
+        let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(err(key, "must be positive")),
+                n if n > 600_000 => Err(err(key, "is absurdly large (over 10 minutes)")),
+                n => Ok(Duration::from_millis(n)),
+            }
+        };
+        let t1 = ms("t1-ms", self.t1_ms.or(file.t1_ms), 500)?;
+        let t2 = ms("t2-ms", self.t2_ms.or(file.t2_ms), 4000)?;
+        let t4 = ms("t4-ms", self.t4_ms.or(file.t4_ms), 5000)?;
+        if t2 < t1 {
+            return Err(err("t2-ms", "must not be below t1-ms"));
+        }
+        let secs = |key: &'static str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            0 => Err(err(key, "must be positive")),
+            n => Ok(Duration::from_secs(n)),
+        };
+        let algs = if self.digest_algorithms.is_empty() {
+            file.digest_algorithms.unwrap_or_else(|| vec!["md5".into(), "sha-256".into()])
+        } else {
+            self.digest_algorithms
+        };
+        let mut digest_algorithms = Vec::new();
+        for a in &algs {
+            match ringmesh_sip::digest::Algorithm::parse(a.as_bytes()) {
+                Some(alg) if !digest_algorithms.contains(&alg) => digest_algorithms.push(alg),
+                Some(_) => {}
+                None => return Err(err("digest-algorithms", format!("unknown algorithm '{a}' (use md5 or sha-256)"))),
+            }
+        }
+        if digest_algorithms.is_empty() {
+            return Err(err("digest-algorithms", "needs at least one algorithm"));
+        }
+        let nonce_lifetime = secs("nonce-lifetime", self.nonce_lifetime.or(file.nonce_lifetime), 300)?;
+        // Connections carry registrations: keep them as long as a typical
+        // registration unless the peer goes silent for that long.
+        let tcp_idle_timeout = secs("tcp-idle-timeout", self.tcp_idle_timeout.or(file.tcp_idle_timeout), 900)?;
+        let tcp_message_timeout =
+            secs("tcp-message-timeout", self.tcp_message_timeout.or(file.tcp_message_timeout), 10)?;
+        let max_connections = self.max_connections.or(file.max_connections).unwrap_or(100_000);
+        if max_connections == 0 {
+            return Err(err("max-connections", "must be positive"));
+        }
+        let data = self.data.or(file.data).unwrap_or_else(|| PathBuf::from(format!("./ringmesh-data/{name}")));
+        Ok(Config {
+            name,
+            domain: domain.to_ascii_lowercase(),
+            listen,
+            advertise,
+            data,
+            auth,
+            subscribers,
+            metrics,
+            min_expires,
+            max_expires,
+            default_expires,
+            digest_algorithms,
+            nonce_lifetime,
+            t1,
+            t2,
+            t4,
+            tcp_idle_timeout,
+            tcp_message_timeout,
+            max_connections,
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SupernodeArgs {
+        SupernodeArgs { auth: Some(AuthMode::None), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.domain, "ringmesh.test");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.t1, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn listen_forms() {
+        let l: Listen = "udp:[::1]:5070".parse().unwrap();
+        assert_eq!(l.addr, "[::1]:5070".parse().unwrap());
+        assert!("sctp:127.0.0.1:5060".parse::<Listen>().unwrap_err().contains("sctp"));
+        assert!("udp:localhost".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn file_keys_and_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "domain = \"file.example\"\nmin-expires = 30\nname = \"fromfile\"\n").unwrap();
+        let c = SupernodeArgs { config: Some(path.clone()), name: Some("flag".into()), ..args() }.resolve().unwrap();
+        assert_eq!(c.domain, "file.example");
+        assert_eq!(c.min_expires, 30);
+        assert_eq!(c.name, "flag", "a flag beats the file");
+
+        std::fs::write(&path, "domian = \"typo.example\"\n").unwrap();
+        let e = SupernodeArgs { config: Some(path), ..args() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("domian"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = SupernodeArgs { sip: vec!["tcp:nowhere".into()], ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "sip");
+        let e = SupernodeArgs { min_expires: Some(100), max_expires: Some(50), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "max-expires");
+        assert!(e.to_string().contains("RINGMESH_MAX_EXPIRES"));
+        let e = SupernodeArgs { auth: Some(AuthMode::Digest), ..Default::default() }.resolve().unwrap_err();
+        assert_eq!(e.key, "subscribers");
+    }
+}

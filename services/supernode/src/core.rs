@@ -1,0 +1,1058 @@
+//! The SIP core: one task that owns the transaction layer, the registrar
+//! and the proxy, and talks to transports and the location service.
+//!
+//! It follows STYLE.md §3: the task feeds the sans-IO
+//! [`TransactionLayer`], acts on its events (the decisions themselves live
+//! in [`crate::registrar`], [`crate::proxy`] and plain methods here), flushes
+//! what it must send, and sleeps until the next timer or input. Nothing
+//! else touches its state: other tasks reach it over bounded channels.
+//!
+//! Request handling order (RFC 3261 §16.3, then policy):
+//! 1. URI scheme (416), Max-Forwards (483; OPTIONS to us is answered),
+//!    loop detection (482), Proxy-Require (420); a REGISTER whose To is not
+//!    a SIP AOR (400). These come before anything that depends on who asks
+//!    or which domain is addressed.
+//! 2. Route headers that name this node are consumed; a signed flow token
+//!    in one sends the request down that leaf's flow (in-dialog routing).
+//! 3. Requests for a domain the farm does not serve are refused (403): no
+//!    open relay.
+//! 4. Authentication (401 for REGISTER, 407 for out-of-dialog INVITE,
+//!    MESSAGE, SUBSCRIBE), then registrar or proxy.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ringmesh_sip::aor::Aor;
+use ringmesh_sip::transaction::{ClientKey, Event, ServerKey, TransactionKey, TransactionLayer};
+use ringmesh_sip::{Forward, HeaderName, Message, Method, Scheme, Uri, Via};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::{Auth, Verdict};
+use crate::config::{Config, Transport};
+use crate::location::{Binding, Completion, FlowRef, LocationError, LocationOp, LocationService};
+use crate::metrics::Metrics;
+use crate::registrar::{self, RegisterPlan, RegistrarConfig};
+use crate::token::{Dest, FlowToken, TokenKey};
+use crate::transport::{self, Inbound, Shared};
+
+/// Branch prefix of this implementation: cookie, "rm", then the loop hash.
+const BRANCH_PREFIX: &str = "z9hG4bKrm";
+/// Option tags this node supports in Require / Proxy-Require.
+const SUPPORTED: &[&str] = &["outbound", "path"];
+const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK";
+
+/// Wall-clock milliseconds since the UNIX epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// This node's addresses, as it decides "is this URI me?".
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub domain: String,
+    pub advertise: String,
+    pub udp_port: Option<u16>,
+    pub tcp_port: Option<u16>,
+    hosts: Vec<String>,
+    ports: Vec<u16>,
+    pub node_id: [u8; 16],
+}
+
+impl Me {
+    pub fn new(cfg: &Config, node_id: [u8; 16]) -> Me {
+        let first = cfg.listen[0].addr;
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| match first.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        let mut hosts = vec![cfg.domain.to_ascii_lowercase(), advertise.to_ascii_lowercase()];
+        for l in &cfg.listen {
+            let h = match l.addr.ip() {
+                IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let port_of = |t: Transport| cfg.listen.iter().find(|l| l.transport == t).map(|l| l.addr.port());
+        Me {
+            domain: cfg.domain.clone(),
+            udp_port: port_of(Transport::Udp),
+            tcp_port: port_of(Transport::Tcp),
+            ports: cfg.listen.iter().map(|l| l.addr.port()).collect(),
+            advertise,
+            hosts,
+            node_id,
+        }
+    }
+
+    fn is_own_host(&self, host: &[u8]) -> bool {
+        self.hosts.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    /// The domain served, or one of this node's own addresses.
+    pub fn serves(&self, uri: &Uri<'_>) -> bool {
+        let Some(host) = uri.host() else { return false };
+        if host.text.eq_ignore_ascii_case(self.domain.as_bytes()) {
+            return true;
+        }
+        self.is_own_host(host.text) && uri.port().is_none_or(|p| self.ports.contains(&p))
+    }
+
+    /// A URI naming this node itself (a Route or Record-Route of ours).
+    pub fn is_me(&self, uri: &Uri<'_>) -> bool {
+        let Some(host) = uri.host() else { return false };
+        let port = uri.port().unwrap_or(5060);
+        !host.text.eq_ignore_ascii_case(self.domain.as_bytes()) && self.is_own_host(host.text) && self.ports.contains(&port)
+            || host.text.eq_ignore_ascii_case(self.domain.as_bytes()) && uri.user().is_none() && uri.is_loose_route()
+    }
+
+    fn port(&self, t: Transport) -> u16 {
+        match t {
+            Transport::Udp => self.udp_port.or(self.tcp_port),
+            Transport::Tcp => self.tcp_port.or(self.udp_port),
+        }
+        .unwrap_or(5060)
+    }
+
+    /// Whether a Via names this node (sent-by host and port).
+    fn is_my_via(&self, v: &Via<'_>) -> bool {
+        self.is_own_host(v.host().text) && self.ports.contains(&v.port().unwrap_or(5060))
+    }
+}
+
+/// What the proxy keeps per forwarded request (RFC 3261 §16.7 response context).
+#[derive(Debug)]
+struct ProxyCtx {
+    request: Message,
+    branches: Vec<(ClientKey, bool)>,
+    best: Option<Message>,
+    final_sent: bool,
+    cancelled: bool,
+    started: Instant,
+}
+
+/// A request waiting for the location service.
+#[derive(Debug)]
+enum Pending {
+    Register { server: ServerKey, msg: Message, plan: RegisterPlan, started: Instant },
+    Route { server: ServerKey, msg: Message, from: FlowRef, asserted: Option<Bytes> },
+}
+
+pub struct SipCore<L: LocationService> {
+    cfg: Arc<Config>,
+    me: Me,
+    txl: TransactionLayer<Dest>,
+    location: L,
+    auth: Option<Auth>,
+    metrics: Metrics,
+    tokens: TokenKey,
+    shared: Arc<Shared>,
+    udp: Vec<Arc<UdpSocket>>,
+    conns: HashMap<u64, mpsc::Sender<Bytes>>,
+    conn_by_peer: HashMap<SocketAddr, u64>,
+    proxies: HashMap<ServerKey, ProxyCtx>,
+    client_to_server: HashMap<ClientKey, ServerKey>,
+    pending: HashMap<u64, Pending>,
+    cancelled_pending: HashSet<ServerKey>,
+    register_started: HashMap<ServerKey, Instant>,
+    next_token: u64,
+    branch_counter: u64,
+    registrar: RegistrarConfig,
+}
+
+impl<L: LocationService> std::fmt::Debug for SipCore<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipCore").field("me", &self.me).field("transactions", &self.txl.len()).finish()
+    }
+}
+
+impl<L: LocationService> SipCore<L> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Arc<Config>,
+        me: Me,
+        location: L,
+        auth: Option<Auth>,
+        metrics: Metrics,
+        secret: &[u8],
+        shared: Arc<Shared>,
+        udp: Vec<Arc<UdpSocket>>,
+    ) -> SipCore<L> {
+        let timers = ringmesh_sip::transaction::Timers { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4, ..Default::default() };
+        SipCore {
+            registrar: RegistrarConfig {
+                min_expires: cfg.min_expires,
+                max_expires: cfg.max_expires,
+                default_expires: cfg.default_expires,
+            },
+            cfg,
+            me,
+            txl: TransactionLayer::new(timers),
+            location,
+            auth,
+            metrics,
+            tokens: TokenKey::new(secret),
+            shared,
+            udp,
+            conns: HashMap::new(),
+            conn_by_peer: HashMap::new(),
+            proxies: HashMap::new(),
+            client_to_server: HashMap::new(),
+            pending: HashMap::new(),
+            cancelled_pending: HashSet::new(),
+            register_started: HashMap::new(),
+            next_token: 1,
+            branch_counter: rand::random(),
+        }
+    }
+
+    /// Runs until every transport is gone.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let deadline = self.txl.poll_timeout().map(Instant::from_std);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                ev = inbound.recv() => {
+                    let Some(ev) = ev else { return };
+                    let now = Instant::now();
+                    self.on_inbound(ev, now);
+                    // Take what else is queued before flushing: one wake-up
+                    // serves a burst.
+                    let mut n = 0;
+                    while n < 64 {
+                        match inbound.try_recv() {
+                            Ok(ev) => self.on_inbound(ev, now),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => {
+                    self.on_completion(c, Instant::now());
+                }
+                () = sleep => {
+                    self.txl.handle_timeout(Instant::now().into_std());
+                }
+                _ = sweep.tick() => {
+                    self.location.expire(wall_ms());
+                    let (aors, bindings) = self.location.counts();
+                    self.metrics.aors.set(aors as i64);
+                    self.metrics.bindings.with_label_values(&["primary"]).set(bindings as i64);
+                }
+            }
+            self.drive(Instant::now());
+        }
+    }
+
+    /// Handles every event and completion until quiet, then sends.
+    fn drive(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.txl.poll_event() {
+                progressed = true;
+                self.on_event(ev, now);
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            while let Poll::Ready(c) = self.location.poll_complete(&mut cx) {
+                progressed = true;
+                self.on_completion(c, now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        while let Some((dest, bytes)) = self.txl.poll_transmit() {
+            self.send(dest, bytes);
+        }
+        self.metrics.transactions.set(self.txl.len() as i64);
+    }
+
+    fn on_inbound(&mut self, ev: Inbound, now: Instant) {
+        match ev {
+            Inbound::Sip { msg, flow, transport, .. } => {
+                let t = transport.as_str();
+                match msg.status() {
+                    Some(s) => self.metrics.responses_received.with_label_values(&[Metrics::class(s), t]).inc(),
+                    None => self.metrics.requests.with_label_values(&[msg.method().metric_label(), t]).inc(),
+                }
+                self.txl.handle_message(msg, Dest::Flow(flow), transport == Transport::Tcp, now.into_std());
+            }
+            Inbound::ConnOpened { id, peer, tx } => {
+                self.conns.insert(id, tx);
+                self.conn_by_peer.insert(peer, id);
+            }
+            Inbound::ConnClosed { id } => {
+                self.conns.remove(&id);
+                self.conn_by_peer.retain(|_, c| *c != id);
+            }
+        }
+        self.drive(now);
+    }
+
+    // ---- sending ------------------------------------------------------------
+
+    fn send(&mut self, dest: Dest, bytes: Bytes) {
+        match dest {
+            Dest::Flow(FlowRef::Udp { socket, peer }) => {
+                if let Some(s) = self.udp.get(socket as usize) {
+                    let _ = s.try_send_to(&bytes, peer);
+                }
+            }
+            Dest::Flow(FlowRef::Conn { id, peer }) => match self.conns.get(&id) {
+                Some(tx) => {
+                    let _ = tx.try_send(bytes);
+                }
+                // The connection is gone: reach the peer on a new one.
+                None => self.send(Dest::Addr { transport: Transport::Tcp, addr: peer }, bytes),
+            },
+            Dest::Addr { transport: Transport::Udp, addr } => {
+                if let Some(s) = self.udp_socket_for(addr).and_then(|i| self.udp.get(i)) {
+                    let _ = s.try_send_to(&bytes, addr);
+                }
+            }
+            Dest::Addr { transport: Transport::Tcp, addr } => {
+                if let Some(tx) = self.conn_by_peer.get(&addr).and_then(|id| self.conns.get(id)) {
+                    let _ = tx.try_send(bytes);
+                    return;
+                }
+                let id = self.shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(256);
+                let _ = tx.try_send(bytes);
+                self.conns.insert(id, tx.clone());
+                self.conn_by_peer.insert(addr, id);
+                transport::connect(id, addr, tx, rx, self.shared.clone());
+            }
+        }
+    }
+
+    fn udp_socket_for(&self, addr: SocketAddr) -> Option<usize> {
+        self.cfg
+            .listen
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .position(|l| l.addr.is_ipv4() == addr.is_ipv4())
+            .or(if self.udp.is_empty() { None } else { Some(0) })
+    }
+
+    fn to_tag(&self, msg: &Message) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.call_id().hash(&mut h);
+        msg.from_tag().hash(&mut h);
+        self.me.node_id.hash(&mut h);
+        format!("rm{:012x}", h.finish() & 0xffff_ffff_ffff)
+    }
+
+    /// Answers a request in its server transaction.
+    fn respond(&mut self, server: ServerKey, status: u16, bytes: Bytes, transport: Transport, now: Instant) {
+        self.metrics.responses_sent.with_label_values(&[Metrics::class(status), transport.as_str()]).inc();
+        if status >= 200 {
+            if let Some(t0) = self.register_started.remove(&server) {
+                self.metrics.register_latency.observe(now.duration_since(t0).as_secs_f64());
+            }
+        }
+        let _ = self.txl.respond(server, status, bytes, now.into_std());
+    }
+
+    /// Answers locally with `status` and optional extra headers.
+    fn reply(&mut self, server: ServerKey, req: &Message, status: u16, extra: &[(HeaderName, &[u8])], now: Instant) {
+        let tag = self.to_tag(req);
+        let mut w = req.response_writer(status, Some(tag.as_bytes()));
+        for (n, v) in extra {
+            w.header(*n, v);
+        }
+        if status >= 300 {
+            w.header(HeaderName::Server, b"ringmesh");
+        }
+        let transport = transport_of(req);
+        self.respond(server, status, w.finish(b""), transport, now);
+    }
+
+    // ---- transaction events ---------------------------------------------------
+
+    fn on_event(&mut self, ev: Event<Dest>, now: Instant) {
+        match ev {
+            Event::Request { server, msg, from } => {
+                let Dest::Flow(flow) = from else { return };
+                self.on_request(server, msg, flow, now);
+            }
+            Event::Ack { msg, from } => {
+                if let Dest::Flow(flow) = from {
+                    self.forward_ack(msg, flow);
+                }
+            }
+            Event::Cancel { server, invite, msg, .. } => self.on_cancel(server, invite, &msg, now),
+            Event::Response { client, msg } => self.on_response(client, msg, now),
+            Event::StrayResponse { msg } => self.forward_stray_response(msg),
+            Event::Timeout { client } | Event::TransportError { client } => self.on_branch_failed(client, now),
+            Event::TimerC { client } => {
+                let _ = self.txl.cancel(client, now.into_std());
+            }
+            Event::ServerTimeout { .. } => {}
+            Event::Terminated(TransactionKey::Client(c)) => {
+                self.client_to_server.remove(&c);
+            }
+            Event::Terminated(TransactionKey::Server(s)) => {
+                if let Some(ctx) = self.proxies.remove(&s) {
+                    for (c, _) in ctx.branches {
+                        self.client_to_server.remove(&c);
+                    }
+                    if ctx.request.method() == &Method::Invite {
+                        self.metrics.calls_active.dec();
+                    }
+                }
+                self.cancelled_pending.remove(&s);
+                self.register_started.remove(&s);
+            }
+        }
+    }
+
+    fn on_request(&mut self, server: ServerKey, msg: Message, flow: FlowRef, now: Instant) {
+        // 1. Checks that depend on nothing but the message (§16.3).
+        let Some(ruri) = msg.request_uri() else { return };
+        if !matches!(ruri.scheme(), Scheme::Sip | Scheme::Sips | Scheme::Tel) {
+            return self.reply(server, &msg, 416, &[], now);
+        }
+        let to_self = ruri.user().is_none() && self.me.serves(&ruri);
+        if msg.max_forwards() == Some(0) {
+            if *msg.method() == Method::Options && to_self {
+                return self.answer_options(server, &msg, now);
+            }
+            return self.reply(server, &msg, 483, &[], now);
+        }
+        if self.is_loop(&msg) {
+            return self.reply(server, &msg, 482, &[], now);
+        }
+        let unsupported: Vec<&[u8]> = msg
+            .header_values(HeaderName::ProxyRequire)
+            .filter(|t| !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)))
+            .collect();
+        if !unsupported.is_empty() {
+            let list = unsupported.join(&b", "[..]);
+            return self.reply(server, &msg, 420, &[(HeaderName::Unsupported, &list)], now);
+        }
+        if *msg.method() == Method::Register && !matches!(msg.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips) {
+            return self.reply(server, &msg, 400, &[(HeaderName::Warning, b"399 ringmesh \"To is not a SIP AOR\"")], now);
+        }
+
+        // 2. Routes that name this node.
+        let (popped, toward) = self.consume_routes(&msg, flow);
+        if let Some(dest) = toward {
+            return self.proxy_to(server, msg, flow, vec![(None, dest)], popped, None, now);
+        }
+        if popped < msg.routes().count() {
+            // A further hop named by Route: only the farm's own nodes would
+            // be acceptable, and a one-node farm has none.
+            return self.reply(server, &msg, 403, &[(HeaderName::Warning, b"399 ringmesh \"will not relay\"")], now);
+        }
+
+        // 3. No open relay.
+        let in_dialog = msg.to_tag().is_some();
+        if !self.me.serves(&ruri) {
+            return self.reply(server, &msg, 403, &[(HeaderName::Warning, b"399 ringmesh \"domain not served here\"")], now);
+        }
+        if *msg.method() == Method::Register {
+            return self.on_register(server, msg, flow, now);
+        }
+        if to_self {
+            return match msg.method() {
+                Method::Options => self.answer_options(server, &msg, now),
+                _ => self.reply(server, &msg, 404, &[], now),
+            };
+        }
+        if in_dialog && popped == 0 {
+            // An in-dialog request that does not come through our
+            // Record-Route: we hold no dialog it could belong to.
+            return self.reply(server, &msg, 481, &[], now);
+        }
+
+        // 4. Authentication of out-of-dialog requests from leaves.
+        let mut asserted = None;
+        if let Some(auth) = &self.auth {
+            if matches!(msg.method(), Method::Invite | Method::Message | Method::Subscribe) && !in_dialog {
+                match auth.verify(&msg, true, now_secs(), |u| self.me.serves(u)) {
+                    Verdict::Authenticated(user) => {
+                        asserted = Some(Bytes::from(format!("<sip:{user}@{}>", self.me.domain)));
+                    }
+                    Verdict::Challenge { stale, reason } => {
+                        self.metrics.auth_failures.with_label_values(&[reason]).inc();
+                        let resp = auth.challenge(&msg, true, stale, now_secs(), self.to_tag(&msg).as_bytes());
+                        return self.respond(server, 407, resp, transport_of(&msg), now);
+                    }
+                }
+            }
+        }
+        if *msg.method() == Method::Invite {
+            let tag = self.to_tag(&msg);
+            let trying = msg.response_writer(100, Some(tag.as_bytes())).finish(b"");
+            self.respond(server, 100, trying, transport_of(&msg), now);
+        }
+        let Ok(aor) = Aor::from_uri(&ruri) else {
+            return self.reply(server, &msg, 404, &[], now);
+        };
+        let token = self.token();
+        self.pending.insert(token, Pending::Route { server, msg, from: flow, asserted });
+        self.location.submit(LocationOp::Lookup { aor, now_ms: wall_ms() }, token);
+    }
+
+    fn answer_options(&mut self, server: ServerKey, msg: &Message, now: Instant) {
+        self.reply(
+            server,
+            msg,
+            200,
+            &[
+                (HeaderName::Allow, ALLOW),
+                (HeaderName::Accept, b"application/sdp"),
+                (HeaderName::Supported, b"outbound, path"),
+            ],
+            now,
+        );
+    }
+
+    fn on_register(&mut self, server: ServerKey, msg: Message, flow: FlowRef, now: Instant) {
+        self.register_started.insert(server, now);
+        let unsupported: Vec<&[u8]> = msg
+            .header_values(HeaderName::Require)
+            .filter(|t| !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)))
+            .collect();
+        if !unsupported.is_empty() {
+            let list = unsupported.join(&b", "[..]);
+            self.metrics.registrations.with_label_values(&["rejected"]).inc();
+            return self.reply(server, &msg, 420, &[(HeaderName::Unsupported, &list)], now);
+        }
+        let Ok(aor) = Aor::from_uri(msg.to_hdr().uri()) else {
+            return self.reply(server, &msg, 400, &[], now);
+        };
+        if let Some(auth) = &self.auth {
+            match auth.verify(&msg, false, now_secs(), |u| self.me.serves(u)) {
+                Verdict::Authenticated(user) => {
+                    // The authenticated user may register only its own AOR.
+                    if aor.user() != Some(user.as_bytes()) || aor.host() != Some(self.me.domain.as_bytes()) {
+                        self.metrics.auth_failures.with_label_values(&["forbidden_identity"]).inc();
+                        self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                        return self.reply(
+                            server,
+                            &msg,
+                            403,
+                            &[(HeaderName::Warning, b"399 ringmesh \"not your address-of-record\"")],
+                            now,
+                        );
+                    }
+                }
+                Verdict::Challenge { stale, reason } => {
+                    if reason != "no_credentials" {
+                        self.metrics.auth_failures.with_label_values(&[reason]).inc();
+                    }
+                    self.metrics.registrations.with_label_values(&["challenged"]).inc();
+                    let resp = auth.challenge(&msg, false, stale, now_secs(), self.to_tag(&msg).as_bytes());
+                    return self.respond(server, 401, resp, transport_of(&msg), now);
+                }
+            }
+        }
+        let transport = transport_of(&msg);
+        let now_ms = wall_ms();
+        let plan = match registrar::plan(&msg, &self.registrar, flow, transport, now_ms, now_ms << 16) {
+            Ok(p) => p,
+            Err(rej) => {
+                self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                let resp = registrar::reject_response(&msg, &rej, self.to_tag(&msg).as_bytes());
+                return self.respond(server, rej.status, resp, transport, now);
+            }
+        };
+        let token = self.token();
+        self.location.submit(LocationOp::Register { aor, plan: plan.clone(), now_ms }, token);
+        self.pending.insert(token, Pending::Register { server, msg, plan, started: now });
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn on_completion(&mut self, (token, result): Completion, now: Instant) {
+        match self.pending.remove(&token) {
+            Some(Pending::Register { server, msg, plan, started }) => {
+                let _ = started;
+                let transport = transport_of(&msg);
+                match result {
+                    Ok(bindings) => {
+                        self.metrics.registrations.with_label_values(&["ok"]).inc();
+                        let resp = registrar::ok_response(&msg, &bindings, &plan, wall_ms(), self.to_tag(&msg).as_bytes());
+                        self.respond(server, 200, resp, transport, now);
+                    }
+                    Err(LocationError::Registrar(e)) => {
+                        self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                        let warn = format!("399 ringmesh \"{e}\"");
+                        self.reply(server, &msg, e.status(), &[(HeaderName::Warning, warn.as_bytes())], now);
+                    }
+                    Err(LocationError::Unavailable(why)) => {
+                        self.metrics.registrations.with_label_values(&["failed"]).inc();
+                        tracing::warn!(%why, "registration not stored");
+                        self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                    }
+                }
+            }
+            Some(Pending::Route { server, msg, from, asserted }) => {
+                if self.cancelled_pending.remove(&server) {
+                    return self.reply(server, &msg, 487, &[], now);
+                }
+                match result {
+                    Ok(bindings) => self.route_to_bindings(server, msg, from, bindings, asserted, now),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "location lookup failed");
+                        self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn route_to_bindings(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        from: FlowRef,
+        bindings: Vec<Binding>,
+        asserted: Option<Bytes>,
+        now: Instant,
+    ) {
+        let targets: Vec<(Option<Bytes>, Dest)> =
+            bindings.iter().filter_map(|b| self.binding_dest(b).map(|d| (Some(b.contact.clone()), d))).collect();
+        if targets.is_empty() {
+            // Known but not reachable now (480), or unknown (404). Without a
+            // subscriber list (auth none) we cannot tell who exists.
+            let known = self
+                .auth
+                .as_ref()
+                .zip(msg.request_uri().and_then(|u| u.user()))
+                .is_some_and(|(a, u)| a.knows(&ringmesh_sip::scan::unescape(u)));
+            let status = if known || !bindings.is_empty() { 480 } else { 404 };
+            return self.reply(server, &msg, status, &[], now);
+        }
+        self.proxy_to(server, msg, from, targets, 0, asserted, now);
+    }
+
+    /// How this edge reaches a binding (issue: the SIP core's routing rule):
+    /// down its flow when it registered over a connection or with RFC 5626
+    /// outbound; else to its Contact, or to the packet source when the
+    /// Contact names a private address other than that source (NAT).
+    fn binding_dest(&self, b: &Binding) -> Option<Dest> {
+        if b.use_flow() {
+            match b.flow {
+                FlowRef::Conn { id, .. } if self.conns.contains_key(&id) => return Some(Dest::Flow(b.flow)),
+                FlowRef::Udp { .. } if b.reg_id.is_some() => return Some(Dest::Flow(b.flow)),
+                // An outbound flow that failed is not replaced by the
+                // Contact (RFC 5626 §5.3): the UA will re-register.
+                _ if b.reg_id.is_some() => return None,
+                _ => {}
+            }
+        }
+        let uri = Uri::parse(&b.contact).ok()?;
+        if !uri.is_sip_or_sips() {
+            return None;
+        }
+        let transport = match uri.transport() {
+            Some(t) if t.eq_ignore_ascii_case(b"tcp") || t.eq_ignore_ascii_case(b"tls") => Transport::Tcp,
+            _ => b.transport,
+        };
+        let source = b.flow.peer();
+        let addr = match uri.host().and_then(|h| h.ip()) {
+            Some(ip) if is_private(ip) && ip != source.ip() => source,
+            Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+            // A host name: this edge does not resolve leaf names; the
+            // registration's source is where the leaf was last seen.
+            None => source,
+        };
+        if transport == Transport::Tcp {
+            if let FlowRef::Conn { id, peer } = b.flow {
+                if self.conns.contains_key(&id) && peer == addr {
+                    return Some(Dest::Flow(b.flow));
+                }
+            }
+        }
+        Some(Dest::Addr { transport, addr })
+    }
+
+    /// Consumes the Route values that name this node. Returns how many, and
+    /// the flow to send on when a signed token says the request is heading
+    /// to a leaf this node serves.
+    fn consume_routes(&self, msg: &Message, from: FlowRef) -> (usize, Option<Dest>) {
+        let mut popped = 0;
+        for r in msg.routes() {
+            if !self.me.is_me(r.uri()) {
+                break;
+            }
+            popped += 1;
+            let Some(tok) = r.uri().user().and_then(|u| self.tokens.decode(u)) else { continue };
+            if tok.node != self.me.node_id {
+                continue;
+            }
+            let from_that_leaf = match tok.dest {
+                Dest::Flow(f) => f == from || f.peer() == from.peer(),
+                Dest::Addr { addr, .. } => addr == from.peer(),
+            };
+            if !from_that_leaf {
+                return (popped, Some(tok.dest));
+            }
+        }
+        (popped, None)
+    }
+
+    /// Forwards `msg` to every target in parallel (§16.6, §16.7).
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_to(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        from: FlowRef,
+        targets: Vec<(Option<Bytes>, Dest)>,
+        pop_routes: usize,
+        asserted: Option<Bytes>,
+        now: Instant,
+    ) {
+        let in_transport = transport_of(&msg);
+        let loop_hash = loop_hash(&msg);
+        let record_route = matches!(msg.method(), Method::Invite | Method::Subscribe | Method::Refer)
+            && msg.to_tag().is_none();
+        let top_via = rewrite_top_via(&msg.top_via(), from);
+        let privacy_id = msg.header(HeaderName::Privacy).is_some_and(|p| {
+            p.split(|&c| c == b';').any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
+        });
+        let mut strip = vec![HeaderName::PAssertedIdentity];
+        if self.auth.is_some() {
+            strip.push(HeaderName::ProxyAuthorization);
+        }
+        let max_forwards = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
+        let mut branches = Vec::with_capacity(targets.len());
+        for (uri, dest) in targets {
+            self.branch_counter = self.branch_counter.wrapping_add(1);
+            let t = dest.transport();
+            let branch = format!("{BRANCH_PREFIX}{loop_hash:08x}.{:x}", self.branch_counter);
+            let via = format!("SIP/2.0/{} {}:{};branch={branch}", t.via_token(), self.me.advertise, self.me.port(t));
+            let rr = record_route.then(|| {
+                let callee = self.rr_uri(dest, t);
+                let caller = self.rr_uri(Dest::Flow(from), in_transport);
+                format!("{callee}, {caller}")
+            });
+            let mut w = msg.forward_writer(&Forward {
+                request_uri: uri.as_deref(),
+                via: via.as_bytes(),
+                top_via: top_via.as_deref(),
+                record_route: rr.as_deref().map(str::as_bytes),
+                pop_routes,
+                max_forwards,
+                strip: &strip,
+            });
+            if let Some(a) = asserted.as_deref().filter(|_| !privacy_id) {
+                w.header(HeaderName::PAssertedIdentity, a);
+            }
+            let out = w.finish(msg.body());
+            let Ok(parsed) = Message::parse(out) else {
+                tracing::error!("forwarded request failed to re-parse");
+                continue;
+            };
+            match self.txl.send_request(parsed, dest, t == Transport::Tcp, now.into_std()) {
+                Ok(client) => {
+                    self.client_to_server.insert(client, server);
+                    branches.push((client, false));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not start a client transaction"),
+            }
+        }
+        if branches.is_empty() {
+            return self.reply(server, &msg, 500, &[], now);
+        }
+        self.metrics.forwarded.with_label_values(&[msg.method().metric_label()]).inc();
+        if *msg.method() == Method::Invite {
+            self.metrics.calls_active.inc();
+        }
+        self.proxies.insert(
+            server,
+            ProxyCtx { request: msg, branches, best: None, final_sent: false, cancelled: false, started: now },
+        );
+    }
+
+    /// A Record-Route URI of this node carrying a flow token for `dest`.
+    fn rr_uri(&self, dest: Dest, t: Transport) -> String {
+        let token = self.tokens.encode(&FlowToken { node: self.me.node_id, dest });
+        let tp = if t == Transport::Tcp { ";transport=tcp" } else { "" };
+        format!("<sip:{token}@{}:{}{tp};lr>", self.me.advertise, self.me.port(t))
+    }
+
+    fn is_loop(&self, msg: &Message) -> bool {
+        let mut ours = msg.vias().filter(|v| self.me.is_my_via(v)).peekable();
+        if ours.peek().is_none() {
+            return false;
+        }
+        let want = format!("{BRANCH_PREFIX}{:08x}.", loop_hash(msg));
+        ours.any(|v| v.branch().is_some_and(|b| b.starts_with(want.as_bytes())))
+    }
+
+    // ---- responses and cancellation ------------------------------------------
+
+    fn on_response(&mut self, client: ClientKey, msg: Message, now: Instant) {
+        let Some(&server) = self.client_to_server.get(&client) else { return };
+        let Some(status) = msg.status() else { return };
+        if status == 100 {
+            return;
+        }
+        let Some(ctx) = self.proxies.get_mut(&server) else { return };
+        let transport = transport_of(&ctx.request);
+        if status < 200 {
+            if !ctx.final_sent {
+                let out = msg.forward_response(&[]).finish(msg.body());
+                self.respond(server, status, out, transport, now);
+            }
+            return;
+        }
+        if let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client) {
+            b.1 = true;
+        }
+        if status < 300 {
+            let first = !ctx.final_sent;
+            ctx.final_sent = true;
+            let is_invite = *ctx.request.method() == Method::Invite;
+            let started = ctx.started;
+            let others: Vec<ClientKey> = ctx.branches.iter().filter(|(c, done)| *c != client && !done).map(|(c, _)| *c).collect();
+            let out = msg.forward_response(&[]).finish(msg.body());
+            self.respond(server, status, out, transport, now);
+            if first && is_invite {
+                self.metrics.call_setup.observe(now.duration_since(started).as_secs_f64());
+                for c in others {
+                    let _ = self.txl.cancel(c, now.into_std());
+                }
+            }
+            return;
+        }
+        // 3xx–6xx: keep the best, answer when every branch is done.
+        let better = ctx.best.as_ref().is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
+        if better {
+            ctx.best = Some(msg);
+        }
+        if (600..700).contains(&status) && *ctx.request.method() == Method::Invite {
+            let others: Vec<ClientKey> = ctx.branches.iter().filter(|(_, done)| !done).map(|(c, _)| *c).collect();
+            for c in others {
+                let _ = self.txl.cancel(c, now.into_std());
+            }
+        }
+        self.maybe_finish(server, now);
+    }
+
+    fn on_branch_failed(&mut self, client: ClientKey, now: Instant) {
+        let Some(&server) = self.client_to_server.get(&client) else { return };
+        if let Some(ctx) = self.proxies.get_mut(&server) {
+            if let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client) {
+                b.1 = true;
+            }
+        }
+        self.maybe_finish(server, now);
+    }
+
+    /// Sends the best final response once no branch is pending (§16.7 step 6).
+    fn maybe_finish(&mut self, server: ServerKey, now: Instant) {
+        let Some(ctx) = self.proxies.get_mut(&server) else { return };
+        if ctx.final_sent || ctx.branches.iter().any(|(_, done)| !done) {
+            return;
+        }
+        ctx.final_sent = true;
+        let transport = transport_of(&ctx.request);
+        let started = ctx.started;
+        let is_invite = *ctx.request.method() == Method::Invite;
+        match ctx.best.take() {
+            Some(best) => {
+                let status = best.status().unwrap_or(500);
+                // A 503 from downstream means "that hop is overloaded", not
+                // "this proxy is": pass on 500 instead (§16.7 step 6).
+                let status = if status == 503 { 500 } else { status };
+                let out = if status == best.status().unwrap_or(500) {
+                    best.forward_response(&[]).finish(best.body())
+                } else {
+                    let req = ctx.request.clone();
+                    let tag = self.to_tag(&req);
+                    req.response_writer(status, Some(tag.as_bytes())).finish(b"")
+                };
+                self.respond(server, status, out, transport, now);
+            }
+            None => {
+                let req = ctx.request.clone();
+                let status = if ctx.cancelled { 487 } else { 408 };
+                self.reply(server, &req, status, &[], now);
+            }
+        }
+        if is_invite {
+            self.metrics.call_setup.observe(now.duration_since(started).as_secs_f64());
+        }
+    }
+
+    fn on_cancel(&mut self, server: ServerKey, invite: Option<ServerKey>, msg: &Message, now: Instant) {
+        let Some(invite) = invite else {
+            return self.reply(server, msg, 481, &[], now);
+        };
+        self.reply(server, msg, 200, &[], now);
+        match self.proxies.get_mut(&invite) {
+            Some(ctx) if !ctx.final_sent => {
+                ctx.cancelled = true;
+                let pending: Vec<ClientKey> = ctx.branches.iter().filter(|(_, d)| !d).map(|(c, _)| *c).collect();
+                for c in pending {
+                    let _ = self.txl.cancel(c, now.into_std());
+                }
+            }
+            Some(_) => {}
+            // Still looking the callee up: answer 487 when the lookup ends.
+            // Otherwise the INVITE was already answered.
+            None => {
+                if self.pending.values().any(|p| matches!(p, Pending::Route { server, .. } if *server == invite)) {
+                    self.cancelled_pending.insert(invite);
+                }
+            }
+        }
+    }
+
+    // ---- stateless forwarding -----------------------------------------------
+
+    /// ACK for a 2xx: its own transaction, forwarded statelessly along the
+    /// route set (our Record-Route tokens).
+    fn forward_ack(&mut self, msg: Message, from: FlowRef) {
+        let (popped, toward) = self.consume_routes(&msg, from);
+        let Some(dest) = toward else { return };
+        let t = dest.transport();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.branch().hash(&mut h);
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={BRANCH_PREFIX}{:08x}.s{:x}",
+            t.via_token(),
+            self.me.advertise,
+            self.me.port(t),
+            loop_hash(&msg),
+            h.finish()
+        );
+        let top_via = rewrite_top_via(&msg.top_via(), from);
+        let out = msg
+            .forward_writer(&Forward {
+                request_uri: None,
+                via: via.as_bytes(),
+                top_via: top_via.as_deref(),
+                record_route: None,
+                pop_routes: popped,
+                max_forwards: msg.max_forwards().map_or(70, |m| m.saturating_sub(1)),
+                strip: &[HeaderName::ProxyAuthorization],
+            })
+            .finish(msg.body());
+        self.send(dest, out);
+    }
+
+    /// A response with no client transaction (e.g. a 2xx retransmission
+    /// after ours ended): pop our Via and send it on per the next one.
+    fn forward_stray_response(&mut self, msg: Message) {
+        if !self.me.is_my_via(&msg.top_via()) {
+            return;
+        }
+        let Some(next) = msg.vias().nth(1) else { return };
+        let host_ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse::<IpAddr>().ok()).or(next.host().ip());
+        let Some(ip) = host_ip else { return };
+        let port = next.rport().flatten().or(next.port()).unwrap_or(5060);
+        let addr = SocketAddr::new(ip, port);
+        if is_broadcast(ip) {
+            return; // RFC 4475 bcast: never send to a broadcast address
+        }
+        let transport = if next.transport().eq_ignore_ascii_case(b"TCP") { Transport::Tcp } else { Transport::Udp };
+        let out = msg.forward_response(&[]).finish(msg.body());
+        self.send(Dest::Addr { transport, addr }, out);
+    }
+}
+
+fn now_secs() -> u64 {
+    wall_ms() / 1000
+}
+
+/// The transport a message arrived on, from its top Via.
+fn transport_of(msg: &Message) -> Transport {
+    if msg.top_via().transport().eq_ignore_ascii_case(b"TCP") { Transport::Tcp } else { Transport::Udp }
+}
+
+/// Rank of a final response for §16.7 step 6: lower is better.
+fn rank(status: u16) -> u16 {
+    match status {
+        600..=699 => 0,
+        300..=399 => 1,
+        401 | 407 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// RFC 3261 §16.6 step 8 / §16.3 step 4: a hash of what identifies the
+/// request as received, so a copy that comes back unchanged is a loop.
+fn loop_hash(msg: &Message) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.request_uri_bytes().hash(&mut h);
+    msg.from_tag().hash(&mut h);
+    msg.to_tag().hash(&mut h);
+    msg.call_id().hash(&mut h);
+    msg.cseq().hash(&mut h);
+    msg.header(HeaderName::ProxyRequire).hash(&mut h);
+    msg.header(HeaderName::ProxyAuthorization).hash(&mut h);
+    msg.header(HeaderName::Route).hash(&mut h);
+    h.finish() as u32
+}
+
+/// The received top Via with `received` and `rport` filled in
+/// (RFC 3261 §18.2.1, RFC 3581 §4), or `None` when nothing changes.
+fn rewrite_top_via(via: &Via<'_>, from: FlowRef) -> Option<Vec<u8>> {
+    let src = from.peer();
+    let needs_received = via.host().ip() != Some(src.ip());
+    let wants_rport = via.rport() == Some(None);
+    if !needs_received && !wants_rport {
+        return None;
+    }
+    let raw = via.as_bytes();
+    let params = via.params_raw();
+    let head = &raw[..raw.len() - params.len()];
+    let mut out = Vec::with_capacity(raw.len() + 40);
+    out.extend_from_slice(head);
+    for p in via.params() {
+        if p.name.eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(p.name);
+        if p.name.eq_ignore_ascii_case(b"rport") {
+            out.extend_from_slice(format!("={}", src.port()).as_bytes());
+        } else if let Some(v) = p.value {
+            out.push(b'=');
+            out.extend_from_slice(v);
+        }
+    }
+    out.extend_from_slice(format!(";received={}", src.ip()).as_bytes());
+    Some(out)
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
+    }
+}

@@ -1,0 +1,210 @@
+//! The location service: where each address-of-record can be reached.
+//!
+//! Registrar and proxy talk to it only through [`LocationService`], so the
+//! farm can swap the node-local [`LocalStore`] for the replicated overlay
+//! store without touching them. Operations are submitted and complete
+//! later ([`LocationService::poll_complete`]): the local store completes at
+//! once, the overlay store after a quorum of replicas answered.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use ringmesh_sip::aor::Aor;
+
+use crate::config::Transport;
+use crate::registrar::{self, RegisterPlan, RegistrarError};
+
+/// How a binding's edge supernode reaches the leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlowRef {
+    /// UDP: the local socket index and the leaf's address.
+    Udp { socket: u16, peer: SocketAddr },
+    /// A TCP (later TLS/WS) connection accepted or opened by the edge.
+    Conn { id: u64, peer: SocketAddr },
+}
+
+impl FlowRef {
+    pub fn peer(&self) -> SocketAddr {
+        match self {
+            FlowRef::Udp { peer, .. } | FlowRef::Conn { peer, .. } => *peer,
+        }
+    }
+}
+
+/// One registered contact of an AOR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI as registered (without `<>` and header parameters).
+    pub contact: Bytes,
+    /// `+sip.instance` (RFC 5626), unquoted.
+    pub instance: Option<Bytes>,
+    /// `reg-id` (RFC 5626): the registration asked for outbound routing.
+    pub reg_id: Option<u32>,
+    /// q-value in thousandths; `None` when the contact named none.
+    pub q: Option<u16>,
+    /// Absolute expiry, milliseconds since the UNIX epoch.
+    pub expires_at_ms: u64,
+    /// Call-ID and CSeq of the REGISTER that wrote it (RFC 3261 §10.3 step 7).
+    pub call_id: Bytes,
+    pub cseq: u32,
+    /// The flow the REGISTER arrived on, and where it came from.
+    pub flow: FlowRef,
+    pub transport: Transport,
+    /// Hybrid logical clock stamp of the write (merge order in the overlay).
+    pub hlc: u64,
+}
+
+impl Binding {
+    /// Identity of a binding within its AOR: instance + reg-id when the UA
+    /// uses RFC 5626, else the contact URI (RFC 3261 §10.3 step 7).
+    pub fn key(&self) -> BindingKey {
+        binding_key(self.instance.as_deref(), self.reg_id, &self.contact)
+    }
+    /// Seconds left, rounded up.
+    pub fn remaining_secs(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms.saturating_sub(now_ms).div_ceil(1000)
+    }
+    /// True when the binding asked that requests reach it over its flow:
+    /// RFC 5626 outbound, or registered over a connection.
+    pub fn use_flow(&self) -> bool {
+        self.reg_id.is_some() || matches!(self.flow, FlowRef::Conn { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BindingKey {
+    Instance(Bytes, u32),
+    Contact(Bytes),
+}
+
+pub fn binding_key(instance: Option<&[u8]>, reg_id: Option<u32>, contact: &[u8]) -> BindingKey {
+    match instance {
+        Some(i) => BindingKey::Instance(Bytes::copy_from_slice(i), reg_id.unwrap_or(0)),
+        None => BindingKey::Contact(Bytes::copy_from_slice(&normalize_contact(contact))),
+    }
+}
+
+/// Contact URIs compare with scheme and host case-insensitive (a pragmatic
+/// subset of RFC 3261 §19.1.4 that refreshes from real UAs satisfy).
+fn normalize_contact(contact: &[u8]) -> Vec<u8> {
+    match ringmesh_sip::Uri::parse(contact) {
+        Ok(u) => {
+            let mut out = Vec::with_capacity(contact.len());
+            out.extend(u.scheme_text().iter().map(u8::to_ascii_lowercase));
+            out.push(b':');
+            if let Some(user) = u.user() {
+                out.extend_from_slice(user);
+                out.push(b'@');
+            }
+            if let Some(h) = u.host() {
+                out.extend(h.text.iter().map(u8::to_ascii_lowercase));
+            }
+            if let Some(p) = u.port() {
+                out.extend_from_slice(format!(":{p}").as_bytes());
+            }
+            out.extend_from_slice(u.params_raw());
+            out
+        }
+        Err(_) => contact.to_vec(),
+    }
+}
+
+/// What a location operation asks for.
+#[derive(Debug, Clone)]
+pub enum LocationOp {
+    /// Apply a REGISTER; completes with every current binding.
+    Register { aor: Aor, plan: RegisterPlan, now_ms: u64 },
+    /// Read the live bindings of an AOR.
+    Lookup { aor: Aor, now_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error(transparent)]
+    Registrar(#[from] RegistrarError),
+    /// The write could not reach a quorum of replicas (answer 503).
+    #[error("location store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A finished operation: the token it was submitted with and its outcome.
+pub type Completion = (u64, Result<Vec<Binding>, LocationError>);
+
+/// The location service as registrar and proxy see it.
+pub trait LocationService: Send + 'static {
+    fn submit(&mut self, op: LocationOp, token: u64);
+    /// The next finished operation. The local store finishes during
+    /// `submit`; remote stores wake the task when an answer arrives.
+    fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<Completion>;
+    /// Drops expired bindings; called periodically.
+    fn expire(&mut self, now_ms: u64);
+    /// (AORs, bindings) held, for metrics.
+    fn counts(&self) -> (usize, usize);
+}
+
+/// Node-local bindings: the whole location service of a one-node farm.
+#[derive(Debug, Default)]
+pub struct LocalStore {
+    aors: HashMap<Aor, Vec<Binding>>,
+    bindings: usize,
+    done: VecDeque<Completion>,
+}
+
+impl LocalStore {
+    pub fn new() -> LocalStore {
+        LocalStore::default()
+    }
+
+    fn live(list: &[Binding], now_ms: u64) -> Vec<Binding> {
+        let mut v: Vec<Binding> = list.iter().filter(|b| b.expires_at_ms > now_ms).cloned().collect();
+        registrar::sort_by_preference(&mut v);
+        v
+    }
+}
+
+impl LocationService for LocalStore {
+    fn submit(&mut self, op: LocationOp, token: u64) {
+        let result = match op {
+            LocationOp::Register { aor, plan, now_ms } => {
+                let list = self.aors.entry(aor.clone()).or_default();
+                let before = list.len();
+                let r = registrar::apply(list, &plan, now_ms).map_err(LocationError::from);
+                let after = list.len();
+                self.bindings = self.bindings + after - before;
+                let out = r.map(|()| Self::live(list, now_ms));
+                if list.is_empty() {
+                    self.aors.remove(&aor);
+                }
+                out
+            }
+            LocationOp::Lookup { aor, now_ms } => {
+                Ok(self.aors.get(&aor).map(|l| Self::live(l, now_ms)).unwrap_or_default())
+            }
+        };
+        self.done.push_back((token, result));
+    }
+
+    fn poll_complete(&mut self, _cx: &mut Context<'_>) -> Poll<Completion> {
+        match self.done.pop_front() {
+            Some(c) => Poll::Ready(c),
+            None => Poll::Pending,
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let mut removed = 0;
+        self.aors.retain(|_, list| {
+            let before = list.len();
+            list.retain(|b| b.expires_at_ms > now_ms);
+            removed += before - list.len();
+            !list.is_empty()
+        });
+        self.bindings -= removed;
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.aors.len(), self.bindings)
+    }
+}

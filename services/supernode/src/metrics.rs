@@ -1,0 +1,139 @@
+//! Every metric the supernode exports, defined in one place (STYLE.md §10).
+//!
+//! Names start with `ringmesh_`, carry units, and labels stay
+//! low-cardinality: method (extension methods collapse to "other"),
+//! transport, response class, result. Never an AOR or a Call-ID. Every
+//! labelled series a dashboard or alert uses is created at start-up, so an
+//! idle node answers every query with zeros rather than "no data".
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub const METHODS: [&str; 15] = [
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
+    "PRACK", "UPDATE", "REFER", "other",
+];
+pub const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub responses_sent: IntCounterVec,
+    pub responses_received: IntCounterVec,
+    pub parse_errors: IntCounterVec,
+    pub transactions: IntGauge,
+    pub registrations: IntCounterVec,
+    pub aors: IntGauge,
+    pub bindings: IntGaugeVec,
+    pub call_setup: Histogram,
+    pub register_latency: Histogram,
+    pub calls_active: IntGauge,
+    pub auth_failures: IntCounterVec,
+    pub overload_rejections: IntCounterVec,
+    pub connections: IntGauge,
+    pub inbound_queue: IntGauge,
+    pub forwarded: IntCounterVec,
+    pub up: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+/// Latency buckets from 250 µs to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+}
+
+impl Metrics {
+    pub fn new(node: &str) -> Metrics {
+        let registry = Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
+            .expect("valid registry");
+        let r = &registry;
+        let m = Metrics {
+            requests: counter_vec(r, "ringmesh_sip_requests_total", "SIP requests received, by method and transport", &["method", "transport"]),
+            responses_sent: counter_vec(r, "ringmesh_sip_responses_sent_total", "SIP responses sent, by status class and transport", &["class", "transport"]),
+            responses_received: counter_vec(r, "ringmesh_sip_responses_received_total", "SIP responses received, by status class and transport", &["class", "transport"]),
+            parse_errors: counter_vec(r, "ringmesh_sip_parse_errors_total", "Malformed SIP messages, by kind (request answered, response dropped, stream closed)", &["kind", "transport"]),
+            transactions: gauge(r, "ringmesh_sip_transactions", "Live SIP transactions (client and server)"),
+            registrations: counter_vec(r, "ringmesh_registrations_total", "REGISTER requests by outcome", &["result"]),
+            aors: gauge(r, "ringmesh_location_aors", "Addresses-of-record with at least one binding held here"),
+            bindings: {
+                let g = IntGaugeVec::new(Opts::new("ringmesh_location_bindings", "Bindings held here, by replica role"), &["role"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            call_setup: histogram(r, "ringmesh_call_setup_seconds", "INVITE received to first final response sent upstream", latency_buckets()),
+            register_latency: histogram(r, "ringmesh_register_seconds", "REGISTER received to final response sent", latency_buckets()),
+            calls_active: gauge(r, "ringmesh_sip_calls_active", "INVITE transactions in progress through this node"),
+            auth_failures: counter_vec(r, "ringmesh_auth_failures_total", "Digest authentication failures, by reason", &["reason"]),
+            overload_rejections: counter_vec(r, "ringmesh_overload_rejections_total", "Requests answered 503 because the node is over capacity", &["transport"]),
+            connections: gauge(r, "ringmesh_sip_connections", "Open SIP connections (TCP)"),
+            inbound_queue: gauge(r, "ringmesh_sip_inbound_queue", "Messages waiting for the SIP core"),
+            forwarded: counter_vec(r, "ringmesh_proxy_forwarded_total", "Requests forwarded by the proxy, by method", &["method"]),
+            up: gauge(r, "ringmesh_up", "1 while the process serves"),
+            registry,
+        };
+        for t in TRANSPORTS {
+            for meth in METHODS {
+                m.requests.with_label_values(&[meth, t]);
+            }
+            for c in CLASSES {
+                m.responses_sent.with_label_values(&[c, t]);
+                m.responses_received.with_label_values(&[c, t]);
+            }
+            for k in ["request", "response", "stream"] {
+                m.parse_errors.with_label_values(&[k, t]);
+            }
+            m.overload_rejections.with_label_values(&[t]);
+        }
+        for res in ["ok", "challenged", "rejected", "failed"] {
+            m.registrations.with_label_values(&[res]);
+        }
+        for reason in ["bad_credentials", "stale_nonce", "unknown_user", "forbidden_identity"] {
+            m.auth_failures.with_label_values(&[reason]);
+        }
+        for role in ["primary", "replica"] {
+            m.bindings.with_label_values(&[role]);
+        }
+        for meth in METHODS {
+            m.forwarded.with_label_values(&[meth]);
+        }
+        m.up.set(1);
+        m
+    }
+
+    pub fn class(status: u16) -> &'static str {
+        CLASSES.get(usize::from(status / 100).saturating_sub(1)).copied().unwrap_or("6xx")
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let enc = prometheus::TextEncoder::new();
+        let _ = enc.encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// A counter that is not labelled, for callers that just count.
+pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}

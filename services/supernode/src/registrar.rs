@@ -1,0 +1,322 @@
+//! Registrar decisions (RFC 3261 §10.3, RFC 5626 §6), as plain functions
+//! over a message and a binding list, apart from any I/O.
+//!
+//! [`plan`] validates a REGISTER into a [`RegisterPlan`] (what to add,
+//! refresh or remove); a location store applies it atomically with
+//! [`apply`], wherever the AOR's bindings live; [`ok_response`] writes the
+//! 200 listing every current contact.
+
+use bytes::Bytes;
+use ringmesh_sip::{Contact, HeaderName, Message, Scheme};
+
+use crate::config::Transport;
+use crate::location::{Binding, BindingKey, FlowRef, binding_key};
+
+/// The registrar's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrarConfig {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+}
+
+/// One contact of a REGISTER: the binding it becomes, and its lifetime
+/// (0 removes it).
+#[derive(Debug, Clone)]
+pub struct ContactUpdate {
+    pub binding: Binding,
+    pub expires: u32,
+}
+
+/// A validated REGISTER, ready to apply to the AOR's binding list.
+#[derive(Debug, Clone)]
+pub struct RegisterPlan {
+    pub call_id: Bytes,
+    pub cseq: u32,
+    /// `Contact: *` with `Expires: 0`: remove every binding.
+    pub wildcard: bool,
+    pub contacts: Vec<ContactUpdate>,
+    /// HLC stamp for the bindings written.
+    pub hlc: u64,
+}
+
+impl RegisterPlan {
+    /// A fetch: no contacts, nothing changes (RFC 3261 §10.2.3).
+    pub fn is_query(&self) -> bool {
+        !self.wildcard && self.contacts.is_empty()
+    }
+    /// Whether any contact asked for RFC 5626 outbound.
+    pub fn uses_outbound(&self) -> bool {
+        self.contacts.iter().any(|c| c.binding.reg_id.is_some())
+    }
+}
+
+/// A REGISTER refused before it touches the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub detail: &'static str,
+    /// For 423: the Min-Expires to advertise.
+    pub min_expires: Option<u32>,
+}
+
+impl Reject {
+    fn bad(detail: &'static str) -> Reject {
+        Reject { status: 400, detail, min_expires: None }
+    }
+}
+
+/// Refusals that need the current bindings to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrarError {
+    /// Same Call-ID with a CSeq not above the stored one (§10.3 step 7).
+    #[error("out-of-order REGISTER (CSeq not above the stored one for this Call-ID)")]
+    OutOfOrder,
+}
+
+impl RegistrarError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RegistrarError::OutOfOrder => 500,
+        }
+    }
+}
+
+/// Validates a REGISTER (steps 5–7 of §10.3 that need no stored state).
+pub fn plan(
+    req: &Message,
+    cfg: &RegistrarConfig,
+    flow: FlowRef,
+    transport: Transport,
+    now_ms: u64,
+    hlc: u64,
+) -> Result<RegisterPlan, Reject> {
+    if !matches!(req.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips) {
+        return Err(Reject::bad("the To header is not a SIP or SIPS address-of-record"));
+    }
+    let header_expires = req.expires();
+    let mut wildcard = false;
+    let mut contacts = Vec::new();
+    for c in req.contacts() {
+        match c {
+            Contact::Wildcard => wildcard = true,
+            Contact::Addr(na) => {
+                let mut expires = na.expires().or(header_expires).unwrap_or(cfg.default_expires);
+                if expires != 0 && expires < cfg.min_expires {
+                    return Err(Reject { status: 423, detail: "registration too brief", min_expires: Some(cfg.min_expires) });
+                }
+                expires = expires.min(cfg.max_expires);
+                let instance = na.instance().map(|i| Bytes::copy_from_slice(&i));
+                let reg_id = na.reg_id().filter(|_| instance.is_some());
+                contacts.push(ContactUpdate {
+                    binding: Binding {
+                        // Copies, not slices: a stored binding must not pin
+                        // the receive buffer it came in.
+                        contact: Bytes::copy_from_slice(na.uri().as_bytes()),
+                        instance,
+                        reg_id,
+                        q: na.q(),
+                        expires_at_ms: now_ms + u64::from(expires) * 1000,
+                        call_id: Bytes::copy_from_slice(req.call_id()),
+                        cseq: req.cseq(),
+                        flow,
+                        transport,
+                        hlc,
+                    },
+                    expires,
+                });
+            }
+        }
+    }
+    if wildcard && (!contacts.is_empty() || header_expires != Some(0)) {
+        return Err(Reject::bad("Contact: * needs Expires: 0 and no other contact"));
+    }
+    Ok(RegisterPlan { call_id: Bytes::copy_from_slice(req.call_id()), cseq: req.cseq(), wildcard, contacts, hlc })
+}
+
+/// Applies a plan to an AOR's bindings: all or nothing.
+pub fn apply(list: &mut Vec<Binding>, plan: &RegisterPlan, now_ms: u64) -> Result<(), RegistrarError> {
+    list.retain(|b| b.expires_at_ms > now_ms);
+    let stale = |b: &Binding| b.call_id == plan.call_id && plan.cseq <= b.cseq;
+    if plan.wildcard {
+        if list.iter().any(stale) {
+            return Err(RegistrarError::OutOfOrder);
+        }
+        list.clear();
+        return Ok(());
+    }
+    let keys: Vec<BindingKey> = plan.contacts.iter().map(|c| c.binding.key()).collect();
+    for key in &keys {
+        if list.iter().any(|b| &b.key() == key && stale(b)) {
+            return Err(RegistrarError::OutOfOrder);
+        }
+    }
+    for (update, key) in plan.contacts.iter().zip(keys) {
+        let existing = list.iter().position(|b| b.key() == key);
+        match (existing, update.expires) {
+            (Some(i), 0) => {
+                list.swap_remove(i);
+            }
+            (None, 0) => {}
+            (Some(i), _) => {
+                let hlc = plan.hlc.max(list[i].hlc + 1);
+                list[i] = Binding { hlc, ..update.binding.clone() };
+            }
+            (None, _) => list.push(update.binding.clone()),
+        }
+    }
+    Ok(())
+}
+
+/// Highest q first; contacts without q count as 1.0 (RFC 3261 §16.6).
+pub fn sort_by_preference(list: &mut [Binding]) {
+    list.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
+}
+
+/// The 200 OK to a REGISTER: every current binding with its remaining
+/// lifetime (§10.3 step 8), and `Require: outbound` when the UA used it.
+pub fn ok_response(req: &Message, bindings: &[Binding], plan: &RegisterPlan, now_ms: u64, to_tag: &[u8]) -> Bytes {
+    let mut w = req.response_writer(200, Some(to_tag));
+    for b in bindings {
+        let mut v = Vec::with_capacity(b.contact.len() + 64);
+        v.push(b'<');
+        v.extend_from_slice(&b.contact);
+        v.extend_from_slice(b">;expires=");
+        v.extend_from_slice(b.remaining_secs(now_ms).to_string().as_bytes());
+        if let Some(q) = b.q {
+            v.extend_from_slice(format!(";q={}.{:03}", q / 1000, q % 1000).as_bytes());
+        }
+        if let Some(i) = &b.instance {
+            v.extend_from_slice(b";+sip.instance=\"");
+            v.extend_from_slice(i);
+            v.push(b'"');
+        }
+        if let Some(r) = b.reg_id {
+            v.extend_from_slice(format!(";reg-id={r}").as_bytes());
+        }
+        w.header(HeaderName::Contact, &v);
+    }
+    if plan.uses_outbound() {
+        w.header(HeaderName::Require, b"outbound");
+    }
+    w.header(HeaderName::Supported, b"outbound, path");
+    w.finish(b"")
+}
+
+/// 423 Interval Too Brief with Min-Expires, or another refusal.
+pub fn reject_response(req: &Message, reject: &Reject, to_tag: &[u8]) -> Bytes {
+    let mut w = req.response_writer(reject.status, Some(to_tag));
+    if let Some(m) = reject.min_expires {
+        w.header_fmt(HeaderName::MinExpires, format_args!("{m}"));
+    }
+    w.header(HeaderName::Warning, format!("399 ringmesh \"{}\"", reject.detail).as_bytes());
+    w.finish(b"")
+}
+
+/// The key a contact would have; used by tests and the admin API.
+pub fn contact_key(contact: &[u8]) -> BindingKey {
+    binding_key(None, None, contact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: RegistrarConfig = RegistrarConfig { min_expires: 60, max_expires: 7200, default_expires: 3600 };
+
+    fn flow() -> FlowRef {
+        FlowRef::Udp { socket: 0, peer: "192.0.2.1:5060".parse().unwrap() }
+    }
+
+    fn register(call_id: &str, cseq: u32, contacts: &[&str], expires: Option<u32>) -> Message {
+        let mut s = format!(
+            "REGISTER sip:ringmesh.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{cseq}\r\n\
+             To: <sip:alice@ringmesh.test>\r\nFrom: <sip:alice@ringmesh.test>;tag=1\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\n"
+        );
+        for c in contacts {
+            s.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = expires {
+            s.push_str(&format!("Expires: {e}\r\n"));
+        }
+        s.push_str("Content-Length: 0\r\n\r\n");
+        Message::parse(Bytes::from(s)).unwrap()
+    }
+
+    fn run(list: &mut Vec<Binding>, m: &Message, now: u64) -> Result<(), RegistrarError> {
+        let p = plan(m, &CFG, flow(), Transport::Udp, now, now).unwrap();
+        apply(list, &p, now)
+    }
+
+    #[test]
+    fn add_refresh_remove() {
+        let mut list = Vec::new();
+        run(&mut list, &register("c1", 1, &["<sip:a@192.0.2.1>"], None), 0).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].expires_at_ms, 3_600_000);
+        run(&mut list, &register("c1", 2, &["<sip:a@192.0.2.1>;expires=120"], Some(600)), 1000).unwrap();
+        assert_eq!(list.len(), 1, "refresh replaces");
+        assert_eq!(list[0].expires_at_ms, 121_000, "parameter beats header");
+        run(&mut list, &register("c1", 3, &["<sip:a@192.0.2.2>"], Some(600)), 2000).unwrap();
+        assert_eq!(list.len(), 2);
+        run(&mut list, &register("c1", 4, &["<sip:a@192.0.2.1>"], Some(0)), 3000).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(&list[0].contact[..], b"sip:a@192.0.2.2");
+    }
+
+    #[test]
+    fn wildcard_and_ordering() {
+        let mut list = Vec::new();
+        run(&mut list, &register("c1", 5, &["<sip:a@192.0.2.1>", "<sip:a@192.0.2.2>"], None), 0).unwrap();
+        assert_eq!(run(&mut list, &register("c1", 5, &["<sip:a@192.0.2.1>"], None), 0), Err(RegistrarError::OutOfOrder));
+        assert_eq!(run(&mut list, &register("c1", 4, &["*"], Some(0)), 0), Err(RegistrarError::OutOfOrder));
+        // A different Call-ID is a different UA instance: no ordering.
+        run(&mut list, &register("c2", 1, &["<sip:a@192.0.2.1>"], None), 0).unwrap();
+        run(&mut list, &register("c1", 6, &["*"], Some(0)), 0).unwrap();
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn rejections() {
+        let too_brief = plan(&register("c", 1, &["<sip:a@b>;expires=10"], None), &CFG, flow(), Transport::Udp, 0, 0);
+        assert_eq!(too_brief.unwrap_err().min_expires, Some(60));
+        let bad_star = plan(&register("c", 1, &["*"], Some(30)), &CFG, flow(), Transport::Udp, 0, 0);
+        assert_eq!(bad_star.unwrap_err().status, 400);
+        let clamped = plan(&register("c", 1, &["<sip:a@b>"], Some(999_999)), &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        assert_eq!(clamped.contacts[0].expires, 7200);
+        let query = plan(&register("c", 1, &[], None), &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        assert!(query.is_query());
+    }
+
+    #[test]
+    fn outbound_keys_by_instance() {
+        let inst = "+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\"";
+        let mut list = Vec::new();
+        run(&mut list, &register("c", 1, &[&format!("<sip:a@192.0.2.1:1111;ob>;{inst};reg-id=1")], None), 0).unwrap();
+        run(&mut list, &register("c", 2, &[&format!("<sip:a@192.0.2.1:2222;ob>;{inst};reg-id=1")], None), 0).unwrap();
+        assert_eq!(list.len(), 1, "same instance and reg-id: the new contact replaces the old");
+        run(&mut list, &register("c", 3, &[&format!("<sip:a@192.0.2.1:3333;ob>;{inst};reg-id=2")], None), 0).unwrap();
+        assert_eq!(list.len(), 2, "a second flow of the same instance");
+        assert!(list.iter().all(|b| b.use_flow()));
+    }
+
+    #[test]
+    fn ok_lists_every_contact() {
+        let mut list = Vec::new();
+        let m = register("c1", 1, &["<sip:a@192.0.2.1>;q=0.5", "<sip:a@192.0.2.2>"], Some(600));
+        let p = plan(&m, &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        apply(&mut list, &p, 0).unwrap();
+        sort_by_preference(&mut list);
+        let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag")).unwrap();
+        assert_eq!(r.status(), Some(200));
+        let c: Vec<_> = r
+            .contacts()
+            .map(|c| match c {
+                Contact::Addr(a) => (a.uri().as_bytes().to_vec(), a.expires(), a.q()),
+                Contact::Wildcard => panic!(),
+            })
+            .collect();
+        assert_eq!(c, vec![(b"sip:a@192.0.2.2".to_vec(), Some(500), None), (b"sip:a@192.0.2.1".to_vec(), Some(500), Some(500))]);
+    }
+}
