@@ -65,8 +65,10 @@ pub fn next_frame(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
                 return Err(ParseError { status: 400, detail: "Content-Length appears more than once" });
             }
             let v = scan::trim(&line[colon + 1..]);
-            let n = scan::parse_u64(v, limits.max_message as u64)
-                .ok_or(ParseError { status: 400, detail: "malformed or oversized Content-Length" })?;
+            let n = scan::parse_u64(v, u64::MAX).ok_or(ParseError { status: 400, detail: "malformed Content-Length" })?;
+            if n > limits.max_message as u64 {
+                return Err(ParseError { status: 413, detail: "body exceeds the size limit" });
+            }
             content_length = Some(n as usize);
         }
     }
@@ -95,8 +97,32 @@ mod tests {
         let no_cl = b"OPTIONS sip:x SIP/2.0\r\nVia: x\r\n\r\nrest";
         assert_eq!(next_frame(no_cl, &l), Ok(Frame::Message(no_cl.len() - 4)));
         assert_eq!(next_frame(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n", &l).unwrap_err().status, 400);
-        assert_eq!(next_frame(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n", &l).unwrap_err().status, 400);
+        assert_eq!(next_frame(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n", &l).unwrap_err().status, 413);
         let small = Limits { max_message: 10, ..l };
         assert_eq!(next_frame(b"OPTIONS sip:x SIP/2.0 and on and on", &small).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn rfc4475_dblreq_on_a_stream() {
+        // On a stream, dblreq is two messages, and the INVITE's body is
+        // longer than its Content-Length: the leftover is not SIP.
+        let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rfc4475/dblreq.dat")).unwrap();
+        let l = Limits::default();
+        let mut buf = &data[..];
+        let mut methods = Vec::new();
+        while let Ok(frame) = next_frame(buf, &l) {
+            match frame {
+                Frame::Incomplete => break,
+                Frame::Ping(n) | Frame::Pong(n) => buf = &buf[n..],
+                Frame::Message(n) => {
+                    match crate::Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])) {
+                        Ok(m) => methods.push(m.method().to_string()),
+                        Err(e) => methods.push(format!("error {}", e.status)),
+                    }
+                    buf = &buf[n..];
+                }
+            }
+        }
+        assert_eq!(methods, ["REGISTER", "INVITE", "error 400"]);
     }
 }

@@ -201,12 +201,16 @@ async fn run_connection(
     shared.connections.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let (r, w) = stream.into_split();
-    let writer = tokio::spawn(write_loop(w, rx));
+    let mut writer = tokio::spawn(write_loop(w, rx));
     read_loop(id, r, peer, tx, &shared).await;
-    writer.abort();
+    // Let the core drop its sender; the writer then flushes what is queued
+    // (answers to the last requests, a 400 before closing) and ends.
+    let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
     shared.metrics.connections.dec();
-    let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
 }
 
 async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
@@ -259,8 +263,6 @@ async fn read_loop(id: u64, mut r: OwnedReadHalf, peer: SocketAddr, tx: mpsc::Se
                     shared.metrics.parse_errors.with_label_values(&["stream", "tcp"]).inc();
                     if let Some(resp) = salvage::error_response(&buf, &e) {
                         let _ = tx.try_send(resp);
-                        // Give the writer a moment to flush the answer.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     tracing::debug!(%peer, err = %e, "closing stream after framing error");
                     return;
