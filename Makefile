@@ -1,0 +1,61 @@
+# Ringmesh: the two commands a new user needs are `make dev` and `make test`.
+# Both install what is missing first (Debian packages, cargo tools), so they
+# work on a fresh Debian machine with the Rust toolchain.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+DEV_PORT ?= 5060
+DEV_USERS ?= 10
+# Seconds of coverage-guided fuzzing in `make test` (docs/fuzzing.md).
+FUZZ_SECONDS ?= 60
+
+# Debian packages the tests drive (real peers and servers, never mocks).
+TEST_DEBS := sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio protobuf-compiler procps iproute2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: dev test build release deps-test lint unit integration fuzz bench clean help
+
+help:
+	@echo "make dev    build and run a local farm with demo subscribers"
+	@echo "make test   install what is missing, then run every test"
+
+## Run a local farm on the embedded default store with demo subscribers.
+dev: release
+	./target/release/ringmesh dev --sip-port $(DEV_PORT) --users $(DEV_USERS)
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release -p ringmesh
+
+## Install the Debian packages the tests need, only those missing.
+deps-test:
+	@missing=""; for p in $(TEST_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian starts some of these as system services on install; the tests
+	@# start their own instances on other ports and never need those.
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --quiet
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Every test: lint, unit and integration tests (real binary, sipp, baresip),
+## then a bounded fuzzing run.
+test: deps-test lint
+	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) fuzz
+
+fuzz:
+	services/sip/fuzz/run.sh $(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
+	rm -rf .dev
