@@ -34,6 +34,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     pub inbound_queue: IntGauge,
     pub forwarded: IntCounterVec,
+    pub links: IntGauge,
+    pub link_refusals: IntCounterVec,
+    pub link_malformed: IntCounter,
     pub up: IntGauge,
 }
 
@@ -86,6 +89,9 @@ impl Metrics {
             connections: gauge(r, "ringmesh_sip_connections", "Open SIP connections (TCP)"),
             inbound_queue: gauge(r, "ringmesh_sip_inbound_queue", "Messages waiting for the SIP core"),
             forwarded: counter_vec(r, "ringmesh_proxy_forwarded_total", "Requests forwarded by the proxy, by method", &["method"]),
+            links: gauge(r, "ringmesh_overlay_links", "Open overlay links (QUIC connections to other supernodes)"),
+            link_refusals: counter_vec(r, "ringmesh_overlay_link_refusals_total", "Overlay links refused, by reason (tls, identity, version, other)", &["reason"]),
+            link_malformed: counter(r, "ringmesh_overlay_malformed_messages_total", "Overlay messages that failed to decode (the link is closed)"),
             up: gauge(r, "ringmesh_up", "1 while the process serves"),
             registry,
         };
@@ -113,6 +119,9 @@ impl Metrics {
         }
         for meth in METHODS {
             m.forwarded.with_label_values(&[meth]);
+        }
+        for reason in ["tls", "identity", "version", "other"] {
+            m.link_refusals.with_label_values(&[reason]);
         }
         m.up.set(1);
         m

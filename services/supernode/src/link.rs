@@ -1,0 +1,412 @@
+//! Overlay links: one QUIC connection per neighbour, mutual TLS with the
+//! farm CA, Node-IDs proven by certificates.
+//!
+//! Each side of a link opens one unidirectional stream and writes
+//! length-prefixed frames on it: first a hello (protocol version and the
+//! Node-ID it claims), then overlay messages (protobuf `Envelope`s) and SIP
+//! messages between supernodes. A peer whose certificate does not chain to
+//! the farm CA fails the TLS handshake; a peer whose hello claims another
+//! Node-ID than its certificate's, or speaks an incompatible version, is
+//! refused. Every refusal is logged and counted.
+//!
+//! When two nodes dial each other at once, the connection opened by the
+//! lower Node-ID survives, so each pair keeps exactly one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::pki::Identity;
+
+/// Largest frame a link accepts (a hand-off batch, a SIP message).
+pub const MAX_FRAME: usize = 8 << 20;
+
+const KIND_HELLO: u8 = 0;
+const KIND_OVERLAY: u8 = 1;
+const KIND_SIP: u8 = 2;
+
+pub type NodeId = [u8; 16];
+
+/// What a link carries after its hello.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// An encoded overlay `Envelope`.
+    Overlay(Bytes),
+    /// A SIP message between supernodes.
+    Sip(Bytes),
+}
+
+/// What the link layer reports.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up { peer: NodeId, addr: SocketAddr },
+    Down { peer: NodeId },
+    Frame { peer: NodeId, frame: Frame },
+}
+
+/// The protocol version spoken on links, checked in the hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl LinkVersion {
+    /// Same major, at most one minor apart: rolling upgrades work.
+    pub fn compatible(&self, other: &LinkVersion) -> bool {
+        self.major == other.major && self.minor.abs_diff(other.minor) <= 1
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Frame>,
+    serial: u64,
+}
+
+/// The link manager of one supernode.
+#[derive(Clone)]
+pub struct Links {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    version: LinkVersion,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    events: mpsc::Sender<LinkEvent>,
+    metrics: Metrics,
+    serial: AtomicU64,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").field("me", &hex::encode(self.inner.me)).finish_non_exhaustive()
+    }
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("valid idle timeout")));
+    Arc::new(t)
+}
+
+impl Links {
+    /// Binds the QUIC endpoint and starts accepting links.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &Identity,
+        alpn: &[u8],
+        version: LinkVersion,
+        events: mpsc::Sender<LinkEvent>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Links> {
+        let server_tls = identity.server_config(alpn)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ));
+        server.transport_config(transport_config());
+        let client_tls = identity.client_config(alpn)?;
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ));
+        client.transport_config(transport_config());
+        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let links = Links {
+            inner: Arc::new(Inner {
+                me: identity.node_id,
+                version,
+                endpoint,
+                client,
+                peers: Mutex::new(HashMap::new()),
+                events,
+                metrics,
+                serial: AtomicU64::new(1),
+            }),
+        };
+        let acceptor = links.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = acceptor.inner.endpoint.accept().await {
+                let l = acceptor.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => l.established(conn, None, false).await,
+                        Err(e) => l.refused(remote, &format!("handshake failed: {e}")),
+                    }
+                });
+            }
+        });
+        Ok(links)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Dials `addr` unless a link to `expect` exists; `expect` is the
+    /// Node-ID the peer must prove (None when dialling a seed).
+    pub fn connect(&self, addr: SocketAddr, expect: Option<NodeId>) {
+        if let Some(id) = expect {
+            if id == self.inner.me || self.inner.peers.lock().contains_key(&id) {
+                return;
+            }
+        }
+        let l = self.clone();
+        tokio::spawn(async move {
+            let connecting = match l.inner.endpoint.connect_with(l.inner.client.clone(), addr, crate::pki::NODE_DNS_NAME) {
+                Ok(c) => c,
+                Err(e) => return l.refused(addr, &format!("cannot dial: {e}")),
+            };
+            match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                Ok(Ok(conn)) => l.established(conn, expect, true).await,
+                Ok(Err(e)) => l.refused(addr, &format!("handshake failed: {e}")),
+                Err(_) => l.refused(addr, "handshake timed out"),
+            }
+        });
+    }
+
+    /// Queues a frame to a linked peer; false when there is no link or its
+    /// queue is full (the caller treats the peer as unreachable for now).
+    pub fn send(&self, peer: &NodeId, frame: Frame) -> bool {
+        match self.inner.peers.lock().get(peer) {
+            Some(p) => p.tx.try_send(frame).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Closes the link to `peer` (e.g. its certificate was revoked).
+    pub fn close(&self, peer: &NodeId, reason: &str) {
+        if let Some(p) = self.inner.peers.lock().remove(peer) {
+            p.conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+        }
+    }
+
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.inner.peers.lock().keys().copied().collect()
+    }
+
+    /// Smoothed round-trip time of each link.
+    pub fn rtts(&self) -> Vec<(NodeId, Duration)> {
+        self.inner.peers.lock().iter().map(|(id, p)| (*id, p.conn.rtt())).collect()
+    }
+
+    fn refused(&self, addr: SocketAddr, why: &str) {
+        tracing::warn!(%addr, reason = why, "overlay link refused");
+        self.inner.metrics.link_refusals.with_label_values(&[refusal_kind(why)]).inc();
+    }
+
+    async fn established(&self, conn: quinn::Connection, expect: Option<NodeId>, dialled: bool) {
+        let addr = conn.remote_address();
+        let Some(cert_id) = peer_node_id(&conn) else {
+            conn.close(quinn::VarInt::from_u32(2), b"no Node-ID in certificate");
+            return self.refused(addr, "certificate carries no Node-ID");
+        };
+        if expect.is_some_and(|e| e != cert_id) {
+            conn.close(quinn::VarInt::from_u32(2), b"unexpected Node-ID");
+            return self.refused(addr, "peer is not the node expected at this address");
+        }
+        // Our hello first, then theirs.
+        let mut send = match conn.open_uni().await {
+            Ok(s) => s,
+            Err(e) => return self.refused(addr, &format!("no stream: {e}")),
+        };
+        let hello = encode_hello(&self.inner.me, self.inner.version);
+        if send.write_all(&hello).await.is_err() {
+            return self.refused(addr, "closed during hello");
+        }
+        let mut recv = match tokio::time::timeout(Duration::from_secs(5), conn.accept_uni()).await {
+            Ok(Ok(r)) => r,
+            _ => return self.refused(addr, "no hello"),
+        };
+        let (claimed, version) = match read_frame(&mut recv).await {
+            Ok((KIND_HELLO, body)) => match decode_hello(&body) {
+                Some(h) => h,
+                None => {
+                    conn.close(quinn::VarInt::from_u32(3), b"malformed hello");
+                    return self.refused(addr, "malformed hello");
+                }
+            },
+            _ => {
+                conn.close(quinn::VarInt::from_u32(3), b"expected hello");
+                return self.refused(addr, "malformed hello");
+            }
+        };
+        if claimed != cert_id {
+            conn.close(quinn::VarInt::from_u32(4), b"claimed Node-ID differs from certificate");
+            return self.refused(addr, "claimed Node-ID does not match the certificate");
+        }
+        if !self.inner.version.compatible(&version) {
+            conn.close(quinn::VarInt::from_u32(5), b"incompatible version");
+            return self.refused(addr, "incompatible protocol version");
+        }
+        if cert_id == self.inner.me {
+            conn.close(quinn::VarInt::from_u32(6), b"self");
+            return;
+        }
+        let (tx, rx) = mpsc::channel::<Frame>(4096);
+        let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut peers = self.inner.peers.lock();
+            if let Some(existing) = peers.get(&cert_id) {
+                // Simultaneous dials: the lower Node-ID's dial wins.
+                let mine_wins = (self.inner.me < cert_id) == dialled;
+                if !mine_wins {
+                    drop(peers);
+                    conn.close(quinn::VarInt::from_u32(7), b"duplicate link");
+                    return;
+                }
+                existing.conn.close(quinn::VarInt::from_u32(7), b"duplicate link");
+            }
+            peers.insert(cert_id, Peer { conn: conn.clone(), tx, serial });
+        }
+        self.inner.metrics.links.set(self.inner.peers.lock().len() as i64);
+        let _ = self.inner.events.send(LinkEvent::Up { peer: cert_id, addr }).await;
+        tracing::info!(peer = %hex::encode(cert_id), %addr, "overlay link up");
+
+        let writer = tokio::spawn(write_frames(send, rx));
+        loop {
+            match read_frame(&mut recv).await {
+                Ok((KIND_OVERLAY, body)) => {
+                    let _ = self.inner.events.send(LinkEvent::Frame { peer: cert_id, frame: Frame::Overlay(body) }).await;
+                }
+                Ok((KIND_SIP, body)) => {
+                    let _ = self.inner.events.send(LinkEvent::Frame { peer: cert_id, frame: Frame::Sip(body) }).await;
+                }
+                Ok((kind, _)) => {
+                    tracing::warn!(peer = %hex::encode(cert_id), kind, "unknown frame kind; closing link");
+                    self.inner.metrics.link_malformed.inc();
+                    conn.close(quinn::VarInt::from_u32(8), b"unknown frame");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        writer.abort();
+        let removed = {
+            let mut peers = self.inner.peers.lock();
+            if peers.get(&cert_id).is_some_and(|p| p.serial == serial) {
+                peers.remove(&cert_id);
+                true
+            } else {
+                false
+            }
+        };
+        self.inner.metrics.links.set(self.inner.peers.lock().len() as i64);
+        if removed {
+            tracing::info!(peer = %hex::encode(cert_id), "overlay link down");
+            let _ = self.inner.events.send(LinkEvent::Down { peer: cert_id }).await;
+        }
+    }
+
+    /// Counts a frame the overlay core could not decode, and drops the link.
+    pub fn malformed(&self, peer: &NodeId) {
+        self.inner.metrics.link_malformed.inc();
+        self.close(peer, "malformed overlay message");
+    }
+}
+
+fn refusal_kind(why: &str) -> &'static str {
+    if why.contains("Node-ID") || why.contains("expected") {
+        "identity"
+    } else if why.contains("handshake") {
+        "tls"
+    } else if why.contains("version") {
+        "version"
+    } else {
+        "other"
+    }
+}
+
+fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    crate::pki::node_id_of(certs.first()?)
+}
+
+fn encode_hello(me: &NodeId, v: LinkVersion) -> Bytes {
+    let mut body = BytesMut::with_capacity(20);
+    body.put_slice(me);
+    body.put_u16(v.major);
+    body.put_u16(v.minor);
+    frame_bytes(KIND_HELLO, &body)
+}
+
+fn decode_hello(body: &[u8]) -> Option<(NodeId, LinkVersion)> {
+    if body.len() < 20 {
+        return None;
+    }
+    let id: NodeId = body[..16].try_into().ok()?;
+    let major = u16::from_be_bytes([body[16], body[17]]);
+    let minor = u16::from_be_bytes([body[18], body[19]]);
+    Some((id, LinkVersion { major, minor }))
+}
+
+fn frame_bytes(kind: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + body.len());
+    b.put_u32(body.len() as u32 + 1);
+    b.put_u8(kind);
+    b.put_slice(body);
+    b.freeze()
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<(u8, Bytes)> {
+    let len = recv.read_u32().await? as usize;
+    if len == 0 || len > MAX_FRAME {
+        anyhow::bail!("bad frame length {len}");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await?;
+    let kind = buf[0];
+    Ok((kind, Bytes::from(buf).slice(1..)))
+}
+
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Frame>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        let mut out = BytesMut::new();
+        for f in batch.drain(..) {
+            let (kind, body) = match f {
+                Frame::Overlay(b) => (KIND_OVERLAY, b),
+                Frame::Sip(b) => (KIND_SIP, b),
+            };
+            out.put_u32(body.len() as u32 + 1);
+            out.put_u8(kind);
+            out.put_slice(&body);
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_versions() {
+        let f = encode_hello(&[9; 16], LinkVersion { major: 1, minor: 3 });
+        assert_eq!(f[4], KIND_HELLO);
+        let (id, v) = decode_hello(&f[5..]).unwrap();
+        assert_eq!(id, [9; 16]);
+        assert_eq!(v, LinkVersion { major: 1, minor: 3 });
+        assert!(v.compatible(&LinkVersion { major: 1, minor: 2 }));
+        assert!(v.compatible(&LinkVersion { major: 1, minor: 4 }));
+        assert!(!v.compatible(&LinkVersion { major: 1, minor: 5 }));
+        assert!(!v.compatible(&LinkVersion { major: 2, minor: 3 }));
+        assert!(decode_hello(&[0; 5]).is_none());
+    }
+}
