@@ -14,6 +14,8 @@
 #   --shm MB            shared memory (default 1024: room for 1,000,000 contacts)
 #   --pkg MB            private memory per process (default 32)
 #   --children N        UDP (and TCP) worker processes (default 2)
+#   --malloc qm|fm|tlsf Kamailio memory manager (-x/-X; default: Kamailio's
+#                       own default, qm)
 #   --cpu LIST          pin with `taskset -c LIST` (e.g. 1)
 #   --daemon            start in the background, wait until it answers OPTIONS,
 #                       print its PID (also in RUN/kamailio.pid) and return;
@@ -34,6 +36,7 @@ run_dir=
 shm=1024
 pkg=32
 children=2
+malloc=
 cpu=
 daemon=0
 auth=0
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
 	--shm) shm=$2; shift ;;
 	--pkg) pkg=$2; shift ;;
 	--children) children=$2; shift ;;
+	--malloc) malloc=$2; shift ;;
 	--cpu) cpu=$2; shift ;;
 	--daemon) daemon=1 ;;
 	auth) auth=1 ;;
@@ -85,6 +89,9 @@ set -- -f "$here/kamailio-bench.cfg" \
 	-A "CTLSOCK=\"unix:$run_dir/ctl.sock\"" \
 	-A "CHILDREN=$children" \
 	-E -DD
+if [ -n "$malloc" ]; then
+	set -- "$@" -x "$malloc" -X "$malloc"
+fi
 if [ "$auth" = 1 ]; then
 	"$here/gen_subscribers.sh" "$run_dir/dbtext" "$users" "$domain" "$password"
 	set -- "$@" -A WITH_AUTH -A "DBURL=\"text://$run_dir/dbtext\""

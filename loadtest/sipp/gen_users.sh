@@ -9,13 +9,13 @@
 #
 #   gen_users.sh N [DOMAIN [PASSWORD [PREFIX [START]]]] > users.csv
 #       users PREFIX{START} .. PREFIX{START+N-1} (defaults: ringmesh.test secret user 0)
-#   gen_users.sh --names alice,bob [DOMAIN [PASSWORD]] > ab.csv
+#   gen_users.sh --names alice,bob [DOMAIN [PASSWORD]] > ab.csv   (or -n alice,bob)
 #       exactly the named users, in that order
 #
 # Same subscribers as `ringmesh dev --users N` and
 # loadtest/kamailio/run-kamailio.sh --auth --users N (user0.., alice, bob / secret).
 set -eu
-if [ "${1:-}" = --names ]; then
+if [ "${1:-}" = --names ] || [ "${1:-}" = -n ]; then
 	names=${2:?usage: gen_users.sh --names a,b [DOMAIN [PASSWORD]]}
 	domain=${3:-ringmesh.test}
 	password=${4:-secret}
