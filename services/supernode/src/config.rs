@@ -115,8 +115,10 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_DEFAULT_EXPIRES")]
     pub default_expires: Option<u32>,
     /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
-    /// Many deployed UAs answer only the first challenge, so MD5 leads by
-    /// default; list sha-256 first where every UA supports RFC 8760.
+    /// Default md5 only: deployed UAs break on more (sipp answers only the
+    /// first challenge; baresip 1.0/libre fails the whole registration
+    /// when one challenge names an algorithm it lacks). Offer sha-256
+    /// (first) once every UA of the farm supports RFC 8760.
     #[arg(long, env = "RINGMESH_DIGEST_ALGORITHMS", value_delimiter = ',')]
     pub digest_algorithms: Vec<String>,
     /// How long a digest nonce stays fresh, seconds.
@@ -280,7 +282,7 @@ impl SupernodeArgs {
             n => Ok(Duration::from_secs(n)),
         };
         let algs = if self.digest_algorithms.is_empty() {
-            file.digest_algorithms.unwrap_or_else(|| vec!["md5".into(), "sha-256".into()])
+            file.digest_algorithms.unwrap_or_else(|| vec!["md5".into()])
         } else {
             self.digest_algorithms
         };

@@ -1,0 +1,72 @@
+//! The functional sipp scenarios of `loadtest/sipp/` (proven first against
+//! Kamailio) against the real `ringmesh` binary: digest registrations over
+//! UDP (1,000 users) and TCP (100), calls, forking with CANCEL of the
+//! losing leg, caller CANCEL (487), 486 Busy, 404, 480, RFC 5626 flows, and
+//! OPTIONS before and after. Each test gets its own farm; the scenarios run
+//! one at a time so sipp's timing-sensitive flows are not starved of CPU.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{Farm, sipp_dir};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `run_suite.sh --only <tests>` against a fresh farm.
+fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let farm = Farm::start(base, farm_args, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(sipp_dir().join("run_suite.sh"))
+        .args(suite_args)
+        .args(["--base-port", &(base + 700).to_string(), "--work", work.path().to_str().unwrap(), "--only", tests])
+        .arg(farm.sip().to_string())
+        .output()
+        .expect("run_suite.sh runs (make test installs sip-tester)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    if !out.status.success() {
+        for entry in std::fs::read_dir(work.path()).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "err") {
+                eprintln!("--- {}\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+        eprintln!("--- supernode log\n{}", farm.log("sn0"));
+        panic!("sipp scenarios failed: {tests}");
+    }
+    let passed = report.lines().filter(|l| l.starts_with("PASS ")).count();
+    assert_eq!(passed, tests.split(',').count(), "every scenario ran and passed: {report}");
+}
+
+#[test]
+fn digest_registrations_1000_udp_and_100_tcp() {
+    suite(23000, &["--users", "1000"], &["--users", "1000", "--tcp-users", "100"], "reg_auth_udp,reg_auth_tcp");
+}
+
+#[test]
+fn call_between_two_registered_endpoints() {
+    suite(23020, &[], &[], "call_u1,call_t1");
+}
+
+#[test]
+fn forked_call_first_200_wins_and_the_other_leg_is_cancelled() {
+    suite(23040, &[], &[], "fork_u1,fork_t1");
+}
+
+#[test]
+fn cancel_busy_unknown_and_unavailable() {
+    suite(23060, &[], &[], "cancel,busy,unknown_404,unavailable_480");
+}
+
+#[test]
+fn rfc5626_two_flows_and_options() {
+    suite(23080, &[], &[], "options_u1,options_t1,outbound,options_after_u1,options_after_t1");
+}
+
+#[test]
+fn open_registrar_and_proxy_without_auth() {
+    suite(23100, &["--auth", "none"], &["--noauth", "--users", "200"], "options_u1,reg_noauth,call_noauth");
+}
