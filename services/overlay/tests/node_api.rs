@@ -476,3 +476,22 @@ fn an_empty_answer_from_a_stand_in_replica_is_not_the_last_word() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_founding_node_bootstraps_when_no_seed_accepts_but_not_after_an_accept() {
+    let now = Instant::now();
+    let mut n = Node::new(cfg(1)).unwrap();
+    n.join(&[NodeId::from_u128(2)], now, WALL);
+    assert_eq!(n.phase(), Phase::Joining);
+    // Nobody answered: the whole farm restarts at once; node 1 founds it.
+    n.bootstrap(now + Duration::from_secs(3), WALL + 3000);
+    assert_eq!(n.phase(), Phase::Alive);
+    let mut joined = false;
+    while let Some(e) = n.poll_event() {
+        joined |= matches!(e, Event::Joined);
+    }
+    assert!(joined);
+    // A live node ignores a later bootstrap.
+    n.bootstrap(now + Duration::from_secs(4), WALL + 4000);
+    assert_eq!(n.phase(), Phase::Alive);
+}

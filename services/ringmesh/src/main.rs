@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use ringmesh_supernode::config::SupernodeArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "ringmesh", version, about = "Carrier-grade P2P SIP supernode farm")]
+#[command(
+    name = "ringmesh",
+    version,
+    about = "Carrier-grade P2P SIP supernode farm"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,21 +24,26 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one supernode.
-    Supernode(SupernodeArgs),
+    Supernode(Box<SupernodeArgs>),
     /// Run a local farm (supernodes as child processes) for development.
     Dev(dev::DevArgs),
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Supernode(args) => {
-            let cfg = match args.resolve() {
+            let cfg = match (*args).resolve() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringmesh supernode: {e}");
@@ -42,7 +51,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             match rt.block_on(ringmesh_supernode::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

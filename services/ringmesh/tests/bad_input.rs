@@ -12,17 +12,37 @@ use std::time::{Duration, Instant};
 use common::{Farm, options_ok, status_of, tcp_exchange, udp_exchange};
 
 fn ringmesh(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringmesh")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
-    let (code, err) = ringmesh(&["supernode", "--auth", "none", "--sip", "sctp:127.0.0.1:5060"]);
+    let (code, err) = ringmesh(&[
+        "supernode",
+        "--auth",
+        "none",
+        "--sip",
+        "sctp:127.0.0.1:5060",
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`sip`") && err.contains("sctp"), "{err}");
 
-    let (code, err) = ringmesh(&["supernode", "--auth", "none", "--min-expires", "100", "--max-expires", "10"]);
+    let (code, err) = ringmesh(&[
+        "supernode",
+        "--auth",
+        "none",
+        "--min-expires",
+        "100",
+        "--max-expires",
+        "10",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("max-expires"), "{err}");
 
@@ -39,7 +59,10 @@ fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
     std::fs::write(&cfg, "auth = \"none\"\nmin-expiry = 30\n").unwrap();
     let (code, err) = ringmesh(&["supernode", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("min-expiry"), "the unknown key is named: {err}");
+    assert!(
+        err.contains("min-expiry"),
+        "the unknown key is named: {err}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
         .args(["supernode", "--auth", "none"])
@@ -67,14 +90,20 @@ fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
 
     // A peer that starts a message and stalls.
     let mut staller = TcpStream::connect(farm.sip()).unwrap();
-    staller.write_all(b"INVITE sip:bob@ringmesh.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;bra").unwrap();
+    staller
+        .write_all(b"INVITE sip:bob@ringmesh.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;bra")
+        .unwrap();
     // A peer that sends garbage with no end of header in sight.
     let mut garbage = TcpStream::connect(farm.sip()).unwrap();
     let junk = vec![b'x'; 70_000];
     let _ = garbage.write_all(&junk);
 
     // Meanwhile others are served.
-    let (r, _) = tcp_exchange(farm.sip(), options("live1").as_bytes(), Duration::from_secs(5));
+    let (r, _) = tcp_exchange(
+        farm.sip(),
+        options("live1").as_bytes(),
+        Duration::from_secs(5),
+    );
     assert_eq!(status_of(&r), Some(200));
 
     let started = Instant::now();
@@ -92,7 +121,11 @@ fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
         assert!(closed, "{name} must be disconnected");
         eprintln!("{name} cut off after {:?}", started.elapsed());
     }
-    let (r, _) = tcp_exchange(farm.sip(), options("live2").as_bytes(), Duration::from_secs(5));
+    let (r, _) = tcp_exchange(
+        farm.sip(),
+        options("live2").as_bytes(),
+        Duration::from_secs(5),
+    );
     assert_eq!(status_of(&r), Some(200));
 
     // An oversized message on a stream: 413, then the connection closes.
@@ -111,8 +144,12 @@ fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
 #[test]
 fn malformed_responses_are_dropped_and_wrong_passwords_rechallenged() {
     let farm = Farm::start(22120, &[], &[]);
-    let bad_response = b"SIP/2.0 999999 Nope\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKr\r\n\r\n";
-    assert_eq!(udp_exchange(farm.sip(), bad_response, Duration::from_millis(500)), None);
+    let bad_response =
+        b"SIP/2.0 999999 Nope\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKr\r\n\r\n";
+    assert_eq!(
+        udp_exchange(farm.sip(), bad_response, Duration::from_millis(500)),
+        None
+    );
 
     let register = |cseq: u32, auth: &str| {
         format!(
@@ -121,19 +158,49 @@ fn malformed_responses_are_dropped_and_wrong_passwords_rechallenged() {
              Contact: <sip:alice@127.0.0.1:9>\r\n{auth}Content-Length: 0\r\n\r\n"
         )
     };
-    let r = udp_exchange(farm.sip(), register(1, "").as_bytes(), Duration::from_secs(2)).unwrap();
+    let r = udp_exchange(
+        farm.sip(),
+        register(1, "").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     assert_eq!(status_of(&r), Some(401));
     let text = String::from_utf8_lossy(&r).to_string();
-    let nonce = text.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let nonce = text
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
     let bogus = format!(
         "Authorization: Digest username=\"alice\", realm=\"ringmesh.test\", nonce=\"{nonce}\", uri=\"sip:ringmesh.test\", \
          response=\"00000000000000000000000000000000\", algorithm=MD5\r\n"
     );
-    let r = udp_exchange(farm.sip(), register(2, &bogus).as_bytes(), Duration::from_secs(2)).unwrap();
-    assert_eq!(status_of(&r), Some(401), "a wrong password gets a new challenge");
+    let r = udp_exchange(
+        farm.sip(),
+        register(2, &bogus).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(&r),
+        Some(401),
+        "a wrong password gets a new challenge"
+    );
     assert!(String::from_utf8_lossy(&r).contains("WWW-Authenticate"));
     let alice_as_bob = bogus.replace("username=\"alice\"", "username=\"mallory\"");
-    let r = udp_exchange(farm.sip(), register(3, &alice_as_bob).as_bytes(), Duration::from_secs(2)).unwrap();
-    assert_eq!(status_of(&r), Some(401), "an unknown user is challenged, not told it does not exist");
+    let r = udp_exchange(
+        farm.sip(),
+        register(3, &alice_as_bob).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(&r),
+        Some(401),
+        "an unknown user is challenged, not told it does not exist"
+    );
     assert!(options_ok(farm.sip()));
 }

@@ -18,13 +18,25 @@ fn baresip_registers_and_is_reachable() {
     let server = farm.sip().to_string();
     let bob_log = work.path().join("bob.log");
     let mut bob = Command::new(&script)
-        .args(["--seconds", "20", work.path().join("bob").to_str().unwrap(), "bob", "23221", "23223", &server])
+        .args([
+            "--seconds",
+            "20",
+            work.path().join("bob").to_str().unwrap(),
+            "bob",
+            "23221",
+            "23223",
+            &server,
+        ])
         .stdout(std::fs::File::create(&bob_log).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("baresip is installed (make test installs baresip-core)");
-    let read = |p: &std::path::Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
-    wait_until("bob registered", Duration::from_secs(20), || read(&bob_log).contains("bob@ringmesh.test: {0/UDP/v4} 200 OK"));
+    let read = |p: &std::path::Path| {
+        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+    };
+    wait_until("bob registered", Duration::from_secs(20), || {
+        read(&bob_log).contains("bob@ringmesh.test: {0/UDP/v4} 200 OK")
+    });
 
     let alice_log = work.path().join("alice.log");
     let alice = Command::new(&script)
@@ -43,11 +55,26 @@ fn baresip_registers_and_is_reachable() {
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(bob.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bob.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = bob.wait();
     let (a, b) = (read(&alice_log), read(&bob_log));
-    assert!(alice.success() || a.contains("terminated"), "alice's baresip failed:\n{a}");
-    assert!(a.contains("Call established: sip:bob@ringmesh.test"), "alice's call was not established:\n{a}");
-    assert!(b.contains("Call established: sip:alice@ringmesh.test"), "bob never answered:\n{b}");
-    assert!(b.contains("terminated"), "the call did not end with BYE:\n{b}");
+    assert!(
+        alice.success() || a.contains("terminated"),
+        "alice's baresip failed:\n{a}"
+    );
+    assert!(
+        a.contains("Call established: sip:bob@ringmesh.test"),
+        "alice's call was not established:\n{a}"
+    );
+    assert!(
+        b.contains("Call established: sip:alice@ringmesh.test"),
+        "bob never answered:\n{b}"
+    );
+    assert!(
+        b.contains("terminated"),
+        "the call did not end with BYE:\n{b}"
+    );
 }

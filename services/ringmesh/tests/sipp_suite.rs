@@ -21,7 +21,14 @@ fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) {
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(sipp_dir().join("run_suite.sh"))
         .args(suite_args)
-        .args(["--base-port", &(base + 700).to_string(), "--work", work.path().to_str().unwrap(), "--only", tests])
+        .args([
+            "--base-port",
+            &(base + 700).to_string(),
+            "--work",
+            work.path().to_str().unwrap(),
+            "--only",
+            tests,
+        ])
         .arg(farm.sip().to_string())
         .output()
         .expect("run_suite.sh runs (make test installs sip-tester)");
@@ -31,19 +38,32 @@ fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) {
         for entry in std::fs::read_dir(work.path()).unwrap().flatten() {
             let p = entry.path();
             if p.extension().is_some_and(|e| e == "err") {
-                eprintln!("--- {}\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default());
+                eprintln!(
+                    "--- {}\n{}",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                );
             }
         }
         eprintln!("--- supernode log\n{}", farm.log("sn0"));
         panic!("sipp scenarios failed: {tests}");
     }
     let passed = report.lines().filter(|l| l.starts_with("PASS ")).count();
-    assert_eq!(passed, tests.split(',').count(), "every scenario ran and passed: {report}");
+    assert_eq!(
+        passed,
+        tests.split(',').count(),
+        "every scenario ran and passed: {report}"
+    );
 }
 
 #[test]
 fn digest_registrations_1000_udp_and_100_tcp() {
-    suite(23000, &["--users", "1000"], &["--users", "1000", "--tcp-users", "100"], "reg_auth_udp,reg_auth_tcp");
+    suite(
+        23000,
+        &["--users", "1000"],
+        &["--users", "1000", "--tcp-users", "100"],
+        "reg_auth_udp,reg_auth_tcp",
+    );
 }
 
 #[test]
@@ -63,10 +83,20 @@ fn cancel_busy_unknown_and_unavailable() {
 
 #[test]
 fn rfc5626_two_flows_and_options() {
-    suite(23080, &[], &[], "options_u1,options_t1,outbound,options_after_u1,options_after_t1");
+    suite(
+        23080,
+        &[],
+        &[],
+        "options_u1,options_t1,outbound,options_after_u1,options_after_t1",
+    );
 }
 
 #[test]
 fn open_registrar_and_proxy_without_auth() {
-    suite(23100, &["--auth", "none"], &["--noauth", "--users", "200"], "options_u1,reg_noauth,call_noauth");
+    suite(
+        23100,
+        &["--auth", "none"],
+        &["--noauth", "--users", "200"],
+        "options_u1,reg_noauth,call_noauth",
+    );
 }

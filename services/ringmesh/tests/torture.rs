@@ -17,7 +17,9 @@ use std::time::Duration;
 use common::{Farm, options_ok, status_of, tcp_exchange, udp_exchange};
 
 fn data(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sip/tests/rfc4475").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sip/tests/rfc4475")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -76,7 +78,7 @@ const EXPECT: &[(&str, Want)] = &[
     ("novelsc", Status(416)),
     ("unksm2", Status(400)), // REGISTER whose To is not a SIP AOR
     ("bext01", Status(420)),
-    ("invut", Status(403)),   // a proxy forwards unknown bodies; foreign domain
+    ("invut", Status(403)), // a proxy forwards unknown bodies; foreign domain
     ("regaut01", Status(403)), // see the rewritten run: 401
     ("multi01", Status(400)),
     ("mcl01", Status(400)),
@@ -101,10 +103,18 @@ fn answer_tcp(farm: &Farm, msg: &[u8]) -> (Vec<u8>, bool) {
 
 fn check(name: &str, want: Want, got: Option<&[u8]>, transport: &str) {
     match (want, got) {
-        (Status(s), Some(r)) => assert_eq!(status_of(r), Some(s), "{name} over {transport}: {}", String::from_utf8_lossy(r)),
+        (Status(s), Some(r)) => assert_eq!(
+            status_of(r),
+            Some(s),
+            "{name} over {transport}: {}",
+            String::from_utf8_lossy(r)
+        ),
         (Status(s), None) => panic!("{name} over {transport}: no answer, wanted {s}"),
         (Silence, None) => {}
-        (Silence, Some(r)) => panic!("{name} over {transport}: wanted silence, got {}", String::from_utf8_lossy(r)),
+        (Silence, Some(r)) => panic!(
+            "{name} over {transport}: wanted silence, got {}",
+            String::from_utf8_lossy(r)
+        ),
     }
 }
 
@@ -136,12 +146,23 @@ fn torture_messages_over_tcp() {
             // beyond what was sent; baddn: no blank line ends its header):
             // the node waits for the rest, then cuts the connection.
             let (bytes, closed) = tcp_exchange(farm.sip(), &msg, Duration::from_secs(6));
-            assert!(bytes.is_empty(), "{name} over TCP must not be answered early");
-            assert!(closed, "{name} over TCP: the connection must be closed after the message timeout");
+            assert!(
+                bytes.is_empty(),
+                "{name} over TCP must not be answered early"
+            );
+            assert!(
+                closed,
+                "{name} over TCP: the connection must be closed after the message timeout"
+            );
             continue;
         }
         let (bytes, _) = answer_tcp(&farm, &msg);
-        check(name, *want, (!bytes.is_empty()).then_some(&bytes[..]), "TCP");
+        check(
+            name,
+            *want,
+            (!bytes.is_empty()).then_some(&bytes[..]),
+            "TCP",
+        );
     }
     assert!(options_ok(farm.sip()), "the node must still answer OPTIONS");
     let log = farm.log("sn0");
@@ -152,13 +173,17 @@ fn torture_messages_over_tcp() {
 fn dblreq_answers_only_the_first_message() {
     let farm = Farm::start(22020, &[], &[]);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     s.send_to(&data("dblreq.dat"), farm.sip()).unwrap();
     let mut buf = [0u8; 4096];
     let (n, _) = s.recv_from(&mut buf).expect("an answer to the REGISTER");
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(text.contains("CSeq: 8 REGISTER"), "{text}");
-    assert!(s.recv_from(&mut buf).is_err(), "the INVITE after Content-Length must be discarded");
+    assert!(
+        s.recv_from(&mut buf).is_err(),
+        "the INVITE after Content-Length must be discarded"
+    );
 }
 
 /// The registrar and proxy behaviour the manifest names, on the farm's own
@@ -171,7 +196,10 @@ fn registrar_messages_for_our_domain() {
     let rewrite = |name: &str| {
         String::from_utf8_lossy(&data(name))
             .replace("example.com", DOMAIN)
-            .replace("branch=z9hG4bK", &format!("branch=z9hG4bK{}", name.trim_end_matches(".dat")))
+            .replace(
+                "branch=z9hG4bK",
+                &format!("branch=z9hG4bK{}", name.trim_end_matches(".dat")),
+            )
             .into_bytes()
     };
 
@@ -179,17 +207,32 @@ fn registrar_messages_for_our_domain() {
     let r = answer_udp(&digest, &rewrite("regaut01.dat")).expect("an answer");
     assert_eq!(status_of(&r), Some(401));
     let text = String::from_utf8_lossy(&r);
-    assert!(text.contains("WWW-Authenticate: Digest realm=\"ringmesh.test\""), "{text}");
+    assert!(
+        text.contains("WWW-Authenticate: Digest realm=\"ringmesh.test\""),
+        "{text}"
+    );
 
     let open = Farm::start(22060, &["--auth", "none"], &[]);
     for (name, contact) in [
-        ("cparam01.dat", "<sip:+19725552222@gw1.example.net>;expires="),
-        ("cparam02.dat", "<sip:+19725552222@gw1.example.net;unknownparam>;expires="),
-        ("regescrt.dat", "<sip:user@ringmesh.test?Route=%3Csip:sip.ringmesh.test%3E>;expires="),
+        (
+            "cparam01.dat",
+            "<sip:+19725552222@gw1.example.net>;expires=",
+        ),
+        (
+            "cparam02.dat",
+            "<sip:+19725552222@gw1.example.net;unknownparam>;expires=",
+        ),
+        (
+            "regescrt.dat",
+            "<sip:user@ringmesh.test?Route=%3Csip:sip.ringmesh.test%3E>;expires=",
+        ),
     ] {
         let r = answer_udp(&open, &rewrite(name)).expect("an answer");
         let text = String::from_utf8_lossy(&r);
         assert_eq!(status_of(&r), Some(200), "{name}: {text}");
-        assert!(text.contains(contact), "{name}: 200 must list {contact}: {text}");
+        assert!(
+            text.contains(contact),
+            "{name}: 200 must list {contact}: {text}"
+        );
     }
 }

@@ -21,7 +21,9 @@ pub struct Writer {
 
 impl Writer {
     fn with_capacity(n: usize) -> Writer {
-        Writer { buf: BytesMut::with_capacity(n) }
+        Writer {
+            buf: BytesMut::with_capacity(n),
+        }
     }
 
     pub fn request(method: &Method, uri: &[u8]) -> Writer {
@@ -84,10 +86,17 @@ pub struct Forward<'a> {
     pub request_uri: Option<&'a [u8]>,
     /// The Via value this proxy inserts on top (step 8).
     pub via: &'a [u8],
+    /// Replacement text for the received topmost Via element, e.g. with
+    /// `received` and `rport` filled in (RFC 3261 §18.2.1, RFC 3581 §4).
+    pub top_via: Option<&'a [u8]>,
     /// A Record-Route value to insert on top of any existing ones (step 4).
     pub record_route: Option<&'a [u8]>,
-    /// Remove the topmost Route value (loose routing, §16.4 / §16.6 step 7).
-    pub pop_route: bool,
+    /// A Route value to push on top (after `pop_routes` are removed): the
+    /// next hop this proxy chose (a strict route set it builds itself).
+    pub push_route: Option<&'a [u8]>,
+    /// How many topmost Route values to remove: the ones naming this node
+    /// (loose routing, §16.4 / §16.6 step 7).
+    pub pop_routes: usize,
     /// Max-Forwards to write (step 3: received value minus one, or 70).
     pub max_forwards: u8,
     /// Header fields to drop (e.g. credentials for our realm, untrusted
@@ -131,12 +140,17 @@ impl Message {
         let mut w = Writer::with_capacity(self.raw().len() + fw.via.len() + 128);
         w.buf.put_slice(self.method().as_bytes());
         w.buf.put_u8(b' ');
-        w.buf.put_slice(fw.request_uri.unwrap_or(self.request_uri_bytes()));
+        w.buf
+            .put_slice(fw.request_uri.unwrap_or(self.request_uri_bytes()));
         w.buf.put_slice(b" SIP/2.0\r\n");
         w.header(HeaderName::Via, fw.via);
-        let mut route_popped = !fw.pop_route;
+        if let Some(r) = fw.push_route {
+            w.header(HeaderName::Route, r);
+        }
+        let mut to_pop = fw.pop_routes;
         let mut rr_written = fw.record_route.is_none();
         let mut mf_written = false;
+        let mut via_rewritten = fw.top_via.is_none();
         for (name, raw_name, value) in self.headers() {
             if fw.strip.contains(&name) {
                 continue;
@@ -150,9 +164,32 @@ impl Message {
                     }
                     continue;
                 }
-                HeaderName::Route if !route_popped => {
-                    route_popped = true;
-                    if let Some(rest) = after_first_element(value) {
+                HeaderName::Via if !via_rewritten => {
+                    via_rewritten = true;
+                    let top = fw.top_via.unwrap_or_default();
+                    match after_first_element(value) {
+                        Some(rest) => {
+                            w.buf.reserve(top.len() + rest.len() + 10);
+                            w.buf.put_slice(b"Via: ");
+                            w.buf.put_slice(top);
+                            w.buf.put_slice(b", ");
+                            w.buf.put_slice(rest);
+                            w.buf.put_slice(b"\r\n");
+                        }
+                        None => {
+                            w.header(HeaderName::Via, top);
+                        }
+                    }
+                    continue;
+                }
+                HeaderName::Route if to_pop > 0 => {
+                    let mut rest = Some(value);
+                    while to_pop > 0 {
+                        let Some(v) = rest else { break };
+                        rest = after_first_element(v);
+                        to_pop -= 1;
+                    }
+                    if let Some(rest) = rest {
                         w.header(HeaderName::Route, rest);
                     }
                     continue;
@@ -175,6 +212,38 @@ impl Message {
             w.header(HeaderName::RecordRoute, fw.record_route.unwrap_or_default());
         }
         w
+    }
+
+    /// Writes the ACK a client transaction sends for `response`, a 3xx–6xx
+    /// answer to this INVITE (RFC 3261 §17.1.1.3): the same Request-URI,
+    /// Call-ID, From, CSeq number and Route header fields as this request,
+    /// its top Via as the only Via, and the To of the response (with the
+    /// tag it added).
+    pub fn ack_for(&self, response: &Message) -> Bytes {
+        self.in_transaction_request(&Method::Ack, response.to_bytes())
+    }
+
+    /// Writes the CANCEL for this request, which this node sent (RFC 3261
+    /// §9.1): the same Request-URI, Call-ID, To, From, CSeq number and
+    /// Route header fields, and its top Via (same branch) as the only Via.
+    pub fn cancel_for(&self) -> Bytes {
+        self.in_transaction_request(&Method::Cancel, self.to_bytes())
+    }
+
+    fn in_transaction_request(&self, method: &Method, to: &[u8]) -> Bytes {
+        let mut w = Writer::request(method, self.request_uri_bytes());
+        w.header(HeaderName::Via, self.top_via_bytes());
+        w.header(HeaderName::MaxForwards, b"70");
+        for route in self.header_lines(HeaderName::Route) {
+            w.header(HeaderName::Route, route);
+        }
+        w.header(HeaderName::From, self.from_bytes());
+        w.header(HeaderName::To, to);
+        w.header(HeaderName::CallId, self.call_id());
+        let _ = write!(w.buf, "CSeq: {} ", self.cseq());
+        w.buf.put_slice(method.as_bytes());
+        w.buf.put_slice(b"\r\n");
+        w.finish(b"")
     }
 
     /// Writes this response with its topmost Via value removed, as a proxy
@@ -263,7 +332,9 @@ Content-Length: 4\r\n\r\nv=0\n";
                 request_uri: Some(b"sip:bob@192.0.2.7:5062"),
                 via: b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKproxy",
                 record_route: Some(b"<sip:127.0.0.1:5060;lr>"),
-                pop_route: true,
+                push_route: None,
+                pop_routes: 1,
+                top_via: Some(b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;received=198.51.100.1"),
                 max_forwards: 69,
                 strip: &[HeaderName::PAssertedIdentity],
             })
@@ -272,14 +343,74 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(f.request_uri_bytes(), b"sip:bob@192.0.2.7:5062");
         assert_eq!(f.branch(), Some(&b"z9hG4bKproxy"[..]));
         assert_eq!(f.vias().count(), 3);
+        assert_eq!(
+            f.vias().nth(1).unwrap().received(),
+            Some(&b"198.51.100.1"[..])
+        );
+        assert_eq!(f.vias().nth(2).unwrap().branch(), Some(&b"z9hG4bKb"[..]));
         assert_eq!(f.max_forwards(), Some(68 + 1));
         let routes: Vec<_> = f.routes().map(|r| r.uri().as_bytes().to_vec()).collect();
         assert_eq!(routes, vec![b"sip:sn1.ringmesh.test;lr".to_vec()]);
-        let rr: Vec<_> = f.record_routes().map(|r| r.uri().as_bytes().to_vec()).collect();
-        assert_eq!(rr, vec![b"sip:127.0.0.1:5060;lr".to_vec(), b"sip:edge.example.com;lr".to_vec()]);
+        let rr: Vec<_> = f
+            .record_routes()
+            .map(|r| r.uri().as_bytes().to_vec())
+            .collect();
+        assert_eq!(
+            rr,
+            vec![
+                b"sip:127.0.0.1:5060;lr".to_vec(),
+                b"sip:edge.example.com;lr".to_vec()
+            ]
+        );
         assert!(!f.has_header(HeaderName::PAssertedIdentity));
         assert_eq!(f.header_named("x-custom"), Some(&b"keep me"[..]));
         assert_eq!(f.body(), b"v=0\n");
+    }
+
+    #[test]
+    fn ack_for_a_failure_response() {
+        let m = Message::parse(Bytes::from_static(INVITE)).unwrap();
+        let resp = Message::parse(m.response_writer(486, Some(b"callee")).finish(b"")).unwrap();
+        let ack = Message::parse(m.ack_for(&resp)).unwrap();
+        assert_eq!(*ack.method(), Method::Ack);
+        assert_eq!(ack.request_uri_bytes(), m.request_uri_bytes());
+        assert_eq!(
+            ack.header_lines(HeaderName::Via).collect::<Vec<_>>(),
+            vec![&b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa"[..]]
+        );
+        assert_eq!(ack.branch(), m.branch());
+        assert_eq!(ack.call_id(), m.call_id());
+        assert_eq!(ack.from_bytes(), m.from_bytes());
+        assert_eq!(ack.to_tag(), Some(&b"callee"[..]));
+        assert_eq!((ack.cseq(), ack.cseq_method()), (1, &Method::Ack));
+        let routes: Vec<_> = ack.routes().map(|r| r.uri().as_bytes().to_vec()).collect();
+        assert_eq!(
+            routes,
+            vec![
+                b"sip:sn0.ringmesh.test;lr".to_vec(),
+                b"sip:sn1.ringmesh.test;lr".to_vec()
+            ]
+        );
+        assert_eq!(ack.max_forwards(), Some(70));
+        assert!(ack.body().is_empty());
+        assert!(!ack.has_header(HeaderName::RecordRoute));
+        assert!(!ack.has_header(HeaderName::ContentType));
+    }
+
+    #[test]
+    fn cancel_for_a_sent_request() {
+        let m = Message::parse(Bytes::from_static(INVITE)).unwrap();
+        let c = Message::parse(m.cancel_for()).unwrap();
+        assert_eq!(*c.method(), Method::Cancel);
+        assert_eq!(c.request_uri_bytes(), m.request_uri_bytes());
+        assert_eq!(c.vias().count(), 1);
+        assert_eq!(c.branch(), Some(&b"z9hG4bKa"[..]));
+        assert_eq!(c.to_bytes(), m.to_bytes());
+        assert_eq!(c.from_bytes(), m.from_bytes());
+        assert_eq!(c.call_id(), m.call_id());
+        assert_eq!((c.cseq(), c.cseq_method()), (1, &Method::Cancel));
+        assert_eq!(c.routes().count(), 2);
+        assert!(c.body().is_empty());
     }
 
     #[test]

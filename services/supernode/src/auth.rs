@@ -54,18 +54,22 @@ impl Auth {
     /// password = "secret"          # or ha1-md5 = "…" and ha1-sha256 = "…"
     /// ```
     pub fn load(path: &Path, realm: &str, digest: DigestAuth) -> anyhow::Result<Auth> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("subscribers {}: {e}", path.display()))?;
-        let file: SubscriberFile =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("subscribers {}: {}", path.display(), e.message()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("subscribers {}: {e}", path.display()))?;
+        let file: SubscriberFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("subscribers {}: {}", path.display(), e.message()))?;
         let mut users = HashMap::with_capacity(file.subscriber.len());
         for s in file.subscriber {
             if s.user.is_empty() {
                 anyhow::bail!("subscribers {}: an entry has an empty user", path.display());
             }
             let ha1 = match (&s.password, &s.ha1_md5, &s.ha1_sha256) {
-                (Some(p), None, None) => Ha1::compute(s.user.as_bytes(), realm.as_bytes(), p.as_bytes()),
-                (None, Some(m), Some(h)) => Ha1::from_hex(m, h)
-                    .ok_or_else(|| anyhow::anyhow!("subscribers {}: bad HA1 hex for {}", path.display(), s.user))?,
+                (Some(p), None, None) => {
+                    Ha1::compute(s.user.as_bytes(), realm.as_bytes(), p.as_bytes())
+                }
+                (None, Some(m), Some(h)) => Ha1::from_hex(m, h).ok_or_else(|| {
+                    anyhow::anyhow!("subscribers {}: bad HA1 hex for {}", path.display(), s.user)
+                })?,
                 _ => anyhow::bail!(
                     "subscribers {}: {} needs either password or both ha1-md5 and ha1-sha256",
                     path.display(),
@@ -78,7 +82,11 @@ impl Auth {
     }
 
     pub fn new(realm: &str, digest: DigestAuth, users: HashMap<Vec<u8>, Ha1>) -> Auth {
-        Auth { realm: realm.to_string(), digest, users }
+        Auth {
+            realm: realm.to_string(),
+            digest,
+            users,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,33 +108,72 @@ impl Auth {
     /// UAs (sipp among them) put the server's address there instead of the
     /// domain; `names_us` lets the caller accept a URI that addresses this
     /// farm with the same user part, which authorises nothing more.
-    pub fn verify(&self, msg: &Message, proxy: bool, now_unix_secs: u64, names_us: impl Fn(&Uri<'_>) -> bool) -> Verdict {
+    pub fn verify(
+        &self,
+        msg: &Message,
+        proxy: bool,
+        now_unix_secs: u64,
+        names_us: impl Fn(&Uri<'_>) -> bool,
+    ) -> Verdict {
         let Some(creds) = digest::find_credentials(msg, proxy, self.realm.as_bytes()) else {
-            return Verdict::Challenge { stale: false, reason: "no_credentials" };
+            return Verdict::Challenge {
+                stale: false,
+                reason: "no_credentials",
+            };
         };
         let user = creds.username();
         let Some(ha1) = self.users.get(user.as_ref()) else {
-            return Verdict::Challenge { stale: false, reason: "unknown_user" };
+            return Verdict::Challenge {
+                stale: false,
+                reason: "unknown_user",
+            };
         };
         let ruri = msg.request_uri_bytes();
         let digest_uri = creds.uri();
         let target: &[u8] = match (Uri::parse(&digest_uri), msg.request_uri()) {
-            (Ok(d), Some(r)) if !digest::uri_matches(&digest_uri, ruri) && names_us(&d) && d.user() == r.user() => {
+            (Ok(d), Some(r))
+                if !digest::uri_matches(&digest_uri, ruri)
+                    && names_us(&d)
+                    && d.user() == r.user() =>
+            {
                 &digest_uri
             }
             _ => ruri,
         };
-        match self.digest.verify(&creds, self.realm.as_bytes(), msg.method(), target, ha1, now_unix_secs) {
-            digest::Verdict::Valid => Verdict::Authenticated(String::from_utf8_lossy(&user).into_owned()),
-            digest::Verdict::Stale => Verdict::Challenge { stale: true, reason: "stale_nonce" },
-            digest::Verdict::Invalid(_) => Verdict::Challenge { stale: false, reason: "bad_credentials" },
+        match self.digest.verify(
+            &creds,
+            self.realm.as_bytes(),
+            msg.method(),
+            target,
+            ha1,
+            now_unix_secs,
+        ) {
+            digest::Verdict::Valid => {
+                Verdict::Authenticated(String::from_utf8_lossy(&user).into_owned())
+            }
+            digest::Verdict::Stale => Verdict::Challenge {
+                stale: true,
+                reason: "stale_nonce",
+            },
+            digest::Verdict::Invalid(_) => Verdict::Challenge {
+                stale: false,
+                reason: "bad_credentials",
+            },
         }
     }
 
     /// A 401 (or, with `proxy`, 407) carrying fresh challenges.
-    pub fn challenge(&self, req: &Message, proxy: bool, stale: bool, now_unix_secs: u64, to_tag: &[u8]) -> Bytes {
+    pub fn challenge(
+        &self,
+        req: &Message,
+        proxy: bool,
+        stale: bool,
+        now_unix_secs: u64,
+        to_tag: &[u8],
+    ) -> Bytes {
         let mut w = req.response_writer(if proxy { 407 } else { 401 }, Some(to_tag));
-        self.digest.write_challenges(&mut w, proxy, self.realm.as_bytes(), stale, now_unix_secs);
+        self.digest
+            .write_challenges(&mut w, proxy, self.realm.as_bytes(), stale, now_unix_secs);
         w.finish(b"")
     }
 }

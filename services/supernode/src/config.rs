@@ -56,14 +56,21 @@ pub struct Listen {
 impl std::str::FromStr for Listen {
     type Err = String;
     fn from_str(s: &str) -> Result<Listen, String> {
-        let (t, rest) = s.split_once(':').ok_or_else(|| format!("'{s}' is not udp:HOST:PORT or tcp:HOST:PORT"))?;
+        let (t, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}' is not udp:HOST:PORT or tcp:HOST:PORT"))?;
         let transport = match t.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            other => return Err(format!("unknown transport '{other}' in '{s}' (use udp or tcp)")),
+            other => {
+                return Err(format!(
+                    "unknown transport '{other}' in '{s}' (use udp or tcp)"
+                ));
+            }
         };
-        let addr: SocketAddr =
-            rest.parse().map_err(|_| format!("'{rest}' in '{s}' is not HOST:PORT with an IP address (IPv6 as [::1]:5060)"))?;
+        let addr: SocketAddr = rest.parse().map_err(|_| {
+            format!("'{rest}' in '{s}' is not HOST:PORT with an IP address (IPv6 as [::1]:5060)")
+        })?;
         Ok(Listen { transport, addr })
     }
 }
@@ -93,6 +100,38 @@ pub struct SupernodeArgs {
     /// the bound one (e.g. the load balancer's).
     #[arg(long, env = "RINGMESH_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Where to listen for overlay links (QUIC, HOST:PORT). With it the
+    /// node joins a farm and stores bindings on the ring; without it the
+    /// node is a farm of one with node-local bindings.
+    #[arg(long, env = "RINGMESH_OVERLAY")]
+    pub overlay: Option<String>,
+    /// Overlay address of another supernode to join through (repeatable).
+    #[arg(long, env = "RINGMESH_SEED", value_delimiter = ',')]
+    pub seed: Vec<String>,
+    /// Found a new ring if no seed accepts within this many seconds (one
+    /// node of a farm may do this; without it a node only ever joins).
+    #[arg(long, env = "RINGMESH_BOOTSTRAP_AFTER")]
+    pub bootstrap_after: Option<u64>,
+    /// Replicas per binding (k); a write needs a majority of min(k, N).
+    #[arg(long, env = "RINGMESH_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// This node's certificate (PEM, from the farm CA; default DATA/node.crt).
+    #[arg(long, env = "RINGMESH_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM; default DATA/node.key).
+    #[arg(long, env = "RINGMESH_KEY")]
+    pub key: Option<PathBuf>,
+    /// The farm CA bundle (PEM; default DATA/ca.crt).
+    #[arg(long, env = "RINGMESH_CA")]
+    pub ca: Option<PathBuf>,
+    /// Revocation list of the farm CA (PEM; default DATA/crl.pem if present).
+    #[arg(long, env = "RINGMESH_CRL")]
+    pub crl: Option<PathBuf>,
+    /// The farm secret keying digest nonces and Record-Route tokens, the
+    /// same on every node (hex file; default DATA/farm.secret, created if
+    /// missing for a farm of one).
+    #[arg(long, env = "RINGMESH_FARM_SECRET")]
+    pub farm_secret: Option<PathBuf>,
     /// Data directory (state, keys).
     #[arg(long, env = "RINGMESH_DATA")]
     pub data: Option<PathBuf>,
@@ -157,6 +196,15 @@ struct FileConfig {
     domain: Option<String>,
     sip: Option<Vec<String>>,
     advertise: Option<String>,
+    overlay: Option<String>,
+    seed: Option<Vec<String>>,
+    bootstrap_after: Option<u64>,
+    replicas: Option<usize>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    farm_secret: Option<PathBuf>,
     data: Option<PathBuf>,
     auth: Option<AuthMode>,
     subscribers: Option<PathBuf>,
@@ -183,6 +231,9 @@ pub struct Config {
     pub listen: Vec<Listen>,
     /// Host put in Via/Record-Route/Contact; `None` = the bound address.
     pub advertise: Option<String>,
+    /// Farm mode: the overlay endpoint and how to find the ring.
+    pub overlay: Option<OverlayConfig>,
+    pub farm_secret: PathBuf,
     pub data: PathBuf,
     pub auth: AuthMode,
     pub subscribers: Option<PathBuf>,
@@ -201,6 +252,19 @@ pub struct Config {
     pub log: String,
 }
 
+/// Settings of a node that is part of a farm.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    pub listen: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub bootstrap_after: Option<Duration>,
+    pub replicas: usize,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub crl: PathBuf,
+}
+
 /// A configuration error that names the key to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {message} (set by --{key}, {env} or `{key}` in the config file)")]
@@ -211,7 +275,11 @@ pub struct ConfigError {
 }
 
 fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key, env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")), message: message.into() }
+    ConfigError {
+        key,
+        env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")),
+        message: message.into(),
+    }
 }
 
 impl SupernodeArgs {
@@ -221,56 +289,103 @@ impl SupernodeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
+                toml::from_str(&text)
+                    .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
             }
             None => FileConfig::default(),
         };
-        let domain = self.domain.or(file.domain).unwrap_or_else(|| "ringmesh.test".into());
+        let domain = self
+            .domain
+            .or(file.domain)
+            .unwrap_or_else(|| "ringmesh.test".into());
         if domain.is_empty() || ringmesh_sip::Host::parse(domain.as_bytes()).is_err() {
-            return Err(err("domain", format!("'{domain}' is not a valid host name")));
+            return Err(err(
+                "domain",
+                format!("'{domain}' is not a valid host name"),
+            ));
         }
-        let sip = if self.sip.is_empty() { file.sip.unwrap_or_default() } else { self.sip };
-        let sip = if sip.is_empty() { vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()] } else { sip };
-        let listen = sip.iter().map(|s| s.parse::<Listen>()).collect::<Result<Vec<_>, _>>().map_err(|m| err("sip", m))?;
+        let sip = if self.sip.is_empty() {
+            file.sip.unwrap_or_default()
+        } else {
+            self.sip
+        };
+        let sip = if sip.is_empty() {
+            vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]
+        } else {
+            sip
+        };
+        let listen = sip
+            .iter()
+            .map(|s| s.parse::<Listen>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| err("sip", m))?;
         let advertise = self.advertise.or(file.advertise);
         if let Some(a) = &advertise {
             let host = a.trim_start_matches('[').trim_end_matches(']');
             if host.parse::<IpAddr>().is_err() && ringmesh_sip::Host::parse(a.as_bytes()).is_err() {
-                return Err(err("advertise", format!("'{a}' is not a host name or IP address")));
+                return Err(err(
+                    "advertise",
+                    format!("'{a}' is not a host name or IP address"),
+                ));
             }
         }
         let name = self.name.or(file.name).unwrap_or_else(|| "sn0".into());
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(err("name", format!("'{name}' must be letters, digits, '-', '_' or '.'")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(err(
+                "name",
+                format!("'{name}' must be letters, digits, '-', '_' or '.'"),
+            ));
         }
         let auth = self.auth.or(file.auth).unwrap_or(AuthMode::Digest);
         let subscribers = self.subscribers.or(file.subscribers);
         if auth == AuthMode::Digest && subscribers.is_none() {
-            return Err(err("subscribers", "digest auth needs a subscriber list (or use --auth none)"));
+            return Err(err(
+                "subscribers",
+                "digest auth needs a subscriber list (or use --auth none)",
+            ));
         }
         let metrics = match self.metrics.or(file.metrics) {
-            Some(m) => Some(m.parse().map_err(|_| err("metrics", format!("'{m}' is not HOST:PORT with an IP address")))?),
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(
+                    "metrics",
+                    format!("'{m}' is not HOST:PORT with an IP address"),
+                )
+            })?),
             None => None,
         };
         let min_expires = self.min_expires.or(file.min_expires).unwrap_or(60);
         let max_expires = self.max_expires.or(file.max_expires).unwrap_or(7200);
-        let default_expires = self.default_expires.or(file.default_expires).unwrap_or(3600);
+        let default_expires = self
+            .default_expires
+            .or(file.default_expires)
+            .unwrap_or(3600);
         if min_expires == 0 {
             return Err(err("min-expires", "must be at least 1 second"));
         }
         if max_expires < min_expires {
-            return Err(err("max-expires", format!("{max_expires} is below min-expires {min_expires}")));
+            return Err(err(
+                "max-expires",
+                format!("{max_expires} is below min-expires {min_expires}"),
+            ));
         }
         if !(min_expires..=max_expires).contains(&default_expires) {
-            return Err(err("default-expires", format!("{default_expires} is outside min-expires..max-expires")));
+            return Err(err(
+                "default-expires",
+                format!("{default_expires} is outside min-expires..max-expires"),
+            ));
         }
-        let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-            match v.unwrap_or(default) {
-                0 => Err(err(key, "must be positive")),
-                n if n > 600_000 => Err(err(key, "is absurdly large (over 10 minutes)")),
-                n => Ok(Duration::from_millis(n)),
-            }
-        };
+        let ms =
+            |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+                match v.unwrap_or(default) {
+                    0 => Err(err(key, "must be positive")),
+                    n if n > 600_000 => Err(err(key, "is absurdly large (over 10 minutes)")),
+                    n => Ok(Duration::from_millis(n)),
+                }
+            };
         let t1 = ms("t1-ms", self.t1_ms.or(file.t1_ms), 500)?;
         let t2 = ms("t2-ms", self.t2_ms.or(file.t2_ms), 4000)?;
         let t4 = ms("t4-ms", self.t4_ms.or(file.t4_ms), 5000)?;
@@ -291,28 +406,109 @@ impl SupernodeArgs {
             match ringmesh_sip::digest::Algorithm::parse(a.as_bytes()) {
                 Some(alg) if !digest_algorithms.contains(&alg) => digest_algorithms.push(alg),
                 Some(_) => {}
-                None => return Err(err("digest-algorithms", format!("unknown algorithm '{a}' (use md5 or sha-256)"))),
+                None => {
+                    return Err(err(
+                        "digest-algorithms",
+                        format!("unknown algorithm '{a}' (use md5 or sha-256)"),
+                    ));
+                }
             }
         }
         if digest_algorithms.is_empty() {
             return Err(err("digest-algorithms", "needs at least one algorithm"));
         }
-        let nonce_lifetime = secs("nonce-lifetime", self.nonce_lifetime.or(file.nonce_lifetime), 300)?;
+        let nonce_lifetime = secs(
+            "nonce-lifetime",
+            self.nonce_lifetime.or(file.nonce_lifetime),
+            300,
+        )?;
         // Connections carry registrations: keep them as long as a typical
         // registration unless the peer goes silent for that long.
-        let tcp_idle_timeout = secs("tcp-idle-timeout", self.tcp_idle_timeout.or(file.tcp_idle_timeout), 900)?;
-        let tcp_message_timeout =
-            secs("tcp-message-timeout", self.tcp_message_timeout.or(file.tcp_message_timeout), 10)?;
-        let max_connections = self.max_connections.or(file.max_connections).unwrap_or(100_000);
+        let tcp_idle_timeout = secs(
+            "tcp-idle-timeout",
+            self.tcp_idle_timeout.or(file.tcp_idle_timeout),
+            900,
+        )?;
+        let tcp_message_timeout = secs(
+            "tcp-message-timeout",
+            self.tcp_message_timeout.or(file.tcp_message_timeout),
+            10,
+        )?;
+        let max_connections = self
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(100_000);
         if max_connections == 0 {
             return Err(err("max-connections", "must be positive"));
         }
-        let data = self.data.or(file.data).unwrap_or_else(|| PathBuf::from(format!("./ringmesh-data/{name}")));
+        let data = self
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from(format!("./ringmesh-data/{name}")));
+        let seeds = if self.seed.is_empty() {
+            file.seed.unwrap_or_default()
+        } else {
+            self.seed
+        };
+        let seeds = seeds
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| err("seed", format!("'{s}' is not HOST:PORT with an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let replicas = self.replicas.or(file.replicas).unwrap_or(3);
+        if !(1..=7).contains(&replicas) {
+            return Err(err("replicas", format!("{replicas} is outside 1..=7")));
+        }
+        let bootstrap_after = self
+            .bootstrap_after
+            .or(file.bootstrap_after)
+            .map(Duration::from_secs);
+        let overlay = match self.overlay.or(file.overlay) {
+            Some(o) => Some(OverlayConfig {
+                listen: o.parse().map_err(|_| {
+                    err(
+                        "overlay",
+                        format!("'{o}' is not HOST:PORT with an IP address"),
+                    )
+                })?,
+                seeds,
+                bootstrap_after,
+                replicas,
+                cert: self
+                    .cert
+                    .or(file.cert)
+                    .unwrap_or_else(|| data.join("node.crt")),
+                key: self
+                    .key
+                    .or(file.key)
+                    .unwrap_or_else(|| data.join("node.key")),
+                ca: self.ca.or(file.ca).unwrap_or_else(|| data.join("ca.crt")),
+                crl: self
+                    .crl
+                    .or(file.crl)
+                    .unwrap_or_else(|| data.join("crl.pem")),
+            }),
+            None if !seeds.is_empty() => {
+                return Err(err(
+                    "seed",
+                    "seeds need --overlay (the address to join from)",
+                ));
+            }
+            None => None,
+        };
+        let farm_secret = self
+            .farm_secret
+            .or(file.farm_secret)
+            .unwrap_or_else(|| data.join("farm.secret"));
         Ok(Config {
             name,
             domain: domain.to_ascii_lowercase(),
             listen,
             advertise,
+            overlay,
+            farm_secret,
             data,
             auth,
             subscribers,
@@ -338,7 +534,10 @@ mod tests {
     use super::*;
 
     fn args() -> SupernodeArgs {
-        SupernodeArgs { auth: Some(AuthMode::None), ..Default::default() }
+        SupernodeArgs {
+            auth: Some(AuthMode::None),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -353,7 +552,12 @@ mod tests {
     fn listen_forms() {
         let l: Listen = "udp:[::1]:5070".parse().unwrap();
         assert_eq!(l.addr, "[::1]:5070".parse().unwrap());
-        assert!("sctp:127.0.0.1:5060".parse::<Listen>().unwrap_err().contains("sctp"));
+        assert!(
+            "sctp:127.0.0.1:5060"
+                .parse::<Listen>()
+                .unwrap_err()
+                .contains("sctp")
+        );
         assert!("udp:localhost".parse::<Listen>().is_err());
     }
 
@@ -361,25 +565,56 @@ mod tests {
     fn file_keys_and_precedence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "domain = \"file.example\"\nmin-expires = 30\nname = \"fromfile\"\n").unwrap();
-        let c = SupernodeArgs { config: Some(path.clone()), name: Some("flag".into()), ..args() }.resolve().unwrap();
+        std::fs::write(
+            &path,
+            "domain = \"file.example\"\nmin-expires = 30\nname = \"fromfile\"\n",
+        )
+        .unwrap();
+        let c = SupernodeArgs {
+            config: Some(path.clone()),
+            name: Some("flag".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(c.domain, "file.example");
         assert_eq!(c.min_expires, 30);
         assert_eq!(c.name, "flag", "a flag beats the file");
 
         std::fs::write(&path, "domian = \"typo.example\"\n").unwrap();
-        let e = SupernodeArgs { config: Some(path), ..args() }.resolve().unwrap_err();
+        let e = SupernodeArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(e.to_string().contains("domian"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = SupernodeArgs { sip: vec!["tcp:nowhere".into()], ..args() }.resolve().unwrap_err();
+        let e = SupernodeArgs {
+            sip: vec!["tcp:nowhere".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "sip");
-        let e = SupernodeArgs { min_expires: Some(100), max_expires: Some(50), ..args() }.resolve().unwrap_err();
+        let e = SupernodeArgs {
+            min_expires: Some(100),
+            max_expires: Some(50),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "max-expires");
         assert!(e.to_string().contains("RINGMESH_MAX_EXPIRES"));
-        let e = SupernodeArgs { auth: Some(AuthMode::Digest), ..Default::default() }.resolve().unwrap_err();
+        let e = SupernodeArgs {
+            auth: Some(AuthMode::Digest),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "subscribers");
     }
 }

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Auth, Verdict};
 use crate::config::{Config, Transport};
+use crate::farm::FarmHandle;
 use crate::location::{Binding, Completion, FlowRef, LocationError, LocationOp, LocationService};
 use crate::metrics::Metrics;
 use crate::registrar::{self, RegisterPlan, RegistrarConfig};
@@ -50,7 +51,9 @@ const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUB
 
 /// Wall-clock milliseconds since the UNIX epoch.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This node's addresses, as it decides "is this URI me?".
@@ -72,7 +75,10 @@ impl Me {
             IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         });
-        let mut hosts = vec![cfg.domain.to_ascii_lowercase(), advertise.to_ascii_lowercase()];
+        let mut hosts = vec![
+            cfg.domain.to_ascii_lowercase(),
+            advertise.to_ascii_lowercase(),
+        ];
         for l in &cfg.listen {
             let h = match l.addr.ip() {
                 IpAddr::V6(ip) => format!("[{ip}]"),
@@ -82,7 +88,12 @@ impl Me {
                 hosts.push(h);
             }
         }
-        let port_of = |t: Transport| cfg.listen.iter().find(|l| l.transport == t).map(|l| l.addr.port());
+        let port_of = |t: Transport| {
+            cfg.listen
+                .iter()
+                .find(|l| l.transport == t)
+                .map(|l| l.addr.port())
+        };
         Me {
             domain: cfg.domain.clone(),
             udp_port: port_of(Transport::Udp),
@@ -95,7 +106,9 @@ impl Me {
     }
 
     fn is_own_host(&self, host: &[u8]) -> bool {
-        self.hosts.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(host))
+        self.hosts
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(host))
     }
 
     /// The domain served, or one of this node's own addresses.
@@ -111,8 +124,12 @@ impl Me {
     pub fn is_me(&self, uri: &Uri<'_>) -> bool {
         let Some(host) = uri.host() else { return false };
         let port = uri.port().unwrap_or(5060);
-        !host.text.eq_ignore_ascii_case(self.domain.as_bytes()) && self.is_own_host(host.text) && self.ports.contains(&port)
-            || host.text.eq_ignore_ascii_case(self.domain.as_bytes()) && uri.user().is_none() && uri.is_loose_route()
+        !host.text.eq_ignore_ascii_case(self.domain.as_bytes())
+            && self.is_own_host(host.text)
+            && self.ports.contains(&port)
+            || host.text.eq_ignore_ascii_case(self.domain.as_bytes())
+                && uri.user().is_none()
+                && uri.is_loose_route()
     }
 
     fn port(&self, t: Transport) -> u16 {
@@ -143,8 +160,37 @@ struct ProxyCtx {
 /// A request waiting for the location service.
 #[derive(Debug)]
 enum Pending {
-    Register { server: ServerKey, msg: Message, plan: RegisterPlan, started: Instant },
-    Route { server: ServerKey, msg: Message, from: FlowRef, asserted: Option<Bytes> },
+    Register {
+        server: ServerKey,
+        msg: Message,
+        plan: RegisterPlan,
+    },
+    Route {
+        server: ServerKey,
+        msg: Message,
+        from: FlowRef,
+        asserted: Option<Bytes>,
+    },
+}
+
+/// Where a request goes: a new Request-URI, the next hop, and a Route to
+/// push for that hop (the edge supernode's flow token).
+#[derive(Debug, Clone)]
+struct Target {
+    uri: Option<Bytes>,
+    dest: Dest,
+    push_route: Option<String>,
+}
+
+/// What the Route header says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// `popped` Route values named this node; nothing says where next.
+    Here { popped: usize },
+    /// A signed token of ours: send down that leaf's flow.
+    Toward { popped: usize, dest: Dest },
+    /// The next Route is another supernode's token: send over its link.
+    Member { popped: usize, node: [u8; 16] },
 }
 
 pub struct SipCore<L: LocationService> {
@@ -167,11 +213,15 @@ pub struct SipCore<L: LocationService> {
     next_token: u64,
     branch_counter: u64,
     registrar: RegistrarConfig,
+    farm: Option<FarmHandle>,
 }
 
 impl<L: LocationService> std::fmt::Debug for SipCore<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipCore").field("me", &self.me).field("transactions", &self.txl.len()).finish()
+        f.debug_struct("SipCore")
+            .field("me", &self.me)
+            .field("transactions", &self.txl.len())
+            .finish()
     }
 }
 
@@ -186,8 +236,14 @@ impl<L: LocationService> SipCore<L> {
         secret: &[u8],
         shared: Arc<Shared>,
         udp: Vec<Arc<UdpSocket>>,
+        farm: Option<FarmHandle>,
     ) -> SipCore<L> {
-        let timers = ringmesh_sip::transaction::Timers { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4, ..Default::default() };
+        let timers = ringmesh_sip::transaction::Timers {
+            t1: cfg.t1,
+            t2: cfg.t2,
+            t4: cfg.t4,
+            ..Default::default()
+        };
         SipCore {
             registrar: RegistrarConfig {
                 min_expires: cfg.min_expires,
@@ -212,6 +268,7 @@ impl<L: LocationService> SipCore<L> {
             register_started: HashMap::new(),
             next_token: 1,
             branch_counter: rand::random(),
+            farm,
         }
     }
 
@@ -285,13 +342,31 @@ impl<L: LocationService> SipCore<L> {
 
     fn on_inbound(&mut self, ev: Inbound, now: Instant) {
         match ev {
-            Inbound::Sip { msg, flow, transport, .. } => {
+            Inbound::Sip {
+                msg,
+                flow,
+                transport,
+                ..
+            } => {
                 let t = transport.as_str();
                 match msg.status() {
-                    Some(s) => self.metrics.responses_received.with_label_values(&[Metrics::class(s), t]).inc(),
-                    None => self.metrics.requests.with_label_values(&[msg.method().metric_label(), t]).inc(),
+                    Some(s) => self
+                        .metrics
+                        .responses_received
+                        .with_label_values(&[Metrics::class(s), t])
+                        .inc(),
+                    None => self
+                        .metrics
+                        .requests
+                        .with_label_values(&[msg.method().metric_label(), t])
+                        .inc(),
                 }
-                self.txl.handle_message(msg, Dest::Flow(flow), transport == Transport::Tcp, now.into_std());
+                self.txl.handle_message(
+                    msg,
+                    Dest::Flow(flow),
+                    transport == Transport::Tcp,
+                    now.into_std(),
+                );
             }
             Inbound::ConnOpened { id, peer, tx } => {
                 self.conns.insert(id, tx);
@@ -301,6 +376,22 @@ impl<L: LocationService> SipCore<L> {
                 self.conns.remove(&id);
                 self.conn_by_peer.retain(|_, c| *c != id);
             }
+            Inbound::PeerSip { msg, peer } => {
+                match msg.status() {
+                    Some(s) => self
+                        .metrics
+                        .responses_received
+                        .with_label_values(&[Metrics::class(s), "overlay"])
+                        .inc(),
+                    None => self
+                        .metrics
+                        .requests
+                        .with_label_values(&[msg.method().metric_label(), "overlay"])
+                        .inc(),
+                }
+                self.txl
+                    .handle_message(msg, Dest::Peer(peer), true, now.into_std());
+            }
         }
         self.drive(now);
     }
@@ -309,6 +400,11 @@ impl<L: LocationService> SipCore<L> {
 
     fn send(&mut self, dest: Dest, bytes: Bytes) {
         match dest {
+            Dest::Peer(node) => {
+                if let Some(f) = &self.farm {
+                    f.send_sip(node, bytes);
+                }
+            }
             Dest::Flow(FlowRef::Udp { socket, peer }) => {
                 if let Some(s) = self.udp.get(socket as usize) {
                     let _ = s.try_send_to(&bytes, peer);
@@ -319,19 +415,38 @@ impl<L: LocationService> SipCore<L> {
                     let _ = tx.try_send(bytes);
                 }
                 // The connection is gone: reach the peer on a new one.
-                None => self.send(Dest::Addr { transport: Transport::Tcp, addr: peer }, bytes),
+                None => self.send(
+                    Dest::Addr {
+                        transport: Transport::Tcp,
+                        addr: peer,
+                    },
+                    bytes,
+                ),
             },
-            Dest::Addr { transport: Transport::Udp, addr } => {
+            Dest::Addr {
+                transport: Transport::Udp,
+                addr,
+            } => {
                 if let Some(s) = self.udp_socket_for(addr).and_then(|i| self.udp.get(i)) {
                     let _ = s.try_send_to(&bytes, addr);
                 }
             }
-            Dest::Addr { transport: Transport::Tcp, addr } => {
-                if let Some(tx) = self.conn_by_peer.get(&addr).and_then(|id| self.conns.get(id)) {
+            Dest::Addr {
+                transport: Transport::Tcp,
+                addr,
+            } => {
+                if let Some(tx) = self
+                    .conn_by_peer
+                    .get(&addr)
+                    .and_then(|id| self.conns.get(id))
+                {
                     let _ = tx.try_send(bytes);
                     return;
                 }
-                let id = self.shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = self
+                    .shared
+                    .next_conn
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(256);
                 let _ = tx.try_send(bytes);
                 self.conns.insert(id, tx.clone());
@@ -359,18 +474,37 @@ impl<L: LocationService> SipCore<L> {
     }
 
     /// Answers a request in its server transaction.
-    fn respond(&mut self, server: ServerKey, status: u16, bytes: Bytes, transport: Transport, now: Instant) {
-        self.metrics.responses_sent.with_label_values(&[Metrics::class(status), transport.as_str()]).inc();
-        if status >= 200 {
-            if let Some(t0) = self.register_started.remove(&server) {
-                self.metrics.register_latency.observe(now.duration_since(t0).as_secs_f64());
-            }
+    fn respond(
+        &mut self,
+        server: ServerKey,
+        status: u16,
+        bytes: Bytes,
+        transport: Transport,
+        now: Instant,
+    ) {
+        self.metrics
+            .responses_sent
+            .with_label_values(&[Metrics::class(status), transport.as_str()])
+            .inc();
+        if status >= 200
+            && let Some(t0) = self.register_started.remove(&server)
+        {
+            self.metrics
+                .register_latency
+                .observe(now.duration_since(t0).as_secs_f64());
         }
         let _ = self.txl.respond(server, status, bytes, now.into_std());
     }
 
     /// Answers locally with `status` and optional extra headers.
-    fn reply(&mut self, server: ServerKey, req: &Message, status: u16, extra: &[(HeaderName, &[u8])], now: Instant) {
+    fn reply(
+        &mut self,
+        server: ServerKey,
+        req: &Message,
+        status: u16,
+        extra: &[(HeaderName, &[u8])],
+        now: Instant,
+    ) {
         let tag = self.to_tag(req);
         let mut w = req.response_writer(status, Some(tag.as_bytes()));
         for (n, v) in extra {
@@ -387,19 +521,27 @@ impl<L: LocationService> SipCore<L> {
 
     fn on_event(&mut self, ev: Event<Dest>, now: Instant) {
         match ev {
-            Event::Request { server, msg, from } => {
-                let Dest::Flow(flow) = from else { return };
-                self.on_request(server, msg, flow, now);
-            }
-            Event::Ack { msg, from } => {
-                if let Dest::Flow(flow) = from {
-                    self.forward_ack(msg, flow);
-                }
-            }
-            Event::Cancel { server, invite, msg, .. } => self.on_cancel(server, invite, &msg, now),
+            Event::Request { server, msg, from } => match from {
+                Dest::Flow(flow) => self.on_request(server, msg, Some(flow), now),
+                Dest::Peer(_) => self.on_request(server, msg, None, now),
+                Dest::Addr { .. } => {}
+            },
+            Event::Ack { msg, from } => match from {
+                Dest::Flow(flow) => self.forward_ack(msg, Some(flow)),
+                Dest::Peer(_) => self.forward_ack(msg, None),
+                Dest::Addr { .. } => {}
+            },
+            Event::Cancel {
+                server,
+                invite,
+                msg,
+                ..
+            } => self.on_cancel(server, invite, &msg, now),
             Event::Response { client, msg } => self.on_response(client, msg, now),
             Event::StrayResponse { msg } => self.forward_stray_response(msg),
-            Event::Timeout { client } | Event::TransportError { client } => self.on_branch_failed(client, now),
+            Event::Timeout { client } | Event::TransportError { client } => {
+                self.on_branch_failed(client, now)
+            }
             Event::TimerC { client } => {
                 let _ = self.txl.cancel(client, now.into_std());
             }
@@ -422,9 +564,13 @@ impl<L: LocationService> SipCore<L> {
         }
     }
 
-    fn on_request(&mut self, server: ServerKey, msg: Message, flow: FlowRef, now: Instant) {
+    /// A new request, from a leaf (`from` is its flow) or from another
+    /// supernode (`from` is None: trusted, already authenticated).
+    fn on_request(&mut self, server: ServerKey, msg: Message, from: Option<FlowRef>, now: Instant) {
         // 1. Checks that depend on nothing but the message (§16.3).
-        let Some(ruri) = msg.request_uri() else { return };
+        let Some(ruri) = msg.request_uri() else {
+            return;
+        };
         if !matches!(ruri.scheme(), Scheme::Sip | Scheme::Sips | Scheme::Tel) {
             return self.reply(server, &msg, 416, &[], now);
         }
@@ -440,31 +586,83 @@ impl<L: LocationService> SipCore<L> {
         }
         let unsupported: Vec<&[u8]> = msg
             .header_values(HeaderName::ProxyRequire)
-            .filter(|t| !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)))
+            .filter(|t| {
+                !SUPPORTED
+                    .iter()
+                    .any(|s| s.as_bytes().eq_ignore_ascii_case(t))
+            })
             .collect();
         if !unsupported.is_empty() {
             let list = unsupported.join(&b", "[..]);
             return self.reply(server, &msg, 420, &[(HeaderName::Unsupported, &list)], now);
         }
-        if *msg.method() == Method::Register && !matches!(msg.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips) {
-            return self.reply(server, &msg, 400, &[(HeaderName::Warning, b"399 ringmesh \"To is not a SIP AOR\"")], now);
+        if *msg.method() == Method::Register
+            && !matches!(msg.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips)
+        {
+            return self.reply(
+                server,
+                &msg,
+                400,
+                &[(HeaderName::Warning, b"399 ringmesh \"To is not a SIP AOR\"")],
+                now,
+            );
         }
 
-        // 2. Routes that name this node.
-        let (popped, toward) = self.consume_routes(&msg, flow);
-        if let Some(dest) = toward {
-            return self.proxy_to(server, msg, flow, vec![(None, dest)], popped, None, now);
-        }
+        // 2. Routes that name this node, or another member of the farm.
+        let popped = match self.consume_routes(&msg, from) {
+            Routing::Toward { popped, dest } => {
+                let t = Target {
+                    uri: None,
+                    dest,
+                    push_route: None,
+                };
+                return self.proxy_to(server, msg, from, vec![t], popped, None, now);
+            }
+            Routing::Member { popped, node } => {
+                let t = Target {
+                    uri: None,
+                    dest: Dest::Peer(node),
+                    push_route: None,
+                };
+                return self.proxy_to(server, msg, from, vec![t], popped, None, now);
+            }
+            Routing::Here { popped } => popped,
+        };
         if popped < msg.routes().count() {
-            // A further hop named by Route: only the farm's own nodes would
-            // be acceptable, and a one-node farm has none.
-            return self.reply(server, &msg, 403, &[(HeaderName::Warning, b"399 ringmesh \"will not relay\"")], now);
+            // A further hop named by Route that is not a farm member: the
+            // farm relays for no one.
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(HeaderName::Warning, b"399 ringmesh \"will not relay\"")],
+                now,
+            );
         }
+        let Some(flow) = from else {
+            // Supernodes send each other requests with a flow token only.
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(HeaderName::Warning, b"399 ringmesh \"no route\"")],
+                now,
+            );
+        };
 
         // 3. No open relay.
         let in_dialog = msg.to_tag().is_some();
         if !self.me.serves(&ruri) {
-            return self.reply(server, &msg, 403, &[(HeaderName::Warning, b"399 ringmesh \"domain not served here\"")], now);
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(
+                    HeaderName::Warning,
+                    b"399 ringmesh \"domain not served here\"",
+                )],
+                now,
+            );
         }
         if *msg.method() == Method::Register {
             return self.on_register(server, msg, flow, now);
@@ -483,17 +681,25 @@ impl<L: LocationService> SipCore<L> {
 
         // 4. Authentication of out-of-dialog requests from leaves.
         let mut asserted = None;
-        if let Some(auth) = &self.auth {
-            if matches!(msg.method(), Method::Invite | Method::Message | Method::Subscribe) && !in_dialog {
-                match auth.verify(&msg, true, now_secs(), |u| self.me.serves(u)) {
-                    Verdict::Authenticated(user) => {
-                        asserted = Some(Bytes::from(format!("<sip:{user}@{}>", self.me.domain)));
-                    }
-                    Verdict::Challenge { stale, reason } => {
-                        self.metrics.auth_failures.with_label_values(&[reason]).inc();
-                        let resp = auth.challenge(&msg, true, stale, now_secs(), self.to_tag(&msg).as_bytes());
-                        return self.respond(server, 407, resp, transport_of(&msg), now);
-                    }
+        if let Some(auth) = &self.auth
+            && matches!(
+                msg.method(),
+                Method::Invite | Method::Message | Method::Subscribe
+            )
+            && !in_dialog
+        {
+            match auth.verify(&msg, true, now_secs(), |u| self.me.serves(u)) {
+                Verdict::Authenticated(user) => {
+                    asserted = Some(Bytes::from(format!("<sip:{user}@{}>", self.me.domain)));
+                }
+                Verdict::Challenge { stale, reason } => {
+                    self.metrics
+                        .auth_failures
+                        .with_label_values(&[reason])
+                        .inc();
+                    let resp =
+                        auth.challenge(&msg, true, stale, now_secs(), self.to_tag(&msg).as_bytes());
+                    return self.respond(server, 407, resp, transport_of(&msg), now);
                 }
             }
         }
@@ -506,8 +712,22 @@ impl<L: LocationService> SipCore<L> {
             return self.reply(server, &msg, 404, &[], now);
         };
         let token = self.token();
-        self.pending.insert(token, Pending::Route { server, msg, from: flow, asserted });
-        self.location.submit(LocationOp::Lookup { aor, now_ms: wall_ms() }, token);
+        self.pending.insert(
+            token,
+            Pending::Route {
+                server,
+                msg,
+                from: flow,
+                asserted,
+            },
+        );
+        self.location.submit(
+            LocationOp::Lookup {
+                aor,
+                now_ms: wall_ms(),
+            },
+            token,
+        );
     }
 
     fn answer_options(&mut self, server: ServerKey, msg: &Message, now: Instant) {
@@ -528,11 +748,18 @@ impl<L: LocationService> SipCore<L> {
         self.register_started.insert(server, now);
         let unsupported: Vec<&[u8]> = msg
             .header_values(HeaderName::Require)
-            .filter(|t| !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)))
+            .filter(|t| {
+                !SUPPORTED
+                    .iter()
+                    .any(|s| s.as_bytes().eq_ignore_ascii_case(t))
+            })
             .collect();
         if !unsupported.is_empty() {
             let list = unsupported.join(&b", "[..]);
-            self.metrics.registrations.with_label_values(&["rejected"]).inc();
+            self.metrics
+                .registrations
+                .with_label_values(&["rejected"])
+                .inc();
             return self.reply(server, &msg, 420, &[(HeaderName::Unsupported, &list)], now);
         }
         let Ok(aor) = Aor::from_uri(msg.to_hdr().uri()) else {
@@ -542,41 +769,83 @@ impl<L: LocationService> SipCore<L> {
             match auth.verify(&msg, false, now_secs(), |u| self.me.serves(u)) {
                 Verdict::Authenticated(user) => {
                     // The authenticated user may register only its own AOR.
-                    if aor.user() != Some(user.as_bytes()) || aor.host() != Some(self.me.domain.as_bytes()) {
-                        self.metrics.auth_failures.with_label_values(&["forbidden_identity"]).inc();
-                        self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                    if aor.user() != Some(user.as_bytes())
+                        || aor.host() != Some(self.me.domain.as_bytes())
+                    {
+                        self.metrics
+                            .auth_failures
+                            .with_label_values(&["forbidden_identity"])
+                            .inc();
+                        self.metrics
+                            .registrations
+                            .with_label_values(&["rejected"])
+                            .inc();
                         return self.reply(
                             server,
                             &msg,
                             403,
-                            &[(HeaderName::Warning, b"399 ringmesh \"not your address-of-record\"")],
+                            &[(
+                                HeaderName::Warning,
+                                b"399 ringmesh \"not your address-of-record\"",
+                            )],
                             now,
                         );
                     }
                 }
                 Verdict::Challenge { stale, reason } => {
                     if reason != "no_credentials" {
-                        self.metrics.auth_failures.with_label_values(&[reason]).inc();
+                        self.metrics
+                            .auth_failures
+                            .with_label_values(&[reason])
+                            .inc();
                     }
-                    self.metrics.registrations.with_label_values(&["challenged"]).inc();
-                    let resp = auth.challenge(&msg, false, stale, now_secs(), self.to_tag(&msg).as_bytes());
+                    self.metrics
+                        .registrations
+                        .with_label_values(&["challenged"])
+                        .inc();
+                    let resp = auth.challenge(
+                        &msg,
+                        false,
+                        stale,
+                        now_secs(),
+                        self.to_tag(&msg).as_bytes(),
+                    );
                     return self.respond(server, 401, resp, transport_of(&msg), now);
                 }
             }
         }
         let transport = transport_of(&msg);
         let now_ms = wall_ms();
-        let plan = match registrar::plan(&msg, &self.registrar, flow, transport, now_ms, now_ms << 16) {
+        let plan = match registrar::plan(
+            &msg,
+            &self.registrar,
+            flow,
+            transport,
+            self.me.node_id,
+            now_ms,
+            now_ms << 16,
+        ) {
             Ok(p) => p,
             Err(rej) => {
-                self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                self.metrics
+                    .registrations
+                    .with_label_values(&["rejected"])
+                    .inc();
                 let resp = registrar::reject_response(&msg, &rej, self.to_tag(&msg).as_bytes());
                 return self.respond(server, rej.status, resp, transport, now);
             }
         };
         let token = self.token();
-        self.location.submit(LocationOp::Register { aor, plan: plan.clone(), now_ms }, token);
-        self.pending.insert(token, Pending::Register { server, msg, plan, started: now });
+        self.location.submit(
+            LocationOp::Register {
+                aor,
+                plan: plan.clone(),
+                now_ms,
+            },
+            token,
+        );
+        self.pending
+            .insert(token, Pending::Register { server, msg, plan });
     }
 
     fn token(&mut self) -> u64 {
@@ -586,33 +855,57 @@ impl<L: LocationService> SipCore<L> {
 
     fn on_completion(&mut self, (token, result): Completion, now: Instant) {
         match self.pending.remove(&token) {
-            Some(Pending::Register { server, msg, plan, started }) => {
-                let _ = started;
+            Some(Pending::Register { server, msg, plan }) => {
                 let transport = transport_of(&msg);
                 match result {
                     Ok(bindings) => {
                         self.metrics.registrations.with_label_values(&["ok"]).inc();
-                        let resp = registrar::ok_response(&msg, &bindings, &plan, wall_ms(), self.to_tag(&msg).as_bytes());
+                        let resp = registrar::ok_response(
+                            &msg,
+                            &bindings,
+                            &plan,
+                            wall_ms(),
+                            self.to_tag(&msg).as_bytes(),
+                        );
                         self.respond(server, 200, resp, transport, now);
                     }
                     Err(LocationError::Registrar(e)) => {
-                        self.metrics.registrations.with_label_values(&["rejected"]).inc();
+                        self.metrics
+                            .registrations
+                            .with_label_values(&["rejected"])
+                            .inc();
                         let warn = format!("399 ringmesh \"{e}\"");
-                        self.reply(server, &msg, e.status(), &[(HeaderName::Warning, warn.as_bytes())], now);
+                        self.reply(
+                            server,
+                            &msg,
+                            e.status(),
+                            &[(HeaderName::Warning, warn.as_bytes())],
+                            now,
+                        );
                     }
                     Err(LocationError::Unavailable(why)) => {
-                        self.metrics.registrations.with_label_values(&["failed"]).inc();
+                        self.metrics
+                            .registrations
+                            .with_label_values(&["failed"])
+                            .inc();
                         tracing::warn!(%why, "registration not stored");
                         self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
                     }
                 }
             }
-            Some(Pending::Route { server, msg, from, asserted }) => {
+            Some(Pending::Route {
+                server,
+                msg,
+                from,
+                asserted,
+            }) => {
                 if self.cancelled_pending.remove(&server) {
                     return self.reply(server, &msg, 487, &[], now);
                 }
                 match result {
-                    Ok(bindings) => self.route_to_bindings(server, msg, from, bindings, asserted, now),
+                    Ok(bindings) => {
+                        self.route_to_bindings(server, msg, from, bindings, asserted, now)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "location lookup failed");
                         self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
@@ -632,8 +925,10 @@ impl<L: LocationService> SipCore<L> {
         asserted: Option<Bytes>,
         now: Instant,
     ) {
-        let targets: Vec<(Option<Bytes>, Dest)> =
-            bindings.iter().filter_map(|b| self.binding_dest(b).map(|d| (Some(b.contact.clone()), d))).collect();
+        let targets: Vec<Target> = bindings
+            .iter()
+            .filter_map(|b| self.binding_target(b))
+            .collect();
         if targets.is_empty() {
             // Known but not reachable now (480), or unknown (404). Without a
             // subscriber list (auth none) we cannot tell who exists.
@@ -642,10 +937,43 @@ impl<L: LocationService> SipCore<L> {
                 .as_ref()
                 .zip(msg.request_uri().and_then(|u| u.user()))
                 .is_some_and(|(a, u)| a.knows(&ringmesh_sip::scan::unescape(u)));
-            let status = if known || !bindings.is_empty() { 480 } else { 404 };
+            let status = if known || !bindings.is_empty() {
+                480
+            } else {
+                404
+            };
             return self.reply(server, &msg, status, &[], now);
         }
-        self.proxy_to(server, msg, from, targets, 0, asserted, now);
+        self.proxy_to(server, msg, Some(from), targets, 0, asserted, now);
+    }
+
+    /// Where a request for a binding goes: straight to the leaf when this
+    /// node is its edge, else to the edge supernode over the overlay with a
+    /// Route carrying the edge's flow token (any supernode can mint it: the
+    /// farm shares the token key). Bindings whose edge is down are skipped.
+    fn binding_target(&self, b: &Binding) -> Option<Target> {
+        let uri = Some(b.contact.clone());
+        match &self.farm {
+            Some(farm) if b.edge != self.me.node_id => {
+                let sip_addr = farm.members.read().alive.get(&b.edge)?.sip_addr.clone();
+                let at_edge = edge_dest(b)?;
+                let token = self.tokens.encode(&FlowToken {
+                    node: b.edge,
+                    dest: at_edge,
+                });
+                let push_route = Some(format!("<sip:{token}@{sip_addr};lr>"));
+                Some(Target {
+                    uri,
+                    dest: Dest::Peer(b.edge),
+                    push_route,
+                })
+            }
+            _ => self.binding_dest(b).map(|dest| Target {
+                uri,
+                dest,
+                push_route: None,
+            }),
+        }
     }
 
     /// How this edge reaches a binding (issue: the SIP core's routing rule):
@@ -655,7 +983,9 @@ impl<L: LocationService> SipCore<L> {
     fn binding_dest(&self, b: &Binding) -> Option<Dest> {
         if b.use_flow() {
             match b.flow {
-                FlowRef::Conn { id, .. } if self.conns.contains_key(&id) => return Some(Dest::Flow(b.flow)),
+                FlowRef::Conn { id, .. } if self.conns.contains_key(&id) => {
+                    return Some(Dest::Flow(b.flow));
+                }
                 FlowRef::Udp { .. } if b.reg_id.is_some() => return Some(Dest::Flow(b.flow)),
                 // An outbound flow that failed is not replaced by the
                 // Contact (RFC 5626 §5.3): the UA will re-register.
@@ -663,103 +993,130 @@ impl<L: LocationService> SipCore<L> {
                 _ => {}
             }
         }
-        let uri = Uri::parse(&b.contact).ok()?;
-        if !uri.is_sip_or_sips() {
-            return None;
-        }
-        let transport = match uri.transport() {
-            Some(t) if t.eq_ignore_ascii_case(b"tcp") || t.eq_ignore_ascii_case(b"tls") => Transport::Tcp,
-            _ => b.transport,
-        };
-        let source = b.flow.peer();
-        let addr = match uri.host().and_then(|h| h.ip()) {
-            Some(ip) if is_private(ip) && ip != source.ip() => source,
-            Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
-            // A host name: this edge does not resolve leaf names; the
-            // registration's source is where the leaf was last seen.
-            None => source,
-        };
-        if transport == Transport::Tcp {
-            if let FlowRef::Conn { id, peer } = b.flow {
-                if self.conns.contains_key(&id) && peer == addr {
-                    return Some(Dest::Flow(b.flow));
-                }
-            }
+        let (transport, addr) = contact_addr(b)?;
+        if transport == Transport::Tcp
+            && let FlowRef::Conn { id, peer } = b.flow
+            && self.conns.contains_key(&id)
+            && peer == addr
+        {
+            return Some(Dest::Flow(b.flow));
         }
         Some(Dest::Addr { transport, addr })
     }
 
-    /// Consumes the Route values that name this node. Returns how many, and
-    /// the flow to send on when a signed token says the request is heading
-    /// to a leaf this node serves.
-    fn consume_routes(&self, msg: &Message, from: FlowRef) -> (usize, Option<Dest>) {
+    /// Reads the Route values: consumes those naming this node (a signed
+    /// token of ours that does not name the flow the request came on sends
+    /// it down that flow), and stops at another farm member's token.
+    fn consume_routes(&self, msg: &Message, from: Option<FlowRef>) -> Routing {
         let mut popped = 0;
         for r in msg.routes() {
+            let token = r.uri().user().and_then(|u| self.tokens.decode(u));
             if !self.me.is_me(r.uri()) {
+                if let (Some(farm), Some(tok)) = (&self.farm, token)
+                    && tok.node != self.me.node_id
+                    && farm.is_alive(&tok.node)
+                {
+                    return Routing::Member {
+                        popped,
+                        node: tok.node,
+                    };
+                }
                 break;
             }
             popped += 1;
-            let Some(tok) = r.uri().user().and_then(|u| self.tokens.decode(u)) else { continue };
-            if tok.node != self.me.node_id {
+            let Some(tok) = token.filter(|t| t.node == self.me.node_id) else {
                 continue;
-            }
-            let from_that_leaf = match tok.dest {
-                Dest::Flow(f) => f == from || f.peer() == from.peer(),
-                Dest::Addr { addr, .. } => addr == from.peer(),
             };
+            let from_that_leaf = from.is_some_and(|f| match tok.dest {
+                Dest::Flow(d) => d == f || d.peer() == f.peer(),
+                Dest::Addr { addr, .. } => addr == f.peer(),
+                Dest::Peer(_) => false,
+            });
             if !from_that_leaf {
-                return (popped, Some(tok.dest));
+                return Routing::Toward {
+                    popped,
+                    dest: tok.dest,
+                };
             }
         }
-        (popped, None)
+        Routing::Here { popped }
     }
 
-    /// Forwards `msg` to every target in parallel (§16.6, §16.7).
+    /// Forwards `msg` to every target in parallel (§16.6, §16.7). `from`
+    /// is the leaf flow it came on, None when another supernode sent it.
     #[allow(clippy::too_many_arguments)]
     fn proxy_to(
         &mut self,
         server: ServerKey,
         msg: Message,
-        from: FlowRef,
-        targets: Vec<(Option<Bytes>, Dest)>,
+        from: Option<FlowRef>,
+        targets: Vec<Target>,
         pop_routes: usize,
         asserted: Option<Bytes>,
         now: Instant,
     ) {
         let in_transport = transport_of(&msg);
         let loop_hash = loop_hash(&msg);
-        let record_route = matches!(msg.method(), Method::Invite | Method::Subscribe | Method::Refer)
-            && msg.to_tag().is_none();
-        let top_via = rewrite_top_via(&msg.top_via(), from);
+        let record_route = matches!(
+            msg.method(),
+            Method::Invite | Method::Subscribe | Method::Refer
+        ) && msg.to_tag().is_none();
+        let top_via = from.and_then(|f| rewrite_top_via(&msg.top_via(), f));
         let privacy_id = msg.header(HeaderName::Privacy).is_some_and(|p| {
-            p.split(|&c| c == b';').any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
+            p.split(|&c| c == b';')
+                .any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
         });
-        let mut strip = vec![HeaderName::PAssertedIdentity];
-        if self.auth.is_some() {
-            strip.push(HeaderName::ProxyAuthorization);
-        }
         let max_forwards = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
         let mut branches = Vec::with_capacity(targets.len());
-        for (uri, dest) in targets {
+        for target in targets {
+            let dest = target.dest;
             self.branch_counter = self.branch_counter.wrapping_add(1);
             let t = dest.transport();
             let branch = format!("{BRANCH_PREFIX}{loop_hash:08x}.{:x}", self.branch_counter);
-            let via = format!("SIP/2.0/{} {}:{};branch={branch}", t.via_token(), self.me.advertise, self.me.port(t));
-            let rr = record_route.then(|| {
-                let callee = self.rr_uri(dest, t);
-                let caller = self.rr_uri(Dest::Flow(from), in_transport);
-                format!("{callee}, {caller}")
-            });
+            let via = format!(
+                "SIP/2.0/{} {}:{};branch={branch}",
+                t.via_token(),
+                self.me.advertise,
+                self.me.port(t)
+            );
+            // This node record-routes once for each leaf it serves on the
+            // path: the callee's flow when it sends to a leaf, the caller's
+            // when a leaf sent the request (RFC 5626 §5.3 flow tokens).
+            let rr = record_route
+                .then(|| {
+                    let mut rr = Vec::new();
+                    if dest.is_leaf() {
+                        rr.push(self.rr_uri(dest, t));
+                    }
+                    if let Some(f) = from {
+                        rr.push(self.rr_uri(Dest::Flow(f), in_transport));
+                    }
+                    rr.join(", ")
+                })
+                .filter(|rr| !rr.is_empty());
+            // The identity a leaf claims is never trusted; the one this farm
+            // asserts is withheld from a leaf that asked for privacy.
+            let mut strip = Vec::with_capacity(2);
+            if from.is_some() || (dest.is_leaf() && privacy_id) {
+                strip.push(HeaderName::PAssertedIdentity);
+            }
+            if self.auth.is_some() && from.is_some() {
+                strip.push(HeaderName::ProxyAuthorization);
+            }
             let mut w = msg.forward_writer(&Forward {
-                request_uri: uri.as_deref(),
+                request_uri: target.uri.as_deref(),
                 via: via.as_bytes(),
                 top_via: top_via.as_deref(),
                 record_route: rr.as_deref().map(str::as_bytes),
+                push_route: target.push_route.as_deref().map(str::as_bytes),
                 pop_routes,
                 max_forwards,
                 strip: &strip,
             });
-            if let Some(a) = asserted.as_deref().filter(|_| !privacy_id) {
+            if let Some(a) = asserted
+                .as_deref()
+                .filter(|_| !(dest.is_leaf() && privacy_id))
+            {
                 w.header(HeaderName::PAssertedIdentity, a);
             }
             let out = w.finish(msg.body());
@@ -767,7 +1124,10 @@ impl<L: LocationService> SipCore<L> {
                 tracing::error!("forwarded request failed to re-parse");
                 continue;
             };
-            match self.txl.send_request(parsed, dest, t == Transport::Tcp, now.into_std()) {
+            match self
+                .txl
+                .send_request(parsed, dest, dest.reliable(), now.into_std())
+            {
                 Ok(client) => {
                     self.client_to_server.insert(client, server);
                     branches.push((client, false));
@@ -778,21 +1138,42 @@ impl<L: LocationService> SipCore<L> {
         if branches.is_empty() {
             return self.reply(server, &msg, 500, &[], now);
         }
-        self.metrics.forwarded.with_label_values(&[msg.method().metric_label()]).inc();
+        self.metrics
+            .forwarded
+            .with_label_values(&[msg.method().metric_label()])
+            .inc();
         if *msg.method() == Method::Invite {
             self.metrics.calls_active.inc();
         }
         self.proxies.insert(
             server,
-            ProxyCtx { request: msg, branches, best: None, final_sent: false, cancelled: false, started: now },
+            ProxyCtx {
+                request: msg,
+                branches,
+                best: None,
+                final_sent: false,
+                cancelled: false,
+                started: now,
+            },
         );
     }
 
     /// A Record-Route URI of this node carrying a flow token for `dest`.
     fn rr_uri(&self, dest: Dest, t: Transport) -> String {
-        let token = self.tokens.encode(&FlowToken { node: self.me.node_id, dest });
-        let tp = if t == Transport::Tcp { ";transport=tcp" } else { "" };
-        format!("<sip:{token}@{}:{}{tp};lr>", self.me.advertise, self.me.port(t))
+        let token = self.tokens.encode(&FlowToken {
+            node: self.me.node_id,
+            dest,
+        });
+        let tp = if t == Transport::Tcp {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        format!(
+            "<sip:{token}@{}:{}{tp};lr>",
+            self.me.advertise,
+            self.me.port(t)
+        )
     }
 
     fn is_loop(&self, msg: &Message) -> bool {
@@ -807,12 +1188,16 @@ impl<L: LocationService> SipCore<L> {
     // ---- responses and cancellation ------------------------------------------
 
     fn on_response(&mut self, client: ClientKey, msg: Message, now: Instant) {
-        let Some(&server) = self.client_to_server.get(&client) else { return };
+        let Some(&server) = self.client_to_server.get(&client) else {
+            return;
+        };
         let Some(status) = msg.status() else { return };
         if status == 100 {
             return;
         }
-        let Some(ctx) = self.proxies.get_mut(&server) else { return };
+        let Some(ctx) = self.proxies.get_mut(&server) else {
+            return;
+        };
         let transport = transport_of(&ctx.request);
         if status < 200 {
             if !ctx.final_sent {
@@ -829,11 +1214,18 @@ impl<L: LocationService> SipCore<L> {
             ctx.final_sent = true;
             let is_invite = *ctx.request.method() == Method::Invite;
             let started = ctx.started;
-            let others: Vec<ClientKey> = ctx.branches.iter().filter(|(c, done)| *c != client && !done).map(|(c, _)| *c).collect();
+            let others: Vec<ClientKey> = ctx
+                .branches
+                .iter()
+                .filter(|(c, done)| *c != client && !done)
+                .map(|(c, _)| *c)
+                .collect();
             let out = msg.forward_response(&[]).finish(msg.body());
             self.respond(server, status, out, transport, now);
             if first && is_invite {
-                self.metrics.call_setup.observe(now.duration_since(started).as_secs_f64());
+                self.metrics
+                    .call_setup
+                    .observe(now.duration_since(started).as_secs_f64());
                 for c in others {
                     let _ = self.txl.cancel(c, now.into_std());
                 }
@@ -841,12 +1233,20 @@ impl<L: LocationService> SipCore<L> {
             return;
         }
         // 3xx–6xx: keep the best, answer when every branch is done.
-        let better = ctx.best.as_ref().is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
+        let better = ctx
+            .best
+            .as_ref()
+            .is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
         if better {
             ctx.best = Some(msg);
         }
         if (600..700).contains(&status) && *ctx.request.method() == Method::Invite {
-            let others: Vec<ClientKey> = ctx.branches.iter().filter(|(_, done)| !done).map(|(c, _)| *c).collect();
+            let others: Vec<ClientKey> = ctx
+                .branches
+                .iter()
+                .filter(|(_, done)| !done)
+                .map(|(c, _)| *c)
+                .collect();
             for c in others {
                 let _ = self.txl.cancel(c, now.into_std());
             }
@@ -855,18 +1255,22 @@ impl<L: LocationService> SipCore<L> {
     }
 
     fn on_branch_failed(&mut self, client: ClientKey, now: Instant) {
-        let Some(&server) = self.client_to_server.get(&client) else { return };
-        if let Some(ctx) = self.proxies.get_mut(&server) {
-            if let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client) {
-                b.1 = true;
-            }
+        let Some(&server) = self.client_to_server.get(&client) else {
+            return;
+        };
+        if let Some(ctx) = self.proxies.get_mut(&server)
+            && let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client)
+        {
+            b.1 = true;
         }
         self.maybe_finish(server, now);
     }
 
     /// Sends the best final response once no branch is pending (§16.7 step 6).
     fn maybe_finish(&mut self, server: ServerKey, now: Instant) {
-        let Some(ctx) = self.proxies.get_mut(&server) else { return };
+        let Some(ctx) = self.proxies.get_mut(&server) else {
+            return;
+        };
         if ctx.final_sent || ctx.branches.iter().any(|(_, done)| !done) {
             return;
         }
@@ -885,7 +1289,8 @@ impl<L: LocationService> SipCore<L> {
                 } else {
                     let req = ctx.request.clone();
                     let tag = self.to_tag(&req);
-                    req.response_writer(status, Some(tag.as_bytes())).finish(b"")
+                    req.response_writer(status, Some(tag.as_bytes()))
+                        .finish(b"")
                 };
                 self.respond(server, status, out, transport, now);
             }
@@ -896,11 +1301,19 @@ impl<L: LocationService> SipCore<L> {
             }
         }
         if is_invite {
-            self.metrics.call_setup.observe(now.duration_since(started).as_secs_f64());
+            self.metrics
+                .call_setup
+                .observe(now.duration_since(started).as_secs_f64());
         }
     }
 
-    fn on_cancel(&mut self, server: ServerKey, invite: Option<ServerKey>, msg: &Message, now: Instant) {
+    fn on_cancel(
+        &mut self,
+        server: ServerKey,
+        invite: Option<ServerKey>,
+        msg: &Message,
+        now: Instant,
+    ) {
         let Some(invite) = invite else {
             return self.reply(server, msg, 481, &[], now);
         };
@@ -908,7 +1321,12 @@ impl<L: LocationService> SipCore<L> {
         match self.proxies.get_mut(&invite) {
             Some(ctx) if !ctx.final_sent => {
                 ctx.cancelled = true;
-                let pending: Vec<ClientKey> = ctx.branches.iter().filter(|(_, d)| !d).map(|(c, _)| *c).collect();
+                let pending: Vec<ClientKey> = ctx
+                    .branches
+                    .iter()
+                    .filter(|(_, d)| !d)
+                    .map(|(c, _)| *c)
+                    .collect();
                 for c in pending {
                     let _ = self.txl.cancel(c, now.into_std());
                 }
@@ -917,7 +1335,11 @@ impl<L: LocationService> SipCore<L> {
             // Still looking the callee up: answer 487 when the lookup ends.
             // Otherwise the INVITE was already answered.
             None => {
-                if self.pending.values().any(|p| matches!(p, Pending::Route { server, .. } if *server == invite)) {
+                if self
+                    .pending
+                    .values()
+                    .any(|p| matches!(p, Pending::Route { server, .. } if *server == invite))
+                {
                     self.cancelled_pending.insert(invite);
                 }
             }
@@ -927,10 +1349,13 @@ impl<L: LocationService> SipCore<L> {
     // ---- stateless forwarding -----------------------------------------------
 
     /// ACK for a 2xx: its own transaction, forwarded statelessly along the
-    /// route set (our Record-Route tokens).
-    fn forward_ack(&mut self, msg: Message, from: FlowRef) {
-        let (popped, toward) = self.consume_routes(&msg, from);
-        let Some(dest) = toward else { return };
+    /// route set (Record-Route flow tokens).
+    fn forward_ack(&mut self, msg: Message, from: Option<FlowRef>) {
+        let (popped, dest) = match self.consume_routes(&msg, from) {
+            Routing::Toward { popped, dest } => (popped, dest),
+            Routing::Member { popped, node } => (popped, Dest::Peer(node)),
+            Routing::Here { .. } => return,
+        };
         let t = dest.transport();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.branch().hash(&mut h);
@@ -942,13 +1367,14 @@ impl<L: LocationService> SipCore<L> {
             loop_hash(&msg),
             h.finish()
         );
-        let top_via = rewrite_top_via(&msg.top_via(), from);
+        let top_via = from.and_then(|f| rewrite_top_via(&msg.top_via(), f));
         let out = msg
             .forward_writer(&Forward {
                 request_uri: None,
                 via: via.as_bytes(),
                 top_via: top_via.as_deref(),
                 record_route: None,
+                push_route: None,
                 pop_routes: popped,
                 max_forwards: msg.max_forwards().map_or(70, |m| m.saturating_sub(1)),
                 strip: &[HeaderName::ProxyAuthorization],
@@ -963,18 +1389,66 @@ impl<L: LocationService> SipCore<L> {
         if !self.me.is_my_via(&msg.top_via()) {
             return;
         }
-        let Some(next) = msg.vias().nth(1) else { return };
-        let host_ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse::<IpAddr>().ok()).or(next.host().ip());
+        let Some(next) = msg.vias().nth(1) else {
+            return;
+        };
+        let host_ip = next
+            .received()
+            .and_then(|r| std::str::from_utf8(r).ok()?.parse::<IpAddr>().ok())
+            .or(next.host().ip());
         let Some(ip) = host_ip else { return };
         let port = next.rport().flatten().or(next.port()).unwrap_or(5060);
         let addr = SocketAddr::new(ip, port);
         if is_broadcast(ip) {
             return; // RFC 4475 bcast: never send to a broadcast address
         }
-        let transport = if next.transport().eq_ignore_ascii_case(b"TCP") { Transport::Tcp } else { Transport::Udp };
         let out = msg.forward_response(&[]).finish(msg.body());
+        if let Some(node) = self
+            .farm
+            .as_ref()
+            .and_then(|f| f.member_at(&addr.to_string()))
+        {
+            return self.send(Dest::Peer(node), out);
+        }
+        let transport = if next.transport().eq_ignore_ascii_case(b"TCP") {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
         self.send(Dest::Addr { transport, addr }, out);
     }
+}
+
+/// Where a binding's Contact points: its transport and address, or the
+/// registration's source when the Contact names a private address other
+/// than that source (NAT) or a host name (edges do not resolve leaf names).
+fn contact_addr(b: &Binding) -> Option<(Transport, SocketAddr)> {
+    let uri = Uri::parse(&b.contact).ok()?;
+    if !uri.is_sip_or_sips() {
+        return None;
+    }
+    let transport = match uri.transport() {
+        Some(t) if t.eq_ignore_ascii_case(b"tcp") || t.eq_ignore_ascii_case(b"tls") => {
+            Transport::Tcp
+        }
+        _ => b.transport,
+    };
+    let source = b.flow.peer();
+    let addr = match uri.host().and_then(|h| h.ip()) {
+        Some(ip) if is_private(ip) && ip != source.ip() => source,
+        Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        None => source,
+    };
+    Some((transport, addr))
+}
+
+/// How a binding's edge reaches it, decided from the binding alone (the
+/// edge checks at send time that the flow still exists).
+fn edge_dest(b: &Binding) -> Option<Dest> {
+    if b.use_flow() {
+        return Some(Dest::Flow(b.flow));
+    }
+    contact_addr(b).map(|(transport, addr)| Dest::Addr { transport, addr })
 }
 
 fn now_secs() -> u64 {
@@ -983,7 +1457,11 @@ fn now_secs() -> u64 {
 
 /// The transport a message arrived on, from its top Via.
 fn transport_of(msg: &Message) -> Transport {
-    if msg.top_via().transport().eq_ignore_ascii_case(b"TCP") { Transport::Tcp } else { Transport::Udp }
+    if msg.top_via().transport().eq_ignore_ascii_case(b"TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
 }
 
 /// Rank of a final response for §16.7 step 6: lower is better.

@@ -52,25 +52,16 @@ pub enum LinkEvent {
     Frame { peer: NodeId, frame: Frame },
 }
 
-/// The protocol version spoken on links, checked in the hello.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkVersion {
-    pub major: u16,
-    pub minor: u16,
-}
-
-impl LinkVersion {
-    /// Same major, at most one minor apart: rolling upgrades work.
-    pub fn compatible(&self, other: &LinkVersion) -> bool {
-        self.major == other.major && self.minor.abs_diff(other.minor) <= 1
-    }
-}
+/// The protocol version spoken on links, checked in the hello: the
+/// overlay's (same major, at most one minor apart: rolling upgrades work).
+pub use ringmesh_overlay::ProtocolVersion as LinkVersion;
 
 #[derive(Debug)]
 struct Peer {
     conn: quinn::Connection,
     tx: mpsc::Sender<Frame>,
     serial: u64,
+    addr: SocketAddr,
 }
 
 /// The link manager of one supernode.
@@ -85,6 +76,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Dials in progress, so repeated asks do not pile up handshakes.
+    dialing: Mutex<std::collections::HashSet<SocketAddr>>,
     events: mpsc::Sender<LinkEvent>,
     metrics: Metrics,
     serial: AtomicU64,
@@ -92,14 +85,20 @@ struct Inner {
 
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Links").field("me", &hex::encode(self.inner.me)).finish_non_exhaustive()
+        f.debug_struct("Links")
+            .field("me", &hex::encode(self.inner.me))
+            .finish_non_exhaustive()
     }
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("valid idle timeout")));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(5)
+            .try_into()
+            .expect("valid idle timeout"),
+    ));
     Arc::new(t)
 }
 
@@ -115,12 +114,14 @@ impl Links {
     ) -> anyhow::Result<Links> {
         let server_tls = identity.server_config(alpn)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         ));
         server.transport_config(transport_config());
         let client_tls = identity.client_config(alpn)?;
         let mut client = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         ));
         client.transport_config(transport_config());
         let endpoint = quinn::Endpoint::server(server, addr)?;
@@ -131,6 +132,7 @@ impl Links {
                 endpoint,
                 client,
                 peers: Mutex::new(HashMap::new()),
+                dialing: Mutex::new(std::collections::HashSet::new()),
                 events,
                 metrics,
                 serial: AtomicU64::new(1),
@@ -159,22 +161,39 @@ impl Links {
     /// Dials `addr` unless a link to `expect` exists; `expect` is the
     /// Node-ID the peer must prove (None when dialling a seed).
     pub fn connect(&self, addr: SocketAddr, expect: Option<NodeId>) {
-        if let Some(id) = expect {
-            if id == self.inner.me || self.inner.peers.lock().contains_key(&id) {
+        {
+            let peers = self.inner.peers.lock();
+            let linked = match expect {
+                Some(id) => id == self.inner.me || peers.contains_key(&id),
+                None => peers.values().any(|p| p.addr == addr),
+            };
+            if linked || !self.inner.dialing.lock().insert(addr) {
                 return;
             }
         }
         let l = self.clone();
         tokio::spawn(async move {
-            let connecting = match l.inner.endpoint.connect_with(l.inner.client.clone(), addr, crate::pki::NODE_DNS_NAME) {
-                Ok(c) => c,
-                Err(e) => return l.refused(addr, &format!("cannot dial: {e}")),
-            };
-            match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-                Ok(Ok(conn)) => l.established(conn, expect, true).await,
-                Ok(Err(e)) => l.refused(addr, &format!("handshake failed: {e}")),
-                Err(_) => l.refused(addr, "handshake timed out"),
+            match l.inner.endpoint.connect_with(
+                l.inner.client.clone(),
+                addr,
+                crate::pki::NODE_DNS_NAME,
+            ) {
+                Ok(connecting) => {
+                    match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                        Ok(Ok(conn)) => {
+                            l.inner.dialing.lock().remove(&addr);
+                            return l.established(conn, expect, true).await;
+                        }
+                        // Nobody there yet (a node starting): not a refusal.
+                        Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
+                            tracing::debug!(%addr, "overlay peer not answering")
+                        }
+                        Ok(Err(e)) => l.refused(addr, &format!("handshake failed: {e}")),
+                    }
+                }
+                Err(e) => l.refused(addr, &format!("cannot dial: {e}")),
             }
+            l.inner.dialing.lock().remove(&addr);
         });
     }
 
@@ -200,12 +219,21 @@ impl Links {
 
     /// Smoothed round-trip time of each link.
     pub fn rtts(&self) -> Vec<(NodeId, Duration)> {
-        self.inner.peers.lock().iter().map(|(id, p)| (*id, p.conn.rtt())).collect()
+        self.inner
+            .peers
+            .lock()
+            .iter()
+            .map(|(id, p)| (*id, p.conn.rtt()))
+            .collect()
     }
 
     fn refused(&self, addr: SocketAddr, why: &str) {
         tracing::warn!(%addr, reason = why, "overlay link refused");
-        self.inner.metrics.link_refusals.with_label_values(&[refusal_kind(why)]).inc();
+        self.inner
+            .metrics
+            .link_refusals
+            .with_label_values(&[refusal_kind(why)])
+            .inc();
     }
 
     async fn established(&self, conn: quinn::Connection, expect: Option<NodeId>, dialled: bool) {
@@ -229,6 +257,12 @@ impl Links {
         }
         let mut recv = match tokio::time::timeout(Duration::from_secs(5), conn.accept_uni()).await {
             Ok(Ok(r)) => r,
+            // The peer kept the link the other side dialled.
+            Ok(Err(quinn::ConnectionError::ApplicationClosed(c)))
+                if c.error_code == quinn::VarInt::from_u32(7) =>
+            {
+                return;
+            }
             _ => return self.refused(addr, "no hello"),
         };
         let (claimed, version) = match read_frame(&mut recv).await {
@@ -245,10 +279,13 @@ impl Links {
             }
         };
         if claimed != cert_id {
-            conn.close(quinn::VarInt::from_u32(4), b"claimed Node-ID differs from certificate");
+            conn.close(
+                quinn::VarInt::from_u32(4),
+                b"claimed Node-ID differs from certificate",
+            );
             return self.refused(addr, "claimed Node-ID does not match the certificate");
         }
-        if !self.inner.version.compatible(&version) {
+        if !ringmesh_overlay::compatible(self.inner.version, version) {
             conn.close(quinn::VarInt::from_u32(5), b"incompatible version");
             return self.refused(addr, "incompatible protocol version");
         }
@@ -268,22 +305,56 @@ impl Links {
                     conn.close(quinn::VarInt::from_u32(7), b"duplicate link");
                     return;
                 }
-                existing.conn.close(quinn::VarInt::from_u32(7), b"duplicate link");
+                existing
+                    .conn
+                    .close(quinn::VarInt::from_u32(7), b"duplicate link");
             }
-            peers.insert(cert_id, Peer { conn: conn.clone(), tx, serial });
+            peers.insert(
+                cert_id,
+                Peer {
+                    conn: conn.clone(),
+                    tx,
+                    serial,
+                    addr,
+                },
+            );
         }
-        self.inner.metrics.links.set(self.inner.peers.lock().len() as i64);
-        let _ = self.inner.events.send(LinkEvent::Up { peer: cert_id, addr }).await;
+        self.inner
+            .metrics
+            .links
+            .set(self.inner.peers.lock().len() as i64);
+        let _ = self
+            .inner
+            .events
+            .send(LinkEvent::Up {
+                peer: cert_id,
+                addr,
+            })
+            .await;
         tracing::info!(peer = %hex::encode(cert_id), %addr, "overlay link up");
 
         let writer = tokio::spawn(write_frames(send, rx));
         loop {
             match read_frame(&mut recv).await {
                 Ok((KIND_OVERLAY, body)) => {
-                    let _ = self.inner.events.send(LinkEvent::Frame { peer: cert_id, frame: Frame::Overlay(body) }).await;
+                    let _ = self
+                        .inner
+                        .events
+                        .send(LinkEvent::Frame {
+                            peer: cert_id,
+                            frame: Frame::Overlay(body),
+                        })
+                        .await;
                 }
                 Ok((KIND_SIP, body)) => {
-                    let _ = self.inner.events.send(LinkEvent::Frame { peer: cert_id, frame: Frame::Sip(body) }).await;
+                    let _ = self
+                        .inner
+                        .events
+                        .send(LinkEvent::Frame {
+                            peer: cert_id,
+                            frame: Frame::Sip(body),
+                        })
+                        .await;
                 }
                 Ok((kind, _)) => {
                     tracing::warn!(peer = %hex::encode(cert_id), kind, "unknown frame kind; closing link");
@@ -304,10 +375,17 @@ impl Links {
                 false
             }
         };
-        self.inner.metrics.links.set(self.inner.peers.lock().len() as i64);
+        self.inner
+            .metrics
+            .links
+            .set(self.inner.peers.lock().len() as i64);
         if removed {
             tracing::info!(peer = %hex::encode(cert_id), "overlay link down");
-            let _ = self.inner.events.send(LinkEvent::Down { peer: cert_id }).await;
+            let _ = self
+                .inner
+                .events
+                .send(LinkEvent::Down { peer: cert_id })
+                .await;
         }
     }
 
@@ -403,10 +481,6 @@ mod tests {
         let (id, v) = decode_hello(&f[5..]).unwrap();
         assert_eq!(id, [9; 16]);
         assert_eq!(v, LinkVersion { major: 1, minor: 3 });
-        assert!(v.compatible(&LinkVersion { major: 1, minor: 2 }));
-        assert!(v.compatible(&LinkVersion { major: 1, minor: 4 }));
-        assert!(!v.compatible(&LinkVersion { major: 1, minor: 5 }));
-        assert!(!v.compatible(&LinkVersion { major: 2, minor: 3 }));
         assert!(decode_hello(&[0; 5]).is_none());
     }
 }

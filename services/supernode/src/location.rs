@@ -49,14 +49,145 @@ pub struct Binding {
     /// Call-ID and CSeq of the REGISTER that wrote it (RFC 3261 §10.3 step 7).
     pub call_id: Bytes,
     pub cseq: u32,
-    /// The flow the REGISTER arrived on, and where it came from.
+    /// The flow the REGISTER arrived on, and where it came from. Only the
+    /// edge supernode can use it.
     pub flow: FlowRef,
     pub transport: Transport,
+    /// Node-ID of the edge supernode that holds `flow`.
+    pub edge: [u8; 16],
     /// Hybrid logical clock stamp of the write (merge order in the overlay).
     pub hlc: u64,
 }
 
+/// Version of [`Binding::encode`]'s layout.
+const BINDING_FORMAT: u8 = 1;
+
 impl Binding {
+    /// A compact, versioned encoding: the value stored in the overlay.
+    pub fn encode(&self) -> Bytes {
+        use bytes::BufMut as _;
+        let mut b = bytes::BytesMut::with_capacity(64 + self.contact.len() + self.call_id.len());
+        b.put_u8(BINDING_FORMAT);
+        put_bytes(&mut b, &self.contact);
+        put_bytes(&mut b, self.instance.as_deref().unwrap_or_default());
+        b.put_u8(
+            u8::from(self.instance.is_some())
+                | u8::from(self.reg_id.is_some()) << 1
+                | u8::from(self.q.is_some()) << 2,
+        );
+        b.put_u32(self.reg_id.unwrap_or(0));
+        b.put_u16(self.q.unwrap_or(0));
+        b.put_u64(self.expires_at_ms);
+        put_bytes(&mut b, &self.call_id);
+        b.put_u32(self.cseq);
+        b.put_u8(match self.transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+        });
+        b.put_slice(&self.edge);
+        let (kind, extra, peer) = match self.flow {
+            FlowRef::Udp { socket, peer } => (0u8, u64::from(socket), peer),
+            FlowRef::Conn { id, peer } => (1u8, id, peer),
+        };
+        b.put_u8(kind);
+        b.put_u64(extra);
+        match peer.ip() {
+            std::net::IpAddr::V4(ip) => {
+                b.put_u8(4);
+                b.put_slice(&ip.octets());
+            }
+            std::net::IpAddr::V6(ip) => {
+                b.put_u8(6);
+                b.put_slice(&ip.octets());
+            }
+        }
+        b.put_u16(peer.port());
+        b.put_u64(self.hlc);
+        b.freeze()
+    }
+
+    /// Decodes [`Binding::encode`]'s output; `None` for anything else.
+    pub fn decode(mut b: &[u8]) -> Option<Binding> {
+        use bytes::Buf as _;
+        fn take_bytes(b: &mut &[u8]) -> Option<Bytes> {
+            if b.remaining() < 2 {
+                return None;
+            }
+            let n = b.get_u16() as usize;
+            if b.remaining() < n {
+                return None;
+            }
+            let v = Bytes::copy_from_slice(&b[..n]);
+            b.advance(n);
+            Some(v)
+        }
+        if b.remaining() < 1 || b.get_u8() != BINDING_FORMAT {
+            return None;
+        }
+        let contact = take_bytes(&mut b)?;
+        let instance = take_bytes(&mut b)?;
+        if b.remaining() < 1 + 4 + 2 + 8 {
+            return None;
+        }
+        let flags = b.get_u8();
+        let reg_id = b.get_u32();
+        let q = b.get_u16();
+        let expires_at_ms = b.get_u64();
+        let call_id = take_bytes(&mut b)?;
+        if b.remaining() < 4 + 1 + 16 + 1 + 8 + 1 {
+            return None;
+        }
+        let cseq = b.get_u32();
+        let transport = if b.get_u8() == 1 {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let mut edge = [0u8; 16];
+        b.copy_to_slice(&mut edge);
+        let kind = b.get_u8();
+        let extra = b.get_u64();
+        let ip: std::net::IpAddr = match b.get_u8() {
+            4 if b.remaining() >= 4 => {
+                let mut o = [0u8; 4];
+                b.copy_to_slice(&mut o);
+                o.into()
+            }
+            6 if b.remaining() >= 16 => {
+                let mut o = [0u8; 16];
+                b.copy_to_slice(&mut o);
+                o.into()
+            }
+            _ => return None,
+        };
+        if b.remaining() < 2 + 8 {
+            return None;
+        }
+        let peer = SocketAddr::new(ip, b.get_u16());
+        let hlc = b.get_u64();
+        let flow = match kind {
+            0 => FlowRef::Udp {
+                socket: extra as u16,
+                peer,
+            },
+            1 => FlowRef::Conn { id: extra, peer },
+            _ => return None,
+        };
+        Some(Binding {
+            contact,
+            instance: (flags & 1 != 0).then_some(instance),
+            reg_id: (flags & 2 != 0).then_some(reg_id),
+            q: (flags & 4 != 0).then_some(q),
+            expires_at_ms,
+            call_id,
+            cseq,
+            flow,
+            transport,
+            edge,
+            hlc,
+        })
+    }
+
     /// Identity of a binding within its AOR: instance + reg-id when the UA
     /// uses RFC 5626, else the contact URI (RFC 3261 §10.3 step 7).
     pub fn key(&self) -> BindingKey {
@@ -83,6 +214,32 @@ pub fn binding_key(instance: Option<&[u8]>, reg_id: Option<u32>, contact: &[u8])
     match instance {
         Some(i) => BindingKey::Instance(Bytes::copy_from_slice(i), reg_id.unwrap_or(0)),
         None => BindingKey::Contact(Bytes::copy_from_slice(&normalize_contact(contact))),
+    }
+}
+
+fn put_bytes(b: &mut bytes::BytesMut, v: &[u8]) {
+    use bytes::BufMut as _;
+    let v = &v[..v.len().min(u16::MAX as usize)];
+    b.put_u16(v.len() as u16);
+    b.put_slice(v);
+}
+
+impl BindingKey {
+    /// The overlay entry id of this binding.
+    pub fn to_entry_id(&self) -> Bytes {
+        let mut v = Vec::new();
+        match self {
+            BindingKey::Instance(i, r) => {
+                v.push(b'i');
+                v.extend_from_slice(&r.to_be_bytes());
+                v.extend_from_slice(i);
+            }
+            BindingKey::Contact(c) => {
+                v.push(b'c');
+                v.extend_from_slice(c);
+            }
+        }
+        Bytes::from(v)
     }
 }
 
@@ -115,7 +272,11 @@ fn normalize_contact(contact: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub enum LocationOp {
     /// Apply a REGISTER; completes with every current binding.
-    Register { aor: Aor, plan: RegisterPlan, now_ms: u64 },
+    Register {
+        aor: Aor,
+        plan: RegisterPlan,
+        now_ms: u64,
+    },
     /// Read the live bindings of an AOR.
     Lookup { aor: Aor, now_ms: u64 },
 }
@@ -158,7 +319,11 @@ impl LocalStore {
     }
 
     fn live(list: &[Binding], now_ms: u64) -> Vec<Binding> {
-        let mut v: Vec<Binding> = list.iter().filter(|b| b.expires_at_ms > now_ms).cloned().collect();
+        let mut v: Vec<Binding> = list
+            .iter()
+            .filter(|b| b.expires_at_ms > now_ms)
+            .cloned()
+            .collect();
         registrar::sort_by_preference(&mut v);
         v
     }
@@ -179,9 +344,11 @@ impl LocationService for LocalStore {
                 }
                 out
             }
-            LocationOp::Lookup { aor, now_ms } => {
-                Ok(self.aors.get(&aor).map(|l| Self::live(l, now_ms)).unwrap_or_default())
-            }
+            LocationOp::Lookup { aor, now_ms } => Ok(self
+                .aors
+                .get(&aor)
+                .map(|l| Self::live(l, now_ms))
+                .unwrap_or_default()),
         };
         self.done.push_back((token, result));
     }
@@ -206,5 +373,51 @@ impl LocationService for LocalStore {
 
     fn counts(&self) -> (usize, usize) {
         (self.aors.len(), self.bindings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_encoding_round_trips() {
+        for flow in [
+            FlowRef::Udp {
+                socket: 2,
+                peer: "192.0.2.1:5060".parse().unwrap(),
+            },
+            FlowRef::Conn {
+                id: 77,
+                peer: "[2001:db8::5]:40000".parse().unwrap(),
+            },
+        ] {
+            let b = Binding {
+                contact: Bytes::from_static(b"sip:alice@192.0.2.1:5060;ob"),
+                instance: Some(Bytes::from_static(b"<urn:uuid:1>")),
+                reg_id: Some(2),
+                q: Some(500),
+                expires_at_ms: 1_800_000_000_000,
+                call_id: Bytes::from_static(b"abc@x"),
+                cseq: 9,
+                flow,
+                transport: Transport::Tcp,
+                edge: [3; 16],
+                hlc: 42 << 16,
+            };
+            assert_eq!(Binding::decode(&b.encode()), Some(b.clone()));
+            let plain = Binding {
+                instance: None,
+                reg_id: None,
+                q: None,
+                ..b
+            };
+            assert_eq!(Binding::decode(&plain.encode()), Some(plain.clone()));
+            let enc = plain.encode();
+            for cut in 0..enc.len() {
+                assert_eq!(Binding::decode(&enc[..cut]), None, "truncated at {cut}");
+            }
+        }
+        assert_eq!(Binding::decode(b"\x09garbage"), None);
     }
 }

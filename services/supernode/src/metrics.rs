@@ -6,13 +6,29 @@
 //! labelled series a dashboard or alert uses is created at start-up, so an
 //! idle node answers every query with zeros rather than "no data".
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 pub const METHODS: [&str; 15] = [
-    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO",
-    "PRACK", "UPDATE", "REFER", "other",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "REFER",
+    "other",
 ];
-pub const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "overlay"];
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
 
 #[derive(Debug, Clone)]
@@ -35,6 +51,18 @@ pub struct Metrics {
     pub inbound_queue: IntGauge,
     pub forwarded: IntCounterVec,
     pub links: IntGauge,
+    pub overlay_members: IntGaugeVec,
+    pub ring_size: IntGauge,
+    pub lookup_hops: Histogram,
+    pub overlay_op_seconds: HistogramVec,
+    pub overlay_writes: IntCounterVec,
+    pub quorum_failures: IntCounter,
+    pub replicas_below_k: IntGauge,
+    pub repairs: IntCounter,
+    pub anti_entropy_rounds: IntCounter,
+    pub failures_detected: IntCounter,
+    pub overlay_forwarded: IntCounter,
+    pub link_rtt: Histogram,
     pub link_refusals: IntCounterVec,
     pub link_malformed: IntCounter,
     pub up: IntGauge,
@@ -53,45 +81,214 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
 
 /// Latency buckets from 250 µs to 10 s.
 fn latency_buckets() -> Vec<f64> {
-    vec![0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    vec![
+        0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        10.0,
+    ]
 }
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
-        let registry = Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
-            .expect("valid registry");
+        let registry =
+            Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
+                .expect("valid registry");
         let r = &registry;
         let m = Metrics {
-            requests: counter_vec(r, "ringmesh_sip_requests_total", "SIP requests received, by method and transport", &["method", "transport"]),
-            responses_sent: counter_vec(r, "ringmesh_sip_responses_sent_total", "SIP responses sent, by status class and transport", &["class", "transport"]),
-            responses_received: counter_vec(r, "ringmesh_sip_responses_received_total", "SIP responses received, by status class and transport", &["class", "transport"]),
-            parse_errors: counter_vec(r, "ringmesh_sip_parse_errors_total", "Malformed SIP messages, by kind (request answered, response dropped, stream closed)", &["kind", "transport"]),
-            transactions: gauge(r, "ringmesh_sip_transactions", "Live SIP transactions (client and server)"),
-            registrations: counter_vec(r, "ringmesh_registrations_total", "REGISTER requests by outcome", &["result"]),
-            aors: gauge(r, "ringmesh_location_aors", "Addresses-of-record with at least one binding held here"),
+            requests: counter_vec(
+                r,
+                "ringmesh_sip_requests_total",
+                "SIP requests received, by method and transport",
+                &["method", "transport"],
+            ),
+            responses_sent: counter_vec(
+                r,
+                "ringmesh_sip_responses_sent_total",
+                "SIP responses sent, by status class and transport",
+                &["class", "transport"],
+            ),
+            responses_received: counter_vec(
+                r,
+                "ringmesh_sip_responses_received_total",
+                "SIP responses received, by status class and transport",
+                &["class", "transport"],
+            ),
+            parse_errors: counter_vec(
+                r,
+                "ringmesh_sip_parse_errors_total",
+                "Malformed SIP messages, by kind (request answered, response dropped, stream closed)",
+                &["kind", "transport"],
+            ),
+            transactions: gauge(
+                r,
+                "ringmesh_sip_transactions",
+                "Live SIP transactions (client and server)",
+            ),
+            registrations: counter_vec(
+                r,
+                "ringmesh_registrations_total",
+                "REGISTER requests by outcome",
+                &["result"],
+            ),
+            aors: gauge(
+                r,
+                "ringmesh_location_aors",
+                "Addresses-of-record with at least one binding held here",
+            ),
             bindings: {
-                let g = IntGaugeVec::new(Opts::new("ringmesh_location_bindings", "Bindings held here, by replica role"), &["role"]).expect("valid metric");
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "ringmesh_location_bindings",
+                        "Bindings held here, by replica role",
+                    ),
+                    &["role"],
+                )
+                .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            call_setup: histogram(r, "ringmesh_call_setup_seconds", "INVITE received to first final response sent upstream", latency_buckets()),
-            register_latency: histogram(r, "ringmesh_register_seconds", "REGISTER received to final response sent", latency_buckets()),
-            calls_active: gauge(r, "ringmesh_sip_calls_active", "INVITE transactions in progress through this node"),
-            auth_failures: counter_vec(r, "ringmesh_auth_failures_total", "Digest authentication failures, by reason", &["reason"]),
-            overload_rejections: counter_vec(r, "ringmesh_overload_rejections_total", "Requests answered 503 because the node is over capacity", &["transport"]),
+            call_setup: histogram(
+                r,
+                "ringmesh_call_setup_seconds",
+                "INVITE received to first final response sent upstream",
+                latency_buckets(),
+            ),
+            register_latency: histogram(
+                r,
+                "ringmesh_register_seconds",
+                "REGISTER received to final response sent",
+                latency_buckets(),
+            ),
+            calls_active: gauge(
+                r,
+                "ringmesh_sip_calls_active",
+                "INVITE transactions in progress through this node",
+            ),
+            auth_failures: counter_vec(
+                r,
+                "ringmesh_auth_failures_total",
+                "Digest authentication failures, by reason",
+                &["reason"],
+            ),
+            overload_rejections: counter_vec(
+                r,
+                "ringmesh_overload_rejections_total",
+                "Requests answered 503 because the node is over capacity",
+                &["transport"],
+            ),
             connections: gauge(r, "ringmesh_sip_connections", "Open SIP connections (TCP)"),
-            inbound_queue: gauge(r, "ringmesh_sip_inbound_queue", "Messages waiting for the SIP core"),
-            forwarded: counter_vec(r, "ringmesh_proxy_forwarded_total", "Requests forwarded by the proxy, by method", &["method"]),
-            links: gauge(r, "ringmesh_overlay_links", "Open overlay links (QUIC connections to other supernodes)"),
-            link_refusals: counter_vec(r, "ringmesh_overlay_link_refusals_total", "Overlay links refused, by reason (tls, identity, version, other)", &["reason"]),
-            link_malformed: counter(r, "ringmesh_overlay_malformed_messages_total", "Overlay messages that failed to decode (the link is closed)"),
+            inbound_queue: gauge(
+                r,
+                "ringmesh_sip_inbound_queue",
+                "Messages waiting for the SIP core",
+            ),
+            forwarded: counter_vec(
+                r,
+                "ringmesh_proxy_forwarded_total",
+                "Requests forwarded by the proxy, by method",
+                &["method"],
+            ),
+            links: gauge(
+                r,
+                "ringmesh_overlay_links",
+                "Open overlay links (QUIC connections to other supernodes)",
+            ),
+            overlay_members: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "ringmesh_overlay_members",
+                        "Farm members in this node's view, by state",
+                    ),
+                    &["state"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            ring_size: gauge(
+                r,
+                "ringmesh_overlay_ring_size",
+                "Members alive on the ring, as this node sees it",
+            ),
+            lookup_hops: histogram(
+                r,
+                "ringmesh_overlay_lookup_hops",
+                "Overlay hops of reads and writes started here",
+                vec![0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+            ),
+            overlay_op_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "ringmesh_overlay_operation_seconds",
+                        "Latency of overlay reads (get) and quorum writes (put) started here",
+                    )
+                    .buckets(latency_buckets()),
+                    &["op"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            overlay_writes: counter_vec(
+                r,
+                "ringmesh_overlay_writes_total",
+                "Replicated writes started here, by result (failed: no quorum before the deadline)",
+                &["result"],
+            ),
+            quorum_failures: counter(
+                r,
+                "ringmesh_overlay_quorum_failures_total",
+                "Writes that did not reach a quorum of replicas",
+            ),
+            replicas_below_k: gauge(
+                r,
+                "ringmesh_overlay_replicas_below_k",
+                "Replicas of this node's range not confirmed in sync at the last anti-entropy round",
+            ),
+            repairs: counter(
+                r,
+                "ringmesh_overlay_repaired_records_total",
+                "Records changed here by hand-off or anti-entropy repair",
+            ),
+            anti_entropy_rounds: counter(
+                r,
+                "ringmesh_overlay_anti_entropy_rounds_total",
+                "Anti-entropy rounds run by this node",
+            ),
+            failures_detected: counter(
+                r,
+                "ringmesh_overlay_failures_detected_total",
+                "Neighbours this node declared dead",
+            ),
+            overlay_forwarded: counter(
+                r,
+                "ringmesh_overlay_forwarded_total",
+                "Operations forwarded on because a sender's view was stale",
+            ),
+            link_rtt: histogram(
+                r,
+                "ringmesh_overlay_link_rtt_seconds",
+                "QUIC round-trip time of overlay links, sampled each second",
+                latency_buckets(),
+            ),
+            link_refusals: counter_vec(
+                r,
+                "ringmesh_overlay_link_refusals_total",
+                "Overlay links refused, by reason (tls, identity, version, other)",
+                &["reason"],
+            ),
+            link_malformed: counter(
+                r,
+                "ringmesh_overlay_malformed_messages_total",
+                "Overlay messages that failed to decode (the link is closed)",
+            ),
             up: gauge(r, "ringmesh_up", "1 while the process serves"),
             registry,
         };
@@ -111,7 +308,12 @@ impl Metrics {
         for res in ["ok", "challenged", "rejected", "failed"] {
             m.registrations.with_label_values(&[res]);
         }
-        for reason in ["bad_credentials", "stale_nonce", "unknown_user", "forbidden_identity"] {
+        for reason in [
+            "bad_credentials",
+            "stale_nonce",
+            "unknown_user",
+            "forbidden_identity",
+        ] {
             m.auth_failures.with_label_values(&[reason]);
         }
         for role in ["primary", "replica"] {
@@ -119,6 +321,15 @@ impl Metrics {
         }
         for meth in METHODS {
             m.forwarded.with_label_values(&[meth]);
+        }
+        for s in ["joining", "alive", "leaving", "left", "dead"] {
+            m.overlay_members.with_label_values(&[s]);
+        }
+        for op in ["get", "put"] {
+            m.overlay_op_seconds.with_label_values(&[op]);
+        }
+        for res in ["ok", "failed"] {
+            m.overlay_writes.with_label_values(&[res]);
         }
         for reason in ["tls", "identity", "version", "other"] {
             m.link_refusals.with_label_values(&[reason]);
@@ -128,7 +339,10 @@ impl Metrics {
     }
 
     pub fn class(status: u16) -> &'static str {
-        CLASSES.get(usize::from(status / 100).saturating_sub(1)).copied().unwrap_or("6xx")
+        CLASSES
+            .get(usize::from(status / 100).saturating_sub(1))
+            .copied()
+            .unwrap_or("6xx")
     }
 
     /// Text exposition of every metric.

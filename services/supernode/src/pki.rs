@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 
 /// The DNS name every node certificate carries and every link verifies.
 pub const NODE_DNS_NAME: &str = "node.ringmesh.internal";
@@ -76,21 +78,34 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Ringmesh farm");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let issuer = Issuer::new(params, KeyPair::from_pem(&key.serialize_pem())?);
-        Ok(Ca { cert_pem, key, issuer })
+        Ok(Ca {
+            cert_pem,
+            key,
+            issuer,
+        })
     }
 
     /// Loads a CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<Ca> {
         let key = KeyPair::from_pem(key_pem).context("CA key")?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem)?).context("CA certificate")?;
-        Ok(Ca { cert_pem: cert_pem.to_string(), key, issuer })
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem)?)
+            .context("CA certificate")?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key,
+            issuer,
+        })
     }
 
     /// Loads `ca.crt`/`ca.key` from `dir`, creating them on first use.
@@ -113,7 +128,12 @@ impl Ca {
     /// Issues a node certificate for `public_key` (PEM of a key pair or
     /// a CSR's key), with a fresh random Node-ID chosen here. Returns the
     /// certificate PEM and the Node-ID.
-    pub fn issue_node(&self, name: &str, node_key: &KeyPair, days: i64) -> anyhow::Result<(String, [u8; 16])> {
+    pub fn issue_node(
+        &self,
+        name: &str,
+        node_key: &KeyPair,
+        days: i64,
+    ) -> anyhow::Result<(String, [u8; 16])> {
         let id: [u8; 16] = rand::random();
         let params = node_params(name, &id, days)?;
         let cert = params.signed_by(node_key, &self.issuer)?;
@@ -122,7 +142,12 @@ impl Ca {
 
     /// Signs a CSR (PEM) as a node certificate with a Node-ID chosen here;
     /// whatever names the CSR asks for are ignored.
-    pub fn sign_csr(&self, name: &str, csr_pem: &str, days: i64) -> anyhow::Result<(String, [u8; 16])> {
+    pub fn sign_csr(
+        &self,
+        name: &str,
+        csr_pem: &str,
+        days: i64,
+    ) -> anyhow::Result<(String, [u8; 16])> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).context("CSR")?;
         let id: [u8; 16] = rand::random();
         let params = node_params(name, &id, days)?;
@@ -155,13 +180,18 @@ impl Ca {
 
 fn node_params(name: &str, id: &[u8; 16], days: i64) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(vec![NODE_DNS_NAME.to_string()])?;
-    params.subject_alt_names.push(SanType::URI(node_uri(id).try_into()?));
+    params
+        .subject_alt_names
+        .push(SanType::URI(node_uri(id).try_into()?));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let serial: [u8; 16] = rand::random();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial[..15]));
     let now = time::OffsetDateTime::now_utc();
@@ -192,12 +222,25 @@ fn pem_certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 impl Identity {
     /// Loads `node.crt`, `node.key`, `ca.crt` (and `crl.pem` if present).
-    pub fn load(cert: &Path, key: &Path, ca: &Path, crl: Option<&Path>) -> anyhow::Result<Identity> {
-        let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        crl: Option<&Path>,
+    ) -> anyhow::Result<Identity> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
         let chain = pem_certs(&read(cert)?)?;
-        let first = chain.first().ok_or_else(|| anyhow!("{} holds no certificate", cert.display()))?;
-        let node_id = node_id_of(first)
-            .ok_or_else(|| anyhow!("{} carries no Node-ID ({NODE_URI_PREFIX}… URI SAN)", cert.display()))?;
+        let first = chain
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no certificate", cert.display()))?;
+        let node_id = node_id_of(first).ok_or_else(|| {
+            anyhow!(
+                "{} carries no Node-ID ({NODE_URI_PREFIX}… URI SAN)",
+                cert.display()
+            )
+        })?;
         let ca_path = ca;
         let ca = pem_certs(&read(ca_path)?)?;
         if ca.is_empty() {
@@ -209,7 +252,13 @@ impl Identity {
                 crls.push(CertificateRevocationListDer::from(block.into_contents()));
             }
         }
-        Ok(Identity { node_id, chain, key_pem: read(key)?, ca, crls })
+        Ok(Identity {
+            node_id,
+            chain,
+            key_pem: read(key)?,
+            ca,
+            crls,
+        })
     }
 
     fn key(&self) -> anyhow::Result<PrivateKeyDer<'static>> {
@@ -227,9 +276,10 @@ impl Identity {
 
     /// Server side of a link: requires a client certificate from the farm CA.
     pub fn server_config(&self, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crls.clone())
-            .build()?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .with_crls(self.crls.clone())
+                .build()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -240,9 +290,10 @@ impl Identity {
 
     /// Client side of a link: the server must present a farm certificate.
     pub fn client_config(&self, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crls.clone())
-            .build()?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+                .with_crls(self.crls.clone())
+                .build()?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_webpki_verifier(verifier)
@@ -269,7 +320,10 @@ pub fn provision_node(dir: &Path, name: &str, ca: &Ca) -> anyhow::Result<[u8; 16
     let crt = dir.join("node.crt");
     if crt.exists() {
         let pem = std::fs::read_to_string(&crt)?;
-        let first = pem_certs(&pem)?.into_iter().next().ok_or_else(|| anyhow!("empty {}", crt.display()))?;
+        let first = pem_certs(&pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("empty {}", crt.display()))?;
         return node_id_of(&first).ok_or_else(|| anyhow!("{} carries no Node-ID", crt.display()));
     }
     let key = KeyPair::generate()?;
@@ -289,7 +343,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(&dir.path().join("ca"), "test farm").unwrap();
         let id = provision_node(&dir.path().join("n1"), "n1", &ca).unwrap();
-        assert_eq!(provision_node(&dir.path().join("n1"), "n1", &ca).unwrap(), id, "stable across restarts");
+        assert_eq!(
+            provision_node(&dir.path().join("n1"), "n1", &ca).unwrap(),
+            id,
+            "stable across restarts"
+        );
         let ident = Identity::load(
             &dir.path().join("n1/node.crt"),
             &dir.path().join("n1/node.key"),
@@ -310,11 +368,16 @@ mod tests {
         let ca = Ca::generate("t").unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
-        p.subject_alt_names.push(SanType::URI(node_uri(&[0xff; 16]).try_into().unwrap()));
+        p.subject_alt_names
+            .push(SanType::URI(node_uri(&[0xff; 16]).try_into().unwrap()));
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
         let (pem, id) = ca.sign_csr("n", &csr, 30).unwrap();
         assert_ne!(id, [0xff; 16]);
         let der = pem_certs(&pem).unwrap().remove(0);
-        assert_eq!(node_id_of(&der), Some(id), "the CA's Node-ID, not the one asked for");
+        assert_eq!(
+            node_id_of(&der),
+            Some(id),
+            "the CA's Node-ID, not the one asked for"
+        );
     }
 }

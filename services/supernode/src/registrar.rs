@@ -62,7 +62,11 @@ pub struct Reject {
 
 impl Reject {
     fn bad(detail: &'static str) -> Reject {
-        Reject { status: 400, detail, min_expires: None }
+        Reject {
+            status: 400,
+            detail,
+            min_expires: None,
+        }
     }
 }
 
@@ -88,11 +92,14 @@ pub fn plan(
     cfg: &RegistrarConfig,
     flow: FlowRef,
     transport: Transport,
+    edge: [u8; 16],
     now_ms: u64,
     hlc: u64,
 ) -> Result<RegisterPlan, Reject> {
     if !matches!(req.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips) {
-        return Err(Reject::bad("the To header is not a SIP or SIPS address-of-record"));
+        return Err(Reject::bad(
+            "the To header is not a SIP or SIPS address-of-record",
+        ));
     }
     let header_expires = req.expires();
     let mut wildcard = false;
@@ -101,9 +108,16 @@ pub fn plan(
         match c {
             Contact::Wildcard => wildcard = true,
             Contact::Addr(na) => {
-                let mut expires = na.expires().or(header_expires).unwrap_or(cfg.default_expires);
+                let mut expires = na
+                    .expires()
+                    .or(header_expires)
+                    .unwrap_or(cfg.default_expires);
                 if expires != 0 && expires < cfg.min_expires {
-                    return Err(Reject { status: 423, detail: "registration too brief", min_expires: Some(cfg.min_expires) });
+                    return Err(Reject {
+                        status: 423,
+                        detail: "registration too brief",
+                        min_expires: Some(cfg.min_expires),
+                    });
                 }
                 expires = expires.min(cfg.max_expires);
                 let instance = na.instance().map(|i| Bytes::copy_from_slice(&i));
@@ -121,6 +135,7 @@ pub fn plan(
                         cseq: req.cseq(),
                         flow,
                         transport,
+                        edge,
                         hlc,
                     },
                     expires,
@@ -129,13 +144,25 @@ pub fn plan(
         }
     }
     if wildcard && (!contacts.is_empty() || header_expires != Some(0)) {
-        return Err(Reject::bad("Contact: * needs Expires: 0 and no other contact"));
+        return Err(Reject::bad(
+            "Contact: * needs Expires: 0 and no other contact",
+        ));
     }
-    Ok(RegisterPlan { call_id: Bytes::copy_from_slice(req.call_id()), cseq: req.cseq(), wildcard, contacts, hlc })
+    Ok(RegisterPlan {
+        call_id: Bytes::copy_from_slice(req.call_id()),
+        cseq: req.cseq(),
+        wildcard,
+        contacts,
+        hlc,
+    })
 }
 
 /// Applies a plan to an AOR's bindings: all or nothing.
-pub fn apply(list: &mut Vec<Binding>, plan: &RegisterPlan, now_ms: u64) -> Result<(), RegistrarError> {
+pub fn apply(
+    list: &mut Vec<Binding>,
+    plan: &RegisterPlan,
+    now_ms: u64,
+) -> Result<(), RegistrarError> {
     list.retain(|b| b.expires_at_ms > now_ms);
     let stale = |b: &Binding| b.call_id == plan.call_id && plan.cseq <= b.cseq;
     if plan.wildcard {
@@ -160,7 +187,10 @@ pub fn apply(list: &mut Vec<Binding>, plan: &RegisterPlan, now_ms: u64) -> Resul
             (None, 0) => {}
             (Some(i), _) => {
                 let hlc = plan.hlc.max(list[i].hlc + 1);
-                list[i] = Binding { hlc, ..update.binding.clone() };
+                list[i] = Binding {
+                    hlc,
+                    ..update.binding.clone()
+                };
             }
             (None, _) => list.push(update.binding.clone()),
         }
@@ -175,7 +205,13 @@ pub fn sort_by_preference(list: &mut [Binding]) {
 
 /// The 200 OK to a REGISTER: every current binding with its remaining
 /// lifetime (§10.3 step 8), and `Require: outbound` when the UA used it.
-pub fn ok_response(req: &Message, bindings: &[Binding], plan: &RegisterPlan, now_ms: u64, to_tag: &[u8]) -> Bytes {
+pub fn ok_response(
+    req: &Message,
+    bindings: &[Binding],
+    plan: &RegisterPlan,
+    now_ms: u64,
+    to_tag: &[u8],
+) -> Bytes {
     let mut w = req.response_writer(200, Some(to_tag));
     for b in bindings {
         let mut v = Vec::with_capacity(b.contact.len() + 64);
@@ -209,7 +245,10 @@ pub fn reject_response(req: &Message, reject: &Reject, to_tag: &[u8]) -> Bytes {
     if let Some(m) = reject.min_expires {
         w.header_fmt(HeaderName::MinExpires, format_args!("{m}"));
     }
-    w.header(HeaderName::Warning, format!("399 ringmesh \"{}\"", reject.detail).as_bytes());
+    w.header(
+        HeaderName::Warning,
+        format!("399 ringmesh \"{}\"", reject.detail).as_bytes(),
+    );
     w.finish(b"")
 }
 
@@ -222,10 +261,17 @@ pub fn contact_key(contact: &[u8]) -> BindingKey {
 mod tests {
     use super::*;
 
-    const CFG: RegistrarConfig = RegistrarConfig { min_expires: 60, max_expires: 7200, default_expires: 3600 };
+    const CFG: RegistrarConfig = RegistrarConfig {
+        min_expires: 60,
+        max_expires: 7200,
+        default_expires: 3600,
+    };
 
     fn flow() -> FlowRef {
-        FlowRef::Udp { socket: 0, peer: "192.0.2.1:5060".parse().unwrap() }
+        FlowRef::Udp {
+            socket: 0,
+            peer: "192.0.2.1:5060".parse().unwrap(),
+        }
     }
 
     fn register(call_id: &str, cseq: u32, contacts: &[&str], expires: Option<u32>) -> Message {
@@ -245,22 +291,42 @@ mod tests {
     }
 
     fn run(list: &mut Vec<Binding>, m: &Message, now: u64) -> Result<(), RegistrarError> {
-        let p = plan(m, &CFG, flow(), Transport::Udp, now, now).unwrap();
+        let p = plan(m, &CFG, flow(), Transport::Udp, [0; 16], now, now).unwrap();
         apply(list, &p, now)
     }
 
     #[test]
     fn add_refresh_remove() {
         let mut list = Vec::new();
-        run(&mut list, &register("c1", 1, &["<sip:a@192.0.2.1>"], None), 0).unwrap();
+        run(
+            &mut list,
+            &register("c1", 1, &["<sip:a@192.0.2.1>"], None),
+            0,
+        )
+        .unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].expires_at_ms, 3_600_000);
-        run(&mut list, &register("c1", 2, &["<sip:a@192.0.2.1>;expires=120"], Some(600)), 1000).unwrap();
+        run(
+            &mut list,
+            &register("c1", 2, &["<sip:a@192.0.2.1>;expires=120"], Some(600)),
+            1000,
+        )
+        .unwrap();
         assert_eq!(list.len(), 1, "refresh replaces");
         assert_eq!(list[0].expires_at_ms, 121_000, "parameter beats header");
-        run(&mut list, &register("c1", 3, &["<sip:a@192.0.2.2>"], Some(600)), 2000).unwrap();
+        run(
+            &mut list,
+            &register("c1", 3, &["<sip:a@192.0.2.2>"], Some(600)),
+            2000,
+        )
+        .unwrap();
         assert_eq!(list.len(), 2);
-        run(&mut list, &register("c1", 4, &["<sip:a@192.0.2.1>"], Some(0)), 3000).unwrap();
+        run(
+            &mut list,
+            &register("c1", 4, &["<sip:a@192.0.2.1>"], Some(0)),
+            3000,
+        )
+        .unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(&list[0].contact[..], b"sip:a@192.0.2.2");
     }
@@ -268,24 +334,78 @@ mod tests {
     #[test]
     fn wildcard_and_ordering() {
         let mut list = Vec::new();
-        run(&mut list, &register("c1", 5, &["<sip:a@192.0.2.1>", "<sip:a@192.0.2.2>"], None), 0).unwrap();
-        assert_eq!(run(&mut list, &register("c1", 5, &["<sip:a@192.0.2.1>"], None), 0), Err(RegistrarError::OutOfOrder));
-        assert_eq!(run(&mut list, &register("c1", 4, &["*"], Some(0)), 0), Err(RegistrarError::OutOfOrder));
+        run(
+            &mut list,
+            &register("c1", 5, &["<sip:a@192.0.2.1>", "<sip:a@192.0.2.2>"], None),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            run(
+                &mut list,
+                &register("c1", 5, &["<sip:a@192.0.2.1>"], None),
+                0
+            ),
+            Err(RegistrarError::OutOfOrder)
+        );
+        assert_eq!(
+            run(&mut list, &register("c1", 4, &["*"], Some(0)), 0),
+            Err(RegistrarError::OutOfOrder)
+        );
         // A different Call-ID is a different UA instance: no ordering.
-        run(&mut list, &register("c2", 1, &["<sip:a@192.0.2.1>"], None), 0).unwrap();
+        run(
+            &mut list,
+            &register("c2", 1, &["<sip:a@192.0.2.1>"], None),
+            0,
+        )
+        .unwrap();
         run(&mut list, &register("c1", 6, &["*"], Some(0)), 0).unwrap();
         assert!(list.is_empty());
     }
 
     #[test]
     fn rejections() {
-        let too_brief = plan(&register("c", 1, &["<sip:a@b>;expires=10"], None), &CFG, flow(), Transport::Udp, 0, 0);
+        let too_brief = plan(
+            &register("c", 1, &["<sip:a@b>;expires=10"], None),
+            &CFG,
+            flow(),
+            Transport::Udp,
+            [0; 16],
+            0,
+            0,
+        );
         assert_eq!(too_brief.unwrap_err().min_expires, Some(60));
-        let bad_star = plan(&register("c", 1, &["*"], Some(30)), &CFG, flow(), Transport::Udp, 0, 0);
+        let bad_star = plan(
+            &register("c", 1, &["*"], Some(30)),
+            &CFG,
+            flow(),
+            Transport::Udp,
+            [0; 16],
+            0,
+            0,
+        );
         assert_eq!(bad_star.unwrap_err().status, 400);
-        let clamped = plan(&register("c", 1, &["<sip:a@b>"], Some(999_999)), &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        let clamped = plan(
+            &register("c", 1, &["<sip:a@b>"], Some(999_999)),
+            &CFG,
+            flow(),
+            Transport::Udp,
+            [0; 16],
+            0,
+            0,
+        )
+        .unwrap();
         assert_eq!(clamped.contacts[0].expires, 7200);
-        let query = plan(&register("c", 1, &[], None), &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        let query = plan(
+            &register("c", 1, &[], None),
+            &CFG,
+            flow(),
+            Transport::Udp,
+            [0; 16],
+            0,
+            0,
+        )
+        .unwrap();
         assert!(query.is_query());
     }
 
@@ -293,10 +413,44 @@ mod tests {
     fn outbound_keys_by_instance() {
         let inst = "+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\"";
         let mut list = Vec::new();
-        run(&mut list, &register("c", 1, &[&format!("<sip:a@192.0.2.1:1111;ob>;{inst};reg-id=1")], None), 0).unwrap();
-        run(&mut list, &register("c", 2, &[&format!("<sip:a@192.0.2.1:2222;ob>;{inst};reg-id=1")], None), 0).unwrap();
-        assert_eq!(list.len(), 1, "same instance and reg-id: the new contact replaces the old");
-        run(&mut list, &register("c", 3, &[&format!("<sip:a@192.0.2.1:3333;ob>;{inst};reg-id=2")], None), 0).unwrap();
+        run(
+            &mut list,
+            &register(
+                "c",
+                1,
+                &[&format!("<sip:a@192.0.2.1:1111;ob>;{inst};reg-id=1")],
+                None,
+            ),
+            0,
+        )
+        .unwrap();
+        run(
+            &mut list,
+            &register(
+                "c",
+                2,
+                &[&format!("<sip:a@192.0.2.1:2222;ob>;{inst};reg-id=1")],
+                None,
+            ),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            list.len(),
+            1,
+            "same instance and reg-id: the new contact replaces the old"
+        );
+        run(
+            &mut list,
+            &register(
+                "c",
+                3,
+                &[&format!("<sip:a@192.0.2.1:3333;ob>;{inst};reg-id=2")],
+                None,
+            ),
+            0,
+        )
+        .unwrap();
         assert_eq!(list.len(), 2, "a second flow of the same instance");
         assert!(list.iter().all(|b| b.use_flow()));
     }
@@ -304,8 +458,13 @@ mod tests {
     #[test]
     fn ok_lists_every_contact() {
         let mut list = Vec::new();
-        let m = register("c1", 1, &["<sip:a@192.0.2.1>;q=0.5", "<sip:a@192.0.2.2>"], Some(600));
-        let p = plan(&m, &CFG, flow(), Transport::Udp, 0, 0).unwrap();
+        let m = register(
+            "c1",
+            1,
+            &["<sip:a@192.0.2.1>;q=0.5", "<sip:a@192.0.2.2>"],
+            Some(600),
+        );
+        let p = plan(&m, &CFG, flow(), Transport::Udp, [0; 16], 0, 0).unwrap();
         apply(&mut list, &p, 0).unwrap();
         sort_by_preference(&mut list);
         let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag")).unwrap();
@@ -317,6 +476,12 @@ mod tests {
                 Contact::Wildcard => panic!(),
             })
             .collect();
-        assert_eq!(c, vec![(b"sip:a@192.0.2.2".to_vec(), Some(500), None), (b"sip:a@192.0.2.1".to_vec(), Some(500), Some(500))]);
+        assert_eq!(
+            c,
+            vec![
+                (b"sip:a@192.0.2.2".to_vec(), Some(500), None),
+                (b"sip:a@192.0.2.1".to_vec(), Some(500), Some(500))
+            ]
+        );
     }
 }

@@ -27,7 +27,12 @@ pub enum Dest {
     /// An existing flow: the UDP peer of a socket, or a connection.
     Flow(FlowRef),
     /// An address to send to (UDP) or connect to (TCP).
-    Addr { transport: Transport, addr: SocketAddr },
+    Addr {
+        transport: Transport,
+        addr: SocketAddr,
+    },
+    /// Another supernode, over its overlay link.
+    Peer([u8; 16]),
 }
 
 impl Dest {
@@ -36,13 +41,23 @@ impl Dest {
             Dest::Flow(FlowRef::Udp { .. }) => Transport::Udp,
             Dest::Flow(FlowRef::Conn { .. }) => Transport::Tcp,
             Dest::Addr { transport, .. } => *transport,
+            Dest::Peer(_) => Transport::Tcp,
         }
     }
-    pub fn peer(&self) -> SocketAddr {
+    /// The leaf's address, for flows and addresses.
+    pub fn peer(&self) -> Option<SocketAddr> {
         match self {
-            Dest::Flow(f) => f.peer(),
-            Dest::Addr { addr, .. } => *addr,
+            Dest::Flow(f) => Some(f.peer()),
+            Dest::Addr { addr, .. } => Some(*addr),
+            Dest::Peer(_) => None,
         }
+    }
+    /// Whether the transport below is reliable (no retransmissions).
+    pub fn reliable(&self) -> bool {
+        self.transport() == Transport::Tcp
+    }
+    pub fn is_leaf(&self) -> bool {
+        !matches!(self, Dest::Peer(_))
     }
 }
 
@@ -66,7 +81,9 @@ impl TokenKey {
         // things (digest nonces) without cross-protocol reuse.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
         mac.update(b"ringmesh flow token v1");
-        TokenKey { key: mac.finalize().into_bytes().into() }
+        TokenKey {
+            key: mac.finalize().into_bytes().into(),
+        }
     }
 
     fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
@@ -83,23 +100,27 @@ impl TokenKey {
         let mut b = Vec::with_capacity(48);
         b.push(VERSION);
         b.extend_from_slice(&t.node);
-        let (kind, peer) = match t.dest {
+        let peer = match t.dest {
             Dest::Flow(FlowRef::Udp { socket, peer }) => {
                 b.push(1);
                 b.extend_from_slice(&socket.to_be_bytes());
-                (1, peer)
+                peer
             }
             Dest::Flow(FlowRef::Conn { id, peer }) => {
                 b.push(2);
                 b.extend_from_slice(&id.to_be_bytes());
-                (2, peer)
+                peer
             }
             Dest::Addr { transport, addr } => {
                 b.push(if transport == Transport::Udp { 3 } else { 4 });
-                (3, addr)
+                addr
+            }
+            Dest::Peer(node) => {
+                b.push(5);
+                b.extend_from_slice(&node);
+                SocketAddr::from(([0, 0, 0, 0], 0))
             }
         };
-        let _ = kind;
         match peer.ip() {
             IpAddr::V4(ip) => {
                 b.push(4);
@@ -133,10 +154,15 @@ impl TokenKey {
         }
         let node: [u8; 16] = r.take(16)?.try_into().ok()?;
         let kind = r.u8()?;
+        let mut peer_node = [0u8; 16];
         let extra = match kind {
             1 => u64::from(u16::from_be_bytes(r.take(2)?.try_into().ok()?)),
             2 => u64::from_be_bytes(r.take(8)?.try_into().ok()?),
             3 | 4 => 0,
+            5 => {
+                peer_node = r.take(16)?.try_into().ok()?;
+                0
+            }
             _ => return None,
         };
         let ip: IpAddr = match r.u8()? {
@@ -150,10 +176,20 @@ impl TokenKey {
         }
         let peer = SocketAddr::new(ip, port);
         let dest = match kind {
-            1 => Dest::Flow(FlowRef::Udp { socket: extra as u16, peer }),
+            1 => Dest::Flow(FlowRef::Udp {
+                socket: extra as u16,
+                peer,
+            }),
             2 => Dest::Flow(FlowRef::Conn { id: extra, peer }),
-            3 => Dest::Addr { transport: Transport::Udp, addr: peer },
-            _ => Dest::Addr { transport: Transport::Tcp, addr: peer },
+            3 => Dest::Addr {
+                transport: Transport::Udp,
+                addr: peer,
+            },
+            4 => Dest::Addr {
+                transport: Transport::Tcp,
+                addr: peer,
+            },
+            _ => Dest::Peer(peer_node),
         };
         Some(FlowToken { node, dest })
     }
@@ -184,14 +220,31 @@ mod tests {
         let k = TokenKey::new(b"farm secret");
         let node = [7u8; 16];
         for dest in [
-            Dest::Flow(FlowRef::Udp { socket: 3, peer: "192.0.2.1:5060".parse().unwrap() }),
-            Dest::Flow(FlowRef::Conn { id: u64::MAX - 1, peer: "[2001:db8::1]:5070".parse().unwrap() }),
-            Dest::Addr { transport: Transport::Udp, addr: "10.0.0.1:5062".parse().unwrap() },
-            Dest::Addr { transport: Transport::Tcp, addr: "10.0.0.1:5062".parse().unwrap() },
+            Dest::Flow(FlowRef::Udp {
+                socket: 3,
+                peer: "192.0.2.1:5060".parse().unwrap(),
+            }),
+            Dest::Flow(FlowRef::Conn {
+                id: u64::MAX - 1,
+                peer: "[2001:db8::1]:5070".parse().unwrap(),
+            }),
+            Dest::Addr {
+                transport: Transport::Udp,
+                addr: "10.0.0.1:5062".parse().unwrap(),
+            },
+            Dest::Addr {
+                transport: Transport::Tcp,
+                addr: "10.0.0.1:5062".parse().unwrap(),
+            },
+            Dest::Peer([5; 16]),
         ] {
             let t = FlowToken { node, dest };
             let s = k.encode(&t);
-            assert!(s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'), "usable as a URI user part");
+            assert!(
+                s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+                "usable as a URI user part"
+            );
             assert_eq!(k.decode(s.as_bytes()), Some(t));
         }
     }
@@ -199,7 +252,13 @@ mod tests {
     #[test]
     fn forgeries_fail() {
         let k = TokenKey::new(b"farm secret");
-        let t = FlowToken { node: [1; 16], dest: Dest::Flow(FlowRef::Conn { id: 9, peer: "192.0.2.1:1".parse().unwrap() }) };
+        let t = FlowToken {
+            node: [1; 16],
+            dest: Dest::Flow(FlowRef::Conn {
+                id: 9,
+                peer: "192.0.2.1:1".parse().unwrap(),
+            }),
+        };
         let s = k.encode(&t);
         assert_eq!(TokenKey::new(b"other farm").decode(s.as_bytes()), None);
         let mut raw = URL_SAFE_NO_PAD.decode(&s).unwrap();

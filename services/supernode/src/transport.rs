@@ -30,9 +30,25 @@ use crate::metrics::Metrics;
 /// What the transports hand the SIP core.
 #[derive(Debug)]
 pub enum Inbound {
-    Sip { msg: Message, flow: FlowRef, transport: Transport, at: Instant },
-    ConnOpened { id: u64, peer: SocketAddr, tx: mpsc::Sender<Bytes> },
-    ConnClosed { id: u64 },
+    Sip {
+        msg: Message,
+        flow: FlowRef,
+        transport: Transport,
+        at: Instant,
+    },
+    ConnOpened {
+        id: u64,
+        peer: SocketAddr,
+        tx: mpsc::Sender<Bytes>,
+    },
+    ConnClosed {
+        id: u64,
+    },
+    /// A SIP message from another supernode, over its overlay link.
+    PeerSip {
+        msg: Message,
+        peer: [u8; 16],
+    },
 }
 
 /// State the reader tasks share.
@@ -58,20 +74,36 @@ impl Shared {
     /// Delivers a parsed message to the core. New requests are shed with a
     /// 503 when the queue is full; responses and ACKs wait for room, since
     /// dropping them only causes retransmissions.
-    async fn deliver(&self, msg: Message, flow: FlowRef, transport: Transport, reply: impl FnOnce(Bytes)) {
+    async fn deliver(
+        &self,
+        msg: Message,
+        flow: FlowRef,
+        transport: Transport,
+        reply: impl FnOnce(Bytes),
+    ) {
         let shed = msg.is_request() && *msg.method() != Method::Ack;
-        let ev = Inbound::Sip { msg, flow, transport, at: Instant::now() };
+        let ev = Inbound::Sip {
+            msg,
+            flow,
+            transport,
+            at: Instant::now(),
+        };
         let ev = if shed {
             match self.inbound.try_send(ev) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(Inbound::Sip { msg, .. })) => {
-                    self.metrics.overload_rejections.with_label_values(&[transport.as_str()]).inc();
+                    self.metrics
+                        .overload_rejections
+                        .with_label_values(&[transport.as_str()])
+                        .inc();
                     let mut w = msg.response_writer(503, Some(b"rm-shed"));
                     w.header_fmt(HeaderName::RetryAfter, format_args!("{}", self.retry_after));
                     reply(w.finish(b""));
                     return;
                 }
-                Err(mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev)) => ev,
+                Err(
+                    mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev),
+                ) => ev,
             }
         } else {
             ev
@@ -82,8 +114,15 @@ impl Shared {
 
     fn parse_failed(&self, raw: &[u8], err: &ParseError, transport: Transport) -> Option<Bytes> {
         let resp = salvage::error_response(raw, err);
-        let kind = if resp.is_some() { "request" } else { "response" };
-        self.metrics.parse_errors.with_label_values(&[kind, transport.as_str()]).inc();
+        let kind = if resp.is_some() {
+            "request"
+        } else {
+            "response"
+        };
+        self.metrics
+            .parse_errors
+            .with_label_values(&[kind, transport.as_str()])
+            .inc();
         tracing::debug!(%err, transport = transport.as_str(), "malformed SIP message");
         resp
     }
@@ -91,7 +130,11 @@ impl Shared {
 
 /// Binds a UDP socket with room for bursts.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -119,10 +162,14 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         let data = &buf[..n];
         // Keep-alives (CRLF, RFC 5626 §4.4.1) and STUN need no answer here.
-        if data.iter().all(|&c| c == b'\r' || c == b'\n') || data.first().is_some_and(|&c| c < 0x20) {
+        if data.iter().all(|&c| c == b'\r' || c == b'\n') || data.first().is_some_and(|&c| c < 0x20)
+        {
             continue;
         }
-        let flow = FlowRef::Udp { socket: index, peer };
+        let flow = FlowRef::Udp {
+            socket: index,
+            peer,
+        };
         let reply = |b: Bytes| {
             let _ = sock.try_send_to(&b, peer);
         };
@@ -139,7 +186,11 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
 
 /// Binds a TCP listener.
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -169,7 +220,16 @@ pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
         }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
-        if shared.inbound.send(Inbound::ConnOpened { id, peer, tx: tx.clone() }).await.is_err() {
+        if shared
+            .inbound
+            .send(Inbound::ConnOpened {
+                id,
+                peer,
+                tx: tx.clone(),
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::spawn(run_connection(id, stream, peer, tx, rx, shared.clone()));
@@ -177,7 +237,13 @@ pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Opens an outbound connection for the core, which already holds `tx`.
-pub fn connect(id: u64, peer: SocketAddr, tx: mpsc::Sender<Bytes>, rx: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
+pub fn connect(
+    id: u64,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+) {
     tokio::spawn(async move {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await {
             Ok(Ok(stream)) => run_connection(id, stream, peer, tx, rx, shared).await,
@@ -206,7 +272,10 @@ async fn run_connection(
     // Let the core drop its sender; the writer then flushes what is queued
     // (answers to the last requests, a 400 before closing) and ends.
     let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -225,7 +294,13 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(id: u64, mut r: OwnedReadHalf, peer: SocketAddr, tx: mpsc::Sender<Bytes>, shared: &Shared) {
+async fn read_loop(
+    id: u64,
+    mut r: OwnedReadHalf,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    shared: &Shared,
+) {
     let mut buf = BytesMut::with_capacity(8192);
     let mut partial_since: Option<Instant> = None;
     let flow = FlowRef::Conn { id, peer };
@@ -260,7 +335,11 @@ async fn read_loop(id: u64, mut r: OwnedReadHalf, peer: SocketAddr, tx: mpsc::Se
                     }
                 }
                 Err(e) => {
-                    shared.metrics.parse_errors.with_label_values(&["stream", "tcp"]).inc();
+                    shared
+                        .metrics
+                        .parse_errors
+                        .with_label_values(&["stream", "tcp"])
+                        .inc();
                     if let Some(resp) = salvage::error_response(&buf, &e) {
                         let _ = tx.try_send(resp);
                     }

@@ -14,25 +14,45 @@ const V: LinkVersion = LinkVersion { major: 1, minor: 0 };
 fn identity(dir: &std::path::Path, name: &str, ca: &Ca) -> Identity {
     let d = dir.join(name);
     pki::provision_node(&d, name, ca).unwrap();
-    Identity::load(&d.join("node.crt"), &d.join("node.key"), &d.join("ca.crt"), None).unwrap()
+    Identity::load(
+        &d.join("node.crt"),
+        &d.join("node.key"),
+        &d.join("ca.crt"),
+        None,
+    )
+    .unwrap()
 }
 
 fn start(id: &Identity, v: LinkVersion) -> (Links, mpsc::Receiver<LinkEvent>, Metrics) {
     let (tx, rx) = mpsc::channel(64);
     let m = Metrics::new("t");
-    let l = Links::bind("127.0.0.1:0".parse().unwrap(), id, b"ringmesh-test/1", v, tx, m.clone()).unwrap();
+    let l = Links::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        id,
+        b"ringmesh-test/1",
+        v,
+        tx,
+        m.clone(),
+    )
+    .unwrap();
     (l, rx, m)
 }
 
 async fn next(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("an event within 10 s").unwrap()
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
 }
 
 #[tokio::test]
 async fn same_farm_links_and_exchanges_frames() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::generate("farm").unwrap();
-    let (a_id, b_id) = (identity(dir.path(), "a", &ca), identity(dir.path(), "b", &ca));
+    let (a_id, b_id) = (
+        identity(dir.path(), "a", &ca),
+        identity(dir.path(), "b", &ca),
+    );
     let (a, mut a_rx, _) = start(&a_id, V);
     let (b, mut b_rx, _) = start(&b_id, LinkVersion { major: 1, minor: 1 });
     a.connect(b.local_addr().unwrap(), Some(b_id.node_id));
@@ -41,19 +61,37 @@ async fn same_farm_links_and_exchanges_frames() {
         e => panic!("{e:?}"),
     }
     match next(&mut b_rx).await {
-        LinkEvent::Up { peer, .. } => assert_eq!(peer, a_id.node_id, "b learns a's Node-ID from its certificate"),
+        LinkEvent::Up { peer, .. } => assert_eq!(
+            peer, a_id.node_id,
+            "b learns a's Node-ID from its certificate"
+        ),
         e => panic!("{e:?}"),
     }
-    assert!(a.send(&b_id.node_id, Frame::Sip(Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))));
-    assert!(a.send(&b_id.node_id, Frame::Overlay(Bytes::from_static(b"\x0a\x00"))));
+    assert!(a.send(
+        &b_id.node_id,
+        Frame::Sip(Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+    ));
+    assert!(a.send(
+        &b_id.node_id,
+        Frame::Overlay(Bytes::from_static(b"\x0a\x00"))
+    ));
     match next(&mut b_rx).await {
-        LinkEvent::Frame { peer, frame: Frame::Sip(b) } => {
+        LinkEvent::Frame {
+            peer,
+            frame: Frame::Sip(b),
+        } => {
             assert_eq!(peer, a_id.node_id);
             assert!(b.starts_with(b"OPTIONS"));
         }
         e => panic!("{e:?}"),
     }
-    assert!(matches!(next(&mut b_rx).await, LinkEvent::Frame { frame: Frame::Overlay(_), .. }));
+    assert!(matches!(
+        next(&mut b_rx).await,
+        LinkEvent::Frame {
+            frame: Frame::Overlay(_),
+            ..
+        }
+    ));
     // Dialling again keeps one link per pair.
     b.connect(a.local_addr().unwrap(), Some(a_id.node_id));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -76,8 +114,14 @@ async fn foreign_ca_and_false_claims_are_refused() {
     e.connect(g.local_addr().unwrap(), None);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(g.peers().is_empty() && e.peers().is_empty());
-    assert!(g_rx.try_recv().is_err() && e_rx.try_recv().is_err(), "no link came up");
-    let refusals = |m: &Metrics| m.link_refusals.with_label_values(&["tls"]).get() + m.link_refusals.with_label_values(&["identity"]).get();
+    assert!(
+        g_rx.try_recv().is_err() && e_rx.try_recv().is_err(),
+        "no link came up"
+    );
+    let refusals = |m: &Metrics| {
+        m.link_refusals.with_label_values(&["tls"]).get()
+            + m.link_refusals.with_label_values(&["identity"]).get()
+    };
     assert!(refusals(&gm) + refusals(&em) >= 1, "the refusal is counted");
 
     // A farm node whose hello claims someone else's Node-ID.

@@ -57,9 +57,15 @@ enum JoinStage {
 }
 
 impl Node {
-    /// Starts a new ring with this node as its only member.
+    /// Starts a new ring with this node as its only member. Also ends a
+    /// join that no seed has accepted yet: a node allowed to found the farm
+    /// tries its seeds first and bootstraps only if none is a ring member
+    /// (a whole farm restarting at once). Once a seed accepted, the join
+    /// runs to its end.
     pub fn bootstrap(&mut self, now: Instant, wall_ms: u64) {
-        if self.phase != Phase::Idle {
+        let unanswered_join = self.phase == Phase::Joining
+            && self.join.as_ref().is_some_and(|j| matches!(j.stage, JoinStage::AwaitAccept));
+        if self.phase != Phase::Idle && !unanswered_join {
             return;
         }
         let c = Now {

@@ -14,7 +14,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn sipp_dir() -> PathBuf {
@@ -71,15 +74,23 @@ impl Farm {
         });
         let mut nodes = Vec::new();
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(120)).expect("ringmesh dev printed nothing for 120 s");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("ringmesh dev printed nothing for 120 s");
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
             match v["event"].as_str() {
                 Some("node") => nodes.push(NodeInfo {
                     name: v["name"].as_str().unwrap().to_string(),
                     pid: v["pid"].as_u64().unwrap() as u32,
                     sip: v["sip"].as_str().unwrap().parse().unwrap(),
                     metrics: v["metrics"].as_str().unwrap().parse().unwrap(),
-                    argv: v["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect(),
+                    argv: v["argv"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_string())
+                        .collect(),
                 }),
                 Some("ready") => break,
                 _ => {}
@@ -88,7 +99,12 @@ impl Farm {
         eprintln!("farm on {base} ready after {:?}", started.elapsed());
         // Keep draining stdout so the farm never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Farm { child, nodes, dir, base }
+        Farm {
+            child,
+            nodes,
+            dir,
+            base,
+        }
     }
 
     pub fn sip(&self) -> SocketAddr {
@@ -102,7 +118,10 @@ impl Farm {
 
 impl Drop for Farm {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -117,17 +136,21 @@ impl Drop for Farm {
 
 /// Runs sipp with a bounded time; returns its exit status.
 pub fn sipp(args: &[&str], secs: u64, work: &Path) -> ExitStatus {
-    let status = Command::new("timeout")
+    Command::new("timeout")
         .arg((secs + 10).to_string())
         .arg("sipp")
         .args(args)
-        .args(["-nostdin", "-timeout", &format!("{secs}s"), "-timeout_error"])
+        .args([
+            "-nostdin",
+            "-timeout",
+            &format!("{secs}s"),
+            "-timeout_error",
+        ])
         .current_dir(work)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .expect("sipp is installed (make test installs sip-tester)");
-    status
+        .expect("sipp is installed (make test installs sip-tester)")
 }
 
 /// Sends one datagram and returns the first answer, if any, within `wait`.
@@ -154,7 +177,10 @@ pub fn tcp_exchange(to: SocketAddr, msg: &[u8], wait: Duration) -> (Vec<u8>, boo
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
                 let limits = ringmesh_sip::Limits::default();
-                if matches!(ringmesh_sip::framing::next_frame(&out, &limits), Ok(ringmesh_sip::framing::Frame::Message(_))) {
+                if matches!(
+                    ringmesh_sip::framing::next_frame(&out, &limits),
+                    Ok(ringmesh_sip::framing::Frame::Message(_))
+                ) {
                     return (out, false);
                 }
             }
@@ -177,7 +203,8 @@ pub fn options_ok(to: SocketAddr) -> bool {
          From: <sip:probe@127.0.0.1>;tag={branch:x}\r\nTo: <sip:{to}>\r\nCall-ID: probe{branch:x}\r\nCSeq: 1 OPTIONS\r\n\
          Content-Length: 0\r\n\r\n"
     );
-    udp_exchange(to, msg.as_bytes(), Duration::from_secs(5)).and_then(|r| status_of(&r)) == Some(200)
+    udp_exchange(to, msg.as_bytes(), Duration::from_secs(5)).and_then(|r| status_of(&r))
+        == Some(200)
 }
 
 pub fn rand_u64() -> u64 {
@@ -205,10 +232,17 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
