@@ -124,13 +124,15 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let overlay_of = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.sip_port + 100 + i));
 
     let mut nodes = Vec::new();
+    let mut taken = Vec::new();
     for i in 0..args.nodes {
         let name = format!("sn{i}");
         let sip = SocketAddr::from(([127, 0, 0, 1], args.sip_port + i));
         let metrics = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 300 + i));
         let overlay = overlay_of(i);
         let node_dir = data.join(&name);
-        let node_id = pki::provision_node(&node_dir, &name, &ca)?;
+        let node_id = pki::provision_node(&node_dir, &name, &ca, &taken)?;
+        taken.push(node_id);
         let mut argv: Vec<String> = vec![
             exe.display().to_string(),
             "supernode".into(),

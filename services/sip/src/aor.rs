@@ -34,7 +34,8 @@ impl Aor {
         match uri.scheme() {
             Scheme::Sip | Scheme::Sips => {
                 let host = uri.host().ok_or(AorError::Scheme)?.text;
-                let mut out = Vec::with_capacity(4 + host.len() + uri.user().map_or(0, <[u8]>::len) + 1);
+                let mut out =
+                    Vec::with_capacity(4 + host.len() + uri.user().map_or(0, <[u8]>::len) + 1);
                 out.extend_from_slice(b"sip:");
                 if let Some(user) = uri.user() {
                     out.extend_from_slice(&scan::unescape(user));
@@ -59,11 +60,9 @@ impl Aor {
                     out.push(b'+');
                 }
                 out.extend_from_slice(&digits);
-                if !global {
-                    if let Some(Some(ctx)) = uri.param("phone-context") {
-                        out.extend_from_slice(b";phone-context=");
-                        out.extend(ctx.iter().map(u8::to_ascii_lowercase));
-                    }
+                if !global && let Some(Some(ctx)) = uri.param("phone-context") {
+                    out.extend_from_slice(b";phone-context=");
+                    out.extend(ctx.iter().map(u8::to_ascii_lowercase));
                 }
                 Ok(Aor(out))
             }
@@ -93,7 +92,11 @@ impl Aor {
     /// The host of a `sip:` AOR.
     pub fn host(&self) -> Option<&[u8]> {
         let rest = self.0.strip_prefix(b"sip:")?;
-        Some(rest.iter().rposition(|&c| c == b'@').map_or(rest, |at| &rest[at + 1..]))
+        Some(
+            rest.iter()
+                .rposition(|&c| c == b'@')
+                .map_or(rest, |at| &rest[at + 1..]),
+        )
     }
 
     /// What the overlay hashes: the form version, then the canonical form.
@@ -125,7 +128,11 @@ mod tests {
         assert_eq!(a.as_bytes(), b"sip:alice@ringmesh.test");
         assert_eq!(a.user(), Some(&b"alice"[..]));
         assert_eq!(a.host(), Some(&b"ringmesh.test"[..]));
-        assert_ne!(Aor::parse(b"sip:Alice@ringmesh.test").unwrap(), b, "user part is case-sensitive");
+        assert_ne!(
+            Aor::parse(b"sip:Alice@ringmesh.test").unwrap(),
+            b,
+            "user part is case-sensitive"
+        );
     }
 
     #[test]

@@ -12,13 +12,22 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) const fn bad(detail: &'static str) -> ParseError {
-        ParseError { status: 400, detail }
+        ParseError {
+            status: 400,
+            detail,
+        }
     }
     pub(crate) const fn too_large(detail: &'static str) -> ParseError {
-        ParseError { status: 413, detail }
+        ParseError {
+            status: 413,
+            detail,
+        }
     }
     pub(crate) const fn version(detail: &'static str) -> ParseError {
-        ParseError { status: 505, detail }
+        ParseError {
+            status: 505,
+            detail,
+        }
     }
 }
 

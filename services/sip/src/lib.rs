@@ -12,28 +12,36 @@
 //! | [`uri`], [`name_addr`], [`via`] | borrowed views of URIs, addresses, Via |
 //! | [`header`], [`method`] | header names (compact forms), methods |
 //! | [`aor`] | the canonical address-of-record: the overlay key |
+//! | [`transaction`] | [`TransactionLayer`]: RFC 3261 §17 / RFC 6026 client and server transactions, timers as data |
+//! | [`digest`] | [`DigestAuth`]: digest credentials, challenges, stateless nonces |
 //!
 //! Start from [`Message::parse`]: every validation a registrar or proxy
 //! relies on happens there, once, and a failure carries the status to
-//! answer with ([`ParseError::status`]).
+//! answer with ([`ParseError::status`]). Then feed messages to a
+//! [`TransactionLayer`] and act on its events.
 
 pub mod aor;
+pub mod digest;
 pub mod error;
 pub mod framing;
 pub mod header;
 pub mod message;
 pub mod method;
 pub mod name_addr;
+pub mod salvage;
 pub mod scan;
+pub mod transaction;
 pub mod uri;
 pub mod via;
 pub mod writer;
 
+pub use digest::DigestAuth;
 pub use error::{ParseError, reason_phrase};
 pub use header::HeaderName;
 pub use message::{Limits, Message};
 pub use method::Method;
 pub use name_addr::{Contact, NameAddr};
+pub use transaction::TransactionLayer;
 pub use uri::{Host, HostKind, Scheme, Uri};
 pub use via::Via;
 pub use writer::{Forward, Writer};

@@ -33,7 +33,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message: 65_535, max_headers: 256, max_line: 8_192 }
+        Limits {
+            max_message: 65_535,
+            max_headers: 256,
+            max_line: 8_192,
+        }
     }
 }
 
@@ -46,7 +50,10 @@ struct Span {
 
 impl Span {
     fn new(start: usize, end: usize) -> Span {
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
     #[inline]
     fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
@@ -101,7 +108,11 @@ impl PartialEq for Message {
                 .iter()
                 .filter(|h| h.name != HeaderName::ContentLength)
                 .map(|h| {
-                    let name = if h.name == HeaderName::Other { h.name_span.of(&m.buf) } else { b"" };
+                    let name = if h.name == HeaderName::Other {
+                        h.name_span.of(&m.buf)
+                    } else {
+                        b""
+                    };
                     (h.name, name, h.value.of(&m.buf))
                 })
                 .collect()
@@ -149,7 +160,11 @@ impl Message {
         let start = parse_start_line(b, pos, line_end)?;
         pos = next;
 
-        let mut headers: Vec<HeaderEntry> = Vec::with_capacity(16);
+        // One allocation for the header index, sized from the message
+        // length (header lines average well over 32 bytes), so that even a
+        // response with many Via and Record-Route lines never regrows it.
+        let estimate = ((b.len() - pos) / 32).clamp(16, limits.max_headers.max(16));
+        let mut headers: Vec<HeaderEntry> = Vec::with_capacity(estimate);
         let body_start;
         loop {
             let Some((end, nxt)) = line_at(b, pos) else {
@@ -166,7 +181,9 @@ impl Message {
             }
             if b[pos] == b' ' || b[pos] == b'\t' {
                 // Continuation line: the previous header grows.
-                let last = headers.last_mut().ok_or(ParseError::bad("continuation before first header"))?;
+                let last = headers
+                    .last_mut()
+                    .ok_or(ParseError::bad("continuation before first header"))?;
                 last.value.end = end as u32;
                 if (last.value.end - last.name_span.start) as usize > limits.max_line {
                     return Err(ParseError::bad("header line too long"));
@@ -233,7 +250,14 @@ impl Message {
             None => rest,
         };
         msg.body = Span::new(body_start, body_start + body_len);
-        msg.buf = buf.slice(..body_start + body_len);
+        let end = body_start + body_len;
+        // Slicing a Vec-backed buffer allocates its shared header: skip it
+        // when nothing trails the message (the usual case).
+        msg.buf = if end == buf.len() {
+            buf
+        } else {
+            buf.slice(..end)
+        };
         Ok(msg)
     }
 
@@ -243,7 +267,11 @@ impl Message {
         for (idx, h) in self.headers.iter().enumerate() {
             let v = h.value.of(b);
             let once = |done: bool, what: &'static str| {
-                if done { Err(ParseError::bad(what)) } else { Ok(()) }
+                if done {
+                    Err(ParseError::bad(what))
+                } else {
+                    Ok(())
+                }
             };
             match h.name {
                 HeaderName::Via => {
@@ -260,13 +288,17 @@ impl Message {
                 }
                 HeaderName::From | HeaderName::To => {
                     let is_from = h.name == HeaderName::From;
-                    once(if is_from { seen[1] } else { seen[2] }, "From or To appears more than once")?;
-                    let na = NameAddr::parse(v).map_err(|_| ParseError::bad("malformed From or To"))?;
+                    once(
+                        if is_from { seen[1] } else { seen[2] },
+                        "From or To appears more than once",
+                    )?;
+                    let na =
+                        NameAddr::parse(v).map_err(|_| ParseError::bad("malformed From or To"))?;
                     let tag = na.tag().map_or(Span::default(), |t| sub_span(b, t));
-                    if let Some(t) = na.param("tag") {
-                        if t.is_none_or(|t| scan::scan_token(t, 0) != t.len() || t.is_empty()) {
-                            return Err(ParseError::bad("invalid tag"));
-                        }
+                    if let Some(t) = na.param("tag")
+                        && t.is_none_or(|t| scan::scan_token(t, 0) != t.len() || t.is_empty())
+                    {
+                        return Err(ParseError::bad("invalid tag"));
                     }
                     if is_from {
                         seen[1] = true;
@@ -289,9 +321,13 @@ impl Message {
                 HeaderName::CSeq => {
                     once(seen[4], "CSeq appears more than once")?;
                     seen[4] = true;
-                    let ws = v.iter().position(|&c| scan::is_ws(c)).ok_or(ParseError::bad("malformed CSeq"))?;
+                    let ws = v
+                        .iter()
+                        .position(|&c| scan::is_ws(c))
+                        .ok_or(ParseError::bad("malformed CSeq"))?;
                     self.cseq = scan::parse_u64(&v[..ws], u64::from(u32::MAX))
-                        .ok_or(ParseError::bad("CSeq number out of range"))? as u32;
+                        .ok_or(ParseError::bad("CSeq number out of range"))?
+                        as u32;
                     let m = &v[scan::skip_ws(v, ws)..];
                     if m.is_empty() || scan::scan_token(m, 0) != m.len() {
                         return Err(ParseError::bad("malformed CSeq method"));
@@ -299,21 +335,32 @@ impl Message {
                     self.cseq_method = Method::from_token(m);
                 }
                 HeaderName::MaxForwards => {
-                    once(self.max_forwards.is_some(), "Max-Forwards appears more than once")?;
+                    once(
+                        self.max_forwards.is_some(),
+                        "Max-Forwards appears more than once",
+                    )?;
                     self.max_forwards = Some(
-                        scan::parse_u64(v, 255).ok_or(ParseError::bad("Max-Forwards out of range"))? as u8,
+                        scan::parse_u64(v, 255)
+                            .ok_or(ParseError::bad("Max-Forwards out of range"))?
+                            as u8,
                     );
                 }
                 HeaderName::ContentLength => {
-                    once(self.content_length.is_some(), "Content-Length appears more than once")?;
+                    once(
+                        self.content_length.is_some(),
+                        "Content-Length appears more than once",
+                    )?;
                     self.content_length = Some(
-                        scan::parse_u64(v, u64::from(u32::MAX)).ok_or(ParseError::bad("malformed Content-Length"))?
+                        scan::parse_u64(v, u64::from(u32::MAX))
+                            .ok_or(ParseError::bad("malformed Content-Length"))?
                             as u32,
                     );
                 }
                 HeaderName::Expires => {
                     once(self.expires.is_some(), "Expires appears more than once")?;
-                    self.expires = Some(scan::parse_delta_seconds(v).ok_or(ParseError::bad("malformed Expires"))?);
+                    self.expires = Some(
+                        scan::parse_delta_seconds(v).ok_or(ParseError::bad("malformed Expires"))?,
+                    );
                 }
                 HeaderName::MinExpires => {
                     scan::parse_delta_seconds(v).ok_or(ParseError::bad("malformed Min-Expires"))?;
@@ -325,13 +372,17 @@ impl Message {
                 }
                 HeaderName::Route | HeaderName::RecordRoute | HeaderName::Path => {
                     for el in scan::split_list(v) {
-                        let na = NameAddr::parse(el).map_err(|_| ParseError::bad("malformed Route or Record-Route"))?;
+                        let na = NameAddr::parse(el)
+                            .map_err(|_| ParseError::bad("malformed Route or Record-Route"))?;
                         if !na.has_angle_brackets() {
                             return Err(ParseError::bad("Route URI must be enclosed in <>"));
                         }
                     }
                 }
-                HeaderName::Require | HeaderName::ProxyRequire | HeaderName::Supported | HeaderName::Unsupported => {
+                HeaderName::Require
+                | HeaderName::ProxyRequire
+                | HeaderName::Supported
+                | HeaderName::Unsupported => {
                     for el in scan::split_list(v) {
                         if !el.is_empty() && scan::scan_token(el, 0) != el.len() {
                             return Err(ParseError::bad("malformed option tag"));
@@ -346,10 +397,12 @@ impl Message {
                 return Err(ParseError::bad(what));
             }
         }
-        if let StartLine::Request { method, .. } = &self.start {
-            if *method != self.cseq_method {
-                return Err(ParseError::bad("CSeq method does not match the request method"));
-            }
+        if let StartLine::Request { method, .. } = &self.start
+            && *method != self.cseq_method
+        {
+            return Err(ParseError::bad(
+                "CSeq method does not match the request method",
+            ));
         }
         Ok(())
     }
@@ -401,11 +454,16 @@ impl Message {
 
     /// Every header field as (name, name as written, value).
     pub fn headers(&self) -> impl Iterator<Item = (HeaderName, &[u8], &[u8])> + '_ {
-        self.headers.iter().map(|h| (h.name, h.name_span.of(&self.buf), h.value.of(&self.buf)))
+        self.headers
+            .iter()
+            .map(|h| (h.name, h.name_span.of(&self.buf), h.value.of(&self.buf)))
     }
     /// The value of the first field named `name`.
     pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value.of(&self.buf))
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.of(&self.buf))
     }
     /// The first field with this (case-insensitive) name, for extension headers.
     pub fn header_named(&self, name: &str) -> Option<&[u8]> {
@@ -414,7 +472,10 @@ impl Message {
             .iter()
             .find(|h| {
                 if known == HeaderName::Other {
-                    h.name == HeaderName::Other && h.name_span.of(&self.buf).eq_ignore_ascii_case(name.as_bytes())
+                    h.name == HeaderName::Other
+                        && h.name_span
+                            .of(&self.buf)
+                            .eq_ignore_ascii_case(name.as_bytes())
                 } else {
                     h.name == known
                 }
@@ -423,22 +484,29 @@ impl Message {
     }
     /// The values of every field named `name`, one per line.
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        self.headers.iter().filter(move |h| h.name == name).map(|h| h.value.of(&self.buf))
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.of(&self.buf))
     }
     /// The elements of a list header across all its lines.
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        self.header_lines(name).flat_map(scan::split_list).filter(|e| !e.is_empty())
+        self.header_lines(name)
+            .flat_map(scan::split_list)
+            .filter(|e| !e.is_empty())
     }
     pub fn has_header(&self, name: HeaderName) -> bool {
         self.headers.iter().any(|h| h.name == name)
     }
 
     pub fn vias(&self) -> impl Iterator<Item = Via<'_>> + '_ {
-        self.header_values(HeaderName::Via).filter_map(|v| Via::parse(v).ok())
+        self.header_values(HeaderName::Via)
+            .filter_map(|v| Via::parse(v).ok())
     }
     /// The topmost Via (validated at parse time).
     pub fn top_via(&self) -> Via<'_> {
-        Via::parse(self.top_via.of(&self.buf)).unwrap_or_else(|_| self.vias().next().expect("validated"))
+        Via::parse(self.top_via.of(&self.buf))
+            .unwrap_or_else(|_| self.vias().next().expect("validated"))
     }
     /// The raw topmost Via element.
     pub fn top_via_bytes(&self) -> &[u8] {
@@ -448,7 +516,8 @@ impl Message {
         (!self.branch.is_empty()).then(|| self.branch.of(&self.buf))
     }
     pub fn from_hdr(&self) -> NameAddr<'_> {
-        NameAddr::parse(self.headers[self.from].value.of(&self.buf)).expect("validated at parse time")
+        NameAddr::parse(self.headers[self.from].value.of(&self.buf))
+            .expect("validated at parse time")
     }
     pub fn to_hdr(&self) -> NameAddr<'_> {
         NameAddr::parse(self.headers[self.to].value.of(&self.buf)).expect("validated at parse time")
@@ -482,20 +551,24 @@ impl Message {
         self.expires
     }
     pub fn contacts(&self) -> impl Iterator<Item = Contact<'_>> + '_ {
-        self.header_values(HeaderName::Contact).filter_map(|c| Contact::parse(c).ok())
+        self.header_values(HeaderName::Contact)
+            .filter_map(|c| Contact::parse(c).ok())
     }
     pub fn routes(&self) -> impl Iterator<Item = NameAddr<'_>> + '_ {
-        self.header_values(HeaderName::Route).filter_map(|c| NameAddr::parse(c).ok())
+        self.header_values(HeaderName::Route)
+            .filter_map(|c| NameAddr::parse(c).ok())
     }
     pub fn record_routes(&self) -> impl Iterator<Item = NameAddr<'_>> + '_ {
-        self.header_values(HeaderName::RecordRoute).filter_map(|c| NameAddr::parse(c).ok())
+        self.header_values(HeaderName::RecordRoute)
+            .filter_map(|c| NameAddr::parse(c).ok())
     }
 
     pub fn body(&self) -> &[u8] {
         self.body.of(&self.buf)
     }
     pub fn body_bytes(&self) -> Bytes {
-        self.buf.slice(self.body.start as usize..self.body.end as usize)
+        self.buf
+            .slice(self.body.start as usize..self.body.end as usize)
     }
     /// The message exactly as received (trailing datagram octets removed).
     pub fn raw(&self) -> &Bytes {
@@ -511,7 +584,9 @@ impl Message {
     /// values as received, and a Content-Length that matches the body.
     pub fn encode(&self) -> Bytes {
         let mut w = match &self.start {
-            StartLine::Request { method, uri } => crate::writer::Writer::request(method, uri.of(&self.buf)),
+            StartLine::Request { method, uri } => {
+                crate::writer::Writer::request(method, uri.of(&self.buf))
+            }
             StartLine::Response { status, reason } => {
                 crate::writer::Writer::response_raw(*status, reason.of(&self.buf))
             }
@@ -535,7 +610,11 @@ impl Message {
 #[inline]
 fn line_at(b: &[u8], pos: usize) -> Option<(usize, usize)> {
     let nl = memchr::memchr(b'\n', &b[pos..])? + pos;
-    let end = if nl > pos && b[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let end = if nl > pos && b[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     Some((end, nl + 1))
 }
 
@@ -573,16 +652,25 @@ fn parse_start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, Par
             return Err(ParseError::version("unsupported SIP version"));
         }
         let rest = &line[sp + 1..];
-        if rest.len() < 3 || !rest[..3].iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&c| c != b' ') {
+        if rest.len() < 3
+            || !rest[..3].iter().all(u8::is_ascii_digit)
+            || rest.get(3).is_some_and(|&c| c != b' ')
+        {
             return Err(ParseError::bad("malformed status code"));
         }
-        let status = scan::parse_u64(&rest[..3], 699).filter(|&s| s >= 100).ok_or(ParseError::bad("status code out of range"))?
-            as u16;
+        let status = scan::parse_u64(&rest[..3], 699)
+            .filter(|&s| s >= 100)
+            .ok_or(ParseError::bad("status code out of range"))? as u16;
         let rs = (start + sp + 1 + 4).min(end);
-        return Ok(StartLine::Response { status, reason: Span::new(rs, end) });
+        return Ok(StartLine::Response {
+            status,
+            reason: Span::new(rs, end),
+        });
     }
     let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::bad("malformed request line"))?;
-    let sp2 = memchr::memrchr(b' ', line).filter(|&p| p > sp1).ok_or(ParseError::bad("malformed request line"))?;
+    let sp2 = memchr::memrchr(b' ', line)
+        .filter(|&p| p > sp1)
+        .ok_or(ParseError::bad("malformed request line"))?;
     let method = &line[..sp1];
     let uri = &line[sp1 + 1..sp2];
     let version = &line[sp2 + 1..];
@@ -659,11 +747,35 @@ Content-Length: 0\r\n\r\n";
 
     #[test]
     fn limits_enforced() {
-        let tight = Limits { max_message: 100, ..Limits::default() };
-        assert_eq!(Message::parse_with(Bytes::from_static(REGISTER), &tight).unwrap_err().status, 413);
-        let few = Limits { max_headers: 3, ..Limits::default() };
-        assert_eq!(Message::parse_with(Bytes::from_static(REGISTER), &few).unwrap_err().status, 400);
-        let short = Limits { max_line: 30, ..Limits::default() };
-        assert_eq!(Message::parse_with(Bytes::from_static(REGISTER), &short).unwrap_err().status, 400);
+        let tight = Limits {
+            max_message: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Message::parse_with(Bytes::from_static(REGISTER), &tight)
+                .unwrap_err()
+                .status,
+            413
+        );
+        let few = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Message::parse_with(Bytes::from_static(REGISTER), &few)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let short = Limits {
+            max_line: 30,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Message::parse_with(Bytes::from_static(REGISTER), &short)
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 }

@@ -65,7 +65,9 @@ impl<'a> NameAddr<'a> {
                 .map_or(s.len(), |p| p + i);
             (&s[i..end], end)
         };
-        if uri_text.is_empty() || scan::is_ws(uri_text[0]) || scan::is_ws(uri_text[uri_text.len() - 1])
+        if uri_text.is_empty()
+            || scan::is_ws(uri_text[0])
+            || scan::is_ws(uri_text[uri_text.len() - 1])
         {
             return Err("white space inside <URI>");
         }
@@ -81,7 +83,13 @@ impl<'a> NameAddr<'a> {
         if scan::skip_ws(params, stop) != params.len() {
             return Err("garbage after address");
         }
-        Ok(NameAddr { raw: s, display, uri, angle: lt.is_some(), params })
+        Ok(NameAddr {
+            raw: s,
+            display,
+            uri,
+            angle: lt.is_some(),
+            params,
+        })
     }
 
     pub fn as_bytes(&self) -> &'a [u8] {
@@ -148,7 +156,9 @@ impl<'a> Contact<'a> {
 impl<'a> NameAddr<'a> {
     /// `expires` parameter in seconds (clamped to u32).
     pub fn expires(&self) -> Option<u32> {
-        self.param("expires").flatten().and_then(scan::parse_delta_seconds)
+        self.param("expires")
+            .flatten()
+            .and_then(scan::parse_delta_seconds)
     }
     /// `q` in thousandths (0..=1000).
     pub fn q(&self) -> Option<u16> {
@@ -194,7 +204,10 @@ mod tests {
 
     #[test]
     fn forms() {
-        let n = NameAddr::parse(br#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).unwrap();
+        let n = NameAddr::parse(
+            br#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#,
+        )
+        .unwrap();
         assert_eq!(n.display(), Some(&br#""J Rosenberg \\\"""#[..]));
         assert_eq!(n.uri().as_bytes(), b"sip:jdrosen@example.com");
         assert_eq!(n.tag(), Some(&b"98asjd8"[..]));
@@ -208,7 +221,10 @@ mod tests {
         assert_eq!(n.uri().as_bytes(), b"sip:user@example.com");
         assert_eq!(n.tag(), Some(&b"1918181833n"[..]));
 
-        let n = NameAddr::parse(b"token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;tag=_token~1'+`*%!-.").unwrap();
+        let n = NameAddr::parse(
+            b"token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;tag=_token~1'+`*%!-.",
+        )
+        .unwrap();
         assert_eq!(n.display(), Some(&b"token1~` token2'+_ token3*%!.-"[..]));
         assert_eq!(n.tag(), Some(&b"_token~1'+`*%!-."[..]));
 
@@ -229,20 +245,32 @@ mod tests {
             b"<sip:a@b",
             b"",
         ] {
-            assert!(NameAddr::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                NameAddr::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn contact_params() {
         let c = Contact::parse(br#"<sip:a@192.0.2.1:5060;ob>;expires=600;q=0.7;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>";reg-id=1"#).unwrap();
-        let Contact::Addr(n) = c else { panic!("not an address") };
+        let Contact::Addr(n) = c else {
+            panic!("not an address")
+        };
         assert_eq!(n.expires(), Some(600));
         assert_eq!(n.q(), Some(700));
         assert_eq!(n.reg_id(), Some(1));
-        assert_eq!(n.instance().unwrap().as_ref(), b"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>");
+        assert_eq!(
+            n.instance().unwrap().as_ref(),
+            b"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"
+        );
         assert!(matches!(Contact::parse(b" * "), Ok(Contact::Wildcard)));
-        let Contact::Addr(n) = Contact::parse(b"<sip:user@host129.example.com>\r\n  ;expires=280297596632815").unwrap() else {
+        let Contact::Addr(n) =
+            Contact::parse(b"<sip:user@host129.example.com>\r\n  ;expires=280297596632815")
+                .unwrap()
+        else {
             panic!()
         };
         assert_eq!(n.expires(), Some(u32::MAX));

@@ -28,7 +28,8 @@ pub fn error_response(raw: &[u8], err: &ParseError) -> Option<Bytes> {
     let mut wanted: Vec<(HeaderName, &[u8])> = Vec::new();
     let mut i = 0;
     while i < head.len() {
-        let next_nl = |from: usize| memchr::memchr(b'\n', &head[from..]).map_or(head.len(), |p| from + p);
+        let next_nl =
+            |from: usize| memchr::memchr(b'\n', &head[from..]).map_or(head.len(), |p| from + p);
         // A header line plus its folded continuation lines.
         let mut end = next_nl(i);
         while end + 1 < head.len() && matches!(head[end + 1], b' ' | b'\t') {
@@ -36,9 +37,18 @@ pub fn error_response(raw: &[u8], err: &ParseError) -> Option<Bytes> {
         }
         let line = &head[i..end];
         i = end + 1;
-        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
         let name = HeaderName::from_bytes(scan::trim(&line[..colon]));
-        if matches!(name, HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq) {
+        if matches!(
+            name,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        ) {
             wanted.push((name, scan::trim(&line[colon + 1..])));
         }
     }
@@ -51,7 +61,12 @@ pub fn error_response(raw: &[u8], err: &ParseError) -> Option<Bytes> {
         }
     }
     let mut out = BytesMut::with_capacity(512);
-    let _ = write!(out, "SIP/2.0 {} {}\r\n", err.status, reason_phrase(err.status));
+    let _ = write!(
+        out,
+        "SIP/2.0 {} {}\r\n",
+        err.status,
+        reason_phrase(err.status)
+    );
     for (name, value) in &wanted {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
@@ -61,7 +76,11 @@ pub fn error_response(raw: &[u8], err: &ParseError) -> Option<Bytes> {
         }
         out.put_slice(b"\r\n");
     }
-    let _ = write!(out, "Warning: 399 ringmesh \"{}\"\r\nContent-Length: 0\r\n\r\n", err.detail);
+    let _ = write!(
+        out,
+        "Warning: 399 ringmesh \"{}\"\r\nContent-Length: 0\r\n\r\n",
+        err.detail
+    );
     Some(out.freeze())
 }
 
@@ -90,14 +109,34 @@ mod tests {
     #[test]
     fn folded_values_and_giving_up() {
         let raw = b"OPTIONS sip:x SIP/7.0\r\nVia: SIP/7.0/UDP\r\n c.example.com;branch=z9hG4bKkdjuw\r\nFrom: a <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: v\r\nCSeq: 1 OPTIONS\r\n\r\n";
-        let err = ParseError { status: 505, detail: "unsupported SIP version" };
+        let err = ParseError {
+            status: 505,
+            detail: "unsupported SIP version",
+        };
         let text = String::from_utf8(error_response(raw, &err).unwrap().to_vec()).unwrap();
         assert!(text.starts_with("SIP/2.0 505 Version Not Supported"));
-        assert!(text.contains("Via: SIP/7.0/UDP\r\n c.example.com;branch=z9hG4bKkdjuw\r\n"), "{text}");
-        assert_eq!(error_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", &err), None, "responses are dropped");
-        assert_eq!(error_response(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\n", &err), None, "no Via to answer on");
-        let insuf = error_response(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKi\r\n\r\n", &err);
-        assert!(insuf.is_some_and(|r| r.starts_with(b"SIP/2.0 505")), "Via and CSeq are enough");
+        assert!(
+            text.contains("Via: SIP/7.0/UDP\r\n c.example.com;branch=z9hG4bKkdjuw\r\n"),
+            "{text}"
+        );
+        assert_eq!(
+            error_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", &err),
+            None,
+            "responses are dropped"
+        );
+        assert_eq!(
+            error_response(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\n", &err),
+            None,
+            "no Via to answer on"
+        );
+        let insuf = error_response(
+            b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKi\r\n\r\n",
+            &err,
+        );
+        assert!(
+            insuf.is_some_and(|r| r.starts_with(b"SIP/2.0 505")),
+            "Via and CSeq are enough"
+        );
         assert_eq!(error_response(b"\x00\x01garbage", &err), None);
     }
 }

@@ -19,15 +19,34 @@ const fn class_table() -> [u8; 256] {
     while c < 256 {
         let b = c as u8;
         let alnum = b.is_ascii_alphanumeric();
-        let mark = matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')');
+        let mark = matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        );
         let mut f = 0u8;
-        if alnum || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~') {
+        if alnum
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            )
+        {
             f |= TOKEN;
         }
         if f & TOKEN != 0
             || matches!(
                 b,
-                b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'{' | b'}'
+                b'(' | b')'
+                    | b'<'
+                    | b'>'
+                    | b':'
+                    | b'\\'
+                    | b'"'
+                    | b'/'
+                    | b'['
+                    | b']'
+                    | b'?'
+                    | b'{'
+                    | b'}'
             )
         {
             f |= WORD;
@@ -107,7 +126,7 @@ pub(crate) fn skip_ws(s: &[u8], mut i: usize) -> usize {
     i
 }
 
-pub(crate) fn trim(s: &[u8]) -> &[u8] {
+pub fn trim(s: &[u8]) -> &[u8] {
     let start = skip_ws(s, 0);
     let mut end = s.len();
     while end > start && is_ws(s[end - 1]) {
@@ -182,7 +201,11 @@ pub struct ListIter<'a> {
 }
 
 pub(crate) fn split_list(s: &[u8]) -> ListIter<'_> {
-    ListIter { s, pos: 0, done: false }
+    ListIter {
+        s,
+        pos: 0,
+        done: false,
+    }
 }
 
 impl<'a> Iterator for ListIter<'a> {
@@ -260,12 +283,13 @@ pub fn unescape(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            if let (Some(h), Some(l)) = (hex_val(s[i + 1]), hex_val(s[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if s[i] == b'%'
+            && i + 2 < s.len()
+            && let (Some(h), Some(l)) = (hex_val(s[i + 1]), hex_val(s[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(s[i]);
         i += 1;
@@ -341,7 +365,7 @@ pub(crate) fn scan_params(s: &[u8], mut i: usize) -> Result<usize, &'static str>
     }
 }
 
-/// Iterates a header parameter list that [`scan_params`] already accepted.
+/// Iterates a header parameter list that `scan_params` already accepted.
 #[derive(Debug, Clone)]
 pub struct Params<'a> {
     s: &'a [u8],
@@ -402,7 +426,10 @@ mod tests {
     #[test]
     fn list_split_respects_quotes_and_angles() {
         let v: Vec<_> = split_list(br#""a, b" <sip:x@y;p=1,2>;q=0.5 , <sip:z@w>"#).collect();
-        assert_eq!(v, vec![&br#""a, b" <sip:x@y;p=1,2>;q=0.5"#[..], &b"<sip:z@w>"[..]]);
+        assert_eq!(
+            v,
+            vec![&br#""a, b" <sip:x@y;p=1,2>;q=0.5"#[..], &b"<sip:z@w>"[..]]
+        );
         let v: Vec<_> = split_list(b";;,;,,").collect();
         assert_eq!(v, vec![&b";;"[..], b";", b"", b""]);
     }

@@ -46,7 +46,10 @@ impl<'a> Host<'a> {
             let text = std::str::from_utf8(inner).map_err(|_| "malformed IPv6 reference")?;
             text.parse::<std::net::Ipv6Addr>()
                 .map_err(|_| "malformed IPv6 reference")?;
-            return Ok(Host { text: s, kind: HostKind::Ipv6 });
+            return Ok(Host {
+                text: s,
+                kind: HostKind::Ipv6,
+            });
         }
         if !s.iter().all(|&c| scan::is_hostchar(c)) {
             return Err("invalid character in host");
@@ -55,12 +58,18 @@ impl<'a> Host<'a> {
             let text = std::str::from_utf8(s).map_err(|_| "invalid IPv4 address")?;
             text.parse::<std::net::Ipv4Addr>()
                 .map_err(|_| "invalid IPv4 address")?;
-            return Ok(Host { text: s, kind: HostKind::Ipv4 });
+            return Ok(Host {
+                text: s,
+                kind: HostKind::Ipv4,
+            });
         }
         if s[0] == b'.' || s[0] == b'-' || s.windows(2).any(|w| w == b"..") {
             return Err("invalid host name");
         }
-        Ok(Host { text: s, kind: HostKind::Name })
+        Ok(Host {
+            text: s,
+            kind: HostKind::Name,
+        })
     }
 
     /// The host as an IP address, when it is one.
@@ -136,7 +145,11 @@ impl<'a> Uri<'a> {
             Scheme::Sip | Scheme::Sips => uri.parse_sip(rest)?,
             Scheme::Tel => uri.parse_tel(rest)?,
             Scheme::Other => {
-                if rest.is_empty() || rest.iter().any(|&c| scan::is_ws(c) || c < 0x21 || c > 0x7e) {
+                if rest.is_empty()
+                    || rest
+                        .iter()
+                        .any(|&c| scan::is_ws(c) || !(0x21..=0x7e).contains(&c))
+                {
                     return Err("invalid absolute URI");
                 }
             }
@@ -158,11 +171,11 @@ impl<'a> Uri<'a> {
             if !user.iter().all(|&c| scan::is_user(c) || c == b'%') || !scan::escapes_valid(user) {
                 return Err("invalid character in URI user part");
             }
-            if let Some(p) = password {
-                if !p.iter().all(|&c| scan::is_password(c) || c == b'%') || !scan::escapes_valid(p)
-                {
-                    return Err("invalid character in URI password");
-                }
+            if let Some(p) = password
+                && (!p.iter().all(|&c| scan::is_password(c) || c == b'%')
+                    || !scan::escapes_valid(p))
+            {
+                return Err("invalid character in URI password");
             }
             self.user = Some(user);
             self.password = password;
@@ -170,7 +183,10 @@ impl<'a> Uri<'a> {
         }
         let hp = &rest[hostport_start..];
         // hostport ends at the first ';' or '?' (neither can appear in a host).
-        let end = hp.iter().position(|&c| c == b';' || c == b'?').unwrap_or(hp.len());
+        let end = hp
+            .iter()
+            .position(|&c| c == b';' || c == b'?')
+            .unwrap_or(hp.len());
         let hostport = &hp[..end];
         let (host, port) = split_host_port(hostport)?;
         self.host = Some(Host::parse(host)?);
@@ -201,7 +217,8 @@ impl<'a> Uri<'a> {
                 let e = memchr::memchr(b'=', h).ok_or("URI header without '='")?;
                 let (name, value) = (&h[..e], &h[e + 1..]);
                 let ok = |s: &[u8]| {
-                    s.iter().all(|&c| scan::is_hnv(c) || scan::is_unreserved(c) || c == b'%')
+                    s.iter()
+                        .all(|&c| scan::is_hnv(c) || scan::is_unreserved(c) || c == b'%')
                         && scan::escapes_valid(s)
                 };
                 if name.is_empty() || !ok(name) || !ok(value) {
@@ -218,15 +235,20 @@ impl<'a> Uri<'a> {
         let number = &rest[..end];
         let digits = number.strip_prefix(b"+").unwrap_or(number);
         if digits.is_empty()
+            || !digits.iter().all(|&c| {
+                c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')')
+            })
             || !digits
                 .iter()
-                .all(|&c| c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')'))
-            || !digits.iter().any(|c| c.is_ascii_hexdigit() || matches!(c, b'*' | b'#'))
+                .any(|c| c.is_ascii_hexdigit() || matches!(c, b'*' | b'#'))
         {
             return Err("invalid telephone number");
         }
         let params = &rest[end..];
-        if params.iter().any(|&c| scan::is_ws(c) || c < 0x21 || c > 0x7e) {
+        if params
+            .iter()
+            .any(|&c| scan::is_ws(c) || !(0x21..=0x7e).contains(&c))
+        {
             return Err("invalid tel URI parameter");
         }
         self.user = Some(number);
@@ -273,10 +295,12 @@ impl<'a> Uri<'a> {
     /// Iterates the URI parameters as (name, value) pairs.
     pub fn params(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
         let p = self.params;
-        p.split(|&c| c == b';').skip(1).map(|kv| match memchr::memchr(b'=', kv) {
-            Some(e) => (&kv[..e], Some(&kv[e + 1..])),
-            None => (kv, None),
-        })
+        p.split(|&c| c == b';')
+            .skip(1)
+            .map(|kv| match memchr::memchr(b'=', kv) {
+                Some(e) => (&kv[..e], Some(&kv[e + 1..])),
+                None => (kv, None),
+            })
     }
 
     /// The first parameter named `name` (case-insensitive).
@@ -339,7 +363,8 @@ mod tests {
 
     #[test]
     fn sip_uri_parts() {
-        let u = Uri::parse(b"sip:alice:pw@Example.COM:5070;transport=tcp;lr?Subject=hi&X=y").unwrap();
+        let u =
+            Uri::parse(b"sip:alice:pw@Example.COM:5070;transport=tcp;lr?Subject=hi&X=y").unwrap();
         assert_eq!(u.scheme(), Scheme::Sip);
         assert_eq!(u.user(), Some(&b"alice"[..]));
         assert_eq!(u.password(), Some(&b"pw"[..]));
@@ -371,8 +396,14 @@ mod tests {
             b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com",
         )
         .unwrap();
-        assert_eq!(u.user(), Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..]));
-        assert_eq!(u.password(), Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..]));
+        assert_eq!(
+            u.user(),
+            Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+        );
+        assert_eq!(
+            u.password(),
+            Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..])
+        );
     }
 
     #[test]

@@ -78,11 +78,19 @@ impl<'a> Via<'a> {
         if scan::skip_ws(params, stop) != params.len() {
             return Err("garbage in Via");
         }
-        let via = Via { raw: s, protocol_name, protocol_version, transport, host, port, params };
-        if let Some(b) = via.params().get("branch") {
-            if b.is_none_or(|b| b.is_empty() || b[0] == b'"') {
-                return Err("invalid branch");
-            }
+        let via = Via {
+            raw: s,
+            protocol_name,
+            protocol_version,
+            transport,
+            host,
+            port,
+            params,
+        };
+        if let Some(b) = via.params().get("branch")
+            && b.is_none_or(|b| b.is_empty() || b[0] == b'"')
+        {
+            return Err("invalid branch");
         }
         if let Some(r) = via.params().get("received") {
             Host::parse(r.ok_or("received without value")?)?;
@@ -120,7 +128,8 @@ impl<'a> Via<'a> {
     }
     /// True when the branch carries the RFC 3261 magic cookie.
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch().is_some_and(|b| b.len() > BRANCH_COOKIE.len() && b.starts_with(BRANCH_COOKIE))
+        self.branch()
+            .is_some_and(|b| b.len() > BRANCH_COOKIE.len() && b.starts_with(BRANCH_COOKIE))
     }
     pub fn received(&self) -> Option<&'a [u8]> {
         self.params().get("received").flatten()
@@ -128,9 +137,10 @@ impl<'a> Via<'a> {
     /// `None`: no rport; `Some(None)`: `;rport` (fill me in);
     /// `Some(Some(p))`: filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params()
-            .get("rport")
-            .map(|v| v.and_then(|p| scan::parse_u64(p, u64::from(u16::MAX))).map(|p| p as u16))
+        self.params().get("rport").map(|v| {
+            v.and_then(|p| scan::parse_u64(p, u64::from(u16::MAX)))
+                .map(|p| p as u16)
+        })
     }
 }
 
@@ -147,7 +157,10 @@ mod tests {
         assert_eq!(v.branch(), Some(&b"390skdjuw"[..]));
         assert!(!v.has_rfc3261_branch());
 
-        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8").unwrap();
+        let v = Via::parse(
+            b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.host().text, b"spindle.example.com");
         assert_eq!(v.branch(), Some(&b"z9hG4bK9ikj8"[..]));
         assert!(v.has_rfc3261_branch());
@@ -155,7 +168,10 @@ mod tests {
 
     #[test]
     fn rport_received_ipv6() {
-        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas;rport;received=192.0.2.1").unwrap();
+        let v = Via::parse(
+            b"SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas;rport;received=192.0.2.1",
+        )
+        .unwrap();
         assert_eq!(v.port(), Some(5070));
         assert_eq!(v.rport(), Some(None));
         assert_eq!(v.received(), Some(&b"192.0.2.1"[..]));

@@ -41,16 +41,63 @@ fn every_manifest_entry_has_a_verdict_here() {
     // Keep this list in step with the tests below: a new file in the
     // manifest must get an explicit expectation.
     let covered = [
-        "wsinv", "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "longreq", "dblreq", "semiuri", "transports",
-        "mpart01", "unreason", "noreason", "badinv01", "clerr", "ncl", "scalar02", "scalarlg", "quotbal", "ltgtruri",
-        "lwsruri", "lwsstart", "trws", "escruri", "baddate", "regbadct", "badaspec", "baddn", "badvers", "mismatch01",
-        "mismatch02", "bigcode", "badbranch", "insuf", "unkscm", "novelsc", "unksm2", "bext01", "invut", "regaut01",
-        "multi01", "mcl01", "bcast", "zeromf", "cparam01", "cparam02", "regescrt", "sdp01", "inv2543",
+        "wsinv",
+        "intmeth",
+        "esc01",
+        "escnull",
+        "esc02",
+        "lwsdisp",
+        "longreq",
+        "dblreq",
+        "semiuri",
+        "transports",
+        "mpart01",
+        "unreason",
+        "noreason",
+        "badinv01",
+        "clerr",
+        "ncl",
+        "scalar02",
+        "scalarlg",
+        "quotbal",
+        "ltgtruri",
+        "lwsruri",
+        "lwsstart",
+        "trws",
+        "escruri",
+        "baddate",
+        "regbadct",
+        "badaspec",
+        "baddn",
+        "badvers",
+        "mismatch01",
+        "mismatch02",
+        "bigcode",
+        "badbranch",
+        "insuf",
+        "unkscm",
+        "novelsc",
+        "unksm2",
+        "bext01",
+        "invut",
+        "regaut01",
+        "multi01",
+        "mcl01",
+        "bcast",
+        "zeromf",
+        "cparam01",
+        "cparam02",
+        "regescrt",
+        "sdp01",
+        "inv2543",
     ];
     let m = manifest();
     assert_eq!(m.len(), 49);
     for f in m.keys() {
-        assert!(covered.contains(&f.trim_end_matches(".dat")), "{f} has no expectation");
+        assert!(
+            covered.contains(&f.trim_end_matches(".dat")),
+            "{f} has no expectation"
+        );
     }
 }
 
@@ -67,29 +114,71 @@ fn valid_messages_parse_and_fields_match() {
 fn wsinv() {
     let m = parse("wsinv.dat");
     assert_eq!(*m.method(), Method::Invite);
-    assert_eq!(m.request_uri_bytes(), b"sip:vivekg@chair-dnrc.example.com;unknownparam");
+    assert_eq!(
+        m.request_uri_bytes(),
+        b"sip:vivekg@chair-dnrc.example.com;unknownparam"
+    );
     assert_eq!(m.to_tag(), Some(&b"1918181833n"[..]));
     assert_eq!(m.from_tag(), Some(&b"98asjd8"[..]));
-    assert_eq!(unquote(m.from_hdr().display().unwrap()).as_ref(), b"J Rosenberg \\\"");
+    assert_eq!(
+        unquote(m.from_hdr().display().unwrap()).as_ref(),
+        b"J Rosenberg \\\""
+    );
     assert_eq!(m.max_forwards(), Some(68));
     assert_eq!(m.call_id(), b"wsinv.ndaksdj@192.0.2.1");
     assert_eq!((m.cseq(), m.cseq_method()), (9, &Method::Invite));
-    let vias: Vec<_> = m.vias().map(|v| (v.transport().to_vec(), v.host().text.to_vec(), v.branch().unwrap().to_vec())).collect();
+    let vias: Vec<_> = m
+        .vias()
+        .map(|v| {
+            (
+                v.transport().to_vec(),
+                v.host().text.to_vec(),
+                v.branch().unwrap().to_vec(),
+            )
+        })
+        .collect();
     assert_eq!(
         vias,
         vec![
-            (b"UDP".to_vec(), b"192.0.2.2".to_vec(), b"390skdjuw".to_vec()),
-            (b"TCP".to_vec(), b"spindle.example.com".to_vec(), b"z9hG4bK9ikj8".to_vec()),
-            (b"UDP".to_vec(), b"192.168.255.111".to_vec(), b"z9hG4bK30239".to_vec()),
+            (
+                b"UDP".to_vec(),
+                b"192.0.2.2".to_vec(),
+                b"390skdjuw".to_vec()
+            ),
+            (
+                b"TCP".to_vec(),
+                b"spindle.example.com".to_vec(),
+                b"z9hG4bK9ikj8".to_vec()
+            ),
+            (
+                b"UDP".to_vec(),
+                b"192.168.255.111".to_vec(),
+                b"z9hG4bK30239".to_vec()
+            ),
         ]
     );
     assert_eq!(m.header(HeaderName::Subject), Some(&b""[..]));
-    assert!(m.header_named("NewFangledHeader").unwrap().ends_with(b"continued newfangled value"));
-    assert_eq!(m.header_named("UnknownHeaderWithUnusualValue"), Some(&b";;,,;;,;"[..]));
+    assert!(
+        m.header_named("NewFangledHeader")
+            .unwrap()
+            .ends_with(b"continued newfangled value")
+    );
+    assert_eq!(
+        m.header_named("UnknownHeaderWithUnusualValue"),
+        Some(&b";;,,;;,;"[..])
+    );
     let route: Vec<_> = m.routes().collect();
-    assert_eq!(route[0].uri().as_bytes(), b"sip:services.example.com;lr;unknownwith=value;unknown-no-value");
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
-    assert_eq!(unquote(c.display().unwrap()).as_ref(), b"Quoted string \"\"");
+    assert_eq!(
+        route[0].uri().as_bytes(),
+        b"sip:services.example.com;lr;unknownwith=value;unknown-no-value"
+    );
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        unquote(c.display().unwrap()).as_ref(),
+        b"Quoted string \"\""
+    );
     assert_eq!(c.param("newparam"), Some(Some(&b"newvalue"[..])));
     assert_eq!(c.param("secondparam"), Some(None));
     assert_eq!(c.q(), Some(330));
@@ -104,10 +193,22 @@ fn intmeth() {
     assert_eq!(m.cseq_method(), m.method());
     assert_ne!(*m.method(), Method::Invite);
     let uri = m.request_uri().unwrap();
-    assert_eq!(uri.user(), Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..]));
-    assert_eq!(uri.password(), Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..]));
-    assert_eq!(unquote(m.to_hdr().display().unwrap()).as_ref(), b"BEL:\x07 NUL:\x00 DEL:\x7f");
-    assert_eq!(m.from_hdr().display(), Some(&b"token1~` token2'+_ token3*%!.-"[..]));
+    assert_eq!(
+        uri.user(),
+        Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+    );
+    assert_eq!(
+        uri.password(),
+        Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..])
+    );
+    assert_eq!(
+        unquote(m.to_hdr().display().unwrap()).as_ref(),
+        b"BEL:\x07 NUL:\x00 DEL:\x7f"
+    );
+    assert_eq!(
+        m.from_hdr().display(),
+        Some(&b"token1~` token2'+_ token3*%!.-"[..])
+    );
     assert_eq!(m.from_tag(), Some(&b"_token~1'+`*%!-."[..]));
     assert_eq!(m.call_id(), b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{");
     assert_eq!(m.max_forwards(), Some(255));
@@ -118,12 +219,30 @@ fn intmeth() {
 fn esc01_escapes_are_equivalent() {
     let m = parse("esc01.dat");
     let ruri = m.request_uri().unwrap();
-    assert_eq!(unescape(ruri.user().unwrap()).as_ref(), b"sips:user@example.com");
-    assert_eq!(Aor::from_uri(m.to_hdr().uri()).unwrap(), Aor::parse(b"sip:user@example.com").unwrap());
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
+    assert_eq!(
+        unescape(ruri.user().unwrap()).as_ref(),
+        b"sips:user@example.com"
+    );
+    assert_eq!(
+        Aor::from_uri(m.to_hdr().uri()).unwrap(),
+        Aor::parse(b"sip:user@example.com").unwrap()
+    );
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
     assert_eq!(unescape(c.uri().user().unwrap()).as_ref(), b"caller");
-    let params: Vec<_> = c.uri().params().map(|(n, v)| (unescape(n).to_vec(), v.map(|v| unescape(v).to_vec()))).collect();
-    assert_eq!(params, vec![(b"lr".to_vec(), None), (b"name".to_vec(), Some(b"value%41".to_vec()))]);
+    let params: Vec<_> = c
+        .uri()
+        .params()
+        .map(|(n, v)| (unescape(n).to_vec(), v.map(|v| unescape(v).to_vec())))
+        .collect();
+    assert_eq!(
+        params,
+        vec![
+            (b"lr".to_vec(), None),
+            (b"name".to_vec(), Some(b"value%41".to_vec()))
+        ]
+    );
     assert_eq!(m.from_hdr().uri().user(), Some(&b"I%20have%20spaces"[..]));
 }
 
@@ -131,7 +250,10 @@ fn esc01_escapes_are_equivalent() {
 fn escnull() {
     let m = parse("escnull.dat");
     assert_eq!(*m.method(), Method::Register);
-    assert_eq!(Aor::from_uri(m.to_hdr().uri()).unwrap().as_bytes(), b"sip:null-\0-null@example.com");
+    assert_eq!(
+        Aor::from_uri(m.to_hdr().uri()).unwrap().as_bytes(),
+        b"sip:null-\0-null@example.com"
+    );
     let users: Vec<_> = m
         .contacts()
         .map(|c| match c {
@@ -145,11 +267,18 @@ fn escnull() {
 #[test]
 fn esc02_percent_where_escaping_does_not_apply() {
     let m = parse("esc02.dat");
-    assert_eq!(*m.method(), Method::Other(Bytes::from_static(b"RE%47IST%45R")));
+    assert_eq!(
+        *m.method(),
+        Method::Other(Bytes::from_static(b"RE%47IST%45R"))
+    );
     assert_ne!(*m.method(), Method::Register);
     assert_eq!(m.from_hdr().display(), Some(&b"\"%Z%45\""[..]));
     assert_eq!(m.branch(), Some(&b"z9hG4bK209%fzsnel234"[..]));
-    assert_eq!(m.contacts().count(), 2, "C%6Fntact is an unknown header, not Contact");
+    assert_eq!(
+        m.contacts().count(),
+        2,
+        "C%6Fntact is an unknown header, not Contact"
+    );
     assert!(m.header_named("C%6Fntact").is_some());
 }
 
@@ -177,7 +306,10 @@ fn dblreq_only_first_message() {
     let m = parse("dblreq.dat");
     assert_eq!(*m.method(), Method::Register);
     assert!(m.body().is_empty());
-    assert!(!m.raw().windows(6).any(|w| w == b"INVITE"), "the second message is discarded");
+    assert!(
+        !m.raw().windows(6).any(|w| w == b"INVITE"),
+        "the second message is discarded"
+    );
 }
 
 #[test]
@@ -194,13 +326,20 @@ fn semiuri() {
 fn transports() {
     let m = parse("transports.dat");
     let t: Vec<_> = m.vias().map(|v| v.transport().to_vec()).collect();
-    assert_eq!(t, [&b"UDP"[..], b"SCTP", b"TLS", b"UNKNOWN", b"TCP"].map(<[u8]>::to_vec));
+    assert_eq!(
+        t,
+        [&b"UDP"[..], b"SCTP", b"TLS", b"UNKNOWN", b"TCP"].map(<[u8]>::to_vec)
+    );
 }
 
 #[test]
 fn mpart01() {
     let m = parse("mpart01.dat");
-    assert!(m.header(HeaderName::ContentType).unwrap().starts_with(b"multipart/mixed"));
+    assert!(
+        m.header(HeaderName::ContentType)
+            .unwrap()
+            .starts_with(b"multipart/mixed")
+    );
     assert_eq!(m.body().len(), 553);
 }
 
@@ -259,14 +398,20 @@ fn baddate_parses_for_a_proxy() {
     // RFC 4475 §3.1.2.12: a proxy may forward it; only an endpoint that
     // interprets Date must answer 400. The supernode never reads Date.
     let m = parse("baddate.dat");
-    assert_eq!(m.header(HeaderName::Date), Some(&b"Fri, 01 Jan 2010 16:00:00 EST"[..]));
+    assert_eq!(
+        m.header(HeaderName::Date),
+        Some(&b"Fri, 01 Jan 2010 16:00:00 EST"[..])
+    );
 }
 
 #[test]
 fn badbranch_is_an_rfc2543_transaction() {
     let m = parse("badbranch.dat");
     assert_eq!(m.branch(), Some(&b"z9hG4bK"[..]));
-    assert!(!m.top_via().has_rfc3261_branch(), "the bare cookie is not an RFC 3261 branch");
+    assert!(
+        !m.top_via().has_rfc3261_branch(),
+        "the bare cookie is not an RFC 3261 branch"
+    );
 }
 
 #[test]
@@ -278,15 +423,27 @@ fn application_class_messages_parse() {
     let m = parse("unksm2.dat");
     assert_eq!(m.to_hdr().uri().scheme(), Scheme::Other);
     assert_eq!(m.from_hdr().uri().scheme_text(), b"http");
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
     assert_eq!(c.uri().as_bytes(), b"name:John_Smith");
     let m = parse("bext01.dat");
     assert_eq!(m.header_values(HeaderName::ProxyRequire).count(), 2);
-    assert_eq!(m.header_values(HeaderName::Require).collect::<Vec<_>>(), [&b"nothingSupportsThis"[..], b"nothingSupportsThisEither"]);
+    assert_eq!(
+        m.header_values(HeaderName::Require).collect::<Vec<_>>(),
+        [&b"nothingSupportsThis"[..], b"nothingSupportsThisEither"]
+    );
     let m = parse("invut.dat");
-    assert_eq!(m.header(HeaderName::ContentType), Some(&b"application/unknownformat"[..]));
+    assert_eq!(
+        m.header(HeaderName::ContentType),
+        Some(&b"application/unknownformat"[..])
+    );
     let m = parse("regaut01.dat");
-    assert!(m.header(HeaderName::Authorization).unwrap().starts_with(b"NoOneKnowsThisScheme"));
+    assert!(
+        m.header(HeaderName::Authorization)
+            .unwrap()
+            .starts_with(b"NoOneKnowsThisScheme")
+    );
     let m = parse("bcast.dat");
     assert_eq!(m.vias().nth(1).unwrap().host().text, b"255.255.255.255");
     let m = parse("zeromf.dat");
@@ -298,17 +455,31 @@ fn application_class_messages_parse() {
 #[test]
 fn registrar_contact_forms() {
     let m = parse("cparam01.dat");
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
     assert_eq!(c.uri().as_bytes(), b"sip:+19725552222@gw1.example.net");
-    assert_eq!(c.param("unknownparam"), Some(None), "a header parameter of the contact");
+    assert_eq!(
+        c.param("unknownparam"),
+        Some(None),
+        "a header parameter of the contact"
+    );
 
     let m = parse("cparam02.dat");
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
-    assert_eq!(c.uri().param("unknownparam"), Some(None), "a parameter of the URI");
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        c.uri().param("unknownparam"),
+        Some(None),
+        "a parameter of the URI"
+    );
     assert_eq!(c.params().count(), 0);
 
     let m = parse("regescrt.dat");
-    let Contact::Addr(c) = m.contacts().next().unwrap() else { panic!() };
+    let Contact::Addr(c) = m.contacts().next().unwrap() else {
+        panic!()
+    };
     assert_eq!(c.uri().headers_raw(), b"Route=%3Csip:sip.example.com%3E");
 }
 
@@ -320,14 +491,18 @@ fn inv2543_rfc2543_syntax_accepted() {
     // addr-spec form: `;user=phone` is a header parameter (RFC 3261 §20.10).
     assert_eq!(m.to_hdr().param("user"), Some(Some(&b"phone"[..])));
     assert_eq!(m.from_hdr().uri().param("user"), Some(Some(&b"phone"[..])));
-    assert!(m.body().starts_with(b"v=0"), "no Content-Length on a datagram: the body runs to the end");
+    assert!(
+        m.body().starts_with(b"v=0"),
+        "no Content-Length on a datagram: the body runs to the end"
+    );
 }
 
 #[test]
 fn valid_messages_round_trip() {
     for (file, _) in manifest() {
         if let Ok(m) = Message::parse(load(&file)) {
-            let again = Message::parse(m.encode()).unwrap_or_else(|e| panic!("{file} re-parse: {e}"));
+            let again =
+                Message::parse(m.encode()).unwrap_or_else(|e| panic!("{file} re-parse: {e}"));
             assert_eq!(m, again, "{file}");
         }
     }

@@ -308,9 +308,10 @@ impl<L: LocationService> SipCore<L> {
                 }
                 _ = sweep.tick() => {
                     self.location.expire(wall_ms());
-                    let (aors, bindings) = self.location.counts();
-                    self.metrics.aors.set(aors as i64);
-                    self.metrics.bindings.with_label_values(&["primary"]).set(bindings as i64);
+                    let held = self.location.counts();
+                    self.metrics.aors.set(held.aors as i64);
+                    self.metrics.bindings.with_label_values(&["primary"]).set(held.primary as i64);
+                    self.metrics.bindings.with_label_values(&["replica"]).set(held.replica as i64);
                 }
             }
             self.drive(Instant::now());

@@ -37,7 +37,7 @@ use crate::core::wall_ms;
 use crate::http::Health;
 use crate::link::{Frame, LinkEvent, Links};
 use crate::location::{
-    Binding, BindingKey, Completion, LocationError, LocationOp, LocationService,
+    Binding, BindingKey, Completion, Held, LocationError, LocationOp, LocationService,
 };
 use crate::metrics::Metrics;
 use crate::registrar::{self, RegisterPlan};
@@ -112,7 +112,7 @@ pub enum Reply {
 
 /// Counts of what this node holds, refreshed by the overlay task.
 #[derive(Debug, Default)]
-pub struct Held {
+pub struct HeldCounts {
     pub aors: AtomicUsize,
     pub primary: AtomicUsize,
     pub replica: AtomicUsize,
@@ -124,7 +124,7 @@ pub struct FarmHandle {
     pub me: [u8; 16],
     pub cmd: mpsc::Sender<Command>,
     pub members: SharedMembers,
-    pub held: Arc<Held>,
+    pub held: Arc<HeldCounts>,
 }
 
 impl FarmHandle {
@@ -205,7 +205,7 @@ pub fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(16_384);
     let (reply_tx, reply_rx) = mpsc::channel(16_384);
     let members: SharedMembers = Arc::new(RwLock::new(Members::default()));
-    let held = Arc::new(Held::default());
+    let held = Arc::new(HeldCounts::default());
     let handle = FarmHandle {
         me: me.to_bytes(),
         cmd: cmd_tx,
@@ -259,7 +259,7 @@ struct Driver {
     sip_inbound: mpsc::Sender<Inbound>,
     ops: HashMap<OpId, OpKind>,
     members: SharedMembers,
-    held: Arc<Held>,
+    held: Arc<HeldCounts>,
     pending_sip: HashMap<[u8; 16], Vec<(Instant, Bytes)>>,
     log: Log,
     metrics: Metrics,
@@ -923,11 +923,12 @@ impl LocationService for OverlayStore {
         // The overlay collects expired entries itself.
     }
 
-    fn counts(&self) -> (usize, usize) {
+    fn counts(&self) -> Held {
         let h = &self.farm.held;
-        (
-            h.aors.load(Ordering::Relaxed),
-            h.primary.load(Ordering::Relaxed) + h.replica.load(Ordering::Relaxed),
-        )
+        Held {
+            aors: h.aors.load(Ordering::Relaxed),
+            primary: h.primary.load(Ordering::Relaxed),
+            replica: h.replica.load(Ordering::Relaxed),
+        }
     }
 }

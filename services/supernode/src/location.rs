@@ -301,8 +301,17 @@ pub trait LocationService: Send + 'static {
     fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<Completion>;
     /// Drops expired bindings; called periodically.
     fn expire(&mut self, now_ms: u64);
-    /// (AORs, bindings) held, for metrics.
-    fn counts(&self) -> (usize, usize);
+    /// What this node holds, for metrics.
+    fn counts(&self) -> Held;
+}
+
+/// Counts of what a node holds: AORs, and bindings for which it is the
+/// primary replica or a secondary one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub aors: usize,
+    pub primary: usize,
+    pub replica: usize,
 }
 
 /// Node-local bindings: the whole location service of a one-node farm.
@@ -371,8 +380,12 @@ impl LocationService for LocalStore {
         self.bindings -= removed;
     }
 
-    fn counts(&self) -> (usize, usize) {
-        (self.aors.len(), self.bindings)
+    fn counts(&self) -> Held {
+        Held {
+            aors: self.aors.len(),
+            primary: self.bindings,
+            replica: 0,
+        }
     }
 }
 

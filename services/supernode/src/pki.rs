@@ -125,16 +125,18 @@ impl Ca {
         self.key.serialize_pem()
     }
 
-    /// Issues a node certificate for `public_key` (PEM of a key pair or
-    /// a CSR's key), with a fresh random Node-ID chosen here. Returns the
+    /// Issues a node certificate for `node_key` with a Node-ID chosen here
+    /// (see [`place`]: the midpoint of the widest arc between the Node-IDs
+    /// already issued, so the ring stays balanced). Returns the
     /// certificate PEM and the Node-ID.
     pub fn issue_node(
         &self,
         name: &str,
         node_key: &KeyPair,
         days: i64,
+        taken: &[[u8; 16]],
     ) -> anyhow::Result<(String, [u8; 16])> {
-        let id: [u8; 16] = rand::random();
+        let id = place(taken);
         let params = node_params(name, &id, days)?;
         let cert = params.signed_by(node_key, &self.issuer)?;
         Ok((cert.pem(), id))
@@ -175,6 +177,28 @@ impl Ca {
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
+/// Chooses a Node-ID: random for the first node, then the midpoint of the
+/// widest arc between those already issued. Random IDs leave Chord rings
+/// badly unbalanced at small N (one of five nodes owning two thirds of the
+/// keys is common); a CA that assigns positions can do better, and a node
+/// still cannot pick its own place.
+pub fn place(taken: &[[u8; 16]]) -> [u8; 16] {
+    let mut ids: Vec<u128> = taken.iter().map(|b| u128::from_be_bytes(*b)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.len() {
+        0 => rand::random(),
+        1 => ids[0].wrapping_add(1 << 127).to_be_bytes(),
+        n => {
+            let (start, width) = (0..n)
+                .map(|i| (ids[i], ids[(i + 1) % n].wrapping_sub(ids[i])))
+                .max_by_key(|&(_, w)| w)
+                .expect("two or more ids");
+            start.wrapping_add(width / 2).to_be_bytes()
+        }
     }
 }
 
@@ -314,8 +338,14 @@ impl Identity {
 }
 
 /// Writes a node's key and certificate issued by `ca` into `dir`
-/// (`node.key`, `node.crt`, `ca.crt`), unless they exist. Returns its Node-ID.
-pub fn provision_node(dir: &Path, name: &str, ca: &Ca) -> anyhow::Result<[u8; 16]> {
+/// (`node.key`, `node.crt`, `ca.crt`), unless they exist. Returns its
+/// Node-ID; `taken` are the Node-IDs already issued in this farm.
+pub fn provision_node(
+    dir: &Path,
+    name: &str,
+    ca: &Ca,
+    taken: &[[u8; 16]],
+) -> anyhow::Result<[u8; 16]> {
     std::fs::create_dir_all(dir)?;
     let crt = dir.join("node.crt");
     if crt.exists() {
@@ -327,7 +357,7 @@ pub fn provision_node(dir: &Path, name: &str, ca: &Ca) -> anyhow::Result<[u8; 16
         return node_id_of(&first).ok_or_else(|| anyhow!("{} carries no Node-ID", crt.display()));
     }
     let key = KeyPair::generate()?;
-    let (cert, id) = ca.issue_node(name, &key, 825)?;
+    let (cert, id) = ca.issue_node(name, &key, 825, taken)?;
     crate::write_private(&dir.join("node.key"), key.serialize_pem().as_bytes())?;
     std::fs::write(&crt, cert)?;
     std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
@@ -342,9 +372,9 @@ mod tests {
     fn issued_certificates_carry_the_node_id() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(&dir.path().join("ca"), "test farm").unwrap();
-        let id = provision_node(&dir.path().join("n1"), "n1", &ca).unwrap();
+        let id = provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap();
         assert_eq!(
-            provision_node(&dir.path().join("n1"), "n1", &ca).unwrap(),
+            provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap(),
             id,
             "stable across restarts"
         );
@@ -361,6 +391,35 @@ mod tests {
         ident.client_config(b"x").unwrap();
         let again = Ca::load_or_create(&dir.path().join("ca"), "test farm").unwrap();
         assert_eq!(again.cert_pem, ca.cert_pem);
+    }
+
+    #[test]
+    fn placement_splits_the_widest_arc() {
+        let mut taken = Vec::new();
+        for _ in 0..8 {
+            taken.push(place(&taken));
+        }
+        let mut ids: Vec<u128> = taken.iter().map(|b| u128::from_be_bytes(*b)).collect();
+        ids.sort_unstable();
+        let arcs: Vec<u128> = (0..8)
+            .map(|i| ids[(i + 1) % 8].wrapping_sub(ids[i]))
+            .collect();
+        let (min, max) = (arcs.iter().min().unwrap(), arcs.iter().max().unwrap());
+        assert!(
+            max - min <= 8,
+            "eight nodes split the ring evenly: {arcs:?}"
+        );
+        let five = &taken[..5];
+        let mut ids: Vec<u128> = five.iter().map(|b| u128::from_be_bytes(*b)).collect();
+        ids.sort_unstable();
+        let widest = (0..5)
+            .map(|i| ids[(i + 1) % 5].wrapping_sub(ids[i]))
+            .max()
+            .unwrap();
+        assert!(
+            widest <= (u128::MAX / 4) + 1,
+            "no node of five owns more than a quarter"
+        );
     }
 
     #[test]

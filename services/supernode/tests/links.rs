@@ -13,7 +13,7 @@ const V: LinkVersion = LinkVersion { major: 1, minor: 0 };
 
 fn identity(dir: &std::path::Path, name: &str, ca: &Ca) -> Identity {
     let d = dir.join(name);
-    pki::provision_node(&d, name, ca).unwrap();
+    pki::provision_node(&d, name, ca, &[]).unwrap();
     Identity::load(
         &d.join("node.crt"),
         &d.join("node.key"),

@@ -1,0 +1,293 @@
+//! The farm CA: issues node certificates that bind a Node-ID chosen here,
+//! signs CRLs. Adapted from the supernode's development CA (`pki.rs`);
+//! the Node-ID URI SAN and the DNS SAN are identical, so certificates from
+//! either verify on the same overlay links.
+//!
+//! A Node-ID is 128 bits chosen by the CA, never by the node: it is the
+//! URI SAN `urn:ringmesh:node:<32 hex digits>`. Every node certificate
+//! also carries the DNS SAN [`NODE_DNS_NAME`], the server name links
+//! verify. Whatever names or extensions a CSR asks for are ignored; only
+//! its public key (whose possession the CSR's signature proves) is used.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData as _, SanType,
+};
+
+/// The DNS name every node certificate carries and every link verifies.
+pub const NODE_DNS_NAME: &str = "node.ringmesh.internal";
+/// The prefix of the Node-ID URI SAN.
+pub const NODE_URI_PREFIX: &str = "urn:ringmesh:node:";
+
+/// Why a CA operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The CSR does not parse or its signature does not verify.
+    #[error("bad CSR: {0}")]
+    Csr(String),
+    /// A certificate does not parse or was not issued by this CA.
+    #[error("bad certificate: {0}")]
+    Certificate(String),
+    /// The CA's own material is unusable.
+    #[error("CA: {0}")]
+    Ca(String),
+}
+
+fn ca_err(e: impl std::fmt::Display) -> CaError {
+    CaError::Ca(e.to_string())
+}
+
+/// The URI SAN naming a Node-ID.
+pub fn node_uri(id: &[u8; 16]) -> String {
+    format!("{NODE_URI_PREFIX}{}", hex::encode(id))
+}
+
+/// Parses a Node-ID written as 32 hex digits.
+pub fn parse_node_id(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+/// The DER blocks of the `CERTIFICATE`s in a PEM text.
+pub fn pem_certs(pem_text: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    let blocks = pem::parse_many(pem_text).map_err(|e| CaError::Certificate(format!("PEM: {e}")))?;
+    Ok(blocks.into_iter().filter(|p| p.tag() == "CERTIFICATE").map(pem::Pem::into_contents).collect())
+}
+
+/// The Node-ID in a certificate (DER), from its URI SAN.
+pub fn node_id_of(der: &[u8]) -> Option<[u8; 16]> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = x509.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => parse_node_id(u.strip_prefix(NODE_URI_PREFIX)?),
+        _ => None,
+    })
+}
+
+/// Facts about a certificate this CA cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub node_id: Option<[u8; 16]>,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    pub not_after_unix: i64,
+    /// The subject public key (raw bits of SubjectPublicKeyInfo).
+    pub public_key: Vec<u8>,
+}
+
+/// Parses a certificate (DER).
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der).map_err(|e| CaError::Certificate(e.to_string()))?;
+    Ok(CertInfo {
+        node_id: node_id_of(der),
+        serial: hex::encode(x509.raw_serial()),
+        not_after_unix: x509.validity().not_after.timestamp(),
+        public_key: x509.public_key().subject_public_key.data.to_vec(),
+    })
+}
+
+/// Whether `cert` (DER) carries a valid signature by `issuer` (DER).
+pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, i))) =
+        (x509_parser::parse_x509_certificate(cert), x509_parser::parse_x509_certificate(issuer))
+    else {
+        return false;
+    };
+    c.issuer() == i.subject() && c.verify_signature(Some(i.public_key())).is_ok()
+}
+
+/// A node certificate just issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub node_id: [u8; 16],
+    /// Lower-case hex.
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+/// A revoked certificate, for the CRL.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// Lower-case hex.
+    pub serial: String,
+    pub revoked_unix: i64,
+    pub reason: Option<rcgen::RevocationReason>,
+}
+
+/// A certificate authority: its certificate and signing key.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+/// A positive serial without a leading zero byte, so its DER form (and the
+/// hex recorded) is exactly these bytes.
+fn new_serial() -> [u8; 16] {
+    let mut s: [u8; 16] = rand::random();
+    s[0] = (s[0] & 0x7f) | 0x01;
+    s
+}
+
+impl Ca {
+    /// A new CA (ECDSA P-256) valid for ten years.
+    pub fn generate(name: &str) -> Result<Ca, CaError> {
+        let key = KeyPair::generate().map_err(ca_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(ca_err)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "Ringmesh farm");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&new_serial()));
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key).map_err(ca_err)?;
+        Ca::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Loads a CA from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Ca(format!("CA key: {e}")))?;
+        let der = pem_certs(cert_pem)?.into_iter().next().ok_or_else(|| CaError::Ca("no CA certificate in the PEM".into()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Ca(format!("CA certificate: {e}")))?;
+        if x509.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(CaError::Ca("the CA key does not belong to the CA certificate".into()));
+        }
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem).map_err(ca_err)?)
+            .map_err(|e| CaError::Ca(format!("CA certificate: {e}")))?;
+        Ok(Ca { cert_pem: cert_pem.to_string(), cert_der: der, key, issuer })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The CA key, PEM (keep it secret).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a node certificate for the CSR's public key with a fresh
+    /// random Node-ID; whatever the CSR asks for is ignored.
+    pub fn sign_csr(&self, name: &str, csr_pem: &str, days: i64) -> Result<Issued, CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
+        self.issue(name, &csr.public_key, rand::random(), days)
+    }
+
+    /// Issues a node certificate for `public_key` with a given Node-ID
+    /// (renewal keeps the node where it is on the ring).
+    pub fn issue(
+        &self,
+        name: &str,
+        public_key: &impl rcgen::PublicKeyData,
+        node_id: [u8; 16],
+        days: i64,
+    ) -> Result<Issued, CaError> {
+        let mut params = CertificateParams::new(vec![NODE_DNS_NAME.to_string()]).map_err(ca_err)?;
+        params.subject_alt_names.push(SanType::URI(node_uri(&node_id).try_into().map_err(ca_err)?));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = new_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        let not_after = now + time::Duration::days(days);
+        params.not_after = not_after;
+        let cert = params.signed_by(public_key, &self.issuer).map_err(ca_err)?;
+        Ok(Issued { cert_pem: cert.pem(), node_id, serial: hex::encode(serial), not_after_unix: not_after.unix_timestamp() })
+    }
+
+    /// A CRL listing `revoked`, valid for `days`.
+    pub fn crl(&self, revoked: &[Revoked], number: u64, days: i64) -> Result<String, CaError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for r in revoked {
+            let serial = hex::decode(&r.serial).map_err(|e| CaError::Ca(format!("serial {}: {e}", r.serial)))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial),
+                revocation_time: time::OffsetDateTime::from_unix_timestamp(r.revoked_unix).unwrap_or(now),
+                reason_code: r.reason,
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(days),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).map_err(ca_err)?.pem().map_err(ca_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_names_are_ignored_and_the_chain_verifies() {
+        let ca = Ca::generate("t").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        p.subject_alt_names.push(SanType::URI(node_uri(&[0xff; 16]).try_into().unwrap()));
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let issued = ca.sign_csr("n", &csr, 30).unwrap();
+        assert_ne!(issued.node_id, [0xff; 16]);
+        let der = pem_certs(&issued.cert_pem).unwrap().remove(0);
+        let info = cert_info(&der).unwrap();
+        assert_eq!(info.node_id, Some(issued.node_id), "the CA's Node-ID, not the one asked for");
+        assert_eq!(info.serial, issued.serial);
+        assert_eq!(info.public_key, key.der_bytes());
+        assert!(signed_by(&der, ca.cert_der()));
+        assert!(!signed_by(&der, Ca::generate("other").unwrap().cert_der()));
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let names = format!("{:?}", x509.subject_alternative_name().unwrap().unwrap().value);
+        assert!(names.contains(NODE_DNS_NAME) && !names.contains("evil"), "{names}");
+    }
+
+    #[test]
+    fn reloads_and_rejects_a_foreign_key() {
+        let ca = Ca::generate("t").unwrap();
+        let again = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.cert_der(), ca.cert_der());
+        let other = Ca::generate("o").unwrap();
+        assert!(Ca::from_pem(ca.cert_pem(), &other.key_pem()).is_err());
+    }
+
+    #[test]
+    fn crls_parse() {
+        let ca = Ca::generate("t").unwrap();
+        let pem = ca
+            .crl(&[Revoked { serial: "0123ab".into(), revoked_unix: 1_700_000_000, reason: Some(rcgen::RevocationReason::KeyCompromise) }], 3, 7)
+            .unwrap();
+        let der = pem::parse(&pem).unwrap().into_contents();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        assert_eq!(crl.iter_revoked_certificates().count(), 1);
+        assert_eq!(hex::encode(crl.iter_revoked_certificates().next().unwrap().raw_serial()), "0123ab");
+    }
+}

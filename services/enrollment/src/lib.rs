@@ -1,0 +1,102 @@
+//! # ringmesh-enrollment: the farm's certificate authority
+//!
+//! The gRPC service `ringmesh.enrollment.v1.Enrollment` (see `proto/`):
+//! a supernode sends a CSR with a bootstrap token and gets back a
+//! certificate carrying the Node-ID the CA chose (URI SAN
+//! `urn:ringmesh:node:<32 hex>`, DNS SAN `node.ringmesh.internal`), the CA
+//! bundle, the CRL and the farm secret. Operators revoke nodes; the CRL
+//! lists them.
+//!
+//! Start from [`run`] (the `ringmesh enrollment` process), [`serve`] (the
+//! gRPC server on a listener) or [`enroll`] (the node side).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`ca`] | the CA: Node-ID certificates from CSRs, CRLs, certificate checks |
+//! | [`kv`] | the [`Kv`] trait, [`FileKv`] (default) and [`EtcdKv`] |
+//! | [`authority`] | CA + farm secret from the store, issued-certificate records, revocation |
+//! | [`service`] | the tonic service, bootstrap and admin tokens, [`serve`] |
+//! | [`status`] | errors to gRPC status codes, in one place |
+//! | [`client`] | [`enroll`] / [`renew`]: key and CSR made locally, identity files |
+//! | [`config`] | `ringmesh enrollment` flags, environment, file |
+//! | [`metrics`], [`http`] | Prometheus metrics, `/metrics` `/healthz` `/readyz` |
+
+pub mod authority;
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod service;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+pub use authority::{Authority, AuthorityOptions};
+pub use client::{EnrollError, EnrolledIdentity, enroll, renew};
+pub use config::{EnrollmentArgs, EnrollmentConfig, StoreConfig};
+pub use kv::{EtcdKv, FileKv, Kv};
+pub use service::{EnrollmentService, Tokens, serve};
+use tokio::net::TcpListener;
+
+/// Runs the enrollment service until `shutdown` completes.
+pub async fn run(cfg: EnrollmentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
+    run_on(listener, cfg, shutdown).await
+}
+
+/// [`run`] on an already bound listener (tests bind port 0).
+pub async fn run_on(
+    listener: TcpListener,
+    cfg: EnrollmentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match &cfg.store {
+        StoreConfig::Embedded(dir) => {
+            let kv = FileKv::open(dir).with_context(|| format!("cannot open {} (--data)", dir.display()))?;
+            run_kv(listener, kv, &cfg, shutdown).await
+        }
+        StoreConfig::Etcd { endpoints, prefix, timeout } => {
+            let kv = EtcdKv::connect(endpoints, prefix, *timeout).await.context("cannot set up the etcd client (--etcd)")?;
+            run_kv(listener, kv, &cfg, shutdown).await
+        }
+    }
+}
+
+async fn run_kv<K: Kv>(
+    listener: TcpListener,
+    kv: K,
+    cfg: &EnrollmentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let opts = AuthorityOptions {
+        ca_pem: cfg.ca_pem.clone(),
+        farm_secret: cfg.farm_secret.clone(),
+        cert_days: cfg.cert_days,
+        ..AuthorityOptions::default()
+    };
+    let authority = Authority::open(kv, opts).await.context("cannot load or create the farm CA")?;
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::new(&registry);
+    let ready = Arc::new(AtomicBool::new(true));
+    if let Some(addr) = cfg.metrics {
+        http::serve(addr, registry, ready.clone()).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+    if cfg.admin_tokens.is_empty() {
+        tracing::warn!("no --admin-token: Revoke and ListCertificates are open to anyone who reaches the API");
+    }
+    let service = EnrollmentService::new(
+        Arc::new(authority),
+        Tokens::new(&cfg.bootstrap_tokens),
+        Tokens::new(&cfg.admin_tokens),
+    )
+    .with_metrics(metrics);
+    tracing::info!(listen = %listener.local_addr()?, "enrollment API serving");
+    let r = serve(listener, service, shutdown).await;
+    ready.store(false, Ordering::Relaxed);
+    r.context("enrollment gRPC server failed")
+}

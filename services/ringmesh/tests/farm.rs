@@ -1,0 +1,598 @@
+//! The farm (issue 3), with real processes: five `ringmesh supernode`
+//! processes from `ringmesh dev`, registrations and calls from sipp, nodes
+//! killed with SIGKILL, stopped with SIGTERM and restarted from the `argv`
+//! that `dev` printed.
+//!
+//! "Resolves" means: a REGISTER without Contact (an RFC 3261 §10.2.3
+//! query) sent to that node returns the binding, which the node reads from
+//! the ring.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Farm, NodeInfo, http_get, sipp, sipp_dir, status_of, udp_exchange, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const DOMAIN: &str = "ringmesh.test";
+
+/// Sends REGISTER queries for `users` to `node` with a sliding window and
+/// returns how many contacts each user has there (None: no final answer).
+fn query_all(node: SocketAddr, users: &[String]) -> HashMap<String, Option<usize>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let local = sock.local_addr().unwrap();
+    let mut result: HashMap<String, Option<usize>> =
+        users.iter().map(|u| (u.clone(), None)).collect();
+    let nonce = common::rand_u64();
+    let request = |u: &str, attempt: u32| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKq{nonce:x}{u}a{attempt};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{u}@{DOMAIN}>;tag=q{nonce:x}\r\nTo: <sip:{u}@{DOMAIN}>\r\n\
+             Call-ID: q{nonce:x}-{u}\r\nCSeq: {} REGISTER\r\nContent-Length: 0\r\n\r\n",
+            attempt + 1
+        )
+    };
+    for attempt in 0..4 {
+        let todo: Vec<String> = result
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        for chunk in todo.chunks(100) {
+            for u in chunk {
+                sock.send_to(request(u, attempt).as_bytes(), node).unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut got = 0;
+            let mut buf = vec![0u8; 65536];
+            while got < chunk.len() && Instant::now() < deadline {
+                let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if status_of(&buf[..n]) != Some(200) {
+                    continue;
+                }
+                let Some(user) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("Call-ID: q{nonce:x}-")))
+                else {
+                    continue;
+                };
+                let contacts = text.lines().filter(|l| l.starts_with("Contact:")).count();
+                if let Some(slot) = result.get_mut(user.trim()) {
+                    if slot.is_none() {
+                        got += 1;
+                    }
+                    *slot = Some(contacts);
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Users that do not resolve to exactly one contact at `node`.
+fn unresolved(node: SocketAddr, users: &[String]) -> Vec<String> {
+    let mut bad: Vec<String> = query_all(node, users)
+        .into_iter()
+        .filter(|(_, v)| *v != Some(1))
+        .map(|(u, _)| u)
+        .collect();
+    bad.sort();
+    bad
+}
+
+fn metric(n: &NodeInfo, name: &str) -> Option<f64> {
+    let (_, body) = http_get(n.metrics, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn ready(n: &NodeInfo) -> bool {
+    http_get(n.metrics, "/readyz").0 == 200
+}
+
+/// A process this test started; killed if the test ends early.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Restarts a node from the argv `ringmesh dev` printed (no environment).
+fn restart(n: &NodeInfo, log: &Path) -> Owned {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Owned(
+        Command::new(&n.argv[0])
+            .args(&n.argv[1..])
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn stop(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Waits for a killed child or foreign PID to be gone.
+fn wait_gone(pid: u32) {
+    wait_until(&format!("pid {pid} gone"), Duration::from_secs(30), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+}
+
+/// Registers users `from..from+n` through `node` with sipp (no auth).
+fn register(node: SocketAddr, from: usize, n: usize, port: u16, work: &Path) {
+    let csv = work.join(format!("users{from}.csv"));
+    let out = Command::new(sipp_dir().join("gen_users.sh"))
+        .args([
+            n.to_string(),
+            DOMAIN.into(),
+            "secret".into(),
+            "user".into(),
+            from.to_string(),
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&csv, out.stdout).unwrap();
+    let status = sipp(
+        &[
+            "-sf",
+            sipp_dir().join("reg_noauth.xml").to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-r",
+            "500",
+            "-m",
+            &n.to_string(),
+            &node.to_string(),
+        ],
+        60,
+        work,
+    );
+    assert!(
+        status.success(),
+        "sipp registration of user{from}.. through {node} failed"
+    );
+}
+
+/// Calls `n` callees registered from `callee_port` through `callee_node`,
+/// placing the calls through `caller_node`. True when every call succeeded.
+fn calls(
+    caller_node: SocketAddr,
+    callee_node: SocketAddr,
+    callee_port: u16,
+    caller_port: u16,
+    n: usize,
+    work: &Path,
+) -> bool {
+    let csv = work.join(format!("callees{callee_port}.csv"));
+    let out = Command::new(sipp_dir().join("gen_users.sh"))
+        .args([
+            n.to_string(),
+            DOMAIN.into(),
+            "secret".into(),
+            format!("callee{callee_port}x"),
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&csv, out.stdout).unwrap();
+    let reg = sipp(
+        &[
+            "-sf",
+            sipp_dir().join("reg_noauth.xml").to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &callee_port.to_string(),
+            "-r",
+            "200",
+            "-m",
+            &n.to_string(),
+            &callee_node.to_string(),
+        ],
+        30,
+        work,
+    );
+    assert!(reg.success(), "callee registration failed");
+    let mut uas = Command::new("timeout")
+        .args([
+            "60",
+            "sipp",
+            "-sf",
+            sipp_dir().join("uas_noauth.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &callee_port.to_string(),
+            "-m",
+            &n.to_string(),
+            "-nostdin",
+            "-timeout",
+            "50s",
+            &callee_node.to_string(),
+        ])
+        .current_dir(work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &[
+            "-sf",
+            sipp_dir().join("uac_call_noauth.xml").to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &caller_port.to_string(),
+            "-r",
+            "50",
+            "-m",
+            &n.to_string(),
+            &caller_node.to_string(),
+        ],
+        40,
+        work,
+    );
+    let uas_ok = uas.wait().map(|s| s.success()).unwrap_or(false);
+    uac.success() && uas_ok
+}
+
+#[test]
+fn five_supernodes_shard_survive_loss_and_restart() {
+    let farm = Farm::start(24000, &["--nodes", "5", "--auth", "none"], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let nodes = farm.nodes.clone();
+    let started = Instant::now();
+
+    // 5,000 users register round-robin across the nodes.
+    for (k, n) in nodes.iter().enumerate() {
+        register(n.sip, k * 1000, 1000, 24800 + k as u16, work.path());
+    }
+    eprintln!(
+        "5,000 registrations through 5 nodes in {:?}",
+        started.elapsed()
+    );
+    let users: Vec<String> = (0..5000).map(|i| format!("user{i}")).collect();
+
+    // Every AOR resolves from every node.
+    for n in &nodes {
+        let bad = unresolved(n.sip, &users);
+        assert!(
+            bad.is_empty(),
+            "{}: {} AORs do not resolve, e.g. {:?}",
+            n.name,
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+    }
+    // The bindings are sharded, not copied everywhere.
+    std::thread::sleep(Duration::from_secs(11));
+    for n in &nodes {
+        let held = metric(n, "ringmesh_location_bindings{role=\"primary\"").unwrap_or(0.0);
+        assert!(
+            held > 300.0 && held < 2500.0,
+            "{} is primary for {held} of 5,000 bindings",
+            n.name
+        );
+    }
+
+    // Calls between leaves on different supernodes.
+    assert!(
+        calls(nodes[3].sip, nodes[1].sip, 24810, 24811, 50, work.path()),
+        "calls from sn3's leaves to sn1's"
+    );
+
+    // kill -9 a node that is neither the callers' nor the callees' edge.
+    let victim = &nodes[4];
+    stop(victim.pid, Signal::SIGKILL);
+    wait_gone(victim.pid);
+    let killed_at = Instant::now();
+    let survivors: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != victim.name).collect();
+    let repair = wait_until(
+        "replicas back to k after the kill",
+        Duration::from_secs(120),
+        || {
+            survivors.iter().all(|n| {
+                metric(n, "ringmesh_overlay_ring_size") == Some(4.0)
+                    && metric(n, "ringmesh_overlay_replicas_below_k") == Some(0.0)
+            })
+        },
+    );
+    eprintln!("repair after kill -9: ring of 4 with replicas in place {repair:?} after the kill");
+    let _ = killed_at;
+    // Bindings registered at the killed edge have no flow left to reach, but
+    // they are still stored: every binding resolves from every survivor.
+    for n in &survivors {
+        let bad = unresolved(n.sip, &users);
+        assert!(
+            bad.is_empty(),
+            "{} after kill -9: {} AORs lost, e.g. {:?}",
+            n.name,
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+    }
+    assert!(
+        calls(nodes[3].sip, nodes[1].sip, 24812, 24813, 30, work.path()),
+        "calls keep succeeding after the kill"
+    );
+
+    // Restart it from its argv: same identity, keys rebalance onto it.
+    let mut restarted = restart(victim, &work.path().join("sn4-restart.log"));
+    let back = wait_until("sn4 back in the ring", Duration::from_secs(120), || {
+        ready(victim)
+            && nodes
+                .iter()
+                .all(|n| metric(n, "ringmesh_overlay_ring_size") == Some(5.0))
+    });
+    eprintln!("sn4 rejoined {back:?} after restart");
+    let log = std::fs::read_to_string(work.path().join("sn4-restart.log")).unwrap();
+    assert!(
+        log.contains(&victim.argv[victim.argv.iter().position(|a| a == "--name").unwrap() + 1])
+    );
+    let node_id = std::fs::read_to_string(farm.dir.path().join("sn4/node.crt")).unwrap();
+    assert!(
+        !node_id.is_empty(),
+        "its certificate (and Node-ID) stayed in its data directory"
+    );
+    wait_until("sn4 holds bindings again", Duration::from_secs(60), || {
+        metric(victim, "ringmesh_location_bindings{role=\"primary\"").unwrap_or(0.0) > 100.0
+    });
+
+    // SIGTERM: the node hands its keys off before it exits.
+    let leaver = &nodes[2];
+    stop(leaver.pid, Signal::SIGTERM);
+    wait_gone(leaver.pid);
+    assert!(
+        farm.log(&leaver.name).contains("handed_off=true"),
+        "sn2 must hand off before exit:\n{}",
+        farm.log(&leaver.name)
+    );
+    for n in nodes.iter().filter(|n| n.name != leaver.name) {
+        let bad = unresolved(n.sip, &users);
+        assert!(
+            bad.is_empty(),
+            "{} after sn2 left: {} AORs lost",
+            n.name,
+            bad.len()
+        );
+    }
+
+    // Stop every node at once and start them all again: nothing is lost.
+    stop(restarted.0.id(), Signal::SIGKILL);
+    let _ = restarted.0.wait();
+    for n in nodes
+        .iter()
+        .filter(|n| n.name != victim.name && n.name != leaver.name)
+    {
+        stop(n.pid, Signal::SIGKILL);
+        wait_gone(n.pid);
+    }
+    let mut children: Vec<Owned> = nodes
+        .iter()
+        .map(|n| restart(n, &work.path().join(format!("{}-full-restart.log", n.name))))
+        .collect();
+    let back = wait_until("all five back", Duration::from_secs(120), || {
+        nodes
+            .iter()
+            .all(|n| ready(n) && metric(n, "ringmesh_overlay_ring_size") == Some(5.0))
+    });
+    eprintln!("full restart: ring of 5 ready {back:?} after start");
+    for n in &nodes {
+        let bad = unresolved(n.sip, &users);
+        assert!(
+            bad.is_empty(),
+            "{} after a full restart: {} AORs lost",
+            n.name,
+            bad.len()
+        );
+    }
+    for c in &mut children {
+        stop(c.0.id(), Signal::SIGTERM);
+    }
+    for c in &mut children {
+        let _ = c.0.wait();
+    }
+}
+
+/// A leaf registered through two supernodes (RFC 5626 reg-id 1 and 2 of one
+/// instance) stays reachable when one of them is killed.
+#[test]
+fn outbound_leaf_on_two_edges_survives_one() {
+    let farm = Farm::start(24100, &["--nodes", "3", "--auth", "none"], &[]);
+    let (a, b, c) = (&farm.nodes[1], &farm.nodes[2], &farm.nodes[0]);
+    let leaf = UdpSocket::bind("127.0.0.1:0").unwrap();
+    leaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = leaf.local_addr().unwrap();
+    let inst = "<urn:uuid:00000000-0000-4000-8000-000000000042>";
+    for (i, edge) in [(1, a), (2, b)] {
+        let reg = format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKob{i};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:carol@{DOMAIN}>;tag=ob\r\nTo: <sip:carol@{DOMAIN}>\r\nCall-ID: ob-carol\r\nCSeq: {i} REGISTER\r\n\
+             Supported: outbound, path\r\nContact: <sip:carol@{me};ob>;+sip.instance=\"{inst}\";reg-id={i}\r\n\
+             Expires: 600\r\nContent-Length: 0\r\n\r\n"
+        );
+        leaf.send_to(reg.as_bytes(), edge.sip).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = leaf.recv_from(&mut buf).expect("200 to REGISTER");
+        assert_eq!(
+            status_of(&buf[..n]),
+            Some(200),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+
+    // Call carol through the third node; answer on whichever edge reaches us.
+    let call = |tag: &str| -> Vec<SocketAddr> {
+        let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        caller
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let ca = caller.local_addr().unwrap();
+        let invite = format!(
+            "INVITE sip:carol@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {ca};branch=z9hG4bKinv{tag};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:dave@{DOMAIN}>;tag={tag}\r\nTo: <sip:carol@{DOMAIN}>\r\nCall-ID: call-{tag}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:dave@{ca}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        caller.send_to(invite.as_bytes(), c.sip).unwrap();
+        let mut from_edges = Vec::new();
+        let mut answered = false;
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut buf = [0u8; 8192];
+        while Instant::now() < deadline && !answered {
+            if let Ok((n, src)) = leaf.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                // The unanswered fork of an earlier call retransmits its
+                // INVITE: only this call's counts.
+                if !text.starts_with("INVITE")
+                    || !text.contains(&format!("Call-ID: call-{tag}\r\n"))
+                {
+                    continue;
+                }
+                from_edges.push(src);
+                // Answer 200 (copying the headers a response needs).
+                let keep: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
+                            .iter()
+                            .any(|h| l.starts_with(h))
+                    })
+                    .collect();
+                let to = text.lines().find(|l| l.starts_with("To:")).unwrap();
+                let ok = format!(
+                    "SIP/2.0 200 OK\r\n{}\r\n{to};tag=carol{tag}\r\nContact: <sip:carol@{me}>\r\nContent-Length: 0\r\n\r\n",
+                    keep.join("\r\n")
+                );
+                leaf.send_to(ok.as_bytes(), src).unwrap();
+                answered = true;
+            }
+        }
+        // The caller must see the 200.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = caller.recv_from(&mut buf)
+                && status_of(&buf[..n]) == Some(200) {
+                    return from_edges;
+                }
+        }
+        panic!("caller never got a 200 (edges that sent INVITEs: {from_edges:?})");
+    };
+    let first = call("c1");
+    assert!(!first.is_empty());
+    stop(a.pid, Signal::SIGKILL);
+    wait_gone(a.pid);
+    wait_until("the farm saw sn1 go", Duration::from_secs(60), || {
+        metric(c, "ringmesh_overlay_ring_size") == Some(2.0)
+    });
+    let second = call("c2");
+    assert!(
+        second.iter().all(|e| *e == b.sip),
+        "after sn1 died the call came through sn2: {second:?}"
+    );
+    let _ = udp_exchange;
+}
+
+/// A process whose certificate comes from another CA cannot join.
+#[test]
+fn a_node_with_a_foreign_certificate_cannot_join() {
+    let farm = Farm::start(24200, &["--nodes", "3", "--auth", "none"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let other = ringmesh_supernode::pki::Ca::generate("not the farm").unwrap();
+    let node_dir = dir.path().join("intruder");
+    ringmesh_supernode::pki::provision_node(&node_dir, "intruder", &other, &[]).unwrap();
+    std::fs::copy(
+        farm.dir.path().join("farm.secret"),
+        node_dir.join("farm.secret"),
+    )
+    .unwrap();
+    let seed = farm.nodes[0]
+        .argv
+        .iter()
+        .position(|a| a == "--overlay")
+        .map(|i| farm.nodes[0].argv[i + 1].clone())
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("intruder.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args([
+            "supernode",
+            "--name",
+            "intruder",
+            "--auth",
+            "none",
+            "--sip",
+            "udp:127.0.0.1:24290",
+        ])
+        .args([
+            "--overlay",
+            "127.0.0.1:24291",
+            "--seed",
+            &seed,
+            "--metrics",
+            "127.0.0.1:24292",
+        ])
+        .arg("--data")
+        .arg(&node_dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let intruder_ready = http_get("127.0.0.1:24292".parse().unwrap(), "/readyz").0;
+    stop(child.id(), Signal::SIGTERM);
+    let _ = child.wait();
+    assert_ne!(intruder_ready, 200, "the intruder must not join");
+    for n in &farm.nodes {
+        assert_eq!(
+            metric(n, "ringmesh_overlay_ring_size"),
+            Some(3.0),
+            "{} still sees 3 members",
+            n.name
+        );
+    }
+    let refused: f64 = farm
+        .nodes
+        .iter()
+        .map(|n| metric(n, "ringmesh_overlay_link_refusals_total{reason=\"tls\"").unwrap_or(0.0))
+        .sum();
+    assert!(refused >= 1.0, "the refusal is counted");
+}

@@ -1,0 +1,40 @@
+//! Digest credentials parsing and verification on arbitrary input: never
+//! panic, never accept.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringmesh_sip::Method;
+use ringmesh_sip::digest::{Credentials, DigestAuth, Ha1, Verdict, uri_matches};
+
+fuzz_target!(|data: &[u8]| {
+    let auth = DigestAuth::new(b"fuzzing farm secret of 32 bytes.", 300);
+    let _ = auth.check_nonce(data, b"ringmesh.test", 1_800_000_000);
+    let mid = data.len() / 2;
+    let _ = uri_matches(&data[..mid], &data[mid..]);
+    let Ok(c) = Credentials::parse(data) else {
+        return;
+    };
+    let _ = (
+        c.username(),
+        c.realm(),
+        c.uri(),
+        c.response(),
+        c.opaque(),
+        c.algorithm(),
+    );
+    let ha1 = Ha1::compute(&c.username(), b"ringmesh.test", b"secret");
+    let v = auth.verify(
+        &c,
+        b"ringmesh.test",
+        &Method::Register,
+        b"sip:ringmesh.test",
+        &ha1,
+        1_800_000_000,
+    );
+    // Without a nonce this farm issued, nothing verifies.
+    assert!(
+        !matches!(v, Verdict::Valid | Verdict::Stale),
+        "forged credentials accepted: {v:?}"
+    );
+});
