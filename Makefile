@@ -10,7 +10,7 @@ DEV_USERS ?= 10
 FUZZ_SECONDS ?= 60
 
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio protobuf-compiler procps iproute2
+TEST_DEBS := sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio protobuf-compiler libprotobuf-dev procps iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test build release deps-test lint unit integration fuzz bench clean help

@@ -6,6 +6,7 @@
 //! ca               {"cert_pem": …, "key_pem": …}   created once (put-if-absent)
 //! farm-secret      32 random bytes, hex             created once
 //! certs/<serial>   CertRecord (JSON)
+//! nodes/<node id>  the node name: the Node-ID is taken (claimed before issuing)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -70,7 +71,13 @@ pub struct AuthorityOptions {
 
 impl Default for AuthorityOptions {
     fn default() -> Self {
-        AuthorityOptions { name: "Ringmesh farm CA".into(), ca_pem: None, farm_secret: None, cert_days: 90, crl_days: 7 }
+        AuthorityOptions {
+            name: "Ringmesh farm CA".into(),
+            ca_pem: None,
+            farm_secret: None,
+            cert_days: 90,
+            crl_days: 7,
+        }
     }
 }
 
@@ -90,7 +97,9 @@ pub struct Authority<K> {
 
 impl<K> std::fmt::Debug for Authority<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("cert_days", &self.opts.cert_days).finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("cert_days", &self.opts.cert_days)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,14 +116,21 @@ impl<K: Kv> Authority<K> {
             None => {
                 if kv.get("ca").await?.is_none() {
                     let fresh = Ca::generate(&opts.name)?;
-                    let stored = StoredCa { cert_pem: fresh.cert_pem().to_string(), key_pem: fresh.key_pem() };
+                    let stored = StoredCa {
+                        cert_pem: fresh.cert_pem().to_string(),
+                        key_pem: fresh.key_pem(),
+                    };
                     let json = serde_json::to_vec(&stored).expect("serialisable");
                     if kv.put_if_absent("ca", json).await? {
                         tracing::info!("created the farm CA");
                     }
                 }
-                let bytes = kv.get("ca").await?.ok_or_else(|| AuthorityError::Corrupt("ca".into()))?;
-                let stored: StoredCa = serde_json::from_slice(&bytes).map_err(|_| AuthorityError::Corrupt("ca".into()))?;
+                let bytes = kv
+                    .get("ca")
+                    .await?
+                    .ok_or_else(|| AuthorityError::Corrupt("ca".into()))?;
+                let stored: StoredCa = serde_json::from_slice(&bytes)
+                    .map_err(|_| AuthorityError::Corrupt("ca".into()))?;
                 Ca::from_pem(&stored.cert_pem, &stored.key_pem)?
             }
         };
@@ -123,11 +139,20 @@ impl<K: Kv> Authority<K> {
             None => {
                 let fresh = hex::encode(rand::random::<[u8; 32]>());
                 kv.put_if_absent("farm-secret", fresh.into_bytes()).await?;
-                let text = kv.get("farm-secret").await?.ok_or_else(|| AuthorityError::Corrupt("farm-secret".into()))?;
-                hex::decode(String::from_utf8_lossy(&text).trim()).map_err(|_| AuthorityError::Corrupt("farm-secret".into()))?
+                let text = kv
+                    .get("farm-secret")
+                    .await?
+                    .ok_or_else(|| AuthorityError::Corrupt("farm-secret".into()))?;
+                hex::decode(String::from_utf8_lossy(&text).trim())
+                    .map_err(|_| AuthorityError::Corrupt("farm-secret".into()))?
             }
         };
-        Ok(Authority { kv, ca, farm_secret, opts })
+        Ok(Authority {
+            kv,
+            ca,
+            farm_secret,
+            opts,
+        })
     }
 
     /// The CA certificate, PEM.
@@ -152,13 +177,53 @@ impl<K: Kv> Authority<K> {
             reason: 0,
             comment: String::new(),
         };
-        self.kv.put(&format!("certs/{}", rec.serial), serde_json::to_vec(&rec).expect("serialisable")).await?;
+        self.kv
+            .put(
+                &format!("certs/{}", rec.serial),
+                serde_json::to_vec(&rec).expect("serialisable"),
+            )
+            .await?;
         Ok(())
     }
 
-    /// Issues a certificate for a CSR with a fresh Node-ID and records it.
+    /// Issues a certificate for a CSR with a Node-ID placed by the CA
+    /// ([`ca::place`]) and records it. Every Node-ID is claimed in the
+    /// store first (`nodes/<id>`, put-if-absent), so two enrollments at
+    /// once, on one replica or two, never share an ID; a revoked node's ID
+    /// is never handed out again.
     pub async fn enroll(&self, node_name: &str, csr_pem: &str) -> Result<Issued, AuthorityError> {
-        let issued = self.ca.sign_csr(node_name, csr_pem, self.opts.cert_days)?;
+        // Check the CSR before claiming a place for it.
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let mut taken: Vec<[u8; 16]> = self
+            .kv
+            .list("nodes/")
+            .await?
+            .iter()
+            .filter_map(|(k, _)| ca::parse_node_id(k.trim_start_matches("nodes/")))
+            .collect();
+        let mut node_id = ca::place(&taken);
+        let mut tries = 0;
+        while !self
+            .kv
+            .put_if_absent(
+                &format!("nodes/{}", hex::encode(node_id)),
+                node_name.as_bytes().to_vec(),
+            )
+            .await?
+        {
+            tries += 1;
+            if tries > 16 {
+                return Err(AuthorityError::Kv(KvError::Unavailable(
+                    "could not claim a Node-ID; retry".into(),
+                )));
+            }
+            taken.push(node_id);
+            node_id = ca::place(&taken);
+        }
+        let issued = self
+            .ca
+            .sign_csr(node_name, csr_pem, node_id, self.opts.cert_days)?;
         self.record(&issued, node_name).await?;
         tracing::info!(node = node_name, node_id = %hex::encode(issued.node_id), serial = issued.serial, "enrolled");
         Ok(issued)
@@ -173,22 +238,42 @@ impl<K: Kv> Authority<K> {
             .next()
             .ok_or_else(|| CaError::Certificate("no certificate in certificate_pem".into()))?;
         if !ca::signed_by(&der, self.ca.cert_der()) {
-            return Err(AuthorityError::Denied("the certificate was not issued by this CA".into()));
+            return Err(AuthorityError::Denied(
+                "the certificate was not issued by this CA".into(),
+            ));
         }
         let info = ca::cert_info(&der)?;
         if info.not_after_unix < now_unix() {
-            return Err(AuthorityError::Denied("the certificate has expired: enroll again with a bootstrap token".into()));
+            return Err(AuthorityError::Denied(
+                "the certificate has expired: enroll again with a bootstrap token".into(),
+            ));
         }
-        let rec = self.get_record(&info.serial).await?.ok_or_else(|| AuthorityError::Denied("unknown certificate".into()))?;
+        let rec = self
+            .get_record(&info.serial)
+            .await?
+            .ok_or_else(|| AuthorityError::Denied("unknown certificate".into()))?;
         if rec.revoked {
-            return Err(AuthorityError::Denied(format!("node {} is revoked", rec.node_id)));
+            return Err(AuthorityError::Denied(format!(
+                "node {} is revoked",
+                rec.node_id
+            )));
         }
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
         if rcgen::PublicKeyData::der_bytes(&csr.public_key) != info.public_key.as_slice() {
-            return Err(AuthorityError::Denied("the CSR is not for the certificate's key".into()));
+            return Err(AuthorityError::Denied(
+                "the CSR is not for the certificate's key".into(),
+            ));
         }
-        let node_id = info.node_id.ok_or_else(|| CaError::Certificate("no Node-ID in the certificate".into()))?;
-        let issued = self.ca.issue(&rec.node_name, &csr.public_key, node_id, self.opts.cert_days)?;
+        let node_id = info
+            .node_id
+            .ok_or_else(|| CaError::Certificate("no Node-ID in the certificate".into()))?;
+        let issued = self.ca.issue(
+            &rec.node_name,
+            &csr.public_key,
+            node_id,
+            self.opts.cert_days,
+        )?;
         self.record(&issued, &rec.node_name).await?;
         tracing::info!(node = rec.node_name, node_id = %hex::encode(node_id), serial = issued.serial, "renewed");
         Ok(issued)
@@ -196,7 +281,11 @@ impl<K: Kv> Authority<K> {
 
     async fn get_record(&self, serial: &str) -> Result<Option<CertRecord>, AuthorityError> {
         match self.kv.get(&format!("certs/{serial}")).await? {
-            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|_| AuthorityError::Corrupt(format!("certs/{serial}")))?)),
+            Some(b) => {
+                Ok(Some(serde_json::from_slice(&b).map_err(|_| {
+                    AuthorityError::Corrupt(format!("certs/{serial}"))
+                })?))
+            }
             None => Ok(None),
         }
     }
@@ -205,7 +294,9 @@ impl<K: Kv> Authority<K> {
     pub async fn records(&self) -> Result<Vec<CertRecord>, AuthorityError> {
         let mut out = Vec::new();
         for (k, v) in self.kv.list("certs/").await? {
-            out.push(serde_json::from_slice::<CertRecord>(&v).map_err(|_| AuthorityError::Corrupt(k))?);
+            out.push(
+                serde_json::from_slice::<CertRecord>(&v).map_err(|_| AuthorityError::Corrupt(k))?,
+            );
         }
         out.sort_by(|a, b| (a.issued_unix, &a.serial).cmp(&(b.issued_unix, &b.serial)));
         Ok(out)
@@ -213,10 +304,22 @@ impl<K: Kv> Authority<K> {
 
     /// Revokes every certificate of `node_id` (hex); returns the serials
     /// newly revoked (none if all already were).
-    pub async fn revoke(&self, node_id: &str, reason: i32, comment: &str) -> Result<Vec<String>, AuthorityError> {
-        let recs: Vec<CertRecord> = self.records().await?.into_iter().filter(|r| r.node_id == node_id).collect();
+    pub async fn revoke(
+        &self,
+        node_id: &str,
+        reason: i32,
+        comment: &str,
+    ) -> Result<Vec<String>, AuthorityError> {
+        let recs: Vec<CertRecord> = self
+            .records()
+            .await?
+            .into_iter()
+            .filter(|r| r.node_id == node_id)
+            .collect();
         if recs.is_empty() {
-            return Err(AuthorityError::NotFound(format!("no certificate was issued to node {node_id}")));
+            return Err(AuthorityError::NotFound(format!(
+                "no certificate was issued to node {node_id}"
+            )));
         }
         let mut revoked = Vec::new();
         for mut r in recs.into_iter().filter(|r| !r.revoked) {
@@ -224,7 +327,12 @@ impl<K: Kv> Authority<K> {
             r.revoked_unix = now_unix();
             r.reason = reason;
             r.comment = comment.to_string();
-            self.kv.put(&format!("certs/{}", r.serial), serde_json::to_vec(&r).expect("serialisable")).await?;
+            self.kv
+                .put(
+                    &format!("certs/{}", r.serial),
+                    serde_json::to_vec(&r).expect("serialisable"),
+                )
+                .await?;
             revoked.push(r.serial);
         }
         tracing::warn!(node_id, serials = ?revoked, "revoked");
@@ -233,10 +341,19 @@ impl<K: Kv> Authority<K> {
 
     /// The current CRL (PEM), the revoked Node-IDs and the CRL number.
     pub async fn crl(&self) -> Result<(String, Vec<String>, u64), AuthorityError> {
-        let revoked: Vec<CertRecord> = self.records().await?.into_iter().filter(|r| r.revoked).collect();
+        let revoked: Vec<CertRecord> = self
+            .records()
+            .await?
+            .into_iter()
+            .filter(|r| r.revoked)
+            .collect();
         let entries: Vec<Revoked> = revoked
             .iter()
-            .map(|r| Revoked { serial: r.serial.clone(), revoked_unix: r.revoked_unix, reason: rcgen_reason(r.reason) })
+            .map(|r| Revoked {
+                serial: r.serial.clone(),
+                revoked_unix: r.revoked_unix,
+                reason: rcgen_reason(r.reason),
+            })
             .collect();
         // Revocations only accumulate, so their count grows with each one.
         let number = revoked.len() as u64;

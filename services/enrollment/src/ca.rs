@@ -10,8 +10,8 @@
 //! its public key (whose possession the CSR's signature proves) is used.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData as _, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
 };
 
 /// The DNS name every node certificate carries and every link verifies.
@@ -52,8 +52,13 @@ pub fn parse_node_id(s: &str) -> Option<[u8; 16]> {
 
 /// The DER blocks of the `CERTIFICATE`s in a PEM text.
 pub fn pem_certs(pem_text: &str) -> Result<Vec<Vec<u8>>, CaError> {
-    let blocks = pem::parse_many(pem_text).map_err(|e| CaError::Certificate(format!("PEM: {e}")))?;
-    Ok(blocks.into_iter().filter(|p| p.tag() == "CERTIFICATE").map(pem::Pem::into_contents).collect())
+    let blocks =
+        pem::parse_many(pem_text).map_err(|e| CaError::Certificate(format!("PEM: {e}")))?;
+    Ok(blocks
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect())
 }
 
 /// The Node-ID in a certificate (DER), from its URI SAN.
@@ -61,7 +66,9 @@ pub fn node_id_of(der: &[u8]) -> Option<[u8; 16]> {
     let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = x509.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => parse_node_id(u.strip_prefix(NODE_URI_PREFIX)?),
+        x509_parser::extensions::GeneralName::URI(u) => {
+            parse_node_id(u.strip_prefix(NODE_URI_PREFIX)?)
+        }
         _ => None,
     })
 }
@@ -79,7 +86,8 @@ pub struct CertInfo {
 
 /// Parses a certificate (DER).
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
-    let (_, x509) = x509_parser::parse_x509_certificate(der).map_err(|e| CaError::Certificate(e.to_string()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CaError::Certificate(e.to_string()))?;
     Ok(CertInfo {
         node_id: node_id_of(der),
         serial: hex::encode(x509.raw_serial()),
@@ -90,12 +98,35 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
 
 /// Whether `cert` (DER) carries a valid signature by `issuer` (DER).
 pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
-    let (Ok((_, c)), Ok((_, i))) =
-        (x509_parser::parse_x509_certificate(cert), x509_parser::parse_x509_certificate(issuer))
-    else {
+    let (Ok((_, c)), Ok((_, i))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(issuer),
+    ) else {
         return false;
     };
     c.issuer() == i.subject() && c.verify_signature(Some(i.public_key())).is_ok()
+}
+
+/// Chooses a Node-ID: random for the first node, then the midpoint of the
+/// widest arc between those already issued (the same rule as the
+/// supernode's development CA). Random IDs leave Chord rings badly
+/// unbalanced at small N; a CA that assigns positions does better, and a
+/// node still cannot pick its own place.
+pub fn place(taken: &[[u8; 16]]) -> [u8; 16] {
+    let mut ids: Vec<u128> = taken.iter().map(|b| u128::from_be_bytes(*b)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.len() {
+        0 => rand::random(),
+        1 => ids[0].wrapping_add(1 << 127).to_be_bytes(),
+        n => {
+            let (start, width) = (0..n)
+                .map(|i| (ids[i], ids[(i + 1) % n].wrapping_sub(ids[i])))
+                .max_by_key(|&(_, w)| w)
+                .expect("two or more ids");
+            start.wrapping_add(width / 2).to_be_bytes()
+        }
+    }
 }
 
 /// A node certificate just issued.
@@ -149,7 +180,11 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Ringmesh farm");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&new_serial()));
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
@@ -161,14 +196,26 @@ impl Ca {
     /// Loads a CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Ca(format!("CA key: {e}")))?;
-        let der = pem_certs(cert_pem)?.into_iter().next().ok_or_else(|| CaError::Ca("no CA certificate in the PEM".into()))?;
-        let (_, x509) = x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Ca(format!("CA certificate: {e}")))?;
-        if x509.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
-            return Err(CaError::Ca("the CA key does not belong to the CA certificate".into()));
-        }
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem).map_err(ca_err)?)
+        let der = pem_certs(cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Ca("no CA certificate in the PEM".into()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| CaError::Ca(format!("CA certificate: {e}")))?;
-        Ok(Ca { cert_pem: cert_pem.to_string(), cert_der: der, key, issuer })
+        if x509.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(CaError::Ca(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
+        }
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem).map_err(ca_err)?)
+                .map_err(|e| CaError::Ca(format!("CA certificate: {e}")))?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            cert_der: der,
+            key,
+            issuer,
+        })
     }
 
     /// The CA certificate, PEM.
@@ -186,11 +233,18 @@ impl Ca {
         self.key.serialize_pem()
     }
 
-    /// Issues a node certificate for the CSR's public key with a fresh
-    /// random Node-ID; whatever the CSR asks for is ignored.
-    pub fn sign_csr(&self, name: &str, csr_pem: &str, days: i64) -> Result<Issued, CaError> {
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
-        self.issue(name, &csr.public_key, rand::random(), days)
+    /// Issues a node certificate for the CSR's public key with the Node-ID
+    /// `node_id` (see [`place`]); whatever the CSR asks for is ignored.
+    pub fn sign_csr(
+        &self,
+        name: &str,
+        csr_pem: &str,
+        node_id: [u8; 16],
+        days: i64,
+    ) -> Result<Issued, CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        self.issue(name, &csr.public_key, node_id, days)
     }
 
     /// Issues a node certificate for `public_key` with a given Node-ID
@@ -203,13 +257,18 @@ impl Ca {
         days: i64,
     ) -> Result<Issued, CaError> {
         let mut params = CertificateParams::new(vec![NODE_DNS_NAME.to_string()]).map_err(ca_err)?;
-        params.subject_alt_names.push(SanType::URI(node_uri(&node_id).try_into().map_err(ca_err)?));
+        params
+            .subject_alt_names
+            .push(SanType::URI(node_uri(&node_id).try_into().map_err(ca_err)?));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let serial = new_serial();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let now = time::OffsetDateTime::now_utc();
@@ -217,7 +276,12 @@ impl Ca {
         let not_after = now + time::Duration::days(days);
         params.not_after = not_after;
         let cert = params.signed_by(public_key, &self.issuer).map_err(ca_err)?;
-        Ok(Issued { cert_pem: cert.pem(), node_id, serial: hex::encode(serial), not_after_unix: not_after.unix_timestamp() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            node_id,
+            serial: hex::encode(serial),
+            not_after_unix: not_after.unix_timestamp(),
+        })
     }
 
     /// A CRL listing `revoked`, valid for `days`.
@@ -225,10 +289,12 @@ impl Ca {
         let now = time::OffsetDateTime::now_utc();
         let mut revoked_certs = Vec::with_capacity(revoked.len());
         for r in revoked {
-            let serial = hex::decode(&r.serial).map_err(|e| CaError::Ca(format!("serial {}: {e}", r.serial)))?;
+            let serial = hex::decode(&r.serial)
+                .map_err(|e| CaError::Ca(format!("serial {}: {e}", r.serial)))?;
             revoked_certs.push(rcgen::RevokedCertParams {
                 serial_number: rcgen::SerialNumber::from_slice(&serial),
-                revocation_time: time::OffsetDateTime::from_unix_timestamp(r.revoked_unix).unwrap_or(now),
+                revocation_time: time::OffsetDateTime::from_unix_timestamp(r.revoked_unix)
+                    .unwrap_or(now),
                 reason_code: r.reason,
                 invalidity_date: None,
             });
@@ -241,7 +307,11 @@ impl Ca {
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        params.signed_by(&self.issuer).map_err(ca_err)?.pem().map_err(ca_err)
+        params
+            .signed_by(&self.issuer)
+            .map_err(ca_err)?
+            .pem()
+            .map_err(ca_err)
     }
 }
 
@@ -254,20 +324,54 @@ mod tests {
         let ca = Ca::generate("t").unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
-        p.subject_alt_names.push(SanType::URI(node_uri(&[0xff; 16]).try_into().unwrap()));
+        p.subject_alt_names
+            .push(SanType::URI(node_uri(&[0xff; 16]).try_into().unwrap()));
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
-        let issued = ca.sign_csr("n", &csr, 30).unwrap();
+        let issued = ca.sign_csr("n", &csr, place(&[]), 30).unwrap();
         assert_ne!(issued.node_id, [0xff; 16]);
         let der = pem_certs(&issued.cert_pem).unwrap().remove(0);
         let info = cert_info(&der).unwrap();
-        assert_eq!(info.node_id, Some(issued.node_id), "the CA's Node-ID, not the one asked for");
+        assert_eq!(
+            info.node_id,
+            Some(issued.node_id),
+            "the CA's Node-ID, not the one asked for"
+        );
         assert_eq!(info.serial, issued.serial);
         assert_eq!(info.public_key, key.der_bytes());
         assert!(signed_by(&der, ca.cert_der()));
         assert!(!signed_by(&der, Ca::generate("other").unwrap().cert_der()));
         let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let names = format!("{:?}", x509.subject_alternative_name().unwrap().unwrap().value);
-        assert!(names.contains(NODE_DNS_NAME) && !names.contains("evil"), "{names}");
+        let names = format!(
+            "{:?}",
+            x509.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(
+            names.contains(NODE_DNS_NAME) && !names.contains("evil"),
+            "{names}"
+        );
+    }
+
+    #[test]
+    fn placement_splits_the_widest_arc() {
+        let a = place(&[]);
+        let b = place(&[a]);
+        assert_eq!(
+            u128::from_be_bytes(b).wrapping_sub(u128::from_be_bytes(a)),
+            1 << 127
+        );
+        let mut ids = vec![a, b];
+        for _ in 0..2 {
+            ids.push(place(&ids));
+        }
+        let mut v: Vec<u128> = ids.iter().map(|i| u128::from_be_bytes(*i)).collect();
+        v.sort_unstable();
+        for i in 0..4 {
+            assert_eq!(
+                v[(i + 1) % 4].wrapping_sub(v[i]),
+                1 << 126,
+                "four nodes, four equal arcs"
+            );
+        }
     }
 
     #[test]
@@ -283,11 +387,22 @@ mod tests {
     fn crls_parse() {
         let ca = Ca::generate("t").unwrap();
         let pem = ca
-            .crl(&[Revoked { serial: "0123ab".into(), revoked_unix: 1_700_000_000, reason: Some(rcgen::RevocationReason::KeyCompromise) }], 3, 7)
+            .crl(
+                &[Revoked {
+                    serial: "0123ab".into(),
+                    revoked_unix: 1_700_000_000,
+                    reason: Some(rcgen::RevocationReason::KeyCompromise),
+                }],
+                3,
+                7,
+            )
             .unwrap();
         let der = pem::parse(&pem).unwrap().into_contents();
         let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
         assert_eq!(crl.iter_revoked_certificates().count(), 1);
-        assert_eq!(hex::encode(crl.iter_revoked_certificates().next().unwrap().raw_serial()), "0123ab");
+        assert_eq!(
+            hex::encode(crl.iter_revoked_certificates().next().unwrap().raw_serial()),
+            "0123ab"
+        );
     }
 }

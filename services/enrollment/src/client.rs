@@ -72,8 +72,12 @@ pub enum EnrollError {
 
 fn from_status(s: tonic::Status) -> EnrollError {
     match s.code() {
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => EnrollError::Denied(s.message().into()),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => EnrollError::Unavailable(s.message().into()),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            EnrollError::Denied(s.message().into())
+        }
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            EnrollError::Unavailable(s.message().into())
+        }
         _ => EnrollError::Rejected(format!("{:?}: {}", s.code(), s.message())),
     }
 }
@@ -82,12 +86,22 @@ fn local(what: &str, e: impl std::fmt::Display) -> EnrollError {
     EnrollError::Local(format!("{what}: {e}"))
 }
 
-async fn client(endpoint: &str) -> Result<EnrollmentClient<tonic::transport::Channel>, EnrollError> {
-    let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-    let ep = Endpoint::from_shared(url).map_err(|e| EnrollError::Local(format!("endpoint '{endpoint}': {e}")))?;
-    let channel = ep.connect_timeout(TIMEOUT).timeout(TIMEOUT).connect().await.map_err(|e| {
-        EnrollError::Unavailable(format!("cannot connect to {endpoint}: {e}"))
-    })?;
+async fn client(
+    endpoint: &str,
+) -> Result<EnrollmentClient<tonic::transport::Channel>, EnrollError> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let ep = Endpoint::from_shared(url)
+        .map_err(|e| EnrollError::Local(format!("endpoint '{endpoint}': {e}")))?;
+    let channel = ep
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| EnrollError::Unavailable(format!("cannot connect to {endpoint}: {e}")))?;
     Ok(EnrollmentClient::new(channel))
 }
 
@@ -96,18 +110,31 @@ fn csr_for(key: &KeyPair, node_name: &str) -> Result<String, EnrollError> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node_name);
     params.distinguished_name = dn;
-    params.serialize_request(key).and_then(|c| c.pem()).map_err(|e| local("CSR", e))
+    params
+        .serialize_request(key)
+        .and_then(|c| c.pem())
+        .map_err(|e| local("CSR", e))
 }
 
 /// Checks an answer against the key we hold, then writes the identity.
-fn accept(resp: pb::EnrollResponse, key: &KeyPair, dir: &Path) -> Result<EnrolledIdentity, EnrollError> {
+fn accept(
+    resp: pb::EnrollResponse,
+    key: &KeyPair,
+    dir: &Path,
+) -> Result<EnrolledIdentity, EnrollError> {
     let bad = |m: String| EnrollError::BadAnswer(m);
-    let der = ca::pem_certs(&resp.certificate_pem).map_err(|e| bad(e.to_string()))?.into_iter().next();
+    let der = ca::pem_certs(&resp.certificate_pem)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .next();
     let der = der.ok_or_else(|| bad("no certificate".into()))?;
     let info = ca::cert_info(&der).map_err(|e| bad(e.to_string()))?;
-    let node_id = ca::parse_node_id(&resp.node_id).ok_or_else(|| bad(format!("node_id '{}'", resp.node_id)))?;
+    let node_id = ca::parse_node_id(&resp.node_id)
+        .ok_or_else(|| bad(format!("node_id '{}'", resp.node_id)))?;
     if info.node_id != Some(node_id) {
-        return Err(bad("the certificate's Node-ID is not the node_id returned".into()));
+        return Err(bad(
+            "the certificate's Node-ID is not the node_id returned".into()
+        ));
     }
     if info.public_key != key.der_bytes() {
         return Err(bad("the certificate is not for our key".into()));
@@ -134,11 +161,20 @@ fn accept(resp: pb::EnrollResponse, key: &KeyPair, dir: &Path) -> Result<Enrolle
 
 /// Enrolls this node: a fresh key pair and CSR made here, a certificate
 /// with the Node-ID the CA assigns, files written into `key_dir`.
-pub async fn enroll(endpoint: &str, token: &str, node_name: &str, key_dir: &Path) -> Result<EnrolledIdentity, EnrollError> {
+pub async fn enroll(
+    endpoint: &str,
+    token: &str,
+    node_name: &str,
+    key_dir: &Path,
+) -> Result<EnrolledIdentity, EnrollError> {
     let key = KeyPair::generate().map_err(|e| local("key generation", e))?;
     let csr_pem = csr_for(&key, node_name)?;
     let mut c = client(endpoint).await?;
-    let req = pb::EnrollRequest { csr_pem, bootstrap_token: token.to_string(), node_name: node_name.to_string() };
+    let req = pb::EnrollRequest {
+        csr_pem,
+        bootstrap_token: token.to_string(),
+        node_name: node_name.to_string(),
+    };
     let resp = c.enroll(req).await.map_err(from_status)?.into_inner();
     accept(resp, &key, key_dir)
 }
@@ -146,12 +182,16 @@ pub async fn enroll(endpoint: &str, token: &str, node_name: &str, key_dir: &Path
 /// Renews the identity in `key_dir` (same key, same Node-ID, new expiry)
 /// and rewrites its files.
 pub async fn renew(endpoint: &str, key_dir: &Path) -> Result<EnrolledIdentity, EnrollError> {
-    let current = EnrolledIdentity::load(key_dir)?.ok_or_else(|| EnrollError::Local(format!("no identity in {}", key_dir.display())))?;
+    let current = EnrolledIdentity::load(key_dir)?
+        .ok_or_else(|| EnrollError::Local(format!("no identity in {}", key_dir.display())))?;
     let key = KeyPair::from_pem(&current.key_pem).map_err(|e| local("node.key", e))?;
     let csr_pem = csr_for(&key, "renew")?;
     let mut c = client(endpoint).await?;
     let resp = c
-        .renew(pb::RenewRequest { certificate_pem: current.cert_pem.clone(), csr_pem })
+        .renew(pb::RenewRequest {
+            certificate_pem: current.cert_pem.clone(),
+            csr_pem,
+        })
         .await
         .map_err(from_status)?
         .into_inner();
@@ -169,7 +209,9 @@ fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), EnrollErr
         .mode(if private { 0o600 } else { 0o644 })
         .open(&tmp)
         .map_err(|e| local(&tmp.display().to_string(), e))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| local(&tmp.display().to_string(), e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| local(&tmp.display().to_string(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| local(&path.display().to_string(), e))
 }
 
@@ -179,7 +221,11 @@ impl EnrolledIdentity {
     pub fn write(&self, dir: &Path) -> Result<(), EnrollError> {
         std::fs::create_dir_all(dir).map_err(|e| local(&dir.display().to_string(), e))?;
         write_atomic(&dir.join("node.key"), self.key_pem.as_bytes(), true)?;
-        write_atomic(&dir.join("farm.secret"), hex::encode(&self.farm_secret).as_bytes(), true)?;
+        write_atomic(
+            &dir.join("farm.secret"),
+            hex::encode(&self.farm_secret).as_bytes(),
+            true,
+        )?;
         write_atomic(&dir.join("ca.crt"), self.ca_pem.as_bytes(), false)?;
         write_atomic(&dir.join("crl.pem"), self.crl_pem.as_bytes(), false)?;
         write_atomic(&dir.join("node.crt"), self.cert_pem.as_bytes(), false)
@@ -194,11 +240,19 @@ impl EnrolledIdentity {
         }
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| local(name, e));
         let cert_pem = read("node.crt")?;
-        let der = ca::pem_certs(&cert_pem).map_err(|e| local("node.crt", e))?.into_iter().next();
-        let info = ca::cert_info(&der.ok_or_else(|| EnrollError::Local("node.crt holds no certificate".into()))?)
-            .map_err(|e| local("node.crt", e))?;
-        let node_id = info.node_id.ok_or_else(|| EnrollError::Local("node.crt carries no Node-ID".into()))?;
-        let farm_secret = hex::decode(read("farm.secret")?.trim()).map_err(|e| local("farm.secret", e))?;
+        let der = ca::pem_certs(&cert_pem)
+            .map_err(|e| local("node.crt", e))?
+            .into_iter()
+            .next();
+        let info = ca::cert_info(
+            &der.ok_or_else(|| EnrollError::Local("node.crt holds no certificate".into()))?,
+        )
+        .map_err(|e| local("node.crt", e))?;
+        let node_id = info
+            .node_id
+            .ok_or_else(|| EnrollError::Local("node.crt carries no Node-ID".into()))?;
+        let farm_secret =
+            hex::decode(read("farm.secret")?.trim()).map_err(|e| local("farm.secret", e))?;
         Ok(Some(EnrolledIdentity {
             cert_pem,
             key_pem: read("node.key")?,

@@ -37,14 +37,24 @@ pub struct EnrollmentArgs {
     #[arg(long, env = "RINGMESH_ETCD_TIMEOUT_MS")]
     pub etcd_timeout_ms: Option<u64>,
     /// A bootstrap token nodes present to Enroll (repeatable).
-    #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RINGMESH_BOOTSTRAP_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub bootstrap_token: Vec<String>,
     /// A file of bootstrap tokens, one per line ('#' starts a comment).
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// A token guarding Revoke and ListCertificates (repeatable); none:
     /// those RPCs are open to anyone who reaches the port.
-    #[arg(long, env = "RINGMESH_ADMIN_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RINGMESH_ADMIN_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub admin_token: Vec<String>,
     /// CA certificate (PEM) to use instead of the stored one, e.g. from a
     /// Kubernetes Secret; needs --ca-key.
@@ -74,8 +84,14 @@ impl std::fmt::Debug for EnrollmentArgs {
             .field("listen", &self.listen)
             .field("data", &self.data)
             .field("etcd", &self.etcd)
-            .field("bootstrap_token", &format_args!("<{} hidden>", self.bootstrap_token.len()))
-            .field("admin_token", &format_args!("<{} hidden>", self.admin_token.len()))
+            .field(
+                "bootstrap_token",
+                &format_args!("<{} hidden>", self.bootstrap_token.len()),
+            )
+            .field(
+                "admin_token",
+                &format_args!("<{} hidden>", self.admin_token.len()),
+            )
             .field("ca_cert", &self.ca_cert)
             .finish_non_exhaustive()
     }
@@ -106,7 +122,11 @@ pub enum StoreConfig {
     /// Files under this directory.
     Embedded(PathBuf),
     /// etcd.
-    Etcd { endpoints: Vec<String>, prefix: String, timeout: Duration },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        timeout: Duration,
+    },
 }
 
 /// The validated configuration.
@@ -147,7 +167,11 @@ pub struct ConfigError {
 }
 
 fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key, env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")), message: message.into() }
+    ConfigError {
+        key,
+        env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")),
+        message: message.into(),
+    }
 }
 
 fn etcd_endpoint(s: &str) -> Result<String, String> {
@@ -169,54 +193,117 @@ impl EnrollmentArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
+                toml::from_str(&text)
+                    .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
             }
             None => FileConfig::default(),
         };
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr =
-            listen.parse().map_err(|_| err("listen", format!("'{listen}' is not HOST:PORT with an IP address")))?;
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("'{listen}' is not HOST:PORT with an IP address"),
+            )
+        })?;
         let metrics = match self.metrics.or(file.metrics) {
-            Some(m) => Some(m.parse().map_err(|_| err("metrics", format!("'{m}' is not HOST:PORT with an IP address")))?),
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(
+                    "metrics",
+                    format!("'{m}' is not HOST:PORT with an IP address"),
+                )
+            })?),
             None => None,
         };
-        let etcd = if self.etcd.is_empty() { file.etcd.unwrap_or_default() } else { self.etcd };
-        let store = if etcd.is_empty() {
-            StoreConfig::Embedded(self.data.or(file.data).unwrap_or_else(|| PathBuf::from("./ringmesh-data/enrollment")))
+        let etcd = if self.etcd.is_empty() {
+            file.etcd.unwrap_or_default()
         } else {
-            let endpoints = etcd.iter().map(|e| etcd_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(|m| err("etcd", m))?;
-            let prefix = self.etcd_prefix.or(file.etcd_prefix).unwrap_or_else(|| "/ringmesh/".into());
+            self.etcd
+        };
+        let store = if etcd.is_empty() {
+            StoreConfig::Embedded(
+                self.data
+                    .or(file.data)
+                    .unwrap_or_else(|| PathBuf::from("./ringmesh-data/enrollment")),
+            )
+        } else {
+            let endpoints = etcd
+                .iter()
+                .map(|e| etcd_endpoint(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| err("etcd", m))?;
+            let prefix = self
+                .etcd_prefix
+                .or(file.etcd_prefix)
+                .unwrap_or_else(|| "/ringmesh/".into());
             if !prefix.starts_with('/') || !prefix.ends_with('/') {
-                return Err(err("etcd-prefix", format!("'{prefix}' must start and end with '/'")));
+                return Err(err(
+                    "etcd-prefix",
+                    format!("'{prefix}' must start and end with '/'"),
+                ));
             }
-            let ms = self.etcd_timeout_ms.or(file.etcd_timeout_ms).unwrap_or(2000);
+            let ms = self
+                .etcd_timeout_ms
+                .or(file.etcd_timeout_ms)
+                .unwrap_or(2000);
             if !(50..=60_000).contains(&ms) {
                 return Err(err("etcd-timeout-ms", format!("{ms} is outside 50..60000")));
             }
-            StoreConfig::Etcd { endpoints, prefix: format!("{prefix}enrollment/"), timeout: Duration::from_millis(ms) }
+            StoreConfig::Etcd {
+                endpoints,
+                prefix: format!("{prefix}enrollment/"),
+                timeout: Duration::from_millis(ms),
+            }
         };
-        let mut bootstrap_tokens =
-            if self.bootstrap_token.is_empty() { file.bootstrap_token.unwrap_or_default() } else { self.bootstrap_token };
+        let mut bootstrap_tokens = if self.bootstrap_token.is_empty() {
+            file.bootstrap_token.unwrap_or_default()
+        } else {
+            self.bootstrap_token
+        };
         if let Some(path) = self.bootstrap_token_file.or(file.bootstrap_token_file) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| err("bootstrap-token-file", format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "bootstrap-token-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
             bootstrap_tokens.extend(
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string),
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
             );
         }
         bootstrap_tokens.retain(|t| !t.is_empty());
         if bootstrap_tokens.is_empty() {
-            return Err(err("bootstrap-token", "no bootstrap token configured: no node could ever enroll"));
+            return Err(err(
+                "bootstrap-token",
+                "no bootstrap token configured: no node could ever enroll",
+            ));
         }
         if let Some(short) = bootstrap_tokens.iter().find(|t| t.len() < 16) {
-            return Err(err("bootstrap-token", format!("a token of {} characters is too easy to guess (16 at least)", short.len())));
+            return Err(err(
+                "bootstrap-token",
+                format!(
+                    "a token of {} characters is too easy to guess (16 at least)",
+                    short.len()
+                ),
+            ));
         }
-        let admin_tokens = if self.admin_token.is_empty() { file.admin_token.unwrap_or_default() } else { self.admin_token };
+        let admin_tokens = if self.admin_token.is_empty() {
+            file.admin_token.unwrap_or_default()
+        } else {
+            self.admin_token
+        };
         let ca_pem = match (self.ca_cert.or(file.ca_cert), self.ca_key.or(file.ca_key)) {
             (None, None) => None,
             (Some(c), Some(k)) => {
-                let cert = std::fs::read_to_string(&c).map_err(|e| err("ca-cert", format!("cannot read {}: {e}", c.display())))?;
-                let key = std::fs::read_to_string(&k).map_err(|e| err("ca-key", format!("cannot read {}: {e}", k.display())))?;
+                let cert = std::fs::read_to_string(&c)
+                    .map_err(|e| err("ca-cert", format!("cannot read {}: {e}", c.display())))?;
+                let key = std::fs::read_to_string(&k)
+                    .map_err(|e| err("ca-key", format!("cannot read {}: {e}", k.display())))?;
                 crate::ca::Ca::from_pem(&cert, &key).map_err(|e| err("ca-cert", e.to_string()))?;
                 Some((cert, key))
             }
@@ -225,11 +312,19 @@ impl EnrollmentArgs {
         };
         let farm_secret = match self.farm_secret_file.or(file.farm_secret_file) {
             Some(p) => {
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| err("farm-secret-file", format!("cannot read {}: {e}", p.display())))?;
-                let s = hex::decode(text.trim()).map_err(|_| err("farm-secret-file", format!("{} is not hex", p.display())))?;
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    err(
+                        "farm-secret-file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                let s = hex::decode(text.trim())
+                    .map_err(|_| err("farm-secret-file", format!("{} is not hex", p.display())))?;
                 if s.len() < 16 {
-                    return Err(err("farm-secret-file", "the secret must be at least 16 bytes (32 hex digits)"));
+                    return Err(err(
+                        "farm-secret-file",
+                        "the secret must be at least 16 bytes (32 hex digits)",
+                    ));
                 }
                 Some(s)
             }
@@ -258,7 +353,10 @@ mod tests {
     use super::*;
 
     fn args() -> EnrollmentArgs {
-        EnrollmentArgs { bootstrap_token: vec!["a-long-enough-token".into()], ..Default::default() }
+        EnrollmentArgs {
+            bootstrap_token: vec!["a-long-enough-token".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -272,12 +370,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(EnrollmentArgs::default().resolve().unwrap_err().key, "bootstrap-token");
-        let e = EnrollmentArgs { bootstrap_token: vec!["short".into()], ..Default::default() }.resolve().unwrap_err();
+        assert_eq!(
+            EnrollmentArgs::default().resolve().unwrap_err().key,
+            "bootstrap-token"
+        );
+        let e = EnrollmentArgs {
+            bootstrap_token: vec!["short".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "bootstrap-token");
-        let e = EnrollmentArgs { ca_cert: Some("/x".into()), ..args() }.resolve().unwrap_err();
+        let e = EnrollmentArgs {
+            ca_cert: Some("/x".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "ca-key");
-        let e = EnrollmentArgs { cert_days: Some(0), ..args() }.resolve().unwrap_err();
+        let e = EnrollmentArgs {
+            cert_days: Some(0),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(e.to_string().contains("RINGMESH_CERT_DAYS"));
     }
 
@@ -285,18 +401,35 @@ mod tests {
     fn token_file_and_ca_files() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens");
-        std::fs::write(&f, "# nodes of rack 1\nthe-first-bootstrap-token\n\nthe-other-bootstrap-token\n").unwrap();
-        let c = EnrollmentArgs { bootstrap_token_file: Some(f), ..Default::default() }.resolve().unwrap();
+        std::fs::write(
+            &f,
+            "# nodes of rack 1\nthe-first-bootstrap-token\n\nthe-other-bootstrap-token\n",
+        )
+        .unwrap();
+        let c = EnrollmentArgs {
+            bootstrap_token_file: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(c.bootstrap_tokens.len(), 2);
         let ca = crate::ca::Ca::generate("t").unwrap();
         std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
         std::fs::write(dir.path().join("ca.key"), ca.key_pem()).unwrap();
-        let c = EnrollmentArgs { ca_cert: Some(dir.path().join("ca.crt")), ca_key: Some(dir.path().join("ca.key")), ..args() }
-            .resolve()
-            .unwrap();
+        let c = EnrollmentArgs {
+            ca_cert: Some(dir.path().join("ca.crt")),
+            ca_key: Some(dir.path().join("ca.key")),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
         assert!(c.ca_pem.is_some());
-        let e = EnrollmentArgs { ca_cert: Some(dir.path().join("ca.crt")), ca_key: Some(dir.path().join("tokens")), ..args() }
-            .resolve();
+        let e = EnrollmentArgs {
+            ca_cert: Some(dir.path().join("ca.crt")),
+            ca_key: Some(dir.path().join("tokens")),
+            ..args()
+        }
+        .resolve();
         assert!(e.is_err(), "a key that is not the CA's");
     }
 }

@@ -25,9 +25,16 @@ pub trait Kv: Send + Sync + 'static {
     fn put(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<(), KvError>> + Send;
     /// Sets `key` unless it exists; returns whether it was set. Two
     /// enrollment replicas starting at once agree on one CA this way.
-    fn put_if_absent(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<bool, KvError>> + Send;
+    fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, KvError>> + Send;
     /// Every key under `prefix`, sorted, with its value.
-    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, KvError>> + Send;
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, KvError>> + Send;
 }
 
 /// Keys as files under a directory, each written atomically (temporary
@@ -45,12 +52,22 @@ impl FileKv {
     /// A store under `root` (created if missing, mode 0700).
     pub fn open(root: &Path) -> Result<FileKv, KvError> {
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| io(root, e))?;
-        Ok(FileKv { root: root.to_path_buf() })
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| io(root, e))?;
+        Ok(FileKv {
+            root: root.to_path_buf(),
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, KvError> {
-        if key.is_empty() || key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if key.is_empty()
+            || key
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             return Err(KvError::Unavailable(format!("bad key '{key}'")));
         }
         Ok(self.root.join(key))
@@ -63,8 +80,15 @@ impl FileKv {
         let dir = path.parent().expect("keys live under the root");
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(value).and_then(|()| f.sync_all()).map_err(|e| io(&tmp, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        f.write_all(value)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io(&tmp, e))?;
         Ok(tmp)
     }
 
@@ -144,25 +168,43 @@ pub struct EtcdKv {
 
 impl std::fmt::Debug for EtcdKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdKv").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("EtcdKv")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
 impl EtcdKv {
     /// A client for `endpoints` (connects lazily) with keys under `prefix`.
-    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<EtcdKv, KvError> {
-        let opts = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(Duration::from_secs(5), timeout);
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<EtcdKv, KvError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(5), timeout);
         let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
             .await
             .map_err(|_| KvError::Unavailable("etcd connect timed out".into()))?
             .map_err(|e| KvError::Unavailable(format!("etcd: {e}")))?;
-        Ok(EtcdKv { client, prefix: prefix.to_string(), timeout })
+        Ok(EtcdKv {
+            client,
+            prefix: prefix.to_string(),
+            timeout,
+        })
     }
 
-    async fn call<T>(&self, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, KvError> {
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, KvError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(|e| KvError::Unavailable(format!("etcd: {e}"))),
-            Err(_) => Err(KvError::Unavailable(format!("etcd did not answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => Err(KvError::Unavailable(format!(
+                "etcd did not answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
 }
@@ -170,13 +212,19 @@ impl EtcdKv {
 impl Kv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let mut kv = self.client.kv_client();
-        let mut r = self.call(kv.get(format!("{}{key}", self.prefix), None)).await?;
-        Ok(r.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
+        let mut r = self
+            .call(kv.get(format!("{}{key}", self.prefix), None))
+            .await?;
+        Ok(r.take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.into_key_value().1))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), KvError> {
         let mut kv = self.client.kv_client();
-        self.call(kv.put(format!("{}{key}", self.prefix), value, None)).await?;
+        self.call(kv.put(format!("{}{key}", self.prefix), value, None))
+            .await?;
         Ok(())
     }
 
@@ -192,13 +240,17 @@ impl Kv for EtcdKv {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
         let mut kv = self.client.kv_client();
         let full = format!("{}{prefix}", self.prefix);
-        let mut r = self.call(kv.get(full, Some(GetOptions::new().with_prefix()))).await?;
-        Ok(r
-            .take_kvs()
+        let mut r = self
+            .call(kv.get(full, Some(GetOptions::new().with_prefix())))
+            .await?;
+        Ok(r.take_kvs()
             .into_iter()
             .map(|kv| {
                 let (k, v) = kv.into_key_value();
-                (String::from_utf8_lossy(&k[self.prefix.len()..]).into_owned(), v)
+                (
+                    String::from_utf8_lossy(&k[self.prefix.len()..]).into_owned(),
+                    v,
+                )
             })
             .collect())
     }
@@ -220,10 +272,19 @@ mod tests {
         kv.put("certs/a", b"1".to_vec()).await.unwrap();
         kv.put("certs/a", b"1bis".to_vec()).await.unwrap();
         let l = kv.list("certs/").await.unwrap();
-        assert_eq!(l, [("certs/a".to_string(), b"1bis".to_vec()), ("certs/b".to_string(), b"2".to_vec())]);
+        assert_eq!(
+            l,
+            [
+                ("certs/a".to_string(), b"1bis".to_vec()),
+                ("certs/b".to_string(), b"2".to_vec())
+            ]
+        );
         assert!(kv.get("../x").await.is_err());
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("ca")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "owner only");
     }
 }

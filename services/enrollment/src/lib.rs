@@ -43,9 +43,13 @@ pub use service::{EnrollmentService, Tokens, serve};
 use tokio::net::TcpListener;
 
 /// Runs the enrollment service until `shutdown` completes.
-pub async fn run(cfg: EnrollmentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
+pub async fn run(
+    cfg: EnrollmentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
     run_on(listener, cfg, shutdown).await
 }
 
@@ -57,11 +61,18 @@ pub async fn run_on(
 ) -> anyhow::Result<()> {
     match &cfg.store {
         StoreConfig::Embedded(dir) => {
-            let kv = FileKv::open(dir).with_context(|| format!("cannot open {} (--data)", dir.display()))?;
+            let kv = FileKv::open(dir)
+                .with_context(|| format!("cannot open {} (--data)", dir.display()))?;
             run_kv(listener, kv, &cfg, shutdown).await
         }
-        StoreConfig::Etcd { endpoints, prefix, timeout } => {
-            let kv = EtcdKv::connect(endpoints, prefix, *timeout).await.context("cannot set up the etcd client (--etcd)")?;
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+        } => {
+            let kv = EtcdKv::connect(endpoints, prefix, *timeout)
+                .await
+                .context("cannot set up the etcd client (--etcd)")?;
             run_kv(listener, kv, &cfg, shutdown).await
         }
     }
@@ -79,15 +90,21 @@ async fn run_kv<K: Kv>(
         cert_days: cfg.cert_days,
         ..AuthorityOptions::default()
     };
-    let authority = Authority::open(kv, opts).await.context("cannot load or create the farm CA")?;
+    let authority = Authority::open(kv, opts)
+        .await
+        .context("cannot load or create the farm CA")?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(true));
     if let Some(addr) = cfg.metrics {
-        http::serve(addr, registry, ready.clone()).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+        http::serve(addr, registry, ready.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     if cfg.admin_tokens.is_empty() {
-        tracing::warn!("no --admin-token: Revoke and ListCertificates are open to anyone who reaches the API");
+        tracing::warn!(
+            "no --admin-token: Revoke and ListCertificates are open to anyone who reaches the API"
+        );
     }
     let service = EnrollmentService::new(
         Arc::new(authority),

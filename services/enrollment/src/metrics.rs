@@ -17,17 +17,28 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Metrics {
         let requests = IntCounterVec::new(
-            Opts::new("ringmesh_enrollment_requests_total", "Enrollment RPCs by method and status code"),
+            Opts::new(
+                "ringmesh_enrollment_requests_total",
+                "Enrollment RPCs by method and status code",
+            ),
             &["rpc", "code"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new("ringmesh_enrollment_request_duration_seconds", "Enrollment RPC latency")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "ringmesh_enrollment_request_duration_seconds",
+                "Enrollment RPC latency",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             &["rpc"],
         )
         .expect("valid metric");
-        for c in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(duration.clone())] {
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+        ] {
             // A second registration (two services in one registry) keeps the first.
             let _ = registry.register(c);
         }
@@ -36,7 +47,11 @@ impl Metrics {
 
     /// Records one finished RPC.
     pub fn observe(&self, rpc: &str, started: Instant, code: tonic::Code) {
-        self.requests.with_label_values(&[rpc, crate::status::code_label(code)]).inc();
-        self.duration.with_label_values(&[rpc]).observe(started.elapsed().as_secs_f64());
+        self.requests
+            .with_label_values(&[rpc, crate::status::code_label(code)])
+            .inc();
+        self.duration
+            .with_label_values(&[rpc])
+            .observe(started.elapsed().as_secs_f64());
     }
 }

@@ -33,7 +33,13 @@ impl std::fmt::Debug for Tokens {
 impl Tokens {
     /// From the configured secrets (empty ones are dropped).
     pub fn new<S: AsRef<str>>(tokens: &[S]) -> Tokens {
-        Tokens(tokens.iter().filter(|t| !t.as_ref().is_empty()).map(|t| Sha256::digest(t.as_ref().as_bytes()).into()).collect())
+        Tokens(
+            tokens
+                .iter()
+                .filter(|t| !t.as_ref().is_empty())
+                .map(|t| Sha256::digest(t.as_ref().as_bytes()).into())
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -45,7 +51,10 @@ impl Tokens {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut any = 0u8;
         for t in &self.0 {
-            let diff = t.iter().zip(h.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            let diff = t
+                .iter()
+                .zip(h.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             any |= u8::from(diff == 0);
         }
         any == 1
@@ -74,14 +83,27 @@ impl<K> Clone for EnrollmentService<K> {
 
 /// Checks a node name: 1 to 64 letters, digits, '-', '_' or '.'.
 pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl<K: Kv> EnrollmentService<K> {
     /// A service accepting `bootstrap` tokens for Enroll; `admin` tokens
     /// guard Revoke and ListCertificates (empty: those are open).
-    pub fn new(authority: Arc<Authority<K>>, bootstrap: Tokens, admin: Tokens) -> EnrollmentService<K> {
-        EnrollmentService { authority, bootstrap, admin, metrics: None }
+    pub fn new(
+        authority: Arc<Authority<K>>,
+        bootstrap: Tokens,
+        admin: Tokens,
+    ) -> EnrollmentService<K> {
+        EnrollmentService {
+            authority,
+            bootstrap,
+            admin,
+            metrics: None,
+        }
     }
 
     /// Records RPC counts and latencies.
@@ -90,9 +112,18 @@ impl<K: Kv> EnrollmentService<K> {
         self
     }
 
-    fn done<T>(&self, rpc: &str, started: Instant, r: Result<T, Status>) -> Result<Response<T>, Status> {
+    fn done<T>(
+        &self,
+        rpc: &str,
+        started: Instant,
+        r: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
         if let Some(m) = &self.metrics {
-            m.observe(rpc, started, r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+            m.observe(
+                rpc,
+                started,
+                r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+            );
         }
         if let Err(e) = &r {
             tracing::info!(rpc, code = ?e.code(), message = e.message(), "enrollment request refused");
@@ -104,9 +135,14 @@ impl<K: Kv> EnrollmentService<K> {
         if self.admin.is_empty() {
             return Ok(());
         }
-        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         match header.and_then(|h| h.strip_prefix("Bearer ")) {
-            None => Err(Status::unauthenticated("admin RPC: send `authorization: Bearer <admin token>`")),
+            None => Err(Status::unauthenticated(
+                "admin RPC: send `authorization: Bearer <admin token>`",
+            )),
             Some(t) if self.admin.check(t.trim()) => Ok(()),
             Some(_) => Err(Status::permission_denied("admin RPC: bad admin token")),
         }
@@ -131,13 +167,21 @@ impl<K: Kv> EnrollmentService<K> {
             return Err(Status::permission_denied("bootstrap_token: missing"));
         }
         if !self.bootstrap.check(&req.bootstrap_token) {
-            return Err(Status::permission_denied("bootstrap_token: not a valid bootstrap token"));
+            return Err(Status::permission_denied(
+                "bootstrap_token: not a valid bootstrap token",
+            ));
         }
         if !valid_node_name(&req.node_name) {
-            return Err(invalid("node_name", "must be 1 to 64 letters, digits, '-', '_' or '.'"));
+            return Err(invalid(
+                "node_name",
+                "must be 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
         }
         if req.csr_pem.is_empty() || req.csr_pem.len() > MAX_PEM {
-            return Err(invalid("csr_pem", format!("must be a PEM CSR of at most {MAX_PEM} bytes")));
+            return Err(invalid(
+                "csr_pem",
+                format!("must be a PEM CSR of at most {MAX_PEM} bytes"),
+            ));
         }
         let issued = self.authority.enroll(&req.node_name, &req.csr_pem).await?;
         self.response(issued).await
@@ -145,33 +189,53 @@ impl<K: Kv> EnrollmentService<K> {
 
     async fn renew(&self, req: pb::RenewRequest) -> Result<pb::EnrollResponse, Status> {
         if req.certificate_pem.is_empty() || req.certificate_pem.len() > MAX_PEM {
-            return Err(invalid("certificate_pem", "must be the node's current certificate, PEM"));
+            return Err(invalid(
+                "certificate_pem",
+                "must be the node's current certificate, PEM",
+            ));
         }
         if req.csr_pem.is_empty() || req.csr_pem.len() > MAX_PEM {
-            return Err(invalid("csr_pem", format!("must be a PEM CSR of at most {MAX_PEM} bytes")));
+            return Err(invalid(
+                "csr_pem",
+                format!("must be a PEM CSR of at most {MAX_PEM} bytes"),
+            ));
         }
-        let issued = self.authority.renew(&req.certificate_pem, &req.csr_pem).await?;
+        let issued = self
+            .authority
+            .renew(&req.certificate_pem, &req.csr_pem)
+            .await?;
         self.response(issued).await
     }
 }
 
 #[tonic::async_trait]
 impl<K: Kv> Enrollment for EnrollmentService<K> {
-    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let t = Instant::now();
         let r = EnrollmentService::enroll(self, req.into_inner()).await;
         self.done("Enroll", t, r)
     }
 
-    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let t = Instant::now();
         let r = EnrollmentService::renew(self, req.into_inner()).await;
         self.done("Renew", t, r)
     }
 
-    async fn get_ca_bundle(&self, _req: Request<pb::GetCaBundleRequest>) -> Result<Response<pb::GetCaBundleResponse>, Status> {
+    async fn get_ca_bundle(
+        &self,
+        _req: Request<pb::GetCaBundleRequest>,
+    ) -> Result<Response<pb::GetCaBundleResponse>, Status> {
         let t = Instant::now();
-        let r = Ok(pb::GetCaBundleResponse { ca_bundle_pem: self.authority.ca_pem().to_string() });
+        let r = Ok(pb::GetCaBundleResponse {
+            ca_bundle_pem: self.authority.ca_pem().to_string(),
+        });
         self.done("GetCaBundle", t, r)
     }
 
@@ -180,30 +244,46 @@ impl<K: Kv> Enrollment for EnrollmentService<K> {
         _req: Request<pb::GetRevocationsRequest>,
     ) -> Result<Response<pb::GetRevocationsResponse>, Status> {
         let t = Instant::now();
-        let r = self.authority.crl().await.map_err(Status::from).map(|(crl_pem, revoked_node_ids, crl_number)| {
-            pb::GetRevocationsResponse { crl_pem, revoked_node_ids, crl_number }
-        });
+        let r = self.authority.crl().await.map_err(Status::from).map(
+            |(crl_pem, revoked_node_ids, crl_number)| pb::GetRevocationsResponse {
+                crl_pem,
+                revoked_node_ids,
+                crl_number,
+            },
+        );
         self.done("GetRevocations", t, r)
     }
 
-    async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
         let t = Instant::now();
         let r = async {
             self.authorize_admin(&req)?;
             let req = req.into_inner();
             let id = req.node_id.to_ascii_lowercase();
             if ca::parse_node_id(&id).is_none() {
-                return Err(invalid("node_id", format!("'{}' is not 32 hex digits", req.node_id)));
+                return Err(invalid(
+                    "node_id",
+                    format!("'{}' is not 32 hex digits", req.node_id),
+                ));
             }
             if pb::RevocationReason::try_from(req.reason).is_err() {
-                return Err(invalid("reason", format!("{} is not a known reason", req.reason)));
+                return Err(invalid(
+                    "reason",
+                    format!("{} is not a known reason", req.reason),
+                ));
             }
             if req.comment.len() > 256 {
                 return Err(invalid("comment", "is longer than 256 bytes"));
             }
             let revoked_serials = self.authority.revoke(&id, req.reason, &req.comment).await?;
             let (_, _, crl_number) = self.authority.crl().await?;
-            Ok(pb::RevokeResponse { revoked_serials, crl_number })
+            Ok(pb::RevokeResponse {
+                revoked_serials,
+                crl_number,
+            })
         }
         .await;
         self.done("Revoke", t, r)
@@ -274,6 +354,8 @@ mod tests {
     #[test]
     fn node_names() {
         assert!(valid_node_name("sn-0.eu_1"));
-        assert!(!valid_node_name("") && !valid_node_name("a b") && !valid_node_name(&"x".repeat(65)));
+        assert!(
+            !valid_node_name("") && !valid_node_name("a b") && !valid_node_name(&"x".repeat(65))
+        );
     }
 }

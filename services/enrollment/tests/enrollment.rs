@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use ringmesh_enrollment::ca::{self, NODE_DNS_NAME};
 use ringmesh_enrollment::kv::{EtcdKv, FileKv, Kv};
-use ringmesh_enrollment::{Authority, AuthorityOptions, EnrollError, EnrolledIdentity, EnrollmentService, Tokens, enroll, renew, serve};
+use ringmesh_enrollment::{
+    Authority, AuthorityOptions, EnrollError, EnrolledIdentity, EnrollmentService, Tokens, enroll,
+    renew, serve,
+};
 use ringmesh_proto::enrollment as pb;
 use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
@@ -27,8 +30,14 @@ struct Server {
 
 impl Server {
     async fn start<K: Kv>(kv: K, admin: &[&str]) -> Server {
-        let authority = Authority::open(kv, AuthorityOptions::default()).await.unwrap();
-        let service = EnrollmentService::new(Arc::new(authority), Tokens::new(&[TOKEN]), Tokens::new(admin));
+        let authority = Authority::open(kv, AuthorityOptions::default())
+            .await
+            .unwrap();
+        let service = EnrollmentService::new(
+            Arc::new(authority),
+            Tokens::new(&[TOKEN]),
+            Tokens::new(admin),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -39,16 +48,25 @@ impl Server {
             .await
             .unwrap();
         });
-        Server { addr, stop: Some(tx), task }
+        Server {
+            addr,
+            stop: Some(tx),
+            task,
+        }
     }
 
     async fn client(&self) -> EnrollmentClient<tonic::transport::Channel> {
-        EnrollmentClient::connect(format!("http://{}", self.addr)).await.unwrap()
+        EnrollmentClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
     }
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -69,13 +87,20 @@ fn verify(id: &EnrolledIdentity, ca_pem: &str, crl_pem: &str) -> Result<(), rust
         .map(|p| CertificateRevocationListDer::from(p.into_contents()))
         .collect();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .with_crls(crls)
-        .build()
-        .unwrap();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls)
+            .build()
+            .unwrap();
     use rustls::client::danger::ServerCertVerifier as _;
     verifier
-        .verify_server_cert(&der(&id.cert_pem), &[], &ServerName::try_from(NODE_DNS_NAME).unwrap(), &[], UnixTime::now())
+        .verify_server_cert(
+            &der(&id.cert_pem),
+            &[],
+            &ServerName::try_from(NODE_DNS_NAME).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
         .map(|_| ())
 }
 
@@ -87,7 +112,9 @@ fn mode(p: &Path) -> u32 {
 async fn scenario(server: &Server) {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let id = enroll(&server.addr, TOKEN, "sn0", &dir.path().join("sn0")).await.unwrap();
+    let id = enroll(&server.addr, TOKEN, "sn0", &dir.path().join("sn0"))
+        .await
+        .unwrap();
     eprintln!("enrolled {} in {:?}", id.node_id_hex(), t.elapsed());
 
     // The certificate carries the Node-ID returned, chains to the CA, and
@@ -96,7 +123,12 @@ async fn scenario(server: &Server) {
     assert_eq!(ca::node_id_of(&cert), Some(id.node_id));
     verify(&id, &id.ca_pem, &id.crl_pem).expect("WebPKI accepts the node certificate");
     let mut c = server.client().await;
-    let bundle = c.get_ca_bundle(pb::GetCaBundleRequest {}).await.unwrap().into_inner().ca_bundle_pem;
+    let bundle = c
+        .get_ca_bundle(pb::GetCaBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .ca_bundle_pem;
     assert_eq!(bundle, id.ca_pem);
     assert_eq!(id.farm_secret.len(), 32);
 
@@ -105,31 +137,55 @@ async fn scenario(server: &Server) {
     assert_eq!(mode(&d.join("node.key")), 0o600);
     assert_eq!(mode(&d.join("farm.secret")), 0o600);
     assert_eq!(EnrolledIdentity::load(&d).unwrap().unwrap(), id);
-    assert_eq!(std::fs::read_to_string(d.join("farm.secret")).unwrap(), hex::encode(&id.farm_secret));
+    assert_eq!(
+        std::fs::read_to_string(d.join("farm.secret")).unwrap(),
+        hex::encode(&id.farm_secret)
+    );
 
     // A second node gets another Node-ID and the same farm secret.
-    let id2 = enroll(&server.addr, TOKEN, "sn1", &dir.path().join("sn1")).await.unwrap();
+    let id2 = enroll(&server.addr, TOKEN, "sn1", &dir.path().join("sn1"))
+        .await
+        .unwrap();
     assert_ne!(id2.node_id, id.node_id);
     assert_eq!(id2.farm_secret, id.farm_secret);
 
     // Bad tokens: PERMISSION_DENIED, and nothing written.
-    let e = enroll(&server.addr, "wrong-token-of-some-length", "sn2", &dir.path().join("sn2")).await.unwrap_err();
+    let e = enroll(
+        &server.addr,
+        "wrong-token-of-some-length",
+        "sn2",
+        &dir.path().join("sn2"),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, EnrollError::Denied(_)), "{e:?}");
     assert!(!dir.path().join("sn2/node.key").exists());
     let e = c
-        .enroll(pb::EnrollRequest { csr_pem: "x".into(), bootstrap_token: String::new(), node_name: "n".into() })
+        .enroll(pb::EnrollRequest {
+            csr_pem: "x".into(),
+            bootstrap_token: String::new(),
+            node_name: "n".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // Bad arguments name the field.
     let e = c
-        .enroll(pb::EnrollRequest { csr_pem: "not a csr".into(), bootstrap_token: TOKEN.into(), node_name: "n".into() })
+        .enroll(pb::EnrollRequest {
+            csr_pem: "not a csr".into(),
+            bootstrap_token: TOKEN.into(),
+            node_name: "n".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("csr_pem:"), "{}", e.message());
     let e = c
-        .enroll(pb::EnrollRequest { csr_pem: "x".into(), bootstrap_token: TOKEN.into(), node_name: "bad name".into() })
+        .enroll(pb::EnrollRequest {
+            csr_pem: "x".into(),
+            bootstrap_token: TOKEN.into(),
+            node_name: "bad name".into(),
+        })
         .await
         .unwrap_err();
     assert!(e.message().starts_with("node_name:"), "{}", e.message());
@@ -138,7 +194,10 @@ async fn scenario(server: &Server) {
     let renewed = renew(&server.addr, &d).await.unwrap();
     assert_eq!(renewed.node_id, id.node_id);
     assert_eq!(renewed.key_pem, id.key_pem);
-    assert_ne!(ca::cert_info(&der(&renewed.cert_pem)).unwrap().serial, ca::cert_info(&cert).unwrap().serial);
+    assert_ne!(
+        ca::cert_info(&der(&renewed.cert_pem)).unwrap().serial,
+        ca::cert_info(&cert).unwrap().serial
+    );
 
     // Revoke (admin) -> the Node-ID is listed, the CRL refuses the node.
     let mut req = tonic::Request::new(pb::RevokeRequest {
@@ -146,35 +205,80 @@ async fn scenario(server: &Server) {
         reason: pb::RevocationReason::KeyCompromise as i32,
         comment: "stolen laptop".into(),
     });
-    let unauth = c.revoke(pb::RevokeRequest { node_id: id.node_id_hex(), ..Default::default() }).await.unwrap_err();
+    let unauth = c
+        .revoke(pb::RevokeRequest {
+            node_id: id.node_id_hex(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unauth.code(), Code::Unauthenticated);
-    let mut bad = tonic::Request::new(pb::RevokeRequest { node_id: id.node_id_hex(), ..Default::default() });
-    bad.metadata_mut().insert("authorization", "Bearer nope".parse().unwrap());
-    assert_eq!(c.revoke(bad).await.unwrap_err().code(), Code::PermissionDenied);
-    req.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let mut bad = tonic::Request::new(pb::RevokeRequest {
+        node_id: id.node_id_hex(),
+        ..Default::default()
+    });
+    bad.metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        c.revoke(bad).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     let r = c.revoke(req).await.unwrap().into_inner();
-    assert_eq!(r.revoked_serials.len(), 2, "both the first and the renewed certificate");
-    let revs = c.get_revocations(pb::GetRevocationsRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        r.revoked_serials.len(),
+        2,
+        "both the first and the renewed certificate"
+    );
+    let revs = c
+        .get_revocations(pb::GetRevocationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(revs.revoked_node_ids, [id.node_id_hex()]);
     assert_eq!(revs.crl_number, 2);
     let e = verify(&renewed, &id.ca_pem, &revs.crl_pem).unwrap_err();
-    assert!(matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+        ),
+        "{e:?}"
+    );
     verify(&id2, &id.ca_pem, &revs.crl_pem).expect("the other node is still fine");
     // A revoked node cannot renew.
-    assert!(matches!(renew(&server.addr, &d).await.unwrap_err(), EnrollError::Denied(_)));
+    assert!(matches!(
+        renew(&server.addr, &d).await.unwrap_err(),
+        EnrollError::Denied(_)
+    ));
     // Unknown and malformed Node-IDs.
-    let mut req = tonic::Request::new(pb::RevokeRequest { node_id: "00".repeat(16), ..Default::default() });
-    req.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let mut req = tonic::Request::new(pb::RevokeRequest {
+        node_id: "00".repeat(16),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     assert_eq!(c.revoke(req).await.unwrap_err().code(), Code::NotFound);
-    let mut req = tonic::Request::new(pb::RevokeRequest { node_id: "xyz".into(), ..Default::default() });
-    req.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let mut req = tonic::Request::new(pb::RevokeRequest {
+        node_id: "xyz".into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     let e = c.revoke(req).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("node_id:"));
     // The records.
     let mut req = tonic::Request::new(pb::ListCertificatesRequest {});
-    req.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
-    let list = c.list_certificates(req).await.unwrap().into_inner().certificates;
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let list = c
+        .list_certificates(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .certificates;
     assert_eq!(list.len(), 3);
     assert_eq!(list.iter().filter(|c| c.revoked).count(), 2);
     assert!(list.iter().any(|c| c.node_name == "sn1" && !c.revoked));
@@ -190,7 +294,9 @@ async fn enrollment_on_the_file_store() {
     let before = std::fs::read(data.path().join("ca")).unwrap();
     let server = Server::start(FileKv::open(data.path()).unwrap(), &[ADMIN]).await;
     let dir = tempfile::tempdir().unwrap();
-    let id = enroll(&server.addr, TOKEN, "sn9", dir.path()).await.unwrap();
+    let id = enroll(&server.addr, TOKEN, "sn9", dir.path())
+        .await
+        .unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&before).unwrap();
     assert_eq!(id.ca_pem, stored["cert_pem"].as_str().unwrap());
     server.stop().await;
@@ -209,18 +315,44 @@ impl Etcd {
         let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .map(std::path::PathBuf::from)
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("etcd")))
+            .chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .map(|d| d.join("etcd")),
+            )
             .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("etcd is not installed: `make test` installs it (Debian package etcd-server)"));
-        let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            .unwrap_or_else(|| {
+                panic!(
+                    "etcd is not installed: `make test` installs it (Debian package etcd-server)"
+                )
+            });
+        let port = |_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
         let (cp, pp) = (port(0), port(1));
         let data = tempfile::tempdir().unwrap();
-        let (client, peer) = (format!("http://127.0.0.1:{cp}"), format!("http://127.0.0.1:{pp}"));
+        let (client, peer) = (
+            format!("http://127.0.0.1:{cp}"),
+            format!("http://127.0.0.1:{pp}"),
+        );
         let child = std::process::Command::new(bin)
             .args(["--name", "t", "--data-dir"])
             .arg(data.path().join("m"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("t={peer}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -231,7 +363,11 @@ impl Etcd {
             assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Etcd { child, url: client, _data: data }
+        Etcd {
+            child,
+            url: client,
+            _data: data,
+        }
     }
 }
 
@@ -245,7 +381,15 @@ impl Drop for Etcd {
 #[tokio::test]
 async fn enrollment_on_etcd() {
     let etcd = Etcd::start();
-    let kv = || async { EtcdKv::connect(std::slice::from_ref(&etcd.url), "/t/enrollment/", Duration::from_secs(2)).await.unwrap() };
+    let kv = || async {
+        EtcdKv::connect(
+            std::slice::from_ref(&etcd.url),
+            "/t/enrollment/",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap()
+    };
     // Two replicas starting at once agree on one CA.
     let (a, b) = tokio::join!(
         Authority::open(kv().await, AuthorityOptions::default()),
@@ -256,13 +400,36 @@ async fn enrollment_on_etcd() {
     assert_eq!(a.farm_secret(), b.farm_secret());
     let server = Server::start(kv().await, &[ADMIN]).await;
     scenario(&server).await;
+    // Concurrent enrollments never share a Node-ID (each is claimed first).
+    let dir = tempfile::tempdir().unwrap();
+    let (d0, d1, d2) = (
+        dir.path().join("c0"),
+        dir.path().join("c1"),
+        dir.path().join("c2"),
+    );
+    let (x, y, z) = tokio::join!(
+        enroll(&server.addr, TOKEN, "c0", &d0),
+        enroll(&server.addr, TOKEN, "c1", &d1),
+        enroll(&server.addr, TOKEN, "c2", &d2)
+    );
+    let ids = [x.unwrap().node_id, y.unwrap().node_id, z.unwrap().node_id];
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn unreachable_service_is_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = tempfile::tempdir().unwrap();
-    let e = enroll(&format!("127.0.0.1:{port}"), TOKEN, "n", dir.path()).await.unwrap_err();
+    let e = enroll(&format!("127.0.0.1:{port}"), TOKEN, "n", dir.path())
+        .await
+        .unwrap_err();
     assert!(matches!(e, EnrollError::Unavailable(_)), "{e:?}");
 }

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ringmesh_proto::provisioning::get_subscriber_request::Id;
 use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
-use ringmesh_proto::provisioning::{EventType, GetSubscriberRequest, Subscriber, WatchEvent, WatchRequest};
+use ringmesh_proto::provisioning::{
+    EventType, GetSubscriberRequest, Subscriber, WatchEvent, WatchRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::validate;
@@ -136,7 +138,9 @@ impl State {
     }
 
     fn remove(&mut self, id: &str) -> bool {
-        let Some((sub, t)) = self.entries.remove(id) else { return false };
+        let Some((sub, t)) = self.entries.remove(id) else {
+            return false;
+        };
         self.order.remove(&t);
         for p in &sub.public_ids {
             if self.public.get(p).is_some_and(|owner| owner == id) {
@@ -158,7 +162,9 @@ impl State {
         self.order.insert(self.tick, id.clone());
         self.entries.insert(id, (sub, self.tick));
         while self.entries.len() > capacity.max(1) {
-            let Some((_, oldest)) = self.order.pop_first() else { break };
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
             if let Some((sub, _)) = self.entries.remove(&oldest) {
                 for p in &sub.public_ids {
                     if self.public.get(p).is_some_and(|o| o == &oldest) {
@@ -219,18 +225,25 @@ impl State {
         if self.recent.front().is_none_or(|(g, _, _)| *g > since + 1) {
             return true; // the events since `since` are no longer all known
         }
-        self.recent.iter().filter(|(g, _, _)| *g > since).any(|(_, id, public)| {
-            id.is_empty()
-                || sub.is_some_and(|s| &s.private_id == id || s.public_ids.iter().any(|p| public.contains(p)))
-                || asked.is_some_and(|a| public.iter().any(|p| p == a))
-        })
+        self.recent
+            .iter()
+            .filter(|(g, _, _)| *g > since)
+            .any(|(_, id, public)| {
+                id.is_empty()
+                    || sub.is_some_and(|s| {
+                        &s.private_id == id || s.public_ids.iter().any(|p| public.contains(p))
+                    })
+                    || asked.is_some_and(|a| public.iter().any(|p| p == a))
+            })
     }
 
     /// Applies one Watch event; returns whether a cached entry changed.
     fn apply(&mut self, ev: &WatchEvent, capacity: usize, metrics: &CacheMetrics) -> bool {
         match EventType::try_from(ev.r#type) {
             Ok(EventType::Put) | Ok(EventType::Delete) => {
-                let Some(sub) = &ev.subscriber else { return false };
+                let Some(sub) = &ev.subscriber else {
+                    return false;
+                };
                 self.note(sub.private_id.clone(), sub.public_ids.clone());
                 self.negative.remove(&neg_private(&sub.private_id));
                 for p in &sub.public_ids {
@@ -301,13 +314,18 @@ impl Drop for SubscriberCache {
 
 /// `HOST:PORT` or a URL, as a URL for tonic.
 pub fn endpoint_url(addr: &str) -> String {
-    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// A lazily connecting channel with keep-alives, so a dead peer is noticed
 /// on an idle Watch stream too.
 pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, CacheError> {
-    let ep = Endpoint::from_shared(endpoint_url(addr)).map_err(|e| CacheError::Invalid(format!("{addr}: {e}")))?;
+    let ep = Endpoint::from_shared(endpoint_url(addr))
+        .map_err(|e| CacheError::Invalid(format!("{addr}: {e}")))?;
     Ok(ep
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -322,7 +340,10 @@ impl SubscriberCache {
     /// URL). It connects lazily: provisioning need not be up yet. Must be
     /// called inside a tokio runtime (it spawns the Watch task).
     pub fn connect(addr: &str, config: CacheConfig) -> Result<SubscriberCache, CacheError> {
-        Ok(SubscriberCache::new(channel(addr, config.request_timeout)?, config))
+        Ok(SubscriberCache::new(
+            channel(addr, config.request_timeout)?,
+            config,
+        ))
     }
 
     /// A cache over an existing channel.
@@ -341,8 +362,12 @@ impl SubscriberCache {
 
     /// The subscriber with this private identity (digest username), or
     /// `None` if provisioning has none.
-    pub async fn by_private_id(&self, private_id: &str) -> Result<Option<Arc<Subscriber>>, CacheError> {
-        let id = validate::private_id("private_id", private_id).map_err(|e| CacheError::Invalid(e.to_string()))?;
+    pub async fn by_private_id(
+        &self,
+        private_id: &str,
+    ) -> Result<Option<Arc<Subscriber>>, CacheError> {
+        let id = validate::private_id("private_id", private_id)
+            .map_err(|e| CacheError::Invalid(e.to_string()))?;
         let key = neg_private(&id);
         {
             let mut st = self.shared.state.lock();
@@ -360,8 +385,12 @@ impl SubscriberCache {
 
     /// The subscriber owning this public identity (any form of the AOR), or
     /// `None` if provisioning has none.
-    pub async fn by_public_id(&self, public_id: &str) -> Result<Option<Arc<Subscriber>>, CacheError> {
-        let aor = validate::public_id("public_id", public_id).map_err(|e| CacheError::Invalid(e.to_string()))?;
+    pub async fn by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<Arc<Subscriber>>, CacheError> {
+        let aor = validate::public_id("public_id", public_id)
+            .map_err(|e| CacheError::Invalid(e.to_string()))?;
         let key = neg_public(&aor);
         {
             let mut st = self.shared.state.lock();
@@ -379,7 +408,12 @@ impl SubscriberCache {
         self.fetch(Id::PublicId(aor.clone()), key, Some(aor)).await
     }
 
-    async fn fetch(&self, id: Id, neg_key: String, asked: Option<String>) -> Result<Option<Arc<Subscriber>>, CacheError> {
+    async fn fetch(
+        &self,
+        id: Id,
+        neg_key: String,
+        asked: Option<String>,
+    ) -> Result<Option<Arc<Subscriber>>, CacheError> {
         let m = &self.shared.metrics;
         m.misses.fetch_add(1, Ordering::Relaxed);
         let since = self.shared.state.lock().generation;
@@ -411,9 +445,9 @@ impl SubscriberCache {
             Err(s) => {
                 m.errors.fetch_add(1, Ordering::Relaxed);
                 Err(match s.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                        CacheError::Unavailable(s.message().to_string())
-                    }
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => CacheError::Unavailable(s.message().to_string()),
                     tonic::Code::InvalidArgument => CacheError::Invalid(s.message().to_string()),
                     _ => CacheError::Server(format!("{:?}: {}", s.code(), s.message())),
                 })
@@ -445,7 +479,9 @@ impl SubscriberCache {
     /// whether it is.
     pub async fn wait_watching(&self, timeout: Duration) -> bool {
         let mut rx = self.shared.connected.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -457,7 +493,12 @@ async fn watch_loop(shared: Arc<Shared>) {
     let mut first = true;
     loop {
         let mut client = shared.client.clone();
-        match client.watch(WatchRequest { start_revision: next_start }).await {
+        match client
+            .watch(WatchRequest {
+                start_revision: next_start,
+            })
+            .await
+        {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 if !first {
@@ -477,7 +518,8 @@ async fn watch_loop(shared: Arc<Shared>) {
                 loop {
                     match stream.message().await {
                         Ok(Some(ev)) => {
-                            let kind = EventType::try_from(ev.r#type).unwrap_or(EventType::Unspecified);
+                            let kind =
+                                EventType::try_from(ev.r#type).unwrap_or(EventType::Unspecified);
                             if kind == EventType::Reset {
                                 next_start = ev.revision + 1;
                             } else {
@@ -538,7 +580,10 @@ mod tests {
         st.insert(Arc::new(sub("c", &["sip:c@x"], 3)), 2, &m);
         assert!(st.entries.contains_key("a") && st.entries.contains_key("c"));
         assert!(!st.entries.contains_key("b"), "b was least recently used");
-        assert!(!st.public.contains_key("sip:b@x"), "its public index went with it");
+        assert!(
+            !st.public.contains_key("sip:b@x"),
+            "its public index went with it"
+        );
         assert_eq!(m.evictions.load(Ordering::Relaxed), 1);
     }
 
@@ -547,13 +592,28 @@ mod tests {
         let m = CacheMetrics::default();
         let mut st = State::default();
         st.insert(Arc::new(sub("a", &["sip:a@x"], 1)), 10, &m);
-        assert!(st.apply(&event(EventType::Put, 5, Some(sub("a", &["sip:a2@x"], 5))), 10, &m));
+        assert!(st.apply(
+            &event(EventType::Put, 5, Some(sub("a", &["sip:a2@x"], 5))),
+            10,
+            &m
+        ));
         assert_eq!(st.touch("a").unwrap().revision, 5);
         assert_eq!(st.public.get("sip:a2@x").map(String::as_str), Some("a"));
         assert!(!st.public.contains_key("sip:a@x"));
-        assert!(!st.apply(&event(EventType::Put, 6, Some(sub("z", &["sip:z@x"], 6))), 10, &m), "not cached: ignored");
+        assert!(
+            !st.apply(
+                &event(EventType::Put, 6, Some(sub("z", &["sip:z@x"], 6))),
+                10,
+                &m
+            ),
+            "not cached: ignored"
+        );
         assert!(!st.entries.contains_key("z"));
-        assert!(st.apply(&event(EventType::Delete, 7, Some(sub("a", &["sip:a2@x"], 7))), 10, &m));
+        assert!(st.apply(
+            &event(EventType::Delete, 7, Some(sub("a", &["sip:a2@x"], 7))),
+            10,
+            &m
+        ));
         assert!(st.entries.is_empty() && st.public.is_empty());
         st.insert(Arc::new(sub("b", &["sip:b@x"], 8)), 10, &m);
         assert!(st.apply(&event(EventType::Reset, 9, None), 10, &m));
@@ -565,11 +625,25 @@ mod tests {
         let m = CacheMetrics::default();
         let mut st = State::default();
         let since = st.generation;
-        st.apply(&event(EventType::Put, 2, Some(sub("other", &["sip:o@x"], 2))), 10, &m);
-        assert!(!st.raced(since, Some(&sub("a", &["sip:a@x"], 1)), None), "an unrelated change");
-        st.apply(&event(EventType::Put, 3, Some(sub("a", &["sip:a@x"], 3))), 10, &m);
+        st.apply(
+            &event(EventType::Put, 2, Some(sub("other", &["sip:o@x"], 2))),
+            10,
+            &m,
+        );
+        assert!(
+            !st.raced(since, Some(&sub("a", &["sip:a@x"], 1)), None),
+            "an unrelated change"
+        );
+        st.apply(
+            &event(EventType::Put, 3, Some(sub("a", &["sip:a@x"], 3))),
+            10,
+            &m,
+        );
         assert!(st.raced(since, Some(&sub("a", &["sip:a@x"], 1)), None));
-        assert!(st.raced(since, None, Some("sip:a@x")), "a miss by public id raced its creation");
+        assert!(
+            st.raced(since, None, Some("sip:a@x")),
+            "a miss by public id raced its creation"
+        );
     }
 
     #[test]
@@ -578,9 +652,19 @@ mod tests {
         let mut st = State::default();
         st.remember_missing(neg_private("ghost"), Duration::from_secs(60), 10);
         assert!(st.negative_hit(&neg_private("ghost"), Instant::now()));
-        assert!(!st.negative_hit(&neg_private("ghost"), Instant::now() + Duration::from_secs(61)));
+        assert!(!st.negative_hit(
+            &neg_private("ghost"),
+            Instant::now() + Duration::from_secs(61)
+        ));
         st.remember_missing(neg_private("ghost"), Duration::from_secs(60), 10);
-        st.apply(&event(EventType::Put, 1, Some(sub("ghost", &["sip:g@x"], 1))), 10, &m);
-        assert!(!st.negative_hit(&neg_private("ghost"), Instant::now()), "created: no longer missing");
+        st.apply(
+            &event(EventType::Put, 1, Some(sub("ghost", &["sip:g@x"], 1))),
+            10,
+            &m,
+        );
+        assert!(
+            !st.negative_hit(&neg_private("ghost"), Instant::now()),
+            "created: no longer missing"
+        );
     }
 }

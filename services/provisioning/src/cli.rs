@@ -48,7 +48,12 @@ impl Exit {
 pub struct PasswordArgs {
     /// The password (visible in the process list: prefer --password-stdin
     /// or the environment variable).
-    #[arg(long, env = "RINGMESH_SUBSCRIBER_PASSWORD", hide_env_values = true, conflicts_with = "password_stdin")]
+    #[arg(
+        long,
+        env = "RINGMESH_SUBSCRIBER_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_stdin"
+    )]
     pub password: Option<String>,
     /// Read the password from the first line of standard input.
     #[arg(long)]
@@ -165,8 +170,13 @@ pub async fn run(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
         }
         Err(Failure::Status(s)) => {
             let code = format!("{:?}", s.code());
-            let message = if s.code() == Code::Unavailable && (s.message().contains("connect") || s.message().contains("transport")) {
-                format!("cannot reach provisioning at {addr} ({}); is it running? (--provisioning, RINGMESH_PROVISIONING)", s.message())
+            let message = if s.code() == Code::Unavailable
+                && (s.message().contains("connect") || s.message().contains("transport"))
+            {
+                format!(
+                    "cannot reach provisioning at {addr} ({}); is it running? (--provisioning, RINGMESH_PROVISIONING)",
+                    s.message()
+                )
             } else {
                 s.message().to_string()
             };
@@ -178,7 +188,11 @@ pub async fn run(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
 
 fn report(io: &mut Io<'_>, json: bool, code: &str, message: &str) {
     if json {
-        let _ = writeln!(io.err, "{}", json!({"error": {"code": code, "message": message}}));
+        let _ = writeln!(
+            io.err,
+            "{}",
+            json!({"error": {"code": code, "message": message}})
+        );
     } else {
         let _ = writeln!(io.err, "error: {message}");
     }
@@ -195,11 +209,21 @@ fn read_password(p: PasswordArgs, io: &mut Io<'_>) -> Result<String, Failure> {
         (Some(pw), false) => pw,
         (None, true) => {
             let mut line = String::new();
-            io.stdin.read_line(&mut line).map_err(|e| Failure::Usage(format!("cannot read the password: {e}")))?;
+            io.stdin
+                .read_line(&mut line)
+                .map_err(|e| Failure::Usage(format!("cannot read the password: {e}")))?;
             line.trim_end_matches(['\r', '\n']).to_string()
         }
-        (Some(_), true) => return Err(Failure::Usage("give --password or --password-stdin, not both".into())),
-        (None, false) => return Err(Failure::Usage("give the password with --password-stdin or --password".into())),
+        (Some(_), true) => {
+            return Err(Failure::Usage(
+                "give --password or --password-stdin, not both".into(),
+            ));
+        }
+        (None, false) => {
+            return Err(Failure::Usage(
+                "give the password with --password-stdin or --password".into(),
+            ));
+        }
     };
     validate::password(&pw)?;
     Ok(pw)
@@ -210,10 +234,16 @@ fn is_public(id: &str) -> bool {
     l.starts_with("sip:") || l.starts_with("sips:") || l.starts_with("tel:")
 }
 
-async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>) -> Result<(), Failure> {
+async fn execute(
+    addr: &str,
+    json: bool,
+    cmd: SubscriberCommand,
+    io: &mut Io<'_>,
+) -> Result<(), Failure> {
     // Check what can be checked before touching the network.
     let cmd = precheck(cmd)?;
-    let channel = crate::cache::channel(addr, TIMEOUT).map_err(|e| Failure::Usage(e.to_string()))?;
+    let channel =
+        crate::cache::channel(addr, TIMEOUT).map_err(|e| Failure::Usage(e.to_string()))?;
     let mut client = ProvisioningClient::new(channel);
     match cmd {
         SubscriberCommand::Add(a) => {
@@ -221,7 +251,9 @@ async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
             let implicit_sets = a
                 .implicit_set
                 .iter()
-                .map(|s| pb::ImplicitSet { public_ids: s.split(',').map(|p| p.trim().to_string()).collect() })
+                .map(|s| pb::ImplicitSet {
+                    public_ids: s.split(',').map(|p| p.trim().to_string()).collect(),
+                })
                 .collect();
             let sub = pb::Subscriber {
                 private_id: a.private_id,
@@ -230,10 +262,18 @@ async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
                 ..Default::default()
             };
             let s = client
-                .create_subscriber(request(pb::CreateSubscriberRequest { subscriber: Some(sub), password }))
+                .create_subscriber(request(pb::CreateSubscriberRequest {
+                    subscriber: Some(sub),
+                    password,
+                }))
                 .await?
                 .into_inner();
-            show(io, json, &s, &format!("created {} (revision {})", s.private_id, s.revision));
+            show(
+                io,
+                json,
+                &s,
+                &format!("created {} (revision {})", s.private_id, s.revision),
+            );
         }
         SubscriberCommand::Get { id } => {
             let id = if is_public(&id) {
@@ -241,15 +281,25 @@ async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
             } else {
                 pb::get_subscriber_request::Id::PrivateId(id)
             };
-            let s = client.get_subscriber(request(pb::GetSubscriberRequest { id: Some(id) })).await?.into_inner();
+            let s = client
+                .get_subscriber(request(pb::GetSubscriberRequest { id: Some(id) }))
+                .await?
+                .into_inner();
             show(io, json, &s, "");
         }
-        SubscriberCommand::List { page_size, page_token, all } => {
+        SubscriberCommand::List {
+            page_size,
+            page_token,
+            all,
+        } => {
             let mut token = page_token;
             let mut subs = Vec::new();
             loop {
                 let page = client
-                    .list_subscribers(request(pb::ListSubscribersRequest { page_size, page_token: token }))
+                    .list_subscribers(request(pb::ListSubscribersRequest {
+                        page_size,
+                        page_token: token,
+                    }))
                     .await?
                     .into_inner();
                 subs.extend(page.subscribers);
@@ -260,28 +310,57 @@ async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
             }
             if json {
                 let list: Vec<Value> = subs.iter().map(subscriber_json).collect();
-                let _ = writeln!(io.out, "{}", json!({"subscribers": list, "next_page_token": token}));
+                let _ = writeln!(
+                    io.out,
+                    "{}",
+                    json!({"subscribers": list, "next_page_token": token})
+                );
             } else {
                 let _ = write!(io.out, "{}", table(&subs));
                 if !token.is_empty() {
-                    let _ = writeln!(io.err, "more subscribers follow: add --page-token {token} (or --all)");
+                    let _ = writeln!(
+                        io.err,
+                        "more subscribers follow: add --page-token {token} (or --all)"
+                    );
                 }
             }
         }
         SubscriberCommand::SetPassword { id, password } => {
             let password = read_password(password, io)?;
             let s = client
-                .set_password(request(pb::SetPasswordRequest { private_id: id, password, expected_revision: 0 }))
+                .set_password(request(pb::SetPasswordRequest {
+                    private_id: id,
+                    password,
+                    expected_revision: 0,
+                }))
                 .await?
                 .into_inner();
-            brief(io, json, &s, &format!("password of {} changed (revision {})", s.private_id, s.revision));
+            brief(
+                io,
+                json,
+                &s,
+                &format!(
+                    "password of {} changed (revision {})",
+                    s.private_id, s.revision
+                ),
+            );
         }
         SubscriberCommand::Bar { id, reason } => {
             let s = client
-                .set_barred(request(pb::SetBarredRequest { private_id: id, barred: true, reason, expected_revision: 0 }))
+                .set_barred(request(pb::SetBarredRequest {
+                    private_id: id,
+                    barred: true,
+                    reason,
+                    expected_revision: 0,
+                }))
                 .await?
                 .into_inner();
-            brief(io, json, &s, &format!("{} barred (revision {})", s.private_id, s.revision));
+            brief(
+                io,
+                json,
+                &s,
+                &format!("{} barred (revision {})", s.private_id, s.revision),
+            );
         }
         SubscriberCommand::Unbar { id } => {
             let s = client
@@ -293,15 +372,27 @@ async fn execute(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>
                 }))
                 .await?
                 .into_inner();
-            brief(io, json, &s, &format!("{} unbarred (revision {})", s.private_id, s.revision));
+            brief(
+                io,
+                json,
+                &s,
+                &format!("{} unbarred (revision {})", s.private_id, s.revision),
+            );
         }
         SubscriberCommand::Delete { id } => {
             let r = client
-                .delete_subscriber(request(pb::DeleteSubscriberRequest { private_id: id.clone(), expected_revision: 0 }))
+                .delete_subscriber(request(pb::DeleteSubscriberRequest {
+                    private_id: id.clone(),
+                    expected_revision: 0,
+                }))
                 .await?
                 .into_inner();
             if json {
-                let _ = writeln!(io.out, "{}", json!({"private_id": id, "deleted": true, "revision": r.revision}));
+                let _ = writeln!(
+                    io.out,
+                    "{}",
+                    json!({"private_id": id, "deleted": true, "revision": r.revision})
+                );
             } else {
                 let _ = writeln!(io.out, "deleted {id} (revision {})", r.revision);
             }
@@ -315,13 +406,17 @@ fn precheck(cmd: SubscriberCommand) -> Result<SubscriberCommand, Failure> {
     match &cmd {
         SubscriberCommand::Add(a) => {
             validate::private_id("private_id", &a.private_id)?;
-            let ids = validate::public_ids(&a.public).map_err(|e| Failure::Usage(format!("--public: {}", e.message)))?;
+            let ids = validate::public_ids(&a.public)
+                .map_err(|e| Failure::Usage(format!("--public: {}", e.message)))?;
             let sets: Vec<pb::ImplicitSet> = a
                 .implicit_set
                 .iter()
-                .map(|s| pb::ImplicitSet { public_ids: s.split(',').map(|p| p.trim().to_string()).collect() })
+                .map(|s| pb::ImplicitSet {
+                    public_ids: s.split(',').map(|p| p.trim().to_string()).collect(),
+                })
                 .collect();
-            validate::implicit_sets(&sets, &ids).map_err(|e| Failure::Usage(format!("--implicit-set: {}", e.message)))?;
+            validate::implicit_sets(&sets, &ids)
+                .map_err(|e| Failure::Usage(format!("--implicit-set: {}", e.message)))?;
         }
         SubscriberCommand::Get { id } if is_public(id) => {
             validate::public_id("public_id", id)?;
@@ -335,7 +430,10 @@ fn precheck(cmd: SubscriberCommand) -> Result<SubscriberCommand, Failure> {
         }
         SubscriberCommand::List { page_size, .. } => {
             if !(1..=validate::MAX_PAGE_SIZE).contains(page_size) {
-                return Err(Failure::Usage(format!("--page-size {page_size} is outside 1..{}", validate::MAX_PAGE_SIZE)));
+                return Err(Failure::Usage(format!(
+                    "--page-size {page_size} is outside 1..{}",
+                    validate::MAX_PAGE_SIZE
+                )));
             }
         }
     }
@@ -400,10 +498,17 @@ fn show(io: &mut Io<'_>, json: bool, s: &pb::Subscriber, headline: &str) {
             if s.implicit_sets.is_empty() {
                 "-".into()
             } else {
-                s.implicit_sets.iter().map(|set| format!("[{}]", set.public_ids.join(", "))).collect::<Vec<_>>().join(" ")
+                s.implicit_sets
+                    .iter()
+                    .map(|set| format!("[{}]", set.public_ids.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             },
         ),
-        ("credentials", format!("HA1 MD5 + SHA-256, realm {}", creds.realm)),
+        (
+            "credentials",
+            format!("HA1 MD5 + SHA-256, realm {}", creds.realm),
+        ),
         (
             "barred",
             match (barring.barred, barring.reason.is_empty()) {
@@ -413,13 +518,24 @@ fn show(io: &mut Io<'_>, json: bool, s: &pb::Subscriber, headline: &str) {
             },
         ),
     ];
-    let criteria = s.service_profile.as_ref().map(|p| p.filter_criteria.as_slice()).unwrap_or_default();
+    let criteria = s
+        .service_profile
+        .as_ref()
+        .map(|p| p.filter_criteria.as_slice())
+        .unwrap_or_default();
     if criteria.is_empty() {
         rows.push(("filter criteria", "-".into()));
     }
     for fc in criteria {
-        let method = if fc.method.is_empty() { "any method" } else { &fc.method };
-        rows.push(("filter criteria", format!("{}: {method} -> {}", fc.priority, fc.application_server)));
+        let method = if fc.method.is_empty() {
+            "any method"
+        } else {
+            &fc.method
+        };
+        rows.push((
+            "filter criteria",
+            format!("{}: {method} -> {}", fc.priority, fc.application_server),
+        ));
     }
     rows.push(("revision", s.revision.to_string()));
     for (k, v) in rows {
@@ -444,7 +560,12 @@ pub fn table(subs: &[pb::Subscriber]) -> String {
             [
                 s.private_id.clone(),
                 s.public_ids.join(","),
-                if s.barring.as_ref().is_some_and(|b| b.barred) { "yes" } else { "no" }.to_string(),
+                if s.barring.as_ref().is_some_and(|b| b.barred) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
                 s.revision.to_string(),
             ]
         })
@@ -495,9 +616,17 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let s = pb::Subscriber { private_id: "alice".into(), public_ids: vec!["sip:alice@x".into()], revision: 3, ..Default::default() };
+        let s = pb::Subscriber {
+            private_id: "alice".into(),
+            public_ids: vec!["sip:alice@x".into()],
+            revision: 3,
+            ..Default::default()
+        };
         let t = table(&[s]);
-        assert!(t.starts_with("PRIVATE ID  PUBLIC IDS   BARRED  REVISION\n"), "{t}");
+        assert!(
+            t.starts_with("PRIVATE ID  PUBLIC IDS   BARRED  REVISION\n"),
+            "{t}"
+        );
         assert!(t.contains("alice       sip:alice@x  no      3"), "{t}");
     }
 }

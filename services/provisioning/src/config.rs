@@ -70,7 +70,11 @@ pub enum StoreConfig {
     /// The embedded store in this directory.
     Embedded(PathBuf),
     /// etcd.
-    Etcd { endpoints: Vec<String>, prefix: String, timeout: Duration },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        timeout: Duration,
+    },
 }
 
 /// The validated configuration.
@@ -95,16 +99,24 @@ pub struct ConfigError {
 }
 
 fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key, env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")), message: message.into() }
+    ConfigError {
+        key,
+        env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")),
+        message: message.into(),
+    }
 }
 
 /// Checks an etcd endpoint: `http://HOST:PORT` or `HOST:PORT`.
 pub fn etcd_endpoint(s: &str) -> Result<String, String> {
     let rest = s.strip_prefix("http://").unwrap_or(s);
     if s.starts_with("https://") {
-        return Err(format!("'{s}': TLS to etcd is not supported yet; use http:// inside the cluster network"));
+        return Err(format!(
+            "'{s}': TLS to etcd is not supported yet; use http:// inside the cluster network"
+        ));
     }
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("'{s}' is not http://HOST:PORT"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not http://HOST:PORT"))?;
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(format!("'{s}' is not http://HOST:PORT"));
     }
@@ -118,39 +130,86 @@ impl ProvisioningArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
+                toml::from_str(&text)
+                    .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
             }
             None => FileConfig::default(),
         };
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr =
-            listen.parse().map_err(|_| err("listen", format!("'{listen}' is not HOST:PORT with an IP address")))?;
-        let domain = self.domain.or(file.domain).unwrap_or_else(|| "ringmesh.test".into());
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("'{listen}' is not HOST:PORT with an IP address"),
+            )
+        })?;
+        let domain = self
+            .domain
+            .or(file.domain)
+            .unwrap_or_else(|| "ringmesh.test".into());
         if domain.is_empty() || ringmesh_sip::Host::parse(domain.as_bytes()).is_err() {
-            return Err(err("domain", format!("'{domain}' is not a valid host name")));
+            return Err(err(
+                "domain",
+                format!("'{domain}' is not a valid host name"),
+            ));
         }
         let metrics = match self.metrics.or(file.metrics) {
-            Some(m) => Some(m.parse().map_err(|_| err("metrics", format!("'{m}' is not HOST:PORT with an IP address")))?),
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(
+                    "metrics",
+                    format!("'{m}' is not HOST:PORT with an IP address"),
+                )
+            })?),
             None => None,
         };
-        let etcd = if self.etcd.is_empty() { file.etcd.unwrap_or_default() } else { self.etcd };
-        let store = if etcd.is_empty() {
-            StoreConfig::Embedded(self.data.or(file.data).unwrap_or_else(|| PathBuf::from("./ringmesh-data/provisioning")))
+        let etcd = if self.etcd.is_empty() {
+            file.etcd.unwrap_or_default()
         } else {
-            let endpoints = etcd.iter().map(|e| etcd_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(|m| err("etcd", m))?;
-            let prefix = self.etcd_prefix.or(file.etcd_prefix).unwrap_or_else(|| "/ringmesh/".into());
+            self.etcd
+        };
+        let store = if etcd.is_empty() {
+            StoreConfig::Embedded(
+                self.data
+                    .or(file.data)
+                    .unwrap_or_else(|| PathBuf::from("./ringmesh-data/provisioning")),
+            )
+        } else {
+            let endpoints = etcd
+                .iter()
+                .map(|e| etcd_endpoint(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| err("etcd", m))?;
+            let prefix = self
+                .etcd_prefix
+                .or(file.etcd_prefix)
+                .unwrap_or_else(|| "/ringmesh/".into());
             if !prefix.starts_with('/') || !prefix.ends_with('/') {
-                return Err(err("etcd-prefix", format!("'{prefix}' must start and end with '/'")));
+                return Err(err(
+                    "etcd-prefix",
+                    format!("'{prefix}' must start and end with '/'"),
+                ));
             }
-            let ms = self.etcd_timeout_ms.or(file.etcd_timeout_ms).unwrap_or(2000);
+            let ms = self
+                .etcd_timeout_ms
+                .or(file.etcd_timeout_ms)
+                .unwrap_or(2000);
             if !(50..=60_000).contains(&ms) {
                 return Err(err("etcd-timeout-ms", format!("{ms} is outside 50..60000")));
             }
-            StoreConfig::Etcd { endpoints, prefix, timeout: Duration::from_millis(ms) }
+            StoreConfig::Etcd {
+                endpoints,
+                prefix,
+                timeout: Duration::from_millis(ms),
+            }
         };
         let keepalive = self.watch_keepalive.or(file.watch_keepalive).unwrap_or(30);
         if !(1..=3600).contains(&keepalive) {
-            return Err(err("watch-keepalive", format!("{keepalive} is outside 1..3600 seconds")));
+            return Err(err(
+                "watch-keepalive",
+                format!("{keepalive} is outside 1..3600 seconds"),
+            ));
         }
         Ok(ProvisioningConfig {
             listen,
@@ -177,11 +236,28 @@ mod tests {
 
     #[test]
     fn etcd_and_errors_name_the_key() {
-        let c = ProvisioningArgs { etcd: vec!["127.0.0.1:2379".into()], ..Default::default() }.resolve().unwrap();
-        assert!(matches!(&c.store, StoreConfig::Etcd { endpoints, .. } if endpoints == &["http://127.0.0.1:2379"]));
-        let e = ProvisioningArgs { etcd: vec!["nowhere".into()], ..Default::default() }.resolve().unwrap_err();
+        let c = ProvisioningArgs {
+            etcd: vec!["127.0.0.1:2379".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(
+            matches!(&c.store, StoreConfig::Etcd { endpoints, .. } if endpoints == &["http://127.0.0.1:2379"])
+        );
+        let e = ProvisioningArgs {
+            etcd: vec!["nowhere".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "etcd");
-        let e = ProvisioningArgs { listen: Some("localhost".into()), ..Default::default() }.resolve().unwrap_err();
+        let e = ProvisioningArgs {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "listen");
         assert!(e.to_string().contains("RINGMESH_LISTEN"));
     }
@@ -190,14 +266,27 @@ mod tests {
     fn file_keys_and_precedence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "domain = \"file.example\"\nlisten = \"127.0.0.1:7000\"\n").unwrap();
-        let c = ProvisioningArgs { config: Some(path.clone()), listen: Some("127.0.0.1:7001".into()), ..Default::default() }
-            .resolve()
-            .unwrap();
+        std::fs::write(
+            &path,
+            "domain = \"file.example\"\nlisten = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
+        let c = ProvisioningArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:7001".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(c.domain, "file.example");
         assert_eq!(c.listen.port(), 7001, "a flag beats the file");
         std::fs::write(&path, "domian = \"x\"\n").unwrap();
-        let e = ProvisioningArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        let e = ProvisioningArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(e.to_string().contains("domian"));
     }
 }

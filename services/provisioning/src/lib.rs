@@ -46,9 +46,13 @@ pub use store::{EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberSto
 use tokio::net::TcpListener;
 
 /// Runs the provisioning service until `shutdown` completes.
-pub async fn run(cfg: ProvisioningConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
+pub async fn run(
+    cfg: ProvisioningConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
     run_on(listener, cfg, shutdown).await
 }
 
@@ -60,19 +64,29 @@ pub async fn run_on(
 ) -> anyhow::Result<()> {
     match &cfg.store {
         StoreConfig::Embedded(dir) => {
-            let store = EmbeddedStore::open_with(dir, cfg.watch_keepalive)
-                .with_context(|| format!("cannot open the subscriber store in {} (--data)", dir.display()))?;
+            let store = EmbeddedStore::open_with(dir, cfg.watch_keepalive).with_context(|| {
+                format!(
+                    "cannot open the subscriber store in {} (--data)",
+                    dir.display()
+                )
+            })?;
             tracing::info!(data = %dir.display(), subscribers = store.len(), "embedded subscriber store");
             run_store(listener, Arc::new(store), &cfg, shutdown).await
         }
-        StoreConfig::Etcd { endpoints, prefix, timeout } => {
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+        } => {
             let opts = EtcdOptions {
                 endpoints: endpoints.clone(),
                 prefix: prefix.clone(),
                 timeout: *timeout,
                 keepalive: cfg.watch_keepalive,
             };
-            let store = EtcdStore::connect(opts).await.context("cannot set up the etcd client (--etcd)")?;
+            let store = EtcdStore::connect(opts)
+                .await
+                .context("cannot set up the etcd client (--etcd)")?;
             tracing::info!(?endpoints, prefix, "etcd subscriber store");
             run_store(listener, Arc::new(store), &cfg, shutdown).await
         }
@@ -89,7 +103,9 @@ async fn run_store<S: SubscriberStore>(
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.metrics {
-        http::serve(addr, registry, ready.clone()).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+        http::serve(addr, registry, ready.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     // Readiness follows the store: not ready while etcd is unreachable.
     let probe = {

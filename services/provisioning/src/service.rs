@@ -42,7 +42,12 @@ impl<S: SubscriberStore> ProvisioningService<S> {
     /// farm's SIP domain).
     pub fn new(store: Arc<S>, realm: &str) -> ProvisioningService<S> {
         let (_, closing) = watch::channel(false);
-        ProvisioningService { store, realm: realm.to_ascii_lowercase(), metrics: None, closing }
+        ProvisioningService {
+            store,
+            realm: realm.to_ascii_lowercase(),
+            metrics: None,
+            closing,
+        }
     }
 
     /// Records RPC counts and latencies.
@@ -52,16 +57,36 @@ impl<S: SubscriberStore> ProvisioningService<S> {
     }
 
     fn credentials(&self, private_id: &str, password: &str) -> pb::Credentials {
-        let ha1 = Ha1::compute(private_id.as_bytes(), self.realm.as_bytes(), password.as_bytes());
-        pb::Credentials { realm: self.realm.clone(), ha1_md5: ha1.md5_hex(), ha1_sha256: ha1.sha256_hex() }
+        let ha1 = Ha1::compute(
+            private_id.as_bytes(),
+            self.realm.as_bytes(),
+            password.as_bytes(),
+        );
+        pb::Credentials {
+            realm: self.realm.clone(),
+            ha1_md5: ha1.md5_hex(),
+            ha1_sha256: ha1.sha256_hex(),
+        }
     }
 
-    fn done<T>(&self, rpc: &str, started: Instant, r: Result<T, Status>) -> Result<Response<T>, Status> {
+    fn done<T>(
+        &self,
+        rpc: &str,
+        started: Instant,
+        r: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
         if let Some(m) = &self.metrics {
-            m.observe(rpc, started, r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+            m.observe(
+                rpc,
+                started,
+                r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+            );
         }
         if let Err(e) = &r
-            && matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal)
+            && matches!(
+                e.code(),
+                tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal
+            )
         {
             tracing::warn!(rpc, code = ?e.code(), message = e.message(), "provisioning request failed");
         }
@@ -90,7 +115,10 @@ impl<S: SubscriberStore> ProvisioningService<S> {
         }
     }
 
-    async fn list(&self, req: pb::ListSubscribersRequest) -> Result<pb::ListSubscribersResponse, Status> {
+    async fn list(
+        &self,
+        req: pb::ListSubscribersRequest,
+    ) -> Result<pb::ListSubscribersResponse, Status> {
         let limit = validate::page_size(req.page_size)?;
         let after = validate::parse_page_token(&req.page_token)?;
         let page = self.store.list(after.as_deref(), limit).await?;
@@ -98,36 +126,65 @@ impl<S: SubscriberStore> ProvisioningService<S> {
             (true, Some(last)) => validate::page_token(&last.private_id),
             _ => String::new(),
         };
-        Ok(pb::ListSubscribersResponse { subscribers: page.subscribers, next_page_token })
+        Ok(pb::ListSubscribersResponse {
+            subscribers: page.subscribers,
+            next_page_token,
+        })
     }
 
     async fn update(&self, req: pb::UpdateSubscriberRequest) -> Result<pb::Subscriber, Status> {
-        let s = req.subscriber.ok_or_else(|| Status::invalid_argument("subscriber: is required"))?;
+        let s = req
+            .subscriber
+            .ok_or_else(|| Status::invalid_argument("subscriber: is required"))?;
         let id = validate::private_id("subscriber.private_id", &s.private_id)?;
-        let prefix = |e: validate::FieldError| validate::FieldError { field: format!("subscriber.{}", e.field), ..e };
+        let prefix = |e: validate::FieldError| validate::FieldError {
+            field: format!("subscriber.{}", e.field),
+            ..e
+        };
         let public_ids = validate::public_ids(&s.public_ids).map_err(prefix)?;
-        let implicit_sets = validate::implicit_sets(&s.implicit_sets, &public_ids).map_err(prefix)?;
-        let service_profile = validate::service_profile(s.service_profile.as_ref()).map_err(prefix)?;
-        let change = Change::Profile { public_ids, implicit_sets, service_profile };
-        Ok(self.store.update(&id, expected(req.expected_revision), change).await?)
+        let implicit_sets =
+            validate::implicit_sets(&s.implicit_sets, &public_ids).map_err(prefix)?;
+        let service_profile =
+            validate::service_profile(s.service_profile.as_ref()).map_err(prefix)?;
+        let change = Change::Profile {
+            public_ids,
+            implicit_sets,
+            service_profile,
+        };
+        Ok(self
+            .store
+            .update(&id, expected(req.expected_revision), change)
+            .await?)
     }
 
     async fn set_password(&self, req: pb::SetPasswordRequest) -> Result<pb::Subscriber, Status> {
         let id = validate::private_id("private_id", &req.private_id)?;
         let pw = validate::password(&req.password)?;
         let change = Change::Credentials(self.credentials(&id, pw));
-        Ok(self.store.update(&id, expected(req.expected_revision), change).await?)
+        Ok(self
+            .store
+            .update(&id, expected(req.expected_revision), change)
+            .await?)
     }
 
     async fn set_barred(&self, req: pb::SetBarredRequest) -> Result<pb::Subscriber, Status> {
         let id = validate::private_id("private_id", &req.private_id)?;
         let change = Change::Barring(validate::barring(req.barred, &req.reason)?);
-        Ok(self.store.update(&id, expected(req.expected_revision), change).await?)
+        Ok(self
+            .store
+            .update(&id, expected(req.expected_revision), change)
+            .await?)
     }
 
-    async fn delete(&self, req: pb::DeleteSubscriberRequest) -> Result<pb::DeleteSubscriberResponse, Status> {
+    async fn delete(
+        &self,
+        req: pb::DeleteSubscriberRequest,
+    ) -> Result<pb::DeleteSubscriberResponse, Status> {
         let id = validate::private_id("private_id", &req.private_id)?;
-        let revision = self.store.delete(&id, expected(req.expected_revision)).await?;
+        let revision = self
+            .store
+            .delete(&id, expected(req.expected_revision))
+            .await?;
         Ok(pb::DeleteSubscriberResponse { revision })
     }
 }
@@ -160,7 +217,10 @@ impl<S: SubscriberStore> Provisioning for ProvisioningService<S> {
         self.done("CreateSubscriber", t, r)
     }
 
-    async fn get_subscriber(&self, req: Request<pb::GetSubscriberRequest>) -> Result<Response<pb::Subscriber>, Status> {
+    async fn get_subscriber(
+        &self,
+        req: Request<pb::GetSubscriberRequest>,
+    ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
         let r = self.get(req.into_inner()).await;
         self.done("GetSubscriber", t, r)
@@ -184,13 +244,19 @@ impl<S: SubscriberStore> Provisioning for ProvisioningService<S> {
         self.done("UpdateSubscriber", t, r)
     }
 
-    async fn set_password(&self, req: Request<pb::SetPasswordRequest>) -> Result<Response<pb::Subscriber>, Status> {
+    async fn set_password(
+        &self,
+        req: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
         let r = ProvisioningService::set_password(self, req.into_inner()).await;
         self.done("SetPassword", t, r)
     }
 
-    async fn set_barred(&self, req: Request<pb::SetBarredRequest>) -> Result<Response<pb::Subscriber>, Status> {
+    async fn set_barred(
+        &self,
+        req: Request<pb::SetBarredRequest>,
+    ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
         let r = ProvisioningService::set_barred(self, req.into_inner()).await;
         self.done("SetBarred", t, r)
@@ -207,7 +273,10 @@ impl<S: SubscriberStore> Provisioning for ProvisioningService<S> {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let t = Instant::now();
         let start = req.into_inner().start_revision;
         let events = match self.store.watch(start).await {
@@ -247,7 +316,10 @@ pub async fn serve<S: SubscriberStore>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = watch::channel(false);
-    let service = ProvisioningService { closing: rx, ..service };
+    let service = ProvisioningService {
+        closing: rx,
+        ..service
+    };
     // Nagle's algorithm would hold small Watch events back for up to 40 ms.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
         s.inspect(|s| {

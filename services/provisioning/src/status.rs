@@ -46,11 +46,19 @@ mod tests {
 
     #[test]
     fn mapping() {
-        let s: Status = StoreError::NotFound { field: "private_id", value: "x".into() }.into();
+        let s: Status = StoreError::NotFound {
+            field: "private_id",
+            value: "x".into(),
+        }
+        .into();
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = StoreError::Unavailable("etcd".into()).into();
         assert_eq!(s.code(), Code::Unavailable);
-        let s: Status = FieldError { field: "page_size".into(), message: "too big".into() }.into();
+        let s: Status = FieldError {
+            field: "page_size".into(),
+            message: "too big".into(),
+        }
+        .into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().starts_with("page_size:"));
     }

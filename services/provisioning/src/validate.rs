@@ -34,7 +34,10 @@ pub struct FieldError {
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// A private identity: 1 to 256 bytes, printable, no spaces, no '/'.
@@ -43,10 +46,19 @@ pub fn private_id(field: &str, id: &str) -> Result<String, FieldError> {
         return Err(bad(field, "must not be empty"));
     }
     if id.len() > MAX_FIELD {
-        return Err(bad(field, format!("is {} bytes long; the limit is {MAX_FIELD}", id.len())));
+        return Err(bad(
+            field,
+            format!("is {} bytes long; the limit is {MAX_FIELD}", id.len()),
+        ));
     }
-    if let Some(c) = id.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '/') {
-        return Err(bad(field, format!("'{id}' contains {c:?}; spaces, control characters and '/' are not allowed")));
+    if let Some(c) = id
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        return Err(bad(
+            field,
+            format!("'{id}' contains {c:?}; spaces, control characters and '/' are not allowed"),
+        ));
     }
     Ok(id.to_string())
 }
@@ -57,28 +69,45 @@ pub fn public_id(field: &str, id: &str) -> Result<String, FieldError> {
         return Err(bad(field, "must not be empty"));
     }
     if id.len() > MAX_PUBLIC_ID {
-        return Err(bad(field, format!("is {} bytes long; the limit is {MAX_PUBLIC_ID}", id.len())));
+        return Err(bad(
+            field,
+            format!("is {} bytes long; the limit is {MAX_PUBLIC_ID}", id.len()),
+        ));
     }
-    let aor = Aor::parse(id.as_bytes()).map_err(|e| bad(field, format!("'{id}' is not a valid public identity: {e}")))?;
+    let aor = Aor::parse(id.as_bytes())
+        .map_err(|e| bad(field, format!("'{id}' is not a valid public identity: {e}")))?;
     if aor.as_bytes().starts_with(b"sip:") && aor.user().is_none() {
-        return Err(bad(field, format!("'{id}' has no user part (expected sip:user@domain)")));
+        return Err(bad(
+            field,
+            format!("'{id}' has no user part (expected sip:user@domain)"),
+        ));
     }
-    String::from_utf8(aor.as_bytes().to_vec()).map_err(|_| bad(field, format!("'{id}' is not UTF-8 once unescaped")))
+    String::from_utf8(aor.as_bytes().to_vec())
+        .map_err(|_| bad(field, format!("'{id}' is not UTF-8 once unescaped")))
 }
 
 /// The public identities of a subscriber: at least one, no duplicates.
 pub fn public_ids(ids: &[String]) -> Result<Vec<String>, FieldError> {
     if ids.is_empty() {
-        return Err(bad("public_ids", "needs at least one public identity (e.g. sip:alice@example.com)"));
+        return Err(bad(
+            "public_ids",
+            "needs at least one public identity (e.g. sip:alice@example.com)",
+        ));
     }
     if ids.len() > MAX_PUBLIC_IDS {
-        return Err(bad("public_ids", format!("{} identities; the limit is {MAX_PUBLIC_IDS}", ids.len())));
+        return Err(bad(
+            "public_ids",
+            format!("{} identities; the limit is {MAX_PUBLIC_IDS}", ids.len()),
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         let canon = public_id(&format!("public_ids[{i}]"), id)?;
         if out.contains(&canon) {
-            return Err(bad(format!("public_ids[{i}]"), format!("'{id}' is listed twice (as {canon})")));
+            return Err(bad(
+                format!("public_ids[{i}]"),
+                format!("'{id}' is listed twice (as {canon})"),
+            ));
         }
         out.push(canon);
     }
@@ -86,7 +115,10 @@ pub fn public_ids(ids: &[String]) -> Result<Vec<String>, FieldError> {
 }
 
 /// Implicit registration sets over already validated `public_ids`.
-pub fn implicit_sets(sets: &[ImplicitSet], public_ids: &[String]) -> Result<Vec<ImplicitSet>, FieldError> {
+pub fn implicit_sets(
+    sets: &[ImplicitSet],
+    public_ids: &[String],
+) -> Result<Vec<ImplicitSet>, FieldError> {
     let mut seen: Vec<String> = Vec::new();
     let mut out = Vec::with_capacity(sets.len());
     for (i, set) in sets.iter().enumerate() {
@@ -98,7 +130,10 @@ pub fn implicit_sets(sets: &[ImplicitSet], public_ids: &[String]) -> Result<Vec<
             let field = format!("implicit_sets[{i}].public_ids[{j}]");
             let canon = public_id(&field, id)?;
             if !public_ids.contains(&canon) {
-                return Err(bad(field, format!("'{id}' is not one of the subscriber's public_ids")));
+                return Err(bad(
+                    field,
+                    format!("'{id}' is not one of the subscriber's public_ids"),
+                ));
             }
             if seen.contains(&canon) {
                 return Err(bad(field, format!("'{id}' is already in an implicit set")));
@@ -106,13 +141,17 @@ pub fn implicit_sets(sets: &[ImplicitSet], public_ids: &[String]) -> Result<Vec<
             seen.push(canon.clone());
             members.push(canon);
         }
-        out.push(ImplicitSet { public_ids: members });
+        out.push(ImplicitSet {
+            public_ids: members,
+        });
     }
     Ok(out)
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 /// A service profile: bounded, unique priorities, valid triggers and
@@ -122,7 +161,10 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
     if p.filter_criteria.len() > MAX_FILTER_CRITERIA {
         return Err(bad(
             "service_profile.filter_criteria",
-            format!("{} criteria; the limit is {MAX_FILTER_CRITERIA}", p.filter_criteria.len()),
+            format!(
+                "{} criteria; the limit is {MAX_FILTER_CRITERIA}",
+                p.filter_criteria.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(p.filter_criteria.len());
@@ -130,18 +172,32 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
     for (i, fc) in p.filter_criteria.iter().enumerate() {
         let f = |name: &str| format!("service_profile.filter_criteria[{i}].{name}");
         if priorities.contains(&fc.priority) {
-            return Err(bad(f("priority"), format!("{} is used by another criterion", fc.priority)));
+            return Err(bad(
+                f("priority"),
+                format!("{} is used by another criterion", fc.priority),
+            ));
         }
         priorities.push(fc.priority);
-        if !fc.method.is_empty() && (!is_token(&fc.method) || fc.method != fc.method.to_ascii_uppercase()) {
-            return Err(bad(f("method"), format!("'{}' is not an upper-case SIP method token", fc.method)));
+        if !fc.method.is_empty()
+            && (!is_token(&fc.method) || fc.method != fc.method.to_ascii_uppercase())
+        {
+            return Err(bad(
+                f("method"),
+                format!("'{}' is not an upper-case SIP method token", fc.method),
+            ));
         }
         for (j, h) in fc.headers.iter().enumerate() {
             if !is_token(&h.header) {
-                return Err(bad(f(&format!("headers[{j}].header")), format!("'{}' is not a header name", h.header)));
+                return Err(bad(
+                    f(&format!("headers[{j}].header")),
+                    format!("'{}' is not a header name", h.header),
+                ));
             }
             if h.contains.len() > MAX_FIELD || h.contains.chars().any(char::is_control) {
-                return Err(bad(f(&format!("headers[{j}].contains")), "is too long or has control characters"));
+                return Err(bad(
+                    f(&format!("headers[{j}].contains")),
+                    "is too long or has control characters",
+                ));
             }
         }
         let uri = ringmesh_sip::Uri::parse(fc.application_server.as_bytes())
@@ -154,15 +210,26 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
             ));
         }
         if DefaultHandling::try_from(fc.default_handling).is_err() {
-            return Err(bad(f("default_handling"), format!("{} is not a known value", fc.default_handling)));
+            return Err(bad(
+                f("default_handling"),
+                format!("{} is not a known value", fc.default_handling),
+            ));
         }
         if SessionCase::try_from(fc.session_case).is_err() {
-            return Err(bad(f("session_case"), format!("{} is not a known value", fc.session_case)));
+            return Err(bad(
+                f("session_case"),
+                format!("{} is not a known value", fc.session_case),
+            ));
         }
-        out.push(FilterCriteria { method: fc.method.clone(), ..fc.clone() });
+        out.push(FilterCriteria {
+            method: fc.method.clone(),
+            ..fc.clone()
+        });
     }
     out.sort_by_key(|fc| fc.priority);
-    Ok(Some(ServiceProfile { filter_criteria: out }))
+    Ok(Some(ServiceProfile {
+        filter_criteria: out,
+    }))
 }
 
 /// A clear-text password: 1 to 256 bytes.
@@ -171,7 +238,10 @@ pub fn password(pw: &str) -> Result<&str, FieldError> {
         return Err(bad("password", "must not be empty"));
     }
     if pw.len() > MAX_FIELD {
-        return Err(bad("password", format!("is {} bytes long; the limit is {MAX_FIELD}", pw.len())));
+        return Err(bad(
+            "password",
+            format!("is {} bytes long; the limit is {MAX_FIELD}", pw.len()),
+        ));
     }
     Ok(pw)
 }
@@ -179,9 +249,19 @@ pub fn password(pw: &str) -> Result<&str, FieldError> {
 /// A barring state.
 pub fn barring(barred: bool, reason: &str) -> Result<Barring, FieldError> {
     if reason.len() > MAX_FIELD || reason.chars().any(char::is_control) {
-        return Err(bad("reason", format!("must be at most {MAX_FIELD} bytes without control characters")));
+        return Err(bad(
+            "reason",
+            format!("must be at most {MAX_FIELD} bytes without control characters"),
+        ));
     }
-    Ok(Barring { barred, reason: if barred { reason.to_string() } else { String::new() } })
+    Ok(Barring {
+        barred,
+        reason: if barred {
+            reason.to_string()
+        } else {
+            String::new()
+        },
+    })
 }
 
 /// A page size: 0 means the default; 1 to 1000.
@@ -189,7 +269,10 @@ pub fn page_size(n: u32) -> Result<usize, FieldError> {
     match n {
         0 => Ok(DEFAULT_PAGE_SIZE as usize),
         1..=MAX_PAGE_SIZE => Ok(n as usize),
-        _ => Err(bad("page_size", format!("{n} is out of range (1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE})"))),
+        _ => Err(bad(
+            "page_size",
+            format!("{n} is out of range (1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE})"),
+        )),
     }
 }
 
@@ -198,13 +281,24 @@ pub fn new_subscriber(s: Option<&Subscriber>) -> Result<Subscriber, FieldError> 
     let s = s.ok_or_else(|| bad("subscriber", "is required"))?;
     let private_id = private_id("subscriber.private_id", &s.private_id)?;
     let public_ids = public_ids(&s.public_ids).map_err(|e| prefixed("subscriber", e))?;
-    let implicit_sets = implicit_sets(&s.implicit_sets, &public_ids).map_err(|e| prefixed("subscriber", e))?;
-    let service_profile = service_profile(s.service_profile.as_ref()).map_err(|e| prefixed("subscriber", e))?;
+    let implicit_sets =
+        implicit_sets(&s.implicit_sets, &public_ids).map_err(|e| prefixed("subscriber", e))?;
+    let service_profile =
+        service_profile(s.service_profile.as_ref()).map_err(|e| prefixed("subscriber", e))?;
     let barring = match &s.barring {
-        Some(b) => Some(barring(b.barred, &b.reason).map_err(|e| prefixed("subscriber.barring", e))?),
+        Some(b) => {
+            Some(barring(b.barred, &b.reason).map_err(|e| prefixed("subscriber.barring", e))?)
+        }
         None => Some(Barring::default()),
     };
-    Ok(Subscriber { private_id, public_ids, implicit_sets, service_profile, barring, ..Default::default() })
+    Ok(Subscriber {
+        private_id,
+        public_ids,
+        implicit_sets,
+        service_profile,
+        barring,
+        ..Default::default()
+    })
 }
 
 fn prefixed(prefix: &str, e: FieldError) -> FieldError {
@@ -229,7 +323,12 @@ pub fn parse_page_token(token: &str) -> Result<Option<String>, FieldError> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("p1\0").map(str::to_string))
         .map(Some)
-        .ok_or_else(|| bad("page_token", "is not a token this service issued (pass next_page_token back unchanged)"))
+        .ok_or_else(|| {
+            bad(
+                "page_token",
+                "is not a token this service issued (pass next_page_token back unchanged)",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -238,20 +337,35 @@ mod tests {
 
     #[test]
     fn public_ids_are_canonical_and_unique() {
-        let ids = public_ids(&["sips:Alice@Example.COM:5061;transport=tls".into(), "tel:+1-555-0100".into()]).unwrap();
+        let ids = public_ids(&[
+            "sips:Alice@Example.COM:5061;transport=tls".into(),
+            "tel:+1-555-0100".into(),
+        ])
+        .unwrap();
         assert_eq!(ids, ["sip:Alice@example.com", "tel:+15550100"]);
         let e = public_ids(&["sip:a@x".into(), "sip:a@X".into()]).unwrap_err();
         assert_eq!(e.field, "public_ids[1]");
         let e = public_ids(&["sip:a@x".into(), "mailto:a@x".into()]).unwrap_err();
         assert_eq!(e.field, "public_ids[1]");
-        assert!(public_ids(&[]).unwrap_err().to_string().starts_with("public_ids:"));
-        assert_eq!(public_ids(&["sip:example.com".into()]).unwrap_err().field, "public_ids[0]");
+        assert!(
+            public_ids(&[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("public_ids:")
+        );
+        assert_eq!(
+            public_ids(&["sip:example.com".into()]).unwrap_err().field,
+            "public_ids[0]"
+        );
     }
 
     #[test]
     fn private_ids() {
         assert!(private_id("private_id", "alice@ringmesh.test").is_ok());
-        assert_eq!(private_id("private_id", "").unwrap_err().field, "private_id");
+        assert_eq!(
+            private_id("private_id", "").unwrap_err().field,
+            "private_id"
+        );
         assert!(private_id("private_id", "a b").is_err());
         assert!(private_id("private_id", "a/b").is_err());
         assert!(private_id("private_id", &"x".repeat(257)).is_err());
@@ -260,9 +374,21 @@ mod tests {
     #[test]
     fn implicit_sets_must_be_subsets() {
         let ids = public_ids(&["sip:a@x".into(), "tel:+1555".into()]).unwrap();
-        let ok = implicit_sets(&[ImplicitSet { public_ids: vec!["sip:a@X".into(), "tel:+1-555".into()] }], &ids).unwrap();
+        let ok = implicit_sets(
+            &[ImplicitSet {
+                public_ids: vec!["sip:a@X".into(), "tel:+1-555".into()],
+            }],
+            &ids,
+        )
+        .unwrap();
         assert_eq!(ok[0].public_ids, ids);
-        let e = implicit_sets(&[ImplicitSet { public_ids: vec!["sip:b@x".into()] }], &ids).unwrap_err();
+        let e = implicit_sets(
+            &[ImplicitSet {
+                public_ids: vec!["sip:b@x".into()],
+            }],
+            &ids,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "implicit_sets[0].public_ids[0]");
     }
 
@@ -274,15 +400,36 @@ mod tests {
             application_server: as_uri.into(),
             ..Default::default()
         };
-        let p = ServiceProfile { filter_criteria: vec![fc(2, "MESSAGE", "sip:as2@x"), fc(1, "", "sips:as1@x")] };
+        let p = ServiceProfile {
+            filter_criteria: vec![fc(2, "MESSAGE", "sip:as2@x"), fc(1, "", "sips:as1@x")],
+        };
         let v = service_profile(Some(&p)).unwrap().unwrap();
         assert_eq!(v.filter_criteria[0].priority, 1, "sorted by priority");
-        let p = ServiceProfile { filter_criteria: vec![fc(1, "invite", "sip:as@x")] };
-        assert_eq!(service_profile(Some(&p)).unwrap_err().field, "service_profile.filter_criteria[0].method");
-        let p = ServiceProfile { filter_criteria: vec![fc(1, "", "http://as")] };
-        assert!(service_profile(Some(&p)).unwrap_err().field.ends_with("application_server"));
-        let p = ServiceProfile { filter_criteria: vec![fc(1, "", "sip:a@x"), fc(1, "", "sip:b@x")] };
-        assert!(service_profile(Some(&p)).unwrap_err().field.ends_with("[1].priority"));
+        let p = ServiceProfile {
+            filter_criteria: vec![fc(1, "invite", "sip:as@x")],
+        };
+        assert_eq!(
+            service_profile(Some(&p)).unwrap_err().field,
+            "service_profile.filter_criteria[0].method"
+        );
+        let p = ServiceProfile {
+            filter_criteria: vec![fc(1, "", "http://as")],
+        };
+        assert!(
+            service_profile(Some(&p))
+                .unwrap_err()
+                .field
+                .ends_with("application_server")
+        );
+        let p = ServiceProfile {
+            filter_criteria: vec![fc(1, "", "sip:a@x"), fc(1, "", "sip:b@x")],
+        };
+        assert!(
+            service_profile(Some(&p))
+                .unwrap_err()
+                .field
+                .ends_with("[1].priority")
+        );
     }
 
     #[test]

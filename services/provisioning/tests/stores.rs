@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::{Etcd, conformance, next_change, sub};
 use futures::StreamExt as _;
 use ringmesh_proto::provisioning::{Barring, EventType};
-use ringmesh_provisioning::store::{Change, EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberStore};
+use ringmesh_provisioning::store::{
+    Change, EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberStore,
+};
 
 fn etcd_opts(e: &Etcd, prefix: &str) -> EtcdOptions {
     EtcdOptions {
@@ -34,15 +36,39 @@ async fn embedded_store_survives_restart() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
         store.create(sub("bob", &["sip:bob@x"])).await.unwrap();
-        let a = store.update("alice", None, Change::Barring(Barring { barred: true, reason: "r".into() })).await.unwrap();
+        let a = store
+            .update(
+                "alice",
+                None,
+                Change::Barring(Barring {
+                    barred: true,
+                    reason: "r".into(),
+                }),
+            )
+            .await
+            .unwrap();
         let rev = store.delete("bob", None).await.unwrap();
         (rev, a)
     };
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(store.get("alice").await.unwrap(), a, "same subscriber, same revision");
-    assert!(matches!(store.get("bob").await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.get_by_public("sip:bob@x").await, Err(StoreError::NotFound { .. })));
-    assert_eq!(store.current_revision().await.unwrap(), rev, "revisions survive");
+    assert_eq!(
+        store.get("alice").await.unwrap(),
+        a,
+        "same subscriber, same revision"
+    );
+    assert!(matches!(
+        store.get("bob").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_by_public("sip:bob@x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.current_revision().await.unwrap(),
+        rev,
+        "revisions survive"
+    );
 
     // History is not kept across restarts: a watcher resuming from before
     // the restart is told to start over, then follows live changes.
@@ -74,10 +100,22 @@ async fn embedded_store_compacts_its_log() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
     for i in 0..1100 {
-        store.update("alice", None, Change::Barring(Barring { barred: i % 2 == 0, reason: String::new() })).await.unwrap();
+        store
+            .update(
+                "alice",
+                None,
+                Change::Barring(Barring {
+                    barred: i % 2 == 0,
+                    reason: String::new(),
+                }),
+            )
+            .await
+            .unwrap();
     }
     let rev = store.current_revision().await.unwrap();
-    let size = std::fs::metadata(dir.path().join("subscribers.log")).unwrap().len();
+    let size = std::fs::metadata(dir.path().join("subscribers.log"))
+        .unwrap()
+        .len();
     assert!(size < 40_000, "the log was compacted ({size} bytes)");
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
@@ -88,7 +126,9 @@ async fn embedded_store_compacts_its_log() {
 #[tokio::test]
 async fn etcd_store_conformance() {
     let etcd = Etcd::start();
-    let store = EtcdStore::connect(etcd_opts(&etcd, "/conformance/")).await.unwrap();
+    let store = EtcdStore::connect(etcd_opts(&etcd, "/conformance/"))
+        .await
+        .unwrap();
     conformance(&store).await;
 }
 
@@ -105,11 +145,26 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     // Every kind of call fails with Unavailable within the deadline (plus
     // scheduling slack), never hangs.
     let t = Instant::now();
-    assert!(matches!(store.get("alice").await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.create(sub("bob", &["sip:bob@x"])).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.list(None, 10).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.delete("alice", None).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.watch(0).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.get("alice").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.create(sub("bob", &["sip:bob@x"])).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.list(None, 10).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.delete("alice", None).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.watch(0).await,
+        Err(StoreError::Unavailable(_))
+    ));
     let took = t.elapsed();
     eprintln!("5 calls with etcd down failed in {took:?} (deadline {deadline:?} each)");
     assert!(took < deadline * 5 + Duration::from_secs(2), "{took:?}");
@@ -125,7 +180,10 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     })
     .await
     .expect("the watch notices within 15 s");
-    assert!(matches!(end, Some(StoreError::Unavailable(_)) | None), "{end:?}");
+    assert!(
+        matches!(end, Some(StoreError::Unavailable(_)) | None),
+        "{end:?}"
+    );
 
     etcd.restart();
     let t = Instant::now();
@@ -144,19 +202,36 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     let b = store.create(sub("bob", &["sip:bob@x"])).await.unwrap();
     let mut watch = store.watch(a.revision + 1).await.unwrap();
     let ev = next_change(&mut watch).await;
-    assert_eq!((ev.r#type, ev.revision), (EventType::Put as i32, b.revision));
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, b.revision)
+    );
 }
 
 #[tokio::test]
 async fn etcd_watch_after_compaction_says_reset() {
     let etcd = Etcd::start();
-    let store = EtcdStore::connect(etcd_opts(&etcd, "/compact/")).await.unwrap();
+    let store = EtcdStore::connect(etcd_opts(&etcd, "/compact/"))
+        .await
+        .unwrap();
     let a = store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
     for _ in 0..5 {
-        store.update("alice", None, Change::Barring(Barring { barred: true, reason: String::new() })).await.unwrap();
+        store
+            .update(
+                "alice",
+                None,
+                Change::Barring(Barring {
+                    barred: true,
+                    reason: String::new(),
+                }),
+            )
+            .await
+            .unwrap();
     }
     let now = store.current_revision().await.unwrap();
-    let mut c = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
     c.compact(now as i64, None).await.unwrap();
     let mut w = store.watch(a.revision).await.unwrap();
     let ev = next_change(&mut w).await;

@@ -129,7 +129,9 @@ impl EmbeddedStore {
         let path = dir.join(LOG_FILE);
         let mut bytes = Vec::new();
         if path.exists() {
-            File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io("cannot read", &path, e))?;
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io("cannot read", &path, e))?;
         }
         let (records, valid) = parse_log(&bytes);
         if valid < bytes.len() {
@@ -151,9 +153,14 @@ impl EmbeddedStore {
                 public.insert(p.clone(), s.private_id.clone());
             }
         }
-        let log = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io("cannot open", &path, e))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("cannot open", &path, e))?;
         if valid < bytes.len() {
-            log.set_len(valid as u64).map_err(|e| io("cannot truncate", &path, e))?;
+            log.set_len(valid as u64)
+                .map_err(|e| io("cannot truncate", &path, e))?;
         }
         let (events, _) = broadcast::channel(1024);
         let inner = Inner {
@@ -165,7 +172,14 @@ impl EmbeddedStore {
             replayable_after: revision,
             log,
         };
-        let store = EmbeddedStore { shared: Arc::new(Shared { dir: dir.to_path_buf(), inner: Mutex::new(inner), events, keepalive }) };
+        let store = EmbeddedStore {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                inner: Mutex::new(inner),
+                events,
+                keepalive,
+            }),
+        };
         {
             let mut inner = store.shared.inner.lock();
             if inner.log_records > 2 * inner.subscribers.len() + 1000 {
@@ -191,9 +205,17 @@ impl EmbeddedStore {
         let tmp = self.shared.dir.join(format!("{LOG_FILE}.tmp"));
         let mut buf = Vec::new();
         for s in inner.subscribers.values() {
-            buf.extend(frame(&LogRecord { revision: s.revision, put: Some(s.clone()), delete: String::new() }));
+            buf.extend(frame(&LogRecord {
+                revision: s.revision,
+                put: Some(s.clone()),
+                delete: String::new(),
+            }));
         }
-        buf.extend(frame(&LogRecord { revision: inner.revision, put: None, delete: String::new() }));
+        buf.extend(frame(&LogRecord {
+            revision: inner.revision,
+            put: None,
+            delete: String::new(),
+        }));
         let write = || -> std::io::Result<File> {
             let mut f = File::create(&tmp)?;
             f.write_all(&buf)?;
@@ -211,10 +233,17 @@ impl EmbeddedStore {
     fn commit(&self, inner: &mut Inner, rec: LogRecord, ev: WatchEvent) -> Result<(), StoreError> {
         let path = self.shared.dir.join(LOG_FILE);
         let bytes = frame(&rec);
-        let res = inner.log.write_all(&bytes).and_then(|()| inner.log.sync_data());
+        let res = inner
+            .log
+            .write_all(&bytes)
+            .and_then(|()| inner.log.sync_data());
         if let Err(e) = res {
             // Cut a partial write so the log stays a clean sequence.
-            let _ = inner.log.metadata().and_then(|m| inner.log.set_len(m.len().saturating_sub(bytes.len() as u64)));
+            let _ = inner.log.metadata().and_then(|m| {
+                inner
+                    .log
+                    .set_len(m.len().saturating_sub(bytes.len() as u64))
+            });
             return Err(io("cannot append to", &path, e));
         }
         inner.log_records += 1;
@@ -250,7 +279,11 @@ impl EmbeddedStore {
         }
         for p in &sub.public_ids {
             if let Some(owner) = inner.public.get(p) {
-                return Err(StoreError::AlreadyExists { field: "public_ids", value: p.clone(), owner: owner.clone() });
+                return Err(StoreError::AlreadyExists {
+                    field: "public_ids",
+                    value: p.clone(),
+                    owner: owner.clone(),
+                });
             }
         }
         let rev = inner.revision + 1;
@@ -258,66 +291,115 @@ impl EmbeddedStore {
         sub.revision = rev;
         sub.created_unix_ms = now;
         sub.updated_unix_ms = now;
-        let rec = LogRecord { revision: rev, put: Some(sub.clone()), delete: String::new() };
-        self.commit(&mut inner, rec, event(EventType::Put, rev, Some(sub.clone())))?;
+        let rec = LogRecord {
+            revision: rev,
+            put: Some(sub.clone()),
+            delete: String::new(),
+        };
+        self.commit(
+            &mut inner,
+            rec,
+            event(EventType::Put, rev, Some(sub.clone())),
+        )?;
         for p in &sub.public_ids {
             inner.public.insert(p.clone(), sub.private_id.clone());
         }
-        inner.subscribers.insert(sub.private_id.clone(), sub.clone());
+        inner
+            .subscribers
+            .insert(sub.private_id.clone(), sub.clone());
         self.maybe_compact(&mut inner);
         Ok(sub)
     }
 
-    fn update_sync(&self, private_id: &str, expected: Option<u64>, change: Change) -> Result<Subscriber, StoreError> {
+    fn update_sync(
+        &self,
+        private_id: &str,
+        expected: Option<u64>,
+        change: Change,
+    ) -> Result<Subscriber, StoreError> {
         let mut inner = self.shared.inner.lock();
-        let old = inner
-            .subscribers
-            .get(private_id)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound { field: "private_id", value: private_id.to_string() })?;
+        let old =
+            inner
+                .subscribers
+                .get(private_id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound {
+                    field: "private_id",
+                    value: private_id.to_string(),
+                })?;
         if let Some(e) = expected
             && e != old.revision
         {
-            return Err(StoreError::RevisionMismatch { private_id: private_id.to_string(), expected: e, actual: old.revision });
+            return Err(StoreError::RevisionMismatch {
+                private_id: private_id.to_string(),
+                expected: e,
+                actual: old.revision,
+            });
         }
         let mut sub = old.clone();
         change.apply(&mut sub);
         let (added, removed) = diff_public(&old.public_ids, &sub.public_ids);
         for p in &added {
             if let Some(owner) = inner.public.get(p) {
-                return Err(StoreError::AlreadyExists { field: "public_ids", value: p.clone(), owner: owner.clone() });
+                return Err(StoreError::AlreadyExists {
+                    field: "public_ids",
+                    value: p.clone(),
+                    owner: owner.clone(),
+                });
             }
         }
         let rev = inner.revision + 1;
         sub.revision = rev;
         sub.updated_unix_ms = now_ms();
-        let rec = LogRecord { revision: rev, put: Some(sub.clone()), delete: String::new() };
-        self.commit(&mut inner, rec, event(EventType::Put, rev, Some(sub.clone())))?;
+        let rec = LogRecord {
+            revision: rev,
+            put: Some(sub.clone()),
+            delete: String::new(),
+        };
+        self.commit(
+            &mut inner,
+            rec,
+            event(EventType::Put, rev, Some(sub.clone())),
+        )?;
         for p in removed {
             inner.public.remove(&p);
         }
         for p in added {
             inner.public.insert(p, sub.private_id.clone());
         }
-        inner.subscribers.insert(sub.private_id.clone(), sub.clone());
+        inner
+            .subscribers
+            .insert(sub.private_id.clone(), sub.clone());
         self.maybe_compact(&mut inner);
         Ok(sub)
     }
 
     fn delete_sync(&self, private_id: &str, expected: Option<u64>) -> Result<u64, StoreError> {
         let mut inner = self.shared.inner.lock();
-        let old = inner
-            .subscribers
-            .get(private_id)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound { field: "private_id", value: private_id.to_string() })?;
+        let old =
+            inner
+                .subscribers
+                .get(private_id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound {
+                    field: "private_id",
+                    value: private_id.to_string(),
+                })?;
         if let Some(e) = expected
             && e != old.revision
         {
-            return Err(StoreError::RevisionMismatch { private_id: private_id.to_string(), expected: e, actual: old.revision });
+            return Err(StoreError::RevisionMismatch {
+                private_id: private_id.to_string(),
+                expected: e,
+                actual: old.revision,
+            });
         }
         let rev = inner.revision + 1;
-        let rec = LogRecord { revision: rev, put: None, delete: private_id.to_string() };
+        let rec = LogRecord {
+            revision: rev,
+            put: None,
+            delete: private_id.to_string(),
+        };
         let mut last = old.clone();
         last.revision = rev;
         inner.subscribers.remove(private_id);
@@ -355,7 +437,10 @@ impl SubscriberStore for EmbeddedStore {
             .subscribers
             .get(private_id)
             .cloned()
-            .ok_or_else(|| StoreError::NotFound { field: "private_id", value: private_id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                field: "private_id",
+                value: private_id.to_string(),
+            })
     }
 
     async fn get_by_public(&self, public_id: &str) -> Result<Subscriber, StoreError> {
@@ -365,7 +450,10 @@ impl SubscriberStore for EmbeddedStore {
             .get(public_id)
             .and_then(|p| inner.subscribers.get(p))
             .cloned()
-            .ok_or_else(|| StoreError::NotFound { field: "public_id", value: public_id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                field: "public_id",
+                value: public_id.to_string(),
+            })
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
@@ -375,20 +463,34 @@ impl SubscriberStore for EmbeddedStore {
             Some(a) => Bound::Excluded(a.to_string()),
             None => Bound::Unbounded,
         };
-        let mut it = inner.subscribers.range((lower, Bound::Unbounded)).map(|(_, s)| s.clone());
+        let mut it = inner
+            .subscribers
+            .range((lower, Bound::Unbounded))
+            .map(|(_, s)| s.clone());
         let subscribers: Vec<Subscriber> = it.by_ref().take(limit).collect();
         let more = it.next().is_some();
         Ok(Page { subscribers, more })
     }
 
-    async fn update(&self, private_id: &str, expected_revision: Option<u64>, change: Change) -> Result<Subscriber, StoreError> {
+    async fn update(
+        &self,
+        private_id: &str,
+        expected_revision: Option<u64>,
+        change: Change,
+    ) -> Result<Subscriber, StoreError> {
         let id = private_id.to_string();
-        self.blocking(move |s| s.update_sync(&id, expected_revision, change)).await
+        self.blocking(move |s| s.update_sync(&id, expected_revision, change))
+            .await
     }
 
-    async fn delete(&self, private_id: &str, expected_revision: Option<u64>) -> Result<u64, StoreError> {
+    async fn delete(
+        &self,
+        private_id: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let id = private_id.to_string();
-        self.blocking(move |s| s.delete_sync(&id, expected_revision)).await
+        self.blocking(move |s| s.delete_sync(&id, expected_revision))
+            .await
     }
 
     async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
@@ -401,7 +503,12 @@ impl SubscriberStore for EmbeddedStore {
             } else if start_revision <= inner.replayable_after || start_revision > current + 1 {
                 vec![event(EventType::Reset, current, None)]
             } else {
-                inner.history.iter().filter(|e| e.revision >= start_revision).cloned().collect()
+                inner
+                    .history
+                    .iter()
+                    .filter(|e| e.revision >= start_revision)
+                    .cloned()
+                    .collect()
             };
             (first, current, rx)
         };
@@ -414,10 +521,15 @@ impl SubscriberStore for EmbeddedStore {
                 }
             }
             let mut last = current;
-            if tx.send(Ok(event(EventType::Synced, current, None))).await.is_err() {
+            if tx
+                .send(Ok(event(EventType::Synced, current, None)))
+                .await
+                .is_err()
+            {
                 return;
             }
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
             loop {
                 let item = tokio::select! {
                     r = rx.recv() => match r {
@@ -468,13 +580,27 @@ mod tests {
 
     #[test]
     fn torn_tail_is_ignored() {
-        let mut log = frame(&LogRecord { revision: 1, put: None, delete: "a".into() });
+        let mut log = frame(&LogRecord {
+            revision: 1,
+            put: None,
+            delete: "a".into(),
+        });
         let good = log.len();
-        log.extend(&frame(&LogRecord { revision: 2, put: None, delete: "b".into() })[..5]);
+        log.extend(
+            &frame(&LogRecord {
+                revision: 2,
+                put: None,
+                delete: "b".into(),
+            })[..5],
+        );
         let (recs, valid) = parse_log(&log);
         assert_eq!(recs.len(), 1);
         assert_eq!(valid, good);
-        let mut bad = frame(&LogRecord { revision: 3, put: None, delete: "c".into() });
+        let mut bad = frame(&LogRecord {
+            revision: 3,
+            put: None,
+            delete: "c".into(),
+        });
         let n = bad.len();
         bad[n - 1] ^= 1;
         assert_eq!(parse_log(&bad).0.len(), 0, "a flipped bit fails the check");

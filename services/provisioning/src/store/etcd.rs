@@ -20,8 +20,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType, GetOptions, KeyValue, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType, GetOptions, KeyValue,
+    Txn, TxnOp, WatchOptions,
 };
 use prost::Message as _;
 use ringmesh_proto::provisioning::{EventType, Subscriber, WatchEvent};
@@ -65,7 +65,10 @@ pub struct EtcdStore {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore").field("endpoints", &self.opts.endpoints).field("prefix", &self.opts.prefix).finish()
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.opts.endpoints)
+            .field("prefix", &self.opts.prefix)
+            .finish()
     }
 }
 
@@ -92,19 +95,29 @@ impl EtcdStore {
     /// not be up yet, calls fail with `Unavailable` until it is.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
         if opts.endpoints.is_empty() {
-            return Err(StoreError::Unavailable("no etcd endpoint configured".into()));
+            return Err(StoreError::Unavailable(
+                "no etcd endpoint configured".into(),
+            ));
         }
         let connect = ConnectOptions::new()
             .with_connect_timeout(opts.timeout)
             .with_keep_alive(Duration::from_secs(5), opts.timeout)
             .with_keep_alive_while_idle(true);
-        let client = tokio::time::timeout(opts.timeout, Client::connect(&opts.endpoints, Some(connect)))
-            .await
-            .map_err(|_| StoreError::Unavailable("etcd connect timed out".into()))?
-            .map_err(unavailable)?;
+        let client = tokio::time::timeout(
+            opts.timeout,
+            Client::connect(&opts.endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("etcd connect timed out".into()))?
+        .map_err(unavailable)?;
         let private_prefix = format!("{}subscribers/by-private/", opts.prefix);
         let public_prefix = format!("{}subscribers/by-public/", opts.prefix);
-        Ok(EtcdStore { client, opts, private_prefix, public_prefix })
+        Ok(EtcdStore {
+            client,
+            opts,
+            private_prefix,
+            public_prefix,
+        })
     }
 
     fn private_key(&self, id: &str) -> String {
@@ -153,16 +166,27 @@ impl EtcdStore {
 
     /// The owner of a public identity, from the index.
     async fn owner_of(&self, public: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.get_kv(self.public_key(public)).await?.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(self
+            .get_kv(self.public_key(public))
+            .await?
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// After a failed transaction: which new public identity is taken.
-    async fn taken(&self, candidates: &[String], me: &str) -> Result<Option<StoreError>, StoreError> {
+    async fn taken(
+        &self,
+        candidates: &[String],
+        me: &str,
+    ) -> Result<Option<StoreError>, StoreError> {
         for p in candidates {
             if let Some(owner) = self.owner_of(p).await?
                 && owner != me
             {
-                return Ok(Some(StoreError::AlreadyExists { field: "public_ids", value: p.clone(), owner }));
+                return Ok(Some(StoreError::AlreadyExists {
+                    field: "public_ids",
+                    value: p.clone(),
+                    owner,
+                }));
             }
         }
         Ok(None)
@@ -186,7 +210,9 @@ impl SubscriberStore for EtcdStore {
             then.push(TxnOp::put(self.public_key(p), sub.private_id.clone(), None));
         }
         let mut kv = self.client.kv_client();
-        let resp = self.call("a create", kv.txn(Txn::new().when(when).and_then(then))).await?;
+        let resp = self
+            .call("a create", kv.txn(Txn::new().when(when).and_then(then)))
+            .await?;
         if resp.succeeded() {
             sub.revision = Self::header_revision(&resp);
             return Ok(sub);
@@ -206,12 +232,18 @@ impl SubscriberStore for EtcdStore {
     async fn get(&self, private_id: &str) -> Result<Subscriber, StoreError> {
         match self.get_kv(self.private_key(private_id)).await? {
             Some(kv) => self.decode(&kv),
-            None => Err(StoreError::NotFound { field: "private_id", value: private_id.to_string() }),
+            None => Err(StoreError::NotFound {
+                field: "private_id",
+                value: private_id.to_string(),
+            }),
         }
     }
 
     async fn get_by_public(&self, public_id: &str) -> Result<Subscriber, StoreError> {
-        let not_found = || StoreError::NotFound { field: "public_id", value: public_id.to_string() };
+        let not_found = || StoreError::NotFound {
+            field: "public_id",
+            value: public_id.to_string(),
+        };
         let owner = self.owner_of(public_id).await?.ok_or_else(not_found)?;
         match self.get(&owner).await {
             // The index and the record change in one transaction; a record
@@ -229,16 +261,27 @@ impl SubscriberStore for EtcdStore {
         };
         let mut end = self.private_prefix.clone().into_bytes();
         *end.last_mut().expect("non-empty prefix") += 1;
-        let opts = GetOptions::new().with_range(end).with_limit(limit as i64 + 1);
+        let opts = GetOptions::new()
+            .with_range(end)
+            .with_limit(limit as i64 + 1);
         let mut kv = self.client.kv_client();
         let mut resp = self.call("a list", kv.get(start, Some(opts))).await?;
         let kvs = resp.take_kvs();
         let more = kvs.len() > limit;
-        let subscribers = kvs.iter().take(limit).map(|kv| self.decode(kv)).collect::<Result<Vec<_>, _>>()?;
+        let subscribers = kvs
+            .iter()
+            .take(limit)
+            .map(|kv| self.decode(kv))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page { subscribers, more })
     }
 
-    async fn update(&self, private_id: &str, expected_revision: Option<u64>, change: Change) -> Result<Subscriber, StoreError> {
+    async fn update(
+        &self,
+        private_id: &str,
+        expected_revision: Option<u64>,
+        change: Change,
+    ) -> Result<Subscriber, StoreError> {
         let pkey = self.private_key(private_id);
         // Optimistic concurrency: retry when another writer got in between,
         // unless the caller pinned a revision.
@@ -247,13 +290,21 @@ impl SubscriberStore for EtcdStore {
             if let Some(e) = expected_revision
                 && e != old.revision
             {
-                return Err(StoreError::RevisionMismatch { private_id: private_id.into(), expected: e, actual: old.revision });
+                return Err(StoreError::RevisionMismatch {
+                    private_id: private_id.into(),
+                    expected: e,
+                    actual: old.revision,
+                });
             }
             let mut sub = old.clone();
             change.apply(&mut sub);
             sub.updated_unix_ms = now_ms();
             let (added, removed) = diff_public(&old.public_ids, &sub.public_ids);
-            let mut when = vec![Compare::mod_revision(pkey.clone(), CompareOp::Equal, old.revision as i64)];
+            let mut when = vec![Compare::mod_revision(
+                pkey.clone(),
+                CompareOp::Equal,
+                old.revision as i64,
+            )];
             let mut then = vec![TxnOp::put(pkey.clone(), Self::encode(&sub), None)];
             for p in &added {
                 when.push(Compare::version(self.public_key(p), CompareOp::Equal, 0));
@@ -263,7 +314,9 @@ impl SubscriberStore for EtcdStore {
                 then.push(TxnOp::delete(self.public_key(p), None));
             }
             let mut kv = self.client.kv_client();
-            let resp = self.call("an update", kv.txn(Txn::new().when(when).and_then(then))).await?;
+            let resp = self
+                .call("an update", kv.txn(Txn::new().when(when).and_then(then)))
+                .await?;
             if resp.succeeded() {
                 sub.revision = Self::header_revision(&resp);
                 return Ok(sub);
@@ -272,30 +325,48 @@ impl SubscriberStore for EtcdStore {
                 return Err(e);
             }
         }
-        Err(StoreError::Unavailable(format!("subscriber '{private_id}' keeps changing under this update; retry")))
+        Err(StoreError::Unavailable(format!(
+            "subscriber '{private_id}' keeps changing under this update; retry"
+        )))
     }
 
-    async fn delete(&self, private_id: &str, expected_revision: Option<u64>) -> Result<u64, StoreError> {
+    async fn delete(
+        &self,
+        private_id: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let pkey = self.private_key(private_id);
         for _ in 0..8 {
             let old = self.get(private_id).await?;
             if let Some(e) = expected_revision
                 && e != old.revision
             {
-                return Err(StoreError::RevisionMismatch { private_id: private_id.into(), expected: e, actual: old.revision });
+                return Err(StoreError::RevisionMismatch {
+                    private_id: private_id.into(),
+                    expected: e,
+                    actual: old.revision,
+                });
             }
-            let when = vec![Compare::mod_revision(pkey.clone(), CompareOp::Equal, old.revision as i64)];
+            let when = vec![Compare::mod_revision(
+                pkey.clone(),
+                CompareOp::Equal,
+                old.revision as i64,
+            )];
             let mut then = vec![TxnOp::delete(pkey.clone(), None)];
             for p in &old.public_ids {
                 then.push(TxnOp::delete(self.public_key(p), None));
             }
             let mut kv = self.client.kv_client();
-            let resp = self.call("a delete", kv.txn(Txn::new().when(when).and_then(then))).await?;
+            let resp = self
+                .call("a delete", kv.txn(Txn::new().when(when).and_then(then)))
+                .await?;
             if resp.succeeded() {
                 return Ok(Self::header_revision(&resp));
             }
         }
-        Err(StoreError::Unavailable(format!("subscriber '{private_id}' keeps changing under this delete; retry")))
+        Err(StoreError::Unavailable(format!(
+            "subscriber '{private_id}' keeps changing under this delete; retry"
+        )))
     }
 
     async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
@@ -307,8 +378,15 @@ impl SubscriberStore for EtcdStore {
             let (mut stream, synced_at) = first;
             let mut pending: Vec<WatchEvent> = stream.initial;
             // The last revision delivered (or known to have nothing for us).
-            let mut last = if start_revision > 0 { start_revision - 1 } else { synced_at };
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + me.opts.keepalive, me.opts.keepalive);
+            let mut last = if start_revision > 0 {
+                start_revision - 1
+            } else {
+                synced_at
+            };
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + me.opts.keepalive,
+                me.opts.keepalive,
+            );
             loop {
                 for e in pending.drain(..) {
                     if e.r#type != EventType::Synced as i32 {
@@ -334,7 +412,9 @@ impl SubscriberStore for EtcdStore {
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => {
-                        let _ = tx.send(Err(StoreError::Unavailable("etcd ended the watch".into()))).await;
+                        let _ = tx
+                            .send(Err(StoreError::Unavailable("etcd ended the watch".into())))
+                            .await;
                         return;
                     }
                     Err(e) => {
@@ -382,7 +462,12 @@ impl SubscriberStore for EtcdStore {
     async fn current_revision(&self) -> Result<u64, StoreError> {
         let mut kv = self.client.kv_client();
         let opts = GetOptions::new().with_count_only();
-        let resp = self.call("a status read", kv.get(self.private_prefix.clone(), Some(opts))).await?;
+        let resp = self
+            .call(
+                "a status read",
+                kv.get(self.private_prefix.clone(), Some(opts)),
+            )
+            .await?;
         Ok(resp.header().map_or(0, |h| h.revision() as u64))
     }
 }
@@ -405,7 +490,9 @@ impl EtcdStore {
             opts = opts.with_start_revision(start as i64);
         }
         let mut wc = self.client.watch_client();
-        let mut watch = self.call("a watch", wc.watch(self.private_prefix.clone(), Some(opts))).await?;
+        let mut watch = self
+            .call("a watch", wc.watch(self.private_prefix.clone(), Some(opts)))
+            .await?;
         let created = self
             .call("a watch", watch.message())
             .await?
@@ -415,9 +502,14 @@ impl EtcdStore {
         if start > rev + 1 {
             // Revisions from another (or a wiped) etcd: caches must start over.
             initial.push(event(EventType::Reset, rev, None));
-            let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(rev as i64 + 1);
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_prev_key()
+                .with_start_revision(rev as i64 + 1);
             let mut wc = self.client.watch_client();
-            watch = self.call("a watch", wc.watch(self.private_prefix.clone(), Some(opts))).await?;
+            watch = self
+                .call("a watch", wc.watch(self.private_prefix.clone(), Some(opts)))
+                .await?;
             self.call("a watch", watch.message()).await?;
         }
         // etcd answers a progress request once the replay is out: that
@@ -427,7 +519,9 @@ impl EtcdStore {
     }
 
     fn convert(&self, ev: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
-        let kv = ev.kv().ok_or_else(|| StoreError::Unavailable("etcd sent an event without a key".into()))?;
+        let kv = ev
+            .kv()
+            .ok_or_else(|| StoreError::Unavailable("etcd sent an event without a key".into()))?;
         let rev = kv.mod_revision() as u64;
         match ev.event_type() {
             EtcdEventType::Put => {
@@ -439,7 +533,8 @@ impl EtcdStore {
                     Some(prev) => self.decode(prev)?,
                     // The previous value was compacted: the key still names it.
                     None => Subscriber {
-                        private_id: String::from_utf8_lossy(&kv.key()[self.private_prefix.len()..]).into_owned(),
+                        private_id: String::from_utf8_lossy(&kv.key()[self.private_prefix.len()..])
+                            .into_owned(),
                         ..Default::default()
                     },
                 };

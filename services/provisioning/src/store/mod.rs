@@ -27,7 +27,9 @@ use std::pin::Pin;
 pub use embedded::EmbeddedStore;
 pub use etcd::{EtcdOptions, EtcdStore};
 use futures::Stream;
-use ringmesh_proto::provisioning::{Barring, Credentials, EventType, ImplicitSet, ServiceProfile, Subscriber, WatchEvent};
+use ringmesh_proto::provisioning::{
+    Barring, Credentials, EventType, ImplicitSet, ServiceProfile, Subscriber, WatchEvent,
+};
 
 /// A stream of watch events, ending with an error when the store fails.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static>>;
@@ -52,7 +54,11 @@ pub enum StoreError {
     },
     /// A conditional change found another revision.
     #[error("subscriber '{private_id}' is at revision {actual}, not the expected {expected}")]
-    RevisionMismatch { private_id: String, expected: u64, actual: u64 },
+    RevisionMismatch {
+        private_id: String,
+        expected: u64,
+        actual: u64,
+    },
     /// The backing store cannot be reached or did not answer in time.
     #[error("subscriber store unavailable: {0}")]
     Unavailable(String),
@@ -65,7 +71,11 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Replaces the public identities, implicit sets and service profile.
-    Profile { public_ids: Vec<String>, implicit_sets: Vec<ImplicitSet>, service_profile: Option<ServiceProfile> },
+    Profile {
+        public_ids: Vec<String>,
+        implicit_sets: Vec<ImplicitSet>,
+        service_profile: Option<ServiceProfile>,
+    },
     /// Replaces the credentials.
     Credentials(Credentials),
     /// Replaces the barring state.
@@ -76,7 +86,11 @@ impl Change {
     /// Applies the change to a copy of the stored subscriber.
     pub fn apply(&self, sub: &mut Subscriber) {
         match self {
-            Change::Profile { public_ids, implicit_sets, service_profile } => {
+            Change::Profile {
+                public_ids,
+                implicit_sets,
+                service_profile,
+            } => {
                 sub.public_ids = public_ids.clone();
                 sub.implicit_sets = implicit_sets.clone();
                 sub.service_profile = service_profile.clone();
@@ -102,16 +116,26 @@ pub struct Page {
 pub trait SubscriberStore: Send + Sync + 'static {
     /// Creates a subscriber; its `private_id` and `public_ids` must be free.
     /// Sets `revision` and the times.
-    fn create(&self, sub: Subscriber) -> impl Future<Output = Result<Subscriber, StoreError>> + Send;
+    fn create(
+        &self,
+        sub: Subscriber,
+    ) -> impl Future<Output = Result<Subscriber, StoreError>> + Send;
 
     /// Reads a subscriber by private identity.
     fn get(&self, private_id: &str) -> impl Future<Output = Result<Subscriber, StoreError>> + Send;
 
     /// Reads the subscriber owning a public identity (canonical form).
-    fn get_by_public(&self, public_id: &str) -> impl Future<Output = Result<Subscriber, StoreError>> + Send;
+    fn get_by_public(
+        &self,
+        public_id: &str,
+    ) -> impl Future<Output = Result<Subscriber, StoreError>> + Send;
 
     /// Up to `limit` subscribers whose private identity sorts after `after`.
-    fn list(&self, after: Option<&str>, limit: usize) -> impl Future<Output = Result<Page, StoreError>> + Send;
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
     /// Applies `change`, if the subscriber is still at `expected_revision`
     /// when one is given. New public identities must be free.
@@ -133,7 +157,10 @@ pub trait SubscriberStore: Send + Sync + 'static {
     /// Changes from `start_revision` on (0: from now): the replayed changes
     /// (or a `RESET` when they are gone), then live changes, with `SYNCED`
     /// keep-alives carrying the current revision in between.
-    fn watch(&self, start_revision: u64) -> impl Future<Output = Result<EventStream, StoreError>> + Send;
+    fn watch(
+        &self,
+        start_revision: u64,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send;
 
     /// The current revision; fails when the store is unreachable (readiness).
     fn current_revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -141,12 +168,18 @@ pub trait SubscriberStore: Send + Sync + 'static {
 
 /// Builds a watch event.
 pub fn event(kind: EventType, revision: u64, subscriber: Option<Subscriber>) -> WatchEvent {
-    WatchEvent { r#type: kind as i32, revision, subscriber }
+    WatchEvent {
+        r#type: kind as i32,
+        revision,
+        subscriber,
+    }
 }
 
 /// Milliseconds since the UNIX epoch.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Public identities in `new` that are not in `old`, and the reverse.
