@@ -21,10 +21,20 @@ use ringmesh_provisioning::cli::{self, Exit, Io, SubscriberCommand};
 #[derive(Debug, Clone, clap::Args)]
 pub struct CtlArgs {
     /// The provisioning API (HOST:PORT).
-    #[arg(long, env = "RINGMESH_PROVISIONING", default_value = "127.0.0.1:5660", global = true)]
+    #[arg(
+        long,
+        env = "RINGMESH_PROVISIONING",
+        default_value = "127.0.0.1:5660",
+        global = true
+    )]
     pub provisioning: String,
     /// A supernode's admin API (HOST:PORT).
-    #[arg(long, env = "RINGMESH_ADMIN", default_value = "127.0.0.1:5260", global = true)]
+    #[arg(
+        long,
+        env = "RINGMESH_ADMIN",
+        default_value = "127.0.0.1:5260",
+        global = true
+    )]
     pub admin: String,
     /// Print JSON (one document on stdout; errors as JSON on stderr).
     #[arg(long, global = true)]
@@ -144,9 +154,16 @@ impl AdminCommand {
 /// supernode integration. Until then every admin command fails clearly
 /// (exit 1) instead of pretending to work.
 pub async fn admin_command(addr: &str, json: bool, cmd: AdminCommand, io: &mut Io<'_>) -> Exit {
-    let message = format!("admin API not available yet: `ringmesh ctl {}` (admin at {addr}) is not implemented", cmd.name());
+    let message = format!(
+        "admin API not available yet: `ringmesh ctl {}` (admin at {addr}) is not implemented",
+        cmd.name()
+    );
     if json {
-        let _ = writeln!(io.err, "{}", serde_json::json!({"error": {"code": "UNIMPLEMENTED", "message": message}}));
+        let _ = writeln!(
+            io.err,
+            "{}",
+            serde_json::json!({"error": {"code": "UNIMPLEMENTED", "message": message}})
+        );
     } else {
         let _ = writeln!(io.err, "error: {message}");
     }
@@ -156,14 +173,19 @@ pub async fn admin_command(addr: &str, json: bool, cmd: AdminCommand, io: &mut I
 /// Runs a parsed `ctl` command with the given streams; returns the exit code.
 pub async fn run_with(args: CtlArgs, io: &mut Io<'_>) -> Exit {
     match args.command {
-        CtlCommand::Subscriber { command } => cli::run(&args.provisioning, args.json, command, io).await,
+        CtlCommand::Subscriber { command } => {
+            cli::run(&args.provisioning, args.json, command, io).await
+        }
         CtlCommand::Admin(cmd) => admin_command(&args.admin, args.json, cmd, io).await,
     }
 }
 
 /// `ringmesh ctl`: runs the command on the process's stdin/stdout/stderr.
 pub fn run(args: CtlArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ringmesh ctl: cannot start the runtime: {e}");
@@ -172,7 +194,14 @@ pub fn run(args: CtlArgs) -> ExitCode {
     };
     let stdin = std::io::stdin();
     let (mut lock, mut out, mut err) = (stdin.lock(), std::io::stdout(), std::io::stderr());
-    let code = rt.block_on(run_with(args, &mut Io { stdin: &mut lock, out: &mut out, err: &mut err }));
+    let code = rt.block_on(run_with(
+        args,
+        &mut Io {
+            stdin: &mut lock,
+            out: &mut out,
+            err: &mut err,
+        },
+    ));
     ExitCode::from(code as u8)
 }
 
@@ -189,7 +218,9 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> CtlArgs {
-        Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).unwrap().ctl
+        Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
+            .unwrap()
+            .ctl
     }
 
     #[test]
@@ -198,10 +229,24 @@ mod tests {
         assert_eq!(a.provisioning, "127.0.0.1:5660");
         assert_eq!(a.admin, "127.0.0.1:5260");
         assert!(a.json);
-        let a = parse(&["--provisioning", "10.0.0.1:7000", "subscriber", "list", "--all"]);
+        let a = parse(&[
+            "--provisioning",
+            "10.0.0.1:7000",
+            "subscriber",
+            "list",
+            "--all",
+        ]);
         assert_eq!(a.provisioning, "10.0.0.1:7000");
-        assert!(matches!(a.command, CtlCommand::Subscriber { command: SubscriberCommand::List { all: true, .. } }));
-        assert!(matches!(parse(&["sip-trace", "--method", "INVITE"]).command, CtlCommand::Admin(AdminCommand::SipTrace { .. })));
+        assert!(matches!(
+            a.command,
+            CtlCommand::Subscriber {
+                command: SubscriberCommand::List { all: true, .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["sip-trace", "--method", "INVITE"]).command,
+            CtlCommand::Admin(AdminCommand::SipTrace { .. })
+        ));
         let e = Cli::try_parse_from(["ctl", "subscriber", "add", "alice"]).unwrap_err();
         assert_eq!(e.exit_code(), 2, "usage errors exit 2");
     }
@@ -210,9 +255,21 @@ mod tests {
     async fn admin_commands_say_they_are_not_available() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut input: &[u8] = b"";
-        let code = run_with(parse(&["status"]), &mut Io { stdin: &mut input, out: &mut out, err: &mut err }).await;
+        let code = run_with(
+            parse(&["status"]),
+            &mut Io {
+                stdin: &mut input,
+                out: &mut out,
+                err: &mut err,
+            },
+        )
+        .await;
         assert_eq!(code, Exit::Server);
-        assert!(String::from_utf8(err).unwrap().contains("admin API not available yet"));
+        assert!(
+            String::from_utf8(err)
+                .unwrap()
+                .contains("admin API not available yet")
+        );
         assert!(out.is_empty());
     }
 }

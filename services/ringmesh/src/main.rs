@@ -1,8 +1,13 @@
 //! `ringmesh`: one binary, one image. Each service is a subcommand.
 //!
 //! - `ringmesh supernode`: one supernode (SIP registrar and proxy).
+//! - `ringmesh provisioning`: the subscriber service (HSS-like).
+//! - `ringmesh enrollment`: the farm CA (Node-IDs, certificates, revocation).
+//! - `ringmesh ctl`: the operator CLI over these APIs.
 //! - `ringmesh dev`: a local farm for a new user, with demo subscribers.
 
+mod control;
+mod ctl;
 mod dev;
 
 use std::process::ExitCode;
@@ -25,8 +30,38 @@ struct Cli {
 enum Command {
     /// Run one supernode.
     Supernode(Box<SupernodeArgs>),
+    /// Run the provisioning service (subscribers, gRPC).
+    Provisioning(Box<control::ProvisioningArgs>),
+    /// Run the enrollment service (the farm CA, gRPC).
+    Enrollment(Box<control::EnrollmentArgs>),
+    /// Operate the farm: subscribers, status, ring, lookups, traces.
+    Ctl(ctl::CtlArgs),
     /// Run a local farm (supernodes as child processes) for development.
     Dev(dev::DevArgs),
+}
+
+/// Runs a control-plane service; a configuration error exits 2.
+fn run_service(name: &str, f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringmesh {name}: {e:#}");
+            let config = e
+                .downcast_ref::<ringmesh_provisioning::config::ConfigError>()
+                .is_some()
+                || e.downcast_ref::<ringmesh_enrollment::config::ConfigError>()
+                    .is_some();
+            if config {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 fn init_logging(filter: &str) {
@@ -63,6 +98,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Provisioning(args) => {
+            run_service("provisioning", control::run_provisioning(*args))
+        }
+        Command::Enrollment(args) => run_service("enrollment", control::run_enrollment(*args)),
+        Command::Ctl(args) => ctl::run(args),
         Command::Dev(args) => match dev::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

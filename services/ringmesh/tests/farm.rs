@@ -511,9 +511,10 @@ fn outbound_leaf_on_two_edges_survives_one() {
         let deadline = Instant::now() + Duration::from_secs(8);
         while Instant::now() < deadline {
             if let Ok((n, _)) = caller.recv_from(&mut buf)
-                && status_of(&buf[..n]) == Some(200) {
-                    return from_edges;
-                }
+                && status_of(&buf[..n]) == Some(200)
+            {
+                return from_edges;
+            }
         }
         panic!("caller never got a 200 (edges that sent INVITEs: {from_edges:?})");
     };

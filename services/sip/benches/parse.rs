@@ -66,6 +66,7 @@ fn writers(c: &mut Criterion) {
                 pop_routes: 1,
                 max_forwards: 69,
                 strip: &[HeaderName::ProxyAuthorization],
+                ..Forward::default()
             })
             .finish(m.body())
         })

@@ -64,7 +64,10 @@ impl Node {
     /// runs to its end.
     pub fn bootstrap(&mut self, now: Instant, wall_ms: u64) {
         let unanswered_join = self.phase == Phase::Joining
-            && self.join.as_ref().is_some_and(|j| matches!(j.stage, JoinStage::AwaitAccept));
+            && self
+                .join
+                .as_ref()
+                .is_some_and(|j| matches!(j.stage, JoinStage::AwaitAccept));
         if self.phase != Phase::Idle && !unanswered_join {
             return;
         }

@@ -73,6 +73,8 @@ fuzz_target!(|data: &[u8]| {
                 pop_routes: 1,
                 max_forwards: 69,
                 strip: &[HeaderName::ProxyAuthorization],
+                push_route: Some(b"<sip:next.ringmesh.test;lr>"),
+                ..Forward::default()
             })
             .finish(m.body());
         Message::parse(fw).expect("forward_writer output parses");
