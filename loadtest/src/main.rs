@@ -1,1 +1,6 @@
-fn main() {}
+//! The `ringmesh-load` binary: see the crate documentation of
+//! [`ringmesh_load`] and `loadtest/README.md`.
+
+fn main() {
+    std::process::exit(ringmesh_load::run::main());
+}

@@ -1,18 +1,21 @@
 //! `ringmesh dev`: a whole farm on one machine for a new user.
 //!
-//! Every supernode runs as a child process (`ringmesh supernode …`) with
-//! its own data directory and log file, so killing one behaves like losing
-//! a machine. A development CA (kept in the farm's data directory) assigns
-//! each node its Node-ID in its certificate, as the enrollment service
-//! does in production; the certificate stays in the node's directory, so a
-//! node's `argv` restarts it with the same identity. Nodes find each other
-//! through seeds; node 0 founds the ring when no seed answers.
+//! Every service runs as a child process with its own data directory and
+//! log file, so killing one behaves like losing a machine: `ringmesh
+//! provisioning` (subscribers, on its embedded store or `--etcd`),
+//! `ringmesh enrollment` (the farm CA), and N `ringmesh supernode`s. Each
+//! supernode is enrolled with the CA before it starts (its key is made in
+//! its own directory and never leaves it; the CA places its Node-ID), so
+//! its certificate stays there and its `argv` restarts it with the same
+//! identity. Demo subscribers are created through the provisioning API.
+//! Nodes find each other through seeds (and etcd when given); node 0
+//! founds the ring when no seed answers.
 //!
 //! Ports derive from `--sip-port P` so farms on different P never collide:
 //! node i listens for SIP (UDP and TCP) on P+i, overlay links (QUIC) on
-//! P+100+i, serves metrics on P+300+i; P+200+i (admin), P+400+i (TLS),
-//! P+500+i (WebSocket), P+600 and P+601 (control plane) are reserved for
-//! the services that use them.
+//! P+100+i, serves its admin API on P+200+i and metrics on P+300+i;
+//! provisioning listens on P+600 (metrics P+602), enrollment on P+601
+//! (metrics P+603); P+400+i (TLS) and P+500+i (WebSocket) are reserved.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ringmesh_supernode::config::AuthMode;
-use ringmesh_supernode::pki;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
@@ -57,6 +59,16 @@ pub struct DevArgs {
     /// Log filter passed to every supernode.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Keep subscribers, the CA and membership in etcd (URL, repeatable)
+    /// instead of the embedded stores.
+    #[arg(long)]
+    pub etcd: Vec<String>,
+}
+
+/// A control-plane child.
+struct Service {
+    name: &'static str,
+    child: Child,
 }
 
 struct Node {
@@ -92,20 +104,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     rt.block_on(run_farm(args))
 }
 
-fn write_subscribers(path: &Path, args: &DevArgs) -> anyhow::Result<()> {
-    let mut s = String::with_capacity(64 * (args.users as usize + 2));
-    let pw = args.password.replace('\\', "\\\\").replace('"', "\\\"");
-    for user in ["alice".to_string(), "bob".to_string()]
-        .into_iter()
-        .chain((0..args.users).map(|i| format!("user{i}")))
-    {
-        s.push_str(&format!(
-            "[[subscriber]]\nuser = \"{user}\"\npassword = \"{pw}\"\n\n"
-        ));
-    }
-    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
-}
-
 async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let data = match &args.data {
         Some(d) => d.clone(),
@@ -114,25 +112,96 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let data = data.canonicalize()?;
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
-    let subscribers = data.join("subscribers.toml");
-    if args.auth == AuthMode::Digest {
-        write_subscribers(&subscribers, &args)?;
+    let mut services = Vec::new();
+    let provisioning = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 600));
+    let enrollment = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 601));
+    let token_file = data.join("bootstrap.token");
+    if !token_file.exists() {
+        let token: [u8; 24] = rand_bytes();
+        ringmesh_supernode::write_private(&token_file, hex::encode(token).as_bytes())?;
     }
-    let ca = pki::Ca::load_or_create(&data.join("ca"), "ringmesh dev farm")?;
-    let farm_secret = data.join("farm.secret");
-    ringmesh_supernode::load_or_create_secret(&farm_secret)?;
+    let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    let etcd_args: Vec<String> = args
+        .etcd
+        .iter()
+        .flat_map(|e| ["--etcd".to_string(), e.clone()])
+        .collect();
+    let mut prov_argv = vec![
+        exe.display().to_string(),
+        "provisioning".into(),
+        "--listen".into(),
+        provisioning.to_string(),
+        "--data".into(),
+        data.join("provisioning").display().to_string(),
+        "--domain".into(),
+        args.domain.clone(),
+        "--metrics".into(),
+        SocketAddr::from(([127, 0, 0, 1], args.sip_port + 602)).to_string(),
+    ];
+    prov_argv.extend(etcd_args.iter().cloned());
+    services.push(Service {
+        name: "provisioning",
+        child: spawn_logged(&prov_argv, &data.join("provisioning.log"))?,
+    });
+    let mut enr_argv = vec![
+        exe.display().to_string(),
+        "enrollment".into(),
+        "--listen".into(),
+        enrollment.to_string(),
+        "--data".into(),
+        data.join("enrollment").display().to_string(),
+        "--bootstrap-token-file".into(),
+        token_file.display().to_string(),
+        "--metrics".into(),
+        SocketAddr::from(([127, 0, 0, 1], args.sip_port + 603)).to_string(),
+    ];
+    enr_argv.extend(etcd_args.iter().cloned());
+    services.push(Service {
+        name: "enrollment",
+        child: spawn_logged(&enr_argv, &data.join("enrollment.log"))?,
+    });
+    for (port, svc) in [(args.sip_port + 602, 0usize), (args.sip_port + 603, 1)] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(addr, "/readyz").0 != 200 {
+            if let Ok(Some(status)) = services[svc].child.try_wait() {
+                bail!(
+                    "{} exited during start-up ({status}); see {}.log",
+                    services[svc].name,
+                    services[svc].name
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready within 30 s; see its log",
+                    services[svc].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if args.auth == AuthMode::Digest {
+        create_subscribers(provisioning, &args).await?;
+    }
     let overlay_of = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.sip_port + 100 + i));
 
     let mut nodes = Vec::new();
-    let mut taken = Vec::new();
     for i in 0..args.nodes {
         let name = format!("sn{i}");
         let sip = SocketAddr::from(([127, 0, 0, 1], args.sip_port + i));
         let metrics = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 300 + i));
         let overlay = overlay_of(i);
         let node_dir = data.join(&name);
-        let node_id = pki::provision_node(&node_dir, &name, &ca, &taken)?;
-        taken.push(node_id);
+        let node_id = match ringmesh_enrollment::EnrolledIdentity::load(&node_dir)? {
+            Some(id) => id.node_id,
+            None => {
+                ringmesh_enrollment::enroll(&enrollment.to_string(), &token, &name, &node_dir)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("enrolling {name}: {e}"))?
+                    .node_id
+            }
+        };
+        let admin = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 200 + i));
         let mut argv: Vec<String> = vec![
             exe.display().to_string(),
             "supernode".into(),
@@ -152,11 +221,16 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
             overlay.to_string(),
             "--replicas".into(),
             args.replicas.to_string(),
-            "--farm-secret".into(),
-            farm_secret.display().to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--enrollment".into(),
+            enrollment.to_string(),
+            "--bootstrap-token-file".into(),
+            token_file.display().to_string(),
             "--log".into(),
             args.log.clone(),
         ];
+        argv.extend(etcd_args.iter().cloned());
         for j in (0..args.nodes).filter(|&j| j != i) {
             argv.extend(["--seed".into(), overlay_of(j).to_string()]);
         }
@@ -169,34 +243,23 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
             AuthMode::Digest => argv.extend([
                 "--auth".into(),
                 "digest".into(),
-                "--subscribers".into(),
-                subscribers.display().to_string(),
+                "--provisioning".into(),
+                provisioning.to_string(),
             ]),
             AuthMode::None => argv.extend(["--auth".into(), "none".into()]),
         }
         let log_path = data.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+        let child = spawn_logged(&argv, &log_path)?;
         let pid = child.id().unwrap_or(0);
         if args.json {
             println!(
                 "{}",
                 json!({"event": "node", "name": name, "pid": pid, "sip": sip.to_string(), "metrics": metrics.to_string(),
-                       "overlay": overlay.to_string(), "node_id": hex::encode(node_id), "argv": argv})
+                       "overlay": overlay.to_string(), "admin": admin.to_string(), "node_id": hex::encode(node_id), "argv": argv})
             );
         } else {
             println!(
-                "  {name}  SIP udp+tcp {sip}  overlay {overlay}  metrics http://{metrics}/metrics  pid {pid}  log {}",
+                "  {name}  SIP udp+tcp {sip}  overlay {overlay}  admin {admin}  metrics http://{metrics}/metrics  pid {pid}  log {}",
                 log_path.display()
             );
         }
@@ -209,7 +272,20 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         });
     }
 
-    wait_ready(&mut nodes).await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "control", "provisioning": provisioning.to_string(), "enrollment": enrollment.to_string()})
+        );
+    } else {
+        println!(
+            "  provisioning {provisioning}  enrollment {enrollment}  (ringmesh ctl --provisioning {provisioning})"
+        );
+    }
+    if let Err(e) = wait_ready(&mut nodes).await {
+        stop_all(&mut nodes, &mut services).await;
+        return Err(e);
+    }
     if args.json {
         println!("{}", json!({"event": "ready"}));
     } else {
@@ -235,7 +311,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    stop_all(&mut nodes).await;
+    stop_all(&mut nodes, &mut services).await;
     Ok(())
 }
 
@@ -318,26 +394,115 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-async fn stop_all(nodes: &mut [Node]) {
-    for n in nodes.iter().filter(|n| !n.done) {
-        if let Some(pid) = n.child.id() {
-            // SIGTERM lets the node leave cleanly (hand off its keys). The
-            // PID is our own unreaped child, so it cannot have been reused.
+/// Stops the supernodes (SIGTERM: they hand their keys off), then the
+/// control plane.
+async fn stop_all(nodes: &mut [Node], services: &mut [Service]) {
+    let nodes = nodes.iter_mut().filter(|n| !n.done).map(|n| &mut n.child);
+    terminate(nodes.collect()).await;
+    terminate(services.iter_mut().map(|s| &mut s.child).collect()).await;
+}
+
+/// SIGTERM to each child (our own, unreaped: its PID cannot have been
+/// reused), then SIGKILL to those still running after 15 s.
+async fn terminate(children: Vec<&mut Child>) {
+    for c in &children {
+        if let Some(pid) = c.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for n in nodes.iter_mut().filter(|n| !n.done) {
-        if tokio::time::timeout_at(deadline, n.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = n.child.kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for c in children {
+        if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
+            let _ = c.kill().await;
         }
     }
+}
+
+/// Starts `argv` with stdout and stderr appended to `log`.
+fn spawn_logged(argv: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", argv[1]))
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom(&mut b);
+    b
+}
+
+/// Random bytes from the kernel.
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read as _;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}
+
+/// Creates the demo subscribers through the provisioning API (an existing
+/// one gets the password again).
+async fn create_subscribers(addr: SocketAddr, args: &DevArgs) -> anyhow::Result<()> {
+    use ringmesh_proto::provisioning as pb;
+    use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach provisioning at {addr}"))?;
+    let users: Vec<String> = ["alice".to_string(), "bob".to_string()]
+        .into_iter()
+        .chain((0..args.users).map(|i| format!("user{i}")))
+        .collect();
+    for chunk in users.chunks(64) {
+        let calls = chunk.iter().map(|user| {
+            let mut c = ProvisioningClient::new(channel.clone());
+            let password = args.password.clone();
+            let domain = args.domain.clone();
+            async move {
+                let sub = pb::Subscriber {
+                    private_id: user.clone(),
+                    public_ids: vec![format!("sip:{user}@{domain}")],
+                    ..Default::default()
+                };
+                match c
+                    .create_subscriber(pb::CreateSubscriberRequest {
+                        subscriber: Some(sub),
+                        password: password.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => c
+                        .set_password(pb::SetPasswordRequest {
+                            private_id: user.clone(),
+                            password,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| anyhow::anyhow!("set-password {user}: {}", e.message())),
+                    Err(s) => Err(anyhow::anyhow!("create {user}: {}", s.message())),
+                }
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+    }
+    Ok(())
 }
 
 fn print_welcome(args: &DevArgs, nodes: &[Node]) {

@@ -597,3 +597,78 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
         .sum();
     assert!(refused >= 1.0, "the refusal is counted");
 }
+
+/// Caller and callee behind one flow (one UA calling itself, or two UAs
+/// behind one NAT binding): in-dialog requests still reach the other end.
+#[test]
+fn a_dialog_whose_two_ends_share_one_flow() {
+    let farm = Farm::start(24300, &["--nodes", "1", "--auth", "none"], &[]);
+    let ua = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ua.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let me = ua.local_addr().unwrap();
+    let node = farm.sip();
+    let send_recv = |m: &str| -> String {
+        ua.send_to(m.as_bytes(), node).unwrap();
+        let mut buf = [0u8; 8192];
+        loop {
+            let (n, _) = ua.recv_from(&mut buf).expect("an answer");
+            let t = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !t.starts_with("SIP/2.0 100") {
+                return t;
+            }
+        }
+    };
+    let reg = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKhr1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:erin@{DOMAIN}>;tag=r\r\nTo: <sip:erin@{DOMAIN}>\r\nCall-ID: hp-reg\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:erin@{me}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert!(send_recv(&reg).starts_with("SIP/2.0 200"));
+    let invite = format!(
+        "INVITE sip:erin@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKhr2;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:erin@{DOMAIN}>;tag=caller\r\nTo: <sip:erin@{DOMAIN}>\r\nCall-ID: hp-call\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:erin@{me}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    // The INVITE comes back to us as the callee.
+    let incoming = send_recv(&invite);
+    assert!(incoming.starts_with("INVITE "), "{incoming}");
+    let rr: Vec<&str> = incoming
+        .lines()
+        .filter(|l| l.starts_with("Record-Route:"))
+        .collect();
+    let keep: Vec<&str> = incoming
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .collect();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{}\r\nTo: <sip:erin@{DOMAIN}>;tag=callee\r\nContact: <sip:erin@{me}>\r\nContent-Length: 0\r\n\r\n",
+        keep.join("\r\n")
+    );
+    let answer = send_recv(&ok);
+    assert!(
+        answer.starts_with("SIP/2.0 200"),
+        "the caller side gets the 200: {answer}"
+    );
+    // The caller's route set: the Record-Route values reversed.
+    let mut routes: Vec<String> = rr
+        .iter()
+        .flat_map(|l| l.trim_start_matches("Record-Route:").split(','))
+        .map(|r| r.trim().to_string())
+        .collect();
+    routes.reverse();
+    let bye = format!(
+        "BYE sip:erin@{me} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKhr3;rport\r\nMax-Forwards: 70\r\n\
+         Route: {}\r\nFrom: <sip:erin@{DOMAIN}>;tag=caller\r\nTo: <sip:erin@{DOMAIN}>;tag=callee\r\nCall-ID: hp-call\r\n\
+         CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        routes.join(", ")
+    );
+    let at_callee = send_recv(&bye);
+    assert!(
+        at_callee.starts_with("BYE "),
+        "the BYE reaches the callee end of the same flow: {at_callee}"
+    );
+}

@@ -1,25 +1,77 @@
-//! Digest authentication of leaves against the subscriber list.
+//! Digest authentication of leaves, against a subscriber directory.
 //!
 //! The realm is the farm's domain. Nonces are stateless (see
 //! [`ringmesh_sip::digest`]): any supernode with the farm secret verifies
 //! any other's. Credentials are kept only as HA1 values.
+//!
+//! Subscribers come from a [`Directory`]: a TOML file
+//! ([`FileDirectory`], a farm of one or a lab), or the provisioning
+//! service through a bounded cache invalidated by its Watch stream
+//! ([`CacheDirectory`]; never the whole subscriber base). A lookup may have
+//! to wait for provisioning: it then completes later through
+//! [`Directory::poll_fetched`], and the SIP core runs the request again.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
+use ringmesh_provisioning::cache::SubscriberCache;
+use ringmesh_sip::aor::Aor;
 use ringmesh_sip::digest::{self, DigestAuth, Ha1};
 use ringmesh_sip::{Message, Uri};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
-/// The outcome for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Valid credentials for this user name.
-    Authenticated(String),
-    /// Challenge (again); `reason` is a metrics label.
-    Challenge { stale: bool, reason: &'static str },
+/// What the supernode knows of one subscriber.
+#[derive(Debug)]
+pub struct SubscriberInfo {
+    /// The digest username.
+    pub private_id: String,
+    pub ha1: Option<Ha1>,
+    /// The AORs it may register and assert, canonical; the first is its
+    /// default identity.
+    pub public_ids: Vec<Aor>,
+    pub barred: bool,
 }
+
+impl SubscriberInfo {
+    pub fn owns(&self, aor: &Aor) -> bool {
+        self.public_ids.contains(aor)
+    }
+}
+
+/// A directory answer: now, or later through `poll_fetched`.
+#[derive(Debug)]
+pub enum Found {
+    Ready(Option<Arc<SubscriberInfo>>),
+    /// Provisioning is unreachable and the subscriber is not cached.
+    Unavailable,
+    Pending,
+}
+
+/// A lookup that completed later: its token and the subscriber, if any
+/// (`Err` when provisioning could not answer).
+pub type Fetched = (u64, Result<Option<Arc<SubscriberInfo>>, String>);
+
+/// Where subscribers come from.
+pub trait Directory: Send + 'static {
+    /// By digest username (private identity).
+    fn by_private_id(&mut self, id: &str, token: u64) -> Found;
+    /// By public identity (AOR).
+    fn by_public_id(&mut self, aor: &Aor, token: u64) -> Found;
+    fn poll_fetched(&mut self, cx: &mut Context<'_>) -> Poll<Fetched>;
+    /// How many subscribers are held here.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---- a subscriber file ------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,30 +87,31 @@ struct SubscriberEntry {
     password: Option<String>,
     ha1_md5: Option<String>,
     ha1_sha256: Option<String>,
+    #[serde(default)]
+    barred: bool,
 }
 
-/// Digest authentication for one realm.
-#[derive(Debug)]
-pub struct Auth {
-    realm: String,
-    digest: DigestAuth,
-    users: HashMap<Vec<u8>, Ha1>,
+/// Subscribers from a TOML file, each with the AOR `sip:user@domain`:
+///
+/// ```toml
+/// [[subscriber]]
+/// user = "alice"
+/// password = "secret"          # or ha1-md5 = "…" and ha1-sha256 = "…"
+/// barred = false
+/// ```
+#[derive(Debug, Default)]
+pub struct FileDirectory {
+    by_user: HashMap<String, Arc<SubscriberInfo>>,
+    by_aor: HashMap<Aor, Arc<SubscriberInfo>>,
 }
 
-impl Auth {
-    /// Loads a subscriber list:
-    ///
-    /// ```toml
-    /// [[subscriber]]
-    /// user = "alice"
-    /// password = "secret"          # or ha1-md5 = "…" and ha1-sha256 = "…"
-    /// ```
-    pub fn load(path: &Path, realm: &str, digest: DigestAuth) -> anyhow::Result<Auth> {
+impl FileDirectory {
+    pub fn load(path: &Path, realm: &str) -> anyhow::Result<FileDirectory> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("subscribers {}: {e}", path.display()))?;
         let file: SubscriberFile = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("subscribers {}: {}", path.display(), e.message()))?;
-        let mut users = HashMap::with_capacity(file.subscriber.len());
+        let mut dir = FileDirectory::default();
         for s in file.subscriber {
             if s.user.is_empty() {
                 anyhow::bail!("subscribers {}: an entry has an empty user", path.display());
@@ -76,43 +129,216 @@ impl Auth {
                     s.user
                 ),
             };
-            users.insert(s.user.into_bytes(), ha1);
+            let aor = Aor::parse(format!("sip:{}@{realm}", s.user).as_bytes())
+                .map_err(|e| anyhow::anyhow!("subscribers {}: {}: {e}", path.display(), s.user))?;
+            let info = Arc::new(SubscriberInfo {
+                private_id: s.user.clone(),
+                ha1: Some(ha1),
+                public_ids: vec![aor.clone()],
+                barred: s.barred,
+            });
+            dir.by_aor.insert(aor, info.clone());
+            dir.by_user.insert(s.user, info);
         }
-        Ok(Auth::new(realm, digest, users))
+        Ok(dir)
+    }
+}
+
+impl Directory for FileDirectory {
+    fn by_private_id(&mut self, id: &str, _token: u64) -> Found {
+        Found::Ready(self.by_user.get(id).cloned())
+    }
+    fn by_public_id(&mut self, aor: &Aor, _token: u64) -> Found {
+        Found::Ready(self.by_aor.get(aor).cloned())
+    }
+    fn poll_fetched(&mut self, _cx: &mut Context<'_>) -> Poll<Fetched> {
+        Poll::Pending
+    }
+    fn len(&self) -> usize {
+        self.by_user.len()
+    }
+}
+
+// ---- provisioning, through its cache ----------------------------------------
+
+/// Subscribers from the provisioning service. A cached subscriber answers
+/// at once; a miss is fetched in the background. Answers are also kept for
+/// a moment so the request that waited finds them when it runs again.
+pub struct CacheDirectory {
+    cache: Arc<SubscriberCache>,
+    realm: String,
+    tx: mpsc::Sender<Answer>,
+    rx: mpsc::Receiver<Answer>,
+    recent: HashMap<String, (Instant, Option<Arc<SubscriberInfo>>)>,
+}
+
+impl std::fmt::Debug for CacheDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheDirectory")
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+const RECENT: Duration = Duration::from_secs(2);
+
+/// A background lookup's answer: token, the `recent` key, the subscriber.
+type Answer = (u64, String, Result<Option<Arc<SubscriberInfo>>, String>);
+
+impl CacheDirectory {
+    pub fn new(cache: Arc<SubscriberCache>, realm: &str) -> CacheDirectory {
+        let (tx, rx) = mpsc::channel(4096);
+        CacheDirectory {
+            cache,
+            realm: realm.to_string(),
+            tx,
+            rx,
+            recent: HashMap::new(),
+        }
     }
 
-    pub fn new(realm: &str, digest: DigestAuth, users: HashMap<Vec<u8>, Ha1>) -> Auth {
+    pub fn cache(&self) -> &Arc<SubscriberCache> {
+        &self.cache
+    }
+
+    fn convert(realm: &str, s: &ringmesh_proto::provisioning::Subscriber) -> Arc<SubscriberInfo> {
+        let ha1 = s.credentials.as_ref().and_then(|c| {
+            if c.realm != realm {
+                tracing::warn!(user = %s.private_id, stored = %c.realm, realm, "HA1 computed for another realm; ignored");
+                return None;
+            }
+            Ha1::from_hex(&c.ha1_md5, &c.ha1_sha256)
+        });
+        Arc::new(SubscriberInfo {
+            private_id: s.private_id.clone(),
+            ha1,
+            public_ids: s
+                .public_ids
+                .iter()
+                .filter_map(|p| Aor::parse(p.as_bytes()).ok())
+                .collect(),
+            barred: s.barring.as_ref().is_some_and(|b| b.barred),
+        })
+    }
+
+    fn find(&mut self, recent_key: String, token: u64, by_public: bool) -> Found {
+        if let Some((at, v)) = self.recent.get(&recent_key)
+            && at.elapsed() < RECENT
+        {
+            return Found::Ready(v.clone());
+        }
+        let id = recent_key[2..].to_string();
+        let lookup = {
+            let cache = self.cache.clone();
+            let id = id.clone();
+            async move {
+                if by_public {
+                    cache.by_public_id(&id).await
+                } else {
+                    cache.by_private_id(&id).await
+                }
+            }
+        };
+        let realm = self.realm.clone();
+        // A cached subscriber answers without waiting.
+        let mut fut = Box::pin(lookup);
+        match (&mut fut).now_or_never() {
+            Some(Ok(s)) => return Found::Ready(s.map(|s| Self::convert(&realm, &s))),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "provisioning lookup failed");
+                return Found::Unavailable;
+            }
+            None => {}
+        }
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let r = fut
+                .await
+                .map(|s| s.map(|s| Self::convert(&realm, &s)))
+                .map_err(|e| e.to_string());
+            let _ = tx.send((token, recent_key, r)).await;
+        });
+        Found::Pending
+    }
+}
+
+impl Directory for CacheDirectory {
+    fn by_private_id(&mut self, id: &str, token: u64) -> Found {
+        self.find(format!("u:{id}"), token, false)
+    }
+    fn by_public_id(&mut self, aor: &Aor, token: u64) -> Found {
+        self.find(format!("a:{aor}"), token, true)
+    }
+    fn poll_fetched(&mut self, cx: &mut Context<'_>) -> Poll<Fetched> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some((token, key, result))) => {
+                if let Ok(v) = &result {
+                    self.recent.retain(|_, (at, _)| at.elapsed() < RECENT);
+                    self.recent.insert(key, (Instant::now(), v.clone()));
+                }
+                Poll::Ready((token, result))
+            }
+            _ => Poll::Pending,
+        }
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+// ---- digest -----------------------------------------------------------------
+
+/// The outcome for one request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Valid credentials of this subscriber.
+    Authenticated(Arc<SubscriberInfo>),
+    /// Challenge (again); `reason` is a metrics label.
+    Challenge { stale: bool, reason: &'static str },
+    /// The subscriber is being fetched; the request runs again when the
+    /// directory reports the token.
+    Pending,
+    /// Provisioning cannot answer for this uncached subscriber (503).
+    Unavailable,
+}
+
+/// Digest authentication for one realm.
+pub struct Auth {
+    realm: String,
+    digest: DigestAuth,
+    pub directory: Box<dyn Directory>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    pub fn new(realm: &str, digest: DigestAuth, directory: Box<dyn Directory>) -> Auth {
         Auth {
             realm: realm.to_string(),
             digest,
-            users,
+            directory,
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
-    /// Whether a subscriber with this (unescaped) user name exists.
-    pub fn knows(&self, user: &[u8]) -> bool {
-        self.users.contains_key(user)
-    }
-
     /// Checks `Authorization` (`proxy == false`) or `Proxy-Authorization`.
+    /// A lookup that must wait is filed under `token`.
     ///
     /// The digest `uri` must name the Request-URI (RFC 3261 §22.4). Some
     /// UAs (sipp among them) put the server's address there instead of the
     /// domain; `names_us` lets the caller accept a URI that addresses this
     /// farm with the same user part, which authorises nothing more.
     pub fn verify(
-        &self,
+        &mut self,
         msg: &Message,
         proxy: bool,
         now_unix_secs: u64,
+        token: u64,
         names_us: impl Fn(&Uri<'_>) -> bool,
     ) -> Verdict {
         let Some(creds) = digest::find_credentials(msg, proxy, self.realm.as_bytes()) else {
@@ -121,8 +347,19 @@ impl Auth {
                 reason: "no_credentials",
             };
         };
-        let user = creds.username();
-        let Some(ha1) = self.users.get(user.as_ref()) else {
+        let user = String::from_utf8_lossy(&creds.username()).into_owned();
+        let sub = match self.directory.by_private_id(&user, token) {
+            Found::Ready(Some(s)) => s,
+            Found::Ready(None) => {
+                return Verdict::Challenge {
+                    stale: false,
+                    reason: "unknown_user",
+                };
+            }
+            Found::Pending => return Verdict::Pending,
+            Found::Unavailable => return Verdict::Unavailable,
+        };
+        let Some(ha1) = &sub.ha1 else {
             return Verdict::Challenge {
                 stale: false,
                 reason: "unknown_user",
@@ -148,9 +385,7 @@ impl Auth {
             ha1,
             now_unix_secs,
         ) {
-            digest::Verdict::Valid => {
-                Verdict::Authenticated(String::from_utf8_lossy(&user).into_owned())
-            }
+            digest::Verdict::Valid => Verdict::Authenticated(sub),
             digest::Verdict::Stale => Verdict::Challenge {
                 stale: true,
                 reason: "stale_nonce",

@@ -138,9 +138,32 @@ pub struct SupernodeArgs {
     /// digest (default) or none.
     #[arg(long, env = "RINGMESH_AUTH")]
     pub auth: Option<AuthMode>,
-    /// Subscriber list (TOML) used by digest auth.
+    /// Subscriber list (TOML) used by digest auth (a lab or a farm of one;
+    /// a farm uses --provisioning).
     #[arg(long, env = "RINGMESH_SUBSCRIBERS")]
     pub subscribers: Option<PathBuf>,
+    /// The provisioning service (HOST:PORT): subscribers are fetched on
+    /// first use and cached, invalidated by its Watch stream.
+    #[arg(long, env = "RINGMESH_PROVISIONING")]
+    pub provisioning: Option<String>,
+    /// Most subscribers cached from provisioning.
+    #[arg(long, env = "RINGMESH_SUBSCRIBER_CACHE")]
+    pub subscriber_cache: Option<usize>,
+    /// The enrollment service (HOST:PORT): a node without an identity in
+    /// its data directory enrolls there (with --bootstrap-token-file), and
+    /// the farm's revocations are fetched from it.
+    #[arg(long, env = "RINGMESH_ENROLLMENT")]
+    pub enrollment: Option<String>,
+    /// File holding the bootstrap token for enrollment.
+    #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// etcd endpoints (URL, repeatable): the node keeps a membership key
+    /// under a lease there and finds seeds in it.
+    #[arg(long, env = "RINGMESH_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Where to serve the admin gRPC API (HOST:PORT).
+    #[arg(long, env = "RINGMESH_ADMIN")]
+    pub admin: Option<String>,
     /// Where to serve /metrics, /healthz and /readyz (HOST:PORT).
     #[arg(long, env = "RINGMESH_METRICS")]
     pub metrics: Option<String>,
@@ -208,6 +231,12 @@ struct FileConfig {
     data: Option<PathBuf>,
     auth: Option<AuthMode>,
     subscribers: Option<PathBuf>,
+    provisioning: Option<String>,
+    subscriber_cache: Option<usize>,
+    enrollment: Option<String>,
+    bootstrap_token_file: Option<PathBuf>,
+    etcd: Option<Vec<String>>,
+    admin: Option<String>,
     metrics: Option<String>,
     min_expires: Option<u32>,
     max_expires: Option<u32>,
@@ -237,6 +266,12 @@ pub struct Config {
     pub data: PathBuf,
     pub auth: AuthMode,
     pub subscribers: Option<PathBuf>,
+    pub provisioning: Option<String>,
+    pub subscriber_cache: usize,
+    pub enrollment: Option<String>,
+    pub bootstrap_token_file: Option<PathBuf>,
+    pub etcd: Vec<String>,
+    pub admin: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub min_expires: u32,
     pub max_expires: u32,
@@ -250,6 +285,12 @@ pub struct Config {
     pub tcp_message_timeout: Duration,
     pub max_connections: usize,
     pub log: String,
+}
+
+/// `host:port` with a non-empty host and a port.
+fn host_port(s: &str) -> Option<()> {
+    let (h, p) = s.rsplit_once(':')?;
+    (!h.is_empty() && p.parse::<u16>().is_ok()).then_some(())
 }
 
 /// Settings of a node that is part of a farm.
@@ -342,12 +383,50 @@ impl SupernodeArgs {
         }
         let auth = self.auth.or(file.auth).unwrap_or(AuthMode::Digest);
         let subscribers = self.subscribers.or(file.subscribers);
-        if auth == AuthMode::Digest && subscribers.is_none() {
+        let provisioning = self.provisioning.or(file.provisioning);
+        if auth == AuthMode::Digest && subscribers.is_none() && provisioning.is_none() {
             return Err(err(
                 "subscribers",
-                "digest auth needs a subscriber list (or use --auth none)",
+                "digest auth needs a subscriber list or --provisioning (or use --auth none)",
             ));
         }
+        if let Some(p) = &provisioning {
+            host_port(p).ok_or_else(|| err("provisioning", format!("'{p}' is not HOST:PORT")))?;
+        }
+        let subscriber_cache = self
+            .subscriber_cache
+            .or(file.subscriber_cache)
+            .unwrap_or(100_000);
+        if subscriber_cache == 0 {
+            return Err(err("subscriber-cache", "must be positive"));
+        }
+        let enrollment = self.enrollment.or(file.enrollment);
+        if let Some(e) = &enrollment {
+            host_port(e).ok_or_else(|| err("enrollment", format!("'{e}' is not HOST:PORT")))?;
+        }
+        let bootstrap_token_file = self.bootstrap_token_file.or(file.bootstrap_token_file);
+        let etcd = if self.etcd.is_empty() {
+            file.etcd.unwrap_or_default()
+        } else {
+            self.etcd
+        };
+        for e in &etcd {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(err(
+                    "etcd",
+                    format!("'{e}' is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        let admin = match self.admin.or(file.admin) {
+            Some(a) => Some(a.parse().map_err(|_| {
+                err(
+                    "admin",
+                    format!("'{a}' is not HOST:PORT with an IP address"),
+                )
+            })?),
+            None => None,
+        };
         let metrics = match self.metrics.or(file.metrics) {
             Some(m) => Some(m.parse().map_err(|_| {
                 err(
@@ -512,6 +591,12 @@ impl SupernodeArgs {
             data,
             auth,
             subscribers,
+            provisioning,
+            subscriber_cache,
+            enrollment,
+            bootstrap_token_file,
+            etcd,
+            admin,
             metrics,
             min_expires,
             max_expires,

@@ -34,7 +34,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::auth::{Auth, Verdict};
+use crate::admin::TraceRecord;
+use crate::auth::{Auth, Fetched, Found, Verdict};
 use crate::config::{Config, Transport};
 use crate::farm::FarmHandle;
 use crate::location::{Binding, Completion, FlowRef, LocationError, LocationOp, LocationService};
@@ -171,6 +172,14 @@ enum Pending {
         from: FlowRef,
         asserted: Option<Bytes>,
     },
+    /// Waiting for the subscriber directory: the request runs again.
+    Auth {
+        server: ServerKey,
+        msg: Message,
+        from: Option<FlowRef>,
+    },
+    /// No binding: is the AOR a subscriber (480) or not (404)?
+    Unreachable { server: ServerKey, msg: Message },
 }
 
 /// Where a request goes: a new Request-URI, the next hop, and a Route to
@@ -214,6 +223,8 @@ pub struct SipCore<L: LocationService> {
     branch_counter: u64,
     registrar: RegistrarConfig,
     farm: Option<FarmHandle>,
+    /// The live SIP trace of the admin API; filled only while listened to.
+    trace: Option<tokio::sync::broadcast::Sender<TraceRecord>>,
 }
 
 impl<L: LocationService> std::fmt::Debug for SipCore<L> {
@@ -269,6 +280,25 @@ impl<L: LocationService> SipCore<L> {
             next_token: 1,
             branch_counter: rand::random(),
             farm,
+            trace: None,
+        }
+    }
+
+    /// Publishes every message in and out to `trace` while it has listeners.
+    pub fn with_trace(mut self, trace: tokio::sync::broadcast::Sender<TraceRecord>) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    fn traced(&self, inbound: bool, transport: &'static str, remote: String, raw: &Bytes) {
+        if let Some(t) = self.trace.as_ref().filter(|t| t.receiver_count() > 0) {
+            let _ = t.send(TraceRecord {
+                at_ms: wall_ms(),
+                inbound,
+                transport,
+                remote,
+                raw: raw.clone(),
+            });
         }
     }
 
@@ -303,6 +333,12 @@ impl<L: LocationService> SipCore<L> {
                 c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => {
                     self.on_completion(c, Instant::now());
                 }
+                f = std::future::poll_fn(|cx| match self.auth.as_mut() {
+                    Some(a) => a.directory.poll_fetched(cx),
+                    None => Poll::Pending,
+                }) => {
+                    self.on_fetched(f, Instant::now());
+                }
                 () = sleep => {
                     self.txl.handle_timeout(Instant::now().into_std());
                 }
@@ -331,6 +367,14 @@ impl<L: LocationService> SipCore<L> {
                 progressed = true;
                 self.on_completion(c, now);
             }
+            while let Some(Poll::Ready(f)) = self
+                .auth
+                .as_mut()
+                .map(|a| a.directory.poll_fetched(&mut cx))
+            {
+                progressed = true;
+                self.on_fetched(f, now);
+            }
             if !progressed {
                 break;
             }
@@ -350,6 +394,9 @@ impl<L: LocationService> SipCore<L> {
                 ..
             } => {
                 let t = transport.as_str();
+                if self.trace.is_some() {
+                    self.traced(true, t, flow.peer().to_string(), msg.raw());
+                }
                 match msg.status() {
                     Some(s) => self
                         .metrics
@@ -378,6 +425,9 @@ impl<L: LocationService> SipCore<L> {
                 self.conn_by_peer.retain(|_, c| *c != id);
             }
             Inbound::PeerSip { msg, peer } => {
+                if self.trace.is_some() {
+                    self.traced(true, "overlay", hex::encode(peer), msg.raw());
+                }
                 match msg.status() {
                     Some(s) => self
                         .metrics
@@ -400,6 +450,16 @@ impl<L: LocationService> SipCore<L> {
     // ---- sending ------------------------------------------------------------
 
     fn send(&mut self, dest: Dest, bytes: Bytes) {
+        if self.trace.is_some() {
+            let (t, remote) = match dest {
+                Dest::Peer(p) => ("overlay", hex::encode(p)),
+                d => (
+                    d.transport().as_str(),
+                    d.peer().map(|a| a.to_string()).unwrap_or_default(),
+                ),
+            };
+            self.traced(false, t, remote, &bytes);
+        }
         match dest {
             Dest::Peer(node) => {
                 if let Some(f) = &self.farm {
@@ -682,25 +742,77 @@ impl<L: LocationService> SipCore<L> {
 
         // 4. Authentication of out-of-dialog requests from leaves.
         let mut asserted = None;
-        if let Some(auth) = &self.auth
+        if self.auth.is_some()
             && matches!(
                 msg.method(),
                 Method::Invite | Method::Message | Method::Subscribe
             )
             && !in_dialog
         {
-            match auth.verify(&msg, true, now_secs(), |u| self.me.serves(u)) {
-                Verdict::Authenticated(user) => {
-                    asserted = Some(Bytes::from(format!("<sip:{user}@{}>", self.me.domain)));
+            let token = self.token();
+            let me = &self.me;
+            let auth = self.auth.as_mut().expect("checked");
+            match auth.verify(&msg, true, now_secs(), token, |u| me.serves(u)) {
+                Verdict::Authenticated(sub) => {
+                    if sub.barred {
+                        self.metrics
+                            .auth_failures
+                            .with_label_values(&["barred"])
+                            .inc();
+                        return self.reply(
+                            server,
+                            &msg,
+                            403,
+                            &[(HeaderName::Warning, b"399 ringmesh \"barred\"")],
+                            now,
+                        );
+                    }
+                    // The leaf asserts only identities it owns; the farm
+                    // asserts the one it authenticated (RFC 3325).
+                    match Aor::from_uri(msg.from_hdr().uri()) {
+                        Ok(from_aor) if sub.owns(&from_aor) => {
+                            asserted = Some(Bytes::from(format!("<{from_aor}>")));
+                        }
+                        _ => {
+                            self.metrics
+                                .auth_failures
+                                .with_label_values(&["forbidden_identity"])
+                                .inc();
+                            return self.reply(
+                                server,
+                                &msg,
+                                403,
+                                &[(HeaderName::Warning, b"399 ringmesh \"From is not an identity of the authenticated user\"")],
+                                now,
+                            );
+                        }
+                    }
                 }
                 Verdict::Challenge { stale, reason } => {
-                    self.metrics
-                        .auth_failures
-                        .with_label_values(&[reason])
-                        .inc();
+                    if reason != "no_credentials" {
+                        self.metrics
+                            .auth_failures
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    let auth = self.auth.as_ref().expect("checked");
                     let resp =
                         auth.challenge(&msg, true, stale, now_secs(), self.to_tag(&msg).as_bytes());
                     return self.respond(server, 407, resp, transport_of(&msg), now);
+                }
+                Verdict::Pending => {
+                    self.pending.insert(
+                        token,
+                        Pending::Auth {
+                            server,
+                            msg,
+                            from: Some(flow),
+                        },
+                    );
+                    return;
+                }
+                Verdict::Unavailable => {
+                    return self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
                 }
             }
         }
@@ -766,16 +878,29 @@ impl<L: LocationService> SipCore<L> {
         let Ok(aor) = Aor::from_uri(msg.to_hdr().uri()) else {
             return self.reply(server, &msg, 400, &[], now);
         };
-        if let Some(auth) = &self.auth {
-            match auth.verify(&msg, false, now_secs(), |u| self.me.serves(u)) {
-                Verdict::Authenticated(user) => {
-                    // The authenticated user may register only its own AOR.
-                    if aor.user() != Some(user.as_bytes())
-                        || aor.host() != Some(self.me.domain.as_bytes())
-                    {
+        if self.auth.is_some() {
+            let token = self.token();
+            let me = &self.me;
+            let auth = self.auth.as_mut().expect("checked");
+            match auth.verify(&msg, false, now_secs(), token, |u| me.serves(u)) {
+                Verdict::Authenticated(sub) => {
+                    let why: Option<&[u8]> = if sub.barred {
+                        Some(b"399 ringmesh \"barred\"")
+                    } else if !sub.owns(&aor) {
+                        // The authenticated user registers only its own AORs.
+                        Some(b"399 ringmesh \"not your address-of-record\"")
+                    } else {
+                        None
+                    };
+                    if let Some(warning) = why {
+                        let reason = if sub.barred {
+                            "barred"
+                        } else {
+                            "forbidden_identity"
+                        };
                         self.metrics
                             .auth_failures
-                            .with_label_values(&["forbidden_identity"])
+                            .with_label_values(&[reason])
                             .inc();
                         self.metrics
                             .registrations
@@ -785,10 +910,7 @@ impl<L: LocationService> SipCore<L> {
                             server,
                             &msg,
                             403,
-                            &[(
-                                HeaderName::Warning,
-                                b"399 ringmesh \"not your address-of-record\"",
-                            )],
+                            &[(HeaderName::Warning, warning)],
                             now,
                         );
                     }
@@ -804,6 +926,7 @@ impl<L: LocationService> SipCore<L> {
                         .registrations
                         .with_label_values(&["challenged"])
                         .inc();
+                    let auth = self.auth.as_ref().expect("checked");
                     let resp = auth.challenge(
                         &msg,
                         false,
@@ -813,16 +936,37 @@ impl<L: LocationService> SipCore<L> {
                     );
                     return self.respond(server, 401, resp, transport_of(&msg), now);
                 }
+                Verdict::Pending => {
+                    self.pending.insert(
+                        token,
+                        Pending::Auth {
+                            server,
+                            msg,
+                            from: Some(flow),
+                        },
+                    );
+                    return;
+                }
+                Verdict::Unavailable => {
+                    self.metrics
+                        .registrations
+                        .with_label_values(&["failed"])
+                        .inc();
+                    return self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                }
             }
         }
         let transport = transport_of(&msg);
         let now_ms = wall_ms();
         let plan = match registrar::plan(
             &msg,
+            &aor,
             &self.registrar,
-            flow,
-            transport,
-            self.me.node_id,
+            registrar::Arrival {
+                flow,
+                transport,
+                edge: self.me.node_id,
+            },
             now_ms,
             now_ms << 16,
         ) {
@@ -852,6 +996,22 @@ impl<L: LocationService> SipCore<L> {
     fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
+    }
+
+    /// A subscriber lookup finished: run the waiting request again (the
+    /// directory now answers at once), or settle 404 against 480.
+    fn on_fetched(&mut self, (token, result): Fetched, now: Instant) {
+        match self.pending.remove(&token) {
+            Some(Pending::Auth { server, msg, from }) => self.on_request(server, msg, from, now),
+            Some(Pending::Unreachable { server, msg }) => {
+                let status = if matches!(result, Ok(None)) { 404 } else { 480 };
+                self.reply(server, &msg, status, &[], now);
+            }
+            Some(other) => {
+                self.pending.insert(token, other);
+            }
+            None => {}
+        }
     }
 
     fn on_completion(&mut self, (token, result): Completion, now: Instant) {
@@ -913,6 +1073,9 @@ impl<L: LocationService> SipCore<L> {
                     }
                 }
             }
+            Some(other) => {
+                self.pending.insert(token, other);
+            }
             None => {}
         }
     }
@@ -932,18 +1095,28 @@ impl<L: LocationService> SipCore<L> {
             .collect();
         if targets.is_empty() {
             // Known but not reachable now (480), or unknown (404). Without a
-            // subscriber list (auth none) we cannot tell who exists.
-            let known = self
-                .auth
-                .as_ref()
-                .zip(msg.request_uri().and_then(|u| u.user()))
-                .is_some_and(|(a, u)| a.knows(&ringmesh_sip::scan::unescape(u)));
-            let status = if known || !bindings.is_empty() {
-                480
-            } else {
-                404
+            // subscriber directory (auth none) we cannot tell who exists.
+            if !bindings.is_empty() {
+                return self.reply(server, &msg, 480, &[], now);
+            }
+            let Some(aor) = msg.request_uri().and_then(|u| Aor::from_uri(&u).ok()) else {
+                return self.reply(server, &msg, 404, &[], now);
             };
-            return self.reply(server, &msg, status, &[], now);
+            let token = self.token();
+            let found = match self.auth.as_mut() {
+                Some(a) => a.directory.by_public_id(&aor, token),
+                None => Found::Ready(None),
+            };
+            return match found {
+                Found::Ready(Some(_)) | Found::Unavailable => {
+                    self.reply(server, &msg, 480, &[], now)
+                }
+                Found::Ready(None) => self.reply(server, &msg, 404, &[], now),
+                Found::Pending => {
+                    self.pending
+                        .insert(token, Pending::Unreachable { server, msg });
+                }
+            };
         }
         self.proxy_to(server, msg, Some(from), targets, 0, asserted, now);
     }
@@ -1010,6 +1183,8 @@ impl<L: LocationService> SipCore<L> {
     /// it down that flow), and stops at another farm member's token.
     fn consume_routes(&self, msg: &Message, from: Option<FlowRef>) -> Routing {
         let mut popped = 0;
+        let mut own_flow = None;
+        let mut tokens_for_sender = 0;
         for r in msg.routes() {
             let token = r.uri().user().and_then(|u| self.tokens.decode(u));
             if !self.me.is_me(r.uri()) {
@@ -1039,8 +1214,18 @@ impl<L: LocationService> SipCore<L> {
                     dest: tok.dest,
                 };
             }
+            own_flow = Some(tok.dest);
+            tokens_for_sender += 1;
         }
-        Routing::Here { popped }
+        // Both ends of the dialog are behind the very flow the request came
+        // on (one UA calling itself, or caller and callee sharing a NAT
+        // binding): each of our tokens names it, and it is where to go.
+        match own_flow {
+            Some(dest) if tokens_for_sender >= 2 && popped == msg.routes().count() => {
+                Routing::Toward { popped, dest }
+            }
+            _ => Routing::Here { popped },
+        }
     }
 
     /// Forwards `msg` to every target in parallel (§16.6, §16.7). `from`

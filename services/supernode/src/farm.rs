@@ -95,6 +95,43 @@ pub enum Command {
     Leave {
         done: oneshot::Sender<bool>,
     },
+    Admin(AdminQuery),
+}
+
+/// What the admin API asks the overlay task.
+#[derive(Debug)]
+pub enum AdminQuery {
+    /// The node's status and ring view.
+    View(oneshot::Sender<View>),
+    /// Read a key from the ring: its replicas, entries and hops.
+    Lookup {
+        key: Key,
+        reply: oneshot::Sender<(Vec<NodeId>, Result<ringmesh_overlay::node::GetOk, OpError>)>,
+    },
+    /// Records held here after `after`, at most `limit`.
+    Held {
+        after: Option<Key>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<(Key, Vec<Entry>)>>,
+    },
+    /// An overlay lookup routed to `key` (ping and trace).
+    Probe {
+        key: Key,
+        reply: oneshot::Sender<(
+            ringmesh_overlay::Route,
+            Result<ringmesh_overlay::node::LookupOk, OpError>,
+        )>,
+    },
+}
+
+/// A snapshot of the overlay for the admin API.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub status: ringmesh_overlay::node::Status,
+    pub members: Vec<ringmesh_overlay::MemberRecord>,
+    pub replicas: usize,
+    pub held: usize,
+    pub edge_flows: usize,
 }
 
 /// The overlay task's answers.
@@ -234,10 +271,21 @@ pub fn start(
     Ok((handle, reply_rx, task))
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum OpKind {
     Get(u64, Instant),
     Put(u64, Instant),
+    AdminGet(
+        Vec<NodeId>,
+        oneshot::Sender<(Vec<NodeId>, Result<ringmesh_overlay::node::GetOk, OpError>)>,
+    ),
+    AdminProbe(
+        ringmesh_overlay::Route,
+        oneshot::Sender<(
+            ringmesh_overlay::Route,
+            Result<ringmesh_overlay::node::LookupOk, OpError>,
+        )>,
+    ),
 }
 
 #[derive(Debug, Default)]
@@ -414,6 +462,58 @@ impl Driver {
                 self.node.leave(now.into_std(), wall);
                 self.leave_waiters.push(done);
             }
+            Command::Admin(q) => self.on_admin(q, now, wall),
+        }
+    }
+
+    fn on_admin(&mut self, q: AdminQuery, now: Instant, wall: u64) {
+        match q {
+            AdminQuery::View(reply) => {
+                let me = self.node.id().to_bytes();
+                let edge_flows = self
+                    .node
+                    .store()
+                    .iter()
+                    .flat_map(|(_, r)| {
+                        r.live(wall)
+                            .filter_map(|e| Binding::decode(&e.value))
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|b| b.edge == me)
+                    .count();
+                let _ = reply.send(View {
+                    status: self.node.status(),
+                    members: self.node.view().iter().cloned().collect(),
+                    replicas: self.node.config().replicas,
+                    held: self.node.store().len(),
+                    edge_flows,
+                });
+            }
+            AdminQuery::Lookup { key, reply } => {
+                let replicas = self.node.route(&key).replicas;
+                let op = self.node.get(key, now.into_std(), wall);
+                self.ops.insert(op, OpKind::AdminGet(replicas, reply));
+            }
+            AdminQuery::Held {
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self
+                    .node
+                    .store()
+                    .iter()
+                    .filter(|(k, _)| after.is_none_or(|a| **k > a))
+                    .take(limit)
+                    .map(|(k, r)| (*k, r.live(wall).cloned().collect()))
+                    .collect();
+                let _ = reply.send(page);
+            }
+            AdminQuery::Probe { key, reply } => {
+                let route = self.node.route(&key);
+                let op = self.node.lookup(key, now.into_std(), wall);
+                self.ops.insert(op, OpKind::AdminProbe(route, reply));
+            }
         }
     }
 
@@ -435,8 +535,11 @@ impl Driver {
         let mut membership_changed = false;
         while let Some(ev) = self.node.poll_event() {
             match ev {
-                Event::GetDone { op, result } => {
-                    if let Some(OpKind::Get(token, t0)) = self.ops.remove(&op) {
+                Event::GetDone { op, result } => match self.ops.remove(&op) {
+                    Some(OpKind::AdminGet(replicas, reply)) => {
+                        let _ = reply.send((replicas, result));
+                    }
+                    Some(OpKind::Get(token, t0)) => {
                         self.metrics
                             .overlay_op_seconds
                             .with_label_values(&["get"])
@@ -449,7 +552,8 @@ impl Driver {
                             result: result.map(|ok| ok.entries),
                         });
                     }
-                }
+                    _ => {}
+                },
                 Event::PutDone { op, result } => {
                     if let Some(OpKind::Put(token, t0)) = self.ops.remove(&op) {
                         self.metrics
@@ -470,7 +574,11 @@ impl Driver {
                         });
                     }
                 }
-                Event::LookupDone { .. } => {}
+                Event::LookupDone { op, result } => {
+                    if let Some(OpKind::AdminProbe(route, reply)) = self.ops.remove(&op) {
+                        let _ = reply.send((route, result));
+                    }
+                }
                 Event::Joined => {
                     tracing::info!(id = %self.node.id(), "joined the ring");
                     membership_changed = true;

@@ -15,6 +15,7 @@
 //! | [`token`] | signed flow tokens in Record-Route |
 //! | [`metrics`], [`http`] | Prometheus metrics, `/metrics` `/healthz` `/readyz` |
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod core;
@@ -22,6 +23,7 @@ pub mod farm;
 pub mod http;
 pub mod link;
 pub mod location;
+pub mod membership;
 pub mod metrics;
 pub mod pki;
 pub mod registrar;
@@ -37,6 +39,7 @@ use anyhow::Context as _;
 use ringmesh_sip::Limits;
 use tokio::sync::mpsc;
 
+use crate::auth::Directory as _;
 use crate::config::{AuthMode, Config, Transport};
 use crate::core::{Me, SipCore};
 use crate::location::LocalStore;
@@ -67,15 +70,99 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enrolls with the farm CA when the data directory holds no identity yet:
+/// the key is made here and never leaves the node; the certificate (with
+/// the Node-ID the CA chose), the CA bundle, the CRL and the farm secret
+/// are written beside it.
+async fn enroll_if_needed(cfg: &Config) -> anyhow::Result<()> {
+    let (Some(ov), Some(endpoint)) = (&cfg.overlay, &cfg.enrollment) else {
+        return Ok(());
+    };
+    if ov.cert.exists() {
+        return Ok(());
+    }
+    let path = cfg.bootstrap_token_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "config key `bootstrap-token-file`: needed to enroll at {endpoint} (no {} yet)",
+            ov.cert.display()
+        )
+    })?;
+    let token = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "config key `bootstrap-token-file`: cannot read {}",
+            path.display()
+        )
+    })?;
+    let id = ringmesh_enrollment::enroll(endpoint, token.trim(), &cfg.name, &cfg.data)
+        .await
+        .map_err(|e| anyhow::anyhow!("enrollment at {endpoint} failed: {e}"))?;
+    tracing::info!(node_id = %hex::encode(id.node_id), "enrolled with the farm CA");
+    Ok(())
+}
+
+/// Fetches the farm's revocations every few seconds: links to revoked
+/// nodes close and are refused from then on; the CRL is kept on disk.
+async fn follow_revocations(
+    endpoint: String,
+    links: link::Links,
+    crl_path: std::path::PathBuf,
+    me: [u8; 16],
+) {
+    use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
+    let url = if endpoint.contains("://") {
+        endpoint.clone()
+    } else {
+        format!("http://{endpoint}")
+    };
+    loop {
+        let fetched = async {
+            let ch = tonic::transport::Endpoint::from_shared(url.clone())
+                .ok()?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .ok()?;
+            EnrollmentClient::new(ch)
+                .get_revocations(ringmesh_proto::enrollment::GetRevocationsRequest {})
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        };
+        if let Some(r) = fetched.await {
+            let ids: Vec<[u8; 16]> = r
+                .revoked_node_ids
+                .iter()
+                .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+                .collect();
+            if ids.contains(&me) {
+                tracing::error!(
+                    "this node's certificate is revoked: the farm will not link with it"
+                );
+            }
+            links.revoke(&ids);
+            if !r.crl_pem.is_empty() {
+                let _ = std::fs::write(&crl_path, r.crl_pem);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
 /// Runs a supernode until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
+    enroll_if_needed(&cfg).await?;
     // Every node of a farm must hold the same secret (nonces and flow
     // tokens are verified farm-wide): a farm node never invents one.
     let secret = if cfg.overlay.is_some() {
         let text = std::fs::read_to_string(&cfg.farm_secret).with_context(|| {
-            format!("config key `farm-secret`: cannot read {} (every farm node needs the shared secret)", cfg.farm_secret.display())
+            format!(
+                "config key `farm-secret`: cannot read {} (every farm node needs the shared secret)",
+                cfg.farm_secret.display()
+            )
         })?;
         hex::decode(text.trim())
             .with_context(|| format!("{} is not hex", cfg.farm_secret.display()))?
@@ -89,21 +176,50 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
+    let mut cache = None;
     let auth = match cfg.auth {
         AuthMode::Digest => {
-            let path = cfg
-                .subscribers
-                .as_ref()
-                .expect("validated: digest needs subscribers");
             let digest =
                 ringmesh_sip::digest::DigestAuth::new(&secret, cfg.nonce_lifetime.as_secs())
                     .with_algorithms(&cfg.digest_algorithms);
-            let a = auth::Auth::load(path, &cfg.domain, digest)?;
-            tracing::info!(subscribers = a.len(), realm = %cfg.domain, "digest authentication on");
-            Some(a)
+            let directory: Box<dyn auth::Directory> = match (&cfg.provisioning, &cfg.subscribers) {
+                (Some(addr), _) => {
+                    let c = Arc::new(
+                        ringmesh_provisioning::cache::SubscriberCache::connect(
+                            addr,
+                            ringmesh_provisioning::cache::CacheConfig {
+                                capacity: cfg.subscriber_cache,
+                                ..Default::default()
+                            },
+                        )
+                        .map_err(|e| anyhow::anyhow!("config key `provisioning`: {e}"))?,
+                    );
+                    tracing::info!(provisioning = %addr, capacity = cfg.subscriber_cache, realm = %cfg.domain, "digest authentication against provisioning");
+                    cache = Some(c.clone());
+                    Box::new(auth::CacheDirectory::new(c, &cfg.domain))
+                }
+                (None, Some(path)) => {
+                    let d = auth::FileDirectory::load(path, &cfg.domain)?;
+                    tracing::info!(subscribers = d.len(), realm = %cfg.domain, "digest authentication against a subscriber file");
+                    Box::new(d)
+                }
+                (None, None) => anyhow::bail!("digest auth needs --subscribers or --provisioning"),
+            };
+            Some(auth::Auth::new(&cfg.domain, digest, directory))
         }
         AuthMode::None => None,
     };
+    if let Some(c) = cache.clone() {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let cm = c.metrics();
+                m.cache_hits.set(cm.hits.load(Ordering::Relaxed) as i64);
+                m.cache_misses.set(cm.misses.load(Ordering::Relaxed) as i64);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
 
     let (tx, rx) = mpsc::channel(8192);
     let shared = Arc::new(transport::Shared {
@@ -141,6 +257,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let cfg = Arc::new(cfg);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (trace, _) = tokio::sync::broadcast::channel(1024);
+    let etcd_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync> = match cache.clone() {
+        Some(c) => Arc::new(move || c.is_watching()),
+        None => Arc::new(|| false),
+    };
+    let mut facts = admin::NodeFacts {
+        name: cfg.name.clone(),
+        node_id: [0; 16],
+        sip_listeners: cfg.listen.iter().map(ToString::to_string).collect(),
+        overlay_addr: String::new(),
+        admin_addr: cfg.admin.map(|a| a.to_string()).unwrap_or_default(),
+        cert_expires_at: None,
+        started,
+    };
 
     let Some(ov) = cfg.overlay.clone() else {
         let node_id: [u8; 16] = {
@@ -149,6 +280,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             n.copy_from_slice(&id[..16]);
             n
         };
+        facts.node_id = node_id;
         let me = Me::new(&cfg, node_id);
         let core = SipCore::new(
             cfg.clone(),
@@ -160,7 +292,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             shared,
             udp,
             None,
-        );
+        )
+        .with_trace(trace.clone());
+        if let Some(addr) = cfg.admin {
+            let svc = admin::AdminService::new(
+                facts,
+                None,
+                trace,
+                metrics.transactions.clone(),
+                etcd_connected,
+                provisioning_connected,
+            );
+            admin::serve(addr, svc)
+                .await
+                .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+        }
         let core_task = tokio::spawn(core.run(rx));
         health.ready.store(true, Ordering::Relaxed);
         tracing::info!(name = %cfg.name, domain = %cfg.domain, "supernode ready (a farm of one)");
@@ -176,6 +322,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // A farm member: identity from the farm CA, links, the overlay task.
     let identity = pki::Identity::load(&ov.cert, &ov.key, &ov.ca, Some(&ov.crl))
         .context("node identity (config keys cert, key, ca)")?;
+    let node_hex = hex::encode(identity.node_id);
+    facts.node_id = identity.node_id;
+    facts.cert_expires_at = identity.chain.first().and_then(pki::not_after);
     let me = Me::new(&cfg, identity.node_id);
     let (link_tx, link_rx) = mpsc::channel(16_384);
     let links = link::Links::bind(
@@ -195,11 +344,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     node.replicas = ov.replicas;
     node.persist = true;
     node.rng_seed = rand::random();
+    facts.overlay_addr = node.overlay_addr.clone();
+    let mut seeds = ov.seeds.clone();
+    if !cfg.etcd.is_empty() {
+        let found = membership::discover_seeds(&cfg.etcd, &node_hex).await;
+        tracing::info!(seeds = found.len(), "seeds from etcd");
+        for s in found {
+            if !seeds.contains(&s) && s != ov.listen {
+                seeds.push(s);
+            }
+        }
+        tokio::spawn(membership::keep_registered(
+            cfg.etcd.clone(),
+            membership::MemberEntry {
+                node_id: node_hex.clone(),
+                name: cfg.name.clone(),
+                overlay: node.overlay_addr.clone(),
+                sip: node.sip_addr.clone(),
+            },
+            etcd_connected.clone(),
+            metrics.clone(),
+        ));
+    }
+    if let Some(ep) = cfg.enrollment.clone() {
+        tokio::spawn(follow_revocations(
+            ep,
+            links.clone(),
+            ov.crl.clone(),
+            identity.node_id,
+        ));
+    }
+    {
+        let m = metrics.clone();
+        let expiry = facts.cert_expires_at;
+        tokio::spawn(async move {
+            loop {
+                if let Some(t) = expiry {
+                    m.cert_expiry.set(t - core::wall_ms() as i64 / 1000);
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+    }
     let (farm, replies, _overlay_task) = farm::start(farm::FarmSetup {
         node,
         links,
         link_events: link_rx,
-        seeds: ov.seeds.clone(),
+        seeds,
         bootstrap_after: ov.bootstrap_after,
         data: cfg.data.clone(),
         sip_inbound: tx,
@@ -217,9 +408,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shared,
         udp,
         Some(farm.clone()),
-    );
+    )
+    .with_trace(trace.clone());
+    if let Some(addr) = cfg.admin {
+        let svc = admin::AdminService::new(
+            facts,
+            Some(farm.clone()),
+            trace,
+            metrics.transactions.clone(),
+            etcd_connected,
+            provisioning_connected,
+        );
+        admin::serve(addr, svc)
+            .await
+            .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+    }
     let core_task = tokio::spawn(core.run(rx));
-    tracing::info!(name = %cfg.name, node_id = %hex::encode(identity.node_id), overlay = %ov.listen, "supernode started; joining the farm");
+    tracing::info!(name = %cfg.name, node_id = %node_hex, overlay = %ov.listen, "supernode started; joining the farm");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

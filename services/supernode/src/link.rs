@@ -76,6 +76,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Node-IDs the farm CA revoked: never linked again.
+    revoked: Mutex<std::collections::HashSet<NodeId>>,
     /// Dials in progress, so repeated asks do not pile up handshakes.
     dialing: Mutex<std::collections::HashSet<SocketAddr>>,
     events: mpsc::Sender<LinkEvent>,
@@ -133,6 +135,7 @@ impl Links {
                 client,
                 peers: Mutex::new(HashMap::new()),
                 dialing: Mutex::new(std::collections::HashSet::new()),
+                revoked: Mutex::new(std::collections::HashSet::new()),
                 events,
                 metrics,
                 serial: AtomicU64::new(1),
@@ -206,6 +209,20 @@ impl Links {
         }
     }
 
+    /// Revokes Node-IDs: their links close now and are refused from now on.
+    /// Returns the ones newly revoked.
+    pub fn revoke(&self, ids: &[NodeId]) -> Vec<NodeId> {
+        let fresh: Vec<NodeId> = {
+            let mut r = self.inner.revoked.lock();
+            ids.iter().copied().filter(|id| r.insert(*id)).collect()
+        };
+        for id in &fresh {
+            self.close(id, "certificate revoked");
+            tracing::warn!(peer = %hex::encode(id), "node revoked by the farm CA; link closed");
+        }
+        fresh
+    }
+
     /// Closes the link to `peer` (e.g. its certificate was revoked).
     pub fn close(&self, peer: &NodeId, reason: &str) {
         if let Some(p) = self.inner.peers.lock().remove(peer) {
@@ -242,6 +259,10 @@ impl Links {
             conn.close(quinn::VarInt::from_u32(2), b"no Node-ID in certificate");
             return self.refused(addr, "certificate carries no Node-ID");
         };
+        if self.inner.revoked.lock().contains(&cert_id) {
+            conn.close(quinn::VarInt::from_u32(9), b"revoked");
+            return self.refused(addr, "certificate revoked");
+        }
         if expect.is_some_and(|e| e != cert_id) {
             conn.close(quinn::VarInt::from_u32(2), b"unexpected Node-ID");
             return self.refused(addr, "peer is not the node expected at this address");
@@ -397,7 +418,9 @@ impl Links {
 }
 
 fn refusal_kind(why: &str) -> &'static str {
-    if why.contains("Node-ID") || why.contains("expected") {
+    if why.contains("revoked") {
+        "revoked"
+    } else if why.contains("Node-ID") || why.contains("expected") {
         "identity"
     } else if why.contains("handshake") {
         "tls"

@@ -36,6 +36,8 @@ impl FlowRef {
 /// One registered contact of an AOR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
+    /// The canonical AOR this binding belongs to (for admin listings).
+    pub aor: Bytes,
     /// The Contact URI as registered (without `<>` and header parameters).
     pub contact: Bytes,
     /// `+sip.instance` (RFC 5626), unquoted.
@@ -60,7 +62,7 @@ pub struct Binding {
 }
 
 /// Version of [`Binding::encode`]'s layout.
-const BINDING_FORMAT: u8 = 1;
+const BINDING_FORMAT: u8 = 2;
 
 impl Binding {
     /// A compact, versioned encoding: the value stored in the overlay.
@@ -68,6 +70,7 @@ impl Binding {
         use bytes::BufMut as _;
         let mut b = bytes::BytesMut::with_capacity(64 + self.contact.len() + self.call_id.len());
         b.put_u8(BINDING_FORMAT);
+        put_bytes(&mut b, &self.aor);
         put_bytes(&mut b, &self.contact);
         put_bytes(&mut b, self.instance.as_deref().unwrap_or_default());
         b.put_u8(
@@ -124,6 +127,7 @@ impl Binding {
         if b.remaining() < 1 || b.get_u8() != BINDING_FORMAT {
             return None;
         }
+        let aor = take_bytes(&mut b)?;
         let contact = take_bytes(&mut b)?;
         let instance = take_bytes(&mut b)?;
         if b.remaining() < 1 + 4 + 2 + 8 {
@@ -174,6 +178,7 @@ impl Binding {
             _ => return None,
         };
         Some(Binding {
+            aor,
             contact,
             instance: (flags & 1 != 0).then_some(instance),
             reg_id: (flags & 2 != 0).then_some(reg_id),
@@ -406,6 +411,7 @@ mod tests {
             },
         ] {
             let b = Binding {
+                aor: Bytes::from_static(b"sip:alice@ringmesh.test"),
                 contact: Bytes::from_static(b"sip:alice@192.0.2.1:5060;ob"),
                 instance: Some(Bytes::from_static(b"<urn:uuid:1>")),
                 reg_id: Some(2),

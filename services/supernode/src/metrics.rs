@@ -63,6 +63,10 @@ pub struct Metrics {
     pub failures_detected: IntCounter,
     pub overlay_forwarded: IntCounter,
     pub link_rtt: Histogram,
+    pub cert_expiry: IntGauge,
+    pub cache_hits: IntGauge,
+    pub cache_misses: IntGauge,
+    pub etcd_connected: IntGauge,
     pub link_refusals: IntCounterVec,
     pub link_malformed: IntCounter,
     pub up: IntGauge,
@@ -272,6 +276,26 @@ impl Metrics {
                 "ringmesh_overlay_forwarded_total",
                 "Operations forwarded on because a sender's view was stale",
             ),
+            cert_expiry: gauge(
+                r,
+                "ringmesh_node_certificate_expiry_seconds",
+                "Seconds until this node's certificate expires (negative: expired)",
+            ),
+            cache_hits: gauge(
+                r,
+                "ringmesh_subscriber_cache_hits",
+                "Subscriber lookups answered from the cache (since start)",
+            ),
+            cache_misses: gauge(
+                r,
+                "ringmesh_subscriber_cache_misses",
+                "Subscriber lookups that asked provisioning (since start)",
+            ),
+            etcd_connected: gauge(
+                r,
+                "ringmesh_etcd_connected",
+                "1 while this node's membership lease in etcd is kept alive",
+            ),
             link_rtt: histogram(
                 r,
                 "ringmesh_overlay_link_rtt_seconds",
@@ -331,7 +355,7 @@ impl Metrics {
         for res in ["ok", "failed"] {
             m.overlay_writes.with_label_values(&[res]);
         }
-        for reason in ["tls", "identity", "version", "other"] {
+        for reason in ["tls", "identity", "revoked", "version", "other"] {
             m.link_refusals.with_label_values(&[reason]);
         }
         m.up.set(1);

@@ -86,16 +86,28 @@ impl RegistrarError {
     }
 }
 
+/// Where a REGISTER arrived: the flow, its transport, and this edge node.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub flow: FlowRef,
+    pub transport: Transport,
+    pub edge: [u8; 16],
+}
+
 /// Validates a REGISTER (steps 5–7 of §10.3 that need no stored state).
 pub fn plan(
     req: &Message,
+    aor: &ringmesh_sip::aor::Aor,
     cfg: &RegistrarConfig,
-    flow: FlowRef,
-    transport: Transport,
-    edge: [u8; 16],
+    at: Arrival,
     now_ms: u64,
     hlc: u64,
 ) -> Result<RegisterPlan, Reject> {
+    let Arrival {
+        flow,
+        transport,
+        edge,
+    } = at;
     if !matches!(req.to_hdr().uri().scheme(), Scheme::Sip | Scheme::Sips) {
         return Err(Reject::bad(
             "the To header is not a SIP or SIPS address-of-record",
@@ -124,6 +136,7 @@ pub fn plan(
                 let reg_id = na.reg_id().filter(|_| instance.is_some());
                 contacts.push(ContactUpdate {
                     binding: Binding {
+                        aor: Bytes::copy_from_slice(aor.as_bytes()),
                         // Copies, not slices: a stored binding must not pin
                         // the receive buffer it came in.
                         contact: Bytes::copy_from_slice(na.uri().as_bytes()),
@@ -290,8 +303,26 @@ mod tests {
         Message::parse(Bytes::from(s)).unwrap()
     }
 
+    fn aor_of(m: &Message) -> ringmesh_sip::aor::Aor {
+        ringmesh_sip::aor::Aor::from_uri(m.to_hdr().uri()).unwrap()
+    }
+
+    fn plan_for(
+        m: &Message,
+        cfg: &RegistrarConfig,
+        now: u64,
+        hlc: u64,
+    ) -> Result<RegisterPlan, Reject> {
+        let at = Arrival {
+            flow: flow(),
+            transport: Transport::Udp,
+            edge: [0; 16],
+        };
+        plan(m, &aor_of(m), cfg, at, now, hlc)
+    }
+
     fn run(list: &mut Vec<Binding>, m: &Message, now: u64) -> Result<(), RegistrarError> {
-        let p = plan(m, &CFG, flow(), Transport::Udp, [0; 16], now, now).unwrap();
+        let p = plan_for(m, &CFG, now, now).unwrap();
         apply(list, &p, now)
     }
 
@@ -365,47 +396,19 @@ mod tests {
 
     #[test]
     fn rejections() {
-        let too_brief = plan(
+        let too_brief = plan_for(
             &register("c", 1, &["<sip:a@b>;expires=10"], None),
             &CFG,
-            flow(),
-            Transport::Udp,
-            [0; 16],
             0,
             0,
         );
         assert_eq!(too_brief.unwrap_err().min_expires, Some(60));
-        let bad_star = plan(
-            &register("c", 1, &["*"], Some(30)),
-            &CFG,
-            flow(),
-            Transport::Udp,
-            [0; 16],
-            0,
-            0,
-        );
+        let bad_star = plan_for(&register("c", 1, &["*"], Some(30)), &CFG, 0, 0);
         assert_eq!(bad_star.unwrap_err().status, 400);
-        let clamped = plan(
-            &register("c", 1, &["<sip:a@b>"], Some(999_999)),
-            &CFG,
-            flow(),
-            Transport::Udp,
-            [0; 16],
-            0,
-            0,
-        )
-        .unwrap();
+        let clamped =
+            plan_for(&register("c", 1, &["<sip:a@b>"], Some(999_999)), &CFG, 0, 0).unwrap();
         assert_eq!(clamped.contacts[0].expires, 7200);
-        let query = plan(
-            &register("c", 1, &[], None),
-            &CFG,
-            flow(),
-            Transport::Udp,
-            [0; 16],
-            0,
-            0,
-        )
-        .unwrap();
+        let query = plan_for(&register("c", 1, &[], None), &CFG, 0, 0).unwrap();
         assert!(query.is_query());
     }
 
@@ -464,7 +467,7 @@ mod tests {
             &["<sip:a@192.0.2.1>;q=0.5", "<sip:a@192.0.2.2>"],
             Some(600),
         );
-        let p = plan(&m, &CFG, flow(), Transport::Udp, [0; 16], 0, 0).unwrap();
+        let p = plan_for(&m, &CFG, 0, 0).unwrap();
         apply(&mut list, &p, 0).unwrap();
         sort_by_preference(&mut list);
         let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag")).unwrap();

@@ -1,0 +1,659 @@
+//! The admin gRPC API of a supernode (`ringmesh.admin.v1.Admin`).
+//!
+//! Read-only views come from the overlay task ([`AdminQuery`]) and never
+//! touch the SIP core; the live SIP trace is a broadcast the SIP core fills
+//! only while someone listens. Every RPC has a deadline; bad arguments get
+//! `InvalidArgument` naming the field.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringmesh_overlay::{Key, MemberState, NodeId};
+use ringmesh_proto::admin as pb;
+use ringmesh_proto::admin::admin_server::{Admin, AdminServer};
+use ringmesh_sip::Message;
+use ringmesh_sip::aor::Aor;
+use tokio::sync::{broadcast, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::farm::{AdminQuery, Command, FarmHandle, nid};
+use crate::location::{Binding, FlowRef};
+
+/// One SIP message through the node, for the live trace.
+#[derive(Debug, Clone)]
+pub struct TraceRecord {
+    pub at_ms: u64,
+    pub inbound: bool,
+    pub transport: &'static str,
+    pub remote: String,
+    pub raw: Bytes,
+}
+
+/// What the admin service needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub name: String,
+    pub node_id: [u8; 16],
+    pub sip_listeners: Vec<String>,
+    pub overlay_addr: String,
+    pub admin_addr: String,
+    pub cert_expires_at: Option<i64>,
+    pub started: Instant,
+}
+
+/// The admin service of one supernode.
+pub struct AdminService {
+    facts: NodeFacts,
+    farm: Option<FarmHandle>,
+    trace: broadcast::Sender<TraceRecord>,
+    transactions: prometheus::IntGauge,
+    etcd_connected: Arc<std::sync::atomic::AtomicBool>,
+    provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("name", &self.facts.name)
+            .finish_non_exhaustive()
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn state_of(s: MemberState) -> i32 {
+    (match s {
+        MemberState::Joining => pb::NodeState::Joining,
+        MemberState::Alive => pb::NodeState::Alive,
+        MemberState::Leaving => pb::NodeState::Leaving,
+        MemberState::Left => pb::NodeState::Left,
+        MemberState::Dead => pb::NodeState::Dead,
+    }) as i32
+}
+
+fn phase_state(p: ringmesh_overlay::node::Phase) -> i32 {
+    use ringmesh_overlay::node::Phase;
+    (match p {
+        Phase::Idle | Phase::Joining => pb::NodeState::Joining,
+        Phase::Alive => pb::NodeState::Alive,
+        Phase::Leaving => pb::NodeState::Leaving,
+        Phase::Left => pb::NodeState::Left,
+    }) as i32
+}
+
+fn flow_text(b: &Binding) -> String {
+    match b.flow {
+        FlowRef::Udp { socket, peer } => format!("udp:{peer} (socket {socket})"),
+        FlowRef::Conn { id, peer } => format!("tcp:{peer} (connection {id})"),
+    }
+}
+
+fn binding_pb(b: &Binding) -> pb::Binding {
+    pb::Binding {
+        aor: String::from_utf8_lossy(&b.aor).into_owned(),
+        contact: String::from_utf8_lossy(&b.contact).into_owned(),
+        instance_id: b
+            .instance
+            .as_deref()
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+            .unwrap_or_default(),
+        reg_id: b.reg_id.unwrap_or(0),
+        expires_unix_ms: b.expires_at_ms,
+        call_id: String::from_utf8_lossy(&b.call_id).into_owned(),
+        cseq: b.cseq,
+        edge_node_id: hex::encode(b.edge),
+        edge_flow: flow_text(b),
+        q: u32::from(b.q.unwrap_or(1000)),
+        hlc: b.hlc,
+    }
+}
+
+fn parse_node_id(field: &str, s: &str) -> Result<NodeId, Status> {
+    let bytes = hex::decode(s)
+        .map_err(|_| Status::invalid_argument(format!("{field}: not 32 hex digits")))?;
+    let arr: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| Status::invalid_argument(format!("{field}: a Node-ID is 32 hex digits")))?;
+    Ok(nid(arr))
+}
+
+fn aor_key(field: &str, aor: &str) -> Result<(Aor, Key), Status> {
+    let a = Aor::parse(aor.as_bytes()).map_err(|e| {
+        Status::invalid_argument(format!(
+            "{field}: '{aor}' is not a SIP, SIPS or tel AOR ({e})"
+        ))
+    })?;
+    let key = Key::hash(&a.key_material());
+    Ok((a, key))
+}
+
+/// A key whose ring position is the node's own id (its lookup ends there).
+fn key_at(node: NodeId) -> Key {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&node.to_bytes());
+    Key::from_array(k)
+}
+
+impl AdminService {
+    pub fn new(
+        facts: NodeFacts,
+        farm: Option<FarmHandle>,
+        trace: broadcast::Sender<TraceRecord>,
+        transactions: prometheus::IntGauge,
+        etcd_connected: Arc<std::sync::atomic::AtomicBool>,
+        provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> AdminService {
+        AdminService {
+            facts,
+            farm,
+            trace,
+            transactions,
+            etcd_connected,
+            provisioning_connected,
+        }
+    }
+
+    fn farm(&self) -> Result<&FarmHandle, Status> {
+        self.farm.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this supernode is a farm of one (no --overlay)")
+        })
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
+    ) -> Result<T, Status> {
+        let farm = self.farm()?;
+        let (tx, rx) = oneshot::channel();
+        farm.cmd
+            .send(Command::Admin(make(tx)))
+            .await
+            .map_err(|_| Status::unavailable("the overlay task has stopped"))?;
+        tokio::time::timeout(DEADLINE, rx)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the overlay did not answer in time"))?
+            .map_err(|_| Status::unavailable("the overlay task dropped the query"))
+    }
+
+    fn member_name(view: &crate::farm::View, id: NodeId) -> (String, String) {
+        view.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| (m.name.clone(), m.overlay_addr.clone()))
+            .unwrap_or_default()
+    }
+}
+
+type TraceStream = Pin<Box<dyn futures::Stream<Item = Result<pb::SipTraceEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let view = match &self.farm {
+            Some(_) => Some(self.ask(AdminQuery::View).await?),
+            None => None,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(Response::new(pb::StatusResponse {
+            node_id: hex::encode(self.facts.node_id),
+            name: self.facts.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: ringmesh_overlay::ProtocolVersion::CURRENT.to_string(),
+            state: view
+                .as_ref()
+                .map_or(pb::NodeState::Alive as i32, |v| phase_state(v.status.phase)),
+            uptime_seconds: self.facts.started.elapsed().as_secs(),
+            sip_listeners: self.facts.sip_listeners.clone(),
+            overlay_addr: self.facts.overlay_addr.clone(),
+            admin_addr: self.facts.admin_addr.clone(),
+            alive_members: view.as_ref().map_or(1, |v| v.status.ring_members as u32),
+            stored_bindings: view.as_ref().map_or(0, |v| v.held as u64),
+            edge_flows: view.as_ref().map_or(0, |v| v.edge_flows as u64),
+            active_transactions: self.transactions.get().max(0) as u64,
+            etcd_connected: self
+                .etcd_connected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            provisioning_connected: (self.provisioning_connected)(),
+            certificate_expires_in_seconds: self.facts.cert_expires_at.map_or(0, |t| t - now),
+        }))
+    }
+
+    async fn ring(
+        &self,
+        _r: Request<pb::RingRequest>,
+    ) -> Result<Response<pb::RingResponse>, Status> {
+        let v = self.ask(AdminQuery::View).await?;
+        let me = nid(self.facts.node_id);
+        let mut members: Vec<pb::RingMember> = v
+            .members
+            .iter()
+            .map(|m| pb::RingMember {
+                node_id: m.id.to_string(),
+                name: m.name.clone(),
+                state: state_of(m.state),
+                overlay_addr: m.overlay_addr.clone(),
+                sip_addr: m.sip_addr.clone(),
+                protocol_version: m.version.to_string(),
+                incarnation: m.incarnation,
+                since_unix_ms: m.since_ms,
+                is_self: m.id == me,
+            })
+            .collect();
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(Response::new(pb::RingResponse {
+            self_node_id: me.to_string(),
+            members,
+            successors: v.status.successors.iter().map(|n| n.to_string()).collect(),
+            predecessors: v
+                .status
+                .predecessors
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            replication_factor: v.replicas as u32,
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        r: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let (aor, key) = aor_key("aor", &r.get_ref().aor)?;
+        let view = self.ask(AdminQuery::View).await?;
+        let (replicas, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
+        let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
+        let now_ms = crate::core::wall_ms();
+        let bindings: Vec<pb::Binding> = ok
+            .entries
+            .iter()
+            .filter(|e| e.is_live(now_ms))
+            .filter_map(|e| {
+                Binding::decode(&e.value).map(|mut b| {
+                    b.hlc = e.hlc.as_u64();
+                    binding_pb(&b)
+                })
+            })
+            .collect();
+        let alive: Vec<NodeId> = view
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.id)
+            .collect();
+        let replicas = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (name, overlay_addr) = Self::member_name(&view, *id);
+                pb::Replica {
+                    node_id: id.to_string(),
+                    name,
+                    overlay_addr,
+                    primary: i == 0,
+                    reachable: alive.contains(id),
+                    bindings: if *id == ok.responder {
+                        bindings.len() as u32
+                    } else {
+                        0
+                    },
+                    error: if *id == ok.responder {
+                        String::new()
+                    } else {
+                        "not asked (reads ask one replica)".into()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::LookupResponse {
+            canonical_aor: aor.to_string(),
+            key: hex::encode(key.as_bytes()),
+            replicas,
+            bindings,
+            hops: ok.hops,
+        }))
+    }
+
+    async fn list_bindings(
+        &self,
+        r: Request<pb::ListBindingsRequest>,
+    ) -> Result<Response<pb::ListBindingsResponse>, Status> {
+        let req = r.into_inner();
+        let page_size = match req.page_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} is outside 1..=1000"
+                )));
+            }
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let raw = hex::decode(&req.page_token)
+                .map_err(|_| Status::invalid_argument("page_token: not a token this API issued"))?;
+            Some(Key::from_slice(&raw).ok_or_else(|| {
+                Status::invalid_argument("page_token: not a token this API issued")
+            })?)
+        };
+        let only = if req.aor.is_empty() {
+            None
+        } else {
+            Some(aor_key("aor", &req.aor)?.0)
+        };
+        let me = self.facts.node_id;
+        let mut out = Vec::new();
+        let mut cursor = after;
+        let mut next = String::new();
+        // Pages of records until enough bindings passed the filters.
+        'pages: loop {
+            let page = self
+                .ask(|reply| AdminQuery::Held {
+                    after: cursor,
+                    limit: 256,
+                    reply,
+                })
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for (key, entries) in &page {
+                cursor = Some(*key);
+                for e in entries {
+                    let Some(mut b) = Binding::decode(&e.value) else {
+                        continue;
+                    };
+                    b.hlc = e.hlc.as_u64();
+                    if only.as_ref().is_some_and(|a| a.as_bytes() != &b.aor[..])
+                        || (req.edge_only && b.edge != me)
+                    {
+                        continue;
+                    }
+                    out.push(binding_pb(&b));
+                }
+                if out.len() >= page_size {
+                    next = hex::encode(key.as_bytes());
+                    break 'pages;
+                }
+            }
+        }
+        Ok(Response::new(pb::ListBindingsResponse {
+            bindings: out,
+            next_page_token: next,
+        }))
+    }
+
+    async fn drain(
+        &self,
+        r: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let req = r.into_inner();
+        let me = nid(self.facts.node_id);
+        if !req.node_id.is_empty() && parse_node_id("node_id", &req.node_id)? != me {
+            return Err(Status::invalid_argument(
+                "node_id: a node drains itself; call the admin API of that node",
+            ));
+        }
+        let farm = self.farm()?;
+        let v = self.ask(AdminQuery::View).await?;
+        let grace = Duration::from_secs(u64::from(req.grace_seconds.max(15)));
+        let handed_off = farm.leave(grace).await;
+        tracing::info!(handed_off, "drained through the admin API");
+        Ok(Response::new(pb::DrainResponse {
+            node_id: me.to_string(),
+            state: if handed_off {
+                pb::NodeState::Left as i32
+            } else {
+                pb::NodeState::Leaving as i32
+            },
+            keys_to_hand_off: v.held as u64,
+        }))
+    }
+
+    async fn ping(
+        &self,
+        r: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let req = r.into_inner();
+        let target = parse_node_id("node_id", &req.node_id)?;
+        let count = match req.count {
+            0 => 3,
+            n @ 1..=100 => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "count: {n} is outside 1..=100"
+                )));
+            }
+        };
+        let timeout = Duration::from_millis(u64::from(if req.timeout_ms == 0 {
+            1000
+        } else {
+            req.timeout_ms.min(30_000)
+        }));
+        let view = self.ask(AdminQuery::View).await?;
+        let (_, overlay_addr) = Self::member_name(&view, target);
+        if overlay_addr.is_empty() {
+            return Err(Status::not_found(format!(
+                "node_id: {target} is not a member of this farm"
+            )));
+        }
+        let mut results = Vec::new();
+        for seq in 1..=count {
+            let t0 = Instant::now();
+            let probe = tokio::time::timeout(
+                timeout,
+                self.ask(|reply| AdminQuery::Probe {
+                    key: key_at(target),
+                    reply,
+                }),
+            )
+            .await;
+            let ok = matches!(&probe, Ok(Ok((_, Ok(l)))) if l.responder == target);
+            results.push(pb::PingResult {
+                seq,
+                rtt_us: if ok {
+                    t0.elapsed().as_micros() as u64
+                } else {
+                    0
+                },
+                lost: !ok,
+            });
+        }
+        Ok(Response::new(pb::PingResponse {
+            node_id: target.to_string(),
+            overlay_addr,
+            results,
+        }))
+    }
+
+    async fn trace(
+        &self,
+        r: Request<pb::TraceRequest>,
+    ) -> Result<Response<pb::TraceResponse>, Status> {
+        use pb::trace_request::Target;
+        let req = r.into_inner();
+        let key = match req.target {
+            Some(Target::NodeId(n)) => key_at(parse_node_id("node_id", &n)?),
+            Some(Target::Key(k)) => {
+                let raw = hex::decode(&k)
+                    .map_err(|_| Status::invalid_argument("key: not 64 hex digits"))?;
+                Key::from_slice(&raw)
+                    .ok_or_else(|| Status::invalid_argument("key: a key is 64 hex digits"))?
+            }
+            Some(Target::Aor(a)) => aor_key("aor", &a)?.1,
+            None => {
+                return Err(Status::invalid_argument(
+                    "target: give a node_id, a key or an aor",
+                ));
+            }
+        };
+        let view = self.ask(AdminQuery::View).await?;
+        let me = nid(self.facts.node_id);
+        let t0 = Instant::now();
+        let (route, result) = self.ask(|reply| AdminQuery::Probe { key, reply }).await?;
+        let rtt = t0.elapsed().as_micros() as u64;
+        let hop = |index: u32, id: NodeId, rtt_us: u64, responsible: bool, error: String| {
+            let (name, overlay_addr) = Self::member_name(&view, id);
+            pb::TraceHop {
+                index,
+                node_id: id.to_string(),
+                name,
+                overlay_addr,
+                rtt_us,
+                responsible,
+                error,
+            }
+        };
+        let owner = route.replicas.first().copied();
+        let mut hops = vec![hop(0, me, 0, owner == Some(me), String::new())];
+        let complete = match result {
+            Ok(l) => {
+                if l.responder != me {
+                    // With a current member view the owner is one hop away;
+                    // more hops mean forwarding by stale views on the way.
+                    let err = if l.hops > 1 {
+                        format!("{} hops: forwarded through stale views", l.hops)
+                    } else {
+                        String::new()
+                    };
+                    hops.push(hop(l.hops, l.responder, rtt, true, err));
+                }
+                true
+            }
+            Err(e) => {
+                if let Some(o) = owner.filter(|o| *o != me) {
+                    hops.push(hop(1, o, 0, true, format!("no answer: {e}")));
+                }
+                false
+            }
+        };
+        let max = req.max_hops.max(1) as usize;
+        hops.truncate(max);
+        Ok(Response::new(pb::TraceResponse {
+            key: hex::encode(key.as_bytes()),
+            hops,
+            complete,
+        }))
+    }
+
+    type SipTraceStream = TraceStream;
+
+    async fn sip_trace(
+        &self,
+        r: Request<pb::SipTraceRequest>,
+    ) -> Result<Response<TraceStream>, Status> {
+        let req = r.into_inner();
+        let aor = if req.aor.is_empty() {
+            None
+        } else {
+            Some(aor_key("aor", &req.aor)?.0)
+        };
+        let node_id = hex::encode(self.facts.node_id);
+        let mut rx = self.trace.subscribe();
+        let max = req.max_messages;
+        let stream = async_stream_like(move |tx| async move {
+            let mut sent = 0u32;
+            let mut dropped = 0u32;
+            loop {
+                let rec = match rx.recv().await {
+                    Ok(r) => r,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        dropped = dropped.saturating_add(n as u32);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Ok(msg) = Message::parse(rec.raw.clone()) else {
+                    continue;
+                };
+                if !req.call_id.is_empty() && msg.call_id() != req.call_id.as_bytes() {
+                    continue;
+                }
+                if !req.method.is_empty()
+                    && !msg
+                        .method()
+                        .as_bytes()
+                        .eq_ignore_ascii_case(req.method.as_bytes())
+                {
+                    continue;
+                }
+                if let Some(a) = &aor {
+                    let mine = |u: &ringmesh_sip::Uri<'_>| Aor::from_uri(u).is_ok_and(|x| &x == a);
+                    let ruri = msg.request_uri();
+                    if !(mine(msg.to_hdr().uri())
+                        || mine(msg.from_hdr().uri())
+                        || ruri.as_ref().is_some_and(mine))
+                    {
+                        continue;
+                    }
+                }
+                let raw = if req.include_bodies {
+                    rec.raw.to_vec()
+                } else {
+                    rec.raw[..rec.raw.len() - msg.body().len()].to_vec()
+                };
+                let ev = pb::SipTraceEvent {
+                    time_unix_ms: rec.at_ms,
+                    node_id: node_id.clone(),
+                    direction: if rec.inbound {
+                        pb::Direction::In as i32
+                    } else {
+                        pb::Direction::Out as i32
+                    },
+                    transport: rec.transport.to_string(),
+                    local_addr: String::new(),
+                    remote_addr: rec.remote,
+                    method: msg.method().to_string(),
+                    status: u32::from(msg.status().unwrap_or(0)),
+                    call_id: String::from_utf8_lossy(msg.call_id()).into_owned(),
+                    message: raw,
+                    dropped: std::mem::take(&mut dropped),
+                };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+                if max > 0 && sent >= max {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a bounded channel.
+fn async_stream_like<F, Fut>(f: F) -> TraceStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::SipTraceEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Serves the admin API until the process ends.
+pub async fn serve(addr: SocketAddr, service: AdminService) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .timeout(DEADLINE)
+            .add_service(AdminServer::new(service))
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(())
+}
