@@ -79,7 +79,7 @@ fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
 
 #[test]
 fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
-    let farm = Farm::start(22100, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
+    let farm = Farm::start(20000, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
     let options = |tag: &str| {
         format!(
             "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK{tag}\r\nMax-Forwards: 70\r\n\
@@ -143,7 +143,7 @@ fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
 
 #[test]
 fn malformed_responses_are_dropped_and_wrong_passwords_rechallenged() {
-    let farm = Farm::start(22120, &[], &[]);
+    let farm = Farm::start(21000, &[], &[]);
     let bad_response =
         b"SIP/2.0 999999 Nope\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKr\r\n\r\n";
     assert_eq!(

@@ -277,14 +277,14 @@ fn calls(
 
 #[test]
 fn five_supernodes_shard_survive_loss_and_restart() {
-    let farm = Farm::start(24000, &["--nodes", "5", "--auth", "none"], &[]);
+    let farm = Farm::start(20000, &["--nodes", "5", "--auth", "none"], &[]);
     let work = tempfile::tempdir().unwrap();
     let nodes = farm.nodes.clone();
     let started = Instant::now();
 
     // 5,000 users register round-robin across the nodes.
     for (k, n) in nodes.iter().enumerate() {
-        register(n.sip, k * 1000, 1000, 24800 + k as u16, work.path());
+        register(n.sip, k * 1000, 1000, 20800 + k as u16, work.path());
     }
     eprintln!(
         "5,000 registrations through 5 nodes in {:?}",
@@ -316,7 +316,7 @@ fn five_supernodes_shard_survive_loss_and_restart() {
 
     // Calls between leaves on different supernodes.
     assert!(
-        calls(nodes[3].sip, nodes[1].sip, 24810, 24811, 50, work.path()),
+        calls(nodes[3].sip, nodes[1].sip, 20810, 20811, 50, work.path()),
         "calls from sn3's leaves to sn1's"
     );
 
@@ -351,7 +351,7 @@ fn five_supernodes_shard_survive_loss_and_restart() {
         );
     }
     assert!(
-        calls(nodes[3].sip, nodes[1].sip, 24812, 24813, 30, work.path()),
+        calls(nodes[3].sip, nodes[1].sip, 20812, 20813, 30, work.path()),
         "calls keep succeeding after the kill"
     );
 
@@ -437,7 +437,7 @@ fn five_supernodes_shard_survive_loss_and_restart() {
 /// instance) stays reachable when one of them is killed.
 #[test]
 fn outbound_leaf_on_two_edges_survives_one() {
-    let farm = Farm::start(24100, &["--nodes", "3", "--auth", "none"], &[]);
+    let farm = Farm::start(21000, &["--nodes", "3", "--auth", "none"], &[]);
     let (a, b, c) = (&farm.nodes[1], &farm.nodes[2], &farm.nodes[0]);
     let leaf = UdpSocket::bind("127.0.0.1:0").unwrap();
     leaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -536,7 +536,7 @@ fn outbound_leaf_on_two_edges_survives_one() {
 /// A process whose certificate comes from another CA cannot join.
 #[test]
 fn a_node_with_a_foreign_certificate_cannot_join() {
-    let farm = Farm::start(24200, &["--nodes", "3", "--auth", "none"], &[]);
+    let farm = Farm::start(22000, &["--nodes", "3", "--auth", "none"], &[]);
     let dir = tempfile::tempdir().unwrap();
     let other = ringmesh_supernode::pki::Ca::generate("not the farm").unwrap();
     let node_dir = dir.path().join("intruder");
@@ -561,15 +561,15 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
             "--auth",
             "none",
             "--sip",
-            "udp:127.0.0.1:24290",
+            "udp:127.0.0.1:22090",
         ])
         .args([
             "--overlay",
-            "127.0.0.1:24291",
+            "127.0.0.1:22091",
             "--seed",
             &seed,
             "--metrics",
-            "127.0.0.1:24292",
+            "127.0.0.1:22092",
         ])
         .arg("--data")
         .arg(&node_dir)
@@ -578,7 +578,7 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    let intruder_ready = http_get("127.0.0.1:24292".parse().unwrap(), "/readyz").0;
+    let intruder_ready = http_get("127.0.0.1:22092".parse().unwrap(), "/readyz").0;
     stop(child.id(), Signal::SIGTERM);
     let _ = child.wait();
     assert_ne!(intruder_ready, 200, "the intruder must not join");
@@ -602,7 +602,7 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
 /// behind one NAT binding): in-dialog requests still reach the other end.
 #[test]
 fn a_dialog_whose_two_ends_share_one_flow() {
-    let farm = Farm::start(24300, &["--nodes", "1", "--auth", "none"], &[]);
+    let farm = Farm::start(23000, &["--nodes", "1", "--auth", "none"], &[]);
     let ua = UdpSocket::bind("127.0.0.1:0").unwrap();
     ua.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let me = ua.local_addr().unwrap();

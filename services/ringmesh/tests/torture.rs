@@ -126,7 +126,7 @@ fn check(name: &str, want: Want, got: Option<&[u8]>, transport: &str) {
 
 #[test]
 fn torture_messages_over_udp() {
-    let farm = Farm::start(22000, &[], &[]);
+    let farm = Farm::start(20000, &[], &[]);
     for (name, want) in EXPECT {
         let msg = data(&format!("{name}.dat"));
         check(name, *want, answer_udp(&farm, &msg).as_deref(), "UDP");
@@ -138,7 +138,7 @@ fn torture_messages_over_udp() {
 
 #[test]
 fn torture_messages_over_tcp() {
-    let farm = Farm::start(22010, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
+    let farm = Farm::start(21000, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
     for (name, want) in EXPECT {
         let msg = data(&format!("{name}.dat"));
         if matches!(*name, "clerr" | "baddn") {
@@ -171,7 +171,7 @@ fn torture_messages_over_tcp() {
 
 #[test]
 fn dblreq_answers_only_the_first_message() {
-    let farm = Farm::start(22020, &[], &[]);
+    let farm = Farm::start(22000, &[], &[]);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
@@ -203,7 +203,7 @@ fn registrar_messages_for_our_domain() {
             .into_bytes()
     };
 
-    let digest = Farm::start(22040, &[], &[]);
+    let digest = Farm::start(23000, &[], &[]);
     let r = answer_udp(&digest, &rewrite("regaut01.dat")).expect("an answer");
     assert_eq!(status_of(&r), Some(401));
     let text = String::from_utf8_lossy(&r);
@@ -212,7 +212,7 @@ fn registrar_messages_for_our_domain() {
         "{text}"
     );
 
-    let open = Farm::start(22060, &["--auth", "none"], &[]);
+    let open = Farm::start(24000, &["--auth", "none"], &[]);
     for (name, contact) in [
         (
             "cparam01.dat",

@@ -162,8 +162,9 @@ impl Directory for FileDirectory {
 // ---- provisioning, through its cache ----------------------------------------
 
 /// Subscribers from the provisioning service. A cached subscriber answers
-/// at once; a miss is fetched in the background. Answers are also kept for
-/// a moment so the request that waited finds them when it runs again.
+/// at once; a miss is fetched in the background, and its answer is kept
+/// (for one use, two seconds at most) so the request that waited finds it
+/// when it runs again.
 pub struct CacheDirectory {
     cache: Arc<SubscriberCache>,
     realm: String,
@@ -222,10 +223,12 @@ impl CacheDirectory {
     }
 
     fn find(&mut self, recent_key: String, token: u64, by_public: bool) -> Found {
-        if let Some((at, v)) = self.recent.get(&recent_key)
+        // The answer a waiting request came back for is used once: after
+        // that the cache (kept coherent by the Watch stream) is the truth.
+        if let Some((at, v)) = self.recent.remove(&recent_key)
             && at.elapsed() < RECENT
         {
-            return Found::Ready(v.clone());
+            return Found::Ready(v);
         }
         let id = recent_key[2..].to_string();
         let lookup = {

@@ -31,12 +31,17 @@ pub struct NodeInfo {
     pub pid: u32,
     pub sip: SocketAddr,
     pub metrics: SocketAddr,
+    pub admin: String,
+    pub node_id: String,
     pub argv: Vec<String>,
 }
 
 pub struct Farm {
     child: Child,
     pub nodes: Vec<NodeInfo>,
+    /// The provisioning and enrollment gRPC addresses.
+    pub provisioning: String,
+    pub enrollment: String,
     pub dir: tempfile::TempDir,
     pub base: u16,
 }
@@ -73,6 +78,7 @@ impl Farm {
             }
         });
         let mut nodes = Vec::new();
+        let (mut provisioning, mut enrollment) = (String::new(), String::new());
         loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(120))
@@ -85,6 +91,8 @@ impl Farm {
                     pid: v["pid"].as_u64().unwrap() as u32,
                     sip: v["sip"].as_str().unwrap().parse().unwrap(),
                     metrics: v["metrics"].as_str().unwrap().parse().unwrap(),
+                    admin: v["admin"].as_str().unwrap_or_default().to_string(),
+                    node_id: v["node_id"].as_str().unwrap_or_default().to_string(),
                     argv: v["argv"]
                         .as_array()
                         .unwrap()
@@ -92,6 +100,10 @@ impl Farm {
                         .map(|a| a.as_str().unwrap().to_string())
                         .collect(),
                 }),
+                Some("control") => {
+                    provisioning = v["provisioning"].as_str().unwrap_or_default().to_string();
+                    enrollment = v["enrollment"].as_str().unwrap_or_default().to_string();
+                }
                 Some("ready") => break,
                 _ => {}
             }
@@ -102,6 +114,8 @@ impl Farm {
         Farm {
             child,
             nodes,
+            provisioning,
+            enrollment,
             dir,
             base,
         }
@@ -247,4 +261,194 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A REGISTER for `user` from a new UDP socket, answering the digest
+/// challenge with `password` (MD5, qop=auth). Returns the final status.
+pub fn register_with_password(node: SocketAddr, user: &str, password: &str) -> u16 {
+    use ringmesh_sip::digest::{Algorithm, Ha1, ResponseParams, response_hex};
+    let domain = "ringmesh.test";
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = s.local_addr().unwrap();
+    let call = format!("reg-{user}-{:x}", rand_u64());
+    let send = |cseq: u32, auth: &str| -> String {
+        let m = format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKp{cseq}{call};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@{domain}>;tag=t{cseq}\r\nTo: <sip:{user}@{domain}>\r\nCall-ID: {call}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{me}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        s.send_to(m.as_bytes(), node).unwrap();
+        let mut buf = [0u8; 8192];
+        loop {
+            let (n, _) = s.recv_from(&mut buf).expect("an answer to REGISTER");
+            let t = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !t.starts_with("SIP/2.0 100") {
+                return t;
+            }
+        }
+    };
+    let first = send(1, "");
+    if status_of(first.as_bytes()) != Some(401) {
+        return status_of(first.as_bytes()).unwrap_or(0);
+    }
+    let nonce = first
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let uri = format!("sip:{domain}");
+    let ha1 = Ha1::compute(user.as_bytes(), domain.as_bytes(), password.as_bytes());
+    let resp = response_hex(
+        &ha1,
+        &ResponseParams {
+            algorithm: Algorithm::Md5,
+            nonce: nonce.as_bytes(),
+            cnonce: b"abc123",
+            nc: b"00000001",
+            qop: Some(b"auth"),
+            method: b"REGISTER",
+            uri: uri.as_bytes(),
+        },
+    );
+    let auth = format!(
+        "Authorization: Digest username=\"{user}\", realm=\"{domain}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc123\"\r\n"
+    );
+    status_of(send(2, &auth).as_bytes()).unwrap_or(0)
+}
+
+/// Runs `ringmesh ctl` with arguments; returns (exit code, stdout, stderr).
+pub fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .arg("ctl")
+        .args(args)
+        .env_remove("RINGMESH_ADMIN")
+        .env_remove("RINGMESH_PROVISIONING")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real etcd (Debian etcd-server) on free 127.0.0.1 ports, killed by
+/// its PID on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    pub client_port: u16,
+    peer_port: u16,
+    pub data: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data: tempfile::tempdir().unwrap(),
+        };
+        e.spawn();
+        e
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.data.path().join("member"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd is installed (make test installs etcd-server)");
+        self.child = Some(child);
+        let port = self.client_port;
+        wait_until("etcd ready", Duration::from_secs(20), || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            buf.contains("\"health\":\"true\"")
+        });
+    }
+
+    /// The keys under `prefix`, through etcdctl (Debian etcd-client).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.url(),
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ])
+            .output()
+            .expect("etcdctl is installed (make test installs etcd-client)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

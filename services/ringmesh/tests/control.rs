@@ -1,0 +1,442 @@
+//! The control plane (issue 4) against real processes: every admin RPC and
+//! every `ringmesh ctl` subcommand on a three-node `ringmesh dev` farm, a
+//! password change and a barring reaching every supernode, revocation, and
+//! a farm kept on a real etcd that keeps serving when etcd stops.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Etcd, Farm, ctl, http_get, register_with_password, sipp, sipp_dir, wait_until};
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn every_admin_rpc_and_ctl_subcommand() {
+    let farm = Farm::start(20000, &["--users", "20"], &[]);
+    let admin = farm.nodes[0].admin.clone();
+    let prov = farm.provisioning.clone();
+    let a = ["--admin", admin.as_str(), "--provisioning", prov.as_str()];
+    let run = |extra: &[&str]| ctl(&[&a[..], extra].concat());
+
+    // Subscribers: add, get, list, set-password, bar, unbar, delete.
+    let (code, out, err) = run(&[
+        "subscriber",
+        "add",
+        "carol",
+        "--public",
+        "sip:carol@ringmesh.test",
+        "--password",
+        "pw1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["--json", "subscriber", "get", "carol"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["private_id"], "carol");
+    let (code, out, _) = run(&["subscriber", "list", "--all"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("carol") && out.contains("user19"), "{out}");
+    assert_eq!(
+        register_with_password(farm.nodes[1].sip, "carol", "pw1"),
+        200
+    );
+    assert_eq!(
+        run(&["subscriber", "set-password", "carol", "--password", "pw2"]).0,
+        0
+    );
+    assert_eq!(
+        run(&["subscriber", "bar", "carol", "--reason", "test"]).0,
+        0
+    );
+    assert_eq!(run(&["subscriber", "unbar", "carol"]).0, 0);
+    let (code, _, err) = run(&["subscriber", "get", "nobody"]);
+    assert_eq!(code, 3, "not found exits 3: {err}");
+
+    // Admin reads.
+    let (code, out, err) = run(&["--json", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let st = json(&out);
+    assert_eq!(st["state"], "alive");
+    assert_eq!(st["alive_members"], 3);
+    assert!(st["provisioning_connected"].as_bool().unwrap());
+    let (code, out, _) = run(&["--json", "ring"]);
+    assert_eq!(code, 0);
+    let ring = json(&out);
+    assert_eq!(ring["members"].as_array().unwrap().len(), 3);
+    assert_eq!(ring["replication_factor"], 3);
+    let (code, out, _) = run(&["--json", "lookup", "sip:carol@ringmesh.test"]);
+    assert_eq!(code, 0);
+    let l = json(&out);
+    assert_eq!(l["replicas"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        l["bindings"].as_array().unwrap().len(),
+        1,
+        "carol's binding: {l}"
+    );
+    assert!(
+        !l["bindings"][0]["edge_node_id"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let (code, out, _) = run(&["--json", "bindings", "--all", "--page-size", "1"]);
+    assert_eq!(code, 0);
+    assert!(!json(&out)["bindings"].as_array().unwrap().is_empty());
+    let (code, out, _) = run(&["bindings", "--aor", "sip:carol@ringmesh.test"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("sip:carol@ringmesh.test"), "{out}");
+    let other = farm.nodes[1].node_id.clone();
+    let (code, out, err) = run(&["--json", "ping", &other, "--count", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["lost"] == false)
+    );
+    for target in [other.as_str(), "sip:carol@ringmesh.test", &"ab".repeat(32)] {
+        let (code, out, err) = run(&["--json", "trace", target]);
+        assert_eq!(code, 0, "{err}");
+        assert!(json(&out)["complete"].as_bool().unwrap(), "{out}");
+    }
+    // Bad arguments name the field and exit 2 or 1.
+    let (code, _, err) = run(&["lookup", "not-a-uri"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("aor"), "{err}");
+    let (code, _, err) = run(&["ping", "zz"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("node_id"), "{err}");
+
+    // Live SIP trace: filtered by AOR, ends after two messages.
+    let mut trace = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args([
+            "ctl",
+            "--admin",
+            &admin,
+            "--json",
+            "sip-trace",
+            "--aor",
+            "sip:user3@ringmesh.test",
+            "--max-messages",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        register_with_password(farm.nodes[0].sip, "user3", "secret"),
+        200
+    );
+    let lines: Vec<serde_json::Value> = BufReader::new(trace.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| json(&l))
+        .collect();
+    assert!(trace.wait().unwrap().success());
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["call_id"].as_str().unwrap().starts_with("reg-user3")),
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["direction"], "in");
+
+    // Drain: sn2 hands off and leaves; the others see two members.
+    let sn2 = farm.nodes[2].admin.clone();
+    let (code, out, err) = ctl(&["--admin", &sn2, "--json", "drain"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["state"], "left");
+    wait_until("sn0 sees sn2 gone", Duration::from_secs(30), || {
+        metric(farm.nodes[0].metrics, "ringmesh_overlay_ring_size") == Some(2.0)
+    });
+    let (code, out, _) = run(&["--json", "lookup", "sip:carol@ringmesh.test"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(&out)["bindings"].as_array().unwrap().len(),
+        1,
+        "nothing lost by the drain"
+    );
+    assert_eq!(run(&["subscriber", "delete", "carol"]).0, 0);
+    assert_eq!(run(&["subscriber", "get", "carol"]).0, 3);
+}
+
+#[test]
+fn password_changes_and_barring_reach_every_supernode() {
+    let farm = Farm::start(21000, &[], &[]);
+    let prov = farm.provisioning.clone();
+    for n in &farm.nodes {
+        assert_eq!(
+            register_with_password(n.sip, "alice", "secret"),
+            200,
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            register_with_password(n.sip, "alice", "wrong"),
+            401,
+            "{}",
+            n.name
+        );
+    }
+    assert_eq!(
+        ctl(&[
+            "--provisioning",
+            &prov,
+            "subscriber",
+            "set-password",
+            "alice",
+            "--password",
+            "n3w"
+        ])
+        .0,
+        0
+    );
+    let took = wait_until(
+        "the new password works on every supernode",
+        Duration::from_secs(30),
+        || {
+            farm.nodes
+                .iter()
+                .all(|n| register_with_password(n.sip, "alice", "n3w") == 200)
+        },
+    );
+    eprintln!("password change visible on all 3 supernodes after {took:?}");
+    for n in &farm.nodes {
+        assert_eq!(
+            register_with_password(n.sip, "alice", "secret"),
+            401,
+            "the old password is refused on {}",
+            n.name
+        );
+    }
+    assert_eq!(
+        ctl(&[
+            "--provisioning",
+            &prov,
+            "subscriber",
+            "bar",
+            "alice",
+            "--reason",
+            "fraud"
+        ])
+        .0,
+        0
+    );
+    let took = wait_until(
+        "barring reaches every supernode",
+        Duration::from_secs(30),
+        || {
+            farm.nodes
+                .iter()
+                .all(|n| register_with_password(n.sip, "alice", "n3w") == 403)
+        },
+    );
+    eprintln!("barring visible on all 3 supernodes after {took:?}");
+    // bob may not claim alice's AOR.
+    assert_eq!(
+        register_with_password(farm.nodes[0].sip, "bob", "secret"),
+        200
+    );
+}
+
+#[test]
+fn a_revoked_node_cannot_stay_in_the_ring() {
+    use ringmesh_proto::enrollment as pb;
+    let farm = Farm::start(22000, &["--auth", "none"], &[]);
+    let victim = farm.nodes[2].node_id.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c =
+            pb::enrollment_client::EnrollmentClient::connect(format!("http://{}", farm.enrollment))
+                .await
+                .unwrap();
+        c.revoke(pb::RevokeRequest {
+            node_id: victim.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = c
+            .get_revocations(pb::GetRevocationsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.revoked_node_ids.contains(&victim));
+    });
+    let took = wait_until(
+        "the others drop the revoked node",
+        Duration::from_secs(60),
+        || {
+            farm.nodes[..2]
+                .iter()
+                .all(|n| metric(n.metrics, "ringmesh_overlay_ring_size") == Some(2.0))
+        },
+    );
+    eprintln!("revoked node out of the ring after {took:?}");
+    // It stays out.
+    std::thread::sleep(Duration::from_secs(8));
+    for n in &farm.nodes[..2] {
+        assert_eq!(
+            metric(n.metrics, "ringmesh_overlay_ring_size"),
+            Some(2.0),
+            "{} still excludes it",
+            n.name
+        );
+    }
+    let refused: f64 = farm.nodes[..2]
+        .iter()
+        .map(|n| {
+            metric(
+                n.metrics,
+                "ringmesh_overlay_link_refusals_total{reason=\"revoked\"",
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        refused >= 1.0,
+        "its attempts to link again are refused and counted"
+    );
+}
+
+#[test]
+fn a_farm_on_etcd_keeps_serving_when_etcd_stops() {
+    let mut etcd = Etcd::start();
+    let url = etcd.url();
+    let farm = Farm::start(23000, &["--etcd", &url, "--users", "200"], &[]);
+    wait_until("3 membership keys", Duration::from_secs(30), || {
+        etcd.keys("/ringmesh/members/").len() == 3
+    });
+    assert!(
+        !etcd
+            .keys("/ringmesh/")
+            .iter()
+            .filter(|k| !k.starts_with("/ringmesh/members/"))
+            .collect::<Vec<_>>()
+            .is_empty(),
+        "subscribers and the CA live in etcd"
+    );
+
+    // A killed node's membership key expires with its lease.
+    let victim = farm.nodes[2].clone();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let took = wait_until(
+        "the killed node's key expires",
+        Duration::from_secs(40),
+        || etcd.keys("/ringmesh/members/").len() == 2,
+    );
+    eprintln!("membership key of a killed node gone after {took:?}");
+    assert!(
+        !etcd
+            .keys("/ringmesh/members/")
+            .iter()
+            .any(|k| k.ends_with(&victim.node_id))
+    );
+
+    // Warm the caches, then stop etcd: registrations and calls go on.
+    for u in ["alice", "bob"] {
+        assert_eq!(register_with_password(farm.nodes[0].sip, u, "secret"), 200);
+        assert_eq!(register_with_password(farm.nodes[1].sip, u, "secret"), 200);
+    }
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    for n in &farm.nodes[..2] {
+        assert_eq!(
+            register_with_password(n.sip, "alice", "secret"),
+            200,
+            "registration on {} with etcd down",
+            n.name
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let write_users = |names: &str, file: &str| {
+        let out = Command::new(sipp_dir().join("gen_users.sh"))
+            .args(["--names", names])
+            .output()
+            .unwrap();
+        std::fs::write(work.path().join(file), out.stdout).unwrap();
+    };
+    write_users("bob", "bob.csv");
+    write_users("alice", "alice.csv");
+    let s = sipp_dir();
+    let callee = std::thread::spawn({
+        let (s, w, node) = (
+            s.clone(),
+            work.path().to_path_buf(),
+            farm.nodes[1].sip.to_string(),
+        );
+        move || {
+            sipp(
+                &[
+                    "-sf",
+                    s.join("uas_reg.xml").to_str().unwrap(),
+                    "-oocsf",
+                    s.join("uas_answer.xml").to_str().unwrap(),
+                    "-inf",
+                    "bob.csv",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    "23771",
+                    "-m",
+                    "1",
+                    "-auth_uri",
+                    "ringmesh.test",
+                    &node,
+                ],
+                30,
+                &w,
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let caller = sipp(
+        &[
+            "-sf",
+            s.join("uac_call.xml").to_str().unwrap(),
+            "-inf",
+            "alice.csv",
+            "-s",
+            "bob",
+            "-auth_uri",
+            "bob@ringmesh.test",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "23772",
+            "-m",
+            "1",
+            "-d",
+            "200",
+            &farm.nodes[0].sip.to_string(),
+        ],
+        20,
+        work.path(),
+    );
+    assert!(caller.success(), "a call across supernodes with etcd down");
+    assert!(callee.join().unwrap().success());
+    etcd.restart();
+    wait_until("membership back in etcd", Duration::from_secs(30), || {
+        etcd.keys("/ringmesh/members/").len() == 2
+    });
+}
