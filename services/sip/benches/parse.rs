@@ -1,5 +1,5 @@
 //! Parser, writer, digest and transaction costs on typical messages.
-//! Figures and the command that made them: `BENCH_RESULTS.md`.
+//! Figures and the command that made them: docs/benchmarks.md.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
