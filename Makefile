@@ -9,18 +9,33 @@ DEV_USERS ?= 10
 # Seconds of coverage-guided fuzzing in `make test` (docs/fuzzing.md).
 FUZZ_SECONDS ?= 60
 
+# Debian packages the build needs: etcd-client's build script runs protoc,
+# which needs google/protobuf/*.proto from libprotobuf-dev.
+BUILD_DEBS := protobuf-compiler libprotobuf-dev
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio protobuf-compiler libprotobuf-dev procps iproute2
+TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test build release deps-test lint unit integration fuzz bench clean help
+# Installs the Debian packages in $(1) that are missing.
+define apt_missing
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: dev test build release deps-build deps-test lint fuzz bench clean help
 
 help:
 	@echo "make dev    build and run a local farm with demo subscribers"
 	@echo "make test   install what is missing, then run every test"
 
 ## Run a local farm on the embedded default store with demo subscribers.
-dev: release
+dev: deps-build release
 	./target/release/ringmesh dev --sip-port $(DEV_PORT) --users $(DEV_USERS)
 
 build:
@@ -29,18 +44,12 @@ build:
 release:
 	$(CARGO) build --release -p ringmesh
 
-## Install the Debian packages the tests need, only those missing.
+deps-build:
+	$(call apt_missing,$(BUILD_DEBS))
+
+## Install what the tests need, only what is missing.
 deps-test:
-	@missing=""; for p in $(TEST_DEBS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-	@# Debian starts some of these as system services on install; the tests
-	@# start their own instances on other ports and never need those.
+	$(call apt_missing,$(TEST_DEBS))
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --quiet
 
 lint:
