@@ -28,7 +28,7 @@ define apt_missing
 	fi
 endef
 
-.PHONY: dev test build release deps-build deps-test lint fuzz bench clean help
+.PHONY: dev test build release deps-build deps-test lint ops fuzz bench clean help
 
 help:
 	@echo "make dev    build and run a local farm with demo subscribers"
@@ -56,11 +56,19 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Every test: lint, unit and integration tests (real binary, sipp, baresip),
-## then a bounded fuzzing run.
+## Every test: lint, unit and integration tests (real binary, sipp, baresip,
+## etcd), the operations tests (chart, dashboards and alerts against a live
+## farm and a real Prometheus, Terraform), then a bounded fuzzing run.
 test: deps-test lint
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) ops
 	$(MAKE) fuzz
+
+## The Helm chart, dashboards, alerts and Terraform (helm/tests/run.sh); the
+## dashboard pictures of docs/img are redrawn only with OPS_IMG=docs/img.
+OPS_IMG ?= target/ops-img
+ops:
+	RINGMESH_OPS_IMG=$(OPS_IMG) helm/tests/run.sh
 
 fuzz:
 	services/sip/fuzz/run.sh $(FUZZ_SECONDS)

@@ -1,0 +1,471 @@
+"""The Helm chart: rendered with the Helm SDK (helm-python-sdk), linted
+strictly, validated against the Kubernetes 1.30 API (kubernetes-validate
+--strict), scanned by checkov, linted by yamllint, and checked for what
+issue 5 asks of it. values.schema.json must reject bad values naming the
+field.
+"""
+
+import base64
+import re
+import subprocess
+
+import helm_python
+import pytest
+import yaml
+
+from conftest import CHART, RULES, TESTS, load_yaml_docs, run, tool
+
+NAMESPACE = "ringmesh"
+RELEASE = "farm"
+KUBE = "1.30.0"
+
+# checkov checks skipped for the whole chart, with the reason (none today:
+# every skip is an annotation on the object it concerns, with its reason).
+CHECKOV_SKIPS = {}
+
+
+def inline_values(tmp_path_factory):
+    """A value set with the bootstrap token and a CA given inline (a fresh
+    throwaway CA from openssl, never committed) and an external etcd."""
+    d = tmp_path_factory.mktemp("ca")
+    key, crt = d / "ca.key", d / "ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=ringmesh test CA"],
+        check=True, capture_output=True, timeout=30)
+    return {
+        "domain": "ims.example.net",
+        "bootstrapToken": {"value": "a-bootstrap-token-of-forty-characters-xx"},
+        "ca": {"cert": crt.read_text(), "key": key.read_text()},
+        "etcd": {"enabled": False, "endpoints": ["http://etcd-a.db:2379", "http://etcd-b.db:2379"]},
+        "serviceAccount": {"create": False, "name": "ringmesh-sa"},
+        "supernode": {"antiAffinity": "soft", "zoneSpread": False,
+                      "config": {"replicas": 2, "auth": "none", "advertise": "sip.ims.example.net"}},
+    }
+
+
+VALUE_SETS = {
+    "default": lambda f: {},
+    "full": lambda f: yaml.safe_load((TESTS / "values-full.yaml").read_text()),
+    "inline": inline_values,
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    c = helm_python.Chart.load(str(CHART))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def rendered(request, chart, tmp_path_factory):
+    """(name, values, {template: text}, [objects], path of the manifests)."""
+    name = request.param
+    values = VALUE_SETS[name](tmp_path_factory)
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    manifests = {k: v for k, v in out.items() if k.endswith(".yaml") and v.strip()}
+    text = "".join(f"---\n# Source: {k}\n{v.strip()}\n" for k, v in sorted(manifests.items()))
+    path = tmp_path_factory.mktemp("render") / f"{name}.yaml"
+    path.write_text(text)
+    return name, values, out, load_yaml_docs(text), path
+
+
+def objects(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs, kind, component):
+    found = [d for d in docs if d["kind"] == kind
+             and d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} for {component}, found {len(found)}"
+    return found[0]
+
+
+# --- tools -----------------------------------------------------------------
+
+@pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
+def test_helm_lint_strict(values_name, tmp_path_factory):
+    values = VALUE_SETS[values_name](tmp_path_factory)
+    result = helm_python.lint(str(CHART), values, strict=True, kube_version="v" + KUBE)
+    assert not result.get("errors"), result
+    serious = [m for m in result.get("messages", []) if m.get("severity", 0) >= 2]
+    assert not serious, serious
+
+
+def test_kubernetes_validate_strict(rendered):
+    name, _, _, docs, path = rendered
+    r = run([tool("kubernetes-validate"), "-k", KUBE, "--strict", str(path)], timeout=300)
+    lines = (r.stdout + r.stderr).splitlines()
+    # prometheus-operator CRDs have no schema in kubernetes-validate; their
+    # content is checked below (promtool on the PrometheusRule, structure of
+    # the ServiceMonitor).
+    crd = re.compile(r"WARN .*Couldn't find schema for kind (ServiceMonitor|PrometheusRule) "
+                     r"with api version monitoring\.coreos\.com/v1")
+    bad = [l for l in lines if not l.startswith("INFO") and not crd.search(l) and l.strip()]
+    assert r.returncode == 0 and not bad, f"{name}: kubernetes-validate:\n" + "\n".join(bad or lines[-20:])
+    validated = sum(1 for l in lines if l.startswith("INFO") and "passed" in l)
+    crds = sum(1 for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/"))
+    assert validated == len(docs) - crds
+
+
+def test_checkov(rendered):
+    name, _, _, _, path = rendered
+    cmd = [tool("checkov"), "-f", str(path), "--framework", "kubernetes", "--skip-download",
+           "--compact", "--output", "json"]
+    if CHECKOV_SKIPS:
+        cmd += ["--skip-check", ",".join(CHECKOV_SKIPS)]
+    r = run(cmd, timeout=600)
+    import json
+    report = json.loads(r.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [(c["check_id"], c["resource"], c.get("check_name")) for rep in reports
+              for c in rep.get("results", {}).get("failed_checks", [])]
+    assert not failed, f"{name}: checkov failed checks: {failed}"
+    skipped = [c for rep in reports for c in rep.get("results", {}).get("skipped_checks", [])]
+    for c in skipped:
+        # Every skip carries a written reason.
+        assert (c.get("check_result", {}).get("suppress_comment") or "").strip() or c["check_id"] in CHECKOV_SKIPS, c
+    passed = sum(len(rep.get("results", {}).get("passed_checks", [])) for rep in reports)
+    assert passed > 100, f"{name}: checkov ran only {passed} checks"
+
+
+YAMLLINT_VALUES = """
+extends: default
+rules:
+  line-length: {max: 120}
+  document-start: disable
+"""
+# Rendered manifests and the rules file carry one-line PromQL expressions and
+# dashboard JSON: their line length is not a style matter.
+YAMLLINT_RENDERED = """
+extends: default
+rules:
+  line-length: disable
+  document-start: disable
+"""
+
+
+def test_yamllint_values_and_rules():
+    files = [CHART / "values.yaml", TESTS / "values-full.yaml", CHART / "Chart.yaml"]
+    r = run([tool("yamllint"), "-s", "-f", "parsable", "-d", YAMLLINT_VALUES] + [str(f) for f in files])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run([tool("yamllint"), "-s", "-f", "parsable", "-d", YAMLLINT_RENDERED, str(RULES),
+             str(TESTS / "alerts_test.yaml")])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_yamllint_rendered(rendered):
+    name, _, _, _, path = rendered
+    r = run([tool("yamllint"), "-s", "-f", "parsable", "-d", YAMLLINT_RENDERED, str(path)])
+    assert r.returncode == 0, f"{name}:\n{r.stdout}{r.stderr}"
+
+
+# --- the schema rejects bad input, naming the field -------------------------
+
+@pytest.mark.parametrize("values, field, why", [
+    ({"supernode": {"replicaCount": "three"}}, "/supernode/replicaCount", "want integer"),
+    ({"supernode": {"config": {"replicas": 9}}}, "/supernode/config/replicas", "maximum"),
+    ({"supernode": {"config": {"auth": "basic"}}}, "/supernode/config/auth", "value must be one of"),
+    ({"supernode": {"config": {"min-expires": "60s"}}}, "/supernode/config/min-expires", "want integer"),
+    ({"supernode": {"config": {"domian": "x"}}}, "/supernode/config", "domian"),
+    ({"ports": {"sip": 70000}}, "/ports/sip", "maximum"),
+    ({"etcd": {"endpoints": ["https://etcd:2379"]}}, "/etcd/endpoints/0", "pattern"),
+    ({"sipService": {"externalTrafficPolicy": "Nearest"}}, "/sipService/externalTrafficPolicy", "value must be one of"),
+    ({"bootstrapToken": {"value": "short"}}, "/bootstrapToken/value", "pattern"),
+    ({"monitoring": {"dashboards": {"enabled": "yes"}}}, "/monitoring/dashboards/enabled", "want boolean"),
+])
+def test_schema_rejects_wrong_values(chart, values, field, why):
+    with pytest.raises(helm_python.HelmValuesError) as e:
+        chart.validate_schema(values)
+    msg = str(e.value)
+    assert f"at '{field}'" in msg and why in msg, msg
+
+
+@pytest.mark.parametrize("values, field, missing", [
+    ({"domain": None}, "", "domain"),
+    ({"supernode": {"config": {"replicas": None}}}, "/supernode/config", "replicas"),
+    ({"image": {"repository": None}}, "/image", "repository"),
+    ({"supernode": {"resources": {"limits": None}}}, "/supernode/resources", "limits"),
+])
+def test_schema_rejects_missing_required_values(chart, values, field, missing):
+    # Helm drops keys set to null, so null is how a user removes a default.
+    with pytest.raises(helm_python.HelmValuesError) as e:
+        chart.validate_schema(values)
+    msg = str(e.value)
+    assert f"at '{field}': missing property '{missing}'" in msg, msg
+
+
+def test_schema_accepts_every_shipped_value_set(chart, tmp_path_factory):
+    for name, make in VALUE_SETS.items():
+        chart.validate_schema(make(tmp_path_factory))
+
+
+def test_render_fails_clearly_without_etcd(chart):
+    with pytest.raises(helm_python.HelmError) as e:
+        chart.render({"etcd": {"enabled": False, "endpoints": []}}, name=RELEASE, namespace=NAMESPACE,
+                     is_install=True)
+    assert "etcd.enabled" in str(e.value) and "etcd.endpoints" in str(e.value)
+
+
+def test_render_fails_on_half_a_ca(chart):
+    with pytest.raises(helm_python.HelmError) as e:
+        chart.render({"ca": {"cert": "-----BEGIN CERTIFICATE-----"}}, name=RELEASE, namespace=NAMESPACE,
+                     is_install=True)
+    assert "ca.cert and ca.key" in str(e.value)
+
+
+# --- what the chart must contain ---------------------------------------------
+
+def flags(container):
+    """{flag: [values]} of a container's args (`--flag value` pairs)."""
+    args = container["args"]
+    out = {}
+    for i, a in enumerate(args):
+        if a.startswith("--"):
+            out.setdefault(a[2:], []).append(args[i + 1] if i + 1 < len(args) else None)
+    return out
+
+
+def test_every_object_is_namespaced_and_labelled(rendered):
+    _, _, _, docs, _ = rendered
+    for d in docs:
+        md = d["metadata"]
+        assert md.get("namespace") == NAMESPACE, md["name"]
+        assert md["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert md["labels"]["app.kubernetes.io/part-of"] == "ringmesh"
+
+
+def test_supernode_statefulset(rendered):
+    name, values, _, docs, _ = rendered
+    sts = one(docs, "StatefulSet", "supernode")
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    f = flags(c)
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == f"{RELEASE}-ringmesh-overlay"
+    assert c["args"][0] == "supernode"
+    # The flags issue 5 names, exactly.
+    for flag in ["name", "domain", "sip", "advertise", "overlay", "seed", "metrics", "data", "replicas", "auth",
+                 "provisioning", "enrollment", "bootstrap-token-file", "etcd", "admin"]:
+        assert flag in f, f"{name}: --{flag} missing"
+    assert f["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
+    assert f["overlay"] == ["0.0.0.0:5160"]
+    assert f["metrics"] == ["0.0.0.0:5360"]
+    assert f["data"] == ["/var/lib/ringmesh"]
+    assert f["admin"] == ["127.0.0.1:5260"], "admin API stays on loopback"
+    assert f["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
+    n = spec["replicas"]
+    own_seeds = [s for s in f["seed"] if ".svc:" in s]
+    assert own_seeds == [f"{sts['metadata']['name']}-{i}.{spec['serviceName']}.{NAMESPACE}.svc:5160"
+                         for i in range(n)], "seeds = the pods' stable DNS names on the overlay port"
+    adv = (values.get("supernode", {}).get("config", {}) or {}).get("advertise")
+    assert f["advertise"] == [adv or "$(POD_IP)"]
+    # Anti-affinity, probes, drain, security.
+    aff = pod["affinity"]["podAntiAffinity"]
+    assert aff.get("requiredDuringSchedulingIgnoredDuringExecution") or \
+        aff.get("preferredDuringSchedulingIgnoredDuringExecution")
+    if name == "full":
+        assert aff.get("requiredDuringSchedulingIgnoredDuringExecution")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    pre = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre[:5] == ["ringmesh", "ctl", "--admin", "127.0.0.1:5260", "drain"]
+    grace = int(pre[pre.index("--grace-seconds") + 1])
+    assert pod["terminationGracePeriodSeconds"] > grace
+    assert_hardened(pod, c)
+    # The data dir on a persistent volume; the bootstrap token from a Secret.
+    assert spec["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["data"] == "/var/lib/ringmesh"
+    secret_vols = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert "bootstrap-token" in secret_vols
+    # Pod 0 alone may found a ring.
+    script = c["command"][2]
+    assert '"${POD_NAME##*-}"' in script and "--bootstrap-after" in script and 'exec ringmesh "$@"' in script
+
+
+def assert_hardened(pod, c):
+    psc, sc = pod["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] and psc["runAsUser"] >= 10000
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    for k in ["requests", "limits"]:
+        assert c["resources"][k]["cpu"] and c["resources"][k]["memory"]
+
+
+def test_every_workload_is_hardened(rendered):
+    _, _, _, docs, _ = rendered
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert workloads
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        for c in pod["containers"]:
+            assert_hardened(pod, c)
+            assert "readinessProbe" in c and "livenessProbe" in c, w["metadata"]["name"]
+
+
+def test_services(rendered):
+    _, values, _, docs, _ = rendered
+    services = {s["metadata"]["name"].rsplit("-", 1)[-1]: s for s in objects(docs, "Service")}
+    overlay = services["overlay"]["spec"]
+    assert overlay["clusterIP"] == "None" and overlay["publishNotReadyAddresses"] is True
+    assert {(p["name"], p["protocol"]) for p in overlay["ports"]} >= {("overlay", "UDP")}
+    sip = services["sip"]["spec"]
+    assert sip["type"] == "LoadBalancer" and sip["externalTrafficPolicy"] == "Local"
+    assert {(p["port"], p["protocol"]) for p in sip["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    lb = values.get("sipService", {}).get("loadBalancerIP")
+    if lb:
+        assert sip["loadBalancerIP"] == lb
+    for c in ("provisioning", "enrollment"):
+        assert services[c]["spec"]["type"] == "ClusterIP"
+    pdb = one(docs, "PodDisruptionBudget", "supernode")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_sip_service_split_and_class(chart):
+    out = chart.render({"sipService": {"splitProtocols": True, "loadBalancerIP": "198.51.100.7",
+                                       "loadBalancerClass": "networking.gke.io/l4-regional-external"}},
+                       name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = load_yaml_docs(out["ringmesh/templates/supernode-services.yaml"])
+    sip = {s["metadata"]["name"]: s["spec"] for s in docs if s["kind"] == "Service" and s["spec"].get("type") == "LoadBalancer"}
+    assert set(sip) == {f"{RELEASE}-ringmesh-sip-udp", f"{RELEASE}-ringmesh-sip-tcp"}
+    for name, spec in sip.items():
+        assert spec["loadBalancerIP"] == "198.51.100.7", "one address for both protocols"
+        assert spec["loadBalancerClass"] == "networking.gke.io/l4-regional-external"
+        assert [p["protocol"] for p in spec["ports"]] == [name.rsplit("-", 1)[1].upper()]
+
+
+def test_control_plane_and_etcd(rendered):
+    name, values, _, docs, _ = rendered
+    prov = flags(one(docs, "Deployment", "provisioning")["spec"]["template"]["spec"]["containers"][0])
+    enr_pod = one(docs, "Deployment", "enrollment")["spec"]["template"]["spec"]
+    enr = flags(enr_pod["containers"][0])
+    etcd = values.get("etcd", {})
+    if etcd.get("enabled", True):
+        sts = one(docs, "StatefulSet", "etcd")
+        n = sts["spec"]["replicas"]
+        assert prov["etcd"] == [f"http://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc:2379"
+                                for i in range(n)]
+        env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert len(env["ETCD_INITIAL_CLUSTER"].split(",")) == n
+    else:
+        assert not objects(docs, "StatefulSet") or all(
+            s["metadata"]["labels"]["app.kubernetes.io/component"] != "etcd" for s in objects(docs, "StatefulSet"))
+        assert prov["etcd"] == etcd["endpoints"]
+    assert enr["etcd"] == prov["etcd"]
+    assert enr["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
+    has_ca = values.get("ca", {}).get("existingSecret") or values.get("ca", {}).get("cert")
+    assert ("ca-cert" in enr) == bool(has_ca)
+    if name == "inline":
+        secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
+        ca = secrets[f"{RELEASE}-ringmesh-ca"]
+        assert ca["type"] == "kubernetes.io/tls"
+        assert base64.b64decode(ca["data"]["tls.crt"]).decode() == values["ca"]["cert"]
+        token = base64.b64decode(secrets[f"{RELEASE}-ringmesh-bootstrap"]["data"]["token"]).decode()
+        assert token == values["bootstrapToken"]["value"]
+    if name == "default":
+        token = base64.b64decode(objects(docs, "Secret")[0]["data"]["token"]).decode()
+        assert len(token) >= 16, "a generated bootstrap token is long enough for enrollment"
+
+
+def test_network_policies_can_be_left_to_the_cluster(chart):
+    out = chart.render({"networkPolicy": {"enabled": False}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert "kind: NetworkPolicy" not in "".join(out.values())
+
+
+def test_network_policies(rendered):
+    _, values, _, docs, _ = rendered
+    pols = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in objects(docs, "NetworkPolicy")}
+    sn = pols["supernode"]
+    rules = {(p["port"], p["protocol"]): r.get("from") for r in sn["ingress"] for p in r["ports"]}
+    assert rules[(5060, "UDP")] is None and rules[(5060, "TCP")] is None, "SIP open"
+    overlay_from = rules[(5160, "UDP")]
+    assert overlay_from == [{"podSelector": {"matchLabels": sn["podSelector"]["matchLabels"]}}], \
+        "only supernodes reach the overlay port"
+    farm = {"app.kubernetes.io/name": "ringmesh", "app.kubernetes.io/instance": RELEASE}
+    for c, port in (("provisioning", 5660), ("enrollment", 5661)):
+        r = [r for r in pols[c]["ingress"] if r["ports"][0]["port"] == port][0]
+        assert r["from"][0] == {"podSelector": {"matchLabels": farm}}, f"only the farm reaches {c}"
+    if "etcd" in pols:
+        r = [r for r in pols["etcd"]["ingress"] if r["ports"][0]["port"] == 2379][0]
+        assert r["from"] == [{"podSelector": {"matchLabels": farm}}]
+    # Every pod of the release is selected by some policy (no open pod).
+    for w in [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]:
+        comp = w["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert comp in pols, f"{comp} has no NetworkPolicy"
+
+
+def test_monitoring_objects(rendered, tmp_path):
+    name, values, _, docs, _ = rendered
+    enabled = name == "full"
+    sms, rules, cms = objects(docs, "ServiceMonitor"), objects(docs, "PrometheusRule"), \
+        [c for c in objects(docs, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    if not enabled:
+        assert not sms and not rules and not cms
+        return
+    (sm,) = sms
+    ep = sm["spec"]["endpoints"][0]
+    assert ep["port"] == "metrics"
+    assert ep["relabelings"][0]["targetLabel"] == "job" and ep["relabelings"][0]["replacement"] == "ringmesh-$1"
+    scraped = [s for s in objects(docs, "Service")
+               if all(s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in scraped} == \
+        {"supernode", "provisioning", "enrollment", "etcd"}
+    assert all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in scraped)
+    (rule,) = rules
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text()), "the PrometheusRule is the rules file verbatim"
+    f = tmp_path / "rendered-rules.yaml"
+    f.write_text(yaml.safe_dump(rule["spec"]))
+    r = run(["promtool", "check", "rules", str(f)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    shipped = {p.name for p in (CHART / "dashboards").glob("*.json")}
+    got = {}
+    for c in cms:
+        (k, v), = c["data"].items()
+        got[k] = json.loads(v)
+    assert set(got) == shipped
+    for k, d in got.items():
+        assert d == json.loads((CHART / "dashboards" / k).read_text())
+
+
+def test_notes(rendered):
+    name, values, out, _, _ = rendered
+    notes = out["ringmesh/templates/NOTES.txt"]
+    assert "rollout status statefulset/" in notes
+    if values.get("supernode", {}).get("config", {}).get("advertise"):
+        assert "WARNING" not in notes
+    else:
+        assert "supernode.config.advertise is empty" in notes
+
+
+def test_values_document_every_config_key():
+    """values.yaml names every supernode config key the schema knows, and
+    the schema knows every key of services/supernode/src/config.rs that the
+    chart does not set itself."""
+    import json
+    from conftest import REPO
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    known = set(schema["properties"]["supernode"]["properties"]["config"]["properties"])
+    src = (REPO / "services" / "supernode" / "src" / "config.rs").read_text()
+    block = src[src.index("struct FileConfig"):]
+    block = block[:block.index("}")]
+    keys = {m.replace("_", "-") for m in re.findall(r"^\s+(\w+): Option<", block, re.M)}
+    chart_set = {"name", "domain", "sip", "overlay", "data", "metrics", "admin", "provisioning", "enrollment",
+                 "bootstrap-token-file", "etcd", "bootstrap-after",
+                 # identity files and the farm secret come from enrollment into the data dir
+                 "cert", "key", "ca", "crl", "farm-secret",
+                 # a subscriber file is for a lab; a farm uses provisioning
+                 "subscribers"}
+    assert keys - chart_set <= known, f"config keys missing from the schema: {sorted(keys - chart_set - known)}"
+    assert known <= keys, f"schema keys the supernode does not know: {sorted(known - keys)}"
+    text = (CHART / "values.yaml").read_text()
+    for k in known:
+        assert re.search(rf"^\s+#?\s*{re.escape(k)}:", text, re.M), f"values.yaml does not mention {k}"
