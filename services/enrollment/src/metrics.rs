@@ -13,6 +13,27 @@ pub struct Metrics {
     duration: HistogramVec,
 }
 
+/// The service's RPCs, as the `rpc` label spells them.
+const RPCS: [&str; 6] = [
+    "Enroll",
+    "Renew",
+    "GetCaBundle",
+    "GetRevocations",
+    "Revoke",
+    "ListCertificates",
+];
+/// The `code` label values ([`crate::status::code_label`]).
+const CODES: [&str; 8] = [
+    "ok",
+    "invalid_argument",
+    "not_found",
+    "permission_denied",
+    "unauthenticated",
+    "unavailable",
+    "internal",
+    "other",
+];
+
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Metrics {
@@ -41,6 +62,13 @@ impl Metrics {
         ] {
             // A second registration (two services in one registry) keeps the first.
             let _ = registry.register(c);
+        }
+        // Every series a dashboard or alert reads exists from start-up.
+        for rpc in RPCS {
+            duration.with_label_values(&[rpc]);
+            for code in CODES {
+                requests.with_label_values(&[rpc, code]);
+            }
         }
         Metrics { requests, duration }
     }

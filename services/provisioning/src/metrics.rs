@@ -6,6 +6,31 @@ use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
+/// The service's RPCs, as the `rpc` label spells them.
+const RPCS: [&str; 8] = [
+    "CreateSubscriber",
+    "GetSubscriber",
+    "ListSubscribers",
+    "UpdateSubscriber",
+    "SetPassword",
+    "SetBarred",
+    "DeleteSubscriber",
+    "Watch",
+];
+/// The `code` label values ([`crate::status::code_label`]).
+const CODES: [&str; 10] = [
+    "ok",
+    "invalid_argument",
+    "not_found",
+    "already_exists",
+    "aborted",
+    "unavailable",
+    "deadline_exceeded",
+    "permission_denied",
+    "data_loss",
+    "other",
+];
+
 /// The provisioning service's metrics, registered in the process registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -45,6 +70,13 @@ impl Metrics {
         ] {
             // A second registration (two services in one registry) keeps the first.
             let _ = registry.register(c);
+        }
+        // Every series a dashboard or alert reads exists from start-up.
+        for rpc in RPCS {
+            duration.with_label_values(&[rpc]);
+            for code in CODES {
+                requests.with_label_values(&[rpc, code]);
+            }
         }
         Metrics {
             requests,
