@@ -111,6 +111,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let data = data.canonicalize()?;
+    ports_free(&args).await?;
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
     let mut services = Vec::new();
     let provisioning = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 600));
@@ -422,13 +423,68 @@ async fn terminate(children: Vec<&mut Child>) {
 }
 
 /// Starts `argv` with stdout and stderr appended to `log`.
+/// Set by `ringmesh dev` on the processes it starts: each asks the kernel
+/// for SIGKILL when its parent dies ([`die_with_parent`]).
+pub const DIE_WITH_PARENT: &str = "RINGMESH_DIE_WITH_PARENT";
+
+/// Called first by every `ringmesh` process: under `ringmesh dev`
+/// (`RINGMESH_DIE_WITH_PARENT=1`) the process gets SIGKILL when dev exits
+/// (Linux `PR_SET_PDEATHSIG`), and exits at once if dev is already gone.
+pub fn die_with_parent() {
+    if std::env::var_os(DIE_WITH_PARENT).is_some_and(|v| v == "1") {
+        let parent = nix::unistd::getppid();
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+        if nix::unistd::getppid() != parent {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Checks that every port the farm will listen on is free, waiting a few
+/// seconds for a farm that is still shutting down, so that a second farm on
+/// the same ports fails with a clear message instead of talking to the
+/// first one's services.
+async fn ports_free(args: &DevArgs) -> anyhow::Result<()> {
+    let base = args.sip_port;
+    let mut tcp: Vec<u16> = (600..604).map(|o| base + o).collect();
+    let mut udp = Vec::new();
+    for i in 0..args.nodes {
+        tcp.extend([base + i, base + 200 + i, base + 300 + i]);
+        udp.extend([base + i, base + 100 + i]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let busy = tcp
+            .iter()
+            .find(|&&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_err())
+            .map(|p| format!("tcp {p}"))
+            .or_else(|| {
+                udp.iter()
+                    .find(|&&p| UdpSocket::bind(("127.0.0.1", p)).is_err())
+                    .map(|p| format!("udp {p}"))
+            });
+        match busy {
+            None => return Ok(()),
+            Some(port) if Instant::now() > deadline => bail!(
+                "port {port} on 127.0.0.1 is in use (another farm on --sip-port {base}?); \
+                 stop it or pick another --sip-port"
+            ),
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Starts a farm process logging to `log`. It dies with `ringmesh dev`
+/// even when dev is killed without stopping it (see [`DIE_WITH_PARENT`]),
+/// so no orphan keeps holding the farm's ports.
 fn spawn_logged(argv: &[String], log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut cmd = Command::new(&argv[0]);
+    cmd.env(DIE_WITH_PARENT, "1");
+    cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

@@ -75,6 +75,7 @@ fn init_logging(filter: &str) {
 }
 
 fn main() -> ExitCode {
+    dev::die_with_parent();
     let cli = Cli::parse();
     match cli.command {
         Command::Supernode(args) => {

@@ -23,8 +23,8 @@ fn baresip_registers_and_is_reachable() {
             "20",
             work.path().join("bob").to_str().unwrap(),
             "bob",
-            "23221",
-            "23223",
+            "23240",
+            "23242",
             &server,
         ])
         .stdout(std::fs::File::create(&bob_log).unwrap())
@@ -47,8 +47,8 @@ fn baresip_registers_and_is_reachable() {
             "/dial sip:bob@ringmesh.test",
             work.path().join("alice").to_str().unwrap(),
             "alice",
-            "23201",
-            "23211",
+            "23250",
+            "23252",
             &server,
         ])
         .stdout(std::fs::File::create(&alice_log).unwrap())

@@ -542,7 +542,7 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
     let node_dir = dir.path().join("intruder");
     ringmesh_supernode::pki::provision_node(&node_dir, "intruder", &other, &[]).unwrap();
     std::fs::copy(
-        farm.dir.path().join("farm.secret"),
+        farm.dir.path().join("sn0").join("farm.secret"),
         node_dir.join("farm.secret"),
     )
     .unwrap();

@@ -136,7 +136,9 @@ impl Drop for Farm {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // dev stops its nodes (graceful leave) and then its control plane,
+        // each within 15 s.
+        let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
