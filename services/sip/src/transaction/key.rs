@@ -2,11 +2,66 @@
 //!
 //! A match key is a byte string built from the fields the RFC compares,
 //! each length-prefixed so that no two field lists share an encoding. The
-//! layer builds lookup keys in a reused scratch buffer and allocates only
-//! when it stores a new transaction.
+//! layer builds lookup keys in a reused scratch buffer and indexes
+//! transactions by a 128-bit [`Fingerprint`] of that string: two SipHash
+//! values under random keys chosen when the layer is made, so no peer can
+//! aim for a collision, and storing a transaction allocates no key.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::message::Message;
 use crate::method::Method;
+
+/// A match key reduced to 128 bits by keyed hashing.
+pub(crate) type Fingerprint = u128;
+
+/// Computes [`Fingerprint`]s with two independent random SipHash keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Fingerprinter {
+    a: RandomState,
+    b: RandomState,
+}
+
+impl Fingerprinter {
+    pub(crate) fn new() -> Self {
+        Fingerprinter {
+            a: RandomState::new(),
+            b: RandomState::new(),
+        }
+    }
+
+    pub(crate) fn of(&self, key: &[u8]) -> Fingerprint {
+        let mut ha = self.a.build_hasher();
+        ha.write(key);
+        let mut hb = self.b.build_hasher();
+        hb.write(key);
+        (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
+    }
+}
+
+/// The hasher of maps keyed by [`Fingerprint`]: the key is already a
+/// keyed hash, so its low bits serve as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+pub(crate) type FingerprintMap<V> =
+    std::collections::HashMap<Fingerprint, V, std::hash::BuildHasherDefault<FingerprintHasher>>;
 
 fn field(out: &mut Vec<u8>, f: &[u8]) {
     out.extend_from_slice(&(f.len() as u32).to_le_bytes());

@@ -48,22 +48,39 @@
 //!
 //! The layer never limits how many transactions it holds: the driver sheds
 //! load before [`TransactionLayer::handle_message`] (503, Retry-After)
-//! when [`TransactionLayer::len`] is too high.
+//! when [`TransactionLayer::active`] is too high.
+//!
+//! ## Memory
+//!
+//! Transactions are indexed by a 128-bit keyed fingerprint of their match
+//! key (`key.rs`), so none allocates a key. A client INVITE keeps only the
+//! bytes it sent, parsed again in the rare cases that need more (the ACK
+//! for a 3xx–6xx, a CANCEL), and drops them once a final response came.
+//! A server non-INVITE transaction that answered finally over UDP spends
+//! Timer J (64*T1) in the *linger table* (`linger.rs`) instead of the
+//! transaction table: its match fingerprint, where to answer, and a copy of
+//! the final response packed into a shared arena. That is what a register
+//! storm leaves behind for 32 s, so it is kept to little more than the
+//! response bytes, and it expires by generations, never one by one. Its
+//! [`Event::Terminated`] comes as it moves there: the TU has nothing left
+//! to do for it, and retransmissions are answered without the TU.
 
 mod key;
+mod linger;
 mod timer;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::message::Message;
 use crate::method::Method;
-use key::Rule;
+use key::{Fingerprint, FingerprintMap, Fingerprinter, Rule};
+use linger::LingerTable;
 pub use timer::Timers;
 use timer::{Deadlines, Id, Slot, TimerTable};
 
@@ -174,8 +191,9 @@ enum CancelState {
 #[derive(Debug)]
 struct ClientInvite {
     state: ClientInviteState,
-    /// Kept for retransmission and to write the ACK and the CANCEL.
-    request: Box<Message>,
+    /// The INVITE as sent: retransmitted by Timer A, parsed again to write
+    /// the ACK for a 3xx–6xx or a CANCEL; dropped at the final response.
+    request: Option<Bytes>,
     /// The ACK for the final 3xx–6xx, re-sent on its retransmissions.
     ack: Option<Bytes>,
     /// Timer C counts from here: the send, then each non-100 provisional.
@@ -237,8 +255,8 @@ enum Machine {
 
 #[derive(Debug)]
 struct Txn<D> {
-    /// The match key under which the transaction is indexed.
-    key: Box<[u8]>,
+    /// The fingerprint of the match key it is indexed under.
+    key: Fingerprint,
     /// Where requests (client) or responses (server) go.
     dest: D,
     reliable: bool,
@@ -273,6 +291,9 @@ enum Next {
     Terminate,
     /// A client INVITE with a pending CANCEL got its first provisional.
     SendCancel,
+    /// A server non-INVITE answered finally over UDP: Timer J runs in the
+    /// linger table.
+    Linger,
 }
 
 /// The parts of the layer a machine writes to while it is borrowed.
@@ -290,8 +311,11 @@ pub struct TransactionLayer<D> {
     slab: Vec<SlabEntry<D>>,
     free: Vec<u32>,
     live: usize,
-    clients: HashMap<Box<[u8]>, Id>,
-    servers: HashMap<Box<[u8]>, Id>,
+    clients: FingerprintMap<Id>,
+    servers: FingerprintMap<Id>,
+    fingerprints: Fingerprinter,
+    /// Completed server non-INVITE transactions in Timer J.
+    linger: LingerTable<D>,
     table: TimerTable,
     transmits: VecDeque<(D, Bytes)>,
     events: VecDeque<Event<D>>,
@@ -308,13 +332,36 @@ impl<D: Clone> TransactionLayer<D> {
     /// A layer with these timer values, each clamped to 1 ms ..= 1 day
     /// (T2 at least T1).
     pub fn new(timers: Timers) -> Self {
+        Self::with_capacity(timers, 0)
+    }
+
+    /// A layer with room for about `transactions` live and lingering
+    /// transactions before any table grows. Growing a table of hundreds of
+    /// thousands of entries rehashes or moves them all at once, a pause of
+    /// tens of milliseconds a busy node should take at start, not under
+    /// load. Untouched capacity costs address space, not memory.
+    pub fn with_capacity(timers: Timers, transactions: usize) -> Self {
+        let mut l = Self::empty(timers);
+        l.slab.reserve_exact(transactions);
+        l.free.reserve_exact(transactions);
+        l.clients.reserve(transactions);
+        l.servers.reserve(transactions);
+        l.table.reserve(transactions * 2);
+        l.linger = LingerTable::new(l.timers.timeout(), transactions);
+        l
+    }
+
+    fn empty(timers: Timers) -> Self {
+        let timers = timers.sanitised();
         TransactionLayer {
-            timers: timers.sanitised(),
+            timers,
             slab: Vec::new(),
             free: Vec::new(),
             live: 0,
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: FingerprintMap::default(),
+            servers: FingerprintMap::default(),
+            fingerprints: Fingerprinter::new(),
+            linger: LingerTable::new(timers.timeout(), 0),
             table: TimerTable::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -326,13 +373,26 @@ impl<D: Clone> TransactionLayer<D> {
         &self.timers
     }
 
-    /// Live transactions, client and server.
+    /// Live transactions, client and server, those lingering in Timer J
+    /// included.
     pub fn len(&self) -> usize {
-        self.live
+        self.live + self.linger.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live == 0
+        self.len() == 0
+    }
+
+    /// Transactions that still take part in a exchange: all but those
+    /// that only absorb retransmissions during Timer J. What load shedding
+    /// looks at.
+    pub fn active(&self) -> usize {
+        self.live
+    }
+
+    /// Completed server non-INVITE transactions waiting out Timer J.
+    pub fn lingering(&self) -> usize {
+        self.linger.len()
     }
 
     /// A message arrived from `from`; `reliable` is true for TCP, TLS,
@@ -387,21 +447,47 @@ impl<D: Clone> TransactionLayer<D> {
         if !request.is_request() {
             return Err(TransactionError::NotARequest);
         }
-        let method = request.method().clone();
-        if method == Method::Ack {
+        let branch = request.branch().ok_or(TransactionError::NoBranch)?;
+        self.send_request_raw(
+            request.raw().clone(),
+            request.method(),
+            branch,
+            dest,
+            reliable,
+            now,
+        )
+    }
+
+    /// [`TransactionLayer::send_request`] for a request the TU has just
+    /// written and need not parse: `request` must be a well-formed request
+    /// with method `method` and `branch` in its top Via (a proxy's
+    /// forwarded copy, from [`Message::forward_writer`]).
+    pub fn send_request_raw(
+        &mut self,
+        request: Bytes,
+        method: &Method,
+        branch: &[u8],
+        dest: D,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<ClientKey, TransactionError> {
+        if *method == Method::Ack {
             return Err(TransactionError::Ack);
         }
-        let branch = request.branch().ok_or(TransactionError::NoBranch)?;
-        key::client(&mut self.scratch, branch, &method);
-        if self.clients.contains_key(&self.scratch[..]) {
+        if branch.is_empty() {
+            return Err(TransactionError::NoBranch);
+        }
+        key::client(&mut self.scratch, branch, method);
+        let fp = self.fingerprints.of(&self.scratch);
+        if self.clients.contains_key(&fp) {
             return Err(TransactionError::Duplicate);
         }
-        let cancelled_branch = (method == Method::Cancel).then(|| branch.to_vec());
-        let bytes = request.raw().clone();
-        let machine = if method == Method::Invite {
+        let cancelled_branch = (*method == Method::Cancel).then(|| branch.to_vec());
+        let bytes = request;
+        let machine = if *method == Method::Invite {
             Machine::ClientInvite(ClientInvite {
                 state: ClientInviteState::Calling,
-                request: Box::new(request),
+                request: Some(bytes.clone()),
                 ack: None,
                 c_base: now,
                 cancel: CancelState::None,
@@ -414,10 +500,11 @@ impl<D: Clone> TransactionLayer<D> {
                 silent: false,
             })
         };
-        let id = self.start_client(machine, bytes, dest, reliable, now);
+        let id = self.start_client(machine, fp, bytes, dest, reliable, now);
         if let Some(branch) = cancelled_branch {
             key::client(&mut self.scratch, &branch, &Method::Invite);
-            if let Some(&invite) = self.clients.get(&self.scratch[..]) {
+            let fp = self.fingerprints.of(&self.scratch);
+            if let Some(&invite) = self.clients.get(&fp) {
                 self.guard_invite(invite, now);
             }
         }
@@ -482,12 +569,16 @@ impl<D: Clone> TransactionLayer<D> {
             let next = txn.on_timer(entry.id, entry.slot, now, &mut cx);
             self.after(entry.id, next, now);
         }
+        self.linger.expire(now);
         self.tidy();
     }
 
     /// When [`TransactionLayer::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.table.peek()
+        match (self.table.peek(), self.linger.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next message to send and where.
@@ -505,7 +596,8 @@ impl<D: Clone> TransactionLayer<D> {
         let id = match msg.branch() {
             Some(branch) => {
                 key::client(&mut self.scratch, branch, msg.cseq_method());
-                self.clients.get(&self.scratch[..]).copied()
+                let fp = self.fingerprints.of(&self.scratch);
+                self.clients.get(&fp).copied()
             }
             None => None,
         };
@@ -520,7 +612,8 @@ impl<D: Clone> TransactionLayer<D> {
 
     fn on_ack(&mut self, msg: Message, from: D, now: Instant) {
         let rule = key::server(&mut self.scratch, &msg, &Method::Invite);
-        let found = self.servers.get(&self.scratch[..]).copied();
+        let fp = self.fingerprints.of(&self.scratch);
+        let found = self.servers.get(&fp).copied();
         let Some((id, txn, cx)) = found.and_then(|id| self.split(id).map(|(t, cx)| (id, t, cx)))
         else {
             self.events.push_back(Event::Ack { msg, from });
@@ -565,7 +658,8 @@ impl<D: Clone> TransactionLayer<D> {
     fn on_request(&mut self, msg: Message, from: D, reliable: bool) {
         let method = msg.method().clone();
         let rule = key::server(&mut self.scratch, &msg, &method);
-        if let Some(&id) = self.servers.get(&self.scratch[..]) {
+        let key = self.fingerprints.of(&self.scratch);
+        if let Some(&id) = self.servers.get(&key) {
             if let Some((txn, mut cx)) = self.split(id) {
                 // Answer where the retransmission came from: a NAT may have
                 // rebound the client's port, and with rport (RFC 3581) the
@@ -575,7 +669,10 @@ impl<D: Clone> TransactionLayer<D> {
             }
             return;
         }
-        let key: Box<[u8]> = self.scratch.as_slice().into();
+        if let Some(answer) = self.linger.answer(&key, from.clone()) {
+            self.transmits.push_back(answer);
+            return;
+        }
         let machine = if method == Method::Invite {
             Machine::ServerInvite(ServerInvite {
                 state: ServerInviteState::Proceeding,
@@ -589,7 +686,7 @@ impl<D: Clone> TransactionLayer<D> {
             })
         };
         let txn = Txn {
-            key: key.clone(),
+            key,
             dest: from.clone(),
             reliable,
             deadlines: Deadlines::default(),
@@ -601,9 +698,10 @@ impl<D: Clone> TransactionLayer<D> {
         let server = ServerKey(id);
         if method == Method::Cancel {
             key::server(&mut self.scratch, &msg, &Method::Invite);
+            let invite_key = self.fingerprints.of(&self.scratch);
             let invite = self
                 .servers
-                .get(&self.scratch[..])
+                .get(&invite_key)
                 .copied()
                 .filter(|&i| {
                     matches!(
@@ -672,27 +770,48 @@ impl<D: Clone> TransactionLayer<D> {
         }
     }
 
-    fn remove(&mut self, id: Id) {
-        let Some(e) = self
+    /// Takes a transaction out of the table (its timers and index entry).
+    fn take(&mut self, id: Id) -> Option<Txn<D>> {
+        let e = self
             .slab
             .get_mut(id.index as usize)
-            .filter(|e| e.generation == id.generation)
-        else {
-            return;
-        };
-        let Some(txn) = e.txn.take() else { return };
+            .filter(|e| e.generation == id.generation)?;
+        let txn = e.txn.take()?;
         e.generation = e.generation.wrapping_add(1);
         self.free.push(id.index);
         self.live -= 1;
         self.table.forget(&txn.deadlines);
-        let (map, key) = if txn.is_client() {
-            (&mut self.clients, TransactionKey::Client(ClientKey(id)))
+        let map = if txn.is_client() {
+            &mut self.clients
         } else {
-            (&mut self.servers, TransactionKey::Server(ServerKey(id)))
+            &mut self.servers
         };
         if map.get(&txn.key) == Some(&id) {
             map.remove(&txn.key);
         }
+        Some(txn)
+    }
+
+    /// Moves a completed server non-INVITE transaction to the linger
+    /// table for Timer J; the TU hears it terminated.
+    fn linger(&mut self, id: Id, now: Instant) {
+        let Some(txn) = self.take(id) else { return };
+        let Machine::ServerNonInvite(sn) = txn.machine else {
+            return;
+        };
+        let last = sn.last.unwrap_or_default();
+        self.linger.insert(txn.key, txn.dest, &last, now);
+        self.events
+            .push_back(Event::Terminated(TransactionKey::Server(ServerKey(id))));
+    }
+
+    fn remove(&mut self, id: Id) {
+        let Some(txn) = self.take(id) else { return };
+        let key = if txn.is_client() {
+            TransactionKey::Client(ClientKey(id))
+        } else {
+            TransactionKey::Server(ServerKey(id))
+        };
         if !txn.is_silent() {
             self.events.push_back(Event::Terminated(key));
         }
@@ -703,20 +822,21 @@ impl<D: Clone> TransactionLayer<D> {
             Next::Stay => {}
             Next::Terminate => self.remove(id),
             Next::SendCancel => self.start_cancel(id, now),
+            Next::Linger => self.linger(id, now),
         }
     }
 
     fn start_client(
         &mut self,
         machine: Machine,
+        key: Fingerprint,
         request: Bytes,
         dest: D,
         reliable: bool,
         now: Instant,
     ) -> Id {
-        let key: Box<[u8]> = self.scratch.as_slice().into();
         let txn = Txn {
-            key: key.clone(),
+            key,
             dest: dest.clone(),
             reliable,
             deadlines: Deadlines::default(),
@@ -750,16 +870,21 @@ impl<D: Clone> TransactionLayer<D> {
             return;
         };
         let (dest, reliable) = (txn.dest.clone(), txn.reliable);
-        let bytes = ci.request.cancel_for();
-        let branch = ci.request.branch().unwrap_or_default().to_vec();
-        key::client(&mut self.scratch, &branch, &Method::Cancel);
-        if !self.clients.contains_key(&self.scratch[..]) {
-            let machine = Machine::ClientNonInvite(ClientNonInvite {
-                state: NonInviteState::Trying,
-                request: bytes.clone(),
-                silent: true,
-            });
-            self.start_client(machine, bytes, dest, reliable, now);
+        // Our own request parses; should it not, nothing can be cancelled
+        // and the 64*T1 guard still ends the INVITE.
+        if let Some(invite) = ci.request.clone().and_then(|r| Message::parse(r).ok()) {
+            let bytes = invite.cancel_for();
+            let branch = invite.branch().unwrap_or_default();
+            key::client(&mut self.scratch, branch, &Method::Cancel);
+            let fp = self.fingerprints.of(&self.scratch);
+            if !self.clients.contains_key(&fp) {
+                let machine = Machine::ClientNonInvite(ClientNonInvite {
+                    state: NonInviteState::Trying,
+                    request: bytes.clone(),
+                    silent: true,
+                });
+                self.start_client(machine, fp, bytes, dest, reliable, now);
+            }
         }
         self.guard_invite(id, now);
     }
@@ -835,6 +960,7 @@ impl<D: Clone> Txn<D> {
                 }
                 (ClientInviteState::Calling | ClientInviteState::Proceeding, 200..=299) => {
                     ci.state = ClientInviteState::Accepted;
+                    ci.request = None;
                     cx.table.clear(&mut self.deadlines, Slot::Retransmit);
                     cx.table.clear(&mut self.deadlines, Slot::GiveUp);
                     // Timer M: keep passing 2xx retransmissions up.
@@ -851,9 +977,15 @@ impl<D: Clone> Txn<D> {
                     ci.state = ClientInviteState::Completed;
                     cx.table.clear(&mut self.deadlines, Slot::Retransmit);
                     cx.table.clear(&mut self.deadlines, Slot::GiveUp);
-                    let ack = ci.request.ack_for(&msg);
-                    ci.ack = Some(ack.clone());
-                    cx.transmits.push_back((self.dest.clone(), ack));
+                    let ack = ci
+                        .request
+                        .take()
+                        .and_then(|r| Message::parse(r).ok())
+                        .map(|invite| invite.ack_for(&msg));
+                    if let Some(ack) = ack {
+                        cx.transmits.push_back((self.dest.clone(), ack.clone()));
+                        ci.ack = Some(ack);
+                    }
                     cx.events.push_back(Event::Response { client, msg });
                     if self.reliable {
                         Next::Terminate
@@ -886,6 +1018,7 @@ impl<D: Clone> Txn<D> {
                 }
                 (NonInviteState::Trying | NonInviteState::Proceeding, _) => {
                     cn.state = NonInviteState::Completed;
+                    cn.request = Bytes::new();
                     cx.table.clear(&mut self.deadlines, Slot::Retransmit);
                     cx.table.clear(&mut self.deadlines, Slot::GiveUp);
                     if !cn.silent {
@@ -1000,14 +1133,8 @@ impl<D: Clone> Txn<D> {
                     if self.reliable {
                         Ok(Next::Terminate)
                     } else {
-                        // Timer J.
-                        cx.table.arm(
-                            &mut self.deadlines,
-                            id,
-                            Slot::Linger,
-                            now + cx.timers.timeout(),
-                        );
-                        Ok(Next::Stay)
+                        // Timer J, in the linger queue.
+                        Ok(Next::Linger)
                     }
                 }
             },
@@ -1023,8 +1150,9 @@ impl<D: Clone> Txn<D> {
             (Machine::ClientInvite(ci), Slot::Retransmit) => {
                 if ci.state == ClientInviteState::Calling {
                     // Timer A doubles without a cap (§17.1.1.2).
-                    let bytes = ci.request.raw().clone();
-                    cx.transmits.push_back((self.dest.clone(), bytes));
+                    if let Some(bytes) = ci.request.clone() {
+                        cx.transmits.push_back((self.dest.clone(), bytes));
+                    }
                     self.interval = self.interval.saturating_mul(2);
                     cx.table.arm(
                         &mut self.deadlines,

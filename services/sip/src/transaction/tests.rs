@@ -287,17 +287,62 @@ fn server_non_invite_answers_retransmissions_until_timer_j() {
         h.sent_times(Method::Options, Some(200)),
         vec![1200, 2000, 9000]
     );
+    // Timer J runs in the linger table: the TU is done with it (Terminated
+    // at the final response) and can no longer answer.
     assert_eq!(
         h.l.respond(server, 500, Bytes::new(), h.at(9100)),
-        Err(TransactionError::AlreadyFinal)
+        Err(TransactionError::UnknownTransaction)
     );
-    h.run_all();
+    assert_eq!((h.l.active(), h.l.lingering(), h.l.len()), (0, 1, 1));
     let ev = h.take_events();
     assert_eq!(ev.len(), 2);
-    assert!(
-        matches!(ev[1], (33200, Event::Terminated(_))),
-        "Timer J = 64*T1: {ev:?}"
-    );
+    assert!(matches!(ev[1], (1200, Event::Terminated(_))), "{ev:?}");
+    // Still answered a full Timer J (64*T1) after the final response.
+    h.run_to(1200 + 32_000);
+    h.recv(1200 + 32_000, req.clone(), false);
+    assert_eq!(h.sent_times(Method::Options, Some(200)).len(), 4);
+    h.run_all();
+    assert!(h.l.is_empty());
+    // Then the same request is a new one.
+    h.recv(60_000, req.clone(), false);
+    assert!(matches!(
+        h.take_events()[..],
+        [(60_000, Event::Request { .. })]
+    ));
+}
+
+#[test]
+fn lingering_responses_answer_the_latest_source() {
+    let mut h = Harness::new();
+    let mut reqs = vec![];
+    for i in 0..500 {
+        let req = request("REGISTER", &format!("z9hG4bKl{i}"), 1);
+        h.recv(i, req.clone(), false);
+        reqs.push(req);
+    }
+    let keys: Vec<ServerKey> = h
+        .take_events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Request { server, .. } => Some(*server),
+            _ => None,
+        })
+        .collect();
+    for (k, req) in keys.iter().zip(&reqs) {
+        h.respond(600, *k, req, 200);
+    }
+    assert_eq!(h.l.lingering(), 500);
+    h.sent.clear();
+    h.l.handle_message(reqs[321].clone(), 99, false, h.at(5000));
+    let (d, b) = h.l.poll_transmit().expect("the lingering 200");
+    assert_eq!(d, 99, "answered where the retransmission came from");
+    let resp = Message::parse(b).unwrap();
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(resp.branch(), reqs[321].branch());
+    h.run_all();
+    assert!(h.l.is_empty());
+    let ended = h.events.iter().filter(|(_, e)| is_terminated(e)).count();
+    assert_eq!(ended, 500);
 }
 
 #[test]

@@ -120,6 +120,10 @@ pub(crate) struct TimerTable {
 }
 
 impl TimerTable {
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.heap.reserve(n);
+    }
+
     pub(crate) fn arm(&mut self, deadlines: &mut Deadlines, id: Id, slot: Slot, at: Instant) {
         if deadlines.0[slot as usize].replace(at).is_none() {
             self.armed += 1;
