@@ -94,12 +94,28 @@ impl Entry {
     pub fn size_hint(&self) -> usize {
         self.id.len() + self.value.len() + 48
     }
+
+    /// This entry with its id and value in exact allocations of their own
+    /// (what a [`Record`] keeps), not slices of a larger buffer.
+    fn owned(self) -> Entry {
+        Entry {
+            id: Bytes::copy_from_slice(&self.id),
+            value: Bytes::copy_from_slice(&self.value),
+            ..self
+        }
+    }
 }
 
 /// The dictionary stored under one key; entries sorted by id, ids unique.
+///
+/// Memory: a record is an exact-size boxed slice (most hold one entry: a
+/// `Vec` would round its first allocation up to four), and an entry stored
+/// here owns exact copies of its id and value, so a record never pins the
+/// network frame or log buffer it was decoded from (issue 6: a replica's
+/// bytes per binding).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Record {
-    entries: Vec<Entry>,
+    entries: Box<[Entry]>,
 }
 
 impl Record {
@@ -138,17 +154,28 @@ impl Record {
 
     /// Merges one entry; true when the record changed.
     pub fn merge_entry(&mut self, e: Entry) -> bool {
+        self.merge_entry_as(e, false)
+    }
+
+    /// Merges one entry, which the record keeps in exact allocations of
+    /// its own when `own` (a record of the [`Store`]).
+    fn merge_entry_as(&mut self, e: Entry, own: bool) -> bool {
+        let keep = |e: Entry| if own { e.owned() } else { e };
         match self.entries.binary_search_by(|x| x.id.cmp(&e.id)) {
             Ok(i) => {
                 if e.merge_cmp(&self.entries[i]) == Ordering::Greater {
-                    self.entries[i] = e;
+                    self.entries[i] = keep(e);
                     true
                 } else {
                     false
                 }
             }
             Err(i) => {
-                self.entries.insert(i, e);
+                let mut v = Vec::with_capacity(self.entries.len() + 1);
+                v.extend(self.entries[..i].iter().cloned());
+                v.push(keep(e));
+                v.extend(self.entries[i..].iter().cloned());
+                self.entries = v.into_boxed_slice();
                 true
             }
         }
@@ -170,10 +197,20 @@ impl Record {
 
     /// Drops collectable entries; true when any went.
     pub fn collect_garbage(&mut self, wall_ms: u64, gc_grace_ms: u64) -> bool {
-        let before = self.entries.len();
-        self.entries
-            .retain(|e| !e.is_collectable(wall_ms, gc_grace_ms));
-        before != self.entries.len()
+        if !self
+            .entries
+            .iter()
+            .any(|e| e.is_collectable(wall_ms, gc_grace_ms))
+        {
+            return false;
+        }
+        self.entries = self
+            .entries
+            .iter()
+            .filter(|e| !e.is_collectable(wall_ms, gc_grace_ms))
+            .cloned()
+            .collect();
+        true
     }
 
     pub fn size_hint(&self) -> usize {
@@ -284,7 +321,7 @@ impl Store {
         });
         let mut changed = false;
         for e in fresh {
-            changed |= slot.record.merge_entry(e.clone());
+            changed |= slot.record.merge_entry_as(e.clone(), true);
         }
         if changed {
             slot.digest = slot.record.digest(&key);
