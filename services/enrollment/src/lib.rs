@@ -25,7 +25,6 @@ pub mod authority;
 pub mod ca;
 pub mod client;
 pub mod config;
-pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod service;
@@ -97,9 +96,13 @@ async fn run_kv<K: Kv>(
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(true));
     if let Some(addr) = cfg.metrics {
-        http::serve(addr, registry, ready.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        ringmesh_probes::serve(
+            addr,
+            ringmesh_probes::registry_render(registry),
+            ready.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     if cfg.admin_tokens.is_empty() {
         tracing::warn!(

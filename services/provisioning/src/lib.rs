@@ -25,7 +25,6 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod http;
 pub mod metrics;
 pub mod service;
 pub mod status;
@@ -103,9 +102,13 @@ async fn run_store<S: SubscriberStore>(
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.metrics {
-        http::serve(addr, registry, ready.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        ringmesh_probes::serve(
+            addr,
+            ringmesh_probes::registry_render(registry),
+            ready.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     // Readiness follows the store: not ready while etcd is unreachable.
     let probe = {
