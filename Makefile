@@ -73,6 +73,13 @@ ops:
 fuzz:
 	services/sip/fuzz/run.sh $(FUZZ_SECONDS)
 
+## Ringmesh vs Kamailio side by side (issue 6): servers on CPU 1, load on
+## CPU 0, about 25 minutes; the table goes to docs/benchmarks.md.
+## `make bench BENCH_ARGS=--quick` is a 5-minute smoke run.
+bench: release
+	$(CARGO) build --release -p ringmesh-load
+	python3 loadtest/bench/bench.py $(BENCH_ARGS)
+
 clean:
 	$(CARGO) clean
 	rm -rf .dev

@@ -672,3 +672,85 @@ fn a_dialog_whose_two_ends_share_one_flow() {
         "the BYE reaches the callee end of the same flow: {at_callee}"
     );
 }
+
+/// A node added later, given its seed as a host name (as the Helm chart
+/// does with the pods' DNS names) and its own name among the seeds (every
+/// pod of a StatefulSet gets the same list), enrolls and joins the ring.
+#[test]
+fn a_node_seeded_by_host_name_joins() {
+    let farm = Farm::start(24000, &["--nodes", "2", "--auth", "none"], &[]);
+    let seed_port = farm.nodes[0]
+        .argv
+        .iter()
+        .position(|a| a == "--overlay")
+        .map(|i| {
+            farm.nodes[0].argv[i + 1]
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sn9.log");
+    let mut argv: Vec<String> = [
+        "supernode",
+        "--name",
+        "sn9",
+        "--auth",
+        "none",
+        "--sip",
+        "udp:127.0.0.1:24090",
+        "--overlay",
+        "127.0.0.1:24091",
+        "--metrics",
+        "127.0.0.1:24092",
+        "--seed",
+        &format!("localhost:{seed_port}"),
+        "--seed",
+        "localhost:24091",
+        "--enrollment",
+        &farm.enrollment,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push("--bootstrap-token-file".into());
+    argv.push(
+        farm.dir
+            .path()
+            .join("bootstrap.token")
+            .display()
+            .to_string(),
+    );
+    argv.push("--data".into());
+    argv.push(dir.path().join("sn9").display().to_string());
+    let out = std::fs::File::create(&log).unwrap();
+    let _node = Owned(
+        Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    let metrics: SocketAddr = "127.0.0.1:24092".parse().unwrap();
+    let ring_size = |addr: SocketAddr| {
+        http_get(addr, "/metrics")
+            .1
+            .lines()
+            .find(|l| l.starts_with("ringmesh_overlay_ring_size"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    wait_until("sn9 joined by name", Duration::from_secs(60), || {
+        http_get(metrics, "/readyz").0 == 200 && ring_size(metrics) == Some(3.0)
+    });
+    for n in &farm.nodes {
+        wait_until(
+            &format!("{} sees sn9", n.name),
+            Duration::from_secs(20),
+            || metric(n, "ringmesh_overlay_ring_size") == Some(3.0),
+        );
+    }
+}

@@ -275,12 +275,7 @@ impl Admin for AdminService {
             .entries
             .iter()
             .filter(|e| e.is_live(now_ms))
-            .filter_map(|e| {
-                Binding::decode(&e.value).map(|mut b| {
-                    b.hlc = e.hlc.as_u64();
-                    binding_pb(&b)
-                })
-            })
+            .filter_map(|e| crate::farm::binding_of(e).map(|b| binding_pb(&b)))
             .collect();
         let alive: Vec<NodeId> = view
             .members
@@ -368,10 +363,9 @@ impl Admin for AdminService {
             for (key, entries) in &page {
                 cursor = Some(*key);
                 for e in entries {
-                    let Some(mut b) = Binding::decode(&e.value) else {
+                    let Some(b) = crate::farm::binding_of(e) else {
                         continue;
                     };
-                    b.hlc = e.hlc.as_u64();
                     if only.as_ref().is_some_and(|a| a.as_bytes() != &b.aor[..])
                         || (req.edge_only && b.edge != me)
                     {

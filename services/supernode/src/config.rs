@@ -105,9 +105,19 @@ pub struct SupernodeArgs {
     /// node is a farm of one with node-local bindings.
     #[arg(long, env = "RINGMESH_OVERLAY")]
     pub overlay: Option<String>,
-    /// Overlay address of another supernode to join through (repeatable).
+    /// Overlay address (HOST:PORT) of another supernode to join through
+    /// (repeatable). A host name is resolved again every few seconds until
+    /// the node has joined, so peers not yet in DNS are found once they
+    /// are; addresses that are this node's own are skipped (a StatefulSet
+    /// can give every pod the same list).
     #[arg(long, env = "RINGMESH_SEED", value_delimiter = ',')]
     pub seed: Vec<String>,
+    /// Host (name or IP address) the other supernodes reach this node's
+    /// overlay port at, when it differs from --advertise (which is what
+    /// SIP peers see, e.g. a load balancer's address). Default: the
+    /// --advertise host, else the --overlay one.
+    #[arg(long, env = "RINGMESH_OVERLAY_ADVERTISE")]
+    pub overlay_advertise: Option<String>,
     /// Found a new ring if no seed accepts within this many seconds (one
     /// node of a farm may do this; without it a node only ever joins).
     #[arg(long, env = "RINGMESH_BOOTSTRAP_AFTER")]
@@ -206,6 +216,28 @@ pub struct SupernodeArgs {
     /// Most simultaneous TCP connections.
     #[arg(long, env = "RINGMESH_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Overload control: new requests are answered 503 with Retry-After by
+    /// the transport readers once this many messages wait for the SIP core.
+    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DEPTH")]
+    pub overload_queue_depth: Option<usize>,
+    /// Overload control: new requests are shed while messages wait longer
+    /// than this for the SIP core (smoothed, milliseconds).
+    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DELAY_MS")]
+    pub overload_queue_delay_ms: Option<u64>,
+    /// Overload control: new requests are shed while the SIP core holds
+    /// this many transactions (those only absorbing retransmissions in
+    /// Timer J not counted).
+    #[arg(long, env = "RINGMESH_OVERLOAD_MAX_TRANSACTIONS")]
+    pub overload_max_transactions: Option<usize>,
+    /// Overload control: new requests are shed while this many requests
+    /// wait for the location service (the ring, in a farm) or the
+    /// subscriber directory.
+    #[arg(long, env = "RINGMESH_OVERLOAD_MAX_PENDING")]
+    pub overload_max_pending: Option<usize>,
+    /// Seconds a client turned away by overload control (or an
+    /// unavailable store) is asked to wait: the Retry-After of the 503.
+    #[arg(long, env = "RINGMESH_OVERLOAD_RETRY_AFTER")]
+    pub overload_retry_after: Option<u32>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or ringmesh=debug.
     #[arg(long, env = "RINGMESH_LOG")]
     pub log: Option<String>,
@@ -221,6 +253,7 @@ struct FileConfig {
     advertise: Option<String>,
     overlay: Option<String>,
     seed: Option<Vec<String>>,
+    overlay_advertise: Option<String>,
     bootstrap_after: Option<u64>,
     replicas: Option<usize>,
     cert: Option<PathBuf>,
@@ -249,6 +282,11 @@ struct FileConfig {
     tcp_idle_timeout: Option<u64>,
     tcp_message_timeout: Option<u64>,
     max_connections: Option<usize>,
+    overload_queue_depth: Option<usize>,
+    overload_queue_delay_ms: Option<u64>,
+    overload_max_transactions: Option<usize>,
+    overload_max_pending: Option<usize>,
+    overload_retry_after: Option<u32>,
     log: Option<String>,
 }
 
@@ -284,7 +322,35 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     pub tcp_message_timeout: Duration,
     pub max_connections: usize,
+    pub overload: OverloadConfig,
     pub log: String,
+}
+
+/// When transport readers shed new requests (503 + Retry-After) instead
+/// of queueing them for the SIP core: see `transport.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadConfig {
+    /// Messages waiting for the core.
+    pub queue_depth: usize,
+    /// Smoothed wait of a message between a reader and the core.
+    pub queue_delay: Duration,
+    /// Transactions the core holds (Timer J lingerers not counted).
+    pub max_transactions: usize,
+    /// Requests waiting for the location service or the directory.
+    pub max_pending: usize,
+    /// Retry-After of the 503, seconds.
+    pub retry_after: u32,
+}
+
+/// Capacity of the channel from the transports to the SIP core: the
+/// overload queue depth can be set up to it.
+pub const INBOUND_QUEUE: usize = 8192;
+
+/// A host name or an IP address (IPv6 with or without brackets).
+fn is_host(a: &str) -> bool {
+    let ip = a.trim_start_matches('[').trim_end_matches(']');
+    !a.is_empty()
+        && (ip.parse::<IpAddr>().is_ok() || ringmesh_sip::Host::parse(a.as_bytes()).is_ok())
 }
 
 /// `host:port` with a non-empty host and a port.
@@ -297,7 +363,10 @@ fn host_port(s: &str) -> Option<()> {
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
     pub listen: SocketAddr,
-    pub seeds: Vec<SocketAddr>,
+    /// HOST:PORT, a host name or an IP address.
+    pub seeds: Vec<String>,
+    /// The host announced to the other supernodes, when set.
+    pub advertise: Option<String>,
     pub bootstrap_after: Option<Duration>,
     pub replicas: usize,
     pub cert: PathBuf,
@@ -361,13 +430,15 @@ impl SupernodeArgs {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| err("sip", m))?;
         let advertise = self.advertise.or(file.advertise);
-        if let Some(a) = &advertise {
-            let host = a.trim_start_matches('[').trim_end_matches(']');
-            if host.parse::<IpAddr>().is_err() && ringmesh_sip::Host::parse(a.as_bytes()).is_err() {
-                return Err(err(
-                    "advertise",
-                    format!("'{a}' is not a host name or IP address"),
-                ));
+        let overlay_advertise = self.overlay_advertise.or(file.overlay_advertise);
+        for (key, a) in [
+            ("advertise", &advertise),
+            ("overlay-advertise", &overlay_advertise),
+        ] {
+            if let Some(a) = a
+                && !is_host(a)
+            {
+                return Err(err(key, format!("'{a}' is not a host name or IP address")));
             }
         }
         let name = self.name.or(file.name).unwrap_or_else(|| "sn0".into());
@@ -520,6 +591,63 @@ impl SupernodeArgs {
         if max_connections == 0 {
             return Err(err("max-connections", "must be positive"));
         }
+        let queue_depth = self
+            .overload_queue_depth
+            .or(file.overload_queue_depth)
+            .unwrap_or(1024);
+        if !(16..=INBOUND_QUEUE).contains(&queue_depth) {
+            return Err(err(
+                "overload-queue-depth",
+                format!("{queue_depth} is outside 16..={INBOUND_QUEUE}"),
+            ));
+        }
+        let queue_delay_ms = self
+            .overload_queue_delay_ms
+            .or(file.overload_queue_delay_ms)
+            .unwrap_or(20);
+        if !(1..=10_000).contains(&queue_delay_ms) {
+            return Err(err(
+                "overload-queue-delay-ms",
+                format!("{queue_delay_ms} is outside 1..=10000"),
+            ));
+        }
+        let max_transactions = self
+            .overload_max_transactions
+            .or(file.overload_max_transactions)
+            .unwrap_or(1_000_000);
+        if max_transactions < 100 {
+            return Err(err(
+                "overload-max-transactions",
+                format!("{max_transactions} is below 100"),
+            ));
+        }
+        let max_pending = self
+            .overload_max_pending
+            .or(file.overload_max_pending)
+            .unwrap_or(500);
+        if max_pending < 10 {
+            return Err(err(
+                "overload-max-pending",
+                format!("{max_pending} is below 10"),
+            ));
+        }
+        let retry_after = self
+            .overload_retry_after
+            .or(file.overload_retry_after)
+            .unwrap_or(5);
+        if !(1..=3600).contains(&retry_after) {
+            return Err(err(
+                "overload-retry-after",
+                format!("{retry_after} is outside 1..=3600 seconds"),
+            ));
+        }
+        let overload = OverloadConfig {
+            queue_depth,
+            queue_delay: Duration::from_millis(queue_delay_ms),
+            max_transactions,
+            max_pending,
+            retry_after,
+        };
         let data = self
             .data
             .or(file.data)
@@ -529,13 +657,17 @@ impl SupernodeArgs {
         } else {
             self.seed
         };
-        let seeds = seeds
-            .iter()
-            .map(|s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|_| err("seed", format!("'{s}' is not HOST:PORT with an IP address")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(s) = seeds.iter().find(|s| {
+            s.parse::<SocketAddr>().is_err()
+                && !s
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| is_host(h) && p.parse::<u16>().is_ok_and(|p| p > 0))
+        }) {
+            return Err(err(
+                "seed",
+                format!("'{s}' is not HOST:PORT (a host name or IP address, and a port)"),
+            ));
+        }
         let replicas = self.replicas.or(file.replicas).unwrap_or(3);
         if !(1..=7).contains(&replicas) {
             return Err(err("replicas", format!("{replicas} is outside 1..=7")));
@@ -553,6 +685,7 @@ impl SupernodeArgs {
                     )
                 })?,
                 seeds,
+                advertise: overlay_advertise,
                 bootstrap_after,
                 replicas,
                 cert: self
@@ -573,6 +706,12 @@ impl SupernodeArgs {
                 return Err(err(
                     "seed",
                     "seeds need --overlay (the address to join from)",
+                ));
+            }
+            None if overlay_advertise.is_some() => {
+                return Err(err(
+                    "overlay-advertise",
+                    "it needs --overlay (the address it stands for)",
                 ));
             }
             None => None,
@@ -609,6 +748,7 @@ impl SupernodeArgs {
             tcp_idle_timeout,
             tcp_message_timeout,
             max_connections,
+            overload,
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         })
     }
@@ -701,5 +841,143 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(e.key, "subscribers");
+    }
+
+    #[test]
+    fn seeds_by_name_and_the_overlay_advertise_host() {
+        let c = SupernodeArgs {
+            overlay: Some("0.0.0.0:5090".into()),
+            seed: vec![
+                "ringmesh-supernode-0.ringmesh-overlay.sip.svc.cluster.local:5090".into(),
+                "10.0.0.7:5090".into(),
+                "[fd00::7]:5090".into(),
+            ],
+            overlay_advertise: Some("10.0.0.5".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        let ov = c.overlay.unwrap();
+        assert_eq!(ov.seeds.len(), 3);
+        assert_eq!(ov.advertise.as_deref(), Some("10.0.0.5"));
+        for (a, key) in [
+            (
+                SupernodeArgs {
+                    overlay: Some("0.0.0.0:5090".into()),
+                    seed: vec!["peer.example".into()],
+                    ..args()
+                },
+                "seed",
+            ),
+            (
+                SupernodeArgs {
+                    overlay: Some("0.0.0.0:5090".into()),
+                    seed: vec!["bad host:5090".into()],
+                    ..args()
+                },
+                "seed",
+            ),
+            (
+                SupernodeArgs {
+                    overlay: Some("0.0.0.0:5090".into()),
+                    overlay_advertise: Some("no spaces".into()),
+                    ..args()
+                },
+                "overlay-advertise",
+            ),
+            (
+                SupernodeArgs {
+                    overlay_advertise: Some("10.0.0.5".into()),
+                    ..args()
+                },
+                "overlay-advertise",
+            ),
+        ] {
+            assert_eq!(a.resolve().unwrap_err().key, key);
+        }
+    }
+
+    #[test]
+    fn overload_keys() {
+        let c = args().resolve().unwrap();
+        assert_eq!(
+            c.overload,
+            OverloadConfig {
+                queue_depth: 1024,
+                queue_delay: Duration::from_millis(20),
+                max_transactions: 1_000_000,
+                max_pending: 500,
+                retry_after: 5,
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "overload-queue-depth = 512\noverload-queue-delay-ms = 5\n\
+             overload-max-transactions = 20000\noverload-retry-after = 30\n\
+             overload-max-pending = 300\n",
+        )
+        .unwrap();
+        let c = SupernodeArgs {
+            config: Some(path),
+            overload_retry_after: Some(7),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.overload.queue_depth, 512);
+        assert_eq!(c.overload.queue_delay, Duration::from_millis(5));
+        assert_eq!(c.overload.max_transactions, 20_000);
+        assert_eq!(c.overload.max_pending, 300);
+        assert_eq!(c.overload.retry_after, 7, "a flag beats the file");
+        for (a, key) in [
+            (
+                SupernodeArgs {
+                    overload_queue_depth: Some(8),
+                    ..args()
+                },
+                "overload-queue-depth",
+            ),
+            (
+                SupernodeArgs {
+                    overload_queue_depth: Some(INBOUND_QUEUE + 1),
+                    ..args()
+                },
+                "overload-queue-depth",
+            ),
+            (
+                SupernodeArgs {
+                    overload_queue_delay_ms: Some(0),
+                    ..args()
+                },
+                "overload-queue-delay-ms",
+            ),
+            (
+                SupernodeArgs {
+                    overload_max_transactions: Some(10),
+                    ..args()
+                },
+                "overload-max-transactions",
+            ),
+            (
+                SupernodeArgs {
+                    overload_retry_after: Some(0),
+                    ..args()
+                },
+                "overload-retry-after",
+            ),
+            (
+                SupernodeArgs {
+                    overload_max_pending: Some(1),
+                    ..args()
+                },
+                "overload-max-pending",
+            ),
+        ] {
+            let e = a.resolve().unwrap_err();
+            assert_eq!(e.key, key);
+            assert!(e.to_string().contains("RINGMESH_OVERLOAD_"), "{e}");
+        }
     }
 }

@@ -20,7 +20,7 @@
 //!    MESSAGE, SUBSCRIBE), then registrar or proxy.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -44,11 +44,45 @@ use crate::registrar::{self, RegisterPlan, RegistrarConfig};
 use crate::token::{Dest, FlowToken, TokenKey};
 use crate::transport::{self, Inbound, Shared};
 
+/// Transactions the SIP core makes room for at start (see
+/// `TransactionLayer::with_capacity`): a few seconds of a busy node's
+/// traffic, so its tables do not grow, all at once, in the middle of it.
+const PRESIZED_TRANSACTIONS: usize = 1 << 18;
+
 /// Branch prefix of this implementation: cookie, "rm", then the loop hash.
 const BRANCH_PREFIX: &str = "z9hG4bKrm";
 /// Option tags this node supports in Require / Proxy-Require.
 const SUPPORTED: &[&str] = &["outbound", "path"];
 const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK";
+
+/// Hasher for maps keyed by identifiers this node made itself
+/// (transaction keys, operation tokens): nobody else chooses them, so a
+/// multiply-rotate mix is enough, and much cheaper than SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 /// Wall-clock milliseconds since the UNIX epoch.
 pub fn wall_ms() -> u64 {
@@ -147,12 +181,17 @@ impl Me {
     }
 }
 
-/// What the proxy keeps per forwarded request (RFC 3261 §16.7 response context).
+/// What the proxy keeps per forwarded request (RFC 3261 §16.7 response
+/// context). The request itself is needed only until the final response
+/// went upstream (to answer locally); an INVITE's context lives on for
+/// Timer L without it.
 #[derive(Debug)]
 struct ProxyCtx {
-    request: Message,
+    request: Option<Box<Message>>,
+    transport: Transport,
+    is_invite: bool,
     branches: Vec<(ClientKey, bool)>,
-    best: Option<Message>,
+    best: Option<Box<Message>>,
     final_sent: bool,
     cancelled: bool,
     started: Instant,
@@ -214,11 +253,15 @@ pub struct SipCore<L: LocationService> {
     udp: Vec<Arc<UdpSocket>>,
     conns: HashMap<u64, mpsc::Sender<Bytes>>,
     conn_by_peer: HashMap<SocketAddr, u64>,
-    proxies: HashMap<ServerKey, ProxyCtx>,
-    client_to_server: HashMap<ClientKey, ServerKey>,
-    pending: HashMap<u64, Pending>,
-    cancelled_pending: HashSet<ServerKey>,
-    register_started: HashMap<ServerKey, Instant>,
+    proxies: IdMap<ServerKey, ProxyCtx>,
+    client_to_server: IdMap<ClientKey, ServerKey>,
+    pending: IdMap<u64, Pending>,
+    cancelled_pending: IdSet<ServerKey>,
+    register_started: IdMap<ServerKey, Instant>,
+    /// Smoothed queueing delay of inbound messages, microseconds.
+    queue_delay_us: f64,
+    /// The `Retry-After` value of the 503s this node writes.
+    retry_after: Vec<u8>,
     next_token: u64,
     branch_counter: u64,
     registrar: RegistrarConfig,
@@ -255,6 +298,8 @@ impl<L: LocationService> SipCore<L> {
             t4: cfg.t4,
             ..Default::default()
         };
+        let retry_after = cfg.overload.retry_after.to_string().into_bytes();
+        let presized = cfg.overload.max_transactions.min(PRESIZED_TRANSACTIONS);
         SipCore {
             registrar: RegistrarConfig {
                 min_expires: cfg.min_expires,
@@ -263,7 +308,7 @@ impl<L: LocationService> SipCore<L> {
             },
             cfg,
             me,
-            txl: TransactionLayer::new(timers),
+            txl: TransactionLayer::with_capacity(timers, presized),
             location,
             auth,
             metrics,
@@ -272,11 +317,19 @@ impl<L: LocationService> SipCore<L> {
             udp,
             conns: HashMap::new(),
             conn_by_peer: HashMap::new(),
-            proxies: HashMap::new(),
-            client_to_server: HashMap::new(),
-            pending: HashMap::new(),
-            cancelled_pending: HashSet::new(),
-            register_started: HashMap::new(),
+            proxies: IdMap::with_capacity_and_hasher(PRESIZED_TRANSACTIONS / 4, Default::default()),
+            client_to_server: IdMap::with_capacity_and_hasher(
+                PRESIZED_TRANSACTIONS / 4,
+                Default::default(),
+            ),
+            pending: IdMap::default(),
+            cancelled_pending: IdSet::default(),
+            register_started: IdMap::with_capacity_and_hasher(
+                PRESIZED_TRANSACTIONS / 4,
+                Default::default(),
+            ),
+            queue_delay_us: 0.0,
+            retry_after,
             next_token: 1,
             branch_counter: rand::random(),
             farm,
@@ -288,6 +341,12 @@ impl<L: LocationService> SipCore<L> {
     pub fn with_trace(mut self, trace: tokio::sync::broadcast::Sender<TraceRecord>) -> Self {
         self.trace = Some(trace);
         self
+    }
+
+    /// Someone listens to the live SIP trace (checked before formatting
+    /// anything for it).
+    fn tracing(&self) -> bool {
+        self.trace.as_ref().is_some_and(|t| t.receiver_count() > 0)
     }
 
     fn traced(&self, inbound: bool, transport: &'static str, remote: String, raw: &Bytes) {
@@ -304,8 +363,17 @@ impl<L: LocationService> SipCore<L> {
 
     /// Runs until every transport is gone.
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
-        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        // Each tick sweeps one shard of the node-local store (16 in all).
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        // Messages handled since the core last let other tasks run: after a
+        // reader's batch, so the readers keep draining their sockets (and
+        // timestamping what waits there) while the core is busy.
+        let mut since_yield = 0;
         loop {
+            if since_yield >= transport::READ_BATCH {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let deadline = self.txl.poll_timeout().map(Instant::from_std);
             let sleep = async {
                 match deadline {
@@ -321,7 +389,7 @@ impl<L: LocationService> SipCore<L> {
                     self.on_inbound(ev, now);
                     // Take what else is queued before flushing: one wake-up
                     // serves a burst.
-                    let mut n = 0;
+                    let mut n = 1;
                     while n < 64 {
                         match inbound.try_recv() {
                             Ok(ev) => self.on_inbound(ev, now),
@@ -329,6 +397,7 @@ impl<L: LocationService> SipCore<L> {
                         }
                         n += 1;
                     }
+                    since_yield += n;
                 }
                 c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => {
                     self.on_completion(c, Instant::now());
@@ -351,6 +420,9 @@ impl<L: LocationService> SipCore<L> {
                 }
             }
             self.drive(Instant::now());
+            // After every turn: a completion may have lowered what the
+            // readers shed on.
+            self.publish_load(inbound.len());
         }
     }
 
@@ -382,7 +454,29 @@ impl<L: LocationService> SipCore<L> {
         while let Some((dest, bytes)) = self.txl.poll_transmit() {
             self.send(dest, bytes);
         }
+    }
+
+    /// Publishes the overload signals the transport readers act on, and
+    /// the matching gauges.
+    fn publish_load(&self, depth: usize) {
+        let o = &self.shared.overload;
+        o.delay_us.store(
+            self.queue_delay_us as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        o.transactions
+            .store(self.txl.active(), std::sync::atomic::Ordering::Relaxed);
+        o.pending
+            .store(self.pending.len(), std::sync::atomic::Ordering::Relaxed);
         self.metrics.transactions.set(self.txl.len() as i64);
+        self.metrics
+            .transactions_lingering
+            .set(self.txl.lingering() as i64);
+        self.metrics.inbound_queue.set(depth as i64);
+        self.metrics.queue_delay.set(self.queue_delay_us as i64);
+        self.metrics
+            .overload_active
+            .set(i64::from(o.is_active(depth)));
     }
 
     fn on_inbound(&mut self, ev: Inbound, now: Instant) {
@@ -391,23 +485,18 @@ impl<L: LocationService> SipCore<L> {
                 msg,
                 flow,
                 transport,
-                ..
+                at,
             } => {
+                // Smoothed over about 16 messages.
+                let waited = now.saturating_duration_since(at).as_micros() as f64;
+                self.queue_delay_us += (waited - self.queue_delay_us) / 16.0;
                 let t = transport.as_str();
-                if self.trace.is_some() {
+                if self.tracing() {
                     self.traced(true, t, flow.peer().to_string(), msg.raw());
                 }
                 match msg.status() {
-                    Some(s) => self
-                        .metrics
-                        .responses_received
-                        .with_label_values(&[Metrics::class(s), t])
-                        .inc(),
-                    None => self
-                        .metrics
-                        .requests
-                        .with_label_values(&[msg.method().metric_label(), t])
-                        .inc(),
+                    Some(s) => self.metrics.hot.response_received(s, t),
+                    None => self.metrics.hot.request(msg.method(), t),
                 }
                 self.txl.handle_message(
                     msg,
@@ -425,20 +514,12 @@ impl<L: LocationService> SipCore<L> {
                 self.conn_by_peer.retain(|_, c| *c != id);
             }
             Inbound::PeerSip { msg, peer } => {
-                if self.trace.is_some() {
+                if self.tracing() {
                     self.traced(true, "overlay", hex::encode(peer), msg.raw());
                 }
                 match msg.status() {
-                    Some(s) => self
-                        .metrics
-                        .responses_received
-                        .with_label_values(&[Metrics::class(s), "overlay"])
-                        .inc(),
-                    None => self
-                        .metrics
-                        .requests
-                        .with_label_values(&[msg.method().metric_label(), "overlay"])
-                        .inc(),
+                    Some(s) => self.metrics.hot.response_received(s, "overlay"),
+                    None => self.metrics.hot.request(msg.method(), "overlay"),
                 }
                 self.txl
                     .handle_message(msg, Dest::Peer(peer), true, now.into_std());
@@ -450,7 +531,7 @@ impl<L: LocationService> SipCore<L> {
     // ---- sending ------------------------------------------------------------
 
     fn send(&mut self, dest: Dest, bytes: Bytes) {
-        if self.trace.is_some() {
+        if self.tracing() {
             let (t, remote) = match dest {
                 Dest::Peer(p) => ("overlay", hex::encode(p)),
                 d => (
@@ -526,12 +607,32 @@ impl<L: LocationService> SipCore<L> {
             .or(if self.udp.is_empty() { None } else { Some(0) })
     }
 
-    fn to_tag(&self, msg: &Message) -> String {
+    /// The To tag of our own answers: "rm" and 12 hex digits of a hash of
+    /// the dialog's Call-ID and From tag (the same for every answer in it).
+    fn to_tag(&self, msg: &Message) -> [u8; 14] {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.call_id().hash(&mut h);
         msg.from_tag().hash(&mut h);
         self.me.node_id.hash(&mut h);
-        format!("rm{:012x}", h.finish() & 0xffff_ffff_ffff)
+        let v = h.finish();
+        let mut tag = *b"rm000000000000";
+        for (i, d) in tag[2..].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[(v >> (44 - 4 * i) & 0xf) as usize];
+        }
+        tag
+    }
+
+    /// 503 with this node's Retry-After.
+    fn reply_unavailable(&mut self, server: ServerKey, req: &Message, now: Instant) {
+        let retry_after = std::mem::take(&mut self.retry_after);
+        self.reply(
+            server,
+            req,
+            503,
+            &[(HeaderName::RetryAfter, &retry_after)],
+            now,
+        );
+        self.retry_after = retry_after;
     }
 
     /// Answers a request in its server transaction.
@@ -543,10 +644,7 @@ impl<L: LocationService> SipCore<L> {
         transport: Transport,
         now: Instant,
     ) {
-        self.metrics
-            .responses_sent
-            .with_label_values(&[Metrics::class(status), transport.as_str()])
-            .inc();
+        self.metrics.hot.response_sent(status, transport.as_str());
         if status >= 200
             && let Some(t0) = self.register_started.remove(&server)
         {
@@ -567,7 +665,7 @@ impl<L: LocationService> SipCore<L> {
         now: Instant,
     ) {
         let tag = self.to_tag(req);
-        let mut w = req.response_writer(status, Some(tag.as_bytes()));
+        let mut w = req.response_writer(status, Some(&tag));
         for (n, v) in extra {
             w.header(*n, v);
         }
@@ -615,7 +713,7 @@ impl<L: LocationService> SipCore<L> {
                     for (c, _) in ctx.branches {
                         self.client_to_server.remove(&c);
                     }
-                    if ctx.request.method() == &Method::Invite {
+                    if ctx.is_invite {
                         self.metrics.calls_active.dec();
                     }
                 }
@@ -796,8 +894,7 @@ impl<L: LocationService> SipCore<L> {
                             .inc();
                     }
                     let auth = self.auth.as_ref().expect("checked");
-                    let resp =
-                        auth.challenge(&msg, true, stale, now_secs(), self.to_tag(&msg).as_bytes());
+                    let resp = auth.challenge(&msg, true, stale, now_secs(), &self.to_tag(&msg));
                     return self.respond(server, 407, resp, transport_of(&msg), now);
                 }
                 Verdict::Pending => {
@@ -812,13 +909,13 @@ impl<L: LocationService> SipCore<L> {
                     return;
                 }
                 Verdict::Unavailable => {
-                    return self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                    return self.reply_unavailable(server, &msg, now);
                 }
             }
         }
         if *msg.method() == Method::Invite {
             let tag = self.to_tag(&msg);
-            let trying = msg.response_writer(100, Some(tag.as_bytes())).finish(b"");
+            let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
         let Ok(aor) = Aor::from_uri(&ruri) else {
@@ -869,10 +966,7 @@ impl<L: LocationService> SipCore<L> {
             .collect();
         if !unsupported.is_empty() {
             let list = unsupported.join(&b", "[..]);
-            self.metrics
-                .registrations
-                .with_label_values(&["rejected"])
-                .inc();
+            self.metrics.hot.registration("rejected");
             return self.reply(server, &msg, 420, &[(HeaderName::Unsupported, &list)], now);
         }
         let Ok(aor) = Aor::from_uri(msg.to_hdr().uri()) else {
@@ -902,10 +996,7 @@ impl<L: LocationService> SipCore<L> {
                             .auth_failures
                             .with_label_values(&[reason])
                             .inc();
-                        self.metrics
-                            .registrations
-                            .with_label_values(&["rejected"])
-                            .inc();
+                        self.metrics.hot.registration("rejected");
                         return self.reply(
                             server,
                             &msg,
@@ -922,18 +1013,9 @@ impl<L: LocationService> SipCore<L> {
                             .with_label_values(&[reason])
                             .inc();
                     }
-                    self.metrics
-                        .registrations
-                        .with_label_values(&["challenged"])
-                        .inc();
+                    self.metrics.hot.registration("challenged");
                     let auth = self.auth.as_ref().expect("checked");
-                    let resp = auth.challenge(
-                        &msg,
-                        false,
-                        stale,
-                        now_secs(),
-                        self.to_tag(&msg).as_bytes(),
-                    );
+                    let resp = auth.challenge(&msg, false, stale, now_secs(), &self.to_tag(&msg));
                     return self.respond(server, 401, resp, transport_of(&msg), now);
                 }
                 Verdict::Pending => {
@@ -948,11 +1030,8 @@ impl<L: LocationService> SipCore<L> {
                     return;
                 }
                 Verdict::Unavailable => {
-                    self.metrics
-                        .registrations
-                        .with_label_values(&["failed"])
-                        .inc();
-                    return self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                    self.metrics.hot.registration("failed");
+                    return self.reply_unavailable(server, &msg, now);
                 }
             }
         }
@@ -972,11 +1051,8 @@ impl<L: LocationService> SipCore<L> {
         ) {
             Ok(p) => p,
             Err(rej) => {
-                self.metrics
-                    .registrations
-                    .with_label_values(&["rejected"])
-                    .inc();
-                let resp = registrar::reject_response(&msg, &rej, self.to_tag(&msg).as_bytes());
+                self.metrics.hot.registration("rejected");
+                let resp = registrar::reject_response(&msg, &rej, &self.to_tag(&msg));
                 return self.respond(server, rej.status, resp, transport, now);
             }
         };
@@ -1020,21 +1096,18 @@ impl<L: LocationService> SipCore<L> {
                 let transport = transport_of(&msg);
                 match result {
                     Ok(bindings) => {
-                        self.metrics.registrations.with_label_values(&["ok"]).inc();
+                        self.metrics.hot.registration("ok");
                         let resp = registrar::ok_response(
                             &msg,
                             &bindings,
                             &plan,
                             wall_ms(),
-                            self.to_tag(&msg).as_bytes(),
+                            &self.to_tag(&msg),
                         );
                         self.respond(server, 200, resp, transport, now);
                     }
                     Err(LocationError::Registrar(e)) => {
-                        self.metrics
-                            .registrations
-                            .with_label_values(&["rejected"])
-                            .inc();
+                        self.metrics.hot.registration("rejected");
                         let warn = format!("399 ringmesh \"{e}\"");
                         self.reply(
                             server,
@@ -1045,12 +1118,9 @@ impl<L: LocationService> SipCore<L> {
                         );
                     }
                     Err(LocationError::Unavailable(why)) => {
-                        self.metrics
-                            .registrations
-                            .with_label_values(&["failed"])
-                            .inc();
+                        self.metrics.hot.registration("failed");
                         tracing::warn!(%why, "registration not stored");
-                        self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                        self.reply_unavailable(server, &msg, now);
                     }
                 }
             }
@@ -1069,7 +1139,7 @@ impl<L: LocationService> SipCore<L> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "location lookup failed");
-                        self.reply(server, &msg, 503, &[(HeaderName::RetryAfter, b"5")], now);
+                        self.reply_unavailable(server, &msg, now);
                     }
                 }
             }
@@ -1306,14 +1376,15 @@ impl<L: LocationService> SipCore<L> {
                 w.header(HeaderName::PAssertedIdentity, a);
             }
             let out = w.finish(msg.body());
-            let Ok(parsed) = Message::parse(out) else {
-                tracing::error!("forwarded request failed to re-parse");
-                continue;
-            };
-            match self
-                .txl
-                .send_request(parsed, dest, dest.reliable(), now.into_std())
-            {
+            // Our own writer's output: handed over as bytes, not parsed again.
+            match self.txl.send_request_raw(
+                out,
+                msg.method(),
+                branch.as_bytes(),
+                dest,
+                dest.reliable(),
+                now.into_std(),
+            ) {
                 Ok(client) => {
                     self.client_to_server.insert(client, server);
                     branches.push((client, false));
@@ -1324,17 +1395,16 @@ impl<L: LocationService> SipCore<L> {
         if branches.is_empty() {
             return self.reply(server, &msg, 500, &[], now);
         }
-        self.metrics
-            .forwarded
-            .with_label_values(&[msg.method().metric_label()])
-            .inc();
+        self.metrics.hot.forwarded(msg.method());
         if *msg.method() == Method::Invite {
             self.metrics.calls_active.inc();
         }
         self.proxies.insert(
             server,
             ProxyCtx {
-                request: msg,
+                transport: transport_of(&msg),
+                is_invite: *msg.method() == Method::Invite,
+                request: Some(Box::new(msg)),
                 branches,
                 best: None,
                 final_sent: false,
@@ -1384,7 +1454,7 @@ impl<L: LocationService> SipCore<L> {
         let Some(ctx) = self.proxies.get_mut(&server) else {
             return;
         };
-        let transport = transport_of(&ctx.request);
+        let transport = ctx.transport;
         if status < 200 {
             if !ctx.final_sent {
                 let out = msg.forward_response(&[]).finish(msg.body());
@@ -1398,7 +1468,8 @@ impl<L: LocationService> SipCore<L> {
         if status < 300 {
             let first = !ctx.final_sent;
             ctx.final_sent = true;
-            let is_invite = *ctx.request.method() == Method::Invite;
+            ctx.request = None;
+            let is_invite = ctx.is_invite;
             let started = ctx.started;
             let others: Vec<ClientKey> = ctx
                 .branches
@@ -1424,9 +1495,9 @@ impl<L: LocationService> SipCore<L> {
             .as_ref()
             .is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
         if better {
-            ctx.best = Some(msg);
+            ctx.best = Some(Box::new(msg));
         }
-        if (600..700).contains(&status) && *ctx.request.method() == Method::Invite {
+        if (600..700).contains(&status) && ctx.is_invite {
             let others: Vec<ClientKey> = ctx
                 .branches
                 .iter()
@@ -1461,9 +1532,12 @@ impl<L: LocationService> SipCore<L> {
             return;
         }
         ctx.final_sent = true;
-        let transport = transport_of(&ctx.request);
+        let transport = ctx.transport;
         let started = ctx.started;
-        let is_invite = *ctx.request.method() == Method::Invite;
+        let is_invite = ctx.is_invite;
+        let Some(req) = ctx.request.take() else {
+            return;
+        };
         match ctx.best.take() {
             Some(best) => {
                 let status = best.status().unwrap_or(500);
@@ -1473,15 +1547,12 @@ impl<L: LocationService> SipCore<L> {
                 let out = if status == best.status().unwrap_or(500) {
                     best.forward_response(&[]).finish(best.body())
                 } else {
-                    let req = ctx.request.clone();
                     let tag = self.to_tag(&req);
-                    req.response_writer(status, Some(tag.as_bytes()))
-                        .finish(b"")
+                    req.response_writer(status, Some(&tag)).finish(b"")
                 };
                 self.respond(server, status, out, transport, now);
             }
             None => {
-                let req = ctx.request.clone();
                 let status = if ctx.cancelled { 487 } else { 408 };
                 self.reply(server, &req, status, &[], now);
             }

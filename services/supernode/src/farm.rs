@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,17 +27,16 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use ringmesh_overlay::node::Phase;
 use ringmesh_overlay::{
-    Config as NodeConfig, Entry, Event, Hlc, Key, Node, NodeId, OpError, OpId, persist,
+    Config as NodeConfig, Entry, Event, Hlc, Key, Node, NodeId, OpError, OpId, RingRange, persist,
 };
 use ringmesh_sip::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::core::wall_ms;
-use crate::http::Health;
 use crate::link::{Frame, LinkEvent, Links};
 use crate::location::{
-    Binding, BindingKey, Completion, Held, LocationError, LocationOp, LocationService,
+    Binding, BindingKey, Completion, EntryFacts, Held, LocationError, LocationOp, LocationService,
 };
 use crate::metrics::Metrics;
 use crate::registrar::{self, RegisterPlan};
@@ -206,18 +205,23 @@ pub struct FarmSetup {
     pub node: NodeConfig,
     pub links: Links,
     pub link_events: mpsc::Receiver<LinkEvent>,
-    pub seeds: Vec<SocketAddr>,
+    /// HOST:PORT, host names or IP addresses.
+    pub seeds: Vec<String>,
+    /// This node's own overlay addresses: seeds that resolve to one are
+    /// skipped.
+    pub own: Vec<SocketAddr>,
     pub bootstrap_after: Option<Duration>,
     pub data: PathBuf,
     pub sip_inbound: mpsc::Sender<Inbound>,
     pub metrics: Metrics,
-    pub health: Arc<Health>,
+    pub ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for FarmSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FarmSetup")
             .field("seeds", &self.seeds)
+            .field("own", &self.own)
             .finish_non_exhaustive()
     }
 }
@@ -252,7 +256,7 @@ pub fn start(
     let driver = Driver {
         node,
         links: setup.links,
-        seeds: setup.seeds,
+        seeds: Seeds::start(setup.seeds, setup.own),
         bootstrap_after: setup.bootstrap_after,
         started: Instant::now(),
         replies: reply_tx,
@@ -263,9 +267,10 @@ pub fn start(
         pending_sip: HashMap::new(),
         log,
         metrics: setup.metrics,
-        health: setup.health,
+        ready: setup.ready,
         leave_waiters: Vec::new(),
         stats_seen: StatsSeen::default(),
+        census: Census::default(),
     };
     let task = tokio::spawn(driver.run(cmd_rx, setup.link_events));
     Ok((handle, reply_rx, task))
@@ -288,6 +293,82 @@ enum OpKind {
     ),
 }
 
+/// The configured seeds and their current addresses. IP literals are used
+/// as they are; host names (a StatefulSet's pods behind a headless Service)
+/// are resolved by a task every few seconds, since a peer that starts at the
+/// same time may not be in DNS yet. This node's own addresses are left out.
+#[derive(Debug)]
+struct Seeds {
+    configured: Vec<String>,
+    resolved: Arc<parking_lot::Mutex<Vec<SocketAddr>>>,
+}
+
+impl Seeds {
+    fn start(configured: Vec<String>, own: Vec<SocketAddr>) -> Seeds {
+        let literal: Vec<SocketAddr> = configured
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .filter(|a| !own.contains(a))
+            .collect();
+        let names: Vec<String> = configured
+            .iter()
+            .filter(|s| s.parse::<SocketAddr>().is_err())
+            .cloned()
+            .collect();
+        let resolved = Arc::new(parking_lot::Mutex::new(literal.clone()));
+        if !names.is_empty() {
+            let out = resolved.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut addrs = literal.clone();
+                    for name in &names {
+                        let found = tokio::time::timeout(
+                            Duration::from_secs(3),
+                            tokio::net::lookup_host(name.as_str()),
+                        )
+                        .await;
+                        match found {
+                            Ok(Ok(found)) => addrs.extend(found),
+                            Ok(Err(e)) => {
+                                tracing::debug!(seed = %name, error = %e, "seed not resolved (yet)")
+                            }
+                            Err(_) => tracing::debug!(seed = %name, "seed resolution timed out"),
+                        }
+                    }
+                    addrs.retain(|a| !own.contains(a));
+                    addrs.sort_unstable();
+                    addrs.dedup();
+                    *out.lock() = addrs;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
+        Seeds {
+            configured,
+            resolved,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.configured.is_empty()
+    }
+
+    /// The seeds' addresses as last resolved.
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.resolved.lock().clone()
+    }
+}
+
+/// Records the census reads per call.
+const CENSUS_STEP: usize = 20_000;
+
+/// A census pass in progress: where it stopped and what it counted.
+#[derive(Debug, Default)]
+struct Census {
+    cursor: Option<Key>,
+    counts: (usize, usize, usize),
+}
+
 #[derive(Debug, Default)]
 struct StatsSeen {
     repaired: u64,
@@ -300,7 +381,7 @@ struct StatsSeen {
 struct Driver {
     node: Node,
     links: Links,
-    seeds: Vec<SocketAddr>,
+    seeds: Seeds,
     bootstrap_after: Option<Duration>,
     started: Instant,
     replies: mpsc::Sender<Reply>,
@@ -311,9 +392,10 @@ struct Driver {
     pending_sip: HashMap<[u8; 16], Vec<(Instant, Bytes)>>,
     log: Log,
     metrics: Metrics,
-    health: Arc<Health>,
+    ready: Arc<AtomicBool>,
     leave_waiters: Vec<oneshot::Sender<bool>>,
     stats_seen: StatsSeen,
+    census: Census,
 }
 
 impl Driver {
@@ -326,12 +408,12 @@ impl Driver {
         if self.seeds.is_empty() {
             self.node.bootstrap(now.into_std(), wall_ms());
         } else {
-            for s in self.seeds.clone() {
+            for s in self.seeds.addrs() {
                 self.links.connect(s, None);
             }
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut census = tokio::time::interval(Duration::from_secs(10));
+        let mut census = tokio::time::interval(Duration::from_secs(1));
         loop {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -458,7 +540,7 @@ impl Driver {
                 }
             }
             Command::Leave { done } => {
-                self.health.ready.store(false, Ordering::Relaxed);
+                self.ready.store(false, Ordering::Relaxed);
                 self.node.leave(now.into_std(), wall);
                 self.leave_waiters.push(done);
             }
@@ -474,11 +556,7 @@ impl Driver {
                     .node
                     .store()
                     .iter()
-                    .flat_map(|(_, r)| {
-                        r.live(wall)
-                            .filter_map(|e| Binding::decode(&e.value))
-                            .collect::<Vec<_>>()
-                    })
+                    .flat_map(|(_, r)| r.live(wall).filter_map(binding_of).collect::<Vec<_>>())
                     .filter(|b| b.edge == me)
                     .count();
                 let _ = reply.send(View {
@@ -650,7 +728,7 @@ impl Driver {
         let now = Instant::now();
         match self.node.phase() {
             Phase::Idle | Phase::Joining => {
-                for s in self.seeds.clone() {
+                for s in self.seeds.addrs() {
                     self.links.connect(s, None);
                 }
                 if self
@@ -669,7 +747,7 @@ impl Driver {
         });
         let status = self.node.status();
         let ready = status.phase == Phase::Alive && status.replicas_below_k == 0;
-        self.health.ready.store(ready, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::Relaxed);
         self.metrics
             .replicas_below_k
             .set(status.replicas_below_k as i64);
@@ -713,12 +791,24 @@ impl Driver {
         }
     }
 
-    /// Counts held bindings by role (every 10 s; not on the SIP path).
+    /// Counts held bindings by role, [`CENSUS_STEP`] records per call (once
+    /// a second), publishing when a pass over the store ends: a pass over a
+    /// million records at once (a ring lookup each) would stall the overlay
+    /// task, and with it every REGISTER, for a good part of a second.
     fn census(&mut self) {
         let me = self.node.id();
         let wall = wall_ms();
-        let (mut aors, mut primary, mut replica) = (0, 0, 0);
-        for (key, record) in self.node.store().iter() {
+        let mut seen = 0;
+        let mut last = None;
+        let (mut aors, mut primary, mut replica) = self.census.counts;
+        for (key, record) in self
+            .node
+            .store()
+            .range_after(RingRange::FULL, self.census.cursor)
+            .take(CENSUS_STEP)
+        {
+            seen += 1;
+            last = Some(*key);
             let live = record.live(wall).count();
             if live == 0 {
                 continue;
@@ -730,6 +820,14 @@ impl Driver {
                 replica += live;
             }
         }
+        if seen == CENSUS_STEP {
+            self.census = Census {
+                cursor: last,
+                counts: (aors, primary, replica),
+            };
+            return;
+        }
+        self.census = Census::default();
         self.held.aors.store(aors, Ordering::Relaxed);
         self.held.primary.store(primary, Ordering::Relaxed);
         self.held.replica.store(replica, Ordering::Relaxed);
@@ -949,12 +1047,16 @@ impl OverlayStore {
         for k in touched {
             let floor = before.get(&k).map(|(_, h)| *h);
             match after.iter().find(|b| b.key() == k) {
-                Some(b) => specs.push(EntrySpec {
-                    id: k.to_entry_id(),
-                    value: Some(b.encode()),
-                    expires_at_ms: b.expires_at_ms,
-                    floor,
-                }),
+                Some(b) => {
+                    let id = k.to_entry_id();
+                    let value = b.encode_entry(&id, self.farm.me);
+                    specs.push(EntrySpec {
+                        id,
+                        value: Some(value),
+                        expires_at_ms: b.expires_at_ms,
+                        floor,
+                    })
+                }
                 None if floor.is_some() => specs.push(EntrySpec {
                     id: k.to_entry_id(),
                     value: None,
@@ -985,16 +1087,26 @@ impl OverlayStore {
     }
 }
 
+/// The binding an overlay entry holds (its value read with what the entry
+/// carries: id, origin, expiry, HLC).
+pub fn binding_of(e: &Entry) -> Option<Binding> {
+    Binding::decode_entry(
+        &e.value,
+        EntryFacts {
+            id: &e.id,
+            origin: e.origin.to_bytes(),
+            expires_at_ms: e.expires_at_ms,
+            hlc: e.hlc.as_u64(),
+        },
+    )
+}
+
 /// The live bindings in a record's entries, each with its entry's HLC.
 fn decode_live(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
     entries
         .iter()
         .filter(|e| e.is_live(now_ms))
-        .filter_map(|e| {
-            let mut b = Binding::decode(&e.value)?;
-            b.hlc = e.hlc.as_u64();
-            Some((b, e.hlc.as_u64()))
-        })
+        .filter_map(|e| Some((binding_of(e)?, e.hlc.as_u64())))
         .collect()
 }
 

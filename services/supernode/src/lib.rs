@@ -20,7 +20,6 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod farm;
-pub mod http;
 pub mod link;
 pub mod location;
 pub mod membership;
@@ -32,7 +31,7 @@ pub mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -170,11 +169,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         load_or_create_secret(&cfg.farm_secret)?
     };
     let metrics = Metrics::new(&cfg.name);
-    let health = Arc::new(http::Health::default());
+    // `/readyz`: serving, joined the ring, replicas in place.
+    let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.metrics {
-        http::serve(addr, metrics.clone(), health.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let m = metrics.clone();
+        ringmesh_probes::serve(
+            addr,
+            Arc::new(move || m.render().into_bytes()),
+            ready.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     let mut cache = None;
     let auth = match cfg.auth {
@@ -213,15 +218,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let m = metrics.clone();
         tokio::spawn(async move {
             loop {
+                // The cache counts in atomics; the counters follow them.
                 let cm = c.metrics();
-                m.cache_hits.set(cm.hits.load(Ordering::Relaxed) as i64);
-                m.cache_misses.set(cm.misses.load(Ordering::Relaxed) as i64);
+                for (counter, total) in [
+                    (&m.cache_hits, &cm.hits),
+                    (&m.cache_misses, &cm.misses),
+                    (&m.cache_errors, &cm.errors),
+                ] {
+                    let total = total.load(Ordering::Relaxed);
+                    counter.inc_by(total.saturating_sub(counter.get()));
+                }
+                m.cache_watch_connected
+                    .set(i64::from(cm.watch_connected.load(Ordering::Relaxed)));
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
     }
 
-    let (tx, rx) = mpsc::channel(8192);
+    let (tx, rx) = mpsc::channel(config::INBOUND_QUEUE);
     let shared = Arc::new(transport::Shared {
         inbound: tx.clone(),
         metrics: metrics.clone(),
@@ -231,7 +245,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_connections: cfg.max_connections,
         connections: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
-        retry_after: 5,
+        overload: transport::Overload::new(cfg.overload),
     });
     let mut udp = Vec::new();
     for l in &cfg.listen {
@@ -258,7 +272,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (trace, _) = tokio::sync::broadcast::channel(1024);
-    let etcd_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let etcd_connected = Arc::new(AtomicBool::new(false));
     let provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync> = match cache.clone() {
         Some(c) => Arc::new(move || c.is_watching()),
         None => Arc::new(|| false),
@@ -308,7 +322,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot serve the admin API on {addr}"))?;
         }
         let core_task = tokio::spawn(core.run(rx));
-        health.ready.store(true, Ordering::Relaxed);
+        ready.store(true, Ordering::Relaxed);
         tracing::info!(name = %cfg.name, domain = %cfg.domain, "supernode ready (a farm of one)");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -338,7 +352,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .with_context(|| format!("cannot bind the overlay endpoint {}", ov.listen))?;
     let host = me.advertise.clone();
     let mut node = ringmesh_overlay::Config::new(farm::nid(identity.node_id));
-    node.overlay_addr = format!("{host}:{}", ov.listen.port());
+    let overlay_host = ov.advertise.clone().unwrap_or_else(|| host.clone());
+    node.overlay_addr = format!("{overlay_host}:{}", ov.listen.port());
     node.sip_addr = format!("{host}:{}", me.udp_port.or(me.tcp_port).unwrap_or(5060));
     node.name = cfg.name.clone();
     node.replicas = ov.replicas;
@@ -350,7 +365,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let found = membership::discover_seeds(&cfg.etcd, &node_hex).await;
         tracing::info!(seeds = found.len(), "seeds from etcd");
         for s in found {
-            if !seeds.contains(&s) && s != ov.listen {
+            let s = s.to_string();
+            if !seeds.contains(&s) {
                 seeds.push(s);
             }
         }
@@ -386,16 +402,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let own = [Some(ov.listen), node.overlay_addr.parse().ok()]
+        .into_iter()
+        .flatten()
+        .collect();
     let (farm, replies, _overlay_task) = farm::start(farm::FarmSetup {
         node,
         links,
         link_events: link_rx,
         seeds,
+        own,
         bootstrap_after: ov.bootstrap_after,
         data: cfg.data.clone(),
         sip_inbound: tx,
         metrics: metrics.clone(),
-        health: health.clone(),
+        ready: ready.clone(),
     })?;
     let store = farm::OverlayStore::new(farm.clone(), replies, cfg.max_expires);
     let core = SipCore::new(

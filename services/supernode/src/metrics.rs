@@ -10,6 +10,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use ringmesh_sip::Method;
 
 pub const METHODS: [&str; 15] = [
     "INVITE",
@@ -30,6 +31,88 @@ pub const METHODS: [&str; 15] = [
 ];
 pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "overlay"];
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+/// Why a new request was shed (`ringmesh_overload_shed_total`).
+pub const SHED_REASONS: [&str; 4] = ["queue_depth", "queue_delay", "transactions", "pending"];
+
+/// Index of a method's label in [`METHODS`].
+pub fn method_index(m: &Method) -> usize {
+    match m {
+        Method::Invite => 0,
+        Method::Ack => 1,
+        Method::Bye => 2,
+        Method::Cancel => 3,
+        Method::Register => 4,
+        Method::Options => 5,
+        Method::Message => 6,
+        Method::Subscribe => 7,
+        Method::Notify => 8,
+        Method::Publish => 9,
+        Method::Info => 10,
+        Method::Prack => 11,
+        Method::Update => 12,
+        Method::Refer => 13,
+        Method::Other(_) => 14,
+    }
+}
+
+/// Index of a transport label in [`TRANSPORTS`].
+pub fn transport_index(t: &str) -> usize {
+    match t {
+        "udp" => 0,
+        "tcp" => 1,
+        _ => 2,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 6) - 1
+}
+
+/// The labelled counters the SIP path bumps for every message, resolved
+/// once at start-up: `with_label_values` hashes its labels and takes a
+/// lock on each call, which a register storm felt.
+#[derive(Debug, Clone, Default)]
+pub struct Hot {
+    requests: Vec<[IntCounter; 3]>,
+    responses_sent: Vec<[IntCounter; 3]>,
+    responses_received: Vec<[IntCounter; 3]>,
+    forwarded: Vec<IntCounter>,
+    /// ok, challenged, rejected, failed.
+    registrations: Vec<IntCounter>,
+    overload_rejections: Vec<IntCounter>,
+    shed: Vec<IntCounter>,
+}
+
+impl Hot {
+    pub fn request(&self, m: &Method, transport: &str) {
+        self.requests[method_index(m)][transport_index(transport)].inc();
+    }
+    pub fn response_sent(&self, status: u16, transport: &str) {
+        self.responses_sent[class_index(status)][transport_index(transport)].inc();
+    }
+    pub fn response_received(&self, status: u16, transport: &str) {
+        self.responses_received[class_index(status)][transport_index(transport)].inc();
+    }
+    pub fn forwarded(&self, m: &Method) {
+        self.forwarded[method_index(m)].inc();
+    }
+    /// `result`: ok, challenged, rejected or failed.
+    pub fn registration(&self, result: &str) {
+        let i = match result {
+            "ok" => 0,
+            "challenged" => 1,
+            "rejected" => 2,
+            _ => 3,
+        };
+        self.registrations[i].inc();
+    }
+    /// A new request answered 503 by the reader: `reason` indexes
+    /// [`SHED_REASONS`].
+    pub fn shed(&self, reason: usize, transport: &str) {
+        self.overload_rejections[transport_index(transport)].inc();
+        self.shed[reason.min(SHED_REASONS.len() - 1)].inc();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -47,6 +130,10 @@ pub struct Metrics {
     pub calls_active: IntGauge,
     pub auth_failures: IntCounterVec,
     pub overload_rejections: IntCounterVec,
+    pub overload_shed: IntCounterVec,
+    pub overload_active: IntGauge,
+    pub queue_delay: IntGauge,
+    pub transactions_lingering: IntGauge,
     pub connections: IntGauge,
     pub inbound_queue: IntGauge,
     pub forwarded: IntCounterVec,
@@ -64,12 +151,16 @@ pub struct Metrics {
     pub overlay_forwarded: IntCounter,
     pub link_rtt: Histogram,
     pub cert_expiry: IntGauge,
-    pub cache_hits: IntGauge,
-    pub cache_misses: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_errors: IntCounter,
+    pub cache_watch_connected: IntGauge,
     pub etcd_connected: IntGauge,
     pub link_refusals: IntCounterVec,
     pub link_malformed: IntCounter,
     pub up: IntGauge,
+    /// Pre-resolved labelled counters of the SIP path.
+    pub hot: Hot,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,7 +196,7 @@ impl Metrics {
             Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
                 .expect("valid registry");
         let r = &registry;
-        let m = Metrics {
+        let mut m = Metrics {
             requests: counter_vec(
                 r,
                 "ringmesh_sip_requests_total",
@@ -186,6 +277,27 @@ impl Metrics {
                 "ringmesh_overload_rejections_total",
                 "Requests answered 503 because the node is over capacity",
                 &["transport"],
+            ),
+            overload_shed: counter_vec(
+                r,
+                "ringmesh_overload_shed_total",
+                "New requests answered 503 with Retry-After by a transport reader, by the signal that tripped (queue_depth, queue_delay, transactions, pending)",
+                &["reason"],
+            ),
+            overload_active: gauge(
+                r,
+                "ringmesh_overload_active",
+                "1 while the SIP core's smoothed queueing delay or transaction count is over its limit (new requests are being shed)",
+            ),
+            queue_delay: gauge(
+                r,
+                "ringmesh_sip_inbound_queue_delay_microseconds",
+                "Smoothed time messages wait between a transport reader and the SIP core",
+            ),
+            transactions_lingering: gauge(
+                r,
+                "ringmesh_sip_transactions_lingering",
+                "Completed server transactions kept only to answer retransmissions (Timer J); included in ringmesh_sip_transactions",
             ),
             connections: gauge(r, "ringmesh_sip_connections", "Open SIP connections (TCP)"),
             inbound_queue: gauge(
@@ -281,15 +393,25 @@ impl Metrics {
                 "ringmesh_node_certificate_expiry_seconds",
                 "Seconds until this node's certificate expires (negative: expired)",
             ),
-            cache_hits: gauge(
+            cache_hits: counter(
                 r,
-                "ringmesh_subscriber_cache_hits",
-                "Subscriber lookups answered from the cache (since start)",
+                "ringmesh_subscriber_cache_hits_total",
+                "Subscriber lookups answered from the cache",
             ),
-            cache_misses: gauge(
+            cache_misses: counter(
                 r,
-                "ringmesh_subscriber_cache_misses",
-                "Subscriber lookups that asked provisioning (since start)",
+                "ringmesh_subscriber_cache_misses_total",
+                "Subscriber lookups that asked provisioning",
+            ),
+            cache_errors: counter(
+                r,
+                "ringmesh_subscriber_cache_errors_total",
+                "Subscriber lookups that failed: provisioning unreachable and not in the cache",
+            ),
+            cache_watch_connected: gauge(
+                r,
+                "ringmesh_subscriber_cache_watch_connected",
+                "1 while the subscriber cache's Watch stream to provisioning is up",
             ),
             etcd_connected: gauge(
                 r,
@@ -314,7 +436,42 @@ impl Metrics {
                 "Overlay messages that failed to decode (the link is closed)",
             ),
             up: gauge(r, "ringmesh_up", "1 while the process serves"),
+            hot: Hot::default(),
             registry,
+        };
+        // Resolve (and so create) every labelled series of the SIP path.
+        let by_transport = |v: &IntCounterVec, first: &str| -> [IntCounter; 3] {
+            std::array::from_fn(|t| v.with_label_values(&[first, TRANSPORTS[t]]))
+        };
+        m.hot = Hot {
+            requests: METHODS
+                .iter()
+                .map(|x| by_transport(&m.requests, x))
+                .collect(),
+            responses_sent: CLASSES
+                .iter()
+                .map(|c| by_transport(&m.responses_sent, c))
+                .collect(),
+            responses_received: CLASSES
+                .iter()
+                .map(|c| by_transport(&m.responses_received, c))
+                .collect(),
+            forwarded: METHODS
+                .iter()
+                .map(|x| m.forwarded.with_label_values(&[x]))
+                .collect(),
+            registrations: ["ok", "challenged", "rejected", "failed"]
+                .iter()
+                .map(|r| m.registrations.with_label_values(&[r]))
+                .collect(),
+            overload_rejections: TRANSPORTS
+                .iter()
+                .map(|t| m.overload_rejections.with_label_values(&[t]))
+                .collect(),
+            shed: SHED_REASONS
+                .iter()
+                .map(|r| m.overload_shed.with_label_values(&[r]))
+                .collect(),
         };
         for t in TRANSPORTS {
             for meth in METHODS {
