@@ -528,6 +528,18 @@ def control_plane():
         unit="reqps",
         description="REGISTERs answered 5xx: a write quorum missed, or provisioning unreachable for a subscriber "
                     "not in the cache.")
+    b.ts("Subscriber cache lookups", [
+        (f"sum by (node) ({rate('ringmesh_subscriber_cache_hits_total')})", "{{node}} hits"),
+        (f"sum by (node) ({rate('ringmesh_subscriber_cache_misses_total')})", "{{node}} misses"),
+        (f"sum by (node) ({rate('ringmesh_subscriber_cache_errors_total')})", "{{node}} errors"),
+    ], unit="reqps",
+        description="Each supernode's subscriber cache: hits, misses (asked provisioning) and errors (provisioning "
+                    "unreachable for a subscriber not in the cache: that REGISTER or INVITE got 503).")
+    b.ts("Subscriber cache invalidations (Watch) up", [(
+        f"min by (node) (ringmesh_subscriber_cache_watch_connected{{{S}}})", "{{node}}")],
+        description="1 while a supernode's Watch stream to provisioning is up; 0 on a node with a cache means "
+                    "password changes and barring no longer reach it (RingmeshSubscriberCacheStale). Nodes "
+                    "with --auth none have no cache and show 0.")
     return b
 
 

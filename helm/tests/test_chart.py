@@ -252,6 +252,7 @@ def test_supernode_statefulset(rendered):
         assert flag in f, f"{name}: --{flag} missing"
     assert f["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
     assert f["overlay"] == ["0.0.0.0:5160"]
+    assert f["overlay-advertise"] == ["$(POD_IP)"], "peers link to the pod, not the load balancer"
     assert f["metrics"] == ["0.0.0.0:5360"]
     assert f["data"] == ["/var/lib/ringmesh"]
     assert f["admin"] == ["127.0.0.1:5260"], "admin API stays on loopback"
@@ -458,7 +459,7 @@ def test_values_document_every_config_key():
     block = src[src.index("struct FileConfig"):]
     block = block[:block.index("}")]
     keys = {m.replace("_", "-") for m in re.findall(r"^\s+(\w+): Option<", block, re.M)}
-    chart_set = {"name", "domain", "sip", "overlay", "data", "metrics", "admin", "provisioning", "enrollment",
+    chart_set = {"name", "domain", "sip", "overlay", "overlay-advertise", "data", "metrics", "admin", "provisioning", "enrollment",
                  "bootstrap-token-file", "etcd", "bootstrap-after",
                  # identity files and the farm secret come from enrollment into the data dir
                  "cert", "key", "ca", "crl", "farm-secret",
