@@ -384,6 +384,25 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The value given, else `default`, which must lie in `range`.
+fn in_range<T, R>(
+    key: &'static str,
+    value: Option<T>,
+    default: T,
+    range: R,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+    R: std::ops::RangeBounds<T> + std::fmt::Debug,
+{
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(key, format!("{v} is outside {range:?}")))
+    }
+}
+
 fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key,
@@ -591,56 +610,38 @@ impl SupernodeArgs {
         if max_connections == 0 {
             return Err(err("max-connections", "must be positive"));
         }
-        let queue_depth = self
-            .overload_queue_depth
-            .or(file.overload_queue_depth)
-            .unwrap_or(1024);
-        if !(16..=INBOUND_QUEUE).contains(&queue_depth) {
-            return Err(err(
-                "overload-queue-depth",
-                format!("{queue_depth} is outside 16..={INBOUND_QUEUE}"),
-            ));
-        }
-        let queue_delay_ms = self
-            .overload_queue_delay_ms
-            .or(file.overload_queue_delay_ms)
-            .unwrap_or(20);
-        if !(1..=10_000).contains(&queue_delay_ms) {
-            return Err(err(
-                "overload-queue-delay-ms",
-                format!("{queue_delay_ms} is outside 1..=10000"),
-            ));
-        }
-        let max_transactions = self
-            .overload_max_transactions
-            .or(file.overload_max_transactions)
-            .unwrap_or(1_000_000);
-        if max_transactions < 100 {
-            return Err(err(
-                "overload-max-transactions",
-                format!("{max_transactions} is below 100"),
-            ));
-        }
-        let max_pending = self
-            .overload_max_pending
-            .or(file.overload_max_pending)
-            .unwrap_or(500);
-        if max_pending < 10 {
-            return Err(err(
-                "overload-max-pending",
-                format!("{max_pending} is below 10"),
-            ));
-        }
-        let retry_after = self
-            .overload_retry_after
-            .or(file.overload_retry_after)
-            .unwrap_or(5);
-        if !(1..=3600).contains(&retry_after) {
-            return Err(err(
-                "overload-retry-after",
-                format!("{retry_after} is outside 1..=3600 seconds"),
-            ));
-        }
+        let queue_depth = in_range(
+            "overload-queue-depth",
+            self.overload_queue_depth.or(file.overload_queue_depth),
+            1024,
+            16..=INBOUND_QUEUE,
+        )?;
+        let queue_delay_ms = in_range(
+            "overload-queue-delay-ms",
+            self.overload_queue_delay_ms
+                .or(file.overload_queue_delay_ms),
+            20,
+            1..=10_000,
+        )?;
+        let max_transactions = in_range(
+            "overload-max-transactions",
+            self.overload_max_transactions
+                .or(file.overload_max_transactions),
+            1_000_000,
+            100..,
+        )?;
+        let max_pending = in_range(
+            "overload-max-pending",
+            self.overload_max_pending.or(file.overload_max_pending),
+            500,
+            10..,
+        )?;
+        let retry_after = in_range(
+            "overload-retry-after",
+            self.overload_retry_after.or(file.overload_retry_after),
+            5,
+            1..=3600,
+        )?;
         let overload = OverloadConfig {
             queue_depth,
             queue_delay: Duration::from_millis(queue_delay_ms),
