@@ -287,7 +287,7 @@ impl Metrics {
             overload_active: gauge(
                 r,
                 "ringmesh_overload_active",
-                "1 while the SIP core's smoothed queueing delay or transaction count is over its limit (new requests are being shed)",
+                "1 while any overload signal (queueing delay, queue depth, transactions, pending lookups) is over its limit: new requests are being shed",
             ),
             queue_delay: gauge(
                 r,
