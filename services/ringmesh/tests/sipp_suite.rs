@@ -10,12 +10,28 @@ mod common;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::{Farm, sipp_dir};
+use common::{Farm, http_get, sipp_dir};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs `run_suite.sh --only <tests>` against a fresh farm.
-fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) {
+/// `ringmesh_call_setups_total{result}` summed over the farm's nodes.
+fn call_setups(farm: &Farm, result: &str) -> f64 {
+    let series = format!("ringmesh_call_setups_total{{result=\"{result}\"");
+    farm.nodes
+        .iter()
+        .filter_map(|n| {
+            http_get(n.metrics, "/metrics")
+                .1
+                .lines()
+                .find(|l| l.starts_with(&series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+/// Runs `run_suite.sh --only <tests>` against a fresh farm, and returns the
+/// farm for checks afterwards.
+fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) -> Farm {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let farm = Farm::start(base, farm_args, &[]);
     let work = tempfile::tempdir().unwrap();
@@ -54,6 +70,7 @@ fn suite(base: u16, farm_args: &[&str], suite_args: &[&str], tests: &str) {
         tests.split(',').count(),
         "every scenario ran and passed: {report}"
     );
+    farm
 }
 
 #[test]
@@ -68,7 +85,9 @@ fn digest_registrations_1000_udp_and_100_tcp() {
 
 #[test]
 fn call_between_two_registered_endpoints() {
-    suite(23020, &[], &[], "call_u1,call_t1");
+    let farm = suite(23020, &[], &[], "call_u1,call_t1");
+    assert_eq!(call_setups(&farm, "answered"), 2.0, "one call per scenario");
+    assert_eq!(call_setups(&farm, "failed"), 0.0);
 }
 
 #[test]
@@ -78,7 +97,17 @@ fn forked_call_first_200_wins_and_the_other_leg_is_cancelled() {
 
 #[test]
 fn cancel_busy_unknown_and_unavailable() {
-    suite(23060, &[], &[], "cancel,busy,unknown_404,unavailable_480");
+    let farm = suite(23060, &[], &[], "cancel,busy,unknown_404,unavailable_480");
+    // Counted once, at the caller's edge, after the digest challenge.
+    for (result, n) in [
+        ("cancelled", 1.0),
+        ("busy", 1.0),
+        ("rejected", 2.0),
+        ("answered", 0.0),
+        ("failed", 0.0),
+    ] {
+        assert_eq!(call_setups(&farm, result), n, "{result}");
+    }
 }
 
 #[test]

@@ -258,6 +258,9 @@ pub struct SipCore<L: LocationService> {
     pending: IdMap<u64, Pending>,
     cancelled_pending: IdSet<ServerKey>,
     register_started: IdMap<ServerKey, Instant>,
+    /// Out-of-dialog INVITEs from leaves awaiting their final response
+    /// (`ringmesh_call_setups_total`).
+    leaf_invites: IdSet<ServerKey>,
     /// Smoothed queueing delay of inbound messages, microseconds.
     queue_delay_us: f64,
     /// The `Retry-After` value of the 503s this node writes.
@@ -328,6 +331,7 @@ impl<L: LocationService> SipCore<L> {
                 PRESIZED_TRANSACTIONS / 4,
                 Default::default(),
             ),
+            leaf_invites: IdSet::default(),
             queue_delay_us: 0.0,
             retry_after,
             next_token: 1,
@@ -645,12 +649,15 @@ impl<L: LocationService> SipCore<L> {
         now: Instant,
     ) {
         self.metrics.hot.response_sent(status, transport.as_str());
-        if status >= 200
-            && let Some(t0) = self.register_started.remove(&server)
-        {
-            self.metrics
-                .register_latency
-                .observe(now.duration_since(t0).as_secs_f64());
+        if status >= 200 {
+            if let Some(t0) = self.register_started.remove(&server) {
+                self.metrics
+                    .register_latency
+                    .observe(now.duration_since(t0).as_secs_f64());
+            }
+            if self.leaf_invites.remove(&server) {
+                self.metrics.hot.call_setup(status);
+            }
         }
         let _ = self.txl.respond(server, status, bytes, now.into_std());
     }
@@ -719,6 +726,7 @@ impl<L: LocationService> SipCore<L> {
                 }
                 self.cancelled_pending.remove(&s);
                 self.register_started.remove(&s);
+                self.leaf_invites.remove(&s);
             }
         }
     }
@@ -914,6 +922,9 @@ impl<L: LocationService> SipCore<L> {
             }
         }
         if *msg.method() == Method::Invite {
+            if from.is_some() && msg.to_tag().is_none() {
+                self.leaf_invites.insert(server);
+            }
             let tag = self.to_tag(&msg);
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);

@@ -31,6 +31,25 @@ pub const METHODS: [&str; 15] = [
 ];
 pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "overlay"];
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+/// Outcomes of a call setup at the caller's edge
+/// (`ringmesh_call_setups_total`): see [`call_result`].
+pub const CALL_RESULTS: [&str; 5] = ["answered", "busy", "cancelled", "rejected", "failed"];
+
+/// The outcome (an index into [`CALL_RESULTS`]) of an INVITE answered
+/// finally with `status`: answered (2xx); busy (486, 600); cancelled by the
+/// caller (487); rejected by the callee or for what was asked (other
+/// 3xx–6xx: not found, unavailable, declined, …); failed: the network's
+/// fault (408 and 5xx), what a call-setup SLO counts against the farm.
+pub fn call_result(status: u16) -> usize {
+    match status {
+        200..=299 => 0,
+        486 | 600 => 1,
+        487 => 2,
+        408 | 500..=599 => 4,
+        _ => 3,
+    }
+}
+
 /// Why a new request was shed (`ringmesh_overload_shed_total`).
 pub const SHED_REASONS: [&str; 4] = ["queue_depth", "queue_delay", "transactions", "pending"];
 
@@ -79,6 +98,7 @@ pub struct Hot {
     forwarded: Vec<IntCounter>,
     /// ok, challenged, rejected, failed.
     registrations: Vec<IntCounter>,
+    call_setups: Vec<IntCounter>,
     overload_rejections: Vec<IntCounter>,
     shed: Vec<IntCounter>,
 }
@@ -106,6 +126,10 @@ impl Hot {
         };
         self.registrations[i].inc();
     }
+    /// A leaf's INVITE got its final response `status`.
+    pub fn call_setup(&self, status: u16) {
+        self.call_setups[call_result(status)].inc();
+    }
     /// A new request answered 503 by the reader: `reason` indexes
     /// [`SHED_REASONS`].
     pub fn shed(&self, reason: usize, transport: &str) {
@@ -123,6 +147,7 @@ pub struct Metrics {
     pub parse_errors: IntCounterVec,
     pub transactions: IntGauge,
     pub registrations: IntCounterVec,
+    pub call_setups: IntCounterVec,
     pub aors: IntGauge,
     pub bindings: IntGaugeVec,
     pub call_setup: Histogram,
@@ -230,6 +255,12 @@ impl Metrics {
                 r,
                 "ringmesh_registrations_total",
                 "REGISTER requests by outcome",
+                &["result"],
+            ),
+            call_setups: counter_vec(
+                r,
+                "ringmesh_call_setups_total",
+                "Out-of-dialog INVITEs from leaves by final outcome at their edge (answered, busy, cancelled, rejected, failed = 408 or 5xx)",
                 &["result"],
             ),
             aors: gauge(
@@ -464,6 +495,10 @@ impl Metrics {
                 .iter()
                 .map(|r| m.registrations.with_label_values(&[r]))
                 .collect(),
+            call_setups: CALL_RESULTS
+                .iter()
+                .map(|r| m.call_setups.with_label_values(&[r]))
+                .collect(),
             overload_rejections: TRANSPORTS
                 .iter()
                 .map(|t| m.overload_rejections.with_label_values(&[t]))
@@ -540,4 +575,30 @@ pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_outcomes() {
+        let label = |s| CALL_RESULTS[call_result(s)];
+        for (status, want) in [
+            (200, "answered"),
+            (202, "answered"),
+            (486, "busy"),
+            (600, "busy"),
+            (487, "cancelled"),
+            (404, "rejected"),
+            (480, "rejected"),
+            (603, "rejected"),
+            (302, "rejected"),
+            (408, "failed"),
+            (500, "failed"),
+            (503, "failed"),
+        ] {
+            assert_eq!(label(status), want, "{status}");
+        }
+    }
 }
