@@ -198,6 +198,8 @@ SIP_ERR = (f"sum({rate('ringmesh_sip_responses_sent_total', extra=C5XX_LEAF)})"
            f" / sum({rate('ringmesh_sip_responses_sent_total', extra=CFINAL_LEAF)})")
 REG_SLOW = (f"1 - sum({rate('ringmesh_register_seconds_bucket', extra=LE05)})"
             f" / sum({rate('ringmesh_register_seconds_count')})")
+CALL_ERR = (f"sum({rate('ringmesh_call_setups_total', extra=FAILED)})"
+            f" / sum({rate('ringmesh_call_setups_total')})")
 CALL_SLOW = (f"1 - sum({rate('ringmesh_call_setup_seconds_bucket', extra=LE1)})"
              f" / sum({rate('ringmesh_call_setup_seconds_count')})")
 
@@ -217,8 +219,13 @@ def overview():
         f" / sum(increase(ringmesh_sip_responses_sent_total{{{S}, class=~\"[2-6]xx\", transport=~\"udp|tcp\"}}[$__range]))",
         "success")],
         unit="percentunit", decimals=3, thresholds=slo_steps(SIP_SLO),
-        description="Final responses to leaves that are not 5xx, every method (the call setup success ratio until "
-                    "a per-INVITE outcome counter exists). SLO: 99.9%.")
+        description="Final responses to leaves that are not 5xx, every method. SLO: 99.9%.")
+    b.stat("Call setup success (range)", [(
+        f"1 - sum(increase(ringmesh_call_setups_total{{{S}, result=\"failed\"}}[$__range]))"
+        f" / sum(increase(ringmesh_call_setups_total{{{S}}}[$__range]))", "success")],
+        unit="percentunit", decimals=3, thresholds=slo_steps(SIP_SLO),
+        description="Leaves' INVITEs that did not fail (408 or 5xx), counted once at the caller's edge; busy, "
+                    "cancelled and rejected calls are outcomes, not failures. SLO: 99.9%.")
     b.stat("Call setup p99 (range)", [(quantile(0.99, "ringmesh_call_setup_seconds", window="$__range"), "p99")],
            unit="s", thresholds=max_steps(1.0),
            description="INVITE received to first final response sent upstream, 99th percentile. SLO: 99% within 1 s.")
@@ -241,6 +248,7 @@ def overview():
     b.ts("Error budget burn rate", [
         (f"({REG_ERR}) / {1 - REG_SLO:g}", "registration availability"),
         (f"({SIP_ERR}) / {1 - SIP_SLO:g}", "SIP availability"),
+        (f"({CALL_ERR}) / {1 - SIP_SLO:g}", "call setup availability"),
         (f"({REG_SLOW}) / {1 - LAT_SLO:g}", "registration latency"),
         (f"({CALL_SLOW}) / {1 - LAT_SLO:g}", "call setup latency"),
     ], unit="short", w=12, h=9,
@@ -250,6 +258,7 @@ def overview():
     b.ts("Success ratios vs targets", [
         (f"1 - ({REG_ERR})", "registration success"),
         (f"1 - ({SIP_ERR})", "SIP success to leaves"),
+        (f"1 - ({CALL_ERR})", "call setup success"),
         (f"1 - ({CALL_SLOW})", "call setups within 1 s"),
         (f"1 - ({REG_SLOW})", "REGISTERs within 0.5 s"),
     ], unit="percentunit", w=12, h=9, max_=1,
@@ -329,7 +338,15 @@ def sip():
         unit="reqps", description="request: answered 400/413/505; response: dropped; stream: TCP connection closed.")
     b.ts("Overload rejections by transport", [(
         f"sum by (transport) ({rate('ringmesh_overload_rejections_total')})", "{{transport}}")], unit="reqps",
-        description="Requests answered 503 + Retry-After because the SIP core queue was full.")
+        description="New requests answered 503 + Retry-After by overload control.")
+    b.ts("Shed by signal", [(
+        f"sum by (reason) ({rate('ringmesh_overload_shed_total')})", "{{reason}}")], unit="reqps",
+        description="Which limit shed new requests: queue_delay, queue_depth, transactions, or pending (waiting for "
+                    "the ring or the subscriber directory).")
+    b.ts("Queueing delay", [(
+        f"max by (node) (ringmesh_sip_inbound_queue_delay_microseconds{{{S}}})", "{{node}}")], unit="µs",
+        description="Smoothed wait between a transport reader and the SIP core; overload control sheds above "
+                    "overload-queue-delay-ms (20 ms by default).")
     b.ts("Authentication failures by reason", [(
         f"sum by (reason) ({rate('ringmesh_auth_failures_total')})", "{{reason}}")], unit="reqps",
         description="Digest failures: bad credentials, stale nonce, unknown user, identity not the user's own.")
@@ -340,6 +357,10 @@ def sip():
          description="Live client and server transactions per supernode.")
     b.ts("Calls in progress", [(f"sum by (node) (ringmesh_sip_calls_active{{{S}}})", "{{node}}")], stack=True,
          description="INVITE transactions in progress through each supernode.")
+    b.ts("Call setups by result", [(
+        f"sum by (result) ({rate('ringmesh_call_setups_total')})", "{{result}}")], unit="reqps", stack=True,
+        description="Leaves' INVITEs by outcome at the caller's edge: answered, busy (486, 600), cancelled (487), "
+                    "rejected (other 3xx-6xx), failed (408, 5xx: what the call setup SLO counts).")
     b.ts("TCP connections", [(f"sum by (node) (ringmesh_sip_connections{{{S}}})", "{{node}}")], stack=True,
          description="Open SIP connections (TCP) per supernode.")
     b.ts("Registrations by result", [(
