@@ -138,12 +138,18 @@ fn stop(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
-/// Waits for a killed child or foreign PID to be gone.
+/// Waits for a killed child or foreign PID to be gone: reaped, or a zombie
+/// whose other threads have exited too. The main thread of a killed
+/// multi-threaded process turns zombie before its other threads are done,
+/// and the sockets they share stay open until the last one is: restarting
+/// the node before that fails to bind its ports.
 fn wait_gone(pid: u32) {
     wait_until(&format!("pid {pid} gone"), Duration::from_secs(30), || {
         !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z "))
+                && std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .is_ok_and(|tasks| tasks.count() <= 1)
     });
 }
 
