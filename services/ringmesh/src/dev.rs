@@ -422,7 +422,6 @@ async fn terminate(children: Vec<&mut Child>) {
     }
 }
 
-/// Starts `argv` with stdout and stderr appended to `log`.
 /// Set by `ringmesh dev` on the processes it starts: each asks the kernel
 /// for SIGKILL when its parent dies ([`die_with_parent`]).
 pub const DIE_WITH_PARENT: &str = "RINGMESH_DIE_WITH_PARENT";
@@ -474,7 +473,7 @@ async fn ports_free(args: &DevArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Starts a farm process logging to `log`. It dies with `ringmesh dev`
+/// Starts `argv` with stdout and stderr appended to `log`. It dies with `ringmesh dev`
 /// even when dev is killed without stopping it (see [`DIE_WITH_PARENT`]),
 /// so no orphan keeps holding the farm's ports.
 fn spawn_logged(argv: &[String], log: &Path) -> anyhow::Result<Child> {
