@@ -106,10 +106,10 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_OVERLAY")]
     pub overlay: Option<String>,
     /// Overlay address (HOST:PORT) of another supernode to join through
-    /// (repeatable). A host name is resolved again every few seconds until
-    /// the node has joined, so peers not yet in DNS are found once they
-    /// are; addresses that are this node's own are skipped (a StatefulSet
-    /// can give every pod the same list).
+    /// (repeatable). A host name is resolved again every 5 s, so a peer not
+    /// yet in DNS is found once it is and a rescheduled one at its new
+    /// address; addresses that are this node's own are skipped (a
+    /// StatefulSet can give every pod the same list).
     #[arg(long, env = "RINGMESH_SEED", value_delimiter = ',')]
     pub seed: Vec<String>,
     /// Host (name or IP address) the other supernodes reach this node's

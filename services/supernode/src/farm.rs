@@ -295,8 +295,9 @@ enum OpKind {
 
 /// The configured seeds and their current addresses. IP literals are used
 /// as they are; host names (a StatefulSet's pods behind a headless Service)
-/// are resolved by a task every few seconds, since a peer that starts at the
-/// same time may not be in DNS yet. This node's own addresses are left out.
+/// are resolved by a task every 5 s, since a peer that starts at the same
+/// time may not be in DNS yet and a rescheduled one comes back at a new
+/// address. This node's own addresses are left out.
 #[derive(Debug)]
 struct Seeds {
     configured: Vec<String>,
