@@ -626,6 +626,30 @@ impl<L: LocationService> SipCore<L> {
         tag
     }
 
+    /// A digest challenge: 407 to a proxied request (`proxy`), 401 to a
+    /// REGISTER; a failed attempt (not a first request without
+    /// credentials) is counted by `reason`.
+    fn challenge(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        proxy: bool,
+        stale: bool,
+        reason: &'static str,
+        now: Instant,
+    ) {
+        if reason != "no_credentials" {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[reason])
+                .inc();
+        }
+        let auth = self.auth.as_ref().expect("checked");
+        let resp = auth.challenge(msg, proxy, stale, now_secs(), &self.to_tag(msg));
+        let status = if proxy { 407 } else { 401 };
+        self.respond(server, status, resp, transport_of(msg), now);
+    }
+
     /// 503 with this node's Retry-After.
     fn reply_unavailable(&mut self, server: ServerKey, req: &Message, now: Instant) {
         let retry_after = std::mem::take(&mut self.retry_after);
@@ -895,15 +919,7 @@ impl<L: LocationService> SipCore<L> {
                     }
                 }
                 Verdict::Challenge { stale, reason } => {
-                    if reason != "no_credentials" {
-                        self.metrics
-                            .auth_failures
-                            .with_label_values(&[reason])
-                            .inc();
-                    }
-                    let auth = self.auth.as_ref().expect("checked");
-                    let resp = auth.challenge(&msg, true, stale, now_secs(), &self.to_tag(&msg));
-                    return self.respond(server, 407, resp, transport_of(&msg), now);
+                    return self.challenge(server, &msg, true, stale, reason, now);
                 }
                 Verdict::Pending => {
                     self.pending.insert(
@@ -1018,16 +1034,8 @@ impl<L: LocationService> SipCore<L> {
                     }
                 }
                 Verdict::Challenge { stale, reason } => {
-                    if reason != "no_credentials" {
-                        self.metrics
-                            .auth_failures
-                            .with_label_values(&[reason])
-                            .inc();
-                    }
                     self.metrics.hot.registration("challenged");
-                    let auth = self.auth.as_ref().expect("checked");
-                    let resp = auth.challenge(&msg, false, stale, now_secs(), &self.to_tag(&msg));
-                    return self.respond(server, 401, resp, transport_of(&msg), now);
+                    return self.challenge(server, &msg, false, stale, reason, now);
                 }
                 Verdict::Pending => {
                     self.pending.insert(
