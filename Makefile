@@ -28,11 +28,18 @@ define apt_missing
 	fi
 endef
 
-.PHONY: dev test build release deps-build deps-test lint ops fuzz bench clean help
+.PHONY: dev test test-fast build release deps-build deps-test lint ops fuzz bench clean help
 
 help:
-	@echo "make dev    build and run a local farm with demo subscribers"
-	@echo "make test   install what is missing, then run every test"
+	@echo "make dev        build and run a local farm with demo subscribers"
+	@echo "make test       install what is missing, then run every test (both tiers)"
+	@echo "make test-fast  the fast tier only: needs nothing but the build's packages"
+
+# Runs a suite and prints how long it took.
+define timed
+	@start=$$(date +%s); $(1); rc=$$?; \
+	echo "== suite $(2): $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
+endef
 
 ## Run a local farm on the embedded default store with demo subscribers.
 dev: deps-build release
@@ -42,7 +49,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 release:
-	$(CARGO) build --release -p ringmesh
+	$(CARGO) build --release -p ringmesh -p ringmesh-load
 
 deps-build:
 	$(call apt_missing,$(BUILD_DEBS))
@@ -55,14 +62,23 @@ deps-test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
-## Every test: lint, unit and integration tests (real binary, sipp, baresip,
-## etcd), the operations tests (chart, dashboards and alerts against a live
-## farm and a real Prometheus, Terraform), then a bounded fuzzing run.
-test: deps-test lint
-	$(CARGO) test --workspace --no-fail-fast
-	$(MAKE) ops
-	$(MAKE) fuzz
+## Every test, both tiers: lint; the fast tier (unit, property, simulator
+## and in-process tests) and the slow tier (`#[ignore = "slow: …"]`: real
+## processes, sipp, baresip, etcd; the overload tests run the release build,
+## as a carrier does), where a missing tool fails the run; the operations
+## tests (chart, dashboards and alerts against a live farm and a real
+## Prometheus, Terraform); then a bounded fuzzing run. Each suite's wall
+## time is printed.
+test: deps-test lint release
+	$(call timed,$(CARGO) test --workspace --no-fail-fast -- --include-ignored,cargo test (both tiers))
+	$(call timed,$(MAKE) ops,ops)
+	$(call timed,$(MAKE) fuzz,fuzz)
+
+## The fast tier alone: `cargo test` needs only the build's Debian packages.
+test-fast: deps-build
+	$(call timed,$(CARGO) test --workspace --no-fail-fast,cargo test (fast tier))
 
 ## The Helm chart, dashboards, alerts and Terraform (helm/tests/run.sh); the
 ## dashboard pictures of docs/img are redrawn only with OPS_IMG=docs/img.
@@ -73,11 +89,11 @@ ops:
 fuzz:
 	services/sip/fuzz/run.sh $(FUZZ_SECONDS)
 
-## Ringmesh vs Kamailio side by side (issue 6): servers on CPU 1, load on
-## CPU 0, about 25 minutes; the table goes to docs/benchmarks.md.
-## `make bench BENCH_ARGS=--quick` is a 5-minute smoke run.
+## Ringmesh vs Kamailio side by side: servers on CPU 1, load on CPU 0, at
+## normal scheduling priority (as a pod runs), about 25 minutes; the table
+## goes to docs/benchmarks.md. `make bench BENCH_ARGS=--quick` is a
+## 5-minute smoke run.
 bench: release
-	$(CARGO) build --release -p ringmesh-load
 	python3 loadtest/bench/bench.py $(BENCH_ARGS)
 
 clean:

@@ -349,7 +349,9 @@ def sip():
                     "overload-queue-delay-ms (20 ms by default).")
     b.ts("Authentication failures by reason", [(
         f"sum by (reason) ({rate('ringmesh_auth_failures_total')})", "{{reason}}")], unit="reqps",
-        description="Digest failures: bad credentials, stale nonce, unknown user, identity not the user's own.")
+        description="Digest failures: bad credentials, stale nonce, foreign nonce (another node's or a restart's: "
+                    "the phone retries), replay (a (nonce, nc) already accepted), unknown user, barred, identity not "
+                    "the user's own.")
     b.ts("Inbound queue", [(f"max by (node) (ringmesh_sip_inbound_queue{{{S}}})", "{{node}}")],
          description="Messages waiting for each node's SIP core; a queue that stays full sheds load (503).")
     b.row("Transactions, calls, connections")

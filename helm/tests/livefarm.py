@@ -58,10 +58,12 @@ def free_port():
 
 
 def free_base(nodes):
-    """A base port P whose derived ports (ringmesh dev) are all free."""
+    """A base port P whose derived ports (ringmesh dev) are all free, below
+    the kernel's ephemeral range (from 32768), where no outgoing socket can
+    be handed one of them while a node restarts."""
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
-        p = rng.randrange(20000, 40000, 10)
+        p = rng.randrange(11000, 31800, 10)
         ports = [p + i + off for i in range(nodes) for off in (0, 100, 200, 300, 400, 500)] + \
             [p + 600 + i for i in range(4)]
         if all(port_free(x) for x in ports):

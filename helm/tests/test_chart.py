@@ -1,8 +1,9 @@
 """The Helm chart: rendered with the Helm SDK (helm-python-sdk), linted
 strictly, validated against the Kubernetes 1.30 API (kubernetes-validate
---strict), scanned by checkov, linted by yamllint, and checked for what
-issue 5 asks of it. values.schema.json must reject bad values naming the
-field.
+--strict), scanned by checkov, linted by yamllint, and checked object by
+object: the supernode StatefulSet and its flags, the services, the control
+plane, network policies, monitoring. values.schema.json must reject bad
+values naming the field.
 """
 
 import base64
@@ -169,6 +170,8 @@ def test_yamllint_rendered(rendered):
     ({"supernode": {"config": {"auth": "basic"}}}, "/supernode/config/auth", "value must be one of"),
     ({"supernode": {"config": {"min-expires": "60s"}}}, "/supernode/config/min-expires", "want integer"),
     ({"supernode": {"config": {"domian": "x"}}}, "/supernode/config", "domian"),
+    ({"supernode": {"config": {"trusted": ["10.0.0.1"]}}}, "/supernode/config/trusted/0", "pattern"),
+    ({"supernode": {"config": {"source-rate-limit": -1}}}, "/supernode/config/source-rate-limit", "minimum"),
     ({"ports": {"sip": 70000}}, "/ports/sip", "maximum"),
     ({"etcd": {"endpoints": ["https://etcd:2379"]}}, "/etcd/endpoints/0", "pattern"),
     ({"sipService": {"externalTrafficPolicy": "Nearest"}}, "/sipService/externalTrafficPolicy", "value must be one of"),
@@ -246,7 +249,7 @@ def test_supernode_statefulset(rendered):
     assert spec["podManagementPolicy"] == "Parallel"
     assert spec["serviceName"] == f"{RELEASE}-ringmesh-overlay"
     assert c["args"][0] == "supernode"
-    # The flags issue 5 names, exactly.
+    # Every flag a supernode in a cluster needs, by name.
     for flag in ["name", "domain", "sip", "advertise", "overlay", "seed", "metrics", "data", "replicas", "auth",
                  "provisioning", "enrollment", "bootstrap-token-file", "etcd", "admin"]:
         assert flag in f, f"{name}: --{flag} missing"
@@ -263,6 +266,8 @@ def test_supernode_statefulset(rendered):
                          for i in range(n)], "seeds = the pods' stable DNS names on the overlay port"
     adv = (values.get("supernode", {}).get("config", {}) or {}).get("advertise")
     assert f["advertise"] == [adv or "$(POD_IP)"]
+    trusted = (values.get("supernode", {}).get("config", {}) or {}).get("trusted") or []
+    assert f.get("trusted", []) == trusted, "one --trusted per trusted element, none by default"
     # Anti-affinity, probes, drain, security.
     aff = pod["affinity"]["podAntiAffinity"]
     assert aff.get("requiredDuringSchedulingIgnoredDuringExecution") or \
@@ -449,16 +454,19 @@ def test_notes(rendered):
 
 def test_values_document_every_config_key():
     """values.yaml names every supernode config key the schema knows, and
-    the schema knows every key of services/supernode/src/config.rs that the
-    chart does not set itself."""
+    the schema knows every key `ringmesh supernode --help` lists (a key is
+    its flag) that the chart does not set itself."""
     import json
+    import os
+    import subprocess
     from conftest import REPO
     schema = json.loads((CHART / "values.schema.json").read_text())
     known = set(schema["properties"]["supernode"]["properties"]["config"]["properties"])
-    src = (REPO / "services" / "supernode" / "src" / "config.rs").read_text()
-    block = src[src.index("struct FileConfig"):]
-    block = block[:block.index("}")]
-    keys = {m.replace("_", "-") for m in re.findall(r"^\s+(\w+): Option<", block, re.M)}
+    binary = os.environ.get("RINGMESH_BIN", str(REPO / "target" / "release" / "ringmesh"))
+    help_text = subprocess.run([binary, "supernode", "--help"], capture_output=True, text=True,
+                               check=True, timeout=30).stdout
+    keys = set(re.findall(r"^\s+--([a-z0-9-]+)", help_text, re.M)) - {"config", "help"}
+    assert {"min-expires", "overload-delay-interval-ms"} <= keys, sorted(keys)
     chart_set = {"name", "domain", "sip", "overlay", "overlay-advertise", "data", "metrics", "admin", "provisioning", "enrollment",
                  "bootstrap-token-file", "etcd", "bootstrap-after",
                  # identity files and the farm secret come from enrollment into the data dir

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Ringmesh vs Kamailio, side by side (issue 6): `make bench`.
+"""Ringmesh vs Kamailio, side by side: `make bench`.
 
     loadtest/bench/bench.py [--quick] [--out docs/benchmarks.md] [--work DIR]
-                            [--port-base 17100] [--autogroup-nice N]
-                            [--server-cpu 1] [--load-cpu 0]
+                            [--port-base 17100] [--server-cpu 1] [--load-cpu 0]
+                            [--baseline OTHER/ringmesh] [--only single,farm,...]
 
 In one run on one machine, every server pinned to --server-cpu and every
 load generator to --load-cpu, drive the same scenarios at the same offered
@@ -12,12 +12,25 @@ rates against
   (b) a 3-supernode farm, k=3  `ringmesh dev --auth none --nodes 3 --json`
                                (its children inherit the CPU affinity)
   (c) Kamailio                 `loadtest/kamailio/run-kamailio.sh --daemon`
-with both sipp and ringmesh-load, and print (and write to --out, under the
-heading "## Ringmesh vs Kamailio (issue 6)") a table of: the knee (highest
+with both sipp and ringmesh-load, and
+  (d) one supernode with digest `ringmesh dev --auth digest --nodes 1 --users 5000`
+with ringmesh-load (REGISTER only: each user registered, then refreshed with
+its nonce and a rising nc), and print (and write to --out, under the
+heading "## Ringmesh vs Kamailio") a table of: the knee (highest
 offered rate with < 0.1% failed, the rate kept, and p99 under a bound),
 latency percentiles (ringmesh-load, µs), server CPU seconds per 1,000
 requests, memory per binding, goodput at 2x the knee, and the
-Ringmesh/Kamailio ratios, plus the issue 6 targets met or not.
+Ringmesh/Kamailio ratios, the targets met or not, and what overload
+control shed at each step (nothing may be shed below 80% of a knee).
+
+Everything runs at normal scheduling priority, as a pod does: a raised
+priority hides exactly the scheduling noise a node must tolerate.
+
+With --baseline, the one-supernode, farm and digest rows are also run with another
+`ringmesh` binary (say, the previous commit's release build) in the same
+run, as extra columns, and the report gives each knee as a ratio to the
+baseline's: a change is judged against the same machine and the same
+minutes, not against figures from another day.
 
 Scenarios: REGISTER without auth (distinct users: every REGISTER creates a
 binding) and calls (INVITE/100/180/200/ACK/BYE/200 through the
@@ -56,7 +69,7 @@ CLEAN_FAIL_PCT = 0.1
 # The same bound for every server: a run whose p99 exceeds it has
 # "exploded" (queues grow faster than they drain).
 P99_LIMIT_US = {"register": 100_000, "call": 100_000}
-# Issue 6: p99 INVITE -> 200 at 2x Kamailio's clean knee.
+# Target: p99 INVITE -> 200 at 2x Kamailio's clean knee.
 CALL_P99_TARGET_US = 10_000
 
 STARTED = []  # (pid, what) of every server started, stopped at exit
@@ -199,6 +212,9 @@ class Server:
     """A server under test: `pids()` are the processes whose CPU counts."""
     label = ""
     kind = ""
+    # Users the load registers again and again with their password (None:
+    # distinct users, no authentication).
+    digest_users = None
 
     def pids(self):
         return tree_pids(self.pid)
@@ -207,19 +223,41 @@ class Server:
         return [self.sip]
 
 
+def flags_for_load(binary, command):
+    """The flags the load generators need, where `binary command` has them
+    (a baseline built earlier lacks the rule and the flag alike):
+    `--trusted load=127.0.0.1`, since they send from 127.0.0.1 far above any
+    phone's rate, on purpose, and are listed as trusted (as a carrier lists
+    its front ends) so that the per-source rate limit, which keeps its
+    production defaults, is not what is measured; and
+    `--allow-loopback-contacts true`, since their phones are on 127.0.0.1."""
+    try:
+        help_text = subprocess.run([binary, command, "--help"], capture_output=True, text=True,
+                                   timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    flags = []
+    if "--trusted" in help_text:
+        flags += ["--trusted", "load=127.0.0.1"]
+    if "--allow-loopback-contacts" in help_text:
+        flags += ["--allow-loopback-contacts", "true"]
+    return flags
+
+
 class Supernode(Server):
     label, kind = "Ringmesh, 1 supernode", "ringmesh"
+    binary = os.path.join(BIN, "ringmesh")
 
     def __init__(self, a, port, work):
         self.sip = f"127.0.0.1:{port}"
         self.metrics = f"127.0.0.1:{port + 1}"
         data = os.path.join(work, f"sn_{port}")
         subprocess.run(["rm", "-rf", data], check=True)
-        self.argv = ["taskset", "-c", str(a.server_cpu), os.path.join(BIN, "ringmesh"), "supernode",
+        self.argv = ["taskset", "-c", str(a.server_cpu), self.binary, "supernode",
                      "--auth", "none", "--sip", f"udp:{self.sip}", "--metrics", self.metrics,
-                     "--data", data, "--log", "warn"]
+                     "--data", data, "--log", "warn", *flags_for_load(self.binary, "supernode")]
         self.logf = open(data + ".log", "w")
-        p = subprocess.Popen(self.argv, stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=own_group(a))
+        p = subprocess.Popen(self.argv, stdout=self.logf, stderr=subprocess.STDOUT)
         self.pid = p.pid
         STARTED.append((self.pid, "supernode"))
         wait_options(self.sip, 10)
@@ -234,18 +272,20 @@ class Supernode(Server):
 
 class Farm(Server):
     label, kind = "Ringmesh, 3-node farm (k=3)", "ringmesh"
+    binary = os.path.join(BIN, "ringmesh")
+    dev_args = ["--auth", "none", "--nodes", "3", "--replicas", "3"]
 
     def __init__(self, a, port, work):
         data = os.path.join(work, f"farm_{port}")
         subprocess.run(["rm", "-rf", data], check=True)
         os.makedirs(data)
         self.json_path = os.path.join(data, "farm.json")
-        self.argv = ["taskset", "-c", str(a.server_cpu), os.path.join(BIN, "ringmesh"), "dev",
-                     "--auth", "none", "--nodes", "3", "--replicas", "3", "--json",
-                     "--sip-port", str(port), "--data", data, "--log", "warn"]
+        self.argv = ["taskset", "-c", str(a.server_cpu), self.binary, "dev", *self.dev_args, "--json",
+                     "--sip-port", str(port), "--data", data, "--log", "warn",
+                     *flags_for_load(self.binary, "dev")]
         self.out = open(self.json_path, "w")
         self.errf = open(os.path.join(data, "dev.err"), "w")
-        p = subprocess.Popen(self.argv, stdout=self.out, stderr=self.errf, preexec_fn=own_group(a))
+        p = subprocess.Popen(self.argv, stdout=self.out, stderr=self.errf)
         self.pid = p.pid
         STARTED.append((self.pid, "ringmesh dev"))
         self.nodes = []
@@ -260,7 +300,7 @@ class Farm(Server):
             if not alive(self.pid):
                 raise SystemExit(f"ringmesh dev exited; see {data}")
             time.sleep(0.2)
-        if len(self.nodes) != 3:
+        if len(self.nodes) != int(self.dev_args[self.dev_args.index("--nodes") + 1]):
             raise SystemExit(f"the farm was not ready within 60 s; see {data}")
         self.sip = self.nodes[0]["sip"]
 
@@ -284,6 +324,18 @@ class Farm(Server):
         STARTED[:] = [s for s in STARTED if s[0] != self.pid]
 
 
+class DigestNode(Farm):
+    """One supernode with digest authentication (`ringmesh dev --nodes 1`,
+    its control plane included in the CPU): demo subscribers user0… that
+    the load registers and then refreshes with their password, reusing each
+    nonce with a rising nc (RFC 7616), so that every REGISTER pays the
+    digest check and the (nonce, nc) tracking."""
+    label = "Ringmesh, 1 supernode, digest"
+    digest_users = 5_000
+    dev_args = ["--auth", "digest", "--nodes", "1", "--replicas", "1",
+                "--users", str(digest_users), "--password", "secret"]
+
+
 class Kamailio(Server):
     label, kind = "Kamailio 5.6 (children=2)", "kamailio"
 
@@ -293,8 +345,7 @@ class Kamailio(Server):
         subprocess.run(["rm", "-rf", self.run_dir], check=True)
         self.argv = [os.path.join(KAM_DIR, "run-kamailio.sh"), "--daemon", "--cpu", str(a.server_cpu),
                      "--run-dir", self.run_dir, str(port)]
-        out = subprocess.run(self.argv, check=True, capture_output=True, text=True,
-                             preexec_fn=own_group(a)).stdout
+        out = subprocess.run(self.argv, check=True, capture_output=True, text=True).stdout
         self.pid = int(out.strip().splitlines()[-1])
         STARTED.append((self.pid, "kamailio"))
 
@@ -318,17 +369,10 @@ class Kamailio(Server):
         STARTED[:] = [s for s in STARTED if s[0] != self.pid]
 
 
-def own_group(a):
-    """Child setup: the autogroup nice value (shared box), if asked."""
-    def f():
-        if a.autogroup_nice is not None:
-            try:
-                os.setsid()
-                with open("/proc/self/autogroup", "w") as g:
-                    g.write(str(a.autogroup_nice))
-            except OSError:
-                pass
-    return f
+def baseline_of(cls, binary):
+    """The same server run by another `ringmesh` binary."""
+    return type(cls.__name__ + "Baseline", (cls,),
+                {"binary": binary, "label": cls.label + " (baseline)"})
 
 
 def wait_options(addr, within):
@@ -368,6 +412,17 @@ class Users:
         return s
 
 
+def shed_total(server):
+    """New requests overload control answered 503 so far (None: not Ringmesh)."""
+    if server.kind != "ringmesh":
+        return None
+    return metric_sum(server.metrics_addrs(), "ringmesh_overload_shed_total")
+
+
+def shed_since(server, before):
+    return None if before is None else shed_total(server) - before
+
+
 def server_cpu(server):
     pids = server.pids()
     return pids, cpu_ticks(pids)
@@ -384,7 +439,10 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
         argv += ["--farm-json", server.json_path]
     else:
         argv += ["--target", server.sip]
-    if scenario == "register":
+    if scenario == "register" and server.digest_users:
+        argv += ["--refresh", "--users", str(server.digest_users), "--user-start", "0",
+                 "--password", "secret"]
+    elif scenario == "register":
         n = int(rate * seconds)
         argv += ["--users", str(n), "--user-start", str(users.take(n)), "--count", str(n)]
     else:
@@ -393,8 +451,9 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
     argv += list(extra)
     pids, c0 = server_cpu(server)
     drops0 = bff.udp_rcvbuf_errors()
+    shed0 = shed_total(server)
     t0 = time.time()
-    p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=own_group(a))
+    p = subprocess.run(argv, capture_output=True, text=True)
     wall = time.time() - t0
     cpu = (cpu_ticks(pids) - c0) / CLK_TCK
     try:
@@ -407,6 +466,7 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
     lat = rep["latency_us"]["register" if scenario == "register" else "invite_200"]
     method = "REGISTER" if scenario == "register" else "INVITE"
     r503 = int(rep.get("status", {}).get(method, {}).get("503", 0))
+    r401 = int(rep.get("status", {}).get(method, {}).get("401", 0))
     started = ops["started"]
     return {
         "tool": "ringmesh-load", "scenario": scenario, "offered": rate, "seconds": seconds,
@@ -418,9 +478,9 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
         "p50": lat.get("p50", 0), "p90": lat.get("p90", 0), "p99": lat.get("p99", 0),
         "p999": lat.get("p999", 0), "max": lat.get("max", 0),
         "cpu": cpu, "cpu_per_1000": 1000 * cpu / max(started, 1), "wall": wall,
-        "core_use": cpu / max(meas["send_elapsed_s"], 1e-9), "r503": r503,
+        "core_use": cpu / max(meas["send_elapsed_s"], 1e-9), "r503": r503, "r401": r401,
         "drops": bff.udp_rcvbuf_errors() - drops0, "gen_cpu": sum(rep["generator_cpu_s"].values()),
-        "failures": rep.get("failures", {}), "cmd": q(argv),
+        "shed": shed_since(server, shed0), "failures": rep.get("failures", {}), "cmd": q(argv),
     }
 
 
@@ -439,6 +499,7 @@ def run_sipp(a, server, scenario, rate, seconds, users, name):
                 *bff.SIPP_FAST, target]
         pids, c0 = server_cpu(server)
         drops0 = bff.udp_rcvbuf_errors()
+        shed0 = shed_total(server)
         st, rc, gen_cpu, argv = sipp(a, args, seconds + 20, os.path.join(a.work, f"{name}.log"))
         cpu = (cpu_ticks(pids) - c0) / CLK_TCK
         cmds = [q(argv)]
@@ -458,13 +519,14 @@ def run_sipp(a, server, scenario, rate, seconds, users, name):
                     "-t", "u1", "-m", str(n), *bff.SIPP_FAST, "-nostdin", "-timeout", f"{seconds + 30}s",
                     target]
         uas_log = open(os.path.join(a.work, f"{name}_uas.log"), "w")
-        uas = subprocess.Popen(uas_argv, stdout=uas_log, stderr=subprocess.STDOUT, preexec_fn=own_group(a))
+        uas = subprocess.Popen(uas_argv, stdout=uas_log, stderr=subprocess.STDOUT)
         time.sleep(0.5)
         args = ["-sf", os.path.join(SIPP_DIR, "uac_call_noauth.xml"), "-inf", csv, "-i", "127.0.0.1",
                 "-p", str(uac_port), "-t", "u1", "-r", str(rate), "-rp", "1000", "-m", str(n), "-l", "15000",
                 *bff.SIPP_FAST, target]
         pids, c0 = server_cpu(server)
         drops0 = bff.udp_rcvbuf_errors()
+        shed0 = shed_total(server)
         st, rc, gen_cpu, argv = sipp(a, args, seconds + 20, os.path.join(a.work, f"{name}_uac.log"))
         cpu = (cpu_ticks(pids) - c0) / CLK_TCK
         try:
@@ -483,6 +545,7 @@ def run_sipp(a, server, scenario, rate, seconds, users, name):
         "cpu": cpu, "cpu_per_1000": 1000 * cpu / max(n, 1), "wall": elapsed,
         "core_use": cpu / max(elapsed, 1e-9), "r503": None,
         "drops": bff.udp_rcvbuf_errors() - drops0, "gen_cpu": gen_cpu, "failures": {},
+        "shed": shed_since(server, shed0),
         "cmd": " ; ".join(cmds),
     }
 
@@ -493,7 +556,7 @@ def sipp(a, args, bound, logfile):
     import resource
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(logfile, "w") as f:
-        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, preexec_fn=own_group(a)).returncode
+        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(logfile) as f:
         st = bff.parse_sipp(f.read())
@@ -611,13 +674,12 @@ def main():
     p.add_argument("--port-base", type=int, default=17100)
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
-    p.add_argument("--autogroup-nice", type=int, default=-19,
-                   help="nice value of this run's scheduler autogroup on a shared box "
-                        "(kernel.sched_autogroup_enabled=1); 'none' style: pass 0 to leave it")
-    p.add_argument("--only", default="", help="comma list of servers: single,farm,kamailio")
+    p.add_argument("--only", default="",
+                   help="comma list of servers: single,farm,kamailio,digest "
+                        "(and single_base,farm_base,digest_base)")
+    p.add_argument("--baseline", default=None,
+                   help="another ringmesh binary: its one-supernode and farm rows, same run")
     a = p.parse_args()
-    if a.autogroup_nice == 0:
-        a.autogroup_nice = None
     for b in ("ringmesh", "ringmesh-load"):
         if not os.access(os.path.join(BIN, b), os.X_OK):
             raise SystemExit(f"{BIN}/{b} missing: cargo build --release -p ringmesh -p ringmesh-load")
@@ -627,12 +689,6 @@ def main():
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs two CPUs: one for the servers, one for the generators")
     os.makedirs(a.work, exist_ok=True)
-    if a.autogroup_nice is not None:
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(a.autogroup_nice))
-        except OSError as e:
-            log(f"cannot set the autogroup nice value: {e}")
     # Sizes: full run about 20-25 minutes, --quick about 5.
     a.step_seconds = 3 if a.quick else 5
     a.knee_steps = 4 if a.quick else 9
@@ -648,7 +704,12 @@ def main():
     # What each generator can offer on one core of this machine (loadtest/README.md).
     a.max_rate = {("ringmesh-load", "register"): 90_000, ("ringmesh-load", "call"): 20_000,
                   ("sipp", "register"): 40_000, ("sipp", "call"): 8_000}
-    only = set(x for x in a.only.split(",") if x) or {"single", "farm", "kamailio"}
+    only = set(x for x in a.only.split(",") if x) or {"single", "farm", "kamailio", "digest",
+                                                       "single_base", "farm_base", "digest_base"}
+    if a.baseline and not os.access(a.baseline, os.X_OK):
+        raise SystemExit(f"--baseline {a.baseline}: not an executable")
+    if not a.baseline:
+        only -= {"single_base", "farm_base", "digest_base"}
     atexit.register(stop_all)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: sys.exit(130))
@@ -658,13 +719,19 @@ def main():
     log(f"machine: {info}")
     users = Users()
     res = {}
-    ports = {"single": a.port_base, "farm": a.port_base + 1000, "kamailio": a.port_base + 200}
-    makers = {"single": Supernode, "farm": Farm, "kamailio": Kamailio}
+    ports = {"single": a.port_base, "farm": a.port_base + 1000, "kamailio": a.port_base + 200,
+             "single_base": a.port_base + 400, "farm_base": a.port_base + 2000,
+             "digest": a.port_base + 3000, "digest_base": a.port_base + 4000}
+    makers = {"single": Supernode, "farm": Farm, "kamailio": Kamailio, "digest": DigestNode}
+    if a.baseline:
+        makers["single_base"] = baseline_of(Supernode, a.baseline)
+        makers["farm_base"] = baseline_of(Farm, a.baseline)
+        makers["digest_base"] = baseline_of(DigestNode, a.baseline)
     # One ladder for every server, so that the same offered rates are
     # compared: start x 1.5^k.
     starts = {"register": 12_000 if a.quick else 5_000, "call": 2_000 if a.quick else 1_000}
     fixed = {"register": 10_000, "call": 1_000}
-    for name in ("kamailio", "single", "farm"):
+    for name in ("kamailio", "single", "single_base", "farm", "farm_base"):
         if name not in only:
             continue
         make = lambda: makers[name](a, ports[name], a.work)  # noqa: E731
@@ -703,6 +770,20 @@ def main():
                     o["rss_after"] = rss_bytes(s.pids())
                 r[("overload", scenario)] = o
                 s.close()
+    # REGISTER with digest authentication: refreshes reusing each nonce.
+    for name in ("digest", "digest_base"):
+        if name not in only:
+            continue
+        r = res[name] = {"label": makers[name].label}
+        log(f"== {r['label']}")
+        s = makers[name](a, ports[name], a.work)
+        log(f"  fixed rate {fixed['register']}/s, ringmesh-load")
+        r[("fixed", "register")] = run_rml(a, s, "register", fixed["register"], a.step_seconds, users,
+                                           f"{name}_fixed_register")
+        time.sleep(a.settle)
+        r[("knee", "register", "ringmesh-load")] = knee(a, s, "ringmesh-load", "register",
+                                                        starts["register"], users, name)
+        s.close()
     # Calls at 2x Kamailio's clean knee, and the farm's cross-node latency.
     kam_call = res.get("kamailio", {}).get(("knee", "call", "ringmesh-load"), {}).get("best")
     if kam_call and "single" in res:
@@ -751,7 +832,7 @@ def us(x):
 def report(a, info, res, took):
     L = []
     w = L.append
-    w("## Ringmesh vs Kamailio (issue 6)")
+    w("## Ringmesh vs Kamailio")
     w("")
     w(f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
       f"{' (--quick: a smoke run, not for quoting)' if a.quick else ''}, {took / 60:.0f} minutes. "
@@ -759,9 +840,9 @@ def report(a, info, res, took):
     w("")
     w(f"Command: `make bench` (= `loadtest/bench/bench.py{' --quick' if a.quick else ''}`). Every server "
       f"pinned to CPU {a.server_cpu} (`taskset`; the farm's three supernodes and its control plane "
-      f"share it), every generator to CPU {a.load_cpu}; UDP on 127.0.0.1; the run's processes in one "
-      f"scheduler autogroup with nice {a.autogroup_nice} (a shared box: other sessions' jobs still take "
-      f"some of both cores, so compare within the table, not across runs).")
+      f"share it), every generator to CPU {a.load_cpu}; UDP on 127.0.0.1; every process at normal "
+      f"scheduling priority, as a pod runs (a shared box: other jobs may take some of both cores, so "
+      f"compare within the table, not across runs).")
     w("")
     w("How to read it: **knee** = the highest offered rate of a step-up search (x1.5, then "
       f"{a.bisections} bisection(s); {a.step_seconds} s steps, distinct users) whose run had "
@@ -772,7 +853,8 @@ def report(a, info, res, took):
       "process and its children), per 1,000 REGISTERs or calls. Overload: a fresh server offered "
       "2x its knee (ringmesh-load); goodput = successes per second of sending.")
     w("")
-    servers = [n for n in ("single", "farm", "kamailio") if n in res]
+    servers = [n for n in ("single", "single_base", "farm", "farm_base", "kamailio") if n in res]
+    every = servers + [n for n in ("digest", "digest_base") if n in res]
 
     def knee_cell(k):
         if not k:
@@ -801,7 +883,7 @@ def report(a, info, res, took):
             b = k["best"] if k else None
             row.append(f"{fnum(b['cpu_per_1000'], 3)} ({fnum(100 * b['core_use'])}% of the core)" if b else "-")
         w(f"| {what}: server CPU s per 1,000 at the knee (ringmesh-load) | " + " | ".join(row) + " |")
-        row = []
+        row, f = [], None
         for n in servers:
             f = res[n].get(("fixed", scenario))
             row.append(f"{fnum(f['cpu_per_1000'], 3)} ({fnum(f['fail_pct'], 2)}% failed)" if f else "-")
@@ -834,6 +916,8 @@ def report(a, info, res, took):
                        f"({fnum(m['bindings'])} bindings × {m['replicas']}{note})")
     w("| memory per binding | " + " | ".join(row) + " |")
     w("")
+    if "digest" in res:
+        digest_table(w, res)
     # Ratios and targets.
     k = res.get("kamailio", {})
     sn = res.get("single", {})
@@ -891,23 +975,49 @@ def report(a, info, res, took):
                             f"{fnum(m['per_binding'])} B at {fnum(m['bindings'])} bindings"
                             + ("" if m["lingering_left"] == 0 else " (Timer J lingerers still counted)"),
                             m["per_binding"] <= 300))
+    for n, d in (("single", sn), ("farm", fm)):
+        for scenario, what in (("register", "REGISTER"), ("call", "calls")):
+            for tool in ("ringmesh-load", "sipp"):
+                k = d.get(("knee", scenario, tool))
+                if not k or not k["best"]:
+                    continue
+                below = [r for r in k["steps"] if r and r["offered"] <= 0.8 * k["best"]["offered"]]
+                if not below:
+                    continue
+                shed = [r for r in below if r["shed"]]
+                detail = ", ".join(f"{fnum(r['shed'])} at {fnum(r['offered'])}/s" for r in shed) or "none"
+                targets.append((f"{res[n]['label']}: {what} ({tool}) nothing shed below 80% of the knee "
+                                f"({fnum(0.8 * k['best']['offered'])}/s)",
+                                f"{len(below)} steps; shed: {detail}", not shed))
+    for n, base in (("single", "single_base"), ("farm", "farm_base")):
+        if n not in res or base not in res:
+            continue
+        for scenario, what in (("register", "REGISTER"), ("call", "calls")):
+            for tool in ("ringmesh-load", "sipp"):
+                cur, old = best(res[n], scenario, tool), best(res[base], scenario, tool)
+                if cur and old:
+                    ratio = cur["offered"] / old["offered"]
+                    targets.append((f"{res[n]['label']}: {what} knee ({tool}) vs the baseline binary, "
+                                    "same run",
+                                    f"{fnum(cur['offered'])} vs {fnum(old['offered'])}: ratio {ratio:.2f}",
+                                    ratio >= 0.9))
     same, cross = fm.get(("latency", "same")), fm.get(("latency", "cross"))
     if same and cross:
         d99 = cross["p99"] - same["p99"]
         targets.append(("farm: a cross-supernode call adds ≤ 2 ms at p99 over a same-supernode one "
                         f"(half load, {fnum(same['offered'])}/s)",
                         f"p99 {us(cross['p99'])} vs {us(same['p99'])} µs: +{d99 / 1000:.2f} ms", d99 <= 2000))
-    w("| issue 6 target | measured | met |")
+    w("| target | measured | met |")
     w("|---|---|---|")
     for t, m, ok in targets:
         w(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
     w("")
     w("Every step of every search (offered, ok/s, failed %, p99 µs, server CPU s per 1,000, UDP "
-      "receive-buffer drops):")
+      "receive-buffer drops, requests shed by overload control):")
     w("")
-    w("| server | scenario | tool | offered /s | ok /s | failed % | p99 µs | CPU s / 1,000 | drops |")
-    w("|---|---|---|---|---|---|---|---|---|")
-    for n in servers:
+    w("| server | scenario | tool | offered /s | ok /s | failed % | p99 µs | CPU s / 1,000 | drops | shed |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for n in every:
         for key, v in res[n].items():
             if not (isinstance(key, tuple) and key[0] == "knee"):
                 continue
@@ -916,15 +1026,57 @@ def report(a, info, res, took):
                     continue
                 w(f"| {res[n]['label']} | {r['scenario']} | {r['tool']} | {fnum(r['offered'])} | "
                   f"{fnum(r['goodput'])} | {fnum(r['fail_pct'], 2)} | {us(r['p99'])} | "
-                  f"{fnum(r['cpu_per_1000'], 3)} | {fnum(r['drops'])} |")
+                  f"{fnum(r['cpu_per_1000'], 3)} | {fnum(r['drops'])} | "
+                  f"{fnum(r['shed']) if r['shed'] is not None else '-'} |")
     w("")
     w(f"Raw results (every command line, failure reasons): `{a.work}/results.json`.")
     return "\n".join(L) + "\n"
 
 
+def digest_table(w, res):
+    """One supernode with digest authentication, this build and (with
+    --baseline) the other, and their ratio: what authenticating every
+    REGISTER costs, nonce tracking included."""
+    cols = [n for n in ("digest", "digest_base") if n in res]
+    f = res["digest"].get(("fixed", "register"))
+    w(f"With digest authentication ({DigestNode.label}; {DigestNode.digest_users:,} subscribers, "
+      "each registered once (401, then credentials) and then refreshed with the same nonce and a "
+      "rising nc; ringmesh-load, SHA-256):")
+    w("")
+    w("| | " + " | ".join(res[n]["label"] for n in cols)
+      + (" | this build / baseline |" if len(cols) == 2 else " |"))
+    w("|---|" + "---|" * (len(cols) + (len(cols) == 2)))
+
+    def line(what, cell, value=None):
+        vals = [res[n].get(("fixed", "register")) for n in cols]
+        cells = [cell(v) if v else "-" for v in vals]
+        if len(cols) == 2:
+            x = [value(v) if v and value else None for v in vals]
+            cells.append(f"{x[0] / x[1]:.2f}" if x[0] and x[1] else "-")
+        w(f"| {what} | " + " | ".join(cells) + " |")
+
+    line(f"server CPU s per 1,000 REGISTERs at {fnum(f['offered']) if f else '?'}/s offered",
+         lambda v: f"{fnum(v['cpu_per_1000'], 3)} ({fnum(v['fail_pct'], 2)}% failed, "
+                   f"{fnum(v['r401'])} × 401)", lambda v: v["cpu_per_1000"])
+    line("p50 / p99 µs at that rate (ratio: p99)", lambda v: f"{us(v['p50'])} / {us(v['p99'])}", lambda v: v["p99"])
+    knees = [res[n].get(("knee", "register", "ringmesh-load")) for n in cols]
+    bests = [k["best"] if k else None for k in knees]
+    cells = []
+    for k, b in zip(knees, bests):
+        if not b:
+            cells.append("none clean")
+        else:
+            cells.append(f"{'≥ ' if k['capped'] else ''}{fnum(b['offered'])} (p99 {us(b['p99'])} µs, "
+                         f"{fnum(b['cpu_per_1000'], 3)} CPU s per 1,000)")
+    if len(cols) == 2:
+        cells.append(f"{bests[0]['offered'] / bests[1]['offered']:.2f}" if all(bests) else "-")
+    w("| REGISTER knee /s | " + " | ".join(cells) + " |")
+    w("")
+
+
 def write_section(path, text):
-    """Replaces (or appends) the "## Ringmesh vs Kamailio (issue 6)" section."""
-    head = "## Ringmesh vs Kamailio (issue 6)"
+    """Replaces (or appends) the "## Ringmesh vs Kamailio" section."""
+    head = "## Ringmesh vs Kamailio"
     try:
         with open(path) as f:
             doc = f.read()

@@ -1,4 +1,4 @@
-//! Memory per binding, measured (issue 6: ≤ 300 bytes per binding per
+//! Memory per binding, measured (target: ≤ 300 bytes per binding per
 //! replica at 1,000,000 bindings).
 //!
 //! Inserts N bindings (default 1,000,000; `BINDINGS=N` to change) the way a
@@ -16,16 +16,15 @@
 //! Not a timed test: it prints figures and asserts nothing.
 
 use std::alloc::System;
-use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use ringmesh_overlay::store::Store;
 use ringmesh_overlay::{Entry, Hlc, Key, NodeId, Record};
+use ringmesh_proxy::location::{LocalStore, LocationOp};
+use ringmesh_proxy::registrar::{self, Arrival, RegistrarConfig};
+use ringmesh_proxy::{FlowRef, Transport};
 use ringmesh_sip::Message;
 use ringmesh_sip::aor::Aor;
-use ringmesh_supernode::config::Transport;
-use ringmesh_supernode::location::{FlowRef, LocalStore, LocationOp, LocationService};
-use ringmesh_supernode::registrar::{self, Arrival, RegistrarConfig};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -35,6 +34,8 @@ const CFG: RegistrarConfig = RegistrarConfig {
     min_expires: 60,
     max_expires: 7200,
     default_expires: 3600,
+    max_contacts: 10,
+    allow_loopback_contacts: true,
 };
 
 /// A REGISTER as ringmesh-load writes it for user `i` on local port `port`.
@@ -131,15 +132,15 @@ fn local_store() {
     let n = bindings();
     let now_ms = NOW_MS;
     let mut local = LocalStore::new();
-    let mut cx = Context::from_waker(Waker::noop());
     let f = measure(u64::from(n), || {
         for i in 0..n {
             let msg = register(i, port(i));
             let aor = Aor::from_uri(msg.to_hdr().uri()).expect("aor");
             let plan = registrar::plan(&msg, &aor, &CFG, arrival(port(i)), now_ms, now_ms << 16)
                 .expect("plan");
-            local.submit(LocationOp::Register { aor, plan, now_ms }, u64::from(i));
-            while local.poll_complete(&mut cx).is_ready() {}
+            local
+                .execute(LocationOp::Register { aor, plan, now_ms })
+                .expect("registered");
         }
     });
     assert_eq!(local.counts().primary, n as usize);

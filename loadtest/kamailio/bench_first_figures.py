@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""First Kamailio figures with the Ringmesh sipp scenarios (issue 6 reference).
+"""First Kamailio figures with the Ringmesh sipp scenarios (the benchmark reference).
 
     bench_first_figures.py [--reg-rates 5000,10000,20000,30000]
                            [--call-rates 1000,2000,3000,4000]

@@ -10,7 +10,8 @@
 #                       connection each (default 100)
 #     --noauth          the server has no authentication (`--auth none`):
 #                       run the no-auth scenarios instead
-#     --base-port P     local ports P..P+9 are used (default 16000)
+#     --base-port P     local ports P..P+9 are used (default 0: each one a
+#                       free port the kernel chose)
 #     --work DIR        logs and CSV files (default: a new mktemp -d)
 #     --only LIST       comma-separated test names to run (default: all)
 #
@@ -26,7 +27,7 @@ password=secret
 users=1000
 tcp_users=100
 noauth=0
-base=16000
+base=0
 work=
 only=
 server=
@@ -51,9 +52,25 @@ work=${work:-$(mktemp -d /tmp/ringmesh-sipp-suite.XXXXXX)}
 mkdir -p "$work"
 cd "$work" || exit 2
 
-P_CALLER=$((base + 1)) P_CALLEE=$((base + 2)) P_CALLEE2=$((base + 3))
-P_REG=$((base + 4)) P_REGTCP=$((base + 5)) P_OPT=$((base + 6))
-P_OB1=$((base + 7)) P_OB2=$((base + 8))
+# A local port: P+n, or with P = 0 one the kernel has free now (UDP and
+# TCP), so that suites can run side by side.
+port() {
+	if [ "$base" = 0 ]; then
+		python3 -c 'import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+    t = socket.socket(); p = u.getsockname()[1]
+    try:
+        t.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass'
+	else
+		echo $((base + $1))
+	fi
+}
+P_CALLER=$(port 1) P_CALLEE=$(port 2) P_CALLEE2=$(port 3)
+P_REG=$(port 4) P_REGTCP=$(port 5) P_OPT=$(port 6)
+P_OB1=$(port 7) P_OB2=$(port 8)
 S=$here
 common=(-i 127.0.0.1 -nostdin -timeout_error)
 
@@ -146,10 +163,12 @@ if [ "$noauth" = 0 ]; then
 		rc=$?; wait "$CALLEE_PID"; rc2=$?; [ $rc = 0 ] && rc=$rc2
 		result busy $rc "$s"; fi
 
-	if wanted unknown_404; then s=$(now_ms)
-		sp unknown_404 20 -sf "$S/uac_expect_404.xml" -inf alice.csv -s nosuchuser \
+	# Not a subscriber: the same 480 as a subscriber without a binding, so
+	# nothing tells the two apart.
+	if wanted unknown_480; then s=$(now_ms)
+		sp unknown_480 20 -sf "$S/uac_expect_480.xml" -inf alice.csv -s nosuchuser \
 			-auth_uri "nosuchuser@$domain" -p "$P_CALLER" -m 1
-		result unknown_404 $? "$s"; fi
+		result unknown_480 $? "$s"; fi
 
 	# bob is a subscriber and, after the tests above, has no binding
 	if wanted unavailable_480; then s=$(now_ms)

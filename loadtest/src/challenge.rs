@@ -260,7 +260,7 @@ mod tests {
             vec![Algorithm::Md5, Algorithm::Sha256],
             vec![Algorithm::Md5],
         ] {
-            let auth = DigestAuth::new(b"farm secret", 300).with_algorithms(&algs);
+            let mut auth = DigestAuth::new(b"farm secret", 300, 7).with_algorithms(&algs);
             let req = b"REGISTER sip:ringmesh.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5555;branch=z9hG4bKx\r\nFrom: <sip:user1@ringmesh.test>;tag=a\r\nTo: <sip:user1@ringmesh.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             let msg = Message::parse(bytes::Bytes::from_static(req)).unwrap();
             let mut w = msg.response_writer(401, Some(b"t"));

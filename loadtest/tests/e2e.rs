@@ -244,6 +244,47 @@ fn refreshes_reuse_the_call_id() {
     assert!(u(&r, "ops.succeeded") >= 90);
 }
 
+/// Refreshes send credentials pre-emptively with the nonce of the last
+/// challenge and the next nc: the server (which accepts each (nonce, nc)
+/// once) takes them without challenging again.
+#[test]
+fn digest_refreshes_reuse_the_nonce_with_the_next_nc() {
+    let srv = udp_server(Opts {
+        auth: true,
+        ..Opts::default()
+    });
+    let target = srv.addr.to_string();
+    let (code, _, stderr, r) = run_load(&[
+        "--scenario",
+        "register",
+        "--refresh",
+        "--target",
+        &target,
+        "--users",
+        "20",
+        "--count",
+        "100",
+        "--rate",
+        "500",
+        "--password",
+        "secret",
+        "--duration",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        u(&r, "ops.succeeded") + u(&r, "ops.skipped_busy"),
+        100,
+        "{r:#}"
+    );
+    assert!(u(&r, "ops.succeeded") >= 90, "{r:#}");
+    assert_eq!(
+        u(&r, "status.REGISTER.401"),
+        20,
+        "one challenge per user, none for a refresh: {r:#}"
+    );
+}
+
 #[test]
 fn mixed_profile() {
     let srv = udp_server(Opts {

@@ -7,7 +7,7 @@
 //!
 //! | module | service | served by |
 //! |---|---|---|
-//! | [`provisioning`] | `ringmesh.provisioning.v1.Provisioning`: subscribers | `ringmesh provisioning` |
+//! | [`provisioning`] | `ringmesh.provisioning.v1.Provisioning`: subscribers and trusted elements | `ringmesh provisioning` |
 //! | [`enrollment`] | `ringmesh.enrollment.v1.Enrollment`: the farm CA | `ringmesh enrollment` |
 //! | [`admin`] | `ringmesh.admin.v1.Admin`: one supernode's state | every supernode |
 //!
@@ -19,7 +19,7 @@
 
 #![allow(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-/// `ringmesh.provisioning.v1`: the subscriber service.
+/// `ringmesh.provisioning.v1`: the subscriber service and the trusted elements.
 pub mod provisioning {
     tonic::include_proto!("ringmesh.provisioning.v1");
 }

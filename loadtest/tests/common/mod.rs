@@ -95,6 +95,8 @@ struct Core {
     opts: Opts,
     auth: DigestAuth,
     seen: HashSet<Vec<u8>>,
+    /// Call-ID and branch of the requests whose credentials were accepted.
+    authenticated: HashSet<Vec<u8>>,
     counts: Arc<Counts>,
 }
 
@@ -254,29 +256,48 @@ impl Core {
         vec![(msg.forward_response(&[]).finish(msg.body()), to)]
     }
 
-    fn verify(&self, msg: &Message, proxy: bool) -> bool {
+    fn verify(&mut self, msg: &Message, proxy: bool) -> bool {
         let Some(creds): Option<Credentials<'_>> = find_credentials(msg, proxy, REALM) else {
             return false;
         };
         let user = creds.username();
         let ha1 = Ha1::compute(&user, REALM, b"secret");
-        self.auth.verify(
+        let key = [msg.call_id(), msg.branch().unwrap_or_default()].concat();
+        match self.auth.verify(
             &creds,
             REALM,
             msg.method(),
             msg.request_uri_bytes(),
             &ha1,
             now_secs(),
-        ) == Verdict::Valid
+        ) {
+            Verdict::Valid => {
+                self.authenticated.insert(key);
+                true
+            }
+            // A retransmission of a request accepted before (this server
+            // has no transaction layer to absorb it): the same (nonce, nc)
+            // again, which only a new request must not carry.
+            Verdict::Replay => self.authenticated.contains(&key),
+            _ => false,
+        }
     }
+}
+
+/// A digest issuer id no other server of this test process has, as each
+/// supernode draws its own.
+fn next_issuer() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn core(me: SocketAddr, opts: Opts, counts: Arc<Counts>) -> Core {
     Core {
         me,
         opts,
-        auth: DigestAuth::new(b"test farm secret", 300),
+        auth: DigestAuth::new(b"test farm secret", 300, next_issuer()),
         seen: HashSet::new(),
+        authenticated: HashSet::new(),
         counts,
     }
 }

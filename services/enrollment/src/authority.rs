@@ -233,7 +233,8 @@ impl<K: Kv> Authority<K> {
     /// which must be ours, unexpired and unrevoked; the CSR must be for the
     /// same key (its signature proves the node still holds it).
     pub async fn renew(&self, cert_pem: &str, csr_pem: &str) -> Result<Issued, AuthorityError> {
-        let der = ca::pem_certs(cert_pem)?
+        let der = ca::pem_certs(cert_pem)
+            .map_err(ca::CaError::from)?
             .into_iter()
             .next()
             .ok_or_else(|| CaError::Certificate("no certificate in certificate_pem".into()))?;
@@ -242,7 +243,7 @@ impl<K: Kv> Authority<K> {
                 "the certificate was not issued by this CA".into(),
             ));
         }
-        let info = ca::cert_info(&der)?;
+        let info = ca::cert_info(&der).map_err(ca::CaError::from)?;
         if info.not_after_unix < now_unix() {
             return Err(AuthorityError::Denied(
                 "the certificate has expired: enroll again with a bootstrap token".into(),

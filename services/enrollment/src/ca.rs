@@ -14,10 +14,10 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
 };
 
-/// The DNS name every node certificate carries and every link verifies.
-pub const NODE_DNS_NAME: &str = "node.ringmesh.internal";
-/// The prefix of the Node-ID URI SAN.
-pub const NODE_URI_PREFIX: &str = "urn:ringmesh:node:";
+pub use ringmesh_enrollment_client::cert::{
+    CertError, CertInfo, NODE_DNS_NAME, NODE_URI_PREFIX, cert_info, node_id_of, node_uri,
+    parse_node_id, pem_certs, signed_by,
+};
 
 /// Why a CA operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,74 +37,10 @@ fn ca_err(e: impl std::fmt::Display) -> CaError {
     CaError::Ca(e.to_string())
 }
 
-/// The URI SAN naming a Node-ID.
-pub fn node_uri(id: &[u8; 16]) -> String {
-    format!("{NODE_URI_PREFIX}{}", hex::encode(id))
-}
-
-/// Parses a Node-ID written as 32 hex digits.
-pub fn parse_node_id(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
+impl From<CertError> for CaError {
+    fn from(e: CertError) -> CaError {
+        CaError::Certificate(e.0)
     }
-    hex::decode(s).ok()?.try_into().ok()
-}
-
-/// The DER blocks of the `CERTIFICATE`s in a PEM text.
-pub fn pem_certs(pem_text: &str) -> Result<Vec<Vec<u8>>, CaError> {
-    let blocks =
-        pem::parse_many(pem_text).map_err(|e| CaError::Certificate(format!("PEM: {e}")))?;
-    Ok(blocks
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(pem::Pem::into_contents)
-        .collect())
-}
-
-/// The Node-ID in a certificate (DER), from its URI SAN.
-pub fn node_id_of(der: &[u8]) -> Option<[u8; 16]> {
-    let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = x509.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => {
-            parse_node_id(u.strip_prefix(NODE_URI_PREFIX)?)
-        }
-        _ => None,
-    })
-}
-
-/// Facts about a certificate this CA cares about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub node_id: Option<[u8; 16]>,
-    /// Serial number, lower-case hex.
-    pub serial: String,
-    pub not_after_unix: i64,
-    /// The subject public key (raw bits of SubjectPublicKeyInfo).
-    pub public_key: Vec<u8>,
-}
-
-/// Parses a certificate (DER).
-pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
-    let (_, x509) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| CaError::Certificate(e.to_string()))?;
-    Ok(CertInfo {
-        node_id: node_id_of(der),
-        serial: hex::encode(x509.raw_serial()),
-        not_after_unix: x509.validity().not_after.timestamp(),
-        public_key: x509.public_key().subject_public_key.data.to_vec(),
-    })
-}
-
-/// Whether `cert` (DER) carries a valid signature by `issuer` (DER).
-pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
-    let (Ok((_, c)), Ok((_, i))) = (
-        x509_parser::parse_x509_certificate(cert),
-        x509_parser::parse_x509_certificate(issuer),
-    ) else {
-        return false;
-    };
-    c.issuer() == i.subject() && c.verify_signature(Some(i.public_key())).is_ok()
 }
 
 /// Chooses a Node-ID: random for the first node, then the midpoint of the
@@ -313,6 +249,47 @@ impl Ca {
             .pem()
             .map_err(ca_err)
     }
+}
+
+/// Writes a node's key and a certificate issued by `ca` into `dir`
+/// (`node.key`, `node.crt`, `ca.crt`) unless a certificate is there
+/// already, as enrollment would (tests and labs without the service).
+/// Returns the node's Node-ID; `taken` are those already issued.
+pub fn provision_node(
+    dir: &std::path::Path,
+    name: &str,
+    ca: &Ca,
+    taken: &[[u8; 16]],
+) -> Result<[u8; 16], CaError> {
+    let io = |e: std::io::Error| CaError::Ca(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let crt = dir.join("node.crt");
+    if crt.exists() {
+        let pem = std::fs::read_to_string(&crt).map_err(io)?;
+        let first = pem_certs(&pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Certificate(format!("empty {}", crt.display())))?;
+        return node_id_of(&first)
+            .ok_or_else(|| CaError::Certificate(format!("{} carries no Node-ID", crt.display())));
+    }
+    let key = KeyPair::generate().map_err(ca_err)?;
+    let issued = ca.issue(name, &key, place(taken), 825)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("node.key"))
+            .map_err(io)?;
+        f.write_all(key.serialize_pem().as_bytes()).map_err(io)?;
+    }
+    std::fs::write(&crt, &issued.cert_pem).map_err(io)?;
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).map_err(io)?;
+    Ok(issued.node_id)
 }
 
 #[cfg(test)]

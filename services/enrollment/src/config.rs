@@ -1,41 +1,46 @@
 //! Typed configuration of `ringmesh enrollment`, with the conventions of
-//! the supernode's config (STYLE.md §9): a flag `--cert-days`, a TOML key
-//! `cert-days` in the `--config` file, an environment variable
-//! `RINGMESH_CERT_DAYS`; flag over environment over file; unknown file
-//! keys rejected; errors name the key. Secrets (tokens, keys) are never
-//! printed by `Debug`.
+//! every Ringmesh service (`ringmesh-config`): a flag `--cert-days`, a TOML
+//! key `cert-days` in the `--config` file, an environment variable
+//! `RINGMESH_CERT_DAYS`, declared once with its default; flag over
+//! environment over file; unknown file keys rejected; errors name the key.
+//! Secrets (tokens, keys) are never printed by `Debug`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+pub use ringmesh_config::ConfigError;
+use ringmesh_config::{ServiceArgs, err, in_range};
+use serde::{Deserialize, Serialize};
 
 /// The default API address: `ringmesh dev`'s base port 5060 + 601.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5661";
 
-/// The `ringmesh enrollment` flags; each also reads `RINGMESH_<KEY>`.
-#[derive(Clone, Default, clap::Args)]
+/// The `ringmesh enrollment` settings: each is a flag, `RINGMESH_<KEY>`
+/// in the environment, and a key of the `--config` file.
+#[derive(Clone, clap::Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct EnrollmentArgs {
     /// TOML file with the same keys as the flags (unknown keys are errors).
     #[arg(long, env = "RINGMESH_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Where to serve the gRPC API (HOST:PORT).
-    #[arg(long, env = "RINGMESH_LISTEN")]
-    pub listen: Option<String>,
+    /// Where to serve the gRPC API (HOST:PORT; port 0: one the kernel picks).
+    #[arg(long, env = "RINGMESH_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
     /// Data directory of the embedded store (CA, farm secret, issued
-    /// certificates) when no --etcd is given.
+    /// certificates) when no --etcd is given. Default:
+    /// $XDG_DATA_HOME/ringmesh/enrollment, else
+    /// $HOME/.local/share/ringmesh/enrollment.
     #[arg(long, env = "RINGMESH_DATA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    /// etcd endpoint URL (repeatable); given, the CA state lives in etcd.
-    #[arg(long, env = "RINGMESH_ETCD", value_delimiter = ',')]
-    pub etcd: Vec<String>,
     /// Prefix of every etcd key (the CA uses `<prefix>enrollment/`).
-    #[arg(long, env = "RINGMESH_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
+    #[arg(long, env = "RINGMESH_ETCD_PREFIX", default_value = "/ringmesh/")]
+    pub etcd_prefix: String,
     /// Deadline of every etcd call, milliseconds.
-    #[arg(long, env = "RINGMESH_ETCD_TIMEOUT_MS")]
-    pub etcd_timeout_ms: Option<u64>,
+    #[arg(long, env = "RINGMESH_ETCD_TIMEOUT_MS", default_value_t = 2000)]
+    pub etcd_timeout_ms: u64,
     /// A bootstrap token nodes present to Enroll (repeatable).
     #[arg(
         long,
@@ -43,9 +48,11 @@ pub struct EnrollmentArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
+    #[serde(default)]
     pub bootstrap_token: Vec<String>,
     /// A file of bootstrap tokens, one per line ('#' starts a comment).
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// A token guarding Revoke and ListCertificates (repeatable); none:
     /// those RPCs are open to anyone who reaches the port.
@@ -55,27 +62,30 @@ pub struct EnrollmentArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
+    #[serde(default)]
     pub admin_token: Vec<String>,
     /// CA certificate (PEM) to use instead of the stored one, e.g. from a
     /// Kubernetes Secret; needs --ca-key.
     #[arg(long, env = "RINGMESH_CA_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
     /// CA private key (PEM) matching --ca-cert.
     #[arg(long, env = "RINGMESH_CA_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_key: Option<PathBuf>,
     /// File with the farm secret (hex, at least 32 digits) to use instead of
     /// the stored one.
     #[arg(long, env = "RINGMESH_FARM_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub farm_secret_file: Option<PathBuf>,
     /// Validity of node certificates, days.
-    #[arg(long, env = "RINGMESH_CERT_DAYS")]
-    pub cert_days: Option<i64>,
-    /// Where to serve /metrics, /healthz and /readyz (HOST:PORT).
-    #[arg(long, env = "RINGMESH_METRICS")]
-    pub metrics: Option<String>,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "RINGMESH_LOG")]
-    pub log: Option<String>,
+    #[arg(long, env = "RINGMESH_CERT_DAYS", default_value_t = 90)]
+    pub cert_days: i64,
+    /// Shared with every Ringmesh service; given --etcd, the CA state
+    /// lives in etcd.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl std::fmt::Debug for EnrollmentArgs {
@@ -83,7 +93,7 @@ impl std::fmt::Debug for EnrollmentArgs {
         f.debug_struct("EnrollmentArgs")
             .field("listen", &self.listen)
             .field("data", &self.data)
-            .field("etcd", &self.etcd)
+            .field("etcd", &self.service.etcd)
             .field(
                 "bootstrap_token",
                 &format_args!("<{} hidden>", self.bootstrap_token.len()),
@@ -95,25 +105,6 @@ impl std::fmt::Debug for EnrollmentArgs {
             .field("ca_cert", &self.ca_cert)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    listen: Option<String>,
-    data: Option<PathBuf>,
-    etcd: Option<Vec<String>>,
-    etcd_prefix: Option<String>,
-    etcd_timeout_ms: Option<u64>,
-    bootstrap_token: Option<Vec<String>>,
-    bootstrap_token_file: Option<PathBuf>,
-    admin_token: Option<Vec<String>>,
-    ca_cert: Option<PathBuf>,
-    ca_key: Option<PathBuf>,
-    farm_secret_file: Option<PathBuf>,
-    cert_days: Option<i64>,
-    metrics: Option<String>,
-    log: Option<String>,
 }
 
 /// Where the CA keeps its state.
@@ -157,112 +148,45 @@ impl std::fmt::Debug for EnrollmentConfig {
     }
 }
 
-/// A configuration error that names the key to fix.
-#[derive(Debug, thiserror::Error)]
-#[error("config key `{key}`: {message} (set by --{key}, {env} or `{key}` in the config file)")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub env: String,
-    pub message: String,
-}
-
-fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")),
-        message: message.into(),
-    }
-}
-
-fn etcd_endpoint(s: &str) -> Result<String, String> {
-    if s.starts_with("https://") {
-        return Err(format!("'{s}': TLS to etcd is not supported yet"));
-    }
-    let rest = s.strip_prefix("http://").unwrap_or(s);
-    match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(format!("http://{rest}")),
-        _ => Err(format!("'{s}' is not http://HOST:PORT")),
-    }
-}
-
 impl EnrollmentArgs {
-    /// Merges flags/environment over the file, reads the files it names and
-    /// validates everything.
-    pub fn resolve(self) -> Result<EnrollmentConfig, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
-            }
-            None => FileConfig::default(),
-        };
-        let listen = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen.parse().map_err(|_| {
-            err(
-                "listen",
-                format!("'{listen}' is not HOST:PORT with an IP address"),
-            )
-        })?;
-        let metrics = match self.metrics.or(file.metrics) {
-            Some(m) => Some(m.parse().map_err(|_| {
-                err(
-                    "metrics",
-                    format!("'{m}' is not HOST:PORT with an IP address"),
-                )
-            })?),
-            None => None,
-        };
-        let etcd = if self.etcd.is_empty() {
-            file.etcd.unwrap_or_default()
+    /// Parses `args` (flags only) as the binary would, environment
+    /// included, and resolves them: for tests and tools.
+    pub fn resolve_from(args: &[&str]) -> Result<EnrollmentConfig, ConfigError> {
+        let (cli, matches) = ringmesh_config::parse::<EnrollmentArgs>(args)?;
+        cli.resolve(&matches)
+    }
+
+    /// Merges flags and environment (as `matches` records) over the file
+    /// over the defaults, reads the files it names and validates
+    /// everything.
+    pub fn resolve(self, matches: &clap::ArgMatches) -> Result<EnrollmentConfig, ConfigError> {
+        let file = self.config.clone();
+        let a = ringmesh_config::merge(&self, matches, file.as_deref())?;
+        let listen = ringmesh_config::socket_addr("listen", Some(&a.listen))?.expect("given");
+        let metrics = a.service.metrics_addr()?;
+        let endpoints = a.service.etcd_endpoints()?;
+        let store = if endpoints.is_empty() {
+            StoreConfig::Embedded(match a.data {
+                Some(d) => d,
+                None => ringmesh_config::default_data_dir("enrollment")?,
+            })
         } else {
-            self.etcd
-        };
-        let store = if etcd.is_empty() {
-            StoreConfig::Embedded(
-                self.data
-                    .or(file.data)
-                    .unwrap_or_else(|| PathBuf::from("./ringmesh-data/enrollment")),
-            )
-        } else {
-            let endpoints = etcd
-                .iter()
-                .map(|e| etcd_endpoint(e))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|m| err("etcd", m))?;
-            let prefix = self
-                .etcd_prefix
-                .or(file.etcd_prefix)
-                .unwrap_or_else(|| "/ringmesh/".into());
+            let prefix = a.etcd_prefix;
             if !prefix.starts_with('/') || !prefix.ends_with('/') {
                 return Err(err(
                     "etcd-prefix",
                     format!("'{prefix}' must start and end with '/'"),
                 ));
             }
-            let ms = self
-                .etcd_timeout_ms
-                .or(file.etcd_timeout_ms)
-                .unwrap_or(2000);
-            if !(50..=60_000).contains(&ms) {
-                return Err(err("etcd-timeout-ms", format!("{ms} is outside 50..60000")));
-            }
+            let ms = in_range("etcd-timeout-ms", a.etcd_timeout_ms, 50..=60_000)?;
             StoreConfig::Etcd {
                 endpoints,
                 prefix: format!("{prefix}enrollment/"),
                 timeout: Duration::from_millis(ms),
             }
         };
-        let mut bootstrap_tokens = if self.bootstrap_token.is_empty() {
-            file.bootstrap_token.unwrap_or_default()
-        } else {
-            self.bootstrap_token
-        };
-        if let Some(path) = self.bootstrap_token_file.or(file.bootstrap_token_file) {
+        let mut bootstrap_tokens = a.bootstrap_token;
+        if let Some(path) = a.bootstrap_token_file {
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(
                     "bootstrap-token-file",
@@ -292,12 +216,7 @@ impl EnrollmentArgs {
                 ),
             ));
         }
-        let admin_tokens = if self.admin_token.is_empty() {
-            file.admin_token.unwrap_or_default()
-        } else {
-            self.admin_token
-        };
-        let ca_pem = match (self.ca_cert.or(file.ca_cert), self.ca_key.or(file.ca_key)) {
+        let ca_pem = match (a.ca_cert, a.ca_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {
                 let cert = std::fs::read_to_string(&c)
@@ -310,7 +229,7 @@ impl EnrollmentArgs {
             (Some(_), None) => return Err(err("ca-key", "--ca-cert needs --ca-key")),
             (None, Some(_)) => return Err(err("ca-cert", "--ca-key needs --ca-cert")),
         };
-        let farm_secret = match self.farm_secret_file.or(file.farm_secret_file) {
+        let farm_secret = match a.farm_secret_file {
             Some(p) => {
                 let text = std::fs::read_to_string(&p).map_err(|e| {
                     err(
@@ -330,20 +249,17 @@ impl EnrollmentArgs {
             }
             None => None,
         };
-        let cert_days = self.cert_days.or(file.cert_days).unwrap_or(90);
-        if !(1..=3650).contains(&cert_days) {
-            return Err(err("cert-days", format!("{cert_days} is outside 1..3650")));
-        }
+        let cert_days = in_range("cert-days", a.cert_days, 1..=3650)?;
         Ok(EnrollmentConfig {
             listen,
             store,
             bootstrap_tokens,
-            admin_tokens,
+            admin_tokens: a.admin_token,
             ca_pem,
             farm_secret,
             cert_days,
             metrics,
-            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log: a.service.log,
         })
     }
 }
@@ -352,48 +268,34 @@ impl EnrollmentArgs {
 mod tests {
     use super::*;
 
-    fn args() -> EnrollmentArgs {
-        EnrollmentArgs {
-            bootstrap_token: vec!["a-long-enough-token".into()],
-            ..Default::default()
-        }
+    const TOKEN: [&str; 2] = ["--bootstrap-token", "a-long-enough-token"];
+
+    fn with_token(more: &[&str]) -> Result<EnrollmentConfig, ConfigError> {
+        let mut all = TOKEN.to_vec();
+        all.extend_from_slice(more);
+        EnrollmentArgs::resolve_from(&all)
     }
 
     #[test]
     fn defaults_and_secrets_stay_hidden() {
-        let c = args().resolve().unwrap();
+        let c = with_token(&[]).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.cert_days, 90);
         assert!(!format!("{c:?}").contains("a-long-enough-token"));
-        assert!(!format!("{:?}", args()).contains("a-long-enough-token"));
+        let (args, _) = ringmesh_config::parse::<EnrollmentArgs>(&TOKEN).unwrap();
+        assert!(!format!("{args:?}").contains("a-long-enough-token"));
     }
 
     #[test]
     fn errors_name_the_key() {
         assert_eq!(
-            EnrollmentArgs::default().resolve().unwrap_err().key,
+            EnrollmentArgs::resolve_from(&[]).unwrap_err().key,
             "bootstrap-token"
         );
-        let e = EnrollmentArgs {
-            bootstrap_token: vec!["short".into()],
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_err();
+        let e = EnrollmentArgs::resolve_from(&["--bootstrap-token", "short"]).unwrap_err();
         assert_eq!(e.key, "bootstrap-token");
-        let e = EnrollmentArgs {
-            ca_cert: Some("/x".into()),
-            ..args()
-        }
-        .resolve()
-        .unwrap_err();
-        assert_eq!(e.key, "ca-key");
-        let e = EnrollmentArgs {
-            cert_days: Some(0),
-            ..args()
-        }
-        .resolve()
-        .unwrap_err();
+        assert_eq!(with_token(&["--ca-cert", "/x"]).unwrap_err().key, "ca-key");
+        let e = with_token(&["--cert-days", "0"]).unwrap_err();
         assert!(e.to_string().contains("RINGMESH_CERT_DAYS"));
     }
 
@@ -406,30 +308,28 @@ mod tests {
             "# nodes of rack 1\nthe-first-bootstrap-token\n\nthe-other-bootstrap-token\n",
         )
         .unwrap();
-        let c = EnrollmentArgs {
-            bootstrap_token_file: Some(f),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
+        let c =
+            EnrollmentArgs::resolve_from(&["--bootstrap-token-file", f.to_str().unwrap()]).unwrap();
         assert_eq!(c.bootstrap_tokens.len(), 2);
         let ca = crate::ca::Ca::generate("t").unwrap();
         std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
         std::fs::write(dir.path().join("ca.key"), ca.key_pem()).unwrap();
-        let c = EnrollmentArgs {
-            ca_cert: Some(dir.path().join("ca.crt")),
-            ca_key: Some(dir.path().join("ca.key")),
-            ..args()
-        }
-        .resolve()
+        let crt = dir.path().join("ca.crt");
+        let key = dir.path().join("ca.key");
+        let c = with_token(&[
+            "--ca-cert",
+            crt.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ])
         .unwrap();
         assert!(c.ca_pem.is_some());
-        let e = EnrollmentArgs {
-            ca_cert: Some(dir.path().join("ca.crt")),
-            ca_key: Some(dir.path().join("tokens")),
-            ..args()
-        }
-        .resolve();
+        let e = with_token(&[
+            "--ca-cert",
+            crt.to_str().unwrap(),
+            "--ca-key",
+            f.to_str().unwrap(),
+        ]);
         assert!(e.is_err(), "a key that is not the CA's");
     }
 }

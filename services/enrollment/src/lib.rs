@@ -17,27 +17,30 @@
 //! | [`authority`] | CA + farm secret from the store, issued-certificate records, revocation |
 //! | [`service`] | the tonic service, bootstrap and admin tokens, [`serve`] |
 //! | [`status`] | errors to gRPC status codes, in one place |
-//! | [`client`] | [`enroll`] / [`renew`]: key and CSR made locally, identity files |
 //! | [`config`] | `ringmesh enrollment` flags, environment, file |
-//! | [`metrics`], [`http`] | Prometheus metrics, `/metrics` `/healthz` `/readyz` |
+//! | [`metrics`] | Prometheus metrics (served on `/metrics`, beside `/healthz` and `/readyz`, by `ringmesh-probes`) |
+//!
+//! The node side lives in `ringmesh-enrollment-client` and is re-exported
+//! here: [`client`] ([`enroll`] / [`renew`]: key and CSR made locally,
+//! identity files).
 
 pub mod authority;
 pub mod ca;
-pub mod client;
 pub mod config;
 pub mod kv;
 pub mod metrics;
 pub mod service;
 pub mod status;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 pub use authority::{Authority, AuthorityOptions};
-pub use client::{EnrollError, EnrolledIdentity, enroll, renew};
 pub use config::{EnrollmentArgs, EnrollmentConfig, StoreConfig};
 pub use kv::{EtcdKv, FileKv, Kv};
+pub use ringmesh_enrollment_client::{EnrollError, EnrolledIdentity, client, enroll, renew};
 pub use service::{EnrollmentService, Tokens, serve};
 use tokio::net::TcpListener;
 
@@ -46,10 +49,27 @@ pub async fn run(
     cfg: EnrollmentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(cfg, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` with the bound addresses once it serves (a
+/// port 0 in the config is the port the kernel chose).
+pub async fn run_with(
+    cfg: EnrollmentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
-    run_on(listener, cfg, shutdown).await
+    run_on_with(listener, cfg, shutdown, serving).await
+}
+
+/// Where a running service listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub api: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// [`run`] on an already bound listener (tests bind port 0).
@@ -58,11 +78,21 @@ pub async fn run_on(
     cfg: EnrollmentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_on_with(listener, cfg, shutdown, |_| {}).await
+}
+
+/// [`run_with`] on an already bound listener.
+pub async fn run_on_with(
+    listener: TcpListener,
+    cfg: EnrollmentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
+) -> anyhow::Result<()> {
     match &cfg.store {
         StoreConfig::Embedded(dir) => {
             let kv = FileKv::open(dir)
                 .with_context(|| format!("cannot open {} (--data)", dir.display()))?;
-            run_kv(listener, kv, &cfg, shutdown).await
+            run_kv(listener, kv, &cfg, shutdown, serving).await
         }
         StoreConfig::Etcd {
             endpoints,
@@ -72,7 +102,7 @@ pub async fn run_on(
             let kv = EtcdKv::connect(endpoints, prefix, *timeout)
                 .await
                 .context("cannot set up the etcd client (--etcd)")?;
-            run_kv(listener, kv, &cfg, shutdown).await
+            run_kv(listener, kv, &cfg, shutdown, serving).await
         }
     }
 }
@@ -82,6 +112,7 @@ async fn run_kv<K: Kv>(
     kv: K,
     cfg: &EnrollmentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
 ) -> anyhow::Result<()> {
     let opts = AuthorityOptions {
         ca_pem: cfg.ca_pem.clone(),
@@ -95,14 +126,17 @@ async fn run_kv<K: Kv>(
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(true));
+    let mut metrics_at = None;
     if let Some(addr) = cfg.metrics {
-        ringmesh_probes::serve(
-            addr,
-            ringmesh_probes::registry_render(registry),
-            ready.clone(),
-        )
-        .await
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        metrics_at = Some(
+            ringmesh_probes::serve(
+                addr,
+                ringmesh_probes::registry_render(registry),
+                ready.clone(),
+            )
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        );
     }
     if cfg.admin_tokens.is_empty() {
         tracing::warn!(
@@ -115,7 +149,12 @@ async fn run_kv<K: Kv>(
         Tokens::new(&cfg.admin_tokens),
     )
     .with_metrics(metrics);
-    tracing::info!(listen = %listener.local_addr()?, "enrollment API serving");
+    let api = listener.local_addr()?;
+    tracing::info!(listen = %api, "enrollment API serving");
+    serving(&Listening {
+        api,
+        metrics: metrics_at,
+    });
     let r = serve(listener, service, shutdown).await;
     ready.store(false, Ordering::Relaxed);
     r.context("enrollment gRPC server failed")

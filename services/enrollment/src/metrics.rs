@@ -1,4 +1,4 @@
-//! Metric definitions of the enrollment service (one place, STYLE.md §10).
+//! Metric definitions of the enrollment service, in one place.
 //! Labels stay low-cardinality: the RPC name and the status code, never an
 //! identity.
 

@@ -302,88 +302,14 @@ async fn enrollment_on_the_file_store() {
     server.stop().await;
 }
 
-/// A real etcd for the CA state (see the provisioning tests for the same
-/// harness; `make test` installs etcd-server).
-struct Etcd {
-    child: std::process::Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .chain(
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                    .map(|d| d.join("etcd")),
-            )
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "etcd is not installed: `make test` installs it (Debian package etcd-server)"
-                )
-            });
-        let port = |_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (cp, pp) = (port(0), port(1));
-        let data = tempfile::tempdir().unwrap();
-        let (client, peer) = (
-            format!("http://127.0.0.1:{cp}"),
-            format!("http://127.0.0.1:{pp}"),
-        );
-        let child = std::process::Command::new(bin)
-            .args(["--name", "t", "--data-dir"])
-            .arg(data.path().join("m"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", cp)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcd {
-            child,
-            url: client,
-            _data: data,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
+#[ignore = "slow: needs etcd"]
 async fn enrollment_on_etcd() {
-    let etcd = Etcd::start();
+    let etcd = ringmesh_test_support::Etcd::start();
+    let url = etcd.url();
     let kv = || async {
         EtcdKv::connect(
-            std::slice::from_ref(&etcd.url),
+            std::slice::from_ref(&url),
             "/t/enrollment/",
             Duration::from_secs(2),
         )

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::Rng;
 use ringmesh_overlay::node::{GetOk, PutOk};
 use ringmesh_overlay::sim::{self, Bootstrap, NetParams, Params, Sim, true_replicas};
 use ringmesh_overlay::{
@@ -487,6 +488,40 @@ fn every_node_restarting_at_once_loses_no_binding() {
     );
     for (k, e) in &data {
         assert_eq!(get(&mut sim, ids[5], *k).unwrap().entries, vec![e.clone()]);
+    }
+}
+
+/// The way a whole farm comes back after a power cut: every node restarts
+/// at the same moment and joins through all the others (which are joining
+/// too, so nobody accepts), until the one allowed to found the ring gives up
+/// on its seeds and bootstraps; the rest then join it, one hand-off each.
+#[test]
+fn a_farm_restarting_at_once_through_each_other_converges() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(seed, NetParams::default(), template(), true);
+        let ids = joined_farm(&mut sim, 5);
+        let data = load(&mut sim, &ids, 300);
+        for id in &ids {
+            sim.kill(*id);
+        }
+        sim.run_for(Duration::from_millis(100));
+        for id in &ids {
+            let others: Vec<NodeId> = ids.iter().copied().filter(|o| o != id).collect();
+            sim.restart_via(*id, &others);
+            let gap = Duration::from_millis(sim.rng().random_range(0..300));
+            sim.run_for(gap);
+        }
+        sim.run_for(Duration::from_secs(2));
+        sim.bootstrap(ids[0]);
+        let ok = sim.run_until(Duration::from_secs(120), Duration::from_millis(500), |s| {
+            s.converged() && under_replicated(s, &data, 3) == 0
+        });
+        assert!(
+            ok,
+            "seed {seed}: alive {:?} of {}",
+            sim.alive().len(),
+            ids.len()
+        );
     }
 }
 

@@ -1,11 +1,16 @@
 //! `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1, served by every
 //! Ringmesh process on its own address and task, so a slow scraper never
 //! delays SIP or the gRPC APIs.
+//!
+//! The crate has no modules: [`serve`] (or [`bind`], to own the server
+//! future) with a [`Render`] such as [`registry_render`] is all of it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,15 +41,39 @@ pub async fn serve(
     render: Render,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
+    let (local, server) = bind(addr, render, ready).await?;
+    tokio::spawn(server);
+    Ok(local)
+}
+
+/// Binds `addr`; returns the bound address and the server, which serves
+/// (each connection on a task it owns) until it is dropped.
+pub async fn bind(
+    addr: SocketAddr,
+    render: Render,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
+    let server = async move {
+        let mut conns = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning on the error.
+                    tracing::warn!(error = %e, "metrics server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let (render, ready) = (render.clone(), ready.clone());
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let resp = route(req.uri().path(), &render, &ready);
                     async move { Ok::<_, Infallible>(resp) }
@@ -54,8 +83,8 @@ pub async fn serve(
                     .await;
             });
         }
-    });
-    Ok(local)
+    };
+    Ok((local, server))
 }
 
 fn route(path: &str, render: &Render, ready: &AtomicBool) -> Response<Full<Bytes>> {

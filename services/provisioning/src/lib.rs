@@ -7,29 +7,30 @@
 //! Supernodes read subscribers one at a time through a
 //! [`SubscriberCache`], which a Watch stream keeps coherent.
 //!
+//! It also keeps the farm's table of trusted elements (the SIP peers that
+//! are not phones), which every supernode holds whole.
+//!
 //! Start from [`run`] (the `ringmesh provisioning` process), [`serve`]
 //! (the gRPC server on a listener) or [`SubscriberCache`] (the supernode
 //! side).
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`store`] | the [`SubscriberStore`] trait, [`EtcdStore`], [`EmbeddedStore`] |
-//! | [`validate`] | API input checked once, errors naming the field |
+//! | [`store`] | the [`SubscriberStore`] and [`TrustStore`] traits, [`EtcdStore`], [`EmbeddedStore`] |
 //! | [`service`] | the tonic service and [`serve`] |
 //! | [`status`] | errors to gRPC status codes, in one place |
-//! | [`cache`] | [`SubscriberCache`] for supernodes |
 //! | [`config`] | `ringmesh provisioning` flags, environment, file |
-//! | [`cli`] | `ringmesh ctl subscriber …` |
-//! | [`metrics`], [`http`] | Prometheus metrics, `/metrics` `/healthz` `/readyz` |
+//! | [`metrics`] | Prometheus metrics (served on `/metrics`, beside `/healthz` and `/readyz`, by `ringmesh-probes`) |
+//!
+//! The supernode's side lives in `ringmesh-provisioning-client` and is
+//! re-exported here: [`cache`] ([`SubscriberCache`] for supernodes) and
+//! [`validate`] (API input checked once, errors naming the field).
 
-pub mod cache;
-pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod service;
 pub mod status;
 pub mod store;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,11 +38,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-pub use cache::{CacheConfig, CacheError, CacheMetrics, SubscriberCache};
 pub use config::{ProvisioningArgs, ProvisioningConfig, StoreConfig};
 pub use ringmesh_proto::provisioning as pb;
+pub use ringmesh_provisioning_client::{
+    CacheConfig, CacheError, CacheMetrics, SubscriberCache, cache, validate,
+};
 pub use service::{ProvisioningService, serve};
-pub use store::{EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberStore};
+pub use store::{
+    EmbeddedStore, EtcdOptions, EtcdStore, Store, StoreError, SubscriberStore, TrustStore,
+};
 use tokio::net::TcpListener;
 
 /// Runs the provisioning service until `shutdown` completes.
@@ -49,10 +54,27 @@ pub async fn run(
     cfg: ProvisioningConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(cfg, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` with the bound addresses once it serves (a
+/// port 0 in the config is the port the kernel chose).
+pub async fn run_with(
+    cfg: ProvisioningConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
-    run_on(listener, cfg, shutdown).await
+    run_on_with(listener, cfg, shutdown, serving).await
+}
+
+/// Where a running service listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub api: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// [`run`] on an already bound listener (tests bind port 0).
@@ -60,6 +82,16 @@ pub async fn run_on(
     listener: TcpListener,
     cfg: ProvisioningConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_on_with(listener, cfg, shutdown, |_| {}).await
+}
+
+/// [`run_with`] on an already bound listener.
+pub async fn run_on_with(
+    listener: TcpListener,
+    cfg: ProvisioningConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
 ) -> anyhow::Result<()> {
     match &cfg.store {
         StoreConfig::Embedded(dir) => {
@@ -69,8 +101,8 @@ pub async fn run_on(
                     dir.display()
                 )
             })?;
-            tracing::info!(data = %dir.display(), subscribers = store.len(), "embedded subscriber store");
-            run_store(listener, Arc::new(store), &cfg, shutdown).await
+            tracing::info!(data = %dir.display(), subscribers = store.len(), trusted_elements = store.trusted_len(), "embedded subscriber store");
+            run_store(listener, Arc::new(store), &cfg, shutdown, serving).await
         }
         StoreConfig::Etcd {
             endpoints,
@@ -87,28 +119,32 @@ pub async fn run_on(
                 .await
                 .context("cannot set up the etcd client (--etcd)")?;
             tracing::info!(?endpoints, prefix, "etcd subscriber store");
-            run_store(listener, Arc::new(store), &cfg, shutdown).await
+            run_store(listener, Arc::new(store), &cfg, shutdown, serving).await
         }
     }
 }
 
-async fn run_store<S: SubscriberStore>(
+async fn run_store<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
     cfg: &ProvisioningConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(&Listening) + Send,
 ) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry);
     let ready = Arc::new(AtomicBool::new(false));
+    let mut metrics_at = None;
     if let Some(addr) = cfg.metrics {
-        ringmesh_probes::serve(
-            addr,
-            ringmesh_probes::registry_render(registry),
-            ready.clone(),
-        )
-        .await
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        metrics_at = Some(
+            ringmesh_probes::serve(
+                addr,
+                ringmesh_probes::registry_render(registry),
+                ready.clone(),
+            )
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        );
     }
     // Readiness follows the store: not ready while etcd is unreachable.
     let probe = {
@@ -125,6 +161,10 @@ async fn run_store<S: SubscriberStore>(
     };
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(listen = %local, realm = cfg.domain, "provisioning API serving");
+    serving(&Listening {
+        api: local,
+        metrics: metrics_at,
+    });
     let service = ProvisioningService::new(store, &cfg.domain).with_metrics(metrics);
     let result = serve(listener, service, shutdown).await;
     probe.abort();

@@ -1,4 +1,4 @@
-//! Metric definitions of the provisioning service (one place, STYLE.md §10).
+//! Metric definitions of the provisioning service, in one place.
 //! Labels stay low-cardinality: the RPC name and the status code, never an
 //! identity.
 
@@ -7,7 +7,7 @@ use std::time::Instant;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The service's RPCs, as the `rpc` label spells them.
-const RPCS: [&str; 8] = [
+const RPCS: [&str; 13] = [
     "CreateSubscriber",
     "GetSubscriber",
     "ListSubscribers",
@@ -16,9 +16,14 @@ const RPCS: [&str; 8] = [
     "SetBarred",
     "DeleteSubscriber",
     "Watch",
+    "CreateTrustedElement",
+    "GetTrustedElement",
+    "ListTrustedElements",
+    "DeleteTrustedElement",
+    "WatchTrustedElements",
 ];
 /// The `code` label values ([`crate::status::code_label`]).
-const CODES: [&str; 10] = [
+const CODES: [&str; 11] = [
     "ok",
     "invalid_argument",
     "not_found",
@@ -28,6 +33,7 @@ const CODES: [&str; 10] = [
     "deadline_exceeded",
     "permission_denied",
     "data_loss",
+    "resource_exhausted",
     "other",
 ];
 
@@ -61,8 +67,11 @@ impl Metrics {
             &["rpc"],
         )
         .expect("valid metric");
-        let watchers = IntGauge::new("ringmesh_provisioning_watchers", "Open Watch streams")
-            .expect("valid metric");
+        let watchers = IntGauge::new(
+            "ringmesh_provisioning_watchers",
+            "Open Watch and WatchTrustedElements streams",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::store::{Change, StoreError, SubscriberStore};
+use crate::store::{Change, Events, Store, StoreError};
 use crate::validate;
 
 /// The Provisioning gRPC service over a store.
@@ -37,7 +37,7 @@ impl<S> Clone for ProvisioningService<S> {
     }
 }
 
-impl<S: SubscriberStore> ProvisioningService<S> {
+impl<S: Store> ProvisioningService<S> {
     /// A service over `store`; HA1 values are computed with `realm` (the
     /// farm's SIP domain).
     pub fn new(store: Arc<S>, realm: &str) -> ProvisioningService<S> {
@@ -187,6 +187,74 @@ impl<S: SubscriberStore> ProvisioningService<S> {
             .await?;
         Ok(pb::DeleteSubscriberResponse { revision })
     }
+
+    async fn create_trusted(
+        &self,
+        req: pb::CreateTrustedElementRequest,
+    ) -> Result<pb::TrustedElement, Status> {
+        let element = validate::new_trusted_element(req.element.as_ref())?;
+        Ok(self.store.create_trusted(element).await?)
+    }
+
+    async fn get_trusted(
+        &self,
+        req: pb::GetTrustedElementRequest,
+    ) -> Result<pb::TrustedElement, Status> {
+        let name = validate::trusted_name("name", &req.name)?;
+        Ok(self.store.get_trusted(&name).await?)
+    }
+
+    async fn list_trusted(&self) -> Result<pb::ListTrustedElementsResponse, Status> {
+        let (elements, revision) = self.store.list_trusted().await?;
+        Ok(pb::ListTrustedElementsResponse { elements, revision })
+    }
+
+    async fn delete_trusted(
+        &self,
+        req: pb::DeleteTrustedElementRequest,
+    ) -> Result<pb::DeleteTrustedElementResponse, Status> {
+        let name = validate::trusted_name("name", &req.name)?;
+        let revision = self
+            .store
+            .delete_trusted(&name, expected(req.expected_revision))
+            .await?;
+        Ok(pb::DeleteTrustedElementResponse { revision })
+    }
+
+    /// A store event stream as a gRPC stream: counted in the watchers
+    /// gauge while open, ended when the server shuts down (so a graceful
+    /// shutdown never waits on a watcher).
+    fn stream<E: Send + 'static>(
+        &self,
+        rpc: &str,
+        started: Instant,
+        events: Result<Events<E>, StoreError>,
+    ) -> Result<Response<Outgoing<E>>, Status> {
+        let events = match events {
+            Ok(s) => s,
+            Err(e) => return self.done(rpc, started, Err(e.into())),
+        };
+        if let Some(m) = &self.metrics {
+            m.watchers().inc();
+        }
+        let guard = WatcherGuard(self.metrics.clone());
+        let mut closing = self.closing.clone();
+        let stop = async move {
+            if closing.wait_for(|c| *c).await.is_err() {
+                // No server owns the signal (the service is used directly).
+                std::future::pending::<()>().await;
+            }
+        };
+        let out: Outgoing<E> = Box::pin(
+            events
+                .map(move |r| {
+                    let _keep = &guard;
+                    r.map_err(|e: StoreError| Status::from(e))
+                })
+                .take_until(stop),
+        );
+        self.done(rpc, started, Ok(out))
+    }
 }
 
 fn expected(rev: u64) -> Option<u64> {
@@ -204,10 +272,13 @@ impl Drop for WatcherGuard {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
+/// A server stream of events.
+type Outgoing<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send + 'static>>;
+type WatchStream = Outgoing<pb::WatchEvent>;
+type TrustWatchStream = Outgoing<pb::TrustedElementEvent>;
 
 #[tonic::async_trait]
-impl<S: SubscriberStore> Provisioning for ProvisioningService<S> {
+impl<S: Store> Provisioning for ProvisioningService<S> {
     async fn create_subscriber(
         &self,
         req: Request<pb::CreateSubscriberRequest>,
@@ -279,38 +350,62 @@ impl<S: SubscriberStore> Provisioning for ProvisioningService<S> {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let t = Instant::now();
         let start = req.into_inner().start_revision;
-        let events = match self.store.watch(start).await {
-            Ok(s) => s,
-            Err(e) => return self.done("Watch", t, Err(e.into())),
-        };
-        if let Some(m) = &self.metrics {
-            m.watchers().inc();
-        }
-        let guard = WatcherGuard(self.metrics.clone());
-        let mut closing = self.closing.clone();
-        // Streams end when the server shuts down, so a graceful shutdown
-        // never waits on a watcher.
-        let stop = async move {
-            if closing.wait_for(|c| *c).await.is_err() {
-                // No server owns the signal (the service is used directly).
-                std::future::pending::<()>().await;
-            }
-        };
-        let out: WatchStream = Box::pin(
-            events
-                .map(move |r| {
-                    let _keep = &guard;
-                    r.map_err(|e: StoreError| Status::from(e))
-                })
-                .take_until(stop),
-        );
-        self.done("Watch", t, Ok(out))
+        let events = self.store.watch(start).await;
+        self.stream("Watch", t, events)
+    }
+
+    async fn create_trusted_element(
+        &self,
+        req: Request<pb::CreateTrustedElementRequest>,
+    ) -> Result<Response<pb::TrustedElement>, Status> {
+        let t = Instant::now();
+        let r = self.create_trusted(req.into_inner()).await;
+        self.done("CreateTrustedElement", t, r)
+    }
+
+    async fn get_trusted_element(
+        &self,
+        req: Request<pb::GetTrustedElementRequest>,
+    ) -> Result<Response<pb::TrustedElement>, Status> {
+        let t = Instant::now();
+        let r = self.get_trusted(req.into_inner()).await;
+        self.done("GetTrustedElement", t, r)
+    }
+
+    async fn list_trusted_elements(
+        &self,
+        _req: Request<pb::ListTrustedElementsRequest>,
+    ) -> Result<Response<pb::ListTrustedElementsResponse>, Status> {
+        let t = Instant::now();
+        let r = self.list_trusted().await;
+        self.done("ListTrustedElements", t, r)
+    }
+
+    async fn delete_trusted_element(
+        &self,
+        req: Request<pb::DeleteTrustedElementRequest>,
+    ) -> Result<Response<pb::DeleteTrustedElementResponse>, Status> {
+        let t = Instant::now();
+        let r = self.delete_trusted(req.into_inner()).await;
+        self.done("DeleteTrustedElement", t, r)
+    }
+
+    type WatchTrustedElementsStream = TrustWatchStream;
+
+    async fn watch_trusted_elements(
+        &self,
+        req: Request<pb::WatchTrustedElementsRequest>,
+    ) -> Result<Response<Self::WatchTrustedElementsStream>, Status> {
+        let t = Instant::now();
+        let start = req.into_inner().start_revision;
+        let events = self.store.watch_trusted(start).await;
+        self.stream("WatchTrustedElements", t, events)
     }
 }
 
 /// Serves the Provisioning API on `listener` until `shutdown` completes,
 /// then ends every Watch stream and drains in-flight requests.
-pub async fn serve<S: SubscriberStore>(
+pub async fn serve<S: Store>(
     listener: TcpListener,
     service: ProvisioningService<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,

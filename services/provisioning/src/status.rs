@@ -1,22 +1,22 @@
-//! The one place where errors become gRPC statuses (STYLE.md §8).
+//! The one place where store errors become gRPC statuses (a field error
+//! becomes `INVALID_ARGUMENT` where it is defined, in
+//! `ringmesh_provisioning_client::validate`).
 
 use tonic::{Code, Status};
 
 use crate::store::StoreError;
-use crate::validate::FieldError;
-
-impl From<FieldError> for Status {
-    fn from(e: FieldError) -> Status {
-        Status::invalid_argument(e.to_string())
-    }
-}
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         let code = match &e {
-            StoreError::NotFound { .. } => Code::NotFound,
-            StoreError::AlreadyExists { .. } => Code::AlreadyExists,
-            StoreError::RevisionMismatch { .. } => Code::Aborted,
+            StoreError::NotFound { .. } | StoreError::ElementNotFound { .. } => Code::NotFound,
+            StoreError::AlreadyExists { .. } | StoreError::ElementExists { .. } => {
+                Code::AlreadyExists
+            }
+            StoreError::RevisionMismatch { .. } | StoreError::ElementRevisionMismatch { .. } => {
+                Code::Aborted
+            }
+            StoreError::TooManyElements { .. } => Code::ResourceExhausted,
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Corrupt { .. } => Code::DataLoss,
         };
@@ -36,6 +36,7 @@ pub fn code_label(code: Code) -> &'static str {
         Code::DeadlineExceeded => "deadline_exceeded",
         Code::PermissionDenied => "permission_denied",
         Code::DataLoss => "data_loss",
+        Code::ResourceExhausted => "resource_exhausted",
         _ => "other",
     }
 }
@@ -43,6 +44,7 @@ pub fn code_label(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::FieldError;
 
     #[test]
     fn mapping() {
@@ -54,6 +56,13 @@ mod tests {
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = StoreError::Unavailable("etcd".into()).into();
         assert_eq!(s.code(), Code::Unavailable);
+        let s: Status = StoreError::ElementNotFound { name: "gw".into() }.into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "no trusted element named 'gw'");
+        let s: Status = StoreError::ElementExists { name: "gw".into() }.into();
+        assert_eq!(s.code(), Code::AlreadyExists);
+        let s: Status = StoreError::TooManyElements { limit: 1000 }.into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
         let s: Status = FieldError {
             field: "page_size".into(),
             message: "too big".into(),

@@ -4,73 +4,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::Etcd;
+use common::{Etcd, REALM, Server};
 use futures::StreamExt as _;
 use ringmesh_proto::provisioning as pb;
-use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
 use ringmesh_provisioning::{
-    CacheConfig, CacheError, EmbeddedStore, EtcdOptions, EtcdStore, ProvisioningService,
-    SubscriberCache, SubscriberStore, serve,
+    CacheConfig, CacheError, EmbeddedStore, EtcdOptions, EtcdStore, SubscriberCache,
 };
 use ringmesh_sip::digest::Ha1;
 use tonic::Code;
-use tonic::transport::Channel;
-
-const REALM: &str = "ringmesh.test";
-
-/// A provisioning server on a free port, stopped gracefully on request.
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn start<S: SubscriberStore>(store: S) -> Server {
-        Server::start_on("127.0.0.1:0".parse().unwrap(), store).await
-    }
-
-    async fn start_on<S: SubscriberStore>(addr: SocketAddr, store: S) -> Server {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let service = ProvisioningService::new(Arc::new(store), REALM);
-        let task = tokio::spawn(async move {
-            serve(listener, service, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Server {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn client(&self) -> ProvisioningClient<Channel> {
-        ProvisioningClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    /// Stops the server; returns how long the graceful shutdown took.
-    async fn stop(mut self) -> Duration {
-        let t = Instant::now();
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("graceful stop")
-            .unwrap();
-        t.elapsed()
-    }
-}
 
 fn new_sub(id: &str, public: &[&str]) -> pb::Subscriber {
     pb::Subscriber {
@@ -693,6 +638,7 @@ async fn cache_is_bounded() {
 }
 
 #[tokio::test]
+#[ignore = "slow: needs etcd"]
 async fn cache_serves_while_etcd_is_down() {
     let mut etcd = Etcd::start();
     let opts = EtcdOptions {

@@ -1,16 +1,16 @@
-//! Both subscriber stores against the same conformance suite, plus what is
-//! particular to each: restart persistence of the embedded store, and a
-//! real etcd stopped mid-test.
+//! Both stores against the same conformance suites (subscribers, trusted
+//! elements), plus what is particular to each: restart persistence of the
+//! embedded store, and a real etcd stopped mid-test.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Etcd, conformance, next_change, sub};
+use common::{Etcd, conformance, element, next_change, next_trust_change, sub, trust_conformance};
 use futures::StreamExt as _;
 use ringmesh_proto::provisioning::{Barring, EventType};
 use ringmesh_provisioning::store::{
-    Change, EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberStore,
+    Change, EmbeddedStore, EtcdOptions, EtcdStore, StoreError, SubscriberStore, TrustStore,
 };
 
 fn etcd_opts(e: &Etcd, prefix: &str) -> EtcdOptions {
@@ -27,6 +27,58 @@ async fn embedded_store_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     conformance(&store).await;
+}
+
+#[tokio::test]
+async fn embedded_store_trust_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    trust_conformance(&store).await;
+    let (all, rev) = store.list_trusted().await.unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.list_trusted().await.unwrap(),
+        (all, rev),
+        "a full table survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_trusted_elements_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, rev) = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let gw = store
+            .create_trusted(element("gw", "192.0.2.0/24"))
+            .await
+            .unwrap();
+        store
+            .create_trusted(element("old", "198.51.100.7"))
+            .await
+            .unwrap();
+        store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
+        let rev = store.delete_trusted("old", None).await.unwrap();
+        (gw, rev)
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.list_trusted().await.unwrap(), (vec![gw.clone()], rev));
+    assert_eq!(store.len(), 1, "subscribers beside them");
+    // A watcher from before the restart is told to list again; the next
+    // change gets the next revision.
+    let mut w = store.watch_trusted(gw.revision).await.unwrap();
+    let first = w.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first.r#type, first.revision),
+        (EventType::Reset as i32, rev)
+    );
+    let next = store
+        .create_trusted(element("next", "203.0.113.0/24"))
+        .await
+        .unwrap();
+    assert_eq!(next.revision, rev + 1);
+    let ev = next_trust_change(&mut w).await;
+    assert_eq!((ev.r#type, ev.revision), (EventType::Put as i32, rev + 1));
 }
 
 #[tokio::test]
@@ -99,6 +151,10 @@ async fn embedded_store_compacts_its_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
+    let gw = store
+        .create_trusted(element("gw", "192.0.2.0/24"))
+        .await
+        .unwrap();
     for i in 0..1100 {
         store
             .update(
@@ -121,9 +177,15 @@ async fn embedded_store_compacts_its_log() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.current_revision().await.unwrap(), rev);
     assert_eq!(store.get("alice").await.unwrap().revision, rev);
+    assert_eq!(
+        store.list_trusted().await.unwrap().0,
+        [gw],
+        "compaction keeps the trusted elements"
+    );
 }
 
 #[tokio::test]
+#[ignore = "slow: needs etcd"]
 async fn etcd_store_conformance() {
     let etcd = Etcd::start();
     let store = EtcdStore::connect(etcd_opts(&etcd, "/conformance/"))
@@ -133,6 +195,50 @@ async fn etcd_store_conformance() {
 }
 
 #[tokio::test]
+#[ignore = "slow: needs etcd"]
+async fn etcd_store_trust_conformance() {
+    let etcd = Etcd::start();
+    let store = EtcdStore::connect(etcd_opts(&etcd, "/trust-conformance/"))
+        .await
+        .unwrap();
+    trust_conformance(&store).await;
+}
+
+#[tokio::test]
+#[ignore = "slow: needs etcd"]
+async fn etcd_trust_watch_after_compaction_says_reset() {
+    let etcd = Etcd::start();
+    let store = EtcdStore::connect(etcd_opts(&etcd, "/trust-compact/"))
+        .await
+        .unwrap();
+    let gw = store
+        .create_trusted(element("gw", "192.0.2.0/24"))
+        .await
+        .unwrap();
+    let del = store.delete_trusted("gw", None).await.unwrap();
+    store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
+    let now = store.current_revision().await.unwrap();
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    c.compact(now as i64, None).await.unwrap();
+    let mut w = store.watch_trusted(gw.revision).await.unwrap();
+    let ev = next_trust_change(&mut w).await;
+    assert_eq!(ev.r#type, EventType::Reset as i32, "{ev:?}");
+    assert!(ev.revision >= del);
+    let pcscf = store
+        .create_trusted(element("pcscf", "tls:pcscf.example.net"))
+        .await
+        .unwrap();
+    let ev = next_trust_change(&mut w).await;
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, pcscf.revision)
+    );
+}
+
+#[tokio::test]
+#[ignore = "slow: needs etcd"]
 async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     let mut etcd = Etcd::start();
     let opts = etcd_opts(&etcd, "/outage/");
@@ -209,6 +315,7 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
 }
 
 #[tokio::test]
+#[ignore = "slow: needs etcd"]
 async fn etcd_watch_after_compaction_says_reset() {
     let etcd = Etcd::start();
     let store = EtcdStore::connect(etcd_opts(&etcd, "/compact/"))

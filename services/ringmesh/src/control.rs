@@ -5,7 +5,7 @@
 //! environment, `--config` TOML, errors naming the key); the settings and
 //! the services themselves live in their crates
 //! ([`ringmesh_provisioning`], [`ringmesh_enrollment`]). A configuration
-//! error comes back as a [`ConfigError`](ringmesh_provisioning::config::ConfigError)
+//! error comes back as a [`ConfigError`](ringmesh_config::ConfigError)
 //! inside the `anyhow::Error` (downcast it to exit 2).
 //! Both run until SIGTERM or Ctrl-C, then shut down gracefully.
 
@@ -13,7 +13,7 @@ pub use ringmesh_enrollment::config::EnrollmentArgs;
 pub use ringmesh_provisioning::config::ProvisioningArgs;
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -29,6 +29,14 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Announces a control-plane service's addresses (see [`crate::listening`]).
+fn announce(api: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) {
+    crate::listening::announce(&serde_json::json!({
+        "api": api.to_string(),
+        "metrics": metrics.map(|m| m.to_string()),
+    }));
+}
+
 /// Installs a log subscriber for `filter` unless one is installed already.
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -41,15 +49,18 @@ fn init_logging(filter: &str) {
 }
 
 /// Runs the provisioning service (subscribers) until SIGTERM or Ctrl-C.
-pub async fn run_provisioning(args: ProvisioningArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
+pub async fn run_provisioning(
+    args: ProvisioningArgs,
+    matches: clap::ArgMatches,
+) -> anyhow::Result<()> {
+    let cfg = args.resolve(&matches)?;
     init_logging(&cfg.log);
-    ringmesh_provisioning::run(cfg, shutdown_signal()).await
+    ringmesh_provisioning::run_with(cfg, shutdown_signal(), |l| announce(l.api, l.metrics)).await
 }
 
 /// Runs the enrollment service (the farm CA) until SIGTERM or Ctrl-C.
-pub async fn run_enrollment(args: EnrollmentArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
+pub async fn run_enrollment(args: EnrollmentArgs, matches: clap::ArgMatches) -> anyhow::Result<()> {
+    let cfg = args.resolve(&matches)?;
     init_logging(&cfg.log);
-    ringmesh_enrollment::run(cfg, shutdown_signal()).await
+    ringmesh_enrollment::run_with(cfg, shutdown_signal(), |l| announce(l.api, l.metrics)).await
 }

@@ -11,11 +11,15 @@
 //! Nodes find each other through seeds (and etcd when given); node 0
 //! founds the ring when no seed answers.
 //!
-//! Ports derive from `--sip-port P` so farms on different P never collide:
-//! node i listens for SIP (UDP and TCP) on P+i, overlay links (QUIC) on
-//! P+100+i, serves its admin API on P+200+i and metrics on P+300+i;
-//! provisioning listens on P+600 (metrics P+602), enrollment on P+601
-//! (metrics P+603); P+400+i (TLS) and P+500+i (WebSocket) are reserved.
+//! Ports follow the contract of docs/dev.md: from `--sip-port P`, node i
+//! listens for SIP (UDP and TCP) on P+i, overlay links (QUIC) on P+100+i,
+//! serves its admin API on P+200+i and metrics on P+300+i; provisioning
+//! listens on P+600 (metrics P+602), enrollment on P+601 (metrics P+603);
+//! P+400+i (SIP over TLS), P+500+i (WebSocket), P+700+i (secure WebSocket)
+//! and P+800+i (HTTPS) are reserved. With `--sip-port 0` every listener
+//! gets a free port from the kernel: each process announces what it bound
+//! (see [`crate::listening`]), nodes start one after the other, and each
+//! node's `argv` names the actual ports, so it restarts on them.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -35,7 +39,9 @@ pub struct DevArgs {
     /// Replicas per binding (k).
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
-    /// Base port: node i takes SIP P+i, metrics P+300+i.
+    /// Base port P (docs/dev.md): node i takes SIP P+i, overlay P+100+i,
+    /// admin P+200+i, metrics P+300+i; the control plane P+600..P+603.
+    /// 0: every listener gets a free port from the kernel.
     #[arg(long, default_value_t = 5060)]
     pub sip_port: u16,
     /// The SIP domain of the farm.
@@ -50,7 +56,8 @@ pub struct DevArgs {
     /// digest, or none for an open registrar and proxy (benchmarks).
     #[arg(long, value_enum, default_value = "digest")]
     pub auth: AuthMode,
-    /// Where the farm keeps its state (default ./.dev/p<PORT>).
+    /// Where the farm keeps its state (default ./.dev/p5060 for
+    /// --sip-port 5060).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// One JSON object per line on stdout, nothing else.
@@ -63,18 +70,18 @@ pub struct DevArgs {
     /// instead of the embedded stores.
     #[arg(long)]
     pub etcd: Vec<String>,
-}
-
-/// A control-plane child.
-struct Service {
-    name: &'static str,
-    child: Child,
+    /// A trusted element given to every supernode (its `--trusted`,
+    /// NAME=ADDRESS or KIND:NAME=ADDRESS, repeatable): a load generator
+    /// sending far above any phone's rate lists its source here. None by
+    /// default: the farm applies the production per-source limits.
+    #[arg(long)]
+    pub trusted: Vec<String>,
 }
 
 struct Node {
     name: String,
-    sip: SocketAddr,
-    metrics: SocketAddr,
+    addrs: NodeAddrs,
+    node_id: [u8; 16],
     child: Child,
     done: bool,
 }
@@ -83,10 +90,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 99 {
         bail!("--nodes must be between 1 and 99, got {}", args.nodes);
     }
-    if u32::from(args.sip_port) + 601 > 65_535 || args.sip_port < 1024 {
+    if args.sip_port != 0 && (u32::from(args.sip_port) + 899 > 65_535 || args.sip_port < 1024) {
         bail!(
-            "--sip-port must be between 1024 and {} so that every derived port fits",
-            65_535 - 601
+            "--sip-port must be 0 (ports from the kernel) or between 1024 and {} so that every \
+             derived port (up to P+899) fits",
+            65_535 - 899
         );
     }
     if !(1..=7).contains(&args.replicas) {
@@ -98,24 +106,189 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.password.is_empty() {
         bail!("--password must not be empty");
     }
+    for t in &args.trusted {
+        if let Err(e) = ringmesh_proxy::trust::Element::parse_flag(t) {
+            bail!("--trusted {t}: {e}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(run_farm(args))
 }
 
+/// The farm's ports from the base P (docs/dev.md); all 0 when P is 0.
+#[derive(Debug, Clone, Copy)]
+struct Ports(u16);
+
+impl Ports {
+    fn at(self, offset: u16) -> SocketAddr {
+        let port = if self.0 == 0 { 0 } else { self.0 + offset };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+    fn sip(self, i: u16) -> SocketAddr {
+        self.at(i)
+    }
+    fn overlay(self, i: u16) -> SocketAddr {
+        self.at(100 + i)
+    }
+    fn admin(self, i: u16) -> SocketAddr {
+        self.at(200 + i)
+    }
+    fn metrics(self, i: u16) -> SocketAddr {
+        self.at(300 + i)
+    }
+}
+
+/// Where a node listens, as it announced.
+#[derive(Debug, Clone)]
+struct NodeAddrs {
+    sip: SocketAddr,
+    overlay: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+}
+
+/// What every supernode of the farm is started with.
+struct NodeTemplate<'a> {
+    exe: String,
+    args: &'a DevArgs,
+    data: &'a Path,
+    enrollment: SocketAddr,
+    provisioning: SocketAddr,
+    token_file: &'a Path,
+    etcd_args: &'a [String],
+}
+
+impl NodeTemplate<'_> {
+    /// The command line of node `i` listening at `at`, seeded with `seeds`.
+    fn argv(&self, i: u16, at: &NodeAddrs, seeds: &[SocketAddr]) -> Vec<String> {
+        let name = format!("sn{i}");
+        let mut argv: Vec<String> = vec![
+            self.exe.clone(),
+            "supernode".into(),
+            "--name".into(),
+            name.clone(),
+            "--domain".into(),
+            self.args.domain.clone(),
+            "--sip".into(),
+            format!("udp:{}", at.sip),
+            "--sip".into(),
+            format!("tcp:{}", at.sip),
+            "--data".into(),
+            self.data.join(&name).display().to_string(),
+            "--metrics".into(),
+            at.metrics.to_string(),
+            "--overlay".into(),
+            at.overlay.to_string(),
+            "--replicas".into(),
+            self.args.replicas.to_string(),
+            "--admin".into(),
+            at.admin.to_string(),
+            "--enrollment".into(),
+            self.enrollment.to_string(),
+            "--bootstrap-token-file".into(),
+            self.token_file.display().to_string(),
+            "--log".into(),
+            self.args.log.clone(),
+            // Every phone of a farm on one machine is on 127.0.0.1.
+            "--allow-loopback-contacts".into(),
+            "true".into(),
+        ];
+        argv.extend(self.etcd_args.iter().cloned());
+        for t in &self.args.trusted {
+            argv.extend(["--trusted".into(), t.clone()]);
+        }
+        for s in seeds {
+            argv.extend(["--seed".into(), s.to_string()]);
+        }
+        if i == 0 {
+            // Node 0 founds the ring when no seed is a member yet (a fresh
+            // farm, or every node restarting at once).
+            argv.extend(["--bootstrap-after".into(), "2".into()]);
+        }
+        match self.args.auth {
+            AuthMode::Digest => argv.extend([
+                "--auth".into(),
+                "digest".into(),
+                "--provisioning".into(),
+                self.provisioning.to_string(),
+            ]),
+            AuthMode::None => argv.extend(["--auth".into(), "none".into()]),
+        }
+        argv
+    }
+}
+
+/// Waits (at most `within`) for the listening file a child announces its
+/// addresses in; fails if the child exits first.
+async fn announced(
+    path: &Path,
+    child: &mut Child,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = crate::listening::read(path) {
+            return Ok(v);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited during start-up ({status}); see {what}.log");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not start serving within {within:?}; see {what}.log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An address from an announced listening file.
+fn addr_in(v: &serde_json::Value, key: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    v[key]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{what} announced no {key} address"))
+}
+
+/// Starts a control-plane service and returns it with its API and metrics
+/// addresses, once it is ready.
+async fn start_service(
+    name: &'static str,
+    argv: Vec<String>,
+    data: &Path,
+) -> anyhow::Result<(Child, SocketAddr, SocketAddr)> {
+    let announce = data.join(format!("{name}.listening.json"));
+    let _ = std::fs::remove_file(&announce);
+    let mut child = spawn_logged(&argv, &data.join(format!("{name}.log")), &announce)?;
+    let v = announced(&announce, &mut child, name, Duration::from_secs(30)).await?;
+    let (api, metrics) = (addr_in(&v, "api", name)?, addr_in(&v, "metrics", name)?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(metrics, "/readyz").0 != 200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{name} exited during start-up ({status}); see {name}.log");
+        }
+        if Instant::now() > deadline {
+            bail!("{name} was not ready within 30 s; see {name}.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((child, api, metrics))
+}
+
 async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
+    let ports = Ports(args.sip_port);
     let data = match &args.data {
         Some(d) => d.clone(),
         None => PathBuf::from(".dev").join(format!("p{}", args.sip_port)),
     };
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let data = data.canonicalize()?;
-    ports_free(&args).await?;
+    if args.sip_port != 0 {
+        ports_free(&args).await?;
+    }
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
-    let mut services = Vec::new();
-    let provisioning = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 600));
-    let enrollment = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 601));
+    let exe = exe.display().to_string();
     let token_file = data.join("bootstrap.token");
     if !token_file.exists() {
         let token: [u8; 24] = rand_bytes();
@@ -127,156 +300,108 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         .iter()
         .flat_map(|e| ["--etcd".to_string(), e.clone()])
         .collect();
+    let mut services = Vec::new();
     let mut prov_argv = vec![
-        exe.display().to_string(),
+        exe.clone(),
         "provisioning".into(),
         "--listen".into(),
-        provisioning.to_string(),
+        ports.at(600).to_string(),
         "--data".into(),
         data.join("provisioning").display().to_string(),
         "--domain".into(),
         args.domain.clone(),
         "--metrics".into(),
-        SocketAddr::from(([127, 0, 0, 1], args.sip_port + 602)).to_string(),
+        ports.at(602).to_string(),
     ];
     prov_argv.extend(etcd_args.iter().cloned());
-    services.push(Service {
-        name: "provisioning",
-        child: spawn_logged(&prov_argv, &data.join("provisioning.log"))?,
-    });
+    let (svc, provisioning, provisioning_metrics) =
+        start_service("provisioning", prov_argv, &data).await?;
+    services.push(svc);
     let mut enr_argv = vec![
-        exe.display().to_string(),
+        exe.clone(),
         "enrollment".into(),
         "--listen".into(),
-        enrollment.to_string(),
+        ports.at(601).to_string(),
         "--data".into(),
         data.join("enrollment").display().to_string(),
         "--bootstrap-token-file".into(),
         token_file.display().to_string(),
         "--metrics".into(),
-        SocketAddr::from(([127, 0, 0, 1], args.sip_port + 603)).to_string(),
+        ports.at(603).to_string(),
     ];
     enr_argv.extend(etcd_args.iter().cloned());
-    services.push(Service {
-        name: "enrollment",
-        child: spawn_logged(&enr_argv, &data.join("enrollment.log"))?,
-    });
-    for (port, svc) in [(args.sip_port + 602, 0usize), (args.sip_port + 603, 1)] {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(addr, "/readyz").0 != 200 {
-            if let Ok(Some(status)) = services[svc].child.try_wait() {
-                bail!(
-                    "{} exited during start-up ({status}); see {}.log",
-                    services[svc].name,
-                    services[svc].name
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} was not ready within 30 s; see its log",
-                    services[svc].name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = start_service("enrollment", enr_argv, &data).await;
+    let (svc, enrollment, enrollment_metrics) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            terminate(services.iter_mut().collect()).await;
+            return Err(e);
         }
+    };
+    services.push(svc);
+    if args.auth == AuthMode::Digest
+        && let Err(e) = create_subscribers(provisioning, &args).await
+    {
+        stop_all(&mut [], &mut services).await;
+        return Err(e);
     }
-    if args.auth == AuthMode::Digest {
-        create_subscribers(provisioning, &args).await?;
-    }
-    let overlay_of = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.sip_port + 100 + i));
-
+    let template = NodeTemplate {
+        exe,
+        args: &args,
+        data: &data,
+        enrollment,
+        provisioning,
+        token_file: &token_file,
+        etcd_args: &etcd_args,
+    };
     let mut nodes = Vec::new();
-    for i in 0..args.nodes {
-        let name = format!("sn{i}");
-        let sip = SocketAddr::from(([127, 0, 0, 1], args.sip_port + i));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 300 + i));
-        let overlay = overlay_of(i);
-        let node_dir = data.join(&name);
-        let node_id = match ringmesh_enrollment::EnrolledIdentity::load(&node_dir)? {
-            Some(id) => id.node_id,
-            None => {
-                ringmesh_enrollment::enroll(&enrollment.to_string(), &token, &name, &node_dir)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("enrolling {name}: {e}"))?
-                    .node_id
-            }
-        };
-        let admin = SocketAddr::from(([127, 0, 0, 1], args.sip_port + 200 + i));
-        let mut argv: Vec<String> = vec![
-            exe.display().to_string(),
-            "supernode".into(),
-            "--name".into(),
-            name.clone(),
-            "--domain".into(),
-            args.domain.clone(),
-            "--sip".into(),
-            format!("udp:{sip}"),
-            "--sip".into(),
-            format!("tcp:{sip}"),
-            "--data".into(),
-            node_dir.display().to_string(),
-            "--metrics".into(),
-            metrics.to_string(),
-            "--overlay".into(),
-            overlay.to_string(),
-            "--replicas".into(),
-            args.replicas.to_string(),
-            "--admin".into(),
-            admin.to_string(),
-            "--enrollment".into(),
-            enrollment.to_string(),
-            "--bootstrap-token-file".into(),
-            token_file.display().to_string(),
-            "--log".into(),
-            args.log.clone(),
-        ];
-        argv.extend(etcd_args.iter().cloned());
-        for j in (0..args.nodes).filter(|&j| j != i) {
-            argv.extend(["--seed".into(), overlay_of(j).to_string()]);
-        }
-        if i == 0 {
-            // Node 0 founds the ring when no seed is a member yet (a fresh
-            // farm, or every node restarting at once).
-            argv.extend(["--bootstrap-after".into(), "2".into()]);
-        }
-        match args.auth {
-            AuthMode::Digest => argv.extend([
-                "--auth".into(),
-                "digest".into(),
-                "--provisioning".into(),
-                provisioning.to_string(),
-            ]),
-            AuthMode::None => argv.extend(["--auth".into(), "none".into()]),
-        }
-        let log_path = data.join(format!("{name}.log"));
-        let child = spawn_logged(&argv, &log_path)?;
-        let pid = child.id().unwrap_or(0);
+    if let Err(e) = start_nodes(&template, ports, &token, &mut nodes).await {
+        stop_all(&mut nodes, &mut services).await;
+        return Err(e);
+    }
+    // Each node's restart command: the ports it has, every other node as a seed.
+    let argvs: Vec<Vec<String>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let seeds: Vec<SocketAddr> = nodes
+                .iter()
+                .filter(|m| m.name != n.name)
+                .map(|m| m.addrs.overlay)
+                .collect();
+            template.argv(i as u16, &n.addrs, &seeds)
+        })
+        .collect();
+    for (n, argv) in nodes.iter().zip(&argvs) {
+        let a = &n.addrs;
         if args.json {
             println!(
                 "{}",
-                json!({"event": "node", "name": name, "pid": pid, "sip": sip.to_string(), "metrics": metrics.to_string(),
-                       "overlay": overlay.to_string(), "admin": admin.to_string(), "node_id": hex::encode(node_id), "argv": argv})
+                json!({"event": "node", "name": n.name, "pid": n.child.id().unwrap_or(0),
+                       "sip": a.sip.to_string(), "overlay": a.overlay.to_string(),
+                       "admin": a.admin.to_string(), "metrics": a.metrics.to_string(),
+                       "node_id": hex::encode(n.node_id), "argv": argv})
             );
         } else {
             println!(
-                "  {name}  SIP udp+tcp {sip}  overlay {overlay}  admin {admin}  metrics http://{metrics}/metrics  pid {pid}  log {}",
-                log_path.display()
+                "  {}  SIP udp+tcp {}  overlay {}  admin {}  metrics http://{}/metrics  pid {}  log {}",
+                n.name,
+                a.sip,
+                a.overlay,
+                a.admin,
+                a.metrics,
+                n.child.id().unwrap_or(0),
+                data.join(format!("{}.log", n.name)).display()
             );
         }
-        nodes.push(Node {
-            name,
-            sip,
-            metrics,
-            child,
-            done: false,
-        });
     }
-
     if args.json {
         println!(
             "{}",
-            json!({"event": "control", "provisioning": provisioning.to_string(), "enrollment": enrollment.to_string()})
+            json!({"event": "control", "provisioning": provisioning.to_string(),
+                   "enrollment": enrollment.to_string(),
+                   "provisioning_metrics": provisioning_metrics.to_string(),
+                   "enrollment_metrics": enrollment_metrics.to_string()})
         );
     } else {
         println!(
@@ -316,6 +441,77 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enrolls and starts the supernodes one after the other, each seeded
+/// with those before it (all the others when the ports are fixed).
+async fn start_nodes(
+    t: &NodeTemplate<'_>,
+    ports: Ports,
+    token: &str,
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<()> {
+    let count = t.args.nodes;
+    for i in 0..count {
+        let name = format!("sn{i}");
+        let node_dir = t.data.join(&name);
+        let node_id = match ringmesh_enrollment::EnrolledIdentity::load(&node_dir)? {
+            Some(id) => id.node_id,
+            None => {
+                ringmesh_enrollment::enroll(&t.enrollment.to_string(), token, &name, &node_dir)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("enrolling {name}: {e}"))?
+                    .node_id
+            }
+        };
+        let asked = NodeAddrs {
+            sip: ports.sip(i),
+            overlay: ports.overlay(i),
+            admin: ports.admin(i),
+            metrics: ports.metrics(i),
+        };
+        let seeds: Vec<SocketAddr> = if ports.0 == 0 {
+            nodes.iter().map(|n| n.addrs.overlay).collect()
+        } else {
+            (0..count)
+                .filter(|&j| j != i)
+                .map(|j| ports.overlay(j))
+                .collect()
+        };
+        let argv = t.argv(i, &asked, &seeds);
+        std::fs::create_dir_all(&node_dir)?;
+        let announce = node_dir.join("listening.json");
+        let _ = std::fs::remove_file(&announce);
+        let mut child = spawn_logged(&argv, &t.data.join(format!("{name}.log")), &announce)?;
+        let v = match announced(&announce, &mut child, &name, Duration::from_secs(60)).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(e);
+            }
+        };
+        let udp = v["sip"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str()?.strip_prefix("udp:")?.parse().ok())
+            .next()
+            .with_context(|| format!("{name} announced no UDP SIP address"))?;
+        let addrs = NodeAddrs {
+            sip: udp,
+            overlay: addr_in(&v, "overlay", &name)?,
+            admin: addr_in(&v, "admin", &name)?,
+            metrics: addr_in(&v, "metrics", &name)?,
+        };
+        nodes.push(Node {
+            name,
+            addrs,
+            node_id,
+            child,
+            done: false,
+        });
+    }
+    Ok(())
+}
+
 /// Waits until every node answers OPTIONS with 200, sees every member
 /// alive on the ring, and reports its replicas in place (`/readyz`).
 async fn wait_ready(nodes: &mut [Node]) -> anyhow::Result<()> {
@@ -342,15 +538,15 @@ async fn wait_ready(nodes: &mut [Node]) -> anyhow::Result<()> {
                 "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKdev{seq}x{pid}\r\nMax-Forwards: 70\r\n\
                  From: <sip:dev@{local}>;tag=dev{seq}\r\nTo: <sip:{sip}>\r\nCall-ID: dev-ready-{seq}-{pid}@{local}\r\n\
                  CSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                sip = n.sip,
+                sip = n.addrs.sip,
                 pid = std::process::id()
             );
-            let _ = sock.send_to(req.as_bytes(), n.sip);
+            let _ = sock.send_to(req.as_bytes(), n.addrs.sip);
             let mut buf = [0u8; 2048];
             let sip_ok = matches!(sock.recv_from(&mut buf), Ok((len, _)) if buf[..len].starts_with(b"SIP/2.0 200"));
             if sip_ok
-                && http_get(n.metrics, "/readyz").0 == 200
-                && ring_size(n.metrics) == Some(want)
+                && http_get(n.addrs.metrics, "/readyz").0 == 200
+                && ring_size(n.addrs.metrics) == Some(want)
             {
                 break;
             }
@@ -397,10 +593,10 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// Stops the supernodes (SIGTERM: they hand their keys off), then the
 /// control plane.
-async fn stop_all(nodes: &mut [Node], services: &mut [Service]) {
+async fn stop_all(nodes: &mut [Node], services: &mut [Child]) {
     let nodes = nodes.iter_mut().filter(|n| !n.done).map(|n| &mut n.child);
     terminate(nodes.collect()).await;
-    terminate(services.iter_mut().map(|s| &mut s.child).collect()).await;
+    terminate(services.iter_mut().collect()).await;
 }
 
 /// SIGTERM to each child (our own, unreaped: its PID cannot have been
@@ -473,16 +669,18 @@ async fn ports_free(args: &DevArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Starts `argv` with stdout and stderr appended to `log`. It dies with `ringmesh dev`
+/// Starts `argv` with stdout and stderr appended to `log`, asking it to
+/// announce its addresses in `announce`. It dies with `ringmesh dev`
 /// even when dev is killed without stopping it (see [`DIE_WITH_PARENT`]),
 /// so no orphan keeps holding the farm's ports.
-fn spawn_logged(argv: &[String], log: &Path) -> anyhow::Result<Child> {
+fn spawn_logged(argv: &[String], log: &Path, announce: &Path) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     let mut cmd = Command::new(&argv[0]);
-    cmd.env(DIE_WITH_PARENT, "1");
+    cmd.env(DIE_WITH_PARENT, "1")
+        .env(crate::listening::ENV, announce);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -561,7 +759,7 @@ async fn create_subscribers(addr: SocketAddr, args: &DevArgs) -> anyhow::Result<
 }
 
 fn print_welcome(args: &DevArgs, nodes: &[Node]) {
-    let sip = nodes[0].sip;
+    let sip = nodes[0].addrs.sip;
     println!();
     println!(
         "Ringmesh dev farm ready: domain {} , {} supernode(s), auth {:?}",

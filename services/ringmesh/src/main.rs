@@ -5,14 +5,25 @@
 //! - `ringmesh enrollment`: the farm CA (Node-IDs, certificates, revocation).
 //! - `ringmesh ctl`: the operator CLI over these APIs.
 //! - `ringmesh dev`: a local farm for a new user, with demo subscribers.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`control`] | `ringmesh provisioning` and `ringmesh enrollment`, and the shutdown signal (SIGTERM, Ctrl-C) every service stops on |
+//! | [`ctl`] | `ringmesh ctl`: the operator CLI over the gRPC APIs |
+//! | [`dev`] | `ringmesh dev`: the local farm, every service a child process |
+//! | [`listening`] | how a service started by `ringmesh dev` announces the addresses it bound |
+//!
+//! `ringmesh supernode` needs no module here: its arguments and its
+//! service are in `ringmesh-supernode`.
 
 mod control;
 mod ctl;
 mod dev;
+mod listening;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringmesh_supernode::config::SupernodeArgs;
 
 #[derive(Debug, Parser)]
@@ -50,11 +61,7 @@ fn run_service(name: &str, f: impl std::future::Future<Output = anyhow::Result<(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringmesh {name}: {e:#}");
-            let config = e
-                .downcast_ref::<ringmesh_provisioning::config::ConfigError>()
-                .is_some()
-                || e.downcast_ref::<ringmesh_enrollment::config::ConfigError>()
-                    .is_some();
+            let config = e.downcast_ref::<ringmesh_config::ConfigError>().is_some();
             if config {
                 ExitCode::from(2)
             } else {
@@ -76,10 +83,19 @@ fn init_logging(filter: &str) {
 
 fn main() -> ExitCode {
     dev::die_with_parent();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Each service merges its flags and environment over its config file:
+    // it needs to know which values were given, not defaulted.
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
     match cli.command {
         Command::Supernode(args) => {
-            let cfg = match (*args).resolve() {
+            let cfg = match (*args).resolve(&sub("supernode")) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringmesh supernode: {e}");
@@ -91,7 +107,21 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(ringmesh_supernode::run(cfg)) {
+            let serving = |b: &ringmesh_supernode::Bound| {
+                let opt = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+                listening::announce(&serde_json::json!({
+                    "sip": b.sip.iter().map(|(t, a)| format!("{}:{a}", t.as_str())).collect::<Vec<_>>(),
+                    "overlay": opt(b.overlay),
+                    "admin": opt(b.admin),
+                    "metrics": opt(b.metrics),
+                    "node_id": hex::encode(b.node_id),
+                }));
+            };
+            match rt.block_on(ringmesh_supernode::run_with(
+                cfg,
+                control::shutdown_signal(),
+                serving,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringmesh supernode: {e:#}");
@@ -99,10 +129,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Provisioning(args) => {
-            run_service("provisioning", control::run_provisioning(*args))
-        }
-        Command::Enrollment(args) => run_service("enrollment", control::run_enrollment(*args)),
+        Command::Provisioning(args) => run_service(
+            "provisioning",
+            control::run_provisioning(*args, sub("provisioning")),
+        ),
+        Command::Enrollment(args) => run_service(
+            "enrollment",
+            control::run_enrollment(*args, sub("enrollment")),
+        ),
         Command::Ctl(args) => ctl::run(args),
         Command::Dev(args) => match dev::run(args) {
             Ok(()) => ExitCode::SUCCESS,

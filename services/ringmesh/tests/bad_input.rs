@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Farm, options_ok, status_of, tcp_exchange, udp_exchange};
+use common::{options_ok, status_of, tcp_exchange, udp_exchange};
 
 fn ringmesh(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
@@ -23,6 +23,7 @@ fn ringmesh(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
     let (code, err) = ringmesh(&[
         "supernode",
@@ -75,11 +76,24 @@ fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
     let (code, err) = ringmesh(&["dev", "--nodes", "0"]);
     assert_ne!(code, 0);
     assert!(err.contains("--nodes"), "{err}");
+
+    for bad in ["nameless", "load=localhost", "robot:load=127.0.0.1"] {
+        let (code, err) = ringmesh(&["supernode", "--auth", "none", "--trusted", bad]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("`trusted`"), "the key is named: {err}");
+        let (code, err) = ringmesh(&["dev", "--trusted", bad]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--trusted"), "{err}");
+    }
+    let (code, err) = ringmesh(&["supernode", "--auth", "none", "--source-rate-burst", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("source-rate-burst"), "{err}");
 }
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
-    let farm = Farm::start(20000, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
+    let farm = common::start_farm(&[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
     let options = |tag: &str| {
         format!(
             "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK{tag}\r\nMax-Forwards: 70\r\n\
@@ -142,8 +156,9 @@ fn hostile_tcp_peers_are_cut_off_without_affecting_others() {
 }
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn malformed_responses_are_dropped_and_wrong_passwords_rechallenged() {
-    let farm = Farm::start(21000, &[], &[]);
+    let farm = common::start_farm(&[], &[]);
     let bad_response =
         b"SIP/2.0 999999 Nope\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKr\r\n\r\n";
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The farm (issue 3), with real processes: five `ringmesh supernode`
+//! The farm, with real processes: five `ringmesh supernode`
 //! processes from `ringmesh dev`, registrations and calls from sipp, nodes
 //! killed with SIGKILL, stopped with SIGTERM and restarted from the `argv`
 //! that `dev` printed.
@@ -15,7 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Farm, NodeInfo, http_get, sipp, sipp_dir, status_of, udp_exchange, wait_until};
+use common::{
+    NodeInfo, free_port, free_sip_port, http_get, sipp, sipp_dir, status_of, udp_exchange,
+    wait_until,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -94,10 +97,7 @@ fn unresolved(node: SocketAddr, users: &[String]) -> Vec<String> {
 }
 
 fn metric(n: &NodeInfo, name: &str) -> Option<f64> {
-    let (_, body) = http_get(n.metrics, "/metrics");
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    common::metric_line(n.metrics, name)
 }
 
 fn ready(n: &NodeInfo) -> bool {
@@ -154,7 +154,7 @@ fn wait_gone(pid: u32) {
 }
 
 /// Registers users `from..from+n` through `node` with sipp (no auth).
-fn register(node: SocketAddr, from: usize, n: usize, port: u16, work: &Path) {
+fn register(node: SocketAddr, from: usize, n: usize, work: &Path) {
     let csv = work.join(format!("users{from}.csv"));
     let out = Command::new(sipp_dir().join("gen_users.sh"))
         .args([
@@ -175,8 +175,6 @@ fn register(node: SocketAddr, from: usize, n: usize, port: u16, work: &Path) {
             csv.to_str().unwrap(),
             "-i",
             "127.0.0.1",
-            "-p",
-            &port.to_string(),
             "-r",
             "500",
             "-m",
@@ -192,16 +190,16 @@ fn register(node: SocketAddr, from: usize, n: usize, port: u16, work: &Path) {
     );
 }
 
-/// Calls `n` callees registered from `callee_port` through `callee_node`,
-/// placing the calls through `caller_node`. True when every call succeeded.
-fn calls(
-    caller_node: SocketAddr,
-    callee_node: SocketAddr,
-    callee_port: u16,
-    caller_port: u16,
-    n: usize,
-    work: &Path,
-) -> bool {
+/// Calls `n` callees registered through `callee_node` (from one sipp
+/// whose port the kernel chose), placing the calls through `caller_node`.
+/// True when every call succeeded.
+fn calls(caller_node: SocketAddr, callee_node: SocketAddr, n: usize, work: &Path) -> bool {
+    // The callees register this port, and the sipp that answers for them
+    // must bind it again.
+    let callee_port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
     let csv = work.join(format!("callees{callee_port}.csv"));
     let out = Command::new(sipp_dir().join("gen_users.sh"))
         .args([
@@ -257,7 +255,11 @@ fn calls(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "the callees' sipp listening",
+        Duration::from_secs(10),
+        || UdpSocket::bind(("127.0.0.1", callee_port)).is_err(),
+    );
     let uac = sipp(
         &[
             "-sf",
@@ -266,8 +268,6 @@ fn calls(
             csv.to_str().unwrap(),
             "-i",
             "127.0.0.1",
-            "-p",
-            &caller_port.to_string(),
             "-r",
             "50",
             "-m",
@@ -282,15 +282,28 @@ fn calls(
 }
 
 #[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn five_supernodes_shard_survive_loss_and_restart() {
-    let farm = Farm::start(20000, &["--nodes", "5", "--auth", "none"], &[]);
+    // Nodes restart on their ports: fixed ones, outside the ephemeral range.
+    let ports = common::PortBlock::reserve();
+    let farm = common::start_farm(
+        &[
+            "--nodes",
+            "5",
+            "--auth",
+            "none",
+            "--sip-port",
+            &ports.sip_port(),
+        ],
+        &[],
+    );
     let work = tempfile::tempdir().unwrap();
     let nodes = farm.nodes.clone();
     let started = Instant::now();
 
     // 5,000 users register round-robin across the nodes.
     for (k, n) in nodes.iter().enumerate() {
-        register(n.sip, k * 1000, 1000, 20800 + k as u16, work.path());
+        register(n.sip, k * 1000, 1000, work.path());
     }
     eprintln!(
         "5,000 registrations through 5 nodes in {:?}",
@@ -309,8 +322,19 @@ fn five_supernodes_shard_survive_loss_and_restart() {
             &bad[..bad.len().min(5)]
         );
     }
-    // The bindings are sharded, not copied everywhere.
-    std::thread::sleep(Duration::from_secs(11));
+    // The bindings are sharded, not copied everywhere: once every node's
+    // census has counted them, each is primary on exactly one node.
+    wait_until(
+        "the census counts 5,000 primaries",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .map(|n| metric(n, "ringmesh_location_bindings{role=\"primary\"").unwrap_or(0.0))
+                .sum::<f64>()
+                == 5000.0
+        },
+    );
     for n in &nodes {
         let held = metric(n, "ringmesh_location_bindings{role=\"primary\"").unwrap_or(0.0);
         assert!(
@@ -322,7 +346,7 @@ fn five_supernodes_shard_survive_loss_and_restart() {
 
     // Calls between leaves on different supernodes.
     assert!(
-        calls(nodes[3].sip, nodes[1].sip, 20810, 20811, 50, work.path()),
+        calls(nodes[3].sip, nodes[1].sip, 50, work.path()),
         "calls from sn3's leaves to sn1's"
     );
 
@@ -357,7 +381,7 @@ fn five_supernodes_shard_survive_loss_and_restart() {
         );
     }
     assert!(
-        calls(nodes[3].sip, nodes[1].sip, 20812, 20813, 30, work.path()),
+        calls(nodes[3].sip, nodes[1].sip, 30, work.path()),
         "calls keep succeeding after the kill"
     );
 
@@ -416,11 +440,33 @@ fn five_supernodes_shard_survive_loss_and_restart() {
         .iter()
         .map(|n| restart(n, &work.path().join(format!("{}-full-restart.log", n.name))))
         .collect();
-    let back = wait_until("all five back", Duration::from_secs(120), || {
+    let all_back = || {
         nodes
             .iter()
             .all(|n| ready(n) && metric(n, "ringmesh_overlay_ring_size") == Some(5.0))
-    });
+    };
+    let began = Instant::now();
+    while !all_back() && began.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !all_back() {
+        for n in &nodes {
+            let log =
+                std::fs::read_to_string(work.path().join(format!("{}-full-restart.log", n.name)))
+                    .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "{}: ready {} ring {:?} below-k {:?}; last lines of its log:\n{}",
+                n.name,
+                ready(n),
+                metric(n, "ringmesh_overlay_ring_size"),
+                metric(n, "ringmesh_overlay_replicas_below_k"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        panic!("all five back: not within 120s");
+    }
+    let back = began.elapsed();
     eprintln!("full restart: ring of 5 ready {back:?} after start");
     for n in &nodes {
         let bad = unresolved(n.sip, &users);
@@ -442,8 +488,9 @@ fn five_supernodes_shard_survive_loss_and_restart() {
 /// A leaf registered through two supernodes (RFC 5626 reg-id 1 and 2 of one
 /// instance) stays reachable when one of them is killed.
 #[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn outbound_leaf_on_two_edges_survives_one() {
-    let farm = Farm::start(21000, &["--nodes", "3", "--auth", "none"], &[]);
+    let farm = common::start_farm(&["--nodes", "3", "--auth", "none"], &[]);
     let (a, b, c) = (&farm.nodes[1], &farm.nodes[2], &farm.nodes[0]);
     let leaf = UdpSocket::bind("127.0.0.1:0").unwrap();
     leaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -541,12 +588,13 @@ fn outbound_leaf_on_two_edges_survives_one() {
 
 /// A process whose certificate comes from another CA cannot join.
 #[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn a_node_with_a_foreign_certificate_cannot_join() {
-    let farm = Farm::start(22000, &["--nodes", "3", "--auth", "none"], &[]);
+    let farm = common::start_farm(&["--nodes", "3", "--auth", "none"], &[]);
     let dir = tempfile::tempdir().unwrap();
-    let other = ringmesh_supernode::pki::Ca::generate("not the farm").unwrap();
+    let other = ringmesh_enrollment::ca::Ca::generate("not the farm").unwrap();
     let node_dir = dir.path().join("intruder");
-    ringmesh_supernode::pki::provision_node(&node_dir, "intruder", &other, &[]).unwrap();
+    ringmesh_enrollment::ca::provision_node(&node_dir, "intruder", &other, &[]).unwrap();
     std::fs::copy(
         farm.dir.path().join("sn0").join("farm.secret"),
         node_dir.join("farm.secret"),
@@ -567,24 +615,41 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
             "--auth",
             "none",
             "--sip",
-            "udp:127.0.0.1:22090",
+            "udp:127.0.0.1:0",
         ])
         .args([
             "--overlay",
-            "127.0.0.1:22091",
+            "127.0.0.1:0",
             "--seed",
             &seed,
             "--metrics",
-            "127.0.0.1:22092",
+            "127.0.0.1:0",
         ])
         .arg("--data")
         .arg(&node_dir)
+        .env("RINGMESH_LISTENING_FILE", dir.path().join("intruder.json"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(8));
-    let intruder_ready = http_get("127.0.0.1:22092".parse().unwrap(), "/readyz").0;
+    let refused = || -> f64 {
+        farm.nodes
+            .iter()
+            .map(|n| {
+                metric(n, "ringmesh_overlay_link_refusals_total{reason=\"tls\"").unwrap_or(0.0)
+            })
+            .sum()
+    };
+    wait_until(
+        "the farm refuses the intruder's link",
+        Duration::from_secs(30),
+        || refused() >= 1.0,
+    );
+    let announced: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("intruder.json")).unwrap())
+            .unwrap();
+    let metrics: SocketAddr = announced["metrics"].as_str().unwrap().parse().unwrap();
+    let intruder_ready = http_get(metrics, "/readyz").0;
     stop(child.id(), Signal::SIGTERM);
     let _ = child.wait();
     assert_ne!(intruder_ready, 200, "the intruder must not join");
@@ -596,19 +661,14 @@ fn a_node_with_a_foreign_certificate_cannot_join() {
             n.name
         );
     }
-    let refused: f64 = farm
-        .nodes
-        .iter()
-        .map(|n| metric(n, "ringmesh_overlay_link_refusals_total{reason=\"tls\"").unwrap_or(0.0))
-        .sum();
-    assert!(refused >= 1.0, "the refusal is counted");
 }
 
 /// Caller and callee behind one flow (one UA calling itself, or two UAs
 /// behind one NAT binding): in-dialog requests still reach the other end.
 #[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn a_dialog_whose_two_ends_share_one_flow() {
-    let farm = Farm::start(23000, &["--nodes", "1", "--auth", "none"], &[]);
+    let farm = common::start_farm(&["--nodes", "1", "--auth", "none"], &[]);
     let ua = UdpSocket::bind("127.0.0.1:0").unwrap();
     ua.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let me = ua.local_addr().unwrap();
@@ -683,8 +743,9 @@ fn a_dialog_whose_two_ends_share_one_flow() {
 /// does with the pods' DNS names) and its own name among the seeds (every
 /// pod of a StatefulSet gets the same list), enrolls and joins the ring.
 #[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn a_node_seeded_by_host_name_joins() {
-    let farm = Farm::start(24000, &["--nodes", "2", "--auth", "none"], &[]);
+    let farm = common::start_farm(&["--nodes", "2", "--auth", "none"], &[]);
     let seed_port = farm.nodes[0]
         .argv
         .iter()
@@ -699,6 +760,9 @@ fn a_node_seeded_by_host_name_joins() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sn9.log");
+    // Its own overlay address is among its seeds, so it is known in
+    // advance: ports the kernel says are free now.
+    let (sip, overlay, metrics) = (free_sip_port(), free_sip_port(), free_port());
     let mut argv: Vec<String> = [
         "supernode",
         "--name",
@@ -706,15 +770,15 @@ fn a_node_seeded_by_host_name_joins() {
         "--auth",
         "none",
         "--sip",
-        "udp:127.0.0.1:24090",
+        &format!("udp:127.0.0.1:{sip}"),
         "--overlay",
-        "127.0.0.1:24091",
+        &format!("127.0.0.1:{overlay}"),
         "--metrics",
-        "127.0.0.1:24092",
+        &format!("127.0.0.1:{metrics}"),
         "--seed",
         &format!("localhost:{seed_port}"),
         "--seed",
-        "localhost:24091",
+        &format!("localhost:{overlay}"),
         "--enrollment",
         &farm.enrollment,
     ]
@@ -741,7 +805,7 @@ fn a_node_seeded_by_host_name_joins() {
             .spawn()
             .unwrap(),
     );
-    let metrics: SocketAddr = "127.0.0.1:24092".parse().unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics));
     let ring_size = |addr: SocketAddr| {
         http_get(addr, "/metrics")
             .1

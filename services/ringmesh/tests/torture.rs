@@ -125,8 +125,9 @@ fn check(name: &str, want: Want, got: Option<&[u8]>, transport: &str) {
 // are never one transaction.
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn torture_messages_over_udp() {
-    let farm = Farm::start(20000, &[], &[]);
+    let farm = common::start_farm(&[], &[]);
     for (name, want) in EXPECT {
         let msg = data(&format!("{name}.dat"));
         check(name, *want, answer_udp(&farm, &msg).as_deref(), "UDP");
@@ -137,8 +138,9 @@ fn torture_messages_over_udp() {
 }
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn torture_messages_over_tcp() {
-    let farm = Farm::start(21000, &[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
+    let farm = common::start_farm(&[], &[("RINGMESH_TCP_MESSAGE_TIMEOUT", "2")]);
     for (name, want) in EXPECT {
         let msg = data(&format!("{name}.dat"));
         if matches!(*name, "clerr" | "baddn") {
@@ -170,8 +172,9 @@ fn torture_messages_over_tcp() {
 }
 
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn dblreq_answers_only_the_first_message() {
-    let farm = Farm::start(22000, &[], &[]);
+    let farm = common::start_farm(&[], &[]);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
@@ -190,6 +193,7 @@ fn dblreq_answers_only_the_first_message() {
 /// domain: regaut01 gets a challenge in a scheme the node knows;
 /// cparam01/cparam02/regescrt are stored as given (never 400).
 #[test]
+#[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn registrar_messages_for_our_domain() {
     // Each gets its own branch: as sent in the RFC, cparam01 and cparam02
     // would be one transaction (same branch, sent-by and method).
@@ -203,7 +207,7 @@ fn registrar_messages_for_our_domain() {
             .into_bytes()
     };
 
-    let digest = Farm::start(23000, &[], &[]);
+    let digest = common::start_farm(&[], &[]);
     let r = answer_udp(&digest, &rewrite("regaut01.dat")).expect("an answer");
     assert_eq!(status_of(&r), Some(401));
     let text = String::from_utf8_lossy(&r);
@@ -212,7 +216,7 @@ fn registrar_messages_for_our_domain() {
         "{text}"
     );
 
-    let open = Farm::start(24000, &["--auth", "none"], &[]);
+    let open = common::start_farm(&["--auth", "none"], &[]);
     for (name, contact) in [
         (
             "cparam01.dat",

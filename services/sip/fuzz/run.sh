@@ -3,7 +3,7 @@
 #
 #   services/sip/fuzz/run.sh SECONDS [TARGET...]
 #
-# SECONDS is the fuzzing time shared by the targets (default: all three).
+# SECONDS is the fuzzing time shared by the targets (default: all four).
 # Works on a clean machine: installs cargo-fuzz if missing and builds on
 # the stable toolchain with RUSTC_BOOTSTRAP=1. The corpus grows in
 # corpus/TARGET (git-ignored), seeded from the committed seeds/TARGET;
@@ -17,7 +17,7 @@ cd "$here"
 
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(message_roundtrip digest_credentials transactions)
+    targets=(message_roundtrip digest_credentials transactions stream_framing)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
-//! Parse errors carry the status a server answers with (STYLE.md §6).
+//! Parse errors carry the status a server answers with: input is validated
+//! once, at the edge, and the error says what to answer.
 
 /// Why a message could not be accepted, and what to answer. Responses that
 /// fail to parse are dropped, whatever the status says.

@@ -89,6 +89,9 @@ header_names! {
     ReferTo => "Refer-To", b'r'; list = false;
     ReferredBy => "Referred-By", b'b'; list = false;
     RejectContact => "Reject-Contact", b'j'; list = true;
+    // Not standardised (a draft), but phones and gateways send it as a
+    // caller identity: the farm strips it from phones like PAI.
+    RemotePartyId => "Remote-Party-ID"; list = true;
     ReplyTo => "Reply-To"; list = false;
     RequestDisposition => "Request-Disposition", b'd'; list = true;
     Require => "Require"; list = true;

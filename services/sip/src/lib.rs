@@ -8,12 +8,15 @@
 //! |---|---|
 //! | [`message`] | [`Message`]: the zero-copy parser and typed header access |
 //! | [`writer`] | [`Writer`]: new messages, responses, a proxy's forwarded copies |
-//! | [`framing`] | message boundaries and CRLF keep-alives on streams |
+//! | [`framing`] | message boundaries and CRLF keep-alives on streams, found incrementally |
+//! | [`error`] | [`ParseError`]: why a message was refused, and the status to answer |
+//! | [`salvage`] | the headers a 400 must echo, copied from a message that failed to parse |
+//! | [`scan`] | byte-level lexing shared by every grammar, offsets into the buffer |
 //! | [`uri`], [`name_addr`], [`via`] | borrowed views of URIs, addresses, Via |
 //! | [`header`], [`method`] | header names (compact forms), methods |
 //! | [`aor`] | the canonical address-of-record: the overlay key |
 //! | [`transaction`] | [`TransactionLayer`]: RFC 3261 §17 / RFC 6026 client and server transactions, timers as data |
-//! | [`digest`] | [`DigestAuth`]: digest credentials, challenges, stateless nonces |
+//! | [`digest`] | [`DigestAuth`]: digest credentials, challenges, node-bound nonces, each (nonce, nc) accepted once |
 //!
 //! Start from [`Message::parse`]: every validation a registrar or proxy
 //! relies on happens there, once, and a failure carries the status to

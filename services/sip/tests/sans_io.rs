@@ -1,4 +1,4 @@
-//! STYLE.md §1: the SIP core is sans-IO. It must never pull in an async
+//! The SIP core is sans-IO. It must never pull in an async
 //! runtime or a network stack, not even through another crate.
 
 use std::process::Command;

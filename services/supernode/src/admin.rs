@@ -10,27 +10,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ringmesh_overlay::{Key, MemberState, NodeId};
 use ringmesh_proto::admin as pb;
 use ringmesh_proto::admin::admin_server::{Admin, AdminServer};
 use ringmesh_sip::Message;
 use ringmesh_sip::aor::Aor;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::farm::{AdminQuery, Command, FarmHandle, nid};
-use crate::location::{Binding, FlowRef};
+use ringmesh_proxy::guard::Source;
+use ringmesh_proxy::{Binding, FlowRef};
 
-/// One SIP message through the node, for the live trace.
-#[derive(Debug, Clone)]
-pub struct TraceRecord {
-    pub at_ms: u64,
-    pub inbound: bool,
-    pub transport: &'static str,
-    pub remote: String,
-    pub raw: Bytes,
-}
+use crate::farm::{AdminQuery, Command, FarmHandle, nid};
+use crate::tasks::Tasks;
+use crate::trace::TraceRecord;
+use crate::transport::{Control, Inbound};
 
 /// What the admin service needs to know about its node.
 #[derive(Debug, Clone)]
@@ -46,12 +40,15 @@ pub struct NodeFacts {
 
 /// The admin service of one supernode.
 pub struct AdminService {
-    facts: NodeFacts,
-    farm: Option<FarmHandle>,
-    trace: broadcast::Sender<TraceRecord>,
-    transactions: prometheus::IntGauge,
-    etcd_connected: Arc<std::sync::atomic::AtomicBool>,
-    provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub facts: NodeFacts,
+    pub farm: Option<FarmHandle>,
+    pub trace: broadcast::Sender<TraceRecord>,
+    pub transactions: prometheus::IntGauge,
+    pub etcd_connected: Arc<std::sync::atomic::AtomicBool>,
+    pub provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The SIP core's queue, for what only the core knows (bans).
+    pub core: mpsc::Sender<Inbound>,
+    pub tasks: Tasks,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -138,22 +135,20 @@ fn key_at(node: NodeId) -> Key {
 }
 
 impl AdminService {
-    pub fn new(
-        facts: NodeFacts,
-        farm: Option<FarmHandle>,
-        trace: broadcast::Sender<TraceRecord>,
-        transactions: prometheus::IntGauge,
-        etcd_connected: Arc<std::sync::atomic::AtomicBool>,
-        provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync>,
-    ) -> AdminService {
-        AdminService {
-            facts,
-            farm,
-            trace,
-            transactions,
-            etcd_connected,
-            provisioning_connected,
-        }
+    /// Asks the SIP core, within the deadline.
+    async fn ask_core<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.core
+            .send(Inbound::Control(make(tx)))
+            .await
+            .map_err(|_| Status::unavailable("the SIP core has stopped"))?;
+        tokio::time::timeout(DEADLINE, rx)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the SIP core did not answer in time"))?
+            .map_err(|_| Status::unavailable("the SIP core dropped the query"))
     }
 
     fn farm(&self) -> Result<&FarmHandle, Status> {
@@ -270,7 +265,7 @@ impl Admin for AdminService {
         let view = self.ask(AdminQuery::View).await?;
         let (replicas, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
         let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
-        let now_ms = crate::core::wall_ms();
+        let now_ms = crate::clock::wall_ms();
         let bindings: Vec<pb::Binding> = ok
             .entries
             .iter()
@@ -538,6 +533,40 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn list_bans(
+        &self,
+        _r: Request<pb::ListBansRequest>,
+    ) -> Result<Response<pb::ListBansResponse>, Status> {
+        let bans = self.ask_core(Control::Bans).await?;
+        Ok(Response::new(pb::ListBansResponse {
+            bans: bans
+                .into_iter()
+                .map(|b| pb::Ban {
+                    source: b.source.to_string(),
+                    identity: b.identity.unwrap_or_default(),
+                    until_unix_ms: i64::try_from(b.until_ms).unwrap_or(i64::MAX),
+                    refused: b.answered,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn lift_ban(
+        &self,
+        r: Request<pb::LiftBanRequest>,
+    ) -> Result<Response<pb::LiftBanResponse>, Status> {
+        let req = r.into_inner();
+        let source: Source = req
+            .source
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("source: {e}")))?;
+        let lifted = self.ask_core(|done| Control::Lift { source, done }).await?;
+        tracing::info!(%source, lifted, "bans lifted through the admin API");
+        Ok(Response::new(pb::LiftBanResponse {
+            lifted: u32::try_from(lifted).unwrap_or(u32::MAX),
+        }))
+    }
+
     type SipTraceStream = TraceStream;
 
     async fn sip_trace(
@@ -553,7 +582,7 @@ impl Admin for AdminService {
         let node_id = hex::encode(self.facts.node_id);
         let mut rx = self.trace.subscribe();
         let max = req.max_messages;
-        let stream = async_stream_like(move |tx| async move {
+        let stream = async_stream_like(&self.tasks, move |tx| async move {
             let mut sent = 0u32;
             let mut dropped = 0u32;
             loop {
@@ -624,21 +653,26 @@ impl Admin for AdminService {
     }
 }
 
-/// A stream fed by a task through a bounded channel.
-fn async_stream_like<F, Fut>(f: F) -> TraceStream
+/// A stream fed by a task (one of the node's) through a bounded channel.
+fn async_stream_like<F, Fut>(tasks: &Tasks, f: F) -> TraceStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::SipTraceEvent, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(f(tx));
+    tasks.spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Serves the admin API until the process ends.
-pub async fn serve(addr: SocketAddr, service: AdminService) -> anyhow::Result<()> {
+/// Binds the admin API; returns the bound address and the server, which
+/// serves until dropped.
+pub async fn bind(
+    addr: SocketAddr,
+    service: AdminService,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
+    let local = listener.local_addr()?;
+    let server = async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(e) = tonic::transport::Server::builder()
             .timeout(DEADLINE)
@@ -648,6 +682,6 @@ pub async fn serve(addr: SocketAddr, service: AdminService) -> anyhow::Result<()
         {
             tracing::error!(error = %e, "admin API stopped");
         }
-    });
-    Ok(())
+    };
+    Ok((local, server))
 }

@@ -1,20 +1,24 @@
-//! Typed configuration, resolved once at the edge (STYLE.md §9).
+//! Typed configuration, resolved once at the edge, before any socket is
+//! bound.
 //!
-//! Every setting has one name, used three ways: a flag `--min-expires`, a
-//! TOML key `min-expires` in the `--config` file, and an environment
-//! variable `RINGMESH_MIN_EXPIRES`. A flag beats the environment, which
-//! beats the file. Unknown file keys are rejected. [`SupernodeArgs::resolve`]
-//! validates everything before any socket is bound and names the key at
-//! fault.
+//! [`SupernodeArgs`] declares every setting once: a flag `--min-expires`,
+//! the environment variable `RINGMESH_MIN_EXPIRES` and the key
+//! `min-expires` of the `--config` file, with one default (shown by
+//! `--help`). [`ringmesh_config::merge`] puts them together (a flag beats the
+//! environment, which beats the file, which beats the default; unknown file
+//! keys are errors); [`SupernodeArgs::resolve`] validates the result into a
+//! [`Config`] and names the key at fault.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+pub use ringmesh_config::ConfigError;
+use ringmesh_config::{ServiceArgs, err, in_range};
+use serde::{Deserialize, Serialize};
 
 /// How leaves authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Digest authentication against the subscriber list (realm = domain).
@@ -23,28 +27,9 @@ pub enum AuthMode {
     None,
 }
 
-/// A SIP transport the supernode listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-    /// The token used in Via and the `transport` URI parameter.
-    pub fn via_token(&self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        }
-    }
-}
+pub use ringmesh_proxy::Transport;
+use ringmesh_proxy::TrustTable;
+use ringmesh_proxy::trust::Element;
 
 /// `udp:HOST:PORT` or `tcp:HOST:PORT` (IPv6 as `[::1]:5060`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,29 +66,37 @@ impl std::fmt::Display for Listen {
     }
 }
 
-/// The `ringmesh supernode` flags; each also reads `RINGMESH_<KEY>`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The `ringmesh supernode` settings: each is a flag, `RINGMESH_<KEY>` in
+/// the environment, and a key of the `--config` file (see
+/// [`ringmesh_config`]).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct SupernodeArgs {
     /// TOML file with the same keys as the flags (unknown keys are errors).
     #[arg(long, env = "RINGMESH_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// This supernode's name (logs, metrics, admin).
-    #[arg(long, env = "RINGMESH_NAME")]
-    pub name: Option<String>,
+    #[arg(long, env = "RINGMESH_NAME", default_value = "sn0")]
+    pub name: String,
     /// The SIP domain the farm serves (the digest realm).
-    #[arg(long, env = "RINGMESH_DOMAIN")]
-    pub domain: Option<String>,
-    /// Where to listen for SIP: udp:HOST:PORT or tcp:HOST:PORT (repeatable).
-    #[arg(long, env = "RINGMESH_SIP", value_delimiter = ',')]
+    #[arg(long, env = "RINGMESH_DOMAIN", default_value = "ringmesh.test")]
+    pub domain: String,
+    /// Where to listen for SIP: udp:HOST:PORT or tcp:HOST:PORT (repeatable;
+    /// port 0: one the kernel picks, the same for TCP as for UDP).
+    #[arg(long, env = "RINGMESH_SIP", value_delimiter = ',',
+          default_values_t = ["udp:127.0.0.1:5060".to_string(), "tcp:127.0.0.1:5060".to_string()])]
     pub sip: Vec<String>,
     /// Address to put in Via, Record-Route and Contact when it differs from
     /// the bound one (e.g. the load balancer's).
     #[arg(long, env = "RINGMESH_ADVERTISE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// Where to listen for overlay links (QUIC, HOST:PORT). With it the
     /// node joins a farm and stores bindings on the ring; without it the
     /// node is a farm of one with node-local bindings.
     #[arg(long, env = "RINGMESH_OVERLAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay: Option<String>,
     /// Overlay address (HOST:PORT) of another supernode to join through
     /// (repeatable). A host name is resolved again every 5 s, so a peer not
@@ -111,183 +104,250 @@ pub struct SupernodeArgs {
     /// address; addresses that are this node's own are skipped (a
     /// StatefulSet can give every pod the same list).
     #[arg(long, env = "RINGMESH_SEED", value_delimiter = ',')]
+    #[serde(default)]
     pub seed: Vec<String>,
     /// Host (name or IP address) the other supernodes reach this node's
     /// overlay port at, when it differs from --advertise (which is what
     /// SIP peers see, e.g. a load balancer's address). Default: the
     /// --advertise host, else the --overlay one.
     #[arg(long, env = "RINGMESH_OVERLAY_ADVERTISE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay_advertise: Option<String>,
     /// Found a new ring if no seed accepts within this many seconds (one
     /// node of a farm may do this; without it a node only ever joins).
     #[arg(long, env = "RINGMESH_BOOTSTRAP_AFTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_after: Option<u64>,
     /// Replicas per binding (k); a write needs a majority of min(k, N).
-    #[arg(long, env = "RINGMESH_REPLICAS")]
-    pub replicas: Option<usize>,
+    #[arg(long, env = "RINGMESH_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
     /// This node's certificate (PEM, from the farm CA; default DATA/node.crt).
     #[arg(long, env = "RINGMESH_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
     /// This node's private key (PEM; default DATA/node.key).
     #[arg(long, env = "RINGMESH_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
     /// The farm CA bundle (PEM; default DATA/ca.crt).
     #[arg(long, env = "RINGMESH_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// Revocation list of the farm CA (PEM; default DATA/crl.pem if present).
     #[arg(long, env = "RINGMESH_CRL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub crl: Option<PathBuf>,
     /// The farm secret keying digest nonces and Record-Route tokens, the
     /// same on every node (hex file; default DATA/farm.secret, created if
     /// missing for a farm of one).
     #[arg(long, env = "RINGMESH_FARM_SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub farm_secret: Option<PathBuf>,
-    /// Data directory (state, keys).
+    /// Data directory (state, keys). Default: $XDG_DATA_HOME/ringmesh/NAME,
+    /// else $HOME/.local/share/ringmesh/NAME (never the working directory).
     #[arg(long, env = "RINGMESH_DATA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    /// digest (default) or none.
-    #[arg(long, env = "RINGMESH_AUTH")]
-    pub auth: Option<AuthMode>,
+    /// digest, or none for an open registrar and proxy (benchmarks).
+    #[arg(long, env = "RINGMESH_AUTH", value_enum, default_value = "digest")]
+    pub auth: AuthMode,
     /// Subscriber list (TOML) used by digest auth (a lab or a farm of one;
     /// a farm uses --provisioning).
     #[arg(long, env = "RINGMESH_SUBSCRIBERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribers: Option<PathBuf>,
     /// The provisioning service (HOST:PORT): subscribers are fetched on
     /// first use and cached, invalidated by its Watch stream.
     #[arg(long, env = "RINGMESH_PROVISIONING")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<String>,
     /// Most subscribers cached from provisioning.
-    #[arg(long, env = "RINGMESH_SUBSCRIBER_CACHE")]
-    pub subscriber_cache: Option<usize>,
+    #[arg(long, env = "RINGMESH_SUBSCRIBER_CACHE", default_value_t = 100_000)]
+    pub subscriber_cache: usize,
     /// The enrollment service (HOST:PORT): a node without an identity in
     /// its data directory enrolls there (with --bootstrap-token-file), and
     /// the farm's revocations are fetched from it.
     #[arg(long, env = "RINGMESH_ENROLLMENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<String>,
     /// File holding the bootstrap token for enrollment.
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
-    /// etcd endpoints (URL, repeatable): the node keeps a membership key
-    /// under a lease there and finds seeds in it.
-    #[arg(long, env = "RINGMESH_ETCD", value_delimiter = ',')]
-    pub etcd: Vec<String>,
     /// Where to serve the admin gRPC API (HOST:PORT).
     #[arg(long, env = "RINGMESH_ADMIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
-    /// Where to serve /metrics, /healthz and /readyz (HOST:PORT).
-    #[arg(long, env = "RINGMESH_METRICS")]
-    pub metrics: Option<String>,
     /// Shortest registration accepted, seconds (shorter gets 423).
-    #[arg(long, env = "RINGMESH_MIN_EXPIRES")]
-    pub min_expires: Option<u32>,
+    #[arg(long, env = "RINGMESH_MIN_EXPIRES", default_value_t = 60)]
+    pub min_expires: u32,
     /// Longest registration granted, seconds (longer is clamped).
-    #[arg(long, env = "RINGMESH_MAX_EXPIRES")]
-    pub max_expires: Option<u32>,
+    #[arg(long, env = "RINGMESH_MAX_EXPIRES", default_value_t = 7200)]
+    pub max_expires: u32,
     /// Registration lifetime when the REGISTER names none, seconds.
-    #[arg(long, env = "RINGMESH_DEFAULT_EXPIRES")]
-    pub default_expires: Option<u32>,
+    #[arg(long, env = "RINGMESH_DEFAULT_EXPIRES", default_value_t = 3600)]
+    pub default_expires: u32,
+    /// Most bindings one address-of-record may have (a REGISTER that would
+    /// exceed it gets 403): every call to it forks to at most these.
+    #[arg(long, env = "RINGMESH_MAX_CONTACTS", default_value_t = 10)]
+    pub max_contacts: usize,
+    /// Accept loopback contact addresses (a lab farm on one machine, as
+    /// `ringmesh dev` runs; never on a real network). Link-local,
+    /// multicast, unspecified and the farm's own SIP addresses are always
+    /// refused.
+    #[arg(long, env = "RINGMESH_ALLOW_LOOPBACK_CONTACTS", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub allow_loopback_contacts: bool,
+    /// Most branches one request forks to (the callee's preferred
+    /// bindings: highest q, then the most recent).
+    #[arg(long, env = "RINGMESH_MAX_BRANCHES", default_value_t = 10)]
+    pub max_branches: usize,
+    /// Where emergency requests go (urn:service:sos…, or an
+    /// --emergency-numbers dial string): udp:IP:PORT or tcp:IP:PORT of the
+    /// emergency services' gateway. They are never challenged, barred or
+    /// shed; without a route they get 503 at once.
+    #[arg(long, env = "RINGMESH_EMERGENCY_ROUTE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emergency_route: Option<String>,
+    /// Brute-force protection: wrong digest answers from one source for one
+    /// identity before the pair is banned (0: no pair bans; with
+    /// --guard-source-failures 0 too, the guard is off).
+    #[arg(long, env = "RINGMESH_GUARD_PAIR_FAILURES", default_value_t = 5)]
+    pub guard_pair_failures: u32,
+    /// Brute-force protection: wrong digest answers from one source, for
+    /// any identity, before the source is banned (0: no source bans).
+    #[arg(long, env = "RINGMESH_GUARD_SOURCE_FAILURES", default_value_t = 20)]
+    pub guard_source_failures: u32,
+    /// Brute-force protection: how long a failure counts, seconds.
+    #[arg(long, env = "RINGMESH_GUARD_WINDOW", default_value_t = 600)]
+    pub guard_window: u64,
+    /// Brute-force protection: how long a ban lasts, seconds.
+    #[arg(long, env = "RINGMESH_GUARD_BAN", default_value_t = 900)]
+    pub guard_ban: u64,
+    /// Dial strings that are emergency calls (the user part of a sip: or
+    /// tel: Request-URI).
+    #[arg(long, env = "RINGMESH_EMERGENCY_NUMBERS", value_delimiter = ',',
+          default_values_t = ["112".to_string(), "911".to_string()])]
+    pub emergency_numbers: Vec<String>,
     /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
-    /// Default md5 only: deployed UAs break on more (sipp answers only the
-    /// first challenge; baresip 1.0/libre fails the whole registration
+    /// md5 only by default: deployed UAs break on more (sipp answers only
+    /// the first challenge; baresip 1.0/libre fails the whole registration
     /// when one challenge names an algorithm it lacks). Offer sha-256
     /// (first) once every UA of the farm supports RFC 8760.
-    #[arg(long, env = "RINGMESH_DIGEST_ALGORITHMS", value_delimiter = ',')]
+    #[arg(long, env = "RINGMESH_DIGEST_ALGORITHMS", value_delimiter = ',',
+          default_values_t = ["md5".to_string()])]
     pub digest_algorithms: Vec<String>,
+    /// The longest dialog (call or subscription) the farm carries,
+    /// seconds: the flow tokens in its Record-Route stop routing after it.
+    #[arg(long, env = "RINGMESH_MAX_DIALOG_DURATION", default_value_t = 86_400)]
+    pub max_dialog_duration: u64,
     /// How long a digest nonce stays fresh, seconds.
-    #[arg(long, env = "RINGMESH_NONCE_LIFETIME")]
-    pub nonce_lifetime: Option<u64>,
+    #[arg(long, env = "RINGMESH_NONCE_LIFETIME", default_value_t = 300)]
+    pub nonce_lifetime: u64,
+    /// Most digest nonces whose uses this node tracks (each (nonce, nc) is
+    /// accepted once): 2 bits each, plus about 40 bytes for each nonce a
+    /// phone reuses (at most one in 64). Older ones get a stale challenge.
+    /// The default, 8 MiB of state at most, covers 111,000 challenges a
+    /// second over a 300 s nonce lifetime.
+    #[arg(
+        long,
+        env = "RINGMESH_NONCE_TRACKING_CAP",
+        default_value_t = ringmesh_sip::digest::DEFAULT_NONCE_TRACKING_CAP
+    )]
+    pub nonce_tracking_cap: usize,
     /// RFC 3261 timer T1 in milliseconds.
-    #[arg(long, env = "RINGMESH_T1_MS")]
-    pub t1_ms: Option<u64>,
+    #[arg(long, env = "RINGMESH_T1_MS", default_value_t = 500)]
+    pub t1_ms: u64,
     /// RFC 3261 timer T2 in milliseconds.
-    #[arg(long, env = "RINGMESH_T2_MS")]
-    pub t2_ms: Option<u64>,
+    #[arg(long, env = "RINGMESH_T2_MS", default_value_t = 4000)]
+    pub t2_ms: u64,
     /// RFC 3261 timer T4 in milliseconds.
-    #[arg(long, env = "RINGMESH_T4_MS")]
-    pub t4_ms: Option<u64>,
-    /// A TCP peer that sends nothing for this long, or stalls mid-message,
-    /// is disconnected (seconds).
-    #[arg(long, env = "RINGMESH_TCP_IDLE_TIMEOUT")]
-    pub tcp_idle_timeout: Option<u64>,
+    #[arg(long, env = "RINGMESH_T4_MS", default_value_t = 5000)]
+    pub t4_ms: u64,
+    /// A TCP peer that sends nothing for this many seconds is disconnected
+    /// (connections carry registrations: about a registration's lifetime).
+    #[arg(long, env = "RINGMESH_TCP_IDLE_TIMEOUT", default_value_t = 900)]
+    pub tcp_idle_timeout: u64,
     /// A TCP peer that starts a message and does not finish it within this
     /// many seconds is disconnected.
-    #[arg(long, env = "RINGMESH_TCP_MESSAGE_TIMEOUT")]
-    pub tcp_message_timeout: Option<u64>,
-    /// Most simultaneous TCP connections.
-    #[arg(long, env = "RINGMESH_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+    #[arg(long, env = "RINGMESH_TCP_MESSAGE_TIMEOUT", default_value_t = 10)]
+    pub tcp_message_timeout: u64,
+    /// A TCP peer that has not completed its first request this many
+    /// seconds after it connected is disconnected (a connection that only
+    /// holds a slot: slowloris); once it has sent one, the idle and message
+    /// timeouts apply.
+    #[arg(long, env = "RINGMESH_TCP_FIRST_MESSAGE_TIMEOUT", default_value_t = 5)]
+    pub tcp_first_message_timeout: u64,
+    /// Most simultaneous TCP connections, accepted and opened by the node.
+    #[arg(long, env = "RINGMESH_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Most simultaneous TCP connections with one address (an IPv6 /64),
+    /// both ways, so one host cannot take every slot. Trusted elements are
+    /// exempt. 1000 lets a site of a thousand TCP phones behind one NAT
+    /// address in; a bigger site is behind an SBC, listed as trusted.
+    #[arg(long, env = "RINGMESH_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Per-source rate limit: SIP messages a second one address (an IPv6
+    /// /64) may send, sustained; the readers drop the excess unread and
+    /// unanswered (0: no limit). Trusted elements are exempt. 500 is
+    /// several times what a NAT of a thousand phones sends in its busy
+    /// hour.
+    #[arg(long, env = "RINGMESH_SOURCE_RATE_LIMIT", default_value_t = 500)]
+    pub source_rate_limit: u32,
+    /// Per-source rate limit: messages one address may send at once above
+    /// its rate (the depth of its token bucket). 5000 lets a NAT of a
+    /// thousand phones all register again at once (after an outage or a
+    /// reboot), challenges and retransmissions included.
+    #[arg(long, env = "RINGMESH_SOURCE_RATE_BURST", default_value_t = 5000)]
+    pub source_rate_burst: u32,
+    /// A trusted element, NAME=ADDRESS or KIND:NAME=ADDRESS (repeatable):
+    /// a front end, application server, peer farm, gateway or load
+    /// generator (the default kind), by address (ADDR, ADDR/PREFIX,
+    /// ADDR:PORT) or TLS name (tls:NAME). Per-source limits do not apply to
+    /// it.
+    #[arg(long, env = "RINGMESH_TRUSTED", value_delimiter = ',')]
+    #[serde(default)]
+    pub trusted: Vec<String>,
     /// Overload control: new requests are answered 503 with Retry-After by
-    /// the transport readers once this many messages wait for the SIP core.
-    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DEPTH")]
-    pub overload_queue_depth: Option<usize>,
-    /// Overload control: new requests are shed while messages wait longer
-    /// than this for the SIP core (smoothed, milliseconds).
-    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DELAY_MS")]
-    pub overload_queue_delay_ms: Option<u64>,
+    /// the transport readers once this many messages wait for the SIP core
+    /// (a hard bound on their memory; at most 8192, the whole queue).
+    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DEPTH", default_value_t = INBOUND_QUEUE)]
+    pub overload_queue_depth: usize,
+    /// Overload control: the target queueing delay, milliseconds. New
+    /// requests are shed once every message for a whole
+    /// `overload-delay-interval-ms` waited longer than this (CoDel's rule).
+    #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DELAY_MS", default_value_t = 20)]
+    pub overload_queue_delay_ms: u64,
+    /// Overload control: how long the queueing delay (or the pending
+    /// requests) must stay over its limit before new requests are shed,
+    /// milliseconds. A burst drained within it is never shed.
+    #[arg(
+        long,
+        env = "RINGMESH_OVERLOAD_DELAY_INTERVAL_MS",
+        default_value_t = 100
+    )]
+    pub overload_delay_interval_ms: u64,
     /// Overload control: new requests are shed while the SIP core holds
     /// this many transactions (those only absorbing retransmissions in
     /// Timer J not counted).
-    #[arg(long, env = "RINGMESH_OVERLOAD_MAX_TRANSACTIONS")]
-    pub overload_max_transactions: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGMESH_OVERLOAD_MAX_TRANSACTIONS",
+        default_value_t = 1_000_000
+    )]
+    pub overload_max_transactions: usize,
     /// Overload control: new requests are shed while this many requests
     /// wait for the location service (the ring, in a farm) or the
-    /// subscriber directory.
-    #[arg(long, env = "RINGMESH_OVERLOAD_MAX_PENDING")]
-    pub overload_max_pending: Option<usize>,
+    /// subscriber directory, for a whole delay interval.
+    #[arg(long, env = "RINGMESH_OVERLOAD_MAX_PENDING", default_value_t = 500)]
+    pub overload_max_pending: usize,
     /// Seconds a client turned away by overload control (or an
     /// unavailable store) is asked to wait: the Retry-After of the 503.
-    #[arg(long, env = "RINGMESH_OVERLOAD_RETRY_AFTER")]
-    pub overload_retry_after: Option<u32>,
-    /// Log filter (tracing EnvFilter syntax), e.g. info or ringmesh=debug.
-    #[arg(long, env = "RINGMESH_LOG")]
-    pub log: Option<String>,
-}
-
-/// The same keys in the config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    name: Option<String>,
-    domain: Option<String>,
-    sip: Option<Vec<String>>,
-    advertise: Option<String>,
-    overlay: Option<String>,
-    seed: Option<Vec<String>>,
-    overlay_advertise: Option<String>,
-    bootstrap_after: Option<u64>,
-    replicas: Option<usize>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    crl: Option<PathBuf>,
-    farm_secret: Option<PathBuf>,
-    data: Option<PathBuf>,
-    auth: Option<AuthMode>,
-    subscribers: Option<PathBuf>,
-    provisioning: Option<String>,
-    subscriber_cache: Option<usize>,
-    enrollment: Option<String>,
-    bootstrap_token_file: Option<PathBuf>,
-    etcd: Option<Vec<String>>,
-    admin: Option<String>,
-    metrics: Option<String>,
-    min_expires: Option<u32>,
-    max_expires: Option<u32>,
-    default_expires: Option<u32>,
-    digest_algorithms: Option<Vec<String>>,
-    nonce_lifetime: Option<u64>,
-    t1_ms: Option<u64>,
-    t2_ms: Option<u64>,
-    t4_ms: Option<u64>,
-    tcp_idle_timeout: Option<u64>,
-    tcp_message_timeout: Option<u64>,
-    max_connections: Option<usize>,
-    overload_queue_depth: Option<usize>,
-    overload_queue_delay_ms: Option<u64>,
-    overload_max_transactions: Option<usize>,
-    overload_max_pending: Option<usize>,
-    overload_retry_after: Option<u32>,
-    log: Option<String>,
+    #[arg(long, env = "RINGMESH_OVERLOAD_RETRY_AFTER", default_value_t = 5)]
+    pub overload_retry_after: u32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// The validated configuration of one supernode.
@@ -314,26 +374,48 @@ pub struct Config {
     pub min_expires: u32,
     pub max_expires: u32,
     pub default_expires: u32,
+    pub max_contacts: usize,
+    pub allow_loopback_contacts: bool,
+    /// The phone rules and the emergency route.
+    pub policy: ringmesh_proxy::Policy,
     pub digest_algorithms: Vec<ringmesh_sip::digest::Algorithm>,
     pub nonce_lifetime: Duration,
+    pub max_dialog: Duration,
+    pub nonce_tracking_cap: usize,
     pub t1: Duration,
     pub t2: Duration,
     pub t4: Duration,
     pub tcp_idle_timeout: Duration,
     pub tcp_message_timeout: Duration,
+    pub tcp_first_message_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// The per-source rate limit; `None`: none.
+    pub source_rate: Option<SourceRate>,
     pub overload: OverloadConfig,
     pub log: String,
 }
 
+/// The per-source rate limit: a token bucket per source address (see
+/// [`crate::admission::SourceLimiter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRate {
+    /// Messages a second, sustained.
+    pub limit: u32,
+    /// Messages at once: the depth of the bucket.
+    pub burst: u32,
+}
+
 /// When transport readers shed new requests (503 + Retry-After) instead
-/// of queueing them for the SIP core: see `transport.rs`.
+/// of queueing them for the SIP core: see [`crate::overload`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverloadConfig {
     /// Messages waiting for the core.
     pub queue_depth: usize,
-    /// Smoothed wait of a message between a reader and the core.
+    /// Target sojourn of a message, from the kernel's queue to the core.
     pub queue_delay: Duration,
+    /// How long a signal judged over time must stay over its limit.
+    pub delay_interval: Duration,
     /// Transactions the core holds (Timer J lingerers not counted).
     pub max_transactions: usize,
     /// Requests waiting for the location service or the directory.
@@ -375,84 +457,41 @@ pub struct OverlayConfig {
     pub crl: PathBuf,
 }
 
-/// A configuration error that names the key to fix.
-#[derive(Debug, thiserror::Error)]
-#[error("config key `{key}`: {message} (set by --{key}, {env} or `{key}` in the config file)")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub env: String,
-    pub message: String,
-}
-
-/// The value given, else `default`, which must lie in `range`.
-fn in_range<T, R>(
-    key: &'static str,
-    value: Option<T>,
-    default: T,
-    range: R,
-) -> Result<T, ConfigError>
-where
-    T: PartialOrd + std::fmt::Display,
-    R: std::ops::RangeBounds<T> + std::fmt::Debug,
-{
-    let v = value.unwrap_or(default);
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(err(key, format!("{v} is outside {range:?}")))
-    }
-}
-
-fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        env: format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_")),
-        message: message.into(),
-    }
-}
-
 impl SupernodeArgs {
-    /// Merges flags/environment over the file and validates the result.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))?
-            }
-            None => FileConfig::default(),
-        };
-        let domain = self
-            .domain
-            .or(file.domain)
-            .unwrap_or_else(|| "ringmesh.test".into());
+    /// Parses `args` (flags only, no program name) as the binary would,
+    /// environment included, and resolves them: for tests and tools.
+    pub fn resolve_from(args: &[&str]) -> Result<Config, ConfigError> {
+        let (cli, matches) = ringmesh_config::parse::<SupernodeArgs>(args)?;
+        cli.resolve(&matches)
+    }
+
+    /// Merges flags and environment (as `matches` records) over the file
+    /// over the defaults, and validates the result.
+    pub fn resolve(self, matches: &clap::ArgMatches) -> Result<Config, ConfigError> {
+        let file = self.config.clone();
+        ringmesh_config::merge(&self, matches, file.as_deref())?.validate()
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let domain = self.domain;
         if domain.is_empty() || ringmesh_sip::Host::parse(domain.as_bytes()).is_err() {
             return Err(err(
                 "domain",
                 format!("'{domain}' is not a valid host name"),
             ));
         }
-        let sip = if self.sip.is_empty() {
-            file.sip.unwrap_or_default()
-        } else {
-            self.sip
-        };
-        let sip = if sip.is_empty() {
-            vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]
-        } else {
-            sip
-        };
-        let listen = sip
+        if self.sip.is_empty() {
+            return Err(err("sip", "at least one listener is needed"));
+        }
+        let listen = self
+            .sip
             .iter()
             .map(|s| s.parse::<Listen>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| err("sip", m))?;
-        let advertise = self.advertise.or(file.advertise);
-        let overlay_advertise = self.overlay_advertise.or(file.overlay_advertise);
         for (key, a) in [
-            ("advertise", &advertise),
-            ("overlay-advertise", &overlay_advertise),
+            ("advertise", &self.advertise),
+            ("overlay-advertise", &self.overlay_advertise),
         ] {
             if let Some(a) = a
                 && !is_host(a)
@@ -460,7 +499,7 @@ impl SupernodeArgs {
                 return Err(err(key, format!("'{a}' is not a host name or IP address")));
             }
         }
-        let name = self.name.or(file.name).unwrap_or_else(|| "sn0".into());
+        let name = self.name;
         if name.is_empty()
             || !name
                 .chars()
@@ -471,67 +510,29 @@ impl SupernodeArgs {
                 format!("'{name}' must be letters, digits, '-', '_' or '.'"),
             ));
         }
-        let auth = self.auth.or(file.auth).unwrap_or(AuthMode::Digest);
-        let subscribers = self.subscribers.or(file.subscribers);
-        let provisioning = self.provisioning.or(file.provisioning);
-        if auth == AuthMode::Digest && subscribers.is_none() && provisioning.is_none() {
+        if self.auth == AuthMode::Digest
+            && self.subscribers.is_none()
+            && self.provisioning.is_none()
+        {
             return Err(err(
                 "subscribers",
                 "digest auth needs a subscriber list or --provisioning (or use --auth none)",
             ));
         }
-        if let Some(p) = &provisioning {
-            host_port(p).ok_or_else(|| err("provisioning", format!("'{p}' is not HOST:PORT")))?;
-        }
-        let subscriber_cache = self
-            .subscriber_cache
-            .or(file.subscriber_cache)
-            .unwrap_or(100_000);
-        if subscriber_cache == 0 {
-            return Err(err("subscriber-cache", "must be positive"));
-        }
-        let enrollment = self.enrollment.or(file.enrollment);
-        if let Some(e) = &enrollment {
-            host_port(e).ok_or_else(|| err("enrollment", format!("'{e}' is not HOST:PORT")))?;
-        }
-        let bootstrap_token_file = self.bootstrap_token_file.or(file.bootstrap_token_file);
-        let etcd = if self.etcd.is_empty() {
-            file.etcd.unwrap_or_default()
-        } else {
-            self.etcd
-        };
-        for e in &etcd {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(err(
-                    "etcd",
-                    format!("'{e}' is not an http:// or https:// URL"),
-                ));
+        for (key, v) in [
+            ("provisioning", &self.provisioning),
+            ("enrollment", &self.enrollment),
+        ] {
+            if let Some(p) = v {
+                host_port(p).ok_or_else(|| err(key, format!("'{p}' is not HOST:PORT")))?;
             }
         }
-        let admin = match self.admin.or(file.admin) {
-            Some(a) => Some(a.parse().map_err(|_| {
-                err(
-                    "admin",
-                    format!("'{a}' is not HOST:PORT with an IP address"),
-                )
-            })?),
-            None => None,
-        };
-        let metrics = match self.metrics.or(file.metrics) {
-            Some(m) => Some(m.parse().map_err(|_| {
-                err(
-                    "metrics",
-                    format!("'{m}' is not HOST:PORT with an IP address"),
-                )
-            })?),
-            None => None,
-        };
-        let min_expires = self.min_expires.or(file.min_expires).unwrap_or(60);
-        let max_expires = self.max_expires.or(file.max_expires).unwrap_or(7200);
-        let default_expires = self
-            .default_expires
-            .or(file.default_expires)
-            .unwrap_or(3600);
+        let subscriber_cache = in_range("subscriber-cache", self.subscriber_cache, 1..)?;
+        let etcd = self.service.etcd_endpoints()?;
+        let admin = ringmesh_config::socket_addr("admin", self.admin.as_deref())?;
+        let metrics = self.service.metrics_addr()?;
+        let (min_expires, max_expires, default_expires) =
+            (self.min_expires, self.max_expires, self.default_expires);
         if min_expires == 0 {
             return Err(err("min-expires", "must be at least 1 second"));
         }
@@ -547,31 +548,74 @@ impl SupernodeArgs {
                 format!("{default_expires} is outside min-expires..max-expires"),
             ));
         }
-        let ms =
-            |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-                match v.unwrap_or(default) {
-                    0 => Err(err(key, "must be positive")),
-                    n if n > 600_000 => Err(err(key, "is absurdly large (over 10 minutes)")),
-                    n => Ok(Duration::from_millis(n)),
+        let max_contacts = in_range("max-contacts", self.max_contacts, 1..=1000)?;
+        let max_branches = in_range("max-branches", self.max_branches, 1..=100)?;
+        let emergency_route = match &self.emergency_route {
+            Some(r) => {
+                let l: Listen = r.parse().map_err(|e| err("emergency-route", e))?;
+                if l.addr.port() == 0 || l.addr.ip().is_unspecified() {
+                    return Err(err(
+                        "emergency-route",
+                        format!("'{r}' names no address to send to"),
+                    ));
                 }
-            };
-        let t1 = ms("t1-ms", self.t1_ms.or(file.t1_ms), 500)?;
-        let t2 = ms("t2-ms", self.t2_ms.or(file.t2_ms), 4000)?;
-        let t4 = ms("t4-ms", self.t4_ms.or(file.t4_ms), 5000)?;
+                Some((l.transport, l.addr))
+            }
+            None => None,
+        };
+        for n in &self.emergency_numbers {
+            let ok = (1..=16).contains(&n.len())
+                && n.bytes()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'*' | b'#' | b'+'));
+            if !ok {
+                return Err(err(
+                    "emergency-numbers",
+                    format!("'{n}' is not a dial string (1-16 of 0-9 * # +)"),
+                ));
+            }
+        }
+        let guard = ringmesh_proxy::guard::GuardConfig {
+            pair_failures: in_range("guard-pair-failures", self.guard_pair_failures, 0..=1000)?,
+            source_failures: in_range(
+                "guard-source-failures",
+                self.guard_source_failures,
+                0..=100_000,
+            )?,
+            window: Duration::from_secs(in_range("guard-window", self.guard_window, 1..=86_400)?),
+            ban: Duration::from_secs(in_range("guard-ban", self.guard_ban, 1..=30 * 86_400)?),
+        };
+        let mut elements: Vec<Element> = Vec::new();
+        for t in &self.trusted {
+            let e = Element::parse_flag(t).map_err(|m| err("trusted", m))?;
+            if elements.iter().any(|x| x.name == e.name) {
+                return Err(err(
+                    "trusted",
+                    format!("the name '{}' is given twice", e.name),
+                ));
+            }
+            elements.push(e);
+        }
+        let policy = ringmesh_proxy::Policy {
+            emergency_route,
+            emergency_numbers: self.emergency_numbers.clone(),
+            max_branches,
+            guard,
+            trusted: TrustTable::new(elements),
+        };
+        let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {
+            in_range(key, v, 1..=600_000).map(Duration::from_millis)
+        };
+        let (t1, t2, t4) = (
+            ms("t1-ms", self.t1_ms)?,
+            ms("t2-ms", self.t2_ms)?,
+            ms("t4-ms", self.t4_ms)?,
+        );
         if t2 < t1 {
             return Err(err("t2-ms", "must not be below t1-ms"));
         }
-        let secs = |key: &'static str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
-            0 => Err(err(key, "must be positive")),
-            n => Ok(Duration::from_secs(n)),
-        };
-        let algs = if self.digest_algorithms.is_empty() {
-            file.digest_algorithms.unwrap_or_else(|| vec!["md5".into()])
-        } else {
-            self.digest_algorithms
-        };
+        let secs = |key: &str, v: u64| in_range(key, v, 1..).map(Duration::from_secs);
         let mut digest_algorithms = Vec::new();
-        for a in &algs {
+        for a in &self.digest_algorithms {
             match ringmesh_sip::digest::Algorithm::parse(a.as_bytes()) {
                 Some(alg) if !digest_algorithms.contains(&alg) => digest_algorithms.push(alg),
                 Some(_) => {}
@@ -586,78 +630,62 @@ impl SupernodeArgs {
         if digest_algorithms.is_empty() {
             return Err(err("digest-algorithms", "needs at least one algorithm"));
         }
-        let nonce_lifetime = secs(
-            "nonce-lifetime",
-            self.nonce_lifetime.or(file.nonce_lifetime),
-            300,
+        let nonce_lifetime = secs("nonce-lifetime", self.nonce_lifetime)?;
+        let max_dialog = in_range(
+            "max-dialog-duration",
+            self.max_dialog_duration,
+            60..=30 * 86_400,
+        )
+        .map(Duration::from_secs)?;
+        let nonce_tracking_cap = in_range(
+            "nonce-tracking-cap",
+            self.nonce_tracking_cap,
+            1024..=1 << 32,
         )?;
-        // Connections carry registrations: keep them as long as a typical
-        // registration unless the peer goes silent for that long.
-        let tcp_idle_timeout = secs(
-            "tcp-idle-timeout",
-            self.tcp_idle_timeout.or(file.tcp_idle_timeout),
-            900,
-        )?;
-        let tcp_message_timeout = secs(
-            "tcp-message-timeout",
-            self.tcp_message_timeout.or(file.tcp_message_timeout),
-            10,
-        )?;
-        let max_connections = self
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(100_000);
-        if max_connections == 0 {
-            return Err(err("max-connections", "must be positive"));
-        }
-        let queue_depth = in_range(
-            "overload-queue-depth",
-            self.overload_queue_depth.or(file.overload_queue_depth),
-            1024,
-            16..=INBOUND_QUEUE,
-        )?;
-        let queue_delay_ms = in_range(
-            "overload-queue-delay-ms",
-            self.overload_queue_delay_ms
-                .or(file.overload_queue_delay_ms),
-            20,
-            1..=10_000,
-        )?;
-        let max_transactions = in_range(
-            "overload-max-transactions",
-            self.overload_max_transactions
-                .or(file.overload_max_transactions),
-            1_000_000,
-            100..,
-        )?;
-        let max_pending = in_range(
-            "overload-max-pending",
-            self.overload_max_pending.or(file.overload_max_pending),
-            500,
-            10..,
-        )?;
-        let retry_after = in_range(
-            "overload-retry-after",
-            self.overload_retry_after.or(file.overload_retry_after),
-            5,
-            1..=3600,
-        )?;
+        let tcp_idle_timeout = secs("tcp-idle-timeout", self.tcp_idle_timeout)?;
+        let tcp_message_timeout = secs("tcp-message-timeout", self.tcp_message_timeout)?;
+        let tcp_first_message_timeout =
+            secs("tcp-first-message-timeout", self.tcp_first_message_timeout)?;
+        let max_connections = in_range("max-connections", self.max_connections, 1..)?;
+        let max_connections_per_ip =
+            in_range("max-connections-per-ip", self.max_connections_per_ip, 1..)?;
+        let source_rate =
+            match in_range("source-rate-limit", self.source_rate_limit, 0..=1_000_000)? {
+                0 => None,
+                limit => Some(SourceRate {
+                    limit,
+                    burst: in_range("source-rate-burst", self.source_rate_burst, 1..=10_000_000)?,
+                }),
+            };
         let overload = OverloadConfig {
-            queue_depth,
-            queue_delay: Duration::from_millis(queue_delay_ms),
-            max_transactions,
-            max_pending,
-            retry_after,
+            queue_depth: in_range(
+                "overload-queue-depth",
+                self.overload_queue_depth,
+                16..=INBOUND_QUEUE,
+            )?,
+            queue_delay: Duration::from_millis(in_range(
+                "overload-queue-delay-ms",
+                self.overload_queue_delay_ms,
+                1..=10_000,
+            )?),
+            delay_interval: Duration::from_millis(in_range(
+                "overload-delay-interval-ms",
+                self.overload_delay_interval_ms,
+                10..=10_000,
+            )?),
+            max_transactions: in_range(
+                "overload-max-transactions",
+                self.overload_max_transactions,
+                100..,
+            )?,
+            max_pending: in_range("overload-max-pending", self.overload_max_pending, 10..)?,
+            retry_after: in_range("overload-retry-after", self.overload_retry_after, 1..=3600)?,
         };
-        let data = self
-            .data
-            .or(file.data)
-            .unwrap_or_else(|| PathBuf::from(format!("./ringmesh-data/{name}")));
-        let seeds = if self.seed.is_empty() {
-            file.seed.unwrap_or_default()
-        } else {
-            self.seed
+        let data = match self.data {
+            Some(d) => d,
+            None => ringmesh_config::default_data_dir(&name)?,
         };
+        let seeds = self.seed;
         if let Some(s) = seeds.iter().find(|s| {
             s.parse::<SocketAddr>().is_err()
                 && !s
@@ -669,15 +697,8 @@ impl SupernodeArgs {
                 format!("'{s}' is not HOST:PORT (a host name or IP address, and a port)"),
             ));
         }
-        let replicas = self.replicas.or(file.replicas).unwrap_or(3);
-        if !(1..=7).contains(&replicas) {
-            return Err(err("replicas", format!("{replicas} is outside 1..=7")));
-        }
-        let bootstrap_after = self
-            .bootstrap_after
-            .or(file.bootstrap_after)
-            .map(Duration::from_secs);
-        let overlay = match self.overlay.or(file.overlay) {
+        let replicas = in_range("replicas", self.replicas, 1..=7)?;
+        let overlay = match self.overlay {
             Some(o) => Some(OverlayConfig {
                 listen: o.parse().map_err(|_| {
                     err(
@@ -686,22 +707,13 @@ impl SupernodeArgs {
                     )
                 })?,
                 seeds,
-                advertise: overlay_advertise,
-                bootstrap_after,
+                advertise: self.overlay_advertise,
+                bootstrap_after: self.bootstrap_after.map(Duration::from_secs),
                 replicas,
-                cert: self
-                    .cert
-                    .or(file.cert)
-                    .unwrap_or_else(|| data.join("node.crt")),
-                key: self
-                    .key
-                    .or(file.key)
-                    .unwrap_or_else(|| data.join("node.key")),
-                ca: self.ca.or(file.ca).unwrap_or_else(|| data.join("ca.crt")),
-                crl: self
-                    .crl
-                    .or(file.crl)
-                    .unwrap_or_else(|| data.join("crl.pem")),
+                cert: self.cert.unwrap_or_else(|| data.join("node.crt")),
+                key: self.key.unwrap_or_else(|| data.join("node.key")),
+                ca: self.ca.unwrap_or_else(|| data.join("ca.crt")),
+                crl: self.crl.unwrap_or_else(|| data.join("crl.pem")),
             }),
             None if !seeds.is_empty() => {
                 return Err(err(
@@ -709,7 +721,7 @@ impl SupernodeArgs {
                     "seeds need --overlay (the address to join from)",
                 ));
             }
-            None if overlay_advertise.is_some() => {
+            None if self.overlay_advertise.is_some() => {
                 return Err(err(
                     "overlay-advertise",
                     "it needs --overlay (the address it stands for)",
@@ -717,40 +729,45 @@ impl SupernodeArgs {
             }
             None => None,
         };
-        let farm_secret = self
-            .farm_secret
-            .or(file.farm_secret)
-            .unwrap_or_else(|| data.join("farm.secret"));
+        let farm_secret = self.farm_secret.unwrap_or_else(|| data.join("farm.secret"));
         Ok(Config {
             name,
             domain: domain.to_ascii_lowercase(),
             listen,
-            advertise,
+            advertise: self.advertise,
             overlay,
             farm_secret,
             data,
-            auth,
-            subscribers,
-            provisioning,
+            auth: self.auth,
+            subscribers: self.subscribers,
+            provisioning: self.provisioning,
             subscriber_cache,
-            enrollment,
-            bootstrap_token_file,
+            enrollment: self.enrollment,
+            bootstrap_token_file: self.bootstrap_token_file,
             etcd,
             admin,
             metrics,
             min_expires,
             max_expires,
             default_expires,
+            max_contacts,
+            allow_loopback_contacts: self.allow_loopback_contacts,
+            policy,
             digest_algorithms,
             nonce_lifetime,
+            max_dialog,
+            nonce_tracking_cap,
             t1,
             t2,
             t4,
             tcp_idle_timeout,
             tcp_message_timeout,
+            tcp_first_message_timeout,
             max_connections,
+            max_connections_per_ip,
+            source_rate,
             overload,
-            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log: self.service.log,
         })
     }
 }
@@ -759,19 +776,34 @@ impl SupernodeArgs {
 mod tests {
     use super::*;
 
-    fn args() -> SupernodeArgs {
-        SupernodeArgs {
-            auth: Some(AuthMode::None),
-            ..Default::default()
-        }
+    /// Resolves flags after `--auth none` (no subscriber list needed).
+    fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["--auth", "none", "--data", "/tmp/ringmesh-config-test"];
+        all.extend_from_slice(args);
+        SupernodeArgs::resolve_from(&all)
+    }
+
+    fn key_of(args: &[&str]) -> String {
+        resolve(args).unwrap_err().key
     }
 
     #[test]
     fn defaults_resolve() {
-        let c = args().resolve().unwrap();
+        let c = resolve(&[]).unwrap();
         assert_eq!(c.domain, "ringmesh.test");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.t1, Duration::from_millis(500));
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn the_default_data_directory_is_under_the_users_data_dir() {
+        let c = SupernodeArgs::resolve_from(&["--auth", "none", "--name", "sn7"]).unwrap();
+        assert!(
+            c.data.ends_with("ringmesh/sn7") && c.data.is_absolute(),
+            "{}",
+            c.data.display()
+        );
     }
 
     #[test]
@@ -793,119 +825,109 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "domain = \"file.example\"\nmin-expires = 30\nname = \"fromfile\"\n",
+            "domain = \"file.example\"\nmin-expires = 30\nname = \"fromfile\"\n\
+             etcd = [\"127.0.0.1:2379\"]\nlog = \"debug\"\n",
         )
         .unwrap();
-        let c = SupernodeArgs {
-            config: Some(path.clone()),
-            name: Some("flag".into()),
-            ..args()
-        }
-        .resolve()
-        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve(&["--config", p, "--name", "flag"]).unwrap();
         assert_eq!(c.domain, "file.example");
         assert_eq!(c.min_expires, 30);
         assert_eq!(c.name, "flag", "a flag beats the file");
+        assert_eq!(
+            c.etcd,
+            ["http://127.0.0.1:2379"],
+            "a shared key, normalised"
+        );
+        assert_eq!(c.log, "debug");
 
         std::fs::write(&path, "domian = \"typo.example\"\n").unwrap();
-        let e = SupernodeArgs {
-            config: Some(path),
-            ..args()
-        }
-        .resolve()
-        .unwrap_err();
+        let e = resolve(&["--config", p]).unwrap_err();
         assert!(e.to_string().contains("domian"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = SupernodeArgs {
-            sip: vec!["tcp:nowhere".into()],
-            ..args()
-        }
-        .resolve()
-        .unwrap_err();
-        assert_eq!(e.key, "sip");
-        let e = SupernodeArgs {
-            min_expires: Some(100),
-            max_expires: Some(50),
-            ..args()
-        }
-        .resolve()
-        .unwrap_err();
+        assert_eq!(key_of(&["--sip", "tcp:nowhere"]), "sip");
+        let e = resolve(&["--min-expires", "100", "--max-expires", "50"]).unwrap_err();
         assert_eq!(e.key, "max-expires");
         assert!(e.to_string().contains("RINGMESH_MAX_EXPIRES"));
-        let e = SupernodeArgs {
-            auth: Some(AuthMode::Digest),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_err();
+        let e = SupernodeArgs::resolve_from(&["--data", "/tmp/x"]).unwrap_err();
         assert_eq!(e.key, "subscribers");
+        assert_eq!(key_of(&["--etcd", "https://etcd:2379"]), "etcd");
+        assert_eq!(key_of(&["--metrics", "nowhere"]), "metrics");
+        assert_eq!(key_of(&["--replicas", "9"]), "replicas");
+        assert_eq!(key_of(&["--t1-ms", "0"]), "t1-ms");
+        assert_eq!(
+            key_of(&["--digest-algorithms", "sha-1"]),
+            "digest-algorithms"
+        );
+        for bad in ["0", "1023", "8589934592"] {
+            assert_eq!(key_of(&["--nonce-tracking-cap", bad]), "nonce-tracking-cap");
+        }
+        assert_eq!(
+            resolve(&[]).unwrap().nonce_tracking_cap,
+            ringmesh_sip::digest::DEFAULT_NONCE_TRACKING_CAP
+        );
+        assert_eq!(
+            resolve(&["--nonce-tracking-cap", "4096"])
+                .unwrap()
+                .nonce_tracking_cap,
+            4096
+        );
     }
 
     #[test]
     fn seeds_by_name_and_the_overlay_advertise_host() {
-        let c = SupernodeArgs {
-            overlay: Some("0.0.0.0:5090".into()),
-            seed: vec![
-                "ringmesh-supernode-0.ringmesh-overlay.sip.svc.cluster.local:5090".into(),
-                "10.0.0.7:5090".into(),
-                "[fd00::7]:5090".into(),
-            ],
-            overlay_advertise: Some("10.0.0.5".into()),
-            ..args()
-        }
-        .resolve()
+        let c = resolve(&[
+            "--overlay",
+            "0.0.0.0:5090",
+            "--seed",
+            "ringmesh-supernode-0.ringmesh-overlay.sip.svc.cluster.local:5090",
+            "--seed",
+            "10.0.0.7:5090",
+            "--seed",
+            "[fd00::7]:5090",
+            "--overlay-advertise",
+            "10.0.0.5",
+        ])
         .unwrap();
         let ov = c.overlay.unwrap();
         assert_eq!(ov.seeds.len(), 3);
         assert_eq!(ov.advertise.as_deref(), Some("10.0.0.5"));
-        for (a, key) in [
+        for (args, key) in [
             (
-                SupernodeArgs {
-                    overlay: Some("0.0.0.0:5090".into()),
-                    seed: vec!["peer.example".into()],
-                    ..args()
-                },
+                &["--overlay", "0.0.0.0:5090", "--seed", "peer.example"][..],
                 "seed",
             ),
             (
-                SupernodeArgs {
-                    overlay: Some("0.0.0.0:5090".into()),
-                    seed: vec!["bad host:5090".into()],
-                    ..args()
-                },
+                &["--overlay", "0.0.0.0:5090", "--seed", "bad host:5090"],
                 "seed",
             ),
             (
-                SupernodeArgs {
-                    overlay: Some("0.0.0.0:5090".into()),
-                    overlay_advertise: Some("no spaces".into()),
-                    ..args()
-                },
+                &[
+                    "--overlay",
+                    "0.0.0.0:5090",
+                    "--overlay-advertise",
+                    "no spaces",
+                ],
                 "overlay-advertise",
             ),
-            (
-                SupernodeArgs {
-                    overlay_advertise: Some("10.0.0.5".into()),
-                    ..args()
-                },
-                "overlay-advertise",
-            ),
+            (&["--overlay-advertise", "10.0.0.5"], "overlay-advertise"),
         ] {
-            assert_eq!(a.resolve().unwrap_err().key, key);
+            assert_eq!(key_of(args), key, "{args:?}");
         }
     }
 
     #[test]
     fn overload_keys() {
-        let c = args().resolve().unwrap();
+        let c = resolve(&[]).unwrap();
         assert_eq!(
             c.overload,
             OverloadConfig {
-                queue_depth: 1024,
+                queue_depth: INBOUND_QUEUE,
                 queue_delay: Duration::from_millis(20),
+                delay_interval: Duration::from_millis(100),
                 max_transactions: 1_000_000,
                 max_pending: 500,
                 retry_after: 5,
@@ -917,68 +939,124 @@ mod tests {
             &path,
             "overload-queue-depth = 512\noverload-queue-delay-ms = 5\n\
              overload-max-transactions = 20000\noverload-retry-after = 30\n\
-             overload-max-pending = 300\n",
+             overload-max-pending = 300\noverload-delay-interval-ms = 250\n",
         )
         .unwrap();
-        let c = SupernodeArgs {
-            config: Some(path),
-            overload_retry_after: Some(7),
-            ..args()
-        }
-        .resolve()
+        let c = resolve(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--overload-retry-after",
+            "7",
+        ])
         .unwrap();
         assert_eq!(c.overload.queue_depth, 512);
         assert_eq!(c.overload.queue_delay, Duration::from_millis(5));
+        assert_eq!(c.overload.delay_interval, Duration::from_millis(250));
         assert_eq!(c.overload.max_transactions, 20_000);
         assert_eq!(c.overload.max_pending, 300);
         assert_eq!(c.overload.retry_after, 7, "a flag beats the file");
-        for (a, key) in [
-            (
-                SupernodeArgs {
-                    overload_queue_depth: Some(8),
-                    ..args()
-                },
-                "overload-queue-depth",
-            ),
-            (
-                SupernodeArgs {
-                    overload_queue_depth: Some(INBOUND_QUEUE + 1),
-                    ..args()
-                },
-                "overload-queue-depth",
-            ),
-            (
-                SupernodeArgs {
-                    overload_queue_delay_ms: Some(0),
-                    ..args()
-                },
-                "overload-queue-delay-ms",
-            ),
-            (
-                SupernodeArgs {
-                    overload_max_transactions: Some(10),
-                    ..args()
-                },
-                "overload-max-transactions",
-            ),
-            (
-                SupernodeArgs {
-                    overload_retry_after: Some(0),
-                    ..args()
-                },
-                "overload-retry-after",
-            ),
-            (
-                SupernodeArgs {
-                    overload_max_pending: Some(1),
-                    ..args()
-                },
-                "overload-max-pending",
-            ),
+        let too_deep = (INBOUND_QUEUE + 1).to_string();
+        for (flag, value) in [
+            ("--overload-queue-depth", "8"),
+            ("--overload-queue-depth", too_deep.as_str()),
+            ("--overload-queue-delay-ms", "0"),
+            ("--overload-delay-interval-ms", "5"),
+            ("--overload-max-transactions", "10"),
+            ("--overload-retry-after", "0"),
+            ("--overload-max-pending", "1"),
         ] {
-            let e = a.resolve().unwrap_err();
-            assert_eq!(e.key, key);
+            let e = resolve(&[flag, value]).unwrap_err();
+            assert_eq!(e.key, flag.trim_start_matches("--"));
             assert!(e.to_string().contains("RINGMESH_OVERLOAD_"), "{e}");
+        }
+    }
+
+    #[test]
+    fn trusted_elements() {
+        assert!(
+            resolve(&[]).unwrap().policy.trusted.is_empty(),
+            "no element is trusted by default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "trusted = [\"load=127.0.0.1\", \"gateway:gw=192.0.2.0/24:5080\"]\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve(&["--config", p]).unwrap();
+        let names: Vec<&str> = c
+            .policy
+            .trusted
+            .elements()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["load", "gw"]);
+        assert!(
+            c.policy
+                .trusted
+                .is_trusted("192.0.2.9:5080".parse().unwrap(), None)
+        );
+        let c = resolve(&["--config", p, "--trusted", "front-end:pcscf=10.1.0.0/16"]).unwrap();
+        assert_eq!(
+            c.policy.trusted.len(),
+            1,
+            "the flag replaces the file's list"
+        );
+        assert_eq!(
+            c.policy.trusted.elements()[0].kind,
+            ringmesh_proxy::trust::Kind::FrontEnd
+        );
+        for value in ["nameless", "x=localhost", "robot:x=127.0.0.1"] {
+            assert_eq!(key_of(&["--trusted", value]), "trusted", "{value}");
+        }
+        let e = resolve(&["--trusted", "a=127.0.0.1", "--trusted", "a=127.0.0.2"]).unwrap_err();
+        assert_eq!(e.key, "trusted");
+        assert!(e.to_string().contains("twice"), "{e}");
+        assert!(e.to_string().contains("RINGMESH_TRUSTED"), "{e}");
+    }
+
+    #[test]
+    fn transport_limit_keys() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.max_connections_per_ip, 1000);
+        assert_eq!(c.tcp_first_message_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.source_rate,
+            Some(SourceRate {
+                limit: 500,
+                burst: 5000
+            })
+        );
+        assert_eq!(
+            resolve(&["--source-rate-limit", "0"]).unwrap().source_rate,
+            None
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max-connections-per-ip = 50\ntcp-first-message-timeout = 2\nsource-rate-limit = 20\nsource-rate-burst = 100\n").unwrap();
+        let c = resolve(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.max_connections_per_ip, 50);
+        assert_eq!(c.tcp_first_message_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.source_rate,
+            Some(SourceRate {
+                limit: 20,
+                burst: 100
+            })
+        );
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--max-connections-per-ip", "0"),
+            ("--tcp-first-message-timeout", "0"),
+            ("--source-rate-limit", "2000000"),
+            ("--source-rate-burst", "0"),
+        ] {
+            let e = resolve(&[flag, value]).unwrap_err();
+            assert_eq!(e.key, flag.trim_start_matches("--"), "{flag} {value}");
         }
     }
 }

@@ -1,48 +1,84 @@
-//! # ringmesh-supernode: the I/O around the SIP core
+//! # ringmesh-supernode: the I/O around the sans-IO cores
 //!
-//! A supernode is the tokio process that turns the sans-IO cores into a
-//! network service. Start from [`run`], which binds everything a
-//! [`config::Config`] names and runs until SIGTERM or Ctrl-C.
+//! A supernode is the tokio process that turns the sans-IO cores
+//! (`ringmesh-sip`, `ringmesh-overlay`, `ringmesh-proxy`) into a network
+//! service. Start from [`run`], which binds everything a [`config::Config`]
+//! names and runs until its shutdown signal, then drains.
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | flags, environment and config file, validated once |
-//! | [`transport`] | UDP and TCP readers and writers, load shedding |
-//! | [`core`] | the SIP core task: transactions, registrar and proxy glue |
-//! | [`registrar`] | REGISTER decisions as plain functions |
-//! | [`location`] | the location-service trait and the node-local store |
-//! | [`auth`] | digest authentication against the subscriber list |
-//! | [`token`] | signed flow tokens in Record-Route |
-//! | [`metrics`], [`http`] | Prometheus metrics, `/metrics` `/healthz` `/readyz` |
+//! | [`transport`] | UDP and TCP readers and writers |
+//! | [`overload`] | which new requests are shed (503), and when |
+//! | [`admission`] | what one source may cost: connection quotas, rate limit, trusted elements |
+//! | [`core`] | the SIP core task: the driver of the [`ringmesh_proxy::Proxy`] |
+//! | [`location`] | where the core carries out location operations |
+//! | [`directory`] | subscriber directories: a file, or provisioning's cache |
+//! | [`farm`] | the overlay task, its seeds, and bindings on the ring |
+//! | [`journal`] | the overlay's records on disk, written by a thread |
+//! | [`link`] | overlay links over QUIC with mutual TLS |
+//! | [`membership`] | this node's entry in etcd, and seeds found there |
+//! | [`pki`] | the node's identity: key, certificate, CA bundle, CRL |
+//! | [`admin`] | the admin gRPC API |
+//! | [`trace`] | the live SIP trace records |
+//! | [`metrics`] | Prometheus metrics (served by `ringmesh-probes`) |
+//! | [`tasks`] | every spawned task, and the signal that stops them |
+//! | [`clock`] | wall-clock time and the cores' `now` |
+//!
+//! ## Shutdown
+//!
+//! When the shutdown future completes, the node drains: `/readyz` turns
+//! 503, the readers answer new requests 503 with Retry-After, a farm
+//! member hands its records to their new replicas, and the transactions in
+//! progress finish (at most [`DRAIN_LIMIT`]); then every task is stopped
+//! and awaited, and the journal is flushed.
 
 pub mod admin;
-pub mod auth;
+pub mod admission;
+pub mod clock;
 pub mod config;
 pub mod core;
+pub mod directory;
 pub mod farm;
+pub mod journal;
 pub mod link;
 pub mod location;
 pub mod membership;
 pub mod metrics;
+pub mod overload;
 pub mod pki;
-pub mod registrar;
-pub mod token;
+pub mod tasks;
+pub mod trace;
 pub mod transport;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ringmesh_proxy::auth::{Auth, Fetched};
+use ringmesh_proxy::{Me, Proxy, RegistrarConfig, Transport};
 use ringmesh_sip::Limits;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::Directory as _;
-use crate::config::{AuthMode, Config, Transport};
-use crate::core::{Me, SipCore};
-use crate::location::LocalStore;
+use crate::config::{AuthMode, Config};
+use crate::core::SipCore;
+use crate::location::{Local, LocationService};
 use crate::metrics::Metrics;
+use crate::tasks::Tasks;
+
+/// Transactions the SIP core makes room for at start: a few seconds of a
+/// busy node's traffic, so its tables do not grow, all at once, in the
+/// middle of it.
+const PRESIZED_TRANSACTIONS: usize = 1 << 18;
+
+/// How long a draining node waits for its transactions in progress, and
+/// for the hand-off of its records (both at once).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 
 /// Reads a secret file, or creates it with 32 random bytes.
 pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -92,7 +128,7 @@ async fn enroll_if_needed(cfg: &Config) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    let id = ringmesh_enrollment::enroll(endpoint, token.trim(), &cfg.name, &cfg.data)
+    let id = ringmesh_enrollment_client::enroll(endpoint, token.trim(), &cfg.name, &cfg.data)
         .await
         .map_err(|e| anyhow::anyhow!("enrollment at {endpoint} failed: {e}"))?;
     tracing::info!(node_id = %hex::encode(id.node_id), "enrolled with the farm CA");
@@ -148,91 +184,285 @@ async fn follow_revocations(
     }
 }
 
-/// Runs a supernode until SIGTERM or Ctrl-C.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// The addresses a running supernode bound (a port 0 in the config is the
+/// port the kernel chose here).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub sip: Vec<(Transport, SocketAddr)>,
+    pub overlay: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub node_id: [u8; 16],
+    /// The trusted elements the transport readers exempt from the
+    /// per-source limits: replace the table through it while the node runs.
+    pub trusted: admission::Trusted,
+}
+
+/// Runs a supernode until `shutdown` completes, then drains and stops
+/// every task it started.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(cfg, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` with the bound addresses once the node
+/// serves SIP.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    serving: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
+    let tasks = Tasks::new();
+    let result = serve(cfg, &tasks, shutdown, serving).await;
+    if !tasks.stop(Duration::from_secs(5)).await {
+        tracing::warn!(running = tasks.len(), "tasks still running at exit");
+    }
+    result
+}
+
+/// The subscriber directory and digest authentication of `cfg`, the
+/// receiver of late directory answers, and the provisioning cache if any.
+#[allow(clippy::type_complexity)]
+fn subscriber_auth(
+    cfg: &Config,
+    secret: &[u8],
+    tasks: &Tasks,
+) -> anyhow::Result<(
+    Option<Auth>,
+    Option<mpsc::Receiver<(u64, Fetched)>>,
+    Option<Arc<ringmesh_provisioning_client::cache::SubscriberCache>>,
+)> {
+    if cfg.auth == AuthMode::None {
+        return Ok((None, None, None));
+    }
+    // A new issuer id each run, from the OS's randomness: nonces bind to
+    // this process's replay state, and those of an earlier run (or of
+    // another node) are answered with a fresh challenge, never accepted.
+    let issuer: u64 = rand::random();
+    let digest =
+        ringmesh_sip::digest::DigestAuth::new(secret, cfg.nonce_lifetime.as_secs(), issuer)
+            .with_algorithms(&cfg.digest_algorithms)
+            .with_tracking_cap(cfg.nonce_tracking_cap);
+    let (directory, fetched, cache): (Box<dyn ringmesh_proxy::Directory>, _, _) = match (
+        &cfg.provisioning,
+        &cfg.subscribers,
+    ) {
+        (Some(addr), _) => {
+            let c = Arc::new(
+                ringmesh_provisioning_client::cache::SubscriberCache::connect(
+                    addr,
+                    ringmesh_provisioning_client::cache::CacheConfig {
+                        capacity: cfg.subscriber_cache,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("config key `provisioning`: {e}"))?,
+            );
+            tracing::info!(provisioning = %addr, capacity = cfg.subscriber_cache, realm = %cfg.domain, "digest authentication against provisioning");
+            let (dir, rx) = directory::CacheDirectory::new(c.clone(), &cfg.domain, tasks.clone());
+            (Box::new(dir), Some(rx), Some(c))
+        }
+        (None, Some(path)) => {
+            let d = directory::FileDirectory::load(path, &cfg.domain)?;
+            tracing::info!(subscribers = d.subscribers(), realm = %cfg.domain, "digest authentication against a subscriber file");
+            (Box::new(d), None, None)
+        }
+        (None, None) => anyhow::bail!("digest auth needs --subscribers or --provisioning"),
+    };
+    Ok((
+        Some(Auth::new(&cfg.domain, digest, directory)),
+        fetched,
+        cache,
+    ))
+}
+
+/// Copies the provisioning cache's counters into the metrics every 5 s.
+async fn follow_cache(c: Arc<ringmesh_provisioning_client::cache::SubscriberCache>, m: Metrics) {
+    loop {
+        let cm = c.metrics();
+        for (counter, total) in [
+            (&m.cache_hits, &cm.hits),
+            (&m.cache_misses, &cm.misses),
+            (&m.cache_errors, &cm.errors),
+        ] {
+            let total = total.load(Ordering::Relaxed);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        m.cache_watch_connected
+            .set(i64::from(cm.watch_connected.load(Ordering::Relaxed)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Hands the SIP core each change to a subscriber it acts on (the
+/// bindings of a barred or deleted one are purged, the flows of one whose
+/// password changed are closed).
+async fn follow_subscriber_changes(
+    mut changes: tokio::sync::broadcast::Receiver<ringmesh_provisioning_client::Change>,
+    core: mpsc::Sender<transport::Inbound>,
+) {
+    use ringmesh_provisioning_client::Change;
+    use ringmesh_proxy::SubscriberChange;
+    loop {
+        let change = match changes.recv().await {
+            Ok(Change::Removed {
+                private_id,
+                public_ids,
+            }) => SubscriberChange::Removed {
+                private_id,
+                public_ids: public_ids
+                    .iter()
+                    .filter_map(|p| ringmesh_sip::aor::Aor::parse(p.as_bytes()).ok())
+                    .collect(),
+            },
+            Ok(Change::Credentials { private_id }) => SubscriberChange::Credentials { private_id },
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "subscriber changes came faster than the core took them; bindings of the missed ones expire on their own"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let msg = transport::Inbound::Control(transport::Control::Subscriber(change));
+        if core.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the trusted elements of provisioning in force beside the
+/// configured ones: the transport readers' table and the proxy's are
+/// replaced together on every change (an element named in both is the
+/// configured one).
+fn follow_trusted(
+    addr: &str,
+    cfg: &Config,
+    readers: admission::Trusted,
+    core: mpsc::Sender<transport::Inbound>,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    use ringmesh_provisioning_client::{cache, trusted};
+    let channel = cache::channel(addr, Duration::from_secs(5))
+        .with_context(|| format!("config key `provisioning`: {addr}"))?;
+    let client =
+        ringmesh_proto::provisioning::provisioning_client::ProvisioningClient::new(channel);
+    let (publish, mut changes) = tokio::sync::watch::channel(Vec::new());
+    let defaults = cache::CacheConfig::default();
+    tasks.spawn(trusted::follow(
+        client,
+        publish,
+        defaults.backoff_min,
+        defaults.backoff_max,
+    ));
+    let configured = cfg.policy.trusted.elements().to_vec();
+    tasks.spawn(async move {
+        while changes.changed().await.is_ok() {
+            let mut elements = configured.clone();
+            elements.extend(
+                changes
+                    .borrow_and_update()
+                    .iter()
+                    .filter(|e| !configured.iter().any(|c| c.name == e.name))
+                    .cloned(),
+            );
+            let table = ringmesh_proxy::TrustTable::new(elements);
+            readers.replace(table.clone());
+            let msg = transport::Inbound::Control(transport::Control::Trusted(table));
+            if core.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reads the farm's secrets: every node of a farm must hold the same ones
+/// (flow tokens are verified farm-wide, and a digest nonce of another
+/// member is told from a forged one), so a farm node never invents one; a
+/// node alone makes its own. See [`parse_secrets`].
+fn farm_secrets(cfg: &Config) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    if cfg.overlay.is_none() && !cfg.farm_secret.exists() {
+        return Ok(vec![(0, load_or_create_secret(&cfg.farm_secret)?)]);
+    }
+    let text = std::fs::read_to_string(&cfg.farm_secret).with_context(|| {
+        format!(
+            "config key `farm-secret`: cannot read {} (every farm node needs the shared secret)",
+            cfg.farm_secret.display()
+        )
+    })?;
+    parse_secrets(&text)
+        .with_context(|| format!("config key `farm-secret`: {}", cfg.farm_secret.display()))
+}
+
+/// The farm secret file: one secret per line, in hex, optionally
+/// `VERSION:HEX` (0–255; a bare secret is version 0). The first line is
+/// the current secret (it seals flow tokens and keys digest nonces); the
+/// others are still accepted, so the secret rotates without breaking a
+/// dialog (docs/operations.md). Blank lines and `#` comments are skipped.
+pub fn parse_secrets(text: &str) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (version, hex_text) = match line.split_once(':') {
+            Some((v, h)) => (
+                v.trim()
+                    .parse::<u8>()
+                    .with_context(|| format!("line {}: '{v}' is not a version 0-255", i + 1))?,
+                h.trim(),
+            ),
+            None => (0, line),
+        };
+        let secret = hex::decode(hex_text)
+            .with_context(|| format!("line {}: the secret is not hex", i + 1))?;
+        if secret.len() < 16 {
+            anyhow::bail!("line {}: a secret needs at least 16 bytes", i + 1);
+        }
+        if out.iter().any(|(v, _)| *v == version) {
+            anyhow::bail!("line {}: version {version} appears twice", i + 1);
+        }
+        out.push((version, secret));
+    }
+    if out.is_empty() {
+        anyhow::bail!("no secret in the file");
+    }
+    Ok(out)
+}
+
+async fn serve(
+    cfg: Config,
+    tasks: &Tasks,
+    shutdown: impl Future<Output = ()>,
+    serving: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
     enroll_if_needed(&cfg).await?;
-    // Every node of a farm must hold the same secret (nonces and flow
-    // tokens are verified farm-wide): a farm node never invents one.
-    let secret = if cfg.overlay.is_some() {
-        let text = std::fs::read_to_string(&cfg.farm_secret).with_context(|| {
-            format!(
-                "config key `farm-secret`: cannot read {} (every farm node needs the shared secret)",
-                cfg.farm_secret.display()
-            )
-        })?;
-        hex::decode(text.trim())
-            .with_context(|| format!("{} is not hex", cfg.farm_secret.display()))?
-    } else {
-        load_or_create_secret(&cfg.farm_secret)?
-    };
+    let secrets = farm_secrets(&cfg)?;
+    let secret = secrets[0].1.clone();
     let metrics = Metrics::new(&cfg.name);
+    let mut bound = Bound::default();
     // `/readyz`: serving, joined the ring, replicas in place.
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.metrics {
         let m = metrics.clone();
-        ringmesh_probes::serve(
+        let (local, server) = ringmesh_probes::bind(
             addr,
             Arc::new(move || m.render().into_bytes()),
             ready.clone(),
         )
         .await
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tasks.spawn(server);
+        bound.metrics = Some(local);
     }
-    let mut cache = None;
-    let auth = match cfg.auth {
-        AuthMode::Digest => {
-            let digest =
-                ringmesh_sip::digest::DigestAuth::new(&secret, cfg.nonce_lifetime.as_secs())
-                    .with_algorithms(&cfg.digest_algorithms);
-            let directory: Box<dyn auth::Directory> = match (&cfg.provisioning, &cfg.subscribers) {
-                (Some(addr), _) => {
-                    let c = Arc::new(
-                        ringmesh_provisioning::cache::SubscriberCache::connect(
-                            addr,
-                            ringmesh_provisioning::cache::CacheConfig {
-                                capacity: cfg.subscriber_cache,
-                                ..Default::default()
-                            },
-                        )
-                        .map_err(|e| anyhow::anyhow!("config key `provisioning`: {e}"))?,
-                    );
-                    tracing::info!(provisioning = %addr, capacity = cfg.subscriber_cache, realm = %cfg.domain, "digest authentication against provisioning");
-                    cache = Some(c.clone());
-                    Box::new(auth::CacheDirectory::new(c, &cfg.domain))
-                }
-                (None, Some(path)) => {
-                    let d = auth::FileDirectory::load(path, &cfg.domain)?;
-                    tracing::info!(subscribers = d.len(), realm = %cfg.domain, "digest authentication against a subscriber file");
-                    Box::new(d)
-                }
-                (None, None) => anyhow::bail!("digest auth needs --subscribers or --provisioning"),
-            };
-            Some(auth::Auth::new(&cfg.domain, digest, directory))
-        }
-        AuthMode::None => None,
-    };
+    let (auth, fetched, cache) = subscriber_auth(&cfg, &secret, tasks)?;
     if let Some(c) = cache.clone() {
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            loop {
-                // The cache counts in atomics; the counters follow them.
-                let cm = c.metrics();
-                for (counter, total) in [
-                    (&m.cache_hits, &cm.hits),
-                    (&m.cache_misses, &cm.misses),
-                    (&m.cache_errors, &cm.errors),
-                ] {
-                    let total = total.load(Ordering::Relaxed);
-                    counter.inc_by(total.saturating_sub(counter.get()));
-                }
-                m.cache_watch_connected
-                    .set(i64::from(cm.watch_connected.load(Ordering::Relaxed)));
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
+        tasks.spawn(follow_cache(c, metrics.clone()));
     }
 
     let (tx, rx) = mpsc::channel(config::INBOUND_QUEUE);
@@ -242,35 +472,71 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         limits: Limits::default(),
         idle_timeout: cfg.tcp_idle_timeout,
         message_timeout: cfg.tcp_message_timeout,
-        max_connections: cfg.max_connections,
-        connections: AtomicUsize::new(0),
+        first_message_timeout: cfg.tcp_first_message_timeout,
+        connections: admission::Connections::new(
+            cfg.max_connections,
+            cfg.max_connections_per_ip,
+            metrics.connections.clone(),
+        ),
         next_conn: AtomicU64::new(1),
-        overload: transport::Overload::new(cfg.overload),
+        overload: overload::Overload::new(cfg.overload),
+        classifier: overload::Classifier {
+            tokens: ringmesh_proxy::TokenKeys::new(&secrets, cfg.max_dialog.as_secs()),
+            emergency_numbers: cfg.policy.emergency_numbers.clone(),
+        },
+        rate: cfg
+            .source_rate
+            .map(|r| admission::SourceLimiter::new(r.limit, r.burst, admission::SOURCE_TABLE)),
+        trusted: admission::Trusted::new(cfg.policy.trusted.clone()),
+        tasks: tasks.clone(),
     });
+    bound.trusted = shared.trusted.clone();
+    if let Some(c) = &cache {
+        tasks.spawn(follow_subscriber_changes(c.changes(), tx.clone()));
+    }
+    if let Some(addr) = &cfg.provisioning {
+        follow_trusted(addr, &cfg, shared.trusted.clone(), tx.clone(), tasks)?;
+    }
     let mut udp = Vec::new();
-    for l in &cfg.listen {
-        match l.transport {
+    // UDP first: a TCP listener on port 0 takes the port the kernel gave
+    // the UDP one on the same address when it can, so SIP keeps one port
+    // for both transports, as phones expect.
+    let mut listen = cfg.listen.clone();
+    listen.sort_by_key(|l| l.transport != Transport::Udp);
+    for l in &listen {
+        let local = match l.transport {
             Transport::Udp => {
                 let s = Arc::new(
                     transport::bind_udp(l.addr).with_context(|| format!("cannot bind {l}"))?,
                 );
-                tokio::spawn(transport::udp_reader(
+                let local = s.local_addr()?;
+                tasks.spawn(transport::udp_reader(
                     udp.len() as u16,
                     s.clone(),
                     shared.clone(),
                 ));
                 udp.push(s);
+                local
             }
             Transport::Tcp => {
-                let lst =
-                    transport::bind_tcp(l.addr).with_context(|| format!("cannot bind {l}"))?;
-                tokio::spawn(transport::tcp_acceptor(lst, shared.clone()));
+                let same_port = bound
+                    .sip
+                    .iter()
+                    .find(|(t, a)| *t == Transport::Udp && a.ip() == l.addr.ip())
+                    .map(|(_, a)| *a)
+                    .filter(|_| l.addr.port() == 0);
+                let lst = match same_port.map(transport::bind_tcp) {
+                    Some(Ok(lst)) => lst,
+                    _ => transport::bind_tcp(l.addr).with_context(|| format!("cannot bind {l}"))?,
+                };
+                let local = lst.local_addr()?;
+                tasks.spawn(transport::tcp_acceptor(lst, shared.clone()));
+                local
             }
-        }
-        tracing::info!(listen = %l, "SIP listening");
+        };
+        tracing::info!(listen = %l, %local, "SIP listening");
+        bound.sip.push((l.transport, local));
     }
-    let cfg = Arc::new(cfg);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (trace, _) = tokio::sync::broadcast::channel(1024);
     let etcd_connected = Arc::new(AtomicBool::new(false));
     let provisioning_connected: Arc<dyn Fn() -> bool + Send + Sync> = match cache.clone() {
@@ -280,66 +546,160 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut facts = admin::NodeFacts {
         name: cfg.name.clone(),
         node_id: [0; 16],
-        sip_listeners: cfg.listen.iter().map(ToString::to_string).collect(),
+        sip_listeners: bound
+            .sip
+            .iter()
+            .map(|(t, a)| format!("{}:{a}", t.as_str()))
+            .collect(),
         overlay_addr: String::new(),
-        admin_addr: cfg.admin.map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr: String::new(),
         cert_expires_at: None,
         started,
     };
 
-    let Some(ov) = cfg.overlay.clone() else {
-        let node_id: [u8; 16] = {
+    let (node_id, farm, location): (_, _, Box<dyn LocationService>) = match cfg.overlay.clone() {
+        None => {
             let id = load_or_create_secret(&cfg.data.join("node.id"))?;
-            let mut n = [0u8; 16];
-            n.copy_from_slice(&id[..16]);
-            n
-        };
-        facts.node_id = node_id;
-        let me = Me::new(&cfg, node_id);
-        let core = SipCore::new(
-            cfg.clone(),
-            me,
-            LocalStore::new(),
-            auth,
-            metrics.clone(),
-            &secret,
-            shared,
-            udp,
-            None,
-        )
-        .with_trace(trace.clone());
-        if let Some(addr) = cfg.admin {
-            let svc = admin::AdminService::new(
-                facts,
-                None,
-                trace,
-                metrics.transactions.clone(),
-                etcd_connected,
-                provisioning_connected,
-            );
-            admin::serve(addr, svc)
-                .await
-                .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+            let mut node_id = [0u8; 16];
+            node_id.copy_from_slice(&id[..16]);
+            (node_id, None, Box::new(Local::default()))
         }
-        let core_task = tokio::spawn(core.run(rx));
+        Some(ov) => {
+            let (farm, store, overlay, expires) = join_farm(
+                &cfg,
+                &ov,
+                &bound,
+                tasks,
+                tx.clone(),
+                &metrics,
+                ready.clone(),
+                etcd_connected.clone(),
+            )
+            .await?;
+            facts.overlay_addr = overlay.0.clone();
+            facts.cert_expires_at = expires;
+            bound.overlay = Some(overlay.1);
+            (farm.me, Some(farm), Box::new(store))
+        }
+    };
+    facts.node_id = node_id;
+    bound.node_id = node_id;
+    let listen: Vec<(Transport, SocketAddr)> = bound.sip.clone();
+    let me = Me::new(&cfg.domain, cfg.advertise.as_deref(), &listen, node_id);
+    let proxy = Proxy::new(
+        ringmesh_proxy::Config {
+            me,
+            registrar: RegistrarConfig {
+                min_expires: cfg.min_expires,
+                max_expires: cfg.max_expires,
+                default_expires: cfg.default_expires,
+                max_contacts: cfg.max_contacts,
+                allow_loopback_contacts: cfg.allow_loopback_contacts,
+            },
+            t1: cfg.t1,
+            t2: cfg.t2,
+            t4: cfg.t4,
+            retry_after: cfg.overload.retry_after,
+            presized_transactions: cfg.overload.max_transactions.min(PRESIZED_TRANSACTIONS),
+            secrets: secrets.clone(),
+            max_dialog: cfg.max_dialog,
+            branch_seed: rand::random(),
+            policy: cfg.policy.clone(),
+        },
+        auth,
+        farm.clone()
+            .map(|f| Box::new(f) as Box<dyn ringmesh_proxy::Members>),
+        Box::new(metrics.clone()),
+    );
+    let core = SipCore::new(
+        proxy,
+        location,
+        fetched,
+        metrics.clone(),
+        shared.clone(),
+        udp,
+        farm.clone(),
+        Some(trace.clone()),
+    );
+    if let Some(addr) = cfg.admin {
+        let svc = admin::AdminService {
+            facts: admin::NodeFacts {
+                admin_addr: addr.to_string(),
+                ..facts
+            },
+            farm: farm.clone(),
+            trace,
+            transactions: metrics.transactions.clone(),
+            etcd_connected,
+            provisioning_connected,
+            core: tx.clone(),
+            tasks: tasks.clone(),
+        };
+        let (local, server) = admin::bind(addr, svc)
+            .await
+            .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+        tasks.spawn(server);
+        bound.admin = Some(local);
+    }
+    let drain = CancellationToken::new();
+    let mut core_task = tasks.spawn(core.run(rx, drain.clone()));
+    if farm.is_none() {
         ready.store(true, Ordering::Relaxed);
         tracing::info!(name = %cfg.name, domain = %cfg.domain, "supernode ready (a farm of one)");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            r = core_task => anyhow::bail!("SIP core stopped: {r:?}"),
-        }
-        tracing::info!("shutting down");
-        return Ok(());
-    };
+    } else {
+        tracing::info!(name = %cfg.name, node_id = %hex::encode(node_id), "supernode started; joining the farm");
+    }
+    serving(&bound);
+    tokio::select! {
+        () = shutdown => {}
+        r = &mut core_task => anyhow::bail!("SIP core stopped: {r:?}"),
+    }
 
-    // A farm member: identity from the farm CA, links, the overlay task.
+    // Drain: no new work, records handed off, transactions finished.
+    tracing::info!("draining: refusing new requests, handing off, finishing transactions");
+    ready.store(false, Ordering::Relaxed);
+    shared.overload.start_draining();
+    drain.cancel();
+    let leave = async {
+        match &farm {
+            Some(f) => f.leave(DRAIN_LIMIT).await,
+            None => true,
+        }
+    };
+    let finish = tokio::time::timeout(DRAIN_LIMIT, &mut core_task);
+    let (handed_off, finished) = tokio::join!(leave, finish);
+    tracing::info!(
+        handed_off,
+        transactions_finished = finished.is_ok(),
+        "drained; stopping"
+    );
+    Ok(())
+}
+
+/// Starts the overlay side of a farm member: identity, links, membership
+/// in etcd, revocations, the overlay task. Returns the farm's handle, the
+/// location service on the ring, the advertised overlay address and the
+/// certificate's expiry.
+#[allow(clippy::too_many_arguments)]
+async fn join_farm(
+    cfg: &Config,
+    ov: &config::OverlayConfig,
+    bound: &Bound,
+    tasks: &Tasks,
+    sip_inbound: mpsc::Sender<transport::Inbound>,
+    metrics: &Metrics,
+    ready: Arc<AtomicBool>,
+    etcd_connected: Arc<AtomicBool>,
+) -> anyhow::Result<(
+    farm::FarmHandle,
+    farm::OverlayStore,
+    (String, SocketAddr),
+    Option<i64>,
+)> {
     let identity = pki::Identity::load(&ov.cert, &ov.key, &ov.ca, Some(&ov.crl))
         .context("node identity (config keys cert, key, ca)")?;
     let node_hex = hex::encode(identity.node_id);
-    facts.node_id = identity.node_id;
-    facts.cert_expires_at = identity.chain.first().and_then(pki::not_after);
-    let me = Me::new(&cfg, identity.node_id);
+    let expires = identity.chain.first().and_then(pki::not_after);
     let (link_tx, link_rx) = mpsc::channel(16_384);
     let links = link::Links::bind(
         ov.listen,
@@ -348,18 +708,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ringmesh_overlay::ProtocolVersion::CURRENT,
         link_tx,
         metrics.clone(),
+        tasks.clone(),
     )
     .with_context(|| format!("cannot bind the overlay endpoint {}", ov.listen))?;
-    let host = me.advertise.clone();
+    let host = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| match bound.sip[0].1.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+    let sip_port = bound
+        .sip
+        .iter()
+        .find(|(t, _)| *t == Transport::Udp)
+        .or(bound.sip.first())
+        .map_or(5060, |(_, a)| a.port());
+    let overlay_local = links.local_addr()?;
     let mut node = ringmesh_overlay::Config::new(farm::nid(identity.node_id));
     let overlay_host = ov.advertise.clone().unwrap_or_else(|| host.clone());
-    node.overlay_addr = format!("{overlay_host}:{}", ov.listen.port());
-    node.sip_addr = format!("{host}:{}", me.udp_port.or(me.tcp_port).unwrap_or(5060));
+    node.overlay_addr = format!("{overlay_host}:{}", overlay_local.port());
+    node.sip_addr = format!("{host}:{sip_port}");
     node.name = cfg.name.clone();
     node.replicas = ov.replicas;
     node.persist = true;
     node.rng_seed = rand::random();
-    facts.overlay_addr = node.overlay_addr.clone();
+    let overlay_addr = node.overlay_addr.clone();
     let mut seeds = ov.seeds.clone();
     if !cfg.etcd.is_empty() {
         let found = membership::discover_seeds(&cfg.etcd, &node_hex).await;
@@ -370,7 +744,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 seeds.push(s);
             }
         }
-        tokio::spawn(membership::keep_registered(
+        tasks.spawn(membership::keep_registered(
             cfg.etcd.clone(),
             membership::MemberEntry {
                 node_id: node_hex.clone(),
@@ -378,35 +752,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 overlay: node.overlay_addr.clone(),
                 sip: node.sip_addr.clone(),
             },
-            etcd_connected.clone(),
+            etcd_connected,
             metrics.clone(),
         ));
     }
     if let Some(ep) = cfg.enrollment.clone() {
-        tokio::spawn(follow_revocations(
+        tasks.spawn(follow_revocations(
             ep,
             links.clone(),
             ov.crl.clone(),
             identity.node_id,
         ));
     }
-    {
+    if let Some(t) = expires {
         let m = metrics.clone();
-        let expiry = facts.cert_expires_at;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
-                if let Some(t) = expiry {
-                    m.cert_expiry.set(t - core::wall_ms() as i64 / 1000);
-                }
+                m.cert_expiry.set(t - clock::wall_ms() as i64 / 1000);
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         });
     }
-    let own = [Some(ov.listen), node.overlay_addr.parse().ok()]
+    let own = [Some(overlay_local), node.overlay_addr.parse().ok()]
         .into_iter()
         .flatten()
         .collect();
-    let (farm, replies, _overlay_task) = farm::start(farm::FarmSetup {
+    let (farm, replies) = farm::start(farm::FarmSetup {
         node,
         links,
         link_events: link_rx,
@@ -414,45 +785,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         own,
         bootstrap_after: ov.bootstrap_after,
         data: cfg.data.clone(),
-        sip_inbound: tx,
+        sip_inbound,
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        ready,
+        tasks: tasks.clone(),
     })?;
     let store = farm::OverlayStore::new(farm.clone(), replies, cfg.max_expires);
-    let core = SipCore::new(
-        cfg.clone(),
-        me,
-        store,
-        auth,
-        metrics.clone(),
-        &secret,
-        shared,
-        udp,
-        Some(farm.clone()),
-    )
-    .with_trace(trace.clone());
-    if let Some(addr) = cfg.admin {
-        let svc = admin::AdminService::new(
-            facts,
-            Some(farm.clone()),
-            trace,
-            metrics.transactions.clone(),
-            etcd_connected,
-            provisioning_connected,
-        );
-        admin::serve(addr, svc)
-            .await
-            .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+    Ok((farm, store, (overlay_addr, overlay_local), expires))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_secrets;
+
+    #[test]
+    fn secret_files_list_versions_the_first_current() {
+        let a = "00112233445566778899aabbccddeeff";
+        let b = "ffeeddccbbaa99887766554433221100";
+        assert_eq!(parse_secrets(a).unwrap(), [(0, hex::decode(a).unwrap())]);
+        let two = parse_secrets(&format!("# rotation\n2:{b}\n\n1:{a}\n")).unwrap();
+        assert_eq!(two[0], (2, hex::decode(b).unwrap()), "the first seals");
+        assert_eq!(two[1].0, 1);
+        for (bad, why) in [
+            ("", "no secret"),
+            ("xyz", "not hex"),
+            ("0011", "16 bytes"),
+            (&*format!("300:{a}"), "version 0-255"),
+            (&*format!("1:{a}\n1:{b}"), "twice"),
+        ] {
+            let e = format!("{:#}", parse_secrets(bad).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
-    let core_task = tokio::spawn(core.run(rx));
-    tracing::info!(name = %cfg.name, node_id = %node_hex, overlay = %ov.listen, "supernode started; joining the farm");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        r = core_task => anyhow::bail!("SIP core stopped: {r:?}"),
-    }
-    tracing::info!("leaving the ring: handing off keys");
-    let handed_off = farm.leave(Duration::from_secs(15)).await;
-    tracing::info!(handed_off, "shutting down");
-    Ok(())
 }

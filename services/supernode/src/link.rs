@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::pki::Identity;
+use crate::tasks::Tasks;
 
 /// Largest frame a link accepts (a hand-off batch, a SIP message).
 pub const MAX_FRAME: usize = 8 << 20;
@@ -83,6 +84,7 @@ struct Inner {
     events: mpsc::Sender<LinkEvent>,
     metrics: Metrics,
     serial: AtomicU64,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Links {
@@ -113,6 +115,7 @@ impl Links {
         version: LinkVersion,
         events: mpsc::Sender<LinkEvent>,
         metrics: Metrics,
+        tasks: Tasks,
     ) -> anyhow::Result<Links> {
         let server_tls = identity.server_config(alpn)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
@@ -139,13 +142,14 @@ impl Links {
                 events,
                 metrics,
                 serial: AtomicU64::new(1),
+                tasks,
             }),
         };
         let acceptor = links.clone();
-        tokio::spawn(async move {
+        links.inner.tasks.spawn(async move {
             while let Some(incoming) = acceptor.inner.endpoint.accept().await {
                 let l = acceptor.clone();
-                tokio::spawn(async move {
+                acceptor.inner.tasks.spawn(async move {
                     let remote = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => l.established(conn, None, false).await,
@@ -175,7 +179,7 @@ impl Links {
             }
         }
         let l = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             match l.inner.endpoint.connect_with(
                 l.inner.client.clone(),
                 addr,
@@ -354,7 +358,7 @@ impl Links {
             .await;
         tracing::info!(peer = %hex::encode(cert_id), %addr, "overlay link up");
 
-        let writer = tokio::spawn(write_frames(send, rx));
+        let writer = self.inner.tasks.spawn(write_frames(send, rx));
         loop {
             match read_frame(&mut recv).await {
                 Ok((KIND_OVERLAY, body)) => {

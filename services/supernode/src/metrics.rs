@@ -1,4 +1,7 @@
-//! Every metric the supernode exports, defined in one place (STYLE.md §10).
+//! Every metric the supernode exports, defined in one place; label sets are
+//! enums ([`Wire`], [`MethodLabel`], [`Class`], [`CallResult`], and the
+//! proxy's, overload control's, admission's and the transports') with
+//! `as_label()`.
 //!
 //! Names start with `ringmesh_`, carry units, and labels stay
 //! low-cardinality: method (extension methods collapse to "other"),
@@ -12,79 +15,161 @@ use prometheus::{
 };
 use ringmesh_sip::Method;
 
-pub const METHODS: [&str; 15] = [
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "REGISTER",
-    "OPTIONS",
-    "MESSAGE",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "PRACK",
-    "UPDATE",
-    "REFER",
-    "other",
-];
-pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "overlay"];
-pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
-/// Outcomes of a call setup at the caller's edge
-/// (`ringmesh_call_setups_total`): see [`call_result`].
-pub const CALL_RESULTS: [&str; 5] = ["answered", "busy", "cancelled", "rejected", "failed"];
+use ringmesh_proxy::Transport;
+use ringmesh_proxy::observe::{AuthFailure, GuardEvent, Metric, Observer, Refusal, Registration};
 
-/// The outcome (an index into [`CALL_RESULTS`]) of an INVITE answered
-/// finally with `status`: answered (2xx); busy (486, 600); cancelled by the
-/// caller (487); rejected by the callee or for what was asked (other
-/// 3xx–6xx: not found, unavailable, declined, …); failed: the network's
-/// fault (408 and 5xx), what a call-setup SLO counts against the farm.
-pub fn call_result(status: u16) -> usize {
-    match status {
-        200..=299 => 0,
-        486 | 600 => 1,
-        487 => 2,
-        408 | 500..=599 => 4,
-        _ => 3,
+use crate::admission::{ConnRefusal, Direction, LimitReason};
+use crate::overload::ShedReason;
+use crate::transport::ConnTimeout;
+
+/// The `transport` label of SIP metrics: a leaf's transport, or a link
+/// from another supernode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Udp,
+    Tcp,
+    Overlay,
+}
+
+impl Wire {
+    pub const ALL: [Wire; 3] = [Wire::Udp, Wire::Tcp, Wire::Overlay];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Wire::Udp => "udp",
+            Wire::Tcp => "tcp",
+            Wire::Overlay => "overlay",
+        }
     }
 }
 
-/// Why a new request was shed (`ringmesh_overload_shed_total`).
-pub const SHED_REASONS: [&str; 4] = ["queue_depth", "queue_delay", "transactions", "pending"];
-
-/// Index of a method's label in [`METHODS`].
-pub fn method_index(m: &Method) -> usize {
-    match m {
-        Method::Invite => 0,
-        Method::Ack => 1,
-        Method::Bye => 2,
-        Method::Cancel => 3,
-        Method::Register => 4,
-        Method::Options => 5,
-        Method::Message => 6,
-        Method::Subscribe => 7,
-        Method::Notify => 8,
-        Method::Publish => 9,
-        Method::Info => 10,
-        Method::Prack => 11,
-        Method::Update => 12,
-        Method::Refer => 13,
-        Method::Other(_) => 14,
+impl From<Transport> for Wire {
+    fn from(t: Transport) -> Wire {
+        match t {
+            Transport::Udp => Wire::Udp,
+            Transport::Tcp => Wire::Tcp,
+        }
     }
 }
 
-/// Index of a transport label in [`TRANSPORTS`].
-pub fn transport_index(t: &str) -> usize {
-    match t {
-        "udp" => 0,
-        "tcp" => 1,
-        _ => 2,
+/// How an INVITE from a leaf ended, at the caller's edge
+/// (`ringmesh_call_setups_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// 2xx.
+    Answered,
+    /// 486, 600.
+    Busy,
+    /// 487: the caller cancelled.
+    Cancelled,
+    /// Other 3xx–6xx: not found, unavailable, declined, …
+    Rejected,
+    /// 408 and 5xx: the network's fault, what a call-setup SLO counts
+    /// against the farm.
+    Failed,
+}
+
+impl CallResult {
+    pub const ALL: [CallResult; 5] = [
+        CallResult::Answered,
+        CallResult::Busy,
+        CallResult::Cancelled,
+        CallResult::Rejected,
+        CallResult::Failed,
+    ];
+
+    pub fn of(status: u16) -> CallResult {
+        match status {
+            200..=299 => CallResult::Answered,
+            486 | 600 => CallResult::Busy,
+            487 => CallResult::Cancelled,
+            408 | 500..=599 => CallResult::Failed,
+            _ => CallResult::Rejected,
+        }
+    }
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            CallResult::Answered => "answered",
+            CallResult::Busy => "busy",
+            CallResult::Cancelled => "cancelled",
+            CallResult::Rejected => "rejected",
+            CallResult::Failed => "failed",
+        }
     }
 }
 
-fn class_index(status: u16) -> usize {
-    usize::from(status / 100).clamp(1, 6) - 1
+/// The `method` label: the methods counted by name; extension methods are
+/// "other" (the label set stays small whatever a peer sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodLabel(usize);
+
+impl MethodLabel {
+    const NAMES: [&'static str; 15] = [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "MESSAGE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "PRACK",
+        "UPDATE",
+        "REFER",
+        "other",
+    ];
+
+    pub fn all() -> impl Iterator<Item = MethodLabel> {
+        (0..Self::NAMES.len()).map(MethodLabel)
+    }
+
+    pub fn of(m: &Method) -> MethodLabel {
+        MethodLabel(match m {
+            Method::Invite => 0,
+            Method::Ack => 1,
+            Method::Bye => 2,
+            Method::Cancel => 3,
+            Method::Register => 4,
+            Method::Options => 5,
+            Method::Message => 6,
+            Method::Subscribe => 7,
+            Method::Notify => 8,
+            Method::Publish => 9,
+            Method::Info => 10,
+            Method::Prack => 11,
+            Method::Update => 12,
+            Method::Refer => 13,
+            Method::Other(_) => 14,
+        })
+    }
+
+    pub fn as_label(self) -> &'static str {
+        Self::NAMES[self.0]
+    }
+}
+
+/// The `class` label of responses: 1xx … 6xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class(usize);
+
+impl Class {
+    const NAMES: [&'static str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+    pub fn all() -> impl Iterator<Item = Class> {
+        (0..Self::NAMES.len()).map(Class)
+    }
+
+    pub fn of(status: u16) -> Class {
+        Class(usize::from(status / 100).clamp(1, 6) - 1)
+    }
+
+    pub fn as_label(self) -> &'static str {
+        Self::NAMES[self.0]
+    }
 }
 
 /// The labelled counters the SIP path bumps for every message, resolved
@@ -101,40 +186,53 @@ pub struct Hot {
     call_setups: Vec<IntCounter>,
     overload_rejections: Vec<IntCounter>,
     shed: Vec<IntCounter>,
+    /// By direction, then reason.
+    refused: Vec<[IntCounter; 2]>,
+    timeouts: Vec<IntCounter>,
+    /// By reason, then transport (UDP, TCP).
+    rate_limited: Vec<[IntCounter; 2]>,
 }
 
 impl Hot {
-    pub fn request(&self, m: &Method, transport: &str) {
-        self.requests[method_index(m)][transport_index(transport)].inc();
+    pub fn request(&self, m: &Method, wire: Wire) {
+        self.requests[MethodLabel::of(m).0][wire as usize].inc();
     }
-    pub fn response_sent(&self, status: u16, transport: &str) {
-        self.responses_sent[class_index(status)][transport_index(transport)].inc();
+    pub fn response_sent(&self, status: u16, wire: Wire) {
+        self.responses_sent[Class::of(status).0][wire as usize].inc();
     }
-    pub fn response_received(&self, status: u16, transport: &str) {
-        self.responses_received[class_index(status)][transport_index(transport)].inc();
+    pub fn response_received(&self, status: u16, wire: Wire) {
+        self.responses_received[Class::of(status).0][wire as usize].inc();
     }
     pub fn forwarded(&self, m: &Method) {
-        self.forwarded[method_index(m)].inc();
+        self.forwarded[MethodLabel::of(m).0].inc();
     }
-    /// `result`: ok, challenged, rejected or failed.
-    pub fn registration(&self, result: &str) {
-        let i = match result {
-            "ok" => 0,
-            "challenged" => 1,
-            "rejected" => 2,
-            _ => 3,
-        };
-        self.registrations[i].inc();
+    pub fn registration(&self, result: Registration) {
+        self.registrations[result as usize].inc();
     }
     /// A leaf's INVITE got its final response `status`.
     pub fn call_setup(&self, status: u16) {
-        self.call_setups[call_result(status)].inc();
+        self.call_setups[CallResult::of(status) as usize].inc();
     }
-    /// A new request answered 503 by the reader: `reason` indexes
-    /// [`SHED_REASONS`].
-    pub fn shed(&self, reason: usize, transport: &str) {
-        self.overload_rejections[transport_index(transport)].inc();
-        self.shed[reason.min(SHED_REASONS.len() - 1)].inc();
+    /// A new request answered 503 by a reader.
+    pub fn shed(&self, reason: ShedReason, wire: Wire) {
+        self.overload_rejections[wire as usize].inc();
+        self.shed[reason as usize].inc();
+    }
+    /// A TCP connection refused (accepted and closed, or not opened).
+    pub fn connection_refused(&self, direction: Direction, reason: ConnRefusal) {
+        self.refused[direction as usize][reason as usize].inc();
+    }
+    /// A TCP connection closed by one of its timeouts.
+    pub fn connection_timed_out(&self, why: ConnTimeout) {
+        self.timeouts[why as usize].inc();
+    }
+    /// A message a reader dropped unread: its source is over its rate.
+    pub fn rate_limited(&self, reason: LimitReason, transport: Transport) {
+        let t = match transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+        };
+        self.rate_limited[reason as usize][t].inc();
     }
 }
 
@@ -154,9 +252,15 @@ pub struct Metrics {
     pub register_latency: Histogram,
     pub calls_active: IntGauge,
     pub auth_failures: IntCounterVec,
+    pub refused: IntCounterVec,
+    pub guard: IntCounterVec,
+    pub emergency: IntCounter,
     pub overload_rejections: IntCounterVec,
     pub overload_shed: IntCounterVec,
     pub overload_active: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub connection_timeouts: IntCounterVec,
+    pub rate_limited: IntCounterVec,
     pub queue_delay: IntGauge,
     pub transactions_lingering: IntGauge,
     pub connections: IntGauge,
@@ -303,6 +407,23 @@ impl Metrics {
                 "Digest authentication failures, by reason",
                 &["reason"],
             ),
+            refused: counter_vec(
+                r,
+                "ringmesh_sip_refused_total",
+                "Requests refused by a rule of the farm (not in a dialog, contact address, too many contacts, barred callee, no emergency route)",
+                &["reason"],
+            ),
+            guard: counter_vec(
+                r,
+                "ringmesh_guard_events_total",
+                "Brute-force protection: bans applied (pair_banned, source_banned), banned requests refused or dropped, bans lifted",
+                &["event"],
+            ),
+            emergency: counter(
+                r,
+                "ringmesh_sip_emergency_requests_total",
+                "Emergency requests (urn:service:sos, emergency numbers) received",
+            ),
             overload_rejections: counter_vec(
                 r,
                 "ringmesh_overload_rejections_total",
@@ -323,14 +444,36 @@ impl Metrics {
             queue_delay: gauge(
                 r,
                 "ringmesh_sip_inbound_queue_delay_microseconds",
-                "Smoothed time messages wait between a transport reader and the SIP core",
+                "Smoothed sojourn of inbound SIP messages, from the kernel's queue (UDP receive timestamp) to the SIP core: what overload control judges",
             ),
             transactions_lingering: gauge(
                 r,
                 "ringmesh_sip_transactions_lingering",
                 "Completed server transactions kept only to answer retransmissions (Timer J); included in ringmesh_sip_transactions",
             ),
-            connections: gauge(r, "ringmesh_sip_connections", "Open SIP connections (TCP)"),
+            connections: gauge(
+                r,
+                "ringmesh_sip_connections",
+                "Open SIP connections (TCP): accepted, and opened by this node (from the start of the connect)",
+            ),
+            connections_refused: counter_vec(
+                r,
+                "ringmesh_sip_connections_refused_total",
+                "TCP connections refused, by direction (inbound: accepted and reset at once; outbound: not opened, the message dropped) and reason (max_connections: the node's cap; per_ip: the peer address's cap)",
+                &["direction", "reason"],
+            ),
+            connection_timeouts: counter_vec(
+                r,
+                "ringmesh_sip_connection_timeouts_total",
+                "TCP connections closed by a timeout, by reason (first_message: no complete request within tcp-first-message-timeout of the accept; message: a message not finished within tcp-message-timeout; idle: nothing for tcp-idle-timeout)",
+                &["reason"],
+            ),
+            rate_limited: counter_vec(
+                r,
+                "ringmesh_sip_rate_limited_total",
+                "SIP messages a transport reader dropped unread and unanswered, by reason (source_rate: the source spent its source-rate-limit bucket; sources_full: the table of sources was full and the untracked sources' share was spent) and transport",
+                &["reason", "transport"],
+            ),
             inbound_queue: gauge(
                 r,
                 "ringmesh_sip_inbound_queue",
@@ -471,72 +614,77 @@ impl Metrics {
             registry,
         };
         // Resolve (and so create) every labelled series of the SIP path.
-        let by_transport = |v: &IntCounterVec, first: &str| -> [IntCounter; 3] {
-            std::array::from_fn(|t| v.with_label_values(&[first, TRANSPORTS[t]]))
+        let by_wire = |v: &IntCounterVec, first: &str| -> [IntCounter; 3] {
+            Wire::ALL.map(|w| v.with_label_values(&[first, w.as_label()]))
         };
         m.hot = Hot {
-            requests: METHODS
-                .iter()
-                .map(|x| by_transport(&m.requests, x))
+            requests: MethodLabel::all()
+                .map(|x| by_wire(&m.requests, x.as_label()))
                 .collect(),
-            responses_sent: CLASSES
-                .iter()
-                .map(|c| by_transport(&m.responses_sent, c))
+            responses_sent: Class::all()
+                .map(|c| by_wire(&m.responses_sent, c.as_label()))
                 .collect(),
-            responses_received: CLASSES
-                .iter()
-                .map(|c| by_transport(&m.responses_received, c))
+            responses_received: Class::all()
+                .map(|c| by_wire(&m.responses_received, c.as_label()))
                 .collect(),
-            forwarded: METHODS
-                .iter()
-                .map(|x| m.forwarded.with_label_values(&[x]))
+            forwarded: MethodLabel::all()
+                .map(|x| m.forwarded.with_label_values(&[x.as_label()]))
                 .collect(),
-            registrations: ["ok", "challenged", "rejected", "failed"]
+            registrations: Registration::ALL
                 .iter()
-                .map(|r| m.registrations.with_label_values(&[r]))
+                .map(|r| m.registrations.with_label_values(&[r.as_label()]))
                 .collect(),
-            call_setups: CALL_RESULTS
+            call_setups: CallResult::ALL
                 .iter()
-                .map(|r| m.call_setups.with_label_values(&[r]))
+                .map(|r| m.call_setups.with_label_values(&[r.as_label()]))
                 .collect(),
-            overload_rejections: TRANSPORTS
+            overload_rejections: Wire::ALL
                 .iter()
-                .map(|t| m.overload_rejections.with_label_values(&[t]))
+                .map(|w| m.overload_rejections.with_label_values(&[w.as_label()]))
                 .collect(),
-            shed: SHED_REASONS
+            shed: ShedReason::ALL
                 .iter()
-                .map(|r| m.overload_shed.with_label_values(&[r]))
+                .map(|r| m.overload_shed.with_label_values(&[r.as_label()]))
+                .collect(),
+            refused: Direction::ALL
+                .iter()
+                .map(|d| {
+                    ConnRefusal::ALL.map(|r| {
+                        m.connections_refused
+                            .with_label_values(&[d.as_label(), r.as_label()])
+                    })
+                })
+                .collect(),
+            timeouts: ConnTimeout::ALL
+                .iter()
+                .map(|t| m.connection_timeouts.with_label_values(&[t.as_label()]))
+                .collect(),
+            rate_limited: LimitReason::ALL
+                .iter()
+                .map(|r| {
+                    [Transport::Udp, Transport::Tcp].map(|t| {
+                        m.rate_limited
+                            .with_label_values(&[r.as_label(), t.as_str()])
+                    })
+                })
                 .collect(),
         };
-        for t in TRANSPORTS {
-            for meth in METHODS {
-                m.requests.with_label_values(&[meth, t]);
-            }
-            for c in CLASSES {
-                m.responses_sent.with_label_values(&[c, t]);
-                m.responses_received.with_label_values(&[c, t]);
-            }
+        for w in Wire::ALL {
             for k in ["request", "response", "stream"] {
-                m.parse_errors.with_label_values(&[k, t]);
+                m.parse_errors.with_label_values(&[k, w.as_label()]);
             }
-            m.overload_rejections.with_label_values(&[t]);
         }
-        for res in ["ok", "challenged", "rejected", "failed"] {
-            m.registrations.with_label_values(&[res]);
+        for reason in AuthFailure::ALL {
+            m.auth_failures.with_label_values(&[reason.as_label()]);
         }
-        for reason in [
-            "bad_credentials",
-            "stale_nonce",
-            "unknown_user",
-            "forbidden_identity",
-        ] {
-            m.auth_failures.with_label_values(&[reason]);
+        for reason in Refusal::ALL {
+            m.refused.with_label_values(&[reason.as_label()]);
+        }
+        for e in GuardEvent::ALL {
+            m.guard.with_label_values(&[e.as_label()]);
         }
         for role in ["primary", "replica"] {
             m.bindings.with_label_values(&[role]);
-        }
-        for meth in METHODS {
-            m.forwarded.with_label_values(&[meth]);
         }
         for s in ["joining", "alive", "leaving", "left", "dead"] {
             m.overlay_members.with_label_values(&[s]);
@@ -552,13 +700,6 @@ impl Metrics {
         }
         m.up.set(1);
         m
-    }
-
-    pub fn class(status: u16) -> &'static str {
-        CLASSES
-            .get(usize::from(status / 100).saturating_sub(1))
-            .copied()
-            .unwrap_or("6xx")
     }
 
     /// Text exposition of every metric.
@@ -577,13 +718,73 @@ pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+/// The proxy's metric events, counted.
+impl Observer for Metrics {
+    fn observe(&self, m: Metric<'_>) {
+        match m {
+            Metric::ResponseSent { status, transport } => {
+                self.hot.response_sent(status, transport.into())
+            }
+            Metric::Forwarded { method } => self.hot.forwarded(method),
+            Metric::Registration(r) => self.hot.registration(r),
+            Metric::AuthFailure(why) => self
+                .auth_failures
+                .with_label_values(&[why.as_label()])
+                .inc(),
+            Metric::Refused(why) => self.refused.with_label_values(&[why.as_label()]).inc(),
+            Metric::Emergency => self.emergency.inc(),
+            Metric::Guard(e) => self.guard.with_label_values(&[e.as_label()]).inc(),
+            Metric::RegisterLatency(d) => self.register_latency.observe(d.as_secs_f64()),
+            Metric::CallSetup { status } => self.hot.call_setup(status),
+            Metric::CallSetupLatency(d) => self.call_setup.observe(d.as_secs_f64()),
+            Metric::CallStarted => self.calls_active.inc(),
+            Metric::CallEnded => self.calls_active.dec(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An idle node answers with a zero for every reason a leaf's
+    /// credentials are refused, and each event lands under its own label.
+    #[test]
+    fn every_auth_failure_reason_is_exported_from_the_start() {
+        let m = Metrics::new("sn-test");
+        let series = |text: &str, reason: &str| {
+            let label = format!("reason=\"{reason}\"");
+            text.lines()
+                .find(|l| l.starts_with("ringmesh_auth_failures_total{") && l.contains(&label))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        let text = m.render();
+        for reason in AuthFailure::ALL {
+            // Written with every variant, so that a new one must be placed.
+            let listed = match reason {
+                AuthFailure::UnknownUser
+                | AuthFailure::BadCredentials
+                | AuthFailure::StaleNonce
+                | AuthFailure::ForeignNonce
+                | AuthFailure::Replay
+                | AuthFailure::Barred
+                | AuthFailure::ForbiddenIdentity => reason.as_label(),
+            };
+            assert_eq!(series(&text, listed).as_deref(), Some("0"), "{listed}");
+        }
+        assert_eq!(AuthFailure::ALL.len(), 7, "ALL lists every variant");
+        m.observe(Metric::AuthFailure(AuthFailure::Replay));
+        m.observe(Metric::AuthFailure(AuthFailure::ForeignNonce));
+        m.observe(Metric::AuthFailure(AuthFailure::ForeignNonce));
+        let text = m.render();
+        assert_eq!(series(&text, "replay").as_deref(), Some("1"));
+        assert_eq!(series(&text, "foreign_nonce").as_deref(), Some("2"));
+    }
+
     #[test]
     fn call_outcomes() {
-        let label = |s| CALL_RESULTS[call_result(s)];
+        let label = |s| CallResult::of(s).as_label();
         for (status, want) in [
             (200, "answered"),
             (202, "answered"),

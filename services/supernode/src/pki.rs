@@ -1,6 +1,7 @@
-//! The farm's public-key infrastructure: a CA that assigns Node-IDs, node
-//! certificates that carry them, and the rustls configurations of overlay
-//! links (mutual TLS, TLS 1.3 only, the ring provider).
+//! A node's side of the farm's public-key infrastructure: its identity
+//! (certificate carrying its Node-ID, key, the farm CA, CRLs) and the
+//! rustls configurations of overlay links (mutual TLS, TLS 1.3 only, the
+//! ring provider). The CA itself is the enrollment service's.
 //!
 //! A Node-ID is 128 bits chosen by the CA, never by the node: it is carried
 //! in the certificate as the URI SAN `urn:ringmesh:node:<32 hex digits>`, so
@@ -12,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
-pub use ringmesh_enrollment::ca::{Ca, NODE_DNS_NAME, NODE_URI_PREFIX, place};
+pub use ringmesh_enrollment_client::cert::{NODE_DNS_NAME, NODE_URI_PREFIX};
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
@@ -25,12 +26,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The Node-ID in a certificate, from its URI SAN.
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Option<[u8; 16]> {
-    ringmesh_enrollment::ca::node_id_of(cert)
+    ringmesh_enrollment_client::cert::node_id_of(cert)
 }
 
 /// The expiry (UNIX seconds) of a certificate.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    ringmesh_enrollment::ca::cert_info(cert)
+    ringmesh_enrollment_client::cert::cert_info(cert)
         .ok()
         .map(|i| i.not_after_unix)
 }
@@ -145,67 +146,5 @@ impl Identity {
     /// Seconds until this node's certificate expires (negative: expired).
     pub fn expires_in(&self) -> Option<i64> {
         Some(not_after(self.chain.first()?)? - UnixTime::now().as_secs() as i64)
-    }
-}
-
-/// Writes a node's key and certificate issued by `ca` into `dir`
-/// (`node.key`, `node.crt`, `ca.crt`), unless they exist, as the enrollment
-/// service would (tests and labs without one). Returns its Node-ID; `taken`
-/// are the Node-IDs already issued in this farm.
-pub fn provision_node(
-    dir: &Path,
-    name: &str,
-    ca: &Ca,
-    taken: &[[u8; 16]],
-) -> anyhow::Result<[u8; 16]> {
-    std::fs::create_dir_all(dir)?;
-    let crt = dir.join("node.crt");
-    if crt.exists() {
-        let pem = std::fs::read_to_string(&crt)?;
-        let first = pem_certs(&pem)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("empty {}", crt.display()))?;
-        return node_id_of(&first).ok_or_else(|| anyhow!("{} carries no Node-ID", crt.display()));
-    }
-    let key = rcgen::KeyPair::generate()?;
-    let issued = ca.issue(name, &key, place(taken), 825)?;
-    crate::write_private(&dir.join("node.key"), key.serialize_pem().as_bytes())?;
-    std::fs::write(&crt, &issued.cert_pem)?;
-    std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
-    Ok(issued.node_id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issued_identities_load_with_their_node_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::generate("test farm").unwrap();
-        let id = provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap();
-        assert_eq!(
-            provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap(),
-            id,
-            "stable across restarts"
-        );
-        let ident = Identity::load(
-            &dir.path().join("n1/node.crt"),
-            &dir.path().join("n1/node.key"),
-            &dir.path().join("n1/ca.crt"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(ident.node_id, id);
-        assert!(ident.expires_in().unwrap() > 800 * 86400);
-        ident.server_config(b"x").unwrap();
-        ident.client_config(b"x").unwrap();
-        let second = provision_node(&dir.path().join("n2"), "n2", &ca, &[id]).unwrap();
-        assert_eq!(
-            u128::from_be_bytes(second).wrapping_sub(u128::from_be_bytes(id)),
-            1 << 127,
-            "placed opposite"
-        );
     }
 }

@@ -8,62 +8,45 @@
 //! Each TCP connection has a writer task fed by a bounded channel; the core
 //! sends UDP itself (`try_send_to` never blocks).
 //!
-//! ## Overload control
-//!
-//! A node past its capacity must keep serving what it admits at full speed
-//! and turn the rest away cheaply, before latency grows and before the
-//! kernel drops datagrams (a drop is retransmitted, so it adds load). The
-//! readers decide, per message, with three signals ([`Overload`]):
-//!
-//! - how long requests have already waited (`overload-queue-delay-ms`):
-//!   for UDP, the age of each datagram since the kernel queued it (its
-//!   `SO_TIMESTAMPNS` receive timestamp; smoothed over the last hundred or
-//!   so, so that a pause of a few tens of milliseconds sheds nothing), which
-//!   is where a backlog builds first; plus, on every transport, the
-//!   smoothed time messages waited
-//!   between a reader and the core, measured by the core as it takes them
-//!   (applied only while a few messages are queued, so a stale estimate
-//!   cannot shed an idle node);
-//! - the depth of the queue to the core (`overload-queue-depth`);
-//! - the transactions the core holds (`overload-max-transactions`), which
-//!   bounds its memory;
-//! - the requests waiting for the location service or the subscriber
-//!   directory (`overload-max-pending`): in a farm the ring is a queue of
-//!   its own, invisible in the core's, which would otherwise fill until
-//!   operations time out (late 503s, retransmissions, collapse).
-//!
-//! While the datagrams read are older than the delay limit, new requests
-//! are shed, so admitted requests never wait much longer than the limit,
-//! the backlog cannot grow without bound, and under a steady overload the
-//! node settles into serving its capacity and answering the excess.
+//! New requests are shed (503 with Retry-After) by the readers themselves
+//! while the node is overloaded: the rules are in [`crate::overload`].
 //! Readers take at most [`READ_BATCH`] datagrams per turn and the core
 //! yields after as many messages, so neither starves the other.
 //!
-//! Only new work is shed: out-of-dialog requests other than ACK and CANCEL.
-//! Responses, ACKs, CANCELs and in-dialog requests (a To tag) always go
-//! through, so calls in progress finish and no transaction is left
-//! half-done. A shed request gets a stateless 503 with `Retry-After`
-//! (`overload-retry-after`), which ends the client's transaction (no
-//! retransmissions) and asks it to back off; it costs the reader a parse and
-//! one send, a fraction of what the core would spend on it.
+//! Each connection frames its stream with one incremental [`Framer`], so a
+//! peer dripping a message byte by byte costs linear work.
+//!
+//! What one source may cost is bounded here too, with the rules of
+//! [`crate::admission`]: a message (or a CRLF ping on a stream) from a
+//! source over its rate is dropped before it is parsed; every TCP
+//! connection, accepted or opened for the core by [`connect`], holds a
+//! slot of the node's and its peer address's quota, and a connection
+//! refused one is reset at once (or, outbound, never opened). An accepted
+//! connection must complete its first request within the first-message
+//! timeout; after that the idle timeout (nothing buffered) and the message
+//! timeout (a message begun and not finished) apply.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use ringmesh_sip::framing::{self, Frame};
-use ringmesh_sip::{HeaderName, Limits, Message, Method, ParseError, salvage};
+use ringmesh_sip::framing::{Frame, Framer};
+use ringmesh_sip::{Limits, Message, ParseError, salvage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{OverloadConfig, Transport};
-use crate::location::FlowRef;
+use ringmesh_proxy::{FlowRef, Transport};
+
+use crate::admission::{ConnSlot, Connections, Direction, SourceLimiter, Trusted};
 use crate::metrics::Metrics;
+use crate::overload::{Classifier, Overload, ShedReason, overload_response};
+use crate::tasks::Tasks;
 
 /// What the transports hand the SIP core.
 #[derive(Debug)]
@@ -72,7 +55,10 @@ pub enum Inbound {
         msg: Message,
         flow: FlowRef,
         transport: Transport,
-        at: Instant,
+        /// When a reader queued it for the core.
+        queued: Instant,
+        /// How long it had waited in the kernel before (zero when unknown).
+        kernel_wait: Duration,
     },
     ConnOpened {
         id: u64,
@@ -87,6 +73,26 @@ pub enum Inbound {
         msg: Message,
         peer: [u8; 16],
     },
+    /// The admin API or a watcher asks the SIP core something.
+    Control(Control),
+}
+
+/// What the rest of the supernode asks of the SIP core (which owns the
+/// proxy and its state).
+#[derive(Debug)]
+pub enum Control {
+    /// The brute-force bans in force.
+    Bans(tokio::sync::oneshot::Sender<Vec<ringmesh_proxy::guard::Ban>>),
+    /// Lift a source's bans on every member; answers how many it had here.
+    Lift {
+        source: ringmesh_proxy::guard::Source,
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// The trusted elements changed: the configured ones and
+    /// provisioning's, the whole table.
+    Trusted(ringmesh_proxy::TrustTable),
+    /// Provisioning changed a subscriber (barred, deleted, new password).
+    Subscriber(ringmesh_proxy::SubscriberChange),
 }
 
 /// State the reader tasks share.
@@ -97,94 +103,74 @@ pub struct Shared {
     pub limits: Limits,
     pub idle_timeout: Duration,
     pub message_timeout: Duration,
-    pub max_connections: usize,
-    pub connections: AtomicUsize,
+    /// How long an accepted connection has to complete its first request.
+    pub first_message_timeout: Duration,
+    /// Every TCP connection's slot, in all and per address.
+    pub connections: Arc<Connections>,
     pub next_conn: AtomicU64,
     pub overload: Overload,
+    /// What overload control may shed.
+    pub classifier: Classifier,
+    /// The per-source rate limit, if any.
+    pub rate: Option<SourceLimiter>,
+    /// The elements the per-source limits do not apply to; replace the
+    /// table through this handle while the node runs.
+    pub trusted: Trusted,
+    /// Where connection tasks are spawned.
+    pub tasks: Tasks,
 }
-
-/// The overload signals the SIP core publishes and the readers read, and
-/// the limits they are held to (see the [module docs](self)).
-#[derive(Debug)]
-pub struct Overload {
-    pub limits: OverloadConfig,
-    /// Smoothed queueing delay, microseconds (written by the core).
-    pub delay_us: AtomicU64,
-    /// Transactions the core holds, Timer J lingerers not counted.
-    pub transactions: AtomicUsize,
-    /// Requests waiting for the location service or the directory.
-    pub pending: AtomicUsize,
-    /// The `Retry-After` value, pre-formatted.
-    retry_after: Box<[u8]>,
-}
-
-/// Below this many queued messages the core's delay estimate is not
-/// applied: the queue is nearly empty, whatever an older estimate says.
-const DELAY_MIN_DEPTH: usize = 16;
 
 /// Datagrams a UDP reader takes per turn before it lets other tasks run.
 pub const READ_BATCH: usize = 256;
 
-impl Overload {
-    pub fn new(limits: OverloadConfig) -> Overload {
-        Overload {
-            limits,
-            delay_us: AtomicU64::new(0),
-            transactions: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
-            retry_after: limits.retry_after.to_string().into_bytes().into(),
-        }
-    }
-
-    /// Whether a new request arriving with `depth` messages queued, which
-    /// waited `waited` before a reader took it (the kernel's queue; zero
-    /// when unknown), must be shed, and why (an index into
-    /// `metrics::SHED_REASONS`).
-    pub fn shed_reason(&self, depth: usize, waited: Duration) -> Option<usize> {
-        if depth >= self.limits.queue_depth {
-            return Some(0);
-        }
-        let limit = self.limits.queue_delay;
-        if waited > limit
-            || depth >= DELAY_MIN_DEPTH
-                && self.delay_us.load(Ordering::Relaxed) > limit.as_micros() as u64
-        {
-            return Some(1);
-        }
-        if self.transactions.load(Ordering::Relaxed) >= self.limits.max_transactions {
-            return Some(2);
-        }
-        if self.pending.load(Ordering::Relaxed) >= self.limits.max_pending {
-            return Some(3);
-        }
-        None
-    }
-
-    /// Whether any signal is over its limit now (the `ringmesh_overload_active` gauge).
-    pub fn is_active(&self, depth: usize) -> bool {
-        self.shed_reason(depth.max(DELAY_MIN_DEPTH), Duration::ZERO)
-            .is_some()
-    }
+/// Which timeout closed a TCP connection
+/// (`ringmesh_sip_connection_timeouts_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnTimeout {
+    /// No complete request within the first-message timeout of the accept.
+    FirstMessage,
+    /// A message begun and not finished within the message timeout.
+    Message,
+    /// Nothing within the idle timeout.
+    Idle,
 }
 
-/// Work the node may turn away: a request that starts something new.
-/// Responses, ACK, CANCEL and in-dialog requests finish what is admitted.
-pub fn is_new_work(msg: &Message) -> bool {
-    msg.is_request()
-        && !matches!(msg.method(), Method::Ack | Method::Cancel)
-        && msg.to_tag().is_none()
-}
+impl ConnTimeout {
+    pub const ALL: [ConnTimeout; 3] = [
+        ConnTimeout::FirstMessage,
+        ConnTimeout::Message,
+        ConnTimeout::Idle,
+    ];
 
-/// The stateless 503 of overload control.
-pub fn overload_response(msg: &Message, retry_after: &[u8]) -> Bytes {
-    let mut w = msg.response_writer(503, Some(b"rm-shed"));
-    w.header(HeaderName::RetryAfter, retry_after);
-    w.finish(b"")
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ConnTimeout::FirstMessage => "first_message",
+            ConnTimeout::Message => "message",
+            ConnTimeout::Idle => "idle",
+        }
+    }
 }
 
 impl Shared {
     fn queue_len(&self) -> usize {
         self.inbound.max_capacity() - self.inbound.capacity()
+    }
+
+    /// Whether a new request that waited `waited` in the kernel must be
+    /// shed. While the node sheds, this request's own sojourn (its wait,
+    /// plus the core's queue if anything waits there) is one more sample
+    /// of the delay: the first one under the target ends the shedding (the
+    /// backlog has drained), even if the core saw no message since.
+    fn shed_reason(&self, depth: usize, waited: Duration, now: Instant) -> Option<ShedReason> {
+        self.overload.shed_reason(depth)?;
+        let queued_ahead = if depth > 0 {
+            self.overload.core_wait()
+        } else {
+            Duration::ZERO
+        };
+        self.overload
+            .observe_sojourn(waited + queued_ahead, now.into_std());
+        self.overload.shed_reason(depth)
     }
 
     /// Delivers a parsed message to the core, or sheds it (new work only)
@@ -200,21 +186,66 @@ impl Shared {
         reply: impl FnOnce(Bytes),
     ) {
         let depth = self.queue_len();
-        if is_new_work(&msg)
-            && let Some(reason) = self.overload.shed_reason(depth, waited)
+        let now = Instant::now();
+        if msg.is_request()
+            && let Some(reason) = self.shed_reason(depth, waited, now)
+            && self
+                .classifier
+                .classify(&msg, crate::clock::wall_ms() / 1000)
+                .may_shed(reason)
         {
-            self.metrics.hot.shed(reason, transport.as_str());
-            reply(overload_response(&msg, &self.overload.retry_after));
+            self.metrics.hot.shed(reason, transport.into());
+            reply(overload_response(&msg, self.overload.retry_after()));
             return;
         }
         let ev = Inbound::Sip {
             msg,
             flow,
             transport,
-            at: Instant::now(),
+            queued: now,
+            kernel_wait: waited,
         };
         if let Err(mpsc::error::TrySendError::Full(ev)) = self.inbound.try_send(ev) {
             let _ = self.inbound.send(ev).await;
+        }
+    }
+
+    /// Whether a message from `peer` must be dropped unread, its source
+    /// being over its rate (counted here). Trusted elements never are.
+    fn rate_limited(&self, peer: SocketAddr, transport: Transport) -> bool {
+        let Some(limiter) = &self.rate else {
+            return false;
+        };
+        if self.trusted.is_trusted(peer) {
+            return false;
+        }
+        match limiter.check(peer.ip(), std::time::Instant::now()) {
+            None => false,
+            Some(reason) => {
+                self.metrics.hot.rate_limited(reason, transport);
+                true
+            }
+        }
+    }
+
+    /// A slot for a connection with `peer`, or `None` (the refusal
+    /// counted) when the node's or the address's quota is full.
+    pub fn reserve_connection(&self, peer: SocketAddr, direction: Direction) -> Option<ConnSlot> {
+        match self
+            .connections
+            .reserve(peer, self.trusted.is_trusted(peer))
+        {
+            Ok(slot) => Some(slot),
+            Err(reason) => {
+                self.metrics.hot.connection_refused(direction, reason);
+                tracing::debug!(
+                    %peer,
+                    direction = direction.as_label(),
+                    reason = reason.as_label(),
+                    "connection refused"
+                );
+                None
+            }
         }
     }
 
@@ -288,7 +319,7 @@ fn recv_timestamped(
 }
 
 /// Reads datagrams until the socket fails: up to [`READ_BATCH`] per turn,
-/// each with its kernel receive timestamp (overload control).
+/// each with how long it waited in the kernel (overload control).
 pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     if let Err(e) =
         nix::sys::socket::setsockopt(&*sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
@@ -298,9 +329,6 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 65_536];
     let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let mut batch = 0;
-    // How long datagrams waited in the kernel's queue, smoothed over about
-    // 64 of them, in microseconds.
-    let mut waited_us = 0.0f64;
     loop {
         let got = sock.try_io(tokio::io::Interest::READABLE, || {
             recv_timestamped(&sock, &mut buf, &mut cmsg)
@@ -324,8 +352,6 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 return;
             }
         };
-        waited_us += (waited.as_micros() as f64 - waited_us) / 64.0;
-        let waited = Duration::from_micros(waited_us as u64);
         batch += 1;
         if batch >= READ_BATCH {
             batch = 0;
@@ -335,6 +361,9 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         // Keep-alives (CRLF, RFC 5626 §4.4.1) and STUN need no answer here.
         if data.iter().all(|&c| c == b'\r' || c == b'\n') || data.first().is_some_and(|&c| c < 0x20)
         {
+            continue;
+        }
+        if shared.rate_limited(peer, Transport::Udp) {
             continue;
         }
         let flow = FlowRef::Udp {
@@ -377,7 +406,8 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Accepts connections, bounded by `max_connections`.
+/// Accepts connections, each holding a slot of the node's and its peer
+/// address's quota; one that finds no slot is reset at once.
 pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -389,10 +419,12 @@ pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
-            tracing::warn!(%peer, "connection limit reached; refusing");
+        let Some(slot) = shared.reserve_connection(peer, Direction::Inbound) else {
+            // A reset, not a FIN: the peer learns at once, and the refused
+            // connection leaves no TIME_WAIT behind here.
+            let _ = stream.set_zero_linger();
             continue;
-        }
+        };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
         if shared
@@ -407,60 +439,99 @@ pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
         {
             return;
         }
-        tokio::spawn(run_connection(id, stream, peer, tx, rx, shared.clone()));
+        let conn = Conn {
+            id,
+            peer,
+            direction: Direction::Inbound,
+            _slot: slot,
+        };
+        shared
+            .tasks
+            .spawn(run_connection(conn, stream, tx, rx, shared.clone()));
     }
 }
 
-/// Opens an outbound connection for the core, which already holds `tx`.
+/// Opens an outbound connection for the core, which already holds `tx`,
+/// in the slot the core reserved for it
+/// ([`Shared::reserve_connection`]).
 pub fn connect(
     id: u64,
     peer: SocketAddr,
+    slot: ConnSlot,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 ) {
-    tokio::spawn(async move {
+    let tasks = shared.tasks.clone();
+    let conn = Conn {
+        id,
+        peer,
+        direction: Direction::Outbound,
+        _slot: slot,
+    };
+    tasks.spawn(async move {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await {
-            Ok(Ok(stream)) => run_connection(id, stream, peer, tx, rx, shared).await,
+            Ok(Ok(stream)) => run_connection(conn, stream, tx, rx, shared).await,
             _ => {
                 tracing::debug!(%peer, "outbound connection failed");
+                drop(conn);
                 let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
             }
         }
     });
 }
 
-async fn run_connection(
+/// A TCP connection and the slot it holds (given back when it is dropped).
+#[derive(Debug)]
+struct Conn {
     id: u64,
-    stream: TcpStream,
     peer: SocketAddr,
+    direction: Direction,
+    _slot: ConnSlot,
+}
+
+async fn run_connection(
+    conn: Conn,
+    stream: TcpStream,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 ) {
+    let id = conn.id;
     let _ = stream.set_nodelay(true);
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    shared.metrics.connections.inc();
     let (r, w) = stream.into_split();
-    let mut writer = tokio::spawn(write_loop(w, rx));
-    read_loop(id, r, peer, tx, &shared).await;
+    let mut writer = shared.tasks.spawn(write_loop(w, rx));
+    // The connection ends when the reader does, or when the writer does:
+    // asked to close, or the peer stopped taking what we send.
+    let writer_ended = tokio::select! {
+        _ = read_loop(&conn, r, tx, &shared) => false,
+        _ = &mut writer => true,
+    };
     // Let the core drop its sender; the writer then flushes what is queued
     // (answers to the last requests, a 400 before closing) and ends.
     let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
-        .await
-        .is_err()
+    if !writer_ended
+        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }
-    shared.connections.fetch_sub(1, Ordering::Relaxed);
-    shared.metrics.connections.dec();
+    drop(conn);
 }
+
+/// Queued on a connection's writer: close it once what is queued before is
+/// sent (an empty write, which nothing else queues).
+pub static CLOSE: Bytes = Bytes::new();
 
 async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::with_capacity(32);
     while rx.recv_many(&mut batch, 32).await > 0 {
         for b in batch.drain(..) {
+            if b.is_empty() {
+                let _ = w.shutdown().await;
+                return;
+            }
             if w.write_all(&b).await.is_err() {
                 return;
             }
@@ -469,30 +540,36 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(
-    id: u64,
-    mut r: OwnedReadHalf,
-    peer: SocketAddr,
-    tx: mpsc::Sender<Bytes>,
-    shared: &Shared,
-) {
+async fn read_loop(conn: &Conn, mut r: OwnedReadHalf, tx: mpsc::Sender<Bytes>, shared: &Shared) {
+    let peer = conn.peer;
     let mut buf = BytesMut::with_capacity(8192);
+    let mut framer = Framer::new();
     let mut partial_since: Option<Instant> = None;
-    let flow = FlowRef::Conn { id, peer };
+    let flow = FlowRef::Conn { id: conn.id, peer };
+    // Until its first request, an accepted connection only holds a slot.
+    let first_deadline = (conn.direction == Direction::Inbound)
+        .then(|| Instant::now() + shared.first_message_timeout);
+    let mut requested = false;
     loop {
         // Take every complete frame before reading more.
         loop {
-            match framing::next_frame(&buf, &shared.limits) {
+            match framer.next_frame(&buf, &shared.limits) {
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping(n)) => {
                     buf.advance(n);
-                    let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+                    if !shared.rate_limited(peer, Transport::Tcp) {
+                        let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+                    }
                 }
                 Ok(Frame::Pong(n)) => buf.advance(n),
                 Ok(Frame::Message(n)) => {
                     let raw = buf.split_to(n).freeze();
+                    if shared.rate_limited(peer, Transport::Tcp) {
+                        continue;
+                    }
                     match Message::parse_with(raw.clone(), &shared.limits) {
                         Ok(msg) => {
+                            requested |= msg.is_request();
                             let reply = |b: Bytes| {
                                 let _ = tx.try_send(b);
                             };
@@ -525,118 +602,25 @@ async fn read_loop(
                 }
             }
         }
-        let deadline = if buf.is_empty() {
+        let (deadline, why) = if buf.is_empty() {
             partial_since = None;
-            Instant::now() + shared.idle_timeout
+            (Instant::now() + shared.idle_timeout, ConnTimeout::Idle)
         } else {
-            *partial_since.get_or_insert_with(Instant::now) + shared.message_timeout
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            (since + shared.message_timeout, ConnTimeout::Message)
+        };
+        let (deadline, why) = match first_deadline {
+            Some(first) if !requested && first < deadline => (first, ConnTimeout::FirstMessage),
+            _ => (deadline, why),
         };
         match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {
-                tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle or stalled connection");
+                shared.metrics.hot.connection_timed_out(why);
+                tracing::debug!(%peer, reason = why.as_label(), "closing a connection: timeout");
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> OverloadConfig {
-        OverloadConfig {
-            queue_depth: 100,
-            queue_delay: Duration::from_millis(20),
-            max_transactions: 1000,
-            max_pending: 50,
-            retry_after: 7,
-        }
-    }
-
-    fn parse(text: &str) -> Message {
-        Message::parse(Bytes::from(text.replace('\n', "\r\n"))).unwrap()
-    }
-
-    const REGISTER: &str = "REGISTER sip:ringmesh.test SIP/2.0\n\
-Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1\n\
-From: <sip:a@ringmesh.test>;tag=f\n\
-To: <sip:a@ringmesh.test>\n\
-Call-ID: c1\n\
-CSeq: 1 REGISTER\n\
-Content-Length: 0\n\n";
-
-    #[test]
-    fn each_signal_sheds_at_its_limit() {
-        let o = Overload::new(limits());
-        let none = Duration::ZERO;
-        assert_eq!(o.shed_reason(0, none), None);
-        assert_eq!(o.shed_reason(99, none), None);
-        assert_eq!(o.shed_reason(100, none), Some(0), "queue depth");
-        assert_eq!(
-            o.shed_reason(0, Duration::from_millis(21)),
-            Some(1),
-            "waited too long in the kernel's queue"
-        );
-        assert_eq!(o.shed_reason(0, Duration::from_millis(19)), None);
-        o.delay_us.store(25_000, Ordering::Relaxed);
-        assert_eq!(o.shed_reason(50, none), Some(1), "the core's queue delay");
-        assert_eq!(
-            o.shed_reason(DELAY_MIN_DEPTH - 1, none),
-            None,
-            "a stale delay estimate does not shed a near-empty queue"
-        );
-        o.delay_us.store(19_000, Ordering::Relaxed);
-        assert_eq!(o.shed_reason(50, none), None);
-        o.transactions.store(1000, Ordering::Relaxed);
-        assert_eq!(o.shed_reason(0, none), Some(2), "transactions");
-        assert!(o.is_active(0));
-        o.transactions.store(10, Ordering::Relaxed);
-        assert!(!o.is_active(0));
-        o.pending.store(50, Ordering::Relaxed);
-        assert_eq!(o.shed_reason(0, none), Some(3), "waiting for the ring");
-        o.pending.store(49, Ordering::Relaxed);
-        assert!(!o.is_active(0));
-    }
-
-    #[test]
-    fn only_new_work_is_shed() {
-        assert!(is_new_work(&parse(REGISTER)));
-        let invite = REGISTER
-            .replace("REGISTER sip:ringmesh.test", "INVITE sip:b@ringmesh.test")
-            .replace("1 REGISTER", "1 INVITE");
-        assert!(is_new_work(&parse(&invite)));
-        let bye = invite
-            .replace("INVITE sip:b", "BYE sip:b")
-            .replace("1 INVITE", "2 BYE")
-            .replace(
-                "To: <sip:a@ringmesh.test>",
-                "To: <sip:a@ringmesh.test>;tag=t",
-            );
-        assert!(!is_new_work(&parse(&bye)), "in-dialog");
-        let ack = invite
-            .replace("INVITE sip:b", "ACK sip:b")
-            .replace("1 INVITE", "1 ACK");
-        assert!(!is_new_work(&parse(&ack)));
-        let cancel = invite
-            .replace("INVITE sip:b", "CANCEL sip:b")
-            .replace("1 INVITE", "1 CANCEL");
-        assert!(!is_new_work(&parse(&cancel)));
-        let resp = "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1\n\
-From: <sip:a@ringmesh.test>;tag=f\nTo: <sip:a@ringmesh.test>;tag=t\nCall-ID: c1\n\
-CSeq: 1 INVITE\nContent-Length: 0\n\n";
-        assert!(!is_new_work(&parse(resp)));
-    }
-
-    #[test]
-    fn the_503_asks_to_retry_later() {
-        let o = Overload::new(limits());
-        let r = Message::parse(overload_response(&parse(REGISTER), &o.retry_after)).unwrap();
-        assert_eq!(r.status(), Some(503));
-        assert_eq!(r.header(HeaderName::RetryAfter), Some(&b"7"[..]));
-        assert!(r.to_tag().is_some());
-        assert_eq!(r.call_id(), b"c1");
     }
 }

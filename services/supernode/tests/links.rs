@@ -4,16 +4,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringmesh_enrollment::ca::{Ca, provision_node};
 use ringmesh_supernode::link::{Frame, LinkEvent, LinkVersion, Links};
 use ringmesh_supernode::metrics::Metrics;
-use ringmesh_supernode::pki::{self, Ca, Identity};
+use ringmesh_supernode::pki::Identity;
 use tokio::sync::mpsc;
 
 const V: LinkVersion = LinkVersion { major: 1, minor: 0 };
 
 fn identity(dir: &std::path::Path, name: &str, ca: &Ca) -> Identity {
     let d = dir.join(name);
-    pki::provision_node(&d, name, ca, &[]).unwrap();
+    provision_node(&d, name, ca, &[]).unwrap();
     Identity::load(
         &d.join("node.crt"),
         &d.join("node.key"),
@@ -33,6 +34,7 @@ fn start(id: &Identity, v: LinkVersion) -> (Links, mpsc::Receiver<LinkEvent>, Me
         v,
         tx,
         m.clone(),
+        ringmesh_supernode::tasks::Tasks::new(),
     )
     .unwrap();
     (l, rx, m)
@@ -140,4 +142,33 @@ async fn foreign_ca_and_false_claims_are_refused() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(g.peers().is_empty());
     assert!(gm.link_refusals.with_label_values(&["version"]).get() >= 1);
+}
+
+#[test]
+fn issued_identities_load_with_their_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("test farm").unwrap();
+    let id = provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap();
+    assert_eq!(
+        provision_node(&dir.path().join("n1"), "n1", &ca, &[]).unwrap(),
+        id,
+        "stable across restarts"
+    );
+    let ident = Identity::load(
+        &dir.path().join("n1/node.crt"),
+        &dir.path().join("n1/node.key"),
+        &dir.path().join("n1/ca.crt"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ident.node_id, id);
+    assert!(ident.expires_in().unwrap() > 800 * 86400);
+    ident.server_config(b"x").unwrap();
+    ident.client_config(b"x").unwrap();
+    let second = provision_node(&dir.path().join("n2"), "n2", &ca, &[id]).unwrap();
+    assert_eq!(
+        u128::from_be_bytes(second).wrapping_sub(u128::from_be_bytes(id)),
+        1 << 127,
+        "placed opposite"
+    );
 }

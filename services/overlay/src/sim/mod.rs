@@ -324,6 +324,13 @@ impl Sim {
     /// Restarts a crashed node from its disk with the same identity and has
     /// it join through `seed` (or start a ring when `None`).
     pub fn restart(&mut self, id: NodeId, seed: Option<NodeId>) {
+        self.restart_via(id, seed.as_slice());
+    }
+
+    /// Restarts a crashed node from its disk with the same identity and has
+    /// it join through any of `seeds`, tried in turn as the driver does (they
+    /// may be restarting too); with no seeds it starts a ring.
+    pub fn restart_via(&mut self, id: NodeId, seeds: &[NodeId]) {
         let Some(slot) = self.index.get(&id).copied() else {
             return;
         };
@@ -336,9 +343,10 @@ impl Sim {
         node.restore(replay.records, wall);
         self.nodes[slot].disk.truncate(replay.valid_len);
         self.nodes[slot].node = Some(node);
-        match seed {
-            Some(s) => self.join(id, s),
-            None => self.bootstrap(id),
+        if seeds.is_empty() {
+            self.bootstrap(id);
+        } else {
+            self.join_via(id, seeds);
         }
     }
 

@@ -1,11 +1,16 @@
-//! The embedded store: subscribers in memory, persisted in one append-only
-//! log in the data directory.
+//! The embedded store: subscribers and trusted elements in memory,
+//! persisted in one append-only log in the data directory.
 //!
 //! ```text
 //! <data>/subscribers.log   records: len (u32 BE) ‖ check (4 bytes) ‖ payload
-//!     payload = LogRecord (protobuf): a put, a delete, or a revision marker
+//!     payload = LogRecord (protobuf): a subscriber put or delete, a
+//!               trusted-element put or delete, or a revision marker
 //!     check   = the first 4 bytes of SHA-256(payload)
 //! ```
+//!
+//! Subscribers and trusted elements share the log and its revision
+//! counter; each kind of record has its own fields in `LogRecord`, so a log
+//! written before trusted elements existed reads the same.
 //!
 //! Every change is appended and synced to disk before it is acknowledged.
 //! A torn last record (a crash mid-write) fails its length or check and is
@@ -15,9 +20,9 @@
 //! so revisions never go back after a restart.
 //!
 //! Watch replays from an in-memory history of recent events and follows a
-//! broadcast channel; a watcher asking for a revision older than the
-//! history (e.g. after a restart), or falling behind the channel, gets a
-//! `RESET`.
+//! broadcast channel (one of each for subscribers, one for trusted
+//! elements); a watcher asking for a revision older than the history (e.g.
+//! after a restart), or falling behind the channel, gets a `RESET`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -28,11 +33,16 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use prost::Message as _;
-use ringmesh_proto::provisioning::{EventType, Subscriber, WatchEvent};
+use ringmesh_proto::provisioning::{
+    EventType, Subscriber, TrustedElement, TrustedElementEvent, WatchEvent,
+};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
-use super::{Change, EventStream, Page, StoreError, SubscriberStore, diff_public, event, now_ms};
+use super::{
+    Change, EventStream, Events, MAX_TRUSTED_ELEMENTS, Page, StoreError, StoreEvent,
+    SubscriberStore, TrustEventStream, TrustStore, diff_public, event, now_ms, trust_event,
+};
 
 const LOG_FILE: &str = "subscribers.log";
 /// Events kept for replay.
@@ -52,6 +62,50 @@ struct LogRecord {
     /// The private identity deleted.
     #[prost(string, tag = "3")]
     delete: String,
+    /// A trusted element created.
+    #[prost(message, optional, tag = "4")]
+    trusted_put: Option<TrustedElement>,
+    /// The name of a trusted element deleted.
+    #[prost(string, tag = "5")]
+    trusted_delete: String,
+}
+
+/// The recent events of one kind and the channel that publishes them.
+#[derive(Debug)]
+struct Feed<E> {
+    /// Events after `replayable_after`, oldest first.
+    history: VecDeque<E>,
+    replayable_after: u64,
+    tx: broadcast::Sender<E>,
+}
+
+impl<E: StoreEvent> Feed<E> {
+    fn new(revision: u64) -> Feed<E> {
+        Feed {
+            history: VecDeque::new(),
+            replayable_after: revision,
+            tx: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Keeps the event for replay and sends it to the live watchers.
+    fn publish(&mut self, ev: E) {
+        if self.history.len() == HISTORY
+            && let Some(old) = self.history.pop_front()
+        {
+            self.replayable_after = old.revision();
+        }
+        self.history.push_back(ev.clone());
+        let _ = self.tx.send(ev);
+    }
+}
+
+fn subscriber_feed(inner: &mut Inner) -> &mut Feed<WatchEvent> {
+    &mut inner.subscriber_events
+}
+
+fn trust_feed(inner: &mut Inner) -> &mut Feed<TrustedElementEvent> {
+    &mut inner.trust_events
 }
 
 #[derive(Debug)]
@@ -59,19 +113,25 @@ struct Inner {
     subscribers: BTreeMap<String, Subscriber>,
     /// Canonical public identity -> private identity.
     public: HashMap<String, String>,
+    trusted: BTreeMap<String, TrustedElement>,
     revision: u64,
-    /// Events after `replayable_after`, oldest first.
-    history: VecDeque<WatchEvent>,
-    replayable_after: u64,
+    subscriber_events: Feed<WatchEvent>,
+    trust_events: Feed<TrustedElementEvent>,
     log: File,
     log_records: usize,
+}
+
+impl Inner {
+    /// Whether the log holds many more records than live ones.
+    fn wants_compaction(&self) -> bool {
+        self.log_records > 2 * (self.subscribers.len() + self.trusted.len()) + 1000
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
     inner: Mutex<Inner>,
-    events: broadcast::Sender<WatchEvent>,
     keepalive: Duration,
 }
 
@@ -138,6 +198,7 @@ impl EmbeddedStore {
             tracing::warn!(path = %path.display(), dropped = bytes.len() - valid, "cutting a torn tail off the subscriber log");
         }
         let mut subscribers = BTreeMap::new();
+        let mut trusted = BTreeMap::new();
         let mut revision = 0;
         for r in &records {
             revision = revision.max(r.revision);
@@ -145,6 +206,11 @@ impl EmbeddedStore {
                 subscribers.insert(s.private_id.clone(), s.clone());
             } else if !r.delete.is_empty() {
                 subscribers.remove(&r.delete);
+            }
+            if let Some(t) = &r.trusted_put {
+                trusted.insert(t.name.clone(), t.clone());
+            } else if !r.trusted_delete.is_empty() {
+                trusted.remove(&r.trusted_delete);
             }
         }
         let mut public = HashMap::new();
@@ -162,27 +228,26 @@ impl EmbeddedStore {
             log.set_len(valid as u64)
                 .map_err(|e| io("cannot truncate", &path, e))?;
         }
-        let (events, _) = broadcast::channel(1024);
         let inner = Inner {
             log_records: records.len(),
             subscribers,
             public,
+            trusted,
             revision,
-            history: VecDeque::new(),
-            replayable_after: revision,
+            subscriber_events: Feed::new(revision),
+            trust_events: Feed::new(revision),
             log,
         };
         let store = EmbeddedStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 inner: Mutex::new(inner),
-                events,
                 keepalive,
             }),
         };
         {
             let mut inner = store.shared.inner.lock();
-            if inner.log_records > 2 * inner.subscribers.len() + 1000 {
+            if inner.wants_compaction() {
                 store.compact(&mut inner)?;
             }
         }
@@ -199,7 +264,13 @@ impl EmbeddedStore {
         self.len() == 0
     }
 
-    /// Rewrites the log with only the live subscribers and a revision marker.
+    /// How many trusted elements the store holds.
+    pub fn trusted_len(&self) -> usize {
+        self.shared.inner.lock().trusted.len()
+    }
+
+    /// Rewrites the log with only the live subscribers and trusted
+    /// elements, and a revision marker.
     fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let path = self.shared.dir.join(LOG_FILE);
         let tmp = self.shared.dir.join(format!("{LOG_FILE}.tmp"));
@@ -208,13 +279,19 @@ impl EmbeddedStore {
             buf.extend(frame(&LogRecord {
                 revision: s.revision,
                 put: Some(s.clone()),
-                delete: String::new(),
+                ..Default::default()
+            }));
+        }
+        for t in inner.trusted.values() {
+            buf.extend(frame(&LogRecord {
+                revision: t.revision,
+                trusted_put: Some(t.clone()),
+                ..Default::default()
             }));
         }
         buf.extend(frame(&LogRecord {
             revision: inner.revision,
-            put: None,
-            delete: String::new(),
+            ..Default::default()
         }));
         let write = || -> std::io::Result<File> {
             let mut f = File::create(&tmp)?;
@@ -225,14 +302,21 @@ impl EmbeddedStore {
             OpenOptions::new().append(true).open(&path)
         };
         inner.log = write().map_err(|e| io("cannot compact", &path, e))?;
-        inner.log_records = inner.subscribers.len() + 1;
+        inner.log_records = inner.subscribers.len() + inner.trusted.len() + 1;
         Ok(())
     }
 
-    /// Appends a record, syncs it, then publishes the event.
+    /// Appends a subscriber record, syncs it, then publishes the event.
     fn commit(&self, inner: &mut Inner, rec: LogRecord, ev: WatchEvent) -> Result<(), StoreError> {
+        self.append(inner, &rec)?;
+        inner.subscriber_events.publish(ev);
+        Ok(())
+    }
+
+    /// Appends a record and syncs it; the revision is the record's.
+    fn append(&self, inner: &mut Inner, rec: &LogRecord) -> Result<(), StoreError> {
         let path = self.shared.dir.join(LOG_FILE);
-        let bytes = frame(&rec);
+        let bytes = frame(rec);
         let res = inner
             .log
             .write_all(&bytes)
@@ -248,20 +332,13 @@ impl EmbeddedStore {
         }
         inner.log_records += 1;
         inner.revision = rec.revision;
-        if inner.history.len() == HISTORY
-            && let Some(old) = inner.history.pop_front()
-        {
-            inner.replayable_after = old.revision;
-        }
-        inner.history.push_back(ev.clone());
-        let _ = self.shared.events.send(ev);
         Ok(())
     }
 
-    /// Compacts the log once it holds many more records than subscribers.
+    /// Compacts the log once it holds many more records than live ones.
     /// Called after the in-memory maps reflect every appended record.
     fn maybe_compact(&self, inner: &mut Inner) {
-        if inner.log_records > 2 * inner.subscribers.len() + 1000
+        if inner.wants_compaction()
             && let Err(e) = self.compact(inner)
         {
             tracing::warn!(error = %e, "subscriber log compaction failed; the log keeps growing");
@@ -294,7 +371,7 @@ impl EmbeddedStore {
         let rec = LogRecord {
             revision: rev,
             put: Some(sub.clone()),
-            delete: String::new(),
+            ..Default::default()
         };
         self.commit(
             &mut inner,
@@ -354,7 +431,7 @@ impl EmbeddedStore {
         let rec = LogRecord {
             revision: rev,
             put: Some(sub.clone()),
-            delete: String::new(),
+            ..Default::default()
         };
         self.commit(
             &mut inner,
@@ -397,8 +474,8 @@ impl EmbeddedStore {
         let rev = inner.revision + 1;
         let rec = LogRecord {
             revision: rev,
-            put: None,
             delete: private_id.to_string(),
+            ..Default::default()
         };
         let mut last = old.clone();
         last.revision = rev;
@@ -412,6 +489,135 @@ impl EmbeddedStore {
         }
         self.maybe_compact(&mut inner);
         Ok(rev)
+    }
+
+    fn create_trusted_sync(&self, mut el: TrustedElement) -> Result<TrustedElement, StoreError> {
+        let mut inner = self.shared.inner.lock();
+        if inner.trusted.contains_key(&el.name) {
+            return Err(StoreError::ElementExists { name: el.name });
+        }
+        if inner.trusted.len() >= MAX_TRUSTED_ELEMENTS {
+            return Err(StoreError::TooManyElements {
+                limit: MAX_TRUSTED_ELEMENTS,
+            });
+        }
+        let rev = inner.revision + 1;
+        el.revision = rev;
+        el.created_unix_ms = now_ms();
+        let rec = LogRecord {
+            revision: rev,
+            trusted_put: Some(el.clone()),
+            ..Default::default()
+        };
+        self.append(&mut inner, &rec)?;
+        inner.trusted.insert(el.name.clone(), el.clone());
+        inner
+            .trust_events
+            .publish(trust_event(EventType::Put, rev, Some(el.clone())));
+        self.maybe_compact(&mut inner);
+        Ok(el)
+    }
+
+    fn delete_trusted_sync(&self, name: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        let mut inner = self.shared.inner.lock();
+        let old = inner
+            .trusted
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::ElementNotFound { name: name.into() })?;
+        if let Some(e) = expected
+            && e != old.revision
+        {
+            return Err(StoreError::ElementRevisionMismatch {
+                name: name.into(),
+                expected: e,
+                actual: old.revision,
+            });
+        }
+        let rev = inner.revision + 1;
+        let rec = LogRecord {
+            revision: rev,
+            trusted_delete: name.to_string(),
+            ..Default::default()
+        };
+        self.append(&mut inner, &rec)?;
+        inner.trusted.remove(name);
+        let mut last = old;
+        last.revision = rev;
+        inner
+            .trust_events
+            .publish(trust_event(EventType::Delete, rev, Some(last)));
+        self.maybe_compact(&mut inner);
+        Ok(rev)
+    }
+
+    /// Changes of one kind from `start_revision` on: the replay from the
+    /// history (or a RESET), a SYNCED, then live changes and keep-alives.
+    fn watch_feed<E: StoreEvent>(
+        &self,
+        start_revision: u64,
+        feed: fn(&mut Inner) -> &mut Feed<E>,
+    ) -> Events<E> {
+        let (first, current, mut rx) = {
+            let mut inner = self.shared.inner.lock();
+            let current = inner.revision;
+            let f = feed(&mut inner);
+            let rx = f.tx.subscribe();
+            let first: Vec<E> = if start_revision == 0 {
+                Vec::new()
+            } else if start_revision <= f.replayable_after || start_revision > current + 1 {
+                vec![E::marker(EventType::Reset, current)]
+            } else {
+                f.history
+                    .iter()
+                    .filter(|e| e.revision() >= start_revision)
+                    .cloned()
+                    .collect()
+            };
+            (first, current, rx)
+        };
+        let keepalive = self.shared.keepalive;
+        let weak = Arc::downgrade(&self.shared);
+        async_stream(move |tx| async move {
+            for e in first {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            let mut last = current;
+            if tx
+                .send(Ok(E::marker(EventType::Synced, current)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+            loop {
+                let item = tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(e) => { last = e.revision(); e }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Fell behind: start over from the current revision.
+                            // Subscribing under the lock (changes publish under
+                            // it) leaves no gap after the RESET.
+                            let Some(shared) = weak.upgrade() else { return };
+                            let mut inner = shared.inner.lock();
+                            last = inner.revision;
+                            rx = feed(&mut inner).tx.subscribe();
+                            E::marker(EventType::Reset, last)
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tick.tick() => E::marker(EventType::Synced, last),
+                    () = tx.closed() => return,
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -494,67 +700,7 @@ impl SubscriberStore for EmbeddedStore {
     }
 
     async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
-        let (first, current, mut rx) = {
-            let inner = self.shared.inner.lock();
-            let current = inner.revision;
-            let rx = self.shared.events.subscribe();
-            let first: Vec<WatchEvent> = if start_revision == 0 {
-                Vec::new()
-            } else if start_revision <= inner.replayable_after || start_revision > current + 1 {
-                vec![event(EventType::Reset, current, None)]
-            } else {
-                inner
-                    .history
-                    .iter()
-                    .filter(|e| e.revision >= start_revision)
-                    .cloned()
-                    .collect()
-            };
-            (first, current, rx)
-        };
-        let keepalive = self.shared.keepalive;
-        let weak = Arc::downgrade(&self.shared);
-        let stream = async_stream(move |tx| async move {
-            for e in first {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
-            }
-            let mut last = current;
-            if tx
-                .send(Ok(event(EventType::Synced, current, None)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-            loop {
-                let item = tokio::select! {
-                    r = rx.recv() => match r {
-                        Ok(e) => { last = e.revision; e }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            // Fell behind: start over from the current revision.
-                            // Subscribing under the lock (changes publish under
-                            // it) leaves no gap after the RESET.
-                            let Some(shared) = weak.upgrade() else { return };
-                            let inner = shared.inner.lock();
-                            rx = shared.events.subscribe();
-                            last = inner.revision;
-                            event(EventType::Reset, last, None)
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = tick.tick() => event(EventType::Synced, last, None),
-                    () = tx.closed() => return,
-                };
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(stream)
+        Ok(self.watch_feed(start_revision, subscriber_feed))
     }
 
     async fn current_revision(&self) -> Result<u64, StoreError> {
@@ -562,11 +708,47 @@ impl SubscriberStore for EmbeddedStore {
     }
 }
 
+impl TrustStore for EmbeddedStore {
+    async fn create_trusted(&self, element: TrustedElement) -> Result<TrustedElement, StoreError> {
+        self.blocking(move |s| s.create_trusted_sync(element)).await
+    }
+
+    async fn get_trusted(&self, name: &str) -> Result<TrustedElement, StoreError> {
+        self.shared
+            .inner
+            .lock()
+            .trusted
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::ElementNotFound { name: name.into() })
+    }
+
+    async fn list_trusted(&self) -> Result<(Vec<TrustedElement>, u64), StoreError> {
+        let inner = self.shared.inner.lock();
+        Ok((inner.trusted.values().cloned().collect(), inner.revision))
+    }
+
+    async fn delete_trusted(
+        &self,
+        name: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let name = name.to_string();
+        self.blocking(move |s| s.delete_trusted_sync(&name, expected_revision))
+            .await
+    }
+
+    async fn watch_trusted(&self, start_revision: u64) -> Result<TrustEventStream, StoreError> {
+        Ok(self.watch_feed(start_revision, trust_feed))
+    }
+}
+
 /// Runs `f` as a task feeding a bounded channel, and returns the channel as
 /// a stream. The task ends when the receiver is dropped.
-pub(crate) fn async_stream<F, Fut>(f: F) -> EventStream
+pub(crate) fn async_stream<E, F, Fut>(f: F) -> Events<E>
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchEvent, StoreError>>) -> Fut,
+    E: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<E, StoreError>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -582,15 +764,15 @@ mod tests {
     fn torn_tail_is_ignored() {
         let mut log = frame(&LogRecord {
             revision: 1,
-            put: None,
             delete: "a".into(),
+            ..Default::default()
         });
         let good = log.len();
         log.extend(
             &frame(&LogRecord {
                 revision: 2,
-                put: None,
                 delete: "b".into(),
+                ..Default::default()
             })[..5],
         );
         let (recs, valid) = parse_log(&log);
@@ -598,8 +780,8 @@ mod tests {
         assert_eq!(valid, good);
         let mut bad = frame(&LogRecord {
             revision: 3,
-            put: None,
             delete: "c".into(),
+            ..Default::default()
         });
         let n = bad.len();
         bad[n - 1] ^= 1;

@@ -3,6 +3,7 @@
 //! ```text
 //! <prefix>subscribers/by-private/<private id>          -> Subscriber (protobuf)
 //! <prefix>subscribers/by-public/<escaped public id>    -> private id
+//! <prefix>trusted-elements/<name>                      -> TrustedElement (protobuf)
 //! ```
 //!
 //! Every change is one etcd transaction that compares the subscriber key's
@@ -12,6 +13,14 @@
 //! subscriber's `revision` is the `mod_revision` of its key, so Watch is
 //! etcd's watch on the `by-private/` range (with the previous value, so a
 //! DELETE carries the last state).
+//!
+//! A trusted element's name needs no escaping (letters, digits, `-`, `_`,
+//! `.`). Its `revision` is its key's `mod_revision` too, and
+//! WatchTrustedElements is etcd's watch on the `trusted-elements/` range.
+//! A create compares, besides the absence of its key, that no key of the
+//! range changed since the table was counted, so concurrent creates cannot
+//! overfill it; listing the range is one read, a snapshot at the revision
+//! of its header.
 //!
 //! Every call has a deadline ([`EtcdOptions::timeout`]); etcd down means
 //! [`StoreError::Unavailable`] within it, never a hang. The client
@@ -24,10 +33,13 @@ use etcd_client::{
     Txn, TxnOp, WatchOptions,
 };
 use prost::Message as _;
-use ringmesh_proto::provisioning::{EventType, Subscriber, WatchEvent};
+use ringmesh_proto::provisioning::{EventType, Subscriber, TrustedElement, WatchEvent};
 
 use super::embedded::async_stream;
-use super::{Change, EventStream, Page, StoreError, SubscriberStore, diff_public, event, now_ms};
+use super::{
+    Change, EventStream, Events, MAX_TRUSTED_ELEMENTS, Page, StoreError, StoreEvent,
+    SubscriberStore, TrustEventStream, TrustStore, diff_public, event, now_ms, trust_event,
+};
 
 /// How the etcd store connects.
 #[derive(Debug, Clone)]
@@ -61,6 +73,7 @@ pub struct EtcdStore {
     opts: EtcdOptions,
     private_prefix: String,
     public_prefix: String,
+    trusted_prefix: String,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -112,12 +125,27 @@ impl EtcdStore {
         .map_err(unavailable)?;
         let private_prefix = format!("{}subscribers/by-private/", opts.prefix);
         let public_prefix = format!("{}subscribers/by-public/", opts.prefix);
+        let trusted_prefix = format!("{}trusted-elements/", opts.prefix);
         Ok(EtcdStore {
             client,
             opts,
             private_prefix,
             public_prefix,
+            trusted_prefix,
         })
+    }
+
+    fn trusted_key(&self, name: &str) -> String {
+        format!("{}{name}", self.trusted_prefix)
+    }
+
+    fn decode_trusted(kv: &KeyValue) -> Result<TrustedElement, StoreError> {
+        let mut e = TrustedElement::decode(kv.value()).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            reason: e.to_string(),
+        })?;
+        e.revision = kv.mod_revision() as u64;
+        Ok(e)
     }
 
     fn private_key(&self, id: &str) -> String {
@@ -370,13 +398,49 @@ impl SubscriberStore for EtcdStore {
     }
 
     async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
+        self.watch_range(
+            self.private_prefix.clone(),
+            start_revision,
+            EtcdStore::convert,
+        )
+        .await
+    }
+
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        let mut kv = self.client.kv_client();
+        let opts = GetOptions::new().with_count_only();
+        let resp = self
+            .call(
+                "a status read",
+                kv.get(self.private_prefix.clone(), Some(opts)),
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision() as u64))
+    }
+}
+
+/// An open etcd watch and the events to deliver before its first message.
+struct OpenWatch<E> {
+    watch: etcd_client::WatchStream,
+    initial: Vec<E>,
+}
+
+impl EtcdStore {
+    /// Changes to the keys under `prefix` from `start_revision` on, as
+    /// events made by `convert`, with RESET and SYNCED markers.
+    async fn watch_range<E: StoreEvent>(
+        &self,
+        prefix: String,
+        start_revision: u64,
+        convert: fn(&EtcdStore, &etcd_client::Event) -> Result<E, StoreError>,
+    ) -> Result<Events<E>, StoreError> {
         let me = self.clone();
         // Establish the first watch here so that an unreachable etcd fails
         // the call instead of an empty stream.
-        let first = me.open_watch(start_revision).await?;
+        let first = me.open_watch(&prefix, start_revision).await?;
         Ok(async_stream(move |tx| async move {
             let (mut stream, synced_at) = first;
-            let mut pending: Vec<WatchEvent> = stream.initial;
+            let mut pending: Vec<E> = stream.initial;
             // The last revision delivered (or known to have nothing for us).
             let mut last = if start_revision > 0 {
                 start_revision - 1
@@ -389,8 +453,8 @@ impl SubscriberStore for EtcdStore {
             );
             loop {
                 for e in pending.drain(..) {
-                    if e.r#type != EventType::Synced as i32 {
-                        last = last.max(e.revision);
+                    if e.kind() != EventType::Synced as i32 {
+                        last = last.max(e.revision());
                     }
                     if tx.send(Ok(e)).await.is_err() {
                         return;
@@ -426,10 +490,10 @@ impl SubscriberStore for EtcdStore {
                     // The revision we need is compacted away: say RESET and
                     // watch again from the oldest revision etcd still has.
                     let from = (resp.compact_revision() as u64).max(last + 1);
-                    match me.open_watch(from).await {
+                    match me.open_watch(&prefix, from).await {
                         Ok((s, _)) => {
                             stream = s;
-                            pending.push(event(EventType::Reset, from - 1, None));
+                            pending.push(E::marker(EventType::Reset, from - 1));
                             pending.append(&mut stream.initial);
                         }
                         Err(e) => {
@@ -442,12 +506,12 @@ impl SubscriberStore for EtcdStore {
                 let header_rev = resp.header().map_or(0, |h| h.revision() as u64);
                 if resp.events().is_empty() {
                     if !resp.created() && header_rev > 0 {
-                        pending.push(event(EventType::Synced, header_rev.max(last), None));
+                        pending.push(E::marker(EventType::Synced, header_rev.max(last)));
                     }
                     continue;
                 }
                 for ev in resp.events() {
-                    match me.convert(ev) {
+                    match convert(&me, ev) {
                         Ok(e) => pending.push(e),
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
@@ -459,40 +523,22 @@ impl SubscriberStore for EtcdStore {
         }))
     }
 
-    async fn current_revision(&self) -> Result<u64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let opts = GetOptions::new().with_count_only();
-        let resp = self
-            .call(
-                "a status read",
-                kv.get(self.private_prefix.clone(), Some(opts)),
-            )
-            .await?;
-        Ok(resp.header().map_or(0, |h| h.revision() as u64))
-    }
-}
-
-/// An open etcd watch and the events to deliver before its first message.
-struct OpenWatch {
-    watch: etcd_client::WatchStream,
-    initial: Vec<WatchEvent>,
-}
-
-impl EtcdStore {
-    /// Opens a watch on the subscriber range from `start` (0: now) and waits
-    /// for etcd to confirm it. Returns it with the store revision at that
-    /// moment; `initial` holds a RESET when `start` is ahead of etcd (etcd
-    /// was replaced) and otherwise nothing. A SYNCED marker follows once
-    /// etcd has delivered the replay (a progress request).
-    async fn open_watch(&self, start: u64) -> Result<(OpenWatch, u64), StoreError> {
+    /// Opens a watch on the range under `prefix` from `start` (0: now) and
+    /// waits for etcd to confirm it. Returns it with the store revision at
+    /// that moment; `initial` holds a RESET when `start` is ahead of etcd
+    /// (etcd was replaced) and otherwise nothing. A SYNCED marker follows
+    /// once etcd has delivered the replay (a progress request).
+    async fn open_watch<E: StoreEvent>(
+        &self,
+        prefix: &str,
+        start: u64,
+    ) -> Result<(OpenWatch<E>, u64), StoreError> {
         let mut opts = WatchOptions::new().with_prefix().with_prev_key();
         if start > 0 {
             opts = opts.with_start_revision(start as i64);
         }
         let mut wc = self.client.watch_client();
-        let mut watch = self
-            .call("a watch", wc.watch(self.private_prefix.clone(), Some(opts)))
-            .await?;
+        let mut watch = self.call("a watch", wc.watch(prefix, Some(opts))).await?;
         let created = self
             .call("a watch", watch.message())
             .await?
@@ -501,15 +547,13 @@ impl EtcdStore {
         let mut initial = Vec::new();
         if start > rev + 1 {
             // Revisions from another (or a wiped) etcd: caches must start over.
-            initial.push(event(EventType::Reset, rev, None));
+            initial.push(E::marker(EventType::Reset, rev));
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_prev_key()
                 .with_start_revision(rev as i64 + 1);
             let mut wc = self.client.watch_client();
-            watch = self
-                .call("a watch", wc.watch(self.private_prefix.clone(), Some(opts)))
-                .await?;
+            watch = self.call("a watch", wc.watch(prefix, Some(opts))).await?;
             self.call("a watch", watch.message()).await?;
         }
         // etcd answers a progress request once the replay is out: that
@@ -542,6 +586,164 @@ impl EtcdStore {
                 Ok(event(EventType::Delete, rev, Some(last)))
             }
         }
+    }
+
+    fn convert_trusted(
+        &self,
+        ev: &etcd_client::Event,
+    ) -> Result<ringmesh_proto::provisioning::TrustedElementEvent, StoreError> {
+        let kv = ev
+            .kv()
+            .ok_or_else(|| StoreError::Unavailable("etcd sent an event without a key".into()))?;
+        let rev = kv.mod_revision() as u64;
+        match ev.event_type() {
+            EtcdEventType::Put => Ok(trust_event(
+                EventType::Put,
+                rev,
+                Some(Self::decode_trusted(kv)?),
+            )),
+            EtcdEventType::Delete => {
+                let mut last = match ev.prev_kv() {
+                    Some(prev) => Self::decode_trusted(prev)?,
+                    // The previous value was compacted: the key still names it.
+                    None => TrustedElement {
+                        name: String::from_utf8_lossy(&kv.key()[self.trusted_prefix.len()..])
+                            .into_owned(),
+                        ..Default::default()
+                    },
+                };
+                last.revision = rev;
+                Ok(trust_event(EventType::Delete, rev, Some(last)))
+            }
+        }
+    }
+}
+
+impl TrustStore for EtcdStore {
+    async fn create_trusted(
+        &self,
+        mut element: TrustedElement,
+    ) -> Result<TrustedElement, StoreError> {
+        element.created_unix_ms = now_ms();
+        let key = self.trusted_key(&element.name);
+        let value = {
+            let mut e = element.clone();
+            e.revision = 0;
+            e.encode_to_vec()
+        };
+        for _ in 0..8 {
+            let mut kv = self.client.kv_client();
+            let count = self
+                .call(
+                    "a count",
+                    kv.get(
+                        self.trusted_prefix.clone(),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    ),
+                )
+                .await?;
+            let counted_at = count.header().map_or(0, |h| h.revision());
+            if count.count() as usize >= MAX_TRUSTED_ELEMENTS {
+                if self.get_kv(key.clone()).await?.is_some() {
+                    return Err(StoreError::ElementExists { name: element.name });
+                }
+                return Err(StoreError::TooManyElements {
+                    limit: MAX_TRUSTED_ELEMENTS,
+                });
+            }
+            let when = vec![
+                Compare::version(key.clone(), CompareOp::Equal, 0),
+                // Nothing in the table changed since it was counted.
+                Compare::mod_revision(self.trusted_prefix.clone(), CompareOp::Less, counted_at + 1)
+                    .with_prefix(),
+            ];
+            let then = vec![TxnOp::put(key.clone(), value.clone(), None)];
+            let resp = self
+                .call("a create", kv.txn(Txn::new().when(when).and_then(then)))
+                .await?;
+            if resp.succeeded() {
+                element.revision = Self::header_revision(&resp);
+                return Ok(element);
+            }
+            if self.get_kv(key.clone()).await?.is_some() {
+                return Err(StoreError::ElementExists { name: element.name });
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the trusted elements keep changing under this create; retry".into(),
+        ))
+    }
+
+    async fn get_trusted(&self, name: &str) -> Result<TrustedElement, StoreError> {
+        match self.get_kv(self.trusted_key(name)).await? {
+            Some(kv) => Self::decode_trusted(&kv),
+            None => Err(StoreError::ElementNotFound { name: name.into() }),
+        }
+    }
+
+    async fn list_trusted(&self) -> Result<(Vec<TrustedElement>, u64), StoreError> {
+        let mut kv = self.client.kv_client();
+        let mut resp = self
+            .call(
+                "a list",
+                kv.get(
+                    self.trusted_prefix.clone(),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            )
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision() as u64);
+        let elements = resp
+            .take_kvs()
+            .iter()
+            .map(Self::decode_trusted)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((elements, revision))
+    }
+
+    async fn delete_trusted(
+        &self,
+        name: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let key = self.trusted_key(name);
+        for _ in 0..8 {
+            let old = self.get_trusted(name).await?;
+            if let Some(e) = expected_revision
+                && e != old.revision
+            {
+                return Err(StoreError::ElementRevisionMismatch {
+                    name: name.into(),
+                    expected: e,
+                    actual: old.revision,
+                });
+            }
+            let when = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                old.revision as i64,
+            )];
+            let then = vec![TxnOp::delete(key.clone(), None)];
+            let mut kv = self.client.kv_client();
+            let resp = self
+                .call("a delete", kv.txn(Txn::new().when(when).and_then(then)))
+                .await?;
+            if resp.succeeded() {
+                return Ok(Self::header_revision(&resp));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "trusted element '{name}' keeps changing under this delete; retry"
+        )))
+    }
+
+    async fn watch_trusted(&self, start_revision: u64) -> Result<TrustEventStream, StoreError> {
+        self.watch_range(
+            self.trusted_prefix.clone(),
+            start_revision,
+            EtcdStore::convert_trusted,
+        )
+        .await
     }
 }
 

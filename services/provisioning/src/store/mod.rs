@@ -1,4 +1,6 @@
-//! The subscriber store: one trait, two implementations.
+//! The store of subscribers and trusted elements: two traits
+//! ([`SubscriberStore`], [`TrustStore`], together [`Store`]), two
+//! implementations.
 //!
 //! - [`EtcdStore`]: production, on etcd 3.4+ (keys under a prefix,
 //!   transactions keep the public-identity index consistent, etcd's
@@ -9,11 +11,15 @@
 //!
 //! Both keep the same invariants, which the service relies on:
 //! - a private identity names at most one subscriber, and a public identity
-//!   belongs to at most one subscriber ([`StoreError::AlreadyExists`]);
-//! - every change gets a revision greater than all earlier ones, and the
-//!   subscriber's `revision` field is the revision of its last change;
-//! - [`SubscriberStore::watch`] delivers changes in revision order, and
-//!   says `RESET` when it cannot replay from the revision asked for.
+//!   belongs to at most one subscriber ([`StoreError::AlreadyExists`]); a
+//!   name, at most one trusted element ([`StoreError::ElementExists`]), and
+//!   there are at most [`MAX_TRUSTED_ELEMENTS`] of them;
+//! - every change gets a revision greater than all earlier ones (one
+//!   sequence for subscribers and trusted elements), and a record's
+//!   `revision` field is the revision of its last change;
+//! - [`SubscriberStore::watch`] and [`TrustStore::watch_trusted`] deliver
+//!   changes (each of its own records) in revision order, and say `RESET`
+//!   when they cannot replay from the revision asked for.
 //!
 //! Stores take values that the service has validated
 //! ([`crate::validate`]); they check consistency, not syntax.
@@ -28,11 +34,17 @@ pub use embedded::EmbeddedStore;
 pub use etcd::{EtcdOptions, EtcdStore};
 use futures::Stream;
 use ringmesh_proto::provisioning::{
-    Barring, Credentials, EventType, ImplicitSet, ServiceProfile, Subscriber, WatchEvent,
+    Barring, Credentials, EventType, ImplicitSet, ServiceProfile, Subscriber, TrustedElement,
+    TrustedElementEvent, WatchEvent,
 };
+pub use ringmesh_provisioning_client::validate::MAX_TRUSTED_ELEMENTS;
 
-/// A stream of watch events, ending with an error when the store fails.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static>>;
+/// A stream of events, ending with an error when the store fails.
+pub type Events<E> = Pin<Box<dyn Stream<Item = Result<E, StoreError>> + Send + 'static>>;
+/// A stream of subscriber watch events.
+pub type EventStream = Events<WatchEvent>;
+/// A stream of trusted-element watch events.
+pub type TrustEventStream = Events<TrustedElementEvent>;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +77,22 @@ pub enum StoreError {
     /// A stored record does not decode.
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// No trusted element with that name.
+    #[error("no trusted element named '{name}'")]
+    ElementNotFound { name: String },
+    /// The name is taken.
+    #[error("a trusted element named '{name}' already exists")]
+    ElementExists { name: String },
+    /// A conditional delete found another revision.
+    #[error("trusted element '{name}' is at revision {actual}, not the expected {expected}")]
+    ElementRevisionMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The table of trusted elements is full.
+    #[error("the table already holds {limit} trusted elements, the most it may; remove one first")]
+    TooManyElements { limit: usize },
 }
 
 /// A change to an existing subscriber.
@@ -164,6 +192,98 @@ pub trait SubscriberStore: Send + Sync + 'static {
 
     /// The current revision; fails when the store is unreachable (readiness).
     fn current_revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Where trusted elements live: a small table, read whole, changed by
+/// creating and deleting elements. Same deadlines as [`SubscriberStore`].
+pub trait TrustStore: Send + Sync + 'static {
+    /// Creates an element; its name must be free and the table not full
+    /// ([`MAX_TRUSTED_ELEMENTS`]). Sets `revision` and the time.
+    fn create_trusted(
+        &self,
+        element: TrustedElement,
+    ) -> impl Future<Output = Result<TrustedElement, StoreError>> + Send;
+
+    /// Reads an element by name.
+    fn get_trusted(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<TrustedElement, StoreError>> + Send;
+
+    /// Every element in ascending name order, and the store revision the
+    /// list reflects (a consistent snapshot: following
+    /// [`TrustStore::watch_trusted`] from the next revision misses nothing).
+    fn list_trusted(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<TrustedElement>, u64), StoreError>> + Send;
+
+    /// Deletes an element, if it is still at `expected_revision` when one
+    /// is given; returns the revision of the deletion.
+    fn delete_trusted(
+        &self,
+        name: &str,
+        expected_revision: Option<u64>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Changes to the elements from `start_revision` on (0: from now), as
+    /// [`SubscriberStore::watch`] delivers subscriber changes.
+    fn watch_trusted(
+        &self,
+        start_revision: u64,
+    ) -> impl Future<Output = Result<TrustEventStream, StoreError>> + Send;
+}
+
+/// Everything the service needs of a store.
+pub trait Store: SubscriberStore + TrustStore {}
+
+impl<S: SubscriberStore + TrustStore> Store for S {}
+
+/// What a watch stream carries (a subscriber event or a trusted-element
+/// event), so both streams share one implementation per store.
+pub(crate) trait StoreEvent: Clone + Send + Sync + 'static {
+    /// A RESET or SYNCED marker.
+    fn marker(kind: EventType, revision: u64) -> Self;
+    /// The event's type (wire value).
+    fn kind(&self) -> i32;
+    /// The event's revision.
+    fn revision(&self) -> u64;
+}
+
+impl StoreEvent for WatchEvent {
+    fn marker(kind: EventType, revision: u64) -> Self {
+        event(kind, revision, None)
+    }
+    fn kind(&self) -> i32 {
+        self.r#type
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+impl StoreEvent for TrustedElementEvent {
+    fn marker(kind: EventType, revision: u64) -> Self {
+        trust_event(kind, revision, None)
+    }
+    fn kind(&self) -> i32 {
+        self.r#type
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// Builds a trusted-element watch event.
+pub fn trust_event(
+    kind: EventType,
+    revision: u64,
+    element: Option<TrustedElement>,
+) -> TrustedElementEvent {
+    TrustedElementEvent {
+        r#type: kind as i32,
+        revision,
+        element,
+    }
 }
 
 /// Builds a watch event.

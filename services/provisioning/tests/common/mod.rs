@@ -1,154 +1,75 @@
-//! Test support: a real etcd on free 127.0.0.1 ports, and a store
-//! conformance suite both stores pass.
+//! Test support: a real etcd (from `ringmesh-test-support`), a
+//! provisioning server on 127.0.0.1, and the store conformance suites
+//! (subscribers, trusted elements) both stores pass.
 
-#![allow(dead_code, unreachable_pub)]
+// Each test crate uses a part of this module.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
 use ringmesh_proto::provisioning::{
-    Barring, Credentials, EventType, ImplicitSet, Subscriber, WatchEvent,
+    Barring, Credentials, EventType, ImplicitSet, Subscriber, TrustedElement, TrustedElementEvent,
+    TrustedElementKind, WatchEvent, trusted_element,
 };
-use ringmesh_provisioning::store::{Change, EventStream, StoreError, SubscriberStore};
+use ringmesh_provisioning::store::{
+    Change, EventStream, MAX_TRUSTED_ELEMENTS, StoreError, SubscriberStore, TrustEventStream,
+};
+use ringmesh_provisioning::{ProvisioningService, Store, serve};
+pub use ringmesh_test_support::Etcd;
+use tonic::transport::Channel;
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+pub const REALM: &str = "ringmesh.test";
+
+/// A provisioning server on a free port, stopped gracefully on request.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// A real etcd process, stopped (by its PID) on drop.
-pub struct Etcd {
-    child: Option<Child>,
-    pub client_port: u16,
-    peer_port: u16,
-    pub data: tempfile::TempDir,
-    log: PathBuf,
-}
-
-fn etcd_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-    {
-        let p = dir.join("etcd");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "etcd is not installed: these tests need a real etcd 3.4+. `make test` installs it \
-         (Debian package etcd-server; by hand: apt-get install etcd-server)"
-    );
-}
-
-impl Etcd {
-    /// Starts etcd and waits until it answers.
-    pub fn start() -> Etcd {
-        let data = tempfile::tempdir().unwrap();
-        let log = data.path().join("etcd.log");
-        let mut e = Etcd {
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data,
-            log,
-        };
-        e.spawn();
-        e
+impl Server {
+    pub async fn start<S: Store>(store: S) -> Server {
+        Server::start_on("127.0.0.1:0".parse().unwrap(), store).await
     }
 
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
+    pub async fn start_on<S: Store>(addr: SocketAddr, store: S) -> Server {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let service = ProvisioningService::new(Arc::new(store), REALM);
+        let task = tokio::spawn(async move {
+            serve(listener, service, async move {
+                let _ = rx.await;
+            })
+            .await
             .unwrap();
-        let child = Command::new(etcd_binary())
-            .args(["--name", "t", "--data-dir"])
-            .arg(self.data.path().join("member"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "etcd exited ({status}); log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            // Ready = the health endpoint answers over HTTP.
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
-                use std::io::{Read, Write};
-                s.set_read_timeout(Some(Duration::from_millis(500)))
-                    .unwrap();
-                let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
-                let mut buf = String::new();
-                let _ = s.read_to_string(&mut buf);
-                if buf.contains("\"health\":\"true\"") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd not ready in 20 s; log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        Server {
+            addr,
+            stop: Some(tx),
+            task,
         }
     }
 
-    /// Kills etcd (by its PID) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    pub async fn client(&self) -> ProvisioningClient<Channel> {
+        ProvisioningClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
     }
 
-    /// Starts etcd again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
+    /// Stops the server; returns how long the graceful shutdown took.
+    pub async fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("graceful stop")
+            .unwrap();
+        t.elapsed()
     }
 }
 
@@ -355,4 +276,170 @@ pub async fn conformance<S: SubscriberStore>(store: &S) {
         ["sip:alice@x", "sip:al@x"]
     );
     eprintln!("store conformance: {:?}", t.elapsed());
+}
+
+/// A trusted element as the service stores it (validated, canonical).
+pub fn element(name: &str, matcher: &str) -> TrustedElement {
+    TrustedElement {
+        name: name.into(),
+        kind: TrustedElementKind::Gateway as i32,
+        matcher: Some(match matcher.strip_prefix("tls:") {
+            Some(n) => trusted_element::Matcher::TlsName(n.into()),
+            None => trusted_element::Matcher::Address(matcher.into()),
+        }),
+        description: format!("{name} for the tests"),
+        ..Default::default()
+    }
+}
+
+/// Next trusted-element event that is not a SYNCED marker, within 10 s.
+pub async fn next_trust_change(stream: &mut TrustEventStream) -> TrustedElementEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream open")
+            .expect("no error");
+        if ev.r#type != EventType::Synced as i32 {
+            return ev;
+        }
+    }
+}
+
+/// What every store must do with trusted elements.
+pub async fn trust_conformance<S: Store>(store: &S) {
+    let t = Instant::now();
+    let mut trust = store.watch_trusted(0).await.unwrap();
+    let mut subs = store.watch(0).await.unwrap();
+
+    let gw = store
+        .create_trusted(element("gw", "192.0.2.0/24:5080"))
+        .await
+        .unwrap();
+    assert!(gw.revision > 0 && gw.created_unix_ms > 0);
+    assert_eq!(store.get_trusted("gw").await.unwrap(), gw);
+    // Subscribers and elements share the revision sequence, each watch
+    // sees only its own records.
+    let alice = store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
+    assert!(alice.revision > gw.revision);
+    let pcscf = store
+        .create_trusted(element("pcscf", "tls:pcscf.example.net"))
+        .await
+        .unwrap();
+    assert!(pcscf.revision > alice.revision);
+    assert_eq!(
+        store.create_trusted(element("gw", "198.51.100.1")).await,
+        Err(StoreError::ElementExists { name: "gw".into() })
+    );
+    assert_eq!(
+        store.get_trusted("nobody").await,
+        Err(StoreError::ElementNotFound {
+            name: "nobody".into()
+        })
+    );
+
+    let (all, at) = store.list_trusted().await.unwrap();
+    assert_eq!(all, [gw.clone(), pcscf.clone()], "in name order");
+    assert!(at >= pcscf.revision);
+
+    assert!(matches!(
+        store.delete_trusted("gw", Some(gw.revision + 1000)).await,
+        Err(StoreError::ElementRevisionMismatch { .. })
+    ));
+    let del = store.delete_trusted("gw", Some(gw.revision)).await.unwrap();
+    assert!(del > pcscf.revision);
+    assert_eq!(
+        store.delete_trusted("gw", None).await,
+        Err(StoreError::ElementNotFound { name: "gw".into() })
+    );
+    assert_eq!(
+        store.list_trusted().await.unwrap().0,
+        std::slice::from_ref(&pcscf)
+    );
+
+    // The trust watch: PUT gw, PUT pcscf, DELETE gw (with its last state).
+    let ev = next_trust_change(&mut trust).await;
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, gw.revision)
+    );
+    assert_eq!(ev.element.unwrap(), gw);
+    let ev = next_trust_change(&mut trust).await;
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, pcscf.revision)
+    );
+    let ev = next_trust_change(&mut trust).await;
+    assert_eq!((ev.r#type, ev.revision), (EventType::Delete as i32, del));
+    let last = ev.element.unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.matcher),
+        ("gw", gw.matcher.clone())
+    );
+    // The subscriber watch saw only alice.
+    let ev = next_change(&mut subs).await;
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, alice.revision)
+    );
+    store.delete("alice", None).await.unwrap();
+    let ev = next_change(&mut subs).await;
+    assert_eq!(ev.r#type, EventType::Delete as i32);
+
+    // Replay from a revision; a list then a watch from the next revision
+    // miss nothing.
+    let mut replay = store.watch_trusted(pcscf.revision).await.unwrap();
+    let ev = next_trust_change(&mut replay).await;
+    assert_eq!(ev.revision, pcscf.revision);
+    let (_, at) = store.list_trusted().await.unwrap();
+    let mut follow = store.watch_trusted(at + 1).await.unwrap();
+    let lb = store
+        .create_trusted(element("lb", "2001:db8::/48"))
+        .await
+        .unwrap();
+    let ev = next_trust_change(&mut follow).await;
+    assert_eq!(
+        (ev.r#type, ev.revision),
+        (EventType::Put as i32, lb.revision)
+    );
+    eprintln!("trust conformance: {:?}", t.elapsed());
+
+    // The table is bounded.
+    let t = Instant::now();
+    let have = store.list_trusted().await.unwrap().0.len();
+    for i in have..MAX_TRUSTED_ELEMENTS {
+        store
+            .create_trusted(element(
+                &format!("e{i:04}"),
+                &format!("10.{}.{}.0/24", i / 256, i % 256),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .create_trusted(element("one-more", "192.0.2.99"))
+            .await,
+        Err(StoreError::TooManyElements {
+            limit: MAX_TRUSTED_ELEMENTS
+        })
+    );
+    assert_eq!(
+        store.create_trusted(element("gw", "192.0.2.99")).await,
+        Err(StoreError::TooManyElements {
+            limit: MAX_TRUSTED_ELEMENTS
+        }),
+        "a full table refuses any name"
+    );
+    assert_eq!(
+        store.create_trusted(element("lb", "192.0.2.99")).await,
+        Err(StoreError::ElementExists { name: "lb".into() }),
+        "a taken name is still reported as taken"
+    );
+    store.delete_trusted("lb", None).await.unwrap();
+    store
+        .create_trusted(element("lb", "192.0.2.99"))
+        .await
+        .unwrap();
+    eprintln!("filled the trusted table in {:?}", t.elapsed());
 }

@@ -1,4 +1,5 @@
-//! Decode, encode, decode again and compare (STYLE.md §7); exercise every
+//! Decode, encode, decode again and compare (a parser is fuzzed with round
+//! trips: what it accepts must survive re-encoding); exercise every
 //! accessor and writer the supernode uses on what parsed; run the stream
 //! framer on the raw input. Nothing may panic.
 

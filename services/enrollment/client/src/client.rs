@@ -1,0 +1,271 @@
+//! The node side: [`enroll`] generates a key pair and a CSR locally (the
+//! private key never leaves the node), asks the enrollment service for a
+//! certificate, checks the answer, and writes the identity into a
+//! directory the supernode loads:
+//!
+//! ```text
+//! node.key     the private key, PEM, mode 0600
+//! node.crt     the node certificate, PEM (Node-ID in its URI SAN)
+//! ca.crt       the farm CA bundle, PEM
+//! crl.pem      the CRL at enrollment time, PEM
+//! farm.secret  the farm secret, hex, mode 0600
+//! ```
+//!
+//! Files are written atomically (temporary file, then rename), the key
+//! first, so a crash never leaves a certificate without its key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData as _};
+use ringmesh_proto::enrollment as pb;
+use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
+use tonic::transport::Endpoint;
+
+use crate::cert as ca;
+
+/// Deadline of one enrollment RPC.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's enrolled identity, as written to its directory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrolledIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub crl_pem: String,
+    pub node_id: [u8; 16],
+    pub farm_secret: Vec<u8>,
+    /// Certificate expiry, seconds since the UNIX epoch.
+    pub not_after_unix: i64,
+}
+
+impl std::fmt::Debug for EnrolledIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolledIdentity")
+            .field("node_id", &hex::encode(self.node_id))
+            .field("not_after_unix", &self.not_after_unix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The bootstrap token (or, on renew, the certificate) was refused.
+    #[error("enrollment refused: {0}")]
+    Denied(String),
+    /// The enrollment service cannot be reached; retry later.
+    #[error("enrollment service unavailable: {0}")]
+    Unavailable(String),
+    /// The service answered with another error.
+    #[error("enrollment failed: {0}")]
+    Rejected(String),
+    /// The answer does not hold together (wrong key, Node-ID mismatch, a
+    /// certificate the CA did not sign).
+    #[error("bad answer from the enrollment service: {0}")]
+    BadAnswer(String),
+    /// Local key generation or files.
+    #[error("{0}")]
+    Local(String),
+}
+
+fn from_status(s: tonic::Status) -> EnrollError {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            EnrollError::Denied(s.message().into())
+        }
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            EnrollError::Unavailable(s.message().into())
+        }
+        _ => EnrollError::Rejected(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+fn local(what: &str, e: impl std::fmt::Display) -> EnrollError {
+    EnrollError::Local(format!("{what}: {e}"))
+}
+
+async fn client(
+    endpoint: &str,
+) -> Result<EnrollmentClient<tonic::transport::Channel>, EnrollError> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let ep = Endpoint::from_shared(url)
+        .map_err(|e| EnrollError::Local(format!("endpoint '{endpoint}': {e}")))?;
+    let channel = ep
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| EnrollError::Unavailable(format!("cannot connect to {endpoint}: {e}")))?;
+    Ok(EnrollmentClient::new(channel))
+}
+
+fn csr_for(key: &KeyPair, node_name: &str) -> Result<String, EnrollError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| local("CSR", e))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node_name);
+    params.distinguished_name = dn;
+    params
+        .serialize_request(key)
+        .and_then(|c| c.pem())
+        .map_err(|e| local("CSR", e))
+}
+
+/// Checks an answer against the key we hold, then writes the identity.
+fn accept(
+    resp: pb::EnrollResponse,
+    key: &KeyPair,
+    dir: &Path,
+) -> Result<EnrolledIdentity, EnrollError> {
+    let bad = |m: String| EnrollError::BadAnswer(m);
+    let der = ca::pem_certs(&resp.certificate_pem)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .next();
+    let der = der.ok_or_else(|| bad("no certificate".into()))?;
+    let info = ca::cert_info(&der).map_err(|e| bad(e.to_string()))?;
+    let node_id = ca::parse_node_id(&resp.node_id)
+        .ok_or_else(|| bad(format!("node_id '{}'", resp.node_id)))?;
+    if info.node_id != Some(node_id) {
+        return Err(bad(
+            "the certificate's Node-ID is not the node_id returned".into()
+        ));
+    }
+    if info.public_key != key.der_bytes() {
+        return Err(bad("the certificate is not for our key".into()));
+    }
+    let cas = ca::pem_certs(&resp.ca_bundle_pem).map_err(|e| bad(e.to_string()))?;
+    if !cas.iter().any(|c| ca::signed_by(&der, c)) {
+        return Err(bad("the certificate does not chain to the CA bundle".into()));
+    }
+    if resp.farm_secret.len() < 16 {
+        return Err(bad("farm secret shorter than 16 bytes".into()));
+    }
+    let id = EnrolledIdentity {
+        cert_pem: resp.certificate_pem,
+        key_pem: key.serialize_pem(),
+        ca_pem: resp.ca_bundle_pem,
+        crl_pem: resp.crl_pem,
+        node_id,
+        farm_secret: resp.farm_secret,
+        not_after_unix: info.not_after_unix,
+    };
+    id.write(dir)?;
+    Ok(id)
+}
+
+/// Enrolls this node: a fresh key pair and CSR made here, a certificate
+/// with the Node-ID the CA assigns, files written into `key_dir`.
+pub async fn enroll(
+    endpoint: &str,
+    token: &str,
+    node_name: &str,
+    key_dir: &Path,
+) -> Result<EnrolledIdentity, EnrollError> {
+    let key = KeyPair::generate().map_err(|e| local("key generation", e))?;
+    let csr_pem = csr_for(&key, node_name)?;
+    let mut c = client(endpoint).await?;
+    let req = pb::EnrollRequest {
+        csr_pem,
+        bootstrap_token: token.to_string(),
+        node_name: node_name.to_string(),
+    };
+    let resp = c.enroll(req).await.map_err(from_status)?.into_inner();
+    accept(resp, &key, key_dir)
+}
+
+/// Renews the identity in `key_dir` (same key, same Node-ID, new expiry)
+/// and rewrites its files.
+pub async fn renew(endpoint: &str, key_dir: &Path) -> Result<EnrolledIdentity, EnrollError> {
+    let current = EnrolledIdentity::load(key_dir)?
+        .ok_or_else(|| EnrollError::Local(format!("no identity in {}", key_dir.display())))?;
+    let key = KeyPair::from_pem(&current.key_pem).map_err(|e| local("node.key", e))?;
+    let csr_pem = csr_for(&key, "renew")?;
+    let mut c = client(endpoint).await?;
+    let resp = c
+        .renew(pb::RenewRequest {
+            certificate_pem: current.cert_pem.clone(),
+            csr_pem,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    accept(resp, &key, key_dir)
+}
+
+fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), EnrollError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(|e| local(&tmp.display().to_string(), e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| local(&tmp.display().to_string(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| local(&path.display().to_string(), e))
+}
+
+impl EnrolledIdentity {
+    /// Writes `node.key` (0600), `node.crt`, `ca.crt`, `crl.pem` and
+    /// `farm.secret` (hex, 0600) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), EnrollError> {
+        std::fs::create_dir_all(dir).map_err(|e| local(&dir.display().to_string(), e))?;
+        write_atomic(&dir.join("node.key"), self.key_pem.as_bytes(), true)?;
+        write_atomic(
+            &dir.join("farm.secret"),
+            hex::encode(&self.farm_secret).as_bytes(),
+            true,
+        )?;
+        write_atomic(&dir.join("ca.crt"), self.ca_pem.as_bytes(), false)?;
+        write_atomic(&dir.join("crl.pem"), self.crl_pem.as_bytes(), false)?;
+        write_atomic(&dir.join("node.crt"), self.cert_pem.as_bytes(), false)
+    }
+
+    /// Loads an identity written by [`EnrolledIdentity::write`]; `None` if
+    /// `dir` holds none yet.
+    pub fn load(dir: &Path) -> Result<Option<EnrolledIdentity>, EnrollError> {
+        let crt = dir.join("node.crt");
+        if !crt.exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| local(name, e));
+        let cert_pem = read("node.crt")?;
+        let der = ca::pem_certs(&cert_pem)
+            .map_err(|e| local("node.crt", e))?
+            .into_iter()
+            .next();
+        let info = ca::cert_info(
+            &der.ok_or_else(|| EnrollError::Local("node.crt holds no certificate".into()))?,
+        )
+        .map_err(|e| local("node.crt", e))?;
+        let node_id = info
+            .node_id
+            .ok_or_else(|| EnrollError::Local("node.crt carries no Node-ID".into()))?;
+        let farm_secret =
+            hex::decode(read("farm.secret")?.trim()).map_err(|e| local("farm.secret", e))?;
+        Ok(Some(EnrolledIdentity {
+            cert_pem,
+            key_pem: read("node.key")?,
+            ca_pem: read("ca.crt")?,
+            crl_pem: read("crl.pem").unwrap_or_default(),
+            node_id,
+            farm_secret,
+            not_after_unix: info.not_after_unix,
+        }))
+    }
+
+    /// The Node-ID as 32 hex digits.
+    pub fn node_id_hex(&self) -> String {
+        hex::encode(self.node_id)
+    }
+}

@@ -1,0 +1,15 @@
+//! # ringmesh-enrollment-client: the node's side of enrollment
+//!
+//! What a supernode needs of the farm CA, apart from the CA itself: it
+//! enrolls (a key made here, a CSR, a certificate binding the Node-ID the
+//! CA chose) and reads node certificates.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`client`] | [`enroll`] and [`renew`]: the identity written to a node's directory |
+//! | [`cert`] | Node-IDs in certificates, PEM parsing, signature checks |
+
+pub mod cert;
+pub mod client;
+
+pub use client::{EnrollError, EnrolledIdentity, enroll, renew};

@@ -1,0 +1,399 @@
+//! The location service's operations, and the node-local store.
+//!
+//! The proxy asks for bindings with [`LocationOp`]s (actions its driver
+//! carries out) and gets a [`Completion`] back. A farm of one keeps them
+//! in a [`LocalStore`]; a farm keeps them on the ring, wherever the AOR's
+//! replicas are (the driver's overlay store), and the proxy cannot tell.
+
+use std::collections::BTreeMap;
+
+use ringmesh_sip::aor::Aor;
+
+use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
+use crate::registrar::{self, RegisterPlan, RegistrarError};
+
+/// What a location operation asks for.
+#[derive(Debug, Clone)]
+pub enum LocationOp {
+    /// Apply a REGISTER; completes with every current binding.
+    Register {
+        aor: Aor,
+        plan: RegisterPlan,
+        now_ms: u64,
+    },
+    /// Read the live bindings of an AOR.
+    Lookup { aor: Aor, now_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error(transparent)]
+    Registrar(#[from] RegistrarError),
+    /// The write could not reach a quorum of replicas (answer 503).
+    #[error("location store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A finished operation: the token it was submitted with and its outcome.
+pub type Completion = (u64, Result<Vec<Binding>, LocationError>);
+
+/// Counts of what a node holds: AORs, and bindings for which it is the
+/// primary replica or a secondary one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub aors: usize,
+    pub primary: usize,
+    pub replica: usize,
+}
+
+/// Each [`LocalStore::expire`] call sweeps this share of the
+/// node-local table, from where the last one stopped, so no sweep stalls
+/// the SIP core for long.
+const SWEEP_PARTS: usize = 16;
+
+/// What the node-local table keeps per AOR (about 200 bytes per binding at
+/// 1,000,000, against a target of ≤ 300): one exact-size allocation holding every binding
+/// of the AOR in the standalone encoding, each prefixed with its length,
+/// and the earliest expiry (seconds) so a sweep reads no blob it need not.
+#[derive(Debug)]
+struct Stored {
+    blob: Box<[u8]>,
+    first_expiry_s: u32,
+}
+
+impl Stored {
+    fn encode(list: &[Binding]) -> Option<Stored> {
+        if list.is_empty() {
+            return None;
+        }
+        let mut blob = Vec::with_capacity(list.len() * 160);
+        for b in list {
+            let enc = b.encode_vec(FORMAT_FULL, None);
+            put_varint(&mut blob, enc.len() as u64);
+            blob.extend_from_slice(&enc);
+        }
+        let first = list
+            .iter()
+            .map(|b| b.expires_at_ms / 1000)
+            .min()
+            .unwrap_or(0);
+        Some(Stored {
+            blob: blob.into_boxed_slice(),
+            first_expiry_s: u32::try_from(first).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Every binding held, whichever AOR (a record may hold two AORs whose
+    /// 64-bit keyed hashes collide).
+    fn decode(&self) -> Vec<Binding> {
+        let mut out = Vec::with_capacity(1);
+        let mut r: &[u8] = &self.blob;
+        while !r.is_empty() {
+            let Some(enc) = get_varint(&mut r).and_then(|n| take(&mut r, n as usize)) else {
+                break;
+            };
+            if let Some(b) = Binding::decode(enc) {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
+/// Node-local bindings: the whole location service of a one-node farm.
+///
+/// AORs are found by a 64-bit keyed hash (SipHash with a random key: no
+/// peer can aim for collisions); each stored binding carries its AOR, so a
+/// collision only puts two AORs in one record, told apart on every read.
+/// The table is a B-tree: it grows node by node, so a million bindings
+/// never cost one long rehash pause (a hash table doubles all at once), and
+/// its key order lets the expiry sweep resume where it stopped.
+#[derive(Debug)]
+pub struct LocalStore {
+    records: BTreeMap<u64, Stored>,
+    hasher: std::hash::RandomState,
+    aors: usize,
+    bindings: usize,
+    /// Where the next expiry sweep starts.
+    sweep_from: u64,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        LocalStore {
+            records: BTreeMap::new(),
+            hasher: std::hash::RandomState::new(),
+            aors: 0,
+            bindings: 0,
+            sweep_from: 0,
+        }
+    }
+}
+
+impl LocalStore {
+    pub fn new() -> LocalStore {
+        LocalStore::default()
+    }
+
+    fn slot(&self, aor: &Aor) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one(aor.as_bytes())
+    }
+
+    fn live(list: &[Binding], now_ms: u64) -> Vec<Binding> {
+        let mut v: Vec<Binding> = list
+            .iter()
+            .filter(|b| b.expires_at_ms > now_ms)
+            .cloned()
+            .collect();
+        registrar::sort_by_preference(&mut v);
+        v
+    }
+
+    fn register(
+        &mut self,
+        aor: &Aor,
+        plan: &RegisterPlan,
+        now_ms: u64,
+    ) -> Result<Vec<Binding>, LocationError> {
+        let h = self.slot(aor);
+        let (mut mine, others): (Vec<Binding>, Vec<Binding>) = self
+            .records
+            .get(&h)
+            .map(Stored::decode)
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|b| b.aor[..] == *aor.as_bytes());
+        let before = mine.len();
+        registrar::apply(&mut mine, plan, now_ms)?;
+        let out = Self::live(&mine, now_ms);
+        self.bindings = self.bindings + mine.len() - before;
+        match (before, mine.len()) {
+            (0, n) if n > 0 => self.aors += 1,
+            (n, 0) if n > 0 => self.aors -= 1,
+            _ => {}
+        }
+        let mut all = others;
+        all.append(&mut mine);
+        match Stored::encode(&all) {
+            Some(stored) => {
+                self.records.insert(h, stored);
+            }
+            None => {
+                self.records.remove(&h);
+            }
+        }
+        Ok(out)
+    }
+
+    fn lookup(&self, aor: &Aor, now_ms: u64) -> Vec<Binding> {
+        let h = self.slot(aor);
+        let Some(stored) = self.records.get(&h) else {
+            return Vec::new();
+        };
+        let mut list = stored.decode();
+        list.retain(|b| b.aor[..] == *aor.as_bytes() && b.expires_at_ms > now_ms);
+        registrar::sort_by_preference(&mut list);
+        list
+    }
+}
+
+impl LocalStore {
+    /// Carries out one operation.
+    pub fn execute(&mut self, op: LocationOp) -> Result<Vec<Binding>, LocationError> {
+        match op {
+            LocationOp::Register { aor, plan, now_ms } => self.register(&aor, &plan, now_ms),
+            LocationOp::Lookup { aor, now_ms } => Ok(self.lookup(&aor, now_ms)),
+        }
+    }
+
+    /// Drops the expired bindings of the next share of the table (a
+    /// range of keys; the whole table every `SWEEP_PARTS` calls).
+    pub fn expire(&mut self, now_ms: u64) {
+        let now_s = now_ms / 1000;
+        let (mut bindings, mut aors) = (0usize, 0usize);
+        let share = u64::MAX / SWEEP_PARTS as u64;
+        let from = self.sweep_from;
+        let to = from.saturating_add(share);
+        self.sweep_from = if to == u64::MAX { 0 } else { to + 1 };
+        let mut gone = Vec::new();
+        for (k, stored) in self.records.range_mut(from..=to) {
+            if u64::from(stored.first_expiry_s) > now_s {
+                continue;
+            }
+            let list = stored.decode();
+            let distinct = |l: &[Binding]| {
+                let mut a: Vec<&[u8]> = l.iter().map(|b| &b.aor[..]).collect();
+                a.sort_unstable();
+                a.dedup();
+                a.len()
+            };
+            let live: Vec<Binding> = list
+                .iter()
+                .filter(|b| b.expires_at_ms > now_ms)
+                .cloned()
+                .collect();
+            bindings += list.len() - live.len();
+            aors += distinct(&list) - distinct(&live);
+            match Stored::encode(&live) {
+                Some(s) => *stored = s,
+                None => gone.push(*k),
+            }
+        }
+        for k in gone {
+            self.records.remove(&k);
+        }
+        self.bindings -= bindings;
+        self.aors -= aors;
+    }
+
+    /// What the store holds, for metrics.
+    pub fn counts(&self) -> Held {
+        Held {
+            aors: self.aors,
+            primary: self.bindings,
+            replica: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::sample;
+    use bytes::Bytes;
+
+    fn plan_for(b: &Binding, expires: u32) -> RegisterPlan {
+        RegisterPlan {
+            call_id: b.call_id.clone(),
+            cseq: b.cseq,
+            wildcard: false,
+            contacts: vec![registrar::ContactUpdate {
+                binding: b.clone(),
+                expires,
+            }],
+            hlc: b.hlc,
+            max_contacts: 10,
+        }
+    }
+
+    fn run(store: &mut LocalStore, op: LocationOp) -> Result<Vec<Binding>, LocationError> {
+        store.execute(op)
+    }
+
+    #[test]
+    fn local_store_registers_looks_up_and_expires() {
+        let mut store = LocalStore::new();
+        let now = 1_800_000_000_000;
+        for i in 0..1000 {
+            let b = sample(i, now + 60_000 + u64::from(i) * 1000);
+            let aor = Aor::parse(&b.aor).unwrap();
+            let out = run(
+                &mut store,
+                LocationOp::Register {
+                    aor,
+                    plan: plan_for(&b, 60),
+                    now_ms: now,
+                },
+            )
+            .unwrap();
+            assert_eq!(out, vec![b]);
+        }
+        assert_eq!(store.counts().primary, 1000);
+        assert_eq!(store.counts().aors, 1000);
+        let aor = Aor::parse(b"sip:user7@ringmesh.test").unwrap();
+        let found = run(&mut store, LocationOp::Lookup { aor, now_ms: now }).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            &found[0].contact[..],
+            b"sip:user7@127.0.0.1:5070;transport=udp"
+        );
+        // A whole sweep after half of them expired.
+        for _ in 0..SWEEP_PARTS {
+            store.expire(now + 60_000 + 500 * 1000);
+        }
+        assert_eq!(store.counts().primary, 499);
+        assert_eq!(store.counts().aors, 499);
+        let aor = Aor::parse(b"sip:user7@ringmesh.test").unwrap();
+        assert!(
+            run(
+                &mut store,
+                LocationOp::Lookup {
+                    aor,
+                    now_ms: now + 200_000
+                }
+            )
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn colliding_aors_share_a_record_but_not_their_bindings() {
+        // Force a collision: two AORs stored under the same hash.
+        let mut store = LocalStore::new();
+        let now = 1_800_000_000_000;
+        let a = sample(1, now + 60_000);
+        let b = sample(2, now + 60_000);
+        let h = store.slot(&Aor::parse(&a.aor).unwrap());
+        store
+            .records
+            .insert(h, Stored::encode(&[a.clone(), b.clone()]).unwrap());
+        let found = store.lookup(&Aor::parse(&a.aor).unwrap(), now);
+        assert_eq!(found, vec![a.clone()]);
+        // Registering for `a` keeps `b` in the record.
+        let a2 = Binding {
+            contact: Bytes::from_static(b"sip:user1@127.0.0.1:6000"),
+            ..a.clone()
+        };
+        store
+            .register(&Aor::parse(&a.aor).unwrap(), &plan_for(&a2, 60), now)
+            .unwrap();
+        let all = store.records.get(&h).unwrap().decode();
+        assert_eq!(all.len(), 3);
+        assert!(all.contains(&b));
+    }
+
+    /// The counts follow a refresh (no change), a second contact, a
+    /// removal and the AOR's last removal; a binding expiring at the lookup's
+    /// instant is not returned.
+    #[test]
+    fn counts_follow_every_change_and_expiry_is_exclusive() {
+        let mut store = LocalStore::new();
+        let now = 1_800_000_000_000;
+        let a = sample(1, now + 60_000);
+        let aor = Aor::parse(&a.aor).unwrap();
+        // Registers `b` (with `cseq`) at `at`: the bindings the answer lists.
+        let mut register = |b: &Binding, cseq: u32, expires: u32, at: u64| {
+            let b = Binding { cseq, ..b.clone() };
+            let live = store.register(&aor, &plan_for(&b, expires), at).unwrap();
+            let held = store.counts();
+            (live.len(), held.aors, held.primary)
+        };
+        let second = Binding {
+            contact: Bytes::from_static(b"sip:user1@127.0.0.1:6000"),
+            ..a.clone()
+        };
+        assert_eq!(register(&a, 1, 0, now), (0, 0, 0), "removing nothing");
+        assert_eq!(register(&a, 2, 60, now), (1, 1, 1));
+        assert_eq!(register(&a, 3, 60, now), (1, 1, 1), "a refresh");
+        assert_eq!(register(&second, 4, 60, now), (2, 1, 2));
+        assert_eq!(register(&a, 5, 0, now), (1, 1, 1));
+        assert_eq!(register(&second, 6, 0, now), (0, 0, 0));
+        // At its expiry instant a binding is not live, nor listed.
+        assert_eq!(register(&a, 7, 60, now + 60_000).0, 0);
+        register(&a, 8, 60, now);
+        // A sweep that expires one of an AOR's two bindings.
+        let longer = Binding {
+            expires_at_ms: now + 120_000,
+            ..second
+        };
+        assert_eq!(register(&longer, 9, 120, now), (2, 1, 2));
+        assert_eq!(store.lookup(&aor, now + 59_999).len(), 2);
+        assert_eq!(store.lookup(&aor, now + 60_000).len(), 1);
+        for _ in 0..SWEEP_PARTS {
+            store.expire(now + 60_000);
+        }
+        assert_eq!((store.counts().aors, store.counts().primary), (1, 1));
+    }
+}

@@ -1,0 +1,238 @@
+//! What the proxy reports for metrics: one [`Metric`] event per thing that
+//! happened, handed synchronously to an [`Observer`] (the supernode's
+//! Prometheus counters, or a recorder in tests). The proxy keeps no
+//! registry and knows no metric names.
+
+use std::time::Duration;
+
+use ringmesh_sip::Method;
+
+use crate::binding::Transport;
+
+/// The outcome of a REGISTER (`ringmesh_sip_registrations_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Ok,
+    Challenged,
+    Rejected,
+    Failed,
+}
+
+impl Registration {
+    pub const ALL: [Registration; 4] = [
+        Registration::Ok,
+        Registration::Challenged,
+        Registration::Rejected,
+        Registration::Failed,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Registration::Ok => "ok",
+            Registration::Challenged => "challenged",
+            Registration::Rejected => "rejected",
+            Registration::Failed => "failed",
+        }
+    }
+}
+
+/// Why a leaf's credentials were refused
+/// (`ringmesh_auth_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    UnknownUser,
+    BadCredentials,
+    /// The response was right but the nonce expired (or is no longer
+    /// tracked): challenged again with `stale=true`.
+    StaleNonce,
+    /// A nonce of another member of the farm, or of this node before a
+    /// restart: challenged again with `stale=true`. Expected when phones
+    /// move between nodes; no sign of an attack.
+    ForeignNonce,
+    /// A (nonce, nc) this node accepted before: a replayed request,
+    /// challenged again with `stale=true`. A phone that does not count its
+    /// requests shows here too.
+    Replay,
+    Barred,
+    /// Authenticated, but asserting or registering an identity it does not
+    /// own.
+    ForbiddenIdentity,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 7] = [
+        AuthFailure::UnknownUser,
+        AuthFailure::BadCredentials,
+        AuthFailure::StaleNonce,
+        AuthFailure::ForeignNonce,
+        AuthFailure::Replay,
+        AuthFailure::Barred,
+        AuthFailure::ForbiddenIdentity,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::BadCredentials => "bad_credentials",
+            AuthFailure::StaleNonce => "stale_nonce",
+            AuthFailure::ForeignNonce => "foreign_nonce",
+            AuthFailure::Replay => "replay",
+            AuthFailure::Barred => "barred",
+            AuthFailure::ForbiddenIdentity => "forbidden_identity",
+        }
+    }
+}
+
+/// Why a request was refused by a rule of the farm
+/// (`ringmesh_sip_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A To tag without a flow token of this farm for the dialog (481), or
+    /// a flow token on an out-of-dialog request from a phone (403).
+    NotInDialog,
+    /// A REGISTER contact at an address that is not a phone's.
+    ContactAddress,
+    /// More contacts than an AOR may have.
+    TooManyContacts,
+    /// A call to a barred subscriber.
+    BarredCallee,
+    /// An emergency request with no emergency route configured.
+    NoEmergencyRoute,
+    /// A response for a transaction this node does not hold whose branch
+    /// does not vouch for where it would go (dropped).
+    ForgedResponse,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NotInDialog,
+        Refusal::ContactAddress,
+        Refusal::TooManyContacts,
+        Refusal::BarredCallee,
+        Refusal::NoEmergencyRoute,
+        Refusal::ForgedResponse,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Refusal::NotInDialog => "not_in_dialog",
+            Refusal::ContactAddress => "contact_address",
+            Refusal::TooManyContacts => "too_many_contacts",
+            Refusal::BarredCallee => "barred_callee",
+            Refusal::NoEmergencyRoute => "no_emergency_route",
+            Refusal::ForgedResponse => "forged_response",
+        }
+    }
+}
+
+/// What brute-force protection did (`ringmesh_guard_events_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardEvent {
+    /// A (source, identity) pair was banned (applied here).
+    PairBanned,
+    /// A whole source was banned (applied here).
+    SourceBanned,
+    /// A banned request was answered 403.
+    Refused,
+    /// A banned request was dropped unanswered.
+    Dropped,
+    /// An operator lifted the bans of a source.
+    Lifted,
+}
+
+impl GuardEvent {
+    pub const ALL: [GuardEvent; 5] = [
+        GuardEvent::PairBanned,
+        GuardEvent::SourceBanned,
+        GuardEvent::Refused,
+        GuardEvent::Dropped,
+        GuardEvent::Lifted,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            GuardEvent::PairBanned => "pair_banned",
+            GuardEvent::SourceBanned => "source_banned",
+            GuardEvent::Refused => "refused",
+            GuardEvent::Dropped => "dropped",
+            GuardEvent::Lifted => "lifted",
+        }
+    }
+}
+
+/// One thing that happened, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric<'a> {
+    /// A response this node sent, on the transport of the request.
+    ResponseSent {
+        status: u16,
+        transport: Transport,
+    },
+    /// A request forwarded (once, whatever the number of branches).
+    Forwarded {
+        method: &'a Method,
+    },
+    Registration(Registration),
+    AuthFailure(AuthFailure),
+    Refused(Refusal),
+    Guard(GuardEvent),
+    /// An emergency request arrived (routed, or refused for want of a
+    /// route).
+    Emergency,
+    /// From REGISTER to its final response.
+    RegisterLatency(Duration),
+    /// The final response to an out-of-dialog INVITE from a leaf of this
+    /// node: what its caller saw.
+    CallSetup {
+        status: u16,
+    },
+    /// From a proxied INVITE to its first final response.
+    CallSetupLatency(Duration),
+    /// A proxied INVITE started, or its transaction ended.
+    CallStarted,
+    CallEnded,
+}
+
+/// Receives the proxy's metric events.
+pub trait Observer: Send + 'static {
+    fn observe(&self, m: Metric<'_>);
+}
+
+/// An observer that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ignore;
+
+impl Observer for Ignore {
+    fn observe(&self, _m: Metric<'_>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each reason's label is a distinct snake_case word: the Prometheus
+    /// series and the dashboards name them.
+    #[test]
+    fn labels_are_distinct_snake_case_words() {
+        let sets: [Vec<&str>; 4] = [
+            Registration::ALL.map(Registration::as_label).to_vec(),
+            AuthFailure::ALL.map(AuthFailure::as_label).to_vec(),
+            Refusal::ALL.map(Refusal::as_label).to_vec(),
+            GuardEvent::ALL.map(GuardEvent::as_label).to_vec(),
+        ];
+        for labels in sets {
+            let mut unique = labels.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), labels.len(), "{labels:?}");
+            for l in labels {
+                assert!(
+                    !l.is_empty() && l.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'),
+                    "{l}"
+                );
+            }
+        }
+        assert_eq!(Registration::Ok.as_label(), "ok");
+        assert_eq!(AuthFailure::BadCredentials.as_label(), "bad_credentials");
+    }
+}

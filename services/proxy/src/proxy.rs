@@ -1,0 +1,726 @@
+//! [`Proxy`]: the registrar and proxy of one supernode, as a state machine.
+//!
+//! Inputs come in with the current time ([`Now`]): SIP messages
+//! ([`Proxy::handle_message`]), location results
+//! ([`Proxy::handle_location`]), late subscriber answers
+//! ([`Proxy::handle_subscriber`]), connection changes, and timer expiries
+//! ([`Proxy::handle_timeout`]). Outputs are [`Action`]s
+//! ([`Proxy::poll_action`]: bytes to send, location operations to carry
+//! out) and the next deadline ([`Proxy::poll_timeout`]); metrics go to an
+//! [`Observer`]. The driver moves bytes, runs the location operations and
+//! sleeps; it decides nothing.
+//!
+//! Request handling order (RFC 3261 §16.3, then policy), in
+//! `proxy/request.rs`:
+//! 1. URI scheme (416), Max-Forwards (483; OPTIONS to us is answered),
+//!    loop detection (482), Proxy-Require (420); a REGISTER whose To is not
+//!    a SIP AOR (400). These come before anything that depends on who asks
+//!    or which domain is addressed.
+//! 2. Route headers that name this node are consumed; a signed flow token
+//!    in one sends the request down that leaf's flow (in-dialog routing,
+//!    `proxy/routing.rs`).
+//! 3. Requests for a domain the farm does not serve are refused (403): no
+//!    open relay. Emergency requests go to the configured emergency route,
+//!    unchallenged.
+//! 4. A request that claims a dialog (a To tag) without a flow token of
+//!    this farm for that dialog is refused (481): no dialog is taken on
+//!    trust.
+//! 5. Every out-of-dialog request from a phone is authenticated (401 for
+//!    REGISTER, 407 otherwise) and may assert only identities its
+//!    subscriber owns; then the registrar, or a location lookup and
+//!    forwarding to at most `max_branches` bindings in parallel
+//!    (`proxy/forking.rs`). Trusted elements ([`TrustTable`]) and
+//!    other supernodes skip the phone rules.
+//!
+//! ACKs for 2xx and responses without a transaction are forwarded
+//! statelessly (`proxy/stateless.rs`).
+
+mod forking;
+mod guarding;
+mod request;
+mod routing;
+mod stateless;
+mod subscribers;
+pub use subscribers::SubscriberChange;
+#[cfg(test)]
+mod tests;
+
+pub use request::is_emergency;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use ringmesh_sip::transaction::{ClientKey, Event, ServerKey, TransactionKey, TransactionLayer};
+use ringmesh_sip::{HeaderName, Message};
+use sha2::Sha256;
+
+use crate::addresses::Me;
+use crate::auth::{Auth, Fetched};
+use crate::binding::{FlowRef, Transport};
+use crate::guard::{Guard, GuardConfig};
+use crate::location::{Completion, LocationOp};
+use crate::observe::{AuthFailure, Metric, Observer, Refusal};
+use crate::registrar::{RegisterPlan, RegistrarConfig};
+use crate::token::{Dest, TokenKeys};
+use crate::trust::TrustTable;
+
+/// Branch prefix of this implementation: cookie, "rm", then the loop hash.
+const BRANCH_PREFIX: &str = "z9hG4bKrm";
+/// Option tags this node supports in Require / Proxy-Require.
+const SUPPORTED: &[&str] = &["outbound", "path"];
+const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK";
+
+/// The time of an input: monotonic for timers, wall-clock for what is
+/// compared across nodes (binding expiry, digest nonces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn secs(&self) -> u64 {
+        self.wall_ms / 1000
+    }
+
+    /// The version of a binding written now: a hybrid logical clock whose
+    /// high bits are the wall clock in ms, so replicas order writes from any
+    /// member by time (a purge after the bindings it removes).
+    pub fn hlc(&self) -> u64 {
+        self.wall_ms << 16
+    }
+}
+
+/// What the proxy is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub me: Me,
+    pub registrar: RegistrarConfig,
+    /// RFC 3261 T1, T2, T4.
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+    /// The `Retry-After` of this node's 503s, seconds.
+    pub retry_after: u32,
+    /// Transactions to make room for at start.
+    pub presized_transactions: usize,
+    /// The farm's secrets as (version, secret), the current one first:
+    /// flow tokens are sealed under the first and opened under any, so the
+    /// secret rotates without breaking a dialog. Must not be empty.
+    pub secrets: Vec<(u8, Vec<u8>)>,
+    /// The longest dialog the farm carries: its flow tokens live this long.
+    pub max_dialog: Duration,
+    /// Where this node's branch counter starts (random in production).
+    pub branch_seed: u64,
+    pub policy: Policy,
+}
+
+/// The rules that protect the farm from phones, and where emergency
+/// requests go.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The elements that are not phones; [`Proxy::set_trusted`] replaces
+    /// it at run time.
+    pub trusted: TrustTable,
+    /// Where emergency requests go (`urn:service:sos…`, or a Request-URI
+    /// whose user part is one of `emergency_numbers`): an address, since
+    /// edges resolve no names. None: they are answered 503.
+    pub emergency_route: Option<(Transport, std::net::SocketAddr)>,
+    /// Dial strings that are emergency calls (e.g. 112, 911).
+    pub emergency_numbers: Vec<String>,
+    /// The bindings a request forks to at most (the preferred ones).
+    pub max_branches: usize,
+    /// Brute-force bans.
+    pub guard: GuardConfig,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            trusted: TrustTable::default(),
+            emergency_route: None,
+            emergency_numbers: vec!["112".into(), "911".into()],
+            max_branches: 10,
+            guard: GuardConfig::default(),
+        }
+    }
+}
+
+/// Who sent a request, as the rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A phone on this flow: every phone rule applies.
+    Phone(FlowRef),
+    /// A trusted element on this flow.
+    Trusted(FlowRef),
+    /// Another supernode, over its mutually authenticated overlay link:
+    /// its edge applied the rules already.
+    Peer,
+}
+
+impl Origin {
+    pub fn flow(self) -> Option<FlowRef> {
+        match self {
+            Origin::Phone(f) | Origin::Trusted(f) => Some(f),
+            Origin::Peer => None,
+        }
+    }
+    pub fn is_phone(self) -> bool {
+        matches!(self, Origin::Phone(_))
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send `bytes` to `dest`.
+    Transmit { dest: Dest, bytes: Bytes },
+    /// Carry out a location operation and report it with
+    /// [`Proxy::handle_location`] under `token`.
+    Location { token: u64, op: LocationOp },
+    /// Close the connection `id` (its subscriber changed).
+    CloseFlow { id: u64 },
+}
+
+/// The live members of the farm, as this node last saw them.
+pub trait Members: Send + 'static {
+    /// The SIP address (`host:port`) of a live member.
+    fn sip_addr(&self, node: &[u8; 16]) -> Option<String>;
+    fn is_alive(&self, node: &[u8; 16]) -> bool {
+        self.sip_addr(node).is_some()
+    }
+    /// The live member whose SIP address is `addr` (`host:port`).
+    fn member_at(&self, addr: &str) -> Option<[u8; 16]>;
+    /// Every live member's Node-ID.
+    fn alive_ids(&self) -> Vec<[u8; 16]>;
+}
+
+/// The proxy's load, for overload control and gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    /// Transactions held, Timer J lingerers not counted.
+    pub transactions: usize,
+    /// Every transaction held.
+    pub transactions_total: usize,
+    /// Completed server transactions kept only for retransmissions.
+    pub lingering: usize,
+    /// Requests waiting for the location service or the directory.
+    pub pending: usize,
+}
+
+/// Hasher for maps keyed by identifiers this node made itself
+/// (transaction keys, operation tokens): nobody else chooses them, so a
+/// multiply-rotate mix is enough, and much cheaper than SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// A request waiting for the location service or the directory.
+#[derive(Debug)]
+enum Pending {
+    Register {
+        server: ServerKey,
+        msg: Message,
+        plan: RegisterPlan,
+    },
+    Route {
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        asserted: Option<Bytes>,
+    },
+    /// Waiting for the subscriber directory: the request runs again.
+    Auth {
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+    },
+    /// The callee has bindings: is it barred (403)?
+    Callee {
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        bindings: Vec<crate::binding::Binding>,
+        asserted: Option<Bytes>,
+    },
+    /// A barred or deleted subscriber's AOR being emptied.
+    Purge { aor: ringmesh_sip::aor::Aor },
+}
+
+/// The registrar and proxy of one supernode.
+pub struct Proxy {
+    me: Me,
+    txl: TransactionLayer<Dest>,
+    auth: Option<Auth>,
+    observer: Box<dyn Observer>,
+    tokens: TokenKeys,
+    guard: Guard,
+    /// When the guard last dropped ended bans and old counts.
+    guard_swept_ms: u64,
+    /// Keys the MAC in our branches (see `stateless`).
+    branch_key: Hmac<Sha256>,
+    farm: Option<Box<dyn Members>>,
+    /// Connections (TCP) that exist now.
+    conns: IdSet<u64>,
+    /// The subscriber that registered over each connection, and the
+    /// other way round (`subscribers`).
+    user_of_conn: IdMap<u64, String>,
+    flows_of_user: HashMap<String, IdSet<u64>>,
+    proxies: IdMap<ServerKey, forking::ProxyCtx>,
+    client_to_server: IdMap<ClientKey, ServerKey>,
+    pending: IdMap<u64, Pending>,
+    cancelled_pending: IdSet<ServerKey>,
+    register_started: IdMap<ServerKey, Instant>,
+    /// Out-of-dialog INVITEs from leaves awaiting their final response.
+    leaf_invites: IdSet<ServerKey>,
+    next_token: u64,
+    branch_counter: u64,
+    registrar: RegistrarConfig,
+    policy: Policy,
+    retry_after: Vec<u8>,
+    actions: VecDeque<Action>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("me", &self.me)
+            .field("transactions", &self.txl.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy; `auth` None is an open registrar and proxy, `farm` None a
+    /// farm of one.
+    pub fn new(
+        cfg: Config,
+        auth: Option<Auth>,
+        farm: Option<Box<dyn Members>>,
+        observer: Box<dyn Observer>,
+    ) -> Proxy {
+        let timers = ringmesh_sip::transaction::Timers {
+            t1: cfg.t1,
+            t2: cfg.t2,
+            t4: cfg.t4,
+            ..Default::default()
+        };
+        let presized = cfg.presized_transactions;
+        Proxy {
+            me: cfg.me,
+            txl: TransactionLayer::with_capacity(timers, presized),
+            auth,
+            observer,
+            tokens: TokenKeys::new(&cfg.secrets, cfg.max_dialog.as_secs()),
+            guard: Guard::new(cfg.policy.guard),
+            guard_swept_ms: 0,
+            branch_key: {
+                let mut k = <Hmac<Sha256> as Mac>::new_from_slice(&cfg.secrets[0].1)
+                    .expect("any key length");
+                k.update(b"ringmesh branch mac");
+                let key = k.finalize().into_bytes();
+                <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("any key length")
+            },
+            farm,
+            conns: IdSet::default(),
+            user_of_conn: IdMap::default(),
+            flows_of_user: HashMap::new(),
+            proxies: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
+            client_to_server: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
+            pending: IdMap::default(),
+            cancelled_pending: IdSet::default(),
+            register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
+            leaf_invites: IdSet::default(),
+            next_token: 1,
+            branch_counter: cfg.branch_seed,
+            registrar: cfg.registrar,
+            policy: cfg.policy,
+            retry_after: cfg.retry_after.to_string().into_bytes(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
+    // ---- inputs ---------------------------------------------------------------
+
+    /// A SIP message from a leaf (`from` is its flow) or from another
+    /// supernode (`from` is [`Dest::Peer`]).
+    pub fn handle_message(&mut self, msg: Message, from: Dest, now: Now) {
+        if let Dest::Flow(flow) = from
+            && self.guard.has_bans()
+            && self.banned(&msg, flow, now)
+        {
+            return;
+        }
+        let reliable = match from {
+            Dest::Flow(FlowRef::Udp { .. }) => false,
+            Dest::Flow(FlowRef::Conn { .. }) | Dest::Peer(_) => true,
+            Dest::Addr { transport, .. } => transport == Transport::Tcp,
+        };
+        self.txl.handle_message(msg, from, reliable, now.mono);
+        self.drive(now);
+    }
+
+    /// A location operation of [`Action::Location`] finished.
+    pub fn handle_location(&mut self, (token, result): Completion, now: Now) {
+        match self.pending.remove(&token) {
+            Some(Pending::Register { server, msg, plan }) => {
+                self.registered(server, msg, plan, result, now)
+            }
+            Some(Pending::Route {
+                server,
+                msg,
+                origin,
+                asserted,
+            }) => {
+                if self.cancelled_pending.remove(&server) {
+                    self.reply(server, &msg, 487, &[], now);
+                } else {
+                    match result {
+                        Ok(bindings) => {
+                            self.route_to_bindings(server, msg, origin, bindings, asserted, now)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "location lookup failed");
+                            self.reply_unavailable(server, &msg, now);
+                        }
+                    }
+                }
+            }
+            Some(Pending::Purge { aor }) => match result {
+                Ok(_) => {
+                    tracing::info!(%aor, "bindings removed: the subscriber is barred or deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(%aor, error = %e, "cannot remove the bindings of a barred or deleted subscriber; they expire on their own")
+                }
+            },
+            Some(other) => {
+                self.pending.insert(token, other);
+            }
+            None => {}
+        }
+        self.drive(now);
+    }
+
+    /// The directory's answer to a lookup it left pending under `token`:
+    /// the waiting request runs again, or its callee is known.
+    pub fn handle_subscriber(&mut self, token: u64, answer: Fetched, now: Now) {
+        if let Some(a) = self.auth.as_mut() {
+            a.directory.answered(token, &answer);
+        }
+        match self.pending.remove(&token) {
+            Some(Pending::Auth {
+                server,
+                msg,
+                origin,
+            }) => self.on_request(server, msg, origin, now),
+            Some(Pending::Callee {
+                server,
+                msg,
+                origin,
+                bindings,
+                asserted,
+            }) => {
+                if self.cancelled_pending.remove(&server) {
+                    self.reply(server, &msg, 487, &[], now);
+                } else {
+                    self.forward_to_callee(server, msg, origin, bindings, asserted, answer, now);
+                }
+            }
+            Some(other) => {
+                self.pending.insert(token, other);
+            }
+            None => {}
+        }
+        self.drive(now);
+    }
+
+    /// Replaces the table of trusted elements.
+    pub fn set_trusted(&mut self, trusted: TrustTable) {
+        self.policy.trusted = trusted;
+    }
+
+    /// A connection (TCP) was accepted or opened.
+    pub fn connection_opened(&mut self, id: u64) {
+        self.conns.insert(id);
+    }
+
+    /// A connection closed: flows over it are gone.
+    pub fn connection_closed(&mut self, id: u64) {
+        self.conns.remove(&id);
+        self.forget_user_flow(id);
+    }
+
+    /// Timers that are due fire.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if now.wall_ms >= self.guard_swept_ms + 1000 {
+            self.guard_swept_ms = now.wall_ms;
+            self.guard.expire(now.wall_ms);
+        }
+        self.txl.handle_timeout(now.mono);
+        self.drive(now);
+    }
+
+    // ---- outputs --------------------------------------------------------------
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.txl.poll_timeout()
+    }
+
+    pub fn load(&self) -> Load {
+        Load {
+            transactions: self.txl.active(),
+            transactions_total: self.txl.len(),
+            lingering: self.txl.lingering(),
+            pending: self.pending.len(),
+        }
+    }
+
+    /// Requests not answered yet: forwarded ones awaiting a final
+    /// response, and those waiting for the location service or the
+    /// directory. What a draining node waits for (it scans every proxied
+    /// request: not for the hot path).
+    pub fn unanswered(&self) -> usize {
+        self.pending.len() + self.proxies.values().filter(|c| !c.answered()).count()
+    }
+
+    // ---- the transaction layer's events ---------------------------------------
+
+    /// Handles every event of the transaction layer until quiet, then
+    /// queues what it must send.
+    fn drive(&mut self, now: Now) {
+        while let Some(ev) = self.txl.poll_event() {
+            self.on_event(ev, now);
+        }
+        while let Some((dest, bytes)) = self.txl.poll_transmit() {
+            self.actions.push_back(Action::Transmit { dest, bytes });
+        }
+    }
+
+    fn on_event(&mut self, ev: Event<Dest>, now: Now) {
+        match ev {
+            Event::Request { server, msg, from } => match from {
+                Dest::Flow(flow) => {
+                    let origin = if self.policy.trusted.vouches(flow.peer(), None) {
+                        Origin::Trusted(flow)
+                    } else {
+                        Origin::Phone(flow)
+                    };
+                    self.on_request(server, msg, origin, now)
+                }
+                Dest::Peer(_) => self.on_request(server, msg, Origin::Peer, now),
+                Dest::Addr { .. } => {}
+            },
+            Event::Ack { msg, from } => match from {
+                Dest::Flow(flow) => self.forward_ack(msg, Some(flow), now.secs()),
+                Dest::Peer(_) => self.forward_ack(msg, None, now.secs()),
+                Dest::Addr { .. } => {}
+            },
+            Event::Cancel {
+                server,
+                invite,
+                msg,
+                ..
+            } => self.on_cancel(server, invite, &msg, now),
+            Event::Response { client, msg } => self.on_response(client, msg, now),
+            Event::StrayResponse { msg } => self.forward_stray_response(msg),
+            Event::Timeout { client } | Event::TransportError { client } => {
+                self.on_branch_failed(client, now)
+            }
+            Event::TimerC { client } => {
+                let _ = self.txl.cancel(client, now.mono);
+            }
+            Event::ServerTimeout { .. } => {}
+            Event::Terminated(TransactionKey::Client(c)) => {
+                self.client_to_server.remove(&c);
+            }
+            Event::Terminated(TransactionKey::Server(s)) => {
+                if let Some(ctx) = self.proxies.remove(&s) {
+                    for (c, _) in ctx.branches {
+                        self.client_to_server.remove(&c);
+                    }
+                    if ctx.is_invite {
+                        self.observer.observe(Metric::CallEnded);
+                    }
+                }
+                self.cancelled_pending.remove(&s);
+                self.register_started.remove(&s);
+                self.leaf_invites.remove(&s);
+            }
+        }
+    }
+
+    // ---- answering ------------------------------------------------------------
+
+    fn send(&mut self, dest: Dest, bytes: Bytes) {
+        self.actions.push_back(Action::Transmit { dest, bytes });
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// The To tag of our own answers: "rm" and 12 hex digits of a hash of
+    /// the dialog's Call-ID and From tag (the same for every answer in it).
+    fn to_tag(&self, msg: &Message) -> [u8; 14] {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.call_id().hash(&mut h);
+        msg.from_tag().hash(&mut h);
+        self.me.node_id.hash(&mut h);
+        let v = h.finish();
+        let mut tag = *b"rm000000000000";
+        for (i, d) in tag[2..].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[(v >> (44 - 4 * i) & 0xf) as usize];
+        }
+        tag
+    }
+
+    fn auth_failed(&self, why: AuthFailure) {
+        self.observer.observe(Metric::AuthFailure(why));
+    }
+
+    fn refused(&self, why: Refusal) {
+        self.observer.observe(Metric::Refused(why));
+    }
+
+    /// A digest challenge: 407 to a proxied request (`proxy`), 401 to a
+    /// REGISTER; a failed attempt (not a first request without
+    /// credentials) is counted.
+    fn challenge(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        proxy: bool,
+        stale: bool,
+        failure: Option<AuthFailure>,
+        now: Now,
+    ) {
+        if let Some(why) = failure {
+            self.auth_failed(why);
+        }
+        let to_tag = self.to_tag(msg);
+        let auth = self.auth.as_mut().expect("checked");
+        let resp = auth.challenge(msg, proxy, stale, now.secs(), &to_tag);
+        let status = if proxy { 407 } else { 401 };
+        self.respond(server, status, resp, transport_of(msg), now);
+    }
+
+    /// 503 with this node's Retry-After.
+    fn reply_unavailable(&mut self, server: ServerKey, req: &Message, now: Now) {
+        let retry_after = std::mem::take(&mut self.retry_after);
+        self.reply(
+            server,
+            req,
+            503,
+            &[(HeaderName::RetryAfter, &retry_after)],
+            now,
+        );
+        self.retry_after = retry_after;
+    }
+
+    /// Answers a request in its server transaction.
+    fn respond(
+        &mut self,
+        server: ServerKey,
+        status: u16,
+        bytes: Bytes,
+        transport: Transport,
+        now: Now,
+    ) {
+        self.observer
+            .observe(Metric::ResponseSent { status, transport });
+        if status >= 200 {
+            if let Some(t0) = self.register_started.remove(&server) {
+                self.observer.observe(Metric::RegisterLatency(
+                    now.mono.saturating_duration_since(t0),
+                ));
+            }
+            if self.leaf_invites.remove(&server) {
+                self.observer.observe(Metric::CallSetup { status });
+            }
+        }
+        let _ = self.txl.respond(server, status, bytes, now.mono);
+    }
+
+    /// Answers locally with `status` and optional extra headers.
+    fn reply(
+        &mut self,
+        server: ServerKey,
+        req: &Message,
+        status: u16,
+        extra: &[(HeaderName, &[u8])],
+        now: Now,
+    ) {
+        let tag = self.to_tag(req);
+        let mut w = req.response_writer(status, Some(&tag));
+        for (n, v) in extra {
+            w.header(*n, v);
+        }
+        if status >= 300 {
+            w.header(HeaderName::Server, b"ringmesh");
+        }
+        let transport = transport_of(req);
+        self.respond(server, status, w.finish(b""), transport, now);
+    }
+}
+
+/// The transport a message arrived on, from its top Via.
+fn transport_of(msg: &Message) -> Transport {
+    if msg.top_via().transport().eq_ignore_ascii_case(b"TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// RFC 3261 §16.6 step 8 / §16.3 step 4: a hash of what identifies the
+/// request as received, so a copy that comes back unchanged is a loop.
+fn loop_hash(msg: &Message) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.request_uri_bytes().hash(&mut h);
+    msg.from_tag().hash(&mut h);
+    msg.to_tag().hash(&mut h);
+    msg.call_id().hash(&mut h);
+    msg.cseq().hash(&mut h);
+    msg.header(HeaderName::ProxyRequire).hash(&mut h);
+    msg.header(HeaderName::ProxyAuthorization).hash(&mut h);
+    msg.header(HeaderName::Route).hash(&mut h);
+    h.finish() as u32
+}

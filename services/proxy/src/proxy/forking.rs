@@ -1,0 +1,346 @@
+//! Forwarding a request to one or more targets in parallel and choosing
+//! the response (RFC 3261 §16.6, §16.7), CANCEL of the losing branches and
+//! of a cancelled INVITE (§16.10).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringmesh_sip::transaction::{ClientKey, ServerKey};
+use ringmesh_sip::{Forward, HeaderName, Message, Method, Via};
+
+use super::routing::{Target, rewrite_top_via};
+use super::{Now, Origin, Pending, Proxy, loop_hash, transport_of};
+use crate::binding::Transport;
+use crate::observe::Metric;
+use crate::token::{Dest, Dialog};
+
+/// What the proxy keeps per forwarded request (§16.7 response context).
+/// The request itself is needed only until the final response went
+/// upstream (to answer locally); an INVITE's context lives on for Timer L
+/// without it.
+#[derive(Debug)]
+pub(super) struct ProxyCtx {
+    request: Option<Box<Message>>,
+    transport: Transport,
+    pub is_invite: bool,
+    /// Each branch's client transaction, and whether it has ended.
+    pub branches: Vec<(ClientKey, bool)>,
+    best: Option<Box<Message>>,
+    final_sent: bool,
+    cancelled: bool,
+    started: Instant,
+}
+
+impl ProxyCtx {
+    /// A final response went upstream.
+    pub fn answered(&self) -> bool {
+        self.final_sent
+    }
+}
+
+/// Rank of a final response for §16.7 step 6: lower is better.
+fn rank(status: u16) -> u16 {
+    match status {
+        600..=699 => 0,
+        300..=399 => 1,
+        401 | 407 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+impl Proxy {
+    /// Forwards `msg` to every target in parallel (§16.6, §16.7), for the
+    /// leaf, trusted element or supernode it came from.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn proxy_to(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        targets: Vec<Target>,
+        pop_routes: usize,
+        asserted: Option<Bytes>,
+        now: Now,
+    ) {
+        let from = origin.flow();
+        let in_transport = transport_of(&msg);
+        let loop_hash = loop_hash(&msg);
+        let record_route = matches!(
+            msg.method(),
+            Method::Invite | Method::Subscribe | Method::Refer
+        ) && msg.to_tag().is_none();
+        let top_via = from.and_then(|f| rewrite_top_via(&msg.top_via(), f));
+        let privacy_id = msg.header(HeaderName::Privacy).is_some_and(|p| {
+            p.split(|&c| c == b';')
+                .any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
+        });
+        let max_forwards = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
+        // Record-Route starts a dialog: its tokens name it.
+        let dialog = Dialog {
+            call_id: msg.call_id(),
+            caller_tag: msg.from_tag().unwrap_or_default(),
+        };
+        let mut branches = Vec::with_capacity(targets.len());
+        for target in targets {
+            let dest = target.dest;
+            let t = dest.transport();
+            let below = match top_via.as_deref().map(Via::parse) {
+                Some(Ok(v)) => v,
+                _ => msg.top_via(),
+            };
+            let branch = self.new_branch(loop_hash, &below);
+            let via = format!(
+                "SIP/2.0/{} {}:{};branch={branch}",
+                t.via_token(),
+                self.me.advertise,
+                self.me.port(t)
+            );
+            // This node record-routes once for each leaf it serves on the
+            // path: the callee's flow when it sends to a leaf, the caller's
+            // when a leaf sent the request (RFC 5626 §5.3 flow tokens).
+            let rr = record_route
+                .then(|| {
+                    let mut rr = Vec::new();
+                    if dest.is_leaf() {
+                        rr.push(self.rr_uri(dest, t, dialog, now.secs()));
+                    }
+                    if let Some(f) = from {
+                        rr.push(self.rr_uri(Dest::Flow(f), in_transport, dialog, now.secs()));
+                    }
+                    rr.join(", ")
+                })
+                .filter(|rr| !rr.is_empty());
+            // The identity a phone claims is never trusted (RFC 3325 §5:
+            // PAI, PPI and Remote-Party-ID go); the one this farm asserts is
+            // withheld from a leaf that asked for privacy.
+            let mut strip = Vec::with_capacity(4);
+            if origin.is_phone() {
+                strip.extend([
+                    HeaderName::PAssertedIdentity,
+                    HeaderName::PPreferredIdentity,
+                    HeaderName::RemotePartyId,
+                ]);
+                if self.auth.is_some() {
+                    strip.push(HeaderName::ProxyAuthorization);
+                }
+            } else if dest.is_leaf() && privacy_id {
+                strip.push(HeaderName::PAssertedIdentity);
+            }
+            let mut w = msg.forward_writer(&Forward {
+                request_uri: target.uri.as_deref(),
+                via: via.as_bytes(),
+                top_via: top_via.as_deref(),
+                record_route: rr.as_deref().map(str::as_bytes),
+                push_route: target.push_route.as_deref().map(str::as_bytes),
+                pop_routes,
+                max_forwards,
+                strip: &strip,
+            });
+            if let Some(a) = asserted
+                .as_deref()
+                .filter(|_| !(dest.is_leaf() && privacy_id))
+            {
+                w.header(HeaderName::PAssertedIdentity, a);
+            }
+            let out = w.finish(msg.body());
+            // Our own writer's output: handed over as bytes, not parsed again.
+            match self.txl.send_request_raw(
+                out,
+                msg.method(),
+                branch.as_bytes(),
+                dest,
+                dest.reliable(),
+                now.mono,
+            ) {
+                Ok(client) => {
+                    self.client_to_server.insert(client, server);
+                    branches.push((client, false));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not start a client transaction"),
+            }
+        }
+        if branches.is_empty() {
+            return self.reply(server, &msg, 500, &[], now);
+        }
+        self.observer.observe(Metric::Forwarded {
+            method: msg.method(),
+        });
+        let is_invite = *msg.method() == Method::Invite;
+        if is_invite {
+            self.observer.observe(Metric::CallStarted);
+        }
+        self.proxies.insert(
+            server,
+            ProxyCtx {
+                transport: transport_of(&msg),
+                is_invite,
+                request: Some(Box::new(msg)),
+                branches,
+                best: None,
+                final_sent: false,
+                cancelled: false,
+                started: now.mono,
+            },
+        );
+    }
+
+    pub(super) fn on_response(&mut self, client: ClientKey, msg: Message, now: Now) {
+        let Some(&server) = self.client_to_server.get(&client) else {
+            return;
+        };
+        let Some(status) = msg.status() else { return };
+        if status == 100 {
+            return;
+        }
+        let Some(ctx) = self.proxies.get_mut(&server) else {
+            return;
+        };
+        let transport = ctx.transport;
+        if status < 200 {
+            if !ctx.final_sent {
+                let out = msg.forward_response(&[]).finish(msg.body());
+                self.respond(server, status, out, transport, now);
+            }
+            return;
+        }
+        if let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client) {
+            b.1 = true;
+        }
+        if status < 300 {
+            let first = !ctx.final_sent;
+            ctx.final_sent = true;
+            ctx.request = None;
+            let is_invite = ctx.is_invite;
+            let started = ctx.started;
+            let others: Vec<ClientKey> = ctx
+                .branches
+                .iter()
+                .filter(|(c, done)| *c != client && !done)
+                .map(|(c, _)| *c)
+                .collect();
+            let out = msg.forward_response(&[]).finish(msg.body());
+            self.respond(server, status, out, transport, now);
+            if first && is_invite {
+                self.observer.observe(Metric::CallSetupLatency(
+                    now.mono.saturating_duration_since(started),
+                ));
+                for c in others {
+                    let _ = self.txl.cancel(c, now.mono);
+                }
+            }
+            return;
+        }
+        // 3xx–6xx: keep the best, answer when every branch is done.
+        let better = ctx
+            .best
+            .as_ref()
+            .is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
+        if better {
+            ctx.best = Some(Box::new(msg));
+        }
+        if (600..700).contains(&status) && ctx.is_invite {
+            let others: Vec<ClientKey> = ctx
+                .branches
+                .iter()
+                .filter(|(_, done)| !done)
+                .map(|(c, _)| *c)
+                .collect();
+            for c in others {
+                let _ = self.txl.cancel(c, now.mono);
+            }
+        }
+        self.maybe_finish(server, now);
+    }
+
+    pub(super) fn on_branch_failed(&mut self, client: ClientKey, now: Now) {
+        let Some(&server) = self.client_to_server.get(&client) else {
+            return;
+        };
+        if let Some(ctx) = self.proxies.get_mut(&server)
+            && let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client)
+        {
+            b.1 = true;
+        }
+        self.maybe_finish(server, now);
+    }
+
+    /// Sends the best final response once no branch is pending (§16.7 step 6).
+    fn maybe_finish(&mut self, server: ServerKey, now: Now) {
+        let Some(ctx) = self.proxies.get_mut(&server) else {
+            return;
+        };
+        if ctx.final_sent || ctx.branches.iter().any(|(_, done)| !done) {
+            return;
+        }
+        ctx.final_sent = true;
+        let transport = ctx.transport;
+        let started = ctx.started;
+        let is_invite = ctx.is_invite;
+        let Some(req) = ctx.request.take() else {
+            return;
+        };
+        match ctx.best.take() {
+            Some(best) => {
+                let status = best.status().unwrap_or(500);
+                // A 503 from downstream means "that hop is overloaded", not
+                // "this proxy is": pass on 500 instead (§16.7 step 6).
+                let status = if status == 503 { 500 } else { status };
+                let out = if status == best.status().unwrap_or(500) {
+                    best.forward_response(&[]).finish(best.body())
+                } else {
+                    let tag = self.to_tag(&req);
+                    req.response_writer(status, Some(&tag)).finish(b"")
+                };
+                self.respond(server, status, out, transport, now);
+            }
+            None => {
+                let status = if ctx.cancelled { 487 } else { 408 };
+                self.reply(server, &req, status, &[], now);
+            }
+        }
+        if is_invite {
+            self.observer.observe(Metric::CallSetupLatency(
+                now.mono.saturating_duration_since(started),
+            ));
+        }
+    }
+
+    pub(super) fn on_cancel(
+        &mut self,
+        server: ServerKey,
+        invite: Option<ServerKey>,
+        msg: &Message,
+        now: Now,
+    ) {
+        let Some(invite) = invite else {
+            return self.reply(server, msg, 481, &[], now);
+        };
+        self.reply(server, msg, 200, &[], now);
+        match self.proxies.get_mut(&invite) {
+            Some(ctx) if !ctx.final_sent => {
+                ctx.cancelled = true;
+                let pending: Vec<ClientKey> = ctx
+                    .branches
+                    .iter()
+                    .filter(|(_, d)| !d)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for c in pending {
+                    let _ = self.txl.cancel(c, now.mono);
+                }
+            }
+            Some(_) => {}
+            // Still looking the callee up: answer 487 when the lookup ends.
+            // Otherwise the INVITE was already answered.
+            None => {
+                if self.pending.values().any(|p| {
+                    matches!(p, Pending::Route { server, .. } | Pending::Callee { server, .. }
+                        if *server == invite)
+                }) {
+                    self.cancelled_pending.insert(invite);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Where requests and responses go: Record-Route with a flow token on
+//! both edges, in-dialog requests routed by those tokens (on one node and
+//! across two), tokens this farm did not sign, ACK for a 2xx, stray
+//! responses, and the received/rport of RFC 3581.
+
+use ringmesh_sip::{HeaderName, Method};
+
+use super::*;
+
+const ALICE: u8 = 1;
+const BOB: u8 = 2;
+
+fn record_route(m: &Message) -> Vec<String> {
+    m.header_values(HeaderName::RecordRoute)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// The flow token in a Record-Route or Route value.
+fn token_of(rr: &str) -> &str {
+    rr.trim_start_matches("<sip:").split('@').next().unwrap()
+}
+
+/// A BYE of the dialog `call`, which alice started: her tag is the one
+/// `invite_text` gave her (`f<call>`), whichever side hangs up.
+fn bye(from_flow: FlowRef, from: &str, to: &str, call: &str, route: &str, ruri: &str) -> String {
+    let tag = |party: &str| {
+        if party == "alice" {
+            format!("f{call}")
+        } else {
+            format!("t{party}")
+        }
+    };
+    format!(
+        "BYE {ruri} SIP/2.0\nVia: {};branch=z9hG4bKbye{call}\nMax-Forwards: 70\n\
+         From: <sip:{from}@{DOMAIN}>;tag={}\nTo: <sip:{to}@{DOMAIN}>;tag={}\nCall-ID: {call}\n\
+         CSeq: 2 BYE\nRoute: {route}\nContent-Length: 0\n\n",
+        via_for(from_flow),
+        tag(from),
+        tag(to)
+    )
+}
+
+#[test]
+fn both_edges_record_route_with_a_token_for_their_leaf_and_a_bye_follows_them() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), tcp_leaf(BOB, 7));
+    h.node(1).connection_opened(7);
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@198.51.100.2:40000;transport=tcp>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "rr-1"));
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].dest,
+        Dest::Flow(bob),
+        "bob registered over a connection: reached down it"
+    );
+    let rr = record_route(&out[0].msg);
+    assert_eq!(
+        rr.len(),
+        2,
+        "one for the callee's flow, one for the caller's: {rr:?}"
+    );
+    assert!(rr[0].ends_with(":5060;transport=tcp;lr>"), "{}", rr[0]);
+    assert!(rr[1].ends_with(":5060;lr>"), "{}", rr[1]);
+    assert_ne!(token_of(&rr[0]), token_of(&rr[1]));
+    // The callee's BYE: Route is the Record-Route as it came.
+    let route = rr.join(", ");
+    h.leaf_sends(
+        bob,
+        &bye(bob, "bob", "alice", "rr-1", &route, "sip:alice@192.0.2.1"),
+    );
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, Dest::Flow(alice), "down the caller's flow");
+    assert_eq!(
+        out[0].msg.routes().count(),
+        0,
+        "both of the node's Route values consumed"
+    );
+    // And the caller's BYE the other way (its route set reversed).
+    let route = format!("{}, {}", rr[1], rr[0]);
+    h.leaf_sends(
+        alice,
+        &bye(
+            alice,
+            "alice",
+            "bob",
+            "rr-1",
+            &route,
+            "sip:bob@198.51.100.2:40000;transport=tcp",
+        ),
+    );
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, Dest::Flow(bob));
+}
+
+#[test]
+fn a_token_this_farm_did_not_sign_routes_nowhere() {
+    let mut h = Harness::open();
+    let alice = udp_leaf(ALICE);
+    // A token naming a flow to 203.0.113.66, signed with another key.
+    let forged = crate::token::TokenKeys::new(&[(0, b"someone else's secret".to_vec())], 3600)
+        .seal(
+            &crate::token::FlowToken {
+                node: node_id(1),
+                dest: Dest::Flow(udp_leaf(66)),
+            },
+            crate::token::Dialog {
+                call_id: b"forged-1",
+                caller_tag: b"alice",
+            },
+            h.now.secs(),
+        );
+    let route = format!("<sip:{forged}@10.0.0.1:5060;lr>");
+    h.leaf_sends(
+        alice,
+        &bye(
+            alice,
+            "alice",
+            "bob",
+            "forged-1",
+            &route,
+            "sip:bob@ringmesh.test",
+        ),
+    );
+    let sent = h.take();
+    assert!(
+        sent.iter().all(|s| s.dest != Dest::Flow(udp_leaf(66))),
+        "never sent where the forged token points: {sent:?}"
+    );
+}
+
+#[test]
+fn a_call_across_two_supernodes_is_routed_edge_to_edge() {
+    let mut h = Harness::farm();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    // bob registers at node 2 (outbound, so node 2 must use his flow).
+    let reg = |cseq: u32, auth: &str| {
+        register_text(
+            bob,
+            "bob",
+            "<sip:bob@192.0.2.2:5060;ob>;+sip.instance=\"<urn:uuid:b0b>\";reg-id=1",
+            "bob-reg",
+            cseq,
+            auth,
+            600,
+        )
+    };
+    h.recv(2, &reg(1, ""), Dest::Flow(bob));
+    let challenge = h.final_to(bob);
+    let auth = authorization(
+        &challenge,
+        "bob",
+        "secret",
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+    );
+    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    h.take();
+
+    // alice calls from node 1.
+    h.send_authenticated(alice, "alice", &invite_text(alice, "alice", "bob", "x-1"));
+    let sent = h.take();
+    let to_peer = sent
+        .iter()
+        .find(|s| s.node == 1 && s.dest == Dest::Peer(node_id(2)) && s.msg.is_request())
+        .expect("node 1 sends the INVITE to bob's edge");
+    let route = header(&to_peer.msg, HeaderName::Route).expect("a Route to the edge");
+    assert!(route.ends_with("@10.0.0.2:5060;lr>"), "{route}");
+    let rr1 = record_route(&to_peer.msg);
+    assert_eq!(rr1.len(), 1, "node 1 records its leaf, alice: {rr1:?}");
+    let to_bob = sent
+        .iter()
+        .find(|s| s.node == 2 && s.dest == Dest::Flow(bob) && s.msg.is_request())
+        .expect("node 2 sends it down bob's flow");
+    let rr = record_route(&to_bob.msg);
+    assert_eq!(rr.len(), 2, "node 2 adds bob's flow: {rr:?}");
+    assert!(rr[0].contains("@10.0.0.2:5060"));
+    assert!(rr[1].contains("@10.0.0.1:5060"));
+    assert_eq!(
+        to_bob.msg.routes().count(),
+        0,
+        "node 2 consumed the Route naming it"
+    );
+
+    // bob answers at node 2; the 200 goes back through node 1 to alice.
+    let ok = String::from_utf8_lossy(
+        &to_bob
+            .msg
+            .response_writer(200, Some(b"bob-tag"))
+            .finish(b""),
+    )
+    .into_owned();
+    h.recv(2, &ok, Dest::Flow(bob));
+    let finals: Vec<u16> = h
+        .responses_to(alice)
+        .iter()
+        .filter_map(|m| m.status())
+        .filter(|&s| s >= 200)
+        .collect();
+    assert_eq!(finals, vec![200]);
+
+    // bob hangs up at node 2: along the tokens, through node 1 to alice.
+    let route = rr.join(", ");
+    h.recv(
+        2,
+        &bye(bob, "bob", "alice", "x-1", &route, "sip:alice@192.0.2.1"),
+        Dest::Flow(bob),
+    );
+    let sent = h.take();
+    assert!(
+        sent.iter().any(|s| s.node == 2
+            && s.dest == Dest::Peer(node_id(1))
+            && *s.msg.method() == Method::Bye),
+        "node 2 sends the BYE to node 1"
+    );
+    assert!(
+        sent.iter()
+            .any(|s| s.node == 1 && s.dest == Dest::Flow(alice) && *s.msg.method() == Method::Bye),
+        "node 1 sends it down alice's flow"
+    );
+
+    // A phone at node 1 that saw node 2's Record-Route (bob's token, for
+    // this dialog) cannot use it to start a request toward bob's edge.
+    let out_of_dialog = format!(
+        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\nVia: {};branch=z9hG4bKm1\nMax-Forwards: 70\n\
+         Route: {}\nFrom: <sip:alice@{DOMAIN}>;tag=fx-1\nTo: <sip:bob@{DOMAIN}>\n\
+         Call-ID: x-1\nCSeq: 9 MESSAGE\nContent-Length: 0\n\n",
+        via_for(udp_leaf(66)),
+        rr[0]
+    );
+    h.recv(1, &out_of_dialog, Dest::Flow(udp_leaf(66)));
+    assert_eq!(h.final_to(udp_leaf(66)).status(), Some(403));
+    assert!(
+        h.take().iter().all(|s| s.dest != Dest::Peer(node_id(2))),
+        "nothing went to node 2"
+    );
+}
+
+#[test]
+fn the_ack_for_a_2xx_is_forwarded_statelessly_along_the_route_set() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "ack-1"));
+    let rr = record_route(&h.requests()[0].msg);
+    let route = format!("{}, {}", rr[1], rr[0]);
+    let ack = format!(
+        "ACK sip:bob@192.0.2.2:5060 SIP/2.0\nVia: {};branch=z9hG4bKack1\nMax-Forwards: 70\n\
+         From: <sip:alice@{DOMAIN}>;tag=fack-1\nTo: <sip:bob@{DOMAIN}>;tag=b\nCall-ID: ack-1\n\
+         CSeq: 1 ACK\nRoute: {route}\nContent-Length: 0\n\n",
+        via_for(alice)
+    );
+    h.leaf_sends(alice, &ack);
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    let expected = Dest::Addr {
+        transport: Transport::Udp,
+        addr: "192.0.2.2:5060".parse().unwrap(),
+    };
+    assert_eq!(out[0].dest, expected, "to the callee's Contact");
+    assert_eq!(*out[0].msg.method(), Method::Ack);
+    assert_eq!(out[0].msg.vias().count(), 2, "the node added its Via");
+}
+
+#[test]
+fn a_stray_response_goes_on_only_where_our_branch_vouches_for() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    // alice's INVITE reaches bob; bob's 200 ends the client transaction.
+    let invite =
+        invite_text(alice, "alice", "bob", "stray-1").replace(";branch=", ";rport;branch=");
+    h.leaf_sends(alice, &invite);
+    let fwd = h.requests().remove(0).msg;
+    let ok =
+        String::from_utf8_lossy(&fwd.response_writer(200, Some(b"b1")).finish(b"")).into_owned();
+    let from_bob = Dest::Addr {
+        transport: Transport::Udp,
+        addr: bob.peer(),
+    };
+    h.recv(1, &ok, from_bob);
+    assert_eq!(h.responses_to(alice).len(), 2, "100 and the 200");
+    // Once the client transaction is gone (Timer M, RFC 6026), a
+    // retransmission of the 200 matches nothing: it is sent on along the
+    // next Via (alice's, with received and rport).
+    h.advance(Duration::from_secs(40));
+    h.take();
+    h.recv(1, &ok, from_bob);
+    let sent = h.take();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: alice.peer()
+        }
+    );
+    assert_eq!(sent[0].msg.vias().count(), 1, "our Via popped");
+    // The same response with the next Via pointing elsewhere (the attacker
+    // wants the farm to send to 203.0.113.9): our branch does not vouch.
+    let alice_via = String::from_utf8_lossy(fwd.vias().nth(1).unwrap().as_bytes()).into_owned();
+    for elsewhere in [
+        "SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKx",
+        "SIP/2.0/UDP 255.255.255.255:5060;branch=z9hG4bKy",
+        &alice_via.replace("received=192.0.2.1", "received=203.0.113.9"),
+    ] {
+        h.recv(1, &ok.replace(&alice_via, elsewhere), from_bob);
+        assert!(h.take().is_empty(), "forwarded to {elsewhere}");
+    }
+    // A branch of ours without the MAC, and a Via that is not ours.
+    let our_via = String::from_utf8_lossy(fwd.top_via().as_bytes()).into_owned();
+    let no_mac = our_via.rsplit_once('.').unwrap().0.to_string();
+    h.recv(1, &ok.replace(&our_via, &no_mac), from_bob);
+    assert!(h.take().is_empty(), "a branch without the MAC");
+    h.recv(
+        1,
+        &ok.replace("10.0.0.1:5060", "198.51.100.50:5060"),
+        from_bob,
+    );
+    assert!(h.take().is_empty(), "not our Via");
+    // Counted: the two redirected ones and the one without a MAC (a
+    // broadcast address and a foreign Via are dropped before any check).
+    assert_eq!(h.metrics[0].count("Refused(ForgedResponse)"), 3);
+}
+
+#[test]
+fn the_top_via_gets_received_and_rport_filled_in() {
+    let mut h = Harness::open();
+    let bob = udp_leaf(BOB);
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    // alice's Via names a private address and asks for rport; she is at
+    // 192.0.2.1:5060 as seen by the node.
+    let alice = udp_leaf(ALICE);
+    let text = invite_text(alice, "alice", "bob", "nat-1").replace(
+        &format!("Via: {};", via_for(alice)),
+        "Via: SIP/2.0/UDP 10.1.1.5:5062;rport;",
+    );
+    h.leaf_sends(alice, &text);
+    let out = h.requests();
+    let vias: Vec<String> = out[0]
+        .msg
+        .vias()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    assert_eq!(vias.len(), 2);
+    assert!(vias[1].contains("rport=5060"), "{}", vias[1]);
+    assert!(vias[1].contains("received=192.0.2.1"), "{}", vias[1]);
+}
+
+#[test]
+fn a_binding_whose_edge_supernode_is_gone_is_not_tried() {
+    let mut h = Harness::farm();
+    let bob = udp_leaf(BOB);
+    let reg = |cseq: u32, auth: &str| {
+        register_text(
+            bob,
+            "bob",
+            "<sip:bob@192.0.2.2:5060>",
+            "bob-reg",
+            cseq,
+            auth,
+            600,
+        )
+    };
+    h.recv(2, &reg(1, ""), Dest::Flow(bob));
+    let challenge = h.final_to(bob);
+    let auth = authorization(
+        &challenge,
+        "bob",
+        "secret",
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+    );
+    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    // Node 2 leaves the view of node 1.
+    h.members.0.lock().unwrap().remove(&node_id(2));
+    h.take();
+    let alice = udp_leaf(ALICE);
+    h.send_authenticated(
+        alice,
+        "alice",
+        &invite_text(alice, "alice", "bob", "gone-1"),
+    );
+    assert!(
+        h.take()
+            .iter()
+            .filter(|s| s.msg.is_request())
+            .all(|s| s.dest != Dest::Peer(node_id(2))),
+        "nothing sent to a dead edge"
+    );
+}
