@@ -498,17 +498,10 @@ async fn serve(
         follow_trusted(addr, &cfg, shared.trusted.clone(), tx.clone(), tasks)?;
     }
     let mut udp = Vec::new();
-    // UDP first: a TCP listener on port 0 takes the port the kernel gave
-    // the UDP one on the same address when it can, so SIP keeps one port
-    // for both transports, as phones expect.
-    let mut listen = cfg.listen.clone();
-    listen.sort_by_key(|l| l.transport != Transport::Udp);
-    for l in &listen {
-        let local = match l.transport {
-            Transport::Udp => {
-                let s = Arc::new(
-                    transport::bind_udp(l.addr).with_context(|| format!("cannot bind {l}"))?,
-                );
+    for (l, socket) in transport::bind_sip(&cfg.listen)? {
+        let local = match socket {
+            transport::SipSocket::Udp(s) => {
+                let s = Arc::new(s);
                 let local = s.local_addr()?;
                 tasks.spawn(transport::udp_reader(
                     udp.len() as u16,
@@ -518,17 +511,7 @@ async fn serve(
                 udp.push(s);
                 local
             }
-            Transport::Tcp => {
-                let same_port = bound
-                    .sip
-                    .iter()
-                    .find(|(t, a)| *t == Transport::Udp && a.ip() == l.addr.ip())
-                    .map(|(_, a)| *a)
-                    .filter(|_| l.addr.port() == 0);
-                let lst = match same_port.map(transport::bind_tcp) {
-                    Some(Ok(lst)) => lst,
-                    _ => transport::bind_tcp(l.addr).with_context(|| format!("cannot bind {l}"))?,
-                };
+            transport::SipSocket::Tcp(lst) => {
                 let local = lst.local_addr()?;
                 tasks.spawn(transport::tcp_acceptor(lst, shared.clone()));
                 local

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use ringmesh_proxy::{FlowRef, Transport};
 
 use crate::admission::{ConnSlot, Connections, Direction, SourceLimiter, Trusted};
+use crate::config::Listen;
 use crate::metrics::Metrics;
 use crate::overload::{Classifier, Overload, ShedReason, overload_response};
 use crate::tasks::Tasks;
@@ -263,6 +264,64 @@ impl Shared {
         tracing::debug!(%err, transport = transport.as_str(), "malformed SIP message");
         resp
     }
+}
+
+/// A bound SIP listener.
+#[derive(Debug)]
+pub enum SipSocket {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+}
+
+/// How many kernel ports `bind_sip` tries for a UDP and TCP pair.
+const PAIR_ATTEMPTS: usize = 64;
+
+/// Binds the SIP listeners, UDP ones first. A TCP listener on port 0 gets
+/// the port number the kernel gave the UDP listener on port 0 of the same
+/// address, so that SIP keeps one port for both transports, as phones
+/// expect. When another socket already holds that number in TCP, the UDP
+/// socket is given back and another port tried; only when `PAIR_ATTEMPTS`
+/// tries find no pair does the TCP listener take a port of its own.
+pub fn bind_sip(listen: &[Listen]) -> anyhow::Result<Vec<(Listen, SipSocket)>> {
+    use anyhow::Context as _;
+    let cannot = |l: &Listen| format!("cannot bind {l}");
+    let mut out = Vec::new();
+    let mut paired = vec![false; listen.len()];
+    for l in listen.iter().filter(|l| l.transport == Transport::Udp) {
+        let twin = (0..listen.len()).find(|&j| {
+            let t = &listen[j];
+            l.addr.port() == 0 && t.transport == Transport::Tcp && t.addr == l.addr && !paired[j]
+        });
+        if let Some(j) = twin {
+            if let Some((udp, tcp)) = bind_pair(l.addr) {
+                paired[j] = true;
+                out.push((*l, SipSocket::Udp(udp)));
+                out.push((listen[j], SipSocket::Tcp(tcp)));
+                continue;
+            }
+            tracing::warn!(listen = %l, "no port free for both UDP and TCP: TCP takes its own");
+        }
+        let udp = bind_udp(l.addr).with_context(|| cannot(l))?;
+        out.push((*l, SipSocket::Udp(udp)));
+    }
+    for (j, l) in listen.iter().enumerate() {
+        if l.transport == Transport::Tcp && !paired[j] {
+            let tcp = bind_tcp(l.addr).with_context(|| cannot(l))?;
+            out.push((*l, SipSocket::Tcp(tcp)));
+        }
+    }
+    Ok(out)
+}
+
+/// A UDP socket on a kernel-chosen port of `addr`'s address and a TCP
+/// listener on the same port number, if one is found in `PAIR_ATTEMPTS`.
+fn bind_pair(addr: SocketAddr) -> Option<(UdpSocket, TcpListener)> {
+    (0..PAIR_ATTEMPTS).find_map(|_| {
+        let udp = bind_udp(addr).ok()?;
+        let port = udp.local_addr().ok()?.port();
+        let tcp = bind_tcp(SocketAddr::new(addr.ip(), port)).ok()?;
+        Some((udp, tcp))
+    })
 }
 
 /// Binds a UDP socket with room for bursts.
@@ -622,5 +681,48 @@ async fn read_loop(conn: &Conn, mut r: OwnedReadHalf, tx: mpsc::Sender<Bytes>, s
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(s: &str) -> Listen {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn udp_and_tcp_on_port_zero_share_one_port() {
+        // Many rounds: the kernel's first choice for UDP is often held in
+        // TCP on a busy machine, which is what the retry is for.
+        for _ in 0..50 {
+            let bound = bind_sip(&[listen("tcp:127.0.0.1:0"), listen("udp:127.0.0.1:0")]).unwrap();
+            let ports: Vec<_> = bound
+                .iter()
+                .map(|(l, s)| {
+                    let local = match s {
+                        SipSocket::Udp(u) => u.local_addr().unwrap(),
+                        SipSocket::Tcp(t) => t.local_addr().unwrap(),
+                    };
+                    (l.transport, local.port())
+                })
+                .collect();
+            assert_eq!(ports.len(), 2);
+            assert_eq!(ports[0].0, Transport::Udp, "UDP is bound first");
+            assert_eq!(ports[1].0, Transport::Tcp);
+            assert_eq!(ports[0].1, ports[1].1, "one port for both transports");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_names_the_listener() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let err = bind_sip(&[listen(&format!("tcp:{addr}"))]).expect_err("the port is taken");
+        assert!(
+            err.to_string().contains(&format!("cannot bind tcp:{addr}")),
+            "{err:#}"
+        );
     }
 }
