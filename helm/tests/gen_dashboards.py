@@ -406,7 +406,9 @@ def overlay():
     b.ts("Link refusals and malformed messages", [
         (f"sum by (reason) ({rate('ringmesh_overlay_link_refusals_total')})", "refused: {{reason}}"),
         (f"sum({rate('ringmesh_overlay_malformed_messages_total')})", "malformed messages"),
-    ], unit="ops", description="Refused links by reason (tls, identity, version, other) and undecodable messages.")
+        (f"sum by (reason) ({rate('ringmesh_overlay_refused_total')})", "writes refused: {{reason}}"),
+    ], unit="ops", description="Refused links by reason (tls, identity, version, other), undecodable messages, "
+                               "and writes refused by reason (member_record, not_replica, entry).")
     b.ts("Failures detected and stale-view forwards", [
         (f"sum by (node) ({rate('ringmesh_overlay_failures_detected_total')})", "dead declared by {{node}}"),
         (f"sum({rate('ringmesh_overlay_forwarded_total')})", "forwarded (stale view)"),

@@ -21,6 +21,7 @@
 //! | `--write-rate N` | puts per virtual second during load | 20000 |
 //! | `--routing full\|fingers` | next-hop rule | full |
 //! | `--wire` | encode every message through protobuf | off |
+//! | `--view-lag MS` | membership lag a writer's replica check allows | 60000 |
 //! | `--json` | print JSON instead of a table | off |
 //!
 //! A bad argument exits with status 2 and says which one.
@@ -85,6 +86,10 @@ struct Args {
     /// format).
     #[arg(long)]
     wire: bool,
+    /// How long a membership change may stay unknown to a writer before
+    /// its replica-set check is strict, in ms [default: the node's].
+    #[arg(long, value_name = "MS")]
+    view_lag: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -158,6 +163,9 @@ fn params(a: &Args) -> Params {
         RoutingArg::Fingers => RoutingMode::Fingers,
     };
     p.churn = a.churn.clone();
+    if let Some(ms) = a.view_lag {
+        p.node.view_lag_ms = ms;
+    }
     p
 }
 

@@ -11,6 +11,20 @@
 //! incarnation as `Dead`, which outranks `Alive`. Like the data merge, this is
 //! a join-semilattice, so gossip converges in any order.
 //!
+//! ## Incarnations an attacker cannot exhaust
+//!
+//! Records are gossiped unsigned, so a member can forward a forged record of
+//! another node. A forged `Dead` at incarnation `u64::MAX` would evict its
+//! victim for good: no refutation outranks it. A view therefore refuses a
+//! record whose incarnation is more than [`MAX_INCARNATION_JUMP`] above the
+//! one it holds for that node, or above [`INCARNATION_CEILING`] for a node it
+//! does not know. A node raises its own incarnation by one per restart or
+//! refutation, so honest records never come near either bound; a forger
+//! must push its victim up 65 536 at a time, and each push is refuted at
+//! once. The order stays a semilattice on every record a view accepts; a
+//! view that misses a whole jump of an attacked node keeps its older record
+//! until a smaller step reaches it.
+//!
 //! ## Sharing (why the view is chunked)
 //!
 //! Each node holds the full view so a lookup is one hop. Copied naively into
@@ -31,6 +45,12 @@ use sha2::{Digest, Sha256};
 
 use crate::id::{NodeId, Position};
 use crate::version::ProtocolVersion;
+
+/// The most a received record may raise a known node's incarnation.
+pub const MAX_INCARNATION_JUMP: u64 = 1 << 16;
+
+/// The highest incarnation accepted for a node the view does not know.
+pub const INCARNATION_CEILING: u64 = 1 << 48;
 
 /// Number of chunks and the id bits that select one.
 pub const CHUNK_BITS: u32 = 8;
@@ -113,6 +133,22 @@ impl MemberRecord {
 
     pub fn supersedes(&self, other: &MemberRecord) -> bool {
         self.merge_cmp(other) == Ordering::Greater
+    }
+
+    /// Whether a view holding `known` for this node (None: unknown) may take
+    /// this record: its incarnation is within [`MAX_INCARNATION_JUMP`] of
+    /// the known one, or below [`INCARNATION_CEILING`] for a new node.
+    pub fn plausible_after(&self, known: Option<&MemberRecord>) -> bool {
+        match known {
+            Some(k) => self.incarnation <= k.incarnation.saturating_add(MAX_INCARNATION_JUMP),
+            None => self.incarnation <= INCARNATION_CEILING,
+        }
+    }
+
+    /// The incarnation that outranks `known` (checked: it never wraps; the
+    /// bounds above keep it far from `u64::MAX`).
+    pub fn next_incarnation(known: u64) -> u64 {
+        known.saturating_add(1)
     }
 
     fn digest_into(&self, h: &mut Sha256) {
@@ -247,6 +283,8 @@ pub struct MemberView {
     /// O(1) per chunk change: equal roots mean (all but certainly) equal views.
     root: u64,
     routable: usize,
+    /// Received records refused by [`MemberRecord::plausible_after`].
+    refused: u64,
 }
 
 impl Default for MemberView {
@@ -273,6 +311,7 @@ impl MemberView {
             generation: 0,
             root: 0,
             routable: 0,
+            refused: 0,
         }
     }
 
@@ -348,11 +387,21 @@ impl MemberView {
         self.generation += 1;
     }
 
+    /// Received member records refused so far (implausible incarnations).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Merges one record; true when the view changed.
     pub fn upsert(&mut self, rec: MemberRecord) -> bool {
         let c = &self.chunks[chunk_of(rec.id)];
+        let found = c.find(rec.id);
+        if !rec.plausible_after(found.ok().map(|i| &c.members()[i])) {
+            self.refused += 1;
+            return false;
+        }
         let mut members = c.members().to_vec();
-        match c.find(rec.id) {
+        match found {
             Ok(i) => {
                 if !rec.supersedes(&members[i]) {
                     return false;
@@ -393,50 +442,54 @@ impl MemberView {
         let (a, b) = (ours.members(), theirs.members());
         let mut out = Vec::with_capacity(a.len().max(b.len()));
         let (mut ours_wins_somewhere, mut theirs_wins_somewhere) = (false, false);
+        let mut refused = 0;
         let (mut x, mut y) = (0, 0);
         while x < a.len() || y < b.len() {
-            let pick = match (a.get(x), b.get(y)) {
+            let (p, q) = match (a.get(x), b.get(y)) {
                 (Some(p), Some(q)) => match p.id.cmp(&q.id) {
-                    Ordering::Less => {
-                        x += 1;
+                    Ordering::Less => (Some(p), None),
+                    Ordering::Greater => (None, Some(q)),
+                    Ordering::Equal => (Some(p), Some(q)),
+                },
+                (p, q) => (p, q),
+            };
+            x += usize::from(p.is_some());
+            y += usize::from(q.is_some());
+            // A record of theirs this view refuses counts as ours winning:
+            // the result differs from their chunk.
+            let q = q.filter(|q| {
+                let ok = q.plausible_after(p);
+                refused += u64::from(!ok);
+                ok
+            });
+            let pick = match (p, q) {
+                (Some(p), Some(q)) => match p.merge_cmp(q) {
+                    Ordering::Greater => {
                         ours_wins_somewhere = true;
                         p
                     }
-                    Ordering::Greater => {
-                        y += 1;
+                    Ordering::Less => {
                         theirs_wins_somewhere = true;
                         q
                     }
-                    Ordering::Equal => {
-                        x += 1;
-                        y += 1;
-                        match p.merge_cmp(q) {
-                            Ordering::Greater => {
-                                ours_wins_somewhere = true;
-                                p
-                            }
-                            Ordering::Less => {
-                                theirs_wins_somewhere = true;
-                                q
-                            }
-                            Ordering::Equal => p,
-                        }
-                    }
+                    Ordering::Equal => p,
                 },
                 (Some(p), None) => {
-                    x += 1;
                     ours_wins_somewhere = true;
                     p
                 }
                 (None, Some(q)) => {
-                    y += 1;
                     theirs_wins_somewhere = true;
                     q
                 }
-                (None, None) => unreachable!("loop condition"),
+                (None, None) => {
+                    ours_wins_somewhere = true;
+                    continue;
+                }
             };
             out.push(pick.clone());
         }
+        self.refused += refused;
         match (ours_wins_somewhere, theirs_wins_somewhere) {
             (_, false) => ChunkMerge::Unchanged,
             (false, true) => {
@@ -530,6 +583,63 @@ pub(crate) mod tests {
             v.get(NodeId::from_u128(1)).unwrap().state,
             MemberState::Alive
         );
+    }
+
+    #[test]
+    fn implausible_incarnations_are_refused_and_counted() {
+        let (x, y) = (id_in_chunk(5, 1), id_in_chunk(5, 2));
+        let mut v = MemberView::new();
+        assert!(v.upsert(member(x, 3, MemberState::Alive)));
+        // A forged death at u64::MAX, or any jump past the bound, is refused.
+        assert!(!v.upsert(member(x, u64::MAX, MemberState::Dead)));
+        let past = 3 + MAX_INCARNATION_JUMP + 1;
+        assert!(!v.upsert(member(x, past, MemberState::Dead)));
+        assert_eq!(v.get(NodeId::from_u128(x)).unwrap().incarnation, 3);
+        // A node the view does not know: up to the ceiling.
+        assert!(!v.upsert(member(y, INCARNATION_CEILING + 1, MemberState::Alive)));
+        assert_eq!(v.refused(), 3);
+        // The largest jump allowed is taken.
+        assert!(v.upsert(member(x, 3 + MAX_INCARNATION_JUMP, MemberState::Dead)));
+        assert!(v.upsert(member(y, INCARNATION_CEILING, MemberState::Alive)));
+        assert_eq!(v.refused(), 3);
+    }
+
+    #[test]
+    fn a_gossiped_chunk_loses_only_its_forged_records() {
+        let (x, y, z) = (id_in_chunk(5, 1), id_in_chunk(5, 2), id_in_chunk(5, 3));
+        let mut v = MemberView::new();
+        v.upsert(member(x, 3, MemberState::Alive));
+        v.upsert(member(y, 7, MemberState::Alive));
+        let before = v.chunk(5).clone();
+        // Only forgeries: nothing changes.
+        let forged = Chunk::new(
+            5,
+            vec![
+                member(x, u64::MAX, MemberState::Dead),
+                member(z, u64::MAX, MemberState::Alive),
+            ],
+        )
+        .unwrap();
+        assert_eq!(v.merge_chunk(&forged), ChunkMerge::Unchanged);
+        assert!(v.chunk(5).ptr_eq(&before));
+        assert_eq!(v.refused(), 2);
+        // A forgery beside an honest change: the change is taken.
+        let mixed = Chunk::new(
+            5,
+            vec![
+                member(x, u64::MAX, MemberState::Dead),
+                member(y, 7, MemberState::Dead),
+            ],
+        )
+        .unwrap();
+        assert_eq!(v.merge_chunk(&mixed), ChunkMerge::Merged);
+        assert_eq!(v.get(NodeId::from_u128(x)).unwrap().incarnation, 3);
+        assert_eq!(
+            v.get(NodeId::from_u128(y)).unwrap().state,
+            MemberState::Dead
+        );
+        assert_eq!(v.refused(), 3);
+        assert_eq!(MemberRecord::next_incarnation(u64::MAX), u64::MAX);
     }
 
     #[test]

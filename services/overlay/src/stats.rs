@@ -47,6 +47,12 @@ pub struct Stats {
     pub refutations: u64,
     pub joins_served: u64,
     pub gossip_sent: u64,
+    /// Member records refused for an implausible incarnation.
+    pub refused_member_records: u64,
+    /// Records replicated here by a node outside their replica set.
+    pub refused_not_replica: u64,
+    /// Entries stamped too far ahead or expiring too late.
+    pub refused_entries: u64,
 }
 
 impl Stats {
@@ -83,5 +89,8 @@ impl Stats {
         self.refutations += o.refutations;
         self.joins_served += o.joins_served;
         self.gossip_sent += o.gossip_sent;
+        self.refused_member_records += o.refused_member_records;
+        self.refused_not_replica += o.refused_not_replica;
+        self.refused_entries += o.refused_entries;
     }
 }

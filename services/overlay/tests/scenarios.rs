@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
+use ringmesh_overlay::membership::{Chunk, chunk_of};
 use ringmesh_overlay::node::{GetOk, PutOk};
 use ringmesh_overlay::sim::{self, Bootstrap, NetParams, Params, Sim, true_replicas};
 use ringmesh_overlay::{
-    Config, Entry, Event, Key, MemberState, NodeId, OpError, ProtocolVersion, RoutingMode,
+    Config, Entry, Event, Key, MemberState, Message, NodeId, OpError, ProtocolVersion, Record,
+    RoutingMode,
 };
 
 fn template() -> Config {
@@ -648,4 +650,192 @@ fn a_hundred_node_farm_split_thirty_seventy_heals() {
             vec![e.clone()]
         );
     }
+}
+
+/// A simulator whose nodes enforce the replica-set rule on writes soon
+/// after a membership change (the default waits two minutes).
+fn strict_sim(seed: u64) -> Sim {
+    let mut c = template();
+    c.view_lag_ms = 2_000;
+    Sim::new(seed, NetParams::default(), c, false)
+}
+
+/// `attacker`'s chunk holding `victim`, with the victim's record replaced.
+fn forged_chunk(sim: &Sim, attacker: NodeId, victim: NodeId, incarnation: u64) -> Chunk {
+    let i = chunk_of(victim);
+    let members = sim.node(attacker).unwrap().view().chunk(i).members();
+    let forged = members
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.id == victim {
+                m.incarnation = incarnation;
+                m.state = MemberState::Dead;
+            }
+            m
+        })
+        .collect();
+    Chunk::new(i as u32, forged).unwrap()
+}
+
+#[test]
+fn a_member_gossiping_its_victim_dead_cannot_evict_it() {
+    let mut sim = new_sim(31);
+    let ids = joined_farm(&mut sim, 8);
+    let data = load(&mut sim, &ids, 60);
+    let (attacker, victim) = (ids[0], ids[3]);
+    let known = sim.node(victim).unwrap().status().incarnation;
+    let gossip_to_all = |sim: &mut Sim, chunk: Chunk| {
+        for &to in &ids[1..] {
+            sim.inject(
+                attacker,
+                to,
+                Message::Gossip {
+                    chunks: vec![chunk.clone()],
+                },
+            );
+        }
+    };
+    let victim_alive_everywhere = |sim: &Sim| {
+        ids.iter().all(|n| {
+            sim.node(*n).unwrap().view().get(victim).map(|m| m.state) == Some(MemberState::Alive)
+        })
+    };
+
+    // A death within the incarnation bound is taken, then refuted.
+    let within = known + 1_000;
+    let chunk = forged_chunk(&sim, attacker, victim, within);
+    gossip_to_all(&mut sim, chunk);
+    sim.run_for(Duration::from_millis(500)); // delivered
+    assert!(
+        sim.run_until(Duration::from_secs(20), Duration::from_millis(200), |s| {
+            s.converged() && victim_alive_everywhere(s)
+        })
+    );
+    assert_eq!(sim.node(victim).unwrap().status().incarnation, within + 1);
+
+    // A death at u64::MAX is refused everywhere: nothing could outrank it.
+    let chunk = forged_chunk(&sim, attacker, victim, u64::MAX);
+    gossip_to_all(&mut sim, chunk);
+    sim.run_for(Duration::from_secs(20));
+    assert!(victim_alive_everywhere(&sim));
+    assert!(sim.converged());
+    assert_eq!(sim.node(victim).unwrap().status().incarnation, within + 1);
+    let refused = sim.total_stats().refused_member_records;
+    assert!(
+        refused >= 7,
+        "each other node refused the forgery: {refused}"
+    );
+    for (k, e) in &data {
+        assert_eq!(get(&mut sim, victim, *k).unwrap().entries, vec![e.clone()]);
+    }
+}
+
+#[test]
+fn records_written_from_outside_their_replica_set_are_dropped_and_counted() {
+    let mut sim = strict_sim(32);
+    let ids = joined_farm(&mut sim, 8);
+    sim.run_for(Duration::from_secs(5)); // past the view lag
+    let mut ring = sim.alive();
+    ring.sort();
+    let k = key(7);
+    let replicas = sim.true_replicas(&k, &ring);
+    let outsider = *ids.iter().find(|n| !replicas.contains(n)).unwrap();
+    let forged = sim
+        .entry(
+            outsider,
+            b"forged",
+            Bytes::from_static(b"sip:evil@10.6.6.6"),
+            3_600_000,
+        )
+        .unwrap();
+    let record = Record::from_entries([forged.clone()]);
+    for &r in &replicas {
+        sim.inject(
+            outsider,
+            r,
+            Message::Replicate {
+                tag: 1,
+                key: k,
+                entries: vec![forged.clone()],
+            },
+        );
+        sim.inject(
+            outsider,
+            r,
+            Message::AeRecords {
+                session: 1,
+                records: vec![(k, record.clone())],
+                want: vec![],
+            },
+        );
+        sim.inject(
+            outsider,
+            r,
+            Message::HandoffBatch {
+                tag: 1,
+                records: vec![(k, record.clone())],
+                next_after: None,
+                push: true,
+            },
+        );
+    }
+    sim.run_for(Duration::from_secs(2));
+    for &r in &replicas {
+        let n = sim.node(r).unwrap();
+        assert!(n.store().get(&k).is_none(), "{r} stored the forged record");
+        assert_eq!(n.stats().refused_not_replica, 3, "{r}");
+    }
+    // The same write from a replica is taken: the rule is about the sender.
+    let honest = sim
+        .entry(
+            replicas[1],
+            b"honest",
+            Bytes::from_static(b"sip:alice@10.0.0.1"),
+            3_600_000,
+        )
+        .unwrap();
+    sim.inject(
+        replicas[1],
+        replicas[0],
+        Message::Replicate {
+            tag: 2,
+            key: k,
+            entries: vec![honest.clone()],
+        },
+    );
+    sim.run_for(Duration::from_secs(1));
+    let held = sim.node(replicas[0]).unwrap().store().get(&k).cloned();
+    assert_eq!(held.map(|r| r.entries().to_vec()), Some(vec![honest]));
+}
+
+#[test]
+fn entries_stamped_far_ahead_or_living_forever_are_refused() {
+    let mut sim = new_sim(33);
+    let ids = joined_farm(&mut sim, 5);
+    let k = key(3);
+    let wall = sim.wall_ms(ids[0]);
+    let day = 86_400_000;
+    // A stamp a day ahead would win every later write; an expiry a year
+    // ahead would keep a binding forever.
+    let ahead = Entry::new(
+        Bytes::from_static(b"c1"),
+        Bytes::from_static(b"ahead"),
+        ringmesh_overlay::Hlc::new(wall + day, 0),
+        ids[0],
+        wall + 3_600_000,
+    );
+    let forever = Entry::new(
+        Bytes::from_static(b"c2"),
+        Bytes::from_static(b"forever"),
+        ringmesh_overlay::Hlc::new(wall, 0),
+        ids[0],
+        wall + 365 * day,
+    );
+    sim.put(ids[0], k, vec![ahead, forever], 9);
+    let _ = wait(&mut sim, 9);
+    assert!(sim.total_stats().refused_entries >= 2);
+    let (e, r) = put(&mut sim, ids[1], k, "c1", "honest");
+    r.expect("an honest write to the same entry is acked");
+    assert_eq!(get(&mut sim, ids[2], k).unwrap().entries, vec![e]);
 }

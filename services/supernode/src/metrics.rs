@@ -278,6 +278,8 @@ pub struct Metrics {
     pub anti_entropy_rounds: IntCounter,
     pub failures_detected: IntCounter,
     pub overlay_forwarded: IntCounter,
+    /// By reason: member_record, not_replica, entry.
+    pub overlay_refused: IntCounterVec,
     pub link_rtt: Histogram,
     pub cert_expiry: IntGauge,
     pub cache_hits: IntCounter,
@@ -561,6 +563,14 @@ impl Metrics {
                 r,
                 "ringmesh_overlay_forwarded_total",
                 "Operations forwarded on because a sender's view was stale",
+            ),
+            overlay_refused: counter_vec(
+                r,
+                "ringmesh_overlay_refused_total",
+                "Overlay writes refused, by reason (member_record: an implausible incarnation; \
+                 not_replica: a record from a node outside its replica set; entry: stamped too \
+                 far ahead or expiring too late)",
+                &["reason"],
             ),
             cert_expiry: gauge(
                 r,

@@ -217,7 +217,7 @@ impl Node {
         if let Some(known) = self.view.get(self.cfg.id)
             && known.supersedes(&self.me)
         {
-            self.me.incarnation = known.incarnation + 1;
+            self.me.incarnation = MemberRecord::next_incarnation(known.incarnation);
             self.me.since_ms = c.wall;
         }
         self.view.upsert(self.me.clone());
@@ -302,7 +302,7 @@ impl Node {
         if let Some(known) = self.view.get(self.cfg.id)
             && known.supersedes(&self.me)
         {
-            self.me.incarnation = known.incarnation + 1;
+            self.me.incarnation = MemberRecord::next_incarnation(known.incarnation);
         }
         self.view.upsert(self.me.clone());
         self.gossip(&[chunk_of(self.cfg.id)], None, true);
@@ -654,7 +654,7 @@ impl Node {
                 if let Some(known) = self.view.get(me)
                     && known.incarnation >= self.me.incarnation
                 {
-                    self.me.incarnation = known.incarnation + 1;
+                    self.me.incarnation = MemberRecord::next_incarnation(known.incarnation);
                     self.me.since_ms = c.wall;
                     self.stats.refutations += 1;
                 }

@@ -105,8 +105,15 @@ pub struct Config {
     pub gc_grace_ms: u64,
     /// Dead and left members are forgotten this long after they went.
     pub member_gc_ms: u64,
-    /// Remote HLC stamps further ahead than this do not move our clock.
+    /// Remote HLC stamps further ahead than this do not move our clock;
+    /// entries stamped more than twice this ahead are refused.
     pub max_clock_skew_ms: u64,
+    /// Entries that would expire more than this after now are refused.
+    pub max_entry_lifetime_ms: u64,
+    /// How long a membership change may stay unknown to a peer: a write
+    /// from a node that is a replica of its key in this node's view without
+    /// the members whose records changed this recently is accepted.
+    pub view_lag_ms: u64,
     /// Emit persistence frames ([`Node::poll_persist`]).
     pub persist: bool,
     /// Seed of the node's random choices (gossip targets, jitter); mixed with
@@ -147,6 +154,8 @@ impl Config {
             gc_grace_ms: 60_000,
             member_gc_ms: 3_600_000,
             max_clock_skew_ms: 60_000,
+            max_entry_lifetime_ms: 30 * 86_400_000,
+            view_lag_ms: 60_000,
             persist: true,
             rng_seed: 0,
             version: ProtocolVersion::CURRENT,
@@ -670,6 +679,7 @@ impl Node {
             } => self.on_ae_records(from, session, records, want, c),
             Message::AeInSync { session, range } => self.on_ae_in_sync(from, session, range),
         }
+        self.stats.refused_member_records = self.view.refused();
         Ok(())
     }
 
@@ -857,10 +867,45 @@ impl Node {
         )
     }
 
+    /// Merges entries into the store, refusing (and counting) any stamped
+    /// too far in the future or expiring too late: either would win or
+    /// stay forever. True when the store changed.
     fn merge_entries(&mut self, key: Key, entries: &[Entry], c: Now) -> bool {
-        for e in entries {
+        let latest = c
+            .wall
+            .saturating_add(self.cfg.max_clock_skew_ms.saturating_mul(2));
+        let last_expiry = c.wall.saturating_add(self.cfg.max_entry_lifetime_ms);
+        let sane = |e: &&Entry| e.hlc.physical_ms() <= latest && e.expires_at_ms <= last_expiry;
+        let refused = entries.iter().filter(|e| !sane(e)).count() as u64;
+        self.stats.refused_entries += refused;
+        for e in entries.iter().filter(sane) {
             self.hlc.observe(e.hlc, c.wall);
         }
-        self.store.merge(key, entries, c.wall)
+        self.store.merge(key, entries.iter().filter(sane), c.wall)
+    }
+
+    /// Whether `from` may replicate `key` to this node: it is among the
+    /// key's replicas in this node's view, or in that view as `from` may
+    /// see it: without the members whose records changed in the last
+    /// `view_lag_ms`, and with `from` itself on the ring. Hand-off and
+    /// anti-entropy during churn pass; a member writing keys it holds no
+    /// replica of does not.
+    fn may_replicate(&self, from: NodeId, key: &Key, c: Now) -> bool {
+        let start = key.position();
+        let distance = from.position().wrapping_sub(start);
+        let settled = |m: &MemberRecord| m.since_ms.saturating_add(self.cfg.view_lag_ms) <= c.wall;
+        let mut ahead = 0;
+        for m in self.view.iter_from(start) {
+            if m.id == from || m.id.position().wrapping_sub(start) > distance {
+                return true;
+            }
+            if m.state.is_routable() && settled(m) {
+                ahead += 1;
+                if ahead >= self.cfg.replicas {
+                    return false;
+                }
+            }
+        }
+        true
     }
 }

@@ -517,6 +517,11 @@ impl Node {
         entries: Vec<Entry>,
         c: Now,
     ) {
+        if !self.may_replicate(from, &key, c) {
+            self.stats.refused_not_replica += 1;
+            self.send(from, Message::ReplicateAck { tag, stored: false });
+            return;
+        }
         // A leaving node has already handed its keys off: a write it took now
         // could leave with it, so it must not count toward a quorum.
         let stored = matches!(self.phase, Phase::Alive | Phase::Joining);

@@ -91,11 +91,13 @@ impl Node {
         push: bool,
         c: Now,
     ) {
-        self.merge_repair(&records, c);
-        if push {
-            self.send(from, Message::HandoffAck { tag });
-        } else {
+        let all_taken = self.merge_repair(from, &records, c);
+        if !push {
             self.on_join_handoff_page(from, tag, next_after, c);
+        } else if all_taken {
+            // A push with a refused record is not acknowledged: its sender
+            // keeps the records rather than drop them as delivered.
+            self.send(from, Message::HandoffAck { tag });
         }
     }
 
@@ -274,12 +276,19 @@ impl Node {
         out
     }
 
-    fn merge_repair(&mut self, records: &[(Key, Record)], c: Now) {
+    /// Merges hand-off or anti-entropy records from `from`, each only if
+    /// `from` may replicate its key; false when any was refused.
+    fn merge_repair(&mut self, from: NodeId, records: &[(Key, Record)], c: Now) -> bool {
+        let mut all_taken = true;
         for (k, r) in records {
-            if self.merge_entries(*k, r.entries(), c) {
+            if !self.may_replicate(from, k, c) {
+                self.stats.refused_not_replica += 1;
+                all_taken = false;
+            } else if self.merge_entries(*k, r.entries(), c) {
                 self.stats.repaired_records += 1;
             }
         }
+        all_taken
     }
 
     // ---------------------------------------------------------- anti-entropy
@@ -436,7 +445,7 @@ impl Node {
         c: Now,
     ) {
         self.note_round_differs(from, session, c);
-        self.merge_repair(&records, c);
+        self.merge_repair(from, &records, c);
         if want.is_empty() {
             return;
         }

@@ -379,6 +379,14 @@ impl Sim {
         self.blocked.clear();
     }
 
+    /// Sends `msg` to `to` as member `from`, past `from`'s own node: what a
+    /// hostile supernode with a valid certificate can put on its links.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        if let Some(slot) = self.index.get(&from).copied() {
+            self.transmit(slot, from, to, msg);
+        }
+    }
+
     pub fn heal(&mut self) {
         for sn in &mut self.nodes {
             sn.group = 0;

@@ -70,6 +70,10 @@ pub struct Report {
     pub refutations: u64,
     pub write_quorum_failures: u64,
     pub refused_frames: u64,
+    /// Member records, replicated records and entries the nodes refused
+    /// (implausible incarnations, writers outside the replica set,
+    /// timestamps or expiries out of bounds): none in an honest farm.
+    pub refused_writes: u64,
     pub virtual_time: Duration,
 }
 
@@ -167,6 +171,7 @@ impl Report {
                 self.write_quorum_failures.to_string(),
             ),
             ("refused_frames", self.refused_frames.to_string()),
+            ("refused_writes", self.refused_writes.to_string()),
             ("virtual_s", d(self.virtual_time)),
         ]
     }

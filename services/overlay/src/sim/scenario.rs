@@ -349,6 +349,8 @@ pub fn run(p: &Params) -> Report {
     report.write_quorum_failures = stats.write_quorum_failures;
     report.reported_replicas_below_k = reported_below_k(&sim);
     report.refused_frames = sim.net_stats.refused;
+    report.refused_writes =
+        stats.refused_member_records + stats.refused_not_replica + stats.refused_entries;
     report.virtual_time = sim.elapsed();
     report
 }

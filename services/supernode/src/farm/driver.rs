@@ -62,6 +62,7 @@ pub(super) struct StatsSeen {
     failures: u64,
     quorum_failures: u64,
     forwarded: u64,
+    refused: [u64; 3],
 }
 
 pub(super) struct Driver {
@@ -455,12 +456,28 @@ impl Driver {
         self.metrics
             .overlay_forwarded
             .inc_by(st.forwarded.saturating_sub(seen.forwarded));
+        let refused = [
+            st.refused_member_records,
+            st.refused_not_replica,
+            st.refused_entries,
+        ];
+        for ((reason, now), before) in ["member_record", "not_replica", "entry"]
+            .into_iter()
+            .zip(refused)
+            .zip(seen.refused)
+        {
+            self.metrics
+                .overlay_refused
+                .with_label_values(&[reason])
+                .inc_by(now.saturating_sub(before));
+        }
         *seen = StatsSeen {
             repaired: st.repaired_records,
             rounds: st.anti_entropy_rounds,
             failures: st.failures_detected,
             quorum_failures: st.write_quorum_failures,
             forwarded: st.forwarded,
+            refused,
         };
         for (_, rtt) in self.links.rtts() {
             self.metrics.link_rtt.observe(rtt.as_secs_f64());
