@@ -189,7 +189,8 @@ class Farm:
         self.enr_api, enr_metrics = free_port(), free_port()
         self.spawn("provisioning", [self.bin, "provisioning", "--listen", f"127.0.0.1:{self.prov_api}",
                                     "--metrics", f"127.0.0.1:{prov_metrics}", "--etcd", etcd,
-                                    "--etcd-timeout-ms", "300", "--domain", DOMAIN])
+                                    "--etcd-timeout-ms", "300", "--domain", DOMAIN,
+                                    "--plaintext", "true"])
         self.spawn("enrollment", [self.bin, "enrollment", "--listen", f"127.0.0.1:{self.enr_api}",
                                   "--metrics", f"127.0.0.1:{enr_metrics}", "--etcd", etcd,
                                   "--etcd-timeout-ms", "300", "--bootstrap-token", TOKEN])
@@ -229,7 +230,7 @@ class Farm:
     # --- load -----------------------------------------------------------------
 
     def ctl(self, *args, stdin=None):
-        return subprocess.run([self.bin, "ctl", "--provisioning", f"127.0.0.1:{self.prov_api}", *args],
+        return subprocess.run([self.bin, "ctl", "--provisioning", f"http://127.0.0.1:{self.prov_api}", *args],
                               input=stdin, capture_output=True, text=True, timeout=30)
 
     def drive_control_plane(self, phase):

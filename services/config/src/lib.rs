@@ -40,6 +40,65 @@ pub fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Mutual TLS of a control-plane gRPC server: its certificate and key
+/// from the farm CA, and the CA that issues its clients' certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerTlsArgs {
+    /// This server's certificate (PEM, from the farm CA, with the DNS name
+    /// control.ringmesh.internal).
+    #[arg(long, env = "RINGMESH_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "RINGMESH_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The farm CA (PEM): clients must present a certificate it issued.
+    #[arg(long, env = "RINGMESH_TLS_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Serve without TLS: anyone who reaches the API may read every HA1
+    /// and change everything. For labs only.
+    #[arg(long, env = "RINGMESH_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+/// The PEM files of one end of a mutual TLS connection: the CA the other
+/// end's certificate must come from, this end's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl ServerTlsArgs {
+    /// The files to serve TLS with, or None with --plaintext; an error
+    /// naming what is missing otherwise.
+    pub fn paths(&self) -> Result<Option<TlsPaths>, ConfigError> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key, self.plaintext) {
+            (None, None, None, true) => Ok(None),
+            (_, _, _, true) => Err(err(
+                "plaintext",
+                "--plaintext and --tls-* exclude each other",
+            )),
+            (Some(ca), Some(cert), Some(key), false) => Ok(Some(TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, _, _, false) => Err(err(
+                "tls-ca",
+                "give --tls-ca, --tls-cert and --tls-key (the API serves mutual TLS), or --plaintext for a lab",
+            )),
+            (_, None, _, false) => Err(err("tls-cert", "--tls-ca and --tls-key need --tls-cert")),
+            (_, _, None, false) => Err(err("tls-key", "--tls-cert needs --tls-key")),
+        }
+    }
+}
+
 /// `RINGMESH_<KEY>` for a key.
 pub fn env_name(key: &str) -> String {
     format!("RINGMESH_{}", key.to_ascii_uppercase().replace('-', "_"))

@@ -18,6 +18,7 @@ pub use ringmesh_enrollment_client::cert::{
     CertError, CertInfo, NODE_DNS_NAME, NODE_URI_PREFIX, cert_info, node_id_of, node_uri,
     parse_node_id, pem_certs, signed_by,
 };
+pub use ringmesh_enrollment_client::tls::{CONTROL_DNS_NAME, Role, TlsFiles};
 
 /// Why a CA operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +221,44 @@ impl Ca {
         })
     }
 
+    /// Issues a control-plane certificate with a fresh key (see
+    /// [`ringmesh_enrollment_client::tls`]): a server's (DNS SAN
+    /// `CONTROL_DNS_NAME`) when `role` is None, else a client's carrying
+    /// the role's URI SAN. Returns (certificate, private key), PEM.
+    pub fn issue_control(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        days: i64,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(ca_err)?;
+        let (names, eku) = match role {
+            None => (
+                vec![CONTROL_DNS_NAME.to_string()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            Some(_) => (Vec::new(), ExtendedKeyUsagePurpose::ClientAuth),
+        };
+        let mut params = CertificateParams::new(names).map_err(ca_err)?;
+        if let Some(r) = role {
+            params
+                .subject_alt_names
+                .push(SanType::URI(r.uri().try_into().map_err(ca_err)?));
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&new_serial()));
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(days);
+        let cert = params.signed_by(&key, &self.issuer).map_err(ca_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// A CRL listing `revoked`, valid for `days`.
     pub fn crl(&self, revoked: &[Revoked], number: u64, days: i64) -> Result<String, CaError> {
         let now = time::OffsetDateTime::now_utc();
@@ -275,26 +314,81 @@ pub fn provision_node(
     }
     let key = KeyPair::generate().map_err(ca_err)?;
     let issued = ca.issue(name, &key, place(taken), 825)?;
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("node.key"))
-            .map_err(io)?;
-        f.write_all(key.serialize_pem().as_bytes()).map_err(io)?;
-    }
+    write_private(&dir.join("node.key"), key.serialize_pem().as_bytes()).map_err(io)?;
     std::fs::write(&crt, &issued.cert_pem).map_err(io)?;
     std::fs::write(dir.join("ca.crt"), ca.cert_pem()).map_err(io)?;
     Ok(issued.node_id)
 }
 
+/// Issues a control-plane certificate (see [`Ca::issue_control`]) into
+/// `dir` as `NAME.crt`, `NAME.key` (mode 0600) and the CA's `ca.crt`,
+/// unless `NAME.crt` is there already. Returns the files.
+pub fn control_files(
+    dir: &std::path::Path,
+    name: &str,
+    ca: &Ca,
+    role: Option<Role>,
+    days: i64,
+) -> Result<TlsFiles, CaError> {
+    let io = |e: std::io::Error| CaError::Ca(format!("{}: {e}", dir.display()));
+    let files = TlsFiles::in_dir(dir, name);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    if !files.cert.exists() {
+        let (cert, key) = ca.issue_control(name, role, days)?;
+        write_private(&files.key, key.as_bytes()).map_err(io)?;
+        std::fs::write(&files.cert, cert).map_err(io)?;
+    }
+    std::fs::write(&files.ca, ca.cert_pem()).map_err(io)?;
+    Ok(files)
+}
+
+/// Writes a file only its owner can read (created 0600, never wider).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_certificates_carry_their_role_and_nothing_else() {
+        use ringmesh_enrollment_client::tls::role_of;
+        let ca = Ca::generate("test").unwrap();
+        let der = |pem: &str| pem_certs(pem).unwrap().remove(0);
+        for role in Role::ALL {
+            let (cert, key) = ca.issue_control("c", Some(role), 1).unwrap();
+            assert!(key.contains("PRIVATE KEY"));
+            assert_eq!(role_of(&der(&cert)), Some(role));
+            assert!(signed_by(&der(&cert), ca.cert_der()));
+        }
+        let (server, _) = ca.issue_control("provisioning", None, 1).unwrap();
+        assert_eq!(
+            role_of(&der(&server)),
+            None,
+            "a server certificate is no client"
+        );
+        let key = KeyPair::generate().unwrap();
+        let node = ca.issue("sn0", &key, [7; 16], 1).unwrap();
+        assert_eq!(role_of(&der(&node.cert_pem)), Some(Role::Supernode));
+        // Files: the key is private to its owner, and kept on a second call.
+        let dir = tempfile::tempdir().unwrap();
+        let f = control_files(dir.path(), "operator", &ca, Some(Role::Operator), 1).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&f.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let before = std::fs::read_to_string(&f.cert).unwrap();
+        control_files(dir.path(), "operator", &ca, Some(Role::Operator), 1).unwrap();
+        assert_eq!(std::fs::read_to_string(&f.cert).unwrap(), before);
+    }
 
     #[test]
     fn csr_names_are_ignored_and_the_chain_verifies() {

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use ringmesh_config::TlsPaths;
 pub use ringmesh_config::{ConfigError, etcd_endpoint};
-use ringmesh_config::{ServiceArgs, err, in_range};
+use ringmesh_config::{ServerTlsArgs, ServiceArgs, err, in_range};
 use serde::{Deserialize, Serialize};
 
 /// The default API address: `ringmesh dev`'s base port 5060 + 600.
@@ -52,6 +53,10 @@ pub struct ProvisioningArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub service: ServiceArgs,
+    /// The API's mutual TLS (required unless --plaintext).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// Where subscribers live.
@@ -77,6 +82,8 @@ pub struct ProvisioningConfig {
     pub metrics: Option<SocketAddr>,
     pub watch_keepalive: Duration,
     pub log: String,
+    /// Mutual TLS; None serves plaintext (`--plaintext`).
+    pub tls: Option<TlsPaths>,
 }
 
 impl ProvisioningArgs {
@@ -123,6 +130,7 @@ impl ProvisioningArgs {
             }
         };
         let keepalive = in_range("watch-keepalive", a.watch_keepalive, 1..=3600)?;
+        let tls = a.tls.paths()?;
         Ok(ProvisioningConfig {
             listen,
             store,
@@ -130,6 +138,7 @@ impl ProvisioningArgs {
             metrics,
             watch_keepalive: Duration::from_secs(keepalive),
             log: a.service.log,
+            tls,
         })
     }
 }
@@ -140,8 +149,11 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = ProvisioningArgs::resolve_from(&[]).unwrap();
+        let e = ProvisioningArgs::resolve_from(&[]).unwrap_err();
+        assert_eq!(e.key, "tls-ca", "mutual TLS unless --plaintext");
+        let c = ProvisioningArgs::resolve_from(&["--plaintext", "true"]).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.tls, None);
         assert!(
             matches!(&c.store, StoreConfig::Embedded(d) if d.ends_with("ringmesh/provisioning"))
         );
@@ -150,7 +162,9 @@ mod tests {
 
     #[test]
     fn etcd_and_errors_name_the_key() {
-        let c = ProvisioningArgs::resolve_from(&["--etcd", "127.0.0.1:2379"]).unwrap();
+        let c =
+            ProvisioningArgs::resolve_from(&["--plaintext", "true", "--etcd", "127.0.0.1:2379"])
+                .unwrap();
         assert!(
             matches!(&c.store, StoreConfig::Etcd { endpoints, .. } if endpoints == &["http://127.0.0.1:2379"])
         );
@@ -170,13 +184,14 @@ mod tests {
         let path = dir.path().join("p.toml");
         std::fs::write(
             &path,
-            "domain = \"file.example\"\nlisten = \"127.0.0.1:7000\"\n",
+            "domain = \"file.example\"\nlisten = \"127.0.0.1:7000\"\nplaintext = true\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
         let c =
             ProvisioningArgs::resolve_from(&["--config", p, "--listen", "127.0.0.1:7001"]).unwrap();
         assert_eq!(c.domain, "file.example");
+        assert_eq!(c.tls, None, "plaintext from the file");
         assert_eq!(c.listen.port(), 7001, "a flag beats the file");
         std::fs::write(&path, "domian = \"x\"\n").unwrap();
         let e = ProvisioningArgs::resolve_from(&["--config", p]).unwrap_err();

@@ -124,6 +124,14 @@ pub async fn run_on_with(
     }
 }
 
+fn tls_files(p: &config::TlsPaths) -> ringmesh_enrollment_client::tls::TlsFiles {
+    ringmesh_enrollment_client::tls::TlsFiles {
+        ca: p.ca.clone(),
+        cert: p.cert.clone(),
+        key: p.key.clone(),
+    }
+}
+
 async fn run_store<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
@@ -166,7 +174,20 @@ async fn run_store<S: Store>(
         metrics: metrics_at,
     });
     let service = ProvisioningService::new(store, &cfg.domain).with_metrics(metrics);
-    let result = serve(listener, service, shutdown).await;
+    let tls = match &cfg.tls {
+        Some(p) => Some(
+            tls_files(p)
+                .server()
+                .context("the API's mutual TLS (--tls-*)")?,
+        ),
+        None => {
+            tracing::warn!(
+                "serving the provisioning API in plaintext (--plaintext): anyone who reaches it reads every HA1"
+            );
+            None
+        }
+    };
+    let result = serve(listener, service, tls, shutdown).await;
     probe.abort();
     result.context("provisioning gRPC server failed")
 }

@@ -1,5 +1,11 @@
-//! The gRPC service: validates requests ([`crate::validate`]), calls the
-//! store, maps errors in one place ([`crate::status`]).
+//! The gRPC service: admits the caller by the role of its client
+//! certificate, validates requests ([`crate::validate`]), calls the store,
+//! maps errors in one place ([`crate::status`]).
+//!
+//! Under mutual TLS, reads are open to every role but only a supernode's
+//! carry HA1 values (operators and admins see empty hashes); writes need
+//! the operator or admin role. Without TLS (`--plaintext`, for labs) every
+//! caller may do everything.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use ringmesh_enrollment_client::tls::{Role, caller};
+
 use crate::metrics::Metrics;
 use crate::store::{Change, Events, Store, StoreError};
 use crate::validate;
@@ -24,6 +32,8 @@ pub struct ProvisioningService<S> {
     realm: String,
     metrics: Option<Metrics>,
     closing: watch::Receiver<bool>,
+    /// Callers present client certificates (the server runs mutual TLS).
+    mtls: bool,
 }
 
 impl<S> Clone for ProvisioningService<S> {
@@ -33,8 +43,31 @@ impl<S> Clone for ProvisioningService<S> {
             realm: self.realm.clone(),
             metrics: self.metrics.clone(),
             closing: self.closing.clone(),
+            mtls: self.mtls,
         }
     }
+}
+
+/// What a request does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Whether the caller may see HA1 values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SeesHa1(bool);
+
+/// `sub` as a caller sees it: without HA1 values unless it may see them.
+fn shown(mut sub: pb::Subscriber, sees: SeesHa1) -> pb::Subscriber {
+    if !sees.0
+        && let Some(c) = sub.credentials.as_mut()
+    {
+        c.ha1_md5.clear();
+        c.ha1_sha256.clear();
+    }
+    sub
 }
 
 impl<S: Store> ProvisioningService<S> {
@@ -47,7 +80,22 @@ impl<S: Store> ProvisioningService<S> {
             realm: realm.to_ascii_lowercase(),
             metrics: None,
             closing,
+            mtls: false,
         }
+    }
+
+    /// Admits a request by its caller's role (see the module docs).
+    fn admit<T>(&self, req: &Request<T>, access: Access) -> Result<SeesHa1, Status> {
+        if !self.mtls {
+            return Ok(SeesHa1(true));
+        }
+        let role = caller(req)?;
+        if access == Access::Write && !role.writes() {
+            return Err(Status::permission_denied(format!(
+                "the {role} role cannot change subscribers or trusted elements"
+            )));
+        }
+        Ok(SeesHa1(role == Role::Supernode))
     }
 
     /// Records RPC counts and latencies.
@@ -284,7 +332,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::CreateSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = self.create(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(sees) => self.create(req.into_inner()).await.map(|s| shown(s, sees)),
+            Err(e) => Err(e),
+        };
         self.done("CreateSubscriber", t, r)
     }
 
@@ -293,7 +344,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::GetSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = self.get(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Read) {
+            Ok(sees) => self.get(req.into_inner()).await.map(|s| shown(s, sees)),
+            Err(e) => Err(e),
+        };
         self.done("GetSubscriber", t, r)
     }
 
@@ -302,7 +356,13 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::ListSubscribersRequest>,
     ) -> Result<Response<pb::ListSubscribersResponse>, Status> {
         let t = Instant::now();
-        let r = self.list(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Read) {
+            Ok(sees) => self.list(req.into_inner()).await.map(|mut l| {
+                l.subscribers = l.subscribers.into_iter().map(|s| shown(s, sees)).collect();
+                l
+            }),
+            Err(e) => Err(e),
+        };
         self.done("ListSubscribers", t, r)
     }
 
@@ -311,7 +371,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::UpdateSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = self.update(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(sees) => self.update(req.into_inner()).await.map(|s| shown(s, sees)),
+            Err(e) => Err(e),
+        };
         self.done("UpdateSubscriber", t, r)
     }
 
@@ -320,7 +383,12 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = ProvisioningService::set_password(self, req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(sees) => ProvisioningService::set_password(self, req.into_inner())
+                .await
+                .map(|s| shown(s, sees)),
+            Err(e) => Err(e),
+        };
         self.done("SetPassword", t, r)
     }
 
@@ -329,7 +397,12 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::SetBarredRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = ProvisioningService::set_barred(self, req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(sees) => ProvisioningService::set_barred(self, req.into_inner())
+                .await
+                .map(|s| shown(s, sees)),
+            Err(e) => Err(e),
+        };
         self.done("SetBarred", t, r)
     }
 
@@ -338,7 +411,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::DeleteSubscriberRequest>,
     ) -> Result<Response<pb::DeleteSubscriberResponse>, Status> {
         let t = Instant::now();
-        let r = self.delete(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(_) => self.delete(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.done("DeleteSubscriber", t, r)
     }
 
@@ -349,8 +425,23 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let t = Instant::now();
+        let sees = match self.admit(&req, Access::Read) {
+            Ok(sees) => sees,
+            Err(e) => return self.done("Watch", t, Err(e)),
+        };
         let start = req.into_inner().start_revision;
-        let events = self.store.watch(start).await;
+        let events = self
+            .store
+            .watch(start)
+            .await
+            .map(|events| -> Events<pb::WatchEvent> {
+                Box::pin(events.map(move |r| {
+                    r.map(|mut e| {
+                        e.subscriber = e.subscriber.map(|s| shown(s, sees));
+                        e
+                    })
+                }))
+            });
         self.stream("Watch", t, events)
     }
 
@@ -359,7 +450,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::CreateTrustedElementRequest>,
     ) -> Result<Response<pb::TrustedElement>, Status> {
         let t = Instant::now();
-        let r = self.create_trusted(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(_) => self.create_trusted(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.done("CreateTrustedElement", t, r)
     }
 
@@ -368,16 +462,22 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::GetTrustedElementRequest>,
     ) -> Result<Response<pb::TrustedElement>, Status> {
         let t = Instant::now();
-        let r = self.get_trusted(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Read) {
+            Ok(_) => self.get_trusted(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.done("GetTrustedElement", t, r)
     }
 
     async fn list_trusted_elements(
         &self,
-        _req: Request<pb::ListTrustedElementsRequest>,
+        req: Request<pb::ListTrustedElementsRequest>,
     ) -> Result<Response<pb::ListTrustedElementsResponse>, Status> {
         let t = Instant::now();
-        let r = self.list_trusted().await;
+        let r = match self.admit(&req, Access::Read) {
+            Ok(_) => self.list_trusted().await,
+            Err(e) => Err(e),
+        };
         self.done("ListTrustedElements", t, r)
     }
 
@@ -386,7 +486,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::DeleteTrustedElementRequest>,
     ) -> Result<Response<pb::DeleteTrustedElementResponse>, Status> {
         let t = Instant::now();
-        let r = self.delete_trusted(req.into_inner()).await;
+        let r = match self.admit(&req, Access::Write) {
+            Ok(_) => self.delete_trusted(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.done("DeleteTrustedElement", t, r)
     }
 
@@ -397,6 +500,9 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::WatchTrustedElementsRequest>,
     ) -> Result<Response<Self::WatchTrustedElementsStream>, Status> {
         let t = Instant::now();
+        if let Err(e) = self.admit(&req, Access::Read) {
+            return self.done("WatchTrustedElements", t, Err(e));
+        }
         let start = req.into_inner().start_revision;
         let events = self.store.watch_trusted(start).await;
         self.stream("WatchTrustedElements", t, events)
@@ -404,24 +510,31 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
 }
 
 /// Serves the Provisioning API on `listener` until `shutdown` completes,
-/// then ends every Watch stream and drains in-flight requests.
+/// then ends every Watch stream and drains in-flight requests. With `tls`
+/// it speaks mutual TLS and admits callers by their certificate's role.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     service: ProvisioningService<S>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = watch::channel(false);
     let service = ProvisioningService {
         closing: rx,
+        mtls: tls.is_some(),
         ..service
     };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     // Nagle's algorithm would hold small Watch events back for up to 40 ms.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
         s.inspect(|s| {
             let _ = s.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    builder
         .add_service(ProvisioningServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;

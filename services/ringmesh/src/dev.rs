@@ -27,6 +27,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ringmesh_enrollment::ca::TlsFiles;
 use ringmesh_supernode::config::AuthMode;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -276,6 +277,51 @@ async fn start_service(
     Ok((child, api, metrics))
 }
 
+/// The farm CA (files, as a Kubernetes Secret would hold it) and the
+/// control plane's certificates, made on the first start under DATA/ca
+/// and DATA/control and kept.
+struct ControlCerts {
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    provisioning: TlsFiles,
+    operator: TlsFiles,
+    admin: TlsFiles,
+}
+
+impl ControlCerts {
+    fn make(data: &Path) -> anyhow::Result<ControlCerts> {
+        use ringmesh_enrollment::ca::{Ca, Role, control_files};
+        let dir = data.join("ca");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let ca = if ca_cert.exists() {
+            Ca::from_pem(
+                &std::fs::read_to_string(&ca_cert)?,
+                &std::fs::read_to_string(&ca_key)?,
+            )
+            .with_context(|| format!("the dev farm CA in {}", dir.display()))?
+        } else {
+            let ca = Ca::generate("Ringmesh dev farm CA")?;
+            ringmesh_supernode::write_private(&ca_key, ca.key_pem().as_bytes())?;
+            std::fs::write(&ca_cert, ca.cert_pem())?;
+            ca
+        };
+        let control = data.join("control");
+        let issue = |name: &str, role| {
+            control_files(&control, name, &ca, role, 825)
+                .with_context(|| format!("issuing the {name} certificate"))
+        };
+        Ok(ControlCerts {
+            provisioning: issue("provisioning", None)?,
+            operator: issue("operator", Some(Role::Operator))?,
+            admin: issue("admin", Some(Role::Admin))?,
+            ca_cert,
+            ca_key,
+        })
+    }
+}
+
 async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let ports = Ports(args.sip_port);
     let data = match &args.data {
@@ -295,6 +341,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         ringmesh_supernode::write_private(&token_file, hex::encode(token).as_bytes())?;
     }
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    let certs = ControlCerts::make(&data)?;
     let etcd_args: Vec<String> = args
         .etcd
         .iter()
@@ -312,6 +359,12 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         args.domain.clone(),
         "--metrics".into(),
         ports.at(602).to_string(),
+        "--tls-ca".into(),
+        certs.provisioning.ca.display().to_string(),
+        "--tls-cert".into(),
+        certs.provisioning.cert.display().to_string(),
+        "--tls-key".into(),
+        certs.provisioning.key.display().to_string(),
     ];
     prov_argv.extend(etcd_args.iter().cloned());
     let (svc, provisioning, provisioning_metrics) =
@@ -328,6 +381,10 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         token_file.display().to_string(),
         "--metrics".into(),
         ports.at(603).to_string(),
+        "--ca-cert".into(),
+        certs.ca_cert.display().to_string(),
+        "--ca-key".into(),
+        certs.ca_key.display().to_string(),
     ];
     enr_argv.extend(etcd_args.iter().cloned());
     let started = start_service("enrollment", enr_argv, &data).await;
@@ -340,7 +397,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     };
     services.push(svc);
     if args.auth == AuthMode::Digest
-        && let Err(e) = create_subscribers(provisioning, &args).await
+        && let Err(e) = create_subscribers(provisioning, &certs.operator, &args).await
     {
         stop_all(&mut [], &mut services).await;
         return Err(e);
@@ -401,11 +458,21 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
             json!({"event": "control", "provisioning": provisioning.to_string(),
                    "enrollment": enrollment.to_string(),
                    "provisioning_metrics": provisioning_metrics.to_string(),
-                   "enrollment_metrics": enrollment_metrics.to_string()})
+                   "enrollment_metrics": enrollment_metrics.to_string(),
+                   "ca": certs.ca_cert.display().to_string(),
+                   "operator_cert": certs.operator.cert.display().to_string(),
+                   "operator_key": certs.operator.key.display().to_string(),
+                   "admin_cert": certs.admin.cert.display().to_string(),
+                   "admin_key": certs.admin.key.display().to_string()})
         );
     } else {
+        println!("  provisioning {provisioning}  enrollment {enrollment}");
         println!(
-            "  provisioning {provisioning}  enrollment {enrollment}  (ringmesh ctl --provisioning {provisioning})"
+            "  operator certificate {} (ringmesh ctl --provisioning {provisioning} --ca {} --cert {} --key {})",
+            certs.operator.cert.display(),
+            certs.operator.ca.display(),
+            certs.operator.cert.display(),
+            certs.operator.key.display()
         );
     }
     if let Err(e) = wait_ready(&mut nodes).await {
@@ -706,10 +773,15 @@ fn getrandom(buf: &mut [u8]) {
 
 /// Creates the demo subscribers through the provisioning API (an existing
 /// one gets the password again).
-async fn create_subscribers(addr: SocketAddr, args: &DevArgs) -> anyhow::Result<()> {
+async fn create_subscribers(
+    addr: SocketAddr,
+    operator: &TlsFiles,
+    args: &DevArgs,
+) -> anyhow::Result<()> {
     use ringmesh_proto::provisioning as pb;
     use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(operator.client()?)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .connect()

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Etcd, ctl, register_with_password, sipp, sipp_dir, wait_until};
+use common::{Etcd, ctl, ctl_with, register_with_password, sipp, sipp_dir, wait_until};
 
 fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
     common::metric_line(addr, name)
@@ -24,9 +24,7 @@ fn json(out: &str) -> serde_json::Value {
 fn every_admin_rpc_and_ctl_subcommand() {
     let farm = common::start_farm(&["--users", "20"], &[]);
     let admin = farm.nodes[0].admin.clone();
-    let prov = farm.provisioning.clone();
-    let a = ["--admin", admin.as_str(), "--provisioning", prov.as_str()];
-    let run = |extra: &[&str]| ctl(&[&a[..], extra].concat());
+    let run = |extra: &[&str]| ctl_with(&farm, &[&["--admin", admin.as_str()][..], extra].concat());
 
     // Subscribers: add, get, list, set-password, bar, unbar, delete.
     let (code, out, err) = run(&[
@@ -42,6 +40,28 @@ fn every_admin_rpc_and_ctl_subcommand() {
     let (code, out, _) = run(&["--json", "subscriber", "get", "carol"]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["private_id"], "carol");
+    let creds = &json(&out)["credentials"];
+    assert_eq!(creds["realm"], "ringmesh.test");
+    assert_eq!(creds["ha1_md5"], false, "an operator never reads HA1");
+    // Provisioning speaks mutual TLS only: no certificate, no access.
+    let (code, _, err) = ctl(&[
+        "--provisioning",
+        &farm.provisioning,
+        "subscriber",
+        "get",
+        "carol",
+    ]);
+    assert_eq!(code, 2, "no operator certificate is a usage error: {err}");
+    let plaintext = format!("http://{}", farm.provisioning);
+    let (code, _, err) = ctl(&["--provisioning", &plaintext, "subscriber", "get", "carol"]);
+    assert_eq!(code, 4, "plaintext to the TLS port: {err}");
+    assert!(err.contains("mutual TLS"), "{err}");
+    let (code, out, err) = run(&["--json", "subscriber", "get", "carol"]);
+    assert_eq!(
+        (code, json(&out)["private_id"].as_str()),
+        (0, Some("carol")),
+        "{err}"
+    );
     let (code, out, _) = run(&["subscriber", "list", "--all"]);
     assert_eq!(code, 0);
     assert!(out.contains("carol") && out.contains("user19"), "{out}");
@@ -197,7 +217,6 @@ fn password_changes_and_barring_reach_every_supernode() {
     // This test polls with wrong passwords on purpose; the brute-force guard
     // (tested on its own) would ban the pair long before propagation is seen.
     let farm = common::start_farm(&[], &[("RINGMESH_GUARD_PAIR_FAILURES", "1000")]);
-    let prov = farm.provisioning.clone();
     for n in &farm.nodes {
         assert_eq!(
             register_with_password(n.sip, "alice", "secret"),
@@ -220,15 +239,10 @@ fn password_changes_and_barring_reach_every_supernode() {
         200
     );
     assert_eq!(
-        ctl(&[
-            "--provisioning",
-            &prov,
-            "subscriber",
-            "set-password",
-            "alice",
-            "--password",
-            "n3w"
-        ])
+        ctl_with(
+            &farm,
+            &["subscriber", "set-password", "alice", "--password", "n3w"]
+        )
         .0,
         0
     );
@@ -270,16 +284,7 @@ fn password_changes_and_barring_reach_every_supernode() {
         );
     }
     assert_eq!(
-        ctl(&[
-            "--provisioning",
-            &prov,
-            "subscriber",
-            "bar",
-            "alice",
-            "--reason",
-            "fraud"
-        ])
-        .0,
+        ctl_with(&farm, &["subscriber", "bar", "alice", "--reason", "fraud"]).0,
         0
     );
     let took = wait_until(
@@ -340,7 +345,6 @@ fn gateway_message(node: std::net::SocketAddr, from: std::net::IpAddr) -> Option
 #[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn trusted_elements_reach_every_supernode_and_leave_it() {
     let farm = common::start_farm(&[], &[]);
-    let prov = farm.provisioning.clone();
     let gw: std::net::IpAddr = "127.0.0.9".parse().unwrap();
     let all_answer = |want: u16| {
         farm.nodes
@@ -349,29 +353,24 @@ fn trusted_elements_reach_every_supernode_and_leave_it() {
     };
     assert!(all_answer(407), "an unlisted host is a phone: challenged");
     // A typo that would trust the whole internet is refused before it is sent.
-    let (code, _, err) = ctl(&[
-        "--provisioning",
-        &prov,
-        "trusted",
-        "add",
-        "oops",
-        "0.0.0.0/0",
-        "--kind",
-        "gateway",
-    ]);
+    let (code, _, err) = ctl_with(
+        &farm,
+        &["trusted", "add", "oops", "0.0.0.0/0", "--kind", "gateway"],
+    );
     assert_eq!(code, 2, "{err}");
-    let (code, out, err) = ctl(&[
-        "--provisioning",
-        &prov,
-        "trusted",
-        "add",
-        "pstn",
-        &gw.to_string(),
-        "--kind",
-        "gateway",
-        "--description",
-        "PSTN gateway of the test",
-    ]);
+    let (code, out, err) = ctl_with(
+        &farm,
+        &[
+            "trusted",
+            "add",
+            "pstn",
+            &gw.to_string(),
+            "--kind",
+            "gateway",
+            "--description",
+            "PSTN gateway of the test",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let took = wait_until(
         "the gateway is trusted on every supernode",
@@ -384,35 +383,23 @@ fn trusted_elements_reach_every_supernode_and_leave_it() {
         gateway_message(farm.nodes[0].sip, "127.0.0.10".parse().unwrap()),
         Some(407)
     );
-    let (code, out, _) = ctl(&["--provisioning", &prov, "--json", "trusted", "list"]);
+    let (code, out, _) = ctl_with(&farm, &["--json", "trusted", "list"]);
     assert_eq!(code, 0);
     let list = json(&out);
     assert_eq!(list["elements"][0]["name"], "pstn");
     assert_eq!(list["elements"][0]["kind"], "gateway");
     assert_eq!(list["elements"][0]["matcher"], "127.0.0.9");
     assert_eq!(
-        ctl(&[
-            "--provisioning",
-            &prov,
-            "trusted",
-            "add",
-            "pstn",
-            "127.0.0.11",
-            "--kind",
-            "gateway"
-        ])
+        ctl_with(
+            &farm,
+            &["trusted", "add", "pstn", "127.0.0.11", "--kind", "gateway"]
+        )
         .0,
         1,
         "a name is taken once"
     );
-    assert_eq!(
-        ctl(&["--provisioning", &prov, "trusted", "remove", "pstn"]).0,
-        0
-    );
-    assert_eq!(
-        ctl(&["--provisioning", &prov, "trusted", "get", "pstn"]).0,
-        3
-    );
+    assert_eq!(ctl_with(&farm, &["trusted", "remove", "pstn"]).0, 0);
+    assert_eq!(ctl_with(&farm, &["trusted", "get", "pstn"]).0, 3);
     let took = wait_until(
         "the removed gateway is a phone again everywhere",
         Duration::from_secs(30),

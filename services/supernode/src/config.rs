@@ -157,7 +157,9 @@ pub struct SupernodeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribers: Option<PathBuf>,
     /// The provisioning service (HOST:PORT): subscribers are fetched on
-    /// first use and cached, invalidated by its Watch stream.
+    /// first use and cached, invalidated by its Watch stream. Reached over
+    /// mutual TLS with this node's certificate (--cert, --key, --ca);
+    /// http://HOST:PORT for a provisioning service run with --plaintext.
     #[arg(long, env = "RINGMESH_PROVISIONING")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<String>,
@@ -365,6 +367,9 @@ pub struct Config {
     pub auth: AuthMode,
     pub subscribers: Option<PathBuf>,
     pub provisioning: Option<String>,
+    /// The files this node presents to provisioning (its node identity);
+    /// None when provisioning is reached in plaintext (`http://`).
+    pub provisioning_tls: Option<ringmesh_config::TlsPaths>,
     pub subscriber_cache: usize,
     pub enrollment: Option<String>,
     pub bootstrap_token_file: Option<PathBuf>,
@@ -698,6 +703,15 @@ impl SupernodeArgs {
             ));
         }
         let replicas = in_range("replicas", self.replicas, 1..=7)?;
+        let provisioning_tls = self
+            .provisioning
+            .as_ref()
+            .filter(|p| !p.starts_with("http://"))
+            .map(|_| ringmesh_config::TlsPaths {
+                ca: self.ca.clone().unwrap_or_else(|| data.join("ca.crt")),
+                cert: self.cert.clone().unwrap_or_else(|| data.join("node.crt")),
+                key: self.key.clone().unwrap_or_else(|| data.join("node.key")),
+            });
         let overlay = match self.overlay {
             Some(o) => Some(OverlayConfig {
                 listen: o.parse().map_err(|_| {
@@ -741,6 +755,7 @@ impl SupernodeArgs {
             auth: self.auth,
             subscribers: self.subscribers,
             provisioning: self.provisioning,
+            provisioning_tls,
             subscriber_cache,
             enrollment: self.enrollment,
             bootstrap_token_file: self.bootstrap_token_file,

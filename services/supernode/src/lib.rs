@@ -252,6 +252,7 @@ fn subscriber_auth(
                     addr,
                     ringmesh_provisioning_client::cache::CacheConfig {
                         capacity: cfg.subscriber_cache,
+                        tls: provisioning_tls(cfg)?,
                         ..Default::default()
                     },
                 )
@@ -331,6 +332,22 @@ async fn follow_subscriber_changes(
     }
 }
 
+/// The TLS this node speaks to provisioning: its node identity, read now
+/// (so a node enrolled at start-up has its files by then).
+fn provisioning_tls(cfg: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    let Some(p) = &cfg.provisioning_tls else {
+        return Ok(None);
+    };
+    let files = ringmesh_enrollment_client::tls::TlsFiles {
+        ca: p.ca.clone(),
+        cert: p.cert.clone(),
+        key: p.key.clone(),
+    };
+    Ok(Some(files.client().context(
+        "mutual TLS to provisioning (this node's --cert, --key and --ca; http://HOST:PORT for a plaintext one)",
+    )?))
+}
+
 /// Keeps the trusted elements of provisioning in force beside the
 /// configured ones: the transport readers' table and the proxy's are
 /// replaced together on every change (an element named in both is the
@@ -343,8 +360,12 @@ fn follow_trusted(
     tasks: &Tasks,
 ) -> anyhow::Result<()> {
     use ringmesh_provisioning_client::{cache, trusted};
-    let channel = cache::channel(addr, Duration::from_secs(5))
-        .with_context(|| format!("config key `provisioning`: {addr}"))?;
+    let channel = cache::channel(
+        addr,
+        Duration::from_secs(5),
+        provisioning_tls(cfg)?.as_ref(),
+    )
+    .with_context(|| format!("config key `provisioning`: {addr}"))?;
     let client =
         ringmesh_proto::provisioning::provisioning_client::ProvisioningClient::new(channel);
     let (publish, mut changes) = tokio::sync::watch::channel(Vec::new());

@@ -32,6 +32,10 @@ pub struct Farm {
     pub enrollment: String,
     pub provisioning_metrics: String,
     pub enrollment_metrics: String,
+    /// The operator's TLS files: CA, certificate, key.
+    pub operator: [String; 3],
+    /// The admin's TLS files: CA, certificate, key.
+    pub admin_cert: [String; 3],
     pub dir: tempfile::TempDir,
 }
 
@@ -83,6 +87,8 @@ impl Farm {
             enrollment: String::new(),
             provisioning_metrics: String::new(),
             enrollment_metrics: String::new(),
+            operator: Default::default(),
+            admin_cert: Default::default(),
             dir,
         };
         loop {
@@ -112,6 +118,8 @@ impl Farm {
                     farm.enrollment = text(&v, "enrollment");
                     farm.provisioning_metrics = text(&v, "provisioning_metrics");
                     farm.enrollment_metrics = text(&v, "enrollment_metrics");
+                    farm.operator = ["ca", "operator_cert", "operator_key"].map(|k| text(&v, k));
+                    farm.admin_cert = ["ca", "admin_cert", "admin_key"].map(|k| text(&v, k));
                 }
                 Some("ready") => break,
                 _ => {}
@@ -125,6 +133,21 @@ impl Farm {
         // Keep draining stdout so the farm never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         farm
+    }
+
+    /// `ringmesh ctl` flags reaching provisioning as the operator.
+    pub fn operator_args(&self) -> Vec<String> {
+        let [ca, cert, key] = self.operator.clone();
+        vec![
+            "--provisioning".into(),
+            self.provisioning.clone(),
+            "--ca".into(),
+            ca,
+            "--cert".into(),
+            cert,
+            "--key".into(),
+            key,
+        ]
     }
 
     /// Node 0's SIP address.

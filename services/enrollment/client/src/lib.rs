@@ -8,8 +8,10 @@
 //! |---|---|
 //! | [`client`] | [`enroll`] and [`renew`]: the identity written to a node's directory |
 //! | [`cert`] | Node-IDs in certificates, PEM parsing, signature checks |
+//! | [`tls`] | mutual TLS of the control plane's gRPC APIs and the roles of client certificates |
 
 pub mod cert;
 pub mod client;
+pub mod tls;
 
 pub use client::{EnrollError, EnrolledIdentity, enroll, renew};

@@ -33,7 +33,7 @@ use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
 use ringmesh_proto::provisioning::{
     EventType, GetSubscriberRequest, Subscriber, WatchEvent, WatchRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::validate;
 
@@ -50,6 +50,9 @@ pub struct CacheConfig {
     pub backoff_min: Duration,
     /// Longest delay between reconnection attempts.
     pub backoff_max: Duration,
+    /// Mutual TLS to provisioning (a supernode presents its node
+    /// certificate); None: plaintext.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for CacheConfig {
@@ -60,6 +63,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -350,20 +354,31 @@ impl Drop for SubscriberCache {
     }
 }
 
-/// `HOST:PORT` or a URL, as a URL for tonic.
-pub fn endpoint_url(addr: &str) -> String {
+/// `HOST:PORT` or a URL, as a URL for tonic: `https` with TLS.
+fn endpoint_url(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
 }
 
 /// A lazily connecting channel with keep-alives, so a dead peer is noticed
-/// on an idle Watch stream too.
-pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, CacheError> {
-    let ep = Endpoint::from_shared(endpoint_url(addr))
+/// on an idle Watch stream too; over TLS when `tls` is given.
+pub fn channel(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, CacheError> {
+    let mut ep = Endpoint::from_shared(endpoint_url(addr, tls.is_some()))
         .map_err(|e| CacheError::Invalid(format!("{addr}: {e}")))?;
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| CacheError::Invalid(format!("{addr}: TLS: {e}")))?;
+    }
     Ok(ep
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -379,7 +394,7 @@ impl SubscriberCache {
     /// called inside a tokio runtime (it spawns the Watch task).
     pub fn connect(addr: &str, config: CacheConfig) -> Result<SubscriberCache, CacheError> {
         Ok(SubscriberCache::new(
-            channel(addr, config.request_timeout)?,
+            channel(addr, config.request_timeout, config.tls.as_ref())?,
             config,
         ))
     }

@@ -37,12 +37,21 @@ impl Server {
     }
 
     pub async fn start_on<S: Store>(addr: SocketAddr, store: S) -> Server {
+        Server::start_with(addr, store, None).await
+    }
+
+    /// A server speaking mutual TLS with `tls` (None: plaintext).
+    pub async fn start_with<S: Store>(
+        addr: SocketAddr,
+        store: S,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let service = ProvisioningService::new(Arc::new(store), REALM);
         let task = tokio::spawn(async move {
-            serve(listener, service, async move {
+            serve(listener, service, tls, async move {
                 let _ = rx.await;
             })
             .await

@@ -4,7 +4,10 @@
 //!   talks to provisioning (`--provisioning`, `RINGMESH_PROVISIONING`,
 //!   default `127.0.0.1:5660`: `ringmesh dev`'s base port + 600), in
 //!   [`subscriber`]; `ringmesh ctl trusted add|list|get|remove` too, in
-//!   [`trusted`].
+//!   [`trusted`]. It speaks mutual TLS with an operator certificate
+//!   (`--ca`, `--cert`, `--key`); without them, the one a `ringmesh dev`
+//!   farm on that port made (`.dev/pP/control/`) when it is there; an
+//!   `http://` address means a provisioning run with `--plaintext`.
 //! - `status`, `ring`, `lookup`, `bindings`, `drain`, `ping`, `trace`,
 //!   `bans list|lift`, `sip-trace` talk to one supernode's admin API (`--admin`,
 //!   `RINGMESH_ADMIN`, default `127.0.0.1:5260`: the first node of a
@@ -41,6 +44,15 @@ pub struct CtlArgs {
         global = true
     )]
     pub admin: String,
+    /// The farm CA (PEM) that issued provisioning's certificate.
+    #[arg(long, env = "RINGMESH_CTL_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// This operator's certificate (PEM, from the farm CA).
+    #[arg(long, env = "RINGMESH_CTL_CERT", global = true)]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "RINGMESH_CTL_KEY", global = true)]
+    pub key: Option<std::path::PathBuf>,
     /// Print JSON (one document on stdout; errors as JSON on stderr).
     #[arg(long, global = true)]
     pub json: bool,
@@ -748,16 +760,77 @@ async fn admin_execute(
     Ok(())
 }
 
+/// Where provisioning is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    /// `HOST:PORT` or a URL.
+    pub addr: String,
+    /// Mutual TLS with an operator certificate; None for `http://`.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Provisioning {
+    /// From the flags: `http://` is plaintext; otherwise `--ca`, `--cert`
+    /// and `--key`, or the operator certificate of a `ringmesh dev` farm
+    /// whose provisioning listens on this port (its base port + 600), in
+    /// `.dev/pBASE/control/` under the working directory.
+    pub fn from_args(args: &CtlArgs) -> Result<Provisioning, String> {
+        use ringmesh_enrollment::ca::TlsFiles;
+        let addr = args.provisioning.clone();
+        if addr.starts_with("http://") {
+            return Ok(Provisioning { addr, tls: None });
+        }
+        let files = match (&args.ca, &args.cert, &args.key) {
+            (Some(ca), Some(cert), Some(key)) => TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None, None) => {
+                let dev = dev_control_dir(&addr)
+                    .map(|d| TlsFiles::in_dir(&d, "operator"))
+                    .filter(|f| f.cert.exists());
+                dev.ok_or_else(|| {
+                    "provisioning speaks mutual TLS: give --ca, --cert and --key (an operator \
+                     certificate from the farm CA), or http://HOST:PORT for one run with --plaintext"
+                        .to_string()
+                })?
+            }
+            _ => return Err("--ca, --cert and --key go together".into()),
+        };
+        let tls = files.client().map_err(|e| e.to_string())?;
+        Ok(Provisioning {
+            addr,
+            tls: Some(tls),
+        })
+    }
+}
+
+/// Where `ringmesh dev` with its default data directory keeps the control
+/// plane's certificates, for the provisioning address `addr`.
+fn dev_control_dir(addr: &str) -> Option<std::path::PathBuf> {
+    let port: u16 = addr.rsplit_once(':')?.1.parse().ok()?;
+    let base = port.checked_sub(600)?;
+    Some(
+        std::path::Path::new(".dev")
+            .join(format!("p{base}"))
+            .join("control"),
+    )
+}
+
 /// Runs a parsed `ctl` command with the given streams; returns the exit code.
 pub async fn run_with(args: CtlArgs, io: &mut Io<'_>) -> Exit {
-    match args.command {
-        CtlCommand::Subscriber { command } => {
-            subscriber::run(&args.provisioning, args.json, command, io).await
+    let provisioning = Provisioning::from_args(&args);
+    match (args.command, provisioning) {
+        (CtlCommand::Admin(cmd), _) => admin_command(&args.admin, args.json, cmd, io).await,
+        (_, Err(m)) => {
+            subscriber::report(io, args.json, "USAGE", &m);
+            Exit::Usage
         }
-        CtlCommand::Trusted { command } => {
-            trusted::run(&args.provisioning, args.json, command, io).await
+        (CtlCommand::Subscriber { command }, Ok(p)) => {
+            subscriber::run(&p, args.json, command, io).await
         }
-        CtlCommand::Admin(cmd) => admin_command(&args.admin, args.json, cmd, io).await,
+        (CtlCommand::Trusted { command }, Ok(p)) => trusted::run(&p, args.json, command, io).await,
     }
 }
 

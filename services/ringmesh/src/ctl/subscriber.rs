@@ -16,6 +16,8 @@ use tonic::Code;
 
 use ringmesh_provisioning::validate;
 
+use super::Provisioning;
+
 /// What `ctl` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -159,11 +161,11 @@ impl From<validate::FieldError> for Failure {
     }
 }
 
-/// Runs one `ctl subscriber` command against provisioning at `addr`
-/// (`HOST:PORT` or a URL) and returns the exit code.
-pub async fn run(addr: &str, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>) -> Exit {
-    let outcome = execute(addr, json, cmd, io).await;
-    conclude(addr, json, outcome, io)
+/// Runs one `ctl subscriber` command against provisioning `p` and
+/// returns the exit code.
+pub async fn run(p: &Provisioning, json: bool, cmd: SubscriberCommand, io: &mut Io<'_>) -> Exit {
+    let outcome = execute(p, json, cmd, io).await;
+    conclude(&p.addr, json, outcome, io)
 }
 
 /// The exit code of a provisioning command, its failure reported.
@@ -178,6 +180,18 @@ pub(super) fn conclude(
         Err(Failure::Usage(m)) => {
             report(io, json, "USAGE", &m);
             Exit::Usage
+        }
+        Err(Failure::Status(s))
+            if addr.starts_with("http://")
+                && matches!(s.code(), Code::Unknown | Code::Unavailable | Code::Internal) =>
+        {
+            let m = format!(
+                "provisioning at {addr} did not answer plaintext gRPC ({}): is it running, \
+                 or does it serve mutual TLS (then drop http:// and give --ca, --cert and --key)?",
+                s.message()
+            );
+            report(io, json, "Unavailable", &m);
+            Exit::of(Code::Unavailable)
         }
         Err(Failure::Status(s)) => {
             let code = format!("{:?}", s.code());
@@ -197,7 +211,7 @@ pub(super) fn conclude(
     }
 }
 
-fn report(io: &mut Io<'_>, json: bool, code: &str, message: &str) {
+pub(super) fn report(io: &mut Io<'_>, json: bool, code: &str, message: &str) {
     if json {
         let _ = writeln!(
             io.err,
@@ -246,14 +260,14 @@ fn is_public(id: &str) -> bool {
 }
 
 async fn execute(
-    addr: &str,
+    p: &Provisioning,
     json: bool,
     cmd: SubscriberCommand,
     io: &mut Io<'_>,
 ) -> Result<(), Failure> {
     // Check what can be checked before touching the network.
     let cmd = precheck(cmd)?;
-    let channel = ringmesh_provisioning::cache::channel(addr, TIMEOUT)
+    let channel = ringmesh_provisioning::cache::channel(&p.addr, TIMEOUT, p.tls.as_ref())
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let mut client = ProvisioningClient::new(channel);
     match cmd {

@@ -1,10 +1,12 @@
 //! `ringmesh ctl subscriber …` end to end, in-process: the command
 //! functions against a provisioning service started by `run_on` (what
-//! `ringmesh provisioning` runs), with the real gRPC client in between.
+//! `ringmesh provisioning` runs), with the real gRPC client and mutual TLS
+//! (an operator certificate from a farm CA made here) in between.
 
 use std::time::Duration;
 
-use super::{AddArgs, Exit, Io, PasswordArgs, SubscriberCommand};
+use super::{AddArgs, Exit, Io, PasswordArgs, Provisioning, SubscriberCommand};
+use ringmesh_enrollment::ca::{Ca, Role, control_files};
 use ringmesh_provisioning::config::ProvisioningArgs;
 
 struct Out {
@@ -13,11 +15,11 @@ struct Out {
     err: String,
 }
 
-async fn ctl(addr: &str, json: bool, cmd: SubscriberCommand, stdin: &str) -> Out {
+async fn ctl(p: &Provisioning, json: bool, cmd: SubscriberCommand, stdin: &str) -> Out {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut input = stdin.as_bytes();
     let code = super::run(
-        addr,
+        p,
         json,
         cmd,
         &mut Io {
@@ -50,14 +52,28 @@ fn add(id: &str, public: &[&str], pw: Option<&str>) -> SubscriberCommand {
 async fn every_subscriber_command() {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let ca = Ca::generate("test CA").unwrap();
+    let certs = dir.path().join("certs");
+    let server = control_files(&certs, "provisioning", &ca, None, 1).unwrap();
+    let operator = control_files(&certs, "operator", &ca, Some(Role::Operator), 1).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let cfg = ProvisioningArgs::resolve_from(&[
         "--data",
         dir.path().to_str().unwrap(),
         "--domain",
         "ringmesh.test",
+        "--tls-ca",
+        &path(&server.ca),
+        "--tls-cert",
+        &path(&server.cert),
+        "--tls-key",
+        &path(&server.key),
     ])
     .unwrap();
+    let addr = Provisioning {
+        addr: listener.local_addr().unwrap().to_string(),
+        tls: Some(operator.client().unwrap()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ringmesh_provisioning::run_on(listener, cfg, async move {
         let _ = stop_rx.await;

@@ -9,8 +9,8 @@ use ringmesh_provisioning::validate;
 use ringmesh_proxy::trust::Kind;
 use serde_json::{Value, json};
 
-use super::render_table;
 use super::subscriber::{Exit, Failure, Io, TIMEOUT, conclude, request};
+use super::{Provisioning, render_table};
 
 /// `ringmesh ctl trusted` commands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -46,10 +46,10 @@ pub enum TrustedCommand {
     },
 }
 
-/// Runs one `ctl trusted` command against provisioning at `addr`.
-pub async fn run(addr: &str, json: bool, cmd: TrustedCommand, io: &mut Io<'_>) -> Exit {
-    let outcome = execute(addr, json, cmd, io).await;
-    conclude(addr, json, outcome, io)
+/// Runs one `ctl trusted` command against provisioning `p`.
+pub async fn run(p: &Provisioning, json: bool, cmd: TrustedCommand, io: &mut Io<'_>) -> Exit {
+    let outcome = execute(p, json, cmd, io).await;
+    conclude(&p.addr, json, outcome, io)
 }
 
 /// The API message of `add`, checked before anything is sent.
@@ -118,7 +118,7 @@ fn rows(es: &[pb::TrustedElement]) -> Vec<Vec<String>> {
 const HEADER: [&str; 4] = ["NAME", "KIND", "MATCHES", "DESCRIPTION"];
 
 async fn execute(
-    addr: &str,
+    p: &Provisioning,
     json: bool,
     cmd: TrustedCommand,
     io: &mut Io<'_>,
@@ -137,7 +137,7 @@ async fn execute(
         }
         TrustedCommand::List => None,
     };
-    let channel = ringmesh_provisioning::cache::channel(addr, TIMEOUT)
+    let channel = ringmesh_provisioning::cache::channel(&p.addr, TIMEOUT, p.tls.as_ref())
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let mut client = ProvisioningClient::new(channel);
     let shown: Vec<pb::TrustedElement> = match cmd {

@@ -68,6 +68,14 @@ pub fn sipp(args: &[&str], secs: u64, work: &Path) -> ExitStatus {
         .expect("sipp runs")
 }
 
+/// Runs `ringmesh ctl` against `farm`'s provisioning as its operator.
+pub fn ctl_with(farm: &ringmesh_test_support::farm::Farm, args: &[&str]) -> (i32, String, String) {
+    let op = farm.operator_args();
+    let mut all: Vec<&str> = op.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    ctl(&all)
+}
+
 /// Runs `ringmesh ctl` with arguments; returns (exit code, stdout, stderr).
 pub fn ctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
