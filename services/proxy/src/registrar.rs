@@ -477,6 +477,40 @@ mod tests {
     }
 
     #[test]
+    fn a_list_over_a_lowered_cap_is_refreshed_and_shrunk_but_never_grown() {
+        let mut list = Vec::new();
+        run(&mut list, &register_all("c", 1, &contacts(1..5), None), 0).unwrap();
+        assert_eq!(list.len(), 4);
+        // The operator lowers the cap to 2: the phone's four bindings stay.
+        let lowered = RegistrarConfig {
+            max_contacts: 2,
+            ..CFG
+        };
+        let apply_lowered = |list: &mut Vec<Binding>, m: &Message| {
+            apply(list, &plan_for(m, &lowered, 0, 0).unwrap(), 0)
+        };
+        // Refreshing them all keeps the count as it is: accepted.
+        apply_lowered(&mut list, &register_all("c", 2, &contacts(1..5), None)).unwrap();
+        assert_eq!(list.len(), 4);
+        // A swap (one out, one in) does not grow the list either.
+        let swap = register(
+            "c",
+            3,
+            &["<sip:a@192.0.2.1>;expires=0", "<sip:a@192.0.2.9>"],
+            None,
+        );
+        apply_lowered(&mut list, &swap).unwrap();
+        assert_eq!(list.len(), 4);
+        // One more contact is refused, and removing one is fine.
+        assert_eq!(
+            apply_lowered(&mut list, &register_all("c", 4, &contacts(10..11), None)),
+            Err(RegistrarError::TooManyContacts)
+        );
+        apply_lowered(&mut list, &register_all("c", 5, &contacts(2..3), Some(0))).unwrap();
+        assert_eq!(list.len(), 3);
+    }
+
+    #[test]
     fn a_binding_expiring_now_is_gone_and_a_refresh_never_goes_back_in_time() {
         let mut list = Vec::new();
         let m = register("c", 1, &["<sip:a@192.0.2.1>;expires=60"], None);

@@ -213,10 +213,11 @@ impl Proxy {
             ctx.request = None;
             let is_invite = ctx.is_invite;
             let started = ctx.started;
+            // This branch is done (above): the others still pending.
             let others: Vec<ClientKey> = ctx
                 .branches
                 .iter()
-                .filter(|(c, done)| *c != client && !done)
+                .filter(|(_, done)| !done)
                 .map(|(c, _)| *c)
                 .collect();
             let out = msg.forward_response(&[]).finish(msg.body());
@@ -318,7 +319,10 @@ impl Proxy {
         };
         self.reply(server, msg, 200, &[], now);
         match self.proxies.get_mut(&invite) {
-            Some(ctx) if !ctx.final_sent => {
+            // Every pending branch is cancelled (§16.10). Once a final
+            // response went up none is left to cancel: a 2xx cancelled the
+            // others already, any other final waited for every branch.
+            Some(ctx) => {
                 ctx.cancelled = true;
                 let pending: Vec<ClientKey> = ctx
                     .branches
@@ -330,7 +334,6 @@ impl Proxy {
                     let _ = self.txl.cancel(c, now.mono);
                 }
             }
-            Some(_) => {}
             // Still looking the callee up: answer 487 when the lookup ends.
             // Otherwise the INVITE was already answered.
             None => {

@@ -81,21 +81,17 @@ impl Proxy {
                 FlowRef::Conn { id, .. } if self.conns.contains(&id) => {
                     return Some(Dest::Flow(b.flow));
                 }
-                FlowRef::Udp { .. } if b.reg_id.is_some() => return Some(Dest::Flow(b.flow)),
+                // Over UDP a binding uses its flow only with outbound.
+                FlowRef::Udp { .. } => return Some(Dest::Flow(b.flow)),
                 // An outbound flow that failed is not replaced by the
                 // Contact (RFC 5626 §5.3): the UA will re-register.
                 _ if b.reg_id.is_some() => return None,
+                // A connection that closed, without outbound: a new one
+                // to the Contact.
                 _ => {}
             }
         }
         let (transport, addr) = contact_addr(b)?;
-        if transport == Transport::Tcp
-            && let FlowRef::Conn { id, peer } = b.flow
-            && self.conns.contains(&id)
-            && peer == addr
-        {
-            return Some(Dest::Flow(b.flow));
-        }
         Some(Dest::Addr { transport, addr })
     }
 

@@ -217,3 +217,45 @@ fn another_node_must_name_a_flow_token() {
     assert_eq!(r.msg.status(), Some(403));
     assert_eq!(r.dest, Dest::Peer(node_id(2)));
 }
+
+#[test]
+fn our_answers_carry_one_to_tag_per_dialog() {
+    // RFC 3261 §8.2.6.2: the node's answers in one dialog (the challenge,
+    // then the answer to the request with credentials) share a To tag, and
+    // another dialog gets another tag.
+    let mut h = Harness::new();
+    let alice = udp_leaf(ALICE);
+    let tag = |m: &Message| String::from_utf8_lossy(m.to_tag().expect("a To tag")).into_owned();
+    let mut tags = Vec::new();
+    for i in 0..20 {
+        let call = format!("tag-{i}");
+        let text = invite_text(alice, "alice", &format!("nobody{i}"), &call);
+        h.leaf_sends(alice, &text);
+        let challenge = h.final_to(alice);
+        assert_eq!(challenge.status(), Some(407));
+        let auth = authorization(
+            &challenge,
+            "alice",
+            "secret",
+            "INVITE",
+            &format!("sip:nobody{i}@{DOMAIN}"),
+        );
+        let again = text
+            .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+            .replace("branch=z9hG4bK", "branch=z9hG4bK2")
+            .replacen("Content-Length:", &format!("{auth}Content-Length:"), 1);
+        h.leaf_sends(alice, &again);
+        let answer = h.final_to(alice);
+        assert_eq!(answer.status(), Some(480));
+        assert_eq!(tag(&challenge), tag(&answer), "one dialog, one tag");
+        let t = tag(&answer);
+        assert!(
+            t.bytes().all(|c| c.is_ascii_alphanumeric()),
+            "a token: {t:?}"
+        );
+        tags.push(t);
+    }
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 20, "a tag per dialog");
+}

@@ -263,3 +263,285 @@ fn a_cancel_before_any_provisional_response_waits_for_one() {
     answer(&mut h, p1, &r1, 100);
     assert_eq!(cancels(&mut h), vec![addr_of(p1)]);
 }
+
+/// An open farm of one where bob has three phones; returns the harness
+/// and their flows.
+fn bob_with_three_phones() -> (Harness, [FlowRef; 3]) {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let p3 = udp_leaf(23);
+    assert_eq!(
+        h.register(p3, "bob", "<sip:bob@192.0.2.23:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    (h, [p1, p2, p3])
+}
+
+/// The CANCELs sent since the last `take`, by destination.
+fn cancels_sent(h: &mut Harness) -> Vec<Dest> {
+    h.requests()
+        .into_iter()
+        .filter(|s| *s.msg.method() == ringmesh_sip::Method::Cancel)
+        .map(|s| s.dest)
+        .collect()
+}
+
+#[test]
+fn a_407_from_one_branch_wins_over_a_404_from_another() {
+    // §16.7 step 6: among 4xx, a 401 or 407 goes up so the caller can
+    // authenticate, whichever branch answered first.
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    for (call, first, second) in [("rank-1", 404, 407), ("rank-2", 407, 404)] {
+        let (r1, r2) = invite_bob(&mut h, p1, p2, call);
+        answer(&mut h, p1, &r1, first);
+        answer(&mut h, p2, &r2, second);
+        assert_eq!(h.final_to(alice).status(), Some(407), "{first}, {second}");
+    }
+    // Any 4xx ranks above a 5xx.
+    let (r1, r2) = invite_bob(&mut h, p1, p2, "rank-3");
+    answer(&mut h, p1, &r1, 500);
+    answer(&mut h, p2, &r2, 404);
+    assert_eq!(h.final_to(alice).status(), Some(404));
+}
+
+#[test]
+fn a_redirect_from_one_phone_does_not_stop_the_other_from_answering() {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let (r1, r2) = invite_bob(&mut h, p1, p2, "redirect-1");
+    answer(&mut h, p2, &r2, 180);
+    answer(&mut h, p1, &r1, 300);
+    assert!(
+        h.responses_to(alice)
+            .iter()
+            .all(|m| m.status().is_some_and(|s| s < 200)),
+        "a 3xx waits for the other branch"
+    );
+    assert!(cancels_sent(&mut h).is_empty(), "phone 2 still rings");
+    answer(&mut h, p2, &r2, 200);
+    assert_eq!(h.final_to(alice).status(), Some(200));
+}
+
+#[test]
+fn a_busy_phone_leaves_the_other_ringing() {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let (r1, r2) = invite_bob(&mut h, p1, p2, "busy-1");
+    answer(&mut h, p1, &r1, 180);
+    answer(&mut h, p2, &r2, 180);
+    answer(&mut h, p1, &r1, 486);
+    assert!(
+        cancels_sent(&mut h).is_empty(),
+        "only a 2xx or a 6xx ends the search"
+    );
+    answer(&mut h, p2, &r2, 200);
+    assert_eq!(h.final_to(alice).status(), Some(200));
+}
+
+#[test]
+fn the_winning_2xx_cancels_only_the_branches_still_ringing() {
+    let (mut h, [p1, p2, p3]) = bob_with_three_phones();
+    let alice = udp_leaf(ALICE);
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "three-1"));
+    let out: Vec<Sent> = h
+        .requests()
+        .into_iter()
+        .filter(|s| *s.msg.method() == ringmesh_sip::Method::Invite)
+        .collect();
+    let req = |p: FlowRef| {
+        out.iter()
+            .find(|s| s.dest == addr_of(p))
+            .map(|s| s.msg.clone())
+            .expect("a branch to each phone")
+    };
+    let (r1, r2, r3) = (req(p1), req(p2), req(p3));
+    for (p, r) in [(p1, &r1), (p2, &r2), (p3, &r3)] {
+        answer(&mut h, p, r, 180);
+    }
+    answer(&mut h, p3, &r3, 486);
+    answer(&mut h, p1, &r1, 200);
+    assert_eq!(h.final_to(alice).status(), Some(200));
+    assert_eq!(
+        cancels_sent(&mut h),
+        vec![addr_of(p2)],
+        "the busy phone's transaction is over: only phone 2 is cancelled"
+    );
+}
+
+#[test]
+fn every_2xx_goes_upstream_and_the_call_setup_is_timed_once() {
+    // Two phones picking up at once: the caller gets both 2xx (§16.7
+    // step 5) and hangs up one dialog; the setup took as long as the first.
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let (r1, r2) = invite_bob(&mut h, p1, p2, "two-ok-1");
+    answer(&mut h, p1, &r1, 180);
+    answer(&mut h, p2, &r2, 180);
+    answer(&mut h, p1, &r1, 200);
+    assert_eq!(cancels_sent(&mut h), vec![addr_of(p2)]);
+    // Phone 2 answered before the CANCEL reached it.
+    answer(&mut h, p2, &r2, 200);
+    let finals: Vec<u16> = h
+        .responses_to(alice)
+        .iter()
+        .filter_map(|m| m.status())
+        .filter(|&s| s >= 200)
+        .collect();
+    assert_eq!(finals, vec![200, 200]);
+    assert!(cancels_sent(&mut h).is_empty(), "nothing left to cancel");
+    assert_eq!(h.metrics[0].count("CallSetupLatency"), 1);
+    assert_eq!(h.metrics[0].count("CallSetup { status: 200 }"), 1);
+}
+
+#[test]
+fn a_forked_message_answered_by_one_phone_is_no_call() {
+    let (mut h, p1, _) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let text = format!(
+        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\nVia: {};branch=z9hG4bKmsg1\nMax-Forwards: 70\n\
+         From: <sip:alice@{DOMAIN}>;tag=fmsg\nTo: <sip:bob@{DOMAIN}>\nCall-ID: msg-1\n\
+         CSeq: 1 MESSAGE\nContent-Length: 0\n\n",
+        via_for(alice)
+    );
+    h.leaf_sends(alice, &text);
+    let out = h.requests();
+    assert_eq!(out.len(), 2, "one branch per binding: {out:?}");
+    assert!(
+        out.iter()
+            .all(|s| header(&s.msg, HeaderName::RecordRoute).is_none()),
+        "a MESSAGE starts no dialog: no Record-Route"
+    );
+    let r1 = out
+        .iter()
+        .find(|s| s.dest == addr_of(p1))
+        .unwrap()
+        .msg
+        .clone();
+    answer(&mut h, p1, &r1, 200);
+    assert_eq!(h.final_to(alice).status(), Some(200));
+    assert!(
+        cancels_sent(&mut h).is_empty(),
+        "only an INVITE is cancelled"
+    );
+    assert_eq!(h.metrics[0].count("CallSetupLatency"), 0);
+    assert_eq!(h.metrics[0].count("CallStarted"), 0);
+}
+
+#[test]
+fn a_phone_that_never_answers_does_not_hold_back_the_others_answer() {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let (_, r2) = invite_bob(&mut h, p1, p2, "silent-1");
+    answer(&mut h, p2, &r2, 180);
+    // Phone 1 never answers: its branch fails after Timer B (32 s).
+    h.advance(Duration::from_secs(33));
+    assert!(
+        h.responses_to(alice)
+            .iter()
+            .all(|m| m.status().is_some_and(|s| s < 200)),
+        "phone 2 still rings"
+    );
+    answer(&mut h, p2, &r2, 486);
+    assert_eq!(h.final_to(alice).status(), Some(486));
+}
+
+#[test]
+fn a_draining_node_waits_for_every_request_not_answered_yet() {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    assert_eq!(h.node(1).unanswered(), 0);
+    let (r1, r2) = invite_bob(&mut h, p1, p2, "drain-1");
+    answer(&mut h, p1, &r1, 180);
+    assert_eq!(h.node(1).unanswered(), 1, "a ringing call");
+    // A second call still looking its callee up.
+    let alice = udp_leaf(ALICE);
+    h.hold_location = true;
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "drain-2"));
+    assert_eq!(h.node(1).unanswered(), 2, "and a lookup");
+    answer(&mut h, p1, &r1, 200);
+    assert_eq!(
+        h.node(1).unanswered(),
+        1,
+        "the answered call is no longer waited for"
+    );
+    answer(&mut h, p2, &r2, 487);
+    h.release_location();
+    let invites = h
+        .requests()
+        .iter()
+        .filter(|s| *s.msg.method() == ringmesh_sip::Method::Invite)
+        .count();
+    assert_eq!(invites, 2, "drain-2 is forked to both phones");
+    assert_eq!(h.node(1).unanswered(), 1, "drain-2, forwarded now");
+}
+
+#[test]
+fn the_next_deadline_is_when_a_branch_retransmits() {
+    let (mut h, p1, p2) = bob_with_two_phones();
+    let alice = udp_leaf(ALICE);
+    let sent_at = h.now;
+    let _ = invite_bob(&mut h, p1, p2, "deadline-1");
+    h.take();
+    // Timer A (T1) of each branch over UDP: what the driver sleeps until.
+    let due = h.node(1).poll_timeout().expect("a deadline");
+    assert_eq!(due, sent_at.mono + Duration::from_millis(500));
+    let at = |ms: u64| Now {
+        mono: sent_at.mono + Duration::from_millis(ms),
+        wall_ms: sent_at.wall_ms + ms,
+    };
+    h.node(1).handle_timeout(at(499));
+    h.pump();
+    assert!(h.requests().is_empty(), "nothing due yet");
+    h.node(1).handle_timeout(at(500));
+    h.pump();
+    let again: Vec<Dest> = h
+        .requests()
+        .into_iter()
+        .filter(|s| *s.msg.method() == ringmesh_sip::Method::Invite)
+        .map(|s| s.dest)
+        .collect();
+    assert_eq!(again.len(), 2, "both branches retransmitted: {again:?}");
+    assert!(h.responses_to(alice).is_empty());
+}
+
+#[test]
+fn two_calls_waiting_for_the_location_service_each_reach_their_callee() {
+    let mut h = Harness::open();
+    let (bob, dave) = (udp_leaf(21), udp_leaf(24));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.21:5060>").status(),
+        Some(200)
+    );
+    assert_eq!(
+        h.register(dave, "dave", "<sip:dave@192.0.2.24:5060>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    let alice = udp_leaf(ALICE);
+    h.hold_location = true;
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "wait-bob"));
+    h.leaf_sends(alice, &invite_text(alice, "alice", "dave", "wait-dave"));
+    assert_eq!(h.held.len(), 2, "two lookups in flight");
+    // The ring answers the second lookup first.
+    h.held.reverse();
+    h.release_location();
+    let mut sent: Vec<(String, Dest)> = h
+        .requests()
+        .into_iter()
+        .map(|s| {
+            (
+                String::from_utf8_lossy(s.msg.call_id()).into_owned(),
+                s.dest,
+            )
+        })
+        .collect();
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        sent,
+        vec![
+            ("wait-bob".to_string(), addr_of(bob)),
+            ("wait-dave".to_string(), addr_of(dave)),
+        ]
+    );
+}

@@ -797,3 +797,33 @@ fn a_single_node_purges_a_barred_subscriber() {
     h.pump();
     assert_eq!(h.bindings_of(DAVE), 0);
 }
+
+#[test]
+fn a_guesser_banned_again_after_its_ban_ended_is_answered_before_silence() {
+    let mut h = Harness::farm();
+    let mallory = udp_leaf(MALLORY);
+    // Banned at node 1 for alice's password, and silenced there.
+    let first: Vec<Option<u16>> = (0..9)
+        .map(|_| guess(&mut h, 1, mallory, "alice", "guess"))
+        .collect();
+    assert_eq!(&first[..5], &[Some(401); 5]);
+    assert_eq!(&first[5..], &[Some(403), Some(403), Some(403), None]);
+    // The ban (15 minutes) ends; mallory comes back at node 2 only and is
+    // banned again there.
+    h.advance(Duration::from_secs(901));
+    let now = h.now;
+    assert!(h.node(1).bans(now).is_empty());
+    let again: Vec<Option<u16>> = (0..6)
+        .map(|_| guess(&mut h, 2, mallory, "alice", "guess"))
+        .collect();
+    assert_eq!(&again[..5], &[Some(401); 5], "a new count: {again:?}");
+    assert_eq!(again[5], Some(403));
+    // Node 1 knows of the new ban: a new ban is answered a few times
+    // before silence, there too.
+    let now = h.now;
+    assert_eq!(h.node(1).bans(now).len(), 1);
+    let at_node_1: Vec<Option<u16>> = (0..4)
+        .map(|_| guess(&mut h, 1, mallory, "alice", "guess"))
+        .collect();
+    assert_eq!(at_node_1, vec![Some(403), Some(403), Some(403), None]);
+}

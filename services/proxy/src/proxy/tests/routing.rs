@@ -411,3 +411,363 @@ fn a_binding_whose_edge_supernode_is_gone_is_not_tried() {
         "nothing sent to a dead edge"
     );
 }
+
+#[test]
+fn a_retransmitted_2xx_reaches_a_caller_behind_nat_at_its_source() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    // alice's Via names her private address; the node sees her at
+    // 192.0.2.1:5060, which its branch vouches for.
+    let invite = invite_text(alice, "alice", "bob", "stray-nat").replace(
+        &format!("Via: {};", via_for(alice)),
+        "Via: SIP/2.0/UDP 10.1.1.5:5062;rport;",
+    );
+    h.leaf_sends(alice, &invite);
+    let fwd = h.requests().remove(0).msg;
+    let ok =
+        String::from_utf8_lossy(&fwd.response_writer(200, Some(b"b1")).finish(b"")).into_owned();
+    let from_bob = Dest::Addr {
+        transport: Transport::Udp,
+        addr: bob.peer(),
+    };
+    h.recv(1, &ok, from_bob);
+    // The client transaction is gone (Timer M): a retransmission of the
+    // 200 goes on statelessly, to where alice really is.
+    h.advance(Duration::from_secs(40));
+    h.take();
+    h.recv(1, &ok, from_bob);
+    let sent = h.take();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: alice.peer()
+        }
+    );
+    assert_eq!(h.metrics[0].count("Refused(ForgedResponse)"), 0);
+}
+
+/// The INVITEs node `n` sent since the last `take`, by destination.
+fn invites_from(h: &mut Harness, n: u8) -> Vec<Dest> {
+    h.requests()
+        .into_iter()
+        .filter(|s| s.node == n && *s.msg.method() == Method::Invite)
+        .map(|s| s.dest)
+        .collect()
+}
+
+#[test]
+fn a_phone_registered_over_tcp_is_reached_down_its_connection_then_at_its_contact() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), tcp_leaf(BOB, 8));
+    h.node(1).connection_opened(8);
+    // bob's Contact names the port he listens on, not his connection's.
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@198.51.100.2:5060;transport=tcp>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tcp-1"));
+    assert_eq!(
+        invites_from(&mut h, 1),
+        vec![Dest::Flow(bob)],
+        "down the connection he registered over"
+    );
+    // Without outbound, a connection that closed is no reason not to try
+    // his Contact (RFC 3261 §18.1.1: a new connection).
+    h.node(1).connection_closed(8);
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tcp-2"));
+    assert_eq!(
+        invites_from(&mut h, 1),
+        vec![Dest::Addr {
+            transport: Transport::Tcp,
+            addr: "198.51.100.2:5060".parse().unwrap()
+        }]
+    );
+}
+
+#[test]
+fn an_outbound_phone_over_udp_is_reached_down_its_flow() {
+    let mut h = Harness::open();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    let text = register_text(
+        bob,
+        "bob",
+        "<sip:bob@203.0.113.20:5062;ob>;+sip.instance=\"<urn:uuid:b0b>\";reg-id=1",
+        "ob-udp-1",
+        1,
+        "",
+        600,
+    );
+    h.leaf_sends(bob, &text);
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "ob-udp-call"));
+    assert_eq!(
+        invites_from(&mut h, 1),
+        vec![Dest::Flow(bob)],
+        "RFC 5626 §5.3: the flow, not the Contact"
+    );
+}
+
+#[test]
+fn in_a_farm_a_phone_registered_at_this_node_is_reached_directly() {
+    let mut h = Harness::farm();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    h.send_authenticated(
+        alice,
+        "alice",
+        &invite_text(alice, "alice", "bob", "local-1"),
+    );
+    let sent = h.take();
+    let invites: Vec<(u8, Dest)> = sent
+        .iter()
+        .filter(|s| *s.msg.method() == Method::Invite && s.msg.is_request())
+        .map(|s| (s.node, s.dest))
+        .collect();
+    assert_eq!(
+        invites,
+        vec![(
+            1,
+            Dest::Addr {
+                transport: Transport::Udp,
+                addr: bob.peer()
+            }
+        )],
+        "no detour over the overlay"
+    );
+}
+
+#[test]
+fn a_dialog_whose_two_ends_share_one_flow_is_routed_back_down_it() {
+    // alice and bob behind one NAT binding (192.0.2.1:5060): each of the
+    // node's tokens names that flow, and an in-dialog request from it goes
+    // back to it.
+    let mut h = Harness::open();
+    let nat = udp_leaf(ALICE);
+    assert_eq!(
+        h.register(nat, "bob", "<sip:bob@192.168.1.7:5060>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(nat, &invite_text(nat, "alice", "bob", "nat-2"));
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: nat.peer()
+        },
+        "bob's private Contact is reached at the NAT"
+    );
+    let rr = record_route(&out[0].msg);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    // alice hangs up: her route set is the Record-Route reversed.
+    let route = format!("{}, {}", rr[1], rr[0]);
+    h.leaf_sends(
+        nat,
+        &bye(
+            nat,
+            "alice",
+            "bob",
+            "nat-2",
+            &route,
+            "sip:bob@192.168.1.7:5060",
+        ),
+    );
+    let out = h.requests();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(*out[0].msg.method(), Method::Bye);
+    assert_eq!(out[0].msg.routes().count(), 0);
+    assert_eq!(
+        out[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: nat.peer()
+        }
+    );
+    // One token naming the sender is no dialog with both ends there: a
+    // request routed by alice's own token alone is not sent back to her.
+    h.leaf_sends(
+        nat,
+        &bye(
+            nat,
+            "alice",
+            "bob",
+            "nat-2",
+            &rr[1],
+            "sip:bob@192.168.1.7:5060",
+        )
+        .replace("z9hG4bKbye", "z9hG4bKbye2")
+        .replace("CSeq: 2 BYE", "CSeq: 3 BYE"),
+    );
+    assert!(h.requests().is_empty(), "nothing sent back to the NAT");
+    assert_eq!(h.final_to(nat).status(), Some(403), "nor relayed");
+}
+
+#[test]
+fn a_bye_toward_a_member_that_left_is_not_sent_over_the_overlay() {
+    let mut h = Harness::farm();
+    let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
+    let reg = |cseq: u32, auth: &str| {
+        register_text(
+            bob,
+            "bob",
+            "<sip:bob@192.0.2.2:5060>",
+            "bob-reg-left",
+            cseq,
+            auth,
+            600,
+        )
+    };
+    h.recv(2, &reg(1, ""), Dest::Flow(bob));
+    let challenge = h.final_to(bob);
+    let auth = authorization(
+        &challenge,
+        "bob",
+        "secret",
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+    );
+    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    h.take();
+    h.send_authenticated(
+        alice,
+        "alice",
+        &invite_text(alice, "alice", "bob", "left-1"),
+    );
+    let sent = h.take();
+    let to_bob = sent
+        .iter()
+        .find(|s| s.node == 2 && s.msg.is_request() && *s.msg.method() == Method::Invite)
+        .expect("node 2 forwards the INVITE to bob");
+    let rr = record_route(&to_bob.msg);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    // Node 2 leaves node 1's view; alice hangs up at node 1.
+    h.members.0.lock().unwrap().remove(&node_id(2));
+    let route = format!("{}, {}", rr[1], rr[0]);
+    h.leaf_sends(
+        alice,
+        &bye(
+            alice,
+            "alice",
+            "bob",
+            "left-1",
+            &route,
+            "sip:bob@192.0.2.2:5060",
+        ),
+    );
+    let sent = h.take();
+    assert!(
+        sent.iter().all(|s| s.dest != Dest::Peer(node_id(2))),
+        "nothing to a member that is gone: {sent:?}"
+    );
+    let finals: Vec<u16> = sent
+        .iter()
+        .filter(|s| s.dest == Dest::Flow(alice))
+        .filter_map(|s| s.msg.status())
+        .collect();
+    assert_eq!(finals, vec![403], "the farm relays for no one");
+}
+
+#[test]
+fn a_phone_that_reconnects_from_the_same_address_keeps_its_dialogs() {
+    let mut h = Harness::open();
+    let (alice, bob) = (tcp_leaf(ALICE, 7), udp_leaf(BOB));
+    h.node(1).connection_opened(7);
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "reconnect-1"));
+    let rr = record_route(&h.requests()[0].msg);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    // alice's connection drops; she connects again from the same address
+    // and port, and hangs up over the new connection.
+    h.node(1).connection_closed(7);
+    let again = tcp_leaf(ALICE, 9);
+    assert_eq!(again.peer(), alice.peer());
+    h.node(1).connection_opened(9);
+    let route = format!("{}, {}", rr[1], rr[0]);
+    h.leaf_sends(
+        again,
+        &bye(
+            again,
+            "alice",
+            "bob",
+            "reconnect-1",
+            &route,
+            "sip:bob@192.0.2.2:5060",
+        ),
+    );
+    let out = h.requests();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(*out[0].msg.method(), Method::Bye);
+    assert_eq!(
+        out[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: bob.peer()
+        },
+        "her own token is hers whichever connection she uses"
+    );
+}
+
+#[test]
+fn a_bye_toward_a_trusted_element_keeps_the_route_it_recorded_itself() {
+    use crate::trust::{Element, TrustTable};
+    let mut h = Harness::open();
+    let (gateway, bob) = (udp_leaf(200), udp_leaf(BOB));
+    h.node(1).set_trusted(TrustTable::new(vec![
+        Element::parse_flag("gateway:gw1=192.0.2.200").unwrap(),
+    ]));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    h.take();
+    // A PSTN gateway that record-routes itself calls bob.
+    let invite = invite_text(gateway, "gw", "bob", "gw-1").replace(
+        "Content-Length: 0",
+        "Record-Route: <sip:192.0.2.200;lr>\nContent-Length: 0",
+    );
+    h.leaf_sends(gateway, &invite);
+    let out = h.requests();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let rr = record_route(&out[0].msg);
+    assert_eq!(rr.len(), 3, "{rr:?}");
+    assert_eq!(rr[2], "<sip:192.0.2.200;lr>");
+    // bob hangs up: the node sends the BYE to the gateway's flow, with the
+    // gateway's own Route value left for it.
+    let route = rr.join(", ");
+    // (The gateway's tag is the one `invite_text` gave its From.)
+    let text = bye(bob, "bob", "gw", "gw-1", &route, "sip:gw@192.0.2.200")
+        .replace("tag=tgw\n", "tag=fgw-1\n");
+    h.leaf_sends(bob, &text);
+    let out = h.requests();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dest, Dest::Flow(gateway));
+    let left: Vec<String> = out[0]
+        .msg
+        .header_values(HeaderName::Route)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(left, vec!["<sip:192.0.2.200;lr>".to_string()]);
+}
