@@ -211,6 +211,38 @@ def test_render_fails_clearly_without_etcd(chart):
     assert "etcd.enabled" in str(e.value) and "etcd.endpoints" in str(e.value)
 
 
+def test_render_fails_clearly_without_a_provisioning_certificate(chart):
+    # With the CA in a Secret the chart cannot read, it cannot sign one.
+    with pytest.raises(helm_python.HelmError) as e:
+        chart.render({"ca": {"existingSecret": "farm-ca"}}, name=RELEASE, namespace=NAMESPACE,
+                     is_install=True)
+    assert "provisioning.tls.existingSecret" in str(e.value)
+
+
+@pytest.mark.parametrize("values_name", ["default", "inline"])
+def test_the_chart_issues_provisioning_a_certificate_from_the_farm_ca(chart, values_name, tmp_path_factory):
+    values = VALUE_SETS[values_name](tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("pki")
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    secrets = {d["metadata"]["name"]: d for d in load_yaml_docs(out["ringmesh/templates/secrets.yaml"])}
+    ca = secrets[f"{RELEASE}-ringmesh-ca"]
+    tls = secrets[f"{RELEASE}-ringmesh-provisioning-tls"]
+    assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "a CA is never deleted"
+    files = {}
+    for name, b64 in [("ca.pem", ca["data"]["tls.crt"]), ("bundle.pem", tls["data"]["ca.crt"]),
+                      ("server.pem", tls["data"]["tls.crt"])]:
+        files[name] = tmp_path / name
+        files[name].write_bytes(base64.b64decode(b64))
+    if values_name == "inline":
+        assert files["ca.pem"].read_text() == values["ca"]["cert"]
+    assert files["ca.pem"].read_bytes() == files["bundle.pem"].read_bytes()
+    verify = run(["openssl", "verify", "-CAfile", str(files["ca.pem"]), str(files["server.pem"])], timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    text = run(["openssl", "x509", "-in", str(files["server.pem"]), "-noout", "-ext", "subjectAltName"],
+               timeout=30).stdout
+    assert "DNS:control.ringmesh.internal" in text, text
+
+
 def test_render_fails_on_half_a_ca(chart):
     with pytest.raises(helm_python.HelmError) as e:
         chart.render({"ca": {"cert": "-----BEGIN CERTIFICATE-----"}}, name=RELEASE, namespace=NAMESPACE,
@@ -366,8 +398,12 @@ def test_control_plane_and_etcd(rendered):
         assert prov["etcd"] == etcd["endpoints"]
     assert enr["etcd"] == prov["etcd"]
     assert enr["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
-    has_ca = values.get("ca", {}).get("existingSecret") or values.get("ca", {}).get("cert")
-    assert ("ca-cert" in enr) == bool(has_ca)
+    assert enr["ca-cert"] == ["/etc/ringmesh/ca/tls.crt"], "the CA always comes from a Secret"
+    assert prov["tls-cert"] == ["/etc/ringmesh/tls/tls.crt"] and "plaintext" not in prov
+    prov_pod = one(docs, "Deployment", "provisioning")["spec"]["template"]["spec"]
+    tls_vol = next(v for v in prov_pod["volumes"] if v["name"] == "tls")
+    want = values.get("provisioning", {}).get("tls", {}).get("existingSecret") or f"{RELEASE}-ringmesh-provisioning-tls"
+    assert tls_vol["secret"]["secretName"] == want
     if name == "inline":
         secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
         ca = secrets[f"{RELEASE}-ringmesh-ca"]

@@ -81,8 +81,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "ringmesh.component" (dict "root" . "component" "ca")) .Values.ca.existingSecret }}
 {{- end }}
 
-{{- define "ringmesh.hasCa" -}}
-{{- if or .Values.ca.existingSecret (and .Values.ca.cert .Values.ca.key) }}true{{ end }}
+{{- define "ringmesh.provisioningTlsSecret" -}}
+{{- default (include "ringmesh.component" (dict "root" . "component" "provisioning-tls")) .Values.provisioning.tls.existingSecret }}
 {{- end }}
 
 {{/* The cluster DNS suffix of this namespace's Services. */}}

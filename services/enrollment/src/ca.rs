@@ -18,7 +18,7 @@ pub use ringmesh_enrollment_client::cert::{
     CertError, CertInfo, NODE_DNS_NAME, NODE_URI_PREFIX, cert_info, node_id_of, node_uri,
     parse_node_id, pem_certs, signed_by,
 };
-pub use ringmesh_enrollment_client::tls::{CONTROL_DNS_NAME, Role, TlsFiles};
+pub use ringmesh_enrollment_client::tls::{CONTROL_DNS_NAME, Role, TlsFiles, role_of};
 
 /// Why a CA operation failed.
 #[derive(Debug, thiserror::Error)]

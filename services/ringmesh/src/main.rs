@@ -4,10 +4,12 @@
 //! - `ringmesh provisioning`: the subscriber service (HSS-like).
 //! - `ringmesh enrollment`: the farm CA (Node-IDs, certificates, revocation).
 //! - `ringmesh ctl`: the operator CLI over these APIs.
+//! - `ringmesh certs issue`: control-plane certificates from the CA's files.
 //! - `ringmesh dev`: a local farm for a new user, with demo subscribers.
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`certs`] | `ringmesh certs issue`: provisioning's, operators' and admins' certificates |
 //! | [`control`] | `ringmesh provisioning` and `ringmesh enrollment`, and the shutdown signal (SIGTERM, Ctrl-C) every service stops on |
 //! | [`ctl`] | `ringmesh ctl`: the operator CLI over the gRPC APIs |
 //! | [`dev`] | `ringmesh dev`: the local farm, every service a child process |
@@ -16,6 +18,7 @@
 //! `ringmesh supernode` needs no module here: its arguments and its
 //! service are in `ringmesh-supernode`.
 
+mod certs;
 mod control;
 mod ctl;
 mod dev;
@@ -49,6 +52,8 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a local farm (supernodes as child processes) for development.
     Dev(dev::DevArgs),
+    /// Issue control-plane certificates from the farm CA's files.
+    Certs(certs::CertsArgs),
 }
 
 /// Runs a control-plane service; a configuration error exits 2.
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
             control::run_enrollment(*args, sub("enrollment")),
         ),
         Command::Ctl(args) => ctl::run(args),
+        Command::Certs(args) => certs::run(args),
         Command::Dev(args) => match dev::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
