@@ -332,10 +332,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::CreateSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(sees) => self.create(req.into_inner()).await.map(|s| shown(s, sees)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Write)?;
+            Ok(shown(self.create(req.into_inner()).await?, sees))
+        }
+        .await;
         self.done("CreateSubscriber", t, r)
     }
 
@@ -344,10 +345,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::GetSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Read) {
-            Ok(sees) => self.get(req.into_inner()).await.map(|s| shown(s, sees)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Read)?;
+            Ok(shown(self.get(req.into_inner()).await?, sees))
+        }
+        .await;
         self.done("GetSubscriber", t, r)
     }
 
@@ -356,13 +358,13 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::ListSubscribersRequest>,
     ) -> Result<Response<pb::ListSubscribersResponse>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Read) {
-            Ok(sees) => self.list(req.into_inner()).await.map(|mut l| {
-                l.subscribers = l.subscribers.into_iter().map(|s| shown(s, sees)).collect();
-                l
-            }),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Read)?;
+            let mut l = self.list(req.into_inner()).await?;
+            l.subscribers = l.subscribers.into_iter().map(|s| shown(s, sees)).collect();
+            Ok(l)
+        }
+        .await;
         self.done("ListSubscribers", t, r)
     }
 
@@ -371,10 +373,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::UpdateSubscriberRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(sees) => self.update(req.into_inner()).await.map(|s| shown(s, sees)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Write)?;
+            Ok(shown(self.update(req.into_inner()).await?, sees))
+        }
+        .await;
         self.done("UpdateSubscriber", t, r)
     }
 
@@ -383,12 +386,14 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(sees) => ProvisioningService::set_password(self, req.into_inner())
-                .await
-                .map(|s| shown(s, sees)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Write)?;
+            Ok(shown(
+                ProvisioningService::set_password(self, req.into_inner()).await?,
+                sees,
+            ))
+        }
+        .await;
         self.done("SetPassword", t, r)
     }
 
@@ -397,12 +402,14 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::SetBarredRequest>,
     ) -> Result<Response<pb::Subscriber>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(sees) => ProvisioningService::set_barred(self, req.into_inner())
-                .await
-                .map(|s| shown(s, sees)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let sees = self.admit(&req, Access::Write)?;
+            Ok(shown(
+                ProvisioningService::set_barred(self, req.into_inner()).await?,
+                sees,
+            ))
+        }
+        .await;
         self.done("SetBarred", t, r)
     }
 
@@ -411,10 +418,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::DeleteSubscriberRequest>,
     ) -> Result<Response<pb::DeleteSubscriberResponse>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(_) => self.delete(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admit(&req, Access::Write)?;
+            self.delete(req.into_inner()).await
+        }
+        .await;
         self.done("DeleteSubscriber", t, r)
     }
 
@@ -450,10 +458,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::CreateTrustedElementRequest>,
     ) -> Result<Response<pb::TrustedElement>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(_) => self.create_trusted(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admit(&req, Access::Write)?;
+            self.create_trusted(req.into_inner()).await
+        }
+        .await;
         self.done("CreateTrustedElement", t, r)
     }
 
@@ -462,10 +471,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::GetTrustedElementRequest>,
     ) -> Result<Response<pb::TrustedElement>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Read) {
-            Ok(_) => self.get_trusted(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admit(&req, Access::Read)?;
+            self.get_trusted(req.into_inner()).await
+        }
+        .await;
         self.done("GetTrustedElement", t, r)
     }
 
@@ -474,10 +484,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::ListTrustedElementsRequest>,
     ) -> Result<Response<pb::ListTrustedElementsResponse>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Read) {
-            Ok(_) => self.list_trusted().await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admit(&req, Access::Read)?;
+            self.list_trusted().await
+        }
+        .await;
         self.done("ListTrustedElements", t, r)
     }
 
@@ -486,10 +497,11 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         req: Request<pb::DeleteTrustedElementRequest>,
     ) -> Result<Response<pb::DeleteTrustedElementResponse>, Status> {
         let t = Instant::now();
-        let r = match self.admit(&req, Access::Write) {
-            Ok(_) => self.delete_trusted(req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admit(&req, Access::Write)?;
+            self.delete_trusted(req.into_inner()).await
+        }
+        .await;
         self.done("DeleteTrustedElement", t, r)
     }
 
