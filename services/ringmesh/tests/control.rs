@@ -141,7 +141,8 @@ fn every_admin_rpc_and_ctl_subcommand() {
     assert_ne!(code, 0);
     assert!(err.contains("node_id"), "{err}");
 
-    // Live SIP trace: filtered by AOR, ends after two messages.
+    // Live SIP trace: filtered by AOR, ends after four messages (a
+    // REGISTER, its challenge, the authenticated REGISTER, its 200).
     let mut trace = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
         .args([
             "ctl",
@@ -152,7 +153,7 @@ fn every_admin_rpc_and_ctl_subcommand() {
             "--aor",
             "sip:user3@ringmesh.test",
             "--max-messages",
-            "2",
+            "4",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -179,11 +180,29 @@ fn every_admin_rpc_and_ctl_subcommand() {
             while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
                 lines.push(json(&l));
             }
-            lines.len() >= 2
+            lines.len() >= 4
         },
     );
     assert!(trace.wait().unwrap().success());
-    assert_eq!(lines.len(), 2, "--max-messages 2");
+    assert_eq!(lines.len(), 4, "--max-messages 4");
+    // The trace shows who authenticated, never the digest response.
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Authorization: Digest username=\"user3\"")
+                && m.contains("credentials=\"redacted\"")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| !m.contains("response=") && !m.contains("cnonce")),
+        "{messages:?}"
+    );
     assert!(
         lines
             .iter()

@@ -618,11 +618,12 @@ impl Admin for AdminService {
                         continue;
                     }
                 }
-                let raw = if req.include_bodies {
-                    rec.raw.to_vec()
-                } else {
-                    rec.raw[..rec.raw.len() - msg.body().len()].to_vec()
-                };
+                // Credentials never leave the node, bodies only when asked.
+                let head_len = rec.raw.len() - msg.body().len();
+                let mut raw = crate::trace::redact_credentials(&rec.raw[..head_len]);
+                if req.include_bodies {
+                    raw.extend_from_slice(msg.body());
+                }
                 let ev = pb::SipTraceEvent {
                     time_unix_ms: rec.at_ms,
                     node_id: node_id.clone(),
