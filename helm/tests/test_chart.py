@@ -505,6 +505,8 @@ def test_values_document_every_config_key():
     assert {"min-expires", "overload-delay-interval-ms"} <= keys, sorted(keys)
     chart_set = {"name", "domain", "sip", "overlay", "overlay-advertise", "data", "metrics", "admin", "provisioning", "enrollment",
                  "bootstrap-token-file", "etcd", "bootstrap-after",
+                 # the chart keeps the admin API on 127.0.0.1, in plaintext
+                 "admin-tls",
                  # identity files and the farm secret come from enrollment into the data dir
                  "cert", "key", "ca", "crl", "farm-secret",
                  # a subscriber file is for a lab; a farm uses provisioning

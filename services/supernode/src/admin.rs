@@ -49,6 +49,38 @@ pub struct AdminService {
     /// The SIP core's queue, for what only the core knows (bans).
     pub core: mpsc::Sender<Inbound>,
     pub tasks: Tasks,
+    /// Clients present certificates from the farm CA (the API serves
+    /// mutual TLS): each call is admitted by its caller's role.
+    pub mtls: bool,
+}
+
+/// What a call needs of its caller under mutual TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Reads: an operator or an admin.
+    Read,
+    /// Drain, lifting bans, live SIP traces: an admin.
+    Admin,
+}
+
+impl AdminService {
+    fn admit<T>(&self, r: &Request<T>, need: Need) -> Result<(), Status> {
+        use ringmesh_enrollment_client::tls::{Role, caller};
+        if !self.mtls {
+            return Ok(());
+        }
+        match (caller(r)?, need) {
+            (Role::Admin, _) | (Role::Operator, Need::Read) => Ok(()),
+            (role, _) => Err(Status::permission_denied(format!(
+                "the {role} role may not {}",
+                if need == Need::Read {
+                    "use the admin API"
+                } else {
+                    "drain, lift bans or trace SIP (admin role only)"
+                }
+            ))),
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminService {
@@ -188,8 +220,9 @@ type TraceStream = Pin<Box<dyn futures::Stream<Item = Result<pb::SipTraceEvent, 
 impl Admin for AdminService {
     async fn status(
         &self,
-        _r: Request<pb::StatusRequest>,
+        r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let view = match &self.farm {
             Some(_) => Some(self.ask(AdminQuery::View).await?),
             None => None,
@@ -223,8 +256,9 @@ impl Admin for AdminService {
 
     async fn ring(
         &self,
-        _r: Request<pb::RingRequest>,
+        r: Request<pb::RingRequest>,
     ) -> Result<Response<pb::RingResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let v = self.ask(AdminQuery::View).await?;
         let me = nid(self.facts.node_id);
         let mut members: Vec<pb::RingMember> = v
@@ -261,6 +295,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let (aor, key) = aor_key("aor", &r.get_ref().aor)?;
         let view = self.ask(AdminQuery::View).await?;
         let (replicas, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
@@ -315,6 +350,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::ListBindingsRequest>,
     ) -> Result<Response<pb::ListBindingsResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let req = r.into_inner();
         let page_size = match req.page_size {
             0 => 100,
@@ -384,6 +420,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
         let req = r.into_inner();
         let me = nid(self.facts.node_id);
         if !req.node_id.is_empty() && parse_node_id("node_id", &req.node_id)? != me {
@@ -411,6 +448,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let req = r.into_inner();
         let target = parse_node_id("node_id", &req.node_id)?;
         let count = match req.count {
@@ -467,6 +505,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         use pb::trace_request::Target;
         let req = r.into_inner();
         let key = match req.target {
@@ -535,8 +574,9 @@ impl Admin for AdminService {
 
     async fn list_bans(
         &self,
-        _r: Request<pb::ListBansRequest>,
+        r: Request<pb::ListBansRequest>,
     ) -> Result<Response<pb::ListBansResponse>, Status> {
+        self.admit(&r, Need::Read)?;
         let bans = self.ask_core(Control::Bans).await?;
         Ok(Response::new(pb::ListBansResponse {
             bans: bans
@@ -555,6 +595,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
         let req = r.into_inner();
         let source: Source = req
             .source
@@ -573,6 +614,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::SipTraceRequest>,
     ) -> Result<Response<TraceStream>, Status> {
+        self.admit(&r, Need::Admin)?;
         let req = r.into_inner();
         let aor = if req.aor.is_empty() {
             None
@@ -665,17 +707,22 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Binds the admin API; returns the bound address and the server, which
-/// serves until dropped.
+/// Binds the admin API (over mutual TLS when `tls` is given); returns the
+/// bound address and the server, which serves until dropped.
 pub async fn bind(
     addr: SocketAddr,
     service: AdminService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let server = async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = builder
             .timeout(DEADLINE)
             .add_service(AdminServer::new(service))
             .serve_with_incoming(incoming)

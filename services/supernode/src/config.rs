@@ -176,10 +176,16 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
-    /// Where to serve the admin gRPC API (HOST:PORT).
+    /// Where to serve the admin gRPC API (HOST:PORT). A loopback address
+    /// may serve plaintext; any other needs --admin-tls true.
     #[arg(long, env = "RINGMESH_ADMIN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Serve the admin API over mutual TLS with this node's certificate
+    /// (--cert, --key, --ca): clients need an operator certificate (reads)
+    /// or an admin one (drain, bans, SIP traces) from the farm CA.
+    #[arg(long, env = "RINGMESH_ADMIN_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub admin_tls: bool,
     /// Shortest registration accepted, seconds (shorter gets 423).
     #[arg(long, env = "RINGMESH_MIN_EXPIRES", default_value_t = 60)]
     pub min_expires: u32,
@@ -370,6 +376,9 @@ pub struct Config {
     /// The files this node presents to provisioning (its node identity);
     /// None when provisioning is reached in plaintext (`http://`).
     pub provisioning_tls: Option<ringmesh_config::TlsPaths>,
+    /// The admin API's mutual TLS (this node's identity); None: plaintext
+    /// on a loopback address.
+    pub admin_tls: Option<ringmesh_config::TlsPaths>,
     pub subscriber_cache: usize,
     pub enrollment: Option<String>,
     pub bootstrap_token_file: Option<PathBuf>,
@@ -535,6 +544,18 @@ impl SupernodeArgs {
         let subscriber_cache = in_range("subscriber-cache", self.subscriber_cache, 1..)?;
         let etcd = self.service.etcd_endpoints()?;
         let admin = ringmesh_config::socket_addr("admin", self.admin.as_deref())?;
+        if let Some(a) = admin
+            && !self.admin_tls
+            && !a.ip().is_loopback()
+        {
+            return Err(err(
+                "admin",
+                format!(
+                    "{a} is not a loopback address: serve the admin API there with --admin-tls true \
+                     (clients then need a certificate from the farm CA), or bind it to 127.0.0.1"
+                ),
+            ));
+        }
         let metrics = self.service.metrics_addr()?;
         let (min_expires, max_expires, default_expires) =
             (self.min_expires, self.max_expires, self.default_expires);
@@ -703,15 +724,17 @@ impl SupernodeArgs {
             ));
         }
         let replicas = in_range("replicas", self.replicas, 1..=7)?;
+        let identity = ringmesh_config::TlsPaths {
+            ca: self.ca.clone().unwrap_or_else(|| data.join("ca.crt")),
+            cert: self.cert.clone().unwrap_or_else(|| data.join("node.crt")),
+            key: self.key.clone().unwrap_or_else(|| data.join("node.key")),
+        };
         let provisioning_tls = self
             .provisioning
             .as_ref()
             .filter(|p| !p.starts_with("http://"))
-            .map(|_| ringmesh_config::TlsPaths {
-                ca: self.ca.clone().unwrap_or_else(|| data.join("ca.crt")),
-                cert: self.cert.clone().unwrap_or_else(|| data.join("node.crt")),
-                key: self.key.clone().unwrap_or_else(|| data.join("node.key")),
-            });
+            .map(|_| identity.clone());
+        let admin_tls = (self.admin_tls && self.admin.is_some()).then(|| identity.clone());
         let overlay = match self.overlay {
             Some(o) => Some(OverlayConfig {
                 listen: o.parse().map_err(|_| {
@@ -756,6 +779,7 @@ impl SupernodeArgs {
             subscribers: self.subscribers,
             provisioning: self.provisioning,
             provisioning_tls,
+            admin_tls,
             subscriber_cache,
             enrollment: self.enrollment,
             bootstrap_token_file: self.bootstrap_token_file,

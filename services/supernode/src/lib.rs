@@ -332,18 +332,21 @@ async fn follow_subscriber_changes(
     }
 }
 
+fn tls_files(p: &ringmesh_config::TlsPaths) -> ringmesh_enrollment_client::tls::TlsFiles {
+    ringmesh_enrollment_client::tls::TlsFiles {
+        ca: p.ca.clone(),
+        cert: p.cert.clone(),
+        key: p.key.clone(),
+    }
+}
+
 /// The TLS this node speaks to provisioning: its node identity, read now
 /// (so a node enrolled at start-up has its files by then).
 fn provisioning_tls(cfg: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
     let Some(p) = &cfg.provisioning_tls else {
         return Ok(None);
     };
-    let files = ringmesh_enrollment_client::tls::TlsFiles {
-        ca: p.ca.clone(),
-        cert: p.cert.clone(),
-        key: p.key.clone(),
-    };
-    Ok(Some(files.client().context(
+    Ok(Some(tls_files(p).client().context(
         "mutual TLS to provisioning (this node's --cert, --key and --ca; http://HOST:PORT for a plaintext one)",
     )?))
 }
@@ -638,8 +641,17 @@ async fn serve(
             provisioning_connected,
             core: tx.clone(),
             tasks: tasks.clone(),
+            mtls: cfg.admin_tls.is_some(),
         };
-        let (local, server) = admin::bind(addr, svc)
+        let tls = match &cfg.admin_tls {
+            Some(p) => Some(
+                tls_files(p)
+                    .server()
+                    .context("the admin API's mutual TLS (this node's --cert, --key, --ca)")?,
+            ),
+            None => None,
+        };
+        let (local, server) = admin::bind(addr, svc, tls)
             .await
             .with_context(|| format!("cannot serve the admin API on {addr}"))?;
         tasks.spawn(server);

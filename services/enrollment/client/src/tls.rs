@@ -151,14 +151,21 @@ impl TlsFiles {
         Ok((Certificate::from_pem(ca), Identity::from_pem(cert, key)))
     }
 
-    /// A client's TLS: trusts only the farm CA, checks the server's name
-    /// is [`CONTROL_DNS_NAME`], and presents this certificate.
+    /// A client's TLS to the control plane: trusts only the farm CA,
+    /// checks the server's name is [`CONTROL_DNS_NAME`], and presents this
+    /// certificate.
     pub fn client(&self) -> Result<ClientTlsConfig, TlsError> {
+        self.client_for(CONTROL_DNS_NAME)
+    }
+
+    /// [`TlsFiles::client`] to a server named `name` (a supernode's admin
+    /// API presents its node certificate: `NODE_DNS_NAME`).
+    pub fn client_for(&self, name: &str) -> Result<ClientTlsConfig, TlsError> {
         let (ca, identity) = self.load()?;
         Ok(ClientTlsConfig::new()
             .ca_certificate(ca)
             .identity(identity)
-            .domain_name(CONTROL_DNS_NAME))
+            .domain_name(name))
     }
 
     /// A server's TLS: presents this certificate and requires a client

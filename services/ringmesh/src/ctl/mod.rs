@@ -11,7 +11,8 @@
 //! - `status`, `ring`, `lookup`, `bindings`, `drain`, `ping`, `trace`,
 //!   `bans list|lift`, `sip-trace` talk to one supernode's admin API (`--admin`,
 //!   `RINGMESH_ADMIN`, default `127.0.0.1:5260`: the first node of a
-//!   default `ringmesh dev`), through [`admin_command`].
+//!   default `ringmesh dev`), through [`admin_command`]; an `https://`
+//!   address is reached over mutual TLS with `--ca`, `--cert`, `--key`.
 //!
 //! Output is a readable table, or one JSON document with `--json`. Exit
 //! codes: 0 done, 1 the server refused (its message is printed), 2 usage
@@ -44,10 +45,11 @@ pub struct CtlArgs {
         global = true
     )]
     pub admin: String,
-    /// The farm CA (PEM) that issued provisioning's certificate.
+    /// The farm CA (PEM) that issued provisioning's certificate (and the
+    /// supernodes', for an https:// admin API).
     #[arg(long, env = "RINGMESH_CTL_CA", global = true)]
     pub ca: Option<std::path::PathBuf>,
-    /// This operator's certificate (PEM, from the farm CA).
+    /// This operator's (or admin's) certificate (PEM, from the farm CA).
     #[arg(long, env = "RINGMESH_CTL_CERT", global = true)]
     pub cert: Option<std::path::PathBuf>,
     /// The private key (PEM) of --cert.
@@ -172,9 +174,16 @@ pub enum BansCommand {
     },
 }
 
-/// Runs one admin command against the admin API at `addr`.
-pub async fn admin_command(addr: &str, json: bool, cmd: AdminCommand, io: &mut Io<'_>) -> Exit {
-    match admin_execute(addr, json, cmd, io).await {
+/// Runs one admin command against the admin API at `addr` (over mutual
+/// TLS with `tls`).
+pub async fn admin_command(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    json: bool,
+    cmd: AdminCommand,
+    io: &mut Io<'_>,
+) -> Exit {
+    match admin_execute(addr, tls, json, cmd, io).await {
         Ok(()) => Exit::Ok,
         Err(AdminFailure::Usage(m)) => {
             report(io, json, "INVALID_ARGUMENT", &m);
@@ -281,6 +290,7 @@ fn binding_rows(bs: &[ringmesh_proto::admin::Binding]) -> Vec<Vec<String>> {
 
 async fn admin_execute(
     addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     json: bool,
     cmd: AdminCommand,
     io: &mut Io<'_>,
@@ -292,9 +302,14 @@ async fn admin_execute(
     } else {
         format!("http://{addr}")
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| AdminFailure::Usage(format!("--admin: '{addr}' is not HOST:PORT ({e})")))?
         .connect_timeout(std::time::Duration::from_secs(3));
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| AdminFailure::Usage(format!("--admin: TLS: {e}")))?;
+    }
     let timeout = std::time::Duration::from_secs(
         if matches!(
             cmd,
@@ -806,6 +821,32 @@ impl Provisioning {
     }
 }
 
+/// The TLS to a supernode's admin API: mutual TLS with `--ca`, `--cert`
+/// and `--key` when the address is `https://`; none otherwise (a
+/// loopback admin API serves plaintext).
+fn admin_tls(args: &CtlArgs) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    use ringmesh_enrollment::ca::{NODE_DNS_NAME, TlsFiles};
+    if !args.admin.starts_with("https://") {
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) else {
+        return Err(
+            "an https:// admin API speaks mutual TLS: give --ca, --cert and --key (an operator or \
+             admin certificate from the farm CA)"
+                .into(),
+        );
+    };
+    let files = TlsFiles {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    files
+        .client_for(NODE_DNS_NAME)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Where `ringmesh dev` with its default data directory keeps the control
 /// plane's certificates, for the provisioning address `addr`.
 fn dev_control_dir(addr: &str) -> Option<std::path::PathBuf> {
@@ -821,8 +862,14 @@ fn dev_control_dir(addr: &str) -> Option<std::path::PathBuf> {
 /// Runs a parsed `ctl` command with the given streams; returns the exit code.
 pub async fn run_with(args: CtlArgs, io: &mut Io<'_>) -> Exit {
     let provisioning = Provisioning::from_args(&args);
-    match (args.command, provisioning) {
-        (CtlCommand::Admin(cmd), _) => admin_command(&args.admin, args.json, cmd, io).await,
+    match (args.command.clone(), provisioning) {
+        (CtlCommand::Admin(cmd), _) => match admin_tls(&args) {
+            Ok(tls) => admin_command(&args.admin, tls, args.json, cmd, io).await,
+            Err(m) => {
+                subscriber::report(io, args.json, "USAGE", &m);
+                Exit::Usage
+            }
+        },
         (_, Err(m)) => {
             subscriber::report(io, args.json, "USAGE", &m);
             Exit::Usage
@@ -875,6 +922,47 @@ mod tests {
         Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
             .unwrap()
             .ctl
+    }
+
+    #[test]
+    fn tls_comes_from_the_address_and_the_flags() {
+        // Plain addresses: a loopback admin API, a plaintext provisioning.
+        assert!(admin_tls(&parse(&["status"])).unwrap().is_none());
+        let p = Provisioning::from_args(&parse(&[
+            "--provisioning",
+            "http://h:1",
+            "subscriber",
+            "list",
+        ]));
+        assert!(p.unwrap().tls.is_none());
+        // TLS without the files says what to give.
+        let e = admin_tls(&parse(&["--admin", "https://10.0.0.1:5260", "status"])).unwrap_err();
+        assert!(e.contains("--ca, --cert and --key"), "{e}");
+        let e = Provisioning::from_args(&parse(&[
+            "--provisioning",
+            "10.9.9.9:7",
+            "subscriber",
+            "list",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("--ca, --cert and --key"), "{e}");
+        let e =
+            Provisioning::from_args(&parse(&["--cert", "x", "subscriber", "list"])).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        // Files that are not there are named.
+        let e = admin_tls(&parse(&[
+            "--admin",
+            "https://h:1",
+            "--ca",
+            "/nonexistent/ca",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "status",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("/nonexistent/ca"), "{e}");
     }
 
     #[test]
