@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,11 +220,16 @@ impl EmbeddedStore {
                 public.insert(p.clone(), s.private_id.clone());
             }
         }
+        // The log holds every HA1: its owner alone reads it, also when an
+        // older release created it wider.
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| io("cannot open", &path, e))?;
+        log.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("cannot restrict", &path, e))?;
         if valid < bytes.len() {
             log.set_len(valid as u64)
                 .map_err(|e| io("cannot truncate", &path, e))?;
@@ -294,7 +300,12 @@ impl EmbeddedStore {
             ..Default::default()
         }));
         let write = || -> std::io::Result<File> {
-            let mut f = File::create(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -786,5 +797,21 @@ mod tests {
         let n = bad.len();
         bad[n - 1] ^= 1;
         assert_eq!(parse_log(&bad).0.len(), 0, "a flipped bit fails the check");
+    }
+
+    #[test]
+    fn the_log_of_hashes_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(EmbeddedStore::open(dir.path()).unwrap());
+        assert_eq!(mode(&path), 0o600, "created 0600");
+        // A log an older release left readable by all is restricted.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // Compaction writes a new file: 0600 too.
+        store.compact(&mut store.shared.inner.lock()).unwrap();
+        assert_eq!(mode(&path), 0o600, "after compaction");
     }
 }
