@@ -66,6 +66,9 @@ impl std::fmt::Display for Listen {
     }
 }
 
+/// The longest registration a supernode grants (`--max-expires`), seconds.
+pub const MAX_REGISTRATION_S: u32 = 7 * 86_400;
+
 /// The `ringmesh supernode` settings: each is a flag, `RINGMESH_<KEY>` in
 /// the environment, and a key of the `--config` file (see
 /// [`ringmesh_config`]).
@@ -568,6 +571,14 @@ impl SupernodeArgs {
                 format!("{max_expires} is below min-expires {min_expires}"),
             ));
         }
+        // The overlay refuses entries living longer than 30 days; a week
+        // leaves room for clocks and tombstones.
+        if max_expires > MAX_REGISTRATION_S {
+            return Err(err(
+                "max-expires",
+                format!("{max_expires} is over {MAX_REGISTRATION_S} seconds (7 days)"),
+            ));
+        }
         if !(min_expires..=max_expires).contains(&default_expires) {
             return Err(err(
                 "default-expires",
@@ -890,6 +901,12 @@ mod tests {
         assert_eq!(key_of(&["--sip", "tcp:nowhere"]), "sip");
         let e = resolve(&["--min-expires", "100", "--max-expires", "50"]).unwrap_err();
         assert_eq!(e.key, "max-expires");
+        let e = resolve(&["--max-expires", "604801"]).unwrap_err();
+        assert_eq!(
+            e.key, "max-expires",
+            "the overlay would refuse such bindings"
+        );
+        assert!(resolve(&["--max-expires", "604800"]).is_ok());
         assert!(e.to_string().contains("RINGMESH_MAX_EXPIRES"));
         let e = SupernodeArgs::resolve_from(&["--data", "/tmp/x"]).unwrap_err();
         assert_eq!(e.key, "subscribers");
