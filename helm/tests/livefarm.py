@@ -27,6 +27,7 @@ from conftest import REPO, RULES
 SIPP = REPO / "loadtest" / "sipp"
 DOMAIN = "ringmesh.test"
 TOKEN = "live-test-bootstrap-token-0123456789"
+ADMIN_TOKEN = "live-test-admin-token-0123456789"
 
 
 class Failure(RuntimeError):
@@ -193,7 +194,8 @@ class Farm:
                                     "--plaintext", "true"])
         self.spawn("enrollment", [self.bin, "enrollment", "--listen", f"127.0.0.1:{self.enr_api}",
                                   "--metrics", f"127.0.0.1:{enr_metrics}", "--etcd", etcd,
-                                  "--etcd-timeout-ms", "300", "--bootstrap-token", TOKEN])
+                                  "--etcd-timeout-ms", "300", "--bootstrap-token", TOKEN,
+                                  "--admin-token", ADMIN_TOKEN])
         wait_http(f"http://127.0.0.1:{prov_metrics}/healthz", 20, "provisioning")
         wait_http(f"http://127.0.0.1:{enr_metrics}/healthz", 20, "enrollment")
         self.targets["ringmesh-provisioning"].append(f"127.0.0.1:{prov_metrics}")
@@ -274,7 +276,9 @@ class Farm:
                 ("Enroll-bad-token", lambda: stub.Enroll(pb.EnrollRequest(
                     csr_pem=csr.read_text(), bootstrap_token="not-the-bootstrap-token", node_name=node_name),
                     timeout=5)),
-                ("ListCertificates", lambda: stub.ListCertificates(pb.ListCertificatesRequest(), timeout=5)),
+                ("ListCertificates", lambda: stub.ListCertificates(
+                    pb.ListCertificatesRequest(), timeout=5,
+                    metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))),
             ]
             for name, call in calls:
                 try:

@@ -7,6 +7,7 @@ values naming the field.
 """
 
 import base64
+import hashlib
 import re
 import subprocess
 
@@ -399,6 +400,16 @@ def test_control_plane_and_etcd(rendered):
     assert enr["etcd"] == prov["etcd"]
     assert enr["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
     assert enr["ca-cert"] == ["/etc/ringmesh/ca/tls.crt"], "the CA always comes from a Secret"
+    # Revoke always needs the admin token: a generated one unless given.
+    assert enr["admin-token-file"] == ["/etc/ringmesh/admin/token"]
+    assert "command" not in enr_pod["containers"][0], "no shell reads the token"
+    admin_vol = next(v for v in enr_pod["volumes"] if v["name"] == "admin-token")
+    want_admin = values.get("enrollment", {}).get("adminToken", {}).get("existingSecret") \
+        or f"{RELEASE}-ringmesh-enrollment-admin"
+    assert admin_vol["secret"]["secretName"] == want_admin
+    if not values.get("enrollment", {}).get("adminToken", {}).get("existingSecret"):
+        generated = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == want_admin)
+        assert len(base64.b64decode(generated["data"]["token"])) >= 16
     assert prov["tls-cert"] == ["/etc/ringmesh/tls/tls.crt"] and "plaintext" not in prov
     prov_pod = one(docs, "Deployment", "provisioning")["spec"]["template"]["spec"]
     tls_vol = next(v for v in prov_pod["volumes"] if v["name"] == "tls")
@@ -410,10 +421,16 @@ def test_control_plane_and_etcd(rendered):
         assert ca["type"] == "kubernetes.io/tls"
         assert base64.b64decode(ca["data"]["tls.crt"]).decode() == values["ca"]["cert"]
         token = base64.b64decode(secrets[f"{RELEASE}-ringmesh-bootstrap"]["data"]["token"]).decode()
-        assert token == values["bootstrapToken"]["value"]
+        assert token.splitlines()[0] == values["bootstrapToken"]["value"]
+        # The token file pins the CA the chart holds: SHA-256 of its DER.
+        der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=values["ca"]["cert"].encode(),
+                             capture_output=True, check=True, timeout=30).stdout
+        assert token.splitlines()[1] == "ca-sha256:" + hashlib.sha256(der).hexdigest()
     if name == "default":
-        token = base64.b64decode(objects(docs, "Secret")[0]["data"]["token"]).decode()
-        assert len(token) >= 16, "a generated bootstrap token is long enough for enrollment"
+        boot = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == f"{RELEASE}-ringmesh-bootstrap")
+        token = base64.b64decode(boot["data"]["token"]).decode()
+        assert len(token.splitlines()[0]) >= 16, "a generated bootstrap token is long enough for enrollment"
+        assert token.splitlines()[1].startswith("ca-sha256:"), "and pins the generated CA"
 
 
 def test_network_policies_can_be_left_to_the_cluster(chart):

@@ -81,6 +81,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "ringmesh.component" (dict "root" . "component" "ca")) .Values.ca.existingSecret }}
 {{- end }}
 
+{{- define "ringmesh.adminTokenSecret" -}}
+{{- default (include "ringmesh.component" (dict "root" . "component" "enrollment-admin")) .Values.enrollment.adminToken.existingSecret }}
+{{- end }}
+
 {{- define "ringmesh.provisioningTlsSecret" -}}
 {{- default (include "ringmesh.component" (dict "root" . "component" "provisioning-tls")) .Values.provisioning.tls.existingSecret }}
 {{- end }}

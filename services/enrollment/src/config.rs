@@ -55,7 +55,7 @@ pub struct EnrollmentArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// A token guarding Revoke and ListCertificates (repeatable); none:
-    /// those RPCs are open to anyone who reaches the port.
+    /// those RPCs refuse everyone.
     #[arg(
         long,
         env = "RINGMESH_ADMIN_TOKEN",
@@ -64,6 +64,10 @@ pub struct EnrollmentArgs {
     )]
     #[serde(default)]
     pub admin_token: Vec<String>,
+    /// A file of admin tokens, one per line ('#' starts a comment).
+    #[arg(long, env = "RINGMESH_ADMIN_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// CA certificate (PEM) to use instead of the stored one, e.g. from a
     /// Kubernetes Secret; needs --ca-key.
     #[arg(long, env = "RINGMESH_CA_CERT")]
@@ -185,22 +189,11 @@ impl EnrollmentArgs {
                 timeout: Duration::from_millis(ms),
             }
         };
-        let mut bootstrap_tokens = a.bootstrap_token;
-        if let Some(path) = a.bootstrap_token_file {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                err(
-                    "bootstrap-token-file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            bootstrap_tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
-        }
-        bootstrap_tokens.retain(|t| !t.is_empty());
+        let bootstrap_tokens = tokens(
+            "bootstrap-token-file",
+            a.bootstrap_token,
+            a.bootstrap_token_file.as_deref(),
+        )?;
         if bootstrap_tokens.is_empty() {
             return Err(err(
                 "bootstrap-token",
@@ -249,12 +242,26 @@ impl EnrollmentArgs {
             }
             None => None,
         };
+        let admin_tokens = tokens(
+            "admin-token-file",
+            a.admin_token,
+            a.admin_token_file.as_deref(),
+        )?;
+        if let Some(short) = admin_tokens.iter().find(|t| t.len() < 16) {
+            return Err(err(
+                "admin-token",
+                format!(
+                    "a token of {} characters is too easy to guess (16 at least)",
+                    short.len()
+                ),
+            ));
+        }
         let cert_days = in_range("cert-days", a.cert_days, 1..=3650)?;
         Ok(EnrollmentConfig {
             listen,
             store,
             bootstrap_tokens,
-            admin_tokens: a.admin_token,
+            admin_tokens,
             ca_pem,
             farm_secret,
             cert_days,
@@ -262,6 +269,29 @@ impl EnrollmentArgs {
             log: a.service.log,
         })
     }
+}
+
+/// Tokens given inline and in a file (`file_key`), one per line, '#'
+/// starting a comment; empty ones dropped.
+fn tokens(
+    file_key: &str,
+    mut inline: Vec<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(file_key, format!("cannot read {}: {e}", path.display())))?;
+        // A bootstrap file may also pin the CA for the nodes reading it.
+        let pin = ringmesh_enrollment_client::client::CA_PIN_PREFIX;
+        inline.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(pin))
+                .map(str::to_string),
+        );
+    }
+    inline.retain(|t| !t.is_empty());
+    Ok(inline)
 }
 
 #[cfg(test)]
@@ -274,6 +304,28 @@ mod tests {
         let mut all = TOKEN.to_vec();
         all.extend_from_slice(more);
         EnrollmentArgs::resolve_from(&all)
+    }
+
+    #[test]
+    fn admin_tokens_from_a_file_and_too_short_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(
+            &path,
+            "# the admin token\nan-admin-token-of-enough-length\n\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = with_token(&["--admin-token-file", p]).unwrap();
+        assert_eq!(c.admin_tokens, ["an-admin-token-of-enough-length"]);
+        let e = with_token(&["--admin-token", "short"]).unwrap_err();
+        assert_eq!(e.key, "admin-token");
+        let e = with_token(&["--admin-token-file", "/nonexistent/token"]).unwrap_err();
+        assert_eq!(e.key, "admin-token-file");
+        assert!(
+            with_token(&[]).unwrap().admin_tokens.is_empty(),
+            "optional: Revoke is then closed"
+        );
     }
 
     #[test]

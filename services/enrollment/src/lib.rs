@@ -40,7 +40,9 @@ use anyhow::Context as _;
 pub use authority::{Authority, AuthorityOptions};
 pub use config::{EnrollmentArgs, EnrollmentConfig, StoreConfig};
 pub use kv::{EtcdKv, FileKv, Kv};
-pub use ringmesh_enrollment_client::{EnrollError, EnrolledIdentity, client, enroll, renew};
+pub use ringmesh_enrollment_client::{
+    Bootstrap, EnrollError, EnrolledIdentity, client, enroll, renew,
+};
 pub use service::{EnrollmentService, Tokens, serve};
 use tokio::net::TcpListener;
 
@@ -139,9 +141,7 @@ async fn run_kv<K: Kv>(
         );
     }
     if cfg.admin_tokens.is_empty() {
-        tracing::warn!(
-            "no --admin-token: Revoke and ListCertificates are open to anyone who reaches the API"
-        );
+        tracing::warn!("no --admin-token: Revoke and ListCertificates are closed to everyone");
     }
     let service = EnrollmentService::new(
         Arc::new(authority),

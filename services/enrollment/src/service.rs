@@ -92,7 +92,7 @@ pub fn valid_node_name(name: &str) -> bool {
 
 impl<K: Kv> EnrollmentService<K> {
     /// A service accepting `bootstrap` tokens for Enroll; `admin` tokens
-    /// guard Revoke and ListCertificates (empty: those are open).
+    /// guard Revoke and ListCertificates (empty: those are closed).
     pub fn new(
         authority: Arc<Authority<K>>,
         bootstrap: Tokens,
@@ -133,7 +133,10 @@ impl<K: Kv> EnrollmentService<K> {
 
     fn authorize_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.admin.is_empty() {
-            return Ok(());
+            return Err(Status::permission_denied(
+                "admin RPC: this enrollment service has no admin token (--admin-token-file), so \
+                 Revoke and ListCertificates are closed",
+            ));
         }
         let header = req
             .metadata()

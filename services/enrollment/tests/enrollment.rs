@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ringmesh_enrollment::ca::{self, NODE_DNS_NAME};
 use ringmesh_enrollment::kv::{EtcdKv, FileKv, Kv};
 use ringmesh_enrollment::{
-    Authority, AuthorityOptions, EnrollError, EnrolledIdentity, EnrollmentService, Tokens, enroll,
-    renew, serve,
+    Authority, AuthorityOptions, Bootstrap, EnrollError, EnrolledIdentity, EnrollmentService,
+    Tokens, enroll, renew, serve,
 };
 use ringmesh_proto::enrollment as pb;
 use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
@@ -112,9 +112,14 @@ fn mode(p: &Path) -> u32 {
 async fn scenario(server: &Server) {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let id = enroll(&server.addr, TOKEN, "sn0", &dir.path().join("sn0"))
-        .await
-        .unwrap();
+    let id = enroll(
+        &server.addr,
+        &Bootstrap::unpinned(TOKEN),
+        "sn0",
+        &dir.path().join("sn0"),
+    )
+    .await
+    .unwrap();
     eprintln!("enrolled {} in {:?}", id.node_id_hex(), t.elapsed());
 
     // The certificate carries the Node-ID returned, chains to the CA, and
@@ -143,16 +148,21 @@ async fn scenario(server: &Server) {
     );
 
     // A second node gets another Node-ID and the same farm secret.
-    let id2 = enroll(&server.addr, TOKEN, "sn1", &dir.path().join("sn1"))
-        .await
-        .unwrap();
+    let id2 = enroll(
+        &server.addr,
+        &Bootstrap::unpinned(TOKEN),
+        "sn1",
+        &dir.path().join("sn1"),
+    )
+    .await
+    .unwrap();
     assert_ne!(id2.node_id, id.node_id);
     assert_eq!(id2.farm_secret, id.farm_secret);
 
     // Bad tokens: PERMISSION_DENIED, and nothing written.
     let e = enroll(
         &server.addr,
-        "wrong-token-of-some-length",
+        &Bootstrap::unpinned("wrong-token-of-some-length"),
         "sn2",
         &dir.path().join("sn2"),
     )
@@ -294,7 +304,7 @@ async fn enrollment_on_the_file_store() {
     let before = std::fs::read(data.path().join("ca")).unwrap();
     let server = Server::start(FileKv::open(data.path()).unwrap(), &[ADMIN]).await;
     let dir = tempfile::tempdir().unwrap();
-    let id = enroll(&server.addr, TOKEN, "sn9", dir.path())
+    let id = enroll(&server.addr, &Bootstrap::unpinned(TOKEN), "sn9", dir.path())
         .await
         .unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&before).unwrap();
@@ -333,16 +343,90 @@ async fn enrollment_on_etcd() {
         dir.path().join("c1"),
         dir.path().join("c2"),
     );
+    let b = Bootstrap::unpinned(TOKEN);
     let (x, y, z) = tokio::join!(
-        enroll(&server.addr, TOKEN, "c0", &d0),
-        enroll(&server.addr, TOKEN, "c1", &d1),
-        enroll(&server.addr, TOKEN, "c2", &d2)
+        enroll(&server.addr, &b, "c0", &d0),
+        enroll(&server.addr, &b, "c1", &d1),
+        enroll(&server.addr, &b, "c2", &d2)
     );
     let ids = [x.unwrap().node_id, y.unwrap().node_id, z.unwrap().node_id];
     assert!(
         ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
         "{ids:?}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_ca_its_bootstrap_file_does_not_pin() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(FileKv::open(data.path()).unwrap(), &[ADMIN]).await;
+    let mut c = server.client().await;
+    let bundle = c
+        .get_ca_bundle(pb::GetCaBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .ca_bundle_pem;
+    let real = ca::pem_certs(&bundle).unwrap().remove(0);
+    // The node's bootstrap file pins another CA: what it gets back is, to
+    // it, a forged bundle, and it keeps nothing.
+    let other = ca::Ca::generate("the CA the node expects").unwrap();
+    let pinned_elsewhere = Bootstrap::parse(&format!(
+        "{TOKEN}\n{}\n",
+        Bootstrap::pin_line(other.cert_der())
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = enroll(&server.addr, &pinned_elsewhere, "sn5", dir.path())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, EnrollError::BadAnswer(m) if m.contains("pins")),
+        "{e:?}"
+    );
+    assert!(!dir.path().join("node.crt").exists(), "nothing written");
+    // Pinned to the real CA, the same node enrolls.
+    let pinned = Bootstrap::parse(&format!(
+        "# farm\n{TOKEN}\n{}\n",
+        Bootstrap::pin_line(&real)
+    ))
+    .unwrap();
+    enroll(&server.addr, &pinned, "sn5", dir.path())
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_admin_token_nobody_revokes() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(FileKv::open(data.path()).unwrap(), &[]).await;
+    let mut c = server.client().await;
+    // An attacker's guess, and no token at all: both refused.
+    let mut req = tonic::Request::new(pb::RevokeRequest {
+        node_id: "00".repeat(16),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer a-guess-of-forty-characters-000000000"
+            .parse()
+            .unwrap(),
+    );
+    let e = c.revoke(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .list_certificates(pb::ListCertificatesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Nodes are served meanwhile: the CA bundle, and enrolling.
+    c.get_ca_bundle(pb::GetCaBundleRequest {}).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    enroll(&server.addr, &Bootstrap::unpinned(TOKEN), "sn9", dir.path())
+        .await
+        .unwrap();
     server.stop().await;
 }
 
@@ -354,8 +438,13 @@ async fn unreachable_service_is_unavailable() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let e = enroll(&format!("127.0.0.1:{port}"), TOKEN, "n", dir.path())
-        .await
-        .unwrap_err();
+    let e = enroll(
+        &format!("127.0.0.1:{port}"),
+        &Bootstrap::unpinned(TOKEN),
+        "n",
+        dir.path(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, EnrollError::Unavailable(_)), "{e:?}");
 }

@@ -335,13 +335,27 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
     let exe = exe.display().to_string();
-    let token_file = data.join("bootstrap.token");
-    if !token_file.exists() {
-        let token: [u8; 24] = rand_bytes();
-        ringmesh_supernode::write_private(&token_file, hex::encode(token).as_bytes())?;
-    }
-    let token = std::fs::read_to_string(&token_file)?.trim().to_string();
     let certs = ControlCerts::make(&data)?;
+    // The bootstrap file: the token, and the CA every node must get back.
+    let token_file = data.join("bootstrap.token");
+    let bootstrap = match std::fs::read_to_string(&token_file) {
+        Ok(text) => ringmesh_enrollment::Bootstrap::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", token_file.display()))?,
+        Err(_) => ringmesh_enrollment::Bootstrap::unpinned(&hex::encode(rand_bytes::<24>())),
+    };
+    let ca_der = ringmesh_enrollment::ca::pem_certs(&std::fs::read_to_string(&certs.ca_cert)?)?
+        .into_iter()
+        .next()
+        .context("the dev farm CA file holds no certificate")?;
+    let pin = ringmesh_enrollment::Bootstrap::pin_line(&ca_der);
+    let text = format!("{}\n{pin}\n", bootstrap.token);
+    ringmesh_supernode::write_private(&token_file, text.as_bytes())?;
+    let bootstrap = ringmesh_enrollment::Bootstrap::parse(&text).map_err(anyhow::Error::msg)?;
+    let admin_token = data.join("admin.token");
+    if !admin_token.exists() {
+        let t: [u8; 24] = rand_bytes();
+        ringmesh_supernode::write_private(&admin_token, hex::encode(t).as_bytes())?;
+    }
     let etcd_args: Vec<String> = args
         .etcd
         .iter()
@@ -381,6 +395,8 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         token_file.display().to_string(),
         "--metrics".into(),
         ports.at(603).to_string(),
+        "--admin-token-file".into(),
+        admin_token.display().to_string(),
         "--ca-cert".into(),
         certs.ca_cert.display().to_string(),
         "--ca-key".into(),
@@ -412,7 +428,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         etcd_args: &etcd_args,
     };
     let mut nodes = Vec::new();
-    if let Err(e) = start_nodes(&template, ports, &token, &mut nodes).await {
+    if let Err(e) = start_nodes(&template, ports, &bootstrap, &mut nodes).await {
         stop_all(&mut nodes, &mut services).await;
         return Err(e);
     }
@@ -463,7 +479,8 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
                    "operator_cert": certs.operator.cert.display().to_string(),
                    "operator_key": certs.operator.key.display().to_string(),
                    "admin_cert": certs.admin.cert.display().to_string(),
-                   "admin_key": certs.admin.key.display().to_string()})
+                   "admin_key": certs.admin.key.display().to_string(),
+                   "admin_token": admin_token.display().to_string()})
         );
     } else {
         println!("  provisioning {provisioning}  enrollment {enrollment}");
@@ -513,7 +530,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
 async fn start_nodes(
     t: &NodeTemplate<'_>,
     ports: Ports,
-    token: &str,
+    bootstrap: &ringmesh_enrollment::Bootstrap,
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<()> {
     let count = t.args.nodes;
@@ -523,7 +540,7 @@ async fn start_nodes(
         let node_id = match ringmesh_enrollment::EnrolledIdentity::load(&node_dir)? {
             Some(id) => id.node_id,
             None => {
-                ringmesh_enrollment::enroll(&t.enrollment.to_string(), token, &name, &node_dir)
+                ringmesh_enrollment::enroll(&t.enrollment.to_string(), bootstrap, &name, &node_dir)
                     .await
                     .map_err(|e| anyhow::anyhow!("enrolling {name}: {e}"))?
                     .node_id

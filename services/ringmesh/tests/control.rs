@@ -442,12 +442,22 @@ fn a_revoked_node_cannot_stay_in_the_ring() {
             pb::enrollment_client::EnrollmentClient::connect(format!("http://{}", farm.enrollment))
                 .await
                 .unwrap();
-        c.revoke(pb::RevokeRequest {
-            node_id: victim.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let revoke = || {
+            tonic::Request::new(pb::RevokeRequest {
+                node_id: victim.clone(),
+                ..Default::default()
+            })
+        };
+        // Without the admin token nobody revokes anything.
+        let refused = c.revoke(revoke()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let token = std::fs::read_to_string(&farm.admin_token).unwrap();
+        let mut req = revoke();
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        c.revoke(req).await.unwrap();
         let r = c
             .get_revocations(pb::GetRevocationsRequest {})
             .await

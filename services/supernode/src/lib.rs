@@ -122,13 +122,19 @@ async fn enroll_if_needed(cfg: &Config) -> anyhow::Result<()> {
             ov.cert.display()
         )
     })?;
-    let token = std::fs::read_to_string(path).with_context(|| {
+    let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "config key `bootstrap-token-file`: cannot read {}",
             path.display()
         )
     })?;
-    let id = ringmesh_enrollment_client::enroll(endpoint, token.trim(), &cfg.name, &cfg.data)
+    let bootstrap = ringmesh_enrollment_client::Bootstrap::parse(&text).map_err(|e| {
+        anyhow::anyhow!("config key `bootstrap-token-file`: {}: {e}", path.display())
+    })?;
+    if bootstrap.ca_sha256.is_none() {
+        tracing::warn!(file = %path.display(), "the bootstrap file pins no CA (ca-sha256:): the CA enrollment returns is trusted as is");
+    }
+    let id = ringmesh_enrollment_client::enroll(endpoint, &bootstrap, &cfg.name, &cfg.data)
         .await
         .map_err(|e| anyhow::anyhow!("enrollment at {endpoint} failed: {e}"))?;
     tracing::info!(node_id = %hex::encode(id.node_id), "enrolled with the farm CA");

@@ -36,6 +36,8 @@ pub struct Farm {
     pub operator: [String; 3],
     /// The admin's TLS files: CA, certificate, key.
     pub admin_cert: [String; 3],
+    /// The file holding enrollment's admin token.
+    pub admin_token: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -89,6 +91,7 @@ impl Farm {
             enrollment_metrics: String::new(),
             operator: Default::default(),
             admin_cert: Default::default(),
+            admin_token: String::new(),
             dir,
         };
         loop {
@@ -120,6 +123,7 @@ impl Farm {
                     farm.enrollment_metrics = text(&v, "enrollment_metrics");
                     farm.operator = ["ca", "operator_cert", "operator_key"].map(|k| text(&v, k));
                     farm.admin_cert = ["ca", "admin_cert", "admin_key"].map(|k| text(&v, k));
+                    farm.admin_token = text(&v, "admin_token");
                 }
                 Some("ready") => break,
                 _ => {}

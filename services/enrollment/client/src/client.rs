@@ -27,6 +27,73 @@ use crate::cert as ca;
 /// Deadline of one enrollment RPC.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a node enrolls with: the bootstrap token and, pinned, the SHA-256
+/// of the farm CA certificate (DER) it must get back. A bootstrap file
+/// holds the token on its first line that is neither empty nor a comment
+/// (`#`), and may hold a line `ca-sha256:HEX`: enrollment then cannot hand
+/// the node another CA, even over a network an attacker controls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub token: String,
+    pub ca_sha256: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("ca_sha256", &self.ca_sha256.map(hex::encode))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The prefix of a bootstrap file's CA pin line.
+pub const CA_PIN_PREFIX: &str = "ca-sha256:";
+
+impl Bootstrap {
+    /// A token without a pinned CA (the CA returned is trusted as is).
+    pub fn unpinned(token: &str) -> Bootstrap {
+        Bootstrap {
+            token: token.to_string(),
+            ca_sha256: None,
+        }
+    }
+
+    /// Parses a bootstrap file (see [`Bootstrap`]).
+    pub fn parse(text: &str) -> Result<Bootstrap, String> {
+        let mut token = None;
+        let mut ca_sha256 = None;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(h) = line.strip_prefix(CA_PIN_PREFIX) {
+                let pin: [u8; 32] = hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| format!("{CA_PIN_PREFIX} needs 64 hex digits"))?;
+                ca_sha256 = Some(pin);
+            } else if token.is_none() {
+                token = Some(line.to_string());
+            }
+        }
+        Ok(Bootstrap {
+            token: token.ok_or("no bootstrap token in the file")?,
+            ca_sha256,
+        })
+    }
+
+    /// The pin line for a CA certificate (DER).
+    pub fn pin_line(ca_der: &[u8]) -> String {
+        format!("{CA_PIN_PREFIX}{}", hex::encode(ca_sha256(ca_der)))
+    }
+}
+
+/// The SHA-256 of a certificate (DER), as a bootstrap file pins it.
+pub fn ca_sha256(der: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(der).into()
+}
+
 /// A node's enrolled identity, as written to its directory.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnrolledIdentity {
@@ -120,6 +187,7 @@ fn csr_for(key: &KeyPair, node_name: &str) -> Result<String, EnrollError> {
 fn accept(
     resp: pb::EnrollResponse,
     key: &KeyPair,
+    pin: Option<&[u8; 32]>,
     dir: &Path,
 ) -> Result<EnrolledIdentity, EnrollError> {
     let bad = |m: String| EnrollError::BadAnswer(m);
@@ -143,6 +211,18 @@ fn accept(
     if !cas.iter().any(|c| ca::signed_by(&der, c)) {
         return Err(bad("the certificate does not chain to the CA bundle".into()));
     }
+    // A pinned CA must be in the bundle and must have signed us: a forged
+    // bundle, or a certificate from another CA, is refused.
+    if let Some(pin) = pin
+        && !cas
+            .iter()
+            .any(|c| ca_sha256(c) == *pin && ca::signed_by(&der, c))
+    {
+        return Err(bad(format!(
+            "the CA is not the one the bootstrap file pins ({CA_PIN_PREFIX}{})",
+            hex::encode(pin)
+        )));
+    }
     if resp.farm_secret.len() < 16 {
         return Err(bad("farm secret shorter than 16 bytes".into()));
     }
@@ -160,10 +240,11 @@ fn accept(
 }
 
 /// Enrolls this node: a fresh key pair and CSR made here, a certificate
-/// with the Node-ID the CA assigns, files written into `key_dir`.
+/// with the Node-ID the CA assigns (from the pinned CA, when the bootstrap
+/// pins one), files written into `key_dir`.
 pub async fn enroll(
     endpoint: &str,
-    token: &str,
+    bootstrap: &Bootstrap,
     node_name: &str,
     key_dir: &Path,
 ) -> Result<EnrolledIdentity, EnrollError> {
@@ -172,11 +253,11 @@ pub async fn enroll(
     let mut c = client(endpoint).await?;
     let req = pb::EnrollRequest {
         csr_pem,
-        bootstrap_token: token.to_string(),
+        bootstrap_token: bootstrap.token.clone(),
         node_name: node_name.to_string(),
     };
     let resp = c.enroll(req).await.map_err(from_status)?.into_inner();
-    accept(resp, &key, key_dir)
+    accept(resp, &key, bootstrap.ca_sha256.as_ref(), key_dir)
 }
 
 /// Renews the identity in `key_dir` (same key, same Node-ID, new expiry)
@@ -195,7 +276,7 @@ pub async fn renew(endpoint: &str, key_dir: &Path) -> Result<EnrolledIdentity, E
         .await
         .map_err(from_status)?
         .into_inner();
-    accept(resp, &key, key_dir)
+    accept(resp, &key, None, key_dir)
 }
 
 fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), EnrollError> {
@@ -267,5 +348,35 @@ impl EnrolledIdentity {
     /// The Node-ID as 32 hex digits.
     pub fn node_id_hex(&self) -> String {
         hex::encode(self.node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_file_holds_a_token_and_may_pin_the_ca() {
+        let pin = Bootstrap::pin_line(b"a certificate");
+        let b = Bootstrap::parse(&format!(
+            "# comment\n\n  tok-en-0123456789abcdef  \n{pin}\n"
+        ))
+        .unwrap();
+        assert_eq!(b.token, "tok-en-0123456789abcdef");
+        assert_eq!(b.ca_sha256, Some(ca_sha256(b"a certificate")));
+        // The pin may come first; a second token line is ignored.
+        let b = Bootstrap::parse(&format!("{pin}\nfirst\nsecond\n")).unwrap();
+        assert_eq!(b.token, "first");
+        assert_eq!(Bootstrap::parse("just-a-token\n").unwrap().ca_sha256, None);
+        assert!(
+            Bootstrap::parse("ca-sha256:abcd\ntoken")
+                .unwrap_err()
+                .contains("64 hex")
+        );
+        assert!(Bootstrap::parse("# nothing\n").is_err());
+        assert!(
+            !format!("{b:?}").contains("first"),
+            "the token stays out of logs"
+        );
     }
 }

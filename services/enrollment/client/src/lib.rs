@@ -14,4 +14,4 @@ pub mod cert;
 pub mod client;
 pub mod tls;
 
-pub use client::{EnrollError, EnrolledIdentity, enroll, renew};
+pub use client::{Bootstrap, EnrollError, EnrolledIdentity, enroll, renew};
