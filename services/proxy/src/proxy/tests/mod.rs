@@ -533,24 +533,29 @@ impl Harness {
         mine
     }
 
-    /// Registers `user` (password "secret") from `flow` with `contact`:
-    /// REGISTER, the 401, REGISTER with credentials; returns the final
-    /// response.
+    /// Registers `user` (password "secret") from `flow` with `contact` at
+    /// node 1: REGISTER, the 401, REGISTER with credentials; returns the
+    /// final response.
     pub fn register(&mut self, flow: FlowRef, user: &str, contact: &str) -> Message {
+        self.register_at(1, flow, user, contact)
+    }
+
+    /// [`Harness::register`] at node `n`.
+    pub fn register_at(&mut self, n: u8, flow: FlowRef, user: &str, contact: &str) -> Message {
         let tag: String = contact
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .collect();
         let call = format!("reg-{user}-{tag}");
         let first = register_text(flow, user, contact, &call, 1, "", 600);
-        self.leaf_sends(flow, &first);
+        self.recv(n, &first, Dest::Flow(flow));
         let r = self.final_to(flow);
         if r.status() != Some(401) {
             return r;
         }
         let auth = authorization(&r, user, "secret", "REGISTER", &format!("sip:{DOMAIN}"));
         let second = register_text(flow, user, contact, &call, 2, &auth, 600);
-        self.leaf_sends(flow, &second);
+        self.recv(n, &second, Dest::Flow(flow));
         self.final_to(flow)
     }
 

@@ -142,28 +142,16 @@ fn a_call_across_two_supernodes_is_routed_edge_to_edge() {
     let mut h = Harness::farm();
     let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
     // bob registers at node 2 (outbound, so node 2 must use his flow).
-    let reg = |cseq: u32, auth: &str| {
-        register_text(
+    assert_eq!(
+        h.register_at(
+            2,
             bob,
             "bob",
-            "<sip:bob@192.0.2.2:5060;ob>;+sip.instance=\"<urn:uuid:b0b>\";reg-id=1",
-            "bob-reg",
-            cseq,
-            auth,
-            600,
+            "<sip:bob@192.0.2.2:5060;ob>;+sip.instance=\"<urn:uuid:b0b>\";reg-id=1"
         )
-    };
-    h.recv(2, &reg(1, ""), Dest::Flow(bob));
-    let challenge = h.final_to(bob);
-    let auth = authorization(
-        &challenge,
-        "bob",
-        "secret",
-        "REGISTER",
-        &format!("sip:{DOMAIN}"),
+        .status(),
+        Some(200)
     );
-    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
-    assert_eq!(h.final_to(bob).status(), Some(200));
     h.take();
 
     // alice calls from node 1.
@@ -372,28 +360,11 @@ fn the_top_via_gets_received_and_rport_filled_in() {
 fn a_binding_whose_edge_supernode_is_gone_is_not_tried() {
     let mut h = Harness::farm();
     let bob = udp_leaf(BOB);
-    let reg = |cseq: u32, auth: &str| {
-        register_text(
-            bob,
-            "bob",
-            "<sip:bob@192.0.2.2:5060>",
-            "bob-reg",
-            cseq,
-            auth,
-            600,
-        )
-    };
-    h.recv(2, &reg(1, ""), Dest::Flow(bob));
-    let challenge = h.final_to(bob);
-    let auth = authorization(
-        &challenge,
-        "bob",
-        "secret",
-        "REGISTER",
-        &format!("sip:{DOMAIN}"),
+    assert_eq!(
+        h.register_at(2, bob, "bob", "<sip:bob@192.0.2.2:5060>")
+            .status(),
+        Some(200)
     );
-    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
-    assert_eq!(h.final_to(bob).status(), Some(200));
     // Node 2 leaves the view of node 1.
     h.members.0.lock().unwrap().remove(&node_id(2));
     h.take();
@@ -624,28 +595,11 @@ fn a_dialog_whose_two_ends_share_one_flow_is_routed_back_down_it() {
 fn a_bye_toward_a_member_that_left_is_not_sent_over_the_overlay() {
     let mut h = Harness::farm();
     let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
-    let reg = |cseq: u32, auth: &str| {
-        register_text(
-            bob,
-            "bob",
-            "<sip:bob@192.0.2.2:5060>",
-            "bob-reg-left",
-            cseq,
-            auth,
-            600,
-        )
-    };
-    h.recv(2, &reg(1, ""), Dest::Flow(bob));
-    let challenge = h.final_to(bob);
-    let auth = authorization(
-        &challenge,
-        "bob",
-        "secret",
-        "REGISTER",
-        &format!("sip:{DOMAIN}"),
+    assert_eq!(
+        h.register_at(2, bob, "bob", "<sip:bob@192.0.2.2:5060>")
+            .status(),
+        Some(200)
     );
-    h.recv(2, &reg(2, &auth), Dest::Flow(bob));
-    assert_eq!(h.final_to(bob).status(), Some(200));
     h.take();
     h.send_authenticated(
         alice,
