@@ -10,6 +10,7 @@ import base64
 import hashlib
 import re
 import subprocess
+import time
 
 import helm_python
 import pytest
@@ -167,6 +168,8 @@ def test_yamllint_rendered(rendered):
 
 @pytest.mark.parametrize("values, field, why", [
     ({"supernode": {"replicaCount": "three"}}, "/supernode/replicaCount", "want integer"),
+    ({"bootstrapToken": {"validDays": -1}}, "/bootstrapToken/validDays", "minimum"),
+    ({"bootstrapToken": {"value": "a token with spaces in it"}}, "/bootstrapToken/value", "pattern"),
     ({"supernode": {"config": {"replicas": 9}}}, "/supernode/config/replicas", "maximum"),
     ({"supernode": {"config": {"auth": "basic"}}}, "/supernode/config/auth", "value must be one of"),
     ({"supernode": {"config": {"min-expires": "60s"}}}, "/supernode/config/min-expires", "want integer"),
@@ -284,7 +287,7 @@ def test_supernode_statefulset(rendered):
     assert c["args"][0] == "supernode"
     # Every flag a supernode in a cluster needs, by name.
     for flag in ["name", "domain", "sip", "advertise", "overlay", "seed", "metrics", "data", "replicas", "auth",
-                 "provisioning", "enrollment", "bootstrap-token-file", "etcd", "admin"]:
+                 "provisioning", "enrollment", "etcd", "admin"]:
         assert flag in f, f"{name}: --{flag} missing"
     assert f["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
     assert f["overlay"] == ["0.0.0.0:5160"]
@@ -292,7 +295,16 @@ def test_supernode_statefulset(rendered):
     assert f["metrics"] == ["0.0.0.0:5360"]
     assert f["data"] == ["/var/lib/ringmesh"]
     assert f["admin"] == ["127.0.0.1:5260"], "admin API stays on loopback"
-    assert f["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
+    # The bootstrap token: only the init container that enrolls sees it.
+    assert "bootstrap-token-file" not in f
+    (init,) = pod["initContainers"]
+    fi = flags(init)
+    assert init["args"][0] == "enroll"
+    assert fi["bootstrap-token-file"] == ["/etc/ringmesh/bootstrap/token"]
+    assert fi["data"] == f["data"] and fi["enrollment"] == f["enrollment"] and fi["name"] == f["name"]
+    assert {m["name"] for m in init["volumeMounts"]} == {"data", "bootstrap-token"}
+    assert "bootstrap-token" not in {m["name"] for m in c["volumeMounts"]}
+    assert_hardened(pod, init)
     n = spec["replicas"]
     own_seeds = [s for s in f["seed"] if ".svc:" in s]
     assert own_seeds == [f"{sts['metadata']['name']}-{i}.{spec['serviceName']}.{NAMESPACE}.svc:5160"
@@ -421,7 +433,12 @@ def test_control_plane_and_etcd(rendered):
         assert ca["type"] == "kubernetes.io/tls"
         assert base64.b64decode(ca["data"]["tls.crt"]).decode() == values["ca"]["cert"]
         token = base64.b64decode(secrets[f"{RELEASE}-ringmesh-bootstrap"]["data"]["token"]).decode()
-        assert token.splitlines()[0] == values["bootstrapToken"]["value"]
+        word, uses, expires = token.splitlines()[0].split()
+        assert word == values["bootstrapToken"]["value"]
+        # Its limits: one enrollment per pod plus the spares, for a week.
+        pods = one(docs, "StatefulSet", "supernode")["spec"]["replicas"]
+        assert uses == f"uses={pods + 2}"
+        assert abs(int(expires.removeprefix("expires=")) - time.time() - 7 * 86400) < 3600
         # The token file pins the CA the chart holds: SHA-256 of its DER.
         der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=values["ca"]["cert"].encode(),
                              capture_output=True, check=True, timeout=30).stdout
@@ -429,7 +446,7 @@ def test_control_plane_and_etcd(rendered):
     if name == "default":
         boot = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == f"{RELEASE}-ringmesh-bootstrap")
         token = base64.b64decode(boot["data"]["token"]).decode()
-        assert len(token.splitlines()[0]) >= 16, "a generated bootstrap token is long enough for enrollment"
+        assert len(token.split()[0]) >= 16, "a generated bootstrap token is long enough for enrollment"
         assert token.splitlines()[1].startswith("ca-sha256:"), "and pins the generated CA"
 
 

@@ -7,10 +7,13 @@
 //! farm-secret      32 random bytes, hex             created once
 //! certs/<serial>   CertRecord (JSON)
 //! nodes/<node id>  the node name: the Node-ID is taken (claimed before issuing)
+//! bootstrap/<sha256 of a token>/uses/<slot>  one enrollment with a limited token
+//! bootstrap/<sha256 of a token>/burned       the token of a revoked node
 //! ```
 
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap::BootstrapToken;
 use crate::ca::{self, Ca, CaError, Issued, Revoked};
 use crate::kv::{Kv, KvError};
 
@@ -33,6 +36,10 @@ pub struct CertRecord {
     pub reason: i32,
     #[serde(default)]
     pub comment: String,
+    /// The store key of the bootstrap token it enrolled with (empty for a
+    /// renewal's record before this field, and for a renewal of one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bootstrap: String,
 }
 
 /// Why an authority operation failed.
@@ -107,6 +114,16 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+fn unix_rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
 impl<K: Kv> Authority<K> {
     /// Loads the CA and farm secret, creating them in the store on the
     /// first start (every replica agrees on the first one written).
@@ -165,7 +182,12 @@ impl<K: Kv> Authority<K> {
         &self.farm_secret
     }
 
-    async fn record(&self, issued: &Issued, node_name: &str) -> Result<(), AuthorityError> {
+    async fn record(
+        &self,
+        issued: &Issued,
+        node_name: &str,
+        bootstrap: String,
+    ) -> Result<(), AuthorityError> {
         let rec = CertRecord {
             serial: issued.serial.clone(),
             node_id: hex::encode(issued.node_id),
@@ -176,6 +198,7 @@ impl<K: Kv> Authority<K> {
             revoked_unix: 0,
             reason: 0,
             comment: String::new(),
+            bootstrap,
         };
         self.kv
             .put(
@@ -190,11 +213,19 @@ impl<K: Kv> Authority<K> {
     /// ([`ca::place`]) and records it. Every Node-ID is claimed in the
     /// store first (`nodes/<id>`, put-if-absent), so two enrollments at
     /// once, on one replica or two, never share an ID; a revoked node's ID
-    /// is never handed out again.
-    pub async fn enroll(&self, node_name: &str, csr_pem: &str) -> Result<Issued, AuthorityError> {
-        // Check the CSR before claiming a place for it.
+    /// is never handed out again. The `token` presented must be unexpired
+    /// and unburned, and one of its uses is claimed (see
+    /// [`crate::bootstrap`]); a use stays spent if issuing then fails.
+    pub async fn enroll(
+        &self,
+        node_name: &str,
+        csr_pem: &str,
+        token: &BootstrapToken,
+    ) -> Result<Issued, AuthorityError> {
+        // Check the CSR before spending anything on it.
         rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Csr(e.to_string()))?;
+        let bootstrap = self.spend(token, node_name).await?;
         let mut taken: Vec<[u8; 16]> = self
             .kv
             .list("nodes/")
@@ -224,9 +255,54 @@ impl<K: Kv> Authority<K> {
         let issued = self
             .ca
             .sign_csr(node_name, csr_pem, node_id, self.opts.cert_days)?;
-        self.record(&issued, node_name).await?;
+        self.record(&issued, node_name, bootstrap).await?;
         tracing::info!(node = node_name, node_id = %hex::encode(issued.node_id), serial = issued.serial, "enrolled");
         Ok(issued)
+    }
+
+    /// Checks `token`'s expiry and burn mark and claims one of its uses;
+    /// returns its store key.
+    async fn spend(&self, token: &BootstrapToken, node: &str) -> Result<String, AuthorityError> {
+        let key = token.store_key();
+        if let Some(at) = token.expires_unix
+            && now_unix() > at
+        {
+            return Err(AuthorityError::Denied(format!(
+                "bootstrap_token: expired at {}",
+                unix_rfc3339(at)
+            )));
+        }
+        if self
+            .kv
+            .get(&format!("bootstrap/{key}/burned"))
+            .await?
+            .is_some()
+        {
+            return Err(AuthorityError::Denied(
+                "bootstrap_token: a node that enrolled with it was revoked, so it is burned; \
+                 enroll with a new token"
+                    .into(),
+            ));
+        }
+        let Some(uses) = token.uses else {
+            return Ok(key);
+        };
+        let prefix = format!("bootstrap/{key}/uses/");
+        let used = self.kv.list(&prefix).await?.len() as u32;
+        let claim = serde_json::json!({"node": node, "at": now_unix()}).to_string();
+        for slot in used..uses {
+            let slot_key = format!("{prefix}{slot:06}");
+            if self
+                .kv
+                .put_if_absent(&slot_key, claim.clone().into_bytes())
+                .await?
+            {
+                return Ok(key);
+            }
+        }
+        Err(AuthorityError::Denied(format!(
+            "bootstrap_token: used up ({uses} enrollments allowed)"
+        )))
     }
 
     /// Issues a fresh certificate with the same Node-ID and key as `cert_pem`,
@@ -275,7 +351,7 @@ impl<K: Kv> Authority<K> {
             node_id,
             self.opts.cert_days,
         )?;
-        self.record(&issued, &rec.node_name).await?;
+        self.record(&issued, &rec.node_name, String::new()).await?;
         tracing::info!(node = rec.node_name, node_id = %hex::encode(node_id), serial = issued.serial, "renewed");
         Ok(issued)
     }
@@ -323,6 +399,17 @@ impl<K: Kv> Authority<K> {
             )));
         }
         let mut revoked = Vec::new();
+        // The tokens these certificates came from were on the revoked node.
+        for r in &recs {
+            if !r.bootstrap.is_empty() {
+                self.kv
+                    .put(
+                        &format!("bootstrap/{}/burned", r.bootstrap),
+                        node_id.as_bytes().to_vec(),
+                    )
+                    .await?;
+            }
+        }
         for mut r in recs.into_iter().filter(|r| !r.revoked) {
             r.revoked = true;
             r.revoked_unix = now_unix();

@@ -41,7 +41,8 @@ pub struct EnrollmentArgs {
     /// Deadline of every etcd call, milliseconds.
     #[arg(long, env = "RINGMESH_ETCD_TIMEOUT_MS", default_value_t = 2000)]
     pub etcd_timeout_ms: u64,
-    /// A bootstrap token nodes present to Enroll (repeatable).
+    /// A bootstrap token nodes present to Enroll (repeatable), optionally
+    /// followed by its limits: "TOKEN uses=N expires=RFC3339-TIME".
     #[arg(
         long,
         env = "RINGMESH_BOOTSTRAP_TOKEN",
@@ -50,7 +51,9 @@ pub struct EnrollmentArgs {
     )]
     #[serde(default)]
     pub bootstrap_token: Vec<String>,
-    /// A file of bootstrap tokens, one per line ('#' starts a comment).
+    /// A file of bootstrap tokens, one per line with its limits as for
+    /// --bootstrap-token ('#' starts a comment; a `ca-sha256:` pin line,
+    /// for the nodes reading the same file, is skipped).
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
@@ -129,7 +132,7 @@ pub enum StoreConfig {
 pub struct EnrollmentConfig {
     pub listen: SocketAddr,
     pub store: StoreConfig,
-    pub bootstrap_tokens: Vec<String>,
+    pub bootstrap_tokens: Vec<crate::bootstrap::BootstrapToken>,
     pub admin_tokens: Vec<String>,
     /// CA certificate and key PEM given as files.
     pub ca_pem: Option<(String, String)>,
@@ -200,15 +203,11 @@ impl EnrollmentArgs {
                 "no bootstrap token configured: no node could ever enroll",
             ));
         }
-        if let Some(short) = bootstrap_tokens.iter().find(|t| t.len() < 16) {
-            return Err(err(
-                "bootstrap-token",
-                format!(
-                    "a token of {} characters is too easy to guess (16 at least)",
-                    short.len()
-                ),
-            ));
-        }
+        let bootstrap_tokens = bootstrap_tokens
+            .iter()
+            .map(|line| crate::bootstrap::BootstrapToken::parse(line))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err("bootstrap-token", e))?;
         let ca_pem = match (a.ca_cert, a.ca_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {

@@ -15,6 +15,7 @@
 //! | [`ca`] | the CA: Node-ID certificates from CSRs, CRLs, certificate checks |
 //! | [`kv`] | the [`Kv`] trait, [`FileKv`] (default) and [`EtcdKv`] |
 //! | [`authority`] | CA + farm secret from the store, issued-certificate records, revocation |
+//! | [`bootstrap`] | bootstrap tokens with their use counts and expiry |
 //! | [`service`] | the tonic service, bootstrap and admin tokens, [`serve`] |
 //! | [`status`] | errors to gRPC status codes, in one place |
 //! | [`config`] | `ringmesh enrollment` flags, environment, file |
@@ -25,6 +26,7 @@
 //! identity files).
 
 pub mod authority;
+pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod kv;
@@ -38,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 pub use authority::{Authority, AuthorityOptions};
+pub use bootstrap::{BootstrapToken, BootstrapTokens};
 pub use config::{EnrollmentArgs, EnrollmentConfig, StoreConfig};
 pub use kv::{EtcdKv, FileKv, Kv};
 pub use ringmesh_enrollment_client::{
@@ -140,12 +143,19 @@ async fn run_kv<K: Kv>(
             .with_context(|| format!("cannot serve metrics on {addr}"))?,
         );
     }
+    let bootstrap = BootstrapTokens::new(cfg.bootstrap_tokens.clone());
+    if bootstrap.unlimited() > 0 {
+        tracing::warn!(
+            tokens = bootstrap.unlimited(),
+            "bootstrap tokens without uses= or expires= work until removed from the configuration"
+        );
+    }
     if cfg.admin_tokens.is_empty() {
         tracing::warn!("no --admin-token: Revoke and ListCertificates are closed to everyone");
     }
     let service = EnrollmentService::new(
         Arc::new(authority),
-        Tokens::new(&cfg.bootstrap_tokens),
+        bootstrap,
         Tokens::new(&cfg.admin_tokens),
     )
     .with_metrics(metrics);

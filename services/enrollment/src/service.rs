@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::authority::Authority;
+use crate::bootstrap::BootstrapTokens;
 use crate::ca;
 use crate::kv::Kv;
 use crate::metrics::Metrics;
@@ -48,16 +49,23 @@ impl Tokens {
 
     /// Whether `token` is one of them.
     pub fn check(&self, token: &str) -> bool {
+        self.position(token).is_some()
+    }
+
+    /// Which of them `token` is (every one is compared in full).
+    pub fn position(&self, token: &str) -> Option<usize> {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut any = 0u8;
-        for t in &self.0 {
+        let mut found = None;
+        for (i, t) in self.0.iter().enumerate() {
             let diff = t
                 .iter()
                 .zip(h.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            any |= u8::from(diff == 0);
+            if diff == 0 {
+                found = Some(i);
+            }
         }
-        any == 1
+        found
     }
 }
 
@@ -65,7 +73,7 @@ impl Tokens {
 #[derive(Debug)]
 pub struct EnrollmentService<K> {
     authority: Arc<Authority<K>>,
-    bootstrap: Tokens,
+    bootstrap: BootstrapTokens,
     admin: Tokens,
     metrics: Option<Metrics>,
 }
@@ -95,7 +103,7 @@ impl<K: Kv> EnrollmentService<K> {
     /// guard Revoke and ListCertificates (empty: those are closed).
     pub fn new(
         authority: Arc<Authority<K>>,
-        bootstrap: Tokens,
+        bootstrap: BootstrapTokens,
         admin: Tokens,
     ) -> EnrollmentService<K> {
         EnrollmentService {
@@ -169,11 +177,11 @@ impl<K: Kv> EnrollmentService<K> {
         if req.bootstrap_token.is_empty() {
             return Err(Status::permission_denied("bootstrap_token: missing"));
         }
-        if !self.bootstrap.check(&req.bootstrap_token) {
+        let Some(token) = self.bootstrap.find(&req.bootstrap_token) else {
             return Err(Status::permission_denied(
                 "bootstrap_token: not a valid bootstrap token",
             ));
-        }
+        };
         if !valid_node_name(&req.node_name) {
             return Err(invalid(
                 "node_name",
@@ -186,7 +194,10 @@ impl<K: Kv> EnrollmentService<K> {
                 format!("must be a PEM CSR of at most {MAX_PEM} bytes"),
             ));
         }
-        let issued = self.authority.enroll(&req.node_name, &req.csr_pem).await?;
+        let issued = self
+            .authority
+            .enroll(&req.node_name, &req.csr_pem, token)
+            .await?;
         self.response(issued).await
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ringmesh_enrollment::ca::{self, NODE_DNS_NAME};
 use ringmesh_enrollment::kv::{EtcdKv, FileKv, Kv};
 use ringmesh_enrollment::{
-    Authority, AuthorityOptions, Bootstrap, EnrollError, EnrolledIdentity, EnrollmentService,
-    Tokens, enroll, renew, serve,
+    Authority, AuthorityOptions, Bootstrap, BootstrapToken, BootstrapTokens, EnrollError,
+    EnrolledIdentity, EnrollmentService, Tokens, enroll, renew, serve,
 };
 use ringmesh_proto::enrollment as pb;
 use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
@@ -20,6 +20,8 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName
 use tonic::Code;
 
 const TOKEN: &str = "bootstrap-token-for-tests";
+/// A second token: [`scenario`] revokes a node of the first, burning it.
+const TOKEN2: &str = "second-bootstrap-token-for-tests";
 const ADMIN: &str = "admin-token-for-tests";
 
 struct Server {
@@ -30,12 +32,17 @@ struct Server {
 
 impl Server {
     async fn start<K: Kv>(kv: K, admin: &[&str]) -> Server {
+        let tokens = [TOKEN, TOKEN2].map(BootstrapToken::unlimited).to_vec();
+        Server::start_with(kv, tokens, admin).await
+    }
+
+    async fn start_with<K: Kv>(kv: K, tokens: Vec<BootstrapToken>, admin: &[&str]) -> Server {
         let authority = Authority::open(kv, AuthorityOptions::default())
             .await
             .unwrap();
         let service = EnrollmentService::new(
             Arc::new(authority),
-            Tokens::new(&[TOKEN]),
+            BootstrapTokens::new(tokens),
             Tokens::new(admin),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -304,9 +311,14 @@ async fn enrollment_on_the_file_store() {
     let before = std::fs::read(data.path().join("ca")).unwrap();
     let server = Server::start(FileKv::open(data.path()).unwrap(), &[ADMIN]).await;
     let dir = tempfile::tempdir().unwrap();
-    let id = enroll(&server.addr, &Bootstrap::unpinned(TOKEN), "sn9", dir.path())
-        .await
-        .unwrap();
+    let id = enroll(
+        &server.addr,
+        &Bootstrap::unpinned(TOKEN2),
+        "sn9",
+        dir.path(),
+    )
+    .await
+    .unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&before).unwrap();
     assert_eq!(id.ca_pem, stored["cert_pem"].as_str().unwrap());
     server.stop().await;
@@ -343,7 +355,7 @@ async fn enrollment_on_etcd() {
         dir.path().join("c1"),
         dir.path().join("c2"),
     );
-    let b = Bootstrap::unpinned(TOKEN);
+    let b = Bootstrap::unpinned(TOKEN2);
     let (x, y, z) = tokio::join!(
         enroll(&server.addr, &b, "c0", &d0),
         enroll(&server.addr, &b, "c1", &d1),
@@ -355,6 +367,30 @@ async fn enrollment_on_etcd() {
         "{ids:?}"
     );
     server.stop().await;
+
+    // Two replicas share a token's use count: of six nodes racing with a
+    // token of three uses, across both, exactly three get in.
+    let limited = || vec![BootstrapToken::parse("a-shared-limited-token uses=3").unwrap()];
+    let one = Server::start_with(kv().await, limited(), &[ADMIN]).await;
+    let two = Server::start_with(kv().await, limited(), &[ADMIN]).await;
+    let b = Bootstrap::unpinned("a-shared-limited-token");
+    let race = (0..6).map(|i| {
+        let addr = if i % 2 == 0 { &one.addr } else { &two.addr };
+        let d = dir.path().join(format!("r{i}"));
+        let b = b.clone();
+        async move { enroll(addr, &b, &format!("r{i}"), &d).await }
+    });
+    let results = futures::future::join_all(race).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, EnrollError::Denied(m) if m.contains("used up")))
+    );
+    one.stop().await;
+    two.stop().await;
 }
 
 #[tokio::test]
@@ -447,4 +483,104 @@ async fn unreachable_service_is_unavailable() {
     .await
     .unwrap_err();
     assert!(matches!(e, EnrollError::Unavailable(_)), "{e:?}");
+}
+
+async fn revoke_as_admin(server: &Server, node_id: String) {
+    let mut req = tonic::Request::new(pb::RevokeRequest {
+        node_id,
+        reason: pb::RevocationReason::KeyCompromise as i32,
+        comment: "the machine was taken".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    server.client().await.revoke(req).await.unwrap();
+}
+
+/// An attacker holding a copied bootstrap token: once its uses are spent,
+/// after it expires, or once a node that enrolled with it is revoked, it
+/// gets nothing, while nodes with other tokens keep enrolling.
+#[tokio::test]
+async fn bootstrap_tokens_run_out_expire_and_burn_with_a_revoked_node() {
+    const RACK: &str = "rack-one-token-0123456789";
+    const OLD: &str = "an-expired-token-0123456789";
+    const SPARE: &str = "a-spare-token-0123456789ab";
+    let data = tempfile::tempdir().unwrap();
+    let tokens = vec![
+        BootstrapToken::parse(&format!("{RACK} uses=2")).unwrap(),
+        BootstrapToken::parse(&format!("{OLD} expires=2020-01-01T00:00:00Z")).unwrap(),
+        BootstrapToken::unlimited(SPARE),
+    ];
+    let server = Server::start_with(FileKv::open(data.path()).unwrap(), tokens, &[ADMIN]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let rack = Bootstrap::unpinned(RACK);
+
+    // Two uses: two nodes; the third enrollment is refused and leaves no
+    // files behind.
+    let sn0 = enroll(&server.addr, &rack, "sn0", &at("sn0"))
+        .await
+        .unwrap();
+    enroll(&server.addr, &rack, "sn1", &at("sn1"))
+        .await
+        .unwrap();
+    let e = enroll(&server.addr, &rack, "intruder", &at("intruder"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, EnrollError::Denied(m) if m.contains("used up")),
+        "{e:?}"
+    );
+    assert!(!at("intruder").join("node.crt").exists());
+
+    // Past its expiry a token is refused, with the time in the reason.
+    let e = enroll(&server.addr, &Bootstrap::unpinned(OLD), "sn2", &at("sn2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, EnrollError::Denied(m) if m.contains("expired at 2020-01-01")),
+        "{e:?}"
+    );
+
+    // A node enrolled with the spare token, then revoked: the token is
+    // burned, so the stolen machine cannot come back with a fresh key and
+    // a fresh name, and nor can anyone else with that token.
+    let thief = enroll(&server.addr, &Bootstrap::unpinned(SPARE), "sn3", &at("sn3"))
+        .await
+        .unwrap();
+    revoke_as_admin(&server, thief.node_id_hex()).await;
+    for name in ["sn3", "sn3-again"] {
+        let e = enroll(
+            &server.addr,
+            &Bootstrap::unpinned(SPARE),
+            name,
+            &at(&format!("{name}-new")),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, EnrollError::Denied(m) if m.contains("burned")),
+            "{name}: {e:?}"
+        );
+    }
+    assert!(matches!(
+        renew(&server.addr, &at("sn3")).await.unwrap_err(),
+        EnrollError::Denied(_)
+    ));
+    // The nodes of the other token are served meanwhile.
+    let renewed = renew(&server.addr, &at("sn0")).await.unwrap();
+    assert_eq!(renewed.node_id, sn0.node_id);
+    server.stop().await;
+
+    // The count is kept in the store: a restarted service (or another
+    // replica) does not hand out the spent uses again.
+    let tokens = vec![BootstrapToken::parse(&format!("{RACK} uses=2")).unwrap()];
+    let server = Server::start_with(FileKv::open(data.path()).unwrap(), tokens, &[ADMIN]).await;
+    let e = enroll(&server.addr, &rack, "sn4", &at("sn4"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, EnrollError::Denied(m) if m.contains("used up")),
+        "{e:?}"
+    );
+    server.stop().await;
 }

@@ -336,19 +336,23 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
     let exe = exe.display().to_string();
     let certs = ControlCerts::make(&data)?;
-    // The bootstrap file: the token, and the CA every node must get back.
+    // The bootstrap file: a fresh token for this run, shared by the nodes
+    // (with spares for nodes started by hand), expiring in a day, and the
+    // CA every node must get back.
     let token_file = data.join("bootstrap.token");
-    let bootstrap = match std::fs::read_to_string(&token_file) {
-        Ok(text) => ringmesh_enrollment::Bootstrap::parse(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", token_file.display()))?,
-        Err(_) => ringmesh_enrollment::Bootstrap::unpinned(&hex::encode(rand_bytes::<24>())),
-    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let token_line = format!(
+        "{} uses={} expires={}",
+        hex::encode(rand_bytes::<24>()),
+        u32::from(args.nodes) + DEV_SPARE_ENROLLMENTS,
+        now.as_secs() + 24 * 3600
+    );
     let ca_der = ringmesh_enrollment::ca::pem_certs(&std::fs::read_to_string(&certs.ca_cert)?)?
         .into_iter()
         .next()
         .context("the dev farm CA file holds no certificate")?;
     let pin = ringmesh_enrollment::Bootstrap::pin_line(&ca_der);
-    let text = format!("{}\n{pin}\n", bootstrap.token);
+    let text = format!("{token_line}\n{pin}\n");
     ringmesh_supernode::write_private(&token_file, text.as_bytes())?;
     let bootstrap = ringmesh_enrollment::Bootstrap::parse(&text).map_err(anyhow::Error::msg)?;
     let admin_token = data.join("admin.token");
@@ -701,6 +705,10 @@ async fn terminate(children: Vec<&mut Child>) {
         }
     }
 }
+
+/// Enrollments the dev bootstrap token allows beyond the farm's nodes:
+/// for supernodes started by hand against the dev farm.
+const DEV_SPARE_ENROLLMENTS: u32 = 4;
 
 /// Set by `ringmesh dev` on the processes it starts: each asks the kernel
 /// for SIGKILL when its parent dies ([`die_with_parent`]).

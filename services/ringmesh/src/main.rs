@@ -3,6 +3,7 @@
 //! - `ringmesh supernode`: one supernode (SIP registrar and proxy).
 //! - `ringmesh provisioning`: the subscriber service (HSS-like).
 //! - `ringmesh enrollment`: the farm CA (Node-IDs, certificates, revocation).
+//! - `ringmesh enroll`: a node's first enrollment, on its own.
 //! - `ringmesh ctl`: the operator CLI over these APIs.
 //! - `ringmesh certs issue`: control-plane certificates from the CA's files.
 //! - `ringmesh dev`: a local farm for a new user, with demo subscribers.
@@ -13,6 +14,7 @@
 //! | [`control`] | `ringmesh provisioning` and `ringmesh enrollment`, and the shutdown signal (SIGTERM, Ctrl-C) every service stops on |
 //! | [`ctl`] | `ringmesh ctl`: the operator CLI over the gRPC APIs |
 //! | [`dev`] | `ringmesh dev`: the local farm, every service a child process |
+//! | [`enroll`] | `ringmesh enroll`: a node's identity from enrollment before it starts |
 //! | [`listening`] | how a service started by `ringmesh dev` announces the addresses it bound |
 //!
 //! `ringmesh supernode` needs no module here: its arguments and its
@@ -22,6 +24,7 @@ mod certs;
 mod control;
 mod ctl;
 mod dev;
+mod enroll;
 mod listening;
 
 use std::process::ExitCode;
@@ -48,6 +51,8 @@ enum Command {
     Provisioning(Box<control::ProvisioningArgs>),
     /// Run the enrollment service (the farm CA, gRPC).
     Enrollment(Box<control::EnrollmentArgs>),
+    /// Enroll a node with the farm CA (its identity into --data), then exit.
+    Enroll(enroll::EnrollArgs),
     /// Operate the farm: subscribers, status, ring, lookups, traces.
     Ctl(ctl::CtlArgs),
     /// Run a local farm (supernodes as child processes) for development.
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
             "enrollment",
             control::run_enrollment(*args, sub("enrollment")),
         ),
+        Command::Enroll(args) => enroll::run(&args),
         Command::Ctl(args) => ctl::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Dev(args) => match dev::run(args) {

@@ -499,6 +499,26 @@ fn a_revoked_node_cannot_stay_in_the_ring() {
         refused >= 1.0,
         "its attempts to link again are refused and counted"
     );
+    // Nor can it come back as a new node: the bootstrap token it enrolled
+    // with is burned, whatever name it gives.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args([
+            "enroll",
+            "--enrollment",
+            &farm.enrollment,
+            "--name",
+            "sn-new",
+        ])
+        .arg("--bootstrap-token-file")
+        .arg(farm.dir.path().join("bootstrap.token"))
+        .arg("--data")
+        .arg(fresh.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("burned"), "{out:?}");
+    assert!(!fresh.path().join("node.crt").exists());
 }
 
 #[test]

@@ -741,7 +741,9 @@ fn a_dialog_whose_two_ends_share_one_flow() {
 
 /// A node added later, given its seed as a host name (as the Helm chart
 /// does with the pods' DNS names) and its own name among the seeds (every
-/// pod of a StatefulSet gets the same list), enrolls and joins the ring.
+/// pod of a StatefulSet gets the same list), enrolls with `ringmesh enroll`
+/// (the chart's init container; the supernode then runs without the
+/// bootstrap token) and joins the ring.
 #[test]
 #[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
 fn a_node_seeded_by_host_name_joins() {
@@ -785,16 +787,30 @@ fn a_node_seeded_by_host_name_joins() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    argv.push("--bootstrap-token-file".into());
-    argv.push(
-        farm.dir
-            .path()
-            .join("bootstrap.token")
-            .display()
-            .to_string(),
+    let node_dir = dir.path().join("sn9");
+    let enroll = |data: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+            .args(["enroll", "--enrollment", &farm.enrollment, "--name", "sn9"])
+            .arg("--bootstrap-token-file")
+            .arg(farm.dir.path().join("bootstrap.token"))
+            .arg("--data")
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let out = enroll(&node_dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("enrolled as node"),
+        "{out:?}"
+    );
+    let again = enroll(&node_dir);
+    assert!(
+        again.status.success() && String::from_utf8_lossy(&again.stdout).contains("already"),
+        "a restarted init container enrolls nothing twice: {again:?}"
     );
     argv.push("--data".into());
-    argv.push(dir.path().join("sn9").display().to_string());
+    argv.push(node_dir.display().to_string());
     let out = std::fs::File::create(&log).unwrap();
     let _node = Owned(
         Command::new(env!("CARGO_BIN_EXE_ringmesh"))

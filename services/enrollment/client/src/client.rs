@@ -30,7 +30,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// What a node enrolls with: the bootstrap token and, pinned, the SHA-256
 /// of the farm CA certificate (DER) it must get back. A bootstrap file
 /// holds the token on its first line that is neither empty nor a comment
-/// (`#`), and may hold a line `ca-sha256:HEX`: enrollment then cannot hand
+/// (`#`) (its first word: the limits enrollment reads may follow it), and
+/// may hold a line `ca-sha256:HEX`: enrollment then cannot hand
 /// the node another CA, even over a network an attacker controls.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Bootstrap {
@@ -73,7 +74,8 @@ impl Bootstrap {
                     .ok_or_else(|| format!("{CA_PIN_PREFIX} needs 64 hex digits"))?;
                 ca_sha256 = Some(pin);
             } else if token.is_none() {
-                token = Some(line.to_string());
+                // The service's limits (`uses=`, `expires=`) may follow.
+                token = line.split_whitespace().next().map(str::to_string);
             }
         }
         Ok(Bootstrap {
@@ -368,6 +370,8 @@ mod tests {
         let b = Bootstrap::parse(&format!("{pin}\nfirst\nsecond\n")).unwrap();
         assert_eq!(b.token, "first");
         assert_eq!(Bootstrap::parse("just-a-token\n").unwrap().ca_sha256, None);
+        let limited = Bootstrap::parse("the-token uses=3 expires=2026-12-31T00:00:00Z").unwrap();
+        assert_eq!(limited.token, "the-token", "the limits are enrollment's");
         assert!(
             Bootstrap::parse("ca-sha256:abcd\ntoken")
                 .unwrap_err()
