@@ -195,7 +195,7 @@ class Farm:
         self.spawn("enrollment", [self.bin, "enrollment", "--listen", f"127.0.0.1:{self.enr_api}",
                                   "--metrics", f"127.0.0.1:{enr_metrics}", "--etcd", etcd,
                                   "--etcd-timeout-ms", "300", "--bootstrap-token", TOKEN,
-                                  "--admin-token", ADMIN_TOKEN])
+                                  "--admin-token", ADMIN_TOKEN, "--plaintext", "true"])
         wait_http(f"http://127.0.0.1:{prov_metrics}/healthz", 20, "provisioning")
         wait_http(f"http://127.0.0.1:{enr_metrics}/healthz", 20, "enrollment")
         self.targets["ringmesh-provisioning"].append(f"127.0.0.1:{prov_metrics}")

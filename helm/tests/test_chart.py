@@ -8,6 +8,7 @@ values naming the field.
 
 import base64
 import hashlib
+import json
 import re
 import subprocess
 import time
@@ -423,6 +424,9 @@ def test_control_plane_and_etcd(rendered):
         generated = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == want_admin)
         assert len(base64.b64decode(generated["data"]["token"])) >= 16
     assert prov["tls-cert"] == ["/etc/ringmesh/tls/tls.crt"] and "plaintext" not in prov
+    node = flags(one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"]["containers"][0])
+    assert prov["enrollment"] == node["enrollment"], "provisioning follows the revocations nodes follow"
+    assert "plaintext" not in enr, "enrollment serves TLS"
     prov_pod = one(docs, "Deployment", "provisioning")["spec"]["template"]["spec"]
     tls_vol = next(v for v in prov_pod["volumes"] if v["name"] == "tls")
     want = values.get("provisioning", {}).get("tls", {}).get("existingSecret") or f"{RELEASE}-ringmesh-provisioning-tls"
@@ -550,3 +554,97 @@ def test_values_document_every_config_key():
     text = (CHART / "values.yaml").read_text()
     for k in known:
         assert re.search(rf"^\s+#?\s*{re.escape(k)}:", text, re.M), f"values.yaml does not mention {k}"
+
+
+# --- what `lookup` finds at install or upgrade time --------------------------
+
+class SecretsApi:
+    """The slice of a Kubernetes API server that `lookup "v1" "Secret"`
+    reads (discovery, then GET of one Secret), over 127.0.0.1, holding the
+    given Secrets. Kubernetes cannot run here; this is what Helm sees of it."""
+
+    def __init__(self, namespace, secrets):
+        import http.server
+        import threading
+
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                prefix = f"/api/v1/namespaces/{namespace}/secrets/"
+                if path == "/api":
+                    body = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+                elif path == "/apis":
+                    body = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+                elif path == "/api/v1":
+                    body = {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
+                         "verbs": ["get", "list"]}]}
+                elif path == "/version":
+                    body = {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+                elif path.startswith(prefix) and path[len(prefix):] in api.secrets:
+                    body = api.secrets[path[len(prefix):]]
+                else:
+                    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                            "code": 404}
+                data = json.dumps(body).encode()
+                self.send_response(body.get("code", 200))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.secrets = {
+            name: {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": name, "namespace": namespace},
+                   "type": kind, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+            for name, (kind, data) in secrets.items()}
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def render(self, chart, values):
+        config = helm_python.Config(kube_apiserver=self.url, namespace=NAMESPACE, kubeconfig_content=(
+            "apiVersion: v1\nkind: Config\nclusters: [{name: t, cluster: {server: '" + self.url + "'}}]\n"
+            "contexts: [{name: t, context: {cluster: t, user: t}}]\ncurrent-context: t\nusers: [{name: t, user: {}}]\n"))
+        try:
+            out = config.render(chart, values, name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+        finally:
+            config.close()
+            self.server.shutdown()
+        return load_yaml_docs("".join(f"---\n{v}\n" for k, v in sorted(out.items()) if k.endswith(".yaml")))
+
+
+def test_an_operators_ca_secret_is_pinned_and_a_kept_token_keeps_its_word(chart, tmp_path):
+    """With ca.existingSecret the chart reads the CA at install or upgrade:
+    the bootstrap token pins it and provisioning's certificate comes from it.
+    A token kept from an earlier release keeps its secret word and gets
+    fresh limits."""
+    crt, key = tmp_path / "ca.crt", tmp_path / "ca.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=operator CA"],
+        check=True, capture_output=True, timeout=30)
+    word = "an-earlier-release-token-0123456789"
+    api = SecretsApi(NAMESPACE, {
+        "operator-ca": ("kubernetes.io/tls", {"tls.crt": crt.read_text(), "tls.key": key.read_text()}),
+        f"{RELEASE}-ringmesh-bootstrap": ("Opaque", {"token": f"{word} uses=5 expires=1\nca-sha256:00\n"}),
+    })
+    docs = api.render(chart, {"ca": {"existingSecret": "operator-ca"}})
+    secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
+    assert f"{RELEASE}-ringmesh-ca" not in secrets, "the operator's Secret is used, not copied"
+    token = base64.b64decode(secrets[f"{RELEASE}-ringmesh-bootstrap"]["data"]["token"]).decode().splitlines()
+    first = token[0].split()
+    assert first[0] == word and first[1] == "uses=5", token[0]
+    assert int(first[2].removeprefix("expires=")) > time.time() + 6 * 86400, "a fresh expiry"
+    der = subprocess.run(["openssl", "x509", "-outform", "DER", "-in", str(crt)],
+                         capture_output=True, check=True, timeout=30).stdout
+    assert token[1] == "ca-sha256:" + hashlib.sha256(der).hexdigest(), "pins the operator's CA"
+    prov = secrets[f"{RELEASE}-ringmesh-provisioning-tls"]
+    issued = base64.b64decode(prov["data"]["tls.crt"])
+    check = subprocess.run(["openssl", "verify", "-CAfile", str(crt)], input=issued,
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr

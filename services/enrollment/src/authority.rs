@@ -172,6 +172,11 @@ impl<K: Kv> Authority<K> {
         })
     }
 
+    /// The CA.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()

@@ -475,5 +475,19 @@ mod tests {
             hex::encode(crl.iter_revoked_certificates().next().unwrap().raw_serial()),
             "0123ab"
         );
+        // Checked against the CA before use: its own passes, with its
+        // number and serials; one from another CA and garbage do not.
+        let v = ringmesh_enrollment_client::cert::verify_crl(&pem, ca.cert_pem()).unwrap();
+        assert_eq!(v.number, 3);
+        assert_eq!(v.revoked_serials, ["0123ab"]);
+        assert!(!v.stale(1_700_000_000) && v.stale(i64::MAX));
+        let other = Ca::generate("t").unwrap();
+        let forged = other.crl(&[], 9, 7).unwrap();
+        let e = ringmesh_enrollment_client::cert::verify_crl(&forged, ca.cert_pem()).unwrap_err();
+        assert!(e.to_string().contains("not signed by the farm CA"), "{e}");
+        assert!(ringmesh_enrollment_client::cert::verify_crl("junk", ca.cert_pem()).is_err());
+        assert!(
+            ringmesh_enrollment_client::cert::verify_crl(ca.cert_pem(), ca.cert_pem()).is_err()
+        );
     }
 }

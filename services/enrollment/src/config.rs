@@ -57,8 +57,8 @@ pub struct EnrollmentArgs {
     #[arg(long, env = "RINGMESH_BOOTSTRAP_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
-    /// A token guarding Revoke and ListCertificates (repeatable); none:
-    /// those RPCs refuse everyone.
+    /// A token that opens Revoke and ListCertificates (repeatable), besides
+    /// an admin certificate from the farm CA; none: only the certificate.
     #[arg(
         long,
         env = "RINGMESH_ADMIN_TOKEN",
@@ -85,6 +85,12 @@ pub struct EnrollmentArgs {
     #[arg(long, env = "RINGMESH_FARM_SECRET_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub farm_secret_file: Option<PathBuf>,
+    /// Serve without TLS: bootstrap tokens then cross the network in clear
+    /// and nodes cannot pin the CA. For labs only (nodes then name the
+    /// service http://HOST:PORT).
+    #[arg(long, env = "RINGMESH_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    #[serde(default)]
+    pub plaintext: bool,
     /// Validity of node certificates, days.
     #[arg(long, env = "RINGMESH_CERT_DAYS", default_value_t = 90)]
     pub cert_days: i64,
@@ -138,6 +144,8 @@ pub struct EnrollmentConfig {
     pub ca_pem: Option<(String, String)>,
     pub farm_secret: Option<Vec<u8>>,
     pub cert_days: i64,
+    /// Serve without TLS.
+    pub plaintext: bool,
     pub metrics: Option<SocketAddr>,
     pub log: String,
 }
@@ -151,6 +159,7 @@ impl std::fmt::Debug for EnrollmentConfig {
             .field("admin_tokens", &self.admin_tokens.len())
             .field("ca_from_files", &self.ca_pem.is_some())
             .field("cert_days", &self.cert_days)
+            .field("plaintext", &self.plaintext)
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +273,7 @@ impl EnrollmentArgs {
             ca_pem,
             farm_secret,
             cert_days,
+            plaintext: a.plaintext,
             metrics,
             log: a.service.log,
         })

@@ -44,7 +44,7 @@ pub use bootstrap::{BootstrapToken, BootstrapTokens};
 pub use config::{EnrollmentArgs, EnrollmentConfig, StoreConfig};
 pub use kv::{EtcdKv, FileKv, Kv};
 pub use ringmesh_enrollment_client::{
-    Bootstrap, EnrollError, EnrolledIdentity, client, enroll, renew,
+    Bootstrap, EnrollError, EnrolledIdentity, channel, client, enroll, renew,
 };
 pub use service::{EnrollmentService, Tokens, serve};
 use tokio::net::TcpListener;
@@ -151,21 +151,25 @@ async fn run_kv<K: Kv>(
         );
     }
     if cfg.admin_tokens.is_empty() {
-        tracing::warn!("no --admin-token: Revoke and ListCertificates are closed to everyone");
+        tracing::info!("no --admin-token: Revoke and ListCertificates need an admin certificate");
     }
-    let service = EnrollmentService::new(
-        Arc::new(authority),
-        bootstrap,
-        Tokens::new(&cfg.admin_tokens),
-    )
-    .with_metrics(metrics);
+    let authority = Arc::new(authority);
+    let service =
+        EnrollmentService::new(authority.clone(), bootstrap, Tokens::new(&cfg.admin_tokens))
+            .with_metrics(metrics);
     let api = listener.local_addr()?;
-    tracing::info!(listen = %api, "enrollment API serving");
+    let tls = if cfg.plaintext {
+        tracing::warn!("--plaintext: the bootstrap tokens nodes send cross the network in clear");
+        None
+    } else {
+        Some(service::server_tls(&authority).context("cannot issue enrollment's own certificate")?)
+    };
+    tracing::info!(listen = %api, tls = tls.is_some(), "enrollment API serving");
     serving(&Listening {
         api,
         metrics: metrics_at,
     });
-    let r = serve(listener, service, shutdown).await;
+    let r = serve(listener, service, tls, shutdown).await;
     ready.store(false, Ordering::Relaxed);
     r.context("enrollment gRPC server failed")
 }

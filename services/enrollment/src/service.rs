@@ -139,11 +139,23 @@ impl<K: Kv> EnrollmentService<K> {
         r.map(Response::new)
     }
 
+    /// The admin role: a client certificate from the farm CA carrying it,
+    /// or an admin token.
     fn authorize_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        use ringmesh_enrollment_client::tls::{Role, caller};
+        match caller(req, &Default::default()) {
+            Ok(Role::Admin) => return Ok(()),
+            Ok(role) if !req.metadata().contains_key("authorization") => {
+                return Err(Status::permission_denied(format!(
+                    "admin RPC: a {role} certificate does not carry the admin role"
+                )));
+            }
+            _ => {}
+        }
         if self.admin.is_empty() {
             return Err(Status::permission_denied(
-                "admin RPC: this enrollment service has no admin token (--admin-token-file), so \
-                 Revoke and ListCertificates are closed",
+                "admin RPC: present an admin certificate from the farm CA (this enrollment \
+                 service has no admin token)",
             ));
         }
         let header = req
@@ -152,7 +164,7 @@ impl<K: Kv> EnrollmentService<K> {
             .and_then(|v| v.to_str().ok());
         match header.and_then(|h| h.strip_prefix("Bearer ")) {
             None => Err(Status::unauthenticated(
-                "admin RPC: send `authorization: Bearer <admin token>`",
+                "admin RPC: present an admin certificate, or send `authorization: Bearer <admin token>`",
             )),
             Some(t) if self.admin.check(t.trim()) => Ok(()),
             Some(_) => Err(Status::permission_denied("admin RPC: bad admin token")),
@@ -334,10 +346,34 @@ impl<K: Kv> Enrollment for EnrollmentService<K> {
     }
 }
 
-/// Serves the Enrollment API on `listener` until `shutdown` completes.
+/// The TLS enrollment serves with: a certificate for `CONTROL_DNS_NAME`
+/// that the authority issues itself at start-up, sent with the CA
+/// certificate (a node pins the CA by its hash before it holds it); client
+/// certificates from the farm CA are asked for but optional (nodes
+/// enrolling have none; an admin's carries its role).
+pub fn server_tls<K: Kv>(
+    authority: &Authority<K>,
+) -> Result<tonic::transport::ServerTlsConfig, ca::CaError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (cert, key) = authority
+        .ca()
+        .issue_control("enrollment", None, SERVER_CERT_DAYS)?;
+    let chain = format!("{cert}{}", authority.ca_pem());
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(chain, key))
+        .client_ca_root(Certificate::from_pem(authority.ca_pem()))
+        .client_auth_optional(true))
+}
+
+/// Validity of the certificate enrollment issues itself at each start.
+const SERVER_CERT_DAYS: i64 = 397;
+
+/// Serves the Enrollment API on `listener` until `shutdown` completes;
+/// with `tls` (see [`server_tls`]), over TLS.
 pub async fn serve<K: Kv>(
     listener: TcpListener,
     service: EnrollmentService<K>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     use futures::StreamExt as _;
@@ -346,7 +382,11 @@ pub async fn serve<K: Kv>(
             let _ = s.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(EnrollmentServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmesh_enrollment::ca::{self, NODE_DNS_NAME};
+use ringmesh_enrollment::ca::{self, NODE_DNS_NAME, Role, TlsFiles, control_files};
+use ringmesh_enrollment::channel::{Trust, channel};
 use ringmesh_enrollment::kv::{EtcdKv, FileKv, Kv};
+use ringmesh_enrollment::service::server_tls;
 use ringmesh_enrollment::{
     Authority, AuthorityOptions, Bootstrap, BootstrapToken, BootstrapTokens, EnrollError,
     EnrolledIdentity, EnrollmentService, Tokens, enroll, renew, serve,
@@ -28,6 +30,10 @@ struct Server {
     addr: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// Client certificates from the farm CA: an admin's and an operator's.
+    admin: TlsFiles,
+    operator: TlsFiles,
+    _certs: tempfile::TempDir,
 }
 
 impl Server {
@@ -40,6 +46,13 @@ impl Server {
         let authority = Authority::open(kv, AuthorityOptions::default())
             .await
             .unwrap();
+        let certs = tempfile::tempdir().unwrap();
+        let files = |name, role| control_files(certs.path(), name, authority.ca(), Some(role), 1);
+        let (admin_files, operator) = (
+            files("admin", Role::Admin).unwrap(),
+            files("ops", Role::Operator).unwrap(),
+        );
+        let tls = server_tls(&authority).unwrap();
         let service = EnrollmentService::new(
             Arc::new(authority),
             BootstrapTokens::new(tokens),
@@ -49,7 +62,7 @@ impl Server {
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            serve(listener, service, async move {
+            serve(listener, service, Some(tls), async move {
                 let _ = rx.await;
             })
             .await
@@ -59,13 +72,27 @@ impl Server {
             addr,
             stop: Some(tx),
             task,
+            admin: admin_files,
+            operator,
+            _certs: certs,
         }
     }
 
+    /// A client that presents no certificate (as a node enrolling).
     async fn client(&self) -> EnrollmentClient<tonic::transport::Channel> {
-        EnrollmentClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        EnrollmentClient::new(channel(&self.addr, Trust::FirstUse).await.unwrap())
+    }
+
+    /// A client presenting `files`' certificate.
+    async fn client_as(
+        &self,
+        files: &TlsFiles,
+    ) -> Result<EnrollmentClient<tonic::transport::Channel>, tonic::transport::Error> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(files.client().unwrap())?
+            .connect()
+            .await?;
+        Ok(EnrollmentClient::new(ch))
     }
 
     async fn stop(mut self) {
@@ -394,7 +421,7 @@ async fn enrollment_on_etcd() {
 }
 
 #[tokio::test]
-async fn a_node_refuses_a_ca_its_bootstrap_file_does_not_pin() {
+async fn a_node_refuses_a_service_its_bootstrap_file_does_not_pin() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(FileKv::open(data.path()).unwrap(), &[ADMIN]).await;
     let mut c = server.client().await;
@@ -417,8 +444,9 @@ async fn a_node_refuses_a_ca_its_bootstrap_file_does_not_pin() {
     let e = enroll(&server.addr, &pinned_elsewhere, "sn5", dir.path())
         .await
         .unwrap_err();
+    // The TLS handshake already fails: the token is never sent.
     assert!(
-        matches!(&e, EnrollError::BadAnswer(m) if m.contains("pins")),
+        matches!(&e, EnrollError::BadAnswer(m) if m.contains("not the enrollment service")),
         "{e:?}"
     );
     assert!(!dir.path().join("node.crt").exists(), "nothing written");
@@ -435,7 +463,7 @@ async fn a_node_refuses_a_ca_its_bootstrap_file_does_not_pin() {
 }
 
 #[tokio::test]
-async fn without_an_admin_token_nobody_revokes() {
+async fn without_an_admin_token_or_certificate_nobody_revokes() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(FileKv::open(data.path()).unwrap(), &[]).await;
     let mut c = server.client().await;
@@ -582,5 +610,78 @@ async fn bootstrap_tokens_run_out_expire_and_burn_with_a_revoked_node() {
         matches!(&e, EnrollError::Denied(m) if m.contains("used up")),
         "{e:?}"
     );
+    server.stop().await;
+}
+
+/// The API speaks TLS only; the admin RPCs take the admin role from a
+/// client certificate of the farm CA; an operator's certificate, one from
+/// another CA and a plaintext client get nothing, while nodes enroll.
+#[tokio::test]
+async fn tls_and_the_admin_role() {
+    let data = tempfile::tempdir().unwrap();
+    // No admin token at all: the certificate is the only way in.
+    let server = Server::start(FileKv::open(data.path()).unwrap(), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = enroll(&server.addr, &Bootstrap::unpinned(TOKEN), "sn0", dir.path())
+        .await
+        .unwrap();
+
+    // Plaintext to a TLS port: no answer at all.
+    let e = enroll(
+        &format!("http://{}", server.addr),
+        &Bootstrap::unpinned(TOKEN),
+        "sn1",
+        &dir.path().join("sn1"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, EnrollError::Unavailable(_) | EnrollError::Rejected(_)),
+        "{e:?}"
+    );
+    assert!(!dir.path().join("sn1/node.crt").exists());
+
+    let revoke = || pb::RevokeRequest {
+        node_id: node.node_id_hex(),
+        ..Default::default()
+    };
+    // An operator's certificate does not carry the admin role.
+    let mut ops = server.client_as(&server.operator).await.unwrap();
+    let e = ops.revoke(revoke()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("operator"), "{}", e.message());
+    let e = ops
+        .list_certificates(pb::ListCertificatesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Nor does a node's, nor no certificate at all.
+    let e = server.client().await.revoke(revoke()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // An admin certificate from another CA: the handshake fails.
+    let forged_ca = ca::Ca::generate("an attacker's CA").unwrap();
+    let forged_dir = tempfile::tempdir().unwrap();
+    let forged =
+        control_files(forged_dir.path(), "admin", &forged_ca, Some(Role::Admin), 1).unwrap();
+    // Its ca.crt names the attacker's CA; trust the real one to get as far
+    // as presenting the forged certificate.
+    std::fs::copy(&server.admin.ca, &forged.ca).unwrap();
+    let refused = match server.client_as(&forged).await {
+        Err(_) => true,
+        Ok(mut c) => c.revoke(revoke()).await.is_err(),
+    };
+    assert!(refused, "a certificate of another CA is refused");
+
+    // The admin's certificate revokes and lists.
+    let mut admin = server.client_as(&server.admin).await.unwrap();
+    let r = admin.revoke(revoke()).await.unwrap().into_inner();
+    assert_eq!(r.revoked_serials.len(), 1);
+    let list = admin
+        .list_certificates(pb::ListCertificatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.certificates.iter().all(|c| c.revoked));
     server.stop().await;
 }

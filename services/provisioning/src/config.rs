@@ -48,6 +48,13 @@ pub struct ProvisioningArgs {
     /// Seconds between SYNCED keep-alives on idle Watch streams.
     #[arg(long, env = "RINGMESH_WATCH_KEEPALIVE", default_value_t = 30)]
     pub watch_keepalive: u64,
+    /// The enrollment service (HOST:PORT), followed for the farm's
+    /// revocations: a revoked node's certificate is refused at once rather
+    /// than when it expires. Needs mutual TLS (its CRL is checked against
+    /// --tls-ca).
+    #[arg(long, env = "RINGMESH_ENROLLMENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<String>,
     /// Shared with every Ringmesh service; given --etcd, subscribers live
     /// in etcd instead of the embedded store.
     #[command(flatten)]
@@ -84,6 +91,8 @@ pub struct ProvisioningConfig {
     pub log: String,
     /// Mutual TLS; None serves plaintext (`--plaintext`).
     pub tls: Option<TlsPaths>,
+    /// Where to follow revocations from.
+    pub enrollment: Option<String>,
 }
 
 impl ProvisioningArgs {
@@ -131,6 +140,12 @@ impl ProvisioningArgs {
         };
         let keepalive = in_range("watch-keepalive", a.watch_keepalive, 1..=3600)?;
         let tls = a.tls.paths()?;
+        if a.enrollment.is_some() && tls.is_none() {
+            return Err(err(
+                "enrollment",
+                "revocations refuse client certificates: they need mutual TLS, not --plaintext",
+            ));
+        }
         Ok(ProvisioningConfig {
             listen,
             store,
@@ -139,6 +154,7 @@ impl ProvisioningArgs {
             watch_keepalive: Duration::from_secs(keepalive),
             log: a.service.log,
             tls,
+            enrollment: a.enrollment,
         })
     }
 }

@@ -173,7 +173,32 @@ async fn run_store<S: Store>(
         api: local,
         metrics: metrics_at,
     });
-    let service = ProvisioningService::new(store, &cfg.domain).with_metrics(metrics);
+    let revoked = ringmesh_enrollment_client::revocations::Revocations::default();
+    let follower = match (&cfg.enrollment, &cfg.tls) {
+        (Some(ep), Some(tls)) => {
+            let ca_pem = std::fs::read_to_string(&tls.ca)
+                .with_context(|| format!("cannot read {} (--tls-ca)", tls.ca.display()))?;
+            Some(tokio::spawn(
+                ringmesh_enrollment_client::revocations::follow(
+                    ep.clone(),
+                    ca_pem,
+                    revoked.clone(),
+                    Duration::from_secs(3),
+                    |r| tracing::info!(nodes = r.node_ids().len(), "revocations updated"),
+                ),
+            ))
+        }
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no --enrollment: a revoked node's certificate reads subscribers until it expires"
+            );
+            None
+        }
+        _ => None,
+    };
+    let service = ProvisioningService::new(store, &cfg.domain)
+        .with_metrics(metrics)
+        .with_revocations(revoked);
     let tls = match &cfg.tls {
         Some(p) => Some(
             tls_files(p)
@@ -189,5 +214,8 @@ async fn run_store<S: Store>(
     };
     let result = serve(listener, service, tls, shutdown).await;
     probe.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     result.context("provisioning gRPC server failed")
 }

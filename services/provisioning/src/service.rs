@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use ringmesh_enrollment_client::revocations::Revocations;
 use ringmesh_enrollment_client::tls::{Role, caller};
 
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub struct ProvisioningService<S> {
     closing: watch::Receiver<bool>,
     /// Callers present client certificates (the server runs mutual TLS).
     mtls: bool,
+    /// Client certificates the farm CA revoked.
+    revoked: Revocations,
 }
 
 impl<S> Clone for ProvisioningService<S> {
@@ -44,6 +47,7 @@ impl<S> Clone for ProvisioningService<S> {
             metrics: self.metrics.clone(),
             closing: self.closing.clone(),
             mtls: self.mtls,
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl<S: Store> ProvisioningService<S> {
             metrics: None,
             closing,
             mtls: false,
+            revoked: Revocations::default(),
         }
     }
 
@@ -89,13 +94,20 @@ impl<S: Store> ProvisioningService<S> {
         if !self.mtls {
             return Ok(SeesHa1(true));
         }
-        let role = caller(req)?;
+        let role = caller(req, &self.revoked)?;
         if access == Access::Write && !role.writes() {
             return Err(Status::permission_denied(format!(
                 "the {role} role cannot change subscribers or trusted elements"
             )));
         }
         Ok(SeesHa1(role == Role::Supernode))
+    }
+
+    /// Refuses the client certificates in `revoked` (kept up to date by
+    /// whoever follows the farm's revocations).
+    pub fn with_revocations(mut self, revoked: Revocations) -> Self {
+        self.revoked = revoked;
+        self
     }
 
     /// Records RPC counts and latencies.
@@ -272,10 +284,14 @@ impl<S: Store> ProvisioningService<S> {
     /// A store event stream as a gRPC stream: counted in the watchers
     /// gauge while open, ended when the server shuts down (so a graceful
     /// shutdown never waits on a watcher).
+    /// A Watch stream to a caller presenting `leaf`: it ends with
+    /// PERMISSION_DENIED at the first event (keep-alives included) after
+    /// the farm CA revokes that certificate.
     fn stream<E: Send + 'static>(
         &self,
         rpc: &str,
         started: Instant,
+        leaf: Option<Vec<u8>>,
         events: Result<Events<E>, StoreError>,
     ) -> Result<Response<Outgoing<E>>, Status> {
         let events = match events {
@@ -293,16 +309,33 @@ impl<S: Store> ProvisioningService<S> {
                 std::future::pending::<()>().await;
             }
         };
+        let revoked = self.revoked.clone();
         let out: Outgoing<E> = Box::pin(
             events
                 .map(move |r| {
                     let _keep = &guard;
-                    r.map_err(|e: StoreError| Status::from(e))
+                    if leaf.as_deref().is_some_and(|c| revoked.is_revoked(c)) {
+                        return (true, Err(Status::permission_denied(REVOKED)));
+                    }
+                    (false, r.map_err(|e: StoreError| Status::from(e)))
+                })
+                .scan(false, |ended, (revoked, r)| {
+                    let out = (!*ended).then_some(r);
+                    *ended |= revoked;
+                    std::future::ready(out)
                 })
                 .take_until(stop),
         );
         self.done(rpc, started, Ok(out))
     }
+}
+
+/// Why a revoked caller's stream ends.
+const REVOKED: &str = "the client certificate was revoked by the farm CA";
+
+/// The certificate the caller of `req` presented, if any.
+fn peer_leaf<T>(req: &Request<T>) -> Option<Vec<u8>> {
+    req.peer_certs()?.first().map(|c| c.to_vec())
 }
 
 fn expected(rev: u64) -> Option<u64> {
@@ -437,6 +470,7 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
             Ok(sees) => sees,
             Err(e) => return self.done("Watch", t, Err(e)),
         };
+        let leaf = peer_leaf(&req);
         let start = req.into_inner().start_revision;
         let events = self
             .store
@@ -450,7 +484,7 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
                     })
                 }))
             });
-        self.stream("Watch", t, events)
+        self.stream("Watch", t, leaf, events)
     }
 
     async fn create_trusted_element(
@@ -515,9 +549,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
         if let Err(e) = self.admit(&req, Access::Read) {
             return self.done("WatchTrustedElements", t, Err(e));
         }
+        let leaf = peer_leaf(&req);
         let start = req.into_inner().start_revision;
         let events = self.store.watch_trusted(start).await;
-        self.stream("WatchTrustedElements", t, events)
+        self.stream("WatchTrustedElements", t, leaf, events)
     }
 }
 

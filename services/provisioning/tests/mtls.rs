@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{REALM, Server};
 use futures::StreamExt as _;
@@ -279,4 +280,149 @@ async fn no_certificate_a_foreign_ca_or_plaintext_is_refused() {
     );
     let _ = &f.ca;
     f.server.stop().await;
+}
+
+/// A node whose certificate the farm CA revokes loses provisioning at once
+/// (not when its certificate expires): provisioning, run as the binary
+/// runs it with `--enrollment`, follows enrollment's revocations, checked
+/// against the farm CA. The operator and the other node keep being served.
+#[tokio::test]
+async fn a_revoked_node_is_refused_as_soon_as_enrollment_revokes_it() {
+    use ringmesh_enrollment::{
+        Authority, AuthorityOptions, Bootstrap, BootstrapToken, BootstrapTokens, EnrollmentService,
+        FileKv, Tokens,
+    };
+    const TOKEN: &str = "a-bootstrap-token-for-this-test";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("farm CA").unwrap();
+    // Enrollment, serving TLS with the farm CA.
+    let authority = Arc::new(
+        Authority::open(
+            FileKv::open(&dir.path().join("enrollment")).unwrap(),
+            AuthorityOptions {
+                ca_pem: Some((ca.cert_pem().to_string(), ca.key_pem())),
+                ..AuthorityOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let tls = ringmesh_enrollment::service::server_tls(&authority).unwrap();
+    let service = EnrollmentService::new(
+        authority.clone(),
+        BootstrapTokens::new(vec![BootstrapToken::unlimited(TOKEN)]),
+        Tokens::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let enrollment = listener.local_addr().unwrap().to_string();
+    tokio::spawn(ringmesh_enrollment::serve(
+        listener,
+        service,
+        Some(tls),
+        std::future::pending(),
+    ));
+    let pinned =
+        Bootstrap::parse(&format!("{TOKEN}\n{}", Bootstrap::pin_line(ca.cert_der()))).unwrap();
+    let victim = ringmesh_enrollment::enroll(&enrollment, &pinned, "sn0", &dir.path().join("sn0"))
+        .await
+        .unwrap();
+    ringmesh_enrollment::enroll(&enrollment, &pinned, "sn1", &dir.path().join("sn1"))
+        .await
+        .unwrap();
+    let node = |n: &str| TlsFiles {
+        ca: dir.path().join(n).join("ca.crt"),
+        cert: dir.path().join(n).join("node.crt"),
+        key: dir.path().join(n).join("node.key"),
+    };
+
+    // Provisioning, with --enrollment, as `ringmesh provisioning` runs.
+    let certs = dir.path().join("certs");
+    let server_tls = control_files(&certs, "provisioning", &ca, None, 1).unwrap();
+    let operator = control_files(&certs, "operator", &ca, Some(Role::Operator), 1).unwrap();
+    let store = dir.path().join("store");
+    let cfg = ringmesh_provisioning::ProvisioningArgs::resolve_from(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        store.to_str().unwrap(),
+        "--domain",
+        REALM,
+        "--tls-ca",
+        server_tls.ca.to_str().unwrap(),
+        "--tls-cert",
+        server_tls.cert.to_str().unwrap(),
+        "--tls-key",
+        server_tls.key.to_str().unwrap(),
+        "--enrollment",
+        &enrollment,
+        "--watch-keepalive",
+        "1",
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(ringmesh_provisioning::run_on(
+        listener,
+        cfg,
+        std::future::pending(),
+    ));
+    let connect = |files: TlsFiles| {
+        let addr = addr.clone();
+        async move {
+            let tls = files.client().unwrap();
+            ProvisioningClient::new(
+                channel(&addr, std::time::Duration::from_secs(3), Some(&tls)).unwrap(),
+            )
+        }
+    };
+    let mut ops = connect(operator.clone()).await;
+    ops.create_subscriber(subscriber("alice")).await.unwrap();
+    let mut sn0 = connect(node("sn0")).await;
+    let mut sn1 = connect(node("sn1")).await;
+    sn0.get_subscriber(get("alice")).await.unwrap();
+    // A Watch stream opened before the revocation.
+    let mut stream = sn0
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    authority
+        .revoke(&victim.node_id_hex(), 1, "key stolen")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        match sn0.get_subscriber(get("alice")).await {
+            Err(e) if e.code() == Code::PermissionDenied => break e,
+            _ if std::time::Instant::now() > deadline => {
+                panic!("the revoked node still reads subscribers after 20 s")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    // The open stream ends too (at the next event or keep-alive), and
+    // carries nothing after the refusal.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+                    assert!(stream.next().await.is_none(), "nothing after the refusal");
+                    return;
+                }
+                None => panic!("the stream ended without saying why"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked node's Watch stream is cut");
+    // The others are served.
+    let alice = sn1.get_subscriber(get("alice")).await.unwrap().into_inner();
+    assert!(!ha1(&alice).0.is_empty(), "the other node still reads HA1");
+    ops.list_subscribers(ListSubscribersRequest::default())
+        .await
+        .unwrap();
 }

@@ -366,28 +366,6 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         .flat_map(|e| ["--etcd".to_string(), e.clone()])
         .collect();
     let mut services = Vec::new();
-    let mut prov_argv = vec![
-        exe.clone(),
-        "provisioning".into(),
-        "--listen".into(),
-        ports.at(600).to_string(),
-        "--data".into(),
-        data.join("provisioning").display().to_string(),
-        "--domain".into(),
-        args.domain.clone(),
-        "--metrics".into(),
-        ports.at(602).to_string(),
-        "--tls-ca".into(),
-        certs.provisioning.ca.display().to_string(),
-        "--tls-cert".into(),
-        certs.provisioning.cert.display().to_string(),
-        "--tls-key".into(),
-        certs.provisioning.key.display().to_string(),
-    ];
-    prov_argv.extend(etcd_args.iter().cloned());
-    let (svc, provisioning, provisioning_metrics) =
-        start_service("provisioning", prov_argv, &data).await?;
-    services.push(svc);
     let mut enr_argv = vec![
         exe.clone(),
         "enrollment".into(),
@@ -407,8 +385,34 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         certs.ca_key.display().to_string(),
     ];
     enr_argv.extend(etcd_args.iter().cloned());
-    let started = start_service("enrollment", enr_argv, &data).await;
-    let (svc, enrollment, enrollment_metrics) = match started {
+    let (svc, enrollment, enrollment_metrics) =
+        start_service("enrollment", enr_argv, &data).await?;
+    services.push(svc);
+    // Provisioning follows enrollment's revocations: a revoked node stops
+    // reading subscribers at once.
+    let mut prov_argv = vec![
+        exe.clone(),
+        "provisioning".into(),
+        "--listen".into(),
+        ports.at(600).to_string(),
+        "--data".into(),
+        data.join("provisioning").display().to_string(),
+        "--domain".into(),
+        args.domain.clone(),
+        "--metrics".into(),
+        ports.at(602).to_string(),
+        "--tls-ca".into(),
+        certs.provisioning.ca.display().to_string(),
+        "--tls-cert".into(),
+        certs.provisioning.cert.display().to_string(),
+        "--tls-key".into(),
+        certs.provisioning.key.display().to_string(),
+        "--enrollment".into(),
+        enrollment.to_string(),
+    ];
+    prov_argv.extend(etcd_args.iter().cloned());
+    let started = start_service("provisioning", prov_argv, &data).await;
+    let (svc, provisioning, provisioning_metrics) = match started {
         Ok(x) => x,
         Err(e) => {
             terminate(services.iter_mut().collect()).await;

@@ -438,26 +438,37 @@ fn a_revoked_node_cannot_stay_in_the_ring() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c =
-            pb::enrollment_client::EnrollmentClient::connect(format!("http://{}", farm.enrollment))
-                .await
-                .unwrap();
+        // Enrollment speaks TLS; the admin role comes from the certificate.
+        let as_holder = |[ca, cert, key]: [String; 3]| {
+            let enrollment = farm.enrollment.clone();
+            async move {
+                let files = ringmesh_enrollment::ca::TlsFiles {
+                    ca: ca.into(),
+                    cert: cert.into(),
+                    key: key.into(),
+                };
+                let ch = tonic::transport::Endpoint::from_shared(format!("https://{enrollment}"))
+                    .unwrap()
+                    .tls_config(files.client().unwrap())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                pb::enrollment_client::EnrollmentClient::new(ch)
+            }
+        };
         let revoke = || {
             tonic::Request::new(pb::RevokeRequest {
                 node_id: victim.clone(),
                 ..Default::default()
             })
         };
-        // Without the admin token nobody revokes anything.
-        let refused = c.revoke(revoke()).await.unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
-        let token = std::fs::read_to_string(&farm.admin_token).unwrap();
-        let mut req = revoke();
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
-        c.revoke(req).await.unwrap();
+        // An operator's certificate does not revoke.
+        let mut ops = as_holder(farm.operator.clone()).await;
+        let refused = ops.revoke(revoke()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let mut c = as_holder(farm.admin_cert.clone()).await;
+        c.revoke(revoke()).await.unwrap();
         let r = c
             .get_revocations(pb::GetRevocationsRequest {})
             .await

@@ -141,55 +141,6 @@ async fn enroll_if_needed(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fetches the farm's revocations every few seconds: links to revoked
-/// nodes close and are refused from then on; the CRL is kept on disk.
-async fn follow_revocations(
-    endpoint: String,
-    links: link::Links,
-    crl_path: std::path::PathBuf,
-    me: [u8; 16],
-) {
-    use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
-    let url = if endpoint.contains("://") {
-        endpoint.clone()
-    } else {
-        format!("http://{endpoint}")
-    };
-    loop {
-        let fetched = async {
-            let ch = tonic::transport::Endpoint::from_shared(url.clone())
-                .ok()?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(3))
-                .connect()
-                .await
-                .ok()?;
-            EnrollmentClient::new(ch)
-                .get_revocations(ringmesh_proto::enrollment::GetRevocationsRequest {})
-                .await
-                .ok()
-                .map(tonic::Response::into_inner)
-        };
-        if let Some(r) = fetched.await {
-            let ids: Vec<[u8; 16]> = r
-                .revoked_node_ids
-                .iter()
-                .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-                .collect();
-            if ids.contains(&me) {
-                tracing::error!(
-                    "this node's certificate is revoked: the farm will not link with it"
-                );
-            }
-            links.revoke(&ids);
-            if !r.crl_pem.is_empty() {
-                let _ = std::fs::write(&crl_path, r.crl_pem);
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-}
-
 /// The addresses a running supernode bound (a port 0 in the config is the
 /// port the kernel chose here).
 #[derive(Debug, Clone, Default)]
@@ -779,11 +730,27 @@ async fn join_farm(
         ));
     }
     if let Some(ep) = cfg.enrollment.clone() {
-        tasks.spawn(follow_revocations(
+        // The farm's revocations, over TLS pinned to our CA, each CRL
+        // checked against it: links to revoked nodes close and are refused
+        // from then on; the CRL is kept on disk for the next start.
+        let ca_pem = std::fs::read_to_string(&ov.ca)
+            .with_context(|| format!("cannot read {}", ov.ca.display()))?;
+        let (links, crl_path, me) = (links.clone(), ov.crl.clone(), identity.node_id);
+        tasks.spawn(ringmesh_enrollment_client::revocations::follow(
             ep,
-            links.clone(),
-            ov.crl.clone(),
-            identity.node_id,
+            ca_pem,
+            Default::default(),
+            Duration::from_secs(3),
+            move |r| {
+                let ids = r.node_ids();
+                if ids.contains(&me) {
+                    tracing::error!(
+                        "this node's certificate is revoked: the farm will not link with it"
+                    );
+                }
+                links.revoke(&ids);
+                let _ = std::fs::write(&crl_path, r.crl_pem());
+            },
         ));
     }
     if let Some(t) = expires {

@@ -78,13 +78,17 @@ impl Identity {
             )
         })?;
         let ca_path = ca;
-        let ca = pem_certs(&read(ca_path)?)?;
+        let ca_pem = read(ca_path)?;
+        let ca = pem_certs(&ca_pem)?;
         if ca.is_empty() {
             bail!("{} holds no CA certificate", ca_path.display());
         }
+        // A CRL is used only when the farm CA signed it.
         let mut crls = Vec::new();
         if let Some(p) = crl.filter(|p| p.exists()) {
             for block in pem::parse_many(read(p)?).map_err(|e| anyhow!("CRL PEM: {e}"))? {
+                ringmesh_enrollment_client::cert::verify_crl(&pem::encode(&block), &ca_pem)
+                    .map_err(|e| anyhow!("{}: {e}", p.display()))?;
                 crls.push(CertificateRevocationListDer::from(block.into_contents()));
             }
         }

@@ -81,3 +81,56 @@ pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
     };
     c.issuer() == i.subject() && c.verify_signature(Some(i.public_key())).is_ok()
 }
+
+/// A CRL whose signature has been checked against the farm CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCrl {
+    /// The CRL number (0 when it carries none).
+    pub number: u64,
+    /// Serial numbers of the revoked certificates, lower-case hex.
+    pub revoked_serials: Vec<String>,
+    /// When the CA promises the next one, seconds since the UNIX epoch.
+    pub next_update_unix: Option<i64>,
+}
+
+impl VerifiedCrl {
+    /// Whether the CA's next CRL was due before `now_unix`.
+    pub fn stale(&self, now_unix: i64) -> bool {
+        self.next_update_unix.is_some_and(|t| t < now_unix)
+    }
+}
+
+/// Checks a CRL (PEM) before anything uses it: it must be issued and
+/// signed by one of the CAs of `ca_pem`.
+pub fn verify_crl(crl_pem: &str, ca_pem: &str) -> Result<VerifiedCrl, CertError> {
+    let block = pem::parse(crl_pem).map_err(|e| CertError(format!("CRL PEM: {e}")))?;
+    if block.tag() != "X509 CRL" {
+        return Err(CertError(format!(
+            "a {} block, not an X509 CRL",
+            block.tag()
+        )));
+    }
+    let (_, crl) = x509_parser::parse_x509_crl(block.contents())
+        .map_err(|e| CertError(format!("CRL: {e}")))?;
+    let cas = pem_certs(ca_pem)?;
+    let signed = cas.iter().any(|der| {
+        x509_parser::parse_x509_certificate(der).is_ok_and(|(_, ca)| {
+            crl.issuer() == ca.subject() && crl.verify_signature(ca.public_key()).is_ok()
+        })
+    });
+    if !signed {
+        return Err(CertError("the CRL is not signed by the farm CA".into()));
+    }
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0);
+    Ok(VerifiedCrl {
+        number,
+        revoked_serials: crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect(),
+        next_update_unix: crl.next_update().map(|t| t.timestamp()),
+    })
+}

@@ -17,12 +17,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::cert as ca;
+use crate::channel::{Trust, channel};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData as _};
 use ringmesh_proto::enrollment as pb;
 use ringmesh_proto::enrollment::enrollment_client::EnrollmentClient;
-use tonic::transport::Endpoint;
-
-use crate::cert as ca;
 
 /// Deadline of one enrollment RPC.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,25 +154,6 @@ fn local(what: &str, e: impl std::fmt::Display) -> EnrollError {
     EnrollError::Local(format!("{what}: {e}"))
 }
 
-async fn client(
-    endpoint: &str,
-) -> Result<EnrollmentClient<tonic::transport::Channel>, EnrollError> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let ep = Endpoint::from_shared(url)
-        .map_err(|e| EnrollError::Local(format!("endpoint '{endpoint}': {e}")))?;
-    let channel = ep
-        .connect_timeout(TIMEOUT)
-        .timeout(TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| EnrollError::Unavailable(format!("cannot connect to {endpoint}: {e}")))?;
-    Ok(EnrollmentClient::new(channel))
-}
-
 fn csr_for(key: &KeyPair, node_name: &str) -> Result<String, EnrollError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| local("CSR", e))?;
     let mut dn = DistinguishedName::new();
@@ -252,7 +232,10 @@ pub async fn enroll(
 ) -> Result<EnrolledIdentity, EnrollError> {
     let key = KeyPair::generate().map_err(|e| local("key generation", e))?;
     let csr_pem = csr_for(&key, node_name)?;
-    let mut c = client(endpoint).await?;
+    let trust = bootstrap
+        .ca_sha256
+        .map_or(Trust::FirstUse, |pin| Trust::Pinned(vec![pin]));
+    let mut c = EnrollmentClient::new(channel(endpoint, trust).await?);
     let req = pb::EnrollRequest {
         csr_pem,
         bootstrap_token: bootstrap.token.clone(),
@@ -269,7 +252,9 @@ pub async fn renew(endpoint: &str, key_dir: &Path) -> Result<EnrolledIdentity, E
         .ok_or_else(|| EnrollError::Local(format!("no identity in {}", key_dir.display())))?;
     let key = KeyPair::from_pem(&current.key_pem).map_err(|e| local("node.key", e))?;
     let csr_pem = csr_for(&key, "renew")?;
-    let mut c = client(endpoint).await?;
+    // Only the CA this node already trusts may renew it.
+    let trust = Trust::of_bundle(&current.ca_pem)?;
+    let mut c = EnrollmentClient::new(channel(endpoint, trust).await?);
     let resp = c
         .renew(pb::RenewRequest {
             certificate_pem: current.cert_pem.clone(),

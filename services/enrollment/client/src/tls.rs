@@ -21,6 +21,7 @@ use tonic::Status;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::cert::{NODE_URI_PREFIX, parse_node_id};
+use crate::revocations::Revocations;
 
 /// The DNS name every control-plane server certificate carries.
 pub const CONTROL_DNS_NAME: &str = "control.ringmesh.internal";
@@ -86,14 +87,20 @@ pub fn role_of(der: &[u8]) -> Option<Role> {
 
 /// The role of the client that sent `req`, from the certificate it
 /// presented (the server's TLS already checked it against the farm CA):
-/// `Unauthenticated` without one, `PermissionDenied` when it has no role.
-pub fn caller<T>(req: &tonic::Request<T>) -> Result<Role, Status> {
+/// `Unauthenticated` without one, `PermissionDenied` when it has no role
+/// or is in `revoked`.
+pub fn caller<T>(req: &tonic::Request<T>, revoked: &Revocations) -> Result<Role, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated("a client certificate from the farm CA is needed")
     })?;
     let leaf = certs.first().ok_or_else(|| {
         Status::unauthenticated("a client certificate from the farm CA is needed")
     })?;
+    if revoked.is_revoked(leaf) {
+        return Err(Status::permission_denied(
+            "the client certificate is revoked by the farm CA",
+        ));
+    }
     role_of(leaf)
         .ok_or_else(|| Status::permission_denied("the client certificate carries no Ringmesh role"))
 }
