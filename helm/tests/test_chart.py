@@ -178,7 +178,8 @@ def test_yamllint_rendered(rendered):
     ({"supernode": {"config": {"trusted": ["10.0.0.1"]}}}, "/supernode/config/trusted/0", "pattern"),
     ({"supernode": {"config": {"source-rate-limit": -1}}}, "/supernode/config/source-rate-limit", "minimum"),
     ({"ports": {"sip": 70000}}, "/ports/sip", "maximum"),
-    ({"etcd": {"endpoints": ["https://etcd:2379"]}}, "/etcd/endpoints/0", "pattern"),
+    ({"etcd": {"endpoints": ["ftp://etcd:2379"]}}, "/etcd/endpoints/0", "pattern"),
+    ({"etcd": {"clientSecrets": {"etcd": "x"}}}, "/etcd/clientSecrets", "etcd"),
     ({"sipService": {"externalTrafficPolicy": "Nearest"}}, "/sipService/externalTrafficPolicy", "value must be one of"),
     ({"bootstrapToken": {"value": "short"}}, "/bootstrapToken/value", "pattern"),
     ({"monitoring": {"dashboards": {"enabled": "yes"}}}, "/monitoring/dashboards/enabled", "want boolean"),
@@ -402,10 +403,14 @@ def test_control_plane_and_etcd(rendered):
     if etcd.get("enabled", True):
         sts = one(docs, "StatefulSet", "etcd")
         n = sts["spec"]["replicas"]
-        assert prov["etcd"] == [f"http://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc:2379"
+        assert prov["etcd"] == [f"https://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc:2379"
                                 for i in range(n)]
         env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert len(env["ETCD_INITIAL_CLUSTER"].split(",")) == n
+        assert all(p.split("=", 1)[1].startswith("https://") for p in env["ETCD_INITIAL_CLUSTER"].split(","))
+        # TLS for clients and peers, and a client certificate required of both.
+        assert env["ETCD_CLIENT_CERT_AUTH"] == "true" and env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+        assert env["ETCD_LISTEN_CLIENT_URLS"].startswith("https://")
     else:
         assert not objects(docs, "StatefulSet") or all(
             s["metadata"]["labels"]["app.kubernetes.io/component"] != "etcd" for s in objects(docs, "StatefulSet"))
@@ -543,6 +548,8 @@ def test_values_document_every_config_key():
     assert {"min-expires", "overload-delay-interval-ms"} <= keys, sorted(keys)
     chart_set = {"name", "domain", "sip", "overlay", "overlay-advertise", "data", "metrics", "admin", "provisioning", "enrollment",
                  "bootstrap-token-file", "etcd", "bootstrap-after",
+                 # etcd TLS files come from the component's client-certificate Secret
+                 "etcd-ca", "etcd-cert", "etcd-key",
                  # the chart keeps the admin API on 127.0.0.1, in plaintext
                  "admin-tls",
                  # identity files and the farm secret come from enrollment into the data dir
@@ -554,6 +561,85 @@ def test_values_document_every_config_key():
     text = (CHART / "values.yaml").read_text()
     for k in known:
         assert re.search(rf"^\s+#?\s*{re.escape(k)}:", text, re.M), f"values.yaml does not mention {k}"
+
+
+def cert_subject(pem):
+    return subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253"], input=pem,
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+def test_etcd_speaks_tls_and_each_component_is_its_own_user(rendered, tmp_path):
+    """The bundled etcd gets a CA of its own; each component mounts only its
+    own client certificate, whose common name is its etcd user; a hook Job
+    runs `ringmesh etcd-auth` as root. An external etcd over plain HTTP gets
+    no TLS flags."""
+    name, values, _, docs, _ = rendered
+    secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
+    pods = {
+        "supernode": one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"],
+        "provisioning": one(docs, "Deployment", "provisioning")["spec"]["template"]["spec"],
+        "enrollment": one(docs, "Deployment", "enrollment")["spec"]["template"]["spec"],
+    }
+    if not values.get("etcd", {}).get("enabled", True):
+        for pod in pods.values():
+            assert "etcd-ca" not in flags(pod["containers"][0])
+        assert not [j for j in objects(docs, "Job")]
+        return
+    b64 = lambda s, k: base64.b64decode(s["data"][k]).decode()  # noqa: E731
+    etcd_ca = b64(secrets[f"{RELEASE}-ringmesh-etcd-ca"], "tls.crt")
+    (tmp_path / "etcd-ca.crt").write_text(etcd_ca)
+    farm_ca = secrets.get(f"{RELEASE}-ringmesh-ca")
+    if farm_ca:
+        assert b64(farm_ca, "tls.crt") != etcd_ca, "etcd trusts its own CA, never the farm's"
+    for component, pod in pods.items():
+        (c,) = pod["containers"]
+        f = flags(c)
+        assert f["etcd-cert"] == ["/etc/ringmesh/etcd/tls.crt"] and f["etcd-ca"] == ["/etc/ringmesh/etcd/ca.crt"]
+        mounted = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v
+                   and "etcd-client" in v["secret"]["secretName"]]
+        assert mounted == [f"{RELEASE}-ringmesh-etcd-client-{component}"], "its own certificate, no other"
+        crt = b64(secrets[mounted[0]], "tls.crt")
+        assert f"CN=ringmesh-{component}" in cert_subject(crt)
+        (tmp_path / "c.crt").write_text(crt)
+        check = run(["openssl", "verify", "-CAfile", str(tmp_path / "etcd-ca.crt"), str(tmp_path / "c.crt")])
+        assert check.returncode == 0, check.stdout + check.stderr
+    server = b64(secrets[f"{RELEASE}-ringmesh-etcd-server"], "tls.crt")
+    sans = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"], input=server,
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+    assert f"DNS:*.{RELEASE}-ringmesh-etcd.{NAMESPACE}.svc" in sans, sans
+    (job,) = objects(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    jpod = job["spec"]["template"]["spec"]
+    (jc,) = jpod["containers"]
+    assert jc["args"][0] == "etcd-auth"
+    assert flags(jc)["etcd"] == flags(pods["provisioning"]["containers"][0])["etcd"]
+    root = next(v for v in jpod["volumes"] if "secret" in v)["secret"]["secretName"]
+    assert "CN=root" in cert_subject(b64(secrets[root], "tls.crt"))
+    assert_hardened(jpod, jc)
+
+
+def test_an_external_etcd_over_tls_takes_each_components_secret(chart):
+    secrets = {c: f"etcd-{c}" for c in ["supernode", "provisioning", "enrollment"]}
+    ext = {"enabled": False, "endpoints": ["https://etcd.db:2379"], "clientSecrets": secrets}
+    docs = load_yaml_docs("".join(f"---\n{v}\n" for k, v in sorted(
+        chart.render({"etcd": ext}, name=RELEASE, namespace=NAMESPACE, is_install=True).items())
+        if k.endswith(".yaml")))
+    for kind, component in [("StatefulSet", "supernode"), ("Deployment", "provisioning"),
+                            ("Deployment", "enrollment")]:
+        pod = one(docs, kind, component)["spec"]["template"]["spec"]
+        f = flags(pod["containers"][0])
+        assert f["etcd"] == ["https://etcd.db:2379"] and f["etcd-key"] == ["/etc/ringmesh/etcd/tls.key"]
+        vol = next(v for v in pod["volumes"] if v["name"] == "etcd-client")
+        assert vol["secret"]["secretName"] == secrets[component]
+    assert not objects(docs, "Job"), "an external etcd's users are the operator's to set up"
+    # Half a configuration is refused, naming what is missing.
+    for bad, why in [
+        (dict(ext, clientSecrets=dict(secrets, enrollment="")), "etcd.clientSecrets.enrollment"),
+        (dict(ext, endpoints=["http://etcd.db:2379"]), "need https://"),
+    ]:
+        with pytest.raises(Exception) as e:
+            chart.render({"etcd": bad}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        assert why in str(e.value), str(e.value)
 
 
 # --- what `lookup` finds at install or upgrade time --------------------------

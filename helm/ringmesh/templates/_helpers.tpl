@@ -89,6 +89,47 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "ringmesh.component" (dict "root" . "component" "provisioning-tls")) .Values.provisioning.tls.existingSecret }}
 {{- end }}
 
+{{/* The Secret (ca.crt, tls.crt, tls.key) holding one component's etcd
+client certificate, its common name the component's etcd user: made by
+the chart for the bundled etcd, given (etcd.clientSecrets) for an external
+one; empty when an external etcd is reached without TLS. */}}
+{{- define "ringmesh.etcdClientSecret" -}}
+{{- if .root.Values.etcd.enabled }}
+{{- include "ringmesh.component" (dict "root" .root "component" (printf "etcd-client-%s" .component)) }}
+{{- else }}
+{{- index .root.Values.etcd.clientSecrets .component }}
+{{- end }}
+{{- end }}
+
+{{/* A component's etcd TLS flags (call with root and component). */}}
+{{- define "ringmesh.etcdTlsArgs" -}}
+{{- if include "ringmesh.etcdClientSecret" . }}
+- --etcd-ca
+- /etc/ringmesh/etcd/ca.crt
+- --etcd-cert
+- /etc/ringmesh/etcd/tls.crt
+- --etcd-key
+- /etc/ringmesh/etcd/tls.key
+{{- end }}
+{{- end }}
+
+{{- define "ringmesh.etcdTlsMount" -}}
+{{- if include "ringmesh.etcdClientSecret" . }}
+- name: etcd-client
+  mountPath: /etc/ringmesh/etcd
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "ringmesh.etcdTlsVolume" -}}
+{{- if include "ringmesh.etcdClientSecret" . }}
+- name: etcd-client
+  secret:
+    secretName: {{ include "ringmesh.etcdClientSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
 {{/* The cluster DNS suffix of this namespace's Services. */}}
 {{- define "ringmesh.svcDomain" -}}
 {{- printf "%s.svc" .Release.Namespace }}
@@ -100,10 +141,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $eps := list }}
 {{- $name := include "ringmesh.etcdName" . }}
 {{- range $i := until (int .Values.etcd.replicaCount) }}
-{{- $eps = append $eps (printf "http://%s-%d.%s.%s:2379" $name $i $name (include "ringmesh.svcDomain" $)) }}
+{{- $eps = append $eps (printf "https://%s-%d.%s.%s:2379" $name $i $name (include "ringmesh.svcDomain" $)) }}
 {{- end }}
 {{- join "," $eps }}
 {{- else if .Values.etcd.endpoints }}
+{{- $tls := 0 }}
+{{- range .Values.etcd.endpoints }}{{ if hasPrefix "https://" . }}{{ $tls = add1 $tls }}{{ end }}{{ end }}
+{{- range $c, $s := .Values.etcd.clientSecrets }}
+{{- if and $tls (not $s) }}
+{{- fail (printf "etcd.clientSecrets.%s: https:// etcd endpoints need each component's client certificate Secret (ca.crt, tls.crt, tls.key)" $c) }}
+{{- end }}
+{{- if and $s (not $tls) }}
+{{- fail (printf "etcd.clientSecrets.%s: client certificates need https:// etcd endpoints" $c) }}
+{{- end }}
+{{- end }}
 {{- join "," .Values.etcd.endpoints }}
 {{- else }}
 {{- fail "etcd: set etcd.enabled=true (bundled etcd) or list etcd.endpoints (external etcd)" }}

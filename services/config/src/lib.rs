@@ -12,7 +12,12 @@
 //! [`ConfigError`] that names the key to fix, and the binary exits 2 on it.
 //!
 //! [`ServiceArgs`] holds what the three services share (metrics, etcd,
-//! log); each flattens it into its own struct.
+//! log); each flattens it into its own struct. [`etcd`] is how every one
+//! of them reaches etcd (TLS, client certificates, the roles of each).
+
+pub mod etcd;
+
+pub use etcd::Etcd;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -113,10 +118,24 @@ pub struct ServiceArgs {
     #[arg(long, env = "RINGMESH_METRICS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
-    /// etcd endpoints, http://HOST:PORT (repeatable, or comma-separated).
+    /// etcd endpoints, http://HOST:PORT or https://HOST:PORT (repeatable,
+    /// or comma-separated).
     #[arg(long, env = "RINGMESH_ETCD", value_delimiter = ',')]
     #[serde(default)]
     pub etcd: Vec<String>,
+    /// The CA of etcd's server certificate (PEM), for https:// endpoints.
+    #[arg(long, env = "RINGMESH_ETCD_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// This component's etcd client certificate (PEM); its common name is
+    /// the etcd user (ringmesh-supernode, -provisioning, -enrollment).
+    #[arg(long, env = "RINGMESH_ETCD_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, env = "RINGMESH_ETCD_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<std::path::PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or ringmesh=debug.
     #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
     pub log: String,
@@ -128,12 +147,14 @@ impl ServiceArgs {
         socket_addr("metrics", self.metrics.as_deref())
     }
 
-    /// The etcd endpoints, each as `http://HOST:PORT`.
-    pub fn etcd_endpoints(&self) -> Result<Vec<String>, ConfigError> {
-        self.etcd
-            .iter()
-            .map(|e| etcd_endpoint(e).map_err(|m| err("etcd", m)))
-            .collect()
+    /// The etcd endpoints and TLS, validated (no endpoint: no etcd).
+    pub fn etcd(&self) -> Result<Etcd, ConfigError> {
+        Etcd::new(
+            &self.etcd,
+            self.etcd_ca.clone(),
+            self.etcd_cert.clone(),
+            self.etcd_key.clone(),
+        )
     }
 }
 
@@ -144,24 +165,6 @@ pub fn socket_addr(key: &str, v: Option<&str>) -> Result<Option<SocketAddr>, Con
             .map_err(|_| err(key, format!("'{a}' is not HOST:PORT with an IP address")))
     })
     .transpose()
-}
-
-/// Checks an etcd endpoint: `http://HOST:PORT` or `HOST:PORT`; returns it
-/// as a URL.
-pub fn etcd_endpoint(s: &str) -> Result<String, String> {
-    if s.starts_with("https://") {
-        return Err(format!(
-            "'{s}': TLS to etcd is not supported yet; use http:// inside the cluster network"
-        ));
-    }
-    let rest = s.strip_prefix("http://").unwrap_or(s);
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{s}' is not http://HOST:PORT"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("'{s}' is not http://HOST:PORT"));
-    }
-    Ok(format!("http://{rest}"))
 }
 
 /// The default data directory of a process named `name`:
@@ -302,7 +305,7 @@ mod tests {
         );
         assert_eq!(c.service.log, "debug", "a shared key from the file");
         assert_eq!(
-            c.service.etcd_endpoints().unwrap(),
+            c.service.etcd().unwrap().endpoints,
             ["http://127.0.0.1:2379"]
         );
         let (cli, m) = parse::<Example>(&[]).unwrap();
@@ -325,8 +328,8 @@ mod tests {
             e.to_string().contains("min-expires") || e.to_string().contains("invalid"),
             "{e}"
         );
-        assert!(etcd_endpoint("https://x:1").is_err());
-        assert!(etcd_endpoint("x").is_err());
+        assert_eq!(etcd::etcd_endpoint("https://x:1").unwrap(), "https://x:1");
+        assert!(etcd::etcd_endpoint("x").is_err() && etcd::etcd_endpoint("ftp://x:1").is_err());
         assert_eq!(in_range("k", 5, 1..=3).unwrap_err().key, "k");
         assert_eq!(err("max-expires", "x").env, "RINGMESH_MAX_EXPIRES");
         let e = parse::<Example>(&["--min-expires", "soon"]).unwrap_err();

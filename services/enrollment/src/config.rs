@@ -127,7 +127,7 @@ pub enum StoreConfig {
     Embedded(PathBuf),
     /// etcd.
     Etcd {
-        endpoints: Vec<String>,
+        etcd: ringmesh_config::Etcd,
         prefix: String,
         timeout: Duration,
     },
@@ -180,8 +180,8 @@ impl EnrollmentArgs {
         let a = ringmesh_config::merge(&self, matches, file.as_deref())?;
         let listen = ringmesh_config::socket_addr("listen", Some(&a.listen))?.expect("given");
         let metrics = a.service.metrics_addr()?;
-        let endpoints = a.service.etcd_endpoints()?;
-        let store = if endpoints.is_empty() {
+        let etcd = a.service.etcd()?;
+        let store = if etcd.is_empty() {
             StoreConfig::Embedded(match a.data {
                 Some(d) => d,
                 None => ringmesh_config::default_data_dir("enrollment")?,
@@ -196,7 +196,7 @@ impl EnrollmentArgs {
             }
             let ms = in_range("etcd-timeout-ms", a.etcd_timeout_ms, 50..=60_000)?;
             StoreConfig::Etcd {
-                endpoints,
+                etcd,
                 prefix: format!("{prefix}enrollment/"),
                 timeout: Duration::from_millis(ms),
             }

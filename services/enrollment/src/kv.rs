@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 /// Why a KV operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,19 +175,17 @@ impl std::fmt::Debug for EtcdKv {
 }
 
 impl EtcdKv {
-    /// A client for `endpoints` (connects lazily) with keys under `prefix`.
+    /// A client for `etcd` (connects lazily) with keys under `prefix`.
     pub async fn connect(
-        endpoints: &[String],
+        etcd: &ringmesh_config::Etcd,
         prefix: &str,
         timeout: Duration,
     ) -> Result<EtcdKv, KvError> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout);
-        let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
+        let opts = ringmesh_config::Etcd::default_options(timeout);
+        let client = tokio::time::timeout(timeout, etcd.connect(opts))
             .await
             .map_err(|_| KvError::Unavailable("etcd connect timed out".into()))?
-            .map_err(|e| KvError::Unavailable(format!("etcd: {e}")))?;
+            .map_err(KvError::Unavailable)?;
         Ok(EtcdKv {
             client,
             prefix: prefix.to_string(),

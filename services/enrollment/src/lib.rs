@@ -100,11 +100,11 @@ pub async fn run_on_with(
             run_kv(listener, kv, &cfg, shutdown, serving).await
         }
         StoreConfig::Etcd {
-            endpoints,
+            etcd,
             prefix,
             timeout,
         } => {
-            let kv = EtcdKv::connect(endpoints, prefix, *timeout)
+            let kv = EtcdKv::connect(etcd, prefix, *timeout)
                 .await
                 .context("cannot set up the etcd client (--etcd)")?;
             run_kv(listener, kv, &cfg, shutdown, serving).await

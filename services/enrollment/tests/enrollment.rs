@@ -358,7 +358,7 @@ async fn enrollment_on_etcd() {
     let url = etcd.url();
     let kv = || async {
         EtcdKv::connect(
-            std::slice::from_ref(&url),
+            &ringmesh_config::Etcd::plain(vec![url.clone()]),
             "/t/enrollment/",
             Duration::from_secs(2),
         )

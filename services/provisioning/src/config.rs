@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use ringmesh_config::ConfigError;
 pub use ringmesh_config::TlsPaths;
-pub use ringmesh_config::{ConfigError, etcd_endpoint};
 use ringmesh_config::{ServerTlsArgs, ServiceArgs, err, in_range};
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +73,7 @@ pub enum StoreConfig {
     Embedded(PathBuf),
     /// etcd.
     Etcd {
-        endpoints: Vec<String>,
+        etcd: ringmesh_config::Etcd,
         prefix: String,
         timeout: Duration,
     },
@@ -117,8 +117,8 @@ impl ProvisioningArgs {
             ));
         }
         let metrics = a.service.metrics_addr()?;
-        let endpoints = a.service.etcd_endpoints()?;
-        let store = if endpoints.is_empty() {
+        let etcd = a.service.etcd()?;
+        let store = if etcd.is_empty() {
             StoreConfig::Embedded(match a.data {
                 Some(d) => d,
                 None => ringmesh_config::default_data_dir("provisioning")?,
@@ -133,7 +133,7 @@ impl ProvisioningArgs {
             }
             let ms = in_range("etcd-timeout-ms", a.etcd_timeout_ms, 50..=60_000)?;
             StoreConfig::Etcd {
-                endpoints,
+                etcd,
                 prefix,
                 timeout: Duration::from_millis(ms),
             }
@@ -182,7 +182,7 @@ mod tests {
             ProvisioningArgs::resolve_from(&["--plaintext", "true", "--etcd", "127.0.0.1:2379"])
                 .unwrap();
         assert!(
-            matches!(&c.store, StoreConfig::Etcd { endpoints, .. } if endpoints == &["http://127.0.0.1:2379"])
+            matches!(&c.store, StoreConfig::Etcd { etcd, .. } if etcd.endpoints == ["http://127.0.0.1:2379"])
         );
         let e = ProvisioningArgs::resolve_from(&["--etcd", "nowhere"]).unwrap_err();
         assert_eq!(e.key, "etcd");

@@ -105,12 +105,12 @@ pub async fn run_on_with(
             run_store(listener, Arc::new(store), &cfg, shutdown, serving).await
         }
         StoreConfig::Etcd {
-            endpoints,
+            etcd,
             prefix,
             timeout,
         } => {
             let opts = EtcdOptions {
-                endpoints: endpoints.clone(),
+                etcd: etcd.clone(),
                 prefix: prefix.clone(),
                 timeout: *timeout,
                 keepalive: cfg.watch_keepalive,
@@ -118,7 +118,7 @@ pub async fn run_on_with(
             let store = EtcdStore::connect(opts)
                 .await
                 .context("cannot set up the etcd client (--etcd)")?;
-            tracing::info!(?endpoints, prefix, "etcd subscriber store");
+            tracing::info!(endpoints = ?etcd.endpoints, tls = etcd.tls.is_some(), prefix, "etcd subscriber store");
             run_store(listener, Arc::new(store), &cfg, shutdown, serving).await
         }
     }

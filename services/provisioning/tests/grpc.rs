@@ -642,7 +642,7 @@ async fn cache_is_bounded() {
 async fn cache_serves_while_etcd_is_down() {
     let mut etcd = Etcd::start();
     let opts = EtcdOptions {
-        endpoints: vec![etcd.url()],
+        etcd: ringmesh_config::Etcd::plain(vec![etcd.url()]),
         prefix: "/cache/".into(),
         timeout: Duration::from_millis(1000),
         keepalive: Duration::from_secs(1),

@@ -15,7 +15,7 @@ use ringmesh_provisioning::store::{
 
 fn etcd_opts(e: &Etcd, prefix: &str) -> EtcdOptions {
     EtcdOptions {
-        endpoints: vec![e.url()],
+        etcd: ringmesh_config::Etcd::plain(vec![e.url()]),
         prefix: prefix.into(),
         timeout: Duration::from_millis(1500),
         keepalive: Duration::from_secs(1),

@@ -71,6 +71,13 @@ pub struct DevArgs {
     /// instead of the embedded stores.
     #[arg(long)]
     pub etcd: Vec<String>,
+    /// TLS to etcd (https:// endpoints): a directory holding `ca.crt` (the
+    /// CA of etcd's server certificate) and each component's client
+    /// certificate, `ringmesh-supernode.crt`/`.key`,
+    /// `ringmesh-provisioning.*` and `ringmesh-enrollment.*` (their common
+    /// names are their etcd users; see `ringmesh etcd-auth`).
+    #[arg(long)]
+    pub etcd_certs: Option<PathBuf>,
     /// A trusted element given to every supernode (its `--trusted`,
     /// NAME=ADDRESS or KIND:NAME=ADDRESS, repeatable): a load generator
     /// sending far above any phone's rate lists its source here. None by
@@ -360,11 +367,35 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         let t: [u8; 24] = rand_bytes();
         ringmesh_supernode::write_private(&admin_token, hex::encode(t).as_bytes())?;
     }
-    let etcd_args: Vec<String> = args
-        .etcd
-        .iter()
-        .flat_map(|e| ["--etcd".to_string(), e.clone()])
-        .collect();
+    let etcd_args = |user: &str| -> Vec<String> {
+        let mut a: Vec<String> = args
+            .etcd
+            .iter()
+            .flat_map(|e| ["--etcd".to_string(), e.clone()])
+            .collect();
+        if let Some(dir) = &args.etcd_certs {
+            let f = |name: String| dir.join(name).display().to_string();
+            a.extend([
+                "--etcd-ca".into(),
+                f("ca.crt".into()),
+                "--etcd-cert".into(),
+                f(format!("{user}.crt")),
+                "--etcd-key".into(),
+                f(format!("{user}.key")),
+            ]);
+        }
+        a
+    };
+    if let Some(dir) = &args.etcd_certs
+        && (args.etcd.is_empty() || !dir.join("ca.crt").is_file())
+    {
+        anyhow::bail!(
+            "--etcd-certs {}: needs --etcd https://… endpoints and a ca.crt in that directory",
+            dir.display()
+        );
+    }
+    use ringmesh_config::etcd::{ENROLLMENT_USER, PROVISIONING_USER, SUPERNODE_USER};
+    let supernode_etcd_args = etcd_args(SUPERNODE_USER);
     let mut services = Vec::new();
     let mut enr_argv = vec![
         exe.clone(),
@@ -384,7 +415,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         "--ca-key".into(),
         certs.ca_key.display().to_string(),
     ];
-    enr_argv.extend(etcd_args.iter().cloned());
+    enr_argv.extend(etcd_args(ENROLLMENT_USER));
     let (svc, enrollment, enrollment_metrics) =
         start_service("enrollment", enr_argv, &data).await?;
     services.push(svc);
@@ -410,7 +441,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         "--enrollment".into(),
         enrollment.to_string(),
     ];
-    prov_argv.extend(etcd_args.iter().cloned());
+    prov_argv.extend(etcd_args(PROVISIONING_USER));
     let started = start_service("provisioning", prov_argv, &data).await;
     let (svc, provisioning, provisioning_metrics) = match started {
         Ok(x) => x,
@@ -433,7 +464,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         enrollment,
         provisioning,
         token_file: &token_file,
-        etcd_args: &etcd_args,
+        etcd_args: &supernode_etcd_args,
     };
     let mut nodes = Vec::new();
     if let Err(e) = start_nodes(&template, ports, &bootstrap, &mut nodes).await {

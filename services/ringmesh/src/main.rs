@@ -4,6 +4,7 @@
 //! - `ringmesh provisioning`: the subscriber service (HSS-like).
 //! - `ringmesh enrollment`: the farm CA (Node-IDs, certificates, revocation).
 //! - `ringmesh enroll`: a node's first enrollment, on its own.
+//! - `ringmesh etcd-auth`: etcd users and roles for each component.
 //! - `ringmesh ctl`: the operator CLI over these APIs.
 //! - `ringmesh certs issue`: control-plane certificates from the CA's files.
 //! - `ringmesh dev`: a local farm for a new user, with demo subscribers.
@@ -14,6 +15,7 @@
 //! | [`control`] | `ringmesh provisioning` and `ringmesh enrollment`, and the shutdown signal (SIGTERM, Ctrl-C) every service stops on |
 //! | [`ctl`] | `ringmesh ctl`: the operator CLI over the gRPC APIs |
 //! | [`dev`] | `ringmesh dev`: the local farm, every service a child process |
+//! | [`etcd_auth`] | `ringmesh etcd-auth`: each component's etcd user, limited to its prefixes |
 //! | [`enroll`] | `ringmesh enroll`: a node's identity from enrollment before it starts |
 //! | [`listening`] | how a service started by `ringmesh dev` announces the addresses it bound |
 //!
@@ -25,6 +27,7 @@ mod control;
 mod ctl;
 mod dev;
 mod enroll;
+mod etcd_auth;
 mod listening;
 
 use std::process::ExitCode;
@@ -53,6 +56,9 @@ enum Command {
     Enrollment(Box<control::EnrollmentArgs>),
     /// Enroll a node with the farm CA (its identity into --data), then exit.
     Enroll(enroll::EnrollArgs),
+    /// Give each component an etcd user limited to its keys, and turn
+    /// etcd's authentication on (run as etcd's root).
+    EtcdAuth(etcd_auth::EtcdAuthArgs),
     /// Operate the farm: subscribers, status, ring, lookups, traces.
     Ctl(ctl::CtlArgs),
     /// Run a local farm (supernodes as child processes) for development.
@@ -148,6 +154,7 @@ fn main() -> ExitCode {
             control::run_enrollment(*args, sub("enrollment")),
         ),
         Command::Enroll(args) => enroll::run(&args),
+        Command::EtcdAuth(args) => etcd_auth::run(&args),
         Command::Ctl(args) => ctl::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Dev(args) => match dev::run(args) {

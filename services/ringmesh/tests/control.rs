@@ -535,9 +535,28 @@ fn a_revoked_node_cannot_stay_in_the_ring() {
 #[test]
 #[ignore = "slow: needs etcd and a ringmesh dev farm"]
 fn a_farm_on_etcd_keeps_serving_when_etcd_stops() {
-    let mut etcd = Etcd::start();
+    // etcd as a carrier runs it: TLS, client certificates, and each
+    // component limited to its keys by `ringmesh etcd-auth`.
+    use ringmesh_config::etcd::{ENROLLMENT_USER, PROVISIONING_USER, SUPERNODE_USER};
+    let mut etcd = Etcd::start_secure(&[SUPERNODE_USER, PROVISIONING_USER, ENROLLMENT_USER]);
     let url = etcd.url();
-    let farm = common::start_farm(&["--etcd", &url, "--users", "200"], &[]);
+    let certs = etcd.certs.as_ref().unwrap().dir.display().to_string();
+    let [ca, cert, key] = etcd.certs.as_ref().unwrap().client("root");
+    let auth = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args(["etcd-auth", "--etcd", &url])
+        .arg("--etcd-ca")
+        .arg(ca)
+        .arg("--etcd-cert")
+        .arg(cert)
+        .arg("--etcd-key")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(auth.status.success(), "{auth:?}");
+    let farm = common::start_farm(
+        &["--etcd", &url, "--etcd-certs", &certs, "--users", "200"],
+        &[],
+    );
     wait_until("3 membership keys", Duration::from_secs(30), || {
         etcd.keys("/ringmesh/members/").len() == 3
     });

@@ -385,7 +385,7 @@ pub struct Config {
     pub subscriber_cache: usize,
     pub enrollment: Option<String>,
     pub bootstrap_token_file: Option<PathBuf>,
-    pub etcd: Vec<String>,
+    pub etcd: ringmesh_config::Etcd,
     pub admin: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub min_expires: u32,
@@ -545,7 +545,7 @@ impl SupernodeArgs {
             }
         }
         let subscriber_cache = in_range("subscriber-cache", self.subscriber_cache, 1..)?;
-        let etcd = self.service.etcd_endpoints()?;
+        let etcd = self.service.etcd()?;
         let admin = ringmesh_config::socket_addr("admin", self.admin.as_deref())?;
         if let Some(a) = admin
             && !self.admin_tls
@@ -885,7 +885,7 @@ mod tests {
         assert_eq!(c.min_expires, 30);
         assert_eq!(c.name, "flag", "a flag beats the file");
         assert_eq!(
-            c.etcd,
+            c.etcd.endpoints,
             ["http://127.0.0.1:2379"],
             "a shared key, normalised"
         );
@@ -910,7 +910,12 @@ mod tests {
         assert!(e.to_string().contains("RINGMESH_MAX_EXPIRES"));
         let e = SupernodeArgs::resolve_from(&["--data", "/tmp/x"]).unwrap_err();
         assert_eq!(e.key, "subscribers");
-        assert_eq!(key_of(&["--etcd", "https://etcd:2379"]), "etcd");
+        assert_eq!(
+            key_of(&["--etcd", "https://etcd:2379"]),
+            "etcd-ca",
+            "TLS to etcd needs its CA"
+        );
+        assert_eq!(key_of(&["--etcd", "ftp://etcd:2379"]), "etcd");
         assert_eq!(key_of(&["--metrics", "nowhere"]), "metrics");
         assert_eq!(key_of(&["--replicas", "9"]), "replicas");
         assert_eq!(key_of(&["--t1-ms", "0"]), "t1-ms");

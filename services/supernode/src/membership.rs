@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use etcd_client::{ConnectOptions, GetOptions, PutOptions};
+use ringmesh_config::Etcd;
 
 use crate::metrics::Metrics;
 
@@ -34,9 +35,9 @@ pub struct MemberEntry {
 }
 
 /// The overlay addresses of the members etcd knows (seeds), within 3 s.
-pub async fn discover_seeds(endpoints: &[String], me: &str) -> Vec<SocketAddr> {
+pub async fn discover_seeds(etcd: &Etcd, me: &str) -> Vec<SocketAddr> {
     let fetch = async {
-        let mut c = Client::connect(endpoints, Some(options())).await.ok()?;
+        let mut c = etcd.connect(options()).await.ok()?;
         let r = c
             .get(PREFIX, Some(GetOptions::new().with_prefix()))
             .await
@@ -59,7 +60,7 @@ pub async fn discover_seeds(endpoints: &[String], me: &str) -> Vec<SocketAddr> {
 
 /// Keeps this node's membership key alive until the process ends.
 pub async fn keep_registered(
-    endpoints: Vec<String>,
+    etcd: Etcd,
     me: MemberEntry,
     connected: Arc<AtomicBool>,
     metrics: Metrics,
@@ -69,7 +70,10 @@ pub async fn keep_registered(
     let mut backoff = Duration::from_millis(500);
     loop {
         let attempt = async {
-            let mut c = Client::connect(&endpoints, Some(options())).await?;
+            let mut c = etcd
+                .connect(options())
+                .await
+                .map_err(etcd_client::Error::InvalidArgs)?;
             let lease = c.lease_grant(TTL_SECS, None).await?.id();
             c.put(
                 key.clone(),

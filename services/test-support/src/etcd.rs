@@ -1,5 +1,6 @@
 //! A real etcd (Debian `etcd-server`) on free 127.0.0.1 ports, killed by
-//! its PID when dropped.
+//! its PID when dropped; plain, or with TLS and client-certificate
+//! authentication ([`Etcd::start_secure`]).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,6 +18,8 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     pub data: tempfile::TempDir,
+    /// With TLS: the certificates (the server's, and clients' named by user).
+    pub certs: Option<EtcdCerts>,
     /// Its ports, outside the ephemeral range: a restart finds them free.
     _ports: PortBlock,
 }
@@ -24,13 +27,30 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until its health endpoint answers.
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// Starts etcd serving TLS only, with `--client-cert-auth`: a client
+    /// needs a certificate from its CA, whose common name is its etcd user
+    /// once authentication is on. Certificates are made for `root` and
+    /// each of `users` (and none for anyone else).
+    pub fn start_secure(users: &[&str]) -> Etcd {
+        let mut all = vec!["root"];
+        all.extend_from_slice(users);
+        Etcd::start_with(&all)
+    }
+
+    fn start_with(users: &[&str]) -> Etcd {
         let ports = PortBlock::reserve();
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let certs = (!users.is_empty()).then(|| EtcdCerts::make(data.path().join("certs"), users));
         let mut e = Etcd {
             child: None,
             binary: require("etcd", "etcd-server"),
             client_port: ports.base,
             peer_port: ports.base + 1,
-            data: tempfile::tempdir().expect("a temporary directory"),
+            data,
+            certs,
             _ports: ports,
         };
         e.spawn();
@@ -38,7 +58,21 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Where /health is served over plain HTTP (with TLS, a port of its own).
+    fn health_port(&self) -> u16 {
+        if self.certs.is_some() {
+            self.client_port + 2
+        } else {
+            self.client_port
+        }
     }
 
     fn log(&self) -> PathBuf {
@@ -69,13 +103,14 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(self.tls_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the etcd log"))
             .stderr(log)
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        let port = self.client_port;
+        let port = self.health_port();
         let log = self.log();
         let child = self.child.as_mut().expect("just started");
         wait_until("etcd ready", Duration::from_secs(20), || {
@@ -96,10 +131,41 @@ impl Etcd {
         });
     }
 
+    fn tls_args(&self) -> Vec<String> {
+        let Some(c) = &self.certs else {
+            return Vec::new();
+        };
+        let f = |n: &str| c.dir.join(n).display().to_string();
+        vec![
+            "--cert-file".into(),
+            f("server.crt"),
+            "--key-file".into(),
+            f("server.key"),
+            "--trusted-ca-file".into(),
+            f("ca.crt"),
+            "--client-cert-auth".into(),
+            "--listen-metrics-urls".into(),
+            format!("http://127.0.0.1:{}", self.health_port()),
+        ]
+    }
+
     /// The keys under `prefix`, through etcdctl (Debian `etcd-client`).
+    /// (As `root` when etcd speaks TLS.)
     pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let tls: Vec<String> = match &self.certs {
+            Some(c) => {
+                let [ca, cert, key] = c.client("root");
+                vec![
+                    format!("--cacert={}", ca.display()),
+                    format!("--cert={}", cert.display()),
+                    format!("--key={}", key.display()),
+                ]
+            }
+            None => Vec::new(),
+        };
         let out = Command::new(require("etcdctl", "etcd-client"))
             .env("ETCDCTL_API", "3")
+            .args(tls)
             .args([
                 "--endpoints",
                 &self.url(),
@@ -129,6 +195,66 @@ impl Etcd {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+}
+
+/// Certificates of a TLS etcd: its CA, its server certificate (127.0.0.1)
+/// and client certificates whose common names are etcd users.
+#[derive(Debug)]
+pub struct EtcdCerts {
+    pub dir: PathBuf,
+}
+
+impl EtcdCerts {
+    /// A fresh CA, a server certificate for 127.0.0.1 and a client
+    /// certificate per user, in `dir`.
+    pub fn make(dir: PathBuf, users: &[&str]) -> EtcdCerts {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        std::fs::create_dir_all(&dir).expect("the certificates' directory");
+        let write = |name: &str, cert: &rcgen::Certificate, key: &KeyPair| {
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write");
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        };
+        let ca_key = KeyPair::generate().expect("a key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "etcd test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("a CA");
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = |cn: &str, names: Vec<String>, eku: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().expect("a key");
+            let mut p = CertificateParams::new(names).expect("params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = eku;
+            (p.signed_by(&key, &issuer).expect("signed"), key)
+        };
+        let (server, key) = leaf(
+            "etcd",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        write("server", &server, &key);
+        for user in users {
+            let (c, k) = leaf(user, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth]);
+            write(user, &c, &k);
+        }
+        EtcdCerts { dir }
+    }
+
+    /// (CA, certificate, key) of `user`'s client certificate.
+    pub fn client(&self, user: &str) -> [PathBuf; 3] {
+        [
+            self.dir.join("ca.crt"),
+            self.dir.join(format!("{user}.crt")),
+            self.dir.join(format!("{user}.key")),
+        ]
     }
 }
 

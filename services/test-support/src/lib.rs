@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdCerts};
 pub use farm::{Farm, NodeInfo};
 
 /// The repository's root directory.

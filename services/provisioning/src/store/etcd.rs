@@ -44,8 +44,8 @@ use super::{
 /// How the etcd store connects.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
+    /// etcd endpoints (e.g. `http://127.0.0.1:2379`) and TLS.
+    pub etcd: ringmesh_config::Etcd,
     /// Key prefix, e.g. `/ringmesh/`.
     pub prefix: String,
     /// Deadline of every etcd call.
@@ -57,7 +57,7 @@ pub struct EtcdOptions {
 impl Default for EtcdOptions {
     fn default() -> Self {
         EtcdOptions {
-            endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd: ringmesh_config::Etcd::plain(vec!["http://127.0.0.1:2379".into()]),
             prefix: "/ringmesh/".into(),
             timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(30),
@@ -79,7 +79,7 @@ pub struct EtcdStore {
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
-            .field("endpoints", &self.opts.endpoints)
+            .field("endpoints", &self.opts.etcd.endpoints)
             .field("prefix", &self.opts.prefix)
             .finish()
     }
@@ -104,10 +104,10 @@ pub(crate) fn escape_key(s: &str) -> String {
 }
 
 impl EtcdStore {
-    /// Prepares a client for `opts.endpoints`. It connects lazily: etcd need
+    /// Prepares a client for `opts.etcd`. It connects lazily: etcd need
     /// not be up yet, calls fail with `Unavailable` until it is.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
-        if opts.endpoints.is_empty() {
+        if opts.etcd.is_empty() {
             return Err(StoreError::Unavailable(
                 "no etcd endpoint configured".into(),
             ));
@@ -116,13 +116,10 @@ impl EtcdStore {
             .with_connect_timeout(opts.timeout)
             .with_keep_alive(Duration::from_secs(5), opts.timeout)
             .with_keep_alive_while_idle(true);
-        let client = tokio::time::timeout(
-            opts.timeout,
-            Client::connect(&opts.endpoints, Some(connect)),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("etcd connect timed out".into()))?
-        .map_err(unavailable)?;
+        let client = tokio::time::timeout(opts.timeout, opts.etcd.connect(connect))
+            .await
+            .map_err(|_| StoreError::Unavailable("etcd connect timed out".into()))?
+            .map_err(StoreError::Unavailable)?;
         let private_prefix = format!("{}subscribers/by-private/", opts.prefix);
         let public_prefix = format!("{}subscribers/by-public/", opts.prefix);
         let trusted_prefix = format!("{}trusted-elements/", opts.prefix);
