@@ -428,6 +428,15 @@ def test_control_plane_and_etcd(rendered):
     if not values.get("enrollment", {}).get("adminToken", {}).get("existingSecret"):
         generated = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == want_admin)
         assert len(base64.b64decode(generated["data"]["token"])) >= 16
+    # The farm secret enrollment keeps in etcd is sealed under a store key.
+    assert enr["store-key-file"] == ["/etc/ringmesh/store-key/key"]
+    sk_vol = next(v for v in enr_pod["volumes"] if v["name"] == "store-key")
+    want_sk = values.get("enrollment", {}).get("storeKey", {}).get("existingSecret") \
+        or f"{RELEASE}-ringmesh-store-key"
+    assert sk_vol["secret"]["secretName"] == want_sk
+    if want_sk == f"{RELEASE}-ringmesh-store-key":
+        sk = next(s for s in objects(docs, "Secret") if s["metadata"]["name"] == want_sk)
+        assert re.fullmatch(r"[0-9a-f]{64}", base64.b64decode(sk["data"]["key"]).decode())
     assert prov["tls-cert"] == ["/etc/ringmesh/tls/tls.crt"] and "plaintext" not in prov
     node = flags(one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"]["containers"][0])
     assert prov["enrollment"] == node["enrollment"], "provisioning follows the revocations nodes follow"

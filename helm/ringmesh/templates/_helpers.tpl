@@ -85,6 +85,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "ringmesh.component" (dict "root" . "component" "enrollment-admin")) .Values.enrollment.adminToken.existingSecret }}
 {{- end }}
 
+{{- define "ringmesh.storeKeySecret" -}}
+{{- default (include "ringmesh.component" (dict "root" . "component" "store-key")) .Values.enrollment.storeKey.existingSecret }}
+{{- end }}
+
 {{- define "ringmesh.provisioningTlsSecret" -}}
 {{- default (include "ringmesh.component" (dict "root" . "component" "provisioning-tls")) .Values.provisioning.tls.existingSecret }}
 {{- end }}

@@ -5,6 +5,7 @@
 //! ```text
 //! ca               {"cert_pem": …, "key_pem": …}   created once (put-if-absent)
 //! farm-secret      32 random bytes, hex             created once
+//!                  (both sealed under the store key when one is given: [`crate::seal`])
 //! certs/<serial>   CertRecord (JSON)
 //! nodes/<node id>  the node name: the Node-ID is taken (claimed before issuing)
 //! bootstrap/<sha256 of a token>/uses/<slot>  one enrollment with a limited token
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::BootstrapToken;
 use crate::ca::{self, Ca, CaError, Issued, Revoked};
 use crate::kv::{Kv, KvError};
+use crate::seal::{StoreKey, is_sealed};
 
 /// The CA's record of one issued certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,9 @@ pub enum AuthorityError {
     /// A stored record does not decode.
     #[error("stored record {0} is corrupt")]
     Corrupt(String),
+    /// Sealed key material without the key that opens it.
+    #[error("{0}")]
+    Sealed(String),
 }
 
 /// How the authority starts.
@@ -74,6 +79,8 @@ pub struct AuthorityOptions {
     pub cert_days: i64,
     /// Validity of each CRL, days.
     pub crl_days: i64,
+    /// Seals the CA and the farm secret kept in the store.
+    pub store_key: Option<StoreKey>,
 }
 
 impl Default for AuthorityOptions {
@@ -84,6 +91,7 @@ impl Default for AuthorityOptions {
             farm_secret: None,
             cert_days: 90,
             crl_days: 7,
+            store_key: None,
         }
     }
 }
@@ -138,12 +146,12 @@ impl<K: Kv> Authority<K> {
                         key_pem: fresh.key_pem(),
                     };
                     let json = serde_json::to_vec(&stored).expect("serialisable");
-                    if kv.put_if_absent("ca", json).await? {
+                    let value = seal(opts.store_key.as_ref(), "ca", json);
+                    if kv.put_if_absent("ca", value).await? {
                         tracing::info!("created the farm CA");
                     }
                 }
-                let bytes = kv
-                    .get("ca")
+                let bytes = load(&kv, opts.store_key.as_ref(), "ca")
                     .await?
                     .ok_or_else(|| AuthorityError::Corrupt("ca".into()))?;
                 let stored: StoredCa = serde_json::from_slice(&bytes)
@@ -154,10 +162,10 @@ impl<K: Kv> Authority<K> {
         let farm_secret = match &opts.farm_secret {
             Some(s) => s.clone(),
             None => {
-                let fresh = hex::encode(rand::random::<[u8; 32]>());
-                kv.put_if_absent("farm-secret", fresh.into_bytes()).await?;
-                let text = kv
-                    .get("farm-secret")
+                let fresh = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+                let value = seal(opts.store_key.as_ref(), "farm-secret", fresh);
+                kv.put_if_absent("farm-secret", value).await?;
+                let text = load(&kv, opts.store_key.as_ref(), "farm-secret")
                     .await?
                     .ok_or_else(|| AuthorityError::Corrupt("farm-secret".into()))?;
                 hex::decode(String::from_utf8_lossy(&text).trim())
@@ -455,6 +463,41 @@ impl<K: Kv> Authority<K> {
         ids.sort();
         ids.dedup();
         Ok((pem, ids, number))
+    }
+}
+
+/// `plain` as the store keeps it under `name`: sealed when there is a key.
+fn seal(key: Option<&StoreKey>, name: &str, plain: Vec<u8>) -> Vec<u8> {
+    match key {
+        Some(k) => k.seal(name, &plain),
+        None => plain,
+    }
+}
+
+/// The key material stored under `name`, opened. A value stored in the
+/// clear before a store key was given is sealed in place.
+async fn load<K: Kv>(
+    kv: &K,
+    key: Option<&StoreKey>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, AuthorityError> {
+    let Some(v) = kv.get(name).await? else {
+        return Ok(None);
+    };
+    match (is_sealed(&v), key) {
+        (true, Some(k)) => k
+            .open(name, &v)
+            .map(Some)
+            .map_err(|e| AuthorityError::Sealed(format!("stored {name}: {e}"))),
+        (true, None) => Err(AuthorityError::Sealed(format!(
+            "stored {name} is sealed: give the store key (--store-key-file)"
+        ))),
+        (false, Some(k)) => {
+            kv.put(name, k.seal(name, &v)).await?;
+            tracing::info!(key = name, "sealed key material stored in the clear");
+            Ok(Some(v))
+        }
+        (false, None) => Ok(Some(v)),
     }
 }
 

@@ -85,6 +85,12 @@ pub struct EnrollmentArgs {
     #[arg(long, env = "RINGMESH_FARM_SECRET_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub farm_secret_file: Option<PathBuf>,
+    /// File with the store key (64 hex digits) sealing the CA key and the
+    /// farm secret when they are kept in the store (etcd or --data): a copy
+    /// of the store then does not yield them. Keep it in a Secret.
+    #[arg(long, env = "RINGMESH_STORE_KEY_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_key_file: Option<PathBuf>,
     /// Serve without TLS: bootstrap tokens then cross the network in clear
     /// and nodes cannot pin the CA. For labs only (nodes then name the
     /// service http://HOST:PORT).
@@ -146,6 +152,8 @@ pub struct EnrollmentConfig {
     pub cert_days: i64,
     /// Serve without TLS.
     pub plaintext: bool,
+    /// Seals key material in the store.
+    pub store_key: Option<crate::seal::StoreKey>,
     pub metrics: Option<SocketAddr>,
     pub log: String,
 }
@@ -265,6 +273,21 @@ impl EnrollmentArgs {
             ));
         }
         let cert_days = in_range("cert-days", a.cert_days, 1..=3650)?;
+        let store_key = match &a.store_key_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    err(
+                        "store-key-file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                Some(
+                    crate::seal::StoreKey::parse(&text)
+                        .map_err(|e| err("store-key-file", format!("{}: {e}", p.display())))?,
+                )
+            }
+            None => None,
+        };
         Ok(EnrollmentConfig {
             listen,
             store,
@@ -274,6 +297,7 @@ impl EnrollmentArgs {
             farm_secret,
             cert_days,
             plaintext: a.plaintext,
+            store_key,
             metrics,
             log: a.service.log,
         })

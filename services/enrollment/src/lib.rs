@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`ca`] | the CA: Node-ID certificates from CSRs, CRLs, certificate checks |
 //! | [`kv`] | the [`Kv`] trait, [`FileKv`] (default) and [`EtcdKv`] |
+//! | [`seal`] | the CA key and farm secret sealed at rest under a store key |
 //! | [`authority`] | CA + farm secret from the store, issued-certificate records, revocation |
 //! | [`bootstrap`] | bootstrap tokens with their use counts and expiry |
 //! | [`service`] | the tonic service, bootstrap and admin tokens, [`serve`] |
@@ -31,6 +32,7 @@ pub mod ca;
 pub mod config;
 pub mod kv;
 pub mod metrics;
+pub mod seal;
 pub mod service;
 pub mod status;
 
@@ -123,6 +125,7 @@ async fn run_kv<K: Kv>(
         ca_pem: cfg.ca_pem.clone(),
         farm_secret: cfg.farm_secret.clone(),
         cert_days: cfg.cert_days,
+        store_key: cfg.store_key.clone(),
         ..AuthorityOptions::default()
     };
     let authority = Authority::open(kv, opts)

@@ -11,7 +11,9 @@ impl From<AuthorityError> for Status {
         let code = match &e {
             AuthorityError::Kv(KvError::Unavailable(_)) => Code::Unavailable,
             AuthorityError::Ca(CaError::Csr(_) | CaError::Certificate(_)) => Code::InvalidArgument,
-            AuthorityError::Ca(CaError::Ca(_)) | AuthorityError::Corrupt(_) => Code::Internal,
+            AuthorityError::Ca(CaError::Ca(_))
+            | AuthorityError::Corrupt(_)
+            | AuthorityError::Sealed(_) => Code::Internal,
             AuthorityError::Denied(_) => Code::PermissionDenied,
             AuthorityError::NotFound(_) => Code::NotFound,
         };

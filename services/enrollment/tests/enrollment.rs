@@ -685,3 +685,60 @@ async fn tls_and_the_admin_role() {
     assert!(list.certificates.iter().all(|c| c.revoked));
     server.stop().await;
 }
+
+/// With a store key, what enrollment keeps in its store (the CA key, the
+/// farm secret) is sealed: a copy of the store yields neither; without the
+/// key, or with another, the service refuses to start rather than make a
+/// new CA; key material stored in the clear before is sealed in place.
+#[tokio::test]
+async fn key_material_is_sealed_at_rest() {
+    use ringmesh_enrollment::seal::StoreKey;
+    let with = |key: Option<StoreKey>| AuthorityOptions {
+        store_key: key,
+        ..AuthorityOptions::default()
+    };
+    let key = StoreKey::new(&[3; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::open(FileKv::open(dir.path()).unwrap(), with(Some(key.clone())))
+        .await
+        .unwrap();
+    let secret = hex::encode(a.farm_secret());
+    let raw_secret = std::fs::read_to_string(dir.path().join("farm-secret")).unwrap();
+    let raw_ca = std::fs::read_to_string(dir.path().join("ca")).unwrap();
+    assert!(raw_secret.starts_with("sealed:v1:") && !raw_secret.contains(&secret));
+    assert!(raw_ca.starts_with("sealed:v1:") && !raw_ca.contains("PRIVATE KEY"));
+    // The same key opens them again: the same CA, the same secret.
+    let b = Authority::open(FileKv::open(dir.path()).unwrap(), with(Some(key.clone())))
+        .await
+        .unwrap();
+    assert_eq!((b.ca_pem(), b.farm_secret()), (a.ca_pem(), a.farm_secret()));
+    // Without it, or with another, nothing starts (and nothing is replaced).
+    let e = Authority::open(FileKv::open(dir.path()).unwrap(), with(None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--store-key-file"), "{e}");
+    let e = Authority::open(
+        FileKv::open(dir.path()).unwrap(),
+        with(Some(StoreKey::new(&[4; 32]))),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("does not open"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("farm-secret")).unwrap(),
+        raw_secret
+    );
+
+    // A store from before the key: opened in the clear, then sealed.
+    let old = tempfile::tempdir().unwrap();
+    let plain = Authority::open(FileKv::open(old.path()).unwrap(), with(None))
+        .await
+        .unwrap();
+    let sealed = Authority::open(FileKv::open(old.path()).unwrap(), with(Some(key)))
+        .await
+        .unwrap();
+    assert_eq!(sealed.farm_secret(), plain.farm_secret());
+    assert_eq!(sealed.ca_pem(), plain.ca_pem());
+    let now = std::fs::read_to_string(old.path().join("farm-secret")).unwrap();
+    assert!(now.starts_with("sealed:v1:"), "{now}");
+}

@@ -362,6 +362,12 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let text = format!("{token_line}\n{pin}\n");
     ringmesh_supernode::write_private(&token_file, text.as_bytes())?;
     let bootstrap = ringmesh_enrollment::Bootstrap::parse(&text).map_err(anyhow::Error::msg)?;
+    // Seals the farm secret enrollment keeps in DATA/enrollment.
+    let store_key = data.join("store.key");
+    if !store_key.exists() {
+        let k: [u8; 32] = rand_bytes();
+        ringmesh_supernode::write_private(&store_key, hex::encode(k).as_bytes())?;
+    }
     let admin_token = data.join("admin.token");
     if !admin_token.exists() {
         let t: [u8; 24] = rand_bytes();
@@ -414,6 +420,8 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         certs.ca_cert.display().to_string(),
         "--ca-key".into(),
         certs.ca_key.display().to_string(),
+        "--store-key-file".into(),
+        store_key.display().to_string(),
     ];
     enr_argv.extend(etcd_args(ENROLLMENT_USER));
     let (svc, enrollment, enrollment_metrics) =

@@ -137,12 +137,17 @@ async fn each_component_reaches_only_its_keys_and_strangers_nothing() {
         .await;
     assert!(created.is_ok(), "{created:?}");
 
-    // Enrollment keeps its CA state through its own user.
+    // Enrollment keeps its CA state through its own user, the farm secret
+    // and the CA key sealed under a store key.
+    let store_key = dir.path().join("store.key");
+    std::fs::write(&store_key, "ab".repeat(32)).unwrap();
     let mut a = vec![
         "--listen".to_string(),
         "127.0.0.1:0".into(),
         "--bootstrap-token".into(),
         "a-bootstrap-token-0123456789".into(),
+        "--store-key-file".into(),
+        arg(&store_key),
     ];
     a.extend(tls(ENROLLMENT_USER));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -186,6 +191,23 @@ async fn each_component_reaches_only_its_keys_and_strangers_nothing() {
     let all = etcd.keys("/ringmesh/");
     assert!(all.iter().any(|k| k.starts_with("/ringmesh/subscribers/")));
     assert!(all.iter().any(|k| k == "/ringmesh/enrollment/ca"));
+
+    // Even root, reading etcd (or a backup of it), sees no key material.
+    let mut root = client(&etcd_as(&etcd, "root")).await.unwrap();
+    for (key, secret) in [
+        (
+            "/ringmesh/enrollment/farm-secret",
+            hex::encode(&node.farm_secret),
+        ),
+        ("/ringmesh/enrollment/ca", "PRIVATE KEY".to_string()),
+    ] {
+        let raw = root.get(key, None).await.unwrap();
+        let value = String::from_utf8_lossy(raw.kvs()[0].value()).into_owned();
+        assert!(
+            value.starts_with("sealed:v1:") && !value.contains(&secret),
+            "{key}: {value}"
+        );
+    }
 
     // Each component reaches for another's keys: refused.
     let supernode = etcd_as(&etcd, SUPERNODE_USER);
