@@ -541,15 +541,9 @@ fn a_farm_on_etcd_keeps_serving_when_etcd_stops() {
     let mut etcd = Etcd::start_secure(&[SUPERNODE_USER, PROVISIONING_USER, ENROLLMENT_USER]);
     let url = etcd.url();
     let certs = etcd.certs.as_ref().unwrap().dir.display().to_string();
-    let [ca, cert, key] = etcd.certs.as_ref().unwrap().client("root");
     let auth = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
-        .args(["etcd-auth", "--etcd", &url])
-        .arg("--etcd-ca")
-        .arg(ca)
-        .arg("--etcd-cert")
-        .arg(cert)
-        .arg("--etcd-key")
-        .arg(key)
+        .arg("etcd-auth")
+        .args(etcd.client_args("root"))
         .output()
         .unwrap();
     assert!(auth.status.success(), "{auth:?}");

@@ -57,15 +57,9 @@ async fn writes(who: &ringmesh_config::Etcd, key: &str) -> bool {
 }
 
 fn etcd_auth(etcd: &Etcd, user: &str) -> std::process::Output {
-    let [ca, cert, key] = etcd.certs.as_ref().unwrap().client(user);
     Command::new(env!("CARGO_BIN_EXE_ringmesh"))
-        .args(["etcd-auth", "--etcd", &etcd.url()])
-        .arg("--etcd-ca")
-        .arg(ca)
-        .arg("--etcd-cert")
-        .arg(cert)
-        .arg("--etcd-key")
-        .arg(key)
+        .arg("etcd-auth")
+        .args(etcd.client_args(user))
         .output()
         .unwrap()
 }
@@ -89,20 +83,6 @@ async fn each_component_reaches_only_its_keys_and_strangers_nothing() {
 
     let dir = tempfile::tempdir().unwrap();
     let [ca, _, _] = etcd.certs.as_ref().unwrap().client("root");
-    let tls = |user: &str| {
-        let [_, cert, key] = etcd.certs.as_ref().unwrap().client(user);
-        vec![
-            "--etcd".to_string(),
-            etcd.url(),
-            "--etcd-ca".into(),
-            arg(&ca),
-            "--etcd-cert".into(),
-            arg(&cert),
-            "--etcd-key".into(),
-            arg(&key),
-        ]
-    };
-
     // Provisioning stores subscribers through its own user.
     let mut a = vec![
         "--listen".to_string(),
@@ -110,7 +90,7 @@ async fn each_component_reaches_only_its_keys_and_strangers_nothing() {
         "--plaintext".into(),
         "true".into(),
     ];
-    a.extend(tls(PROVISIONING_USER));
+    a.extend(etcd.client_args(PROVISIONING_USER));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let cfg = ringmesh_provisioning::ProvisioningArgs::resolve_from(&a).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,7 +129,7 @@ async fn each_component_reaches_only_its_keys_and_strangers_nothing() {
         "--store-key-file".into(),
         arg(&store_key),
     ];
-    a.extend(tls(ENROLLMENT_USER));
+    a.extend(etcd.client_args(ENROLLMENT_USER));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let cfg = ringmesh_enrollment::EnrollmentArgs::resolve_from(&a).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

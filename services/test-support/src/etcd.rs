@@ -66,6 +66,23 @@ impl Etcd {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// The flags a Ringmesh process reaches this etcd with as `user`:
+    /// `--etcd URL`, and with TLS `--etcd-ca`, `--etcd-cert`, `--etcd-key`.
+    pub fn client_args(&self, user: &str) -> Vec<String> {
+        let mut a = vec!["--etcd".to_string(), self.url()];
+        if let Some(c) = &self.certs {
+            let [ca, cert, key] = c.client(user);
+            for (flag, p) in [
+                ("--etcd-ca", ca),
+                ("--etcd-cert", cert),
+                ("--etcd-key", key),
+            ] {
+                a.extend([flag.to_string(), p.display().to_string()]);
+            }
+        }
+        a
+    }
+
     /// Where /health is served over plain HTTP (with TLS, a port of its own).
     fn health_port(&self) -> u16 {
         if self.certs.is_some() {
