@@ -99,8 +99,9 @@ pub fn valid_node_name(name: &str) -> bool {
 }
 
 impl<K: Kv> EnrollmentService<K> {
-    /// A service accepting `bootstrap` tokens for Enroll; `admin` tokens
-    /// guard Revoke and ListCertificates (empty: those are closed).
+    /// A service accepting `bootstrap` tokens for Enroll; Revoke and
+    /// ListCertificates take an admin certificate or one of the `admin`
+    /// tokens (none: the certificate only).
     pub fn new(
         authority: Arc<Authority<K>>,
         bootstrap: BootstrapTokens,
