@@ -35,6 +35,7 @@ const CFG: RegistrarConfig = RegistrarConfig {
     max_expires: 7200,
     default_expires: 3600,
     max_contacts: 10,
+    flow_timer: 120,
     allow_loopback_contacts: true,
 };
 

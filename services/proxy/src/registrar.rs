@@ -21,6 +21,10 @@ pub struct RegistrarConfig {
     /// is refused (403), so one subscriber cannot make every call to it
     /// fork to thousands of contacts.
     pub max_contacts: usize,
+    /// The Flow-Timer (RFC 5626 §4.4.1) of a registration that uses
+    /// outbound: how often its phone should send keep-alives, seconds
+    /// (0: none sent).
+    pub flow_timer: u32,
     /// Whether a contact may be a loopback address (a lab farm on one
     /// machine; never on a real network).
     pub allow_loopback_contacts: bool,
@@ -239,13 +243,15 @@ pub fn sort_by_preference(list: &mut [Binding]) {
 }
 
 /// The 200 OK to a REGISTER: every current binding with its remaining
-/// lifetime (§10.3 step 8), and `Require: outbound` when the UA used it.
+/// lifetime (§10.3 step 8), and `Require: outbound` and the `Flow-Timer`
+/// (unless 0) when the UA used outbound.
 pub fn ok_response(
     req: &Message,
     bindings: &[Binding],
     plan: &RegisterPlan,
     now_ms: u64,
     to_tag: &[u8],
+    flow_timer: u32,
 ) -> Bytes {
     let mut w = req.response_writer(200, Some(to_tag));
     for b in bindings {
@@ -269,6 +275,9 @@ pub fn ok_response(
     }
     if plan.uses_outbound() {
         w.header(HeaderName::Require, b"outbound");
+        if flow_timer > 0 {
+            w.header_fmt(HeaderName::FlowTimer, format_args!("{flow_timer}"));
+        }
     }
     w.header(HeaderName::Supported, b"outbound, path");
     w.finish(b"")
@@ -301,6 +310,7 @@ mod tests {
         max_expires: 7200,
         default_expires: 3600,
         max_contacts: 4,
+        flow_timer: 120,
         allow_loopback_contacts: false,
     };
 
@@ -551,8 +561,13 @@ mod tests {
         );
         for (m, want) in [(plain, false), (ob, true)] {
             let p = plan_for(&m, &CFG, 0, 0).unwrap();
-            let r = Message::parse(ok_response(&m, &[], &p, 0, b"t")).unwrap();
+            let r = Message::parse(ok_response(&m, &[], &p, 0, b"t", 120)).unwrap();
             assert_eq!(r.header(HeaderName::Require).is_some(), want);
+            // The Flow-Timer tells an outbound phone how often to ping.
+            let timer = r.header(HeaderName::FlowTimer).map(|v| v.to_vec());
+            assert_eq!(timer, want.then(|| b"120".to_vec()));
+            let off = Message::parse(ok_response(&m, &[], &p, 0, b"t", 0)).unwrap();
+            assert!(off.header(HeaderName::FlowTimer).is_none(), "0: none sent");
         }
     }
 
@@ -614,7 +629,7 @@ mod tests {
         let p = plan_for(&m, &CFG, 0, 0).unwrap();
         apply(&mut list, &p, 0).unwrap();
         sort_by_preference(&mut list);
-        let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag")).unwrap();
+        let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag", 120)).unwrap();
         assert_eq!(r.status(), Some(200));
         let c: Vec<_> = r
             .contacts()

@@ -9,6 +9,7 @@
 //! | [`message`] | [`Message`]: the zero-copy parser and typed header access |
 //! | [`writer`] | [`Writer`]: new messages, responses, a proxy's forwarded copies |
 //! | [`framing`] | message boundaries and CRLF keep-alives on streams, found incrementally |
+//! | [`stun`] | STUN Binding keep-alives on UDP flows (RFC 5626 §4.4.2): told from SIP, answered |
 //! | [`error`] | [`ParseError`]: why a message was refused, and the status to answer |
 //! | [`salvage`] | the headers a 400 must echo, copied from a message that failed to parse |
 //! | [`scan`] | byte-level lexing shared by every grammar, offsets into the buffer |
@@ -33,6 +34,7 @@ pub mod method;
 pub mod name_addr;
 pub mod salvage;
 pub mod scan;
+pub mod stun;
 pub mod transaction;
 pub mod uri;
 pub mod via;

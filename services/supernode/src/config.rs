@@ -202,6 +202,11 @@ pub struct SupernodeArgs {
     /// exceed it gets 403): every call to it forks to at most these.
     #[arg(long, env = "RINGMESH_MAX_CONTACTS", default_value_t = 10)]
     pub max_contacts: usize,
+    /// Seconds between the keep-alives a phone using RFC 5626 outbound
+    /// should send on its flows: the Flow-Timer of its registration's
+    /// 200 OK (0: none sent).
+    #[arg(long, env = "RINGMESH_FLOW_TIMER", default_value_t = 120)]
+    pub flow_timer: u32,
     /// Accept loopback contact addresses (a lab farm on one machine, as
     /// `ringmesh dev` runs; never on a real network). Link-local,
     /// multicast, unspecified and the farm's own SIP addresses are always
@@ -392,6 +397,7 @@ pub struct Config {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
+    pub flow_timer: u32,
     pub allow_loopback_contacts: bool,
     /// The phone rules and the emergency route.
     pub policy: ringmesh_proxy::Policy,
@@ -586,6 +592,11 @@ impl SupernodeArgs {
             ));
         }
         let max_contacts = in_range("max-contacts", self.max_contacts, 1..=1000)?;
+        // A keep-alive more often than every 10 s would be a load on the
+        // farm; one rarer than an hour would not keep a NAT binding.
+        if self.flow_timer != 0 {
+            in_range("flow-timer", self.flow_timer, 10..=3600)?;
+        }
         let max_branches = in_range("max-branches", self.max_branches, 1..=100)?;
         let emergency_route = match &self.emergency_route {
             Some(r) => {
@@ -801,6 +812,7 @@ impl SupernodeArgs {
             max_expires,
             default_expires,
             max_contacts,
+            flow_timer: self.flow_timer,
             allow_loopback_contacts: self.allow_loopback_contacts,
             policy,
             digest_algorithms,
@@ -917,6 +929,8 @@ mod tests {
         );
         assert_eq!(key_of(&["--etcd", "ftp://etcd:2379"]), "etcd");
         assert_eq!(key_of(&["--metrics", "nowhere"]), "metrics");
+        assert_eq!(key_of(&["--flow-timer", "5"]), "flow-timer");
+        assert!(resolve(&["--flow-timer", "0"]).is_ok(), "0 turns it off");
         assert_eq!(key_of(&["--replicas", "9"]), "replicas");
         assert_eq!(key_of(&["--t1-ms", "0"]), "t1-ms");
         assert_eq!(

@@ -558,6 +558,7 @@ async fn serve(
                 max_expires: cfg.max_expires,
                 default_expires: cfg.default_expires,
                 max_contacts: cfg.max_contacts,
+                flow_timer: cfg.flow_timer,
                 allow_loopback_contacts: cfg.allow_loopback_contacts,
             },
             t1: cfg.t1,

@@ -26,6 +26,7 @@
 //! timeout; after that the idle timeout (nothing buffered) and the message
 //! timeout (a message begun and not finished) apply.
 
+use ringmesh_sip::stun::Datagram;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -417,12 +418,20 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             tokio::task::yield_now().await;
         }
         let data = &buf[..n];
-        // Keep-alives (CRLF, RFC 5626 §4.4.1) and STUN need no answer here.
-        if data.iter().all(|&c| c == b'\r' || c == b'\n') || data.first().is_some_and(|&c| c < 0x20)
-        {
+        // CRLF keep-alives need no answer on UDP; STUN Binding requests
+        // (RFC 5626 §4.4.2) get the mapped address, within the source's
+        // rate like any message (no reflection beyond it).
+        let kind = ringmesh_sip::stun::classify(data);
+        if matches!(kind, Datagram::Crlf | Datagram::Junk) {
             continue;
         }
         if shared.rate_limited(peer, Transport::Udp) {
+            continue;
+        }
+        if kind == Datagram::Stun {
+            if let Some(answer) = ringmesh_sip::stun::answer(data, peer) {
+                let _ = sock.try_send_to(&answer, peer);
+            }
             continue;
         }
         let flow = FlowRef::Udp {

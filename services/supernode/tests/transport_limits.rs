@@ -779,3 +779,121 @@ fn connections_the_node_opens_count_against_its_cap() {
     };
     assert!(busy);
 }
+
+/// A STUN Binding request (RFC 5389) with transaction id `txid`.
+fn stun_binding(txid: &[u8; 12], kind: u16) -> Vec<u8> {
+    let mut m = kind.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&ringmesh_sip::stun::MAGIC_COOKIE.to_be_bytes());
+    m.extend_from_slice(txid);
+    m
+}
+
+/// The address in a Binding success response's XOR-MAPPED-ADDRESS.
+fn mapped_address(r: &[u8]) -> Option<SocketAddr> {
+    if r.len() < 32 || r[0..2] != [0x01, 0x01] || r[20..22] != [0x00, 0x20] || r[25] != 1 {
+        return None;
+    }
+    let cookie = ringmesh_sip::stun::MAGIC_COOKIE.to_be_bytes();
+    let port = u16::from_be_bytes([r[26], r[27]]) ^ u16::from_be_bytes([cookie[0], cookie[1]]);
+    let ip: [u8; 4] = std::array::from_fn(|i| r[28 + i] ^ cookie[i]);
+    Some(SocketAddr::from((ip, port)))
+}
+
+/// RFC 5626 keep-alives, as a phone behind NAT sends them: a STUN Binding
+/// request on the SIP UDP port gets the address the node sees (its NAT
+/// mapping), a double-CRLF ping on TCP gets a CRLF pong, an outbound
+/// registration is told its Flow-Timer; an attacker's
+/// STUN flood gets no more answers than its rate allows (no reflection),
+/// and an indication gets nothing.
+#[test]
+fn stun_and_crlf_keepalives_are_answered_and_a_stun_flood_is_not_reflected() {
+    let node = Node::start(&["--source-rate-limit", "20", "--source-rate-burst", "40"]);
+    let udp = node.udp();
+    let phone = udp_from("127.0.0.1", Duration::from_secs(2));
+    phone
+        .send_to(&stun_binding(b"keepalive-01", 0x0001), udp)
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = phone.recv_from(&mut buf).expect("a Binding response");
+    assert_eq!(from, udp);
+    assert_eq!(&buf[8..20], b"keepalive-01", "the same transaction");
+    assert_eq!(
+        mapped_address(&buf[..n]),
+        Some(phone.local_addr().unwrap()),
+        "the phone learns its mapped address"
+    );
+    // An indication (0x0011) asks for nothing and gets nothing.
+    phone
+        .send_to(&stun_binding(b"indication01", 0x0011), udp)
+        .unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(phone.recv_from(&mut buf).is_err());
+    // SIP still works on the same socket; a registration with outbound
+    // learns how often to ping: the configured Flow-Timer (120 s).
+    let me = phone.local_addr().unwrap();
+    let contact = format!(
+        "<sip:dave@{me};ob>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000000000001>\";reg-id=1"
+    );
+    phone
+        .send_to(register("dave", me, "UDP", &contact, 1).as_bytes(), udp)
+        .unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let ok = loop {
+        let (n, _) = phone
+            .recv_from(&mut buf)
+            .expect("an answer to the REGISTER");
+        if status_of(&buf[..n]) == Some(200) {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    };
+    assert!(ok.contains("\r\nFlow-Timer: 120\r\n"), "{ok}");
+
+    // A spoofing attacker's flood: answers stay within its rate.
+    let attacker = udp_from(ATTACKER, Duration::from_secs(1));
+    let flood = 2000u32;
+    let started = Instant::now();
+    let answered = std::thread::scope(|sc| {
+        let rx = attacker.try_clone().unwrap();
+        let counter = sc.spawn(move || {
+            let mut b = [0u8; 1500];
+            let mut n = 0u32;
+            while rx.recv_from(&mut b).is_ok() {
+                n += 1;
+            }
+            n
+        });
+        for i in 0..flood {
+            let mut id = [0u8; 12];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            attacker.send_to(&stun_binding(&id, 0x0001), udp).unwrap();
+            if i % 10 == 9 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        counter.join().unwrap()
+    });
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("STUN flood of {flood} in {took:.2} s: {answered} answered");
+    assert!(
+        f64::from(answered) <= 40.0 + 20.0 * (took + 2.0),
+        "no more answers than the source's burst and rate: {answered}"
+    );
+
+    // TCP: the double-CRLF ping gets a single CRLF pong.
+    let mut s = connect_from("127.0.0.1", node.tcp());
+    let me = s.local_addr().unwrap();
+    assert_eq!(
+        tcp_ask(&mut s, &options(node.tcp(), me, "TCP", "tcp-ka")).map(|m| status_of(&m)),
+        Some(Some(200))
+    );
+    s.write_all(b"\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut pong = [0u8; 8];
+    let n = s.read(&mut pong).unwrap();
+    assert_eq!(&pong[..n], b"\r\n", "the pong");
+}

@@ -461,8 +461,14 @@ impl Proxy {
         match result {
             Ok(bindings) => {
                 self.registration(Registration::Ok);
-                let resp =
-                    registrar::ok_response(&msg, &bindings, &plan, now.wall_ms, &self.to_tag(&msg));
+                let resp = registrar::ok_response(
+                    &msg,
+                    &bindings,
+                    &plan,
+                    now.wall_ms,
+                    &self.to_tag(&msg),
+                    self.registrar.flow_timer,
+                );
                 self.respond(server, 200, resp, transport, now);
             }
             Err(LocationError::Registrar(e)) => {

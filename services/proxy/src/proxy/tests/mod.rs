@@ -329,6 +329,7 @@ impl Harness {
                     max_expires: 7200,
                     default_expires: 3600,
                     max_contacts: 5,
+                    flow_timer: 120,
                     allow_loopback_contacts: false,
                 },
                 t1: Duration::from_millis(500),
