@@ -231,20 +231,52 @@ impl Ca {
         role: Option<Role>,
         days: i64,
     ) -> Result<(String, String), CaError> {
-        let key = KeyPair::generate().map_err(ca_err)?;
-        let (names, eku) = match role {
-            None => (
-                vec![CONTROL_DNS_NAME.to_string()],
+        match role {
+            None => self.issue_leaf(
+                name,
+                vec![SanType::DnsName(
+                    CONTROL_DNS_NAME.try_into().map_err(ca_err)?,
+                )],
                 ExtendedKeyUsagePurpose::ServerAuth,
+                days,
             ),
-            Some(_) => (Vec::new(), ExtendedKeyUsagePurpose::ClientAuth),
-        };
-        let mut params = CertificateParams::new(names).map_err(ca_err)?;
-        if let Some(r) = role {
-            params
-                .subject_alt_names
-                .push(SanType::URI(r.uri().try_into().map_err(ca_err)?));
+            Some(r) => self.issue_leaf(
+                name,
+                vec![SanType::URI(r.uri().try_into().map_err(ca_err)?)],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                days,
+            ),
         }
+    }
+
+    /// Issues a server certificate with a fresh key for SIP over TLS and
+    /// secure WebSocket (a lab's; a carrier's comes from its own PKI),
+    /// naming `dns` and `ips`. Returns (certificate, private key), PEM.
+    pub fn issue_server(
+        &self,
+        name: &str,
+        dns: &[&str],
+        ips: &[std::net::IpAddr],
+        days: i64,
+    ) -> Result<(String, String), CaError> {
+        let mut sans = Vec::with_capacity(dns.len() + ips.len());
+        for d in dns {
+            sans.push(SanType::DnsName((*d).try_into().map_err(ca_err)?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.issue_leaf(name, sans, ExtendedKeyUsagePurpose::ServerAuth, days)
+    }
+
+    fn issue_leaf(
+        &self,
+        name: &str,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+        days: i64,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(ca_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(ca_err)?;
+        params.subject_alt_names = sans;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;

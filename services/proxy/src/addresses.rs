@@ -13,8 +13,8 @@ use crate::binding::Transport;
 pub struct Me {
     pub domain: String,
     pub advertise: String,
-    pub udp_port: Option<u16>,
-    pub tcp_port: Option<u16>,
+    /// The first port of each transport it listens on.
+    transport_ports: Vec<(Transport, u16)>,
     hosts: Vec<String>,
     ports: Vec<u16>,
     /// Every address a SIP listener is bound to.
@@ -48,11 +48,15 @@ impl Me {
                 hosts.push(h);
             }
         }
-        let port_of = |t: Transport| listen.iter().find(|l| l.0 == t).map(|l| l.1.port());
+        let mut transport_ports: Vec<(Transport, u16)> = Vec::new();
+        for (t, addr) in listen {
+            if !transport_ports.iter().any(|(have, _)| have == t) {
+                transport_ports.push((*t, addr.port()));
+            }
+        }
         Me {
             domain: domain.to_string(),
-            udp_port: port_of(Transport::Udp),
-            tcp_port: port_of(Transport::Tcp),
+            transport_ports,
             ports: listen.iter().map(|l| l.1.port()).collect(),
             listen: listen.iter().map(|l| l.1).collect(),
             advertise,
@@ -88,14 +92,26 @@ impl Me {
                 && uri.is_loose_route()
     }
 
-    /// The port this node advertises for `t` (the other transport's when it
-    /// does not listen on `t`).
+    /// The port this node listens on for `t`, if it does.
+    pub fn port_of(&self, t: Transport) -> Option<u16> {
+        self.transport_ports
+            .iter()
+            .find(|(have, _)| *have == t)
+            .map(|(_, p)| *p)
+    }
+
+    /// The port this node advertises for `t` (UDP's and TCP's, which share
+    /// a port, stand in for each other; any listener's is the last resort).
     pub fn port(&self, t: Transport) -> u16 {
-        match t {
-            Transport::Udp => self.udp_port.or(self.tcp_port),
-            Transport::Tcp => self.tcp_port.or(self.udp_port),
-        }
-        .unwrap_or(5060)
+        let twin = match t {
+            Transport::Udp => Transport::Tcp,
+            Transport::Tcp => Transport::Udp,
+            t => t,
+        };
+        self.port_of(t)
+            .or(self.port_of(twin))
+            .or(self.transport_ports.first().map(|(_, p)| *p))
+            .unwrap_or(5060)
     }
 
     /// Whether `addr` reaches one of this node's SIP listeners (an

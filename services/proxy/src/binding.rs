@@ -16,13 +16,30 @@ use bytes::{Buf, Bytes};
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26).
+    Tls,
+    /// WebSocket (RFC 7118), in clear.
+    Ws,
+    /// WebSocket over TLS (RFC 7118).
+    Wss,
 }
 
 impl Transport {
+    pub const ALL: [Transport; 5] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
     /// The token used in Via and the `transport` URI parameter.
@@ -30,7 +47,45 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
+    }
+    /// The transport a Via token or `transport` URI parameter names, in
+    /// any case; `None` for one this node does not speak (SCTP).
+    pub fn from_token(token: &[u8]) -> Option<Transport> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| token.eq_ignore_ascii_case(t.as_str().as_bytes()))
+    }
+    /// Whether it runs over a connection (reliable, no retransmissions).
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
+    /// Whether it is encrypted (what a `sips:` URI requires, RFC 5630).
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+    /// The code of a stream transport in the binding and token encodings
+    /// (TCP is 0, so that what older releases wrote reads as TCP).
+    pub(crate) fn stream_code(self) -> u8 {
+        match self {
+            Transport::Udp | Transport::Tcp => 0,
+            Transport::Tls => 1,
+            Transport::Ws => 2,
+            Transport::Wss => 3,
+        }
+    }
+    pub(crate) fn from_stream_code(code: u8) -> Option<Transport> {
+        [
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Ws,
+            Transport::Wss,
+        ]
+        .get(usize::from(code))
+        .copied()
     }
 }
 
@@ -39,14 +94,24 @@ impl Transport {
 pub enum FlowRef {
     /// UDP: the local socket index and the leaf's address.
     Udp { socket: u16, peer: SocketAddr },
-    /// A TCP (later TLS/WS) connection accepted or opened by the edge.
-    Conn { id: u64, peer: SocketAddr },
+    /// A connection (TCP, TLS, WebSocket) accepted or opened by the edge.
+    Conn {
+        id: u64,
+        peer: SocketAddr,
+        transport: Transport,
+    },
 }
 
 impl FlowRef {
     pub fn peer(&self) -> SocketAddr {
         match self {
             FlowRef::Udp { peer, .. } | FlowRef::Conn { peer, .. } => *peer,
+        }
+    }
+    pub fn transport(&self) -> Transport {
+        match self {
+            FlowRef::Udp { .. } => Transport::Udp,
+            FlowRef::Conn { transport, .. } => *transport,
         }
     }
 }
@@ -81,15 +146,23 @@ pub struct Binding {
 
 /// Layouts of [`Binding::encode`]: 3 is the standalone form (everything in
 /// the value); 4 is the form stored in an overlay entry, which leaves out
-/// what the entry already carries. (2, a fixed-width form, is no longer
-/// written or read.)
+/// what the entry already carries. 5 and 6 are 3 and 4 with the stream
+/// transport's code ([`Transport::stream_code`]) after the flags, written
+/// for TLS and WebSocket bindings only, so that UDP and TCP ones stay
+/// readable by releases that know no other transport. (2, a fixed-width
+/// form, is no longer written or read.)
 pub(crate) const FORMAT_FULL: u8 = 3;
 const FORMAT_ENTRY: u8 = 4;
+/// What a format becomes with the transport byte.
+const WITH_TRANSPORT: u8 = 2;
+const FORMAT_FULL_T: u8 = FORMAT_FULL + WITH_TRANSPORT;
+const FORMAT_ENTRY_T: u8 = FORMAT_ENTRY + WITH_TRANSPORT;
 
 // Flags of formats 3 and 4.
 const F_INSTANCE: u8 = 1;
 const F_REG_ID: u8 = 2;
 const F_Q: u8 = 4;
+/// A stream transport (TCP in formats 3 and 4).
 const F_TCP: u8 = 8;
 const F_CONN: u8 = 16;
 const F_V6: u8 = 32;
@@ -182,7 +255,7 @@ impl Binding {
         let edge_is_origin = entry.is_some_and(|(_, origin)| origin == self.edge);
         let (kind, extra, peer) = match self.flow {
             FlowRef::Udp { socket, peer } => (0, u64::from(socket), peer),
-            FlowRef::Conn { id, peer } => (F_CONN, id, peer),
+            FlowRef::Conn { id, peer, .. } => (F_CONN, id, peer),
         };
         let mut flags = kind;
         if self.instance.is_some() {
@@ -194,7 +267,7 @@ impl Binding {
         if self.q.is_some() {
             flags |= F_Q;
         }
-        if self.transport == Transport::Tcp {
+        if self.transport.is_stream() {
             flags |= F_TCP;
         }
         if peer.is_ipv6() {
@@ -206,14 +279,21 @@ impl Binding {
         if edge_is_origin {
             flags |= F_EDGE_IS_ORIGIN;
         }
+        let with_transport = self.transport.is_stream() && self.transport != Transport::Tcp;
         let mut b = Vec::with_capacity(
             64 + self.aor.len()
                 + self.contact.len()
                 + self.call_id.len()
                 + self.instance.as_ref().map_or(0, Bytes::len),
         );
-        b.push(format);
-        b.push(flags);
+        if with_transport {
+            b.push(format + WITH_TRANSPORT);
+            b.push(flags);
+            b.push(self.transport.stream_code());
+        } else {
+            b.push(format);
+            b.push(flags);
+        }
         put_text(&mut b, &self.aor);
         if !contact_in_id {
             put_text(&mut b, &self.contact);
@@ -250,7 +330,7 @@ impl Binding {
     /// Decodes a standalone encoding (format 3); `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<Binding> {
         match b.first() {
-            Some(&FORMAT_FULL) => decode_compact(b, None),
+            Some(&(FORMAT_FULL | FORMAT_FULL_T)) => decode_compact(b, None),
             _ => None,
         }
     }
@@ -259,7 +339,7 @@ impl Binding {
     /// value) with what the entry carries beside it.
     pub fn decode_entry(value: &[u8], facts: EntryFacts<'_>) -> Option<Binding> {
         let mut b = match value.first() {
-            Some(&FORMAT_ENTRY) => decode_compact(value, Some(facts))?,
+            Some(&(FORMAT_ENTRY | FORMAT_ENTRY_T)) => decode_compact(value, Some(facts))?,
             _ => Binding::decode(value)?,
         };
         b.hlc = facts.hlc;
@@ -298,8 +378,17 @@ pub fn binding_key(instance: Option<&[u8]>, reg_id: Option<u32>, contact: &[u8])
 /// Formats 3 and 4 (4 takes the fields it leaves out from `entry`).
 fn decode_compact(b: &[u8], entry: Option<EntryFacts<'_>>) -> Option<Binding> {
     let mut r = b;
-    let format = r.try_get_u8().ok()?;
+    let mut format = r.try_get_u8().ok()?;
     let flags = r.try_get_u8().ok()?;
+    let transport = if format > FORMAT_ENTRY {
+        format -= WITH_TRANSPORT;
+        let t = Transport::from_stream_code(r.try_get_u8().ok()?)?;
+        (flags & F_TCP != 0 && t != Transport::Tcp).then_some(t)?
+    } else if flags & F_TCP != 0 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
     let aor = Bytes::copy_from_slice(get_text(&mut r)?);
     let contact = if flags & F_CONTACT_IN_ID != 0 {
         let id = entry?.id;
@@ -347,7 +436,11 @@ fn decode_compact(b: &[u8], entry: Option<EntryFacts<'_>>) -> Option<Binding> {
         return None;
     }
     let flow = if flags & F_CONN != 0 {
-        FlowRef::Conn { id: extra, peer }
+        FlowRef::Conn {
+            id: extra,
+            peer,
+            transport,
+        }
     } else {
         FlowRef::Udp {
             socket: u16::try_from(extra).ok()?,
@@ -364,11 +457,7 @@ fn decode_compact(b: &[u8], entry: Option<EntryFacts<'_>>) -> Option<Binding> {
         call_id,
         cseq,
         flow,
-        transport: if flags & F_TCP != 0 {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        },
+        transport,
         edge,
         hlc,
     })
@@ -449,15 +538,20 @@ mod tests {
 
     #[test]
     fn binding_encoding_round_trips() {
+        let conn = |transport| FlowRef::Conn {
+            id: 77,
+            peer: "[2001:db8::5]:40000".parse().unwrap(),
+            transport,
+        };
         for flow in [
             FlowRef::Udp {
                 socket: 2,
                 peer: "192.0.2.1:5060".parse().unwrap(),
             },
-            FlowRef::Conn {
-                id: 77,
-                peer: "[2001:db8::5]:40000".parse().unwrap(),
-            },
+            conn(Transport::Tcp),
+            conn(Transport::Tls),
+            conn(Transport::Ws),
+            conn(Transport::Wss),
         ] {
             let b = Binding {
                 aor: Bytes::from_static(b"sip:alice@ringmesh.test"),
@@ -469,7 +563,7 @@ mod tests {
                 call_id: Bytes::from_static(b"abc@x"),
                 cseq: 9,
                 flow,
-                transport: Transport::Tcp,
+                transport: flow.transport(),
                 edge: [3; 16],
                 hlc: 42 << 16,
             };
@@ -490,6 +584,43 @@ mod tests {
     }
 
     #[test]
+    fn udp_and_tcp_bindings_keep_the_layout_older_releases_read() {
+        let tcp = Binding {
+            flow: FlowRef::Conn {
+                id: 4,
+                peer: "192.0.2.1:40000".parse().unwrap(),
+                transport: Transport::Tcp,
+            },
+            transport: Transport::Tcp,
+            ..sample(1, 0)
+        };
+        assert_eq!(tcp.encode()[0], FORMAT_FULL);
+        assert_eq!(sample(1, 0).encode()[0], FORMAT_FULL);
+        let tls = Binding {
+            flow: FlowRef::Conn {
+                id: 4,
+                peer: "192.0.2.1:40000".parse().unwrap(),
+                transport: Transport::Tls,
+            },
+            transport: Transport::Tls,
+            ..sample(1, 0)
+        };
+        let enc = tls.encode_entry(b"x", [5; 16]);
+        assert_eq!(enc[0], FORMAT_ENTRY_T);
+        let facts = EntryFacts {
+            id: b"x",
+            origin: [5; 16],
+            expires_at_ms: 0,
+            hlc: tls.hlc,
+        };
+        assert_eq!(Binding::decode_entry(&enc, facts), Some(tls));
+        // A transport byte naming TCP, or none on a stream flag, is refused.
+        let mut bad = enc.to_vec();
+        bad[2] = 0;
+        assert_eq!(Binding::decode_entry(&bad, facts), None);
+    }
+
+    #[test]
     fn requests_use_the_flow_of_outbound_and_connection_bindings() {
         let udp = sample(1, 0);
         assert!(!udp.use_flow());
@@ -502,6 +633,7 @@ mod tests {
             flow: FlowRef::Conn {
                 id: 4,
                 peer: "192.0.2.1:40000".parse().unwrap(),
+                transport: Transport::Tcp,
             },
             ..udp
         };
@@ -513,6 +645,14 @@ mod tests {
         let names = |t: Transport| (t.as_str(), t.via_token());
         assert_eq!(names(Transport::Udp), ("udp", "UDP"));
         assert_eq!(names(Transport::Tcp), ("tcp", "TCP"));
+        assert_eq!(names(Transport::Wss), ("wss", "WSS"));
+        for t in Transport::ALL {
+            assert_eq!(Transport::from_token(t.via_token().as_bytes()), Some(t));
+            if t.is_stream() {
+                assert_eq!(Transport::from_stream_code(t.stream_code()), Some(t));
+            }
+        }
+        assert_eq!(Transport::from_token(b"SCTP"), None);
     }
 
     #[test]

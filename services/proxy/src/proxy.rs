@@ -381,12 +381,8 @@ impl Proxy {
         {
             return;
         }
-        let reliable = match from {
-            Dest::Flow(FlowRef::Udp { .. }) => false,
-            Dest::Flow(FlowRef::Conn { .. }) | Dest::Peer(_) => true,
-            Dest::Addr { transport, .. } => transport == Transport::Tcp,
-        };
-        self.txl.handle_message(msg, from, reliable, now.mono);
+        self.txl
+            .handle_message(msg, from, from.reliable(), now.mono);
         self.drive(now);
     }
 
@@ -703,11 +699,7 @@ impl Proxy {
 
 /// The transport a message arrived on, from its top Via.
 fn transport_of(msg: &Message) -> Transport {
-    if msg.top_via().transport().eq_ignore_ascii_case(b"TCP") {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    }
+    Transport::from_token(msg.top_via().transport()).unwrap_or(Transport::Udp)
 }
 
 /// RFC 3261 §16.6 step 8 / §16.3 step 4: a hash of what identifies the

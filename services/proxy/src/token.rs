@@ -46,6 +46,12 @@ use crate::binding::{FlowRef, Transport, get_array};
 
 const VERSION: u8 = 2;
 const LABEL: &[u8] = b"ringmesh flow token v2";
+// Kinds of destination in a token. A connection's or stream address's
+// transport code ([`Transport::stream_code`], 0 for TCP) is in the high
+// half of the kind byte.
+const KIND_CONN: u8 = 2;
+const KIND_UDP_ADDR: u8 = 3;
+const KIND_STREAM_ADDR: u8 = 4;
 /// How far a token's issue time may be ahead of this node's clock.
 const MAX_SKEW_SECS: u64 = 60;
 
@@ -66,8 +72,7 @@ pub enum Dest {
 impl Dest {
     pub fn transport(&self) -> Transport {
         match self {
-            Dest::Flow(FlowRef::Udp { .. }) => Transport::Udp,
-            Dest::Flow(FlowRef::Conn { .. }) => Transport::Tcp,
+            Dest::Flow(f) => f.transport(),
             Dest::Addr { transport, .. } => *transport,
             Dest::Peer(_) => Transport::Tcp,
         }
@@ -82,7 +87,7 @@ impl Dest {
     }
     /// Whether the transport below is reliable (no retransmissions).
     pub fn reliable(&self) -> bool {
-        self.transport() == Transport::Tcp
+        self.transport().is_stream()
     }
     pub fn is_leaf(&self) -> bool {
         !matches!(self, Dest::Peer(_))
@@ -154,13 +159,24 @@ impl TokenKeys {
                 b.extend_from_slice(&socket.to_be_bytes());
                 peer
             }
-            Dest::Flow(FlowRef::Conn { id, peer }) => {
-                b.push(2);
+            Dest::Flow(FlowRef::Conn {
+                id,
+                peer,
+                transport,
+            }) => {
+                b.push(KIND_CONN | transport.stream_code() << 4);
                 b.extend_from_slice(&id.to_be_bytes());
                 peer
             }
+            Dest::Addr {
+                transport: Transport::Udp,
+                addr,
+            } => {
+                b.push(KIND_UDP_ADDR);
+                addr
+            }
             Dest::Addr { transport, addr } => {
-                b.push(if transport == Transport::Udp { 3 } else { 4 });
+                b.push(KIND_STREAM_ADDR | transport.stream_code() << 4);
                 addr
             }
             Dest::Peer(node) => {
@@ -239,11 +255,17 @@ impl TokenKeys {
         }
         let node = get_array::<16>(&mut r)?;
         let kind = r.try_get_u8().ok()?;
+        // A stream transport's code is in the high half of its kind.
+        let stream = Transport::from_stream_code(kind >> 4)?;
+        let kind = kind & 0x0f;
+        if stream != Transport::Tcp && kind != KIND_CONN && kind != KIND_STREAM_ADDR {
+            return None;
+        }
         let mut peer_node = [0u8; 16];
         let extra = match kind {
             1 => u64::from(r.try_get_u16().ok()?),
-            2 => r.try_get_u64().ok()?,
-            3 | 4 => 0,
+            KIND_CONN => r.try_get_u64().ok()?,
+            KIND_UDP_ADDR | KIND_STREAM_ADDR => 0,
             5 => {
                 peer_node = get_array(&mut r)?;
                 0
@@ -265,13 +287,17 @@ impl TokenKeys {
                 socket: extra as u16,
                 peer,
             }),
-            2 => Dest::Flow(FlowRef::Conn { id: extra, peer }),
-            3 => Dest::Addr {
+            KIND_CONN => Dest::Flow(FlowRef::Conn {
+                id: extra,
+                peer,
+                transport: stream,
+            }),
+            KIND_UDP_ADDR => Dest::Addr {
                 transport: Transport::Udp,
                 addr: peer,
             },
-            4 => Dest::Addr {
-                transport: Transport::Tcp,
+            KIND_STREAM_ADDR => Dest::Addr {
+                transport: stream,
                 addr: peer,
             },
             _ => Dest::Peer(peer_node),
@@ -346,6 +372,17 @@ mod tests {
             Dest::Flow(FlowRef::Conn {
                 id: u64::MAX - 1,
                 peer: "[2001:db8::1]:5070".parse().unwrap(),
+                transport: Transport::Tcp,
+            }),
+            Dest::Flow(FlowRef::Conn {
+                id: 12,
+                peer: "192.0.2.9:5071".parse().unwrap(),
+                transport: Transport::Tls,
+            }),
+            Dest::Flow(FlowRef::Conn {
+                id: 13,
+                peer: "192.0.2.9:5072".parse().unwrap(),
+                transport: Transport::Wss,
             }),
             Dest::Addr {
                 transport: Transport::Udp,
@@ -354,6 +391,10 @@ mod tests {
             Dest::Addr {
                 transport: Transport::Tcp,
                 addr: "10.0.0.1:5062".parse().unwrap(),
+            },
+            Dest::Addr {
+                transport: Transport::Tls,
+                addr: "10.0.0.1:5061".parse().unwrap(),
             },
             Dest::Peer([5; 16]),
         ] {
@@ -375,6 +416,7 @@ mod tests {
             dest: Dest::Flow(FlowRef::Conn {
                 id: 9,
                 peer: "192.0.2.1:1".parse().unwrap(),
+                transport: Transport::Tcp,
             }),
         }
     }
@@ -459,9 +501,21 @@ mod tests {
             transport: Transport::Udp,
             addr: at,
         };
-        let tcp = Dest::Flow(FlowRef::Conn { id: 1, peer: at });
         assert!(!udp.reliable());
-        assert!(tcp.reliable());
+        for transport in [
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Ws,
+            Transport::Wss,
+        ] {
+            let conn = Dest::Flow(FlowRef::Conn {
+                id: 1,
+                peer: at,
+                transport,
+            });
+            assert!(conn.reliable());
+            assert_eq!(conn.transport(), transport);
+        }
     }
 
     /// Overload control asks whether a request belongs to a dialog the farm

@@ -12,14 +12,17 @@
 //! founds the ring when no seed answers.
 //!
 //! Ports follow the contract of docs/dev.md: from `--sip-port P`, node i
-//! listens for SIP (UDP and TCP) on P+i, overlay links (QUIC) on P+100+i,
-//! serves its admin API on P+200+i and metrics on P+300+i; provisioning
-//! listens on P+600 (metrics P+602), enrollment on P+601 (metrics P+603);
-//! P+400+i (SIP over TLS), P+500+i (WebSocket), P+700+i (secure WebSocket)
-//! and P+800+i (HTTPS) are reserved. With `--sip-port 0` every listener
-//! gets a free port from the kernel: each process announces what it bound
-//! (see [`crate::listening`]), nodes start one after the other, and each
-//! node's `argv` names the actual ports, so it restarts on them.
+//! listens for SIP on P+i (UDP and TCP), P+400+i (TLS), P+500+i
+//! (WebSocket) and P+700+i (secure WebSocket), for overlay links (QUIC) on
+//! P+100+i, serves its admin API on P+200+i and metrics on P+300+i;
+//! provisioning listens on P+600 (metrics P+602), enrollment on P+601
+//! (metrics P+603); P+800+i (HTTPS) is reserved. The farm CA issues the
+//! SIP certificate of every node (`DNS:<domain>`, DNS:localhost,
+//! IP:127.0.0.1), so phones verify it against DATA/ca/ca.crt. With
+//! `--sip-port 0` every listener gets a free port from the kernel: each
+//! process announces what it bound (see [`crate::listening`]), nodes
+//! start one after the other, and each node's `argv` names the actual
+//! ports, so it restarts on them.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -137,6 +140,15 @@ impl Ports {
     fn sip(self, i: u16) -> SocketAddr {
         self.at(i)
     }
+    fn tls(self, i: u16) -> SocketAddr {
+        self.at(400 + i)
+    }
+    fn ws(self, i: u16) -> SocketAddr {
+        self.at(500 + i)
+    }
+    fn wss(self, i: u16) -> SocketAddr {
+        self.at(700 + i)
+    }
     fn overlay(self, i: u16) -> SocketAddr {
         self.at(100 + i)
     }
@@ -152,6 +164,9 @@ impl Ports {
 #[derive(Debug, Clone)]
 struct NodeAddrs {
     sip: SocketAddr,
+    tls: SocketAddr,
+    ws: SocketAddr,
+    wss: SocketAddr,
     overlay: SocketAddr,
     admin: SocketAddr,
     metrics: SocketAddr,
@@ -166,6 +181,8 @@ struct NodeTemplate<'a> {
     provisioning: SocketAddr,
     token_file: &'a Path,
     etcd_args: &'a [String],
+    /// The nodes' SIP certificate (tls.crt, tls.key).
+    sip_cert: &'a Path,
 }
 
 impl NodeTemplate<'_> {
@@ -183,6 +200,14 @@ impl NodeTemplate<'_> {
             format!("udp:{}", at.sip),
             "--sip".into(),
             format!("tcp:{}", at.sip),
+            "--sip".into(),
+            format!("tls:{}", at.tls),
+            "--sip".into(),
+            format!("ws:{}", at.ws),
+            "--sip".into(),
+            format!("wss:{}", at.wss),
+            "--tls-cert".into(),
+            self.sip_cert.display().to_string(),
             "--data".into(),
             self.data.join(&name).display().to_string(),
             "--metrics".into(),
@@ -290,13 +315,15 @@ async fn start_service(
 struct ControlCerts {
     ca_cert: PathBuf,
     ca_key: PathBuf,
+    /// The nodes' SIP certificate: DATA/sip-tls/tls.crt and tls.key.
+    sip_tls: PathBuf,
     provisioning: TlsFiles,
     operator: TlsFiles,
     admin: TlsFiles,
 }
 
 impl ControlCerts {
-    fn make(data: &Path) -> anyhow::Result<ControlCerts> {
+    fn make(data: &Path, domain: &str) -> anyhow::Result<ControlCerts> {
         use ringmesh_enrollment::ca::{Ca, Role, control_files};
         let dir = data.join("ca");
         std::fs::create_dir_all(&dir)
@@ -314,6 +341,19 @@ impl ControlCerts {
             std::fs::write(&ca_cert, ca.cert_pem())?;
             ca
         };
+        // Issued afresh each run, so it names the domain of this run.
+        let sip_tls = data.join("sip-tls");
+        std::fs::create_dir_all(&sip_tls)?;
+        let (cert, key) = ca
+            .issue_server(
+                "Ringmesh dev SIP",
+                &[domain, "localhost"],
+                &[std::net::Ipv4Addr::LOCALHOST.into()],
+                825,
+            )
+            .context("issuing the SIP TLS certificate")?;
+        ringmesh_supernode::write_private(&sip_tls.join("tls.key"), key.as_bytes())?;
+        std::fs::write(sip_tls.join("tls.crt"), cert)?;
         let control = data.join("control");
         let issue = |name: &str, role| {
             control_files(&control, name, &ca, role, 825)
@@ -325,6 +365,7 @@ impl ControlCerts {
             admin: issue("admin", Some(Role::Admin))?,
             ca_cert,
             ca_key,
+            sip_tls,
         })
     }
 }
@@ -342,7 +383,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
     let exe = exe.display().to_string();
-    let certs = ControlCerts::make(&data)?;
+    let certs = ControlCerts::make(&data, &args.domain)?;
     // The bootstrap file: a fresh token for this run, shared by the nodes
     // (with spares for nodes started by hand), expiring in a day, and the
     // CA every node must get back.
@@ -473,6 +514,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         provisioning,
         token_file: &token_file,
         etcd_args: &supernode_etcd_args,
+        sip_cert: &certs.sip_tls,
     };
     let mut nodes = Vec::new();
     if let Err(e) = start_nodes(&template, ports, &bootstrap, &mut nodes).await {
@@ -498,15 +540,20 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
             println!(
                 "{}",
                 json!({"event": "node", "name": n.name, "pid": n.child.id().unwrap_or(0),
-                       "sip": a.sip.to_string(), "overlay": a.overlay.to_string(),
+                       "sip": a.sip.to_string(), "tls": a.tls.to_string(),
+                       "ws": a.ws.to_string(), "wss": a.wss.to_string(),
+                       "overlay": a.overlay.to_string(),
                        "admin": a.admin.to_string(), "metrics": a.metrics.to_string(),
                        "node_id": hex::encode(n.node_id), "argv": argv})
             );
         } else {
             println!(
-                "  {}  SIP udp+tcp {}  overlay {}  admin {}  metrics http://{}/metrics  pid {}  log {}",
+                "  {}  SIP udp+tcp {}  tls {}  ws {}  wss {}  overlay {}  admin {}  metrics http://{}/metrics  pid {}  log {}",
                 n.name,
                 a.sip,
+                a.tls,
+                a.ws,
+                a.wss,
                 a.overlay,
                 a.admin,
                 a.metrics,
@@ -546,7 +593,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", json!({"event": "ready"}));
     } else {
-        print_welcome(&args, &nodes);
+        print_welcome(&args, &nodes, &certs.ca_cert);
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -595,6 +642,9 @@ async fn start_nodes(
         };
         let asked = NodeAddrs {
             sip: ports.sip(i),
+            tls: ports.tls(i),
+            ws: ports.ws(i),
+            wss: ports.wss(i),
             overlay: ports.overlay(i),
             admin: ports.admin(i),
             metrics: ports.metrics(i),
@@ -619,15 +669,23 @@ async fn start_nodes(
                 return Err(e);
             }
         };
-        let udp = v["sip"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str()?.strip_prefix("udp:")?.parse().ok())
-            .next()
-            .with_context(|| format!("{name} announced no UDP SIP address"))?;
+        let sip = |transport: &str| -> anyhow::Result<SocketAddr> {
+            v["sip"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    let (t, a) = s.as_str()?.split_once(':')?;
+                    (t == transport).then(|| a.parse().ok())?
+                })
+                .next()
+                .with_context(|| format!("{name} announced no {transport} SIP address"))
+        };
         let addrs = NodeAddrs {
-            sip: udp,
+            sip: sip("udp")?,
+            tls: sip("tls")?,
+            ws: sip("ws")?,
+            wss: sip("wss")?,
             overlay: addr_in(&v, "overlay", &name)?,
             admin: addr_in(&v, "admin", &name)?,
             metrics: addr_in(&v, "metrics", &name)?,
@@ -780,6 +838,7 @@ async fn ports_free(args: &DevArgs) -> anyhow::Result<()> {
     let mut udp = Vec::new();
     for i in 0..args.nodes {
         tcp.extend([base + i, base + 200 + i, base + 300 + i]);
+        tcp.extend([base + 400 + i, base + 500 + i, base + 700 + i]);
         udp.extend([base + i, base + 100 + i]);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -898,8 +957,9 @@ async fn create_subscribers(
     Ok(())
 }
 
-fn print_welcome(args: &DevArgs, nodes: &[Node]) {
+fn print_welcome(args: &DevArgs, nodes: &[Node], ca: &Path) {
     let sip = nodes[0].addrs.sip;
+    let (tls, wss) = (nodes[0].addrs.tls, nodes[0].addrs.wss);
     println!();
     println!(
         "Ringmesh dev farm ready: domain {} , {} supernode(s), auth {:?}",
@@ -908,7 +968,12 @@ fn print_welcome(args: &DevArgs, nodes: &[Node]) {
         args.auth
     );
     println!("Point a softphone at it:");
-    println!("  registrar / outbound proxy : {sip} (UDP or TCP)");
+    println!("  registrar / outbound proxy : {sip} (UDP or TCP), {tls} (TLS)");
+    println!(
+        "  WebSocket (browsers)       : wss://{wss} (ws://{})",
+        nodes[0].addrs.ws
+    );
+    println!("  CA to trust for TLS        : {}", ca.display());
     println!(
         "  SIP address                : sip:alice@{} (or bob, user0 … user{})",
         args.domain,

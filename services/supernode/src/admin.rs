@@ -119,7 +119,11 @@ fn phase_state(p: ringmesh_overlay::node::Phase) -> i32 {
 fn flow_text(b: &Binding) -> String {
     match b.flow {
         FlowRef::Udp { socket, peer } => format!("udp:{peer} (socket {socket})"),
-        FlowRef::Conn { id, peer } => format!("tcp:{peer} (connection {id})"),
+        FlowRef::Conn {
+            id,
+            peer,
+            transport,
+        } => format!("{}:{peer} (connection {id})", transport.as_str()),
     }
 }
 

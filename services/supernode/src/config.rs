@@ -31,7 +31,8 @@ pub use ringmesh_proxy::Transport;
 use ringmesh_proxy::TrustTable;
 use ringmesh_proxy::trust::Element;
 
-/// `udp:HOST:PORT` or `tcp:HOST:PORT` (IPv6 as `[::1]:5060`).
+/// `TRANSPORT:HOST:PORT`, the transport one of udp, tcp, tls, ws, wss
+/// (IPv6 as `[::1]:5060`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
     pub transport: Transport,
@@ -43,16 +44,10 @@ impl std::str::FromStr for Listen {
     fn from_str(s: &str) -> Result<Listen, String> {
         let (t, rest) = s
             .split_once(':')
-            .ok_or_else(|| format!("'{s}' is not udp:HOST:PORT or tcp:HOST:PORT"))?;
-        let transport = match t.to_ascii_lowercase().as_str() {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            other => {
-                return Err(format!(
-                    "unknown transport '{other}' in '{s}' (use udp or tcp)"
-                ));
-            }
-        };
+            .ok_or_else(|| format!("'{s}' is not TRANSPORT:HOST:PORT (udp:0.0.0.0:5060)"))?;
+        let transport = Transport::from_token(t.as_bytes()).ok_or_else(|| {
+            format!("unknown transport '{t}' in '{s}' (use udp, tcp, tls, ws or wss)")
+        })?;
         let addr: SocketAddr = rest.parse().map_err(|_| {
             format!("'{rest}' in '{s}' is not HOST:PORT with an IP address (IPv6 as [::1]:5060)")
         })?;
@@ -85,8 +80,10 @@ pub struct SupernodeArgs {
     /// The SIP domain the farm serves (the digest realm).
     #[arg(long, env = "RINGMESH_DOMAIN", default_value = "ringmesh.test")]
     pub domain: String,
-    /// Where to listen for SIP: udp:HOST:PORT or tcp:HOST:PORT (repeatable;
-    /// port 0: one the kernel picks, the same for TCP as for UDP).
+    /// Where to listen for SIP: TRANSPORT:HOST:PORT with udp, tcp, tls
+    /// (RFC 3261 §26), ws or wss (RFC 7118) (repeatable; port 0: one the
+    /// kernel picks, the same for TCP as for UDP). tls and wss need
+    /// --tls-cert.
     #[arg(long, env = "RINGMESH_SIP", value_delimiter = ',',
           default_values_t = ["udp:127.0.0.1:5060".to_string(), "tcp:127.0.0.1:5060".to_string()])]
     pub sip: Vec<String>,
@@ -207,6 +204,25 @@ pub struct SupernodeArgs {
     /// 200 OK (0: none sent).
     #[arg(long, env = "RINGMESH_FLOW_TIMER", default_value_t = 120)]
     pub flow_timer: u32,
+    /// A certificate of the tls and wss listeners: a directory holding
+    /// tls.crt (the chain, leaf first) and tls.key, as a Kubernetes TLS
+    /// Secret is mounted (repeatable: chosen by the name a phone asks for,
+    /// SNI; the first for phones that ask none). Changed files are loaded
+    /// within 5 s, without a restart.
+    #[arg(long, env = "RINGMESH_TLS_CERT", value_delimiter = ',')]
+    #[serde(default)]
+    pub tls_cert: Vec<PathBuf>,
+    /// CA certificates (PEM) that client certificates of TLS phones and
+    /// peers must chain to. Client certificates are asked for, never
+    /// required; one that does not chain fails the handshake.
+    #[arg(long, env = "RINGMESH_TLS_CLIENT_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// An Origin allowed to open a SIP WebSocket, e.g.
+    /// `https://phone.example.com` (repeatable). None listed: any origin.
+    #[arg(long, env = "RINGMESH_WS_ORIGIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub ws_origin: Vec<String>,
     /// Accept loopback contact addresses (a lab farm on one machine, as
     /// `ringmesh dev` runs; never on a real network). Link-local,
     /// multicast, unspecified and the farm's own SIP addresses are always
@@ -399,6 +415,11 @@ pub struct Config {
     pub max_contacts: usize,
     pub flow_timer: u32,
     pub allow_loopback_contacts: bool,
+    /// The certificate directories of the tls and wss listeners.
+    pub tls_certs: Vec<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// The origins allowed to open a WebSocket; empty: any.
+    pub ws_origins: Vec<String>,
     /// The phone rules and the emergency route.
     pub policy: ringmesh_proxy::Policy,
     pub digest_algorithms: Vec<ringmesh_sip::digest::Algorithm>,
@@ -512,6 +533,24 @@ impl SupernodeArgs {
             .map(|s| s.parse::<Listen>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| err("sip", m))?;
+        if let Some(l) = listen.iter().find(|l| l.transport.is_secure())
+            && self.tls_cert.is_empty()
+        {
+            return Err(err(
+                "tls-cert",
+                format!(
+                    "the {l} listener needs a certificate: give --tls-cert DIR (tls.crt and tls.key)"
+                ),
+            ));
+        }
+        for o in &self.ws_origin {
+            if !(o.starts_with("https://") || o.starts_with("http://")) {
+                return Err(err(
+                    "ws-origin",
+                    format!("'{o}' is not an origin (https://HOST[:PORT])"),
+                ));
+            }
+        }
         for (key, a) in [
             ("advertise", &self.advertise),
             ("overlay-advertise", &self.overlay_advertise),
@@ -814,6 +853,9 @@ impl SupernodeArgs {
             max_contacts,
             flow_timer: self.flow_timer,
             allow_loopback_contacts: self.allow_loopback_contacts,
+            tls_certs: self.tls_cert,
+            tls_client_ca: self.tls_client_ca,
+            ws_origins: self.ws_origin,
             policy,
             digest_algorithms,
             nonce_lifetime,
@@ -906,6 +948,25 @@ mod tests {
         std::fs::write(&path, "domian = \"typo.example\"\n").unwrap();
         let e = resolve(&["--config", p]).unwrap_err();
         assert!(e.to_string().contains("domian"), "{e}");
+    }
+
+    #[test]
+    fn secure_listeners_need_a_certificate_and_origins_are_origins() {
+        for l in ["tls:127.0.0.1:5061", "wss:127.0.0.1:8443"] {
+            let e = resolve(&["--sip", l]).unwrap_err();
+            assert_eq!(e.key, "tls-cert");
+            assert!(e.to_string().contains(l), "{e}");
+        }
+        let c = resolve(&[
+            "--sip",
+            "ws:127.0.0.1:8080",
+            "--ws-origin",
+            "https://phone.example.com",
+        ])
+        .unwrap();
+        assert_eq!(c.listen[0].transport, Transport::Ws);
+        assert_eq!(c.ws_origins, ["https://phone.example.com"]);
+        assert_eq!(key_of(&["--ws-origin", "phone.example.com"]), "ws-origin");
     }
 
     #[test]

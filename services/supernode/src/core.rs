@@ -338,14 +338,18 @@ impl SipCore {
                     let _ = s.try_send_to(&bytes, peer);
                 }
             }
-            Dest::Flow(FlowRef::Conn { id, peer }) => match self.conns.get(&id) {
+            Dest::Flow(FlowRef::Conn {
+                id,
+                peer,
+                transport,
+            }) => match self.conns.get(&id) {
                 Some(tx) => {
                     let _ = tx.try_send(bytes);
                 }
                 // The connection is gone: reach the peer on a new one.
                 None => self.send(
                     Dest::Addr {
-                        transport: Transport::Tcp,
+                        transport,
                         addr: peer,
                     },
                     bytes,
@@ -359,16 +363,21 @@ impl SipCore {
                     let _ = s.try_send_to(&bytes, addr);
                 }
             }
-            Dest::Addr {
-                transport: Transport::Tcp,
-                addr,
-            } => {
+            Dest::Addr { transport, addr } => {
                 if let Some(tx) = self
                     .conn_by_peer
                     .get(&addr)
                     .and_then(|id| self.conns.get(id))
                 {
                     let _ = tx.try_send(bytes);
+                    return;
+                }
+                // Connections are opened over TCP only: TLS and WebSocket
+                // phones are reached down the connections they opened (a
+                // phone listens for neither), so without one the message is
+                // dropped and its transaction times out.
+                if transport != Transport::Tcp {
+                    tracing::debug!(%addr, transport = transport.as_str(), "no connection to send on");
                     return;
                 }
                 // A connection the node opens holds a slot like one it

@@ -47,9 +47,11 @@ pub mod membership;
 pub mod metrics;
 pub mod overload;
 pub mod pki;
+pub mod sip_tls;
 pub mod tasks;
 pub mod trace;
 pub mod transport;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -478,6 +480,18 @@ async fn serve(
     if let Some(addr) = &cfg.provisioning {
         follow_trusted(addr, &cfg, shared.trusted.clone(), tx.clone(), tasks)?;
     }
+    // Certificates are loaded before anything binds: a bad one stops the
+    // node at start with what is wrong, never at the first handshake.
+    let tls = if cfg.listen.iter().any(|l| l.transport.is_secure()) {
+        let certs = sip_tls::Certificates::load(&cfg.tls_certs)?;
+        tasks.spawn(sip_tls::follow(certs.clone(), metrics.clone()));
+        Some(certs)
+    } else {
+        None
+    };
+    let ws_policy = Arc::new(websocket::Policy {
+        origins: cfg.ws_origins.clone(),
+    });
     let mut udp = Vec::new();
     for (l, socket) in transport::bind_sip(&cfg.listen)? {
         let local = match socket {
@@ -494,7 +508,26 @@ async fn serve(
             }
             transport::SipSocket::Tcp(lst) => {
                 let local = lst.local_addr()?;
-                tasks.spawn(transport::tcp_acceptor(lst, shared.clone()));
+                let t = l.transport;
+                let tls = match (&tls, t) {
+                    (Some(certs), Transport::Tls | Transport::Wss) => {
+                        let alpn: &[&[u8]] = if t == Transport::Wss {
+                            &[b"http/1.1"]
+                        } else {
+                            &[]
+                        };
+                        let config =
+                            sip_tls::server_config(certs, cfg.tls_client_ca.as_deref(), alpn)?;
+                        Some(tokio_rustls::TlsAcceptor::from(config))
+                    }
+                    _ => None,
+                };
+                let kind = transport::StreamKind {
+                    transport: t,
+                    tls,
+                    ws: matches!(t, Transport::Ws | Transport::Wss).then(|| ws_policy.clone()),
+                };
+                tasks.spawn(transport::stream_acceptor(lst, kind, shared.clone()));
                 local
             }
         };

@@ -28,16 +28,32 @@ use crate::transport::ConnTimeout;
 pub enum Wire {
     Udp,
     Tcp,
+    Tls,
+    Ws,
+    Wss,
     Overlay,
 }
 
+/// How many [`Wire`]s there are.
+const WIRES: usize = 6;
+
 impl Wire {
-    pub const ALL: [Wire; 3] = [Wire::Udp, Wire::Tcp, Wire::Overlay];
+    pub const ALL: [Wire; WIRES] = [
+        Wire::Udp,
+        Wire::Tcp,
+        Wire::Tls,
+        Wire::Ws,
+        Wire::Wss,
+        Wire::Overlay,
+    ];
 
     pub fn as_label(self) -> &'static str {
         match self {
             Wire::Udp => "udp",
             Wire::Tcp => "tcp",
+            Wire::Tls => "tls",
+            Wire::Ws => "ws",
+            Wire::Wss => "wss",
             Wire::Overlay => "overlay",
         }
     }
@@ -48,9 +64,29 @@ impl From<Transport> for Wire {
         match t {
             Transport::Udp => Wire::Udp,
             Transport::Tcp => Wire::Tcp,
+            Transport::Tls => Wire::Tls,
+            Transport::Ws => Wire::Ws,
+            Transport::Wss => Wire::Wss,
         }
     }
 }
+
+/// The stream transports, in the order of the per-connection series.
+const STREAMS: [Transport; 4] = [
+    Transport::Tcp,
+    Transport::Tls,
+    Transport::Ws,
+    Transport::Wss,
+];
+
+/// The handshakes each stream transport makes
+/// (`ringmesh_sip_handshake_failures_total{transport,stage}`).
+const HANDSHAKES: [(Transport, &str); 4] = [
+    (Transport::Tls, "tls"),
+    (Transport::Ws, "websocket"),
+    (Transport::Wss, "tls"),
+    (Transport::Wss, "websocket"),
+];
 
 /// How an INVITE from a leaf ended, at the caller's edge
 /// (`ringmesh_call_setups_total{result}`).
@@ -177,9 +213,9 @@ impl Class {
 /// lock on each call, which a register storm felt.
 #[derive(Debug, Clone, Default)]
 pub struct Hot {
-    requests: Vec<[IntCounter; 3]>,
-    responses_sent: Vec<[IntCounter; 3]>,
-    responses_received: Vec<[IntCounter; 3]>,
+    requests: Vec<[IntCounter; WIRES]>,
+    responses_sent: Vec<[IntCounter; WIRES]>,
+    responses_received: Vec<[IntCounter; WIRES]>,
     forwarded: Vec<IntCounter>,
     /// ok, challenged, rejected, failed.
     registrations: Vec<IntCounter>,
@@ -189,8 +225,16 @@ pub struct Hot {
     /// By direction, then reason.
     refused: Vec<[IntCounter; 2]>,
     timeouts: Vec<IntCounter>,
-    /// By reason, then transport (UDP, TCP).
-    rate_limited: Vec<[IntCounter; 2]>,
+    /// By reason, then transport (in [`Transport::ALL`] order).
+    rate_limited: Vec<[IntCounter; 5]>,
+    /// In [`HANDSHAKES`] order.
+    handshake_failures: Vec<IntCounter>,
+    /// Connections open, in [`STREAMS`] order.
+    open_connections: Vec<IntGauge>,
+}
+
+fn transport_index(t: Transport) -> usize {
+    Transport::ALL.iter().position(|&x| x == t).unwrap_or(0)
 }
 
 impl Hot {
@@ -228,11 +272,18 @@ impl Hot {
     }
     /// A message a reader dropped unread: its source is over its rate.
     pub fn rate_limited(&self, reason: LimitReason, transport: Transport) {
-        let t = match transport {
-            Transport::Udp => 0,
-            Transport::Tcp => 1,
-        };
-        self.rate_limited[reason as usize][t].inc();
+        self.rate_limited[reason as usize][transport_index(transport)].inc();
+    }
+    /// A TLS or WebSocket handshake (`stage`) that failed or timed out.
+    pub fn handshake_failed(&self, transport: Transport, stage: &str) {
+        if let Some(i) = HANDSHAKES.iter().position(|h| *h == (transport, stage)) {
+            self.handshake_failures[i].inc();
+        }
+    }
+    /// The gauge of connections open over `transport` (a stream).
+    pub fn open_connections(&self, transport: Transport) -> IntGauge {
+        let i = STREAMS.iter().position(|&t| t == transport).unwrap_or(0);
+        self.open_connections[i].clone()
     }
 }
 
@@ -260,6 +311,10 @@ pub struct Metrics {
     pub overload_active: IntGauge,
     pub connections_refused: IntCounterVec,
     pub connection_timeouts: IntCounterVec,
+    pub connections_open: IntGaugeVec,
+    pub handshake_failures: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    pub tls_cert_expiry: IntGauge,
     pub rate_limited: IntCounterVec,
     pub queue_delay: IntGauge,
     pub transactions_lingering: IntGauge,
@@ -298,6 +353,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -464,6 +525,29 @@ impl Metrics {
                 "TCP connections refused, by direction (inbound: accepted and reset at once; outbound: not opened, the message dropped) and reason (max_connections: the node's cap; per_ip: the peer address's cap)",
                 &["direction", "reason"],
             ),
+            connections_open: gauge_vec(
+                r,
+                "ringmesh_sip_connections_open",
+                "SIP connections open (accepted and opened), by transport",
+                &["transport"],
+            ),
+            handshake_failures: counter_vec(
+                r,
+                "ringmesh_sip_handshake_failures_total",
+                "Connections closed because their TLS or WebSocket handshake failed or did not finish within tcp-first-message-timeout, by transport and stage (tls, websocket)",
+                &["transport", "stage"],
+            ),
+            tls_reloads: counter_vec(
+                r,
+                "ringmesh_sip_tls_reloads_total",
+                "Changed SIP TLS certificate files: reloaded, or failed to load (the old certificate stays)",
+                &["result"],
+            ),
+            tls_cert_expiry: gauge(
+                r,
+                "ringmesh_sip_tls_certificate_expiry_timestamp_seconds",
+                "When the first of the SIP TLS certificates in use expires (UNIX seconds; 0 without TLS)",
+            ),
             connection_timeouts: counter_vec(
                 r,
                 "ringmesh_sip_connection_timeouts_total",
@@ -624,7 +708,7 @@ impl Metrics {
             registry,
         };
         // Resolve (and so create) every labelled series of the SIP path.
-        let by_wire = |v: &IntCounterVec, first: &str| -> [IntCounter; 3] {
+        let by_wire = |v: &IntCounterVec, first: &str| -> [IntCounter; WIRES] {
             Wire::ALL.map(|w| v.with_label_values(&[first, w.as_label()]))
         };
         m.hot = Hot {
@@ -672,13 +756,24 @@ impl Metrics {
             rate_limited: LimitReason::ALL
                 .iter()
                 .map(|r| {
-                    [Transport::Udp, Transport::Tcp].map(|t| {
+                    Transport::ALL.map(|t| {
                         m.rate_limited
                             .with_label_values(&[r.as_label(), t.as_str()])
                     })
                 })
                 .collect(),
+            handshake_failures: HANDSHAKES
+                .iter()
+                .map(|(t, stage)| m.handshake_failures.with_label_values(&[t.as_str(), stage]))
+                .collect(),
+            open_connections: STREAMS
+                .iter()
+                .map(|t| m.connections_open.with_label_values(&[t.as_str()]))
+                .collect(),
         };
+        for result in ["reloaded", "failed"] {
+            m.tls_reloads.with_label_values(&[result]);
+        }
         for w in Wire::ALL {
             for k in ["request", "response", "stream"] {
                 m.parse_errors.with_label_values(&[k, w.as_label()]);

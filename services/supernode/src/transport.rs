@@ -1,4 +1,5 @@
-//! SIP transports (RFC 3261 §18): UDP sockets and TCP connections.
+//! SIP transports (RFC 3261 §18): UDP sockets, and connections over TCP,
+//! TLS (RFC 3261 §26) and WebSocket in clear or over TLS (RFC 7118).
 //!
 //! Reader tasks parse what arrives and hand whole messages to the SIP core
 //! over one bounded channel. They answer what needs no state themselves:
@@ -13,8 +14,13 @@
 //! Readers take at most [`READ_BATCH`] datagrams per turn and the core
 //! yields after as many messages, so neither starves the other.
 //!
-//! Each connection frames its stream with one incremental [`Framer`], so a
-//! peer dripping a message byte by byte costs linear work.
+//! Each TCP or TLS connection frames its stream with one incremental
+//! [`Framer`], so a peer dripping a message byte by byte costs linear
+//! work. A WebSocket carries one SIP message per WebSocket message
+//! (RFC 7118 §5), framed by tungstenite.
+//!
+//! TLS and WebSocket handshakes happen after the connection holds its slot
+//! and must finish within the first-message timeout, like a first request.
 //!
 //! What one source may cost is bounded here too, with the rules of
 //! [`crate::admission`]: a message (or a CRLF ping on a stream) from a
@@ -36,8 +42,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use ringmesh_sip::framing::{Frame, Framer};
 use ringmesh_sip::{Limits, Message, ParseError, salvage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -251,6 +256,50 @@ impl Shared {
         }
     }
 
+    /// A double-CRLF ping on a connection (RFC 5626 §4.4.1): the CRLF pong,
+    /// within the source's rate.
+    pub(crate) fn ping(&self, peer: SocketAddr, transport: Transport, tx: &mpsc::Sender<Bytes>) {
+        if !self.rate_limited(peer, transport) {
+            let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+        }
+    }
+
+    /// One whole message from a connection: dropped when its source is
+    /// over its rate, answered with the right 4xx when malformed, else
+    /// delivered. `Some(true)` for a request, `None` when the connection
+    /// must close (bytes that are not SIP: the stream cannot be trusted
+    /// to resynchronise).
+    pub(crate) async fn stream_message(
+        &self,
+        raw: Bytes,
+        flow: FlowRef,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Option<bool> {
+        let transport = flow.transport();
+        if self.rate_limited(flow.peer(), transport) {
+            return Some(false);
+        }
+        match Message::parse_with(raw.clone(), &self.limits) {
+            Ok(msg) => {
+                let request = msg.is_request();
+                let reply = |b: Bytes| {
+                    let _ = tx.try_send(b);
+                };
+                self.deliver(msg, flow, transport, Duration::ZERO, reply)
+                    .await;
+                Some(request)
+            }
+            Err(e) => match self.parse_failed(&raw, &e, transport) {
+                Some(resp) => {
+                    let _ = tx.try_send(resp);
+                    Some(false)
+                }
+                None if !raw.starts_with(b"SIP/") => None,
+                None => Some(false),
+            },
+        }
+    }
+
     fn parse_failed(&self, raw: &[u8], err: &ParseError, transport: Transport) -> Option<Bytes> {
         let resp = salvage::error_response(raw, err);
         let kind = if resp.is_some() {
@@ -306,7 +355,7 @@ pub fn bind_sip(listen: &[Listen]) -> anyhow::Result<Vec<(Listen, SipSocket)>> {
         out.push((*l, SipSocket::Udp(udp)));
     }
     for (j, l) in listen.iter().enumerate() {
-        if l.transport == Transport::Tcp && !paired[j] {
+        if l.transport.is_stream() && !paired[j] {
             let tcp = bind_tcp(l.addr).with_context(|| cannot(l))?;
             out.push((*l, SipSocket::Tcp(tcp)));
         }
@@ -474,9 +523,26 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
+/// What a stream listener runs over TCP before SIP: TLS, a WebSocket
+/// upgrade, or both.
+#[derive(Clone)]
+pub struct StreamKind {
+    pub transport: Transport,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub ws: Option<Arc<crate::websocket::Policy>>,
+}
+
+impl std::fmt::Debug for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamKind")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Accepts connections, each holding a slot of the node's and its peer
 /// address's quota; one that finds no slot is reset at once.
-pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn stream_acceptor(listener: TcpListener, kind: StreamKind, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -493,34 +559,76 @@ pub async fn tcp_acceptor(listener: TcpListener, shared: Arc<Shared>) {
             let _ = stream.set_zero_linger();
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(256);
-        if shared
-            .inbound
-            .send(Inbound::ConnOpened {
-                id,
-                peer,
-                tx: tx.clone(),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let conn = Conn {
-            id,
-            peer,
-            direction: Direction::Inbound,
-            _slot: slot,
-        };
+        let conn = Conn::new(id, peer, Direction::Inbound, kind.transport, slot, &shared);
         shared
             .tasks
-            .spawn(run_connection(conn, stream, tx, rx, shared.clone()));
+            .spawn(accepted(conn, stream, kind.clone(), shared.clone()));
     }
 }
 
-/// Opens an outbound connection for the core, which already holds `tx`,
-/// in the slot the core reserved for it
+/// Runs an accepted connection: its handshakes (within the first-message
+/// timeout), then SIP.
+async fn accepted(conn: Conn, stream: TcpStream, kind: StreamKind, shared: Arc<Shared>) {
+    let deadline = Instant::now() + shared.first_message_timeout;
+    let peer = conn.peer;
+    let failed = |stage: &'static str, why: String| {
+        shared.metrics.hot.handshake_failed(conn.transport, stage);
+        tracing::debug!(%peer, stage, why, "handshake failed");
+    };
+    match (kind.tls, kind.ws) {
+        (None, None) => {
+            let (r, w) = stream.into_split();
+            if let Some((tx, rx)) = open_inbound(&conn, &shared).await {
+                run_connection(conn, r, w, tx, rx, shared).await;
+            }
+        }
+        (Some(tls), ws) => {
+            let tls_stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return failed("tls", e.to_string()),
+                Err(_) => return failed("tls", "timeout".into()),
+            };
+            match ws {
+                Some(policy) => {
+                    crate::websocket::serve(conn, tls_stream, &policy, deadline, shared).await
+                }
+                None => {
+                    let (r, w) = tokio::io::split(tls_stream);
+                    if let Some((tx, rx)) = open_inbound(&conn, &shared).await {
+                        run_connection(conn, r, w, tx, rx, shared).await;
+                    }
+                }
+            }
+        }
+        (None, Some(policy)) => {
+            crate::websocket::serve(conn, stream, &policy, deadline, shared).await
+        }
+    }
+}
+
+/// Tells the core of a new inbound connection; its channel, or `None`
+/// when the core is gone.
+pub(crate) async fn open_inbound(
+    conn: &Conn,
+    shared: &Shared,
+) -> Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)> {
+    let (tx, rx) = mpsc::channel(256);
+    shared
+        .inbound
+        .send(Inbound::ConnOpened {
+            id: conn.id,
+            peer: conn.peer,
+            tx: tx.clone(),
+        })
+        .await
+        .ok()?;
+    Some((tx, rx))
+}
+
+/// Opens an outbound TCP connection for the core, which already holds
+/// `tx`, in the slot the core reserved for it
 /// ([`Shared::reserve_connection`]).
 pub fn connect(
     id: u64,
@@ -531,15 +639,14 @@ pub fn connect(
     shared: Arc<Shared>,
 ) {
     let tasks = shared.tasks.clone();
-    let conn = Conn {
-        id,
-        peer,
-        direction: Direction::Outbound,
-        _slot: slot,
-    };
+    let conn = Conn::new(id, peer, Direction::Outbound, Transport::Tcp, slot, &shared);
     tasks.spawn(async move {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await {
-            Ok(Ok(stream)) => run_connection(conn, stream, tx, rx, shared).await,
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                run_connection(conn, r, w, tx, rx, shared).await
+            }
             _ => {
                 tracing::debug!(%peer, "outbound connection failed");
                 drop(conn);
@@ -549,50 +656,99 @@ pub fn connect(
     });
 }
 
-/// A TCP connection and the slot it holds (given back when it is dropped).
+/// A connection and the slot it holds (given back when it is dropped),
+/// counted in `ringmesh_sip_connections_open{transport}` while it lives.
 #[derive(Debug)]
-struct Conn {
-    id: u64,
-    peer: SocketAddr,
-    direction: Direction,
+pub(crate) struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub direction: Direction,
+    pub transport: Transport,
     _slot: ConnSlot,
+    open: prometheus::IntGauge,
 }
 
-async fn run_connection(
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl Conn {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        direction: Direction,
+        transport: Transport,
+        slot: ConnSlot,
+        shared: &Shared,
+    ) -> Conn {
+        let open = shared.metrics.hot.open_connections(transport);
+        open.inc();
+        Conn {
+            id,
+            peer,
+            direction,
+            transport,
+            _slot: slot,
+            open,
+        }
+    }
+
+    pub fn flow(&self) -> FlowRef {
+        FlowRef::Conn {
+            id: self.id,
+            peer: self.peer,
+            transport: self.transport,
+        }
+    }
+}
+
+async fn run_connection<R, W>(
     conn: Conn,
-    stream: TcpStream,
+    r: R,
+    w: W,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
-) {
-    let id = conn.id;
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut writer = shared.tasks.spawn(write_loop(w, rx));
-    // The connection ends when the reader does, or when the writer does:
-    // asked to close, or the peer stopped taking what we send.
+    let reader = read_loop(&conn, r, tx, &shared);
+    finish_connection(conn.id, reader, &mut writer, &shared).await;
+}
+
+/// Runs a connection's reader until it ends or its writer does (asked to
+/// close, or the peer stopped taking what we send), then tells the core and
+/// lets the writer flush what is queued (answers to the last requests, a
+/// 400 before closing) for up to 2 s.
+pub(crate) async fn finish_connection(
+    id: u64,
+    reader: impl std::future::Future<Output = ()>,
+    writer: &mut tokio::task::JoinHandle<()>,
+    shared: &Shared,
+) {
     let writer_ended = tokio::select! {
-        _ = read_loop(&conn, r, tx, &shared) => false,
-        _ = &mut writer => true,
+        _ = reader => false,
+        _ = &mut *writer => true,
     };
-    // Let the core drop its sender; the writer then flushes what is queued
-    // (answers to the last requests, a 400 before closing) and ends.
     let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
     if !writer_ended
-        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        && tokio::time::timeout(Duration::from_secs(2), &mut *writer)
             .await
             .is_err()
     {
         writer.abort();
     }
-    drop(conn);
 }
 
 /// Queued on a connection's writer: close it once what is queued before is
 /// sent (an empty write, which nothing else queues).
 pub static CLOSE: Bytes = Bytes::new();
 
-async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(mut w: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::with_capacity(32);
     while rx.recv_many(&mut batch, 32).await > 0 {
         for b in batch.drain(..) {
@@ -608,12 +764,18 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(conn: &Conn, mut r: OwnedReadHalf, tx: mpsc::Sender<Bytes>, shared: &Shared) {
+async fn read_loop(
+    conn: &Conn,
+    mut r: impl AsyncRead + Unpin,
+    tx: mpsc::Sender<Bytes>,
+    shared: &Shared,
+) {
     let peer = conn.peer;
+    let transport = conn.transport;
     let mut buf = BytesMut::with_capacity(8192);
     let mut framer = Framer::new();
     let mut partial_since: Option<Instant> = None;
-    let flow = FlowRef::Conn { id: conn.id, peer };
+    let flow = conn.flow();
     // Until its first request, an accepted connection only holds a slot.
     let first_deadline = (conn.direction == Direction::Inbound)
         .then(|| Instant::now() + shared.first_message_timeout);
@@ -625,42 +787,21 @@ async fn read_loop(conn: &Conn, mut r: OwnedReadHalf, tx: mpsc::Sender<Bytes>, s
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping(n)) => {
                     buf.advance(n);
-                    if !shared.rate_limited(peer, Transport::Tcp) {
-                        let _ = tx.try_send(Bytes::from_static(b"\r\n"));
-                    }
+                    shared.ping(peer, transport, &tx);
                 }
                 Ok(Frame::Pong(n)) => buf.advance(n),
                 Ok(Frame::Message(n)) => {
                     let raw = buf.split_to(n).freeze();
-                    if shared.rate_limited(peer, Transport::Tcp) {
-                        continue;
-                    }
-                    match Message::parse_with(raw.clone(), &shared.limits) {
-                        Ok(msg) => {
-                            requested |= msg.is_request();
-                            let reply = |b: Bytes| {
-                                let _ = tx.try_send(b);
-                            };
-                            shared
-                                .deliver(msg, flow, Transport::Tcp, Duration::ZERO, reply)
-                                .await;
-                        }
-                        Err(e) => match shared.parse_failed(&raw, &e, Transport::Tcp) {
-                            Some(resp) => {
-                                let _ = tx.try_send(resp);
-                            }
-                            // Not SIP we can answer: the stream cannot be
-                            // trusted to resynchronise.
-                            None if !raw.starts_with(b"SIP/") => return,
-                            None => {}
-                        },
+                    match shared.stream_message(raw, flow, &tx).await {
+                        Some(request) => requested |= request,
+                        None => return,
                     }
                 }
                 Err(e) => {
                     shared
                         .metrics
                         .parse_errors
-                        .with_label_values(&["stream", "tcp"])
+                        .with_label_values(&["stream", transport.as_str()])
                         .inc();
                     if let Some(resp) = salvage::error_response(&buf, &e) {
                         let _ = tx.try_send(resp);

@@ -14,6 +14,10 @@ pub struct NodeInfo {
     pub name: String,
     pub pid: u32,
     pub sip: SocketAddr,
+    /// SIP over TLS, WebSocket and secure WebSocket.
+    pub tls: SocketAddr,
+    pub ws: SocketAddr,
+    pub wss: SocketAddr,
     pub overlay: SocketAddr,
     pub metrics: SocketAddr,
     pub admin: String,
@@ -32,6 +36,8 @@ pub struct Farm {
     pub enrollment: String,
     pub provisioning_metrics: String,
     pub enrollment_metrics: String,
+    /// The farm CA (PEM file), which issued the nodes' SIP certificates.
+    pub ca: String,
     /// The operator's TLS files: CA, certificate, key.
     pub operator: [String; 3],
     /// The admin's TLS files: CA, certificate, key.
@@ -89,6 +95,7 @@ impl Farm {
             enrollment: String::new(),
             provisioning_metrics: String::new(),
             enrollment_metrics: String::new(),
+            ca: String::new(),
             operator: Default::default(),
             admin_cert: Default::default(),
             admin_token: String::new(),
@@ -105,6 +112,9 @@ impl Farm {
                     name: text(&v, "name"),
                     pid: v["pid"].as_u64().expect("a pid") as u32,
                     sip: addr(&v, "sip"),
+                    tls: addr(&v, "tls"),
+                    ws: addr(&v, "ws"),
+                    wss: addr(&v, "wss"),
                     overlay: addr(&v, "overlay"),
                     metrics: addr(&v, "metrics"),
                     admin: text(&v, "admin"),
@@ -121,6 +131,7 @@ impl Farm {
                     farm.enrollment = text(&v, "enrollment");
                     farm.provisioning_metrics = text(&v, "provisioning_metrics");
                     farm.enrollment_metrics = text(&v, "enrollment_metrics");
+                    farm.ca = text(&v, "ca");
                     farm.operator = ["ca", "operator_cert", "operator_key"].map(|k| text(&v, k));
                     farm.admin_cert = ["ca", "admin_cert", "admin_key"].map(|k| text(&v, k));
                     farm.admin_token = text(&v, "admin_token");

@@ -19,6 +19,7 @@
 pub mod etcd;
 pub mod farm;
 pub mod sip;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -57,6 +57,8 @@ pub struct CertInfo {
     pub not_after_unix: i64,
     /// The subject public key (raw bits of SubjectPublicKeyInfo).
     pub public_key: Vec<u8>,
+    /// The DNS names of its subject alternative names, lower-cased.
+    pub dns_names: Vec<String>,
 }
 
 /// Parses a certificate (DER).
@@ -68,6 +70,20 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CertError> {
         serial: hex::encode(x509.raw_serial()),
         not_after_unix: x509.validity().not_after.timestamp(),
         public_key: x509.public_key().subject_public_key.data.to_vec(),
+        dns_names: match x509.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
     })
 }
 

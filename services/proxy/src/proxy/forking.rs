@@ -64,7 +64,6 @@ impl Proxy {
         now: Now,
     ) {
         let from = origin.flow();
-        let in_transport = transport_of(&msg);
         let loop_hash = loop_hash(&msg);
         let record_route = matches!(
             msg.method(),
@@ -106,7 +105,7 @@ impl Proxy {
                         rr.push(self.rr_uri(dest, t, dialog, now.secs()));
                     }
                     if let Some(f) = from {
-                        rr.push(self.rr_uri(Dest::Flow(f), in_transport, dialog, now.secs()));
+                        rr.push(self.rr_uri(Dest::Flow(f), f.transport(), dialog, now.secs()));
                     }
                     rr.join(", ")
                 })

@@ -174,13 +174,16 @@ impl Proxy {
             dialog,
             now_secs,
         );
-        let tp = if t == Transport::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
+        // RFC 5630: a TLS hop is named with sips:, not transport=tls.
+        let (scheme, tp) = match t {
+            Transport::Udp => ("sip", ""),
+            Transport::Tcp => ("sip", ";transport=tcp"),
+            Transport::Tls => ("sips", ""),
+            Transport::Ws => ("sip", ";transport=ws"),
+            Transport::Wss => ("sips", ";transport=ws"),
         };
         format!(
-            "<sip:{token}@{}:{}{tp};lr>",
+            "<{scheme}:{token}@{}:{}{tp};lr>",
             self.me.advertise,
             self.me.port(t)
         )
@@ -206,16 +209,21 @@ fn contact_addr(b: &Binding) -> Option<(Transport, SocketAddr)> {
     if !uri.is_sip_or_sips() {
         return None;
     }
-    let transport = match uri.transport() {
-        Some(t) if t.eq_ignore_ascii_case(b"tcp") || t.eq_ignore_ascii_case(b"tls") => {
-            Transport::Tcp
-        }
-        _ => b.transport,
+    let sips = uri.scheme() == ringmesh_sip::Scheme::Sips;
+    let transport = match (uri.transport().and_then(Transport::from_token), sips) {
+        (Some(Transport::Ws | Transport::Wss), true) => Transport::Wss,
+        (Some(t), false) => t,
+        (_, true) => Transport::Tls,
+        (None, false) => b.transport,
     };
     let source = b.flow.peer();
     let addr = match uri.host().and_then(|h| h.ip()) {
         Some(ip) if is_private(ip) && ip != source.ip() => source,
-        Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        Some(ip) => SocketAddr::new(
+            ip,
+            uri.port()
+                .unwrap_or(if transport.is_secure() { 5061 } else { 5060 }),
+        ),
         None => source,
     };
     Some((transport, addr))
@@ -293,7 +301,7 @@ mod tests {
 
     /// A Contact behind NAT (a private address other than the source)
     /// is reached at the source; a public or the source's own address as
-    /// written; `transport=tcp` or `tls` asks for a stream.
+    /// written; `transport=tcp` or `tls` asks for a stream, `sips:` for TLS.
     #[test]
     fn where_a_contact_is_reached() {
         let at = |c: &str, src: &str| contact_addr(&binding(c, src)).unwrap();
@@ -319,10 +327,20 @@ mod tests {
             at("sip:a@10.1.2.3:5062", "10.1.2.3:5062").1,
             "10.1.2.3:5062".parse().unwrap()
         );
-        for t in ["tcp", "TLS"] {
-            let c = format!("sip:a@203.0.113.9;transport={t}");
-            assert_eq!(at(&c, "198.51.100.7:40000").0, Transport::Tcp, "{t}");
+        for (c, t) in [
+            ("sip:a@203.0.113.9;transport=tcp", Transport::Tcp),
+            ("sip:a@203.0.113.9;transport=TLS", Transport::Tls),
+            ("sips:a@203.0.113.9", Transport::Tls),
+            ("sips:a@203.0.113.9;transport=tcp", Transport::Tls),
+            ("sips:a@203.0.113.9;transport=ws", Transport::Wss),
+        ] {
+            assert_eq!(at(c, "198.51.100.7:40000").0, t, "{c}");
         }
+        assert_eq!(
+            at("sips:a@203.0.113.9", "198.51.100.7:40000").1.port(),
+            5061,
+            "TLS has its own default port"
+        );
         assert_eq!(
             at("sip:a@203.0.113.9;transport=sctp", "198.51.100.7:40000").0,
             Transport::Udp

@@ -145,10 +145,6 @@ fn return_addr(via: &Via<'_>) -> Option<(Transport, SocketAddr)> {
         .and_then(|r| std::str::from_utf8(r).ok()?.parse::<IpAddr>().ok())
         .or(via.host().ip())?;
     let port = via.rport().flatten().or(via.port()).unwrap_or(5060);
-    let transport = if via.transport().eq_ignore_ascii_case(b"TCP") {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    };
+    let transport = Transport::from_token(via.transport()).unwrap_or(Transport::Udp);
     Some((transport, SocketAddr::new(ip, port)))
 }

@@ -62,13 +62,20 @@ pub fn udp_leaf(i: u8) -> FlowRef {
 
 /// Leaf `i` on TCP connection `id`: 198.51.100.i:40000.
 pub fn tcp_leaf(i: u8, id: u64) -> FlowRef {
+    stream_leaf(i, id, Transport::Tcp)
+}
+
+/// Leaf `i` on connection `id` of `transport`: 198.51.100.i:40000.
+pub fn stream_leaf(i: u8, id: u64, transport: Transport) -> FlowRef {
     FlowRef::Conn {
         id,
         peer: SocketAddr::from(([198, 51, 100, i], 40000)),
+        transport,
     }
 }
 
-/// Node `n` (1, 2, …): Node-ID [n; 16], SIP on 10.0.0.n:5060 (UDP, TCP).
+/// Node `n` (1, 2, …): Node-ID [n; 16], SIP on 10.0.0.n:5060 (UDP, TCP),
+/// 5061 (TLS) and 8443 (secure WebSocket).
 pub fn node_id(n: u8) -> [u8; 16] {
     [n; 16]
 }
@@ -319,7 +326,12 @@ impl Harness {
             let me: Me = addresses::Me::new(
                 DOMAIN,
                 None,
-                &[(Transport::Udp, addr), (Transport::Tcp, addr)],
+                &[
+                    (Transport::Udp, addr),
+                    (Transport::Tcp, addr),
+                    (Transport::Tls, SocketAddr::new(addr.ip(), 5061)),
+                    (Transport::Wss, SocketAddr::new(addr.ip(), 8443)),
+                ],
                 node_id(n),
             );
             let cfg = Config {
@@ -602,11 +614,7 @@ pub fn register_text(
 
 /// The Via a leaf on `flow` writes.
 pub fn via_for(flow: FlowRef) -> String {
-    let t = match flow {
-        FlowRef::Udp { .. } => "UDP",
-        FlowRef::Conn { .. } => "TCP",
-    };
-    format!("SIP/2.0/{t} {}", flow.peer())
+    format!("SIP/2.0/{} {}", flow.transport().via_token(), flow.peer())
 }
 
 /// An INVITE from `from` (over `flow`) to `to`, out of dialog.

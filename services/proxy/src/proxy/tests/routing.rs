@@ -18,7 +18,11 @@ fn record_route(m: &Message) -> Vec<String> {
 
 /// The flow token in a Record-Route or Route value.
 fn token_of(rr: &str) -> &str {
-    rr.trim_start_matches("<sip:").split('@').next().unwrap()
+    rr.trim_start_matches("<sips:")
+        .trim_start_matches("<sip:")
+        .split('@')
+        .next()
+        .unwrap()
 }
 
 /// A BYE of the dialog `call`, which alice started: her tag is the one
@@ -461,6 +465,82 @@ fn a_phone_registered_over_tcp_is_reached_down_its_connection_then_at_its_contac
         vec![Dest::Addr {
             transport: Transport::Tcp,
             addr: "198.51.100.2:5060".parse().unwrap()
+        }]
+    );
+}
+
+/// A browser over secure WebSocket calls a phone over TLS: each leg goes
+/// down its own connection, each edge names its hop with the transport and
+/// port of its leaf's flow (`sips:` for TLS, RFC 5630; `transport=ws` on
+/// `sips:` for WSS, RFC 7118), and the dialog's BYE follows them.
+#[test]
+fn tls_and_websocket_flows_are_record_routed_on_their_own_transports() {
+    let mut h = Harness::open();
+    let alice = stream_leaf(ALICE, 11, Transport::Wss);
+    let bob = stream_leaf(BOB, 12, Transport::Tls);
+    h.node(1).connection_opened(11);
+    h.node(1).connection_opened(12);
+    assert_eq!(
+        h.register(
+            alice,
+            "alice",
+            "<sip:a1b2@df7jal23ls0d.invalid;transport=ws>"
+        )
+        .status(),
+        Some(200)
+    );
+    assert_eq!(
+        h.register(bob, "bob", "<sips:bob@198.51.100.2:5061>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tls-1"));
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, Dest::Flow(bob));
+    let via = String::from_utf8_lossy(out[0].msg.top_via().as_bytes()).into_owned();
+    assert!(via.starts_with("SIP/2.0/TLS 10.0.0.1:5061;"), "{via}");
+    let rr = record_route(&out[0].msg);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(rr[0].starts_with("<sips:"), "{}", rr[0]);
+    assert!(rr[0].ends_with("@10.0.0.1:5061;lr>"), "{}", rr[0]);
+    assert!(rr[1].starts_with("<sips:"), "{}", rr[1]);
+    assert!(
+        rr[1].ends_with("@10.0.0.1:8443;transport=ws;lr>"),
+        "{}",
+        rr[1]
+    );
+    let route = rr.join(", ");
+    h.leaf_sends(
+        bob,
+        &bye(
+            bob,
+            "bob",
+            "alice",
+            "tls-1",
+            &route,
+            "sip:a1b2@df7jal23ls0d.invalid;transport=ws",
+        ),
+    );
+    let out = h.requests();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].dest,
+        Dest::Flow(alice),
+        "down the browser's WebSocket"
+    );
+    assert_eq!(out[0].msg.routes().count(), 0);
+    // bob's TLS connection closes: without outbound, a new TLS connection
+    // to his Contact (5061, the default port of sips:).
+    h.node(1).connection_closed(12);
+    h.take();
+    h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tls-2"));
+    assert_eq!(
+        invites_from(&mut h, 1),
+        vec![Dest::Addr {
+            transport: Transport::Tls,
+            addr: "198.51.100.2:5061".parse().unwrap()
         }]
     );
 }

@@ -1,0 +1,231 @@
+//! SIP over TLS through a `ringmesh dev` farm, with a raw TLS phone: what
+//! a real phone cannot be made to do on cue (two outbound flows on two
+//! supernodes, one of them closed), the certificate checks a phone makes,
+//! and what an attacker sends to a TLS port.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{metric_line, status_of, wait_until};
+use ringmesh_test_support::tls::{TlsPhone, client_config, client_config_with};
+
+const DOMAIN: &str = "ringmesh.test";
+const INSTANCE: &str = "<urn:uuid:00000000-0000-4000-8000-00000000c0de>";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// REGISTERs carol's instance over `phone` with outbound reg-id `reg_id`
+/// and returns the answer.
+fn register(phone: &mut TlsPhone, reg_id: u32) -> String {
+    let me = phone.local_addr();
+    let reg = format!(
+        "REGISTER sips:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtls{reg_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sips:carol@{DOMAIN}>;tag=tls{reg_id}\r\nTo: <sips:carol@{DOMAIN}>\r\n\
+         Call-ID: tls-carol-{reg_id}\r\nCSeq: 1 REGISTER\r\nSupported: outbound, path\r\n\
+         Contact: <sips:carol@{me};ob>;+sip.instance=\"{INSTANCE}\";reg-id={reg_id}\r\n\
+         Expires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send(reg.as_bytes());
+    text(
+        &phone
+            .recv(Duration::from_secs(5))
+            .expect("an answer to REGISTER"),
+    )
+}
+
+/// A 200 OK for `invite` (its Via, From, To with a tag, Call-ID, CSeq and
+/// Record-Route copied), from `me`.
+fn ok_for(invite: &str, me: SocketAddr, tag: &str) -> String {
+    let keep: Vec<&str> = invite
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .collect();
+    let to = invite.lines().find(|l| l.starts_with("To:")).unwrap();
+    format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{to};tag={tag}\r\nContact: <sips:carol@{me};ob>\r\nContent-Length: 0\r\n\r\n",
+        keep.join("\r\n")
+    )
+}
+
+/// Calls carol from a UDP phone through `via`; carol answers on whichever
+/// of `phones` gets the INVITE first. Returns the indexes of the phones
+/// that got it and the INVITE as carol saw it.
+fn call(via: SocketAddr, phones: &mut [&mut TlsPhone], tag: &str) -> (Vec<usize>, String) {
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ca = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sips:carol@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {ca};branch=z9hG4bKinv{tag};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:dave@{DOMAIN}>;tag={tag}\r\nTo: <sips:carol@{DOMAIN}>\r\n\
+         Call-ID: tls-call-{tag}\r\nCSeq: 1 INVITE\r\nContact: <sip:dave@{ca}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), via).unwrap();
+    let mut reached = Vec::new();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 8192];
+    let mut answered = false;
+    while Instant::now() < deadline {
+        for (i, p) in phones.iter_mut().enumerate() {
+            let Some(m) = p.recv(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = text(&m);
+            if !m.starts_with("INVITE") || !m.contains(&format!("Call-ID: tls-call-{tag}\r\n")) {
+                continue;
+            }
+            reached.push(i);
+            if !answered {
+                let me = p.local_addr();
+                p.send(ok_for(&m, me, &format!("carol{tag}")).as_bytes());
+                answered = true;
+                seen = m;
+            }
+        }
+        if let Ok((n, _)) = caller.recv_from(&mut buf)
+            && status_of(&buf[..n]) == Some(200)
+        {
+            return (reached, seen);
+        }
+    }
+    panic!("the caller never got a 200 (phones reached: {reached:?})");
+}
+
+/// RFC 5626 over TLS: carol's phone keeps a flow to each of two
+/// supernodes; a call through the third reaches her down one of them
+/// (Via TLS, a sips: Record-Route naming the edge's TLS port); when one
+/// flow closes, the next call goes down the other. The server certificate
+/// is verified against the farm CA, by SNI name and by IP address.
+#[test]
+#[ignore = "slow: needs a ringmesh dev farm"]
+fn an_outbound_phone_on_two_tls_flows_is_reached_down_the_one_left() {
+    let farm = common::start_farm(&["--nodes", "3", "--auth", "none"], &[]);
+    let config = client_config(farm.ca.as_ref());
+    let (edge_a, edge_b, other) = (&farm.nodes[1], &farm.nodes[2], &farm.nodes[0]);
+    // One flow with SNI (the domain), one by IP address (no SNI).
+    let mut a = TlsPhone::connect(edge_a.tls, config.clone(), DOMAIN).expect("TLS to sn1");
+    let mut b = TlsPhone::connect(edge_b.tls, config.clone(), "127.0.0.1").expect("TLS to sn2");
+    for (phone, reg_id) in [(&mut a, 1), (&mut b, 2)] {
+        let ok = register(phone, reg_id);
+        assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
+        assert!(ok.contains("\r\nFlow-Timer: "), "outbound: {ok}");
+        assert!(ok.contains("Require: outbound"), "{ok}");
+    }
+    let (reached, invite) = call(other.sip, &mut [&mut a, &mut b], "c1");
+    assert!(!reached.is_empty());
+    let top_via = invite.lines().find(|l| l.starts_with("Via:")).unwrap();
+    assert!(top_via.starts_with("Via: SIP/2.0/TLS "), "{invite}");
+    let edge = if reached[0] == 0 { edge_a } else { edge_b };
+    let rr = invite
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap_or_else(|| panic!("no Record-Route: {invite}"));
+    assert!(
+        rr.contains("<sips:") && rr.contains(&format!(":{};lr>", edge.tls.port())),
+        "the edge names its TLS port with sips: {rr}"
+    );
+
+    // sn1's flow closes: the next call goes down sn2's.
+    drop(a);
+    wait_until(
+        "sn1 saw its TLS flow close",
+        Duration::from_secs(10),
+        || {
+            metric_line(
+                edge_a.metrics,
+                "ringmesh_sip_connections_open{transport=\"tls\"",
+            ) == Some(0.0)
+        },
+    );
+    for tag in ["c2", "c3"] {
+        let (reached, _) = call(other.sip, &mut [&mut b], tag);
+        assert_eq!(reached, vec![0], "down the flow left");
+    }
+}
+
+/// What an attacker or a misconfigured phone sends to a TLS port gets no
+/// SIP service, while a phone with the right CA on the same port is
+/// served: plaintext SIP, a client that trusts another CA (the handshake
+/// fails on its side), and a client that connects and says nothing (cut
+/// at the first-message timeout). Handshake failures are counted.
+#[test]
+#[ignore = "slow: needs a ringmesh dev farm"]
+fn a_tls_port_serves_only_tls_with_the_farm_certificate() {
+    let farm = common::start_farm(&["--nodes", "1", "--auth", "none"], &[]);
+    let node = &farm.nodes[0];
+    // Plaintext SIP to the TLS port: no SIP answer, the connection is cut.
+    let (answer, _closed) = common::tcp_exchange(
+        node.tls,
+        b"OPTIONS sip:ringmesh.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKp\r\n\
+          Max-Forwards: 70\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: p\r\nCSeq: 1 OPTIONS\r\n\
+          Content-Length: 0\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(
+        !answer.starts_with(b"SIP/2.0"),
+        "no SIP in clear on the TLS port: {}",
+        text(&answer)
+    );
+    // A phone that trusts another CA refuses the farm's certificate.
+    let other_ca = tempfile::NamedTempFile::new().unwrap();
+    let stranger = ringmesh_enrollment::ca::Ca::generate("another CA").unwrap();
+    std::fs::write(other_ca.path(), stranger.cert_pem()).unwrap();
+    let err = TlsPhone::connect(node.tls, client_config(other_ca.path()), DOMAIN)
+        .expect_err("a certificate from the farm CA only");
+    assert!(err.contains("certificate"), "{err}");
+    // A name the certificate does not carry is refused too.
+    let farm_ca = client_config(farm.ca.as_ref());
+    let err = TlsPhone::connect(node.tls, farm_ca.clone(), "evil.example")
+        .expect_err("the certificate names the domain, not evil.example");
+    assert!(err.contains("certificate"), "{err}");
+    // Silence after connecting: cut, within the first-message timeout.
+    let mut idle = TcpStream::connect(node.tls).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut byte = [0u8; 1];
+    let got = std::io::Read::read(&mut idle, &mut byte);
+    assert!(
+        matches!(got, Ok(0) | Err(_)),
+        "the silent connection is closed"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    // Meanwhile real phones are served, over TLS 1.3 and over 1.2.
+    let old = client_config_with(farm.ca.as_ref(), &[&rustls::version::TLS12]);
+    let mut old = TlsPhone::connect(node.tls, old, DOMAIN).expect("a TLS 1.2 phone");
+    assert_eq!(old.version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    old.send(b"\r\n\r\n");
+    assert_eq!(old.recv(Duration::from_secs(5)), Some(b"\r\n".to_vec()));
+    let mut phone = TlsPhone::connect(node.tls, farm_ca, DOMAIN).expect("the farm's own phone");
+    assert_eq!(phone.version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let me = phone.local_addr();
+    phone.send(
+        format!(
+            "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKok\r\nMax-Forwards: 70\r\n\
+             From: <sip:a@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let ok = phone.recv(Duration::from_secs(5)).expect("an answer");
+    assert_eq!(status_of(&ok), Some(200), "{}", text(&ok));
+    // A CRLF ping on TLS gets its pong (RFC 5626 §4.4.1).
+    phone.send(b"\r\n\r\n");
+    assert_eq!(phone.recv(Duration::from_secs(5)), Some(b"\r\n".to_vec()));
+    let failures = metric_line(
+        node.metrics,
+        "ringmesh_sip_handshake_failures_total{stage=\"tls\",transport=\"tls\"",
+    )
+    .unwrap_or(0.0);
+    assert!(failures >= 3.0, "handshake failures counted: {failures}");
+}
