@@ -5,7 +5,9 @@
 #   run-baresip.sh [options] DIR USER SIP_PORT CTRL_PORT SERVER_IP:SERVER_PORT
 #     --domain D        AOR domain / realm (default ringmesh.test)
 #     --password PW     (default secret)
-#     --transport T     udp|tcp (default udp)
+#     --transport T     udp|tcp|tls (default udp)
+#     --cafile FILE     CA certificates for TLS (sip_cafile; baresip 1.0's
+#                       libre loads them but accepts any server certificate)
 #     --answer MODE     auto|manual (default auto: incoming calls are answered)
 #     --seconds N       baresip -t N: quit after N s (default 20); the whole run is
 #                       wrapped in `timeout N+10` (baresip waits for the
@@ -16,13 +18,14 @@
 # background with `&` and keep $! to stop it with kill.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-domain=ringmesh.test password=secret transport=udp answer=auto seconds=20 rtp=30000-30099
+domain=ringmesh.test password=secret transport=udp answer=auto seconds=20 rtp=30000-30099 cafile=
 set_e=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--domain) domain=$2; shift ;;
 	--password) password=$2; shift ;;
 	--transport) transport=$2; shift ;;
+	--cafile) cafile=$2; shift ;;
 	--answer) answer=$2; shift ;;
 	--seconds) seconds=$2; shift ;;
 	--rtp) rtp=$2; shift ;;
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-[ $# = 5 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# = 5 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
 dir=$1 user=$2 sip_port=$3 ctrl_port=$4 server=$5
 mkdir -p "$dir"
 # A 440 Hz tone, 8 kHz mono s16 (the PCMU/PCMA rate: ausine only produces
@@ -50,6 +53,7 @@ PY
 sed -e "s/@SIP_ADDR@/127.0.0.1/; s/@SIP_PORT@/$sip_port/; s/@CTRL_PORT@/$ctrl_port/; s/@RTP_PORTS@/$rtp/" \
 	-e "s|@AUDIO_SOURCE@|aufile,$dir/tone8k.wav|" \
 	"$here/config.template" > "$dir/config"
+[ -z "$cafile" ] || printf 'sip_cafile\t\t%s\n' "$cafile" >> "$dir/config"
 sed -e '/^#/d' -e "s/@USER@/$user/g; s/@DOMAIN@/$domain/g; s/@PASSWORD@/$password/g; s/@SERVER@/$server/g; s/@TRANSPORT@/$transport/g; s/@ANSWERMODE@/$answer/g" \
 	"$here/accounts.template" > "$dir/accounts"
 : > "$dir/contacts"

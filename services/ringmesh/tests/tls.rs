@@ -132,7 +132,7 @@ fn an_outbound_phone_on_two_tls_flows_is_reached_down_the_one_left() {
         .unwrap_or_else(|| panic!("no Record-Route: {invite}"));
     assert!(
         rr.contains("<sips:") && rr.contains(&format!(":{};lr>", edge.tls.port())),
-        "the edge names its TLS port with sips: {rr}"
+        "in a sips: dialog the edge names its TLS port with sips: {rr}"
     );
 
     // sn1's flow closes: the next call goes down sn2's.

@@ -75,6 +75,9 @@ impl Proxy {
                 .any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
         });
         let max_forwards = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
+        let sips = msg
+            .request_uri()
+            .is_some_and(|u| u.scheme() == ringmesh_sip::Scheme::Sips);
         // Record-Route starts a dialog: its tokens name it.
         let dialog = Dialog {
             call_id: msg.call_id(),
@@ -102,10 +105,16 @@ impl Proxy {
                 .then(|| {
                     let mut rr = Vec::new();
                     if dest.is_leaf() {
-                        rr.push(self.rr_uri(dest, t, dialog, now.secs()));
+                        rr.push(self.rr_uri(dest, t, dialog, sips, now.secs()));
                     }
                     if let Some(f) = from {
-                        rr.push(self.rr_uri(Dest::Flow(f), f.transport(), dialog, now.secs()));
+                        rr.push(self.rr_uri(
+                            Dest::Flow(f),
+                            f.transport(),
+                            dialog,
+                            sips,
+                            now.secs(),
+                        ));
                     }
                     rr.join(", ")
                 })

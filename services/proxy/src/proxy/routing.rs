@@ -158,12 +158,17 @@ impl Proxy {
     }
 
     /// A Record-Route URI of this node carrying a flow token for `dest`,
-    /// for the dialog `dialog`.
+    /// for the dialog `dialog`, naming this node's port for `t`. A TLS or
+    /// WebSocket hop is `sip:` with `transport=tls` or `ws` (what deployed
+    /// phones route on; RFC 5630 deprecates the first, but many phones
+    /// cannot send to a `sips:` route), and `sips:` only in a `sips:`
+    /// dialog, as RFC 3261 §16.6 step 4 requires.
     pub(super) fn rr_uri(
         &self,
         dest: Dest,
         t: Transport,
         dialog: Dialog<'_>,
+        sips: bool,
         now_secs: u64,
     ) -> String {
         let token = self.tokens.seal(
@@ -174,13 +179,14 @@ impl Proxy {
             dialog,
             now_secs,
         );
-        // RFC 5630: a TLS hop is named with sips:, not transport=tls.
+        let sips = sips && t.is_secure();
         let (scheme, tp) = match t {
             Transport::Udp => ("sip", ""),
             Transport::Tcp => ("sip", ";transport=tcp"),
-            Transport::Tls => ("sips", ""),
+            Transport::Tls if sips => ("sips", ""),
+            Transport::Tls => ("sip", ";transport=tls"),
             Transport::Ws => ("sip", ";transport=ws"),
-            Transport::Wss => ("sips", ";transport=ws"),
+            Transport::Wss => (if sips { "sips" } else { "sip" }, ";transport=ws"),
         };
         format!(
             "<{scheme}:{token}@{}:{}{tp};lr>",

@@ -471,8 +471,8 @@ fn a_phone_registered_over_tcp_is_reached_down_its_connection_then_at_its_contac
 
 /// A browser over secure WebSocket calls a phone over TLS: each leg goes
 /// down its own connection, each edge names its hop with the transport and
-/// port of its leaf's flow (`sips:` for TLS, RFC 5630; `transport=ws` on
-/// `sips:` for WSS, RFC 7118), and the dialog's BYE follows them.
+/// port of its leaf's flow (`transport=tls`, `transport=ws`; `sips:` only in
+/// a `sips:` dialog), and the dialog's BYE follows them.
 #[test]
 fn tls_and_websocket_flows_are_record_routed_on_their_own_transports() {
     let mut h = Harness::open();
@@ -503,9 +503,13 @@ fn tls_and_websocket_flows_are_record_routed_on_their_own_transports() {
     assert!(via.starts_with("SIP/2.0/TLS 10.0.0.1:5061;"), "{via}");
     let rr = record_route(&out[0].msg);
     assert_eq!(rr.len(), 2, "{rr:?}");
-    assert!(rr[0].starts_with("<sips:"), "{}", rr[0]);
-    assert!(rr[0].ends_with("@10.0.0.1:5061;lr>"), "{}", rr[0]);
-    assert!(rr[1].starts_with("<sips:"), "{}", rr[1]);
+    assert!(rr[0].starts_with("<sip:"), "{}", rr[0]);
+    assert!(
+        rr[0].ends_with("@10.0.0.1:5061;transport=tls;lr>"),
+        "{}",
+        rr[0]
+    );
+    assert!(rr[1].starts_with("<sip:"), "{}", rr[1]);
     assert!(
         rr[1].ends_with("@10.0.0.1:8443;transport=ws;lr>"),
         "{}",
@@ -531,6 +535,23 @@ fn tls_and_websocket_flows_are_record_routed_on_their_own_transports() {
         "down the browser's WebSocket"
     );
     assert_eq!(out[0].msg.routes().count(), 0);
+    // In a sips: dialog the TLS and WSS hops are sips: (RFC 3261 §16.6).
+    h.leaf_sends(
+        alice,
+        &invite_text(alice, "alice", "bob", "tls-s").replace("INVITE sip:", "INVITE sips:"),
+    );
+    let out = h.requests();
+    let rr = record_route(&out[0].msg);
+    assert!(
+        rr[0].starts_with("<sips:") && rr[0].ends_with(":5061;lr>"),
+        "{}",
+        rr[0]
+    );
+    assert!(
+        rr[1].starts_with("<sips:") && rr[1].ends_with(":8443;transport=ws;lr>"),
+        "{}",
+        rr[1]
+    );
     // bob's TLS connection closes: without outbound, a new TLS connection
     // to his Contact (5061, the default port of sips:).
     h.node(1).connection_closed(12);
