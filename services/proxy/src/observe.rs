@@ -191,6 +191,29 @@ pub enum Metric<'a> {
     /// A proxied INVITE started, or its transaction ended.
     CallStarted,
     CallEnded,
+    /// An outbound flow (RFC 5626) failed; its bindings are removed.
+    FlowFailed(FlowFailure),
+}
+
+/// Why an outbound flow failed
+/// (`ringmesh_sip_outbound_flows_failed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowFailure {
+    /// Its connection closed.
+    Closed,
+    /// Silent past its Flow-Timer.
+    Silent,
+}
+
+impl FlowFailure {
+    pub const ALL: [FlowFailure; 2] = [FlowFailure::Closed, FlowFailure::Silent];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            FlowFailure::Closed => "closed",
+            FlowFailure::Silent => "silent",
+        }
+    }
 }
 
 /// Receives the proxy's metric events.

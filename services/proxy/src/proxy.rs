@@ -35,6 +35,7 @@
 //! ACKs for 2xx and responses without a transaction are forwarded
 //! statelessly (`proxy/stateless.rs`).
 
+mod flows;
 mod forking;
 mod guarding;
 mod request;
@@ -209,6 +210,8 @@ pub struct Load {
     pub lingering: usize,
     /// Requests waiting for the location service or the directory.
     pub pending: usize,
+    /// Flows carrying outbound registrations.
+    pub outbound_flows: usize,
 }
 
 /// Hasher for maps keyed by identifiers this node made itself
@@ -270,6 +273,8 @@ enum Pending {
     },
     /// A barred or deleted subscriber's AOR being emptied.
     Purge { aor: ringmesh_sip::aor::Aor },
+    /// The binding of an outbound flow that failed being removed.
+    FlowGone { aor: ringmesh_sip::aor::Aor },
 }
 
 /// The registrar and proxy of one supernode.
@@ -291,6 +296,8 @@ pub struct Proxy {
     /// other way round (`subscribers`).
     user_of_conn: IdMap<u64, String>,
     flows_of_user: HashMap<String, IdSet<u64>>,
+    /// Flows carrying outbound registrations (`flows`).
+    outbound: flows::OutboundFlows,
     proxies: IdMap<ServerKey, forking::ProxyCtx>,
     client_to_server: IdMap<ClientKey, ServerKey>,
     pending: IdMap<u64, Pending>,
@@ -351,6 +358,7 @@ impl Proxy {
             conns: IdSet::default(),
             user_of_conn: IdMap::default(),
             flows_of_user: HashMap::new(),
+            outbound: flows::OutboundFlows::default(),
             proxies: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             client_to_server: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             pending: IdMap::default(),
@@ -375,6 +383,9 @@ impl Proxy {
     /// A SIP message from a leaf (`from` is its flow) or from another
     /// supernode (`from` is [`Dest::Peer`]).
     pub fn handle_message(&mut self, msg: Message, from: Dest, now: Now) {
+        if let Dest::Flow(flow) = from {
+            self.outbound.heard(flow, now.wall_ms);
+        }
         if let Dest::Flow(flow) = from
             && self.guard.has_bans()
             && self.banned(&msg, flow, now)
@@ -412,6 +423,12 @@ impl Proxy {
                     }
                 }
             }
+            Some(Pending::FlowGone { aor }) => match result {
+                Ok(_) => tracing::info!(%aor, "the binding of a failed outbound flow removed"),
+                Err(e) => {
+                    tracing::warn!(%aor, error = %e, "cannot remove the binding of a failed outbound flow; it expires on its own")
+                }
+            },
             Some(Pending::Purge { aor }) => match result {
                 Ok(_) => {
                     tracing::info!(%aor, "bindings removed: the subscriber is barred or deleted")
@@ -471,10 +488,13 @@ impl Proxy {
         self.conns.insert(id);
     }
 
-    /// A connection closed: flows over it are gone.
-    pub fn connection_closed(&mut self, id: u64) {
+    /// A connection closed: flows over it are gone, and the outbound
+    /// bindings registered over it with them.
+    pub fn connection_closed(&mut self, id: u64, now: Now) {
         self.conns.remove(&id);
         self.forget_user_flow(id);
+        self.outbound_conn_closed(id, now);
+        self.drive(now);
     }
 
     /// Timers that are due fire.
@@ -483,6 +503,7 @@ impl Proxy {
             self.guard_swept_ms = now.wall_ms;
             self.guard.expire(now.wall_ms);
         }
+        self.sweep_silent_flows(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -505,6 +526,7 @@ impl Proxy {
             transactions_total: self.txl.len(),
             lingering: self.txl.lingering(),
             pending: self.pending.len(),
+            outbound_flows: self.outbound.len(),
         }
     }
 

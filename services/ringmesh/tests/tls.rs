@@ -135,17 +135,25 @@ fn an_outbound_phone_on_two_tls_flows_is_reached_down_the_one_left() {
         "in a sips: dialog the edge names its TLS port with sips: {rr}"
     );
 
-    // sn1's flow closes: the next call goes down sn2's.
+    // sn1's flow closes: its binding goes at once, and the next calls go
+    // down sn2's.
     drop(a);
     wait_until(
-        "sn1 saw its TLS flow close",
+        "sn1 removed the binding of its closed flow",
         Duration::from_secs(10),
         || {
             metric_line(
                 edge_a.metrics,
-                "ringmesh_sip_connections_open{transport=\"tls\"",
-            ) == Some(0.0)
+                "ringmesh_sip_outbound_flows_failed_total{reason=\"closed\"",
+            ) == Some(1.0)
         },
+    );
+    assert_eq!(
+        metric_line(
+            edge_a.metrics,
+            "ringmesh_sip_connections_open{transport=\"tls\""
+        ),
+        Some(0.0)
     );
     for tag in ["c2", "c3"] {
         let (reached, _) = call(other.sip, &mut [&mut b], tag);

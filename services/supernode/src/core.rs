@@ -238,6 +238,7 @@ impl SipCore {
             .transactions_lingering
             .set(load.lingering as i64);
         self.metrics.inbound_queue.set(depth as i64);
+        self.metrics.outbound_flows.set(load.outbound_flows as i64);
         self.metrics.queue_delay.set(self.queue_delay_us as i64);
         self.metrics
             .overload_active
@@ -276,8 +277,9 @@ impl SipCore {
             Inbound::ConnClosed { id } => {
                 self.conns.remove(&id);
                 self.conn_by_peer.retain(|_, c| *c != id);
-                self.proxy.connection_closed(id);
+                self.proxy.connection_closed(id, now());
             }
+            Inbound::KeepAlive { flow } => self.proxy.flow_alive(flow, now()),
             Inbound::PeerSip { msg, peer } => {
                 if self.tracing() {
                     self.traced(true, "overlay", hex::encode(peer), msg.raw());

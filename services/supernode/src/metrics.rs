@@ -312,6 +312,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub connection_timeouts: IntCounterVec,
     pub connections_open: IntGaugeVec,
+    pub outbound_flows: IntGauge,
+    pub flows_failed: IntCounterVec,
     pub handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
@@ -530,6 +532,17 @@ impl Metrics {
                 "ringmesh_sip_connections_open",
                 "SIP connections open (accepted and opened), by transport",
                 &["transport"],
+            ),
+            outbound_flows: gauge(
+                r,
+                "ringmesh_sip_outbound_flows",
+                "Flows this edge holds RFC 5626 outbound registrations on",
+            ),
+            flows_failed: counter_vec(
+                r,
+                "ringmesh_sip_outbound_flows_failed_total",
+                "Outbound flows that failed, their bindings removed at once, by reason (closed: the connection closed; silent: nothing heard for the Flow-Timer plus a margin)",
+                &["reason"],
             ),
             handshake_failures: counter_vec(
                 r,
@@ -771,6 +784,9 @@ impl Metrics {
                 .map(|t| m.connections_open.with_label_values(&[t.as_str()]))
                 .collect(),
         };
+        for why in ringmesh_proxy::observe::FlowFailure::ALL {
+            m.flows_failed.with_label_values(&[why.as_label()]);
+        }
         for result in ["reloaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
         }
@@ -844,6 +860,7 @@ impl Observer for Metrics {
             Metric::CallSetupLatency(d) => self.call_setup.observe(d.as_secs_f64()),
             Metric::CallStarted => self.calls_active.inc(),
             Metric::CallEnded => self.calls_active.dec(),
+            Metric::FlowFailed(why) => self.flows_failed.with_label_values(&[why.as_label()]).inc(),
         }
     }
 }

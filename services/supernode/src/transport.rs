@@ -75,6 +75,11 @@ pub enum Inbound {
     ConnClosed {
         id: u64,
     },
+    /// An RFC 5626 keep-alive (CRLF ping, STUN Binding request) came over
+    /// a leaf's flow.
+    KeepAlive {
+        flow: FlowRef,
+    },
     /// A SIP message from another supernode, over its overlay link.
     PeerSip {
         msg: Message,
@@ -257,11 +262,18 @@ impl Shared {
     }
 
     /// A double-CRLF ping on a connection (RFC 5626 §4.4.1): the CRLF pong,
-    /// within the source's rate.
-    pub(crate) fn ping(&self, peer: SocketAddr, transport: Transport, tx: &mpsc::Sender<Bytes>) {
-        if !self.rate_limited(peer, transport) {
+    /// within the source's rate, and the flow is alive.
+    pub(crate) fn ping(&self, flow: FlowRef, tx: &mpsc::Sender<Bytes>) {
+        if !self.rate_limited(flow.peer(), flow.transport()) {
             let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+            self.keep_alive(flow);
         }
+    }
+
+    /// Tells the core a keep-alive came over `flow` (dropped when its
+    /// queue is full: the next one will do).
+    fn keep_alive(&self, flow: FlowRef) {
+        let _ = self.inbound.try_send(Inbound::KeepAlive { flow });
     }
 
     /// One whole message from a connection: dropped when its source is
@@ -477,16 +489,17 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         if shared.rate_limited(peer, Transport::Udp) {
             continue;
         }
-        if kind == Datagram::Stun {
-            if let Some(answer) = ringmesh_sip::stun::answer(data, peer) {
-                let _ = sock.try_send_to(&answer, peer);
-            }
-            continue;
-        }
         let flow = FlowRef::Udp {
             socket: index,
             peer,
         };
+        if kind == Datagram::Stun {
+            if let Some(answer) = ringmesh_sip::stun::answer(data, peer) {
+                let _ = sock.try_send_to(&answer, peer);
+                shared.keep_alive(flow);
+            }
+            continue;
+        }
         let reply = |b: Bytes| {
             let _ = sock.try_send_to(&b, peer);
         };
@@ -787,7 +800,7 @@ async fn read_loop(
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping(n)) => {
                     buf.advance(n);
-                    shared.ping(peer, transport, &tx);
+                    shared.ping(flow, &tx);
                 }
                 Ok(Frame::Pong(n)) => buf.advance(n),
                 Ok(Frame::Message(n)) => {

@@ -179,7 +179,7 @@ async fn read_loop<R, E>(
             }
         };
         match &data[..] {
-            b"\r\n\r\n" => shared.ping(conn.peer, conn.transport, &tx),
+            b"\r\n\r\n" => shared.ping(flow, &tx),
             b"\r\n" => {}
             _ => match shared.stream_message(data, flow, &tx).await {
                 Some(request) => requested |= request,

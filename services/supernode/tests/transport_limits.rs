@@ -897,3 +897,66 @@ fn stun_and_crlf_keepalives_are_answered_and_a_stun_flood_is_not_reflected() {
     let n = s.read(&mut pong).unwrap();
     assert_eq!(&pong[..n], b"\r\n", "the pong");
 }
+
+/// RFC 5626 flow failure: a phone keeps two outbound UDP flows (two
+/// sockets, reg-id 1 and 2) and sends STUN keep-alives on one only. Once
+/// the other has been silent for the Flow-Timer (10 s here) and its
+/// margin, its binding is gone, and a call reaches the phone down the
+/// flow it keeps alive.
+#[test]
+#[ignore = "slow: waits out a Flow-Timer"]
+fn a_udp_flow_silent_past_its_flow_timer_loses_its_binding() {
+    let node = Node::start(&["--flow-timer", "10"]);
+    let udp = node.udp();
+    let inst = "<urn:uuid:00000000-0000-1000-8000-0000000000f1>";
+    let phones: Vec<UdpSocket> = (0..2)
+        .map(|_| udp_from("127.0.0.1", Duration::from_secs(2)))
+        .collect();
+    for (i, p) in phones.iter().enumerate() {
+        let me = p.local_addr().unwrap();
+        let contact = format!(
+            "<sip:erin@{me};ob>;+sip.instance=\"{inst}\";reg-id={}",
+            i + 1
+        );
+        let (status, _) =
+            udp_transaction(p, udp, &register("erin", me, "UDP", &contact, i as u32 + 1));
+        assert_eq!(status, Some(200));
+    }
+    assert_eq!(node.metric("ringmesh_sip_outbound_flows", &[]), 2.0);
+    // 16 s: STUN on phone 1 every 3 s, nothing on phone 0.
+    let mut buf = [0u8; 1500];
+    for i in 0..6u8 {
+        std::thread::sleep(Duration::from_secs(3));
+        let mut id = *b"keepalive-00";
+        id[11] = b'0' + i;
+        phones[1].send_to(&stun_binding(&id, 0x0001), udp).unwrap();
+        phones[1].recv_from(&mut buf).expect("a Binding response");
+    }
+    wait_until("the silent flow failed", Duration::from_secs(5), || {
+        node.metric(
+            "ringmesh_sip_outbound_flows_failed_total",
+            &[("reason", "silent")],
+        ) == 1.0
+    });
+    assert_eq!(node.metric("ringmesh_sip_outbound_flows", &[]), 1.0);
+    // A call to erin goes down the flow kept alive only.
+    let caller = udp_from("127.0.0.1", Duration::from_secs(2));
+    let ca = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:erin@ringmesh.test SIP/2.0\r\nVia: SIP/2.0/UDP {ca};branch=z9hG4bKsil;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:frank@ringmesh.test>;tag=s1\r\nTo: <sip:erin@ringmesh.test>\r\n\
+         Call-ID: silent-call\r\nCSeq: 1 INVITE\r\nContact: <sip:frank@{ca}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), udp).unwrap();
+    let (n, _) = phones[1]
+        .recv_from(&mut buf)
+        .expect("the INVITE on the live flow");
+    assert!(buf[..n].starts_with(b"INVITE "));
+    phones[0]
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        phones[0].recv_from(&mut buf).is_err(),
+        "nothing down the silent flow"
+    );
+}

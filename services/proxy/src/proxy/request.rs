@@ -461,6 +461,7 @@ impl Proxy {
         match result {
             Ok(bindings) => {
                 self.registration(Registration::Ok);
+                self.track_outbound(&plan, now);
                 let resp = registrar::ok_response(
                     &msg,
                     &bindings,

@@ -5,6 +5,7 @@
 
 mod auth;
 mod checks;
+mod flows;
 mod forking;
 mod policy;
 mod registrar;

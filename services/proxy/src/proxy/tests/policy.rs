@@ -645,7 +645,8 @@ fn barring_purges_bindings_farm_wide_and_a_new_password_closes_flows() {
         3,
         "a password change keeps the bindings"
     );
-    h.node(1).connection_closed(41);
+    let now = h.now;
+    h.node(1).connection_closed(41, now);
 
     // Barred: every member is told; one purges each AOR, for the farm.
     h.closed.clear();
@@ -761,7 +762,8 @@ fn a_password_change_closes_only_the_subscribers_own_open_connections() {
     register_over(&mut h, shared, "dave");
     register_over(&mut h, shared, "bob");
     register_over(&mut h, gone, "dave");
-    h.node(1).connection_closed(52);
+    let now = h.now;
+    h.node(1).connection_closed(52, now);
     let changed = |h: &mut Harness, user: &str| {
         h.closed.clear();
         let now = h.now;

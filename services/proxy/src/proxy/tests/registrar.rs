@@ -169,7 +169,8 @@ fn an_outbound_flow_that_fails_is_not_replaced_by_the_contact() {
     assert_eq!(out[0].dest, Dest::Flow(alice), "down the registered flow");
     h.take();
     // The connection drops: no route to alice until she registers again.
-    h.node(1).connection_closed(42);
+    let now = h.now;
+    h.node(1).connection_closed(42, now);
     h.leaf_sends(bob, &invite_text(bob, "bob", "alice", "ob-call-2"));
     assert!(h.requests().is_empty());
     let finals: Vec<u16> = h

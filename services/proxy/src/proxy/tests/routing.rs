@@ -457,7 +457,8 @@ fn a_phone_registered_over_tcp_is_reached_down_its_connection_then_at_its_contac
     );
     // Without outbound, a connection that closed is no reason not to try
     // his Contact (RFC 3261 §18.1.1: a new connection).
-    h.node(1).connection_closed(8);
+    let now = h.now;
+    h.node(1).connection_closed(8, now);
     h.take();
     h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tcp-2"));
     assert_eq!(
@@ -554,7 +555,8 @@ fn tls_and_websocket_flows_are_record_routed_on_their_own_transports() {
     );
     // bob's TLS connection closes: without outbound, a new TLS connection
     // to his Contact (5061, the default port of sips:).
-    h.node(1).connection_closed(12);
+    let now = h.now;
+    h.node(1).connection_closed(12, now);
     h.take();
     h.leaf_sends(alice, &invite_text(alice, "alice", "bob", "tls-2"));
     assert_eq!(
@@ -756,7 +758,8 @@ fn a_phone_that_reconnects_from_the_same_address_keeps_its_dialogs() {
     assert_eq!(rr.len(), 2, "{rr:?}");
     // alice's connection drops; she connects again from the same address
     // and port, and hangs up over the new connection.
-    h.node(1).connection_closed(7);
+    let now = h.now;
+    h.node(1).connection_closed(7, now);
     let again = tcp_leaf(ALICE, 9);
     assert_eq!(again.peer(), alice.peer());
     h.node(1).connection_opened(9);
