@@ -20,6 +20,7 @@ pub mod etcd;
 pub mod farm;
 pub mod sip;
 pub mod tls;
+pub mod ws;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
