@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 # which needs google/protobuf/*.proto from libprotobuf-dev.
 BUILD_DEBS := protobuf-compiler libprotobuf-dev
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl
+TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Installs the Debian packages in $(1) that are missing.
@@ -28,7 +28,7 @@ define apt_missing
 	fi
 endef
 
-.PHONY: dev test test-fast build release deps-build deps-test lint ops fuzz bench clean help
+.PHONY: dev test test-fast build release softphone deps-build deps-test lint ops fuzz bench clean help
 
 help:
 	@echo "make dev        build and run a local farm with demo subscribers"
@@ -41,9 +41,10 @@ define timed
 	echo "== suite $(2): $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 endef
 
-## Run a local farm on the embedded default store with demo subscribers.
-dev: deps-build release
-	./target/release/ringmesh dev --sip-port $(DEV_PORT) --users $(DEV_USERS)
+## Run a local farm on the embedded default store with demo subscribers,
+## and the browser softphone on https://127.0.0.1:$(DEV_PORT)+800.
+dev: deps-build release softphone
+	./target/release/ringmesh dev --sip-port $(DEV_PORT) --users $(DEV_USERS) --softphone services/softphone
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -53,6 +54,14 @@ release:
 
 deps-build:
 	$(call apt_missing,$(BUILD_DEBS))
+
+## The browser softphone: its npm packages, pinned by package-lock.json,
+## and its bundle (services/softphone/dist). Node.js and npm come from
+## Debian when the machine has none.
+softphone:
+	@command -v npm >/dev/null || { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	cd services/softphone && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 ## Install what the tests need, only what is missing.
 deps-test:
@@ -71,7 +80,7 @@ lint:
 ## tests (chart, dashboards and alerts against a live farm and a real
 ## Prometheus, Terraform); then a bounded fuzzing run. Each suite's wall
 ## time is printed.
-test: deps-test lint release
+test: deps-test lint release softphone
 	$(call timed,$(CARGO) test --workspace --no-fail-fast -- --include-ignored,cargo test (both tiers))
 	$(call timed,$(MAKE) ops,ops)
 	$(call timed,$(MAKE) fuzz,fuzz)

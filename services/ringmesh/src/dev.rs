@@ -70,6 +70,10 @@ pub struct DevArgs {
     /// Log filter passed to every supernode.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Serve the browser softphone built in DIR (services/softphone, after
+    /// `npm ci && npm run build`) over HTTPS on P+800 (`make dev` does).
+    #[arg(long, value_name = "DIR")]
+    pub softphone: Option<PathBuf>,
     /// Keep subscribers, the CA and membership in etcd (URL, repeatable)
     /// instead of the embedded stores.
     #[arg(long)]
@@ -384,6 +388,14 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ringmesh executable")?;
     let exe = exe.display().to_string();
     let certs = ControlCerts::make(&data, &args.domain)?;
+    let site = args.softphone.as_ref().map(|dir| crate::softphone::Site {
+        dir: dir.clone(),
+        ca: certs.ca_cert.clone(),
+        config: String::new(),
+    });
+    if let Some(s) = &site {
+        s.check()?;
+    }
     // The bootstrap file: a fresh token for this run, shared by the nodes
     // (with spares for nodes started by hand), expiring in a day, and the
     // CA every node must get back.
@@ -590,10 +602,32 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         stop_all(&mut nodes, &mut services).await;
         return Err(e);
     }
+    let softphone = match site {
+        Some(mut site) => {
+            site.config = json!({
+                "domain": args.domain,
+                "password": args.password,
+                "wss": nodes.iter().map(|n| format!("wss://{}", n.addrs.wss)).collect::<Vec<_>>(),
+            })
+            .to_string();
+            let at = crate::softphone::serve(ports.at(800), &certs.sip_tls, site).await;
+            match at {
+                Ok(at) => Some(format!("https://{at}/")),
+                Err(e) => {
+                    stop_all(&mut nodes, &mut services).await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     if args.json {
+        if let Some(url) = &softphone {
+            println!("{}", json!({"event": "softphone", "url": url}));
+        }
         println!("{}", json!({"event": "ready"}));
     } else {
-        print_welcome(&args, &nodes, &certs.ca_cert);
+        print_welcome(&args, &nodes, &certs.ca_cert, softphone.as_deref());
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -841,6 +875,9 @@ async fn ports_free(args: &DevArgs) -> anyhow::Result<()> {
         tcp.extend([base + 400 + i, base + 500 + i, base + 700 + i]);
         udp.extend([base + i, base + 100 + i]);
     }
+    if args.softphone.is_some() {
+        tcp.push(base + 800);
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let busy = tcp
@@ -957,7 +994,7 @@ async fn create_subscribers(
     Ok(())
 }
 
-fn print_welcome(args: &DevArgs, nodes: &[Node], ca: &Path) {
+fn print_welcome(args: &DevArgs, nodes: &[Node], ca: &Path, softphone: Option<&str>) {
     let sip = nodes[0].addrs.sip;
     let (tls, wss) = (nodes[0].addrs.tls, nodes[0].addrs.wss);
     println!();
@@ -989,5 +1026,11 @@ fn print_welcome(args: &DevArgs, nodes: &[Node], ca: &Path) {
         "  baresip account line       : <sip:alice@{}>;auth_pass={};outbound=\"sip:{sip}\"",
         args.domain, args.password
     );
+    if let Some(url) = softphone {
+        println!(
+            "Browser softphone (trust {} in the browser first): {url}?user=alice&node=0",
+            ca.display()
+        );
+    }
     println!("Ctrl-C stops the farm.");
 }

@@ -29,6 +29,7 @@ mod dev;
 mod enroll;
 mod etcd_auth;
 mod listening;
+mod softphone;
 
 use std::process::ExitCode;
 

@@ -194,3 +194,71 @@ fn a_websocket_port_refuses_foreign_pages_and_non_sip_clients() {
     .unwrap_or(0.0);
     assert!(refused >= 5.0, "refused upgrades counted: {refused}");
 }
+
+/// A browser registers with RFC 5626 outbound but sends no keep-alives:
+/// the node pings its WebSocket within the Flow-Timer (10 s here) and the
+/// pong keeps the flow, past many timers; a client that stops answering
+/// (a frozen tab) loses its flow and binding once the timer and its margin
+/// have passed.
+#[test]
+#[ignore = "slow: waits out Flow-Timers"]
+fn the_node_pings_websockets_and_a_tab_that_stops_answering_loses_its_flow() {
+    let farm = common::start_farm(
+        &["--nodes", "1", "--auth", "none"],
+        &[("RINGMESH_FLOW_TIMER", "10")],
+    );
+    let node = &farm.nodes[0];
+    let mut phones: Vec<WsPhone> = ["live", "frozen"]
+        .iter()
+        .map(|user| {
+            let mut p = WsPhone::connect(node.ws, None, Some("sip"), None).expect("ws");
+            p.send(&format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WS {WS_HOST};branch=z9hG4bKob{user}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=o{user}\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+                 Call-ID: ob-{user}\r\nCSeq: 1 REGISTER\r\nSupported: outbound, path\r\n\
+                 Contact: <sip:{user}x@{WS_HOST};transport=ws>;reg-id=1;\
+                 +sip.instance=\"<urn:uuid:00000000-0000-4000-8000-0000000000{}>\"\r\n\
+                 Expires: 600\r\nContent-Length: 0\r\n\r\n",
+                if *user == "live" { "aa" } else { "bb" }
+            ));
+            let ok = p.recv(Duration::from_secs(5)).expect("an answer");
+            assert!(ok.contains("Flow-Timer: 10\r\n"), "{ok}");
+            p
+        })
+        .collect();
+    // 25 s, more than two Flow-Timers: the live tab reads (and so answers
+    // pings); the frozen one reads nothing.
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        let _ = phones[0].recv(Duration::from_millis(500));
+    }
+    let failed = common::metric_line(
+        node.metrics,
+        "ringmesh_sip_outbound_flows_failed_total{reason=\"silent\"",
+    );
+    assert_eq!(failed, Some(1.0), "only the frozen tab's flow failed");
+    assert_eq!(
+        common::metric_line(node.metrics, "ringmesh_sip_outbound_flows{"),
+        Some(1.0)
+    );
+    assert!(
+        phones[1].recv(Duration::from_secs(2)).is_none(),
+        "the frozen tab's WebSocket was closed"
+    );
+    // The live tab is still reachable.
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ca = caller.local_addr().unwrap();
+    caller
+        .send_to(
+            format!(
+                "MESSAGE sip:live@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {ca};branch=z9hG4bKmsg;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:x@{DOMAIN}>;tag=m\r\nTo: <sip:live@{DOMAIN}>\r\n\
+                 Call-ID: ws-msg\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            .as_bytes(),
+            node.sip,
+        )
+        .unwrap();
+    let msg = next_on(|| phones[0].recv(Duration::from_millis(200)), "MESSAGE ");
+    assert!(msg.ends_with("hi"), "{msg}");
+}

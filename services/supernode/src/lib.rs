@@ -456,6 +456,11 @@ async fn serve(
         idle_timeout: cfg.tcp_idle_timeout,
         message_timeout: cfg.tcp_message_timeout,
         first_message_timeout: cfg.tcp_first_message_timeout,
+        ws_ping_every: if cfg.flow_timer > 0 {
+            Duration::from_millis(u64::from(cfg.flow_timer) * 800)
+        } else {
+            Duration::from_secs(25)
+        },
         connections: admission::Connections::new(
             cfg.max_connections,
             cfg.max_connections_per_ip,

@@ -117,6 +117,9 @@ pub struct Shared {
     pub message_timeout: Duration,
     /// How long an accepted connection has to complete its first request.
     pub first_message_timeout: Duration,
+    /// How often the node pings a WebSocket (browsers answer pings but
+    /// send no RFC 5626 keep-alives of their own): within the Flow-Timer.
+    pub ws_ping_every: Duration,
     /// Every TCP connection's slot, in all and per address.
     pub connections: Arc<Connections>,
     pub next_conn: AtomicU64,
@@ -272,7 +275,7 @@ impl Shared {
 
     /// Tells the core a keep-alive came over `flow` (dropped when its
     /// queue is full: the next one will do).
-    fn keep_alive(&self, flow: FlowRef) {
+    pub(crate) fn keep_alive(&self, flow: FlowRef) {
         let _ = self.inbound.try_send(Inbound::KeepAlive { flow });
     }
 

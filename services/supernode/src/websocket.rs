@@ -11,9 +11,14 @@
 //!
 //! Once upgraded, a WebSocket is a connection like any other: it holds its
 //! slot, its source's rate applies, and the idle and first-message
-//! timeouts close it.
+//! timeouts close it. Browser phones (JsSIP among them) register with
+//! RFC 5626 outbound but send no keep-alives, and a page cannot send
+//! WebSocket pings: the node pings every WebSocket within the Flow-Timer,
+//! and each pong keeps the flow alive, so a closed tab is found out
+//! within a Flow-Timer and an open one is never dropped.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -116,17 +121,32 @@ pub(crate) async fn serve<S>(
         return;
     };
     let (sink, source) = ws.split();
-    let mut writer = shared.tasks.spawn(write_loop(sink, rx));
+    let mut writer = shared
+        .tasks
+        .spawn(write_loop(sink, rx, shared.ws_ping_every));
     let reader = read_loop(&conn, source, tx, deadline, &shared);
     finish_connection(conn.id, reader, &mut writer, &shared).await;
 }
 
-async fn write_loop<K>(mut sink: K, mut rx: mpsc::Receiver<Bytes>)
+async fn write_loop<K>(mut sink: K, mut rx: mpsc::Receiver<Bytes>, ping_every: Duration)
 where
     K: futures::Sink<WsMessage> + Unpin,
 {
     let mut batch = Vec::with_capacity(32);
-    while rx.recv_many(&mut batch, 32).await > 0 {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    loop {
+        let got = tokio::select! {
+            n = rx.recv_many(&mut batch, 32) => n,
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if got == 0 {
+            break;
+        }
         for b in batch.drain(..) {
             if b.is_empty() {
                 let _ = sink.close().await;
@@ -169,6 +189,11 @@ async fn read_loop<R, E>(
         let data = match tokio::time::timeout_at(deadline, source.next()).await {
             Ok(Some(Ok(WsMessage::Text(t)))) => Bytes::from(t),
             Ok(Some(Ok(WsMessage::Binary(b)))) => b,
+            // The answer to our ping: the flow is alive.
+            Ok(Some(Ok(WsMessage::Pong(_)))) => {
+                shared.keep_alive(flow);
+                continue;
+            }
             // Pings are answered by tungstenite; nothing else carries SIP.
             Ok(Some(Ok(WsMessage::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return,
             Ok(Some(Ok(_))) => continue,

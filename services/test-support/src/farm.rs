@@ -44,6 +44,8 @@ pub struct Farm {
     pub admin_cert: [String; 3],
     /// The file holding enrollment's admin token.
     pub admin_token: String,
+    /// The browser softphone's URL, when started with `--softphone`.
+    pub softphone: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -99,6 +101,7 @@ impl Farm {
             operator: Default::default(),
             admin_cert: Default::default(),
             admin_token: String::new(),
+            softphone: None,
             dir,
         };
         loop {
@@ -136,6 +139,7 @@ impl Farm {
                     farm.admin_cert = ["ca", "admin_cert", "admin_key"].map(|k| text(&v, k));
                     farm.admin_token = text(&v, "admin_token");
                 }
+                Some("softphone") => farm.softphone = Some(text(&v, "url")),
                 Some("ready") => break,
                 _ => {}
             }
