@@ -237,22 +237,24 @@ impl Ca {
                 vec![SanType::DnsName(
                     CONTROL_DNS_NAME.try_into().map_err(ca_err)?,
                 )],
-                ExtendedKeyUsagePurpose::ServerAuth,
+                vec![ExtendedKeyUsagePurpose::ServerAuth],
                 days,
             ),
             Some(r) => self.issue_leaf(
                 name,
                 vec![SanType::URI(r.uri().try_into().map_err(ca_err)?)],
-                ExtendedKeyUsagePurpose::ClientAuth,
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
                 days,
             ),
         }
     }
 
-    /// Issues a server certificate with a fresh key for SIP over TLS and
-    /// secure WebSocket (a lab's; a carrier's comes from its own PKI),
-    /// naming `dns` and `ips`. Returns (certificate, private key), PEM.
-    pub fn issue_server(
+    /// Issues a SIP TLS certificate with a fresh key (a lab's; a carrier's
+    /// comes from its own PKI), naming `dns` and `ips`, for serving SIP over
+    /// TLS and secure WebSocket and for connecting as a TLS client (SIP
+    /// proxies and front ends do both, RFC 5922). Returns (certificate,
+    /// private key), PEM.
+    pub fn issue_sip(
         &self,
         name: &str,
         dns: &[&str],
@@ -264,14 +266,18 @@ impl Ca {
             sans.push(SanType::DnsName((*d).try_into().map_err(ca_err)?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        self.issue_leaf(name, sans, ExtendedKeyUsagePurpose::ServerAuth, days)
+        let eku = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue_leaf(name, sans, eku, days)
     }
 
     fn issue_leaf(
         &self,
         name: &str,
         sans: Vec<SanType>,
-        eku: ExtendedKeyUsagePurpose,
+        eku: Vec<ExtendedKeyUsagePurpose>,
         days: i64,
     ) -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(ca_err)?;
@@ -282,7 +288,7 @@ impl Ca {
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![eku];
+        params.extended_key_usages = eku;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&new_serial()));
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);

@@ -298,6 +298,9 @@ pub struct Proxy {
     flows_of_user: HashMap<String, IdSet<u64>>,
     /// Flows carrying outbound registrations (`flows`).
     outbound: flows::OutboundFlows,
+    /// The names of the TLS client certificate of each connection that
+    /// presented one (trusted elements may be listed by them).
+    conn_names: IdMap<u64, Vec<String>>,
     proxies: IdMap<ServerKey, forking::ProxyCtx>,
     client_to_server: IdMap<ClientKey, ServerKey>,
     pending: IdMap<u64, Pending>,
@@ -359,6 +362,7 @@ impl Proxy {
             user_of_conn: IdMap::default(),
             flows_of_user: HashMap::new(),
             outbound: flows::OutboundFlows::default(),
+            conn_names: IdMap::default(),
             proxies: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             client_to_server: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             pending: IdMap::default(),
@@ -488,10 +492,29 @@ impl Proxy {
         self.conns.insert(id);
     }
 
+    /// Connection `id` presented a TLS client certificate for `names`
+    /// (verified by the transport).
+    pub fn connection_named(&mut self, id: u64, names: Vec<String>) {
+        self.conn_names.insert(id, names);
+    }
+
+    /// The trusted element `flow` comes from, by address or by the names
+    /// of its TLS client certificate.
+    fn trusted_element(&self, flow: FlowRef) -> Option<&crate::trust::Element> {
+        let names = match flow {
+            FlowRef::Conn { id, .. } => self.conn_names.get(&id).map(Vec::as_slice),
+            FlowRef::Udp { .. } => None,
+        };
+        self.policy
+            .trusted
+            .lookup_any(flow.peer(), names.unwrap_or_default())
+    }
+
     /// A connection closed: flows over it are gone, and the outbound
     /// bindings registered over it with them.
     pub fn connection_closed(&mut self, id: u64, now: Now) {
         self.conns.remove(&id);
+        self.conn_names.remove(&id);
         self.forget_user_flow(id);
         self.outbound_conn_closed(id, now);
         self.drive(now);
@@ -555,7 +578,10 @@ impl Proxy {
         match ev {
             Event::Request { server, msg, from } => match from {
                 Dest::Flow(flow) => {
-                    let origin = if self.policy.trusted.vouches(flow.peer(), None) {
+                    let origin = if self
+                        .trusted_element(flow)
+                        .is_some_and(crate::trust::Element::vouches)
+                    {
                         Origin::Trusted(flow)
                     } else {
                         Origin::Phone(flow)

@@ -195,6 +195,12 @@ pub struct Element {
 }
 
 impl Element {
+    /// Whether it vouches for the users it sends for (see
+    /// [`TrustTable::vouches`]).
+    pub fn vouches(&self) -> bool {
+        self.kind != Kind::LoadGenerator
+    }
+
     /// `NAME=MATCHER` (kind `load-generator` unless `KIND:` prefixes the
     /// name): the form of `--trusted`.
     pub fn parse_flag(s: &str) -> Result<Element, String> {
@@ -248,6 +254,15 @@ impl TrustTable {
             .find(|e| e.matcher.matches(peer, tls_name))
     }
 
+    /// [`TrustTable::lookup`] for a connection whose client certificate
+    /// carries `names` (any of them may be the element's).
+    pub fn lookup_any(&self, peer: SocketAddr, names: &[String]) -> Option<&Element> {
+        names
+            .iter()
+            .find_map(|n| self.lookup(peer, Some(n)))
+            .or_else(|| self.lookup(peer, None))
+    }
+
     pub fn is_trusted(&self, peer: SocketAddr, tls_name: Option<&str>) -> bool {
         self.lookup(peer, tls_name).is_some()
     }
@@ -258,8 +273,7 @@ impl TrustTable {
     /// phones and is held to their rules, apart from the per-source limits
     /// and bans (a benchmark measures the path phones take).
     pub fn vouches(&self, peer: SocketAddr, tls_name: Option<&str>) -> bool {
-        self.lookup(peer, tls_name)
-            .is_some_and(|e| e.kind != Kind::LoadGenerator)
+        self.lookup(peer, tls_name).is_some_and(Element::vouches)
     }
 
     pub fn elements(&self) -> &[Element] {

@@ -187,6 +187,9 @@ struct NodeTemplate<'a> {
     etcd_args: &'a [String],
     /// The nodes' SIP certificate (tls.crt, tls.key).
     sip_cert: &'a Path,
+    /// The farm CA: TLS client certificates it issued identify trusted
+    /// elements (`--trusted KIND:NAME=tls:DNS-NAME`).
+    ca: &'a Path,
 }
 
 impl NodeTemplate<'_> {
@@ -212,6 +215,8 @@ impl NodeTemplate<'_> {
             format!("wss:{}", at.wss),
             "--tls-cert".into(),
             self.sip_cert.display().to_string(),
+            "--tls-client-ca".into(),
+            self.ca.display().to_string(),
             "--data".into(),
             self.data.join(&name).display().to_string(),
             "--metrics".into(),
@@ -349,7 +354,7 @@ impl ControlCerts {
         let sip_tls = data.join("sip-tls");
         std::fs::create_dir_all(&sip_tls)?;
         let (cert, key) = ca
-            .issue_server(
+            .issue_sip(
                 "Ringmesh dev SIP",
                 &[domain, "localhost"],
                 &[std::net::Ipv4Addr::LOCALHOST.into()],
@@ -527,6 +532,7 @@ async fn run_farm(args: DevArgs) -> anyhow::Result<()> {
         token_file: &token_file,
         etcd_args: &supernode_etcd_args,
         sip_cert: &certs.sip_tls,
+        ca: &certs.ca_cert,
     };
     let mut nodes = Vec::new();
     if let Err(e) = start_nodes(&template, ports, &bootstrap, &mut nodes).await {

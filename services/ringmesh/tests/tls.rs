@@ -237,3 +237,104 @@ fn a_tls_port_serves_only_tls_with_the_farm_certificate() {
     .unwrap_or(0.0);
     assert!(failures >= 3.0, "handshake failures counted: {failures}");
 }
+
+/// A front end (a P-CSCF) is trusted by the name in its TLS client
+/// certificate, not its address (on loopback every client shares one):
+/// the identity it asserts reaches the callee. A client whose certificate
+/// the farm CA issued for another name, and one with no certificate, are
+/// phones: the same forged P-Asserted-Identity is stripped. A certificate
+/// from another CA fails the handshake.
+#[test]
+#[ignore = "slow: needs a ringmesh dev farm"]
+fn a_front_end_is_trusted_by_its_tls_certificate_and_a_forger_is_not() {
+    let farm = common::start_farm(
+        &[
+            "--nodes",
+            "1",
+            "--auth",
+            "none",
+            "--trusted",
+            "front-end:pcscf=tls:pcscf.example.net",
+        ],
+        &[],
+    );
+    let node = &farm.nodes[0];
+    let ca_dir = farm.dir.path().join("ca");
+    let ca = ringmesh_enrollment::ca::Ca::from_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(ca_dir.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let as_name = |ca: &ringmesh_enrollment::ca::Ca, name: &str| {
+        let (cert, key) = ca.issue_sip(name, &[name], &[], 1).unwrap();
+        ringmesh_test_support::tls::client_config_as(farm.ca.as_ref(), &cert, &key)
+    };
+    // bob, the callee, on TLS.
+    let mut bob = TlsPhone::connect(node.tls, client_config(farm.ca.as_ref()), DOMAIN).unwrap();
+    let bm = bob.local_addr();
+    bob.send(
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {bm};branch=z9hG4bKfb\r\nMax-Forwards: 70\r\n\
+             From: <sip:bob@{DOMAIN}>;tag=fb\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: fe-bob\r\n\
+             CSeq: 1 REGISTER\r\nContact: <sip:bob@{bm};transport=tls>\r\nExpires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        status_of(&bob.recv(Duration::from_secs(5)).unwrap()),
+        Some(200)
+    );
+    // The INVITE every sender sends, asserting alice.
+    let mut invite = |phone: &mut TlsPhone, tag: &str| {
+        let me = phone.local_addr();
+        phone.send(
+            format!(
+                "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKfe{tag}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+                 Call-ID: fe-{tag}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me};transport=tls>\r\n\
+                 P-Asserted-Identity: <sip:alice@{DOMAIN}>\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(m) = bob.recv(Duration::from_millis(200)) {
+                let m = text(&m);
+                if m.starts_with("INVITE") && m.contains(&format!("Call-ID: fe-{tag}\r\n")) {
+                    return m;
+                }
+            }
+        }
+        panic!("bob got no INVITE {tag}");
+    };
+    let mut pcscf =
+        TlsPhone::connect(node.tls, as_name(&ca, "pcscf.example.net"), DOMAIN).expect("the P-CSCF");
+    let got = invite(&mut pcscf, "pcscf");
+    assert!(
+        got.contains(&format!("P-Asserted-Identity: <sip:alice@{DOMAIN}>")),
+        "the front end's assertion is kept:\n{got}"
+    );
+    for (who, config) in [
+        ("other-name", as_name(&ca, "phone.example.net")),
+        ("no-cert", client_config(farm.ca.as_ref())),
+    ] {
+        let mut forger = TlsPhone::connect(node.tls, config, DOMAIN).expect(who);
+        let got = invite(&mut forger, who);
+        assert!(
+            !got.contains("P-Asserted-Identity: <sip:alice"),
+            "{who}: a phone's assertion is stripped:\n{got}"
+        );
+    }
+    let stranger = ringmesh_enrollment::ca::Ca::generate("not the farm").unwrap();
+    let foreign = as_name(&stranger, "pcscf.example.net");
+    let refused = TlsPhone::connect(node.tls, foreign, DOMAIN).and_then(|mut p| {
+        // TLS 1.3: the server's verdict on the client certificate comes
+        // with its first read.
+        p.send(b"\r\n\r\n");
+        p.recv(Duration::from_secs(3))
+            .map(|_| ())
+            .ok_or_else(|| "closed".to_string())
+    });
+    assert!(refused.is_err(), "a certificate of another CA is refused");
+}

@@ -60,6 +60,13 @@ impl Trusted {
         !t.is_empty() && t.is_trusted(peer, None)
     }
 
+    /// Whether a connection from `peer` whose TLS client certificate
+    /// carries `names` is a trusted element, by address or by name.
+    pub fn is_trusted_by_name(&self, peer: SocketAddr, names: &[String]) -> bool {
+        let t = self.0.read();
+        !t.is_empty() && t.lookup_any(peer, names).is_some()
+    }
+
     /// Replaces the table; every reader sees the new one from its next
     /// message on.
     pub fn replace(&self, table: TrustTable) {

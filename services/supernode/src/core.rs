@@ -269,10 +269,18 @@ impl SipCore {
                 }
                 self.proxy.handle_message(msg, Dest::Flow(flow), now());
             }
-            Inbound::ConnOpened { id, peer, tx } => {
+            Inbound::ConnOpened {
+                id,
+                peer,
+                tx,
+                names,
+            } => {
                 self.conns.insert(id, tx);
                 self.conn_by_peer.insert(peer, id);
                 self.proxy.connection_opened(id);
+                if !names.is_empty() {
+                    self.proxy.connection_named(id, names);
+                }
             }
             Inbound::ConnClosed { id } => {
                 self.conns.remove(&id);

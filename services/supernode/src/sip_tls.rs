@@ -255,7 +255,7 @@ mod tests {
     use ringmesh_enrollment::ca::Ca;
 
     fn write(dir: &Path, ca: &Ca, names: &[&str]) {
-        let (cert, key) = ca.issue_server("t", names, &[], 1).unwrap();
+        let (cert, key) = ca.issue_sip("t", names, &[], 1).unwrap();
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("tls.crt"), cert).unwrap();
         std::fs::write(dir.join("tls.key"), key).unwrap();
@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(certs.reload(), (0, 1));
         assert_eq!(served(&certs, Some("n1.edge.example.com")), renewed);
         // A key that is not the certificate's is refused at start.
-        let (_, other_key) = ca.issue_server("t", &["x.example"], &[], 1).unwrap();
+        let (_, other_key) = ca.issue_sip("t", &["x.example"], &[], 1).unwrap();
         std::fs::write(b.join("tls.key"), other_key).unwrap();
         let err = Certificates::load(std::slice::from_ref(&b)).unwrap_err();
         assert!(format!("{err:#}").contains("does not match"), "{err:#}");

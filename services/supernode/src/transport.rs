@@ -71,6 +71,9 @@ pub enum Inbound {
         id: u64,
         peer: SocketAddr,
         tx: mpsc::Sender<Bytes>,
+        /// The DNS names of the TLS client certificate the peer presented
+        /// (verified against the client CA), if any.
+        names: Vec<String>,
     },
     ConnClosed {
         id: u64,
@@ -228,10 +231,16 @@ impl Shared {
     /// Whether a message from `peer` must be dropped unread, its source
     /// being over its rate (counted here). Trusted elements never are.
     fn rate_limited(&self, peer: SocketAddr, transport: Transport) -> bool {
+        self.rate_limited_unless(peer, transport, false)
+    }
+
+    /// [`Shared::rate_limited`] for a connection: `exempt` when its client
+    /// certificate names a trusted element.
+    fn rate_limited_unless(&self, peer: SocketAddr, transport: Transport, exempt: bool) -> bool {
         let Some(limiter) = &self.rate else {
             return false;
         };
-        if self.trusted.is_trusted(peer) {
+        if exempt || self.trusted.is_trusted(peer) {
             return false;
         }
         match limiter.check(peer.ip(), std::time::Instant::now()) {
@@ -266,10 +275,10 @@ impl Shared {
 
     /// A double-CRLF ping on a connection (RFC 5626 §4.4.1): the CRLF pong,
     /// within the source's rate, and the flow is alive.
-    pub(crate) fn ping(&self, flow: FlowRef, tx: &mpsc::Sender<Bytes>) {
-        if !self.rate_limited(flow.peer(), flow.transport()) {
+    pub(crate) fn ping(&self, conn: &Conn, tx: &mpsc::Sender<Bytes>) {
+        if !self.rate_limited_unless(conn.peer, conn.transport, conn.exempt) {
             let _ = tx.try_send(Bytes::from_static(b"\r\n"));
-            self.keep_alive(flow);
+            self.keep_alive(conn.flow());
         }
     }
 
@@ -287,11 +296,11 @@ impl Shared {
     pub(crate) async fn stream_message(
         &self,
         raw: Bytes,
-        flow: FlowRef,
+        conn: &Conn,
         tx: &mpsc::Sender<Bytes>,
     ) -> Option<bool> {
-        let transport = flow.transport();
-        if self.rate_limited(flow.peer(), transport) {
+        let (flow, transport) = (conn.flow(), conn.transport);
+        if self.rate_limited_unless(conn.peer, transport, conn.exempt) {
             return Some(false);
         }
         match Message::parse_with(raw.clone(), &self.limits) {
@@ -606,6 +615,8 @@ async fn accepted(conn: Conn, stream: TcpStream, kind: StreamKind, shared: Arc<S
                 Ok(Err(e)) => return failed("tls", e.to_string()),
                 Err(_) => return failed("tls", "timeout".into()),
             };
+            let mut conn = conn;
+            conn.identify(client_names(tls_stream.get_ref().1), &shared);
             match ws {
                 Some(policy) => {
                     crate::websocket::serve(conn, tls_stream, &policy, deadline, shared).await
@@ -637,6 +648,7 @@ pub(crate) async fn open_inbound(
             id: conn.id,
             peer: conn.peer,
             tx: tx.clone(),
+            names: conn.names.clone(),
         })
         .await
         .ok()?;
@@ -680,6 +692,11 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     pub direction: Direction,
     pub transport: Transport,
+    /// The DNS names of its verified TLS client certificate.
+    pub names: Vec<String>,
+    /// Its client certificate names a trusted element: the per-source
+    /// rate does not apply.
+    pub exempt: bool,
     _slot: ConnSlot,
     open: prometheus::IntGauge,
 }
@@ -706,9 +723,17 @@ impl Conn {
             peer,
             direction,
             transport,
+            names: Vec::new(),
+            exempt: false,
             _slot: slot,
             open,
         }
+    }
+
+    /// The names its TLS client certificate carries.
+    fn identify(&mut self, names: Vec<String>, shared: &Shared) {
+        self.exempt = shared.trusted.is_trusted_by_name(self.peer, &names);
+        self.names = names;
     }
 
     pub fn flow(&self) -> FlowRef {
@@ -760,6 +785,16 @@ pub(crate) async fn finish_connection(
     }
 }
 
+/// The DNS names of the client certificate a TLS peer presented (the
+/// verifier checked it chains to the client CA; none without one).
+fn client_names(tls: &rustls::ServerConnection) -> Vec<String> {
+    tls.peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| ringmesh_enrollment_client::cert::cert_info(leaf).ok())
+        .map(|info| info.dns_names)
+        .unwrap_or_default()
+}
+
 /// Queued on a connection's writer: close it once what is queued before is
 /// sent (an empty write, which nothing else queues).
 pub static CLOSE: Bytes = Bytes::new();
@@ -791,7 +826,6 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(8192);
     let mut framer = Framer::new();
     let mut partial_since: Option<Instant> = None;
-    let flow = conn.flow();
     // Until its first request, an accepted connection only holds a slot.
     let first_deadline = (conn.direction == Direction::Inbound)
         .then(|| Instant::now() + shared.first_message_timeout);
@@ -803,12 +837,12 @@ async fn read_loop(
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping(n)) => {
                     buf.advance(n);
-                    shared.ping(flow, &tx);
+                    shared.ping(conn, &tx);
                 }
                 Ok(Frame::Pong(n)) => buf.advance(n),
                 Ok(Frame::Message(n)) => {
                     let raw = buf.split_to(n).freeze();
-                    match shared.stream_message(raw, flow, &tx).await {
+                    match shared.stream_message(raw, conn, &tx).await {
                         Some(request) => requested |= request,
                         None => return,
                     }

@@ -204,9 +204,9 @@ async fn read_loop<R, E>(
             }
         };
         match &data[..] {
-            b"\r\n\r\n" => shared.ping(flow, &tx),
+            b"\r\n\r\n" => shared.ping(conn, &tx),
             b"\r\n" => {}
-            _ => match shared.stream_message(data, flow, &tx).await {
+            _ => match shared.stream_message(data, conn, &tx).await {
                 Some(request) => requested |= request,
                 None => return,
             },

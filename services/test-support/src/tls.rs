@@ -17,11 +17,30 @@ pub fn client_config(ca_pem: &Path) -> Arc<ClientConfig> {
     client_config_with(ca_pem, rustls::DEFAULT_VERSIONS)
 }
 
-/// [`client_config`] offering only `versions`.
-pub fn client_config_with(
-    ca_pem: &Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
+/// [`client_config`] presenting the client certificate `cert_pem` (its
+/// key `key_pem`).
+pub fn client_config_as(ca_pem: &Path, cert_pem: &str, key_pem: &str) -> Arc<ClientConfig> {
+    let chain = pem::parse_many(cert_pem)
+        .expect("certificate PEM")
+        .into_iter()
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(
+        pem::parse(key_pem).expect("key PEM").into_contents(),
+    )
+    .expect("a private key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+            .expect("TLS versions")
+            .with_root_certificates(roots(ca_pem))
+            .with_client_auth_cert(chain, key)
+            .expect("a usable client certificate"),
+    )
+}
+
+fn roots(ca_pem: &Path) -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let pem_text = std::fs::read(ca_pem).expect("the CA file");
     for block in pem::parse_many(pem_text).expect("CA PEM") {
@@ -31,12 +50,20 @@ pub fn client_config_with(
                 .expect("a CA certificate");
         }
     }
+    roots
+}
+
+/// [`client_config`] offering only `versions`.
+pub fn client_config_with(
+    ca_pem: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
         ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("TLS versions")
-            .with_root_certificates(roots)
+            .with_root_certificates(roots(ca_pem))
             .with_no_client_auth(),
     )
 }

@@ -23,7 +23,7 @@ impl Proxy {
         if !msg.is_request()
             || matches!(msg.method(), Method::Ack | Method::Cancel)
             || super::is_emergency(msg, &self.policy.emergency_numbers)
-            || self.policy.trusted.is_trusted(flow.peer(), None)
+            || self.trusted_element(flow).is_some()
         {
             return false;
         }
