@@ -177,11 +177,11 @@ class Board:
 # Label matchers used inside f-strings (Python 3.11 allows no backslash there).
 FAILED = 'result="failed"'
 DECIDED = 'result=~"ok|rejected|failed"'
-C5XX_LEAF = 'class="5xx", transport=~"udp|tcp"'
-CFINAL_LEAF = 'class=~"[2-6]xx", transport=~"udp|tcp"'
+C5XX_LEAF = 'class="5xx", transport!="overlay"'
+CFINAL_LEAF = 'class=~"[2-6]xx", transport!="overlay"'
 LE05 = 'le="0.5"'
 LE1 = 'le="1"'
-UDPTCP = 'transport=~"udp|tcp"'
+LEAVES = 'transport!="overlay"'
 
 
 def slo_steps(target):
@@ -215,8 +215,8 @@ def overview():
         description="REGISTERs answered 200 among those that reached a decision (200, 4xx rejection, 5xx failure); "
                     "401 challenges are protocol steps. SLO: 99.9% not failed.")
     b.stat("SIP success to leaves (range)", [(
-        f"1 - sum(increase(ringmesh_sip_responses_sent_total{{{S}, class=\"5xx\", transport=~\"udp|tcp\"}}[$__range]))"
-        f" / sum(increase(ringmesh_sip_responses_sent_total{{{S}, class=~\"[2-6]xx\", transport=~\"udp|tcp\"}}[$__range]))",
+        f"1 - sum(increase(ringmesh_sip_responses_sent_total{{{S}, class=\"5xx\", transport!=\"overlay\"}}[$__range]))"
+        f" / sum(increase(ringmesh_sip_responses_sent_total{{{S}, class=~\"[2-6]xx\", transport!=\"overlay\"}}[$__range]))",
         "success")],
         unit="percentunit", decimals=3, thresholds=slo_steps(SIP_SLO),
         description="Final responses to leaves that are not 5xx, every method. SLO: 99.9%.")
@@ -292,7 +292,7 @@ def overview():
            unit="reqps", thresholds=max_steps(0.001),
            description="Requests answered 503 + Retry-After because a SIP core queue was full.")
     b.ts("SIP requests by method", [(
-        f"sum by (method) ({rate('ringmesh_sip_requests_total', extra=UDPTCP)})", "{{method}}")],
+        f"sum by (method) ({rate('ringmesh_sip_requests_total', extra=LEAVES)})", "{{method}}")],
         unit="reqps", stack=True, description="Requests received from leaves (UDP and TCP).")
     b.ts("Registrations by result", [(
         f"sum by (result) ({rate('ringmesh_registrations_total')})", "{{result}}")], unit="reqps",
@@ -316,7 +316,8 @@ def sip():
     b.row("Requests and responses")
     b.ts("Requests by method", [(
         f"sum by (method) ({rate('ringmesh_sip_requests_total')})", "{{method}}")], unit="reqps", stack=True,
-        description="Every request received, over every transport (udp, tcp, overlay: from other supernodes).")
+        description="Every request received, over every transport (udp, tcp, tls, ws, wss; overlay: from other "
+                    "supernodes).")
     b.ts("Requests by transport", [(
         f"sum by (transport) ({rate('ringmesh_sip_requests_total')})", "{{transport}}")], unit="reqps", stack=True,
         description="overlay = requests relayed by another supernode over an overlay link.")
@@ -328,14 +329,15 @@ def sip():
         description="Responses received from callees and other supernodes.")
     b.ts("Responses sent by class and transport", [(
         f"sum by (class, transport) ({rate('ringmesh_sip_responses_sent_total')})", "{{class}} {{transport}}")],
-        unit="reqps", description="Where answers go: to leaves (udp, tcp) or to other supernodes (overlay).")
+        unit="reqps", description="Where answers go: to leaves (udp, tcp, tls, ws, wss) or to other supernodes "
+                                  "(overlay).")
     b.ts("Proxied requests by method", [(
         f"sum by (method) ({rate('ringmesh_proxy_forwarded_total')})", "{{method}}")], unit="reqps",
         description="Requests the proxy forwarded (to a leaf or over a link).")
     b.row("Errors and overload")
     b.ts("Parse errors by kind and transport", [(
         f"sum by (kind, transport) ({rate('ringmesh_sip_parse_errors_total')})", "{{kind}} {{transport}}")],
-        unit="reqps", description="request: answered 400/413/505; response: dropped; stream: TCP connection closed.")
+        unit="reqps", description="request: answered 400/413/505; response: dropped; stream: connection closed.")
     b.ts("Overload rejections by transport", [(
         f"sum by (transport) ({rate('ringmesh_overload_rejections_total')})", "{{transport}}")], unit="reqps",
         description="New requests answered 503 + Retry-After by overload control.")
@@ -363,11 +365,30 @@ def sip():
         f"sum by (result) ({rate('ringmesh_call_setups_total')})", "{{result}}")], unit="reqps", stack=True,
         description="Leaves' INVITEs by outcome at the caller's edge: answered, busy (486, 600), cancelled (487), "
                     "rejected (other 3xx-6xx), failed (408, 5xx: what the call setup SLO counts).")
-    b.ts("TCP connections", [(f"sum by (node) (ringmesh_sip_connections{{{S}}})", "{{node}}")], stack=True,
-         description="Open SIP connections (TCP) per supernode.")
+    b.ts("Connections by transport", [(
+        f"sum by (transport) (ringmesh_sip_connections_open{{{S}}})", "{{transport}}")], stack=True,
+        description="Open SIP connections (accepted and opened) by transport: tcp, tls, ws, wss.")
     b.ts("Registrations by result", [(
         f"sum by (result) ({rate('ringmesh_registrations_total')})", "{{result}}")], unit="reqps",
         description="ok (200), challenged (401), rejected (4xx), failed (5xx).")
+    b.row("Flows and TLS")
+    b.ts("Outbound flows", [(f"sum by (node) (ringmesh_sip_outbound_flows{{{S}}})", "{{node}}")], stack=True,
+         description="Flows (UDP, TCP, TLS, WebSocket) that carry RFC 5626 outbound registrations, per edge.")
+    b.ts("Failed outbound flows by reason", [(
+        f"sum by (reason) ({rate('ringmesh_sip_outbound_flows_failed_total')})", "{{reason}}")], unit="ops",
+        description="closed: the connection closed; silent: nothing heard for the Flow-Timer and its margin. "
+                    "Their bindings are removed at once.")
+    b.ts("Handshake failures by transport and stage", [(
+        f"sum by (transport, stage) ({rate('ringmesh_sip_handshake_failures_total')})",
+        "{{transport}} {{stage}}")], unit="ops",
+        description="TLS handshakes (bad or no certificate, plaintext on a TLS port, timeouts) and WebSocket "
+                    "upgrades (no sip subprotocol, origin not allowed) that failed.")
+    b.stat("TLS certificate expires in", [(
+        f"min(ringmesh_sip_tls_certificate_expiry_timestamp_seconds{{{S}}} > 0) - time()", "left")], unit="s",
+        thresholds=[{"color": "red", "value": None}, {"color": "orange", "value": 7 * 86400},
+                    {"color": "green", "value": 21 * 86400}],
+        description="Time left on the first SIP TLS certificate to expire (cert-manager renews it; nodes reload "
+                    "it within 5 s).")
     b.row("Latency and location")
     b.ts("Call setup latency", [
         (quantile(0.5, "ringmesh_call_setup_seconds"), "p50"),
@@ -454,7 +475,7 @@ def node():
     b.stat("Links", [(f"sum(ringmesh_overlay_links{{{S}}})", "links")])
     b.stat("Replicas below k", [(f"sum(ringmesh_overlay_replicas_below_k{{{S}}})", "below k")],
            thresholds=max_steps(1))
-    b.stat("TCP connections", [(f"sum(ringmesh_sip_connections{{{S}}})", "connections")])
+    b.stat("Connections", [(f"sum(ringmesh_sip_connections{{{S}}})", "connections")])
     b.stat("Transactions", [(f"sum(ringmesh_sip_transactions{{{S}}})", "transactions")])
     b.row("SIP")
     b.ts("Requests by node and transport", [(

@@ -101,15 +101,16 @@ def test_kubernetes_validate_strict(rendered):
     name, _, _, docs, path = rendered
     r = run([tool("kubernetes-validate"), "-k", KUBE, "--strict", str(path)], timeout=300)
     lines = (r.stdout + r.stderr).splitlines()
-    # prometheus-operator CRDs have no schema in kubernetes-validate; their
-    # content is checked below (promtool on the PrometheusRule, structure of
-    # the ServiceMonitor).
-    crd = re.compile(r"WARN .*Couldn't find schema for kind (ServiceMonitor|PrometheusRule) "
-                     r"with api version monitoring\.coreos\.com/v1")
+    # prometheus-operator and cert-manager CRDs have no schema in
+    # kubernetes-validate; their content is checked below (promtool on the
+    # PrometheusRule, structure of the ServiceMonitor and Certificate).
+    crd = re.compile(r"WARN .*Couldn't find schema for kind ((ServiceMonitor|PrometheusRule) "
+                     r"with api version monitoring\.coreos\.com/v1|Certificate with api version "
+                     r"cert-manager\.io/v1)")
     bad = [l for l in lines if not l.startswith("INFO") and not crd.search(l) and l.strip()]
     assert r.returncode == 0 and not bad, f"{name}: kubernetes-validate:\n" + "\n".join(bad or lines[-20:])
     validated = sum(1 for l in lines if l.startswith("INFO") and "passed" in l)
-    crds = sum(1 for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/"))
+    crds = sum(1 for d in docs if d["apiVersion"].startswith(("monitoring.coreos.com/", "cert-manager.io/")))
     assert validated == len(docs) - crds
 
 
@@ -291,7 +292,9 @@ def test_supernode_statefulset(rendered):
     for flag in ["name", "domain", "sip", "advertise", "overlay", "seed", "metrics", "data", "replicas", "auth",
                  "provisioning", "enrollment", "etcd", "admin"]:
         assert flag in f, f"{name}: --{flag} missing"
-    assert f["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
+    tls = values.get("sipTls", {}).get("enabled", False)
+    assert f["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"] + (
+        ["tls:0.0.0.0:5061", "wss:0.0.0.0:7443"] if tls else [])
     assert f["overlay"] == ["0.0.0.0:5160"]
     assert f["overlay-advertise"] == ["$(POD_IP)"], "peers link to the pod, not the load balancer"
     assert f["metrics"] == ["0.0.0.0:5360"]
@@ -371,7 +374,8 @@ def test_services(rendered):
     assert {(p["name"], p["protocol"]) for p in overlay["ports"]} >= {("overlay", "UDP")}
     sip = services["sip"]["spec"]
     assert sip["type"] == "LoadBalancer" and sip["externalTrafficPolicy"] == "Local"
-    assert {(p["port"], p["protocol"]) for p in sip["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    tls = {(5061, "TCP"), (7443, "TCP")} if values.get("sipTls", {}).get("enabled") else set()
+    assert {(p["port"], p["protocol"]) for p in sip["ports"]} == {(5060, "UDP"), (5060, "TCP")} | tls
     lb = values.get("sipService", {}).get("loadBalancerIP")
     if lb:
         assert sip["loadBalancerIP"] == lb
@@ -379,6 +383,69 @@ def test_services(rendered):
         assert services[c]["spec"]["type"] == "ClusterIP"
     pdb = one(docs, "PodDisruptionBudget", "supernode")
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def render_sip_tls(chart, sip_tls, **extra):
+    values = {"sipTls": {"enabled": True, **sip_tls}, **extra}
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return load_yaml_docs("".join(f"---\n{v}\n" for k, v in sorted(out.items()) if k.endswith(".yaml")))
+
+
+def test_sip_tls_from_a_secret_is_mounted_whole_and_served_on_the_sip_service(chart):
+    docs = render_sip_tls(chart, {"existingSecret": "sip-cert", "clientCaSecret": "partners-ca",
+                                  "wsOrigins": ["https://phone.example.net"]})
+    pod = one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    f = flags(c)
+    assert f["sip"][2:] == ["tls:0.0.0.0:5061", "wss:0.0.0.0:7443"]
+    assert f["tls-cert"] == ["/etc/ringmesh/sip-tls"]
+    assert f["tls-client-ca"] == ["/etc/ringmesh/sip-client-ca/ca.crt"]
+    assert f["ws-origin"] == ["https://phone.example.net"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["sip-tls"]["mountPath"] == "/etc/ringmesh/sip-tls" and mounts["sip-tls"]["readOnly"]
+    assert "subPath" not in mounts["sip-tls"], "a subPath mount never sees a renewed Secret"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["sip-tls"]["secret"]["secretName"] == "sip-cert"
+    assert {i["key"] for i in vols["sip-tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    assert vols["sip-client-ca"]["secret"]["secretName"] == "partners-ca"
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
+    assert ports["sip-tls"] == (5061, "TCP") and ports["sip-wss"] == (7443, "TCP")
+    assert not objects(docs, "Certificate"), "the operator's Secret: no Certificate"
+    # Split Services: TLS and WSS go with TCP.
+    docs = render_sip_tls(chart, {"existingSecret": "sip-cert", "websocket": False},
+                          sipService={"splitProtocols": True})
+    svc = {s["metadata"]["name"]: s["spec"] for s in objects(docs, "Service")}
+    assert [p["name"] for p in svc[f"{RELEASE}-ringmesh-sip-tcp"]["ports"]] == ["sip-tcp", "sip-tls"]
+    assert [p["name"] for p in svc[f"{RELEASE}-ringmesh-sip-udp"]["ports"]] == ["sip-udp"]
+
+
+def test_sip_tls_by_cert_manager_names_the_domain_and_the_advertised_name(chart):
+    docs = render_sip_tls(chart, {"certManager": {"enabled": True, "issuerRef": {"name": "acme"}}},
+                          domain="ims.example.net",
+                          supernode={"config": {"advertise": "sip.ims.example.net"}})
+    (cert,) = objects(docs, "Certificate")
+    spec = cert["spec"]
+    assert spec["dnsNames"] == ["ims.example.net", "sip.ims.example.net"]
+    assert spec["issuerRef"] == {"name": "acme", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert set(spec["usages"]) == {"server auth", "client auth"}
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+    pod = one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["sip-tls"]["secret"]["secretName"] == spec["secretName"]
+    # An advertised address is not a DNS name.
+    docs = render_sip_tls(chart, {"certManager": {"enabled": True, "issuerRef": {"name": "acme"}}},
+                          supernode={"config": {"advertise": "203.0.113.7"}})
+    (cert,) = objects(docs, "Certificate")
+    assert cert["spec"]["dnsNames"] == ["ringmesh.test"]
+
+
+@pytest.mark.parametrize("sip_tls, why", [
+    ({}, "sipTls.existingSecret"),
+    ({"certManager": {"enabled": True}}, "issuerRef.name is required"),
+])
+def test_sip_tls_without_a_certificate_fails_clearly(chart, sip_tls, why):
+    with pytest.raises(Exception, match=re.escape(why)):
+        render_sip_tls(chart, sip_tls)
 
 
 def test_sip_service_split_and_class(chart):
@@ -479,6 +546,8 @@ def test_network_policies(rendered):
     sn = pols["supernode"]
     rules = {(p["port"], p["protocol"]): r.get("from") for r in sn["ingress"] for p in r["ports"]}
     assert rules[(5060, "UDP")] is None and rules[(5060, "TCP")] is None, "SIP open"
+    if values.get("sipTls", {}).get("enabled"):
+        assert rules[(5061, "TCP")] is None and rules[(7443, "TCP")] is None, "TLS and WSS open"
     overlay_from = rules[(5160, "UDP")]
     assert overlay_from == [{"podSelector": {"matchLabels": sn["podSelector"]["matchLabels"]}}], \
         "only supernodes reach the overlay port"
@@ -564,7 +633,9 @@ def test_values_document_every_config_key():
                  # identity files and the farm secret come from enrollment into the data dir
                  "cert", "key", "ca", "crl", "farm-secret",
                  # a subscriber file is for a lab; a farm uses provisioning
-                 "subscribers"}
+                 "subscribers",
+                 # SIP TLS: from sipTls (the Secret's mount, the client CA, origins)
+                 "tls-cert", "tls-client-ca", "ws-origin"}
     assert keys - chart_set <= known, f"config keys missing from the schema: {sorted(keys - chart_set - known)}"
     assert known <= keys, f"schema keys the supernode does not know: {sorted(known - keys)}"
     text = (CHART / "values.yaml").read_text()

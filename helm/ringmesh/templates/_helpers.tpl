@@ -77,6 +77,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "ringmesh.component" (dict "root" . "component" "bootstrap")) .Values.bootstrapToken.existingSecret }}
 {{- end }}
 
+{{/* The Secret with the SIP TLS certificate: given, or made by cert-manager. */}}
+{{- define "ringmesh.sipTlsSecret" -}}
+{{- if .Values.sipTls.existingSecret }}
+{{- .Values.sipTls.existingSecret }}
+{{- else if .Values.sipTls.certManager.enabled }}
+{{- include "ringmesh.component" (dict "root" . "component" "sip-tls") }}
+{{- else }}
+{{- fail "sipTls.enabled needs a certificate: set sipTls.existingSecret (a kubernetes.io/tls Secret) or sipTls.certManager.enabled with sipTls.certManager.issuerRef.name" }}
+{{- end }}
+{{- end }}
+
 {{- define "ringmesh.caSecret" -}}
 {{- default (include "ringmesh.component" (dict "root" . "component" "ca")) .Values.ca.existingSecret }}
 {{- end }}

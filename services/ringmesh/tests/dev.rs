@@ -55,7 +55,22 @@ fn fixed_ports_follow_the_layout() {
     let ports = common::PortBlock::reserve();
     let base = ports.base;
     let p = ports.sip_port();
-    let farm = common::start_farm(&["--nodes", "2", "--sip-port", &p], &[]);
+    let softphone = common::repo_root().join("services/softphone");
+    assert!(
+        softphone.join("dist/softphone.js").exists(),
+        "the softphone is not built: make test runs npm ci and npm run build in services/softphone"
+    );
+    let farm = common::start_farm(
+        &[
+            "--nodes",
+            "2",
+            "--sip-port",
+            &p,
+            "--softphone",
+            softphone.to_str().unwrap(),
+        ],
+        &[],
+    );
     check_schema(&farm, 2);
     for (i, n) in farm.nodes.iter().enumerate() {
         let i = i as u16;
@@ -63,7 +78,14 @@ fn fixed_ports_follow_the_layout() {
         assert_eq!(n.overlay.port(), base + 100 + i);
         assert_eq!(n.admin, format!("127.0.0.1:{}", base + 200 + i));
         assert_eq!(n.metrics.port(), base + 300 + i);
+        assert_eq!(n.tls.port(), base + 400 + i);
+        assert_eq!(n.ws.port(), base + 500 + i);
+        assert_eq!(n.wss.port(), base + 700 + i);
     }
+    assert_eq!(
+        farm.softphone.as_deref(),
+        Some(format!("https://127.0.0.1:{}/", base + 800).as_str())
+    );
     let port = |a: &str| a.parse::<SocketAddr>().unwrap().port();
     assert_eq!(port(&farm.provisioning), base + 600);
     assert_eq!(port(&farm.enrollment), base + 601);
