@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 # which needs google/protobuf/*.proto from libprotobuf-dev.
 BUILD_DEBS := protobuf-compiler libprotobuf-dev
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools
+TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools kamailio-tls-modules
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Installs the Debian packages in $(1) that are missing.
@@ -101,9 +101,11 @@ fuzz:
 ## Ringmesh vs Kamailio side by side: servers on CPU 1, load on CPU 0, at
 ## normal scheduling priority (as a pod runs), about 25 minutes; the table
 ## goes to docs/benchmarks.md. `make bench BENCH_ARGS=--quick` is a
-## 5-minute smoke run.
-bench: release
+## 5-minute smoke run. Then SIP over TLS against Kamailio's tls module
+## (loadtest/bench/tls.py, about 5 minutes; TLS_BENCH_ARGS=--quick).
+bench: deps-test release
 	python3 loadtest/bench/bench.py $(BENCH_ARGS)
+	python3 loadtest/bench/tls.py $(TLS_BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -17,6 +17,8 @@
 #   --malloc qm|fm|tlsf Kamailio memory manager (-x/-X; default: Kamailio's
 #                       own default, qm)
 #   --cpu LIST          pin with `taskset -c LIST` (e.g. 1)
+#   --tls PORT CERT KEY SIP over TLS on PORT too (the tls module), with the
+#                       certificate and key files (PEM)
 #   --daemon            start in the background, wait until it answers OPTIONS,
 #                       print its PID (also in RUN/kamailio.pid) and return;
 #                       log in RUN/kamailio.log. Stop it with
@@ -38,6 +40,7 @@ pkg=32
 children=2
 malloc=
 cpu=
+tls_port= tls_cert= tls_key=
 daemon=0
 auth=0
 port=
@@ -55,10 +58,11 @@ while [ $# -gt 0 ]; do
 	--children) children=$2; shift ;;
 	--malloc) malloc=$2; shift ;;
 	--cpu) cpu=$2; shift ;;
+	--tls) tls_port=$2 tls_cert=$3 tls_key=$4; shift 3 ;;
 	--daemon) daemon=1 ;;
 	auth) auth=1 ;;
 	noauth) auth=0 ;;
-	-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
 	-*) echo "unknown option: $1" >&2; exit 2 ;;
 	*)
 		if [ -n "$port" ]; then echo "unexpected argument: $1" >&2; exit 2; fi
@@ -91,6 +95,9 @@ set -- -f "$here/kamailio-bench.cfg" \
 	-E -DD
 if [ -n "$malloc" ]; then
 	set -- "$@" -x "$malloc" -X "$malloc"
+fi
+if [ -n "$tls_port" ]; then
+	set -- "$@" -l "tls:$addr:$tls_port" -A WITH_TLS -A "TLSCERT=\"$tls_cert\"" -A "TLSKEY=\"$tls_key\""
 fi
 if [ "$auth" = 1 ]; then
 	"$here/gen_subscribers.sh" "$run_dir/dbtext" "$users" "$domain" "$password"

@@ -176,10 +176,13 @@ if [ "$noauth" = 0 ]; then
 			-auth_uri "bob@$domain" -p "$P_CALLER" -m 1
 		result unavailable_480 $? "$s"; fi
 
+	# Flow 1 over UDP, flow 2 over TCP: the first sipp exits before the
+	# second starts, and a TCP flow that closes takes its binding with it
+	# (RFC 5626); a UDP flow stays until silent past its Flow-Timer.
 	if wanted outbound; then s=$(now_ms)
 		inst=$(python3 -c 'import uuid; print(uuid.uuid4())')
 		sp outbound_flow1 10 -sf "$S/reg_outbound.xml" -inf alice.csv -key regid 1 -key bindings 1 \
-			-key instance "$inst" -auth_uri "$domain" -p "$P_OB1" -t t1 -m 1
+			-key instance "$inst" -auth_uri "$domain" -p "$P_OB1" -t u1 -m 1
 		rc=$?
 		if [ $rc = 0 ]; then
 			sp outbound_flow2 10 -sf "$S/reg_outbound.xml" -inf alice.csv -key regid 2 -key bindings 2 \

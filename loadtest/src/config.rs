@@ -36,6 +36,8 @@ pub enum Scenario {
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26): needs --tls-ca.
+    Tls,
 }
 
 impl Transport {
@@ -43,7 +45,12 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+    /// Whether it runs over connections (one per local socket and target).
+    pub fn is_stream(&self) -> bool {
+        *self != Transport::Udp
     }
 }
 
@@ -75,6 +82,14 @@ pub struct Args {
     pub farm_json: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "udp")]
     pub transport: Transport,
+    /// --transport tls: the CA certificates (PEM) the server's certificate
+    /// must chain to.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// --transport tls: the name to verify the server's certificate for,
+    /// sent as SNI [default: the target's IP address, no SNI].
+    #[arg(long)]
+    pub tls_name: Option<String>,
     /// The SIP domain (Request-URI of REGISTER, host of every AOR).
     #[arg(long, default_value = "ringmesh.test", value_parser = parse_domain)]
     pub domain: String,
@@ -200,6 +215,9 @@ pub struct Config {
     pub targets: Vec<SocketAddr>,
     pub farm_json: Option<PathBuf>,
     pub transport: Transport,
+    /// --transport tls: the client configuration and the name to verify.
+    #[serde(skip)]
+    pub tls: Option<TlsClient>,
     pub domain: String,
     pub user_prefix: String,
     pub user_start: u32,
@@ -316,9 +334,9 @@ impl Args {
                 self.threads, self.sockets
             ));
         }
-        if self.transport == Transport::Tcp && self.sockets * targets.len() > MAX_SOCKETS {
+        if self.transport.is_stream() && self.sockets * targets.len() > MAX_SOCKETS {
             return bad(format!(
-                "--sockets {} × {} targets: at most {MAX_SOCKETS} TCP connections",
+                "--sockets {} × {} targets: at most {MAX_SOCKETS} connections",
                 self.sockets,
                 targets.len()
             ));
@@ -364,6 +382,19 @@ impl Args {
             None if self.scenario == Scenario::Register && !self.refresh => u64::from(self.users),
             None => rate_x_duration,
         };
+        let tls = match (self.transport, &self.tls_ca) {
+            (Transport::Tls, Some(ca)) => match TlsClient::new(ca, self.tls_name.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => return bad(e),
+            },
+            (Transport::Tls, None) => {
+                return bad(
+                    "--transport tls needs --tls-ca FILE (the CA the server's certificate chains to)",
+                );
+            }
+            (_, Some(_)) => return bad("--tls-ca is for --transport tls"),
+            (_, None) => None,
+        };
         let timeout = Duration::from_millis(self.timeout_ms);
         let hold = Duration::from_millis(self.hold_ms);
         let answer = Duration::from_millis(self.answer_ms);
@@ -376,6 +407,7 @@ impl Args {
             targets,
             farm_json: self.farm_json,
             transport: self.transport,
+            tls,
             domain: self.domain,
             user_prefix: self.user_prefix,
             user_start: self.user_start,
@@ -609,5 +641,67 @@ mod tests {
             assert!(e.contains(flag), "{args:?}: {e}");
         }
         assert!(parse(&["--target", "10.0.0.1:5060", "--allow-remote"]).is_ok());
+    }
+}
+
+/// What a TLS handset connects with: a rustls client configuration
+/// trusting the given CA, and the name it verifies (`None`: the target's
+/// address).
+#[derive(Clone)]
+pub struct TlsClient {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TlsClient {
+    fn new(ca: &std::path::Path, name: Option<String>) -> Result<TlsClient, String> {
+        let text = std::fs::read(ca).map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for block in pem::parse_many(text).map_err(|e| format!("--tls-ca {}: {e}", ca.display()))? {
+            if block.tag() == "CERTIFICATE" {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(
+                        block.into_contents(),
+                    ))
+                    .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "--tls-ca {}: no CA certificate in it",
+                ca.display()
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        if let Some(n) = &name {
+            rustls::pki_types::ServerName::try_from(n.clone())
+                .map_err(|e| format!("--tls-name {n}: {e}"))?;
+        }
+        Ok(TlsClient {
+            config: std::sync::Arc::new(config),
+            name,
+        })
+    }
+
+    /// A new client connection to `target`.
+    pub fn connect(&self, target: SocketAddr) -> rustls::ClientConnection {
+        let name = match &self.name {
+            Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).expect("checked"),
+            None => rustls::pki_types::ServerName::IpAddress(target.ip().into()),
+        };
+        rustls::ClientConnection::new(self.config.clone(), name).expect("a client connection")
     }
 }

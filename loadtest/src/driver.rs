@@ -71,7 +71,8 @@ pub struct Progress {
     pub done: AtomicBool,
 }
 
-/// A stream connection with its buffers.
+/// A stream connection with its buffers (plaintext), and its TLS state
+/// machine over TLS.
 #[derive(Debug)]
 pub struct Conn {
     pub stream: TcpStream,
@@ -79,17 +80,92 @@ pub struct Conn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     closed: bool,
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Box<rustls::ClientConnection>>,
+    ) -> Conn {
         Conn {
             stream,
             peer,
             rbuf: BytesMut::with_capacity(1 << 16),
             wbuf: BytesMut::new(),
             closed: false,
+            tls,
         }
+    }
+
+    /// Whether it has bytes to put on the wire.
+    fn wants_write(&self) -> bool {
+        !self.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Reads what the socket has: plaintext into `rbuf`. Ok(0) when the
+    /// peer closed.
+    fn read(&mut self) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            self.rbuf.reserve(1 << 16);
+            return self.stream.try_read_buf(&mut self.rbuf);
+        };
+        let mut cipher = [0u8; 1 << 14];
+        let n = self.stream.try_read(&mut cipher)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut rest = &cipher[..n];
+        while !rest.is_empty() {
+            if tls.read_tls(&mut rest)? == 0 {
+                break;
+            }
+            let state = tls.process_new_packets().map_err(io::Error::other)?;
+            let mut left = state.plaintext_bytes_to_read();
+            while left > 0 {
+                self.rbuf.reserve(left);
+                let mut plain = vec![0u8; left];
+                let got = io::Read::read(&mut tls.reader(), &mut plain)?;
+                self.rbuf.extend_from_slice(&plain[..got]);
+                left -= got;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes what it can without blocking: plaintext through TLS when
+    /// there is TLS.
+    fn write(&mut self) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            while !self.wbuf.is_empty() {
+                let n = self.stream.try_write(&self.wbuf)?;
+                let _ = self.wbuf.split_to(n);
+            }
+            return Ok(());
+        };
+        loop {
+            if !self.wbuf.is_empty() {
+                let n = io::Write::write(&mut tls.writer(), &self.wbuf)?;
+                let _ = self.wbuf.split_to(n);
+            }
+            if !tls.wants_write() {
+                return Ok(());
+            }
+            tls.write_tls(&mut TryWrite(&self.stream))?;
+        }
+    }
+}
+
+/// `io::Write` over a non-blocking socket (WouldBlock when full).
+struct TryWrite<'a>(&'a TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -216,7 +292,7 @@ pub async fn drive(
                         Io::Tcp(conns) => {
                             for c in conns.iter().filter(|c| !c.closed) {
                                 ready |= c.stream.poll_read_ready(cx).is_ready();
-                                if !c.wbuf.is_empty() {
+                                if c.wants_write() {
                                     ready |= c.stream.poll_write_ready(cx).is_ready();
                                 }
                             }
@@ -300,8 +376,7 @@ fn recv_tcp(
             continue;
         }
         for _ in 0..RECV_BATCH {
-            c.rbuf.reserve(1 << 16);
-            match c.stream.try_read_buf(&mut c.rbuf) {
+            match c.read() {
                 Ok(0) => {
                     c.closed = true;
                     engine.stats.msgs.send_errors += 1;
@@ -390,18 +465,13 @@ async fn flush(engine: &mut Engine, io: &mut Io, trace: &mut Option<Trace>) {
         }
     }
     if let Io::Tcp(conns) = io {
-        for c in conns.iter_mut().filter(|c| !c.wbuf.is_empty() && !c.closed) {
-            while !c.wbuf.is_empty() {
-                match c.stream.try_write(&c.wbuf) {
-                    Ok(n) => {
-                        let _ = c.wbuf.split_to(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        c.closed = true;
-                        errors += 1;
-                        break;
-                    }
+        for c in conns.iter_mut().filter(|c| c.wants_write() && !c.closed) {
+            match c.write() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    c.closed = true;
+                    errors += 1;
                 }
             }
         }

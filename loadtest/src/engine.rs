@@ -562,7 +562,7 @@ impl Engine {
     fn sock(&self, local: usize, target: usize) -> u32 {
         match self.cfg.transport {
             Transport::Udp => local as u32,
-            Transport::Tcp => (local * self.cfg.targets.len() + target) as u32,
+            Transport::Tcp | Transport::Tls => (local * self.cfg.targets.len() + target) as u32,
         }
     }
 
@@ -919,9 +919,7 @@ impl Engine {
                     self.ops[slot].tx.timeout_armed = true;
                     self.arm(slot, TClass::Timeout, rest, now);
                 }
-                if self.cfg.transport == Transport::Tcp
-                    || (tx.meth == Meth::Invite && tx.provisional)
-                {
+                if self.cfg.transport.is_stream() || (tx.meth == Meth::Invite && tx.provisional) {
                     return;
                 }
                 self.send_request(slot, now, true);
@@ -1278,7 +1276,7 @@ impl Engine {
         let (sock, to) = match hop {
             Some(a) => match self.cfg.transport {
                 Transport::Udp => (self.sock(local, orig_target), a),
-                Transport::Tcp => {
+                Transport::Tcp | Transport::Tls => {
                     let t = self
                         .cfg
                         .targets

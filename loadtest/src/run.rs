@@ -230,7 +230,7 @@ fn run(cfg: Config, nodes: Vec<Node>) -> anyhow::Result<i32> {
                     ss.udp.push(u);
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 for _ in 0..n_local {
                     for &t in &cfg.targets {
                         let c = tcp_conn(&cfg, t)?;
@@ -313,6 +313,7 @@ fn run(cfg: Config, nodes: Vec<Node>) -> anyhow::Result<i32> {
     let mut handles = Vec::with_capacity(shards);
     for (s, (ec, ss, trace)) in plans.into_iter().enumerate() {
         let shared = shared.clone();
+        let tls = cfg.tls.clone();
         let h = std::thread::Builder::new()
             .name(format!("shard-{s}"))
             .spawn(move || -> anyhow::Result<Stats> {
@@ -327,11 +328,13 @@ fn run(cfg: Config, nodes: Vec<Node>) -> anyhow::Result<i32> {
                                 .map(tokio::net::UdpSocket::from_std)
                                 .collect::<Result<_, _>>()?,
                         ),
-                        Transport::Tcp => Io::Tcp(
+                        Transport::Tcp | Transport::Tls => Io::Tcp(
                             ss.tcp
                                 .into_iter()
                                 .map(|(c, peer)| {
-                                    tokio::net::TcpStream::from_std(c).map(|c| Conn::new(c, peer))
+                                    let tls = tls.as_ref().map(|t| Box::new(t.connect(peer)));
+                                    tokio::net::TcpStream::from_std(c)
+                                        .map(|c| Conn::new(c, peer, tls))
                                 })
                                 .collect::<Result<_, _>>()?,
                         ),

@@ -46,6 +46,16 @@ fn bad_arguments_name_the_flag() {
         (&["--domain", "bad domain"], "--domain"),
         (&["--password", ""], "--password"),
         (&["--hold-ms", "3600001"], "--hold-ms"),
+        (&["--transport", "tls"], "--tls-ca"),
+        (&["--tls-ca", "/etc/hostname"], "--tls-ca"),
+        (
+            &["--transport", "tls", "--tls-ca", "/nonexistent/ca.crt"],
+            "--tls-ca",
+        ),
+        (
+            &["--transport", "tls", "--tls-ca", "/etc/hostname"],
+            "--tls-ca",
+        ),
     ];
     for (args, flag) in cases {
         let (code, err) = run(args);

@@ -338,3 +338,61 @@ fn a_front_end_is_trusted_by_its_tls_certificate_and_a_forger_is_not() {
     });
     assert!(refused.is_err(), "a certificate of another CA is refused");
 }
+
+/// The load generator's TLS transport, as `make bench` uses it: REGISTERs
+/// over persistent TLS flows to a supernode all succeed with the farm CA,
+/// and none with another CA (the handshake fails).
+#[test]
+#[ignore = "slow: needs a ringmesh dev farm and the release ringmesh-load"]
+fn ringmesh_load_registers_over_tls_flows() {
+    let farm = common::start_farm(&["--nodes", "1", "--auth", "none"], &[]);
+    let load = common::release_bin("ringmesh-load");
+    let work = tempfile::tempdir().unwrap();
+    let other_ca = work.path().join("other.crt");
+    std::fs::write(
+        &other_ca,
+        ringmesh_enrollment::ca::Ca::generate("another CA")
+            .unwrap()
+            .cert_pem(),
+    )
+    .unwrap();
+    let run = |ca: &str, out: &str| {
+        let json = work.path().join(out);
+        let status = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(&load)
+            .args(["--no-progress", "--transport", "tls", "--tls-ca", ca])
+            .args([
+                "--tls-name",
+                DOMAIN,
+                "--target",
+                &farm.nodes[0].tls.to_string(),
+            ])
+            .args([
+                "--users",
+                "300",
+                "--rate",
+                "600",
+                "--duration",
+                "5",
+                "--sockets",
+                "2",
+            ])
+            .args(["--timeout-ms", "3000", "--drain-secs", "4", "--json-out"])
+            .arg(&json)
+            .output()
+            .expect("ringmesh-load runs");
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&json).unwrap_or_default(),
+        )
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&status.stderr)));
+        (
+            report["ops"]["succeeded"].as_u64().unwrap(),
+            report["ops"]["failed"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(run(&farm.ca, "good.json"), (300, 0));
+    let (ok, failed) = run(other_ca.to_str().unwrap(), "bad.json");
+    assert_eq!(ok, 0, "no REGISTER through a certificate it cannot verify");
+    assert!(failed > 0);
+}

@@ -59,13 +59,32 @@ if (process.env.UNTRUSTED_HOME) {
 }
 const browser = await launch(process.env.HOME);
 const deadline = (s) => ({ timeout: s * 1000 });
+const pages = {};
+// What each page's phone saw, for a failure's report.
+const states = async () => {
+  const out = {};
+  for (const [who, p] of Object.entries(pages)) {
+    out[who] = await p
+      .evaluate(() => ({
+        state: window.phone && window.phone.state,
+        error: window.phone && window.phone.error,
+        log: window.phone ? window.phone.log.slice(-8) : [],
+      }))
+      .catch((e) => ({ unreadable: e.message }));
+  }
+  return out;
+};
 try {
   const open = async (who, node) => {
     const context = await browser.newContext({ viewport: { width: 1000, height: 760 } });
     const page = await context.newPage();
+    pages[who] = page;
     page.on('pageerror', (e) => console.error(`${who}: page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') console.error(`${who}: console: ${m.text()}`);
+    });
     await page.goto(`${url}?node=${node}&user=${who}&auto=1`);
-    await page.waitForFunction(() => window.phone && window.phone.state === 'registered', null, deadline(20));
+    await page.waitForFunction(() => window.phone && window.phone.state === 'registered', null, deadline(60));
     return page;
   };
   const alice = await open('alice', 0);
@@ -112,6 +131,7 @@ try {
   await browser.close();
 } catch (e) {
   console.error(`browser call failed: ${e.message}`);
+  console.error(JSON.stringify(await states(), null, 1));
   console.log(JSON.stringify(result));
   await browser.close();
   process.exit(1);

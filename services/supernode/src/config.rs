@@ -213,7 +213,8 @@ pub struct SupernodeArgs {
     #[serde(default)]
     pub tls_cert: Vec<PathBuf>,
     /// CA certificates (PEM) that client certificates of TLS phones and
-    /// peers must chain to. Client certificates are asked for, never
+    /// peers must chain to. Client certificates are asked for on tls
+    /// listeners (never on wss: browsers would prompt for one), never
     /// required; one that does not chain fails the handshake.
     #[arg(long, env = "RINGMESH_TLS_CLIENT_CA")]
     #[serde(skip_serializing_if = "Option::is_none")]

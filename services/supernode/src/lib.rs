@@ -515,16 +515,15 @@ async fn serve(
                 let local = lst.local_addr()?;
                 let t = l.transport;
                 let tls = match (&tls, t) {
-                    (Some(certs), Transport::Tls | Transport::Wss) => {
-                        let alpn: &[&[u8]] = if t == Transport::Wss {
-                            &[b"http/1.1"]
-                        } else {
-                            &[]
-                        };
-                        let config =
-                            sip_tls::server_config(certs, cfg.tls_client_ca.as_deref(), alpn)?;
-                        Some(tokio_rustls::TlsAcceptor::from(config))
-                    }
+                    // Browsers are never asked for a client certificate:
+                    // they would prompt the user for one, or, headless,
+                    // cancel the WebSocket.
+                    (Some(certs), Transport::Tls) => Some(tokio_rustls::TlsAcceptor::from(
+                        sip_tls::server_config(certs, cfg.tls_client_ca.as_deref(), &[])?,
+                    )),
+                    (Some(certs), Transport::Wss) => Some(tokio_rustls::TlsAcceptor::from(
+                        sip_tls::server_config(certs, None, &[b"http/1.1"])?,
+                    )),
                     _ => None,
                 };
                 let kind = transport::StreamKind {

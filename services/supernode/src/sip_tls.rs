@@ -34,7 +34,7 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 struct Loaded {
     dir: PathBuf,
     /// The files' contents when loaded (a change is told by comparing).
-    source: Vec<u8>,
+    source: (Vec<u8>, Vec<u8>),
     names: Vec<String>,
     key: Arc<CertifiedKey>,
     not_after_unix: i64,
@@ -85,11 +85,9 @@ fn load(dir: &Path) -> anyhow::Result<Loaded> {
             dir.display()
         )
     })?;
-    let mut source = cert_pem;
-    source.extend_from_slice(&key_pem);
     Ok(Loaded {
         dir: dir.to_path_buf(),
-        source,
+        source: (cert_pem, key_pem),
         names,
         key: Arc::new(certified),
         not_after_unix: info.not_after_unix,
@@ -131,15 +129,7 @@ impl Certificates {
         let (mut reloaded, mut failed) = (0, 0);
         let mut next = Vec::with_capacity(current.len());
         for old in current {
-            let changed = match read_dir_files(&old.dir) {
-                Ok((c, k)) => {
-                    old.source.len() != c.len() + k.len()
-                        || old.source[..c.len()] != c[..]
-                        || old.source[c.len()..] != k[..]
-                }
-                Err(_) => true,
-            };
-            if !changed {
+            if read_dir_files(&old.dir).is_ok_and(|files| files == old.source) {
                 next.push(old);
                 continue;
             }

@@ -605,9 +605,7 @@ async fn accepted(conn: Conn, stream: TcpStream, kind: StreamKind, shared: Arc<S
     match (kind.tls, kind.ws) {
         (None, None) => {
             let (r, w) = stream.into_split();
-            if let Some((tx, rx)) = open_inbound(&conn, &shared).await {
-                run_connection(conn, r, w, tx, rx, shared).await;
-            }
+            serve_accepted(conn, r, w, shared).await;
         }
         (Some(tls), ws) => {
             let tls_stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
@@ -623,15 +621,24 @@ async fn accepted(conn: Conn, stream: TcpStream, kind: StreamKind, shared: Arc<S
                 }
                 None => {
                     let (r, w) = tokio::io::split(tls_stream);
-                    if let Some((tx, rx)) = open_inbound(&conn, &shared).await {
-                        run_connection(conn, r, w, tx, rx, shared).await;
-                    }
+                    serve_accepted(conn, r, w, shared).await;
                 }
             }
         }
         (None, Some(policy)) => {
             crate::websocket::serve(conn, stream, &policy, deadline, shared).await
         }
+    }
+}
+
+/// Runs SIP over an accepted byte stream, once the core knows of it.
+async fn serve_accepted<R, W>(conn: Conn, r: R, w: W, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    if let Some((tx, rx)) = open_inbound(&conn, &shared).await {
+        run_connection(conn, r, w, tx, rx, shared).await;
     }
 }
 

@@ -101,19 +101,14 @@ pub(crate) async fn serve<S>(
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
     let ws = match tokio::time::timeout_at(deadline, upgrade).await {
         Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
+        failed => {
             shared
                 .metrics
                 .hot
                 .handshake_failed(conn.transport, "websocket");
-            tracing::debug!(peer = %conn.peer, error = %e, "WebSocket upgrade refused");
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .hot
-                .handshake_failed(conn.transport, "websocket");
+            if let Ok(Err(e)) = failed {
+                tracing::debug!(peer = %conn.peer, error = %e, "WebSocket upgrade refused");
+            }
             return;
         }
     };
