@@ -1074,9 +1074,8 @@ def digest_table(w, res):
     w("")
 
 
-def write_section(path, text):
-    """Replaces (or appends) the "## Ringmesh vs Kamailio" section."""
-    head = "## Ringmesh vs Kamailio"
+def write_section(path, text, head="## Ringmesh vs Kamailio"):
+    """Replaces (or appends) the section of `path` that starts with `head`."""
     try:
         with open(path) as f:
             doc = f.read()

@@ -205,7 +205,7 @@ def main():
     took = time.time() - t0
     text = report(a, info, res, took)
     print(text)
-    write_section(a.out, text)
+    bench.write_section(a.out, text, HEAD)
     return 0
 
 
@@ -277,23 +277,6 @@ def report(a, info, res, took):
              "clients at once, Kamailio 5.6.3's TLS worker crashed (SIGSEGV, core/tcp_main) on this "
              "machine; one client is what both are measured with.")
     return "\n".join(w) + "\n"
-
-
-def write_section(path, text):
-    """Replaces (or appends) this section of `path`."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except OSError:
-        doc = "# Benchmarks and measured figures\n"
-    start = doc.find(HEAD)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(HEAD))
-        doc = doc[:start] + text + ("" if nxt < 0 else "\n" + doc[nxt + 1:])
-    with open(path, "w") as f:
-        f.write(doc)
 
 
 if __name__ == "__main__":

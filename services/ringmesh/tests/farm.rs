@@ -542,19 +542,10 @@ fn outbound_leaf_on_two_edges_survives_one() {
                     continue;
                 }
                 from_edges.push(src);
-                // Answer 200 (copying the headers a response needs).
-                let keep: Vec<&str> = text
-                    .lines()
-                    .filter(|l| {
-                        ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
-                            .iter()
-                            .any(|h| l.starts_with(h))
-                    })
-                    .collect();
-                let to = text.lines().find(|l| l.starts_with("To:")).unwrap();
-                let ok = format!(
-                    "SIP/2.0 200 OK\r\n{}\r\n{to};tag=carol{tag}\r\nContact: <sip:carol@{me}>\r\nContent-Length: 0\r\n\r\n",
-                    keep.join("\r\n")
+                let ok = ringmesh_test_support::sip::ok_for(
+                    &text,
+                    &format!("carol{tag}"),
+                    &format!("sip:carol@{me}"),
                 );
                 leaf.send_to(ok.as_bytes(), src).unwrap();
                 answered = true;

@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{metric_line, status_of, wait_until};
+use ringmesh_test_support::sip::ok_for;
 use ringmesh_test_support::tls::{TlsPhone, client_config, client_config_with};
 
 const DOMAIN: &str = "ringmesh.test";
@@ -34,24 +35,6 @@ fn register(phone: &mut TlsPhone, reg_id: u32) -> String {
         &phone
             .recv(Duration::from_secs(5))
             .expect("an answer to REGISTER"),
-    )
-}
-
-/// A 200 OK for `invite` (its Via, From, To with a tag, Call-ID, CSeq and
-/// Record-Route copied), from `me`.
-fn ok_for(invite: &str, me: SocketAddr, tag: &str) -> String {
-    let keep: Vec<&str> = invite
-        .lines()
-        .filter(|l| {
-            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-        })
-        .collect();
-    let to = invite.lines().find(|l| l.starts_with("To:")).unwrap();
-    format!(
-        "SIP/2.0 200 OK\r\n{}\r\n{to};tag={tag}\r\nContact: <sips:carol@{me};ob>\r\nContent-Length: 0\r\n\r\n",
-        keep.join("\r\n")
     )
 }
 
@@ -87,7 +70,8 @@ fn call(via: SocketAddr, phones: &mut [&mut TlsPhone], tag: &str) -> (Vec<usize>
             reached.push(i);
             if !answered {
                 let me = p.local_addr();
-                p.send(ok_for(&m, me, &format!("carol{tag}")).as_bytes());
+                let ok = ok_for(&m, &format!("carol{tag}"), &format!("sips:carol@{me};ob"));
+                p.send(ok.as_bytes());
                 answered = true;
                 seen = m;
             }

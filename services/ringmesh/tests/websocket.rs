@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::status_of;
+use ringmesh_test_support::sip::ok_for;
 use ringmesh_test_support::tls::{TlsPhone, client_config};
 use ringmesh_test_support::ws::{Refused, WsPhone};
 
@@ -101,23 +102,7 @@ fn a_secure_websocket_phone_calls_a_tls_phone_on_another_supernode() {
         rr.contains(&format!(":{};transport=tls;lr>", n1.tls.port())),
         "bob's edge names its TLS port: {rr}"
     );
-    let keep: Vec<&str> = invite
-        .lines()
-        .filter(|l| {
-            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-        })
-        .collect();
-    let to = invite.lines().find(|l| l.starts_with("To:")).unwrap();
-    bob.send(
-        format!(
-            "SIP/2.0 200 OK\r\n{}\r\n{to};tag=tb2\r\nContact: <sip:bob@{bm};transport=tls>\r\n\
-             Content-Length: 0\r\n\r\n",
-            keep.join("\r\n")
-        )
-        .as_bytes(),
-    );
+    bob.send(ok_for(&invite, "tb2", &format!("sip:bob@{bm};transport=tls")).as_bytes());
     let ok = next_on(|| alice.recv(Duration::from_millis(200)), "SIP/2.0 200");
     assert!(ok.contains("CSeq: 1 INVITE"), "{ok}");
     // bob hangs up: his BYE follows the route set to alice's WebSocket.

@@ -173,3 +173,25 @@ fn register_over(
     );
     status_of(send(2, &auth).as_bytes()).unwrap_or(0)
 }
+
+/// A callee's 200 OK to `invite` (its text): Via, From, Call-ID, CSeq and
+/// Record-Route copied, the To given `to_tag`, and `contact` (a URI) as
+/// the Contact.
+pub fn ok_for(invite: &str, to_tag: &str, contact: &str) -> String {
+    let keep: Vec<&str> = invite
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .collect();
+    let to = invite
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .expect("a To header");
+    format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{to};tag={to_tag}\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n",
+        keep.join("\r\n")
+    )
+}
