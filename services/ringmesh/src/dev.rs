@@ -16,13 +16,13 @@
 //! (WebSocket) and P+700+i (secure WebSocket), for overlay links (QUIC) on
 //! P+100+i, serves its admin API on P+200+i and metrics on P+300+i;
 //! provisioning listens on P+600 (metrics P+602), enrollment on P+601
-//! (metrics P+603); P+800+i (HTTPS) is reserved. The farm CA issues the
-//! SIP certificate of every node (`DNS:<domain>`, DNS:localhost,
-//! IP:127.0.0.1), so phones verify it against DATA/ca/ca.crt. With
-//! `--sip-port 0` every listener gets a free port from the kernel: each
-//! process announces what it bound (see [`crate::listening`]), nodes
-//! start one after the other, and each node's `argv` names the actual
-//! ports, so it restarts on them.
+//! (metrics P+603); the softphone page (`--softphone`) is served on P+800.
+//! The farm CA issues the SIP certificate of every node (`DNS:<domain>`,
+//! DNS:localhost, IP:127.0.0.1), so phones verify it against
+//! DATA/ca/ca.crt. With `--sip-port 0` every listener gets a free port
+//! from the kernel: each process announces what it bound (see
+//! [`crate::listening`]), nodes start one after the other, and each node's
+//! `argv` names the actual ports, so it restarts on them.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
