@@ -693,18 +693,7 @@ fn a_dialog_whose_two_ends_share_one_flow() {
         .lines()
         .filter(|l| l.starts_with("Record-Route:"))
         .collect();
-    let keep: Vec<&str> = incoming
-        .lines()
-        .filter(|l| {
-            ["Via:", "From:", "Call-ID:", "CSeq:", "Record-Route:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-        })
-        .collect();
-    let ok = format!(
-        "SIP/2.0 200 OK\r\n{}\r\nTo: <sip:erin@{DOMAIN}>;tag=callee\r\nContact: <sip:erin@{me}>\r\nContent-Length: 0\r\n\r\n",
-        keep.join("\r\n")
-    );
+    let ok = ringmesh_test_support::sip::ok_for(&incoming, "callee", &format!("sip:erin@{me}"));
     let answer = send_recv(&ok);
     assert!(
         answer.starts_with("SIP/2.0 200"),
