@@ -109,18 +109,6 @@ class TlsKamailio(bench.Server):
         bench.stop(self.pid)
 
 
-class Users:
-    """Distinct user numbers for every REGISTER of the run."""
-
-    def __init__(self):
-        self.next = 0
-
-    def take(self, n):
-        first = self.next
-        self.next += n
-        return first
-
-
 def registers(a, server, ca, users, tag):
     """Steps REGISTER/s over TLS up until a step is not clean (or the
     steps run out: the knee is then at least the last step)."""
@@ -188,7 +176,7 @@ def main():
     info = bench.machine()
     t0 = time.time()
     res = {}
-    users = Users()
+    users = bench.Users()
     for name, cls, port in (("kamailio", TlsKamailio, a.port_base),
                             ("ringmesh", TlsSupernode, a.port_base + 100)):
         bench.log(f"== {name}")

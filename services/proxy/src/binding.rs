@@ -585,26 +585,18 @@ mod tests {
 
     #[test]
     fn udp_and_tcp_bindings_keep_the_layout_older_releases_read() {
-        let tcp = Binding {
+        let over = |transport| Binding {
             flow: FlowRef::Conn {
                 id: 4,
                 peer: "192.0.2.1:40000".parse().unwrap(),
-                transport: Transport::Tcp,
+                transport,
             },
-            transport: Transport::Tcp,
+            transport,
             ..sample(1, 0)
         };
-        assert_eq!(tcp.encode()[0], FORMAT_FULL);
+        assert_eq!(over(Transport::Tcp).encode()[0], FORMAT_FULL);
         assert_eq!(sample(1, 0).encode()[0], FORMAT_FULL);
-        let tls = Binding {
-            flow: FlowRef::Conn {
-                id: 4,
-                peer: "192.0.2.1:40000".parse().unwrap(),
-                transport: Transport::Tls,
-            },
-            transport: Transport::Tls,
-            ..sample(1, 0)
-        };
+        let tls = over(Transport::Tls);
         let enc = tls.encode_entry(b"x", [5; 16]);
         assert_eq!(enc[0], FORMAT_ENTRY_T);
         let facts = EntryFacts {
