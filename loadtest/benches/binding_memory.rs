@@ -140,7 +140,12 @@ fn local_store() {
             let plan = registrar::plan(&msg, &aor, &CFG, arrival(port(i)), now_ms, now_ms << 16)
                 .expect("plan");
             local
-                .execute(LocationOp::Register { aor, plan, now_ms })
+                .execute(LocationOp::Register {
+                    aor,
+                    plan,
+                    now_ms,
+                    aliases: Vec::new(),
+                })
                 .expect("registered");
         }
     });

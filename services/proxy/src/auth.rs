@@ -29,6 +29,9 @@ pub struct SubscriberInfo {
     /// The AORs it may register and assert, canonical; the first is its
     /// default identity.
     pub public_ids: Vec<Aor>,
+    /// Implicit registration sets (3GPP TS 23.228): members of one set
+    /// register and de-register together. Each member is a public id.
+    pub implicit_sets: Vec<Vec<Aor>>,
     pub barred: bool,
 }
 
@@ -36,6 +39,25 @@ impl SubscriberInfo {
     pub fn owns(&self, aor: &Aor) -> bool {
         self.public_ids.contains(aor)
     }
+
+    /// The implicit registration set `aor` belongs to, in provisioning
+    /// order, or `aor` alone.
+    pub fn implicit_set(&self, aor: &Aor) -> Vec<Aor> {
+        self.implicit_sets
+            .iter()
+            .find(|set| set.contains(aor))
+            .cloned()
+            .unwrap_or_else(|| vec![aor.clone()])
+    }
+}
+
+/// The AOR an implicit registration set's bindings are kept under: its
+/// first `sip:` member (a set's `tel:` numbers are reached through it), or
+/// its first member. Every supernode picks the same one from the same set.
+pub fn set_key(set: &[Aor]) -> Option<&Aor> {
+    set.iter()
+        .find(|a| a.as_bytes().starts_with(b"sip:"))
+        .or_else(|| set.first())
 }
 
 /// A directory answer: now, or later through

@@ -142,6 +142,10 @@ pub struct Binding {
     pub edge: [u8; 16],
     /// Hybrid logical clock stamp of the write (merge order in the overlay).
     pub hlc: u64,
+    /// The Path of the REGISTER (RFC 3327), its values comma-joined in
+    /// order: the proxies (a P-CSCF) a request to this contact goes
+    /// through, as Route values.
+    pub path: Option<Bytes>,
 }
 
 /// Layouts of [`Binding::encode`]: 3 is the standalone form (everything in
@@ -149,14 +153,23 @@ pub struct Binding {
 /// what the entry already carries. 5 and 6 are 3 and 4 with the stream
 /// transport's code ([`Transport::stream_code`]) after the flags, written
 /// for TLS and WebSocket bindings only, so that UDP and TCP ones stay
-/// readable by releases that know no other transport. (2, a fixed-width
-/// form, is no longer written or read.)
+/// readable by releases that know no other transport. 7 and 8 are 5 and
+/// 6 with an extension byte after the transport's (its bits say which
+/// optional fields follow it: [`X_PATH`]), written only for bindings that
+/// have such a field. (2, a fixed-width form, is no longer written or
+/// read.)
 pub(crate) const FORMAT_FULL: u8 = 3;
 const FORMAT_ENTRY: u8 = 4;
 /// What a format becomes with the transport byte.
 const WITH_TRANSPORT: u8 = 2;
 const FORMAT_FULL_T: u8 = FORMAT_FULL + WITH_TRANSPORT;
 const FORMAT_ENTRY_T: u8 = FORMAT_ENTRY + WITH_TRANSPORT;
+/// What a format becomes with the transport and extension bytes.
+const WITH_EXTENSIONS: u8 = 4;
+const FORMAT_FULL_X: u8 = FORMAT_FULL + WITH_EXTENSIONS;
+const FORMAT_ENTRY_X: u8 = FORMAT_ENTRY + WITH_EXTENSIONS;
+/// Extension bit: a Path (text) follows the extension byte.
+const X_PATH: u8 = 1;
 
 // Flags of formats 3 and 4.
 const F_INSTANCE: u8 = 1;
@@ -284,9 +297,16 @@ impl Binding {
             64 + self.aor.len()
                 + self.contact.len()
                 + self.call_id.len()
-                + self.instance.as_ref().map_or(0, Bytes::len),
+                + self.instance.as_ref().map_or(0, Bytes::len)
+                + self.path.as_ref().map_or(0, Bytes::len),
         );
-        if with_transport {
+        if let Some(path) = &self.path {
+            b.push(format + WITH_EXTENSIONS);
+            b.push(flags);
+            b.push(self.transport.stream_code());
+            b.push(X_PATH);
+            put_text(&mut b, path);
+        } else if with_transport {
             b.push(format + WITH_TRANSPORT);
             b.push(flags);
             b.push(self.transport.stream_code());
@@ -330,7 +350,7 @@ impl Binding {
     /// Decodes a standalone encoding (format 3); `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<Binding> {
         match b.first() {
-            Some(&(FORMAT_FULL | FORMAT_FULL_T)) => decode_compact(b, None),
+            Some(&(FORMAT_FULL | FORMAT_FULL_T | FORMAT_FULL_X)) => decode_compact(b, None),
             _ => None,
         }
     }
@@ -339,7 +359,9 @@ impl Binding {
     /// value) with what the entry carries beside it.
     pub fn decode_entry(value: &[u8], facts: EntryFacts<'_>) -> Option<Binding> {
         let mut b = match value.first() {
-            Some(&(FORMAT_ENTRY | FORMAT_ENTRY_T)) => decode_compact(value, Some(facts))?,
+            Some(&(FORMAT_ENTRY | FORMAT_ENTRY_T | FORMAT_ENTRY_X)) => {
+                decode_compact(value, Some(facts))?
+            }
             _ => Binding::decode(value)?,
         };
         b.hlc = facts.hlc;
@@ -380,7 +402,26 @@ fn decode_compact(b: &[u8], entry: Option<EntryFacts<'_>>) -> Option<Binding> {
     let mut r = b;
     let mut format = r.try_get_u8().ok()?;
     let flags = r.try_get_u8().ok()?;
-    let transport = if format > FORMAT_ENTRY {
+    let mut path = None;
+    let transport = if format > FORMAT_ENTRY_T {
+        // The extended forms: a transport code (0 for UDP and TCP, told
+        // apart by the flag), then the extensions.
+        format -= WITH_EXTENSIONS;
+        let code = r.try_get_u8().ok()?;
+        let t = match flags & F_TCP {
+            0 if code == 0 => Transport::Udp,
+            0 => return None,
+            _ => Transport::from_stream_code(code)?,
+        };
+        let ext = r.try_get_u8().ok()?;
+        if ext & !X_PATH != 0 {
+            return None;
+        }
+        if ext & X_PATH != 0 {
+            path = Some(Bytes::copy_from_slice(get_text(&mut r)?));
+        }
+        t
+    } else if format > FORMAT_ENTRY {
         format -= WITH_TRANSPORT;
         let t = Transport::from_stream_code(r.try_get_u8().ok()?)?;
         (flags & F_TCP != 0 && t != Transport::Tcp).then_some(t)?
@@ -460,7 +501,14 @@ fn decode_compact(b: &[u8], entry: Option<EntryFacts<'_>>) -> Option<Binding> {
         transport,
         edge,
         hlc,
+        path,
     })
+}
+
+/// Whether an overlay entry id is a binding's (other records, such as
+/// aliases, share the AOR's key under other ids).
+pub fn is_binding_id(id: &[u8]) -> bool {
+    matches!(id.first(), Some(b'i' | b'c'))
 }
 
 impl BindingKey {
@@ -529,6 +577,7 @@ pub(crate) fn sample(i: u32, expires_at_ms: u64) -> Binding {
         transport: Transport::Udp,
         edge: [5; 16],
         hlc: 7 << 16,
+        path: None,
     }
 }
 
@@ -566,19 +615,43 @@ mod tests {
                 transport: flow.transport(),
                 edge: [3; 16],
                 hlc: 42 << 16,
+                path: None,
             };
             assert_eq!(Binding::decode(&b.encode()), Some(b.clone()));
             let plain = Binding {
                 instance: None,
                 reg_id: None,
                 q: None,
-                ..b
+                ..b.clone()
             };
             assert_eq!(Binding::decode(&plain.encode()), Some(plain.clone()));
             let enc = plain.encode();
             for cut in 0..enc.len() {
                 assert_eq!(Binding::decode(&enc[..cut]), None, "truncated at {cut}");
             }
+            // Behind a P-CSCF: the extended form, standalone and in an entry.
+            let pathed = Binding {
+                path: Some(Bytes::from_static(b"<sip:pcscf.example;lr>, <sip:sbc;lr>")),
+                ..b.clone()
+            };
+            let enc = pathed.encode();
+            assert_eq!(enc[0], FORMAT_FULL_X);
+            assert_eq!(Binding::decode(&enc), Some(pathed.clone()));
+            for cut in 0..enc.len() {
+                assert_eq!(Binding::decode(&enc[..cut]), None, "truncated at {cut}");
+            }
+            let facts = EntryFacts {
+                id: b"x",
+                origin: [1; 16],
+                expires_at_ms: pathed.expires_at_ms,
+                hlc: pathed.hlc,
+            };
+            let entry = pathed.encode_entry(b"x", [1; 16]);
+            assert_eq!(Binding::decode_entry(&entry, facts), Some(pathed));
+            // An unknown extension bit is refused, not misread.
+            let mut bad = enc.to_vec();
+            bad[3] |= 0x80;
+            assert_eq!(Binding::decode(&bad), None);
         }
         assert_eq!(Binding::decode(b"\x09garbage"), None);
     }

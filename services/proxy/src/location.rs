@@ -4,8 +4,20 @@
 //! carries out) and gets a [`Completion`] back. A farm of one keeps them
 //! in a [`LocalStore`]; a farm keeps them on the ring, wherever the AOR's
 //! replicas are (the driver's overlay store), and the proxy cannot tell.
+//!
+//! An implicit registration set keeps its bindings under one AOR (its
+//! [`crate::auth::set_key`]); every other member holds an *alias* naming
+//! that AOR, written after the bindings by the REGISTER that stores them.
+//! A lookup of a member follows its alias (one hop, never a chain). When
+//! an alias write fails the REGISTER is answered 503 although its bindings
+//! are stored: the phone retries, which rewrites both; meanwhile the
+//! members whose alias is missing are not reachable, the others are. An
+//! alias lives as long as the set's longest binding did when it was
+//! written, and one whose set has no binding left leads to none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
 
 use ringmesh_sip::aor::Aor;
 
@@ -20,9 +32,40 @@ pub enum LocationOp {
         aor: Aor,
         plan: RegisterPlan,
         now_ms: u64,
+        /// The other members of `aor`'s implicit registration set: each
+        /// gets an alias naming `aor` when the set has bindings after the
+        /// write.
+        aliases: Vec<Aor>,
     },
-    /// Read the live bindings of an AOR.
+    /// Read the live bindings of an AOR (through its alias, if it has one).
     Lookup { aor: Aor, now_ms: u64 },
+}
+
+/// The overlay entry id of an AOR's alias (bindings' ids start with `i`
+/// or `c`).
+pub const ALIAS_ENTRY_ID: &[u8] = b"a";
+/// The first byte of an alias value: no binding format starts with it.
+const ALIAS_FORMAT: u8 = 1;
+
+/// The value of an alias entry naming `target`.
+pub fn encode_alias(target: &Aor) -> Bytes {
+    let mut v = Vec::with_capacity(1 + target.as_bytes().len());
+    v.push(ALIAS_FORMAT);
+    v.extend_from_slice(target.as_bytes());
+    Bytes::from(v)
+}
+
+/// The AOR an alias value names; `None` for anything else.
+pub fn decode_alias(value: &[u8]) -> Option<Aor> {
+    match value.split_first() {
+        Some((&ALIAS_FORMAT, text)) => Aor::parse(text).ok(),
+        _ => None,
+    }
+}
+
+/// When an alias written for `bindings` expires: with the longest of them.
+pub fn alias_expiry(bindings: &[Binding]) -> Option<u64> {
+    bindings.iter().map(|b| b.expires_at_ms).max()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +154,8 @@ impl Stored {
 #[derive(Debug)]
 pub struct LocalStore {
     records: BTreeMap<u64, Stored>,
+    /// Aliases of implicit-set members: the AOR named, and until when.
+    aliases: HashMap<Aor, (Aor, u64)>,
     hasher: std::hash::RandomState,
     aors: usize,
     bindings: usize,
@@ -122,6 +167,7 @@ impl Default for LocalStore {
     fn default() -> Self {
         LocalStore {
             records: BTreeMap::new(),
+            aliases: HashMap::new(),
             hasher: std::hash::RandomState::new(),
             aors: 0,
             bindings: 0,
@@ -186,7 +232,20 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// The bindings of `aor` and of the AOR its alias names.
     fn lookup(&self, aor: &Aor, now_ms: u64) -> Vec<Binding> {
+        let mut list = self.lookup_own(aor, now_ms);
+        if let Some((target, until)) = self.aliases.get(aor)
+            && *until > now_ms
+            && target != aor
+        {
+            list.extend(self.lookup_own(target, now_ms));
+            registrar::sort_by_preference(&mut list);
+        }
+        list
+    }
+
+    fn lookup_own(&self, aor: &Aor, now_ms: u64) -> Vec<Binding> {
         let h = self.slot(aor);
         let Some(stored) = self.records.get(&h) else {
             return Vec::new();
@@ -202,7 +261,20 @@ impl LocalStore {
     /// Carries out one operation.
     pub fn execute(&mut self, op: LocationOp) -> Result<Vec<Binding>, LocationError> {
         match op {
-            LocationOp::Register { aor, plan, now_ms } => self.register(&aor, &plan, now_ms),
+            LocationOp::Register {
+                aor,
+                plan,
+                now_ms,
+                aliases,
+            } => {
+                let live = self.register(&aor, &plan, now_ms)?;
+                if let Some(until) = alias_expiry(&live) {
+                    for alias in aliases {
+                        self.aliases.insert(alias, (aor.clone(), until));
+                    }
+                }
+                Ok(live)
+            }
             LocationOp::Lookup { aor, now_ms } => Ok(self.lookup(&aor, now_ms)),
         }
     }
@@ -210,6 +282,7 @@ impl LocalStore {
     /// Drops the expired bindings of the next share of the table (a
     /// range of keys; the whole table every `SWEEP_PARTS` calls).
     pub fn expire(&mut self, now_ms: u64) {
+        self.aliases.retain(|_, (_, until)| *until > now_ms);
         let now_s = now_ms / 1000;
         let (mut bindings, mut aors) = (0usize, 0usize);
         let share = u64::MAX / SWEEP_PARTS as u64;
@@ -294,6 +367,7 @@ mod tests {
                     aor,
                     plan: plan_for(&b, 60),
                     now_ms: now,
+                    aliases: Vec::new(),
                 },
             )
             .unwrap();

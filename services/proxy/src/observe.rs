@@ -101,16 +101,23 @@ pub enum Refusal {
     /// A response for a transaction this node does not hold whose branch
     /// does not vouch for where it would go (dropped).
     ForgedResponse,
+    /// A REGISTER from a phone carrying Path (only front ends add it).
+    PathFromPhone,
+    /// A Service-Route of this farm that is forged or names another
+    /// subscriber's registration.
+    ServiceRoute,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::NotInDialog,
         Refusal::ContactAddress,
         Refusal::TooManyContacts,
         Refusal::BarredCallee,
         Refusal::NoEmergencyRoute,
         Refusal::ForgedResponse,
+        Refusal::PathFromPhone,
+        Refusal::ServiceRoute,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -121,6 +128,8 @@ impl Refusal {
             Refusal::BarredCallee => "barred_callee",
             Refusal::NoEmergencyRoute => "no_emergency_route",
             Refusal::ForgedResponse => "forged_response",
+            Refusal::PathFromPhone => "path_from_phone",
+            Refusal::ServiceRoute => "service_route",
         }
     }
 }

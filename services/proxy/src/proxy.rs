@@ -71,7 +71,9 @@ use crate::trust::TrustTable;
 /// Branch prefix of this implementation: cookie, "rm", then the loop hash.
 const BRANCH_PREFIX: &str = "z9hG4bKrm";
 /// Option tags this node supports in Require / Proxy-Require.
-const SUPPORTED: &[&str] = &["outbound", "path"];
+const SUPPORTED: &[&str] = &["outbound", "path", "gruu"];
+/// The same, as a `Supported` header value.
+pub(crate) const SUPPORTED_HEADER: &[u8] = b"outbound, path, gruu";
 const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK";
 
 /// The time of an input: monotonic for timers, wall-clock for what is
@@ -250,6 +252,9 @@ enum Pending {
         server: ServerKey,
         msg: Message,
         plan: RegisterPlan,
+        /// Who registers, when the farm authenticates: what the 200 OK
+        /// lists as associated identities.
+        subscriber: Option<std::sync::Arc<crate::auth::SubscriberInfo>>,
     },
     Route {
         server: ServerKey,
@@ -404,9 +409,12 @@ impl Proxy {
     /// A location operation of [`Action::Location`] finished.
     pub fn handle_location(&mut self, (token, result): Completion, now: Now) {
         match self.pending.remove(&token) {
-            Some(Pending::Register { server, msg, plan }) => {
-                self.registered(server, msg, plan, result, now)
-            }
+            Some(Pending::Register {
+                server,
+                msg,
+                plan,
+                subscriber,
+            }) => self.registered(server, msg, plan, subscriber, result, now),
             Some(Pending::Route {
                 server,
                 msg,

@@ -126,6 +126,7 @@ pub fn plan(
         ));
     }
     let header_expires = req.expires();
+    let path = join_values(req.header_values(HeaderName::Path));
     let mut wildcard = false;
     let mut contacts = Vec::new();
     for c in req.contacts() {
@@ -162,6 +163,7 @@ pub fn plan(
                         transport,
                         edge,
                         hlc,
+                        path: path.clone(),
                     },
                     expires,
                 });
@@ -242,6 +244,43 @@ pub fn sort_by_preference(list: &mut [Binding]) {
     list.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
 }
 
+/// Header values comma-joined in order (what a Path is kept as); `None`
+/// when there are none.
+fn join_values<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Bytes> {
+    let mut out = Vec::new();
+    for v in values {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+    }
+    (!out.is_empty()).then(|| Bytes::from(out))
+}
+
+/// What a 200 OK to a REGISTER carries beyond the bindings: headers
+/// (Path, Service-Route, P-Associated-URI) and the parameters each listed
+/// contact gets (its GRUUs).
+pub struct OkExtras<'a> {
+    pub headers: Vec<(HeaderName, Vec<u8>)>,
+    pub contact_params: &'a dyn Fn(&Binding) -> Option<String>,
+}
+
+impl std::fmt::Debug for OkExtras<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OkExtras")
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OkExtras<'_> {
+    /// Nothing beyond the bindings.
+    pub const NONE: OkExtras<'static> = OkExtras {
+        headers: Vec::new(),
+        contact_params: &|_| None,
+    };
+}
+
 /// The 200 OK to a REGISTER: every current binding with its remaining
 /// lifetime (§10.3 step 8), and `Require: outbound` and the `Flow-Timer`
 /// (unless 0) when the UA used outbound.
@@ -252,6 +291,7 @@ pub fn ok_response(
     now_ms: u64,
     to_tag: &[u8],
     flow_timer: u32,
+    extras: &OkExtras<'_>,
 ) -> Bytes {
     let mut w = req.response_writer(200, Some(to_tag));
     for b in bindings {
@@ -271,7 +311,13 @@ pub fn ok_response(
         if let Some(r) = b.reg_id {
             v.extend_from_slice(format!(";reg-id={r}").as_bytes());
         }
+        if let Some(p) = (extras.contact_params)(b) {
+            v.extend_from_slice(p.as_bytes());
+        }
         w.header(HeaderName::Contact, &v);
+    }
+    for (name, value) in &extras.headers {
+        w.header(*name, value);
     }
     if plan.uses_outbound() {
         w.header(HeaderName::Require, b"outbound");
@@ -279,7 +325,7 @@ pub fn ok_response(
             w.header_fmt(HeaderName::FlowTimer, format_args!("{flow_timer}"));
         }
     }
-    w.header(HeaderName::Supported, b"outbound, path");
+    w.header(HeaderName::Supported, super::proxy::SUPPORTED_HEADER);
     w.finish(b"")
 }
 
@@ -561,12 +607,14 @@ mod tests {
         );
         for (m, want) in [(plain, false), (ob, true)] {
             let p = plan_for(&m, &CFG, 0, 0).unwrap();
-            let r = Message::parse(ok_response(&m, &[], &p, 0, b"t", 120)).unwrap();
+            let r =
+                Message::parse(ok_response(&m, &[], &p, 0, b"t", 120, &OkExtras::NONE)).unwrap();
             assert_eq!(r.header(HeaderName::Require).is_some(), want);
             // The Flow-Timer tells an outbound phone how often to ping.
             let timer = r.header(HeaderName::FlowTimer).map(|v| v.to_vec());
             assert_eq!(timer, want.then(|| b"120".to_vec()));
-            let off = Message::parse(ok_response(&m, &[], &p, 0, b"t", 0)).unwrap();
+            let off =
+                Message::parse(ok_response(&m, &[], &p, 0, b"t", 0, &OkExtras::NONE)).unwrap();
             assert!(off.header(HeaderName::FlowTimer).is_none(), "0: none sent");
         }
     }
@@ -629,7 +677,16 @@ mod tests {
         let p = plan_for(&m, &CFG, 0, 0).unwrap();
         apply(&mut list, &p, 0).unwrap();
         sort_by_preference(&mut list);
-        let r = Message::parse(ok_response(&m, &list, &p, 100_000, b"tag", 120)).unwrap();
+        let r = Message::parse(ok_response(
+            &m,
+            &list,
+            &p,
+            100_000,
+            b"tag",
+            120,
+            &OkExtras::NONE,
+        ))
+        .unwrap();
         assert_eq!(r.status(), Some(200));
         let c: Vec<_> = r
             .contacts()

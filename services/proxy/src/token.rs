@@ -323,6 +323,77 @@ impl TokenKeys {
     }
 }
 
+/// What a sealed name (not a flow token) stands for. Each purpose has its
+/// own associated data, so a name sealed for one never opens as another,
+/// nor as a flow token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A temporary GRUU (RFC 5627 §3.2): an AOR and an instance.
+    TempGruu,
+    /// A Service-Route (RFC 3608): the AOR it was issued to.
+    ServiceRoute,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::TempGruu => b"ringmesh temporary gruu v1",
+            Purpose::ServiceRoute => b"ringmesh service route v1",
+        }
+    }
+}
+
+/// The first byte of a sealed name (flow tokens start with [`VERSION`]).
+const SEALED_NAME: u8 = 3;
+
+impl TokenKeys {
+    /// `plain` sealed for `purpose`, with the time it was sealed, as a URI
+    /// user part (base64url). Two seals of the same thing in different
+    /// seconds differ.
+    pub fn seal_for(&self, purpose: Purpose, plain: &[u8], now_secs: u64) -> String {
+        let mut b = Vec::with_capacity(4 + plain.len());
+        b.extend_from_slice(&(now_secs.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+        b.extend_from_slice(plain);
+        let (version, cipher) = &self.keys[0];
+        let sealed = cipher
+            .encrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: &b,
+                    aad: purpose.label(),
+                },
+            )
+            .expect("sealing a short buffer cannot fail");
+        let mut out = Vec::with_capacity(2 + sealed.len());
+        out.extend_from_slice(&[SEALED_NAME, *version]);
+        out.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// What a name sealed for `purpose` holds; `None` for anything forged,
+    /// garbled, sealed under an unknown key or for another purpose.
+    pub fn open_for(&self, purpose: Purpose, text: &[u8]) -> Option<Vec<u8>> {
+        if text.len() > 512 {
+            return None;
+        }
+        let b = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let [SEALED_NAME, version, sealed @ ..] = b.as_slice() else {
+            return None;
+        };
+        let (_, cipher) = self.keys.iter().find(|(v, _)| v == version)?;
+        let plain = cipher
+            .decrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: sealed,
+                    aad: purpose.label(),
+                },
+            )
+            .ok()?;
+        plain.get(4..).map(<[u8]>::to_vec)
+    }
+}
+
 /// The associated data binding a token to its dialog.
 fn aad(d: Dialog<'_>) -> Vec<u8> {
     let mut a = Vec::with_capacity(LABEL.len() + 3 + d.call_id.len() + d.caller_tag.len());
@@ -358,6 +429,40 @@ mod tests {
             &[b"b7", DIALOG.caller_tag],
             now,
         )
+    }
+
+    #[test]
+    fn sealed_names_open_only_for_their_purpose() {
+        let k = keys(&[(1, b"farm secret")]);
+        let gruu = k.seal_for(Purpose::TempGruu, b"sip:alice@x\0<urn:uuid:1>", NOW);
+        assert_eq!(
+            k.open_for(Purpose::TempGruu, gruu.as_bytes()).as_deref(),
+            Some(&b"sip:alice@x\0<urn:uuid:1>"[..])
+        );
+        assert_ne!(
+            gruu,
+            k.seal_for(Purpose::TempGruu, b"sip:alice@x\0<urn:uuid:1>", NOW + 1),
+            "a new one every second"
+        );
+        // Not as another purpose, not as a flow token, not under another
+        // farm's secret, not altered.
+        assert_eq!(k.open_for(Purpose::ServiceRoute, gruu.as_bytes()), None);
+        assert_eq!(open(&k, &gruu, NOW), None);
+        let other = keys(&[(1, b"another farm")]);
+        assert_eq!(other.open_for(Purpose::TempGruu, gruu.as_bytes()), None);
+        let mut bent = gruu.into_bytes();
+        bent[10] = if bent[10] == b'A' { b'B' } else { b'A' };
+        assert_eq!(k.open_for(Purpose::TempGruu, &bent), None);
+        // A flow token does not open as a sealed name either.
+        let flow = k.seal(
+            &FlowToken {
+                node: [1; 16],
+                dest: Dest::Peer([2; 16]),
+            },
+            DIALOG,
+            NOW,
+        );
+        assert_eq!(k.open_for(Purpose::ServiceRoute, flow.as_bytes()), None);
     }
 
     #[test]

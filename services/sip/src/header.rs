@@ -77,6 +77,8 @@ header_names! {
     MimeVersion => "MIME-Version"; list = false;
     Organization => "Organization"; list = false;
     PAssertedIdentity => "P-Asserted-Identity"; list = true;
+    PAssociatedUri => "P-Associated-URI"; list = true;
+    PCalledPartyId => "P-Called-Party-ID"; list = false;
     PPreferredIdentity => "P-Preferred-Identity"; list = true;
     Path => "Path"; list = true;
     Priority => "Priority"; list = false;
@@ -99,6 +101,7 @@ header_names! {
     Route => "Route"; list = true;
     RSeq => "RSeq"; list = false;
     Server => "Server"; list = false;
+    ServiceRoute => "Service-Route"; list = true;
     SessionExpires => "Session-Expires", b'x'; list = false;
     Subject => "Subject", b's'; list = false;
     SubscriptionState => "Subscription-State"; list = false;

@@ -90,6 +90,7 @@ impl FileDirectory {
                 private_id: s.user.clone(),
                 ha1: Some(ha1),
                 public_ids: vec![aor.clone()],
+                implicit_sets: Vec::new(),
                 barred: s.barred,
             });
             dir.by_aor.insert(aor, info.clone());
@@ -169,6 +170,16 @@ impl CacheDirectory {
                 .public_ids
                 .iter()
                 .filter_map(|p| Aor::parse(p.as_bytes()).ok())
+                .collect(),
+            implicit_sets: s
+                .implicit_sets
+                .iter()
+                .map(|set| {
+                    set.public_ids
+                        .iter()
+                        .filter_map(|p| Aor::parse(p.as_bytes()).ok())
+                        .collect()
+                })
                 .collect(),
             barred: s.barring.as_ref().is_some_and(|b| b.barred),
         })

@@ -216,6 +216,7 @@ impl Proxy {
                     aor: aor.clone(),
                     plan,
                     now_ms: now.wall_ms,
+                    aliases: Vec::new(),
                 },
             });
             self.pending.insert(token, Pending::FlowGone { aor });

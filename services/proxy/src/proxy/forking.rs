@@ -122,7 +122,11 @@ impl Proxy {
             // The identity a phone claims is never trusted (RFC 3325 §5:
             // PAI, PPI and Remote-Party-ID go); the one this farm asserts is
             // withheld from a leaf that asked for privacy.
-            let mut strip = Vec::with_capacity(4);
+            let mut strip = Vec::with_capacity(5);
+            if origin.is_phone() || target.called.is_some() {
+                // The farm says which identity was called, no one else.
+                strip.push(HeaderName::PCalledPartyId);
+            }
             if origin.is_phone() {
                 strip.extend([
                     HeaderName::PAssertedIdentity,
@@ -150,6 +154,9 @@ impl Proxy {
                 .filter(|_| !(dest.is_leaf() && privacy_id))
             {
                 w.header(HeaderName::PAssertedIdentity, a);
+            }
+            if let Some(called) = &target.called {
+                w.header(HeaderName::PCalledPartyId, called);
             }
             let out = w.finish(msg.body());
             // Our own writer's output: handed over as bytes, not parsed again.

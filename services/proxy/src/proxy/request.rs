@@ -14,11 +14,23 @@ use ringmesh_sip::{Contact, NameAddr, Uri};
 use super::routing::{self, Routing, Target};
 use super::{ALLOW, Now, Origin, Pending, Proxy, SUPPORTED, transport_of};
 use crate::auth::{Fetched, Found, SubscriberInfo, Verdict};
-use crate::binding::Binding;
+use crate::binding::{Binding, Transport};
 use crate::location::{LocationError, LocationOp};
 use crate::observe::{AuthFailure, Metric, Refusal, Registration};
 use crate::registrar::{self, RegisterPlan, RegistrarError};
-use crate::token::{Dest, Dialog};
+use crate::token::{Dest, Dialog, Purpose};
+
+/// The user part of a Service-Route of this farm begins with this, then
+/// the sealed AOR (never a flow token: it opens for no dialog).
+const SERVICE_ROUTE_PREFIX: &str = "sr.";
+/// The user part of a temporary GRUU begins with this (RFC 5627 §3.2).
+const TEMP_GRUU_PREFIX: &str = "tgruu.";
+
+/// Whether `msg` says it supports the option `tag`.
+fn supports(msg: &Message, tag: &str) -> bool {
+    msg.header_values(HeaderName::Supported)
+        .any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+}
 
 /// The option tags of `values` this node does not support, joined for an
 /// `Unsupported` header; `None` when it supports them all.
@@ -78,19 +90,11 @@ impl Proxy {
         let in_dialog = msg.to_tag().is_some();
         let popped = match self.consume_routes(&msg, origin.flow(), now.secs()) {
             Routing::Toward { popped, dest } if in_dialog || !origin.is_phone() => {
-                let t = Target {
-                    uri: None,
-                    dest,
-                    push_route: None,
-                };
+                let t = Target::hop(dest);
                 return self.proxy_to(server, msg, origin, vec![t], popped, None, now);
             }
             Routing::Member { popped, node } if in_dialog || !origin.is_phone() => {
-                let t = Target {
-                    uri: None,
-                    dest: Dest::Peer(node),
-                    push_route: None,
-                };
+                let t = Target::hop(Dest::Peer(node));
                 return self.proxy_to(server, msg, origin, vec![t], popped, None, now);
             }
             Routing::Toward { .. } | Routing::Member { .. } => {
@@ -134,7 +138,7 @@ impl Proxy {
         if emergency {
             return self.route_emergency(server, msg, origin, popped, now);
         }
-        if !self.me.serves(&ruri) {
+        if ruri.scheme() != Scheme::Tel && !self.me.serves(&ruri) {
             return self.reply(
                 server,
                 &msg,
@@ -168,8 +172,42 @@ impl Proxy {
         // 5. Every out-of-dialog request from a phone is authenticated, and
         // asserts only identities its subscriber owns.
         let mut asserted = None;
+        let service_route = self.service_route(&msg, popped);
+        if service_route == Some(None) {
+            self.refused(Refusal::ServiceRoute);
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(
+                    HeaderName::Warning,
+                    b"399 ringmesh \"forged Service-Route\"",
+                )],
+                now,
+            );
+        }
         if origin.is_phone() && self.auth.is_some() {
             match self.authenticate(server, &msg, origin, true, now) {
+                // A Service-Route names the registration it was issued to:
+                // only that subscriber's requests may follow it.
+                Authn::User(sub)
+                    if service_route
+                        .as_ref()
+                        .and_then(Option::as_ref)
+                        .is_some_and(|aor| !sub.owns(aor)) =>
+                {
+                    self.refused(Refusal::ServiceRoute);
+                    return self.reply(
+                        server,
+                        &msg,
+                        403,
+                        &[(
+                            HeaderName::Warning,
+                            b"399 ringmesh \"the Service-Route was issued to another subscriber\"",
+                        )],
+                        now,
+                    );
+                }
                 Authn::User(sub) => match self.asserted_identity(&msg, &sub) {
                     Ok(a) => asserted = Some(a),
                     Err(warning) => {
@@ -203,7 +241,7 @@ impl Proxy {
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
-        let Ok(aor) = Aor::from_uri(&ruri) else {
+        let Some((aor, _)) = self.callee_of(&ruri) else {
             return self.reply(server, &msg, 480, &[], now);
         };
         let token = self.token();
@@ -342,11 +380,7 @@ impl Proxy {
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
-        let t = Target {
-            uri: None,
-            dest: Dest::Addr { transport, addr },
-            push_route: None,
-        };
+        let t = Target::hop(Dest::Addr { transport, addr });
         self.proxy_to(server, msg, origin, vec![t], popped, None, now);
     }
 
@@ -358,7 +392,7 @@ impl Proxy {
             &[
                 (HeaderName::Allow, ALLOW),
                 (HeaderName::Accept, b"application/sdp"),
-                (HeaderName::Supported, b"outbound, path"),
+                (HeaderName::Supported, super::SUPPORTED_HEADER),
             ],
             now,
         );
@@ -378,8 +412,32 @@ impl Proxy {
         let Ok(aor) = Aor::from_uri(msg.to_hdr().uri()) else {
             return self.reply(server, &msg, 400, &[], now);
         };
-        if origin.is_phone() && self.auth.is_some() {
-            match self.authenticate(server, &msg, origin, false, now) {
+        // Path is what proxies on the way add (RFC 3327): a phone may not
+        // put a hop of its choosing in front of its own contacts.
+        if origin.is_phone() && msg.has_header(HeaderName::Path) {
+            self.refused(Refusal::PathFromPhone);
+            self.registration(Registration::Rejected);
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(
+                    HeaderName::Warning,
+                    b"399 ringmesh \"Path is accepted from trusted front ends only\"",
+                )],
+                now,
+            );
+        }
+        let mut subscriber = None;
+        if self.auth.is_some() {
+            let who = if origin.is_phone() {
+                self.authenticate(server, &msg, origin, false, now)
+            } else {
+                // A front end registers for users it authenticated: who
+                // they are comes from the directory.
+                self.registering_subscriber(server, &msg, &aor, now)
+            };
+            match who {
                 // The authenticated user registers only its own AORs.
                 Authn::User(sub) if !sub.owns(&aor) => {
                     self.auth_failed(AuthFailure::ForbiddenIdentity);
@@ -395,7 +453,12 @@ impl Proxy {
                         now,
                     );
                 }
-                Authn::User(sub) => self.note_user_flow(&sub.private_id, flow),
+                Authn::User(sub) => {
+                    if origin.is_phone() {
+                        self.note_user_flow(&sub.private_id, flow);
+                    }
+                    subscriber = Some(sub);
+                }
                 Authn::Answered => return,
                 Authn::Wait(token) => {
                     self.pending.insert(
@@ -415,10 +478,17 @@ impl Proxy {
             self.registration(Registration::Rejected);
             return self.reply(server, &msg, 403, &[(HeaderName::Warning, warning)], now);
         }
+        // An implicit registration set registers as one: its bindings under
+        // its key, an alias from every other member.
+        let set = subscriber
+            .as_ref()
+            .map_or_else(|| vec![aor.clone()], |s| s.implicit_set(&aor));
+        let key = crate::auth::set_key(&set).cloned().unwrap_or(aor);
+        let aliases: Vec<Aor> = set.into_iter().filter(|a| *a != key).collect();
         let transport = transport_of(&msg);
         let plan = match registrar::plan(
             &msg,
-            &aor,
+            &key,
             &self.registrar,
             registrar::Arrival {
                 flow,
@@ -439,13 +509,58 @@ impl Proxy {
         self.actions.push_back(super::Action::Location {
             token,
             op: LocationOp::Register {
-                aor,
+                aor: key,
                 plan: plan.clone(),
                 now_ms: now.wall_ms,
+                aliases,
             },
         });
-        self.pending
-            .insert(token, Pending::Register { server, msg, plan });
+        self.pending.insert(
+            token,
+            Pending::Register {
+                server,
+                msg,
+                plan,
+                subscriber,
+            },
+        );
+    }
+
+    /// The subscriber a trusted front end registers `aor` for: 403 when
+    /// none owns it or it is barred, 503 when the directory cannot say.
+    fn registering_subscriber(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        aor: &Aor,
+        now: Now,
+    ) -> Authn {
+        let token = self.token();
+        let found = self
+            .auth
+            .as_mut()
+            .expect("checked")
+            .directory
+            .by_public_id(aor, token);
+        let refuse = |p: &mut Self, warning: &'static [u8]| {
+            p.registration(Registration::Rejected);
+            p.reply(server, msg, 403, &[(HeaderName::Warning, warning)], now);
+            Authn::Answered
+        };
+        match found {
+            Found::Ready(Some(sub)) if sub.barred => {
+                self.auth_failed(AuthFailure::Barred);
+                refuse(self, b"399 ringmesh \"barred\"")
+            }
+            Found::Ready(Some(sub)) => Authn::User(sub),
+            Found::Ready(None) => refuse(self, b"399 ringmesh \"not a subscriber\""),
+            Found::Pending => Authn::Wait(token),
+            Found::Unavailable => {
+                self.registration(Registration::Failed);
+                self.reply_unavailable(server, msg, now);
+                Authn::Answered
+            }
+        }
     }
 
     /// A REGISTER's write finished: 200 listing every binding, or why not.
@@ -454,6 +569,7 @@ impl Proxy {
         server: ServerKey,
         msg: Message,
         plan: RegisterPlan,
+        subscriber: Option<Arc<SubscriberInfo>>,
         result: Result<Vec<Binding>, LocationError>,
         now: Now,
     ) {
@@ -462,6 +578,8 @@ impl Proxy {
             Ok(bindings) => {
                 self.registration(Registration::Ok);
                 self.track_outbound(&plan, now);
+                let headers = self.register_headers(&msg, &bindings, subscriber.as_deref(), now);
+                let gruus = |b: &Binding| self.gruus(&msg, b, now);
                 let resp = registrar::ok_response(
                     &msg,
                     &bindings,
@@ -469,6 +587,10 @@ impl Proxy {
                     now.wall_ms,
                     &self.to_tag(&msg),
                     self.registrar.flow_timer,
+                    &registrar::OkExtras {
+                        headers,
+                        contact_params: &gruus,
+                    },
                 );
                 self.respond(server, 200, resp, transport, now);
             }
@@ -494,6 +616,125 @@ impl Proxy {
         }
     }
 
+    /// The headers of a 200 OK to a REGISTER beyond its contacts: the Path
+    /// it carried, when the phone supports it (RFC 3327 §5.3); while it
+    /// has bindings, a Service-Route through the node that took it (RFC
+    /// 3608), sealed for the registered set; and the subscriber's public
+    /// identities, its default one first (RFC 3455 `P-Associated-URI`).
+    fn register_headers(
+        &self,
+        msg: &Message,
+        bindings: &[Binding],
+        subscriber: Option<&SubscriberInfo>,
+        now: Now,
+    ) -> Vec<(HeaderName, Vec<u8>)> {
+        let mut headers = Vec::new();
+        if supports(msg, "path") {
+            for p in msg.header_values(HeaderName::Path) {
+                headers.push((HeaderName::Path, p.to_vec()));
+            }
+        }
+        if let Some(b) = bindings.first() {
+            let t = transport_of(msg);
+            let sealed = self
+                .tokens
+                .seal_for(Purpose::ServiceRoute, &b.aor, now.secs());
+            let tp = match t {
+                Transport::Udp => String::new(),
+                t => format!(
+                    ";transport={}",
+                    if t == Transport::Wss {
+                        "ws"
+                    } else {
+                        t.as_str()
+                    }
+                ),
+            };
+            let route = format!(
+                "<sip:{SERVICE_ROUTE_PREFIX}{sealed}@{}:{}{tp};lr>",
+                self.me.advertise,
+                self.me.port(t)
+            );
+            headers.push((HeaderName::ServiceRoute, route.into_bytes()));
+        }
+        if let Some(sub) = subscriber.filter(|s| !s.public_ids.is_empty()) {
+            let list: Vec<String> = sub.public_ids.iter().map(|a| format!("<{a}>")).collect();
+            headers.push((HeaderName::PAssociatedUri, list.join(", ").into_bytes()));
+        }
+        headers
+    }
+
+    /// The GRUUs (RFC 5627) of a binding listed in the 200 OK to `msg`,
+    /// as Contact parameters: for a contact with an instance, when the
+    /// phone supports GRUU. The public one is the registered AOR with the
+    /// instance as `gr`; the temporary one seals both.
+    fn gruus(&self, msg: &Message, b: &Binding, now: Now) -> Option<String> {
+        let instance = b.instance.as_ref()?;
+        if !supports(msg, "gruu") {
+            return None;
+        }
+        let aor = Aor::from_uri(msg.to_hdr().uri()).ok()?;
+        let urn = instance
+            .strip_prefix(b"<")
+            .and_then(|i| i.strip_suffix(b">"))
+            .unwrap_or(instance);
+        let mut plain = aor.as_bytes().to_vec();
+        plain.push(0);
+        plain.extend_from_slice(instance);
+        let temp = self.tokens.seal_for(Purpose::TempGruu, &plain, now.secs());
+        Some(format!(
+            ";pub-gruu=\"{aor};gr={}\";temp-gruu=\"sip:{TEMP_GRUU_PREFIX}{temp}@{};gr\"",
+            String::from_utf8_lossy(urn),
+            self.me.domain
+        ))
+    }
+
+    /// The AOR a request for `ruri` is routed to, and the instance it must
+    /// reach when `ruri` is a GRUU. A `tel:` URI, or a SIP URI with
+    /// `user=phone`, is the number; `None` for a URI that names no AOR (or
+    /// a temporary GRUU this farm did not issue).
+    pub(super) fn callee_of(&self, ruri: &Uri<'_>) -> Option<(Aor, Option<Bytes>)> {
+        if ruri.param("user") == Some(Some(b"phone")) {
+            let mut tel = b"tel:".to_vec();
+            tel.extend_from_slice(ruri.user()?);
+            return Some((Aor::parse(&tel).ok()?, None));
+        }
+        match ruri.param("gr") {
+            Some(Some(urn)) => {
+                let mut instance = Vec::with_capacity(urn.len() + 2);
+                instance.push(b'<');
+                instance.extend_from_slice(urn);
+                instance.push(b'>');
+                Some((Aor::from_uri(ruri).ok()?, Some(Bytes::from(instance))))
+            }
+            Some(None) => {
+                let sealed = ruri.user()?.strip_prefix(TEMP_GRUU_PREFIX.as_bytes())?;
+                let plain = self.tokens.open_for(Purpose::TempGruu, sealed)?;
+                let at = plain.iter().position(|&c| c == 0)?;
+                let aor = Aor::parse(&plain[..at]).ok()?;
+                Some((aor, Some(Bytes::copy_from_slice(&plain[at + 1..]))))
+            }
+            None => Some((Aor::from_uri(ruri).ok()?, None)),
+        }
+    }
+
+    /// Whether a Route naming this node carries a Service-Route of this
+    /// farm: `None` when none does; `Some(None)` when one is forged;
+    /// `Some(Some(aor))`, the AOR it was issued to.
+    fn service_route(&self, msg: &Message, popped: usize) -> Option<Option<Aor>> {
+        msg.routes().take(popped).find_map(|r| {
+            let sealed = r
+                .uri()
+                .user()?
+                .strip_prefix(SERVICE_ROUTE_PREFIX.as_bytes())?;
+            Some(
+                self.tokens
+                    .open_for(Purpose::ServiceRoute, sealed)
+                    .and_then(|aor| Aor::parse(&aor).ok()),
+            )
+        })
+    }
+
     /// The callee's bindings are known. None: 480, whether or not the
     /// callee exists (nothing tells a subscriber from a stranger). Else
     /// the callee is checked (barred: 403), and the request forwarded.
@@ -506,7 +747,10 @@ impl Proxy {
         asserted: Option<Bytes>,
         now: Now,
     ) {
-        let aor = msg.request_uri().and_then(|u| Aor::from_uri(&u).ok());
+        let aor = msg
+            .request_uri()
+            .and_then(|u| self.callee_of(&u))
+            .map(|(aor, _)| aor);
         let (Some(aor), false) = (aor, bindings.is_empty()) else {
             return self.reply(server, &msg, 480, &[], now);
         };
@@ -567,21 +811,35 @@ impl Proxy {
             Ok(None) => return self.reply(server, &msg, 480, &[], now),
             Ok(Some(_)) | Err(_) => {}
         }
+        // A GRUU reaches its instance and no other (RFC 5627 §5.1).
+        if let Some((_, Some(instance))) = msg.request_uri().and_then(|u| self.callee_of(&u)) {
+            bindings.retain(|b| b.instance.as_ref() == Some(&instance));
+        }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));
         let dialog = Dialog {
             call_id: msg.call_id(),
             caller_tag: msg.from_tag().unwrap_or_default(),
         };
+        // The callee learns which of its identities was called (3GPP
+        // `P-Called-Party-ID`, RFC 3455).
+        let called = Bytes::from([&b"<"[..], msg.request_uri_bytes(), &b">"[..]].concat());
         let targets: Vec<Target> = bindings
             .iter()
             .filter_map(|b| self.binding_target(b, dialog, now.secs()))
+            .map(|t| Target {
+                called: Some(called.clone()),
+                ..t
+            })
             .take(self.policy.max_branches)
             .collect();
         if targets.is_empty() {
             return self.reply(server, &msg, 480, &[], now);
         }
-        self.proxy_to(server, msg, origin, targets, 0, asserted, now);
+        // The Routes that brought it here (a preloaded outbound proxy, a
+        // Service-Route) name this node: they go.
+        let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
+        self.proxy_to(server, msg, origin, targets, ours, asserted, now);
     }
 
     /// Why a REGISTER's contacts are refused: an address that would send

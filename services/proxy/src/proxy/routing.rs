@@ -12,13 +12,27 @@ use super::{BRANCH_PREFIX, Proxy, loop_hash};
 use crate::binding::{Binding, FlowRef, Transport};
 use crate::token::{Dest, Dialog, FlowToken};
 
-/// Where a request goes: a new Request-URI, the next hop, and a Route to
-/// push for that hop (the edge supernode's flow token).
+/// Where a request goes: a new Request-URI, the next hop, Route values to
+/// push for that hop (the edge supernode's flow token, a Path), and the
+/// `P-Called-Party-ID` the callee gets.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     pub uri: Option<Bytes>,
     pub dest: Dest,
     pub push_route: Option<String>,
+    pub called: Option<Bytes>,
+}
+
+impl Target {
+    /// The request as it is, to `dest`.
+    pub fn hop(dest: Dest) -> Target {
+        Target {
+            uri: None,
+            dest,
+            push_route: None,
+            called: None,
+        }
+    }
 }
 
 /// What the Route header says about a request.
@@ -37,6 +51,8 @@ impl Proxy {
     /// node is its edge, else to the edge supernode over the overlay with a
     /// Route carrying the edge's flow token (any supernode can mint it: the
     /// farm shares the token key). Bindings whose edge is down are skipped.
+    /// A binding registered through proxies (Path) gets their Routes after
+    /// the edge's.
     pub(super) fn binding_target(
         &self,
         b: &Binding,
@@ -56,17 +72,26 @@ impl Proxy {
                     dialog,
                     now_secs,
                 );
-                let push_route = Some(format!("<sip:{token}@{sip_addr};lr>"));
+                let mut route = format!("<sip:{token}@{sip_addr};lr>");
+                if let Some(path) = &b.path {
+                    route.push_str(", ");
+                    route.push_str(&String::from_utf8_lossy(path));
+                }
                 Some(Target {
                     uri,
                     dest: Dest::Peer(b.edge),
-                    push_route,
+                    push_route: Some(route),
+                    called: None,
                 })
             }
             _ => self.binding_dest(b).map(|dest| Target {
                 uri,
                 dest,
-                push_route: None,
+                push_route: b
+                    .path
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                called: None,
             }),
         }
     }
@@ -76,6 +101,14 @@ impl Proxy {
     /// to the packet source when the Contact names a private address other
     /// than that source (NAT).
     fn binding_dest(&self, b: &Binding) -> Option<Dest> {
+        // Through the proxy that added the Path: down the flow it
+        // registered over, or to the first Path hop once that is closed.
+        if b.path.is_some() {
+            return match b.flow {
+                FlowRef::Conn { id, .. } if !self.conns.contains(&id) => first_hop(b),
+                _ => Some(Dest::Flow(b.flow)),
+            };
+        }
         if b.use_flow() {
             match b.flow {
                 FlowRef::Conn { id, .. } if self.conns.contains(&id) => {
@@ -238,10 +271,31 @@ fn contact_addr(b: &Binding) -> Option<(Transport, SocketAddr)> {
 /// How a binding's edge reaches it, decided from the binding alone (the
 /// edge checks at send time that the flow still exists).
 fn edge_dest(b: &Binding) -> Option<Dest> {
-    if b.use_flow() {
+    if b.use_flow() || b.path.is_some() {
         return Some(Dest::Flow(b.flow));
     }
     contact_addr(b).map(|(transport, addr)| Dest::Addr { transport, addr })
+}
+
+/// The address of a binding's first Path hop (an IP address: edges
+/// resolve no names).
+fn first_hop(b: &Binding) -> Option<Dest> {
+    let path = b.path.as_ref()?;
+    let first = path.split(|&c| c == b',').next()?;
+    let hop = ringmesh_sip::NameAddr::parse(ringmesh_sip::scan::trim(first)).ok()?;
+    let uri = hop.uri();
+    let ip = uri.host()?.ip()?;
+    let transport = uri
+        .transport()
+        .and_then(Transport::from_token)
+        .unwrap_or(b.transport);
+    let port = uri
+        .port()
+        .unwrap_or(if transport.is_secure() { 5061 } else { 5060 });
+    Some(Dest::Addr {
+        transport,
+        addr: SocketAddr::new(ip, port),
+    })
 }
 
 /// The received top Via with `received` and `rport` filled in

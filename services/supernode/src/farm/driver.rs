@@ -505,7 +505,10 @@ impl Driver {
         {
             seen += 1;
             last = Some(*key);
-            let live = record.live(wall).count();
+            let live = record
+                .live(wall)
+                .filter(|e| ringmesh_proxy::binding::is_binding_id(&e.id))
+                .count();
             if live == 0 {
                 continue;
             }

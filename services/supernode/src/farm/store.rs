@@ -3,7 +3,8 @@
 //! and writes back only the bindings that changed, stamped by this node's
 //! hybrid logical clock strictly after the entries they replace (so CSeq
 //! order within a Call-ID holds and replicas converge). It answers after a
-//! write quorum.
+//! write quorum, and after the aliases of the AOR's implicit set were
+//! written (see `ringmesh_proxy::location`). A lookup follows an alias.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -11,8 +12,12 @@ use std::task::{Context, Poll};
 
 use ringmesh_overlay::{Entry, Key};
 use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts};
-use ringmesh_proxy::location::{Completion, Held, LocationError, LocationOp};
+use ringmesh_proxy::location::{
+    ALIAS_ENTRY_ID, Completion, Held, LocationError, LocationOp, alias_expiry, decode_alias,
+    encode_alias,
+};
 use ringmesh_proxy::registrar::{self, RegisterPlan};
+use ringmesh_sip::aor::Aor;
 use tokio::sync::mpsc;
 
 use super::{Command, EntrySpec, FarmHandle, Reply};
@@ -21,9 +26,35 @@ use crate::location::LocationService;
 
 enum Stage {
     Lookup,
-    RegisterRead { plan: RegisterPlan, now_ms: u64 },
-    RegisterWrite { result: Vec<Binding> },
+    /// The alias was followed: the bindings found under the member's own
+    /// key, with those of the AOR it names to come.
+    LookupAlias {
+        own: Vec<Binding>,
+    },
+    RegisterRead {
+        plan: RegisterPlan,
+        now_ms: u64,
+        aliases: Vec<Aor>,
+    },
+    RegisterWrite {
+        result: Vec<Binding>,
+        aliases: Vec<Aor>,
+    },
+    /// The aliases being written: how many are left, and the first failure.
+    AliasWrites {
+        result: Vec<Binding>,
+        left: usize,
+        failed: Option<String>,
+    },
+    /// One alias write of the REGISTER `parent`.
+    Alias {
+        parent: u64,
+    },
 }
+
+/// Tokens of the store's own overlay operations (alias writes) have this
+/// bit set; the proxy's tokens never do.
+const OWN_TOKEN: u64 = 1 << 63;
 
 /// The farm's [`LocationService`]: bindings live on the ring.
 pub struct OverlayStore {
@@ -33,6 +64,7 @@ pub struct OverlayStore {
     done: VecDeque<Completion>,
     /// Tombstones outlive any binding they remove.
     tombstone_ms: u64,
+    next_own_token: u64,
 }
 
 impl std::fmt::Debug for OverlayStore {
@@ -55,6 +87,7 @@ impl OverlayStore {
             pending: HashMap::new(),
             done: VecDeque::new(),
             tombstone_ms: u64::from(max_expires_secs) * 1000 + 60_000,
+            next_own_token: OWN_TOKEN,
         }
     }
 
@@ -87,29 +120,139 @@ impl OverlayStore {
                 match stage {
                     Stage::Lookup => {
                         let mut list: Vec<Binding> = current.into_iter().map(|(b, _)| b).collect();
-                        registrar::sort_by_preference(&mut list);
-                        self.done.push_back((token, Ok(list)));
+                        match alias_of(&entries, now_ms).map(|a| Self::key_of(&a)) {
+                            Some(target) if target != key => {
+                                self.get(token, target, Stage::LookupAlias { own: list })
+                            }
+                            _ => {
+                                registrar::sort_by_preference(&mut list);
+                                self.done.push_back((token, Ok(list)));
+                            }
+                        }
                     }
-                    Stage::RegisterRead { plan, now_ms } => {
-                        self.register_write(token, key, plan, current, now_ms)
+                    Stage::LookupAlias { mut own } => {
+                        own.extend(current.into_iter().map(|(b, _)| b));
+                        registrar::sort_by_preference(&mut own);
+                        self.done.push_back((token, Ok(own)));
                     }
-                    Stage::RegisterWrite { .. } => {}
+                    Stage::RegisterRead {
+                        plan,
+                        now_ms,
+                        aliases,
+                    } => self.register_write(token, key, plan, current, now_ms, aliases),
+                    _ => {}
                 }
             }
             Reply::Put { token, result } => {
                 let Some((_, stage)) = self.pending.remove(&token) else {
                     return;
                 };
-                if let Stage::RegisterWrite { result: list } = stage {
-                    match result {
-                        Ok(()) => self.done.push_back((token, Ok(list))),
+                let result = result.map_err(|e| e.to_string());
+                match stage {
+                    Stage::RegisterWrite {
+                        result: list,
+                        aliases,
+                    } => match result {
+                        Ok(()) => self.write_aliases(token, list, aliases),
                         Err(e) => self
                             .done
-                            .push_back((token, Err(LocationError::Unavailable(e.to_string())))),
-                    }
+                            .push_back((token, Err(LocationError::Unavailable(e)))),
+                    },
+                    Stage::Alias { parent } => self.alias_written(parent, result.err()),
+                    _ => {}
                 }
             }
         }
+    }
+
+    /// Reads `key` for the operation `token`, at `stage`.
+    fn get(&mut self, token: u64, key: Key, stage: Stage) {
+        if self.farm.cmd.try_send(Command::Get { key, token }).is_err() {
+            return self.fail(token, "overlay queue full".into());
+        }
+        self.pending.insert(token, (key, stage));
+    }
+
+    /// The set's bindings are stored: each other member of the set gets an
+    /// alias naming the AOR they are stored under (none when the set has
+    /// no binding left). The REGISTER is answered once all are written.
+    fn write_aliases(&mut self, token: u64, result: Vec<Binding>, aliases: Vec<Aor>) {
+        let (Some(expires_at_ms), false, Some(target)) = (
+            alias_expiry(&result),
+            aliases.is_empty(),
+            result.first().and_then(|b| Aor::parse(&b.aor).ok()),
+        ) else {
+            return self.done.push_back((token, Ok(result)));
+        };
+        let value = encode_alias(&target);
+        let mut left = 0;
+        let mut failed = None;
+        for alias in &aliases {
+            let own = self.next_own_token;
+            self.next_own_token += 1;
+            let put = Command::Put {
+                key: Self::key_of(alias),
+                entries: vec![EntrySpec {
+                    id: bytes::Bytes::from_static(ALIAS_ENTRY_ID),
+                    value: Some(value.clone()),
+                    expires_at_ms,
+                    floor: None,
+                }],
+                token: own,
+            };
+            if self.farm.cmd.try_send(put).is_err() {
+                failed = Some("overlay queue full".to_string());
+                break;
+            }
+            self.pending
+                .insert(own, (Self::key_of(alias), Stage::Alias { parent: token }));
+            left += 1;
+        }
+        self.pending.insert(
+            token,
+            (
+                Self::key_of(&target),
+                Stage::AliasWrites {
+                    result,
+                    left,
+                    failed,
+                },
+            ),
+        );
+        self.finish_aliases(token);
+    }
+
+    /// One alias write of `parent` finished.
+    fn alias_written(&mut self, parent: u64, error: Option<String>) {
+        if let Some((_, Stage::AliasWrites { left, failed, .. })) = self.pending.get_mut(&parent) {
+            *left -= 1;
+            if let Some(e) = error {
+                failed.get_or_insert(format!("an alias of the implicit set was not written: {e}"));
+            }
+        }
+        self.finish_aliases(parent);
+    }
+
+    /// Answers the REGISTER `parent` once none of its alias writes is
+    /// outstanding: with its bindings, or 503 if one failed.
+    fn finish_aliases(&mut self, parent: u64) {
+        if !matches!(
+            self.pending.get(&parent),
+            Some((_, Stage::AliasWrites { left: 0, .. }))
+        ) {
+            return;
+        }
+        let Some((_, Stage::AliasWrites { result, failed, .. })) = self.pending.remove(&parent)
+        else {
+            return;
+        };
+        self.done.push_back((
+            parent,
+            match failed {
+                None => Ok(result),
+                Some(why) => Err(LocationError::Unavailable(why)),
+            },
+        ));
     }
 
     /// Applies the plan to what the ring holds and writes the difference.
@@ -120,6 +263,7 @@ impl OverlayStore {
         plan: RegisterPlan,
         current: Vec<(Binding, u64)>,
         now_ms: u64,
+        aliases: Vec<Aor>,
     ) {
         let before: HashMap<BindingKey, (Binding, u64)> = current
             .iter()
@@ -160,7 +304,7 @@ impl OverlayStore {
         }
         registrar::sort_by_preference(&mut after);
         if specs.is_empty() {
-            return self.done.push_back((token, Ok(after)));
+            return self.write_aliases(token, after, aliases);
         }
         if self
             .farm
@@ -174,8 +318,16 @@ impl OverlayStore {
         {
             return self.fail(token, "overlay queue full".into());
         }
-        self.pending
-            .insert(token, (key, Stage::RegisterWrite { result: after }));
+        self.pending.insert(
+            token,
+            (
+                key,
+                Stage::RegisterWrite {
+                    result: after,
+                    aliases,
+                },
+            ),
+        );
     }
 }
 
@@ -193,6 +345,14 @@ pub fn binding_of(e: &Entry) -> Option<Binding> {
     )
 }
 
+/// The AOR a record's live alias names, if it has one.
+fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
+    entries
+        .iter()
+        .find(|e| e.is_live(now_ms) && &e.id[..] == ALIAS_ENTRY_ID)
+        .and_then(|e| decode_alias(&e.value))
+}
+
 /// The live bindings in a record's entries, each with its entry's HLC.
 fn decode_live(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
     entries
@@ -205,18 +365,22 @@ fn decode_live(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
 impl LocationService for OverlayStore {
     fn submit(&mut self, op: LocationOp, token: u64) {
         let (key, stage) = match op {
-            LocationOp::Register { aor, plan, now_ms } => {
-                (Self::key_of(&aor), Stage::RegisterRead { plan, now_ms })
-            }
+            LocationOp::Register {
+                aor,
+                plan,
+                now_ms,
+                aliases,
+            } => (
+                Self::key_of(&aor),
+                Stage::RegisterRead {
+                    plan,
+                    now_ms,
+                    aliases,
+                },
+            ),
             LocationOp::Lookup { aor, .. } => (Self::key_of(&aor), Stage::Lookup),
         };
-        if self.farm.cmd.try_send(Command::Get { key, token }).is_err() {
-            return self.done.push_back((
-                token,
-                Err(LocationError::Unavailable("overlay queue full".into())),
-            ));
-        }
-        self.pending.insert(token, (key, stage));
+        self.get(token, key, stage);
     }
 
     fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {

@@ -60,7 +60,7 @@ fn options_to_the_node_lists_what_it_supports() {
     assert_eq!(r.status(), Some(200));
     assert_eq!(
         header(&r, HeaderName::Supported).as_deref(),
-        Some("outbound, path")
+        Some("outbound, path, gruu")
     );
     assert_eq!(
         header(&r, HeaderName::Accept).as_deref(),

@@ -7,6 +7,7 @@ mod auth;
 mod checks;
 mod flows;
 mod forking;
+mod ims;
 mod policy;
 mod registrar;
 mod routing;
@@ -116,8 +117,9 @@ pub enum DirMode {
     Unavailable,
 }
 
-/// Subscribers alice, bob, carol (barred) and dave (owns alice-alias too),
-/// each with password "secret".
+/// Subscribers alice, bob, carol (barred), dave (owns dave-alias too) and
+/// erin (sip:erin and tel:+15550100 in one implicit registration set, and
+/// sip:erin-work on its own), each with password "secret".
 #[derive(Debug, Clone)]
 pub struct TestDirectory {
     by_user: Arc<Mutex<HashMap<String, Arc<SubscriberInfo>>>>,
@@ -150,10 +152,29 @@ impl TestDirectory {
                     private_id: user.to_string(),
                     ha1: Some(Ha1::compute(user.as_bytes(), DOMAIN.as_bytes(), b"secret")),
                     public_ids,
+                    implicit_sets: Vec::new(),
                     barred,
                 }),
             );
         }
+        let erin: Vec<Aor> = [
+            "sip:erin@ringmesh.test",
+            "tel:+15550100",
+            "sip:erin-work@ringmesh.test",
+        ]
+        .iter()
+        .map(|a| Aor::parse(a.as_bytes()).unwrap())
+        .collect();
+        by_user.insert(
+            "erin".to_string(),
+            Arc::new(SubscriberInfo {
+                private_id: "erin".to_string(),
+                ha1: Some(Ha1::compute(b"erin", DOMAIN.as_bytes(), b"secret")),
+                implicit_sets: vec![erin[..2].to_vec()],
+                public_ids: erin,
+                barred: false,
+            }),
+        );
         TestDirectory {
             by_user: Arc::new(Mutex::new(by_user)),
             mode: Arc::new(Mutex::new(DirMode::Ready)),
@@ -184,6 +205,7 @@ impl TestDirectory {
             private_id: old.private_id.clone(),
             ha1: old.ha1.clone(),
             public_ids: old.public_ids.clone(),
+            implicit_sets: old.implicit_sets.clone(),
             barred,
         };
         by_user.insert(user.to_string(), Arc::new(new));

@@ -105,17 +105,17 @@ fn expiry_limits_423_below_the_minimum_and_capped_at_the_maximum() {
 fn a_required_extension_the_registrar_lacks_gets_420() {
     let mut h = Harness::open();
     let text = r("c1", 1, "<sip:alice@192.0.2.1:5060>", 600)
-        .replace("Content-Length: 0", "Require: gruu\nContent-Length: 0");
+        .replace("Content-Length: 0", "Require: sec-agree\nContent-Length: 0");
     let resp = reg(&mut h, &text);
     assert_eq!(resp.status(), Some(420));
     assert_eq!(
         header(&resp, HeaderName::Unsupported).as_deref(),
-        Some("gruu")
+        Some("sec-agree")
     );
-    // outbound and path are supported.
+    // outbound, path and gruu are supported.
     let text = r("c2", 1, "<sip:alice@192.0.2.1:5060>", 600).replace(
         "Content-Length: 0",
-        "Require: outbound, path\nContent-Length: 0",
+        "Require: outbound, path, gruu\nContent-Length: 0",
     );
     assert_eq!(reg(&mut h, &text).status(), Some(200));
 }
