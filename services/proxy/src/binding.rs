@@ -203,7 +203,7 @@ pub(crate) fn put_varint(b: &mut Vec<u8>, mut v: u64) {
     b.push(v as u8);
 }
 
-fn put_text(b: &mut Vec<u8>, v: &[u8]) {
+pub(crate) fn put_text(b: &mut Vec<u8>, v: &[u8]) {
     let v = &v[..v.len().min(u16::MAX as usize)];
     put_varint(b, v.len() as u64);
     b.extend_from_slice(v);
@@ -240,7 +240,7 @@ pub(crate) fn get_array<const N: usize>(buf: &mut impl Buf) -> Option<[u8; N]> {
 }
 
 /// A length-prefixed text (what [`put_text`] writes).
-fn get_text<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+pub(crate) fn get_text<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let n = get_varint(buf)?;
     if n > u64::from(u16::MAX) {
         return None;

@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`proxy`] | [`Proxy`]: the state machine; its inputs, [`Action`]s and rules |
 //! | [`registrar`] | RFC 3261 §10.3 and RFC 5626 §6 REGISTER rules as plain functions |
+//! | [`subscription`] | farm-wide subscriptions as records, and reg event documents |
 //! | [`binding`] | [`Binding`], [`FlowRef`], [`Transport`] and their encodings |
 //! | [`location`] | location operations, and the node-local [`LocalStore`] |
 //! | [`auth`] | digest authentication against a subscriber [`Directory`] |
@@ -33,13 +34,14 @@ pub mod location;
 pub mod observe;
 pub mod proxy;
 pub mod registrar;
+pub mod subscription;
 pub mod token;
 pub mod trust;
 
 pub use addresses::Me;
 pub use auth::{Auth, Directory, SubscriberInfo};
 pub use binding::{Binding, FlowRef, Transport};
-pub use location::{LocalStore, LocationError, LocationOp};
+pub use location::{LocalStore, Located, LocationError, LocationOp};
 pub use observe::{Metric, Observer};
 pub use proxy::{
     Action, Config, Load, Members, Now, Policy, Proxy, SubscriberChange, is_emergency,

@@ -23,6 +23,7 @@ use ringmesh_sip::aor::Aor;
 
 use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
 use crate::registrar::{self, RegisterPlan, RegistrarError};
+use crate::subscription::Subscription;
 
 /// What a location operation asks for.
 #[derive(Debug, Clone)]
@@ -39,6 +40,51 @@ pub enum LocationOp {
     },
     /// Read the live bindings of an AOR (through its alias, if it has one).
     Lookup { aor: Aor, now_ms: u64 },
+    /// Read what a watched AOR holds: its own bindings and its
+    /// subscriptions.
+    Watch { aor: Aor, now_ms: u64 },
+    /// Store a subscription of `aor`; with `remove`, end it.
+    Subscription {
+        aor: Aor,
+        sub: Box<Subscription>,
+        remove: bool,
+    },
+}
+
+/// What a location operation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    /// The AOR's live bindings, best first; after a `Register`, `watched`
+    /// says whether the AOR has subscriptions to tell of the change.
+    Bindings {
+        bindings: Vec<Binding>,
+        watched: bool,
+    },
+    /// A `Watch`: the AOR's live bindings and its subscriptions.
+    Watched {
+        bindings: Vec<Binding>,
+        subscriptions: Vec<Subscription>,
+    },
+    /// A subscription was stored.
+    Stored,
+}
+
+impl Located {
+    /// The bindings found (none for a stored subscription).
+    pub fn into_bindings(self) -> Vec<Binding> {
+        match self {
+            Located::Bindings { bindings, .. } | Located::Watched { bindings, .. } => bindings,
+            Located::Stored => Vec::new(),
+        }
+    }
+
+    /// Bindings that tell no watcher.
+    pub fn bindings(bindings: Vec<Binding>) -> Located {
+        Located::Bindings {
+            bindings,
+            watched: false,
+        }
+    }
 }
 
 /// The overlay entry id of an AOR's alias (bindings' ids start with `i`
@@ -63,6 +109,10 @@ pub fn decode_alias(value: &[u8]) -> Option<Aor> {
     }
 }
 
+/// How long a subscription's record outlives its expiry: long enough for
+/// the notifier to send the NOTIFY that ends it.
+pub const WATCH_GRACE_MS: u64 = 60_000;
+
 /// When an alias written for `bindings` expires: with the longest of them.
 pub fn alias_expiry(bindings: &[Binding]) -> Option<u64> {
     bindings.iter().map(|b| b.expires_at_ms).max()
@@ -78,7 +128,7 @@ pub enum LocationError {
 }
 
 /// A finished operation: the token it was submitted with and its outcome.
-pub type Completion = (u64, Result<Vec<Binding>, LocationError>);
+pub type Completion = (u64, Result<Located, LocationError>);
 
 /// Counts of what a node holds: AORs, and bindings for which it is the
 /// primary replica or a secondary one.
@@ -156,6 +206,8 @@ pub struct LocalStore {
     records: BTreeMap<u64, Stored>,
     /// Aliases of implicit-set members: the AOR named, and until when.
     aliases: HashMap<Aor, (Aor, u64)>,
+    /// Subscriptions, by the AOR they watch.
+    subscriptions: HashMap<Aor, Vec<Subscription>>,
     hasher: std::hash::RandomState,
     aors: usize,
     bindings: usize,
@@ -168,6 +220,7 @@ impl Default for LocalStore {
         LocalStore {
             records: BTreeMap::new(),
             aliases: HashMap::new(),
+            subscriptions: HashMap::new(),
             hasher: std::hash::RandomState::new(),
             aors: 0,
             bindings: 0,
@@ -259,7 +312,7 @@ impl LocalStore {
 
 impl LocalStore {
     /// Carries out one operation.
-    pub fn execute(&mut self, op: LocationOp) -> Result<Vec<Binding>, LocationError> {
+    pub fn execute(&mut self, op: LocationOp) -> Result<Located, LocationError> {
         match op {
             LocationOp::Register {
                 aor,
@@ -273,9 +326,36 @@ impl LocalStore {
                         self.aliases.insert(alias, (aor.clone(), until));
                     }
                 }
-                Ok(live)
+                Ok(Located::Bindings {
+                    bindings: live,
+                    watched: self.subscriptions.contains_key(&aor),
+                })
             }
-            LocationOp::Lookup { aor, now_ms } => Ok(self.lookup(&aor, now_ms)),
+            LocationOp::Lookup { aor, now_ms } => Ok(Located::bindings(self.lookup(&aor, now_ms))),
+            LocationOp::Watch { aor, now_ms } => Ok(Located::Watched {
+                bindings: self.lookup_own(&aor, now_ms),
+                subscriptions: self
+                    .subscriptions
+                    .get(&aor)
+                    .map(|l| {
+                        l.iter()
+                            .filter(|s| s.expires_at_ms + WATCH_GRACE_MS > now_ms)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            LocationOp::Subscription { aor, sub, remove } => {
+                let list = self.subscriptions.entry(aor.clone()).or_default();
+                list.retain(|s| s.id != sub.id);
+                if !remove {
+                    list.push(*sub);
+                }
+                if list.is_empty() {
+                    self.subscriptions.remove(&aor);
+                }
+                Ok(Located::Stored)
+            }
         }
     }
 
@@ -283,6 +363,10 @@ impl LocalStore {
     /// range of keys; the whole table every `SWEEP_PARTS` calls).
     pub fn expire(&mut self, now_ms: u64) {
         self.aliases.retain(|_, (_, until)| *until > now_ms);
+        self.subscriptions.retain(|_, list| {
+            list.retain(|s| s.expires_at_ms + WATCH_GRACE_MS > now_ms);
+            !list.is_empty()
+        });
         let now_s = now_ms / 1000;
         let (mut bindings, mut aors) = (0usize, 0usize);
         let share = u64::MAX / SWEEP_PARTS as u64;
@@ -351,7 +435,7 @@ mod tests {
     }
 
     fn run(store: &mut LocalStore, op: LocationOp) -> Result<Vec<Binding>, LocationError> {
-        store.execute(op)
+        store.execute(op).map(Located::into_bindings)
     }
 
     #[test]

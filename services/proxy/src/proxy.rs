@@ -38,6 +38,7 @@
 mod flows;
 mod forking;
 mod guarding;
+mod notifier;
 mod request;
 mod routing;
 mod stateless;
@@ -62,7 +63,7 @@ use crate::addresses::Me;
 use crate::auth::{Auth, Fetched};
 use crate::binding::{FlowRef, Transport};
 use crate::guard::{Guard, GuardConfig};
-use crate::location::{Completion, LocationOp};
+use crate::location::{Completion, Located, LocationOp};
 use crate::observe::{AuthFailure, Metric, Observer, Refusal};
 use crate::registrar::{RegisterPlan, RegistrarConfig};
 use crate::token::{Dest, TokenKeys};
@@ -251,6 +252,8 @@ enum Pending {
     Register {
         server: ServerKey,
         msg: Message,
+        /// The AOR the bindings are stored under.
+        key: ringmesh_sip::aor::Aor,
         plan: RegisterPlan,
         /// Who registers, when the farm authenticates: what the 200 OK
         /// lists as associated identities.
@@ -280,6 +283,28 @@ enum Pending {
     Purge { aor: ringmesh_sip::aor::Aor },
     /// The binding of an outbound flow that failed being removed.
     FlowGone { aor: ringmesh_sip::aor::Aor },
+    /// A new or refreshed subscription being stored.
+    Subscribed {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+        sub: crate::subscription::Subscription,
+    },
+    /// An in-dialog SUBSCRIBE waiting for its subscription's record.
+    Resubscribe {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+        id: [u8; 16],
+    },
+    /// A watched record being read by its notifier.
+    Evaluate { aor: ringmesh_sip::aor::Aor },
+    /// A subscription's next state being stored before its NOTIFY goes.
+    Notify {
+        aor: ringmesh_sip::aor::Aor,
+        sub: crate::subscription::Subscription,
+        notify: Option<(Bytes, String, Dest)>,
+    },
 }
 
 /// The registrar and proxy of one supernode.
@@ -313,6 +338,8 @@ pub struct Proxy {
     register_started: IdMap<ServerKey, Instant>,
     /// Out-of-dialog INVITEs from leaves awaiting their final response.
     leaf_invites: IdSet<ServerKey>,
+    /// The notifier's bookkeeping (`notifier`).
+    watching: notifier::Watching,
     next_token: u64,
     branch_counter: u64,
     registrar: RegistrarConfig,
@@ -374,6 +401,7 @@ impl Proxy {
             cancelled_pending: IdSet::default(),
             register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             leaf_invites: IdSet::default(),
+            watching: notifier::Watching::default(),
             next_token: 1,
             branch_counter: cfg.branch_seed,
             registrar: cfg.registrar,
@@ -408,13 +436,22 @@ impl Proxy {
 
     /// A location operation of [`Action::Location`] finished.
     pub fn handle_location(&mut self, (token, result): Completion, now: Now) {
+        // A change to a watched record is told to the record's notifier.
+        let watched = matches!(result, Ok(Located::Bindings { watched: true, .. }));
         match self.pending.remove(&token) {
             Some(Pending::Register {
                 server,
                 msg,
+                key,
                 plan,
                 subscriber,
-            }) => self.registered(server, msg, plan, subscriber, result, now),
+            }) => {
+                let result = result.map(Located::into_bindings);
+                self.registered(server, msg, plan, subscriber, result, now);
+                if watched {
+                    self.changed(key, now);
+                }
+            }
             Some(Pending::Route {
                 server,
                 msg,
@@ -425,9 +462,14 @@ impl Proxy {
                     self.reply(server, &msg, 487, &[], now);
                 } else {
                     match result {
-                        Ok(bindings) => {
-                            self.route_to_bindings(server, msg, origin, bindings, asserted, now)
-                        }
+                        Ok(found) => self.route_to_bindings(
+                            server,
+                            msg,
+                            origin,
+                            found.into_bindings(),
+                            asserted,
+                            now,
+                        ),
                         Err(e) => {
                             tracing::warn!(error = %e, "location lookup failed");
                             self.reply_unavailable(server, &msg, now);
@@ -436,19 +478,43 @@ impl Proxy {
                 }
             }
             Some(Pending::FlowGone { aor }) => match result {
-                Ok(_) => tracing::info!(%aor, "the binding of a failed outbound flow removed"),
+                Ok(_) => {
+                    tracing::info!(%aor, "the binding of a failed outbound flow removed");
+                    if watched {
+                        self.changed(aor, now);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%aor, error = %e, "cannot remove the binding of a failed outbound flow; it expires on its own")
                 }
             },
             Some(Pending::Purge { aor }) => match result {
                 Ok(_) => {
-                    tracing::info!(%aor, "bindings removed: the subscriber is barred or deleted")
+                    tracing::info!(%aor, "bindings or a subscription removed");
+                    if watched {
+                        self.changed(aor, now);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(%aor, error = %e, "cannot remove the bindings of a barred or deleted subscriber; they expire on their own")
+                    tracing::warn!(%aor, error = %e, "cannot remove bindings or a subscription; they expire on their own")
                 }
             },
+            Some(Pending::Subscribed {
+                server,
+                msg,
+                aor,
+                sub,
+            }) => self.subscribed(server, msg, aor, sub, result, now),
+            Some(Pending::Resubscribe {
+                server,
+                msg,
+                aor,
+                id,
+            }) => self.resubscribe(server, msg, aor, id, result, now),
+            Some(Pending::Evaluate { aor }) => self.evaluated(aor, result, now),
+            Some(Pending::Notify { aor, sub, notify }) => {
+                self.notify_stored(aor, sub, notify, result, now)
+            }
             Some(other) => {
                 self.pending.insert(token, other);
             }
@@ -535,6 +601,7 @@ impl Proxy {
             self.guard.expire(now.wall_ms);
         }
         self.sweep_silent_flows(now);
+        self.watch_timers(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -548,7 +615,10 @@ impl Proxy {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.txl.poll_timeout()
+        match (self.txl.poll_timeout(), self.watching.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn load(&self) -> Load {
@@ -621,6 +691,7 @@ impl Proxy {
             Event::ServerTimeout { .. } => {}
             Event::Terminated(TransactionKey::Client(c)) => {
                 self.client_to_server.remove(&c);
+                self.notifier_forget(&c);
             }
             Event::Terminated(TransactionKey::Server(s)) => {
                 if let Some(ctx) = self.proxies.remove(&s) {

@@ -332,6 +332,9 @@ pub enum Purpose {
     TempGruu,
     /// A Service-Route (RFC 3608): the AOR it was issued to.
     ServiceRoute,
+    /// The farm's Contact in a subscription dialog: the resource and the
+    /// subscription's id.
+    Subscription,
 }
 
 impl Purpose {
@@ -339,6 +342,7 @@ impl Purpose {
         match self {
             Purpose::TempGruu => b"ringmesh temporary gruu v1",
             Purpose::ServiceRoute => b"ringmesh service route v1",
+            Purpose::Subscription => b"ringmesh subscription v1",
         }
     }
 }

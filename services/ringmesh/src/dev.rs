@@ -941,6 +941,15 @@ fn getrandom(buf: &mut [u8]) {
     }
 }
 
+/// The number a demo subscriber owns beside its SIP identity.
+fn demo_number(user: &str) -> Option<&'static str> {
+    match user {
+        "alice" => Some("tel:+15550100"),
+        "bob" => Some("tel:+15550101"),
+        _ => None,
+    }
+}
+
 /// Creates the demo subscribers through the provisioning API (an existing
 /// one gets the password again).
 async fn create_subscribers(
@@ -967,9 +976,20 @@ async fn create_subscribers(
             let password = args.password.clone();
             let domain = args.domain.clone();
             async move {
+                // alice and bob also own a number, in one implicit
+                // registration set with their SIP identity (IMS style).
+                let mut public_ids = vec![format!("sip:{user}@{domain}")];
+                let mut implicit_sets = Vec::new();
+                if let Some(number) = demo_number(user) {
+                    public_ids.push(number.to_string());
+                    implicit_sets.push(pb::ImplicitSet {
+                        public_ids: public_ids.clone(),
+                    });
+                }
                 let sub = pb::Subscriber {
                     private_id: user.clone(),
-                    public_ids: vec![format!("sip:{user}@{domain}")],
+                    public_ids,
+                    implicit_sets,
                     ..Default::default()
                 };
                 match c
@@ -1026,6 +1046,9 @@ fn print_welcome(args: &DevArgs, nodes: &[Node], ca: &Path, softphone: Option<&s
         println!(
             "  user / password            : alice / {}  (realm {})",
             args.password, args.domain
+        );
+        println!(
+            "  numbers                    : tel:+15550100 rings alice, tel:+15550101 bob (implicit sets)"
         );
     }
     println!(

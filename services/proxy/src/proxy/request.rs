@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ringmesh_sip::{Contact, NameAddr, Uri};
 
+use super::notifier;
 use super::routing::{self, Routing, Target};
 use super::{ALLOW, Now, Origin, Pending, Proxy, SUPPORTED, transport_of};
 use crate::auth::{Fetched, Found, SubscriberInfo, Verdict};
@@ -48,7 +49,9 @@ fn unsupported<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
 impl Proxy {
     /// A new request from a phone, a trusted element or another supernode.
     pub(super) fn on_request(&mut self, server: ServerKey, msg: Message, origin: Origin, now: Now) {
-        if origin == Origin::Peer && self.on_guard_message(&msg, now) {
+        if origin == Origin::Peer
+            && (self.on_guard_message(&msg, now) || self.on_watch_message(&msg, now))
+        {
             return self.reply(server, &msg, 200, &[], now);
         }
         // 1. Checks that depend on nothing but the message (§16.3).
@@ -151,8 +154,12 @@ impl Proxy {
             );
         }
 
-        // 4. A dialog this farm holds has a flow token of ours; anything
-        // else that claims one is not ours to route.
+        // 4. A dialog this farm holds has a flow token of ours, or is a
+        // subscription of the farm's (its Contact names it); anything else
+        // that claims one is not ours to route.
+        if let Some(target) = self.subscription_of(&msg) {
+            return self.in_subscription(server, msg, target, now);
+        }
         if in_dialog {
             self.refused(Refusal::NotInDialog);
             return self.reply(server, &msg, 481, &[], now);
@@ -167,6 +174,10 @@ impl Proxy {
                 Method::Options => self.answer_options(server, &msg, now),
                 _ => self.reply(server, &msg, 404, &[], now),
             };
+        }
+
+        if *msg.method() == Method::Subscribe && notifier::is_reg_event(&msg) {
+            return self.on_reg_subscribe(server, msg, origin, now);
         }
 
         // 5. Every out-of-dialog request from a phone is authenticated, and
@@ -435,7 +446,7 @@ impl Proxy {
             } else {
                 // A front end registers for users it authenticated: who
                 // they are comes from the directory.
-                self.registering_subscriber(server, &msg, &aor, now)
+                self.subscriber_for(server, &msg, &aor, now)
             };
             match who {
                 // The authenticated user registers only its own AORs.
@@ -509,7 +520,7 @@ impl Proxy {
         self.actions.push_back(super::Action::Location {
             token,
             op: LocationOp::Register {
-                aor: key,
+                aor: key.clone(),
                 plan: plan.clone(),
                 now_ms: now.wall_ms,
                 aliases,
@@ -520,21 +531,18 @@ impl Proxy {
             Pending::Register {
                 server,
                 msg,
+                key,
                 plan,
                 subscriber,
             },
         );
     }
 
-    /// The subscriber a trusted front end registers `aor` for: 403 when
-    /// none owns it or it is barred, 503 when the directory cannot say.
-    fn registering_subscriber(
-        &mut self,
-        server: ServerKey,
-        msg: &Message,
-        aor: &Aor,
-        now: Now,
-    ) -> Authn {
+    /// The subscriber a trusted element registers (or watches) `aor` for:
+    /// 403 when none owns it or it is barred, 503 when the directory cannot
+    /// say.
+    fn subscriber_for(&mut self, server: ServerKey, msg: &Message, aor: &Aor, now: Now) -> Authn {
+        let registering = *msg.method() == Method::Register;
         let token = self.token();
         let found = self
             .auth
@@ -543,7 +551,9 @@ impl Proxy {
             .directory
             .by_public_id(aor, token);
         let refuse = |p: &mut Self, warning: &'static [u8]| {
-            p.registration(Registration::Rejected);
+            if registering {
+                p.registration(Registration::Rejected);
+            }
             p.reply(server, msg, 403, &[(HeaderName::Warning, warning)], now);
             Authn::Answered
         };
@@ -556,11 +566,65 @@ impl Proxy {
             Found::Ready(None) => refuse(self, b"399 ringmesh \"not a subscriber\""),
             Found::Pending => Authn::Wait(token),
             Found::Unavailable => {
-                self.registration(Registration::Failed);
+                if registering {
+                    self.registration(Registration::Failed);
+                }
                 self.reply_unavailable(server, msg, now);
                 Authn::Answered
             }
         }
+    }
+
+    /// An out-of-dialog SUBSCRIBE to the reg event of the AOR its
+    /// Request-URI names. A phone may watch only its own identities; a
+    /// trusted element (a front end, an application server) any
+    /// subscriber's. The subscription watches the AOR the bindings are
+    /// stored under (its implicit set's key).
+    fn on_reg_subscribe(&mut self, server: ServerKey, msg: Message, origin: Origin, now: Now) {
+        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
+            return self.reply(server, &msg, 404, &[], now);
+        };
+        let mut resource = aor.clone();
+        if self.auth.is_some() {
+            let who = if origin.is_phone() {
+                self.authenticate(server, &msg, origin, true, now)
+            } else {
+                self.subscriber_for(server, &msg, &aor, now)
+            };
+            match who {
+                Authn::User(sub) if origin.is_phone() && !sub.owns(&aor) => {
+                    self.auth_failed(AuthFailure::ForbiddenIdentity);
+                    return self.reply(
+                        server,
+                        &msg,
+                        403,
+                        &[(
+                            HeaderName::Warning,
+                            b"399 ringmesh \"a phone may watch only its own registrations\"",
+                        )],
+                        now,
+                    );
+                }
+                Authn::User(sub) => {
+                    if let Some(key) = crate::auth::set_key(&sub.implicit_set(&aor)) {
+                        resource = key.clone();
+                    }
+                }
+                Authn::Answered => return,
+                Authn::Wait(token) => {
+                    self.pending.insert(
+                        token,
+                        Pending::Auth {
+                            server,
+                            msg,
+                            origin,
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        self.subscribe(server, msg, origin, resource, now);
     }
 
     /// A REGISTER's write finished: 200 listing every binding, or why not.

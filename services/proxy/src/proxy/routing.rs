@@ -100,7 +100,7 @@ impl Proxy {
     /// over a connection or with RFC 5626 outbound; else to its Contact, or
     /// to the packet source when the Contact names a private address other
     /// than that source (NAT).
-    fn binding_dest(&self, b: &Binding) -> Option<Dest> {
+    pub(super) fn binding_dest(&self, b: &Binding) -> Option<Dest> {
         // Through the proxy that added the Path: down the flow it
         // registered over, or to the first Path hop once that is closed.
         if b.path.is_some() {

@@ -13,10 +13,11 @@ use std::task::{Context, Poll};
 use ringmesh_overlay::{Entry, Key};
 use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts};
 use ringmesh_proxy::location::{
-    ALIAS_ENTRY_ID, Completion, Held, LocationError, LocationOp, alias_expiry, decode_alias,
-    encode_alias,
+    ALIAS_ENTRY_ID, Completion, Held, Located, LocationError, LocationOp, WATCH_GRACE_MS,
+    alias_expiry, decode_alias, encode_alias,
 };
 use ringmesh_proxy::registrar::{self, RegisterPlan};
+use ringmesh_proxy::subscription::{Subscription, is_watch_id};
 use ringmesh_sip::aor::Aor;
 use tokio::sync::mpsc;
 
@@ -39,13 +40,19 @@ enum Stage {
     RegisterWrite {
         result: Vec<Binding>,
         aliases: Vec<Aor>,
+        watched: bool,
     },
     /// The aliases being written: how many are left, and the first failure.
     AliasWrites {
         result: Vec<Binding>,
         left: usize,
         failed: Option<String>,
+        watched: bool,
     },
+    /// A watched record being read.
+    Watch,
+    /// A subscription being written.
+    SubscriptionWrite,
     /// One alias write of the REGISTER `parent`.
     Alias {
         parent: u64,
@@ -126,20 +133,36 @@ impl OverlayStore {
                             }
                             _ => {
                                 registrar::sort_by_preference(&mut list);
-                                self.done.push_back((token, Ok(list)));
+                                self.done.push_back((token, Ok(Located::bindings(list))));
                             }
                         }
                     }
                     Stage::LookupAlias { mut own } => {
                         own.extend(current.into_iter().map(|(b, _)| b));
                         registrar::sort_by_preference(&mut own);
-                        self.done.push_back((token, Ok(own)));
+                        self.done.push_back((token, Ok(Located::bindings(own))));
                     }
                     Stage::RegisterRead {
                         plan,
                         now_ms,
                         aliases,
-                    } => self.register_write(token, key, plan, current, now_ms, aliases),
+                    } => {
+                        let watched = !subscriptions_of(&entries, now_ms).is_empty();
+                        self.register_write(token, key, plan, current, now_ms, aliases, watched)
+                    }
+                    Stage::Watch => {
+                        let mut bindings: Vec<Binding> =
+                            current.into_iter().map(|(b, _)| b).collect();
+                        registrar::sort_by_preference(&mut bindings);
+                        let subscriptions = subscriptions_of(&entries, now_ms);
+                        self.done.push_back((
+                            token,
+                            Ok(Located::Watched {
+                                bindings,
+                                subscriptions,
+                            }),
+                        ));
+                    }
                     _ => {}
                 }
             }
@@ -152,17 +175,47 @@ impl OverlayStore {
                     Stage::RegisterWrite {
                         result: list,
                         aliases,
+                        watched,
                     } => match result {
-                        Ok(()) => self.write_aliases(token, list, aliases),
+                        Ok(()) => self.write_aliases(token, list, aliases, watched),
                         Err(e) => self
                             .done
                             .push_back((token, Err(LocationError::Unavailable(e)))),
                     },
                     Stage::Alias { parent } => self.alias_written(parent, result.err()),
+                    Stage::SubscriptionWrite => self.done.push_back((
+                        token,
+                        result
+                            .map(|()| Located::Stored)
+                            .map_err(LocationError::Unavailable),
+                    )),
                     _ => {}
                 }
             }
         }
+    }
+
+    /// Stores (or, with `remove`, ends) a subscription under `key`.
+    fn write_subscription(&mut self, token: u64, key: Key, sub: &Subscription, remove: bool) {
+        let spec = EntrySpec {
+            id: sub.entry_id(),
+            value: (!remove).then(|| sub.encode()),
+            expires_at_ms: if remove {
+                wall_ms() + self.tombstone_ms
+            } else {
+                sub.expires_at_ms + WATCH_GRACE_MS
+            },
+            floor: None,
+        };
+        let put = Command::Put {
+            key,
+            entries: vec![spec],
+            token,
+        };
+        if self.farm.cmd.try_send(put).is_err() {
+            return self.fail(token, "overlay queue full".into());
+        }
+        self.pending.insert(token, (key, Stage::SubscriptionWrite));
     }
 
     /// Reads `key` for the operation `token`, at `stage`.
@@ -176,13 +229,23 @@ impl OverlayStore {
     /// The set's bindings are stored: each other member of the set gets an
     /// alias naming the AOR they are stored under (none when the set has
     /// no binding left). The REGISTER is answered once all are written.
-    fn write_aliases(&mut self, token: u64, result: Vec<Binding>, aliases: Vec<Aor>) {
+    fn write_aliases(
+        &mut self,
+        token: u64,
+        result: Vec<Binding>,
+        aliases: Vec<Aor>,
+        watched: bool,
+    ) {
         let (Some(expires_at_ms), false, Some(target)) = (
             alias_expiry(&result),
             aliases.is_empty(),
             result.first().and_then(|b| Aor::parse(&b.aor).ok()),
         ) else {
-            return self.done.push_back((token, Ok(result)));
+            let found = Located::Bindings {
+                bindings: result,
+                watched,
+            };
+            return self.done.push_back((token, Ok(found)));
         };
         let value = encode_alias(&target);
         let mut left = 0;
@@ -216,6 +279,7 @@ impl OverlayStore {
                     result,
                     left,
                     failed,
+                    watched,
                 },
             ),
         );
@@ -242,20 +306,32 @@ impl OverlayStore {
         ) {
             return;
         }
-        let Some((_, Stage::AliasWrites { result, failed, .. })) = self.pending.remove(&parent)
+        let Some((
+            _,
+            Stage::AliasWrites {
+                result,
+                failed,
+                watched,
+                ..
+            },
+        )) = self.pending.remove(&parent)
         else {
             return;
         };
         self.done.push_back((
             parent,
             match failed {
-                None => Ok(result),
+                None => Ok(Located::Bindings {
+                    bindings: result,
+                    watched,
+                }),
                 Some(why) => Err(LocationError::Unavailable(why)),
             },
         ));
     }
 
     /// Applies the plan to what the ring holds and writes the difference.
+    #[allow(clippy::too_many_arguments)]
     fn register_write(
         &mut self,
         token: u64,
@@ -264,6 +340,7 @@ impl OverlayStore {
         current: Vec<(Binding, u64)>,
         now_ms: u64,
         aliases: Vec<Aor>,
+        watched: bool,
     ) {
         let before: HashMap<BindingKey, (Binding, u64)> = current
             .iter()
@@ -304,7 +381,7 @@ impl OverlayStore {
         }
         registrar::sort_by_preference(&mut after);
         if specs.is_empty() {
-            return self.write_aliases(token, after, aliases);
+            return self.write_aliases(token, after, aliases, watched);
         }
         if self
             .farm
@@ -325,6 +402,7 @@ impl OverlayStore {
                 Stage::RegisterWrite {
                     result: after,
                     aliases,
+                    watched,
                 },
             ),
         );
@@ -343,6 +421,16 @@ pub fn binding_of(e: &Entry) -> Option<Binding> {
             hlc: e.hlc.as_u64(),
         },
     )
+}
+
+/// The subscriptions a record holds (until a grace period after they
+/// expire, so the notifier can end them).
+fn subscriptions_of(entries: &[Entry], now_ms: u64) -> Vec<Subscription> {
+    entries
+        .iter()
+        .filter(|e| e.is_live(now_ms) && is_watch_id(&e.id))
+        .filter_map(|e| Subscription::decode(&e.value))
+        .collect()
 }
 
 /// The AOR a record's live alias names, if it has one.
@@ -379,6 +467,10 @@ impl LocationService for OverlayStore {
                 },
             ),
             LocationOp::Lookup { aor, .. } => (Self::key_of(&aor), Stage::Lookup),
+            LocationOp::Watch { aor, .. } => (Self::key_of(&aor), Stage::Watch),
+            LocationOp::Subscription { aor, sub, remove } => {
+                return self.write_subscription(token, Self::key_of(&aor), &sub, remove);
+            }
         };
         self.get(token, key, stage);
     }

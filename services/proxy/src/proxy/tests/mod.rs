@@ -9,6 +9,7 @@ mod flows;
 mod forking;
 mod ims;
 mod policy;
+mod regevent;
 mod registrar;
 mod routing;
 
@@ -514,7 +515,9 @@ impl Harness {
             aor: Aor::parse(aor.as_bytes()).unwrap(),
             now_ms: self.now.wall_ms,
         };
-        self.store.execute(op).map_or(0, |b| b.len())
+        self.store
+            .execute(op)
+            .map_or(0, |b| b.into_bindings().len())
     }
 
     /// Moves the clock on by `d`, firing due timers, in steps of 100 ms.

@@ -202,7 +202,7 @@ fn a_binding_is_versioned_by_the_wall_clock() {
         aor: Aor::parse(format!("sip:alice@{DOMAIN}").as_bytes()).unwrap(),
         now_ms: h.now.wall_ms,
     };
-    let stored = h.store.execute(lookup).unwrap();
+    let stored = h.store.execute(lookup).unwrap().into_bindings();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].hlc >> 16, first + 1000);
 }

@@ -1,0 +1,688 @@
+//! The farm as a notifier (RFC 6665): the reg event package (RFC 3680) on
+//! farm-wide subscriptions.
+//!
+//! - **Accepting.** Any supernode accepts a SUBSCRIBE for `Event: reg` of
+//!   an AOR its sender may watch (a phone: one of its own identities; a
+//!   trusted front end or application server: any subscriber's), stores
+//!   the subscription on the replicas of the AOR's key, and answers 200
+//!   with a Contact naming the farm (`sip:sub.<sealed>@<domain>`), not
+//!   itself: refreshes and the un-SUBSCRIBE may reach any member.
+//! - **Watching a key.** A record holding subscriptions is watched. Every
+//!   change to it (a REGISTER anywhere, a new or refreshed subscription)
+//!   is reported to the key's *notifier*: the live member that
+//!   rendezvous hashing picks for the key (`owner_of`), told over the
+//!   overlay with a `MESSAGE sip:watch@…` (the guard's mechanism). If that
+//!   member does not answer, the node that saw the change notifies itself.
+//!   So a subscription survives the loss of the member that accepted it,
+//!   and of its notifier: the state is in the record, not in any member.
+//! - **Notifying.** The notifier reads the record, and for each
+//!   subscription whose document changed it first writes the subscription
+//!   with the new version, CSeq and contacts, then sends the NOTIFY: a
+//!   notifier that dies between the two makes the watcher see a version
+//!   gap (RFC 3680 §5.3: it fetches the full state again), never the same
+//!   version twice. One evaluation per key runs at a time on a notifier;
+//!   changes meanwhile run it again. The next binding or subscription
+//!   expiry is a timer on the notifier (a notifier that dies takes it
+//!   along: the expiry is then told at the key's next change or refresh).
+//! - **Ending.** A subscription ends when it expires or is refreshed with
+//!   `Expires: 0` (a last NOTIFY, `Subscription-State: terminated`), or
+//!   when its NOTIFY gets 481 or no answer at all (RFC 6665 §4.2.2).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringmesh_sip::aor::Aor;
+use ringmesh_sip::transaction::{ClientKey, ServerKey};
+use ringmesh_sip::{HeaderName, Message, Method};
+use sha2::{Digest, Sha256};
+
+use super::routing::Target;
+use super::{BRANCH_PREFIX, IdMap, Now, Origin, Pending, Proxy};
+use crate::location::{Located, LocationError, LocationOp};
+use crate::subscription::{self, Subscription};
+use crate::token::{Dest, Dialog, Purpose};
+
+/// The user part of the farm's Contact in a subscription dialog begins
+/// with this, then the sealed resource and subscription id.
+pub(super) const SUBSCRIPTION_PREFIX: &str = "sub.";
+/// The Content-Type of the messages that tell a key's notifier.
+const WATCH_CONTENT_TYPE: &str = "application/x-ringmesh-watch";
+/// How long a reg subscription lasts by default, and at most and least
+/// (RFC 3680 §5.1 suggests 3761 s).
+const DEFAULT_EXPIRES: u32 = 3761;
+const MAX_EXPIRES: u32 = 7200;
+const MIN_EXPIRES: u32 = 60;
+
+/// The notifier's bookkeeping (nothing here is a subscription's state).
+#[derive(Debug, Default)]
+pub(super) struct Watching {
+    /// Keys being evaluated here, and those changed meanwhile.
+    in_flight: HashSet<Aor>,
+    dirty: HashSet<Aor>,
+    /// Subscription writes of an evaluation still outstanding.
+    writes_left: HashMap<Aor, usize>,
+    /// When to look at a key again (its next expiry).
+    due: BTreeMap<Instant, Vec<Aor>>,
+    /// NOTIFYs awaiting their answer.
+    notifies: IdMap<ClientKey, (Aor, Subscription)>,
+    /// Watch messages to another notifier: the key, to notify here if
+    /// that member does not answer.
+    told: IdMap<ClientKey, Aor>,
+}
+
+impl Watching {
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().copied()
+    }
+}
+
+/// The key rendezvous hashing places a watched AOR's notifier by.
+fn notifier_key(aor: &Aor) -> u128 {
+    let mut h = Sha256::new();
+    h.update(b"ringmesh notifier\0");
+    h.update(aor.as_bytes());
+    u128::from_be_bytes(h.finalize()[..16].try_into().expect("16 bytes"))
+}
+
+/// Whether `msg` subscribes to the reg event package.
+pub(super) fn is_reg_event(msg: &Message) -> bool {
+    msg.header(HeaderName::Event).is_some_and(|e| {
+        let package = e.split(|&c| c == b';').next().unwrap_or_default();
+        ringmesh_sip::scan::trim(package).eq_ignore_ascii_case(b"reg")
+    })
+}
+
+impl Proxy {
+    // ---- accepting ------------------------------------------------------------
+
+    /// A new subscription to the reg event of `resource` (authorised): it
+    /// is stored, then answered 200.
+    pub(super) fn subscribe(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        resource: Aor,
+        now: Now,
+    ) {
+        let Some(flow) = origin.flow() else { return };
+        let expires = match msg.expires().unwrap_or(DEFAULT_EXPIRES) {
+            0 => 0,
+            e if e < MIN_EXPIRES => {
+                let min = MIN_EXPIRES.to_string();
+                return self.reply(
+                    server,
+                    &msg,
+                    423,
+                    &[(HeaderName::MinExpires, min.as_bytes())],
+                    now,
+                );
+            }
+            e => e.min(MAX_EXPIRES),
+        };
+        let Some(contact) = msg.contacts().find_map(|c| match c {
+            ringmesh_sip::Contact::Addr(a) => Some(Bytes::copy_from_slice(a.uri().as_bytes())),
+            ringmesh_sip::Contact::Wildcard => None,
+        }) else {
+            return self.reply(
+                server,
+                &msg,
+                400,
+                &[(
+                    HeaderName::Warning,
+                    b"399 ringmesh \"a SUBSCRIBE needs a Contact\"",
+                )],
+                now,
+            );
+        };
+        let Some(remote_tag) = msg.from_tag() else {
+            return self.reply(server, &msg, 400, &[], now);
+        };
+        let route_set: Vec<&[u8]> = msg.header_values(HeaderName::RecordRoute).collect();
+        self.branch_counter = self.branch_counter.wrapping_add(1);
+        let id: [u8; 16] = {
+            let mut h = Sha256::new();
+            h.update(self.me.node_id);
+            h.update(self.branch_counter.to_be_bytes());
+            h.update(msg.call_id());
+            h.update(remote_tag);
+            h.finalize()[..16].try_into().expect("16 bytes")
+        };
+        let sub = Subscription {
+            id,
+            event: Bytes::from_static(b"reg"),
+            resource: Bytes::copy_from_slice(resource.as_bytes()),
+            call_id: Bytes::copy_from_slice(msg.call_id()),
+            local_tag: Bytes::copy_from_slice(&self.to_tag(&msg)),
+            remote_tag: Bytes::copy_from_slice(remote_tag),
+            remote_uri: Bytes::copy_from_slice(msg.from_hdr().uri().as_bytes()),
+            remote_target: contact,
+            route_set: (!route_set.is_empty()).then(|| Bytes::from(route_set.join(&b", "[..]))),
+            remote_cseq: msg.cseq(),
+            local_cseq: 0,
+            version: None,
+            expires_at_ms: now.wall_ms + u64::from(expires) * 1000,
+            flow,
+            transport: flow.transport(),
+            edge: self.me.node_id,
+            notified: Vec::new(),
+        };
+        self.store_subscription(server, msg, resource, sub);
+    }
+
+    /// Writes `sub` (new or refreshed), then answers its SUBSCRIBE.
+    fn store_subscription(&mut self, server: ServerKey, msg: Message, aor: Aor, sub: Subscription) {
+        let token = self.token();
+        self.actions.push_back(super::Action::Location {
+            token,
+            op: LocationOp::Subscription {
+                aor: aor.clone(),
+                sub: Box::new(sub.clone()),
+                remove: false,
+            },
+        });
+        self.pending.insert(
+            token,
+            Pending::Subscribed {
+                server,
+                msg,
+                aor,
+                sub,
+            },
+        );
+    }
+
+    /// The subscription of a SUBSCRIBE is stored: 200 with its Expires and
+    /// the farm's Contact, and the key's notifier is told.
+    pub(super) fn subscribed(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        sub: Subscription,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "subscription not stored");
+            return self.reply_unavailable(server, &msg, now);
+        }
+        let expires = sub.expires_at_ms.saturating_sub(now.wall_ms).div_ceil(1000);
+        let contact = self.subscription_contact(&sub, now);
+        self.reply(
+            server,
+            &msg,
+            200,
+            &[
+                (HeaderName::Expires, expires.to_string().as_bytes()),
+                (HeaderName::Contact, contact.as_bytes()),
+            ],
+            now,
+        );
+        self.changed(aor, now);
+    }
+
+    /// `<sip:sub.SEALED@DOMAIN>`: the farm, not this member.
+    fn subscription_contact(&self, sub: &Subscription, now: Now) -> String {
+        let mut plain = sub.resource.to_vec();
+        plain.push(0);
+        plain.extend_from_slice(&sub.id);
+        let sealed = self
+            .tokens
+            .seal_for(Purpose::Subscription, &plain, now.secs());
+        format!("<sip:{SUBSCRIPTION_PREFIX}{sealed}@{}>", self.me.domain)
+    }
+
+    /// The resource and subscription a request for the farm's Contact in a
+    /// subscription dialog names; `None` when it names none, or forged.
+    pub(super) fn subscription_of(&self, msg: &Message) -> Option<Option<(Aor, [u8; 16])>> {
+        let ruri = msg.request_uri()?;
+        let sealed = ruri.user()?.strip_prefix(SUBSCRIPTION_PREFIX.as_bytes())?;
+        Some(
+            self.tokens
+                .open_for(Purpose::Subscription, sealed)
+                .and_then(|plain| {
+                    let (aor, id) = plain.split_at_checked(plain.len().checked_sub(17)?)?;
+                    let id = id.strip_prefix(b"\0")?.try_into().ok()?;
+                    Some((Aor::parse(aor).ok()?, id))
+                }),
+        )
+    }
+
+    /// A request inside a subscription dialog of the farm: a refresh or
+    /// an un-SUBSCRIBE is applied (after its record is read); anything
+    /// else is not part of a dialog the farm holds.
+    pub(super) fn in_subscription(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        target: Option<(Aor, [u8; 16])>,
+        now: Now,
+    ) {
+        let (Some((aor, id)), Method::Subscribe) = (target, msg.method()) else {
+            return self.reply(server, &msg, 481, &[], now);
+        };
+        let token = self.token();
+        self.actions.push_back(super::Action::Location {
+            token,
+            op: LocationOp::Watch {
+                aor: aor.clone(),
+                now_ms: now.wall_ms,
+            },
+        });
+        self.pending.insert(
+            token,
+            Pending::Resubscribe {
+                server,
+                msg,
+                aor,
+                id,
+            },
+        );
+    }
+
+    /// The record of a refreshed subscription was read: the refresh is
+    /// checked against the dialog and applied.
+    pub(super) fn resubscribe(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        id: [u8; 16],
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        let subscriptions = match result {
+            Ok(Located::Watched { subscriptions, .. }) => subscriptions,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription not read");
+                return self.reply_unavailable(server, &msg, now);
+            }
+        };
+        let same_dialog = |s: &&Subscription| {
+            s.id == id
+                && s.call_id[..] == *msg.call_id()
+                && msg.from_tag() == Some(&s.remote_tag[..])
+                && msg.to_tag() == Some(&s.local_tag[..])
+        };
+        let Some(mut sub) = subscriptions.iter().find(same_dialog).cloned() else {
+            return self.reply(server, &msg, 481, &[], now);
+        };
+        if msg.cseq() <= sub.remote_cseq {
+            return self.reply(server, &msg, 500, &[(HeaderName::RetryAfter, b"1")], now);
+        }
+        let expires = match msg.expires().unwrap_or(DEFAULT_EXPIRES) {
+            0 => 0,
+            e => e.clamp(MIN_EXPIRES, MAX_EXPIRES),
+        };
+        sub.remote_cseq = msg.cseq();
+        sub.expires_at_ms = now.wall_ms + u64::from(expires) * 1000;
+        self.store_subscription(server, msg, aor, sub);
+    }
+
+    // ---- watching a key -------------------------------------------------------
+
+    /// A watched record changed (or is due): its notifier is told, or is
+    /// this node.
+    pub(super) fn changed(&mut self, aor: Aor, now: Now) {
+        let owner = self.owner_of(notifier_key(&aor));
+        if owner == self.me.node_id {
+            return self.evaluate(aor, now);
+        }
+        let Some(addr) = self.farm.as_ref().and_then(|f| f.sip_addr(&owner)) else {
+            return self.evaluate(aor, now);
+        };
+        self.branch_counter = self.branch_counter.wrapping_add(1);
+        let n = self.branch_counter;
+        let branch = format!("{BRANCH_PREFIX}w.{n:x}");
+        let body = aor.as_bytes();
+        let mut w =
+            ringmesh_sip::Writer::request(&Method::Message, format!("sip:watch@{addr}").as_bytes());
+        w.header_fmt(
+            HeaderName::Via,
+            format_args!(
+                "SIP/2.0/TCP {}:{};branch={branch}",
+                self.me.advertise,
+                self.me.port(crate::binding::Transport::Tcp)
+            ),
+        );
+        w.header(HeaderName::MaxForwards, b"1");
+        w.header_fmt(
+            HeaderName::From,
+            format_args!("<sip:watch@{}>;tag=w{n:x}", self.me.domain),
+        );
+        w.header_fmt(
+            HeaderName::To,
+            format_args!("<sip:watch@{}>", self.me.domain),
+        );
+        w.header_fmt(HeaderName::CallId, format_args!("watch-{n:x}"));
+        w.header(HeaderName::CSeq, b"1 MESSAGE");
+        w.header(HeaderName::ContentType, WATCH_CONTENT_TYPE.as_bytes());
+        match self.txl.send_request_raw(
+            w.finish(body),
+            &Method::Message,
+            branch.as_bytes(),
+            Dest::Peer(owner),
+            true,
+            now.mono,
+        ) {
+            Ok(client) => {
+                self.watching.told.insert(client, aor);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tell a notifier; notifying here");
+                self.evaluate(aor, now);
+            }
+        }
+    }
+
+    /// Whether a request from another supernode tells this node, as a
+    /// key's notifier, that the key changed; if so it is acted on (and
+    /// answered by the caller).
+    pub(super) fn on_watch_message(&mut self, msg: &Message, now: Now) -> bool {
+        let is_watch = *msg.method() == Method::Message
+            && msg
+                .header(HeaderName::ContentType)
+                .is_some_and(|t| t.eq_ignore_ascii_case(WATCH_CONTENT_TYPE.as_bytes()))
+            && msg
+                .request_uri()
+                .is_some_and(|u| u.user() == Some(&b"watch"[..]));
+        if !is_watch {
+            return false;
+        }
+        match Aor::parse(msg.body()) {
+            Ok(aor) => self.evaluate(aor, now),
+            Err(_) => tracing::warn!("a watch message that names no AOR"),
+        }
+        true
+    }
+
+    /// Reads a watched key to notify its subscriptions of what changed.
+    fn evaluate(&mut self, aor: Aor, now: Now) {
+        if !self.watching.in_flight.insert(aor.clone()) {
+            self.watching.dirty.insert(aor);
+            return;
+        }
+        let token = self.token();
+        self.actions.push_back(super::Action::Location {
+            token,
+            op: LocationOp::Watch {
+                aor: aor.clone(),
+                now_ms: now.wall_ms,
+            },
+        });
+        self.pending.insert(token, Pending::Evaluate { aor });
+    }
+
+    /// The record was read: each subscription whose document changed is
+    /// written with its next version, then notified; the next expiry is
+    /// scheduled.
+    pub(super) fn evaluated(&mut self, aor: Aor, result: Result<Located, LocationError>, now: Now) {
+        let (bindings, subscriptions) = match result {
+            Ok(Located::Watched {
+                bindings,
+                subscriptions,
+            }) => (bindings, subscriptions),
+            Ok(_) => (Vec::new(), Vec::new()),
+            Err(e) => {
+                tracing::warn!(%aor, error = %e, "a watched record could not be read; trying again in a second");
+                self.schedule(&aor, now.wall_ms + 1000, now);
+                return self.finish_evaluation(aor, now);
+            }
+        };
+        let mut writes = 0;
+        let mut due = None::<u64>;
+        for mut sub in subscriptions {
+            let ending = sub.expires_at_ms <= now.wall_ms;
+            let Some(doc) = subscription::reginfo(&sub, &bindings, now.wall_ms, ending) else {
+                due = Some(due.map_or(subscription::next_due(&sub), |d| {
+                    d.min(subscription::next_due(&sub))
+                }));
+                continue;
+            };
+            sub.version = Some(doc.version);
+            sub.local_cseq += 1;
+            sub.notified = doc.notified;
+            if !ending {
+                let next = subscription::next_due(&sub);
+                due = Some(due.map_or(next, |d| d.min(next)));
+            }
+            let notify = self.notify_request(&sub, &doc.body, ending, now);
+            let token = self.token();
+            self.actions.push_back(super::Action::Location {
+                token,
+                op: LocationOp::Subscription {
+                    aor: aor.clone(),
+                    sub: Box::new(sub.clone()),
+                    remove: ending,
+                },
+            });
+            self.pending.insert(
+                token,
+                Pending::Notify {
+                    aor: aor.clone(),
+                    sub,
+                    notify,
+                },
+            );
+            writes += 1;
+        }
+        if let Some(at) = due {
+            self.schedule(&aor, at.max(now.wall_ms + 1), now);
+        }
+        if writes == 0 {
+            return self.finish_evaluation(aor, now);
+        }
+        self.watching.writes_left.insert(aor, writes);
+    }
+
+    /// A subscription's new state is stored: its NOTIFY goes.
+    pub(super) fn notify_stored(
+        &mut self,
+        aor: Aor,
+        sub: Subscription,
+        notify: Option<(Bytes, String, Dest)>,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        match (result, notify) {
+            (Ok(_), Some((bytes, branch, dest))) => {
+                match self.txl.send_request_raw(
+                    bytes,
+                    &Method::Notify,
+                    branch.as_bytes(),
+                    dest,
+                    dest.reliable(),
+                    now.mono,
+                ) {
+                    Ok(client) => {
+                        self.watching.notifies.insert(client, (aor.clone(), sub));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not send a NOTIFY"),
+                }
+            }
+            (Ok(_), None) => {
+                tracing::info!(%aor, "a watcher cannot be reached: its subscription stays until it expires")
+            }
+            (Err(e), _) => {
+                tracing::warn!(%aor, error = %e, "a subscription's state not stored: NOTIFY not sent, trying again");
+                self.watching.dirty.insert(aor.clone());
+            }
+        }
+        let left = self.watching.writes_left.entry(aor.clone()).or_insert(1);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.watching.writes_left.remove(&aor);
+            self.finish_evaluation(aor, now);
+        }
+    }
+
+    fn finish_evaluation(&mut self, aor: Aor, now: Now) {
+        self.watching.in_flight.remove(&aor);
+        if self.watching.dirty.remove(&aor) {
+            self.evaluate(aor, now);
+        }
+    }
+
+    /// Looks at `aor` again at `at_ms` (wall clock).
+    fn schedule(&mut self, aor: &Aor, at_ms: u64, now: Now) {
+        let at = now.mono + Duration::from_millis(at_ms.saturating_sub(now.wall_ms));
+        let list = self.watching.due.entry(at).or_default();
+        if !list.contains(aor) {
+            list.push(aor.clone());
+        }
+    }
+
+    /// Keys whose next expiry came are looked at again (by their notifier).
+    pub(super) fn watch_timers(&mut self, now: Now) {
+        while let Some(entry) = self.watching.due.first_entry() {
+            if *entry.key() > now.mono {
+                break;
+            }
+            for aor in entry.remove() {
+                self.changed(aor, now);
+            }
+        }
+    }
+
+    // ---- notifying ------------------------------------------------------------
+
+    /// The NOTIFY carrying `body` for `sub` (its state already advanced),
+    /// with its branch and where it goes; `None` when the watcher cannot
+    /// be reached from here.
+    fn notify_request(
+        &mut self,
+        sub: &Subscription,
+        body: &[u8],
+        ending: bool,
+        now: Now,
+    ) -> Option<(Bytes, String, Dest)> {
+        let target = sub.target();
+        let dialog = Dialog {
+            call_id: &sub.call_id,
+            caller_tag: &sub.remote_tag,
+        };
+        let t: Target = self
+            .binding_target(&target, dialog, now.secs())
+            .or_else(|| {
+                // The member that holds the watcher's flow is gone: from
+                // here, to the watcher's address or first route hop.
+                let mut t = Target::hop(self.binding_dest(&target)?);
+                t.push_route = target
+                    .path
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                Some(t)
+            })?;
+        let transport = t.dest.transport();
+        self.branch_counter = self.branch_counter.wrapping_add(1);
+        let branch = format!("{BRANCH_PREFIX}n.{:x}", self.branch_counter);
+        let mut w = ringmesh_sip::Writer::request(&Method::Notify, &sub.remote_target);
+        w.header_fmt(
+            HeaderName::Via,
+            format_args!(
+                "SIP/2.0/{} {}:{};branch={branch}",
+                transport.via_token(),
+                self.me.advertise,
+                self.me.port(transport)
+            ),
+        );
+        w.header(HeaderName::MaxForwards, b"70");
+        if let Some(r) = &t.push_route {
+            w.header(HeaderName::Route, r.as_bytes());
+        }
+        w.header_fmt(
+            HeaderName::From,
+            format_args!(
+                "<{}>;tag={}",
+                String::from_utf8_lossy(&sub.resource),
+                String::from_utf8_lossy(&sub.local_tag)
+            ),
+        );
+        w.header_fmt(
+            HeaderName::To,
+            format_args!(
+                "<{}>;tag={}",
+                String::from_utf8_lossy(&sub.remote_uri),
+                String::from_utf8_lossy(&sub.remote_tag)
+            ),
+        );
+        w.header(HeaderName::CallId, &sub.call_id);
+        w.header_fmt(HeaderName::CSeq, format_args!("{} NOTIFY", sub.local_cseq));
+        w.header(
+            HeaderName::Contact,
+            self.subscription_contact(sub, now).as_bytes(),
+        );
+        w.header(HeaderName::Event, b"reg");
+        if ending {
+            w.header(HeaderName::SubscriptionState, b"terminated;reason=timeout");
+        } else {
+            let left = sub.expires_at_ms.saturating_sub(now.wall_ms).div_ceil(1000);
+            w.header_fmt(
+                HeaderName::SubscriptionState,
+                format_args!("active;expires={left}"),
+            );
+        }
+        w.header(HeaderName::ContentType, b"application/reginfo+xml");
+        Some((w.finish(body), branch, t.dest))
+    }
+
+    /// A response to a request of the notifier's (a NOTIFY or a watch
+    /// message), or its failure (`None`); false when `client` is neither.
+    pub(super) fn notifier_answered(
+        &mut self,
+        client: ClientKey,
+        status: Option<u16>,
+        now: Now,
+    ) -> bool {
+        if let Some(aor) = self.watching.told.get(&client) {
+            match status {
+                Some(s) if s < 200 => {}
+                Some(_) => {
+                    self.watching.told.remove(&client);
+                }
+                None => {
+                    let aor = aor.clone();
+                    self.watching.told.remove(&client);
+                    tracing::warn!(%aor, "a key's notifier did not answer: notifying here");
+                    self.evaluate(aor, now);
+                }
+            }
+            return true;
+        }
+        let Some((aor, sub)) = self.watching.notifies.get(&client) else {
+            return false;
+        };
+        // RFC 6665 §4.2.2: a NOTIFY that fails with 481, or gets no answer
+        // at all, ends the subscription.
+        let ends = match status {
+            Some(s) if s < 200 => return true,
+            Some(481) | None => true,
+            Some(_) => false,
+        };
+        let (aor, sub) = (aor.clone(), sub.clone());
+        self.watching.notifies.remove(&client);
+        if ends {
+            tracing::info!(%aor, "a watcher is gone: its subscription ends");
+            let token = self.token();
+            self.actions.push_back(super::Action::Location {
+                token,
+                op: LocationOp::Subscription {
+                    aor: aor.clone(),
+                    sub: Box::new(sub),
+                    remove: true,
+                },
+            });
+            self.pending.insert(token, Pending::Purge { aor });
+        }
+        true
+    }
+
+    /// A notifier's transaction ended: nothing more will come for it.
+    pub(super) fn notifier_forget(&mut self, client: &ClientKey) {
+        self.watching.notifies.remove(client);
+        self.watching.told.remove(client);
+    }
+}

@@ -1,0 +1,403 @@
+//! The reg event package on farm-wide subscriptions: who may watch, the
+//! documents in order, refresh, un-SUBSCRIBE, expiry, a watcher that is
+//! gone, and a subscription that outlives the member that accepted it.
+
+use super::*;
+use crate::trust::{Element, TrustTable};
+
+/// A SUBSCRIBE for the reg event of `user` from `flow`.
+fn subscribe_text(flow: FlowRef, from: &str, user: &str, call: &str, expires: u32) -> String {
+    let via = via_for(flow);
+    format!(
+        "SUBSCRIBE sip:{user}@{DOMAIN} SIP/2.0\nVia: {via};branch=z9hG4bKs{call}\nMax-Forwards: 70\n\
+         From: <sip:{from}@{DOMAIN}>;tag=w{call}\nTo: <sip:{user}@{DOMAIN}>\nCall-ID: {call}\n\
+         CSeq: 1 SUBSCRIBE\nContact: <sip:{from}@{}>\nEvent: reg\nExpires: {expires}\n\
+         Accept: application/reginfo+xml\nContent-Length: 0\n\n",
+        flow.peer()
+    )
+}
+
+/// The NOTIFYs sent to the watcher on `flow` since the last `take`, each
+/// answered 200 (at the node that sent it down the flow).
+fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
+    let mut sent: Vec<Sent> = h
+        .requests()
+        .into_iter()
+        .filter(|s| s.msg.method().as_bytes() == b"NOTIFY" && s.dest.peer() == Some(flow.peer()))
+        .collect();
+    // Retransmissions (over UDP, before the answer) are one NOTIFY.
+    sent.dedup_by_key(|s| s.msg.cseq());
+    for s in &sent {
+        let ok = ok_to(&s.msg, 200);
+        h.recv(s.node, &ok, Dest::Flow(flow));
+    }
+    sent.into_iter().map(|s| s.msg).collect()
+}
+
+/// A response with `status` to `req` (its Via, From, To, Call-ID, CSeq).
+fn ok_to(req: &Message, status: u16) -> String {
+    let text = String::from_utf8_lossy(req.raw()).into_owned();
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .collect();
+    format!(
+        "SIP/2.0 {status} X\n{}\nContent-Length: 0\n\n",
+        keep.join("\n")
+    )
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(m.body()).into_owned()
+}
+
+fn version(m: &Message) -> u32 {
+    body(m)
+        .split("<reginfo")
+        .nth(1)
+        .unwrap_or_default()
+        .split("version=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {m:?}"))
+}
+
+/// Alice's watcher (her other device, at 192.0.2.30) subscribes at node
+/// 1: the 200 OK.
+fn watch_alice(h: &mut Harness, watcher: FlowRef, call: &str) -> Message {
+    h.send_authenticated(
+        watcher,
+        "alice",
+        &subscribe_text(watcher, "alice", "alice", call, 600),
+    );
+    h.final_to(watcher)
+}
+
+#[test]
+fn a_watcher_sees_register_refresh_and_deregister_in_order_wherever_they_happen() {
+    let mut h = Harness::farm();
+    let watcher = udp_leaf(30);
+    let ok = watch_alice(&mut h, watcher, "w-1");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert_eq!(header(&ok, HeaderName::Expires).as_deref(), Some("600"));
+    let contact = header(&ok, HeaderName::Contact).unwrap();
+    assert!(
+        contact.starts_with("<sip:sub.") && contact.ends_with("@ringmesh.test>"),
+        "the farm, not a node: {contact}"
+    );
+    // The full state first: nothing registered.
+    let first = notifies(&mut h, watcher);
+    assert_eq!(first.len(), 1);
+    assert_eq!(version(&first[0]), 0);
+    assert!(
+        body(&first[0]).contains("state=\"full\"") && body(&first[0]).contains("state=\"init\"")
+    );
+    assert_eq!(
+        header(&first[0], HeaderName::SubscriptionState).as_deref(),
+        Some("active;expires=600")
+    );
+    assert_eq!(
+        header(&first[0], HeaderName::ContentType).as_deref(),
+        Some("application/reginfo+xml")
+    );
+    // Alice's phone registers at node 2, refreshes, then de-registers.
+    let phone = udp_leaf(1);
+    let contact = "<sip:alice@192.0.2.1:5060>";
+    assert_eq!(
+        h.register_at(2, phone, "alice", contact).status(),
+        Some(200)
+    );
+    let events: Vec<(u32, String)> = {
+        let mut all = Vec::new();
+        let n = notifies(&mut h, watcher);
+        all.extend(n.iter().map(|m| (version(m), body(m))));
+        // A refresh: same Call-ID, next CSeq.
+        let refresh = register_text(
+            phone,
+            "alice",
+            contact,
+            "reg-alice-sipalice19202150605060",
+            3,
+            "",
+            600,
+        );
+        h.recv(2, &refresh, Dest::Flow(phone));
+        let r = h.final_to(phone);
+        if r.status() == Some(401) {
+            let auth = authorization(&r, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
+            let again = register_text(
+                phone,
+                "alice",
+                contact,
+                "reg-alice-sipalice19202150605060",
+                4,
+                &auth,
+                600,
+            );
+            h.recv(2, &again, Dest::Flow(phone));
+            assert_eq!(h.final_to(phone).status(), Some(200));
+        }
+        h.advance(Duration::from_millis(10));
+        let n = notifies(&mut h, watcher);
+        all.extend(n.iter().map(|m| (version(m), body(m))));
+        let bye = register_text(
+            phone,
+            "alice",
+            contact,
+            "reg-alice-sipalice19202150605060",
+            5,
+            "",
+            0,
+        );
+        h.recv(2, &bye, Dest::Flow(phone));
+        let r = h.final_to(phone);
+        if r.status() == Some(401) {
+            let auth = authorization(&r, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
+            let again = register_text(
+                phone,
+                "alice",
+                contact,
+                "reg-alice-sipalice19202150605060",
+                6,
+                &auth,
+                0,
+            );
+            h.recv(2, &again, Dest::Flow(phone));
+            assert_eq!(h.final_to(phone).status(), Some(200));
+        }
+        let n = notifies(&mut h, watcher);
+        all.extend(n.iter().map(|m| (version(m), body(m))));
+        all
+    };
+    let versions: Vec<u32> = events.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, vec![1, 2, 3], "{events:#?}");
+    assert!(events[0].1.contains("event=\"registered\""));
+    assert!(events[0].1.contains("<uri>sip:alice@192.0.2.1:5060</uri>"));
+    assert!(events[1].1.contains("event=\"refreshed\""));
+    assert!(
+        events[2]
+            .1
+            .contains("state=\"terminated\" event=\"unregistered\"")
+    );
+}
+
+#[test]
+fn a_phone_may_watch_only_its_own_registrations_and_a_trusted_server_any() {
+    let mut h = Harness::new();
+    let bob = udp_leaf(2);
+    h.send_authenticated(
+        bob,
+        "bob",
+        &subscribe_text(bob, "bob", "alice", "spy-1", 600),
+    );
+    let r = h.final_to(bob);
+    assert_eq!(r.status(), Some(403));
+    assert!(
+        header(&r, HeaderName::Warning)
+            .unwrap()
+            .contains("only its own")
+    );
+    assert!(notifies(&mut h, bob).is_empty());
+    // Without credentials: challenged, never subscribed.
+    h.leaf_sends(bob, &subscribe_text(bob, "bob", "alice", "spy-2", 600));
+    assert_eq!(h.final_to(bob).status(), Some(407));
+    // An application server (trusted) may watch any subscriber, not a
+    // stranger.
+    let asrv = udp_leaf(60);
+    h.node(1).set_trusted(TrustTable::new(vec![
+        Element::parse_flag("app-server:as1=192.0.2.60").unwrap(),
+    ]));
+    h.leaf_sends(asrv, &subscribe_text(asrv, "as", "alice", "as-1", 600));
+    assert_eq!(h.final_to(asrv).status(), Some(200));
+    assert_eq!(notifies(&mut h, asrv).len(), 1);
+    h.leaf_sends(asrv, &subscribe_text(asrv, "as", "nobody", "as-2", 600));
+    assert_eq!(h.final_to(asrv).status(), Some(403));
+}
+
+/// An in-dialog SUBSCRIBE from the watcher to the farm's Contact.
+fn resubscribe(
+    h: &mut Harness,
+    watcher: FlowRef,
+    ok: &Message,
+    call: &str,
+    cseq: u32,
+    expires: u32,
+) -> Message {
+    let contact = header(ok, HeaderName::Contact).unwrap();
+    let ruri = contact
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string();
+    let to = header(ok, HeaderName::To).unwrap();
+    let text = format!(
+        "SUBSCRIBE {ruri} SIP/2.0\nVia: {};branch=z9hG4bKrs{call}{cseq}.{}\nMax-Forwards: 70\n\
+         From: <sip:alice@{DOMAIN}>;tag=w{call}\nTo: {to}\nCall-ID: {call}\nCSeq: {cseq} SUBSCRIBE\n\
+         Contact: <sip:alice@{}>\nEvent: reg\nExpires: {expires}\nContent-Length: 0\n\n",
+        via_for(watcher),
+        unique(),
+        watcher.peer()
+    );
+    h.leaf_sends(watcher, &text);
+    h.final_to(watcher)
+}
+
+#[test]
+fn a_refresh_and_an_unsubscribe_reach_the_farm_not_a_node() {
+    let mut h = Harness::farm();
+    let watcher = udp_leaf(30);
+    let ok = watch_alice(&mut h, watcher, "w-r");
+    notifies(&mut h, watcher);
+    // A refresh (in dialog, no credentials needed) extends it.
+    let r = resubscribe(&mut h, watcher, &ok, "w-r", 3, 1200);
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(header(&r, HeaderName::Expires).as_deref(), Some("1200"));
+    // A refresh whose CSeq is not above the last is refused.
+    assert_eq!(
+        resubscribe(&mut h, watcher, &ok, "w-r", 3, 1200).status(),
+        Some(500)
+    );
+    // Another dialog's tags, or a forged Contact, are no subscription.
+    let forged = header(&ok, HeaderName::Contact)
+        .unwrap()
+        .replace("sub.A", "sub.B")
+        .replace("sub.a", "sub.A");
+    let text = String::from_utf8_lossy(ok.raw())
+        .replace(&header(&ok, HeaderName::Contact).unwrap(), &forged);
+    let fake = msg(&text.replace("\r\n", "\n"));
+    assert_eq!(
+        resubscribe(&mut h, watcher, &fake, "w-r", 4, 600).status(),
+        Some(481)
+    );
+    assert_eq!(
+        resubscribe(&mut h, watcher, &ok, "other-call", 5, 600).status(),
+        Some(481)
+    );
+    // Expires: 0 ends it, with a last NOTIFY.
+    assert_eq!(
+        resubscribe(&mut h, watcher, &ok, "w-r", 6, 0).status(),
+        Some(200)
+    );
+    let last = notifies(&mut h, watcher);
+    assert_eq!(last.len(), 1);
+    assert_eq!(
+        header(&last[0], HeaderName::SubscriptionState).as_deref(),
+        Some("terminated;reason=timeout")
+    );
+    // Then nothing more: alice registering tells no one.
+    h.register(udp_leaf(1), "alice", "<sip:alice@192.0.2.1:5060>");
+    assert!(notifies(&mut h, watcher).is_empty());
+}
+
+#[test]
+fn expiries_are_told_and_a_subscription_ends_when_it_runs_out() {
+    let mut h = Harness::new();
+    let watcher = udp_leaf(30);
+    let phone = udp_leaf(1);
+    let call = "reg-short";
+    let first = register_text(
+        phone,
+        "alice",
+        "<sip:alice@192.0.2.1:5060>",
+        call,
+        1,
+        "",
+        60,
+    );
+    h.leaf_sends(phone, &first);
+    let c = h.final_to(phone);
+    let auth = authorization(&c, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
+    h.leaf_sends(
+        phone,
+        &register_text(
+            phone,
+            "alice",
+            "<sip:alice@192.0.2.1:5060>",
+            call,
+            2,
+            &auth,
+            60,
+        ),
+    );
+    assert_eq!(h.final_to(phone).status(), Some(200));
+    h.send_authenticated(
+        watcher,
+        "alice",
+        &subscribe_text(watcher, "alice", "alice", "w-e", 120),
+    );
+    assert_eq!(h.final_to(watcher).status(), Some(200));
+    let full = notifies(&mut h, watcher);
+    assert!(body(&full[0]).contains("state=\"active\""));
+    // The binding runs out at 60 s: told as expired.
+    h.advance(Duration::from_secs(61));
+    let n = notifies(&mut h, watcher);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(body(&n[0]).contains("event=\"expired\""));
+    // The subscription runs out at 120 s: a last NOTIFY says so.
+    h.advance(Duration::from_secs(60));
+    let n = notifies(&mut h, watcher);
+    assert_eq!(n.len(), 1);
+    assert!(
+        header(&n[0], HeaderName::SubscriptionState)
+            .unwrap()
+            .starts_with("terminated")
+    );
+}
+
+#[test]
+fn a_watcher_that_answers_481_is_dropped() {
+    let mut h = Harness::new();
+    let watcher = udp_leaf(30);
+    h.send_authenticated(
+        watcher,
+        "alice",
+        &subscribe_text(watcher, "alice", "alice", "w-g", 600),
+    );
+    assert_eq!(h.final_to(watcher).status(), Some(200));
+    let sent: Vec<Sent> = h.requests();
+    let notify = sent
+        .iter()
+        .find(|s| s.msg.method().as_bytes() == b"NOTIFY")
+        .unwrap();
+    h.recv(1, &ok_to(&notify.msg, 481), Dest::Flow(watcher));
+    h.register(udp_leaf(1), "alice", "<sip:alice@192.0.2.1:5060>");
+    assert!(
+        notifies(&mut h, watcher).is_empty(),
+        "the subscription is gone"
+    );
+}
+
+#[test]
+fn the_subscription_outlives_the_member_that_accepted_it() {
+    let mut h = Harness::farm();
+    let watcher = udp_leaf(30);
+    assert_eq!(watch_alice(&mut h, watcher, "w-k").status(), Some(200));
+    notifies(&mut h, watcher);
+    // Node 1 (it accepted the subscription and holds the watcher's flow)
+    // leaves the farm; alice registers at node 2.
+    h.members.0.lock().unwrap().remove(&node_id(1));
+    let phone = udp_leaf(1);
+    assert_eq!(
+        h.register_at(2, phone, "alice", "<sip:alice@192.0.2.1:5060>")
+            .status(),
+        Some(200)
+    );
+    let sent: Vec<Sent> = h
+        .requests()
+        .into_iter()
+        .filter(|s| s.msg.method().as_bytes() == b"NOTIFY")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].node, 2, "node 2 notifies");
+    assert_eq!(
+        sent[0].dest.peer(),
+        Some(watcher.peer()),
+        "straight to the watcher"
+    );
+    assert_eq!(version(&sent[0].msg), 1);
+    assert!(body(&sent[0].msg).contains("event=\"registered\""));
+}
