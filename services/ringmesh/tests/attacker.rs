@@ -16,167 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Farm, ctl, metric_line, rand_u64, sipp_dir, status_of, wait_until};
-use ringmesh_sip::digest::{Algorithm, Ha1, ResponseParams, response_hex};
+use ringmesh_test_support::phone::{DOMAIN, UdpPhone as Phone, response_to, with_credentials};
 
-const DOMAIN: &str = "ringmesh.test";
 const PASSWORD: &str = "secret";
 
 /// Farms run one at a time: sipp's flows are timing-sensitive on 2 cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-// ---- a phone on one UDP socket ----------------------------------------------
-
-struct Phone {
-    sock: UdpSocket,
-    me: SocketAddr,
-    /// How long to wait for each answer.
-    patience: Duration,
-}
-
-impl Phone {
-    fn on(ip: &str) -> Phone {
-        let sock = UdpSocket::bind((ip, 0)).unwrap();
-        let me = sock.local_addr().unwrap();
-        Phone {
-            sock,
-            me,
-            patience: Duration::from_secs(5),
-        }
-    }
-
-    /// Sends `text` and returns the first final response with the same
-    /// CSeq within `wait` (None: silence).
-    fn ask(&self, to: SocketAddr, text: &str, wait: Duration) -> Option<String> {
-        self.sock.send_to(text.as_bytes(), to).unwrap();
-        let cseq = header(text, "CSeq")?;
-        let call = header(text, "Call-ID")?;
-        let deadline = Instant::now() + wait;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
-            let t = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if status_of(t.as_bytes()).is_some_and(|s| s >= 200)
-                && header(&t, "CSeq") == Some(cseq.clone())
-                && header(&t, "Call-ID") == Some(call.clone())
-            {
-                return Some(t);
-            }
-        }
-    }
-
-    /// A request from this phone, as `from` (a user of the domain).
-    fn request(&self, method: &str, to_user: &str, from: &str, extra: &str) -> String {
-        let n = rand_u64();
-        format!(
-            "{method} sip:{to_user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKa{n:x};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{from}@{DOMAIN}>;tag=a{n:x}\r\nTo: <sip:{to_user}@{DOMAIN}>\r\n\
-             Call-ID: atk-{n:x}\r\nCSeq: 1 {method}\r\nContact: <sip:{from}@{me}>\r\n{extra}Content-Length: 0\r\n\r\n",
-            me = self.me
-        )
-    }
-
-    /// `text`, then its challenge answered as `user` with `password`;
-    /// the final status of the second try (None: silence).
-    fn authenticated(
-        &self,
-        to: SocketAddr,
-        text: &str,
-        user: &str,
-        password: &str,
-    ) -> Option<(u16, String)> {
-        let first = self.ask(to, text, self.patience)?;
-        let status = status_of(first.as_bytes())?;
-        if status != 401 && status != 407 {
-            return Some((status, first));
-        }
-        let again = with_credentials(text, &first, user, password, "00000001");
-        let r = self.ask(to, &again, self.patience)?;
-        Some((status_of(r.as_bytes())?, r))
-    }
-
-    /// Registers `user` with this phone's address as its contact.
-    fn register(&self, to: SocketAddr, user: &str, password: &str) -> Option<u16> {
-        let text = self
-            .request("REGISTER", user, user, "Expires: 600\r\n")
-            .replacen(
-                &format!("REGISTER sip:{user}@{DOMAIN}"),
-                &format!("REGISTER sip:{DOMAIN}"),
-                1,
-            );
-        self.authenticated(to, &text, user, password)
-            .map(|(s, _)| s)
-    }
-}
-
-fn header(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-fn param(challenge: &str, name: &str) -> String {
-    challenge
-        .split(&format!("{name}=\""))
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// `text` again with the next CSeq and an answer (MD5, qop=auth) to the
-/// challenge in `challenge_response`.
-fn with_credentials(
-    text: &str,
-    challenge_response: &str,
-    user: &str,
-    password: &str,
-    nc: &str,
-) -> String {
-    let proxy = status_of(challenge_response.as_bytes()) == Some(407);
-    let (ask, answer) = if proxy {
-        ("Proxy-Authenticate", "Proxy-Authorization")
-    } else {
-        ("WWW-Authenticate", "Authorization")
-    };
-    // The MD5 challenge among those offered.
-    let challenge = challenge_response
-        .lines()
-        .filter(|l| {
-            l.to_ascii_lowercase()
-                .starts_with(&ask.to_ascii_lowercase())
-        })
-        .find(|l| l.contains("MD5"))
-        .unwrap_or_else(|| panic!("an MD5 challenge in {challenge_response}"));
-    let nonce = param(challenge, "nonce");
-    let method = text.split(' ').next().unwrap();
-    let uri = text.split(' ').nth(1).unwrap();
-    let ha1 = Ha1::compute(user.as_bytes(), DOMAIN.as_bytes(), password.as_bytes());
-    let resp = response_hex(
-        &ha1,
-        &ResponseParams {
-            algorithm: Algorithm::Md5,
-            nonce: nonce.as_bytes(),
-            cnonce: b"c0ffee",
-            nc: nc.as_bytes(),
-            qop: Some(b"auth"),
-            method: method.as_bytes(),
-            uri: uri.as_bytes(),
-        },
-    );
-    let cred = format!(
-        "{answer}: Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-         response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"\r\n"
-    );
-    let n = rand_u64();
-    text.replacen("CSeq: 1 ", "CSeq: 2 ", 1)
-        .replacen(";branch=z9hG4bK", &format!(";branch=z9hG4bK{n:x}"), 1)
-        .replacen("Content-Length:", &format!("{cred}Content-Length:"), 1)
-}
 
 // ---- a victim's phone -------------------------------------------------------
 
@@ -209,18 +54,7 @@ impl Victim {
                 if t.starts_with("SIP/2.0") || t.starts_with("ACK ") {
                     continue;
                 }
-                let mut answer = String::from("SIP/2.0 200 OK\r\n");
-                for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
-                    for l in t.lines().filter(|l| {
-                        l.split(':')
-                            .next()
-                            .is_some_and(|n| n.trim().eq_ignore_ascii_case(h))
-                    }) {
-                        answer.push_str(l.trim_end());
-                        answer.push_str("\r\n");
-                    }
-                }
-                answer.push_str("Content-Length: 0\r\n\r\n");
+                let answer = response_to(&t, 200, "");
                 let _ = sock.send_to(answer.as_bytes(), from);
                 g.lock().unwrap().push(t);
             }

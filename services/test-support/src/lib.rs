@@ -12,12 +12,14 @@
 //! | [`farm`] | [`Farm`]: `ringmesh dev --json` on kernel-chosen ports, its nodes and logs |
 //! | [`etcd`] | [`Etcd`]: a real etcd on a [`PortBlock`] |
 //! | [`sip`] | raw SIP over UDP and TCP, and a digest REGISTER |
+//! | [`phone`] | [`phone::UdpPhone`]: a raw SIP phone that answers digest challenges |
 //!
 //! The crate root: [`require`] a tool, [`free_port`], a [`PortBlock`] for a
 //! farm whose nodes restart, [`wait_until`], [`http_get`] and [`metric`].
 
 pub mod etcd;
 pub mod farm;
+pub mod phone;
 pub mod sip;
 pub mod tls;
 pub mod ws;
