@@ -41,13 +41,12 @@ impl SubscriberInfo {
     }
 
     /// The implicit registration set `aor` belongs to, in provisioning
-    /// order, or `aor` alone.
-    pub fn implicit_set(&self, aor: &Aor) -> Vec<Aor> {
+    /// order, if it is in one.
+    pub fn implicit_set(&self, aor: &Aor) -> Option<&[Aor]> {
         self.implicit_sets
             .iter()
             .find(|set| set.contains(aor))
-            .cloned()
-            .unwrap_or_else(|| vec![aor.clone()])
+            .map(Vec::as_slice)
     }
 }
 

@@ -202,6 +202,43 @@ pub enum Metric<'a> {
     CallEnded,
     /// An outbound flow (RFC 5626) failed; its bindings are removed.
     FlowFailed(FlowFailure),
+    /// Something happened to a farm-wide subscription.
+    Subscription(SubscriptionEvent),
+}
+
+/// What happened to a subscription
+/// (`ringmesh_sip_subscription_events_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionEvent {
+    /// A SUBSCRIBE was accepted (stored), or refreshed.
+    Accepted,
+    Refreshed,
+    /// A NOTIFY was sent (after its state was stored).
+    Notified,
+    /// A subscription ended: it ran out or was un-SUBSCRIBEd (its last
+    /// NOTIFY sent), or its watcher answered 481 or not at all.
+    Ended,
+    WatcherGone,
+}
+
+impl SubscriptionEvent {
+    pub const ALL: [SubscriptionEvent; 5] = [
+        SubscriptionEvent::Accepted,
+        SubscriptionEvent::Refreshed,
+        SubscriptionEvent::Notified,
+        SubscriptionEvent::Ended,
+        SubscriptionEvent::WatcherGone,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            SubscriptionEvent::Accepted => "accepted",
+            SubscriptionEvent::Refreshed => "refreshed",
+            SubscriptionEvent::Notified => "notified",
+            SubscriptionEvent::Ended => "ended",
+            SubscriptionEvent::WatcherGone => "watcher_gone",
+        }
+    }
 }
 
 /// Why an outbound flow failed

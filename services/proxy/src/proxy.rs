@@ -289,6 +289,7 @@ enum Pending {
         msg: Message,
         aor: ringmesh_sip::aor::Aor,
         sub: crate::subscription::Subscription,
+        refresh: bool,
     },
     /// An in-dialog SUBSCRIBE waiting for its subscription's record.
     Resubscribe {
@@ -504,7 +505,8 @@ impl Proxy {
                 msg,
                 aor,
                 sub,
-            }) => self.subscribed(server, msg, aor, sub, result, now),
+                refresh,
+            }) => self.subscribed(server, msg, aor, sub, refresh, result, now),
             Some(Pending::Resubscribe {
                 server,
                 msg,

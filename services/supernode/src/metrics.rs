@@ -314,6 +314,7 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     pub outbound_flows: IntGauge,
     pub flows_failed: IntCounterVec,
+    pub subscription_events: IntCounterVec,
     pub handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
@@ -543,6 +544,12 @@ impl Metrics {
                 "ringmesh_sip_outbound_flows_failed_total",
                 "Outbound flows that failed, their bindings removed at once, by reason (closed: the connection closed; silent: nothing heard for the Flow-Timer plus a margin)",
                 &["reason"],
+            ),
+            subscription_events: counter_vec(
+                r,
+                "ringmesh_sip_subscription_events_total",
+                "Farm-wide subscriptions (reg event) by event: accepted and refreshed SUBSCRIBEs taken here, NOTIFYs sent by this node as a notifier, subscriptions ended (ran out or un-SUBSCRIBEd) and dropped because the watcher answered 481 or nothing",
+                &["event"],
             ),
             handshake_failures: counter_vec(
                 r,
@@ -787,6 +794,9 @@ impl Metrics {
         for why in ringmesh_proxy::observe::FlowFailure::ALL {
             m.flows_failed.with_label_values(&[why.as_label()]);
         }
+        for e in ringmesh_proxy::observe::SubscriptionEvent::ALL {
+            m.subscription_events.with_label_values(&[e.as_label()]);
+        }
         for result in ["reloaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
         }
@@ -861,6 +871,10 @@ impl Observer for Metrics {
             Metric::CallStarted => self.calls_active.inc(),
             Metric::CallEnded => self.calls_active.dec(),
             Metric::FlowFailed(why) => self.flows_failed.with_label_values(&[why.as_label()]).inc(),
+            Metric::Subscription(e) => self
+                .subscription_events
+                .with_label_values(&[e.as_label()])
+                .inc(),
         }
     }
 }

@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 use super::routing::Target;
 use super::{BRANCH_PREFIX, IdMap, Now, Origin, Pending, Proxy};
 use crate::location::{Located, LocationError, LocationOp};
+use crate::observe::{Metric, SubscriptionEvent};
 use crate::subscription::{self, Subscription};
 use crate::token::{Dest, Dialog, Purpose};
 
@@ -168,11 +169,18 @@ impl Proxy {
             edge: self.me.node_id,
             notified: Vec::new(),
         };
-        self.store_subscription(server, msg, resource, sub);
+        self.store_subscription(server, msg, resource, sub, false);
     }
 
-    /// Writes `sub` (new or refreshed), then answers its SUBSCRIBE.
-    fn store_subscription(&mut self, server: ServerKey, msg: Message, aor: Aor, sub: Subscription) {
+    /// Writes `sub` (new, or a `refresh`), then answers its SUBSCRIBE.
+    fn store_subscription(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        sub: Subscription,
+        refresh: bool,
+    ) {
         let token = self.token();
         self.actions.push_back(super::Action::Location {
             token,
@@ -189,18 +197,21 @@ impl Proxy {
                 msg,
                 aor,
                 sub,
+                refresh,
             },
         );
     }
 
     /// The subscription of a SUBSCRIBE is stored: 200 with its Expires and
     /// the farm's Contact, and the key's notifier is told.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn subscribed(
         &mut self,
         server: ServerKey,
         msg: Message,
         aor: Aor,
         sub: Subscription,
+        refresh: bool,
         result: Result<Located, LocationError>,
         now: Now,
     ) {
@@ -208,6 +219,11 @@ impl Proxy {
             tracing::warn!(error = %e, "subscription not stored");
             return self.reply_unavailable(server, &msg, now);
         }
+        self.observer.observe(Metric::Subscription(if refresh {
+            SubscriptionEvent::Refreshed
+        } else {
+            SubscriptionEvent::Accepted
+        }));
         let expires = sub.expires_at_ms.saturating_sub(now.wall_ms).div_ceil(1000);
         let contact = self.subscription_contact(&sub, now);
         self.reply(
@@ -319,7 +335,7 @@ impl Proxy {
         };
         sub.remote_cseq = msg.cseq();
         sub.expires_at_ms = now.wall_ms + u64::from(expires) * 1000;
-        self.store_subscription(server, msg, aor, sub);
+        self.store_subscription(server, msg, aor, sub, true);
     }
 
     // ---- watching a key -------------------------------------------------------
@@ -498,6 +514,12 @@ impl Proxy {
                     now.mono,
                 ) {
                     Ok(client) => {
+                        self.observer
+                            .observe(Metric::Subscription(SubscriptionEvent::Notified));
+                        if sub.expires_at_ms <= now.wall_ms {
+                            self.observer
+                                .observe(Metric::Subscription(SubscriptionEvent::Ended));
+                        }
                         self.watching.notifies.insert(client, (aor.clone(), sub));
                     }
                     Err(e) => tracing::warn!(error = %e, "could not send a NOTIFY"),
@@ -666,6 +688,8 @@ impl Proxy {
         self.watching.notifies.remove(&client);
         if ends {
             tracing::info!(%aor, "a watcher is gone: its subscription ends");
+            self.observer
+                .observe(Metric::Subscription(SubscriptionEvent::WatcherGone));
             let token = self.token();
             self.actions.push_back(super::Action::Location {
                 token,

@@ -491,11 +491,14 @@ impl Proxy {
         }
         // An implicit registration set registers as one: its bindings under
         // its key, an alias from every other member.
-        let set = subscriber
-            .as_ref()
-            .map_or_else(|| vec![aor.clone()], |s| s.implicit_set(&aor));
-        let key = crate::auth::set_key(&set).cloned().unwrap_or(aor);
-        let aliases: Vec<Aor> = set.into_iter().filter(|a| *a != key).collect();
+        let set = subscriber.as_ref().and_then(|s| s.implicit_set(&aor));
+        let (key, aliases) = match set.and_then(|set| Some((crate::auth::set_key(set)?, set))) {
+            Some((key, set)) => (
+                key.clone(),
+                set.iter().filter(|a| *a != key).cloned().collect(),
+            ),
+            None => (aor, Vec::new()),
+        };
         let transport = transport_of(&msg);
         let plan = match registrar::plan(
             &msg,
@@ -606,7 +609,7 @@ impl Proxy {
                     );
                 }
                 Authn::User(sub) => {
-                    if let Some(key) = crate::auth::set_key(&sub.implicit_set(&aor)) {
+                    if let Some(key) = sub.implicit_set(&aor).and_then(crate::auth::set_key) {
                         resource = key.clone();
                     }
                 }
@@ -799,23 +802,24 @@ impl Proxy {
         })
     }
 
-    /// The callee's bindings are known. None: 480, whether or not the
-    /// callee exists (nothing tells a subscriber from a stranger). Else
-    /// the callee is checked (barred: 403), and the request forwarded.
+    /// The callee's bindings are known (for a GRUU, those of its instance
+    /// only: RFC 5627 §5.1). None: 480, whether or not the callee exists
+    /// (nothing tells a subscriber from a stranger). Else the callee is
+    /// checked (barred: 403), and the request forwarded.
     pub(super) fn route_to_bindings(
         &mut self,
         server: ServerKey,
         msg: Message,
         origin: Origin,
-        bindings: Vec<Binding>,
+        mut bindings: Vec<Binding>,
         asserted: Option<Bytes>,
         now: Now,
     ) {
-        let aor = msg
-            .request_uri()
-            .and_then(|u| self.callee_of(&u))
-            .map(|(aor, _)| aor);
-        let (Some(aor), false) = (aor, bindings.is_empty()) else {
+        let callee = msg.request_uri().and_then(|u| self.callee_of(&u));
+        if let Some((_, Some(instance))) = &callee {
+            bindings.retain(|b| b.instance.as_ref() == Some(instance));
+        }
+        let (Some((aor, _)), false) = (callee, bindings.is_empty()) else {
             return self.reply(server, &msg, 480, &[], now);
         };
         let token = self.token();
@@ -874,10 +878,6 @@ impl Proxy {
             }
             Ok(None) => return self.reply(server, &msg, 480, &[], now),
             Ok(Some(_)) | Err(_) => {}
-        }
-        // A GRUU reaches its instance and no other (RFC 5627 §5.1).
-        if let Some((_, Some(instance))) = msg.request_uri().and_then(|u| self.callee_of(&u)) {
-            bindings.retain(|b| b.instance.as_ref() == Some(&instance));
         }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));

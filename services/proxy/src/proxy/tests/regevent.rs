@@ -291,6 +291,14 @@ fn a_refresh_and_an_unsubscribe_reach_the_farm_not_a_node() {
     // Then nothing more: alice registering tells no one.
     h.register(udp_leaf(1), "alice", "<sip:alice@192.0.2.1:5060>");
     assert!(notifies(&mut h, watcher).is_empty());
+    let events = |e: &str| h.metrics.iter().map(|m| m.count(e)).sum::<usize>();
+    assert_eq!(events("Subscription(Accepted)"), 1);
+    assert_eq!(
+        events("Subscription(Refreshed)"),
+        2,
+        "the refresh and the un-SUBSCRIBE"
+    );
+    assert_eq!(events("Subscription(Ended)"), 1);
 }
 
 #[test]
