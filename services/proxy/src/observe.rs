@@ -106,10 +106,12 @@ pub enum Refusal {
     /// A Service-Route of this farm that is forged or names another
     /// subscriber's registration.
     ServiceRoute,
+    /// A new subscription to an AOR that has as many as it may.
+    TooManySubscriptions,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::NotInDialog,
         Refusal::ContactAddress,
         Refusal::TooManyContacts,
@@ -118,6 +120,7 @@ impl Refusal {
         Refusal::ForgedResponse,
         Refusal::PathFromPhone,
         Refusal::ServiceRoute,
+        Refusal::TooManySubscriptions,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -130,6 +133,7 @@ impl Refusal {
             Refusal::ForgedResponse => "forged_response",
             Refusal::PathFromPhone => "path_from_phone",
             Refusal::ServiceRoute => "service_route",
+            Refusal::TooManySubscriptions => "too_many_subscriptions",
         }
     }
 }

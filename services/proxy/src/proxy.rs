@@ -283,6 +283,13 @@ enum Pending {
     Purge { aor: ringmesh_sip::aor::Aor },
     /// The binding of an outbound flow that failed being removed.
     FlowGone { aor: ringmesh_sip::aor::Aor },
+    /// A new subscription waiting for its resource's record (the cap).
+    NewSubscription {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+        sub: Box<crate::subscription::Subscription>,
+    },
     /// A new or refreshed subscription being stored.
     Subscribed {
         server: ServerKey,
@@ -507,6 +514,12 @@ impl Proxy {
                 sub,
                 refresh,
             }) => self.subscribed(server, msg, aor, sub, refresh, result, now),
+            Some(Pending::NewSubscription {
+                server,
+                msg,
+                aor,
+                sub,
+            }) => self.new_subscription(server, msg, aor, *sub, result, now),
             Some(Pending::Resubscribe {
                 server,
                 msg,

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 use super::routing::Target;
 use super::{BRANCH_PREFIX, IdMap, Now, Origin, Pending, Proxy};
 use crate::location::{Located, LocationError, LocationOp};
-use crate::observe::{Metric, SubscriptionEvent};
+use crate::observe::{Metric, Refusal, SubscriptionEvent};
 use crate::subscription::{self, Subscription};
 use crate::token::{Dest, Dialog, Purpose};
 
@@ -54,6 +54,9 @@ const WATCH_CONTENT_TYPE: &str = "application/x-ringmesh-watch";
 const DEFAULT_EXPIRES: u32 = 3761;
 const MAX_EXPIRES: u32 = 7200;
 const MIN_EXPIRES: u32 = 60;
+/// Live subscriptions one AOR may have: a subscriber cannot fill its
+/// record (and its notifier's work) with watchers.
+pub(super) const MAX_SUBSCRIPTIONS: usize = 16;
 
 /// The notifier's bookkeeping (nothing here is a subscription's state).
 #[derive(Debug, Default)]
@@ -169,7 +172,71 @@ impl Proxy {
             edge: self.me.node_id,
             notified: Vec::new(),
         };
-        self.store_subscription(server, msg, resource, sub, false);
+        // The record is read first: the AOR's subscriptions are capped.
+        let token = self.token();
+        self.actions.push_back(super::Action::Location {
+            token,
+            op: LocationOp::Watch {
+                aor: resource.clone(),
+                now_ms: now.wall_ms,
+            },
+        });
+        self.pending.insert(
+            token,
+            Pending::NewSubscription {
+                server,
+                msg,
+                aor: resource,
+                sub: Box::new(sub),
+            },
+        );
+    }
+
+    /// The record a new subscription goes to was read: a SUBSCRIBE of the
+    /// same dialog again replaces its subscription (and gets the full
+    /// state again); beyond [`MAX_SUBSCRIPTIONS`] live ones the AOR takes
+    /// no more (403).
+    pub(super) fn new_subscription(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        mut sub: Subscription,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        let existing = match result {
+            Ok(Located::Watched { subscriptions, .. }) => subscriptions,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscriptions not read");
+                return self.reply_unavailable(server, &msg, now);
+            }
+        };
+        if let Some(old) = existing
+            .iter()
+            .find(|s| s.call_id == sub.call_id && s.remote_tag == sub.remote_tag)
+        {
+            sub.id = old.id;
+        } else if existing
+            .iter()
+            .filter(|s| s.expires_at_ms > now.wall_ms)
+            .count()
+            >= MAX_SUBSCRIPTIONS
+        {
+            self.refused(Refusal::TooManySubscriptions);
+            return self.reply(
+                server,
+                &msg,
+                403,
+                &[(
+                    HeaderName::Warning,
+                    b"399 ringmesh \"too many subscriptions to this address-of-record\"",
+                )],
+                now,
+            );
+        }
+        self.store_subscription(server, msg, aor, sub, false);
     }
 
     /// Writes `sub` (new, or a `refresh`), then answers its SUBSCRIBE.

@@ -409,3 +409,46 @@ fn the_subscription_outlives_the_member_that_accepted_it() {
     assert_eq!(version(&sent[0].msg), 1);
     assert!(body(&sent[0].msg).contains("event=\"registered\""));
 }
+
+#[test]
+fn a_subscriber_cannot_flood_its_record_with_subscriptions() {
+    let mut h = Harness::new();
+    let mallory = udp_leaf(66);
+    let cap = crate::proxy::notifier::MAX_SUBSCRIPTIONS;
+    for i in 0..cap {
+        let call = format!("flood-{i}");
+        h.send_authenticated(
+            mallory,
+            "alice",
+            &subscribe_text(mallory, "alice", "alice", &call, 600),
+        );
+        assert_eq!(h.final_to(mallory).status(), Some(200), "subscription {i}");
+    }
+    // The same dialog subscribing again replaces its subscription.
+    h.send_authenticated(
+        mallory,
+        "alice",
+        &subscribe_text(mallory, "alice", "alice", "flood-0", 600),
+    );
+    assert_eq!(h.final_to(mallory).status(), Some(200));
+    // One more is refused, and counted.
+    h.send_authenticated(
+        mallory,
+        "alice",
+        &subscribe_text(mallory, "alice", "alice", "flood-x", 600),
+    );
+    let r = h.final_to(mallory);
+    assert_eq!(r.status(), Some(403));
+    assert!(
+        header(&r, HeaderName::Warning)
+            .unwrap()
+            .contains("too many subscriptions")
+    );
+    assert_eq!(h.metrics[0].count("TooManySubscriptions"), 1);
+    h.take();
+    // Bob watching his own registrations on the same node is served.
+    let bob = udp_leaf(2);
+    h.send_authenticated(bob, "bob", &subscribe_text(bob, "bob", "bob", "bob-w", 600));
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    assert_eq!(notifies(&mut h, bob).len(), 1);
+}
