@@ -684,10 +684,13 @@ impl Proxy {
     }
 
     /// The headers of a 200 OK to a REGISTER beyond its contacts: the Path
-    /// it carried, when the phone supports it (RFC 3327 §5.3); while it
-    /// has bindings, a Service-Route through the node that took it (RFC
-    /// 3608), sealed for the registered set; and the subscriber's public
-    /// identities, its default one first (RFC 3455 `P-Associated-URI`).
+    /// it carried, when the phone supports it (RFC 3327 §5.3); for a
+    /// registration through a front end (it has a Path) that leaves
+    /// bindings, a Service-Route through the node that took it (RFC 3608),
+    /// sealed for the registered set (a phone registering directly already
+    /// sends to the farm, and a seal per REGISTER is not free); and the
+    /// subscriber's public identities, its default one first (RFC 3455
+    /// `P-Associated-URI`).
     fn register_headers(
         &self,
         msg: &Message,
@@ -701,7 +704,7 @@ impl Proxy {
                 headers.push((HeaderName::Path, p.to_vec()));
             }
         }
-        if let Some(b) = bindings.first() {
+        if let (Some(b), true) = (bindings.first(), msg.has_header(HeaderName::Path)) {
             let t = transport_of(msg);
             let sealed = self
                 .tokens

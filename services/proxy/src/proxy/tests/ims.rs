@@ -248,13 +248,18 @@ fn service_route(ok: &Message) -> String {
 #[test]
 fn a_service_route_is_followed_only_by_its_own_subscriber() {
     let mut h = Harness::new();
-    let alice = udp_leaf(1);
-    let ok = h.register(alice, "alice", "<sip:alice@192.0.2.1:5060>");
-    let alice_sr = service_route(&ok);
-    let bob = udp_leaf(2);
-    let ok = h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>");
-    let bob_sr = service_route(&ok);
+    // Registered through the front end: a Service-Route each.
+    let pc = pcscf(&mut h);
+    h.leaf_sends(pc, &relayed_register("alice", "sr-a", 1, 600));
+    let alice_sr = service_route(&h.final_to(pc));
+    h.leaf_sends(pc, &relayed_register("bob", "sr-b", 1, 600));
+    let bob_sr = service_route(&h.final_to(pc));
     assert_ne!(alice_sr, bob_sr);
+    // A phone registering directly gets none: it sends to the farm anyway.
+    let direct = h.register(udp_leaf(3), "dave", "<sip:dave@192.0.2.3:5060>");
+    assert_eq!(direct.status(), Some(200));
+    assert!(direct.header(HeaderName::ServiceRoute).is_none());
+    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
     h.take();
     // Alice follows her Service-Route: the call goes through.
     let route = format!("Route: {alice_sr}\n");
@@ -265,7 +270,16 @@ fn a_service_route_is_followed_only_by_its_own_subscriber() {
     );
     let out = invites(&mut h);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].msg.routes().count(), 0, "the Service-Route is ours");
+    let routes: Vec<String> = out[0]
+        .msg
+        .routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    assert_eq!(
+        routes,
+        vec![PATH.to_string()],
+        "the Service-Route is ours, bob's Path is his"
+    );
     // Bob presenting alice's Service-Route is refused, once authenticated.
     h.send_authenticated(
         bob,
