@@ -4,7 +4,7 @@
 //! source; bans and lifts reach every member as SIP MESSAGE requests over
 //! the overlay links.
 
-use bytes::Bytes;
+use ringmesh_sip::transaction::ClientKey;
 use ringmesh_sip::{HeaderName, Message, Method, digest};
 
 use super::{BRANCH_PREFIX, Now, Proxy};
@@ -140,42 +140,64 @@ impl Proxy {
         }
     }
 
-    /// A guard message to another supernode: a MESSAGE request in its own
-    /// client transaction over the overlay link.
+    /// A guard message to another supernode.
     fn send_guard(&mut self, node: [u8; 16], msg: &GuardMsg, now: Now) {
-        let Some(addr) = self.farm.as_ref().and_then(|f| f.sip_addr(&node)) else {
-            return;
-        };
+        self.message_member(node, "guard", CONTENT_TYPE, msg.encode().as_bytes(), now);
+    }
+
+    /// A MESSAGE to `sip:USER@` another supernode carrying `body` of
+    /// `content_type`, in its own client transaction over the overlay link
+    /// (how members tell each other of bans, and of changes to watched
+    /// records); `None` when the member is not alive or the transaction
+    /// cannot start.
+    pub(super) fn message_member(
+        &mut self,
+        node: [u8; 16],
+        user: &str,
+        content_type: &str,
+        body: &[u8],
+        now: Now,
+    ) -> Option<ClientKey> {
+        let addr = self.farm.as_ref().and_then(|f| f.sip_addr(&node))?;
         self.branch_counter = self.branch_counter.wrapping_add(1);
         let n = self.branch_counter;
-        let branch = format!("{BRANCH_PREFIX}g.{n:x}");
-        let body = msg.encode();
+        let branch = format!("{BRANCH_PREFIX}{user}.{n:x}");
         let me = hex_id(&self.me.node_id);
-        let text = format!(
-            "MESSAGE sip:guard@{addr} SIP/2.0\r\n\
-             Via: SIP/2.0/TCP {}:{};branch={branch}\r\n\
-             Max-Forwards: 1\r\n\
-             From: <sip:guard@{}>;tag=g{n:x}\r\n\
-             To: <sip:guard@{}>\r\n\
-             Call-ID: guard-{n:x}-{me}\r\n\
-             CSeq: 1 MESSAGE\r\n\
-             Content-Type: {CONTENT_TYPE}\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            self.me.advertise,
-            self.me.port(crate::binding::Transport::Tcp),
-            self.me.domain,
-            self.me.domain,
-            body.len()
+        let mut w = ringmesh_sip::Writer::request(
+            &Method::Message,
+            format!("sip:{user}@{addr}").as_bytes(),
         );
-        if let Err(e) = self.txl.send_request_raw(
-            Bytes::from(text),
+        w.header_fmt(
+            HeaderName::Via,
+            format_args!(
+                "SIP/2.0/TCP {}:{};branch={branch}",
+                self.me.advertise,
+                self.me.port(crate::binding::Transport::Tcp)
+            ),
+        );
+        w.header(HeaderName::MaxForwards, b"1");
+        let domain = &self.me.domain;
+        w.header_fmt(
+            HeaderName::From,
+            format_args!("<sip:{user}@{domain}>;tag={n:x}"),
+        );
+        w.header_fmt(HeaderName::To, format_args!("<sip:{user}@{domain}>"));
+        w.header_fmt(HeaderName::CallId, format_args!("{user}-{n:x}-{me}"));
+        w.header(HeaderName::CSeq, b"1 MESSAGE");
+        w.header(HeaderName::ContentType, content_type.as_bytes());
+        match self.txl.send_request_raw(
+            w.finish(body),
             &Method::Message,
             branch.as_bytes(),
             Dest::Peer(node),
             true,
             now.mono,
         ) {
-            tracing::warn!(error = %e, "could not send a guard message");
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, user, "could not send a message to a member");
+                None
+            }
         }
     }
 

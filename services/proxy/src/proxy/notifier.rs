@@ -414,50 +414,11 @@ impl Proxy {
         if owner == self.me.node_id {
             return self.evaluate(aor, now);
         }
-        let Some(addr) = self.farm.as_ref().and_then(|f| f.sip_addr(&owner)) else {
-            return self.evaluate(aor, now);
-        };
-        self.branch_counter = self.branch_counter.wrapping_add(1);
-        let n = self.branch_counter;
-        let branch = format!("{BRANCH_PREFIX}w.{n:x}");
-        let body = aor.as_bytes();
-        let mut w =
-            ringmesh_sip::Writer::request(&Method::Message, format!("sip:watch@{addr}").as_bytes());
-        w.header_fmt(
-            HeaderName::Via,
-            format_args!(
-                "SIP/2.0/TCP {}:{};branch={branch}",
-                self.me.advertise,
-                self.me.port(crate::binding::Transport::Tcp)
-            ),
-        );
-        w.header(HeaderName::MaxForwards, b"1");
-        w.header_fmt(
-            HeaderName::From,
-            format_args!("<sip:watch@{}>;tag=w{n:x}", self.me.domain),
-        );
-        w.header_fmt(
-            HeaderName::To,
-            format_args!("<sip:watch@{}>", self.me.domain),
-        );
-        w.header_fmt(HeaderName::CallId, format_args!("watch-{n:x}"));
-        w.header(HeaderName::CSeq, b"1 MESSAGE");
-        w.header(HeaderName::ContentType, WATCH_CONTENT_TYPE.as_bytes());
-        match self.txl.send_request_raw(
-            w.finish(body),
-            &Method::Message,
-            branch.as_bytes(),
-            Dest::Peer(owner),
-            true,
-            now.mono,
-        ) {
-            Ok(client) => {
+        match self.message_member(owner, "watch", WATCH_CONTENT_TYPE, aor.as_bytes(), now) {
+            Some(client) => {
                 self.watching.told.insert(client, aor);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not tell a notifier; notifying here");
-                self.evaluate(aor, now);
-            }
+            None => self.evaluate(aor, now),
         }
     }
 
@@ -726,34 +687,23 @@ impl Proxy {
         status: Option<u16>,
         now: Now,
     ) -> bool {
-        if let Some(aor) = self.watching.told.get(&client) {
-            match status {
-                Some(s) if s < 200 => {}
-                Some(_) => {
-                    self.watching.told.remove(&client);
-                }
-                None => {
-                    let aor = aor.clone();
-                    self.watching.told.remove(&client);
-                    tracing::warn!(%aor, "a key's notifier did not answer: notifying here");
-                    self.evaluate(aor, now);
-                }
+        if status.is_some_and(|s| s < 200) {
+            return self.watching.told.contains_key(&client)
+                || self.watching.notifies.contains_key(&client);
+        }
+        if let Some(aor) = self.watching.told.remove(&client) {
+            if status.is_none() {
+                tracing::warn!(%aor, "a key's notifier did not answer: notifying here");
+                self.evaluate(aor, now);
             }
             return true;
         }
-        let Some((aor, sub)) = self.watching.notifies.get(&client) else {
+        let Some((aor, sub)) = self.watching.notifies.remove(&client) else {
             return false;
         };
         // RFC 6665 §4.2.2: a NOTIFY that fails with 481, or gets no answer
         // at all, ends the subscription.
-        let ends = match status {
-            Some(s) if s < 200 => return true,
-            Some(481) | None => true,
-            Some(_) => false,
-        };
-        let (aor, sub) = (aor.clone(), sub.clone());
-        self.watching.notifies.remove(&client);
-        if ends {
+        if matches!(status, Some(481) | None) {
             tracing::info!(%aor, "a watcher is gone: its subscription ends");
             self.observer
                 .observe(Metric::Subscription(SubscriptionEvent::WatcherGone));
