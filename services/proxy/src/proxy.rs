@@ -817,6 +817,31 @@ impl Proxy {
         let _ = self.txl.respond(server, status, bytes, now.mono);
     }
 
+    /// Asks the driver for a location operation; `then` waits for its
+    /// result.
+    fn locate(&mut self, op: LocationOp, then: Pending) {
+        let token = self.token();
+        self.actions.push_back(Action::Location { token, op });
+        self.pending.insert(token, then);
+    }
+
+    /// 403 with a Warning saying why.
+    fn forbid(&mut self, server: ServerKey, req: &Message, warning: &[u8], now: Now) {
+        self.reply(server, req, 403, &[(HeaderName::Warning, warning)], now);
+    }
+
+    /// The request runs again once the directory answers under `token`.
+    fn wait_for_directory(&mut self, token: u64, server: ServerKey, msg: Message, origin: Origin) {
+        self.pending.insert(
+            token,
+            Pending::Auth {
+                server,
+                msg,
+                origin,
+            },
+        );
+    }
+
     /// Answers locally with `status` and optional extra headers.
     fn reply(
         &mut self,

@@ -196,20 +196,42 @@ impl TokenKeys {
             }
         }
         b.extend_from_slice(&peer.port().to_be_bytes());
+        self.seal_raw(VERSION, &b, &aad(dialog))
+    }
+
+    /// `plain` sealed under the current key with `aad`: base64url of
+    /// `first ‖ key version ‖ ciphertext`.
+    fn seal_raw(&self, first: u8, plain: &[u8], aad: &[u8]) -> String {
         let (version, cipher) = &self.keys[0];
         let sealed = cipher
-            .encrypt(
-                &Nonce::default(),
-                Payload {
-                    msg: &b,
-                    aad: &aad(dialog),
-                },
-            )
+            .encrypt(&Nonce::default(), Payload { msg: plain, aad })
             .expect("sealing a short buffer cannot fail");
         let mut out = Vec::with_capacity(2 + sealed.len());
-        out.extend_from_slice(&[VERSION, *version]);
+        out.extend_from_slice(&[first, *version]);
         out.extend_from_slice(&sealed);
         URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// What [`TokenKeys::seal_raw`] wrote with `first`, decoded (its
+    /// ciphertext from byte 2 on), and the cipher of its key version;
+    /// `None` for a text longer than `max_len`, not base64url, of another
+    /// kind or under an unknown key.
+    fn unseal_raw(
+        &self,
+        first: u8,
+        text: &[u8],
+        max_len: usize,
+    ) -> Option<(&Aes256GcmSiv, Vec<u8>)> {
+        if text.len() > max_len {
+            return None;
+        }
+        let b = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let (&[kind, version], _) = b.split_first_chunk::<2>()?;
+        if kind != first {
+            return None;
+        }
+        let (_, cipher) = self.keys.iter().find(|(v, _)| *v == version)?;
+        Some((cipher, b))
     }
 
     /// Opens a token for a request of the dialog with `call_id` whose
@@ -223,14 +245,8 @@ impl TokenKeys {
         tags: &[&[u8]],
         now_secs: u64,
     ) -> Option<FlowToken> {
-        if text.len() > 256 {
-            return None;
-        }
-        let b = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let [VERSION, version, sealed @ ..] = b.as_slice() else {
-            return None;
-        };
-        let (_, cipher) = self.keys.iter().find(|(v, _)| v == version)?;
+        let (cipher, b) = self.unseal_raw(VERSION, text, 256)?;
+        let sealed = &b[2..];
         let plain = tags.iter().find_map(|tag| {
             let dialog = Dialog {
                 call_id,
@@ -358,38 +374,18 @@ impl TokenKeys {
         let mut b = Vec::with_capacity(4 + plain.len());
         b.extend_from_slice(&(now_secs.min(u64::from(u32::MAX)) as u32).to_be_bytes());
         b.extend_from_slice(plain);
-        let (version, cipher) = &self.keys[0];
-        let sealed = cipher
-            .encrypt(
-                &Nonce::default(),
-                Payload {
-                    msg: &b,
-                    aad: purpose.label(),
-                },
-            )
-            .expect("sealing a short buffer cannot fail");
-        let mut out = Vec::with_capacity(2 + sealed.len());
-        out.extend_from_slice(&[SEALED_NAME, *version]);
-        out.extend_from_slice(&sealed);
-        URL_SAFE_NO_PAD.encode(out)
+        self.seal_raw(SEALED_NAME, &b, purpose.label())
     }
 
     /// What a name sealed for `purpose` holds; `None` for anything forged,
     /// garbled, sealed under an unknown key or for another purpose.
     pub fn open_for(&self, purpose: Purpose, text: &[u8]) -> Option<Vec<u8>> {
-        if text.len() > 512 {
-            return None;
-        }
-        let b = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let [SEALED_NAME, version, sealed @ ..] = b.as_slice() else {
-            return None;
-        };
-        let (_, cipher) = self.keys.iter().find(|(v, _)| v == version)?;
+        let (cipher, b) = self.unseal_raw(SEALED_NAME, text, 512)?;
         let plain = cipher
             .decrypt(
                 &Nonce::default(),
                 Payload {
-                    msg: sealed,
+                    msg: &b[2..],
                     aad: purpose.label(),
                 },
             )

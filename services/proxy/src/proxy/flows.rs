@@ -209,17 +209,15 @@ impl Proxy {
                 hlc: now.hlc(),
                 max_contacts: self.registrar.max_contacts,
             };
-            let token = self.token();
-            self.actions.push_back(super::Action::Location {
-                token,
-                op: LocationOp::Register {
+            self.locate(
+                LocationOp::Register {
                     aor: aor.clone(),
                     plan,
                     now_ms: now.wall_ms,
                     aliases: Vec::new(),
                 },
-            });
-            self.pending.insert(token, Pending::FlowGone { aor });
+                Pending::FlowGone { aor },
+            );
         }
     }
 }

@@ -173,16 +173,11 @@ impl Proxy {
             notified: Vec::new(),
         };
         // The record is read first: the AOR's subscriptions are capped.
-        let token = self.token();
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Watch {
+        self.locate(
+            LocationOp::Watch {
                 aor: resource.clone(),
                 now_ms: now.wall_ms,
             },
-        });
-        self.pending.insert(
-            token,
             Pending::NewSubscription {
                 server,
                 msg,
@@ -190,6 +185,26 @@ impl Proxy {
                 sub: Box::new(sub),
             },
         );
+    }
+
+    /// The subscriptions a read of a record found; `None` when the read
+    /// failed (the SUBSCRIBE `msg` is answered 503).
+    fn subscriptions_read(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) -> Option<Vec<Subscription>> {
+        match result {
+            Ok(Located::Watched { subscriptions, .. }) => Some(subscriptions),
+            Ok(_) => Some(Vec::new()),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscriptions not read");
+                self.reply_unavailable(server, msg, now);
+                None
+            }
+        }
     }
 
     /// The record a new subscription goes to was read: a SUBSCRIBE of the
@@ -205,13 +220,8 @@ impl Proxy {
         result: Result<Located, LocationError>,
         now: Now,
     ) {
-        let existing = match result {
-            Ok(Located::Watched { subscriptions, .. }) => subscriptions,
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                tracing::warn!(error = %e, "subscriptions not read");
-                return self.reply_unavailable(server, &msg, now);
-            }
+        let Some(existing) = self.subscriptions_read(server, &msg, result, now) else {
+            return;
         };
         if let Some(old) = existing
             .iter()
@@ -225,14 +235,10 @@ impl Proxy {
             >= MAX_SUBSCRIPTIONS
         {
             self.refused(Refusal::TooManySubscriptions);
-            return self.reply(
+            return self.forbid(
                 server,
                 &msg,
-                403,
-                &[(
-                    HeaderName::Warning,
-                    b"399 ringmesh \"too many subscriptions to this address-of-record\"",
-                )],
+                b"399 ringmesh \"too many subscriptions to this address-of-record\"",
                 now,
             );
         }
@@ -248,17 +254,12 @@ impl Proxy {
         sub: Subscription,
         refresh: bool,
     ) {
-        let token = self.token();
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Subscription {
+        self.locate(
+            LocationOp::Subscription {
                 aor: aor.clone(),
                 sub: Box::new(sub.clone()),
                 remove: false,
             },
-        });
-        self.pending.insert(
-            token,
             Pending::Subscribed {
                 server,
                 msg,
@@ -346,16 +347,11 @@ impl Proxy {
         let (Some((aor, id)), Method::Subscribe) = (target, msg.method()) else {
             return self.reply(server, &msg, 481, &[], now);
         };
-        let token = self.token();
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Watch {
+        self.locate(
+            LocationOp::Watch {
                 aor: aor.clone(),
                 now_ms: now.wall_ms,
             },
-        });
-        self.pending.insert(
-            token,
             Pending::Resubscribe {
                 server,
                 msg,
@@ -376,13 +372,8 @@ impl Proxy {
         result: Result<Located, LocationError>,
         now: Now,
     ) {
-        let subscriptions = match result {
-            Ok(Located::Watched { subscriptions, .. }) => subscriptions,
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                tracing::warn!(error = %e, "subscription not read");
-                return self.reply_unavailable(server, &msg, now);
-            }
+        let Some(subscriptions) = self.subscriptions_read(server, &msg, result, now) else {
+            return;
         };
         let same_dialog = |s: &&Subscription| {
             s.id == id
@@ -449,15 +440,13 @@ impl Proxy {
             self.watching.dirty.insert(aor);
             return;
         }
-        let token = self.token();
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Watch {
+        self.locate(
+            LocationOp::Watch {
                 aor: aor.clone(),
                 now_ms: now.wall_ms,
             },
-        });
-        self.pending.insert(token, Pending::Evaluate { aor });
+            Pending::Evaluate { aor },
+        );
     }
 
     /// The record was read: each subscription whose document changed is
@@ -494,17 +483,12 @@ impl Proxy {
                 due = Some(due.map_or(next, |d| d.min(next)));
             }
             let notify = self.notify_request(&sub, &doc.body, ending, now);
-            let token = self.token();
-            self.actions.push_back(super::Action::Location {
-                token,
-                op: LocationOp::Subscription {
+            self.locate(
+                LocationOp::Subscription {
                     aor: aor.clone(),
                     sub: Box::new(sub.clone()),
                     remove: ending,
                 },
-            });
-            self.pending.insert(
-                token,
                 Pending::Notify {
                     aor: aor.clone(),
                     sub,
@@ -707,16 +691,14 @@ impl Proxy {
             tracing::info!(%aor, "a watcher is gone: its subscription ends");
             self.observer
                 .observe(Metric::Subscription(SubscriptionEvent::WatcherGone));
-            let token = self.token();
-            self.actions.push_back(super::Action::Location {
-                token,
-                op: LocationOp::Subscription {
+            self.locate(
+                LocationOp::Subscription {
                     aor: aor.clone(),
                     sub: Box::new(sub),
                     remove: true,
                 },
-            });
-            self.pending.insert(token, Pending::Purge { aor });
+                Pending::Purge { aor },
+            );
         }
         true
     }

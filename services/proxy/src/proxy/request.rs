@@ -102,14 +102,10 @@ impl Proxy {
             }
             Routing::Toward { .. } | Routing::Member { .. } => {
                 self.refused(Refusal::NotInDialog);
-                return self.reply(
+                return self.forbid(
                     server,
                     &msg,
-                    403,
-                    &[(
-                        HeaderName::Warning,
-                        b"399 ringmesh \"a flow token routes only in-dialog requests\"",
-                    )],
+                    b"399 ringmesh \"a flow token routes only in-dialog requests\"",
                     now,
                 );
             }
@@ -118,23 +114,11 @@ impl Proxy {
         if popped < msg.routes().count() {
             // A further hop named by Route that is not a farm member: the
             // farm relays for no one.
-            return self.reply(
-                server,
-                &msg,
-                403,
-                &[(HeaderName::Warning, b"399 ringmesh \"will not relay\"")],
-                now,
-            );
+            return self.forbid(server, &msg, b"399 ringmesh \"will not relay\"", now);
         }
         if origin == Origin::Peer {
             // Supernodes send each other requests with a flow token only.
-            return self.reply(
-                server,
-                &msg,
-                403,
-                &[(HeaderName::Warning, b"399 ringmesh \"no route\"")],
-                now,
-            );
+            return self.forbid(server, &msg, b"399 ringmesh \"no route\"", now);
         }
 
         // 3. No open relay; emergency requests go where they must.
@@ -142,14 +126,10 @@ impl Proxy {
             return self.route_emergency(server, msg, origin, popped, now);
         }
         if ruri.scheme() != Scheme::Tel && !self.me.serves(&ruri) {
-            return self.reply(
+            return self.forbid(
                 server,
                 &msg,
-                403,
-                &[(
-                    HeaderName::Warning,
-                    b"399 ringmesh \"domain not served here\"",
-                )],
+                b"399 ringmesh \"domain not served here\"",
                 now,
             );
         }
@@ -186,16 +166,7 @@ impl Proxy {
         let service_route = self.service_route(&msg, popped);
         if service_route == Some(None) {
             self.refused(Refusal::ServiceRoute);
-            return self.reply(
-                server,
-                &msg,
-                403,
-                &[(
-                    HeaderName::Warning,
-                    b"399 ringmesh \"forged Service-Route\"",
-                )],
-                now,
-            );
+            return self.forbid(server, &msg, b"399 ringmesh \"forged Service-Route\"", now);
         }
         if origin.is_phone() && self.auth.is_some() {
             match self.authenticate(server, &msg, origin, true, now) {
@@ -208,14 +179,10 @@ impl Proxy {
                         .is_some_and(|aor| !sub.owns(aor)) =>
                 {
                     self.refused(Refusal::ServiceRoute);
-                    return self.reply(
+                    return self.forbid(
                         server,
                         &msg,
-                        403,
-                        &[(
-                            HeaderName::Warning,
-                            b"399 ringmesh \"the Service-Route was issued to another subscriber\"",
-                        )],
+                        b"399 ringmesh \"the Service-Route was issued to another subscriber\"",
                         now,
                     );
                 }
@@ -223,27 +190,11 @@ impl Proxy {
                     Ok(a) => asserted = Some(a),
                     Err(warning) => {
                         self.auth_failed(AuthFailure::ForbiddenIdentity);
-                        return self.reply(
-                            server,
-                            &msg,
-                            403,
-                            &[(HeaderName::Warning, warning)],
-                            now,
-                        );
+                        return self.forbid(server, &msg, warning, now);
                     }
                 },
                 Authn::Answered => return,
-                Authn::Wait(token) => {
-                    self.pending.insert(
-                        token,
-                        Pending::Auth {
-                            server,
-                            msg,
-                            origin,
-                        },
-                    );
-                    return;
-                }
+                Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
         if *msg.method() == Method::Invite {
@@ -255,9 +206,11 @@ impl Proxy {
         let Some((aor, _)) = self.callee_of(&ruri) else {
             return self.reply(server, &msg, 480, &[], now);
         };
-        let token = self.token();
-        self.pending.insert(
-            token,
+        self.locate(
+            LocationOp::Lookup {
+                aor,
+                now_ms: now.wall_ms,
+            },
             Pending::Route {
                 server,
                 msg,
@@ -265,13 +218,6 @@ impl Proxy {
                 asserted,
             },
         );
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Lookup {
-                aor,
-                now_ms: now.wall_ms,
-            },
-        });
     }
 
     /// Digest authentication of a request (`proxy`: 407, else 401). The
@@ -294,13 +240,7 @@ impl Proxy {
                 if !proxy {
                     self.registration(Registration::Rejected);
                 }
-                self.reply(
-                    server,
-                    msg,
-                    403,
-                    &[(HeaderName::Warning, b"399 ringmesh \"barred\"")],
-                    now,
-                );
+                self.forbid(server, msg, b"399 ringmesh \"barred\"", now);
                 Authn::Answered
             }
             Verdict::Authenticated(sub) => Authn::User(sub),
@@ -428,14 +368,10 @@ impl Proxy {
         if origin.is_phone() && msg.has_header(HeaderName::Path) {
             self.refused(Refusal::PathFromPhone);
             self.registration(Registration::Rejected);
-            return self.reply(
+            return self.forbid(
                 server,
                 &msg,
-                403,
-                &[(
-                    HeaderName::Warning,
-                    b"399 ringmesh \"Path is accepted from trusted front ends only\"",
-                )],
+                b"399 ringmesh \"Path is accepted from trusted front ends only\"",
                 now,
             );
         }
@@ -453,14 +389,10 @@ impl Proxy {
                 Authn::User(sub) if !sub.owns(&aor) => {
                     self.auth_failed(AuthFailure::ForbiddenIdentity);
                     self.registration(Registration::Rejected);
-                    return self.reply(
+                    return self.forbid(
                         server,
                         &msg,
-                        403,
-                        &[(
-                            HeaderName::Warning,
-                            b"399 ringmesh \"not your address-of-record\"",
-                        )],
+                        b"399 ringmesh \"not your address-of-record\"",
                         now,
                     );
                 }
@@ -471,23 +403,13 @@ impl Proxy {
                     subscriber = Some(sub);
                 }
                 Authn::Answered => return,
-                Authn::Wait(token) => {
-                    self.pending.insert(
-                        token,
-                        Pending::Auth {
-                            server,
-                            msg,
-                            origin,
-                        },
-                    );
-                    return;
-                }
+                Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
         if let Some(warning) = self.refused_contact(&msg) {
             self.refused(Refusal::ContactAddress);
             self.registration(Registration::Rejected);
-            return self.reply(server, &msg, 403, &[(HeaderName::Warning, warning)], now);
+            return self.forbid(server, &msg, warning, now);
         }
         // An implicit registration set registers as one: its bindings under
         // its key, an alias from every other member.
@@ -519,18 +441,13 @@ impl Proxy {
                 return self.respond(server, rej.status, resp, transport, now);
             }
         };
-        let token = self.token();
-        self.actions.push_back(super::Action::Location {
-            token,
-            op: LocationOp::Register {
+        self.locate(
+            LocationOp::Register {
                 aor: key.clone(),
                 plan: plan.clone(),
                 now_ms: now.wall_ms,
                 aliases,
             },
-        });
-        self.pending.insert(
-            token,
             Pending::Register {
                 server,
                 msg,
@@ -557,7 +474,7 @@ impl Proxy {
             if registering {
                 p.registration(Registration::Rejected);
             }
-            p.reply(server, msg, 403, &[(HeaderName::Warning, warning)], now);
+            p.forbid(server, msg, warning, now);
             Authn::Answered
         };
         match found {
@@ -597,14 +514,10 @@ impl Proxy {
             match who {
                 Authn::User(sub) if origin.is_phone() && !sub.owns(&aor) => {
                     self.auth_failed(AuthFailure::ForbiddenIdentity);
-                    return self.reply(
+                    return self.forbid(
                         server,
                         &msg,
-                        403,
-                        &[(
-                            HeaderName::Warning,
-                            b"399 ringmesh \"a phone may watch only its own registrations\"",
-                        )],
+                        b"399 ringmesh \"a phone may watch only its own registrations\"",
                         now,
                     );
                 }
@@ -614,17 +527,7 @@ impl Proxy {
                     }
                 }
                 Authn::Answered => return,
-                Authn::Wait(token) => {
-                    self.pending.insert(
-                        token,
-                        Pending::Auth {
-                            server,
-                            msg,
-                            origin,
-                        },
-                    );
-                    return;
-                }
+                Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
         self.subscribe(server, msg, origin, resource, now);
@@ -868,16 +771,7 @@ impl Proxy {
         match callee {
             Ok(Some(sub)) if sub.barred => {
                 self.refused(Refusal::BarredCallee);
-                return self.reply(
-                    server,
-                    &msg,
-                    403,
-                    &[(
-                        HeaderName::Warning,
-                        b"399 ringmesh \"the callee is barred\"",
-                    )],
-                    now,
-                );
+                return self.forbid(server, &msg, b"399 ringmesh \"the callee is barred\"", now);
             }
             Ok(None) => return self.reply(server, &msg, 480, &[], now),
             Ok(Some(_)) | Err(_) => {}

@@ -65,7 +65,6 @@ impl Proxy {
 
     /// Removes every binding of `aor` (as `Contact: *` would).
     fn purge(&mut self, aor: Aor, now: Now) {
-        let token = self.token();
         let plan = RegisterPlan {
             call_id: bytes::Bytes::from_static(PURGE_CALL_ID),
             cseq: u32::MAX,
@@ -74,16 +73,15 @@ impl Proxy {
             hlc: now.hlc(),
             max_contacts: self.registrar.max_contacts,
         };
-        self.actions.push_back(Action::Location {
-            token,
-            op: LocationOp::Register {
+        self.locate(
+            LocationOp::Register {
                 aor: aor.clone(),
                 plan,
                 now_ms: now.wall_ms,
                 aliases: Vec::new(),
             },
-        });
-        self.pending.insert(token, Pending::Purge { aor });
+            Pending::Purge { aor },
+        );
     }
 
     /// Remembers that `private_id` registered over `flow`, to close it

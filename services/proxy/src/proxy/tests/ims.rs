@@ -40,6 +40,11 @@ fn invite_to(flow: FlowRef, from: &str, ruri: &str, call: &str, extra: &str) -> 
     )
 }
 
+/// Bob (authenticated, on `bob`) calls `ruri`.
+fn bob_calls(h: &mut Harness, bob: FlowRef, ruri: &str, call: &str) {
+    h.send_authenticated(bob, "bob", &invite_to(bob, "bob", ruri, call, ""));
+}
+
 /// The INVITEs sent since the last `take`.
 fn invites(h: &mut Harness) -> Vec<Sent> {
     h.requests()
@@ -113,11 +118,7 @@ fn a_front_end_registers_a_whole_implicit_set_and_calls_reach_it_through_the_pat
     assert_eq!(hops.len(), 2, "{hops:?}");
     assert_eq!(hops[1], PATH);
     // sip:erin-work is not in the set: not registered.
-    h.send_authenticated(
-        bob,
-        "bob",
-        &invite_to(bob, "bob", "sip:erin-work@ringmesh.test", "work-1", ""),
-    );
+    bob_calls(&mut h, bob, "sip:erin-work@ringmesh.test", "work-1");
     assert_eq!(h.final_to(bob).status(), Some(480));
     // De-registering through the front end takes the whole set.
     h.recv(
@@ -128,11 +129,7 @@ fn a_front_end_registers_a_whole_implicit_set_and_calls_reach_it_through_the_pat
     assert_eq!(h.final_to(pc).status(), Some(200));
     assert_eq!(h.bindings_of("sip:erin@ringmesh.test"), 0);
     assert_eq!(h.bindings_of("tel:+15550100"), 0);
-    h.send_authenticated(
-        bob,
-        "bob",
-        &invite_to(bob, "bob", "tel:+15550100", "tel-2", ""),
-    );
+    bob_calls(&mut h, bob, "tel:+15550100", "tel-2");
     assert_eq!(h.final_to(bob).status(), Some(480));
 }
 
@@ -148,26 +145,17 @@ fn registering_the_number_s_set_by_its_sip_identity_makes_the_number_reachable()
     let bob = udp_leaf(2);
     h.take();
     // A SIP URI with user=phone is the number too.
-    h.send_authenticated(
+    bob_calls(
+        &mut h,
         bob,
-        "bob",
-        &invite_to(
-            bob,
-            "bob",
-            "sip:+15550100@ringmesh.test;user=phone",
-            "uphone-1",
-            "",
-        ),
+        "sip:+15550100@ringmesh.test;user=phone",
+        "uphone-1",
     );
     let out = invites(&mut h);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].msg.request_uri_bytes(), b"sip:erin@192.0.2.7:5060");
     // A number nobody owns has no route (yet): 480, as for any AOR.
-    h.send_authenticated(
-        bob,
-        "bob",
-        &invite_to(bob, "bob", "tel:+15550199", "nobody-1", ""),
-    );
+    bob_calls(&mut h, bob, "tel:+15550199", "nobody-1");
     assert_eq!(h.final_to(bob).status(), Some(480));
 }
 

@@ -17,6 +17,28 @@ fn subscribe_text(flow: FlowRef, from: &str, user: &str, call: &str, expires: u3
     )
 }
 
+/// `user`'s device on `flow` subscribes (authenticated) to the reg event
+/// of `target`: the final response.
+fn subscribe_as(h: &mut Harness, flow: FlowRef, user: &str, target: &str, call: &str) -> Message {
+    h.send_authenticated(flow, user, &subscribe_text(flow, user, target, call, 600));
+    h.final_to(flow)
+}
+
+/// Alice's phone on `flow` registers `<sip:alice@192.0.2.1:5060>` at node
+/// `n` for `expires` seconds (0 removes it), answering the challenge; a
+/// new Call-ID each time (the binding is the contact's).
+fn alice_registers(h: &mut Harness, n: u8, flow: FlowRef, expires: u32) {
+    let call = format!("reg-{}", unique());
+    let contact = "<sip:alice@192.0.2.1:5060>";
+    let first = register_text(flow, "alice", contact, &call, 1, "", expires);
+    h.recv(n, &first, Dest::Flow(flow));
+    let c = h.final_to(flow);
+    let auth = authorization(&c, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
+    let second = register_text(flow, "alice", contact, &call, 2, &auth, expires);
+    h.recv(n, &second, Dest::Flow(flow));
+    assert_eq!(h.final_to(flow).status(), Some(200));
+}
+
 /// The NOTIFYs sent to the watcher on `flow` since the last `take`, each
 /// answered 200 (at the node that sent it down the flow).
 fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
@@ -107,73 +129,16 @@ fn a_watcher_sees_register_refresh_and_deregister_in_order_wherever_they_happen(
     );
     // Alice's phone registers at node 2, refreshes, then de-registers.
     let phone = udp_leaf(1);
-    let contact = "<sip:alice@192.0.2.1:5060>";
-    assert_eq!(
-        h.register_at(2, phone, "alice", contact).status(),
-        Some(200)
-    );
-    let events: Vec<(u32, String)> = {
-        let mut all = Vec::new();
-        let n = notifies(&mut h, watcher);
-        all.extend(n.iter().map(|m| (version(m), body(m))));
-        // A refresh: same Call-ID, next CSeq.
-        let refresh = register_text(
-            phone,
-            "alice",
-            contact,
-            "reg-alice-sipalice19202150605060",
-            3,
-            "",
-            600,
-        );
-        h.recv(2, &refresh, Dest::Flow(phone));
-        let r = h.final_to(phone);
-        if r.status() == Some(401) {
-            let auth = authorization(&r, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
-            let again = register_text(
-                phone,
-                "alice",
-                contact,
-                "reg-alice-sipalice19202150605060",
-                4,
-                &auth,
-                600,
-            );
-            h.recv(2, &again, Dest::Flow(phone));
-            assert_eq!(h.final_to(phone).status(), Some(200));
-        }
+    let mut events = Vec::new();
+    for expires in [600, 600, 0] {
+        alice_registers(&mut h, 2, phone, expires);
         h.advance(Duration::from_millis(10));
-        let n = notifies(&mut h, watcher);
-        all.extend(n.iter().map(|m| (version(m), body(m))));
-        let bye = register_text(
-            phone,
-            "alice",
-            contact,
-            "reg-alice-sipalice19202150605060",
-            5,
-            "",
-            0,
+        events.extend(
+            notifies(&mut h, watcher)
+                .iter()
+                .map(|m| (version(m), body(m))),
         );
-        h.recv(2, &bye, Dest::Flow(phone));
-        let r = h.final_to(phone);
-        if r.status() == Some(401) {
-            let auth = authorization(&r, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
-            let again = register_text(
-                phone,
-                "alice",
-                contact,
-                "reg-alice-sipalice19202150605060",
-                6,
-                &auth,
-                0,
-            );
-            h.recv(2, &again, Dest::Flow(phone));
-            assert_eq!(h.final_to(phone).status(), Some(200));
-        }
-        let n = notifies(&mut h, watcher);
-        all.extend(n.iter().map(|m| (version(m), body(m))));
-        all
-    };
+    }
     let versions: Vec<u32> = events.iter().map(|(v, _)| *v).collect();
     assert_eq!(versions, vec![1, 2, 3], "{events:#?}");
     assert!(events[0].1.contains("event=\"registered\""));
@@ -190,12 +155,7 @@ fn a_watcher_sees_register_refresh_and_deregister_in_order_wherever_they_happen(
 fn a_phone_may_watch_only_its_own_registrations_and_a_trusted_server_any() {
     let mut h = Harness::new();
     let bob = udp_leaf(2);
-    h.send_authenticated(
-        bob,
-        "bob",
-        &subscribe_text(bob, "bob", "alice", "spy-1", 600),
-    );
-    let r = h.final_to(bob);
+    let r = subscribe_as(&mut h, bob, "bob", "alice", "spy-1");
     assert_eq!(r.status(), Some(403));
     assert!(
         header(&r, HeaderName::Warning)
@@ -305,33 +265,7 @@ fn a_refresh_and_an_unsubscribe_reach_the_farm_not_a_node() {
 fn expiries_are_told_and_a_subscription_ends_when_it_runs_out() {
     let mut h = Harness::new();
     let watcher = udp_leaf(30);
-    let phone = udp_leaf(1);
-    let call = "reg-short";
-    let first = register_text(
-        phone,
-        "alice",
-        "<sip:alice@192.0.2.1:5060>",
-        call,
-        1,
-        "",
-        60,
-    );
-    h.leaf_sends(phone, &first);
-    let c = h.final_to(phone);
-    let auth = authorization(&c, "alice", "secret", "REGISTER", &format!("sip:{DOMAIN}"));
-    h.leaf_sends(
-        phone,
-        &register_text(
-            phone,
-            "alice",
-            "<sip:alice@192.0.2.1:5060>",
-            call,
-            2,
-            &auth,
-            60,
-        ),
-    );
-    assert_eq!(h.final_to(phone).status(), Some(200));
+    alice_registers(&mut h, 1, udp_leaf(1), 60);
     h.send_authenticated(
         watcher,
         "alice",
@@ -360,12 +294,10 @@ fn expiries_are_told_and_a_subscription_ends_when_it_runs_out() {
 fn a_watcher_that_answers_481_is_dropped() {
     let mut h = Harness::new();
     let watcher = udp_leaf(30);
-    h.send_authenticated(
-        watcher,
-        "alice",
-        &subscribe_text(watcher, "alice", "alice", "w-g", 600),
+    assert_eq!(
+        subscribe_as(&mut h, watcher, "alice", "alice", "w-g").status(),
+        Some(200)
     );
-    assert_eq!(h.final_to(watcher).status(), Some(200));
     let sent: Vec<Sent> = h.requests();
     let notify = sent
         .iter()
@@ -417,27 +349,19 @@ fn a_subscriber_cannot_flood_its_record_with_subscriptions() {
     let cap = crate::proxy::notifier::MAX_SUBSCRIPTIONS;
     for i in 0..cap {
         let call = format!("flood-{i}");
-        h.send_authenticated(
-            mallory,
-            "alice",
-            &subscribe_text(mallory, "alice", "alice", &call, 600),
+        assert_eq!(
+            subscribe_as(&mut h, mallory, "alice", "alice", &call).status(),
+            Some(200),
+            "subscription {i}"
         );
-        assert_eq!(h.final_to(mallory).status(), Some(200), "subscription {i}");
     }
     // The same dialog subscribing again replaces its subscription.
-    h.send_authenticated(
-        mallory,
-        "alice",
-        &subscribe_text(mallory, "alice", "alice", "flood-0", 600),
+    assert_eq!(
+        subscribe_as(&mut h, mallory, "alice", "alice", "flood-0").status(),
+        Some(200)
     );
-    assert_eq!(h.final_to(mallory).status(), Some(200));
     // One more is refused, and counted.
-    h.send_authenticated(
-        mallory,
-        "alice",
-        &subscribe_text(mallory, "alice", "alice", "flood-x", 600),
-    );
-    let r = h.final_to(mallory);
+    let r = subscribe_as(&mut h, mallory, "alice", "alice", "flood-x");
     assert_eq!(r.status(), Some(403));
     assert!(
         header(&r, HeaderName::Warning)
@@ -448,7 +372,9 @@ fn a_subscriber_cannot_flood_its_record_with_subscriptions() {
     h.take();
     // Bob watching his own registrations on the same node is served.
     let bob = udp_leaf(2);
-    h.send_authenticated(bob, "bob", &subscribe_text(bob, "bob", "bob", "bob-w", 600));
-    assert_eq!(h.final_to(bob).status(), Some(200));
+    assert_eq!(
+        subscribe_as(&mut h, bob, "bob", "bob", "bob-w").status(),
+        Some(200)
+    );
     assert_eq!(notifies(&mut h, bob).len(), 1);
 }
