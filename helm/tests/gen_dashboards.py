@@ -405,6 +405,10 @@ def sip():
         description="primary: bindings whose key this node owns; replica: copies held for other owners.")
     b.ts("Addresses-of-record held", [(f"sum by (node) (ringmesh_location_aors{{{S}}})", "{{node}}")], stack=True,
          description="AORs with at least one binding held on each node (primary or replica).")
+    b.ts("Subscriptions (reg event) by event", [(
+        f"sum by (event) ({rate('ringmesh_sip_subscription_events_total')})", "{{event}}")], unit="ops",
+        description="accepted and refreshed: SUBSCRIBEs taken here; notified: NOTIFYs sent as a key's notifier; "
+                    "ended: ran out or un-SUBSCRIBEd; watcher_gone: dropped after a 481 or no answer to a NOTIFY.")
     return b
 
 

@@ -66,8 +66,10 @@ pub(super) struct Watching {
     dirty: HashSet<Aor>,
     /// Subscription writes of an evaluation still outstanding.
     writes_left: HashMap<Aor, usize>,
-    /// When to look at a key again (its next expiry).
+    /// When to look at a key again (its next expiry), and the earliest
+    /// time each key is due (so a key changing often adds no timers).
     due: BTreeMap<Instant, Vec<Aor>>,
+    due_at: HashMap<Aor, Instant>,
     /// NOTIFYs awaiting their answer.
     notifies: IdMap<ClientKey, (Aor, Subscription)>,
     /// Watch messages to another notifier: the key, to notify here if
@@ -319,19 +321,15 @@ impl Proxy {
     }
 
     /// The resource and subscription a request for the farm's Contact in a
-    /// subscription dialog names; `None` when it names none, or forged.
-    pub(super) fn subscription_of(&self, msg: &Message) -> Option<Option<(Aor, [u8; 16])>> {
+    /// subscription dialog names; `None` when it names none (or a forged
+    /// one).
+    pub(super) fn subscription_of(&self, msg: &Message) -> Option<(Aor, [u8; 16])> {
         let ruri = msg.request_uri()?;
         let sealed = ruri.user()?.strip_prefix(SUBSCRIPTION_PREFIX.as_bytes())?;
-        Some(
-            self.tokens
-                .open_for(Purpose::Subscription, sealed)
-                .and_then(|plain| {
-                    let (aor, id) = plain.split_at_checked(plain.len().checked_sub(17)?)?;
-                    let id = id.strip_prefix(b"\0")?.try_into().ok()?;
-                    Some((Aor::parse(aor).ok()?, id))
-                }),
-        )
+        let plain = self.tokens.open_for(Purpose::Subscription, sealed)?;
+        let (aor, id) = plain.split_at_checked(plain.len().checked_sub(17)?)?;
+        let id = id.strip_prefix(b"\0")?.try_into().ok()?;
+        Some((Aor::parse(aor).ok()?, id))
     }
 
     /// A request inside a subscription dialog of the farm: a refresh or
@@ -341,12 +339,12 @@ impl Proxy {
         &mut self,
         server: ServerKey,
         msg: Message,
-        target: Option<(Aor, [u8; 16])>,
+        (aor, id): (Aor, [u8; 16]),
         now: Now,
     ) {
-        let (Some((aor, id)), Method::Subscribe) = (target, msg.method()) else {
+        if *msg.method() != Method::Subscribe {
             return self.reply(server, &msg, 481, &[], now);
-        };
+        }
         self.locate(
             LocationOp::Watch {
                 aor: aor.clone(),
@@ -563,6 +561,11 @@ impl Proxy {
     /// Looks at `aor` again at `at_ms` (wall clock).
     fn schedule(&mut self, aor: &Aor, at_ms: u64, now: Now) {
         let at = now.mono + Duration::from_millis(at_ms.saturating_sub(now.wall_ms));
+        // An earlier look is already due: it schedules the next one.
+        if self.watching.due_at.get(aor).is_some_and(|t| *t <= at) {
+            return;
+        }
+        self.watching.due_at.insert(aor.clone(), at);
         let list = self.watching.due.entry(at).or_default();
         if !list.contains(aor) {
             list.push(aor.clone());
@@ -575,7 +578,11 @@ impl Proxy {
             if *entry.key() > now.mono {
                 break;
             }
+            let at = *entry.key();
             for aor in entry.remove() {
+                if self.watching.due_at.get(&aor) == Some(&at) {
+                    self.watching.due_at.remove(&aor);
+                }
                 self.changed(aor, now);
             }
         }

@@ -135,8 +135,9 @@ impl Proxy {
         }
 
         // 4. A dialog this farm holds has a flow token of ours, or is a
-        // subscription of the farm's (its Contact names it); anything else
-        // that claims one is not ours to route.
+        // subscription of the farm's (its sealed Contact names it; a user
+        // whose name only looks like one is a user); anything else that
+        // claims one is not ours to route.
         if let Some(target) = self.subscription_of(&msg) {
             return self.in_subscription(server, msg, target, now);
         }

@@ -378,3 +378,26 @@ fn a_subscriber_cannot_flood_its_record_with_subscriptions() {
     );
     assert_eq!(notifies(&mut h, bob).len(), 1);
 }
+
+#[test]
+fn a_user_whose_name_looks_like_the_farm_s_contact_is_still_a_user() {
+    let mut h = Harness::open();
+    let phone = udp_leaf(5);
+    let text = register_text(
+        phone,
+        "sub.AwAB",
+        "<sip:x@192.0.2.5:5060>",
+        "look-1",
+        1,
+        "",
+        600,
+    );
+    h.leaf_sends(phone, &text);
+    assert_eq!(h.final_to(phone).status(), Some(200));
+    h.take();
+    let caller = udp_leaf(6);
+    h.leaf_sends(caller, &invite_text(caller, "bob", "sub.AwAB", "look-2"));
+    let out = h.requests();
+    assert_eq!(out.len(), 1, "routed to the registered user");
+    assert_eq!(out[0].msg.request_uri_bytes(), b"sip:x@192.0.2.5:5060");
+}
