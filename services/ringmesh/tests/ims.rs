@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -25,7 +26,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Kamailio with `tests/pcscf.cfg`: a P-CSCF on 127.0.0.1:`port` that sends
 /// REGISTERs to `registrar` and initial requests without a Route to
-/// `originating`; killed by its PID when dropped.
+/// `originating`. It runs in a process group of its own, whose id is the
+/// PID started here: dropping it stops the main process and every worker
+/// it forked (a SIGKILL of the main process alone leaves the workers).
 struct Pcscf {
     child: Child,
     addr: SocketAddr,
@@ -38,6 +41,7 @@ impl Pcscf {
         let log = dir.join("pcscf.log");
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcscf.cfg");
         let child = Command::new(kamailio)
+            .process_group(0)
             .arg("-f")
             .arg(&cfg)
             .args(["-l", &format!("udp:127.0.0.1:{port}")])
@@ -64,7 +68,15 @@ impl Pcscf {
 
 impl Drop for Pcscf {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = Pid::from_raw(-(self.child.id() as i32));
+        let _ = kill(group, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever is left of the group (workers the main process did not
+        // take down) goes now.
+        let _ = kill(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
