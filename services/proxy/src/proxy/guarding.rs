@@ -204,14 +204,7 @@ impl Proxy {
     /// Whether a request from another supernode is a guard message; if so
     /// it is handled (and answered by the caller).
     pub(super) fn on_guard_message(&mut self, msg: &Message, now: Now) -> bool {
-        let is_guard = *msg.method() == Method::Message
-            && msg
-                .header(HeaderName::ContentType)
-                .is_some_and(|t| t.eq_ignore_ascii_case(CONTENT_TYPE.as_bytes()))
-            && msg
-                .request_uri()
-                .is_some_and(|u| u.user() == Some(&b"guard"[..]));
-        if !is_guard {
+        if !is_member_message(msg, "guard", CONTENT_TYPE) {
             return false;
         }
         match GuardMsg::decode(msg.body()) {
@@ -236,6 +229,18 @@ impl Proxy {
         self.broadcast_guard(&msg, now);
         self.drive(now);
     }
+}
+
+/// Whether `msg` is what [`Proxy::message_member`] sends to `user` with
+/// `content_type`.
+pub(super) fn is_member_message(msg: &Message, user: &str, content_type: &str) -> bool {
+    *msg.method() == Method::Message
+        && msg
+            .header(HeaderName::ContentType)
+            .is_some_and(|t| t.eq_ignore_ascii_case(content_type.as_bytes()))
+        && msg
+            .request_uri()
+            .is_some_and(|u| u.user() == Some(user.as_bytes()))
 }
 
 fn hex_id(id: &[u8; 16]) -> String {

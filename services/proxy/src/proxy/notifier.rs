@@ -415,14 +415,7 @@ impl Proxy {
     /// key's notifier, that the key changed; if so it is acted on (and
     /// answered by the caller).
     pub(super) fn on_watch_message(&mut self, msg: &Message, now: Now) -> bool {
-        let is_watch = *msg.method() == Method::Message
-            && msg
-                .header(HeaderName::ContentType)
-                .is_some_and(|t| t.eq_ignore_ascii_case(WATCH_CONTENT_TYPE.as_bytes()))
-            && msg
-                .request_uri()
-                .is_some_and(|u| u.user() == Some(&b"watch"[..]));
-        if !is_watch {
+        if !super::guarding::is_member_message(msg, "watch", WATCH_CONTENT_TYPE) {
             return false;
         }
         match Aor::parse(msg.body()) {
