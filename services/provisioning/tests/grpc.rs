@@ -237,10 +237,12 @@ async fn api_end_to_end() {
             headers: vec![pb::HeaderMatch {
                 header: "Content-Type".into(),
                 contains: "text/plain".into(),
+                ..Default::default()
             }],
-            application_server: "sip:as.ringmesh.test;lr".into(),
+            application_server: "sip:192.0.2.7;lr".into(),
             default_handling: pb::DefaultHandling::SessionTerminated as i32,
             session_case: pb::SessionCase::Originating as i32,
+            ..Default::default()
         }],
     });
     let a2 = c
@@ -255,7 +257,16 @@ async fn api_end_to_end() {
         a2.credentials, a.credentials,
         "update leaves credentials alone"
     );
-    assert_eq!(a2.service_profile.unwrap().filter_criteria[0].priority, 10);
+    let fc = &a2.service_profile.unwrap().filter_criteria[0];
+    assert_eq!(fc.priority, 10);
+    // The deprecated substring comes back as its regular expression.
+    assert_eq!(
+        (
+            fc.headers[0].contains.as_str(),
+            fc.headers[0].regex.as_str()
+        ),
+        ("", "(?i)text/plain")
+    );
     assert_eq!(
         c.get_subscriber(by_public("tel:+15550100"))
             .await

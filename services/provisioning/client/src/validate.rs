@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use ringmesh_proto::provisioning::{
-    Barring, DefaultHandling, FilterCriteria, ImplicitSet, ServiceProfile, SessionCase, Subscriber,
+    Barring, ConditionType, DefaultHandling, ImplicitSet, ServiceProfile, SessionCase, Subscriber,
     TrustedElement, TrustedElementKind, trusted_element,
 };
 use ringmesh_proxy::trust::{Element, Kind, Matcher};
@@ -167,8 +167,36 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
+/// Compiles a filter criterion's regular expression: bounded in length and
+/// in the automaton it builds (a supernode compiles every profile it
+/// caches).
+pub fn criterion_regex(field: &str, pattern: &str) -> Result<regex::Regex, FieldError> {
+    if pattern.len() > MAX_FIELD || pattern.chars().any(char::is_control) {
+        return Err(bad(field, "is too long or has control characters"));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 16)
+        .build()
+        .map_err(|e| bad(field, format!("is not a regular expression: {e}")))
+}
+
+/// Rewrites the deprecated `contains` of header conditions as the
+/// equivalent `regex` (escaped, case-insensitive). The store applies it to
+/// what it reads, the API to what it is given.
+pub fn migrate_profile(p: &mut ServiceProfile) {
+    for h in p.filter_criteria.iter_mut().flat_map(|fc| &mut fc.headers) {
+        if !h.contains.is_empty() {
+            if h.regex.is_empty() {
+                h.regex = format!("(?i){}", regex::escape(&h.contains));
+            }
+            h.contains.clear();
+        }
+    }
+}
+
 /// A service profile: bounded, unique priorities, valid triggers and
-/// application-server URIs.
+/// application-server URIs whose host is an IP address. Header conditions
+/// given with the deprecated `contains` come back as `regex`.
 pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfile>, FieldError> {
     let Some(p) = p else { return Ok(None) };
     if p.filter_criteria.len() > MAX_FILTER_CRITERIA {
@@ -180,7 +208,8 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
             ),
         ));
     }
-    let mut out = Vec::with_capacity(p.filter_criteria.len());
+    let mut p = p.clone();
+    migrate_profile(&mut p);
     let mut priorities = Vec::new();
     for (i, fc) in p.filter_criteria.iter().enumerate() {
         let f = |name: &str| format!("service_profile.filter_criteria[{i}].{name}");
@@ -199,6 +228,9 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
                 format!("'{}' is not an upper-case SIP method token", fc.method),
             ));
         }
+        if !fc.request_uri.is_empty() {
+            criterion_regex(&f("request_uri"), &fc.request_uri)?;
+        }
         for (j, h) in fc.headers.iter().enumerate() {
             if !is_token(&h.header) {
                 return Err(bad(
@@ -206,21 +238,28 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
                     format!("'{}' is not a header name", h.header),
                 ));
             }
-            if h.contains.len() > MAX_FIELD || h.contains.chars().any(char::is_control) {
-                return Err(bad(
-                    f(&format!("headers[{j}].contains")),
-                    "is too long or has control characters",
-                ));
-            }
+            criterion_regex(&f(&format!("headers[{j}].regex")), &h.regex)?;
         }
         let uri = ringmesh_sip::Uri::parse(fc.application_server.as_bytes())
             .ok()
-            .filter(|u| u.is_sip_or_sips() && u.host().is_some());
-        if uri.is_none() {
-            return Err(bad(
-                f("application_server"),
-                format!("'{}' is not a sip: or sips: URI", fc.application_server),
-            ));
+            .filter(|u| u.is_sip_or_sips());
+        match uri.as_ref().map(|u| u.host().and_then(|h| h.ip())) {
+            None => {
+                return Err(bad(
+                    f("application_server"),
+                    format!("'{}' is not a sip: or sips: URI", fc.application_server),
+                ));
+            }
+            Some(None) => {
+                return Err(bad(
+                    f("application_server"),
+                    format!(
+                        "'{}' does not name its host by IP address",
+                        fc.application_server
+                    ),
+                ));
+            }
+            Some(Some(_)) => {}
         }
         if DefaultHandling::try_from(fc.default_handling).is_err() {
             return Err(bad(
@@ -234,15 +273,15 @@ pub fn service_profile(p: Option<&ServiceProfile>) -> Result<Option<ServiceProfi
                 format!("{} is not a known value", fc.session_case),
             ));
         }
-        out.push(FilterCriteria {
-            method: fc.method.clone(),
-            ..fc.clone()
-        });
+        if ConditionType::try_from(fc.condition_type).is_err() {
+            return Err(bad(
+                f("condition_type"),
+                format!("{} is not a known value", fc.condition_type),
+            ));
+        }
     }
-    out.sort_by_key(|fc| fc.priority);
-    Ok(Some(ServiceProfile {
-        filter_criteria: out,
-    }))
+    p.filter_criteria.sort_by_key(|fc| fc.priority);
+    Ok(Some(p))
 }
 
 /// A clear-text password: 1 to 256 bytes.
@@ -539,6 +578,7 @@ impl From<FieldError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringmesh_proto::provisioning::FilterCriteria;
 
     #[test]
     fn public_ids_are_canonical_and_unique() {
@@ -606,12 +646,15 @@ mod tests {
             ..Default::default()
         };
         let p = ServiceProfile {
-            filter_criteria: vec![fc(2, "MESSAGE", "sip:as2@x"), fc(1, "", "sips:as1@x")],
+            filter_criteria: vec![
+                fc(2, "MESSAGE", "sip:as2@10.0.0.2"),
+                fc(1, "", "sips:as1@[::1]"),
+            ],
         };
         let v = service_profile(Some(&p)).unwrap().unwrap();
         assert_eq!(v.filter_criteria[0].priority, 1, "sorted by priority");
         let p = ServiceProfile {
-            filter_criteria: vec![fc(1, "invite", "sip:as@x")],
+            filter_criteria: vec![fc(1, "invite", "sip:as@10.0.0.1")],
         };
         assert_eq!(
             service_profile(Some(&p)).unwrap_err().field,
@@ -627,7 +670,7 @@ mod tests {
                 .ends_with("application_server")
         );
         let p = ServiceProfile {
-            filter_criteria: vec![fc(1, "", "sip:a@x"), fc(1, "", "sip:b@x")],
+            filter_criteria: vec![fc(1, "", "sip:a@10.0.0.1"), fc(1, "", "sip:b@10.0.0.1")],
         };
         assert!(
             service_profile(Some(&p))
@@ -635,6 +678,59 @@ mod tests {
                 .field
                 .ends_with("[1].priority")
         );
+        // The call path resolves no names.
+        let p = ServiceProfile {
+            filter_criteria: vec![fc(1, "", "sip:as.example.net")],
+        };
+        let e = service_profile(Some(&p)).unwrap_err();
+        assert!(e.message.contains("IP address"), "{e}");
+        // Regular expressions compile, and a blown-up one is refused.
+        let mut bad_re = fc(1, "", "sip:10.0.0.1");
+        bad_re.request_uri = "sip:(".into();
+        let e = service_profile(Some(&ServiceProfile {
+            filter_criteria: vec![bad_re],
+        }))
+        .unwrap_err();
+        assert!(e.field.ends_with("request_uri"), "{e}");
+        let mut huge = fc(1, "", "sip:10.0.0.1");
+        huge.request_uri = "(a{1,100}){1,100}".into();
+        let e = service_profile(Some(&ServiceProfile {
+            filter_criteria: vec![huge],
+        }))
+        .unwrap_err();
+        assert!(e.message.contains("regular expression"), "{e}");
+    }
+
+    #[test]
+    fn the_deprecated_substring_becomes_an_escaped_case_insensitive_regex() {
+        let mut fc = FilterCriteria {
+            priority: 1,
+            application_server: "sip:10.0.0.1".into(),
+            headers: vec![ringmesh_proto::provisioning::HeaderMatch {
+                header: "Accept-Contact".into(),
+                contains: "+g.3gpp.icsi-ref=\"urn".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = service_profile(Some(&ServiceProfile {
+            filter_criteria: vec![fc.clone()],
+        }))
+        .unwrap()
+        .unwrap();
+        let h = &v.filter_criteria[0].headers[0];
+        assert!(h.contains.is_empty());
+        let re = regex::Regex::new(&h.regex).unwrap();
+        assert!(re.is_match("*;+G.3GPP.ICSI-REF=\"URN:x\""));
+        assert!(!re.is_match("+gX3gpp.icsi-ref=\"urn"), "the dot is literal");
+        // A stored criterion that has both keeps its regex.
+        fc.headers[0].regex = "^x$".into();
+        let mut p = ServiceProfile {
+            filter_criteria: vec![fc],
+        };
+        migrate_profile(&mut p);
+        assert_eq!(p.filter_criteria[0].headers[0].regex, "^x$");
+        assert!(p.filter_criteria[0].headers[0].contains.is_empty());
     }
 
     #[test]

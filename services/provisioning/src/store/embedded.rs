@@ -204,7 +204,11 @@ impl EmbeddedStore {
         for r in &records {
             revision = revision.max(r.revision);
             if let Some(s) = &r.put {
-                subscribers.insert(s.private_id.clone(), s.clone());
+                let mut s = s.clone();
+                if let Some(p) = s.service_profile.as_mut() {
+                    crate::validate::migrate_profile(p);
+                }
+                subscribers.insert(s.private_id.clone(), s);
             } else if !r.delete.is_empty() {
                 subscribers.remove(&r.delete);
             }

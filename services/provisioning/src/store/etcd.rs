@@ -174,6 +174,9 @@ impl EtcdStore {
             reason: e.to_string(),
         })?;
         s.revision = kv.mod_revision() as u64;
+        if let Some(p) = s.service_profile.as_mut() {
+            crate::validate::migrate_profile(p);
+        }
         Ok(s)
     }
 

@@ -126,6 +126,15 @@ pub enum SubscriberCommand {
         /// Private identity.
         id: String,
     },
+    /// Replace a subscriber's initial filter criteria with those of a JSON
+    /// file: `{"filter_criteria": [...]}`, each criterion as `get --json`
+    /// prints it (an empty list removes them all).
+    SetServices {
+        /// Private identity.
+        id: String,
+        /// The JSON file, or - for standard input.
+        file: String,
+    },
 }
 
 /// Where a command reads and writes.
@@ -404,6 +413,46 @@ async fn execute(
                 &format!("{} unbarred (revision {})", s.private_id, s.revision),
             );
         }
+        SubscriberCommand::SetServices { id, file } => {
+            let text = if file == "-" {
+                let mut t = String::new();
+                io.stdin
+                    .read_to_string(&mut t)
+                    .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+                t
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| Failure::Usage(format!("cannot read {file}: {e}")))?
+            };
+            let profile =
+                profile_from_json(&text).map_err(|e| Failure::Usage(format!("{file}: {e}")))?;
+            let old = client
+                .get_subscriber(request(pb::GetSubscriberRequest {
+                    id: Some(pb::get_subscriber_request::Id::PrivateId(id)),
+                }))
+                .await?
+                .into_inner();
+            let revision = old.revision;
+            let s = client
+                .update_subscriber(request(pb::UpdateSubscriberRequest {
+                    subscriber: Some(pb::Subscriber {
+                        service_profile: Some(profile),
+                        ..old
+                    }),
+                    expected_revision: revision,
+                }))
+                .await?
+                .into_inner();
+            show(
+                io,
+                json,
+                &s,
+                &format!(
+                    "services of {} replaced (revision {})",
+                    s.private_id, s.revision
+                ),
+            );
+        }
         SubscriberCommand::Delete { id } => {
             let r = client
                 .delete_subscriber(request(pb::DeleteSubscriberRequest {
@@ -443,6 +492,9 @@ fn precheck(cmd: SubscriberCommand) -> Result<SubscriberCommand, Failure> {
             validate::implicit_sets(&sets, &ids)
                 .map_err(|e| Failure::Usage(format!("--implicit-set: {}", e.message)))?;
         }
+        SubscriberCommand::SetServices { id, .. } => {
+            validate::private_id("private_id", id)?;
+        }
         SubscriberCommand::Get { id } if is_public(id) => {
             validate::public_id("public_id", id)?;
         }
@@ -476,16 +528,7 @@ pub fn subscriber_json(s: &pb::Subscriber) -> Value {
         .map(|p| p.filter_criteria.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|fc| {
-            json!({
-                "priority": fc.priority,
-                "method": fc.method,
-                "headers": fc.headers.iter().map(|h| json!({"header": h.header, "contains": h.contains})).collect::<Vec<_>>(),
-                "application_server": fc.application_server,
-                "default_handling": pb::DefaultHandling::try_from(fc.default_handling).unwrap_or_default().as_str_name(),
-                "session_case": pb::SessionCase::try_from(fc.session_case).unwrap_or_default().as_str_name(),
-            })
-        })
+        .map(criterion_json)
         .collect();
     json!({
         "private_id": s.private_id,
@@ -503,6 +546,104 @@ pub fn subscriber_json(s: &pb::Subscriber) -> Value {
         "created_unix_ms": s.created_unix_ms,
         "updated_unix_ms": s.updated_unix_ms,
     })
+}
+
+/// A filter criterion as JSON: what `set-services` reads back.
+fn criterion_json(fc: &pb::FilterCriteria) -> Value {
+    let short = |name: &str, prefix: &str| name.strip_prefix(prefix).unwrap_or(name).to_string();
+    json!({
+        "priority": fc.priority,
+        "session_case": short(fc.session_case().as_str_name(), "SESSION_CASE_"),
+        "condition_type": short(fc.condition_type().as_str_name(), "CONDITION_TYPE_"),
+        "method": fc.method,
+        "request_uri": fc.request_uri,
+        "headers": fc.headers.iter().map(|h| json!({"header": h.header, "regex": h.regex, "negated": h.negated})).collect::<Vec<_>>(),
+        "application_server": fc.application_server,
+        "default_handling": short(fc.default_handling().as_str_name(), "DEFAULT_HANDLING_"),
+    })
+}
+
+/// A service profile from its JSON form (see [`criterion_json`]); enum
+/// values by their short or full name. Checked with the API's own
+/// validation before anything is sent.
+pub fn profile_from_json(text: &str) -> Result<pb::ServiceProfile, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let list = v
+        .get("filter_criteria")
+        .and_then(Value::as_array)
+        .ok_or("expected {\"filter_criteria\": [...]}")?;
+    let mut criteria = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let at = |field: &str| format!("filter_criteria[{i}].{field}");
+        let text = |field: &str| -> Result<String, String> {
+            match c.get(field) {
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(format!("{}: expected a string", at(field))),
+            }
+        };
+        let enumerated = |field: &str, prefix: &str, parse: fn(&str) -> Option<i32>| {
+            let name = text(field)?;
+            if name.is_empty() {
+                return Ok(0);
+            }
+            let full = if name.starts_with(prefix) {
+                name.clone()
+            } else {
+                format!("{prefix}{name}")
+            };
+            parse(&full).ok_or_else(|| format!("{}: unknown value '{name}'", at(field)))
+        };
+        let mut headers = Vec::new();
+        for (j, h) in c
+            .get("headers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = |f: &str| h.get(f).and_then(Value::as_str).unwrap_or_default();
+            if field("header").is_empty() {
+                return Err(format!(
+                    "{}: a header name is needed",
+                    at(&format!("headers[{j}]"))
+                ));
+            }
+            headers.push(pb::HeaderMatch {
+                header: field("header").to_string(),
+                contains: field("contains").to_string(),
+                regex: field("regex").to_string(),
+                negated: h.get("negated").and_then(Value::as_bool).unwrap_or(false),
+            });
+        }
+        let priority = c
+            .get("priority")
+            .and_then(Value::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| format!("{}: expected a 32-bit integer", at("priority")))?;
+        criteria.push(pb::FilterCriteria {
+            priority,
+            method: text("method")?,
+            headers,
+            application_server: text("application_server")?,
+            default_handling: enumerated("default_handling", "DEFAULT_HANDLING_", |n| {
+                pb::DefaultHandling::from_str_name(n).map(|e| e as i32)
+            })?,
+            session_case: enumerated("session_case", "SESSION_CASE_", |n| {
+                pb::SessionCase::from_str_name(n).map(|e| e as i32)
+            })?,
+            request_uri: text("request_uri")?,
+            condition_type: enumerated("condition_type", "CONDITION_TYPE_", |n| {
+                pb::ConditionType::from_str_name(n).map(|e| e as i32)
+            })?,
+        });
+    }
+    let profile = pb::ServiceProfile {
+        filter_criteria: criteria,
+    };
+    validate::service_profile(Some(&profile))
+        .map(Option::unwrap_or_default)
+        .map_err(|e| e.to_string())
 }
 
 fn show(io: &mut Io<'_>, json: bool, s: &pb::Subscriber, headline: &str) {
@@ -557,9 +698,14 @@ fn show(io: &mut Io<'_>, json: bool, s: &pb::Subscriber, headline: &str) {
         } else {
             &fc.method
         };
+        let case = fc.session_case().as_str_name();
+        let case = case.strip_prefix("SESSION_CASE_").unwrap_or(case);
         rows.push((
             "filter criteria",
-            format!("{}: {method} -> {}", fc.priority, fc.application_server),
+            format!(
+                "{}: {case} {method} -> {}",
+                fc.priority, fc.application_server
+            ),
         ));
     }
     rows.push(("revision", s.revision.to_string()));
@@ -629,6 +775,54 @@ pub fn table(subs: &[pb::Subscriber]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_reads_back_what_get_prints_and_says_what_is_wrong() {
+        let text = r#"{"filter_criteria": [
+            {"priority": 2, "session_case": "TERMINATING_UNREGISTERED",
+             "application_server": "sip:192.0.2.9:5070", "default_handling": "SESSION_TERMINATED"},
+            {"priority": 1, "session_case": "SESSION_CASE_ORIGINATING", "method": "INVITE",
+             "request_uri": "^sip:\\+1", "condition_type": "ANY",
+             "headers": [{"header": "Accept-Contact", "contains": "icsi"}, {"header": "X-Screened", "negated": true}],
+             "application_server": "sip:192.0.2.8;transport=tcp"}
+        ]}"#;
+        let p = profile_from_json(text).unwrap();
+        assert_eq!(p.filter_criteria[0].priority, 1, "sorted");
+        assert_eq!(p.filter_criteria[0].headers[0].regex, "(?i)icsi");
+        assert!(p.filter_criteria[0].headers[1].negated);
+        assert_eq!(
+            p.filter_criteria[1].session_case(),
+            pb::SessionCase::TerminatingUnregistered
+        );
+        // What `get --json` prints reads back to the same profile.
+        let printed = json!({
+            "filter_criteria": p.filter_criteria.iter().map(criterion_json).collect::<Vec<_>>()
+        });
+        assert_eq!(profile_from_json(&printed.to_string()).unwrap(), p);
+        for (bad, why) in [
+            ("[]", "filter_criteria"),
+            (r#"{"filter_criteria": [{"priority": "1"}]}"#, "priority"),
+            (
+                r#"{"filter_criteria": [{"priority": 1, "session_case": "SIDEWAYS", "application_server": "sip:10.0.0.1"}]}"#,
+                "unknown value 'SIDEWAYS'",
+            ),
+            (
+                r#"{"filter_criteria": [{"priority": 1, "request_uri": "(", "application_server": "sip:10.0.0.1"}]}"#,
+                "request_uri",
+            ),
+            (
+                r#"{"filter_criteria": [{"priority": 1, "application_server": "sip:as.example.net"}]}"#,
+                "IP address",
+            ),
+            (
+                r#"{"filter_criteria": [{"priority": 1, "headers": [{"regex": "x"}], "application_server": "sip:10.0.0.1"}]}"#,
+                "header name",
+            ),
+        ] {
+            let e = profile_from_json(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn exit_codes() {
