@@ -409,6 +409,12 @@ def sip():
         f"sum by (event) ({rate('ringmesh_sip_subscription_events_total')})", "{{event}}")], unit="ops",
         description="accepted and refreshed: SUBSCRIBEs taken here; notified: NOTIFYs sent as a key's notifier; "
                     "ended: ran out or un-SUBSCRIBEd; watcher_gone: dropped after a 481 or no answer to a NOTIFY.")
+    b.ts("Application servers by event", [(
+        f"sum by (event) ({rate('ringmesh_sip_app_server_events_total')})", "{{event}}")], unit="ops",
+        description="Initial requests through application servers (initial filter criteria): triggered: sent to a "
+                    "server; returned: sent back to continue; failed_continued / failed_terminated: the server did not "
+                    "answer in service-timeout-ms (or answered 408/5xx first) and the request went on without it, or "
+                    "was failed.")
     return b
 
 

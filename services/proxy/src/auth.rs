@@ -21,7 +21,7 @@ use ringmesh_sip::{Message, Uri};
 use crate::observe::AuthFailure;
 
 /// What the supernode knows of one subscriber.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SubscriberInfo {
     /// The digest username.
     pub private_id: String,
@@ -33,6 +33,8 @@ pub struct SubscriberInfo {
     /// register and de-register together. Each member is a public id.
     pub implicit_sets: Vec<Vec<Aor>>,
     pub barred: bool,
+    /// Initial filter criteria, in ascending priority.
+    pub services: Vec<crate::ifc::Criterion>,
 }
 
 impl SubscriberInfo {

@@ -30,6 +30,7 @@ pub mod addresses;
 pub mod auth;
 pub mod binding;
 pub mod guard;
+pub mod ifc;
 pub mod location;
 pub mod observe;
 pub mod proxy;

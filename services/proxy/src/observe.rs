@@ -108,10 +108,13 @@ pub enum Refusal {
     ServiceRoute,
     /// A new subscription to an AOR that has as many as it may.
     TooManySubscriptions,
+    /// An application server's return Route that is forged, too old, or
+    /// sent by a phone.
+    ServiceReturn,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::NotInDialog,
         Refusal::ContactAddress,
         Refusal::TooManyContacts,
@@ -121,6 +124,7 @@ impl Refusal {
         Refusal::PathFromPhone,
         Refusal::ServiceRoute,
         Refusal::TooManySubscriptions,
+        Refusal::ServiceReturn,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -134,6 +138,7 @@ impl Refusal {
             Refusal::PathFromPhone => "path_from_phone",
             Refusal::ServiceRoute => "service_route",
             Refusal::TooManySubscriptions => "too_many_subscriptions",
+            Refusal::ServiceReturn => "service_return",
         }
     }
 }
@@ -208,6 +213,42 @@ pub enum Metric<'a> {
     FlowFailed(FlowFailure),
     /// Something happened to a farm-wide subscription.
     Subscription(SubscriptionEvent),
+    /// An initial filter criterion sent a request to an application
+    /// server, or the server failed it.
+    AppServer(AppServerEvent),
+}
+
+/// What happened on the way through an application server
+/// (`ringmesh_sip_app_server_events_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppServerEvent {
+    /// A request went to an application server.
+    Triggered,
+    /// It came back to the farm to continue.
+    Returned,
+    /// The server did not answer (or answered 408/5xx before any
+    /// provisional response): the request went on without it
+    /// (SESSION_CONTINUED), or was failed (SESSION_TERMINATED).
+    FailedContinued,
+    FailedTerminated,
+}
+
+impl AppServerEvent {
+    pub const ALL: [AppServerEvent; 4] = [
+        AppServerEvent::Triggered,
+        AppServerEvent::Returned,
+        AppServerEvent::FailedContinued,
+        AppServerEvent::FailedTerminated,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            AppServerEvent::Triggered => "triggered",
+            AppServerEvent::Returned => "returned",
+            AppServerEvent::FailedContinued => "failed_continued",
+            AppServerEvent::FailedTerminated => "failed_terminated",
+        }
+    }
 }
 
 /// What happened to a subscription

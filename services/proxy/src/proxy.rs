@@ -31,6 +31,10 @@
 //!    forwarding to at most `max_branches` bindings in parallel
 //!    (`proxy/forking.rs`). Trusted elements ([`TrustTable`]) and
 //!    other supernodes skip the phone rules.
+//! 6. On the way, the caller's originating and then the callee's
+//!    terminating initial filter criteria send the request through
+//!    application servers, which return it on a sealed Route
+//!    (`proxy/services.rs`; only trusted elements may).
 //!
 //! ACKs for 2xx and responses without a transaction are forwarded
 //! statelessly (`proxy/stateless.rs`).
@@ -41,6 +45,7 @@ mod guarding;
 mod notifier;
 mod request;
 mod routing;
+mod services;
 mod stateless;
 mod subscribers;
 pub use subscribers::SubscriberChange;
@@ -139,6 +144,9 @@ pub struct Policy {
     pub max_branches: usize,
     /// Brute-force bans.
     pub guard: GuardConfig,
+    /// How long an application server has to answer a request at all
+    /// (even 100 Trying) before its criterion's default handling applies.
+    pub service_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -149,6 +157,7 @@ impl Default for Policy {
             emergency_numbers: vec!["112".into(), "911".into()],
             max_branches: 10,
             guard: GuardConfig::default(),
+            service_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -263,7 +272,7 @@ enum Pending {
         server: ServerKey,
         msg: Message,
         origin: Origin,
-        asserted: Option<Bytes>,
+        onward: services::Onward,
     },
     /// Waiting for the subscriber directory: the request runs again.
     Auth {
@@ -277,7 +286,7 @@ enum Pending {
         msg: Message,
         origin: Origin,
         bindings: Vec<crate::binding::Binding>,
-        asserted: Option<Bytes>,
+        onward: services::Onward,
     },
     /// A barred or deleted subscriber's AOR being emptied.
     Purge { aor: ringmesh_sip::aor::Aor },
@@ -348,6 +357,9 @@ pub struct Proxy {
     leaf_invites: IdSet<ServerKey>,
     /// The notifier's bookkeeping (`notifier`).
     watching: notifier::Watching,
+    /// When each request sent to an application server must have had an
+    /// answer (`services`), oldest first.
+    service_deadlines: VecDeque<(Instant, ServerKey)>,
     next_token: u64,
     branch_counter: u64,
     registrar: RegistrarConfig,
@@ -410,6 +422,7 @@ impl Proxy {
             register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             leaf_invites: IdSet::default(),
             watching: notifier::Watching::default(),
+            service_deadlines: VecDeque::new(),
             next_token: 1,
             branch_counter: cfg.branch_seed,
             registrar: cfg.registrar,
@@ -464,7 +477,7 @@ impl Proxy {
                 server,
                 msg,
                 origin,
-                asserted,
+                onward,
             }) => {
                 if self.cancelled_pending.remove(&server) {
                     self.reply(server, &msg, 487, &[], now);
@@ -475,7 +488,7 @@ impl Proxy {
                             msg,
                             origin,
                             found.into_bindings(),
-                            asserted,
+                            onward,
                             now,
                         ),
                         Err(e) => {
@@ -555,12 +568,12 @@ impl Proxy {
                 msg,
                 origin,
                 bindings,
-                asserted,
+                onward,
             }) => {
                 if self.cancelled_pending.remove(&server) {
                     self.reply(server, &msg, 487, &[], now);
                 } else {
-                    self.forward_to_callee(server, msg, origin, bindings, asserted, answer, now);
+                    self.forward_to_callee(server, msg, origin, bindings, onward, answer, now);
                 }
             }
             Some(other) => {
@@ -617,6 +630,7 @@ impl Proxy {
         }
         self.sweep_silent_flows(now);
         self.watch_timers(now);
+        self.service_timers(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -630,10 +644,14 @@ impl Proxy {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.txl.poll_timeout(), self.watching.next_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.txl.poll_timeout(),
+            self.watching.next_due(),
+            self.service_deadlines.front().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn load(&self) -> Load {
@@ -710,10 +728,10 @@ impl Proxy {
             }
             Event::Terminated(TransactionKey::Server(s)) => {
                 if let Some(ctx) = self.proxies.remove(&s) {
-                    for (c, _) in ctx.branches {
-                        self.client_to_server.remove(&c);
+                    for (c, _) in &ctx.branches {
+                        self.client_to_server.remove(c);
                     }
-                    if ctx.is_invite {
+                    if ctx.is_call() {
                         self.observer.observe(Metric::CallEnded);
                     }
                 }

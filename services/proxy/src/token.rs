@@ -351,6 +351,9 @@ pub enum Purpose {
     /// The farm's Contact in a subscription dialog: the resource and the
     /// subscription's id.
     Subscription,
+    /// The Route an application server sends a request back on: the
+    /// served user, the session case and the last criterion served.
+    ServiceReturn,
 }
 
 impl Purpose {
@@ -359,6 +362,7 @@ impl Purpose {
             Purpose::TempGruu => b"ringmesh temporary gruu v1",
             Purpose::ServiceRoute => b"ringmesh service route v1",
             Purpose::Subscription => b"ringmesh subscription v1",
+            Purpose::ServiceReturn => b"ringmesh service return v1",
         }
     }
 }
@@ -380,6 +384,24 @@ impl TokenKeys {
     /// What a name sealed for `purpose` holds; `None` for anything forged,
     /// garbled, sealed under an unknown key or for another purpose.
     pub fn open_for(&self, purpose: Purpose, text: &[u8]) -> Option<Vec<u8>> {
+        self.open_sealed(purpose, text).map(|(_, plain)| plain)
+    }
+
+    /// Like [`open_for`](Self::open_for), for a name sealed at most
+    /// `max_age` seconds before `now_secs`.
+    pub fn open_within(
+        &self,
+        purpose: Purpose,
+        text: &[u8],
+        now_secs: u64,
+        max_age: u64,
+    ) -> Option<Vec<u8>> {
+        let (sealed_at, plain) = self.open_sealed(purpose, text)?;
+        (now_secs.saturating_sub(sealed_at) <= max_age).then_some(plain)
+    }
+
+    /// The time a name was sealed at, and what it holds.
+    fn open_sealed(&self, purpose: Purpose, text: &[u8]) -> Option<(u64, Vec<u8>)> {
         let (cipher, b) = self.unseal_raw(SEALED_NAME, text, 512)?;
         let plain = cipher
             .decrypt(
@@ -390,7 +412,8 @@ impl TokenKeys {
                 },
             )
             .ok()?;
-        plain.get(4..).map(<[u8]>::to_vec)
+        let at = u32::from_be_bytes(plain.get(..4)?.try_into().ok()?);
+        Some((u64::from(at), plain[4..].to_vec()))
     }
 }
 

@@ -262,6 +262,11 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_EMERGENCY_NUMBERS", value_delimiter = ',',
           default_values_t = ["112".to_string(), "911".to_string()])]
     pub emergency_numbers: Vec<String>,
+    /// How long an application server (initial filter criteria) has to
+    /// answer a request at all, even with 100 Trying, before its
+    /// criterion's default handling applies, milliseconds.
+    #[arg(long, env = "RINGMESH_SERVICE_TIMEOUT_MS", default_value_t = 2000)]
+    pub service_timeout_ms: u64,
     /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
     /// md5 only by default: deployed UAs break on more (sipp answers only
     /// the first challenge; baresip 1.0/libre fails the whole registration
@@ -688,6 +693,11 @@ impl SupernodeArgs {
             emergency_numbers: self.emergency_numbers.clone(),
             max_branches,
             guard,
+            service_timeout: Duration::from_millis(in_range(
+                "service-timeout-ms",
+                self.service_timeout_ms,
+                100..=32_000,
+            )?),
             trusted: TrustTable::new(elements),
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {

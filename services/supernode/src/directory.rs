@@ -92,6 +92,7 @@ impl FileDirectory {
                 public_ids: vec![aor.clone()],
                 implicit_sets: Vec::new(),
                 barred: s.barred,
+                services: Vec::new(),
             });
             dir.by_aor.insert(aor, info.clone());
             dir.by_user.insert(s.user, info);
@@ -107,6 +108,54 @@ impl Directory for FileDirectory {
     fn by_public_id(&mut self, aor: &Aor, _token: u64) -> Found {
         Found::Ready(self.by_aor.get(aor).cloned())
     }
+}
+
+/// A service profile's criteria, compiled, in ascending priority. One the
+/// proxy cannot use (provisioning validated it, so only a record written
+/// by an older version) is left out and logged.
+fn services(
+    user: &str,
+    p: &ringmesh_proto::provisioning::ServiceProfile,
+) -> Vec<ringmesh_proxy::ifc::Criterion> {
+    use ringmesh_proto::provisioning::{ConditionType, DefaultHandling, SessionCase};
+    use ringmesh_proxy::ifc::{self, Criterion, CriterionSpec};
+    let mut p = p.clone();
+    ringmesh_provisioning_client::validate::migrate_profile(&mut p);
+    let mut out: Vec<Criterion> = p
+        .filter_criteria
+        .iter()
+        .filter_map(|fc| {
+            let spec = CriterionSpec {
+                priority: fc.priority,
+                session_case: Some(match fc.session_case() {
+                    SessionCase::Unspecified => ifc::SessionCase::Any,
+                    SessionCase::Originating => ifc::SessionCase::Originating,
+                    SessionCase::Terminating => ifc::SessionCase::Terminating,
+                    SessionCase::TerminatingRegistered => ifc::SessionCase::TerminatingRegistered,
+                    SessionCase::TerminatingUnregistered => {
+                        ifc::SessionCase::TerminatingUnregistered
+                    }
+                }),
+                method: &fc.method,
+                request_uri: &fc.request_uri,
+                headers: fc
+                    .headers
+                    .iter()
+                    .map(|h| (h.header.as_str(), h.regex.as_str(), h.negated))
+                    .collect(),
+                any: fc.condition_type() == ConditionType::Any,
+                application_server: &fc.application_server,
+                terminate: fc.default_handling() == DefaultHandling::SessionTerminated,
+            };
+            Criterion::new(&spec)
+                .inspect_err(|e| {
+                    tracing::warn!(user, priority = fc.priority, error = %e, "a filter criterion cannot be used; left out")
+                })
+                .ok()
+        })
+        .collect();
+    out.sort_by_key(|c| c.priority);
+    out
 }
 
 // ---- provisioning, through its cache ----------------------------------------
@@ -182,6 +231,11 @@ impl CacheDirectory {
                 })
                 .collect(),
             barred: s.barring.as_ref().is_some_and(|b| b.barred),
+            services: s
+                .service_profile
+                .as_ref()
+                .map(|p| services(&s.private_id, p))
+                .unwrap_or_default(),
         })
     }
 

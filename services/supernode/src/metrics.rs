@@ -315,6 +315,7 @@ pub struct Metrics {
     pub outbound_flows: IntGauge,
     pub flows_failed: IntCounterVec,
     pub subscription_events: IntCounterVec,
+    pub app_server_events: IntCounterVec,
     pub handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
@@ -549,6 +550,12 @@ impl Metrics {
                 r,
                 "ringmesh_sip_subscription_events_total",
                 "Farm-wide subscriptions (reg event) by event: accepted and refreshed SUBSCRIBEs taken here, NOTIFYs sent by this node as a notifier, subscriptions ended (ran out or un-SUBSCRIBEd) and dropped because the watcher answered 481 or nothing",
+                &["event"],
+            ),
+            app_server_events: counter_vec(
+                r,
+                "ringmesh_sip_app_server_events_total",
+                "Initial requests on their way through application servers (initial filter criteria) by event: sent to a server, returned by it to continue, and failed (no answer, or 408/5xx before a provisional response) with the request continued without the server or failed",
                 &["event"],
             ),
             handshake_failures: counter_vec(
@@ -797,6 +804,9 @@ impl Metrics {
         for e in ringmesh_proxy::observe::SubscriptionEvent::ALL {
             m.subscription_events.with_label_values(&[e.as_label()]);
         }
+        for e in ringmesh_proxy::observe::AppServerEvent::ALL {
+            m.app_server_events.with_label_values(&[e.as_label()]);
+        }
         for result in ["reloaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
         }
@@ -873,6 +883,10 @@ impl Observer for Metrics {
             Metric::FlowFailed(why) => self.flows_failed.with_label_values(&[why.as_label()]).inc(),
             Metric::Subscription(e) => self
                 .subscription_events
+                .with_label_values(&[e.as_label()])
+                .inc(),
+            Metric::AppServer(e) => self
+                .app_server_events
                 .with_label_values(&[e.as_label()])
                 .inc(),
         }

@@ -29,12 +29,27 @@ pub(super) struct ProxyCtx {
     final_sent: bool,
     cancelled: bool,
     started: Instant,
+    /// An INVITE toward a callee (not to an application server: a call
+    /// through servers is counted once, on its way to the callee).
+    call: bool,
+    /// The application server this request went to, if it did.
+    pub service: Option<Box<super::services::ServiceHop>>,
 }
 
 impl ProxyCtx {
     /// A final response went upstream.
     pub fn answered(&self) -> bool {
         self.final_sent
+    }
+
+    pub fn is_call(&self) -> bool {
+        self.call
+    }
+
+    /// The request, once the context is given up before any final
+    /// response (an application server failed).
+    pub fn take_request(&mut self) -> Option<Box<Message>> {
+        self.request.take()
     }
 }
 
@@ -83,6 +98,7 @@ impl Proxy {
             call_id: msg.call_id(),
             caller_tag: msg.from_tag().unwrap_or_default(),
         };
+        let to_service = targets.iter().any(|t| t.service);
         let mut branches = Vec::with_capacity(targets.len());
         for target in targets {
             let dest = target.dest;
@@ -121,7 +137,9 @@ impl Proxy {
                 .filter(|rr| !rr.is_empty());
             // The identity a phone claims is never trusted (RFC 3325 §5:
             // PAI, PPI and Remote-Party-ID go); the one this farm asserts is
-            // withheld from a leaf that asked for privacy.
+            // withheld from a leaf that asked for privacy (an application
+            // server is trusted with it).
+            let withheld = dest.is_leaf() && !target.service && privacy_id;
             let mut strip = Vec::with_capacity(5);
             if origin.is_phone() || target.called.is_some() {
                 // The farm says which identity was called, no one else.
@@ -136,7 +154,7 @@ impl Proxy {
                 if self.auth.is_some() {
                     strip.push(HeaderName::ProxyAuthorization);
                 }
-            } else if dest.is_leaf() && privacy_id {
+            } else if withheld {
                 strip.push(HeaderName::PAssertedIdentity);
             }
             let mut w = msg.forward_writer(&Forward {
@@ -149,10 +167,7 @@ impl Proxy {
                 max_forwards,
                 strip: &strip,
             });
-            if let Some(a) = asserted
-                .as_deref()
-                .filter(|_| !(dest.is_leaf() && privacy_id))
-            {
+            if let Some(a) = asserted.as_deref().filter(|_| !withheld) {
                 w.header(HeaderName::PAssertedIdentity, a);
             }
             if let Some(called) = &target.called {
@@ -182,7 +197,8 @@ impl Proxy {
             method: msg.method(),
         });
         let is_invite = *msg.method() == Method::Invite;
-        if is_invite {
+        let call = is_invite && !to_service;
+        if call {
             self.observer.observe(Metric::CallStarted);
         }
         self.proxies.insert(
@@ -196,6 +212,8 @@ impl Proxy {
                 final_sent: false,
                 cancelled: false,
                 started: now.mono,
+                call,
+                service: None,
             },
         );
     }
@@ -208,7 +226,7 @@ impl Proxy {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if status == 100 {
+        if self.service_heard(server, Some(status), now) || status == 100 {
             return;
         }
         let Some(ctx) = self.proxies.get_mut(&server) else {
@@ -230,6 +248,7 @@ impl Proxy {
             ctx.final_sent = true;
             ctx.request = None;
             let is_invite = ctx.is_invite;
+            let call = ctx.call;
             let started = ctx.started;
             // This branch is done (above): the others still pending.
             let others: Vec<ClientKey> = ctx
@@ -240,10 +259,12 @@ impl Proxy {
                 .collect();
             let out = msg.forward_response(&[]).finish(msg.body());
             self.respond(server, status, out, transport, now);
-            if first && is_invite {
+            if first && call {
                 self.observer.observe(Metric::CallSetupLatency(
                     now.mono.saturating_duration_since(started),
                 ));
+            }
+            if first && is_invite {
                 for c in others {
                     let _ = self.txl.cancel(c, now.mono);
                 }
@@ -279,6 +300,9 @@ impl Proxy {
         let Some(&server) = self.client_to_server.get(&client) else {
             return;
         };
+        if self.service_heard(server, None, now) {
+            return;
+        }
         if let Some(ctx) = self.proxies.get_mut(&server)
             && let Some(b) = ctx.branches.iter_mut().find(|(c, _)| *c == client)
         {
@@ -298,7 +322,7 @@ impl Proxy {
         ctx.final_sent = true;
         let transport = ctx.transport;
         let started = ctx.started;
-        let is_invite = ctx.is_invite;
+        let call = ctx.call;
         let Some(req) = ctx.request.take() else {
             return;
         };
@@ -321,7 +345,7 @@ impl Proxy {
                 self.reply(server, &req, status, &[], now);
             }
         }
-        if is_invite {
+        if call {
             self.observer.observe(Metric::CallSetupLatency(
                 now.mono.saturating_duration_since(started),
             ));

@@ -13,11 +13,12 @@ use ringmesh_sip::{Contact, NameAddr, Uri};
 
 use super::notifier;
 use super::routing::{self, Routing, Target};
+use super::services::Onward;
 use super::{ALLOW, Now, Origin, Pending, Proxy, SUPPORTED, transport_of};
 use crate::auth::{Fetched, Found, SubscriberInfo, Verdict};
-use crate::binding::{Binding, Transport};
+use crate::binding::Binding;
 use crate::location::{LocationError, LocationOp};
-use crate::observe::{AuthFailure, Metric, Refusal, Registration};
+use crate::observe::{AppServerEvent, AuthFailure, Metric, Refusal, Registration};
 use crate::registrar::{self, RegisterPlan, RegistrarError};
 use crate::token::{Dest, Dialog, Purpose};
 
@@ -162,12 +163,28 @@ impl Proxy {
         }
 
         // 5. Every out-of-dialog request from a phone is authenticated, and
-        // asserts only identities its subscriber owns.
+        // asserts only identities its subscriber owns. Only trusted
+        // elements (application servers) send requests back on a return
+        // Route of the farm's.
         let mut asserted = None;
+        let mut caller = None;
         let service_route = self.service_route(&msg, popped);
         if service_route == Some(None) {
             self.refused(Refusal::ServiceRoute);
             return self.forbid(server, &msg, b"399 ringmesh \"forged Service-Route\"", now);
+        }
+        let returned = self.service_return(&msg, popped, now);
+        if returned
+            .as_ref()
+            .is_some_and(|r| r.is_none() || origin.is_phone())
+        {
+            self.refused(Refusal::ServiceReturn);
+            return self.forbid(
+                server,
+                &msg,
+                b"399 ringmesh \"not an application server's return\"",
+                now,
+            );
         }
         if origin.is_phone() && self.auth.is_some() {
             match self.authenticate(server, &msg, origin, true, now) {
@@ -188,7 +205,10 @@ impl Proxy {
                     );
                 }
                 Authn::User(sub) => match self.asserted_identity(&msg, &sub) {
-                    Ok(a) => asserted = Some(a),
+                    Ok(a) => {
+                        asserted = Some(a);
+                        caller = Some(sub);
+                    }
                     Err(warning) => {
                         self.auth_failed(AuthFailure::ForbiddenIdentity);
                         return self.forbid(server, &msg, warning, now);
@@ -204,21 +224,37 @@ impl Proxy {
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
-        let Some((aor, _)) = self.callee_of(&ruri) else {
-            return self.reply(server, &msg, 480, &[], now);
-        };
-        self.locate(
-            LocationOp::Lookup {
-                aor,
-                now_ms: now.wall_ms,
-            },
-            Pending::Route {
-                server,
-                msg,
-                origin,
-                asserted,
-            },
-        );
+
+        // 6. Application servers (`services`): the caller's originating
+        // criteria (for a phone, or a front end's request on the
+        // Service-Route of a registration), then the callee's terminating
+        // ones; a request an application server returns resumes where it
+        // left.
+        if let Some(Some(at)) = returned {
+            self.observer
+                .observe(Metric::AppServer(AppServerEvent::Returned));
+            if at.case.is_terminating() {
+                let onward = Onward {
+                    asserted: None,
+                    after: Some((at.served, at.priority)),
+                };
+                return self.terminating(server, msg, origin, onward, now);
+            }
+            return self.originating_for(server, msg, origin, &at.served, Some(at.priority), now);
+        }
+        match (caller, service_route.flatten()) {
+            (Some(sub), _) => self.originating(server, msg, origin, asserted, &sub, None, now),
+            (None, Some(aor)) if !origin.is_phone() => {
+                self.originating_for(server, msg, origin, &aor, None, now)
+            }
+            _ => {
+                let onward = Onward {
+                    asserted,
+                    after: None,
+                };
+                self.terminating(server, msg, origin, onward, now)
+            }
+        }
     }
 
     /// Digest authentication of a request (`proxy`: 407, else 401). The
@@ -609,25 +645,12 @@ impl Proxy {
             }
         }
         if let (Some(b), true) = (bindings.first(), msg.has_header(HeaderName::Path)) {
-            let t = transport_of(msg);
             let sealed = self
                 .tokens
                 .seal_for(Purpose::ServiceRoute, &b.aor, now.secs());
-            let tp = match t {
-                Transport::Udp => String::new(),
-                t => format!(
-                    ";transport={}",
-                    if t == Transport::Wss {
-                        "ws"
-                    } else {
-                        t.as_str()
-                    }
-                ),
-            };
-            let route = format!(
-                "<sip:{SERVICE_ROUTE_PREFIX}{sealed}@{}:{}{tp};lr>",
-                self.me.advertise,
-                self.me.port(t)
+            let route = self.own_route(
+                &format!("{SERVICE_ROUTE_PREFIX}{sealed}"),
+                transport_of(msg),
             );
             headers.push((HeaderName::ServiceRoute, route.into_bytes()));
         }
@@ -710,23 +733,24 @@ impl Proxy {
     }
 
     /// The callee's bindings are known (for a GRUU, those of its instance
-    /// only: RFC 5627 §5.1). None: 480, whether or not the callee exists
-    /// (nothing tells a subscriber from a stranger). Else the callee is
-    /// checked (barred: 403), and the request forwarded.
+    /// only: RFC 5627 §5.1). The callee is looked up in the directory for
+    /// its barring and its terminating criteria (with none: 480 when it
+    /// has no bindings, whether or not it exists: nothing tells a
+    /// subscriber from a stranger).
     pub(super) fn route_to_bindings(
         &mut self,
         server: ServerKey,
         msg: Message,
         origin: Origin,
         mut bindings: Vec<Binding>,
-        asserted: Option<Bytes>,
+        onward: Onward,
         now: Now,
     ) {
         let callee = msg.request_uri().and_then(|u| self.callee_of(&u));
         if let Some((_, Some(instance))) = &callee {
             bindings.retain(|b| b.instance.as_ref() == Some(instance));
         }
-        let (Some((aor, _)), false) = (callee, bindings.is_empty()) else {
+        let (Some((aor, _)), true) = (callee, self.auth.is_some() || !bindings.is_empty()) else {
             return self.reply(server, &msg, 480, &[], now);
         };
         let token = self.token();
@@ -745,19 +769,20 @@ impl Proxy {
                         msg,
                         origin,
                         bindings,
-                        asserted,
+                        onward,
                     },
                 );
                 return;
             }
         };
-        self.forward_to_callee(server, msg, origin, bindings, asserted, callee, now);
+        self.forward_to_callee(server, msg, origin, bindings, onward, callee, now);
     }
 
     /// Forwards to the callee's preferred `max_branches` reachable
-    /// bindings, unless it is barred (403) or no longer a subscriber (480).
-    /// When the directory cannot answer the call goes through: routing
-    /// stays up while provisioning is down.
+    /// bindings, unless it is barred (403) or no longer a subscriber (480),
+    /// or one of its terminating criteria sends the request to an
+    /// application server first. When the directory cannot answer the call
+    /// goes through: routing stays up while provisioning is down.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_to_callee(
         &mut self,
@@ -765,17 +790,31 @@ impl Proxy {
         msg: Message,
         origin: Origin,
         mut bindings: Vec<Binding>,
-        asserted: Option<Bytes>,
+        onward: Onward,
         callee: Fetched,
         now: Now,
     ) {
-        match callee {
+        let msg = match callee {
             Ok(Some(sub)) if sub.barred => {
+                if bindings.is_empty() {
+                    return self.reply(server, &msg, 480, &[], now);
+                }
                 self.refused(Refusal::BarredCallee);
                 return self.forbid(server, &msg, b"399 ringmesh \"the callee is barred\"", now);
             }
             Ok(None) => return self.reply(server, &msg, 480, &[], now),
-            Ok(Some(_)) | Err(_) => {}
+            Ok(Some(sub)) => {
+                let registered = !bindings.is_empty();
+                match self.terminating_service(server, msg, origin, &onward, &sub, registered, now)
+                {
+                    Some(msg) => msg,
+                    None => return,
+                }
+            }
+            Err(_) => msg,
+        };
+        if bindings.is_empty() {
+            return self.reply(server, &msg, 480, &[], now);
         }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));
@@ -799,9 +838,10 @@ impl Proxy {
             return self.reply(server, &msg, 480, &[], now);
         }
         // The Routes that brought it here (a preloaded outbound proxy, a
-        // Service-Route) name this node: they go.
+        // Service-Route, an application server's return) name this node:
+        // they go.
         let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        self.proxy_to(server, msg, origin, targets, ours, asserted, now);
+        self.proxy_to(server, msg, origin, targets, ours, onward.asserted, now);
     }
 
     /// Why a REGISTER's contacts are refused: an address that would send

@@ -13,14 +13,16 @@ use crate::binding::{Binding, FlowRef, Transport};
 use crate::token::{Dest, Dialog, FlowToken};
 
 /// Where a request goes: a new Request-URI, the next hop, Route values to
-/// push for that hop (the edge supernode's flow token, a Path), and the
-/// `P-Called-Party-ID` the callee gets.
+/// push for that hop (the edge supernode's flow token, a Path), the
+/// `P-Called-Party-ID` the callee gets, and whether the hop is an
+/// application server (trusted with the asserted identity).
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     pub uri: Option<Bytes>,
     pub dest: Dest,
     pub push_route: Option<String>,
     pub called: Option<Bytes>,
+    pub service: bool,
 }
 
 impl Target {
@@ -31,6 +33,7 @@ impl Target {
             dest,
             push_route: None,
             called: None,
+            service: false,
         }
     }
 }
@@ -82,6 +85,7 @@ impl Proxy {
                     dest: Dest::Peer(b.edge),
                     push_route: Some(route),
                     called: None,
+                    service: false,
                 })
             }
             _ => self.binding_dest(b).map(|dest| Target {
@@ -92,6 +96,7 @@ impl Proxy {
                     .as_ref()
                     .map(|p| String::from_utf8_lossy(p).into_owned()),
                 called: None,
+                service: false,
             }),
         }
     }
@@ -230,6 +235,23 @@ impl Proxy {
 
     /// A request that already went through this node unchanged (§16.3
     /// step 4): one of our Vias carries its loop hash.
+    /// A Route naming this node, for requests that come back to it over
+    /// transport `t` (`user` names why: a Service-Route, an application
+    /// server's return).
+    pub(super) fn own_route(&self, user: &str, t: Transport) -> String {
+        let tp = match t {
+            Transport::Udp => "",
+            Transport::Wss | Transport::Ws => ";transport=ws",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        format!(
+            "<sip:{user}@{}:{}{tp};lr>",
+            self.me.advertise,
+            self.me.port(t)
+        )
+    }
+
     pub(super) fn is_loop(&self, msg: &Message) -> bool {
         let mut ours = msg.vias().filter(|v| self.me.is_my_via(v)).peekable();
         if ours.peek().is_none() {

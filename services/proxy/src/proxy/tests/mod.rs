@@ -12,6 +12,7 @@ mod policy;
 mod regevent;
 mod registrar;
 mod routing;
+mod services;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -155,6 +156,7 @@ impl TestDirectory {
                     public_ids,
                     implicit_sets: Vec::new(),
                     barred,
+                    services: Vec::new(),
                 }),
             );
         }
@@ -174,6 +176,7 @@ impl TestDirectory {
                 implicit_sets: vec![erin[..2].to_vec()],
                 public_ids: erin,
                 barred: false,
+                services: Vec::new(),
             }),
         );
         TestDirectory {
@@ -200,15 +203,18 @@ impl TestDirectory {
 
     /// Bars (or unbars) `user` from now on.
     pub fn set_barred(&self, user: &str, barred: bool) {
+        self.change(user, |s| s.barred = barred);
+    }
+
+    /// Gives `user` these initial filter criteria from now on.
+    pub fn set_services(&self, user: &str, services: Vec<crate::ifc::Criterion>) {
+        self.change(user, |s| s.services = services);
+    }
+
+    fn change(&self, user: &str, f: impl FnOnce(&mut SubscriberInfo)) {
         let mut by_user = self.by_user.lock().unwrap();
-        let old = by_user.get(user).expect("a test subscriber").clone();
-        let new = SubscriberInfo {
-            private_id: old.private_id.clone(),
-            ha1: old.ha1.clone(),
-            public_ids: old.public_ids.clone(),
-            implicit_sets: old.implicit_sets.clone(),
-            barred,
-        };
+        let mut new = (**by_user.get(user).expect("a test subscriber")).clone();
+        f(&mut new);
         by_user.insert(user.to_string(), Arc::new(new));
         // A changed record replaces what was kept of it.
         self.recent.lock().unwrap().clear();
