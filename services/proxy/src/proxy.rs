@@ -43,6 +43,7 @@ mod flows;
 mod forking;
 mod guarding;
 mod notifier;
+mod privacy;
 mod request;
 mod routing;
 mod services;
@@ -147,6 +148,10 @@ pub struct Policy {
     /// How long an application server has to answer a request at all
     /// (even 100 Trying) before its criterion's default handling applies.
     pub service_timeout: Duration,
+    /// Phones see only their edge supernode's address: no other Via, and
+    /// other members' Record-Routes rewritten to name the edge
+    /// (`proxy/privacy.rs`).
+    pub topology_hiding: bool,
 }
 
 impl Default for Policy {
@@ -158,6 +163,7 @@ impl Default for Policy {
             max_branches: 10,
             guard: GuardConfig::default(),
             service_timeout: Duration::from_secs(2),
+            topology_hiding: false,
         }
     }
 }

@@ -267,6 +267,12 @@ pub struct SupernodeArgs {
     /// criterion's default handling applies, milliseconds.
     #[arg(long, env = "RINGMESH_SERVICE_TIMEOUT_MS", default_value_t = 2000)]
     pub service_timeout_ms: u64,
+    /// Topology hiding: phones see only the address of the supernode they
+    /// talk to (no other Via; other supernodes' Record-Routes rewritten to
+    /// name it). Per request, a caller's `Privacy: header` asks the same.
+    #[arg(long, env = "RINGMESH_TOPOLOGY_HIDING", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub topology_hiding: bool,
     /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
     /// md5 only by default: deployed UAs break on more (sipp answers only
     /// the first challenge; baresip 1.0/libre fails the whole registration
@@ -698,6 +704,7 @@ impl SupernodeArgs {
                 self.service_timeout_ms,
                 100..=32_000,
             )?),
+            topology_hiding: self.topology_hiding,
             trusted: TrustTable::new(elements),
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {

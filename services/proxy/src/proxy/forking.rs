@@ -8,6 +8,9 @@ use bytes::Bytes;
 use ringmesh_sip::transaction::{ClientKey, ServerKey};
 use ringmesh_sip::{Forward, HeaderName, Message, Method, Via};
 
+use super::privacy::{
+    Privacy, Rewritten, USER_HEADERS, anonymous_from, hidden_record_routes, upstream_response,
+};
 use super::routing::{Target, rewrite_top_via};
 use super::{Now, Origin, Pending, Proxy, loop_hash, transport_of};
 use crate::binding::Transport;
@@ -25,7 +28,8 @@ pub(super) struct ProxyCtx {
     pub is_invite: bool,
     /// Each branch's client transaction, and whether it has ended.
     pub branches: Vec<(ClientKey, bool)>,
-    best: Option<Box<Message>>,
+    /// The best final response so far, and the branch it came on.
+    best: Option<(Box<Message>, ClientKey)>,
     final_sent: bool,
     cancelled: bool,
     started: Instant,
@@ -34,6 +38,9 @@ pub(super) struct ProxyCtx {
     call: bool,
     /// The application server this request went to, if it did.
     pub service: Option<Box<super::services::ServiceHop>>,
+    /// What its responses need from a request rewritten for privacy or
+    /// topology hiding (`privacy.rs`).
+    rewritten: Option<Box<Rewritten>>,
 }
 
 impl ProxyCtx {
@@ -85,10 +92,12 @@ impl Proxy {
             Method::Invite | Method::Subscribe | Method::Refer
         ) && msg.to_tag().is_none();
         let top_via = from.and_then(|f| rewrite_top_via(&msg.top_via(), f));
-        let privacy_id = msg.header(HeaderName::Privacy).is_some_and(|p| {
-            p.split(|&c| c == b';')
-                .any(|t| ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(b"id"))
-        });
+        let privacy = Privacy::of(&msg);
+        let hiding = privacy.header || self.policy.topology_hiding;
+        let mut rewritten = Rewritten {
+            hide_upstream: self.policy.topology_hiding && origin.is_phone(),
+            ..Rewritten::default()
+        };
         let max_forwards = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
         let sips = msg
             .request_uri()
@@ -137,9 +146,14 @@ impl Proxy {
                 .filter(|rr| !rr.is_empty());
             // The identity a phone claims is never trusted (RFC 3325 §5:
             // PAI, PPI and Remote-Party-ID go); the one this farm asserts is
-            // withheld from a leaf that asked for privacy (an application
-            // server is trusted with it).
-            let withheld = dest.is_leaf() && !target.service && privacy_id;
+            // withheld from a phone when the caller asked for privacy
+            // (`privacy.rs`; application servers and trusted elements are
+            // in the trust domain).
+            let untrusted = (privacy != Privacy::default() || hiding)
+                && self.untrusted_leaf(dest, target.service);
+            let withheld = untrusted && privacy.id;
+            let anonymous = untrusted && privacy.anonymous_from();
+            let hide = untrusted && hiding;
             let mut strip = Vec::with_capacity(5);
             if origin.is_phone() || target.called.is_some() {
                 // The farm says which identity was called, no one else.
@@ -157,6 +171,37 @@ impl Proxy {
             } else if withheld {
                 strip.push(HeaderName::PAssertedIdentity);
             }
+            if anonymous {
+                strip.push(HeaderName::From);
+                rewritten.from = Some(msg.share(msg.from_bytes()));
+            }
+            if untrusted && privacy.user {
+                strip.extend(USER_HEADERS);
+            }
+            // Topology hiding: our Via alone, and other members' Record-
+            // Routes naming this node.
+            let rr = if hide {
+                strip.extend([HeaderName::Via, HeaderName::RecordRoute]);
+                rewritten.vias = Some(
+                    msg.header_lines(HeaderName::Via)
+                        .map(|v| msg.share(v))
+                        .collect(),
+                );
+                let received = hidden_record_routes(&self.tokens, &self.me, &msg, now.secs())
+                    .or_else(|| {
+                        msg.has_header(HeaderName::RecordRoute).then(|| {
+                            let all: Vec<&[u8]> =
+                                msg.header_lines(HeaderName::RecordRoute).collect();
+                            String::from_utf8_lossy(&all.join(&b", "[..])).into_owned()
+                        })
+                    });
+                match (rr, received) {
+                    (Some(a), Some(b)) => Some(format!("{a}, {b}")),
+                    (a, b) => a.or(b),
+                }
+            } else {
+                rr
+            };
             let mut w = msg.forward_writer(&Forward {
                 request_uri: target.uri.as_deref(),
                 via: via.as_bytes(),
@@ -173,6 +218,9 @@ impl Proxy {
             if let Some(called) = &target.called {
                 w.header(HeaderName::PCalledPartyId, called);
             }
+            if anonymous {
+                w.header(HeaderName::From, &anonymous_from(&msg));
+            }
             let out = w.finish(msg.body());
             // Our own writer's output: handed over as bytes, not parsed again.
             match self.txl.send_request_raw(
@@ -186,6 +234,9 @@ impl Proxy {
                 Ok(client) => {
                     self.client_to_server.insert(client, server);
                     branches.push((client, false));
+                    if anonymous || hide {
+                        rewritten.branches.push(client);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not start a client transaction"),
             }
@@ -214,6 +265,8 @@ impl Proxy {
                 started: now.mono,
                 call,
                 service: None,
+                rewritten: (rewritten.hide_upstream || !rewritten.branches.is_empty())
+                    .then(|| Box::new(rewritten)),
             },
         );
     }
@@ -233,9 +286,19 @@ impl Proxy {
             return;
         };
         let transport = ctx.transport;
+        let up = |ctx: &ProxyCtx, tokens, me| {
+            upstream_response(
+                tokens,
+                me,
+                ctx.rewritten.as_deref(),
+                client,
+                &msg,
+                now.secs(),
+            )
+        };
         if status < 200 {
             if !ctx.final_sent {
-                let out = msg.forward_response(&[]).finish(msg.body());
+                let out = up(ctx, &self.tokens, &self.me);
                 self.respond(server, status, out, transport, now);
             }
             return;
@@ -257,7 +320,7 @@ impl Proxy {
                 .filter(|(_, done)| !done)
                 .map(|(c, _)| *c)
                 .collect();
-            let out = msg.forward_response(&[]).finish(msg.body());
+            let out = up(ctx, &self.tokens, &self.me);
             self.respond(server, status, out, transport, now);
             if first && call {
                 self.observer.observe(Metric::CallSetupLatency(
@@ -275,9 +338,9 @@ impl Proxy {
         let better = ctx
             .best
             .as_ref()
-            .is_none_or(|b| rank(status) < rank(b.status().unwrap_or(500)));
+            .is_none_or(|(b, _)| rank(status) < rank(b.status().unwrap_or(500)));
         if better {
-            ctx.best = Some(Box::new(msg));
+            ctx.best = Some((Box::new(msg), client));
         }
         if (600..700).contains(&status) && ctx.is_invite {
             let others: Vec<ClientKey> = ctx
@@ -327,13 +390,14 @@ impl Proxy {
             return;
         };
         match ctx.best.take() {
-            Some(best) => {
+            Some((best, client)) => {
                 let status = best.status().unwrap_or(500);
                 // A 503 from downstream means "that hop is overloaded", not
                 // "this proxy is": pass on 500 instead (§16.7 step 6).
                 let status = if status == 503 { 500 } else { status };
                 let out = if status == best.status().unwrap_or(500) {
-                    best.forward_response(&[]).finish(best.body())
+                    let rw = ctx.rewritten.as_deref();
+                    upstream_response(&self.tokens, &self.me, rw, client, &best, now.secs())
                 } else {
                     let tag = self.to_tag(&req);
                     req.response_writer(status, Some(&tag)).finish(b"")

@@ -154,16 +154,21 @@ impl Proxy {
                 .uri()
                 .user()
                 .and_then(|u| self.tokens.open(u, msg.call_id(), &tags, now_secs));
-            if !self.me.is_me(r.uri()) {
-                if let (Some(farm), Some(tok)) = (&self.farm, token)
-                    && tok.node != self.me.node_id
-                    && farm.is_alive(&tok.node)
-                {
-                    return Routing::Member {
-                        popped,
-                        node: tok.node,
-                    };
-                }
+            // A member's token routes to it whichever host the Route names:
+            // a topology-hiding edge rewrites other members' Record-Routes
+            // to name itself (`privacy.rs`), and the member then gets a
+            // Route naming that edge with its own token.
+            let ours = token.is_some_and(|t| t.node == self.me.node_id);
+            if let (Some(farm), Some(tok)) = (&self.farm, token)
+                && !ours
+                && farm.is_alive(&tok.node)
+            {
+                return Routing::Member {
+                    popped,
+                    node: tok.node,
+                };
+            }
+            if !self.me.is_me(r.uri()) && !ours {
                 break;
             }
             popped += 1;

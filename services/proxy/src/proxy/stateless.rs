@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::Mac;
 use ringmesh_sip::{Forward, HeaderName, Message, Via};
 
+use super::privacy::{Privacy, anonymous_from};
 use super::routing::{Routing, is_broadcast, rewrite_top_via};
 use super::{BRANCH_PREFIX, Proxy, loop_hash};
 use crate::binding::{FlowRef, Transport};
@@ -38,18 +39,36 @@ impl Proxy {
             h.finish()
         );
         let top_via = from.and_then(|f| rewrite_top_via(&msg.top_via(), f));
-        let out = msg
-            .forward_writer(&Forward {
-                request_uri: None,
-                via: via.as_bytes(),
-                top_via: top_via.as_deref(),
-                record_route: None,
-                push_route: None,
-                pop_routes: popped,
-                max_forwards: msg.max_forwards().map_or(70, |m| m.saturating_sub(1)),
-                strip: &[HeaderName::ProxyAuthorization],
-            })
-            .finish(msg.body());
+        // Toward a phone, the privacy it asks for and topology hiding
+        // (`privacy.rs`); an ACK has no response to give anything back to.
+        let privacy = Privacy::of(&msg);
+        let untrusted = (privacy != Privacy::default() || self.policy.topology_hiding)
+            && self.untrusted_leaf(dest, false);
+        let anonymous = untrusted && privacy.anonymous_from();
+        let mut strip = vec![HeaderName::ProxyAuthorization];
+        if anonymous {
+            strip.push(HeaderName::From);
+        }
+        if untrusted && (privacy.header || self.policy.topology_hiding) {
+            strip.push(HeaderName::Via);
+        }
+        if untrusted && privacy.id {
+            strip.push(HeaderName::PAssertedIdentity);
+        }
+        let mut w = msg.forward_writer(&Forward {
+            request_uri: None,
+            via: via.as_bytes(),
+            top_via: top_via.as_deref(),
+            record_route: None,
+            push_route: None,
+            pop_routes: popped,
+            max_forwards: msg.max_forwards().map_or(70, |m| m.saturating_sub(1)),
+            strip: &strip,
+        });
+        if anonymous {
+            w.header(HeaderName::From, &anonymous_from(&msg));
+        }
+        let out = w.finish(msg.body());
         self.send(dest, out);
     }
 

@@ -9,6 +9,7 @@ mod flows;
 mod forking;
 mod ims;
 mod policy;
+mod privacy;
 mod regevent;
 mod registrar;
 mod routing;
