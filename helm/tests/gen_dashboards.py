@@ -415,6 +415,13 @@ def sip():
                     "server; returned: sent back to continue; failed_continued / failed_terminated: the server did not "
                     "answer in service-timeout-ms (or answered 408/5xx first) and the request went on without it, or "
                     "was failed.")
+    b.ts("Call records", [
+        (f"sum by (record) ({rate('ringmesh_cdr_records_total')})", "{{record}}"),
+        (f"sum ({rate('ringmesh_cdr_write_errors_total')})", "write errors"),
+        (f"sum (ringmesh_cdr_calls_up{{{S}}})", "calls up (open records)"),
+    ], unit="ops",
+        description="Call records made durable by the originating edges: interim (a call answered), final (an "
+                    "attempt over); write errors lose the records of a commit; calls up is a count, not a rate.")
     return b
 
 

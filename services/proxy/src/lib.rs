@@ -29,6 +29,7 @@
 pub mod addresses;
 pub mod auth;
 pub mod binding;
+pub mod cdr;
 pub mod guard;
 pub mod ifc;
 pub mod location;

@@ -39,6 +39,7 @@
 //! ACKs for 2xx and responses without a transaction are forwarded
 //! statelessly (`proxy/stateless.rs`).
 
+mod calls;
 mod flows;
 mod forking;
 mod guarding;
@@ -202,6 +203,8 @@ pub enum Action {
     Location { token: u64, op: LocationOp },
     /// Close the connection `id` (its subscriber changed).
     CloseFlow { id: u64 },
+    /// Write a call record (this node is the call's originating edge).
+    CallRecord(Box<crate::cdr::CallRecord>),
 }
 
 /// The live members of the farm, as this node last saw them.
@@ -230,6 +233,8 @@ pub struct Load {
     pub pending: usize,
     /// Flows carrying outbound registrations.
     pub outbound_flows: usize,
+    /// Answered calls this node keeps the record of, still up.
+    pub calls_up: usize,
 }
 
 /// Hasher for maps keyed by identifiers this node made itself
@@ -366,6 +371,10 @@ pub struct Proxy {
     /// When each request sent to an application server must have had an
     /// answer (`services`), oldest first.
     service_deadlines: VecDeque<(Instant, ServerKey)>,
+    /// The calls this node is the originating edge of (`calls`).
+    calls: calls::Calls,
+    /// The longest call: an answered call's record is closed after it.
+    max_call: Duration,
     next_token: u64,
     branch_counter: u64,
     registrar: RegistrarConfig,
@@ -429,6 +438,8 @@ impl Proxy {
             leaf_invites: IdSet::default(),
             watching: notifier::Watching::default(),
             service_deadlines: VecDeque::new(),
+            calls: calls::Calls::default(),
+            max_call: cfg.max_dialog,
             next_token: 1,
             branch_counter: cfg.branch_seed,
             registrar: cfg.registrar,
@@ -637,6 +648,7 @@ impl Proxy {
         self.sweep_silent_flows(now);
         self.watch_timers(now);
         self.service_timers(now);
+        self.call_timers(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -654,6 +666,7 @@ impl Proxy {
             self.txl.poll_timeout(),
             self.watching.next_due(),
             self.service_deadlines.front().map(|(at, _)| *at),
+            self.calls.next_due(),
         ]
         .into_iter()
         .flatten()
@@ -667,6 +680,7 @@ impl Proxy {
             lingering: self.txl.lingering(),
             pending: self.pending.len(),
             outbound_flows: self.outbound.len(),
+            calls_up: self.calls.up(),
         }
     }
 
@@ -743,7 +757,11 @@ impl Proxy {
                 }
                 self.cancelled_pending.remove(&s);
                 self.register_started.remove(&s);
-                self.leaf_invites.remove(&s);
+                if self.leaf_invites.remove(&s) {
+                    // Ended without a final response sent (none is left
+                    // to send): the attempt failed.
+                    self.call_answered(s, 0, now);
+                }
             }
         }
     }
@@ -836,6 +854,7 @@ impl Proxy {
             }
             if self.leaf_invites.remove(&server) {
                 self.observer.observe(Metric::CallSetup { status });
+                self.call_answered(server, status, now);
             }
         }
         let _ = self.txl.respond(server, status, bytes, now.mono);

@@ -79,6 +79,7 @@ header_names! {
     PAssertedIdentity => "P-Asserted-Identity"; list = true;
     PAssociatedUri => "P-Associated-URI"; list = true;
     PCalledPartyId => "P-Called-Party-ID"; list = false;
+    PChargingVector => "P-Charging-Vector"; list = false;
     PPreferredIdentity => "P-Preferred-Identity"; list = true;
     Path => "Path"; list = true;
     Priority => "Priority"; list = false;

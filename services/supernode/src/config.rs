@@ -273,6 +273,26 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_TOPOLOGY_HIDING", default_value_t = false,
           action = clap::ArgAction::Set)]
     pub topology_hiding: bool,
+    /// Write call records (as the originating edge of each call) to
+    /// `--cdr-dir`, by default `cdr/` in the data directory.
+    #[arg(long, env = "RINGMESH_CDR", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub cdr: bool,
+    /// Where call records are written (`calls.jsonl` and its rotations).
+    #[arg(long, env = "RINGMESH_CDR_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdr_dir: Option<PathBuf>,
+    /// The group-commit window of call records, milliseconds: a record is
+    /// written and synced at most this long after its event (the loss
+    /// window of a crash).
+    #[arg(long, env = "RINGMESH_CDR_COMMIT_MS", default_value_t = 100)]
+    pub cdr_commit_ms: u64,
+    /// Rotate the call-record file past this size, MiB.
+    #[arg(long, env = "RINGMESH_CDR_ROTATE_MB", default_value_t = 64)]
+    pub cdr_rotate_mb: u64,
+    /// Rotated call-record files kept.
+    #[arg(long, env = "RINGMESH_CDR_KEEP", default_value_t = 48)]
+    pub cdr_keep: usize,
     /// Digest algorithms offered, in order: md5, sha-256 (repeatable).
     /// md5 only by default: deployed UAs break on more (sipp answers only
     /// the first challenge; baresip 1.0/libre fails the whole registration
@@ -437,6 +457,8 @@ pub struct Config {
     pub digest_algorithms: Vec<ringmesh_sip::digest::Algorithm>,
     pub nonce_lifetime: Duration,
     pub max_dialog: Duration,
+    /// Call records; `None`: not written.
+    pub cdr: Option<crate::cdr::CdrConfig>,
     pub nonce_tracking_cap: usize,
     pub t1: Duration,
     pub t2: Duration,
@@ -846,6 +868,20 @@ impl SupernodeArgs {
             None => None,
         };
         let farm_secret = self.farm_secret.unwrap_or_else(|| data.join("farm.secret"));
+        let cdr = if self.cdr {
+            Some(crate::cdr::CdrConfig {
+                dir: self.cdr_dir.unwrap_or_else(|| data.join("cdr")),
+                commit: Duration::from_millis(in_range(
+                    "cdr-commit-ms",
+                    self.cdr_commit_ms,
+                    1..=10_000,
+                )?),
+                rotate_bytes: in_range("cdr-rotate-mb", self.cdr_rotate_mb, 1..=65_536)? << 20,
+                keep: in_range("cdr-keep", self.cdr_keep, 1..=100_000)?,
+            })
+        } else {
+            None
+        };
         Ok(Config {
             name,
             domain: domain.to_ascii_lowercase(),
@@ -878,6 +914,7 @@ impl SupernodeArgs {
             digest_algorithms,
             nonce_lifetime,
             max_dialog,
+            cdr,
             nonce_tracking_cap,
             t1,
             t2,

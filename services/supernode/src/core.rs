@@ -51,6 +51,8 @@ pub struct SipCore {
     core_wait: Duration,
     /// Messages taken since the last sweep tick.
     taken: usize,
+    /// Where call records go; `None`: dropped.
+    cdr: Option<crate::cdr::CdrWriter>,
 }
 
 impl std::fmt::Debug for SipCore {
@@ -92,7 +94,14 @@ impl SipCore {
             queue_delay_us: 0.0,
             core_wait: Duration::ZERO,
             taken: 0,
+            cdr: None,
         }
+    }
+
+    /// Call records of the calls this node is the originating edge of go
+    /// to `cdr`.
+    pub fn with_cdr(self, cdr: Option<crate::cdr::CdrWriter>) -> SipCore {
+        SipCore { cdr, ..self }
     }
 
     /// Someone listens to the live SIP trace (checked before formatting
@@ -208,6 +217,11 @@ impl SipCore {
                         self.proxy.handle_location(c, now());
                     }
                 }
+                Action::CallRecord(r) => {
+                    if let Some(w) = &self.cdr {
+                        w.record(r);
+                    }
+                }
                 Action::CloseFlow { id } => {
                     if let Some(tx) = self.conns.get(&id) {
                         // The writer flushes what is queued, then closes.
@@ -238,6 +252,7 @@ impl SipCore {
             .transactions_lingering
             .set(load.lingering as i64);
         self.metrics.inbound_queue.set(depth as i64);
+        self.metrics.calls_up.set(load.calls_up as i64);
         self.metrics.outbound_flows.set(load.outbound_flows as i64);
         self.metrics.queue_delay.set(self.queue_delay_us as i64);
         self.metrics

@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod cdr;
 pub mod clock;
 pub mod config;
 pub mod core;
@@ -613,6 +614,13 @@ async fn serve(
             .map(|f| Box::new(f) as Box<dyn ringmesh_proxy::Members>),
         Box::new(metrics.clone()),
     );
+    let cdr = match &cfg.cdr {
+        Some(c) => Some(
+            cdr::CdrWriter::open(c.clone(), node_id, metrics.cdr.clone())
+                .context("call records (--cdr-dir, or --cdr false)")?,
+        ),
+        None => None,
+    };
     let core = SipCore::new(
         proxy,
         location,
@@ -622,7 +630,8 @@ async fn serve(
         udp,
         farm.clone(),
         Some(trace.clone()),
-    );
+    )
+    .with_cdr(cdr);
     if let Some(addr) = cfg.admin {
         let svc = admin::AdminService {
             facts: admin::NodeFacts {

@@ -316,6 +316,9 @@ pub struct Metrics {
     pub flows_failed: IntCounterVec,
     pub subscription_events: IntCounterVec,
     pub app_server_events: IntCounterVec,
+    /// Call records written (`cdr`), and the calls this edge keeps one of.
+    pub cdr: crate::cdr::CdrMetrics,
+    pub calls_up: IntGauge,
     pub handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
@@ -557,6 +560,30 @@ impl Metrics {
                 "ringmesh_sip_app_server_events_total",
                 "Initial requests on their way through application servers (initial filter criteria) by event: sent to a server, returned by it to continue, and failed (no answer, or 408/5xx before a provisional response) with the request continued without the server or failed",
                 &["event"],
+            ),
+            cdr: crate::cdr::CdrMetrics {
+                records: counter_vec(
+                    r,
+                    "ringmesh_cdr_records_total",
+                    "Call records made durable (written and synced) by this node as an originating edge, by record: interim (a call answered) and final (an attempt ended)",
+                    &["record"],
+                ),
+                write_errors: counter(
+                    r,
+                    "ringmesh_cdr_write_errors_total",
+                    "Group commits of call records that failed (the records of that commit are lost; the log says why)",
+                ),
+                commit_seconds: histogram(
+                    r,
+                    "ringmesh_cdr_commit_seconds",
+                    "Time to write and fdatasync one group commit of call records",
+                    latency_buckets(),
+                ),
+            },
+            calls_up: gauge(
+                r,
+                "ringmesh_cdr_calls_up",
+                "Answered calls this node is the originating edge of and keeps the record of",
             ),
             handshake_failures: counter_vec(
                 r,
@@ -806,6 +833,9 @@ impl Metrics {
         }
         for e in ringmesh_proxy::observe::AppServerEvent::ALL {
             m.app_server_events.with_label_values(&[e.as_label()]);
+        }
+        for record in ["interim", "final"] {
+            m.cdr.records.with_label_values(&[record]);
         }
         for result in ["reloaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use ringmesh_sip::transaction::{ClientKey, ServerKey};
 use ringmesh_sip::{Forward, HeaderName, Message, Method, Via};
 
@@ -12,6 +11,7 @@ use super::privacy::{
     Privacy, Rewritten, USER_HEADERS, anonymous_from, hidden_record_routes, upstream_response,
 };
 use super::routing::{Target, rewrite_top_via};
+use super::services::Onward;
 use super::{Now, Origin, Pending, Proxy, loop_hash, transport_of};
 use crate::binding::Transport;
 use crate::observe::Metric;
@@ -82,7 +82,7 @@ impl Proxy {
         origin: Origin,
         targets: Vec<Target>,
         pop_routes: usize,
-        asserted: Option<Bytes>,
+        onward: &Onward,
         now: Now,
     ) {
         let from = origin.flow();
@@ -164,12 +164,21 @@ impl Proxy {
                     HeaderName::PAssertedIdentity,
                     HeaderName::PPreferredIdentity,
                     HeaderName::RemotePartyId,
+                    HeaderName::PChargingVector,
                 ]);
                 if self.auth.is_some() {
                     strip.push(HeaderName::ProxyAuthorization);
                 }
             } else if withheld {
                 strip.push(HeaderName::PAssertedIdentity);
+            }
+            // The charging vector stays inside the farm and its trusted
+            // elements (it names the edge that made it).
+            let to_phone = (onward.charging.is_some()
+                || msg.has_header(HeaderName::PChargingVector))
+                && self.untrusted_leaf(dest, target.service);
+            if to_phone {
+                strip.push(HeaderName::PChargingVector);
             }
             if anonymous {
                 strip.push(HeaderName::From);
@@ -212,7 +221,7 @@ impl Proxy {
                 max_forwards,
                 strip: &strip,
             });
-            if let Some(a) = asserted.as_deref().filter(|_| !withheld) {
+            if let Some(a) = onward.asserted.as_deref().filter(|_| !withheld) {
                 w.header(HeaderName::PAssertedIdentity, a);
             }
             if let Some(called) = &target.called {
@@ -220,6 +229,9 @@ impl Proxy {
             }
             if anonymous {
                 w.header(HeaderName::From, &anonymous_from(&msg));
+            }
+            if let Some(pcv) = onward.charging.as_ref().filter(|_| !to_phone) {
+                w.header(HeaderName::PChargingVector, pcv);
             }
             let out = w.finish(msg.body());
             // Our own writer's output: handed over as bytes, not parsed again.
@@ -321,6 +333,9 @@ impl Proxy {
                 .map(|(c, _)| *c)
                 .collect();
             let out = up(ctx, &self.tokens, &self.me);
+            if first {
+                self.call_path(server, &msg, now.secs());
+            }
             self.respond(server, status, out, transport, now);
             if first && call {
                 self.observer.observe(Metric::CallSetupLatency(

@@ -92,14 +92,38 @@ impl Proxy {
         // flow token routes a request that belongs to a dialog: a phone
         // does not use one to start something new.
         let in_dialog = msg.to_tag().is_some();
-        let popped = match self.consume_routes(&msg, origin.flow(), now.secs()) {
+        let routing = self.consume_routes(&msg, origin.flow(), now.secs());
+        if in_dialog
+            && *msg.method() == Method::Bye
+            && !matches!(routing, Routing::Here { .. })
+            && self.calls.up() > 0
+        {
+            self.call_bye(&msg, now);
+        }
+        let popped = match routing {
             Routing::Toward { popped, dest } if in_dialog || !origin.is_phone() => {
                 let t = Target::hop(dest);
-                return self.proxy_to(server, msg, origin, vec![t], popped, None, now);
+                return self.proxy_to(
+                    server,
+                    msg,
+                    origin,
+                    vec![t],
+                    popped,
+                    &Onward::default(),
+                    now,
+                );
             }
             Routing::Member { popped, node } if in_dialog || !origin.is_phone() => {
                 let t = Target::hop(Dest::Peer(node));
-                return self.proxy_to(server, msg, origin, vec![t], popped, None, now);
+                return self.proxy_to(
+                    server,
+                    msg,
+                    origin,
+                    vec![t],
+                    popped,
+                    &Onward::default(),
+                    now,
+                );
             }
             Routing::Toward { .. } | Routing::Member { .. } => {
                 self.refused(Refusal::NotInDialog);
@@ -218,11 +242,17 @@ impl Proxy {
                 Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
+        let mut charging = None;
         if *msg.method() == Method::Invite {
             self.leaf_invites.insert(server);
             let tag = self.to_tag(&msg);
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
+            // A call enters the farm here (an application server's return
+            // is the same call): this edge keeps its record.
+            if returned.is_none() {
+                charging = Some(self.call_started(server, &msg, asserted.as_ref(), now));
+            }
         }
 
         // 6. Application servers (`services`): the caller's originating
@@ -235,25 +265,32 @@ impl Proxy {
                 .observe(Metric::AppServer(AppServerEvent::Returned));
             if at.case.is_terminating() {
                 let onward = Onward {
-                    asserted: None,
                     after: Some((at.served, at.priority)),
+                    ..Onward::default()
                 };
                 return self.terminating(server, msg, origin, onward, now);
             }
-            return self.originating_for(server, msg, origin, &at.served, Some(at.priority), now);
+            return self.originating_for(
+                server,
+                msg,
+                origin,
+                Onward::default(),
+                &at.served,
+                Some(at.priority),
+                now,
+            );
         }
+        let onward = Onward {
+            asserted,
+            charging,
+            after: None,
+        };
         match (caller, service_route.flatten()) {
-            (Some(sub), _) => self.originating(server, msg, origin, asserted, &sub, None, now),
+            (Some(sub), _) => self.originating(server, msg, origin, onward, &sub, None, now),
             (None, Some(aor)) if !origin.is_phone() => {
-                self.originating_for(server, msg, origin, &aor, None, now)
+                self.originating_for(server, msg, origin, onward, &aor, None, now)
             }
-            _ => {
-                let onward = Onward {
-                    asserted,
-                    after: None,
-                };
-                self.terminating(server, msg, origin, onward, now)
-            }
+            _ => self.terminating(server, msg, origin, onward, now),
         }
     }
 
@@ -369,7 +406,15 @@ impl Proxy {
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
         let t = Target::hop(Dest::Addr { transport, addr });
-        self.proxy_to(server, msg, origin, vec![t], popped, None, now);
+        self.proxy_to(
+            server,
+            msg,
+            origin,
+            vec![t],
+            popped,
+            &Onward::default(),
+            now,
+        );
     }
 
     fn answer_options(&mut self, server: ServerKey, msg: &Message, now: Now) {
@@ -841,7 +886,7 @@ impl Proxy {
         // Service-Route, an application server's return) name this node:
         // they go.
         let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        self.proxy_to(server, msg, origin, targets, ours, onward.asserted, now);
+        self.proxy_to(server, msg, origin, targets, ours, &onward, now);
     }
 
     /// Why a REGISTER's contacts are refused: an address that would send

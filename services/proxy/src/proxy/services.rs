@@ -82,11 +82,13 @@ impl Position {
 }
 
 /// What a request carries toward its callee besides itself: the identity
-/// the farm asserts for its caller, and where the callee's terminating
-/// criteria resume (after an application server of the callee's).
+/// the farm asserts for its caller, the charging vector this edge made for
+/// it, and where the callee's terminating criteria resume (after an
+/// application server of the callee's).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Onward {
     pub asserted: Option<Bytes>,
+    pub charging: Option<Bytes>,
     pub after: Option<(Aor, i32)>,
 }
 
@@ -94,7 +96,8 @@ pub(super) struct Onward {
 #[derive(Debug)]
 pub(super) struct ServiceHop {
     origin: Origin,
-    asserted: Option<Bytes>,
+    /// What the request carries on (its `after` unused).
+    onward: Onward,
     served: Arc<SubscriberInfo>,
     position: Position,
     terminate: bool,
@@ -133,11 +136,13 @@ impl Proxy {
     /// Originating criteria continue after `after` for `served`, found
     /// in the directory (a request an application server sent back, or a
     /// front end's on a registration's Service-Route).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn originating_for(
         &mut self,
         server: ServerKey,
         msg: Message,
         origin: Origin,
+        onward: Onward,
         served: &Aor,
         after: Option<i32>,
         now: Now,
@@ -149,10 +154,10 @@ impl Proxy {
         };
         match found {
             Found::Ready(Some(sub)) => {
-                self.originating(server, msg, origin, None, &sub, after, now)
+                self.originating(server, msg, origin, onward, &sub, after, now)
             }
             // No longer a subscriber: none of its services are left.
-            Found::Ready(None) => self.terminating(server, msg, origin, Onward::default(), now),
+            Found::Ready(None) => self.terminating(server, msg, origin, onward, now),
             Found::Pending => self.wait_for_directory(token, server, msg, origin),
             Found::Unavailable => self.reply_unavailable(server, &msg, now),
         }
@@ -167,7 +172,7 @@ impl Proxy {
         server: ServerKey,
         msg: Message,
         origin: Origin,
-        asserted: Option<Bytes>,
+        onward: Onward,
         served: &Arc<SubscriberInfo>,
         after: Option<i32>,
         now: Now,
@@ -182,7 +187,7 @@ impl Proxy {
                 };
                 let hop = ServiceHop {
                     origin,
-                    asserted: asserted.clone(),
+                    onward,
                     served: served.clone(),
                     position,
                     terminate: c.terminate,
@@ -191,13 +196,7 @@ impl Proxy {
                 };
                 self.send_to_service(server, msg, &c, hop, now)
             }
-            _ => {
-                let onward = Onward {
-                    asserted,
-                    after: None,
-                };
-                self.terminating(server, msg, origin, onward, now)
-            }
+            _ => self.terminating(server, msg, origin, onward, now),
         }
     }
 
@@ -264,7 +263,10 @@ impl Proxy {
         };
         let hop = ServiceHop {
             origin,
-            asserted: onward.asserted.clone(),
+            onward: Onward {
+                after: None,
+                ..onward.clone()
+            },
             served: callee.clone(),
             position: Position {
                 served,
@@ -305,8 +307,15 @@ impl Proxy {
             service: true,
         };
         let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        let asserted = hop.asserted.clone();
-        self.proxy_to(server, msg, hop.origin, vec![target], ours, asserted, now);
+        self.proxy_to(
+            server,
+            msg,
+            hop.origin,
+            vec![target],
+            ours,
+            &hop.onward,
+            now,
+        );
         if let Some(ctx) = self.proxies.get_mut(&server) {
             ctx.service = Some(Box::new(hop));
             self.service_deadlines
@@ -381,7 +390,7 @@ impl Proxy {
         };
         let ServiceHop {
             origin,
-            asserted,
+            onward,
             served,
             position,
             terminate,
@@ -402,8 +411,8 @@ impl Proxy {
             .observe(Metric::AppServer(AppServerEvent::FailedContinued));
         if position.case.is_terminating() {
             let onward = Onward {
-                asserted,
                 after: Some((position.served, position.priority)),
+                ..onward
             };
             self.terminating(server, *msg, origin, onward, now);
         } else {
@@ -411,7 +420,7 @@ impl Proxy {
                 server,
                 *msg,
                 origin,
-                asserted,
+                onward,
                 &served,
                 Some(position.priority),
                 now,

@@ -20,6 +20,7 @@
 
 use std::process::ExitCode;
 
+mod cdr;
 mod subscriber;
 mod trusted;
 
@@ -75,6 +76,11 @@ pub enum CtlCommand {
     Trusted {
         #[command(subcommand)]
         command: TrustedCommand,
+    },
+    /// Call records a supernode wrote (read from its data directory).
+    Cdr {
+        #[command(subcommand)]
+        command: cdr::CdrCommand,
     },
     #[command(flatten)]
     Admin(AdminCommand),
@@ -863,6 +869,7 @@ fn dev_control_dir(addr: &str) -> Option<std::path::PathBuf> {
 pub async fn run_with(args: CtlArgs, io: &mut Io<'_>) -> Exit {
     let provisioning = Provisioning::from_args(&args);
     match (args.command.clone(), provisioning) {
+        (CtlCommand::Cdr { command }, _) => cdr::run(args.json, command, io),
         (CtlCommand::Admin(cmd), _) => match admin_tls(&args) {
             Ok(tls) => admin_command(&args.admin, tls, args.json, cmd, io).await,
             Err(m) => {

@@ -4,6 +4,7 @@
 //! that can answer at once, later, or not at all.
 
 mod auth;
+mod calls;
 mod checks;
 mod flows;
 mod forking;
@@ -309,6 +310,8 @@ pub struct Harness {
     pub sent: Vec<Sent>,
     /// Connections a node asked to close: (node, connection).
     pub closed: Vec<(u8, u64)>,
+    /// Call records, with the node that wrote each.
+    pub records: Vec<(u8, crate::cdr::CallRecord)>,
 }
 
 /// What a harness is built with.
@@ -420,6 +423,7 @@ impl Harness {
             now,
             sent: Vec::new(),
             closed: Vec::new(),
+            records: Vec::new(),
         }
     }
 
@@ -460,6 +464,7 @@ impl Harness {
                             self.nodes[i].handle_location(c, now);
                         }
                         Action::CloseFlow { id } => self.closed.push((n, id)),
+                        Action::CallRecord(r) => self.records.push((n, *r)),
                         Action::Transmit { dest, bytes } => {
                             let m = Message::parse(bytes).expect("the proxy writes valid SIP");
                             if let Dest::Peer(peer) = dest {
