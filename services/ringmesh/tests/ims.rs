@@ -8,13 +8,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{metric_line, require, status_of, wait_until};
+use common::{metric_line, status_of, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use ringmesh_test_support::phone::{DOMAIN, UdpPhone, header, param};
@@ -26,58 +24,29 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Kamailio with `tests/pcscf.cfg`: a P-CSCF on 127.0.0.1:`port` that sends
 /// REGISTERs to `registrar` and initial requests without a Route to
-/// `originating`. It runs in a process group of its own, whose id is the
-/// PID started here: dropping it stops the main process and every worker
-/// it forked (a SIGKILL of the main process alone leaves the workers).
+/// `originating`.
 struct Pcscf {
-    child: Child,
+    kamailio: common::Kamailio,
     addr: SocketAddr,
-    log: std::path::PathBuf,
 }
 
 impl Pcscf {
     fn start(port: u16, registrar: SocketAddr, originating: SocketAddr, dir: &Path) -> Pcscf {
-        let kamailio = require("kamailio", "kamailio");
-        let log = dir.join("pcscf.log");
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcscf.cfg");
-        let child = Command::new(kamailio)
-            .process_group(0)
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-l", &format!("udp:127.0.0.1:{port}")])
-            .args(["-m", "64", "-M", "8", "-E", "-DD"])
-            .args(["-A", &format!("REGISTRAR=\"sip:{registrar}\"")])
-            .args(["-A", &format!("ORIGINATING=\"sip:{originating}\"")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start kamailio");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // Its port is taken once it listens.
-        wait_until("kamailio listening", Duration::from_secs(20), || {
-            std::net::UdpSocket::bind(addr).is_err()
-        });
-        Pcscf { child, addr, log }
+        let args = [
+            "-l".to_string(),
+            format!("udp:127.0.0.1:{port}"),
+            "-A".into(),
+            format!("REGISTRAR=\"sip:{registrar}\""),
+            "-A".into(),
+            format!("ORIGINATING=\"sip:{originating}\""),
+        ];
+        let kamailio = common::Kamailio::start("pcscf.cfg", &args, &[port], dir.join("pcscf.log"));
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        Pcscf { kamailio, addr }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Pcscf {
-    fn drop(&mut self) {
-        let group = Pid::from_raw(-(self.child.id() as i32));
-        let _ = kill(group, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Whatever is left of the group (workers the main process did not
-        // take down) goes now.
-        let _ = kill(group, Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.kamailio.log()
     }
 }
 

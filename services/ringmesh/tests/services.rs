@@ -6,69 +6,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt as _;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ctl_with, metric_line, require, status_of, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{ctl_with, metric_line, status_of};
 use ringmesh_test_support::phone::{UdpPhone, header};
 use serde_json::json;
 
 const PASSWORD: &str = "secret";
-
-/// Kamailio listening on each of `ports`, in a process group of its own
-/// (dropping it stops every worker).
-struct Kamailio {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Kamailio {
-    fn start(ports: &[u16], dir: &Path) -> Kamailio {
-        let kamailio = require("kamailio", "kamailio");
-        let log = dir.join("appserver.log");
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/appserver.cfg");
-        let mut cmd = Command::new(kamailio);
-        cmd.process_group(0).arg("-f").arg(&cfg);
-        for p in ports {
-            cmd.args(["-l", &format!("udp:127.0.0.1:{p}")]);
-        }
-        let child = cmd
-            .args(["-m", "64", "-M", "8", "-E", "-DD"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start kamailio");
-        for p in ports {
-            wait_until("kamailio listening", Duration::from_secs(20), || {
-                UdpSocket::bind(("127.0.0.1", *p)).is_err()
-            });
-        }
-        Kamailio { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        let group = Pid::from_raw(-(self.child.id() as i32));
-        let _ = kill(group, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = kill(group, Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
 
 /// A criterion as `ctl subscriber set-services` reads it.
 fn criterion(
@@ -160,7 +106,16 @@ fn requests_go_through_application_servers_by_the_subscribers_criteria() {
         &[],
     );
     let (n0, n1) = (farm.nodes[0].sip, farm.nodes[1].sip);
-    let kamailio = Kamailio::start(&[k1, k2], dir.path());
+    let listen: Vec<String> = [k1, k2]
+        .iter()
+        .flat_map(|p| ["-l".to_string(), format!("udp:127.0.0.1:{p}")])
+        .collect();
+    let kamailio = common::Kamailio::start(
+        "appserver.cfg",
+        &listen,
+        &[k1, k2],
+        dir.path().join("appserver.log"),
+    );
     let as1: SocketAddr = format!("127.0.0.1:{k1}").parse().unwrap();
     let as2: SocketAddr = format!("127.0.0.1:{k2}").parse().unwrap();
     // The answering server (say, voicemail) is a socket of this test.

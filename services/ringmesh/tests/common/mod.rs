@@ -91,3 +91,63 @@ pub fn ctl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Kamailio run with `tests/<cfg>` and `args`, in a process group of its
+/// own whose id is its PID: dropping it stops the main process and every
+/// worker it forked (a SIGKILL of the main process alone leaves the
+/// workers). Its log (stderr, with -E) goes to `log`.
+pub struct Kamailio {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Kamailio {
+    /// Starts it and waits until each UDP port of `ports` is taken.
+    pub fn start(cfg: &str, args: &[String], ports: &[u16], log: PathBuf) -> Kamailio {
+        use std::os::unix::process::CommandExt as _;
+        let kamailio = require("kamailio", "kamailio");
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(cfg);
+        let child = Command::new(kamailio)
+            .process_group(0)
+            .arg("-f")
+            .arg(&cfg)
+            .args(args)
+            .args(["-m", "64", "-M", "8", "-E", "-DD"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start kamailio");
+        for p in ports {
+            wait_until(
+                "kamailio listening",
+                std::time::Duration::from_secs(20),
+                || std::net::UdpSocket::bind(("127.0.0.1", *p)).is_err(),
+            );
+        }
+        Kamailio { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use std::time::{Duration, Instant};
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = kill(group, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever is left of the group (workers the main process did not
+        // take down) goes now.
+        let _ = kill(group, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}

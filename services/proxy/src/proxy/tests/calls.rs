@@ -97,17 +97,8 @@ fn an_answered_call_gets_an_interim_record_then_a_final_one_naming_its_path() {
     );
     // Bob hangs up 30 s later: the BYE passes alice's edge.
     h.advance(Duration::from_secs(30));
-    let route: Vec<String> = at_bob
-        .header_values(HeaderName::RecordRoute)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    let bye = format!(
-        "BYE sip:alice@192.0.2.1 SIP/2.0\nVia: {};branch=z9hG4bKcdrbye\nMax-Forwards: 70\n\
-         From: <sip:bob@{DOMAIN}>;tag=tbob\nTo: <sip:alice@{DOMAIN}>;tag=fcdr-1\nCall-ID: cdr-1\n\
-         CSeq: 1 BYE\nRoute: {}\nContent-Length: 0\n\n",
-        via_for(bob),
-        route.join(", ")
-    );
+    let route = record_route(&at_bob).join(", ");
+    let bye = bye(bob, "bob", "alice", "cdr-1", &route, "sip:alice@192.0.2.1");
     h.recv(2, &bye, Dest::Flow(bob));
     let got = records(&mut h);
     assert_eq!(got.len(), 1, "{got:?}");

@@ -146,10 +146,7 @@ fn with_topology_hiding_a_phone_sees_only_its_own_edge_and_the_dialog_still_rout
     let t = text(&req);
     assert!(!t.contains("10.0.0.1"), "node 1 leaks to bob: {t}");
     assert_eq!(req.vias().count(), 1, "{t}");
-    let rr: Vec<String> = req
-        .header_values(HeaderName::RecordRoute)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
+    let rr = record_route(&req);
     assert_eq!(rr.len(), 2, "{rr:?}");
     answer(&mut h, 2, bob, &req, 200);
     let ok = h
@@ -160,20 +157,18 @@ fn with_topology_hiding_a_phone_sees_only_its_own_edge_and_the_dialog_still_rout
     let t = text(&ok);
     assert!(!t.contains("10.0.0.2"), "node 2 leaks to alice: {t}");
     assert_eq!(ok.vias().count(), 1, "{t}");
-    let alice_rr: Vec<String> = ok
-        .header_values(HeaderName::RecordRoute)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
+    let alice_rr = record_route(&ok);
     // Bob hangs up along his route set: it reaches alice through both
     // edges.
-    let bye = format!(
-        "BYE sip:alice@192.0.2.1 SIP/2.0\nVia: {};branch=z9hG4bKbyeb\nMax-Forwards: 70\n\
-         From: <sip:bob@{DOMAIN}>;tag=tbob\nTo: <sip:alice@{DOMAIN}>;tag=fhide-1\nCall-ID: hide-1\n\
-         CSeq: 1 BYE\nRoute: {}\nContent-Length: 0\n\n",
-        via_for(bob),
-        rr.join(", ")
+    let bye_text = bye(
+        bob,
+        "bob",
+        "alice",
+        "hide-1",
+        &rr.join(", "),
+        "sip:alice@192.0.2.1",
     );
-    h.recv(2, &bye, Dest::Flow(bob));
+    h.recv(2, &bye_text, Dest::Flow(bob));
     let at_alice = at(&mut h, alice);
     assert_eq!(at_alice.method().as_bytes(), b"BYE");
     let t = text(&at_alice);
@@ -182,14 +177,15 @@ fn with_topology_hiding_a_phone_sees_only_its_own_edge_and_the_dialog_still_rout
     // And alice hangs up along hers (reversed): it reaches bob.
     let mut route = alice_rr.clone();
     route.reverse();
-    let bye = format!(
-        "BYE sip:bob@192.0.2.2 SIP/2.0\nVia: {};branch=z9hG4bKbyea\nMax-Forwards: 70\n\
-         From: <sip:alice@{DOMAIN}>;tag=fhide-1\nTo: <sip:bob@{DOMAIN}>;tag=tbob\nCall-ID: hide-1\n\
-         CSeq: 3 BYE\nRoute: {}\nContent-Length: 0\n\n",
-        via_for(alice),
-        route.join(", ")
+    let bye_text = bye(
+        alice,
+        "alice",
+        "bob",
+        "hide-1",
+        &route.join(", "),
+        "sip:bob@192.0.2.2",
     );
-    h.recv(1, &bye, Dest::Flow(alice));
+    h.recv(1, &bye_text, Dest::Flow(alice));
     let at_bob = at(&mut h, bob);
     assert_eq!(at_bob.method().as_bytes(), b"BYE");
     assert!(!text(&at_bob).contains("10.0.0.1"), "{}", text(&at_bob));

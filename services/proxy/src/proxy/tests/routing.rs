@@ -10,12 +10,6 @@ use super::*;
 const ALICE: u8 = 1;
 const BOB: u8 = 2;
 
-fn record_route(m: &Message) -> Vec<String> {
-    m.header_values(HeaderName::RecordRoute)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
-}
-
 /// The flow token in a Record-Route or Route value.
 fn token_of(rr: &str) -> &str {
     rr.trim_start_matches("<sips:")
@@ -23,26 +17,6 @@ fn token_of(rr: &str) -> &str {
         .split('@')
         .next()
         .unwrap()
-}
-
-/// A BYE of the dialog `call`, which alice started: her tag is the one
-/// `invite_text` gave her (`f<call>`), whichever side hangs up.
-fn bye(from_flow: FlowRef, from: &str, to: &str, call: &str, route: &str, ruri: &str) -> String {
-    let tag = |party: &str| {
-        if party == "alice" {
-            format!("f{call}")
-        } else {
-            format!("t{party}")
-        }
-    };
-    format!(
-        "BYE {ruri} SIP/2.0\nVia: {};branch=z9hG4bKbye{call}\nMax-Forwards: 70\n\
-         From: <sip:{from}@{DOMAIN}>;tag={}\nTo: <sip:{to}@{DOMAIN}>;tag={}\nCall-ID: {call}\n\
-         CSeq: 2 BYE\nRoute: {route}\nContent-Length: 0\n\n",
-        via_for(from_flow),
-        tag(from),
-        tag(to)
-    )
 }
 
 #[test]
