@@ -66,25 +66,6 @@ fn register_via_front_end(ue: &UdpPhone, user: &str, expires: u32) -> String {
     )
 }
 
-/// Waits for the next request at `phone`, answers it `status` (with its
-/// Contact for a 2xx), and returns its text and the address it came from.
-fn answer_next(phone: &UdpPhone, status: u16, wait: Duration) -> Option<(String, SocketAddr)> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let (req, from) = phone.next_request(deadline.checked_duration_since(Instant::now())?)?;
-        if req.starts_with("ACK ") {
-            continue;
-        }
-        let contact = if status < 300 {
-            format!("Contact: <sip:ue@{}>\r\n", phone.me)
-        } else {
-            String::new()
-        };
-        phone.answer(&req, from, status, &contact);
-        return Some((req, from));
-    }
-}
-
 #[test]
 #[ignore = "slow: a farm and kamailio"]
 fn a_phone_behind_kamailio_registers_is_called_and_calls_through_its_service_route() {
@@ -126,7 +107,7 @@ fn a_phone_behind_kamailio_registers_is_called_and_calls_through_its_service_rou
     let bob = UdpPhone::on("127.0.0.1");
     assert_eq!(bob.register(n1, "bob", PASSWORD), Some(200));
     let callee = std::thread::spawn(move || {
-        let got = answer_next(&ue, 200, Duration::from_secs(15));
+        let got = ue.answer_next(200, Duration::from_secs(15));
         (ue, got)
     });
     let invite = bob.request_to("INVITE", "tel:+15550100", "bob", "");
@@ -156,7 +137,7 @@ fn a_phone_behind_kamailio_registers_is_called_and_calls_through_its_service_rou
     // requests without a Route is node 1), which routes to bob at node 1.
     let route = format!("Route: <sip:127.0.0.1:{port};lr>, {sr}\r\n");
     let caller = std::thread::spawn(move || {
-        let got = answer_next(&bob, 200, Duration::from_secs(15));
+        let got = bob.answer_next(200, Duration::from_secs(15));
         (bob, got)
     });
     let invite = ue.request("INVITE", "bob", "alice", &route);
@@ -276,7 +257,7 @@ fn numbers_of_an_implicit_set_and_gruus_reach_across_the_farm() {
             .map(|(s, _)| s)
     };
     let answering = std::thread::spawn(move || {
-        let got = answer_next(&alice, 200, Duration::from_secs(10));
+        let got = alice.answer_next(200, Duration::from_secs(10));
         (alice, got)
     });
     assert_eq!(call(&bob, "tel:+1-555-0100"), Some(200));
@@ -311,7 +292,7 @@ fn numbers_of_an_implicit_set_and_gruus_reach_across_the_farm() {
     );
     for (gruu, rings, silent) in [(&pub1, &d1, &d2), (&temp2, &d2, &d1)] {
         std::thread::scope(|s| {
-            let ringing = s.spawn(|| answer_next(rings, 200, Duration::from_secs(10)));
+            let ringing = s.spawn(|| rings.answer_next(200, Duration::from_secs(10)));
             assert_eq!(call(&bob, gruu), Some(200), "{gruu}");
             assert!(ringing.join().unwrap().is_some(), "{gruu} rang its device");
             assert!(

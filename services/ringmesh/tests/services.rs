@@ -46,25 +46,6 @@ fn set_services(farm: &common::Farm, dir: &Path, user: &str, criteria: &[serde_j
     std::thread::sleep(Duration::from_millis(500));
 }
 
-/// Answers the next request at `phone` with `status` (with its Contact for
-/// a 2xx); returns its text.
-fn answer_next(phone: &UdpPhone, status: u16, wait: Duration) -> Option<String> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let (req, from) = phone.next_request(deadline.checked_duration_since(Instant::now())?)?;
-        if req.starts_with("ACK ") {
-            continue;
-        }
-        let contact = if status < 300 {
-            format!("Contact: <sip:ue@{}>\r\n", phone.me)
-        } else {
-            String::new()
-        };
-        phone.answer(&req, from, status, &contact);
-        return Some(req);
-    }
-}
-
 /// `caller` sends `text` as alice at `node` while `callee` answers 200 in
 /// the background; the caller's final status and what the callee got.
 fn call(
@@ -74,7 +55,9 @@ fn call(
     callee: UdpPhone,
 ) -> (u16, Option<String>, UdpPhone) {
     let answering = std::thread::spawn(move || {
-        let got = answer_next(&callee, 200, Duration::from_secs(12));
+        let got = callee
+            .answer_next(200, Duration::from_secs(12))
+            .map(|(req, _)| req);
         (callee, got)
     });
     let (status, _) = caller

@@ -74,6 +74,26 @@ impl UdpPhone {
         }
     }
 
+    /// Waits for the next request (ACKs skipped), answers it `status` (with
+    /// this phone's Contact for a 2xx), and returns its text and source.
+    pub fn answer_next(&self, status: u16, wait: Duration) -> Option<(String, SocketAddr)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (req, from) =
+                self.next_request(deadline.checked_duration_since(Instant::now())?)?;
+            if req.starts_with("ACK ") {
+                continue;
+            }
+            let contact = if status < 300 {
+                format!("Contact: <sip:ue@{}>\r\n", self.me)
+            } else {
+                String::new()
+            };
+            self.answer(&req, from, status, &contact);
+            return Some((req, from));
+        }
+    }
+
     /// Answers the request `req` (its text) with `status` and `extra`
     /// header lines (CRLF-terminated), back to `to`.
     pub fn answer(&self, req: &str, to: SocketAddr, status: u16, extra: &str) {

@@ -8,18 +8,6 @@ use std::time::Duration;
 use super::*;
 use crate::cdr::{CallRecord, CallResult, EndedBy};
 
-/// Alice on node 1, bob registered on node 2.
-fn farm_with_bob() -> (Harness, FlowRef, FlowRef) {
-    let mut h = Harness::farm();
-    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
-    assert_eq!(
-        h.register_at(2, bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
-    h.take();
-    (h, alice, bob)
-}
-
 /// The INVITE that reached bob, and the one that crossed the overlay.
 fn invite_at_bob(h: &mut Harness, bob: FlowRef) -> (Message, Message) {
     let sent = h.requests();
@@ -52,7 +40,7 @@ fn records(h: &mut Harness) -> Vec<(u8, CallRecord)> {
 
 #[test]
 fn an_answered_call_gets_an_interim_record_then_a_final_one_naming_its_path() {
-    let (mut h, alice, bob) = farm_with_bob();
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
     let invite = invite_text(alice, "alice", "bob", "cdr-1").replacen(
         "Content-Length:",
         "P-Charging-Vector: icid-value=forged\nContent-Length:",
@@ -118,7 +106,7 @@ fn an_answered_call_gets_an_interim_record_then_a_final_one_naming_its_path() {
 
 #[test]
 fn failed_and_cancelled_attempts_get_one_final_record() {
-    let (mut h, alice, bob) = farm_with_bob();
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
     h.send_authenticated(
         alice,
         "alice",
@@ -165,7 +153,7 @@ fn failed_and_cancelled_attempts_get_one_final_record() {
 
 #[test]
 fn a_call_still_up_when_the_longest_dialog_runs_out_is_closed_as_such() {
-    let (mut h, alice, bob) = farm_with_bob();
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
     h.node(1).max_call = Duration::from_secs(60);
     h.send_authenticated(
         alice,

@@ -758,3 +758,16 @@ pub fn bye(
         tag(to)
     )
 }
+
+/// A farm of two: alice (a phone that has not registered) on node 1, bob
+/// registered on node 2.
+pub fn alice_and_bob_on_two_nodes() -> (Harness, FlowRef, FlowRef) {
+    let mut h = Harness::farm();
+    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
+    assert_eq!(
+        h.register_at(2, bob, "bob", "<sip:bob@192.0.2.2>").status(),
+        Some(200)
+    );
+    h.take();
+    (h, alice, bob)
+}

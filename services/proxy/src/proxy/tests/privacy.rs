@@ -5,18 +5,13 @@
 
 use super::*;
 
-/// Alice on node 1, bob registered on node 2.
+/// Alice on node 1, bob registered on node 2, both nodes hiding the
+/// topology or not.
 fn alice_and_bob(hiding: bool) -> (Harness, FlowRef, FlowRef) {
-    let mut h = Harness::farm();
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
     for n in 1..=2 {
         h.node(n).policy.topology_hiding = hiding;
     }
-    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
-    assert_eq!(
-        h.register_at(2, bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
-    h.take();
     (h, alice, bob)
 }
 
