@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use ringmesh_proxy::cdr::{CallRecord, CallResult, EndedBy};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The file records are appended to.
 pub const CURRENT: &str = "calls.jsonl";
@@ -128,7 +128,7 @@ impl File {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(File {
             cfg: cfg.clone(),
-            node: hex(&node),
+            node: hex::encode(node),
             file,
             size,
             metrics,
@@ -327,31 +327,48 @@ pub fn rotated(dir: &Path) -> Vec<PathBuf> {
     files.into_iter().map(|(_, p)| p).collect()
 }
 
-/// One record as a JSON line (schema version 1).
-fn line(buf: &mut Vec<u8>, r: &CallRecord, node: &str) {
-    let v = json!({
-        "v": 1,
-        "record": if r.interim { "interim" } else { "final" },
-        "icid": r.icid,
-        "call_id": r.call_id,
-        "caller": r.caller,
-        "callee": r.callee,
-        "invite_ms": r.invite_ms,
-        "answer_ms": r.answer_ms,
-        "end_ms": r.end_ms,
-        "duration_ms": r.answer_ms.zip(r.end_ms).map(|(a, e)| e.saturating_sub(a)),
-        "status": r.status,
-        "result": r.result.as_str(),
-        "ended_by": r.ended_by.map(EndedBy::as_str),
-        "nodes": r.nodes.iter().map(|n| hex(n)).collect::<Vec<_>>(),
-        "written_by": node,
-    });
-    let _ = serde_json::to_writer(&mut *buf, &v);
-    buf.push(b'\n');
+/// One record as it is written (schema version 1): serialized straight
+/// from the record, without an intermediate JSON value.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    v: u8,
+    record: &'a str,
+    icid: &'a str,
+    call_id: &'a str,
+    caller: &'a str,
+    callee: &'a str,
+    invite_ms: u64,
+    answer_ms: Option<u64>,
+    end_ms: Option<u64>,
+    duration_ms: Option<u64>,
+    status: u16,
+    result: &'a str,
+    ended_by: Option<&'a str>,
+    nodes: Vec<String>,
+    written_by: &'a str,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// One record as a JSON line.
+fn line(buf: &mut Vec<u8>, r: &CallRecord, node: &str) {
+    let l = Line {
+        v: 1,
+        record: if r.interim { "interim" } else { "final" },
+        icid: &r.icid,
+        call_id: &r.call_id,
+        caller: &r.caller,
+        callee: &r.callee,
+        invite_ms: r.invite_ms,
+        answer_ms: r.answer_ms,
+        end_ms: r.end_ms,
+        duration_ms: r.answer_ms.zip(r.end_ms).map(|(a, e)| e.saturating_sub(a)),
+        status: r.status,
+        result: r.result.as_str(),
+        ended_by: r.ended_by.map(EndedBy::as_str),
+        nodes: r.nodes.iter().map(hex::encode).collect(),
+        written_by: node,
+    };
+    let _ = serde_json::to_writer(&mut *buf, &l);
+    buf.push(b'\n');
 }
 
 fn now_ms() -> u64 {
@@ -424,8 +441,8 @@ mod tests {
         assert_eq!(got[1]["result"], "completed");
         assert_eq!(got[1]["duration_ms"], 3000);
         assert_eq!(got[1]["ended_by"], "caller");
-        assert_eq!(got[1]["nodes"][1], hex(&[2; 16]));
-        assert_eq!(got[1]["written_by"], hex(&[1; 16]));
+        assert_eq!(got[1]["nodes"][1], hex::encode([2; 16]));
+        assert_eq!(got[1]["written_by"], hex::encode([1; 16]));
         drop(w);
         assert_eq!(m.records.with_label_values(&["final"]).get(), 1);
         assert_eq!(m.records.with_label_values(&["interim"]).get(), 1);

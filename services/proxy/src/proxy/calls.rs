@@ -60,9 +60,11 @@ impl Proxy {
         now: Now,
     ) -> Bytes {
         self.calls.made += 1;
+        // Unique in the farm: this node, the time, a counter.
+        let n = &self.me.node_id;
         let icid = format!(
-            "{}{:x}.{:x}",
-            hex(&self.me.node_id[..6]),
+            "{:016x}{:x}.{:x}",
+            u64::from_be_bytes(n[..8].try_into().expect("8 bytes")),
             now.wall_ms,
             self.calls.made
         );
@@ -100,7 +102,13 @@ impl Proxy {
     /// A 2xx to an attempt: the members on its path, from the flow tokens
     /// of its Record-Route.
     pub(super) fn call_path(&mut self, server: ServerKey, resp: &Message, now_secs: u64) {
-        let Some((rec, _)) = self.calls.attempts.get_mut(&server) else {
+        // A farm of one is the whole path.
+        let Some((rec, _)) = self
+            .calls
+            .attempts
+            .get_mut(&server)
+            .filter(|_| self.farm.is_some())
+        else {
             return;
         };
         let tags: Vec<&[u8]> = [resp.from_tag(), resp.to_tag()]
@@ -182,8 +190,4 @@ impl Proxy {
         rec.end_ms = Some(now.wall_ms);
         self.actions.push_back(Action::CallRecord(rec));
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
