@@ -7,9 +7,7 @@ use std::time::Instant;
 use ringmesh_sip::transaction::{ClientKey, ServerKey};
 use ringmesh_sip::{Forward, HeaderName, Message, Method, Via};
 
-use super::privacy::{
-    Privacy, Rewritten, USER_HEADERS, anonymous_from, hidden_record_routes, upstream_response,
-};
+use super::privacy::{Privacy, Rewritten, USER_HEADERS, anonymous_from, upstream_response};
 use super::routing::{Target, rewrite_top_via};
 use super::services::Onward;
 use super::{Now, Origin, Pending, Proxy, loop_hash, transport_of};
@@ -149,11 +147,14 @@ impl Proxy {
             // withheld from a phone when the caller asked for privacy
             // (`privacy.rs`; application servers and trusted elements are
             // in the trust domain).
-            let untrusted = (privacy != Privacy::default() || hiding)
+            let to_phone = (privacy != Privacy::default()
+                || hiding
+                || onward.charging.is_some()
+                || msg.has_header(HeaderName::PChargingVector))
                 && self.untrusted_leaf(dest, target.service);
-            let withheld = untrusted && privacy.id;
-            let anonymous = untrusted && privacy.anonymous_from();
-            let hide = untrusted && hiding;
+            let withheld = to_phone && privacy.id;
+            let anonymous = to_phone && privacy.anonymous_from();
+            let hide = to_phone && hiding;
             let mut strip = Vec::with_capacity(5);
             if origin.is_phone() || target.called.is_some() {
                 // The farm says which identity was called, no one else.
@@ -174,9 +175,6 @@ impl Proxy {
             }
             // The charging vector stays inside the farm and its trusted
             // elements (it names the edge that made it).
-            let to_phone = (onward.charging.is_some()
-                || msg.has_header(HeaderName::PChargingVector))
-                && self.untrusted_leaf(dest, target.service);
             if to_phone {
                 strip.push(HeaderName::PChargingVector);
             }
@@ -184,11 +182,11 @@ impl Proxy {
                 strip.push(HeaderName::From);
                 rewritten.from = Some(msg.share(msg.from_bytes()));
             }
-            if untrusted && privacy.user {
+            if to_phone && privacy.user {
                 strip.extend(USER_HEADERS);
             }
-            // Topology hiding: our Via alone, and other members' Record-
-            // Routes naming this node.
+            // Topology hiding: our Via alone, and farm Record-Routes naming
+            // this node.
             let rr = if hide {
                 strip.extend([HeaderName::Via, HeaderName::RecordRoute]);
                 rewritten.vias = Some(
@@ -196,18 +194,7 @@ impl Proxy {
                         .map(|v| msg.share(v))
                         .collect(),
                 );
-                let received = hidden_record_routes(&self.tokens, &self.me, &msg, now.secs())
-                    .or_else(|| {
-                        msg.has_header(HeaderName::RecordRoute).then(|| {
-                            let all: Vec<&[u8]> =
-                                msg.header_lines(HeaderName::RecordRoute).collect();
-                            String::from_utf8_lossy(&all.join(&b", "[..])).into_owned()
-                        })
-                    });
-                match (rr, received) {
-                    (Some(a), Some(b)) => Some(format!("{a}, {b}")),
-                    (a, b) => a.or(b),
-                }
+                self.record_routes_hidden(rr, &msg, now.secs())
             } else {
                 rr
             };

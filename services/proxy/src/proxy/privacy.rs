@@ -99,6 +99,27 @@ pub(super) struct Rewritten {
 }
 
 impl Proxy {
+    /// The Record-Route of a request going to a phone of a hiding node:
+    /// `ours` (if this node adds one), then what it carried with the
+    /// farm's values naming this node.
+    pub(super) fn record_routes_hidden(
+        &self,
+        ours: Option<String>,
+        msg: &Message,
+        now_secs: u64,
+    ) -> Option<String> {
+        let received = hidden_record_routes(&self.tokens, &self.me, msg, now_secs).or_else(|| {
+            msg.has_header(HeaderName::RecordRoute).then(|| {
+                let all: Vec<&[u8]> = msg.header_lines(HeaderName::RecordRoute).collect();
+                String::from_utf8_lossy(&all.join(&b", "[..])).into_owned()
+            })
+        });
+        match (ours, received) {
+            (Some(a), Some(b)) => Some(format!("{a}, {b}")),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether `dest` is outside the trust domain: a leaf that is neither
     /// an application server (`service`) nor a trusted element that
     /// vouches for its users.
