@@ -102,28 +102,10 @@ impl Proxy {
         }
         let popped = match routing {
             Routing::Toward { popped, dest } if in_dialog || !origin.is_phone() => {
-                let t = Target::hop(dest);
-                return self.proxy_to(
-                    server,
-                    msg,
-                    origin,
-                    vec![t],
-                    popped,
-                    &Onward::default(),
-                    now,
-                );
+                return self.forward_hop(server, msg, origin, dest, popped, now);
             }
             Routing::Member { popped, node } if in_dialog || !origin.is_phone() => {
-                let t = Target::hop(Dest::Peer(node));
-                return self.proxy_to(
-                    server,
-                    msg,
-                    origin,
-                    vec![t],
-                    popped,
-                    &Onward::default(),
-                    now,
-                );
+                return self.forward_hop(server, msg, origin, Dest::Peer(node), popped, now);
             }
             Routing::Toward { .. } | Routing::Member { .. } => {
                 self.refused(Refusal::NotInDialog);
@@ -405,7 +387,28 @@ impl Proxy {
             let trying = msg.response_writer(100, Some(&tag)).finish(b"");
             self.respond(server, 100, trying, transport_of(&msg), now);
         }
-        let t = Target::hop(Dest::Addr { transport, addr });
+        self.forward_hop(
+            server,
+            msg,
+            origin,
+            Dest::Addr { transport, addr },
+            popped,
+            now,
+        );
+    }
+
+    /// Forwards `msg` as it is to `dest`, the one hop its Routes (or the
+    /// emergency route) name.
+    fn forward_hop(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        dest: Dest,
+        popped: usize,
+        now: Now,
+    ) {
+        let t = Target::hop(dest);
         self.proxy_to(
             server,
             msg,
