@@ -337,9 +337,12 @@ def test_supernode_statefulset(rendered):
     assert mounts["data"] == "/var/lib/ringmesh"
     secret_vols = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert "bootstrap-token" in secret_vols
-    # Pod 0 alone may found a ring.
-    script = c["command"][2]
-    assert '"${POD_NAME##*-}"' in script and "--bootstrap-after" in script and 'exec ringmesh "$@"' in script
+    # Pod 0 alone may found a ring: the binary decides from its name, no
+    # shell needed in the image.
+    assert c["command"] == ["ringmesh"]
+    args = c["args"]
+    assert args[args.index("--bootstrap-ordinal") + 1] == "0"
+    assert int(args[args.index("--bootstrap-after") + 1]) > 0
 
 
 def assert_hardened(pod, c):
@@ -625,7 +628,7 @@ def test_values_document_every_config_key():
     keys = set(re.findall(r"^\s+--([a-z0-9-]+)", help_text, re.M)) - {"config", "help"}
     assert {"min-expires", "overload-delay-interval-ms"} <= keys, sorted(keys)
     chart_set = {"name", "domain", "sip", "overlay", "overlay-advertise", "data", "metrics", "admin", "provisioning", "enrollment",
-                 "bootstrap-token-file", "etcd", "bootstrap-after",
+                 "bootstrap-token-file", "etcd", "bootstrap-after", "bootstrap-ordinal",
                  # etcd TLS files come from the component's client-certificate Secret
                  "etcd-ca", "etcd-cert", "etcd-key",
                  # the chart keeps the admin API on 127.0.0.1, in plaintext

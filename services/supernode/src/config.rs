@@ -118,6 +118,13 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_BOOTSTRAP_AFTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_after: Option<u64>,
+    /// With --bootstrap-after: only the node whose --name ends in
+    /// `-ORDINAL` (a StatefulSet pod's ordinal, e.g. 0) may found a ring;
+    /// on every other node --bootstrap-after is ignored and it only ever
+    /// joins. One pod template then serves every replica.
+    #[arg(long, env = "RINGMESH_BOOTSTRAP_ORDINAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_ordinal: Option<u32>,
     /// Replicas per binding (k); a write needs a majority of min(k, N).
     #[arg(long, env = "RINGMESH_REPLICAS", default_value_t = 3)]
     pub replicas: usize,
@@ -825,6 +832,12 @@ impl SupernodeArgs {
             ));
         }
         let replicas = in_range("replicas", self.replicas, 1..=7)?;
+        if self.bootstrap_ordinal.is_some() && self.bootstrap_after.is_none() {
+            return Err(err(
+                "bootstrap-ordinal",
+                "it needs --bootstrap-after (how long the node with that ordinal waits before founding a ring)",
+            ));
+        }
         let identity = ringmesh_config::TlsPaths {
             ca: self.ca.clone().unwrap_or_else(|| data.join("ca.crt")),
             cert: self.cert.clone().unwrap_or_else(|| data.join("node.crt")),
@@ -846,7 +859,13 @@ impl SupernodeArgs {
                 })?,
                 seeds,
                 advertise: self.overlay_advertise,
-                bootstrap_after: self.bootstrap_after.map(Duration::from_secs),
+                bootstrap_after: self
+                    .bootstrap_after
+                    .filter(|_| {
+                        self.bootstrap_ordinal
+                            .is_none_or(|o| ordinal_of(&name) == Some(o))
+                    })
+                    .map(Duration::from_secs),
                 replicas,
                 cert: self.cert.unwrap_or_else(|| data.join("node.crt")),
                 key: self.key.unwrap_or_else(|| data.join("node.key")),
@@ -931,6 +950,11 @@ impl SupernodeArgs {
     }
 }
 
+/// The ordinal of a StatefulSet pod name (`ringmesh-supernode-2` → 2).
+fn ordinal_of(name: &str) -> Option<u32> {
+    name.rsplit_once('-')?.1.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,6 +986,37 @@ mod tests {
             c.data.ends_with("ringmesh/sn7") && c.data.is_absolute(),
             "{}",
             c.data.display()
+        );
+    }
+
+    #[test]
+    fn only_the_pod_with_the_bootstrap_ordinal_may_found_a_ring() {
+        let founds = |name: &str| {
+            resolve(&[
+                "--name",
+                name,
+                "--overlay",
+                "127.0.0.1:5300",
+                "--bootstrap-after",
+                "20",
+                "--bootstrap-ordinal",
+                "0",
+            ])
+            .unwrap()
+            .overlay
+            .unwrap()
+            .bootstrap_after
+        };
+        assert_eq!(
+            founds("ringmesh-supernode-0"),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(founds("ringmesh-supernode-1"), None);
+        assert_eq!(founds("ringmesh-supernode-10"), None);
+        assert_eq!(founds("lab"), None, "a name without an ordinal");
+        assert_eq!(
+            key_of(&["--overlay", "127.0.0.1:5300", "--bootstrap-ordinal", "0"]),
+            "bootstrap-ordinal"
         );
     }
 
