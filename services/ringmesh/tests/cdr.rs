@@ -63,29 +63,6 @@ fn answering(bob: UdpPhone, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()
     })
 }
 
-/// An in-dialog request of the dialog `ok` (a 200 to `invite`) answered.
-fn in_dialog(method: &str, cseq: u32, phone: &UdpPhone, invite: &str, ok: &str) -> String {
-    let mut route: Vec<String> = ok
-        .lines()
-        .filter_map(|l| l.strip_prefix("Record-Route: "))
-        .flat_map(|l| l.split(", ").map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    route.reverse();
-    format!(
-        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{m}{n:x};rport\r\n\
-         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call}\r\nCSeq: {cseq} {method}\r\n\
-         Route: {route}\r\nContent-Length: 0\r\n\r\n",
-        target = header(ok, "Contact").unwrap().trim_matches(['<', '>']),
-        me = phone.me,
-        m = method.to_lowercase(),
-        n = common::rand_u64(),
-        from = header(invite, "From").unwrap(),
-        to = header(ok, "To").unwrap(),
-        call = header(invite, "Call-ID").unwrap(),
-        route = route.join(", "),
-    )
-}
-
 /// Alice calls bob at `node` (busy when `busy`); an answered call is
 /// ACKed and, with `hang_up`, ended by a BYE. The final status and the
 /// Call-ID; `None` when the farm did not answer.
@@ -99,10 +76,10 @@ fn call(alice: &UdpPhone, node: SocketAddr, busy: bool, hang_up: bool) -> Option
     }
     // The INVITE that was answered is the one with credentials (CSeq 2).
     let sent = invite.replacen("CSeq: 1 INVITE", "CSeq: 2 INVITE", 1);
-    let ack = in_dialog("ACK", 2, alice, &sent, &ok);
+    let ack = alice.in_dialog("ACK", 2, &sent, &ok, "");
     alice.sock.send_to(ack.as_bytes(), node).ok()?;
     if hang_up {
-        let bye = in_dialog("BYE", 3, alice, &sent, &ok);
+        let bye = alice.in_dialog("BYE", 3, &sent, &ok, "");
         let r = alice.ask(node, &bye, Duration::from_secs(5))?;
         if !r.starts_with("SIP/2.0 200") {
             return None;

@@ -118,24 +118,7 @@ fn a_phone_sees_only_its_own_supernode_and_an_anonymous_caller_stays_anonymous()
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     // Alice ACKs along her route set (the 200's Record-Route, reversed),
     // asking for privacy again as RFC 3323 has a UA do in each request.
-    let mut route: Vec<String> = ok
-        .lines()
-        .filter_map(|l| l.strip_prefix("Record-Route: "))
-        .flat_map(|l| l.split(", ").map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    route.reverse();
-    let ack = format!(
-        "ACK {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack{n};rport\r\n\
-         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call}\r\nCSeq: 2 ACK\r\n\
-         Privacy: id\r\nRoute: {route}\r\nContent-Length: 0\r\n\r\n",
-        contact = header(&ok, "Contact").unwrap().trim_matches(['<', '>']),
-        me = alice.me,
-        n = common::rand_u64(),
-        from = header(&again, "From").unwrap(),
-        to = header(&ok, "To").unwrap(),
-        call = header(&again, "Call-ID").unwrap(),
-        route = route.join(", "),
-    );
+    let ack = alice.in_dialog("ACK", 2, &again, &ok, "Privacy: id\r\n");
     alice.sock.send_to(ack.as_bytes(), n0).unwrap();
     // Bob's BYE reaches her: she answers it.
     let bye = loop {

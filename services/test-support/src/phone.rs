@@ -94,6 +94,41 @@ impl UdpPhone {
         }
     }
 
+    /// A request of the dialog a 200 OK (`ok`) to this phone's INVITE
+    /// (`invite`, as sent) set up: to the callee's Contact along the
+    /// route set (the 200's Record-Route, reversed), with `extra` header
+    /// lines (CRLF-terminated).
+    pub fn in_dialog(
+        &self,
+        method: &str,
+        cseq: u32,
+        invite: &str,
+        ok: &str,
+        extra: &str,
+    ) -> String {
+        let mut route: Vec<&str> = ok
+            .lines()
+            .filter_map(|l| l.strip_prefix("Record-Route: "))
+            .flat_map(|l| l.split(", "))
+            .collect();
+        route.reverse();
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{m}{n:x};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call}\r\nCSeq: {cseq} {method}\r\n\
+             {extra}Route: {route}\r\nContent-Length: 0\r\n\r\n",
+            target = header(ok, "Contact")
+                .unwrap_or_default()
+                .trim_matches(['<', '>']),
+            me = self.me,
+            m = method.to_lowercase(),
+            n = rand_u64(),
+            from = header(invite, "From").unwrap_or_default(),
+            to = header(ok, "To").unwrap_or_default(),
+            call = header(invite, "Call-ID").unwrap_or_default(),
+            route = route.join(", "),
+        )
+    }
+
     /// Answers the request `req` (its text) with `status` and `extra`
     /// header lines (CRLF-terminated), back to `to`.
     pub fn answer(&self, req: &str, to: SocketAddr, status: u16, extra: &str) {

@@ -22,6 +22,19 @@ fn trust_servers(h: &mut Harness) {
     }
 }
 
+/// One node trusting both servers; alice (not registered) and bob
+/// (registered) are phones on it.
+fn servers_and_bob() -> (Harness, FlowRef, FlowRef) {
+    let mut h = Harness::new();
+    trust_servers(&mut h);
+    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2>").status(),
+        Some(200)
+    );
+    (h, alice, bob)
+}
+
 fn criterion(
     priority: i32,
     case: SessionCase,
@@ -124,13 +137,7 @@ fn answer_from_server(h: &mut Harness, i: u8, req: &str, status: u16, extra: &st
 
 #[test]
 fn originating_then_terminating_servers_in_priority_order() {
-    let mut h = Harness::new();
-    trust_servers(&mut h);
-    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
-    assert_eq!(
-        h.register(bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
+    let (mut h, alice, bob) = servers_and_bob();
     // Listed out of order: evaluation follows the priorities.
     h.directory.set_services(
         "alice",
@@ -183,13 +190,7 @@ fn originating_then_terminating_servers_in_priority_order() {
 
 #[test]
 fn a_server_may_answer_redirect_or_start_a_new_leg_itself() {
-    let mut h = Harness::new();
-    trust_servers(&mut h);
-    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
-    assert_eq!(
-        h.register(bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
+    let (mut h, alice, bob) = servers_and_bob();
     h.directory.set_services(
         "alice",
         vec![criterion(1, SessionCase::Originating, "", 1, false)],
@@ -233,13 +234,7 @@ fn a_server_may_answer_redirect_or_start_a_new_leg_itself() {
 
 #[test]
 fn a_silent_server_is_skipped_or_fails_the_request_as_its_criterion_says() {
-    let mut h = Harness::new();
-    trust_servers(&mut h);
-    let (alice, bob) = (udp_leaf(1), udp_leaf(2));
-    assert_eq!(
-        h.register(bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
+    let (mut h, alice, bob) = servers_and_bob();
     // SESSION_CONTINUED: after the server's time is up the call goes on.
     h.directory.set_services(
         "alice",
@@ -335,13 +330,8 @@ fn an_unregistered_callee_reaches_its_unregistered_service_else_480() {
 
 #[test]
 fn only_a_trusted_server_may_send_a_request_back_and_only_a_fresh_genuine_one() {
-    let mut h = Harness::new();
-    trust_servers(&mut h);
-    let (alice, bob, mallory) = (udp_leaf(1), udp_leaf(2), udp_leaf(66));
-    assert_eq!(
-        h.register(bob, "bob", "<sip:bob@192.0.2.2>").status(),
-        Some(200)
-    );
+    let (mut h, alice, bob) = servers_and_bob();
+    let mallory = udp_leaf(66);
     h.directory.set_services(
         "alice",
         vec![criterion(1, SessionCase::Originating, "", 1, false)],
