@@ -422,6 +422,12 @@ def sip():
     ], unit="ops",
         description="Call records made durable by the originating edges: interim (a call answered), final (an "
                     "attempt over); write errors lose the records of a commit; calls up is a count, not a rate.")
+    b.ts("Messages for offline subscribers", [(
+        f"sum by (event) ({rate('ringmesh_sip_offline_messages_total')})", "{{event}}")], unit="ops",
+        description="MESSAGEs for subscribers with no reachable device: stored (kept on the AOR's replicas, 202); "
+                    "full (the mailbox was at offline-messages, 480); discarded (for no subscriber or a barred one: "
+                    "202 and dropped); delivered (a device that registered took one); deferred (it did not take it "
+                    "now: kept for its next REGISTER); refused_by_device (refused for good: dropped).")
     return b
 
 

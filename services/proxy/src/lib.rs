@@ -33,6 +33,7 @@ pub mod cdr;
 pub mod guard;
 pub mod ifc;
 pub mod location;
+pub mod mailbox;
 pub mod observe;
 pub mod proxy;
 pub mod registrar;

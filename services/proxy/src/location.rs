@@ -22,6 +22,7 @@ use bytes::Bytes;
 use ringmesh_sip::aor::Aor;
 
 use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
+use crate::mailbox::StoredMessage;
 use crate::registrar::{self, RegisterPlan, RegistrarError};
 use crate::subscription::Subscription;
 
@@ -49,24 +50,45 @@ pub enum LocationOp {
         sub: Box<Subscription>,
         remove: bool,
     },
+    /// Keep a message for `aor`, unless it already keeps `max` live ones
+    /// ([`LocationError::Full`]).
+    StoreMessage {
+        aor: Aor,
+        message: Box<StoredMessage>,
+        max: usize,
+        now_ms: u64,
+    },
+    /// Read the messages kept for `aor`, oldest first.
+    Mailbox { aor: Aor, now_ms: u64 },
+    /// Drop a kept message (delivered, or refused by the device); its
+    /// tombstone lives until `expires_at_ms`, the message's own expiry.
+    RemoveMessage {
+        aor: Aor,
+        id: [u8; 16],
+        expires_at_ms: u64,
+    },
 }
 
 /// What a location operation found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Located {
     /// The AOR's live bindings, best first; after a `Register`, `watched`
-    /// says whether the AOR has subscriptions to tell of the change.
+    /// says whether the AOR has subscriptions to tell of the change, and
+    /// `mail` whether messages are kept for it.
     Bindings {
         bindings: Vec<Binding>,
         watched: bool,
+        mail: bool,
     },
     /// A `Watch`: the AOR's live bindings and its subscriptions.
     Watched {
         bindings: Vec<Binding>,
         subscriptions: Vec<Subscription>,
     },
-    /// A subscription was stored.
+    /// A subscription or message was stored (or removed).
     Stored,
+    /// The messages kept for an AOR, oldest first.
+    Mailbox(Vec<StoredMessage>),
 }
 
 impl Located {
@@ -74,7 +96,7 @@ impl Located {
     pub fn into_bindings(self) -> Vec<Binding> {
         match self {
             Located::Bindings { bindings, .. } | Located::Watched { bindings, .. } => bindings,
-            Located::Stored => Vec::new(),
+            Located::Stored | Located::Mailbox(_) => Vec::new(),
         }
     }
 
@@ -83,6 +105,7 @@ impl Located {
         Located::Bindings {
             bindings,
             watched: false,
+            mail: false,
         }
     }
 }
@@ -125,6 +148,9 @@ pub enum LocationError {
     /// The write could not reach a quorum of replicas (answer 503).
     #[error("location store unavailable: {0}")]
     Unavailable(String),
+    /// The AOR already keeps as many messages as it may.
+    #[error("the mailbox is full")]
+    Full,
 }
 
 /// A finished operation: the token it was submitted with and its outcome.
@@ -208,6 +234,8 @@ pub struct LocalStore {
     aliases: HashMap<Aor, (Aor, u64)>,
     /// Subscriptions, by the AOR they watch.
     subscriptions: HashMap<Aor, Vec<Subscription>>,
+    /// Messages kept, by AOR, in id order.
+    mail: HashMap<Aor, BTreeMap<[u8; 16], StoredMessage>>,
     hasher: std::hash::RandomState,
     aors: usize,
     bindings: usize,
@@ -221,6 +249,7 @@ impl Default for LocalStore {
             records: BTreeMap::new(),
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
+            mail: HashMap::new(),
             hasher: std::hash::RandomState::new(),
             aors: 0,
             bindings: 0,
@@ -329,6 +358,7 @@ impl LocalStore {
                 Ok(Located::Bindings {
                     bindings: live,
                     watched: self.subscriptions.contains_key(&aor),
+                    mail: self.mail.contains_key(&aor),
                 })
             }
             LocationOp::Lookup { aor, now_ms } => Ok(Located::bindings(self.lookup(&aor, now_ms))),
@@ -356,6 +386,40 @@ impl LocalStore {
                 }
                 Ok(Located::Stored)
             }
+            LocationOp::StoreMessage {
+                aor,
+                message,
+                max,
+                now_ms,
+            } => {
+                let kept = self.mail.entry(aor).or_default();
+                kept.retain(|_, m| m.expires_at_ms > now_ms);
+                if kept.len() >= max {
+                    return Err(LocationError::Full);
+                }
+                kept.insert(message.id, *message);
+                Ok(Located::Stored)
+            }
+            LocationOp::Mailbox { aor, now_ms } => Ok(Located::Mailbox(
+                self.mail
+                    .get(&aor)
+                    .map(|kept| {
+                        kept.values()
+                            .filter(|m| m.expires_at_ms > now_ms)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            LocationOp::RemoveMessage { aor, id, .. } => {
+                if let Some(kept) = self.mail.get_mut(&aor) {
+                    kept.remove(&id);
+                    if kept.is_empty() {
+                        self.mail.remove(&aor);
+                    }
+                }
+                Ok(Located::Stored)
+            }
         }
     }
 
@@ -366,6 +430,10 @@ impl LocalStore {
         self.subscriptions.retain(|_, list| {
             list.retain(|s| s.expires_at_ms + WATCH_GRACE_MS > now_ms);
             !list.is_empty()
+        });
+        self.mail.retain(|_, kept| {
+            kept.retain(|_, m| m.expires_at_ms > now_ms);
+            !kept.is_empty()
         });
         let now_s = now_ms / 1000;
         let (mut bindings, mut aors) = (0usize, 0usize);

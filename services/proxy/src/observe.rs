@@ -216,6 +216,50 @@ pub enum Metric<'a> {
     /// An initial filter criterion sent a request to an application
     /// server, or the server failed it.
     AppServer(AppServerEvent),
+    /// Something happened to a message kept for an offline subscriber.
+    Mail(MailEvent),
+}
+
+/// What happened to messages for subscribers with no reachable device
+/// (`ringmesh_sip_offline_messages_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailEvent {
+    /// A message was kept (answered 202).
+    Stored,
+    /// Its mailbox was full (answered 480).
+    Full,
+    /// It was for no subscriber, or a barred one: answered 202 like a
+    /// kept one (so that the answer tells no one who is a subscriber) and
+    /// dropped.
+    Discarded,
+    /// A device took a kept message (2xx): it is removed.
+    Delivered,
+    /// A device did not take one now: the rest wait for its next REGISTER.
+    Deferred,
+    /// A device refused one for good: it is dropped.
+    RefusedByDevice,
+}
+
+impl MailEvent {
+    pub const ALL: [MailEvent; 6] = [
+        MailEvent::Stored,
+        MailEvent::Full,
+        MailEvent::Discarded,
+        MailEvent::Delivered,
+        MailEvent::Deferred,
+        MailEvent::RefusedByDevice,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            MailEvent::Stored => "stored",
+            MailEvent::Full => "full",
+            MailEvent::Discarded => "discarded",
+            MailEvent::Delivered => "delivered",
+            MailEvent::Deferred => "deferred",
+            MailEvent::RefusedByDevice => "refused_by_device",
+        }
+    }
 }
 
 /// What happened on the way through an application server

@@ -43,6 +43,7 @@ mod calls;
 mod flows;
 mod forking;
 mod guarding;
+mod messages;
 mod notifier;
 mod privacy;
 mod request;
@@ -54,6 +55,7 @@ pub use subscribers::SubscriberChange;
 #[cfg(test)]
 mod tests;
 
+pub use messages::MESSAGE_ID_HEADER;
 pub use request::is_emergency;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -153,6 +155,11 @@ pub struct Policy {
     /// other members' Record-Routes rewritten to name the edge
     /// (`proxy/privacy.rs`).
     pub topology_hiding: bool,
+    /// Messages kept for a subscriber with no reachable device (0: none
+    /// are kept; such a MESSAGE gets 480), and for how long at most
+    /// (`proxy/messages.rs`).
+    pub offline_messages: usize,
+    pub offline_message_ttl: Duration,
 }
 
 impl Default for Policy {
@@ -165,6 +172,8 @@ impl Default for Policy {
             guard: GuardConfig::default(),
             service_timeout: Duration::from_secs(2),
             topology_hiding: false,
+            offline_messages: 100,
+            offline_message_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -325,6 +334,16 @@ enum Pending {
         aor: ringmesh_sip::aor::Aor,
         id: [u8; 16],
     },
+    /// A MESSAGE for a subscriber with no reachable device being kept.
+    KeepMessage {
+        server: ServerKey,
+        msg: Message,
+        id: [u8; 16],
+    },
+    /// The messages kept for an AOR being read for delivery.
+    Mailbox { aor: ringmesh_sip::aor::Aor },
+    /// A delivered message being removed.
+    MessageRemoved { aor: ringmesh_sip::aor::Aor },
     /// A watched record being read by its notifier.
     Evaluate { aor: ringmesh_sip::aor::Aor },
     /// A subscription's next state being stored before its NOTIFY goes.
@@ -368,6 +387,8 @@ pub struct Proxy {
     leaf_invites: IdSet<ServerKey>,
     /// The notifier's bookkeeping (`notifier`).
     watching: notifier::Watching,
+    /// Kept messages being delivered (`messages`).
+    mailboxes: messages::Mailboxes,
     /// When each request sent to an application server must have had an
     /// answer (`services`), oldest first.
     service_deadlines: VecDeque<(Instant, ServerKey)>,
@@ -409,6 +430,7 @@ impl Proxy {
             ..Default::default()
         };
         let presized = cfg.presized_transactions;
+        let mailboxes = messages::Mailboxes::new(&cfg.me.node_id);
         Proxy {
             me: cfg.me,
             txl: TransactionLayer::with_capacity(timers, presized),
@@ -437,6 +459,7 @@ impl Proxy {
             register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             leaf_invites: IdSet::default(),
             watching: notifier::Watching::default(),
+            mailboxes,
             service_deadlines: VecDeque::new(),
             calls: calls::Calls::default(),
             max_call: cfg.max_dialog,
@@ -476,6 +499,7 @@ impl Proxy {
     pub fn handle_location(&mut self, (token, result): Completion, now: Now) {
         // A change to a watched record is told to the record's notifier.
         let watched = matches!(result, Ok(Located::Bindings { watched: true, .. }));
+        let mail = matches!(result, Ok(Located::Bindings { mail: true, .. }));
         match self.pending.remove(&token) {
             Some(Pending::Register {
                 server,
@@ -485,9 +509,25 @@ impl Proxy {
                 subscriber,
             }) => {
                 let result = result.map(Located::into_bindings);
+                let device = match (&result, mail) {
+                    (Ok(bindings), true) => messages::registered_device(bindings, &plan).cloned(),
+                    _ => None,
+                };
                 self.registered(server, msg, plan, subscriber, result, now);
                 if watched {
-                    self.changed(key, now);
+                    self.changed(key.clone(), now);
+                }
+                if let Some(device) = device {
+                    self.open_mailbox(key, device, now);
+                }
+            }
+            Some(Pending::KeepMessage { server, msg, id }) => {
+                self.message_kept(server, msg, id, result, now)
+            }
+            Some(Pending::Mailbox { aor }) => self.mailbox_read(aor, result, now),
+            Some(Pending::MessageRemoved { aor }) => {
+                if let Err(e) = result {
+                    tracing::warn!(%aor, error = %e, "a delivered message not removed: it may be delivered again, with its id");
                 }
             }
             Some(Pending::Route {
@@ -745,6 +785,7 @@ impl Proxy {
             Event::Terminated(TransactionKey::Client(c)) => {
                 self.client_to_server.remove(&c);
                 self.notifier_forget(&c);
+                self.delivery_forget(&c);
             }
             Event::Terminated(TransactionKey::Server(s)) => {
                 if let Some(ctx) = self.proxies.remove(&s) {

@@ -280,6 +280,18 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_TOPOLOGY_HIDING", default_value_t = false,
           action = clap::ArgAction::Set)]
     pub topology_hiding: bool,
+    /// Messages (RFC 3428) kept for a subscriber with no reachable device,
+    /// delivered when one registers; 0 keeps none (such a MESSAGE gets
+    /// 480).
+    #[arg(long, env = "RINGMESH_OFFLINE_MESSAGES", default_value_t = 100)]
+    pub offline_messages: usize,
+    /// How long a kept message waits for a device at most, hours.
+    #[arg(
+        long,
+        env = "RINGMESH_OFFLINE_MESSAGE_TTL_HOURS",
+        default_value_t = 168
+    )]
+    pub offline_message_ttl_hours: u64,
     /// Write call records (as the originating edge of each call) to
     /// `--cdr-dir`, by default `cdr/` in the data directory.
     #[arg(long, env = "RINGMESH_CDR", default_value_t = true,
@@ -734,6 +746,14 @@ impl SupernodeArgs {
                 100..=32_000,
             )?),
             topology_hiding: self.topology_hiding,
+            offline_messages: in_range("offline-messages", self.offline_messages, 0..=1000)?,
+            offline_message_ttl: Duration::from_secs(
+                3600 * in_range(
+                    "offline-message-ttl-hours",
+                    self.offline_message_ttl_hours,
+                    1..=24 * 90,
+                )?,
+            ),
             trusted: TrustTable::new(elements),
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {

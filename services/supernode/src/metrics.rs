@@ -316,6 +316,7 @@ pub struct Metrics {
     pub flows_failed: IntCounterVec,
     pub subscription_events: IntCounterVec,
     pub app_server_events: IntCounterVec,
+    pub offline_messages: IntCounterVec,
     /// Call records written (`cdr`), and the calls this edge keeps one of.
     pub cdr: crate::cdr::CdrMetrics,
     pub calls_up: IntGauge,
@@ -559,6 +560,12 @@ impl Metrics {
                 r,
                 "ringmesh_sip_app_server_events_total",
                 "Initial requests on their way through application servers (initial filter criteria) by event: sent to a server, returned by it to continue, and failed (no answer, or 408/5xx before a provisional response) with the request continued without the server or failed",
+                &["event"],
+            ),
+            offline_messages: counter_vec(
+                r,
+                "ringmesh_sip_offline_messages_total",
+                "Messages for subscribers with no reachable device by event: kept (202), refused because the mailbox was full (480), answered 202 and dropped because they were for no subscriber or a barred one, delivered to a device that registered (2xx), deferred (the device did not take it now) and refused by the device for good (dropped)",
                 &["event"],
             ),
             cdr: crate::cdr::CdrMetrics {
@@ -834,6 +841,9 @@ impl Metrics {
         for e in ringmesh_proxy::observe::AppServerEvent::ALL {
             m.app_server_events.with_label_values(&[e.as_label()]);
         }
+        for e in ringmesh_proxy::observe::MailEvent::ALL {
+            m.offline_messages.with_label_values(&[e.as_label()]);
+        }
         for record in ["interim", "final"] {
             m.cdr.records.with_label_values(&[record]);
         }
@@ -917,6 +927,10 @@ impl Observer for Metrics {
                 .inc(),
             Metric::AppServer(e) => self
                 .app_server_events
+                .with_label_values(&[e.as_label()])
+                .inc(),
+            Metric::Mail(e) => self
+                .offline_messages
                 .with_label_values(&[e.as_label()])
                 .inc(),
         }

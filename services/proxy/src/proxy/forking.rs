@@ -271,7 +271,9 @@ impl Proxy {
     }
 
     pub(super) fn on_response(&mut self, client: ClientKey, msg: Message, now: Now) {
-        if self.notifier_answered(client, msg.status(), now) {
+        if self.notifier_answered(client, msg.status(), now)
+            || self.delivery_answered(client, msg.status(), now)
+        {
             return;
         }
         let Some(&server) = self.client_to_server.get(&client) else {
@@ -359,7 +361,7 @@ impl Proxy {
     }
 
     pub(super) fn on_branch_failed(&mut self, client: ClientKey, now: Now) {
-        if self.notifier_answered(client, None, now) {
+        if self.notifier_answered(client, None, now) || self.delivery_answered(client, None, now) {
             return;
         }
         let Some(&server) = self.client_to_server.get(&client) else {

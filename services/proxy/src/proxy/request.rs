@@ -663,7 +663,8 @@ impl Proxy {
                     now,
                 );
             }
-            Err(LocationError::Unavailable(why)) => {
+            Err(e @ (LocationError::Unavailable(_) | LocationError::Full)) => {
+                let why = e.to_string();
                 self.registration(Registration::Failed);
                 tracing::warn!(%why, "registration not stored");
                 self.reply_unavailable(server, &msg, now);
@@ -830,7 +831,9 @@ impl Proxy {
     /// bindings, unless it is barred (403) or no longer a subscriber (480),
     /// or one of its terminating criteria sends the request to an
     /// application server first. When the directory cannot answer the call
-    /// goes through: routing stays up while provisioning is down.
+    /// goes through: routing stays up while provisioning is down. A
+    /// MESSAGE for a subscriber with no reachable binding is kept for it
+    /// (`messages.rs`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_to_callee(
         &mut self,
@@ -842,17 +845,19 @@ impl Proxy {
         callee: Fetched,
         now: Now,
     ) {
+        let mut mailbox = None;
         let msg = match callee {
             Ok(Some(sub)) if sub.barred => {
                 if bindings.is_empty() {
-                    return self.reply(server, &msg, 480, &[], now);
+                    return self.unreachable(server, msg, now);
                 }
                 self.refused(Refusal::BarredCallee);
                 return self.forbid(server, &msg, b"399 ringmesh \"the callee is barred\"", now);
             }
-            Ok(None) => return self.reply(server, &msg, 480, &[], now),
+            Ok(None) => return self.unreachable(server, msg, now),
             Ok(Some(sub)) => {
                 let registered = !bindings.is_empty();
+                mailbox = self.mailbox_of(&msg, &sub);
                 match self.terminating_service(server, msg, origin, &onward, &sub, registered, now)
                 {
                     Some(msg) => msg,
@@ -862,7 +867,13 @@ impl Proxy {
             Err(_) => msg,
         };
         if bindings.is_empty() {
-            return self.reply(server, &msg, 480, &[], now);
+            return match mailbox {
+                Some(key) => {
+                    let asserted = self.sender_identity(&msg, origin, &onward);
+                    self.keep_message(server, msg, key, asserted, now)
+                }
+                None => self.reply(server, &msg, 480, &[], now),
+            };
         }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));
@@ -883,7 +894,13 @@ impl Proxy {
             .take(self.policy.max_branches)
             .collect();
         if targets.is_empty() {
-            return self.reply(server, &msg, 480, &[], now);
+            return match mailbox {
+                Some(key) => {
+                    let asserted = self.sender_identity(&msg, origin, &onward);
+                    self.keep_message(server, msg, key, asserted, now)
+                }
+                None => self.reply(server, &msg, 480, &[], now),
+            };
         }
         // The Routes that brought it here (a preloaded outbound proxy, a
         // Service-Route, an application server's return) name this node:

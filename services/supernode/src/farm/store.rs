@@ -16,6 +16,7 @@ use ringmesh_proxy::location::{
     ALIAS_ENTRY_ID, Completion, Held, Located, LocationError, LocationOp, WATCH_GRACE_MS,
     alias_expiry, decode_alias, encode_alias,
 };
+use ringmesh_proxy::mailbox::{self, StoredMessage, is_message_id};
 use ringmesh_proxy::registrar::{self, RegisterPlan};
 use ringmesh_proxy::subscription::{Subscription, is_watch_id};
 use ringmesh_sip::aor::Aor;
@@ -40,23 +41,38 @@ enum Stage {
     RegisterWrite {
         result: Vec<Binding>,
         aliases: Vec<Aor>,
-        watched: bool,
+        found: Found,
     },
     /// The aliases being written: how many are left, and the first failure.
     AliasWrites {
         result: Vec<Binding>,
         left: usize,
         failed: Option<String>,
-        watched: bool,
+        found: Found,
     },
     /// A watched record being read.
     Watch,
-    /// A subscription being written.
-    SubscriptionWrite,
+    /// A record being read for the messages it keeps.
+    Mailbox,
+    /// A record being read to count its messages before one is added.
+    MessageRead {
+        message: Box<StoredMessage>,
+        max: usize,
+    },
+    /// A subscription or a message being written or removed.
+    EntryWrite,
     /// One alias write of the REGISTER `parent`.
     Alias {
         parent: u64,
     },
+}
+
+/// What a REGISTER's read found besides bindings: subscriptions to tell
+/// of the change, and kept messages.
+#[derive(Clone, Copy)]
+struct Found {
+    watched: bool,
+    mail: bool,
 }
 
 /// Tokens of the store's own overlay operations (alias writes) have this
@@ -147,8 +163,11 @@ impl OverlayStore {
                         now_ms,
                         aliases,
                     } => {
-                        let watched = !subscriptions_of(&entries, now_ms).is_empty();
-                        self.register_write(token, key, plan, current, now_ms, aliases, watched)
+                        let found = Found {
+                            watched: !subscriptions_of(&entries, now_ms).is_empty(),
+                            mail: !messages_of(&entries, now_ms).is_empty(),
+                        };
+                        self.register_write(token, key, plan, current, now_ms, aliases, found)
                     }
                     Stage::Watch => {
                         let mut bindings: Vec<Binding> =
@@ -163,6 +182,22 @@ impl OverlayStore {
                             }),
                         ));
                     }
+                    Stage::Mailbox => self
+                        .done
+                        .push_back((token, Ok(Located::Mailbox(messages_of(&entries, now_ms))))),
+                    Stage::MessageRead { message, max } => {
+                        if messages_of(&entries, now_ms).len() >= max {
+                            self.done.push_back((token, Err(LocationError::Full)));
+                        } else {
+                            let spec = EntrySpec {
+                                id: message.entry_id(),
+                                value: Some(message.encode()),
+                                expires_at_ms: message.expires_at_ms,
+                                floor: None,
+                            };
+                            self.put(token, key, spec);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -175,15 +210,15 @@ impl OverlayStore {
                     Stage::RegisterWrite {
                         result: list,
                         aliases,
-                        watched,
+                        found,
                     } => match result {
-                        Ok(()) => self.write_aliases(token, list, aliases, watched),
+                        Ok(()) => self.write_aliases(token, list, aliases, found),
                         Err(e) => self
                             .done
                             .push_back((token, Err(LocationError::Unavailable(e)))),
                     },
                     Stage::Alias { parent } => self.alias_written(parent, result.err()),
-                    Stage::SubscriptionWrite => self.done.push_back((
+                    Stage::EntryWrite => self.done.push_back((
                         token,
                         result
                             .map(|()| Located::Stored)
@@ -207,6 +242,11 @@ impl OverlayStore {
             },
             floor: None,
         };
+        self.put(token, key, spec);
+    }
+
+    /// Writes one subscription or message entry for the operation `token`.
+    fn put(&mut self, token: u64, key: Key, spec: EntrySpec) {
         let put = Command::Put {
             key,
             entries: vec![spec],
@@ -215,7 +255,7 @@ impl OverlayStore {
         if self.farm.cmd.try_send(put).is_err() {
             return self.fail(token, "overlay queue full".into());
         }
-        self.pending.insert(token, (key, Stage::SubscriptionWrite));
+        self.pending.insert(token, (key, Stage::EntryWrite));
     }
 
     /// Reads `key` for the operation `token`, at `stage`.
@@ -229,23 +269,13 @@ impl OverlayStore {
     /// The set's bindings are stored: each other member of the set gets an
     /// alias naming the AOR they are stored under (none when the set has
     /// no binding left). The REGISTER is answered once all are written.
-    fn write_aliases(
-        &mut self,
-        token: u64,
-        result: Vec<Binding>,
-        aliases: Vec<Aor>,
-        watched: bool,
-    ) {
+    fn write_aliases(&mut self, token: u64, result: Vec<Binding>, aliases: Vec<Aor>, found: Found) {
         let (Some(expires_at_ms), false, Some(target)) = (
             alias_expiry(&result),
             aliases.is_empty(),
             result.first().and_then(|b| Aor::parse(&b.aor).ok()),
         ) else {
-            let found = Located::Bindings {
-                bindings: result,
-                watched,
-            };
-            return self.done.push_back((token, Ok(found)));
+            return self.done.push_back((token, Ok(found.located(result))));
         };
         let value = encode_alias(&target);
         let mut left = 0;
@@ -279,7 +309,7 @@ impl OverlayStore {
                     result,
                     left,
                     failed,
-                    watched,
+                    found,
                 },
             ),
         );
@@ -311,7 +341,7 @@ impl OverlayStore {
             Stage::AliasWrites {
                 result,
                 failed,
-                watched,
+                found,
                 ..
             },
         )) = self.pending.remove(&parent)
@@ -321,10 +351,7 @@ impl OverlayStore {
         self.done.push_back((
             parent,
             match failed {
-                None => Ok(Located::Bindings {
-                    bindings: result,
-                    watched,
-                }),
+                None => Ok(found.located(result)),
                 Some(why) => Err(LocationError::Unavailable(why)),
             },
         ));
@@ -340,7 +367,7 @@ impl OverlayStore {
         current: Vec<(Binding, u64)>,
         now_ms: u64,
         aliases: Vec<Aor>,
-        watched: bool,
+        found: Found,
     ) {
         let before: HashMap<BindingKey, (Binding, u64)> = current
             .iter()
@@ -381,7 +408,7 @@ impl OverlayStore {
         }
         registrar::sort_by_preference(&mut after);
         if specs.is_empty() {
-            return self.write_aliases(token, after, aliases, watched);
+            return self.write_aliases(token, after, aliases, found);
         }
         if self
             .farm
@@ -402,7 +429,7 @@ impl OverlayStore {
                 Stage::RegisterWrite {
                     result: after,
                     aliases,
-                    watched,
+                    found,
                 },
             ),
         );
@@ -433,6 +460,17 @@ fn subscriptions_of(entries: &[Entry], now_ms: u64) -> Vec<Subscription> {
         .collect()
 }
 
+/// The messages a record keeps, oldest first (entries are in id order).
+fn messages_of(entries: &[Entry], now_ms: u64) -> Vec<StoredMessage> {
+    let mut kept: Vec<StoredMessage> = entries
+        .iter()
+        .filter(|e| e.is_live(now_ms) && is_message_id(&e.id))
+        .filter_map(|e| StoredMessage::decode(&e.value))
+        .collect();
+    kept.sort_by_key(|m| m.id);
+    kept
+}
+
 /// The AOR a record's live alias names, if it has one.
 fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
     entries
@@ -445,9 +483,19 @@ fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
 fn decode_live(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
     entries
         .iter()
-        .filter(|e| e.is_live(now_ms))
+        .filter(|e| e.is_live(now_ms) && !is_message_id(&e.id))
         .filter_map(|e| Some((binding_of(e)?, e.hlc.as_u64())))
         .collect()
+}
+
+impl Found {
+    fn located(self, bindings: Vec<Binding>) -> Located {
+        Located::Bindings {
+            bindings,
+            watched: self.watched,
+            mail: self.mail,
+        }
+    }
 }
 
 impl LocationService for OverlayStore {
@@ -470,6 +518,23 @@ impl LocationService for OverlayStore {
             LocationOp::Watch { aor, .. } => (Self::key_of(&aor), Stage::Watch),
             LocationOp::Subscription { aor, sub, remove } => {
                 return self.write_subscription(token, Self::key_of(&aor), &sub, remove);
+            }
+            LocationOp::StoreMessage {
+                aor, message, max, ..
+            } => (Self::key_of(&aor), Stage::MessageRead { message, max }),
+            LocationOp::Mailbox { aor, .. } => (Self::key_of(&aor), Stage::Mailbox),
+            LocationOp::RemoveMessage {
+                aor,
+                id,
+                expires_at_ms,
+            } => {
+                let spec = EntrySpec {
+                    id: mailbox::entry_id(&id),
+                    value: None,
+                    expires_at_ms,
+                    floor: None,
+                };
+                return self.put(token, Self::key_of(&aor), spec);
             }
         };
         self.get(token, key, stage);

@@ -480,14 +480,15 @@ fn an_nc_below_the_window_is_refused() {
     let ch = h.final_to(alice);
     let uri = format!("sip:bob@{DOMAIN}");
     let auth = |nc| authorization_with(&ch, "alice", "secret", "MESSAGE", &uri, Algorithm::Md5, nc);
-    // bob has no binding: 480 once authenticated, 407 when not.
+    // bob has no binding: kept for him (202) once authenticated, 407 when
+    // not.
     h.leaf_sends(alice, &with_auth("MESSAGE", "bob", &auth(100)));
-    assert_eq!(h.final_to(alice).status(), Some(480));
+    assert_eq!(h.final_to(alice).status(), Some(202));
     h.leaf_sends(alice, &with_auth("MESSAGE", "bob", &auth(35)));
     assert!(is_stale(&h.final_to(alice)), "below the window");
     assert_eq!(h.metrics[0].count("AuthFailure(Replay)"), 1);
     h.leaf_sends(alice, &with_auth("MESSAGE", "bob", &auth(36)));
-    assert_eq!(h.final_to(alice).status(), Some(480), "the window's bottom");
+    assert_eq!(h.final_to(alice).status(), Some(202), "the window's bottom");
 }
 
 /// alice's phone fails over to node 2 and answers node 1's challenge

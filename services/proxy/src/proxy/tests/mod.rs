@@ -9,6 +9,7 @@ mod checks;
 mod flows;
 mod forking;
 mod ims;
+mod messages;
 mod policy;
 mod privacy;
 mod regevent;
@@ -770,4 +771,31 @@ pub fn alice_and_bob_on_two_nodes() -> (Harness, FlowRef, FlowRef) {
     );
     h.take();
     (h, alice, bob)
+}
+
+/// A MESSAGE from `from` to `to` over `flow`, body "hi".
+pub fn message_text(flow: FlowRef, from: &str, to: &str, call: &str) -> String {
+    let via = via_for(flow);
+    format!(
+        "MESSAGE sip:{to}@{DOMAIN} SIP/2.0\nVia: {via};branch=z9hG4bKm{call}\nMax-Forwards: 70\n\
+         From: <sip:{from}@{DOMAIN}>;tag=f{call}\nTo: <sip:{to}@{DOMAIN}>\nCall-ID: {call}\n\
+         CSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: 2\n\nhi"
+    )
+}
+
+/// A response with `status` to `req` (its Via, From, To, Call-ID, CSeq).
+pub fn ok_to(req: &Message, status: u16) -> String {
+    let text = String::from_utf8_lossy(req.raw()).into_owned();
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .collect();
+    format!(
+        "SIP/2.0 {status} X\n{}\nContent-Length: 0\n\n",
+        keep.join("\n")
+    )
 }

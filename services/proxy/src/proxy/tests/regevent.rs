@@ -56,23 +56,6 @@ fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
     sent.into_iter().map(|s| s.msg).collect()
 }
 
-/// A response with `status` to `req` (its Via, From, To, Call-ID, CSeq).
-fn ok_to(req: &Message, status: u16) -> String {
-    let text = String::from_utf8_lossy(req.raw()).into_owned();
-    let keep: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-        })
-        .collect();
-    format!(
-        "SIP/2.0 {status} X\n{}\nContent-Length: 0\n\n",
-        keep.join("\n")
-    )
-}
-
 fn body(m: &Message) -> String {
     String::from_utf8_lossy(m.body()).into_owned()
 }

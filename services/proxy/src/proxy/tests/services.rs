@@ -108,15 +108,6 @@ fn finals(h: &mut Harness, flow: FlowRef) -> Vec<u16> {
     got
 }
 
-fn message_text(flow: FlowRef, from: &str, to: &str, call: &str) -> String {
-    let via = via_for(flow);
-    format!(
-        "MESSAGE sip:{to}@{DOMAIN} SIP/2.0\nVia: {via};branch=z9hG4bKm{call}\nMax-Forwards: 70\n\
-         From: <sip:{from}@{DOMAIN}>;tag=f{call}\nTo: <sip:{to}@{DOMAIN}>\nCall-ID: {call}\n\
-         CSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: 2\n\nhi"
-    )
-}
-
 /// `status` from server `i` to the request it got (`req`, as it arrived).
 fn answer_from_server(h: &mut Harness, i: u8, req: &str, status: u16, extra: &str) {
     let m = msg(req);
