@@ -206,10 +206,12 @@ impl<S: Store> ProvisioningService<S> {
             validate::implicit_sets(&s.implicit_sets, &public_ids).map_err(prefix)?;
         let service_profile =
             validate::service_profile(s.service_profile.as_ref()).map_err(prefix)?;
+        let region = validate::region("subscriber.region", &s.region)?;
         let change = Change::Profile {
             public_ids,
             implicit_sets,
             service_profile,
+            region,
         };
         Ok(self
             .store

@@ -35,6 +35,9 @@ pub struct SubscriberInfo {
     pub barred: bool,
     /// Initial filter criteria, in ascending priority.
     pub services: Vec<crate::ifc::Criterion>,
+    /// Where the subscriber is, for the services nearest to it (empty:
+    /// the region of the supernode it talks to).
+    pub region: String,
 }
 
 impl SubscriberInfo {

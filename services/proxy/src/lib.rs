@@ -30,6 +30,7 @@ pub mod addresses;
 pub mod auth;
 pub mod binding;
 pub mod cdr;
+pub mod discovery;
 pub mod guard;
 pub mod ifc;
 pub mod location;
@@ -47,7 +48,7 @@ pub use binding::{Binding, FlowRef, Transport};
 pub use location::{LocalStore, Located, LocationError, LocationOp};
 pub use observe::{Metric, Observer};
 pub use proxy::{
-    Action, Config, Load, Members, Now, Policy, Proxy, SubscriberChange, is_emergency,
+    Action, Config, Load, Members, Now, Policy, Proxy, SubscriberChange, TurnPolicy, is_emergency,
 };
 pub use registrar::RegistrarConfig;
 pub use token::{Dest, TokenKeys};

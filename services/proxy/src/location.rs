@@ -22,6 +22,7 @@ use bytes::Bytes;
 use ringmesh_sip::aor::Aor;
 
 use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
+use crate::discovery::ServiceRecord;
 use crate::mailbox::StoredMessage;
 use crate::registrar::{self, RegisterPlan, RegistrarError};
 use crate::subscription::Subscription;
@@ -60,6 +61,8 @@ pub enum LocationOp {
     },
     /// Read the messages kept for `aor`, oldest first.
     Mailbox { aor: Aor, now_ms: u64 },
+    /// Read the live instances of service `name`.
+    Services { name: String, now_ms: u64 },
     /// Drop a kept message (delivered, or refused by the device); its
     /// tombstone lives until `expires_at_ms`, the message's own expiry.
     RemoveMessage {
@@ -89,6 +92,8 @@ pub enum Located {
     Stored,
     /// The messages kept for an AOR, oldest first.
     Mailbox(Vec<StoredMessage>),
+    /// The live instances of a service.
+    Services(Vec<ServiceRecord>),
 }
 
 impl Located {
@@ -96,7 +101,7 @@ impl Located {
     pub fn into_bindings(self) -> Vec<Binding> {
         match self {
             Located::Bindings { bindings, .. } | Located::Watched { bindings, .. } => bindings,
-            Located::Stored | Located::Mailbox(_) => Vec::new(),
+            Located::Stored | Located::Mailbox(_) | Located::Services(_) => Vec::new(),
         }
     }
 
@@ -236,6 +241,8 @@ pub struct LocalStore {
     subscriptions: HashMap<Aor, Vec<Subscription>>,
     /// Messages kept, by AOR, in id order.
     mail: HashMap<Aor, BTreeMap<[u8; 16], StoredMessage>>,
+    /// Service instances, by service name ([`LocalStore::advertise`]).
+    services: HashMap<String, Vec<ServiceRecord>>,
     hasher: std::hash::RandomState,
     aors: usize,
     bindings: usize,
@@ -250,6 +257,7 @@ impl Default for LocalStore {
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
             mail: HashMap::new(),
+            services: HashMap::new(),
             hasher: std::hash::RandomState::new(),
             aors: 0,
             bindings: 0,
@@ -261,6 +269,13 @@ impl Default for LocalStore {
 impl LocalStore {
     pub fn new() -> LocalStore {
         LocalStore::default()
+    }
+
+    /// Adds (or replaces, by URI) an instance of a service.
+    pub fn advertise(&mut self, record: ServiceRecord) {
+        let list = self.services.entry(record.name.clone()).or_default();
+        list.retain(|r| r.uri != record.uri);
+        list.push(record);
     }
 
     fn slot(&self, aor: &Aor) -> u64 {
@@ -406,6 +421,17 @@ impl LocalStore {
                     .map(|kept| {
                         kept.values()
                             .filter(|m| m.expires_at_ms > now_ms)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            LocationOp::Services { name, now_ms } => Ok(Located::Services(
+                self.services
+                    .get(&name)
+                    .map(|l| {
+                        l.iter()
+                            .filter(|r| r.expires_at_ms > now_ms)
                             .cloned()
                             .collect()
                     })

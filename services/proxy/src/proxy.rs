@@ -46,6 +46,7 @@ mod guarding;
 mod messages;
 mod notifier;
 mod privacy;
+mod relays;
 mod request;
 mod routing;
 mod services;
@@ -160,6 +161,22 @@ pub struct Policy {
     /// (`proxy/messages.rs`).
     pub offline_messages: usize,
     pub offline_message_ttl: Duration,
+    /// This supernode's region: the services nearest to a subscriber
+    /// with none of its own are those of this region.
+    pub region: String,
+    /// TURN credentials for phones (`proxy/relays.rs`); None: not offered.
+    pub turn: Option<TurnPolicy>,
+}
+
+/// What phones asking for TURN relays get.
+#[derive(Debug, Clone)]
+pub struct TurnPolicy {
+    /// The secret shared with the relays (coturn `static-auth-secret`).
+    pub secret: Vec<u8>,
+    /// How long credentials stay valid.
+    pub ttl: Duration,
+    /// How many relays an answer names at most.
+    pub servers: usize,
 }
 
 impl Default for Policy {
@@ -174,6 +191,8 @@ impl Default for Policy {
             topology_hiding: false,
             offline_messages: 100,
             offline_message_ttl: Duration::from_secs(7 * 24 * 3600),
+            region: String::new(),
+            turn: None,
         }
     }
 }
@@ -344,6 +363,13 @@ enum Pending {
     Mailbox { aor: ringmesh_sip::aor::Aor },
     /// A delivered message being removed.
     MessageRemoved { aor: ringmesh_sip::aor::Aor },
+    /// The TURN relays being read for a phone's request.
+    Relays {
+        server: ServerKey,
+        msg: Message,
+        user: String,
+        region: String,
+    },
     /// A watched record being read by its notifier.
     Evaluate { aor: ringmesh_sip::aor::Aor },
     /// A subscription's next state being stored before its NOTIFY goes.
@@ -525,6 +551,12 @@ impl Proxy {
                 self.message_kept(server, msg, id, result, now)
             }
             Some(Pending::Mailbox { aor }) => self.mailbox_read(aor, result, now),
+            Some(Pending::Relays {
+                server,
+                msg,
+                user,
+                region,
+            }) => self.relays_found(server, msg, &user, &region, result, now),
             Some(Pending::MessageRemoved { aor }) => {
                 if let Err(e) = result {
                     tracing::warn!(%aor, error = %e, "a delivered message not removed: it may be delivered again, with its id");

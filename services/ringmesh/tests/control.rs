@@ -211,6 +211,70 @@ fn every_admin_rpc_and_ctl_subcommand() {
     );
     assert!(lines.iter().any(|l| l["direction"] == "in"), "{lines:?}");
 
+    // Regions and service discovery: bad input exits 2 (checked before
+    // sending) or 1 (the server's INVALID_ARGUMENT), and changes nothing.
+    assert_eq!(run(&["subscriber", "set-region", "carol", "EU West"]).0, 2);
+    let (code, out, _) = run(&["--json", "subscriber", "set-region", "carol", "eu-west"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["region"], "eu-west");
+    let uri = "turn:192.0.2.7:3478?transport=udp";
+    for bad in [
+        &[
+            "service",
+            "advertise",
+            "turn",
+            "192.0.2.7:3478",
+            "--capacity",
+            "9",
+        ][..],
+        &["service", "advertise", "Turn", uri, "--capacity", "9"],
+        &["service", "advertise", "turn", uri, "--capacity", "0"],
+        &[
+            "service",
+            "advertise",
+            "turn",
+            uri,
+            "--capacity",
+            "9",
+            "--ttl",
+            "7200",
+        ],
+        &[
+            "service",
+            "advertise",
+            "turn",
+            uri,
+            "--capacity",
+            "9",
+            "--every",
+            "30",
+        ],
+    ] {
+        let (code, _, err) = run(bad);
+        assert!(code == 1 || code == 2, "{bad:?}: {code} {err}");
+        assert!(!err.is_empty(), "{bad:?} says why");
+    }
+    let list = |region: &str| {
+        let (code, out, err) = run(&["--json", "service", "list", "turn", "--region", region]);
+        assert_eq!(code, 0, "{err}");
+        json(&out)["instances"].as_array().unwrap().clone()
+    };
+    assert!(list("").is_empty(), "nothing bad was written");
+    let (code, _, err) = run(&[
+        "service",
+        "advertise",
+        "turn",
+        uri,
+        "--region",
+        "eu-west",
+        "--capacity",
+        "9",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list("eu-west")[0]["uri"], uri);
+    assert_eq!(run(&["service", "withdraw", "turn", uri]).0, 0);
+    assert!(list("").is_empty(), "withdrawn");
+
     // Drain: sn2 hands off and leaves; the others see two members.
     let sn2 = farm.nodes[2].admin.clone();
     let (code, out, err) = ctl(&["--admin", &sn2, "--json", "drain"]);

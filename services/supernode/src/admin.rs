@@ -18,10 +18,11 @@ use ringmesh_sip::aor::Aor;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use ringmesh_proxy::discovery::{self, ServiceRecord};
 use ringmesh_proxy::guard::Source;
 use ringmesh_proxy::{Binding, FlowRef};
 
-use crate::farm::{AdminQuery, Command, FarmHandle, nid};
+use crate::farm::{AdminQuery, Command, EntrySpec, FarmHandle, nid};
 use crate::tasks::Tasks;
 use crate::trace::TraceRecord;
 use crate::transport::{Control, Inbound};
@@ -79,7 +80,7 @@ impl AdminService {
                 if need == Need::Read {
                     "use the admin API"
                 } else {
-                    "drain, lift bans or trace SIP (admin role only)"
+                    "drain, lift bans, trace SIP or advertise services (admin role only)"
                 }
             ))),
         }
@@ -615,6 +616,91 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn advertise_service(
+        &self,
+        r: Request<pb::AdvertiseServiceRequest>,
+    ) -> Result<Response<pb::AdvertiseServiceResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
+        let req = r.into_inner();
+        let i = req
+            .instance
+            .ok_or_else(|| Status::invalid_argument("instance: is required"))?;
+        let bad =
+            |field: &str, m: String| Status::invalid_argument(format!("instance.{field}: {m}"));
+        discovery::check_label("name", &i.name, false).map_err(|m| bad("name", m))?;
+        discovery::check_uri(&i.uri).map_err(|m| bad("uri", m))?;
+        discovery::check_label("region", &i.region, true).map_err(|m| bad("region", m))?;
+        if i.capacity == 0 {
+            return Err(bad("capacity", "must be at least 1".into()));
+        }
+        if i.load > 1_000_000_000 {
+            return Err(bad("load", format!("{} is over 1,000,000,000", i.load)));
+        }
+        if req.ttl_seconds > 3600 {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: {} is over 3600",
+                req.ttl_seconds
+            )));
+        }
+        let now_ms = crate::clock::wall_ms();
+        let record = ServiceRecord {
+            name: i.name,
+            uri: i.uri,
+            region: i.region,
+            capacity: i.capacity,
+            load: i.load,
+            expires_at_ms: now_ms + u64::from(req.ttl_seconds) * 1000,
+        };
+        // A withdrawal is a tombstone that outlives any advertisement.
+        let spec = EntrySpec {
+            id: record.entry_id(),
+            value: (req.ttl_seconds > 0).then(|| record.encode()),
+            expires_at_ms: if req.ttl_seconds > 0 {
+                record.expires_at_ms
+            } else {
+                now_ms + 3_600_000
+            },
+            floor: None,
+        };
+        let key = Key::hash(&discovery::key_material(&record.name));
+        self.ask(|reply| AdminQuery::Put {
+            key,
+            entries: vec![spec],
+            reply,
+        })
+        .await?
+        .map_err(|e| Status::unavailable(format!("not written to a quorum of replicas: {e}")))?;
+        tracing::info!(service = %record.name, uri = %record.uri, region = %record.region, ttl = req.ttl_seconds, "service advertised through the admin API");
+        Ok(Response::new(pb::AdvertiseServiceResponse {
+            instance: Some(instance_pb(record)),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        r: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.admit(&r, Need::Read)?;
+        let req = r.into_inner();
+        discovery::check_label("name", &req.name, false).map_err(Status::invalid_argument)?;
+        discovery::check_label("region", &req.region, true).map_err(Status::invalid_argument)?;
+        let key = Key::hash(&discovery::key_material(&req.name));
+        let (_, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
+        let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
+        let now_ms = crate::clock::wall_ms();
+        let all = crate::farm::services_of(&ok.entries, now_ms);
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit as usize
+        };
+        let instances = discovery::best(all, &req.region, limit, now_ms)
+            .into_iter()
+            .map(instance_pb)
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { instances }))
+    }
+
     type SipTraceStream = TraceStream;
 
     async fn sip_trace(
@@ -739,4 +825,15 @@ pub async fn bind(
         }
     };
     Ok((local, server))
+}
+
+fn instance_pb(r: ServiceRecord) -> pb::ServiceInstance {
+    pb::ServiceInstance {
+        name: r.name,
+        uri: r.uri,
+        region: r.region,
+        capacity: r.capacity,
+        load: r.load,
+        expires_unix_ms: r.expires_at_ms,
+    }
 }

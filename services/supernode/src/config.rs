@@ -292,6 +292,22 @@ pub struct SupernodeArgs {
         default_value_t = 168
     )]
     pub offline_message_ttl_hours: u64,
+    /// This supernode's region (a label: a-z, 0-9, '-'): subscribers with
+    /// no region of their own get the services of this one first.
+    #[arg(long, env = "RINGMESH_REGION", default_value = "")]
+    pub region: String,
+    /// The secret shared with the TURN relays (coturn
+    /// `static-auth-secret`), in a file; set, phones get relays and
+    /// credentials from `OPTIONS sip:turn@DOMAIN`.
+    #[arg(long, env = "RINGMESH_TURN_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// How long TURN credentials stay valid, seconds.
+    #[arg(long, env = "RINGMESH_TURN_TTL", default_value_t = 3600)]
+    pub turn_ttl: u64,
+    /// How many relays an answer names at most.
+    #[arg(long, env = "RINGMESH_TURN_SERVERS", default_value_t = 3)]
+    pub turn_servers: usize,
     /// Write call records (as the originating edge of each call) to
     /// `--cdr-dir`, by default `cdr/` in the data directory.
     #[arg(long, env = "RINGMESH_CDR", default_value_t = true,
@@ -555,6 +571,25 @@ pub struct OverlayConfig {
 }
 
 impl SupernodeArgs {
+    /// What phones asking for TURN relays get: none without a secret.
+    fn turn(&self) -> Result<Option<ringmesh_proxy::TurnPolicy>, ConfigError> {
+        let Some(path) = &self.turn_secret_file else {
+            return Ok(None);
+        };
+        let key = "turn-secret-file";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(err(key, format!("{} is empty", path.display())));
+        }
+        Ok(Some(ringmesh_proxy::TurnPolicy {
+            secret: secret.as_bytes().to_vec(),
+            ttl: Duration::from_secs(in_range("turn-ttl", self.turn_ttl, 10..=7 * 86_400)?),
+            servers: in_range("turn-servers", self.turn_servers, 1..=10)?,
+        }))
+    }
+
     /// Parses `args` (flags only, no program name) as the binary would,
     /// environment included, and resolves them: for tests and tools.
     pub fn resolve_from(args: &[&str]) -> Result<Config, ConfigError> {
@@ -570,6 +605,7 @@ impl SupernodeArgs {
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
+        let turn = self.turn()?;
         let domain = self.domain;
         if domain.is_empty() || ringmesh_sip::Host::parse(domain.as_bytes()).is_err() {
             return Err(err(
@@ -754,6 +790,10 @@ impl SupernodeArgs {
                     1..=24 * 90,
                 )?,
             ),
+            region: ringmesh_proxy::discovery::check_label("region", &self.region, true)
+                .map(|()| self.region.clone())
+                .map_err(|m| err("region", m))?,
+            turn,
             trusted: TrustTable::new(elements),
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {

@@ -93,6 +93,7 @@ impl FileDirectory {
                 implicit_sets: Vec::new(),
                 barred: s.barred,
                 services: Vec::new(),
+                region: String::new(),
             });
             dir.by_aor.insert(aor, info.clone());
             dir.by_user.insert(s.user, info);
@@ -236,6 +237,7 @@ impl CacheDirectory {
                 .as_ref()
                 .map(|p| services(&s.private_id, p))
                 .unwrap_or_default(),
+            region: s.region.clone(),
         })
     }
 

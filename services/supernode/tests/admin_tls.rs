@@ -33,6 +33,20 @@ async fn client(
         .map_err(|e| format!("{e:?}"))
 }
 
+fn advert() -> pb::AdvertiseServiceRequest {
+    pb::AdvertiseServiceRequest {
+        instance: Some(pb::ServiceInstance {
+            name: "turn".into(),
+            uri: "turn:198.51.100.66:3478".into(),
+            region: String::new(),
+            capacity: 10,
+            load: 0,
+            expires_unix_ms: 0,
+        }),
+        ttl_seconds: 30,
+    }
+}
+
 fn lift(source: &str) -> pb::LiftBanRequest {
     pb::LiftBanRequest {
         source: source.into(),
@@ -153,11 +167,17 @@ fn only_the_roles_of_the_farm_ca_reach_the_admin_api() {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        // Nor point phones at a relay of its choosing.
+        let e = c.advertise_service(advert()).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
-        // An admin does both.
+        // An admin does both (this node has no ring to write to: refused
+        // as unavailable, not as forbidden).
         let mut c = client(addr, Some(admin.client_for(NODE_DNS_NAME).unwrap()))
             .await
             .unwrap();
+        let e = c.advertise_service(advert()).await.unwrap_err();
+        assert_ne!(e.code(), Code::PermissionDenied, "{e:?}");
         c.status(pb::StatusRequest {}).await.unwrap();
         assert_eq!(
             c.lift_ban(lift("192.0.2.1"))

@@ -328,6 +328,21 @@ pub fn page_size(n: u32) -> Result<usize, FieldError> {
     }
 }
 
+/// A subscriber's region: 0 to 63 of a-z, 0-9 and '-'.
+pub fn region(field: &str, r: &str) -> Result<String, FieldError> {
+    let ok = r.len() <= 63
+        && r.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if ok {
+        Ok(r.to_string())
+    } else {
+        Err(bad(
+            field,
+            format!("{r:?} is not a region (0 to 63 of a-z, 0-9 and '-')"),
+        ))
+    }
+}
+
 /// A new subscriber from CreateSubscriber, without credentials yet.
 pub fn new_subscriber(s: Option<&Subscriber>) -> Result<Subscriber, FieldError> {
     let s = s.ok_or_else(|| bad("subscriber", "is required"))?;
@@ -349,6 +364,7 @@ pub fn new_subscriber(s: Option<&Subscriber>) -> Result<Subscriber, FieldError> 
         implicit_sets,
         service_profile,
         barring,
+        region: region("subscriber.region", &s.region)?,
         ..Default::default()
     })
 }

@@ -98,11 +98,13 @@ pub enum StoreError {
 /// A change to an existing subscriber.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// Replaces the public identities, implicit sets and service profile.
+    /// Replaces the public identities, implicit sets, service profile and
+    /// region.
     Profile {
         public_ids: Vec<String>,
         implicit_sets: Vec<ImplicitSet>,
         service_profile: Option<ServiceProfile>,
+        region: String,
     },
     /// Replaces the credentials.
     Credentials(Credentials),
@@ -118,10 +120,12 @@ impl Change {
                 public_ids,
                 implicit_sets,
                 service_profile,
+                region,
             } => {
                 sub.public_ids = public_ids.clone();
                 sub.implicit_sets = implicit_sets.clone();
                 sub.service_profile = service_profile.clone();
+                sub.region = region.clone();
             }
             Change::Credentials(c) => sub.credentials = Some(c.clone()),
             Change::Barring(b) => sub.barring = Some(b.clone()),

@@ -169,6 +169,7 @@ pub async fn conformance<S: SubscriberStore>(store: &S) {
             public_ids: vec!["sip:alice@x".into(), "sip:al@x".into()],
         }],
         service_profile: None,
+        region: "eu-west".into(),
     };
     let a2 = store
         .update("alice", Some(a.revision), change.clone())
@@ -176,6 +177,7 @@ pub async fn conformance<S: SubscriberStore>(store: &S) {
         .unwrap();
     assert!(a2.revision > a.revision);
     assert_eq!(a2.created_unix_ms, a.created_unix_ms);
+    assert_eq!(store.get("alice").await.unwrap().region, "eu-west");
     assert!(matches!(
         store.get_by_public("tel:+1555").await,
         Err(StoreError::NotFound { .. })
@@ -197,6 +199,7 @@ pub async fn conformance<S: SubscriberStore>(store: &S) {
         public_ids: vec!["sip:al@x".into()],
         implicit_sets: vec![],
         service_profile: None,
+        region: String::new(),
     };
     assert!(matches!(
         store.update("bob", None, steal).await,

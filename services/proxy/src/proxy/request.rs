@@ -224,6 +224,12 @@ impl Proxy {
                 Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
+        if let Some(sub) = &caller
+            && super::relays::asks_for_relays(&msg)
+        {
+            let sub = sub.clone();
+            return self.relays_for(server, msg, &sub, now);
+        }
         let mut charging = None;
         if *msg.method() == Method::Invite {
             self.leaf_invites.insert(server);

@@ -9,7 +9,8 @@
 //!   farm on that port made (`.dev/pP/control/`) when it is there; an
 //!   `http://` address means a provisioning run with `--plaintext`.
 //! - `status`, `ring`, `lookup`, `bindings`, `drain`, `ping`, `trace`,
-//!   `bans list|lift`, `sip-trace` talk to one supernode's admin API (`--admin`,
+//!   `bans list|lift`, `sip-trace`, `service list|advertise|withdraw`
+//!   ([`service`]) talk to one supernode's admin API (`--admin`,
 //!   `RINGMESH_ADMIN`, default `127.0.0.1:5260`: the first node of a
 //!   default `ringmesh dev`), through [`admin_command`]; an `https://`
 //!   address is reached over mutual TLS with `--ca`, `--cert`, `--key`.
@@ -21,6 +22,7 @@
 use std::process::ExitCode;
 
 mod cdr;
+mod service;
 mod subscriber;
 mod trusted;
 
@@ -147,6 +149,12 @@ pub enum AdminCommand {
     Bans {
         #[command(subcommand)]
         command: BansCommand,
+    },
+    /// Service discovery: instances of a service (TURN relays) in the
+    /// ring.
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
     },
     /// Live SIP messages through the node, filtered.
     SipTrace {
@@ -332,6 +340,9 @@ async fn admin_execute(
     let mut c = AdminClient::new(channel);
     let out = &mut *io.out;
     match cmd {
+        AdminCommand::Service { command } => {
+            service::execute(&mut c, json, command, out, &mut *io.err).await?
+        }
         AdminCommand::Status => {
             let s = c.status(pb::StatusRequest {}).await?.into_inner();
             if json {

@@ -135,6 +135,15 @@ pub enum SubscriberCommand {
         /// The JSON file, or - for standard input.
         file: String,
     },
+    /// Set the region a subscriber is in (the services nearest to it, such
+    /// as TURN relays, are those of that region); "" clears it (the region
+    /// of the supernode it talks to).
+    SetRegion {
+        /// Private identity.
+        id: String,
+        /// 0 to 63 of a-z, 0-9 and '-'.
+        region: String,
+    },
 }
 
 /// Where a command reads and writes.
@@ -453,6 +462,31 @@ async fn execute(
                 ),
             );
         }
+        SubscriberCommand::SetRegion { id, region } => {
+            let old = client
+                .get_subscriber(request(pb::GetSubscriberRequest {
+                    id: Some(pb::get_subscriber_request::Id::PrivateId(id)),
+                }))
+                .await?
+                .into_inner();
+            let revision = old.revision;
+            let s = client
+                .update_subscriber(request(pb::UpdateSubscriberRequest {
+                    subscriber: Some(pb::Subscriber { region, ..old }),
+                    expected_revision: revision,
+                }))
+                .await?
+                .into_inner();
+            brief(
+                io,
+                json,
+                &s,
+                &format!(
+                    "{} is in region {:?} (revision {})",
+                    s.private_id, s.region, s.revision
+                ),
+            );
+        }
         SubscriberCommand::Delete { id } => {
             let r = client
                 .delete_subscriber(request(pb::DeleteSubscriberRequest {
@@ -494,6 +528,10 @@ fn precheck(cmd: SubscriberCommand) -> Result<SubscriberCommand, Failure> {
         }
         SubscriberCommand::SetServices { id, .. } => {
             validate::private_id("private_id", id)?;
+        }
+        SubscriberCommand::SetRegion { id, region } => {
+            validate::private_id("private_id", id)?;
+            validate::region("region", region)?;
         }
         SubscriberCommand::Get { id } if is_public(id) => {
             validate::public_id("public_id", id)?;
@@ -541,6 +579,7 @@ pub fn subscriber_json(s: &pb::Subscriber) -> Value {
         },
         "barred": barring.barred,
         "barred_reason": barring.reason,
+        "region": s.region,
         "filter_criteria": criteria,
         "revision": s.revision,
         "created_unix_ms": s.created_unix_ms,

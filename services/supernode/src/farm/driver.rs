@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use super::seeds::Seeds;
 use super::{
-    AdminQuery, Command, HeldCounts, MemberInfo, Reply, SharedMembers, View, binding_of, nid,
+    AdminQuery, Command, EntrySpec, HeldCounts, MemberInfo, Reply, SharedMembers, View, binding_of,
+    nid,
 };
 use crate::clock::wall_ms;
 use crate::journal::Journal;
@@ -33,6 +34,7 @@ pub(super) enum OpKind {
         Vec<NodeId>,
         oneshot::Sender<(Vec<NodeId>, Result<ringmesh_overlay::node::GetOk, OpError>)>,
     ),
+    AdminPut(oneshot::Sender<Result<(), OpError>>),
     AdminProbe(
         ringmesh_overlay::Route,
         oneshot::Sender<(
@@ -197,20 +199,7 @@ impl Driver {
                 entries,
                 token,
             } => {
-                let origin = self.node.id();
-                let entries = entries
-                    .into_iter()
-                    .map(|s| {
-                        let hlc = match s.floor {
-                            Some(f) => self.node.stamp_after(wall, Hlc::from_u64(f)),
-                            None => self.node.stamp(wall),
-                        };
-                        match s.value {
-                            Some(v) => Entry::new(s.id, v, hlc, origin, s.expires_at_ms),
-                            None => Entry::tombstone(s.id, hlc, origin, s.expires_at_ms),
-                        }
-                    })
-                    .collect();
+                let entries = self.stamped(entries, wall);
                 let op = self.node.put(key, entries, now.into_std(), wall);
                 self.ops.insert(op, OpKind::Put(token, now));
             }
@@ -259,6 +248,15 @@ impl Driver {
                 let op = self.node.get(key, now.into_std(), wall);
                 self.ops.insert(op, OpKind::AdminGet(replicas, reply));
             }
+            AdminQuery::Put {
+                key,
+                entries,
+                reply,
+            } => {
+                let entries = self.stamped(entries, wall);
+                let op = self.node.put(key, entries, now.into_std(), wall);
+                self.ops.insert(op, OpKind::AdminPut(reply));
+            }
             AdminQuery::Held {
                 after,
                 limit,
@@ -280,6 +278,25 @@ impl Driver {
                 self.ops.insert(op, OpKind::AdminProbe(route, reply));
             }
         }
+    }
+
+    /// Entries to write, each stamped by this node's clock (strictly
+    /// after the entry it replaces, when that is given).
+    fn stamped(&mut self, specs: Vec<EntrySpec>, wall: u64) -> Vec<Entry> {
+        let origin = self.node.id();
+        specs
+            .into_iter()
+            .map(|s| {
+                let hlc = match s.floor {
+                    Some(f) => self.node.stamp_after(wall, Hlc::from_u64(f)),
+                    None => self.node.stamp(wall),
+                };
+                match s.value {
+                    Some(v) => Entry::new(s.id, v, hlc, origin, s.expires_at_ms),
+                    None => Entry::tombstone(s.id, hlc, origin, s.expires_at_ms),
+                }
+            })
+            .collect()
     }
 
     /// Sends, reports and persists what the node produced.
@@ -319,8 +336,11 @@ impl Driver {
                     }
                     _ => {}
                 },
-                Event::PutDone { op, result } => {
-                    if let Some(OpKind::Put(token, t0)) = self.ops.remove(&op) {
+                Event::PutDone { op, result } => match self.ops.remove(&op) {
+                    Some(OpKind::AdminPut(reply)) => {
+                        let _ = reply.send(result.map(|_| ()));
+                    }
+                    Some(OpKind::Put(token, t0)) => {
                         self.metrics
                             .overlay_op_seconds
                             .with_label_values(&["put"])
@@ -338,7 +358,8 @@ impl Driver {
                             result: result.map(|_| ()),
                         });
                     }
-                }
+                    _ => {}
+                },
                 Event::LookupDone { op, result } => {
                     if let Some(OpKind::AdminProbe(route, reply)) = self.ops.remove(&op) {
                         let _ = reply.send((route, result));

@@ -46,7 +46,7 @@ use crate::transport::Inbound;
 
 use driver::{Census, Driver, StatsSeen};
 use seeds::Seeds;
-pub use store::{OverlayStore, binding_of};
+pub use store::{OverlayStore, binding_of, services_of};
 
 /// A Node-ID from its 16-byte form (as links and tokens carry it).
 pub fn nid(b: [u8; 16]) -> NodeId {
@@ -112,6 +112,13 @@ pub enum AdminQuery {
     Lookup {
         key: Key,
         reply: oneshot::Sender<(Vec<NodeId>, Result<ringmesh_overlay::node::GetOk, OpError>)>,
+    },
+    /// Write entries to a key, stamped by this node (the admin API's
+    /// service advertisements).
+    Put {
+        key: Key,
+        entries: Vec<EntrySpec>,
+        reply: oneshot::Sender<Result<(), OpError>>,
     },
     /// Records held here after `after`, at most `limit`.
     Held {

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use ringmesh_overlay::{Entry, Key};
 use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts};
+use ringmesh_proxy::discovery::{self, ServiceRecord};
 use ringmesh_proxy::location::{
     ALIAS_ENTRY_ID, Completion, Held, Located, LocationError, LocationOp, WATCH_GRACE_MS,
     alias_expiry, decode_alias, encode_alias,
@@ -54,6 +55,8 @@ enum Stage {
     Watch,
     /// A record being read for the messages it keeps.
     Mailbox,
+    /// A service's record being read for its instances.
+    Services,
     /// A record being read to count its messages before one is added.
     MessageRead {
         message: Box<StoredMessage>,
@@ -182,6 +185,9 @@ impl OverlayStore {
                             }),
                         ));
                     }
+                    Stage::Services => self
+                        .done
+                        .push_back((token, Ok(Located::Services(services_of(&entries, now_ms))))),
                     Stage::Mailbox => self
                         .done
                         .push_back((token, Ok(Located::Mailbox(messages_of(&entries, now_ms))))),
@@ -471,6 +477,15 @@ fn messages_of(entries: &[Entry], now_ms: u64) -> Vec<StoredMessage> {
     kept
 }
 
+/// The live service instances a record holds.
+pub fn services_of(entries: &[Entry], now_ms: u64) -> Vec<ServiceRecord> {
+    entries
+        .iter()
+        .filter(|e| e.is_live(now_ms) && discovery::is_service_id(&e.id))
+        .filter_map(|e| ServiceRecord::decode(&e.value))
+        .collect()
+}
+
 /// The AOR a record's live alias names, if it has one.
 fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
     entries
@@ -523,6 +538,9 @@ impl LocationService for OverlayStore {
                 aor, message, max, ..
             } => (Self::key_of(&aor), Stage::MessageRead { message, max }),
             LocationOp::Mailbox { aor, .. } => (Self::key_of(&aor), Stage::Mailbox),
+            LocationOp::Services { name, .. } => {
+                (Key::hash(&discovery::key_material(&name)), Stage::Services)
+            }
             LocationOp::RemoveMessage {
                 aor,
                 id,

@@ -14,6 +14,7 @@ mod policy;
 mod privacy;
 mod regevent;
 mod registrar;
+mod relays;
 mod routing;
 mod services;
 
@@ -160,6 +161,7 @@ impl TestDirectory {
                     implicit_sets: Vec::new(),
                     barred,
                     services: Vec::new(),
+                    region: String::new(),
                 }),
             );
         }
@@ -180,6 +182,7 @@ impl TestDirectory {
                 public_ids: erin,
                 barred: false,
                 services: Vec::new(),
+                region: String::new(),
             }),
         );
         TestDirectory {
@@ -212,6 +215,11 @@ impl TestDirectory {
     /// Gives `user` these initial filter criteria from now on.
     pub fn set_services(&self, user: &str, services: Vec<crate::ifc::Criterion>) {
         self.change(user, |s| s.services = services);
+    }
+
+    /// Puts `user` in `region` from now on.
+    pub fn set_region(&self, user: &str, region: &str) {
+        self.change(user, |s| s.region = region.to_string());
     }
 
     fn change(&self, user: &str, f: impl FnOnce(&mut SubscriberInfo)) {
