@@ -36,6 +36,7 @@ pub mod ifc;
 pub mod location;
 pub mod mailbox;
 pub mod observe;
+pub mod presence;
 pub mod proxy;
 pub mod registrar;
 pub mod subscription;

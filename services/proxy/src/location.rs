@@ -24,6 +24,7 @@ use ringmesh_sip::aor::Aor;
 use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
 use crate::discovery::ServiceRecord;
 use crate::mailbox::StoredMessage;
+use crate::presence::{MAX_PUBLICATIONS, Publication, Rule};
 use crate::registrar::{self, RegisterPlan, RegistrarError};
 use crate::subscription::Subscription;
 
@@ -61,6 +62,19 @@ pub enum LocationOp {
     },
     /// Read the messages kept for `aor`, oldest first.
     Mailbox { aor: Aor, now_ms: u64 },
+    /// Publish a device's presence under `aor` (RFC 3903): `if_match` names
+    /// the publication it replaces (which must be live:
+    /// [`LocationError::Precondition`] otherwise), `publication` the new
+    /// one (`None`: the old one is removed).
+    Publish {
+        aor: Aor,
+        if_match: Option<[u8; 8]>,
+        publication: Option<Box<Publication>>,
+        now_ms: u64,
+    },
+    /// Write a presentity's authorisation rule, until its `expires_at_ms`
+    /// (a pending decision removes the rule).
+    Rule { aor: Aor, rule: Rule },
     /// Read the live instances of service `name`.
     Services { name: String, now_ms: u64 },
     /// Drop a kept message (delivered, or refused by the device); its
@@ -83,10 +97,13 @@ pub enum Located {
         watched: bool,
         mail: bool,
     },
-    /// A `Watch`: the AOR's live bindings and its subscriptions.
+    /// A `Watch`: the AOR's live bindings, its subscriptions, and its
+    /// presence (publications and authorisation rules).
     Watched {
         bindings: Vec<Binding>,
         subscriptions: Vec<Subscription>,
+        publications: Vec<Publication>,
+        rules: Vec<Rule>,
     },
     /// A subscription or message was stored (or removed).
     Stored,
@@ -153,9 +170,13 @@ pub enum LocationError {
     /// The write could not reach a quorum of replicas (answer 503).
     #[error("location store unavailable: {0}")]
     Unavailable(String),
-    /// The AOR already keeps as many messages as it may.
+    /// The AOR already keeps as many messages (or publications) as it
+    /// may.
     #[error("the mailbox is full")]
     Full,
+    /// A publication to replace is not there (RFC 3903: 412).
+    #[error("no such entity tag")]
+    Precondition,
 }
 
 /// A finished operation: the token it was submitted with and its outcome.
@@ -243,6 +264,9 @@ pub struct LocalStore {
     mail: HashMap<Aor, BTreeMap<[u8; 16], StoredMessage>>,
     /// Service instances, by service name ([`LocalStore::advertise`]).
     services: HashMap<String, Vec<ServiceRecord>>,
+    /// Publications and authorisation rules, by presentity.
+    publications: HashMap<Aor, Vec<Publication>>,
+    rules: HashMap<Aor, Vec<Rule>>,
     hasher: std::hash::RandomState,
     aors: usize,
     bindings: usize,
@@ -258,6 +282,8 @@ impl Default for LocalStore {
             subscriptions: HashMap::new(),
             mail: HashMap::new(),
             services: HashMap::new(),
+            publications: HashMap::new(),
+            rules: HashMap::new(),
             hasher: std::hash::RandomState::new(),
             aors: 0,
             bindings: 0,
@@ -269,6 +295,16 @@ impl Default for LocalStore {
 impl LocalStore {
     pub fn new() -> LocalStore {
         LocalStore::default()
+    }
+
+    /// Sets (or, with `None`, removes) what `presentity` decided about
+    /// `rule.watcher`.
+    pub fn set_rule(&mut self, presentity: Aor, rule: Rule, remove: bool) {
+        let list = self.rules.entry(presentity).or_default();
+        list.retain(|r| r.watcher != rule.watcher);
+        if !remove {
+            list.push(rule);
+        }
     }
 
     /// Adds (or replaces, by URI) an instance of a service.
@@ -378,6 +414,17 @@ impl LocalStore {
             }
             LocationOp::Lookup { aor, now_ms } => Ok(Located::bindings(self.lookup(&aor, now_ms))),
             LocationOp::Watch { aor, now_ms } => Ok(Located::Watched {
+                publications: self
+                    .publications
+                    .get(&aor)
+                    .map(|l| {
+                        l.iter()
+                            .filter(|p| p.expires_at_ms > now_ms)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                rules: self.rules.get(&aor).cloned().unwrap_or_default(),
                 bindings: self.lookup_own(&aor, now_ms),
                 subscriptions: self
                     .subscriptions
@@ -426,6 +473,34 @@ impl LocalStore {
                     })
                     .unwrap_or_default(),
             )),
+            LocationOp::Publish {
+                aor,
+                if_match,
+                publication,
+                now_ms,
+            } => {
+                let list = self.publications.entry(aor).or_default();
+                list.retain(|p| p.expires_at_ms > now_ms);
+                if let Some(tag) = if_match {
+                    let before = list.len();
+                    list.retain(|p| p.etag != tag);
+                    if list.len() == before {
+                        return Err(LocationError::Precondition);
+                    }
+                }
+                if let Some(p) = publication {
+                    if list.len() >= MAX_PUBLICATIONS {
+                        return Err(LocationError::Full);
+                    }
+                    list.push(*p);
+                }
+                Ok(Located::Stored)
+            }
+            LocationOp::Rule { aor, rule } => {
+                let remove = rule.decision == crate::presence::Decision::Pending;
+                self.set_rule(aor, rule, remove);
+                Ok(Located::Stored)
+            }
             LocationOp::Services { name, now_ms } => Ok(Located::Services(
                 self.services
                     .get(&name)

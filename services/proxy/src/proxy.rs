@@ -45,6 +45,7 @@ mod forking;
 mod guarding;
 mod messages;
 mod notifier;
+mod presence;
 mod privacy;
 mod relays;
 mod request;
@@ -363,6 +364,24 @@ enum Pending {
     Mailbox { aor: ringmesh_sip::aor::Aor },
     /// A delivered message being removed.
     MessageRemoved { aor: ringmesh_sip::aor::Aor },
+    /// A presentity's record being read for a PUBLISH.
+    PublishRead {
+        server: ServerKey,
+        msg: Message,
+        publishing: presence::Publishing,
+    },
+    /// A publication being written.
+    Published {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+        publication: Option<Box<crate::presence::Publication>>,
+    },
+    /// A subscription moved to this node after its edge went silent: its
+    /// state is told again once it is stored.
+    Rehomed { aor: ringmesh_sip::aor::Aor },
+    /// A presence rule being written again before it expires.
+    RuleKept { aor: ringmesh_sip::aor::Aor },
     /// The TURN relays being read for a phone's request.
     Relays {
         server: ServerKey,
@@ -551,12 +570,34 @@ impl Proxy {
                 self.message_kept(server, msg, id, result, now)
             }
             Some(Pending::Mailbox { aor }) => self.mailbox_read(aor, result, now),
+            Some(Pending::PublishRead {
+                server,
+                msg,
+                publishing,
+            }) => self.publish_read(server, msg, publishing, result, now),
+            Some(Pending::Published {
+                server,
+                msg,
+                aor,
+                publication,
+            }) => self.published(server, msg, aor, publication, result, now),
             Some(Pending::Relays {
                 server,
                 msg,
                 user,
                 region,
             }) => self.relays_found(server, msg, &user, &region, result, now),
+            Some(Pending::Rehomed { aor }) => match result {
+                Ok(_) => self.changed(aor, now),
+                Err(e) => {
+                    tracing::warn!(%aor, error = %e, "a subscription not moved; the next change tries again")
+                }
+            },
+            Some(Pending::RuleKept { aor }) => {
+                if let Err(e) = result {
+                    tracing::warn!(%aor, error = %e, "a presence rule not written again; the next evaluation tries again");
+                }
+            }
             Some(Pending::MessageRemoved { aor }) => {
                 if let Err(e) = result {
                     tracing::warn!(%aor, error = %e, "a delivered message not removed: it may be delivered again, with its id");

@@ -25,8 +25,12 @@ use crate::binding::{
 /// The first byte of a subscription's entry id (bindings' ids start with
 /// `i` or `c`, an alias's is `a`).
 pub const WATCH_PREFIX: u8 = b'w';
-/// The layout of an encoded subscription.
+/// The layouts of an encoded subscription: 2 is 1 with the digest of
+/// what the watcher was told at the end, written only when there is one
+/// (presence), so that reg subscriptions stay readable by releases that
+/// know only 1.
 const FORMAT: u8 = 1;
+const FORMAT_DIGEST: u8 = 2;
 
 /// What the watcher was told of one contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,9 @@ pub struct Subscription {
     pub edge: [u8; 16],
     /// The contacts the last document described.
     pub notified: Vec<Notified>,
+    /// For packages whose documents carry no version (presence): a digest
+    /// of the state the watcher was last told (0: nothing yet).
+    pub digest: u64,
 }
 
 impl Subscription {
@@ -100,7 +107,11 @@ impl Subscription {
 
     pub fn encode(&self) -> Bytes {
         let mut b = Vec::with_capacity(256);
-        b.push(FORMAT);
+        b.push(if self.digest == 0 {
+            FORMAT
+        } else {
+            FORMAT_DIGEST
+        });
         b.extend_from_slice(&self.id);
         for t in [
             &self.event,
@@ -136,13 +147,17 @@ impl Subscription {
             put_varint(&mut b, n.expires_at_ms);
             put_varint(&mut b, n.hlc);
         }
+        if self.digest != 0 {
+            put_varint(&mut b, self.digest);
+        }
         Bytes::from(b)
     }
 
     /// `None` for anything that is not a whole encoding.
     pub fn decode(value: &[u8]) -> Option<Subscription> {
         let mut r = value;
-        if r.try_get_u8().ok()? != FORMAT {
+        let format = r.try_get_u8().ok()?;
+        if format != FORMAT && format != FORMAT_DIGEST {
             return None;
         }
         let id = get_array::<16>(&mut r)?;
@@ -196,6 +211,11 @@ impl Subscription {
                 hlc: get_varint(&mut r)?,
             });
         }
+        let digest = if format == FORMAT_DIGEST {
+            get_varint(&mut r).filter(|d| *d != 0)?
+        } else {
+            0
+        };
         if r.has_remaining() {
             return None;
         }
@@ -217,6 +237,7 @@ impl Subscription {
             transport,
             edge,
             notified,
+            digest,
         })
     }
 }
@@ -394,6 +415,7 @@ mod tests {
             transport: Transport::Udp,
             edge: [1; 16],
             notified: Vec::new(),
+            digest: 0,
         }
     }
 
@@ -421,6 +443,19 @@ mod tests {
         }
         assert!(is_watch_id(&sub().entry_id()));
         assert!(!is_watch_id(b"c sip:x"));
+        // With a digest: the second layout; without, the first (which a
+        // release that knows only it reads).
+        assert_eq!(sub().encode()[0], FORMAT);
+        let presence = Subscription {
+            digest: 77,
+            ..sub()
+        };
+        let enc = presence.encode();
+        assert_eq!(enc[0], FORMAT_DIGEST);
+        assert_eq!(Subscription::decode(&enc), Some(presence));
+        for cut in 0..enc.len() {
+            assert_eq!(Subscription::decode(&enc[..cut]), None, "cut at {cut}");
+        }
     }
 
     fn text(r: &RegInfo) -> String {

@@ -275,6 +275,24 @@ fn every_admin_rpc_and_ctl_subcommand() {
     assert_eq!(run(&["service", "withdraw", "turn", uri]).0, 0);
     assert!(list("").is_empty(), "withdrawn");
 
+    // Presence rules: set, shown, and bad input refused.
+    let bob = "sip:bob@ringmesh.test";
+    let (code, _, err) = run(&["presence", "allow", bob, "sip:user1@ringmesh.test"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&["--json", "presence", "show", bob]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["rules"][0]["watcher"], "sip:user1@ringmesh.test");
+    assert_eq!(json(&out)["rules"][0]["decision"], "allow");
+    let (code, _, err) = run(&["presence", "block", bob, "not a uri"]);
+    assert_eq!(code, 1, "the server's INVALID_ARGUMENT: {err}");
+    assert!(err.contains("watcher"), "{err}");
+    assert_eq!(
+        run(&["presence", "pending", bob, "sip:user1@ringmesh.test"]).0,
+        0
+    );
+    let (_, out, _) = run(&["--json", "presence", "show", bob]);
+    assert!(json(&out)["rules"].as_array().unwrap().is_empty(), "{out}");
+
     // Drain: sn2 hands off and leaves; the others see two members.
     let sn2 = farm.nodes[2].admin.clone();
     let (code, out, err) = ctl(&["--admin", &sn2, "--json", "drain"]);

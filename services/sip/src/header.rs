@@ -103,6 +103,8 @@ header_names! {
     RSeq => "RSeq"; list = false;
     Server => "Server"; list = false;
     ServiceRoute => "Service-Route"; list = true;
+    SipETag => "SIP-ETag"; list = false;
+    SipIfMatch => "SIP-If-Match"; list = false;
     SessionExpires => "Session-Expires", b'x'; list = false;
     Subject => "Subject", b's'; list = false;
     SubscriptionState => "Subscription-State"; list = false;

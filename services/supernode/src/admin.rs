@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use ringmesh_proxy::discovery::{self, ServiceRecord};
 use ringmesh_proxy::guard::Source;
+use ringmesh_proxy::presence::{Decision, Rule};
 use ringmesh_proxy::{Binding, FlowRef};
 
 use crate::farm::{AdminQuery, Command, EntrySpec, FarmHandle, nid};
@@ -699,6 +700,92 @@ impl Admin for AdminService {
             .map(instance_pb)
             .collect();
         Ok(Response::new(pb::ListServicesResponse { instances }))
+    }
+
+    async fn set_presence_rule(
+        &self,
+        r: Request<pb::SetPresenceRuleRequest>,
+    ) -> Result<Response<pb::SetPresenceRuleResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
+        let req = r.into_inner();
+        let (presentity, key) = aor_key("presentity", &req.presentity)?;
+        let (watcher, _) = aor_key("watcher", &req.watcher)?;
+        let decision = match req.decision() {
+            pb::PresenceDecision::Allow => Decision::Allow,
+            pb::PresenceDecision::Block => Decision::Block,
+            pb::PresenceDecision::Pending => Decision::Pending,
+            pb::PresenceDecision::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "decision: give ALLOW, BLOCK or PENDING",
+                ));
+            }
+        };
+        let rule = Rule {
+            watcher: bytes::Bytes::copy_from_slice(watcher.as_bytes()),
+            decision,
+            expires_at_ms: 0,
+        };
+        // Pending is no rule: a tombstone, kept as long as a rule would be.
+        let spec = EntrySpec {
+            id: rule.entry_id(),
+            value: (decision != Decision::Pending).then(|| rule.encode()),
+            expires_at_ms: crate::clock::wall_ms() + ringmesh_proxy::presence::RULE_LIFETIME_MS,
+            floor: None,
+        };
+        self.ask(|reply| AdminQuery::Put {
+            key,
+            entries: vec![spec],
+            reply,
+        })
+        .await?
+        .map_err(|e| Status::unavailable(format!("not written to a quorum of replicas: {e}")))?;
+        // The presentity's watchers learn the decision now.
+        let _ = self
+            .core
+            .send(Inbound::Control(Control::Changed(presentity.clone())))
+            .await;
+        tracing::info!(%presentity, %watcher, decision = decision.as_str(), "presence rule set through the admin API");
+        Ok(Response::new(pb::SetPresenceRuleResponse {
+            presentity: presentity.to_string(),
+            watcher: watcher.to_string(),
+        }))
+    }
+
+    async fn get_presence(
+        &self,
+        r: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        self.admit(&r, Need::Read)?;
+        let (presentity, key) = aor_key("presentity", &r.get_ref().presentity)?;
+        let (_, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
+        let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
+        let now_ms = crate::clock::wall_ms();
+        let (publications, rules) = crate::farm::presence_of(&ok.entries, now_ms);
+        let composed =
+            ringmesh_proxy::presence::compose(&presentity.to_string(), &publications, now_ms);
+        Ok(Response::new(pb::GetPresenceResponse {
+            presentity: presentity.to_string(),
+            rules: rules
+                .iter()
+                .map(|r| pb::PresenceRule {
+                    watcher: String::from_utf8_lossy(&r.watcher).into_owned(),
+                    decision: match r.decision {
+                        Decision::Allow => pb::PresenceDecision::Allow,
+                        Decision::Block => pb::PresenceDecision::Block,
+                        Decision::Pending => pb::PresenceDecision::Pending,
+                    } as i32,
+                })
+                .collect(),
+            publications: publications
+                .iter()
+                .map(|p| pb::PresencePublication {
+                    etag: p.etag_text(),
+                    expires_unix_ms: p.expires_at_ms,
+                    document: String::from_utf8_lossy(&p.document).into_owned(),
+                })
+                .collect(),
+            composed,
+        }))
     }
 
     type SipTraceStream = TraceStream;

@@ -787,7 +787,7 @@ impl SupernodeArgs {
                 3600 * in_range(
                     "offline-message-ttl-hours",
                     self.offline_message_ttl_hours,
-                    1..=24 * 90,
+                    1..=24 * 29,
                 )?,
             ),
             region: ringmesh_proxy::discovery::check_label("region", &self.region, true)

@@ -336,6 +336,7 @@ impl SipCore {
             }
             Control::Trusted(table) => self.proxy.set_trusted(table),
             Control::Subscriber(change) => self.proxy.subscriber_changed(change, now),
+            Control::Changed(aor) => self.proxy.record_changed(aor, now),
         }
     }
 

@@ -108,6 +108,9 @@ pub enum Control {
     Trusted(ringmesh_proxy::TrustTable),
     /// Provisioning changed a subscriber (barred, deleted, new password).
     Subscriber(ringmesh_proxy::SubscriberChange),
+    /// An AOR's record was changed outside the SIP path (a presence rule):
+    /// its watchers are told.
+    Changed(ringmesh_sip::aor::Aor),
 }
 
 /// State the reader tasks share.

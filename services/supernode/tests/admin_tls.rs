@@ -167,8 +167,18 @@ fn only_the_roles_of_the_farm_ca_reach_the_admin_api() {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-        // Nor point phones at a relay of its choosing.
+        // Nor point phones at a relay of its choosing, nor decide who sees
+        // a subscriber's presence.
         let e = c.advertise_service(advert()).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = c
+            .set_presence_rule(pb::SetPresenceRuleRequest {
+                presentity: "sip:bob@ringmesh.test".into(),
+                watcher: "sip:mallory@ringmesh.test".into(),
+                decision: pb::PresenceDecision::Allow as i32,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
         // An admin does both (this node has no ring to write to: refused

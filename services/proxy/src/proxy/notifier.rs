@@ -71,7 +71,8 @@ pub(super) struct Watching {
     due: BTreeMap<Instant, Vec<Aor>>,
     due_at: HashMap<Aor, Instant>,
     /// NOTIFYs awaiting their answer.
-    notifies: IdMap<ClientKey, (Aor, Subscription)>,
+    /// NOTIFYs awaiting their answer, with where each went.
+    notifies: IdMap<ClientKey, (Aor, Subscription, Dest)>,
     /// Watch messages to another notifier: the key, to notify here if
     /// that member does not answer.
     told: IdMap<ClientKey, Aor>,
@@ -102,14 +103,15 @@ pub(super) fn is_reg_event(msg: &Message) -> bool {
 impl Proxy {
     // ---- accepting ------------------------------------------------------------
 
-    /// A new subscription to the reg event of `resource` (authorised): it
-    /// is stored, then answered 200.
+    /// A new subscription to `event` (reg or presence) of `resource`
+    /// (authorised): it is stored, then answered 200.
     pub(super) fn subscribe(
         &mut self,
         server: ServerKey,
         msg: Message,
         origin: Origin,
         resource: Aor,
+        event: &'static [u8],
         now: Now,
     ) {
         let Some(flow) = origin.flow() else { return };
@@ -157,7 +159,7 @@ impl Proxy {
         };
         let sub = Subscription {
             id,
-            event: Bytes::from_static(b"reg"),
+            event: Bytes::from_static(event),
             resource: Bytes::copy_from_slice(resource.as_bytes()),
             call_id: Bytes::copy_from_slice(msg.call_id()),
             local_tag: Bytes::copy_from_slice(&self.to_tag(&msg)),
@@ -173,6 +175,7 @@ impl Proxy {
             transport: flow.transport(),
             edge: self.me.node_id,
             notified: Vec::new(),
+            digest: 0,
         };
         // The record is read first: the AOR's subscriptions are capped.
         self.locate(
@@ -396,6 +399,13 @@ impl Proxy {
 
     // ---- watching a key -------------------------------------------------------
 
+    /// A record was changed outside the SIP path (an operator's presence
+    /// rule): its watchers are told.
+    pub fn record_changed(&mut self, aor: Aor, now: Now) {
+        self.changed(aor, now);
+        self.drive(now);
+    }
+
     /// A watched record changed (or is due): its notifier is told, or is
     /// this node.
     pub(super) fn changed(&mut self, aor: Aor, now: Now) {
@@ -444,12 +454,14 @@ impl Proxy {
     /// written with its next version, then notified; the next expiry is
     /// scheduled.
     pub(super) fn evaluated(&mut self, aor: Aor, result: Result<Located, LocationError>, now: Now) {
-        let (bindings, subscriptions) = match result {
+        let (bindings, subscriptions, publications, rules) = match result {
             Ok(Located::Watched {
                 bindings,
                 subscriptions,
-            }) => (bindings, subscriptions),
-            Ok(_) => (Vec::new(), Vec::new()),
+                publications,
+                rules,
+            }) => (bindings, subscriptions, publications, rules),
+            Ok(_) => Default::default(),
             Err(e) => {
                 tracing::warn!(%aor, error = %e, "a watched record could not be read; trying again in a second");
                 self.schedule(&aor, now.wall_ms + 1000, now);
@@ -458,22 +470,45 @@ impl Proxy {
         };
         let mut writes = 0;
         let mut due = None::<u64>;
+        // The rules of a watched presentity live as long as it is watched.
+        if subscriptions.iter().any(|s| &s.event[..] == b"presence") {
+            self.keep_rules(&aor, &rules, now);
+        }
+        // A publication's expiry changes the presence document.
+        let published_until = publications
+            .iter()
+            .map(|p| p.expires_at_ms)
+            .filter(|at| *at > now.wall_ms)
+            .min();
         for mut sub in subscriptions {
-            let ending = sub.expires_at_ms <= now.wall_ms;
-            let Some(doc) = subscription::reginfo(&sub, &bindings, now.wall_ms, ending) else {
-                due = Some(due.map_or(subscription::next_due(&sub), |d| {
-                    d.min(subscription::next_due(&sub))
-                }));
-                continue;
+            let mut ending = sub.expires_at_ms <= now.wall_ms;
+            let next = |sub: &Subscription| match (&sub.event[..], published_until) {
+                (b"presence", Some(p)) => p.min(sub.expires_at_ms),
+                (b"presence", None) => sub.expires_at_ms,
+                _ => subscription::next_due(sub),
             };
-            sub.version = Some(doc.version);
+            let content = if &sub.event[..] == b"presence" {
+                let Some(told) = super::presence::document(&sub, &publications, &rules, now) else {
+                    due = Some(due.map_or(next(&sub), |d| d.min(next(&sub))));
+                    continue;
+                };
+                sub.digest = told.digest;
+                ending |= told.rejected;
+                told.content
+            } else {
+                let Some(doc) = subscription::reginfo(&sub, &bindings, now.wall_ms, ending) else {
+                    due = Some(due.map_or(next(&sub), |d| d.min(next(&sub))));
+                    continue;
+                };
+                sub.version = Some(doc.version);
+                sub.notified = doc.notified;
+                Some(("application/reginfo+xml", doc.body))
+            };
             sub.local_cseq += 1;
-            sub.notified = doc.notified;
             if !ending {
-                let next = subscription::next_due(&sub);
-                due = Some(due.map_or(next, |d| d.min(next)));
+                due = Some(due.map_or(next(&sub), |d| d.min(next(&sub))));
             }
-            let notify = self.notify_request(&sub, &doc.body, ending, now);
+            let notify = self.notify_request(&sub, content, ending, now);
             self.locate(
                 LocationOp::Subscription {
                     aor: aor.clone(),
@@ -523,7 +558,9 @@ impl Proxy {
                             self.observer
                                 .observe(Metric::Subscription(SubscriptionEvent::Ended));
                         }
-                        self.watching.notifies.insert(client, (aor.clone(), sub));
+                        self.watching
+                            .notifies
+                            .insert(client, (aor.clone(), sub, dest));
                     }
                     Err(e) => tracing::warn!(error = %e, "could not send a NOTIFY"),
                 }
@@ -583,13 +620,14 @@ impl Proxy {
 
     // ---- notifying ------------------------------------------------------------
 
-    /// The NOTIFY carrying `body` for `sub` (its state already advanced),
-    /// with its branch and where it goes; `None` when the watcher cannot
-    /// be reached from here.
+    /// The NOTIFY carrying `content` (its type and body; none for a
+    /// pending or rejected presence subscription) for `sub` (its state
+    /// already advanced), with its branch and where it goes; `None` when
+    /// the watcher cannot be reached from here.
     fn notify_request(
         &mut self,
         sub: &Subscription,
-        body: &[u8],
+        content: Option<(&str, Vec<u8>)>,
         ending: bool,
         now: Now,
     ) -> Option<(Bytes, String, Dest)> {
@@ -649,18 +687,30 @@ impl Proxy {
             HeaderName::Contact,
             self.subscription_contact(sub, now).as_bytes(),
         );
-        w.header(HeaderName::Event, b"reg");
-        if ending {
-            w.header(HeaderName::SubscriptionState, b"terminated;reason=timeout");
-        } else {
-            let left = sub.expires_at_ms.saturating_sub(now.wall_ms).div_ceil(1000);
-            w.header_fmt(
+        w.header(HeaderName::Event, &sub.event);
+        let left = sub.expires_at_ms.saturating_sub(now.wall_ms).div_ceil(1000);
+        match (ending, &content) {
+            (true, _) if sub.expires_at_ms > now.wall_ms => {
+                w.header(HeaderName::SubscriptionState, b"terminated;reason=rejected")
+            }
+            (true, _) => w.header(HeaderName::SubscriptionState, b"terminated;reason=timeout"),
+            (false, None) => w.header_fmt(
+                HeaderName::SubscriptionState,
+                format_args!("pending;expires={left}"),
+            ),
+            (false, Some(_)) => w.header_fmt(
                 HeaderName::SubscriptionState,
                 format_args!("active;expires={left}"),
-            );
-        }
-        w.header(HeaderName::ContentType, b"application/reginfo+xml");
-        Some((w.finish(body), branch, t.dest))
+            ),
+        };
+        let body = match content {
+            Some((content_type, body)) => {
+                w.header(HeaderName::ContentType, content_type.as_bytes());
+                body
+            }
+            None => Vec::new(),
+        };
+        Some((w.finish(&body), branch, t.dest))
     }
 
     /// A response to a request of the notifier's (a NOTIFY or a watch
@@ -682,9 +732,28 @@ impl Proxy {
             }
             return true;
         }
-        let Some((aor, sub)) = self.watching.notifies.remove(&client) else {
+        let Some((aor, mut sub, dest)) = self.watching.notifies.remove(&client) else {
             return false;
         };
+        // A NOTIFY sent through the watcher's edge that got no answer: the
+        // edge is gone, not (yet) the watcher. The subscription is moved
+        // here (NOTIFYs go from here to the watcher's Contact) and its
+        // full state told again.
+        if status.is_none() && matches!(dest, Dest::Peer(_)) {
+            tracing::info!(%aor, "no answer through the watcher's edge: notifying the watcher from here");
+            sub.edge = self.me.node_id;
+            sub.digest = 0;
+            sub.notified.clear();
+            self.locate(
+                LocationOp::Subscription {
+                    aor: aor.clone(),
+                    sub: Box::new(sub),
+                    remove: false,
+                },
+                Pending::Rehomed { aor },
+            );
+            return true;
+        }
         // RFC 6665 §4.2.2: a NOTIFY that fails with 481, or gets no answer
         // at all, ends the subscription.
         if matches!(status, Some(481) | None) {

@@ -224,11 +224,16 @@ impl Proxy {
                 Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
-        if let Some(sub) = &caller
-            && super::relays::asks_for_relays(&msg)
-        {
-            let sub = sub.clone();
-            return self.relays_for(server, msg, &sub, now);
+        if let Some(sub) = caller.clone() {
+            if super::relays::asks_for_relays(&msg) {
+                return self.relays_for(server, msg, &sub, now);
+            }
+            if *msg.method() == Method::Publish {
+                return self.on_publish(server, msg, &sub, now);
+            }
+            if *msg.method() == Method::Subscribe && super::presence::is_presence_event(&msg) {
+                return self.on_presence_subscribe(server, msg, origin, now);
+            }
         }
         let mut charging = None;
         if *msg.method() == Method::Invite {
@@ -621,7 +626,7 @@ impl Proxy {
                 Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
-        self.subscribe(server, msg, origin, resource, now);
+        self.subscribe(server, msg, origin, resource, b"reg", now);
     }
 
     /// A REGISTER's write finished: 200 listing every binding, or why not.
@@ -669,7 +674,11 @@ impl Proxy {
                     now,
                 );
             }
-            Err(e @ (LocationError::Unavailable(_) | LocationError::Full)) => {
+            Err(
+                e @ (LocationError::Unavailable(_)
+                | LocationError::Full
+                | LocationError::Precondition),
+            ) => {
                 let why = e.to_string();
                 self.registration(Registration::Failed);
                 tracing::warn!(%why, "registration not stored");

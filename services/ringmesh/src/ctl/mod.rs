@@ -10,7 +10,8 @@
 //!   `http://` address means a provisioning run with `--plaintext`.
 //! - `status`, `ring`, `lookup`, `bindings`, `drain`, `ping`, `trace`,
 //!   `bans list|lift`, `sip-trace`, `service list|advertise|withdraw`
-//!   ([`service`]) talk to one supernode's admin API (`--admin`,
+//!   ([`service`]), `presence allow|block|pending|show` ([`presence`])
+//!   talk to one supernode's admin API (`--admin`,
 //!   `RINGMESH_ADMIN`, default `127.0.0.1:5260`: the first node of a
 //!   default `ringmesh dev`), through [`admin_command`]; an `https://`
 //!   address is reached over mutual TLS with `--ca`, `--cert`, `--key`.
@@ -22,6 +23,7 @@
 use std::process::ExitCode;
 
 mod cdr;
+mod presence;
 mod service;
 mod subscriber;
 mod trusted;
@@ -155,6 +157,12 @@ pub enum AdminCommand {
     Service {
         #[command(subcommand)]
         command: service::ServiceCommand,
+    },
+    /// Presence: a presentity's authorisation rules and what its watchers
+    /// see.
+    Presence {
+        #[command(subcommand)]
+        command: presence::PresenceCommand,
     },
     /// Live SIP messages through the node, filtered.
     SipTrace {
@@ -340,6 +348,7 @@ async fn admin_execute(
     let mut c = AdminClient::new(channel);
     let out = &mut *io.out;
     match cmd {
+        AdminCommand::Presence { command } => presence::execute(&mut c, json, command, out).await?,
         AdminCommand::Service { command } => {
             service::execute(&mut c, json, command, out, &mut *io.err).await?
         }

@@ -18,6 +18,7 @@ use ringmesh_proxy::location::{
     alias_expiry, decode_alias, encode_alias,
 };
 use ringmesh_proxy::mailbox::{self, StoredMessage, is_message_id};
+use ringmesh_proxy::presence::{self, Publication, Rule};
 use ringmesh_proxy::registrar::{self, RegisterPlan};
 use ringmesh_proxy::subscription::{Subscription, is_watch_id};
 use ringmesh_sip::aor::Aor;
@@ -57,6 +58,11 @@ enum Stage {
     Mailbox,
     /// A service's record being read for its instances.
     Services,
+    /// A presentity's record being read before a publication is written.
+    PublishRead {
+        if_match: Option<[u8; 8]>,
+        publication: Option<Box<Publication>>,
+    },
     /// A record being read to count its messages before one is added.
     MessageRead {
         message: Box<StoredMessage>,
@@ -177,13 +183,51 @@ impl OverlayStore {
                             current.into_iter().map(|(b, _)| b).collect();
                         registrar::sort_by_preference(&mut bindings);
                         let subscriptions = subscriptions_of(&entries, now_ms);
+                        let (publications, rules) = presence_of(&entries, now_ms);
                         self.done.push_back((
                             token,
                             Ok(Located::Watched {
                                 bindings,
                                 subscriptions,
+                                publications,
+                                rules,
                             }),
                         ));
+                    }
+                    Stage::PublishRead {
+                        if_match,
+                        publication,
+                    } => {
+                        let (live, _) = presence_of(&entries, now_ms);
+                        if if_match.is_some_and(|t| !live.iter().any(|p| p.etag == t)) {
+                            return self
+                                .done
+                                .push_back((token, Err(LocationError::Precondition)));
+                        }
+                        let others = live.iter().filter(|p| Some(p.etag) != if_match).count();
+                        if publication.is_some() && others >= presence::MAX_PUBLICATIONS {
+                            return self.done.push_back((token, Err(LocationError::Full)));
+                        }
+                        let mut specs = Vec::new();
+                        if let Some(old) = if_match.and_then(|t| live.iter().find(|p| p.etag == t))
+                        {
+                            // The tombstone outlives the publication it removes.
+                            specs.push(EntrySpec {
+                                id: old.entry_id(),
+                                value: None,
+                                expires_at_ms: old.expires_at_ms.max(now_ms + 1),
+                                floor: None,
+                            });
+                        }
+                        if let Some(p) = publication {
+                            specs.push(EntrySpec {
+                                id: p.entry_id(),
+                                value: Some(p.encode()),
+                                expires_at_ms: p.expires_at_ms,
+                                floor: None,
+                            });
+                        }
+                        self.put_all(token, key, specs);
                     }
                     Stage::Services => self
                         .done
@@ -253,9 +297,14 @@ impl OverlayStore {
 
     /// Writes one subscription or message entry for the operation `token`.
     fn put(&mut self, token: u64, key: Key, spec: EntrySpec) {
+        self.put_all(token, key, vec![spec]);
+    }
+
+    /// Writes entries for the operation `token`, answered `Stored`.
+    fn put_all(&mut self, token: u64, key: Key, entries: Vec<EntrySpec>) {
         let put = Command::Put {
             key,
-            entries: vec![spec],
+            entries,
             token,
         };
         if self.farm.cmd.try_send(put).is_err() {
@@ -477,6 +526,26 @@ fn messages_of(entries: &[Entry], now_ms: u64) -> Vec<StoredMessage> {
     kept
 }
 
+/// The live publications and the authorisation rules a record holds.
+pub fn presence_of(entries: &[Entry], now_ms: u64) -> (Vec<Publication>, Vec<Rule>) {
+    let live = || entries.iter().filter(|e| e.is_live(now_ms));
+    (
+        live()
+            .filter(|e| presence::is_publication_id(&e.id))
+            .filter_map(|e| Publication::decode(&e.value))
+            .collect(),
+        live()
+            .filter(|e| presence::is_rule_id(&e.id))
+            .filter_map(|e| {
+                Rule::decode(&e.value).map(|r| Rule {
+                    expires_at_ms: e.expires_at_ms,
+                    ..r
+                })
+            })
+            .collect(),
+    )
+}
+
 /// The live service instances a record holds.
 pub fn services_of(entries: &[Entry], now_ms: u64) -> Vec<ServiceRecord> {
     entries
@@ -538,6 +607,27 @@ impl LocationService for OverlayStore {
                 aor, message, max, ..
             } => (Self::key_of(&aor), Stage::MessageRead { message, max }),
             LocationOp::Mailbox { aor, .. } => (Self::key_of(&aor), Stage::Mailbox),
+            LocationOp::Publish {
+                aor,
+                if_match,
+                publication,
+                ..
+            } => (
+                Self::key_of(&aor),
+                Stage::PublishRead {
+                    if_match,
+                    publication,
+                },
+            ),
+            LocationOp::Rule { aor, rule } => {
+                let spec = EntrySpec {
+                    id: rule.entry_id(),
+                    value: (rule.decision != presence::Decision::Pending).then(|| rule.encode()),
+                    expires_at_ms: rule.expires_at_ms,
+                    floor: None,
+                };
+                return self.put(token, Self::key_of(&aor), spec);
+            }
             LocationOp::Services { name, .. } => {
                 (Key::hash(&discovery::key_material(&name)), Stage::Services)
             }

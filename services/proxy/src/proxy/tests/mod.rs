@@ -11,6 +11,7 @@ mod forking;
 mod ims;
 mod messages;
 mod policy;
+mod presence;
 mod privacy;
 mod regevent;
 mod registrar;
@@ -806,4 +807,21 @@ pub fn ok_to(req: &Message, status: u16) -> String {
         "SIP/2.0 {status} X\n{}\nContent-Length: 0\n\n",
         keep.join("\n")
     )
+}
+
+/// The NOTIFYs sent to the watcher on `flow` since the last `take`, each
+/// answered 200 (at the node that sent it down the flow).
+pub fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
+    let mut sent: Vec<Sent> = h
+        .requests()
+        .into_iter()
+        .filter(|s| s.msg.method().as_bytes() == b"NOTIFY" && s.dest.peer() == Some(flow.peer()))
+        .collect();
+    // Retransmissions (over UDP, before the answer) are one NOTIFY.
+    sent.dedup_by_key(|s| s.msg.cseq());
+    for s in &sent {
+        let ok = ok_to(&s.msg, 200);
+        h.recv(s.node, &ok, Dest::Flow(flow));
+    }
+    sent.into_iter().map(|s| s.msg).collect()
 }

@@ -39,23 +39,6 @@ fn alice_registers(h: &mut Harness, n: u8, flow: FlowRef, expires: u32) {
     assert_eq!(h.final_to(flow).status(), Some(200));
 }
 
-/// The NOTIFYs sent to the watcher on `flow` since the last `take`, each
-/// answered 200 (at the node that sent it down the flow).
-fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
-    let mut sent: Vec<Sent> = h
-        .requests()
-        .into_iter()
-        .filter(|s| s.msg.method().as_bytes() == b"NOTIFY" && s.dest.peer() == Some(flow.peer()))
-        .collect();
-    // Retransmissions (over UDP, before the answer) are one NOTIFY.
-    sent.dedup_by_key(|s| s.msg.cseq());
-    for s in &sent {
-        let ok = ok_to(&s.msg, 200);
-        h.recv(s.node, &ok, Dest::Flow(flow));
-    }
-    sent.into_iter().map(|s| s.msg).collect()
-}
-
 fn body(m: &Message) -> String {
     String::from_utf8_lossy(m.body()).into_owned()
 }
