@@ -72,9 +72,9 @@ pub enum LocationOp {
         publication: Option<Box<Publication>>,
         now_ms: u64,
     },
-    /// Write a presentity's authorisation rule, until its `expires_at_ms`
-    /// (a pending decision removes the rule).
-    Rule { aor: Aor, rule: Rule },
+    /// Write a presentity's authorisation rules, each until its
+    /// `expires_at_ms` (a pending decision removes the rule).
+    Rules { aor: Aor, rules: Vec<Rule> },
     /// Read the live instances of service `name`.
     Services { name: String, now_ms: u64 },
     /// Drop a kept message (delivered, or refused by the device); its
@@ -496,9 +496,11 @@ impl LocalStore {
                 }
                 Ok(Located::Stored)
             }
-            LocationOp::Rule { aor, rule } => {
-                let remove = rule.decision == crate::presence::Decision::Pending;
-                self.set_rule(aor, rule, remove);
+            LocationOp::Rules { aor, rules } => {
+                for rule in rules {
+                    let remove = rule.decision == crate::presence::Decision::Pending;
+                    self.set_rule(aor.clone(), rule, remove);
+                }
                 Ok(Located::Stored)
             }
             LocationOp::Services { name, now_ms } => Ok(Located::Services(

@@ -23,6 +23,9 @@ const FORMAT: u8 = 1;
 pub const MAX_DOCUMENT: usize = 16 << 10;
 /// Live publications one presentity may have (its devices).
 pub const MAX_PUBLICATIONS: usize = 16;
+/// Authorisation rules one presentity may have (its record holds at most
+/// 1,024 entries of every kind).
+pub const MAX_RULES: usize = 256;
 /// How long a rule is kept (the ring keeps no entry for more than 30
 /// days), and how close to its end the notifier of a watched presentity
 /// writes it again: a rule lasts as long as someone watches.
@@ -203,15 +206,24 @@ pub fn decision(rules: &[Rule], watcher: &[u8]) -> Decision {
         .map_or(Decision::Pending, |r| r.decision)
 }
 
-/// The `<tuple>…</tuple>` elements of a PIDF document (with or without a
-/// namespace prefix), in order.
-fn tuples(doc: &str) -> Vec<&str> {
+/// The `<name>…</name>` elements of a document (with or without a
+/// namespace prefix; an empty `<name …/>` element too), in order. Enough
+/// for the flat documents phones send; not a general XML parser.
+fn elements<'a>(doc: &'a str, name: &str) -> Vec<&'a str> {
     let mut out = Vec::new();
     let mut rest = doc;
-    while let Some(start) = find_element(rest, "tuple") {
+    while let Some(start) = find_element(rest, name) {
         let from = &rest[start..];
-        let prefix = from[1..].split_once("tuple").map_or("", |(p, _)| p);
-        let close = format!("</{prefix}tuple>");
+        let Some(open_end) = from.find('>') else {
+            break;
+        };
+        if from[..open_end].ends_with('/') {
+            out.push(&from[..=open_end]);
+            rest = &from[open_end + 1..];
+            continue;
+        }
+        let prefix = from[1..].split_once(name).map_or("", |(p, _)| p);
+        let close = format!("</{prefix}{name}>");
         let Some(end) = from.find(&close) else { break };
         out.push(&from[..end + close.len()]);
         rest = &from[end + close.len()..];
@@ -219,7 +231,49 @@ fn tuples(doc: &str) -> Vec<&str> {
     out
 }
 
-/// Where the next `<tuple` or `<x:tuple` start tag begins.
+/// The value of attribute `name` in the start tag `element` begins with.
+fn attribute<'a>(element: &'a str, name: &str) -> Option<&'a str> {
+    let tag = &element[..element.find('>')?];
+    let at = tag.find(&format!(" {name}="))? + name.len() + 2;
+    let quote = tag[at..].chars().next()?;
+    let value = &tag[at + 1..];
+    Some(&value[..value.find(quote)?])
+}
+
+/// The text inside `element` (between its start and end tags).
+fn text(element: &str) -> &str {
+    let start = element.find('>').map_or(element.len(), |i| i + 1);
+    let end = element.rfind("</").unwrap_or(element.len()).max(start);
+    element[start..end].trim()
+}
+
+/// The rules of an RFC 5025 presence authorisation document (RFC 4745
+/// common policy): for each rule, every `<one id="…">` identity gets its
+/// `<sub-handling>` (allow; block and polite-block: block; confirm:
+/// pending). Identities are returned as written (the caller makes them
+/// canonical); rules without a known sub-handling are skipped.
+pub fn pres_rules(doc: &str) -> Vec<(String, Decision)> {
+    let mut out = Vec::new();
+    for rule in elements(doc, "rule") {
+        let handling = elements(rule, "sub-handling")
+            .first()
+            .map(|h| text(h).to_string());
+        let decision = match handling.as_deref() {
+            Some("allow") => Decision::Allow,
+            Some("block" | "polite-block") => Decision::Block,
+            Some("confirm") => Decision::Pending,
+            _ => continue,
+        };
+        for one in elements(rule, "one") {
+            if let Some(id) = attribute(one, "id") {
+                out.push((id.to_string(), decision));
+            }
+        }
+    }
+    out
+}
+
+/// Where the next `<name` or `<x:name` start tag begins.
 fn find_element(doc: &str, name: &str) -> Option<usize> {
     let mut at = 0;
     while let Some(i) = doc[at..].find('<') {
@@ -258,7 +312,7 @@ pub fn compose(entity: &str, publications: &[Publication], now_ms: u64) -> Strin
     }
     doc.push_str("\">\n");
     for p in live {
-        for t in tuples(&String::from_utf8_lossy(&p.document)) {
+        for t in elements(&String::from_utf8_lossy(&p.document), "tuple") {
             doc.push_str(t);
             doc.push('\n');
         }
@@ -338,6 +392,33 @@ mod tests {
         assert!(doc.contains("entity=\"sip:bob@example.com\""));
         let empty = compose("sip:bob@example.com", &[], 0);
         assert!(!empty.contains("tuple"));
+    }
+
+    #[test]
+    fn pres_rules_give_each_identity_its_handling() {
+        let doc = r#"<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules" xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="friends">
+    <cr:conditions><cr:identity><cr:one id="sip:alice@example.com"/><cr:one id='sip:carol@example.com'/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>allow</sub-handling></cr:actions>
+  </cr:rule>
+  <cr:rule id="no"><cr:conditions><cr:identity><cr:one id="sip:mallory@example.com"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>polite-block</sub-handling></cr:actions></cr:rule>
+  <cr:rule id="ask"><cr:conditions><cr:identity><cr:one id="sip:dave@example.com"></cr:one></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>confirm</sub-handling></cr:actions></cr:rule>
+  <cr:rule id="odd"><cr:conditions><cr:identity><cr:one id="sip:x@example.com"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>whatever</sub-handling></cr:actions></cr:rule>
+</cr:ruleset>"#;
+        assert_eq!(
+            pres_rules(doc),
+            [
+                ("sip:alice@example.com".to_string(), Decision::Allow),
+                ("sip:carol@example.com".to_string(), Decision::Allow),
+                ("sip:mallory@example.com".to_string(), Decision::Block),
+                ("sip:dave@example.com".to_string(), Decision::Pending),
+            ]
+        );
+        assert!(pres_rules("not xml").is_empty());
     }
 
     #[test]

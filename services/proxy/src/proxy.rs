@@ -380,6 +380,19 @@ enum Pending {
     /// A subscription moved to this node after its edge went silent: its
     /// state is told again once it is stored.
     Rehomed { aor: ringmesh_sip::aor::Aor },
+    /// A presentity's record being read before its decisions are stored.
+    Deciding {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+        rules: Vec<crate::presence::Rule>,
+    },
+    /// A presentity's decisions about its watchers being stored.
+    Decided {
+        server: ServerKey,
+        msg: Message,
+        aor: ringmesh_sip::aor::Aor,
+    },
     /// A presence rule being written again before it expires.
     RuleKept { aor: ringmesh_sip::aor::Aor },
     /// The TURN relays being read for a phone's request.
@@ -593,6 +606,15 @@ impl Proxy {
                     tracing::warn!(%aor, error = %e, "a subscription not moved; the next change tries again")
                 }
             },
+            Some(Pending::Deciding {
+                server,
+                msg,
+                aor,
+                rules,
+            }) => self.deciding(server, msg, aor, rules, result, now),
+            Some(Pending::Decided { server, msg, aor }) => {
+                self.decided(server, msg, aor, result, now)
+            }
             Some(Pending::RuleKept { aor }) => {
                 if let Err(e) = result {
                     tracing::warn!(%aor, error = %e, "a presence rule not written again; the next evaluation tries again");

@@ -474,6 +474,12 @@ impl Proxy {
         if subscriptions.iter().any(|s| &s.event[..] == b"presence") {
             self.keep_rules(&aor, &rules, now);
         }
+        // The presence watchers, for the presentity's watcher information.
+        let watchers: Vec<Subscription> = subscriptions
+            .iter()
+            .filter(|s| &s.event[..] == b"presence")
+            .cloned()
+            .collect();
         // A publication's expiry changes the presence document.
         let published_until = publications
             .iter()
@@ -487,12 +493,18 @@ impl Proxy {
                 (b"presence", None) => sub.expires_at_ms,
                 _ => subscription::next_due(sub),
             };
-            let content = if &sub.event[..] == b"presence" {
-                let Some(told) = super::presence::document(&sub, &publications, &rules, now) else {
+            let content = if sub.event.starts_with(b"presence") {
+                let told = if &sub.event[..] == b"presence" {
+                    super::presence::document(&sub, &publications, &rules, now)
+                } else {
+                    super::presence::watcherinfo(&sub, &watchers, &rules, now)
+                };
+                let Some(told) = told else {
                     due = Some(due.map_or(next(&sub), |d| d.min(next(&sub))));
                     continue;
                 };
                 sub.digest = told.digest;
+                sub.version = told.version.or(sub.version);
                 ending |= told.rejected;
                 told.content
             } else {

@@ -34,15 +34,18 @@ use crate::presence::{self, Decision, MAX_DOCUMENT, Publication, Rule};
 use crate::subscription::Subscription;
 
 const PIDF: &str = "application/pidf+xml";
+/// RFC 5025 presence authorisation documents.
+const AUTH_POLICY: &str = "application/auth-policy+xml";
 const DEFAULT_EXPIRES: u32 = 3600;
 const MIN_EXPIRES: u32 = 60;
 const MAX_EXPIRES: u32 = 7200;
 
-/// Whether `msg` is for the presence event package.
-pub(super) fn is_presence_event(msg: &Message) -> bool {
+/// Whether `msg` is for event package `package` (`presence`,
+/// `presence.winfo`).
+pub(super) fn is_event(msg: &Message, package: &[u8]) -> bool {
     msg.header(HeaderName::Event).is_some_and(|e| {
-        let package = e.split(|&c| c == b';').next().unwrap_or_default();
-        ringmesh_sip::scan::trim(package).eq_ignore_ascii_case(b"presence")
+        let name = e.split(|&c| c == b';').next().unwrap_or_default();
+        ringmesh_sip::scan::trim(name).eq_ignore_ascii_case(package)
     })
 }
 
@@ -55,9 +58,11 @@ pub(super) struct Publishing {
     publication: Option<Box<Publication>>,
 }
 
-/// What a presence watcher is told next.
+/// What a presence (or watcher information) watcher is told next.
 pub(super) struct Told {
     pub digest: u64,
+    /// The document's version (watcher information only).
+    pub version: Option<u32>,
     /// The document, when the watcher may see one.
     pub content: Option<(&'static str, Vec<u8>)>,
     /// The presentity blocked the watcher: the subscription ends.
@@ -72,12 +77,7 @@ pub(super) fn document(
     rules: &[Rule],
     now: Now,
 ) -> Option<Told> {
-    let watcher = Aor::parse(&sub.remote_uri).ok();
-    let decision = match watcher {
-        Some(w) if w.as_bytes() == &sub.resource[..] => Decision::Allow,
-        Some(w) => presence::decision(rules, w.as_bytes()),
-        None => Decision::Block,
-    };
+    let decision = decision_for(sub, rules);
     let (tag, content) = match decision {
         Decision::Allow => {
             let entity = String::from_utf8_lossy(&sub.resource);
@@ -92,17 +92,87 @@ pub(super) fn document(
     if let Some((_, body)) = &content {
         h.update(body);
     }
-    // Never 0: 0 means nothing told yet.
-    let digest = u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes")).max(1);
-    let ending = sub.expires_at_ms <= now.wall_ms;
-    if digest == sub.digest && !ending {
+    let digest = told_digest(h);
+    if digest == sub.digest && sub.expires_at_ms > now.wall_ms {
         return None;
     }
     Some(Told {
         digest,
+        version: None,
         content,
         rejected: decision == Decision::Block,
     })
+}
+
+/// What the presentity decided about the watcher of `sub`; its own
+/// identities see themselves.
+fn decision_for(sub: &Subscription, rules: &[Rule]) -> Decision {
+    match Aor::parse(&sub.remote_uri) {
+        Ok(w) if w.as_bytes() == &sub.resource[..] => Decision::Allow,
+        Ok(w) => presence::decision(rules, w.as_bytes()),
+        Err(_) => Decision::Block,
+    }
+}
+
+/// A digest of what was told; never 0 (0: nothing told yet).
+fn told_digest(h: Sha256) -> u64 {
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes")).max(1)
+}
+
+/// What the presentity watching its own watchers (RFC 3857, `sub`) is
+/// told: the full watcher list (RFC 3858) with each watcher's status by
+/// the rules (allow: active; none: pending; block: terminated, rejected);
+/// `None` when the list is what it was last told.
+pub(super) fn watcherinfo(
+    sub: &Subscription,
+    watchers: &[Subscription],
+    rules: &[Rule],
+    now: Now,
+) -> Option<Told> {
+    let mut live: Vec<&Subscription> = watchers
+        .iter()
+        .filter(|w| w.expires_at_ms > now.wall_ms)
+        .collect();
+    live.sort_by_key(|w| w.id);
+    let mut list = String::new();
+    for w in live {
+        let (status, event) = match decision_for(w, rules) {
+            Decision::Allow => ("active", "approved"),
+            Decision::Pending => ("pending", "subscribe"),
+            Decision::Block => ("terminated", "rejected"),
+        };
+        let id: String = w.id[..8].iter().map(|b| format!("{b:02x}")).collect();
+        list.push_str(&format!(
+            "    <watcher id=\"{id}\" event=\"{event}\" status=\"{status}\">{}</watcher>\n",
+            xml_text(&String::from_utf8_lossy(&w.remote_uri))
+        ));
+    }
+    let mut h = Sha256::new();
+    h.update(list.as_bytes());
+    let digest = told_digest(h);
+    if digest == sub.digest && sub.expires_at_ms > now.wall_ms {
+        return None;
+    }
+    let version = sub.version.map_or(0, |v| v.wrapping_add(1));
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <watcherinfo xmlns=\"urn:ietf:params:xml:ns:watcherinfo\" version=\"{version}\" state=\"full\">\n\
+         \x20 <watcher-list resource=\"{}\" package=\"presence\">\n{list}  </watcher-list>\n</watcherinfo>\n",
+        xml_text(&String::from_utf8_lossy(&sub.resource))
+    );
+    Some(Told {
+        digest,
+        version: Some(version),
+        content: Some(("application/watcherinfo+xml", body.into_bytes())),
+        rejected: false,
+    })
+}
+
+fn xml_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl Proxy {
@@ -114,7 +184,7 @@ impl Proxy {
         sub: &SubscriberInfo,
         now: Now,
     ) {
-        if !is_presence_event(&msg) {
+        if !is_event(&msg, b"presence") {
             return self.reply(
                 server,
                 &msg,
@@ -295,21 +365,190 @@ impl Proxy {
     /// Writes again the rules of `aor` that are within
     /// [`crate::presence::RULE_REFRESH_MS`] of their end.
     pub(super) fn keep_rules(&mut self, aor: &Aor, rules: &[Rule], now: Now) {
-        for r in rules.iter().filter(|r| {
-            r.decision != Decision::Pending
-                && r.expires_at_ms < now.wall_ms + presence::RULE_REFRESH_MS
-        }) {
+        let until = now.wall_ms + presence::RULE_LIFETIME_MS;
+        let old: Vec<Rule> = rules
+            .iter()
+            .filter(|r| {
+                r.decision != Decision::Pending
+                    && r.expires_at_ms < now.wall_ms + presence::RULE_REFRESH_MS
+            })
+            .map(|r| Rule {
+                expires_at_ms: until,
+                ..r.clone()
+            })
+            .collect();
+        if !old.is_empty() {
             self.locate(
-                LocationOp::Rule {
+                LocationOp::Rules {
                     aor: aor.clone(),
-                    rule: Rule {
-                        expires_at_ms: now.wall_ms + presence::RULE_LIFETIME_MS,
-                        ..r.clone()
-                    },
+                    rules: old,
                 },
                 Pending::RuleKept { aor: aor.clone() },
             );
         }
+    }
+
+    /// The presentity's own decisions about its watchers: a PUBLISH to its
+    /// own AOR with `Event: presence.winfo` and an RFC 5025 presence
+    /// authorisation document (`application/auth-policy+xml`); each
+    /// identity it names gets the rule's handling.
+    pub(super) fn on_decisions(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        sub: &SubscriberInfo,
+        now: Now,
+    ) {
+        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
+            return self.reply(server, &msg, 404, &[], now);
+        };
+        if !sub.owns(&aor) {
+            return self.forbid(
+                server,
+                &msg,
+                b"399 ringmesh \"a subscriber decides only about its own watchers\"",
+                now,
+            );
+        }
+        let policy = msg.header(HeaderName::ContentType).is_some_and(|t| {
+            let t = t.split(|&c| c == b';').next().unwrap_or_default();
+            ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(AUTH_POLICY.as_bytes())
+        });
+        if !policy {
+            return self.reply(
+                server,
+                &msg,
+                415,
+                &[(HeaderName::Accept, AUTH_POLICY.as_bytes())],
+                now,
+            );
+        }
+        if msg.body().len() > MAX_DOCUMENT {
+            return self.reply(server, &msg, 413, &[], now);
+        }
+        let until = now.wall_ms + presence::RULE_LIFETIME_MS;
+        let rules: Vec<Rule> = presence::pres_rules(&String::from_utf8_lossy(msg.body()))
+            .into_iter()
+            .filter_map(|(id, decision)| {
+                Some(Rule {
+                    watcher: Bytes::copy_from_slice(Aor::parse(id.as_bytes()).ok()?.as_bytes()),
+                    decision,
+                    expires_at_ms: until,
+                })
+            })
+            .collect();
+        if rules.is_empty() || rules.len() > presence::MAX_RULES {
+            let warning = format!(
+                "399 ringmesh \"the document must give 1 to {} watchers a sub-handling\"",
+                presence::MAX_RULES
+            );
+            return self.reply(
+                server,
+                &msg,
+                400,
+                &[(HeaderName::Warning, warning.as_bytes())],
+                now,
+            );
+        }
+        self.locate(
+            LocationOp::Watch {
+                aor: aor.clone(),
+                now_ms: now.wall_ms,
+            },
+            Pending::Deciding {
+                server,
+                msg,
+                aor,
+                rules,
+            },
+        );
+    }
+
+    /// The presentity's record was read: its rules, with the new ones, may
+    /// not exceed [`presence::MAX_RULES`] (403); then they are written.
+    pub(super) fn deciding(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        rules: Vec<Rule>,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        let existing = match result {
+            Ok(Located::Watched { rules, .. }) => rules,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence rules not read");
+                return self.reply_unavailable(server, &msg, now);
+            }
+        };
+        let mut watchers: Vec<&Bytes> = existing
+            .iter()
+            .chain(rules.iter().filter(|r| r.decision != Decision::Pending))
+            .map(|r| &r.watcher)
+            .collect();
+        watchers.sort();
+        watchers.dedup();
+        if watchers.len() > presence::MAX_RULES {
+            let warning = format!(
+                "399 ringmesh \"at most {} presence rules\"",
+                presence::MAX_RULES
+            );
+            return self.forbid(server, &msg, warning.as_bytes(), now);
+        }
+        self.locate(
+            LocationOp::Rules {
+                aor: aor.clone(),
+                rules,
+            },
+            Pending::Decided { server, msg, aor },
+        );
+    }
+
+    /// The presentity's decisions are stored: 200, and its watchers told.
+    pub(super) fn decided(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        aor: Aor,
+        result: Result<Located, LocationError>,
+        now: Now,
+    ) {
+        match result {
+            Ok(_) => {
+                self.reply(server, &msg, 200, &[], now);
+                self.changed(aor, now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence decisions not stored");
+                self.reply_unavailable(server, &msg, now);
+            }
+        }
+    }
+
+    /// A SUBSCRIBE to the presentity's own watcher information (RFC
+    /// 3857): only for its own identities.
+    pub(super) fn on_winfo_subscribe(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        sub: &SubscriberInfo,
+        now: Now,
+    ) {
+        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
+            return self.reply(server, &msg, 404, &[], now);
+        };
+        if !sub.owns(&aor) {
+            return self.forbid(
+                server,
+                &msg,
+                b"399 ringmesh \"a subscriber watches only its own watchers\"",
+                now,
+            );
+        }
+        self.subscribe(server, msg, origin, aor, b"presence.winfo", now);
     }
 
     /// A SUBSCRIBE to a presentity's presence from `sub` (authenticated,

@@ -228,11 +228,19 @@ impl Proxy {
             if super::relays::asks_for_relays(&msg) {
                 return self.relays_for(server, msg, &sub, now);
             }
-            if *msg.method() == Method::Publish {
-                return self.on_publish(server, msg, &sub, now);
-            }
-            if *msg.method() == Method::Subscribe && super::presence::is_presence_event(&msg) {
-                return self.on_presence_subscribe(server, msg, origin, now);
+            use super::presence::is_event;
+            match msg.method() {
+                Method::Publish if is_event(&msg, b"presence.winfo") => {
+                    return self.on_decisions(server, msg, &sub, now);
+                }
+                Method::Publish => return self.on_publish(server, msg, &sub, now),
+                Method::Subscribe if is_event(&msg, b"presence") => {
+                    return self.on_presence_subscribe(server, msg, origin, now);
+                }
+                Method::Subscribe if is_event(&msg, b"presence.winfo") => {
+                    return self.on_winfo_subscribe(server, msg, origin, &sub, now);
+                }
+                _ => {}
             }
         }
         let mut charging = None;

@@ -16,9 +16,10 @@
 //!
 //! Only trusted elements may use a return Route; a phone that presents
 //! one, or a return Route that does not open (forged, another purpose, older
-//! than [`RETURN_LIFETIME_SECS`]), gets 403. REGISTER and the farm's own
-//! event packages (reg) are served before any criterion, so criteria never
-//! see them.
+//! than [`RETURN_LIFETIME_SECS`]), gets 403. REGISTER, the farm's own
+//! event packages (reg, presence, presence.winfo), PUBLISH and requests
+//! for TURN relays are served before any criterion, so criteria never see
+//! them.
 
 use std::sync::Arc;
 

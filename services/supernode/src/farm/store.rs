@@ -619,14 +619,18 @@ impl LocationService for OverlayStore {
                     publication,
                 },
             ),
-            LocationOp::Rule { aor, rule } => {
-                let spec = EntrySpec {
-                    id: rule.entry_id(),
-                    value: (rule.decision != presence::Decision::Pending).then(|| rule.encode()),
-                    expires_at_ms: rule.expires_at_ms,
-                    floor: None,
-                };
-                return self.put(token, Self::key_of(&aor), spec);
+            LocationOp::Rules { aor, rules } => {
+                let specs = rules
+                    .iter()
+                    .map(|rule| EntrySpec {
+                        id: rule.entry_id(),
+                        value: (rule.decision != presence::Decision::Pending)
+                            .then(|| rule.encode()),
+                        expires_at_ms: rule.expires_at_ms,
+                        floor: None,
+                    })
+                    .collect();
+                return self.put_all(token, Self::key_of(&aor), specs);
             }
             LocationOp::Services { name, .. } => {
                 (Key::hash(&discovery::key_material(&name)), Stage::Services)

@@ -810,13 +810,13 @@ pub fn ok_to(req: &Message, status: u16) -> String {
 }
 
 /// The NOTIFYs sent to the watcher on `flow` since the last `take`, each
-/// answered 200 (at the node that sent it down the flow).
+/// answered 200 (at the node that sent it down the flow); other requests
+/// stay.
 pub fn notifies(h: &mut Harness, flow: FlowRef) -> Vec<Message> {
-    let mut sent: Vec<Sent> = h
-        .requests()
-        .into_iter()
-        .filter(|s| s.msg.method().as_bytes() == b"NOTIFY" && s.dest.peer() == Some(flow.peer()))
-        .collect();
+    let (mut sent, others): (Vec<Sent>, Vec<Sent>) = h.requests().into_iter().partition(|s| {
+        s.msg.method().as_bytes() == b"NOTIFY" && s.dest.peer() == Some(flow.peer())
+    });
+    h.sent.extend(others);
     // Retransmissions (over UDP, before the answer) are one NOTIFY.
     sent.dedup_by_key(|s| s.msg.cseq());
     for s in &sent {

@@ -275,3 +275,125 @@ fn the_rules_of_a_watched_presentity_are_kept_past_the_rings_entry_lifetime() {
     );
     assert_eq!(rules[0].decision, Decision::Allow);
 }
+
+/// A SUBSCRIBE from `user` on `flow` for `target`'s watcher information.
+fn winfo_text(flow: FlowRef, user: &str, target: &str) -> String {
+    let via = via_for(flow);
+    let n = unique();
+    format!(
+        "SUBSCRIBE sip:{target}@{DOMAIN} SIP/2.0\nVia: {via};branch=z9hG4bKi{n}\nMax-Forwards: 70\n\
+         From: <sip:{user}@{DOMAIN}>;tag=i{n}\nTo: <sip:{target}@{DOMAIN}>\nCall-ID: winfo-{n}\n\
+         CSeq: 1 SUBSCRIBE\nContact: <sip:{user}@{}>\nEvent: presence.winfo\nExpires: 600\n\
+         Accept: application/watcherinfo+xml\nContent-Length: 0\n\n",
+        flow.peer()
+    )
+}
+
+/// A PUBLISH of decisions from `user` about `target`'s watchers.
+fn decisions_text(flow: FlowRef, user: &str, target: &str, rules: &[(&str, &str)]) -> String {
+    let body: String = rules
+        .iter()
+        .map(|(who, handling)| {
+            format!(
+                "<cr:rule id=\"{who}\"><cr:conditions><cr:identity><cr:one id=\"sip:{who}@{DOMAIN}\"/>\
+                 </cr:identity></cr:conditions><cr:actions><sub-handling>{handling}</sub-handling>\
+                 </cr:actions></cr:rule>"
+            )
+        })
+        .collect();
+    let body = format!(
+        "<cr:ruleset xmlns=\"urn:ietf:params:xml:ns:pres-rules\" \
+         xmlns:cr=\"urn:ietf:params:xml:ns:common-policy\">{body}</cr:ruleset>"
+    );
+    publish_text(flow, user, target, "", &body)
+        .replace("Event: presence", "Event: presence.winfo")
+        .replace("application/pidf+xml", "application/auth-policy+xml")
+}
+
+fn watchers(m: &Message) -> Vec<(String, String)> {
+    let b = String::from_utf8_lossy(m.body()).into_owned();
+    b.split("<watcher ")
+        .skip(1)
+        .map(|w| {
+            let status = w
+                .split("status=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let uri = w.split('>').nth(1).unwrap().split('<').next().unwrap();
+            (uri.to_string(), status.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_presentity_sees_its_watchers_and_decides_about_them_itself() {
+    let mut h = Harness::new();
+    let bob = udp_leaf(2);
+    h.send_authenticated(bob, "bob", &winfo_text(bob, "bob", "bob"));
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    let n = notifies(&mut h, bob);
+    assert_eq!(
+        header(&n[0], HeaderName::ContentType).as_deref(),
+        Some("application/watcherinfo+xml")
+    );
+    assert!(watchers(&n[0]).is_empty());
+
+    // alice asks to watch: pending, and bob learns of her.
+    let alice = udp_leaf(1);
+    watch(&mut h, alice, "alice", "bob");
+    assert!(state(&notifies(&mut h, alice)[0]).starts_with("pending"));
+    let n = notifies(&mut h, bob);
+    assert_eq!(
+        watchers(&n[0]),
+        [(format!("sip:alice@{DOMAIN}"), "pending".to_string())]
+    );
+    assert!(String::from_utf8_lossy(n[0].body()).contains("version=\"1\""));
+
+    // bob allows her: she gets his state, his list says active.
+    let text = decisions_text(bob, "bob", "bob", &[("alice", "allow"), ("dave", "block")]);
+    h.send_authenticated(bob, "bob", &text);
+    assert_eq!(h.final_to(bob).status(), Some(200));
+    assert!(state(&notifies(&mut h, alice)[0]).starts_with("active"));
+    let n = notifies(&mut h, bob);
+    assert_eq!(
+        watchers(&n[0]),
+        [(format!("sip:alice@{DOMAIN}"), "active".to_string())]
+    );
+    // dave, blocked in the same document, is rejected.
+    let dave = udp_leaf(4);
+    watch(&mut h, dave, "dave", "bob");
+    assert_eq!(
+        state(&notifies(&mut h, dave)[0]),
+        "terminated;reason=rejected"
+    );
+}
+
+#[test]
+fn no_one_sees_or_decides_about_anothers_watchers() {
+    let mut h = Harness::new();
+    let alice = udp_leaf(1);
+    h.send_authenticated(alice, "alice", &winfo_text(alice, "alice", "bob"));
+    assert_eq!(h.final_to(alice).status(), Some(403));
+    let text = decisions_text(alice, "alice", "bob", &[("alice", "allow")]);
+    h.send_authenticated(alice, "alice", &text);
+    assert_eq!(h.final_to(alice).status(), Some(403));
+    // alice is still pending on bob: her own document decided nothing.
+    watch(&mut h, alice, "alice", "bob");
+    assert!(state(&notifies(&mut h, alice)[0]).starts_with("pending"));
+    // bob's own, malformed: refused, nothing stored.
+    let bob = udp_leaf(2);
+    let wrong_type = decisions_text(bob, "bob", "bob", &[("alice", "allow")])
+        .replace("application/auth-policy+xml", "text/plain");
+    h.send_authenticated(bob, "bob", &wrong_type);
+    assert_eq!(h.final_to(bob).status(), Some(415));
+    let nothing = decisions_text(bob, "bob", "bob", &[("alice", "maybe")]);
+    h.send_authenticated(bob, "bob", &nothing);
+    assert_eq!(h.final_to(bob).status(), Some(400));
+    assert!(
+        notifies(&mut h, alice).is_empty(),
+        "still pending, nothing new"
+    );
+}
