@@ -192,6 +192,17 @@ impl AdminService {
             .map_err(|_| Status::unavailable("the SIP core dropped the query"))
     }
 
+    /// Writes one entry to `key` with a quorum write.
+    async fn write(&self, key: Key, spec: EntrySpec) -> Result<(), Status> {
+        self.ask(|reply| AdminQuery::Put {
+            key,
+            entries: vec![spec],
+            reply,
+        })
+        .await?
+        .map_err(|e| Status::unavailable(format!("not written to a quorum of replicas: {e}")))
+    }
+
     fn farm(&self) -> Result<&FarmHandle, Status> {
         self.farm.as_ref().ok_or_else(|| {
             Status::failed_precondition("this supernode is a farm of one (no --overlay)")
@@ -663,14 +674,8 @@ impl Admin for AdminService {
             },
             floor: None,
         };
-        let key = Key::hash(&discovery::key_material(&record.name));
-        self.ask(|reply| AdminQuery::Put {
-            key,
-            entries: vec![spec],
-            reply,
-        })
-        .await?
-        .map_err(|e| Status::unavailable(format!("not written to a quorum of replicas: {e}")))?;
+        self.write(Key::hash(&discovery::key_material(&record.name)), spec)
+            .await?;
         tracing::info!(service = %record.name, uri = %record.uri, region = %record.region, ttl = req.ttl_seconds, "service advertised through the admin API");
         Ok(Response::new(pb::AdvertiseServiceResponse {
             instance: Some(instance_pb(record)),
@@ -732,13 +737,7 @@ impl Admin for AdminService {
             expires_at_ms: crate::clock::wall_ms() + ringmesh_proxy::presence::RULE_LIFETIME_MS,
             floor: None,
         };
-        self.ask(|reply| AdminQuery::Put {
-            key,
-            entries: vec![spec],
-            reply,
-        })
-        .await?
-        .map_err(|e| Status::unavailable(format!("not written to a quorum of replicas: {e}")))?;
+        self.write(key, spec).await?;
         // The presentity's watchers learn the decision now.
         let _ = self
             .core

@@ -35,7 +35,7 @@ use ringmesh_sip::{HeaderName, Message, Method};
 
 use super::privacy::{Privacy, anonymous_from};
 use super::services::Onward;
-use super::{BRANCH_PREFIX, IdMap, Now, Origin, Pending, Proxy, transport_of};
+use super::{IdMap, Now, Origin, Pending, Proxy, transport_of};
 use crate::auth::SubscriberInfo;
 use crate::binding::Binding;
 use crate::location::{Located, LocationError, LocationOp};
@@ -282,7 +282,7 @@ impl Proxy {
         let Some(d) = self.mailboxes.delivering.get(&aor) else {
             return;
         };
-        let Some(m) = d.queue.front() else {
+        let Some(m) = d.queue.front().cloned() else {
             self.mailboxes.delivering.remove(&aor);
             return;
         };
@@ -290,29 +290,13 @@ impl Proxy {
             call_id: &m.call_id,
             caller_tag: b"",
         };
+        let contact = d.to.contact.clone();
         let Some(t) = self.binding_target(&d.to, dialog, now.secs()) else {
             tracing::info!(%aor, "the device that registered cannot be reached: messages stay kept");
             self.mailboxes.delivering.remove(&aor);
             return;
         };
-        let transport = t.dest.transport();
-        self.branch_counter = self.branch_counter.wrapping_add(1);
-        let branch = format!("{BRANCH_PREFIX}m.{:x}", self.branch_counter);
-        let ruri = t.uri.as_deref().unwrap_or(&d.to.contact);
-        let mut w = ringmesh_sip::Writer::request(&Method::Message, ruri);
-        w.header_fmt(
-            HeaderName::Via,
-            format_args!(
-                "SIP/2.0/{} {}:{};branch={branch}",
-                transport.via_token(),
-                self.me.advertise,
-                self.me.port(transport)
-            ),
-        );
-        w.header(HeaderName::MaxForwards, b"70");
-        if let Some(r) = &t.push_route {
-            w.header(HeaderName::Route, r.as_bytes());
-        }
+        let (mut w, branch) = self.own_request(&Method::Message, "m", &contact, &t);
         w.header(HeaderName::From, &m.from);
         w.header(HeaderName::To, &m.to);
         w.header(HeaderName::CallId, &m.call_id);

@@ -1,5 +1,6 @@
 //! The farm as a notifier (RFC 6665): the reg event package (RFC 3680) on
-//! farm-wide subscriptions.
+//! farm-wide subscriptions, and the presence packages on the same
+//! machinery (`presence.rs` says what their documents are).
 //!
 //! - **Accepting.** Any supernode accepts a SUBSCRIBE for `Event: reg` of
 //!   an AOR its sender may watch (a phone: one of its own identities; a
@@ -26,7 +27,10 @@
 //!   along: the expiry is then told at the key's next change or refresh).
 //! - **Ending.** A subscription ends when it expires or is refreshed with
 //!   `Expires: 0` (a last NOTIFY, `Subscription-State: terminated`), or
-//!   when its NOTIFY gets 481 or no answer at all (RFC 6665 §4.2.2).
+//!   when its NOTIFY gets 481 or no answer at all (RFC 6665 §4.2.2). A
+//!   NOTIFY sent through the watcher's edge that gets no answer means the
+//!   edge is gone, not the watcher: the subscription moves to this node
+//!   and its full state goes straight to the watcher's Contact.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -115,19 +119,13 @@ impl Proxy {
         now: Now,
     ) {
         let Some(flow) = origin.flow() else { return };
-        let expires = match msg.expires().unwrap_or(DEFAULT_EXPIRES) {
-            0 => 0,
-            e if e < MIN_EXPIRES => {
-                let min = MIN_EXPIRES.to_string();
-                return self.reply(
-                    server,
-                    &msg,
-                    423,
-                    &[(HeaderName::MinExpires, min.as_bytes())],
-                    now,
-                );
-            }
-            e => e.min(MAX_EXPIRES),
+        let Some(expires) = self.granted_expires(
+            server,
+            &msg,
+            [DEFAULT_EXPIRES, MIN_EXPIRES, MAX_EXPIRES],
+            now,
+        ) else {
+            return;
         };
         let Some(contact) = msg.contacts().find_map(|c| match c {
             ringmesh_sip::Contact::Addr(a) => Some(Bytes::copy_from_slice(a.uri().as_bytes())),
@@ -435,6 +433,62 @@ impl Proxy {
         true
     }
 
+    /// The `Expires` a SUBSCRIBE or PUBLISH gets: its own (or `default`)
+    /// capped at `max`; 0 stays 0. Below `min`: answered 423 here, `None`.
+    pub(super) fn granted_expires(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        [default, min, max]: [u32; 3],
+        now: Now,
+    ) -> Option<u32> {
+        match msg.expires().unwrap_or(default) {
+            0 => Some(0),
+            e if e < min => {
+                let min = min.to_string();
+                self.reply(
+                    server,
+                    msg,
+                    423,
+                    &[(HeaderName::MinExpires, min.as_bytes())],
+                    now,
+                );
+                None
+            }
+            e => Some(e.min(max)),
+        }
+    }
+
+    /// The start of a request this node originates (a NOTIFY, a kept
+    /// MESSAGE) toward `t`: request line, Via with a new branch of `kind`,
+    /// Max-Forwards and the target's Route; and the branch.
+    pub(super) fn own_request(
+        &mut self,
+        method: &Method,
+        kind: &str,
+        ruri: &[u8],
+        t: &Target,
+    ) -> (ringmesh_sip::Writer, String) {
+        let transport = t.dest.transport();
+        self.branch_counter = self.branch_counter.wrapping_add(1);
+        let branch = format!("{BRANCH_PREFIX}{kind}.{:x}", self.branch_counter);
+        let mut w = ringmesh_sip::Writer::request(method, t.uri.as_deref().unwrap_or(ruri));
+        w.header_fmt(
+            HeaderName::Via,
+            format_args!(
+                "SIP/2.0/{} {}:{};branch={branch}",
+                transport.via_token(),
+                self.me.advertise,
+                self.me.port(transport)
+            ),
+        );
+        w.header(HeaderName::MaxForwards, b"70");
+        if let Some(r) = &t.push_route {
+            w.header(HeaderName::Route, r.as_bytes());
+        }
+        (w, branch)
+    }
+
     /// Reads a watched key to notify its subscriptions of what changed.
     fn evaluate(&mut self, aor: Aor, now: Now) {
         if !self.watching.in_flight.insert(aor.clone()) {
@@ -660,23 +714,7 @@ impl Proxy {
                     .map(|p| String::from_utf8_lossy(p).into_owned());
                 Some(t)
             })?;
-        let transport = t.dest.transport();
-        self.branch_counter = self.branch_counter.wrapping_add(1);
-        let branch = format!("{BRANCH_PREFIX}n.{:x}", self.branch_counter);
-        let mut w = ringmesh_sip::Writer::request(&Method::Notify, &sub.remote_target);
-        w.header_fmt(
-            HeaderName::Via,
-            format_args!(
-                "SIP/2.0/{} {}:{};branch={branch}",
-                transport.via_token(),
-                self.me.advertise,
-                self.me.port(transport)
-            ),
-        );
-        w.header(HeaderName::MaxForwards, b"70");
-        if let Some(r) = &t.push_route {
-            w.header(HeaderName::Route, r.as_bytes());
-        }
+        let (mut w, branch) = self.own_request(&Method::Notify, "n", &sub.remote_target, &t);
         w.header_fmt(
             HeaderName::From,
             format_args!(

@@ -176,6 +176,28 @@ fn xml_text(s: &str) -> String {
 }
 
 impl Proxy {
+    /// The AOR `msg`'s Request-URI names when it is one of `sub`'s own;
+    /// else answered here (404 for no AOR, 403 with `warning` for
+    /// another's) and `None`.
+    fn own_aor(
+        &mut self,
+        server: ServerKey,
+        msg: &Message,
+        sub: &SubscriberInfo,
+        warning: &[u8],
+        now: Now,
+    ) -> Option<Aor> {
+        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
+            self.reply(server, msg, 404, &[], now);
+            return None;
+        };
+        if !sub.owns(&aor) {
+            self.forbid(server, msg, warning, now);
+            return None;
+        }
+        Some(aor)
+    }
+
     /// A PUBLISH from `sub` (authenticated, asserting its own identity).
     pub(super) fn on_publish(
         &mut self,
@@ -193,30 +215,17 @@ impl Proxy {
                 now,
             );
         }
-        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
-            return self.reply(server, &msg, 404, &[], now);
+        let warning = b"399 ringmesh \"a subscriber publishes only its own presence\"";
+        let Some(aor) = self.own_aor(server, &msg, sub, warning, now) else {
+            return;
         };
-        if !sub.owns(&aor) {
-            return self.forbid(
-                server,
-                &msg,
-                b"399 ringmesh \"a subscriber publishes only its own presence\"",
-                now,
-            );
-        }
-        let expires = match msg.expires().unwrap_or(DEFAULT_EXPIRES) {
-            0 => 0,
-            e if e < MIN_EXPIRES => {
-                let min = MIN_EXPIRES.to_string();
-                return self.reply(
-                    server,
-                    &msg,
-                    423,
-                    &[(HeaderName::MinExpires, min.as_bytes())],
-                    now,
-                );
-            }
-            e => e.min(MAX_EXPIRES),
+        let Some(expires) = self.granted_expires(
+            server,
+            &msg,
+            [DEFAULT_EXPIRES, MIN_EXPIRES, MAX_EXPIRES],
+            now,
+        ) else {
+            return;
         };
         let if_match = match msg.header(HeaderName::SipIfMatch) {
             None => None,
@@ -399,17 +408,10 @@ impl Proxy {
         sub: &SubscriberInfo,
         now: Now,
     ) {
-        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
-            return self.reply(server, &msg, 404, &[], now);
+        let warning = b"399 ringmesh \"a subscriber decides only about its own watchers\"";
+        let Some(aor) = self.own_aor(server, &msg, sub, warning, now) else {
+            return;
         };
-        if !sub.owns(&aor) {
-            return self.forbid(
-                server,
-                &msg,
-                b"399 ringmesh \"a subscriber decides only about its own watchers\"",
-                now,
-            );
-        }
         let policy = msg.header(HeaderName::ContentType).is_some_and(|t| {
             let t = t.split(|&c| c == b';').next().unwrap_or_default();
             ringmesh_sip::scan::trim(t).eq_ignore_ascii_case(AUTH_POLICY.as_bytes())
@@ -537,17 +539,10 @@ impl Proxy {
         sub: &SubscriberInfo,
         now: Now,
     ) {
-        let Some((aor, None)) = msg.request_uri().and_then(|u| self.callee_of(&u)) else {
-            return self.reply(server, &msg, 404, &[], now);
+        let warning = b"399 ringmesh \"a subscriber watches only its own watchers\"";
+        let Some(aor) = self.own_aor(server, &msg, sub, warning, now) else {
+            return;
         };
-        if !sub.owns(&aor) {
-            return self.forbid(
-                server,
-                &msg,
-                b"399 ringmesh \"a subscriber watches only its own watchers\"",
-                now,
-            );
-        }
         self.subscribe(server, msg, origin, aor, b"presence.winfo", now);
     }
 

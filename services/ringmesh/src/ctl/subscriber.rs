@@ -272,6 +272,29 @@ fn read_password(p: PasswordArgs, io: &mut Io<'_>) -> Result<String, Failure> {
     Ok(pw)
 }
 
+/// Reads subscriber `id`, changes it with `change` and writes it back if
+/// no one changed it meanwhile (ABORTED otherwise).
+async fn update(
+    client: &mut ProvisioningClient<tonic::transport::Channel>,
+    id: String,
+    change: impl FnOnce(pb::Subscriber) -> pb::Subscriber,
+) -> Result<pb::Subscriber, tonic::Status> {
+    let old = client
+        .get_subscriber(request(pb::GetSubscriberRequest {
+            id: Some(pb::get_subscriber_request::Id::PrivateId(id)),
+        }))
+        .await?
+        .into_inner();
+    let expected_revision = old.revision;
+    Ok(client
+        .update_subscriber(request(pb::UpdateSubscriberRequest {
+            subscriber: Some(change(old)),
+            expected_revision,
+        }))
+        .await?
+        .into_inner())
+}
+
 fn is_public(id: &str) -> bool {
     let l = id.to_ascii_lowercase();
     l.starts_with("sip:") || l.starts_with("sips:") || l.starts_with("tel:")
@@ -435,23 +458,11 @@ async fn execute(
             };
             let profile =
                 profile_from_json(&text).map_err(|e| Failure::Usage(format!("{file}: {e}")))?;
-            let old = client
-                .get_subscriber(request(pb::GetSubscriberRequest {
-                    id: Some(pb::get_subscriber_request::Id::PrivateId(id)),
-                }))
-                .await?
-                .into_inner();
-            let revision = old.revision;
-            let s = client
-                .update_subscriber(request(pb::UpdateSubscriberRequest {
-                    subscriber: Some(pb::Subscriber {
-                        service_profile: Some(profile),
-                        ..old
-                    }),
-                    expected_revision: revision,
-                }))
-                .await?
-                .into_inner();
+            let s = update(&mut client, id, |old| pb::Subscriber {
+                service_profile: Some(profile),
+                ..old
+            })
+            .await?;
             show(
                 io,
                 json,
@@ -463,20 +474,7 @@ async fn execute(
             );
         }
         SubscriberCommand::SetRegion { id, region } => {
-            let old = client
-                .get_subscriber(request(pb::GetSubscriberRequest {
-                    id: Some(pb::get_subscriber_request::Id::PrivateId(id)),
-                }))
-                .await?
-                .into_inner();
-            let revision = old.revision;
-            let s = client
-                .update_subscriber(request(pb::UpdateSubscriberRequest {
-                    subscriber: Some(pb::Subscriber { region, ..old }),
-                    expected_revision: revision,
-                }))
-                .await?
-                .into_inner();
+            let s = update(&mut client, id, |old| pb::Subscriber { region, ..old }).await?;
             brief(
                 io,
                 json,
