@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 # which needs google/protobuf/*.proto from libprotobuf-dev.
 BUILD_DEBS := protobuf-compiler libprotobuf-dev
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools kamailio-tls-modules coturn
+TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools kamailio-tls-modules coturn debootstrap podman runc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Installs the Debian packages in $(1) that are missing.
@@ -28,7 +28,7 @@ define apt_missing
 	fi
 endef
 
-.PHONY: dev test test-fast build release softphone deps-build deps-test lint ops fuzz bench clean help
+.PHONY: dev test test-fast build release softphone image deps-build deps-test lint ops fuzz bench clean help
 
 help:
 	@echo "make dev        build and run a local farm with demo subscribers"
@@ -80,10 +80,17 @@ lint:
 ## tests (chart, dashboards and alerts against a live farm and a real
 ## Prometheus, Terraform); then a bounded fuzzing run. Each suite's wall
 ## time is printed.
-test: deps-test lint release softphone
+test: deps-test lint release softphone image
 	$(call timed,$(CARGO) test --workspace --no-fail-fast -- --include-ignored,cargo test (both tiers))
 	$(call timed,$(MAKE) ops,ops)
 	$(call timed,$(MAKE) fuzz,fuzz)
+
+## The container image, built here with no registry (docs/operations.md):
+## a debootstrap'd Debian bookworm root and the release binary, imported
+## into podman as localhost/ringmesh:VERSION, with its SPDX SBOM in
+## target/image/. The slow tier runs a farm of its containers.
+image: deps-test release
+	helm/image/build.sh $${CARGO_TARGET_DIR:-target}
 
 ## The fast tier alone: `cargo test` needs only the build's Debian packages.
 test-fast: deps-build

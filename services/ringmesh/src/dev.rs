@@ -91,7 +91,20 @@ pub struct DevArgs {
     /// default: the farm applies the production per-source limits.
     #[arg(long)]
     pub trusted: Vec<String>,
+    /// Run every process (provisioning, enrollment, supernodes) as a
+    /// container of this image, as the chart runs it: podman with host
+    /// networking, a read-only root, user 10001, every capability
+    /// dropped, no privilege escalation; the data directory mounted at its
+    /// own path. Needs root (rootful podman). `make image` builds
+    /// localhost/ringmesh:VERSION.
+    #[arg(long, value_name = "IMAGE")]
+    pub container: Option<String>,
 }
+
+/// The image every process runs in, under `--container`.
+static CONTAINER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The user the chart runs the image as.
+const CONTAINER_USER: u32 = 10001;
 
 struct Node {
     name: String,
@@ -126,10 +139,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             bail!("--trusted {t}: {e}");
         }
     }
+    if let Some(image) = &args.container {
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!(
+                "--container needs root (rootful podman runs the containers as user {CONTAINER_USER})"
+            );
+        }
+        if args.softphone.is_some() || args.etcd_certs.is_some() {
+            bail!("--container mounts only the data directory: drop --softphone and --etcd-certs");
+        }
+        let _ = CONTAINER.set(image.clone());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_farm(args))
+    let result = rt.block_on(run_farm(args));
+    if CONTAINER.get().is_some() {
+        remove_containers();
+    }
+    result
 }
 
 /// The farm's ports from the base P (docs/dev.md); all 0 when P is 0.
@@ -915,16 +943,122 @@ fn spawn_logged(argv: &[String], log: &Path, announce: &Path) -> anyhow::Result<
         .create(true)
         .append(true)
         .open(log)?;
-    let mut cmd = Command::new(&argv[0]);
-    cmd.env(DIE_WITH_PARENT, "1")
-        .env(crate::listening::ENV, announce);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
+    let mut cmd = match CONTAINER.get() {
+        Some(image) => container(image, argv, log, announce)?,
+        None => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.env(DIE_WITH_PARENT, "1")
+                .env(crate::listening::ENV, announce)
+                .args(&argv[1..]);
+            cmd
+        }
+    };
+    cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", argv[1]))
+}
+
+/// podman with the options these machines need (runc, cgroupfs, no
+/// default ulimits, the vfs storage driver where overlayfs cannot be
+/// mounted; `RINGMESH_PODMAN_STORAGE` picks another), as
+/// helm/image/podman runs it.
+fn podman() -> std::io::Result<Command> {
+    let conf = std::env::temp_dir().join("ringmesh-dev-containers.conf");
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n")?;
+    let storage = std::env::var("RINGMESH_PODMAN_STORAGE").unwrap_or_else(|_| "vfs".into());
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", conf).args([
+        "--runtime",
+        "runc",
+        "--cgroup-manager=cgroupfs",
+        "--storage-driver",
+        &storage,
+    ]);
+    Ok(cmd)
+}
+
+/// `argv` (a `ringmesh` command line) as a container of `image`, the way
+/// the chart runs it, its data directory (where `log` is) mounted at its
+/// own path and owned by the container's user. Stopping the podman client
+/// with SIGTERM stops the container (podman passes the signal on); the
+/// containers of this dev are removed when it ends.
+fn container(image: &str, argv: &[String], log: &Path, announce: &Path) -> anyhow::Result<Command> {
+    let data = log.parent().context("a log has a directory")?;
+    let uid = Some(nix::unistd::Uid::from_raw(CONTAINER_USER));
+    let gid = Some(nix::unistd::Gid::from_raw(CONTAINER_USER));
+    for entry in walk(data)? {
+        nix::unistd::chown(&entry, uid, gid)
+            .with_context(|| format!("cannot give {} to the container's user", entry.display()))?;
+    }
+    let name = Path::new(log)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("process");
+    let dir = data.display().to_string();
+    let mut cmd = podman()?;
+    cmd.args([
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+    ])
+    .args(["--user", &format!("{CONTAINER_USER}:{CONTAINER_USER}")])
+    .args(["--cap-drop", "all", "--security-opt", "no-new-privileges"])
+    .args([
+        "--name",
+        &format!("ringmesh-dev-{}-{name}", std::process::id()),
+    ])
+    .args(["--label", &format!("ringmesh-dev={}", std::process::id())])
+    .args(["-v", &format!("{dir}:{dir}")])
+    .args([
+        "-e",
+        &format!("{}={}", crate::listening::ENV, announce.display()),
+    ])
+    .arg(image)
+    .args(&argv[1..]);
+    Ok(cmd)
+}
+
+/// `dir` and everything below it.
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() && !out[i].is_symlink() {
+            for e in std::fs::read_dir(&out[i])? {
+                out.push(e?.path());
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Removes the containers this dev started that are still there (one
+/// whose podman client was killed outlives it).
+fn remove_containers() {
+    let label = format!("label=ringmesh-dev={}", std::process::id());
+    let Ok(mut ps) = podman().map(|c| c.into_std()) else {
+        return;
+    };
+    let Ok(out) = ps.args(["ps", "-aq", "--filter", &label]).output() else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty()
+        && let Ok(mut rm) = podman().map(|c| c.into_std())
+    {
+        let _ = rm.args(["rm", "-f"]).args(&ids).output();
+    }
 }
 
 fn rand_bytes<const N: usize>() -> [u8; N] {

@@ -79,6 +79,17 @@ impl Drop for Relay {
     }
 }
 
+/// The registration command, killed (by PID) if the test ends before it
+/// is stopped.
+struct Beside(Child);
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether a TURN allocation at `port` with these credentials succeeds.
 fn allocates(port: u16, user: &str, password: &str) -> bool {
     let out = Command::new(require("turnutils_uclient", "coturn"))
@@ -156,22 +167,24 @@ fn a_phone_gets_its_regions_relay_and_credentials_that_work_then_expire() {
         "60",
     ]);
     assert_eq!(code, 0, "{err}");
-    let mut beside_y = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
-        .args([
-            "ctl",
-            "--admin",
-            &farm.nodes[1].admin,
-            "service",
-            "advertise",
-            "turn",
-        ])
-        .args([y.uri().as_str(), "--region", "y", "--capacity", "100"])
-        .args(["--ttl", "6", "--every", "2"])
-        .env_remove("RINGMESH_ADMIN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut beside_y = Beside(
+        Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+            .args([
+                "ctl",
+                "--admin",
+                &farm.nodes[1].admin,
+                "service",
+                "advertise",
+                "turn",
+            ])
+            .args([y.uri().as_str(), "--region", "y", "--capacity", "100"])
+            .args(["--ttl", "6", "--every", "2"])
+            .env_remove("RINGMESH_ADMIN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         "both relays are advertised",
         Duration::from_secs(10),
@@ -222,7 +235,7 @@ fn a_phone_gets_its_regions_relay_and_credentials_that_work_then_expire() {
     );
 
     // The registration command stopped: y is withdrawn at once.
-    kill(Pid::from_raw(beside_y.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(beside_y.wait().unwrap().success());
+    kill(Pid::from_raw(beside_y.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(beside_y.0.wait().unwrap().success());
     assert_eq!(listed(&admin, "y"), [x.uri()]);
 }
