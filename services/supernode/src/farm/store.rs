@@ -174,7 +174,10 @@ impl OverlayStore {
                     } => {
                         let found = Found {
                             watched: !subscriptions_of(&entries, now_ms).is_empty(),
-                            mail: !messages_of(&entries, now_ms).is_empty(),
+                            // Ids only: a REGISTER decodes no kept message.
+                            mail: entries
+                                .iter()
+                                .any(|e| e.is_live(now_ms) && is_message_id(&e.id)),
                         };
                         self.register_write(token, key, plan, current, now_ms, aliases, found)
                     }
