@@ -128,15 +128,6 @@ impl Decision {
             Decision::Pending => "pending",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Decision> {
-        match s {
-            "allow" => Some(Decision::Allow),
-            "block" => Some(Decision::Block),
-            "pending" => Some(Decision::Pending),
-            _ => None,
-        }
-    }
 }
 
 /// One authorisation rule: what the presentity decided about `watcher`.
@@ -319,14 +310,6 @@ pub fn compose(entity: &str, publications: &[Publication], now_ms: u64) -> Strin
     }
     doc.push_str("</presence>\n");
     doc
-}
-
-/// A short digest of what a watcher was told (so an unchanged document is
-/// not sent again).
-pub fn digest(text: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(text);
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
