@@ -428,6 +428,21 @@ def sip():
                     "full (the mailbox was at offline-messages, 480); discarded (for no subscriber or a barred one: "
                     "202 and dropped); delivered (a device that registered took one); deferred (it did not take it "
                     "now: kept for its next REGISTER); refused_by_device (refused for good: dropped).")
+    b.row("PSTN gateways")
+    b.ts("Gateways up, as each node sees them", [(
+        f"min by (node, gateway) (ringmesh_sip_gateway_up{{{S}}})", "{{gateway}} {{node}}")],
+        description="1: the gateway answers this node's OPTIONS probes (every 500 ms); 0: it left one unanswered "
+                    "for 1.5 s and no call from this node goes to it until it answers again.")
+    b.ts("Gateway calls by gateway and event", [(
+        f"sum by (gateway, event) ({rate('ringmesh_sip_gateway_events_total')})", "{{gateway}} {{event}}")],
+        unit="ops",
+        description="sent: calls sent to the gateway; answered: 2xx; refused: 4xx/6xx passed to the caller; "
+                    "failed_over: 408, 5xx, no answer within gateway-timeout-ms or a transport error, the call moved "
+                    "to the next gateway; down / up: probe state changes.")
+    b.ts("Calls up at each gateway", [(
+        f"sum by (gateway) (ringmesh_sip_gateway_active_calls{{{S}}})", "{{gateway}}")],
+        description="Calls being set up or answered at each gateway, over the selected nodes (the capacity cap is "
+                    "per node).")
     return b
 
 

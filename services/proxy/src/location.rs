@@ -23,6 +23,7 @@ use ringmesh_sip::aor::Aor;
 
 use crate::binding::{Binding, FORMAT_FULL, get_varint, put_varint, take};
 use crate::discovery::ServiceRecord;
+use crate::gateways::GatewayRecord;
 use crate::mailbox::StoredMessage;
 use crate::presence::{MAX_PUBLICATIONS, Publication, Rule};
 use crate::registrar::{self, RegisterPlan, RegistrarError};
@@ -77,6 +78,10 @@ pub enum LocationOp {
     Rules { aor: Aor, rules: Vec<Rule> },
     /// Read the live instances of service `name`.
     Services { name: String, now_ms: u64 },
+    /// Read the farm's PSTN gateways.
+    Gateways { now_ms: u64 },
+    /// Write a gateway's entry again (its expiry renewed).
+    KeepGateway { record: Box<GatewayRecord> },
     /// Drop a kept message (delivered, or refused by the device); its
     /// tombstone lives until `expires_at_ms`, the message's own expiry.
     RemoveMessage {
@@ -111,6 +116,8 @@ pub enum Located {
     Mailbox(Vec<StoredMessage>),
     /// The live instances of a service.
     Services(Vec<ServiceRecord>),
+    /// The farm's PSTN gateways.
+    Gateways(Vec<GatewayRecord>),
 }
 
 impl Located {
@@ -118,7 +125,9 @@ impl Located {
     pub fn into_bindings(self) -> Vec<Binding> {
         match self {
             Located::Bindings { bindings, .. } | Located::Watched { bindings, .. } => bindings,
-            Located::Stored | Located::Mailbox(_) | Located::Services(_) => Vec::new(),
+            Located::Stored | Located::Mailbox(_) | Located::Services(_) | Located::Gateways(_) => {
+                Vec::new()
+            }
         }
     }
 
@@ -264,6 +273,8 @@ pub struct LocalStore {
     mail: HashMap<Aor, BTreeMap<[u8; 16], StoredMessage>>,
     /// Service instances, by service name ([`LocalStore::advertise`]).
     services: HashMap<String, Vec<ServiceRecord>>,
+    /// PSTN gateways, by name.
+    gateways: BTreeMap<String, GatewayRecord>,
     /// Publications and authorisation rules, by presentity.
     publications: HashMap<Aor, Vec<Publication>>,
     rules: HashMap<Aor, Vec<Rule>>,
@@ -282,6 +293,7 @@ impl Default for LocalStore {
             subscriptions: HashMap::new(),
             mail: HashMap::new(),
             services: HashMap::new(),
+            gateways: BTreeMap::new(),
             publications: HashMap::new(),
             rules: HashMap::new(),
             hasher: std::hash::RandomState::new(),
@@ -514,6 +526,17 @@ impl LocalStore {
                     })
                     .unwrap_or_default(),
             )),
+            LocationOp::Gateways { now_ms } => Ok(Located::Gateways(
+                self.gateways
+                    .values()
+                    .filter(|g| g.expires_at_ms > now_ms)
+                    .cloned()
+                    .collect(),
+            )),
+            LocationOp::KeepGateway { record } => {
+                self.gateways.insert(record.name.clone(), *record);
+                Ok(Located::Stored)
+            }
             LocationOp::RemoveMessage { aor, id, .. } => {
                 if let Some(kept) = self.mail.get_mut(&aor) {
                     kept.remove(&id);

@@ -111,10 +111,13 @@ pub enum Refusal {
     /// An application server's return Route that is forged, too old, or
     /// sent by a phone.
     ServiceReturn,
+    /// A call to the PSTN from what is not a subscriber (a peer farm, a
+    /// gateway): no transit.
+    GatewayTransit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::NotInDialog,
         Refusal::ContactAddress,
         Refusal::TooManyContacts,
@@ -125,6 +128,7 @@ impl Refusal {
         Refusal::ServiceRoute,
         Refusal::TooManySubscriptions,
         Refusal::ServiceReturn,
+        Refusal::GatewayTransit,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -139,6 +143,7 @@ impl Refusal {
             Refusal::ServiceRoute => "service_route",
             Refusal::TooManySubscriptions => "too_many_subscriptions",
             Refusal::ServiceReturn => "service_return",
+            Refusal::GatewayTransit => "gateway_transit",
         }
     }
 }
@@ -218,6 +223,52 @@ pub enum Metric<'a> {
     AppServer(AppServerEvent),
     /// Something happened to a message kept for an offline subscriber.
     Mail(MailEvent),
+    /// Something happened at PSTN gateway `name`.
+    Gateway {
+        name: &'a str,
+        event: GatewayEvent,
+    },
+}
+
+/// What happened at a PSTN gateway
+/// (`ringmesh_sip_gateway_events_total{gateway,event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayEvent {
+    /// A call was sent to it.
+    Sent,
+    /// It answered a call (2xx).
+    Answered,
+    /// It refused a call for good (4xx other than 408, 6xx): the caller
+    /// gets that answer.
+    Refused,
+    /// It failed a call (408, 5xx, no answer in time, transport error):
+    /// the call moved to the next gateway.
+    FailedOver,
+    /// It stopped answering its probes, or answered again.
+    Down,
+    Up,
+}
+
+impl GatewayEvent {
+    pub const ALL: [GatewayEvent; 6] = [
+        GatewayEvent::Sent,
+        GatewayEvent::Answered,
+        GatewayEvent::Refused,
+        GatewayEvent::FailedOver,
+        GatewayEvent::Down,
+        GatewayEvent::Up,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            GatewayEvent::Sent => "sent",
+            GatewayEvent::Answered => "answered",
+            GatewayEvent::Refused => "refused",
+            GatewayEvent::FailedOver => "failed_over",
+            GatewayEvent::Down => "down",
+            GatewayEvent::Up => "up",
+        }
+    }
 }
 
 /// What happened to messages for subscribers with no reachable device
@@ -372,11 +423,12 @@ mod tests {
     /// series and the dashboards name them.
     #[test]
     fn labels_are_distinct_snake_case_words() {
-        let sets: [Vec<&str>; 4] = [
+        let sets: [Vec<&str>; 5] = [
             Registration::ALL.map(Registration::as_label).to_vec(),
             AuthFailure::ALL.map(AuthFailure::as_label).to_vec(),
             Refusal::ALL.map(Refusal::as_label).to_vec(),
             GuardEvent::ALL.map(GuardEvent::as_label).to_vec(),
+            GatewayEvent::ALL.map(GatewayEvent::as_label).to_vec(),
         ];
         for labels in sets {
             let mut unique = labels.clone();

@@ -42,6 +42,7 @@
 mod calls;
 mod flows;
 mod forking;
+mod gateways;
 mod guarding;
 mod messages;
 mod notifier;
@@ -167,6 +168,14 @@ pub struct Policy {
     pub region: String,
     /// TURN credentials for phones (`proxy/relays.rs`); None: not offered.
     pub turn: Option<TurnPolicy>,
+    /// How dialled numbers become E.164.
+    pub dial_plan: crate::gateways::DialPlan,
+    /// How long a PSTN gateway has to answer a call at all before the
+    /// call moves to the next (`proxy/gateways.rs`).
+    pub gateway_timeout: Duration,
+    /// How often the gateway table is read from the ring; None: never
+    /// (it is set with [`Proxy::set_gateways`]).
+    pub gateway_refresh: Option<Duration>,
 }
 
 /// What phones asking for TURN relays get.
@@ -194,6 +203,9 @@ impl Default for Policy {
             offline_message_ttl: Duration::from_secs(7 * 24 * 3600),
             region: String::new(),
             turn: None,
+            dial_plan: crate::gateways::DialPlan::default(),
+            gateway_timeout: Duration::from_secs(2),
+            gateway_refresh: None,
         }
     }
 }
@@ -364,6 +376,10 @@ enum Pending {
     Mailbox { aor: ringmesh_sip::aor::Aor },
     /// A delivered message being removed.
     MessageRemoved { aor: ringmesh_sip::aor::Aor },
+    /// The gateway table being read.
+    GatewayTable,
+    /// A gateway's entry being written again before it expires.
+    GatewayKept,
     /// A presentity's record being read for a PUBLISH.
     PublishRead {
         server: ServerKey,
@@ -450,6 +466,10 @@ pub struct Proxy {
     /// When each request sent to an application server must have had an
     /// answer (`services`), oldest first.
     service_deadlines: VecDeque<(Instant, ServerKey)>,
+    /// The farm's PSTN gateways, and this node's calls and probes to them
+    /// (`gateways`).
+    gateways: crate::gateways::Gateways,
+    gw: gateways::GatewayRuntime,
     /// The calls this node is the originating edge of (`calls`).
     calls: calls::Calls,
     /// The longest call: an answered call's record is closed after it.
@@ -519,6 +539,8 @@ impl Proxy {
             watching: notifier::Watching::default(),
             mailboxes,
             service_deadlines: VecDeque::new(),
+            gateways: crate::gateways::Gateways::default(),
+            gw: gateways::GatewayRuntime::default(),
             calls: calls::Calls::default(),
             max_call: cfg.max_dialog,
             next_token: 1,
@@ -548,6 +570,7 @@ impl Proxy {
         {
             return;
         }
+        self.start_gateway_refresh(now);
         self.txl
             .handle_message(msg, from, from.reliable(), now.mono);
         self.drive(now);
@@ -614,6 +637,12 @@ impl Proxy {
             }) => self.deciding(server, msg, aor, rules, result, now),
             Some(Pending::Decided { server, msg, aor }) => {
                 self.decided(server, msg, aor, result, now)
+            }
+            Some(Pending::GatewayTable) => self.gateways_read(result, now),
+            Some(Pending::GatewayKept) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a gateway's entry not written again; the next read tries again");
+                }
             }
             Some(Pending::RuleKept { aor }) => {
                 if let Err(e) = result {
@@ -784,6 +813,8 @@ impl Proxy {
         self.watch_timers(now);
         self.service_timers(now);
         self.call_timers(now);
+        self.start_gateway_refresh(now);
+        self.gateway_timers(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -802,6 +833,7 @@ impl Proxy {
             self.watching.next_due(),
             self.service_deadlines.front().map(|(at, _)| *at),
             self.calls.next_due(),
+            self.gw.next_due(),
         ]
         .into_iter()
         .flatten()
@@ -881,6 +913,7 @@ impl Proxy {
                 self.client_to_server.remove(&c);
                 self.notifier_forget(&c);
                 self.delivery_forget(&c);
+                self.probe_forget(&c);
             }
             Event::Terminated(TransactionKey::Server(s)) => {
                 if let Some(ctx) = self.proxies.remove(&s) {

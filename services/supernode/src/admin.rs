@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use ringmesh_proxy::discovery::{self, ServiceRecord};
+use ringmesh_proxy::gateways::{self, GatewayRecord};
 use ringmesh_proxy::guard::Source;
 use ringmesh_proxy::presence::{Decision, Rule};
 use ringmesh_proxy::{Binding, FlowRef};
@@ -190,6 +191,26 @@ impl AdminService {
             .await
             .map_err(|_| Status::deadline_exceeded("the SIP core did not answer in time"))?
             .map_err(|_| Status::unavailable("the SIP core dropped the query"))
+    }
+
+    /// The gateways the ring holds.
+    async fn gateway_records(&self) -> Result<Vec<GatewayRecord>, Status> {
+        let key = Key::hash(gateways::KEY_MATERIAL);
+        let (_, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
+        let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
+        Ok(crate::farm::gateways_of(
+            &ok.entries,
+            crate::clock::wall_ms(),
+        ))
+    }
+
+    /// Tells this node's SIP core the gateway table changed (the others
+    /// read it within seconds).
+    async fn core_gateways_changed(&self) {
+        let _ = self
+            .core
+            .send(Inbound::Control(Control::GatewaysChanged))
+            .await;
     }
 
     /// Writes one entry to `key` with a quorum write.
@@ -787,6 +808,84 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn add_gateway(
+        &self,
+        r: Request<pb::AddGatewayRequest>,
+    ) -> Result<Response<pb::AddGatewayResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
+        let g = r
+            .into_inner()
+            .gateway
+            .ok_or_else(|| Status::invalid_argument("gateway: is required"))?;
+        let (addr, transport) = gateways::parse_uri(&g.uri)
+            .map_err(|m| Status::invalid_argument(format!("gateway.uri: {m}")))?;
+        let record = GatewayRecord {
+            name: g.name,
+            addr,
+            transport,
+            prefixes: g.prefixes,
+            priority: g.priority,
+            weight: g.weight,
+            capacity: g.capacity,
+            region: g.region,
+            expires_at_ms: crate::clock::wall_ms() + gateways::LIFETIME_MS,
+        };
+        record
+            .check()
+            .map_err(|m| Status::invalid_argument(format!("gateway.{m}")))?;
+        let spec = EntrySpec {
+            id: record.entry_id(),
+            value: Some(record.encode()),
+            expires_at_ms: record.expires_at_ms,
+            floor: None,
+        };
+        self.write(Key::hash(gateways::KEY_MATERIAL), spec).await?;
+        self.core_gateways_changed().await;
+        tracing::info!(gateway = %record.name, uri = %record.uri(), prefixes = ?record.prefixes, "gateway added through the admin API");
+        Ok(Response::new(pb::AddGatewayResponse {
+            gateway: Some(gateway_pb(&record, None)),
+        }))
+    }
+
+    async fn list_gateways(
+        &self,
+        r: Request<pb::ListGatewaysRequest>,
+    ) -> Result<Response<pb::ListGatewaysResponse>, Status> {
+        self.admit(&r, Need::Read)?;
+        let mut records = self.gateway_records().await?;
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        let states = self.ask_core(Control::Gateways).await?;
+        let gateways = records
+            .iter()
+            .map(|rec| {
+                let state = states.iter().find(|s| s.rec.name == rec.name);
+                gateway_pb(rec, state)
+            })
+            .collect();
+        Ok(Response::new(pb::ListGatewaysResponse { gateways }))
+    }
+
+    async fn remove_gateway(
+        &self,
+        r: Request<pb::RemoveGatewayRequest>,
+    ) -> Result<Response<pb::RemoveGatewayResponse>, Status> {
+        self.admit(&r, Need::Admin)?;
+        let name = r.into_inner().name;
+        discovery::check_label("name", &name, false).map_err(Status::invalid_argument)?;
+        let removed = self.gateway_records().await?.iter().any(|g| g.name == name);
+        // A tombstone that outlives any entry of that name.
+        let spec = EntrySpec {
+            id: gateways::entry_id(&name),
+            value: None,
+            expires_at_ms: crate::clock::wall_ms() + gateways::LIFETIME_MS,
+            floor: None,
+        };
+        self.write(Key::hash(gateways::KEY_MATERIAL), spec).await?;
+        self.core_gateways_changed().await;
+        tracing::info!(gateway = %name, removed, "gateway removed through the admin API");
+        Ok(Response::new(pb::RemoveGatewayResponse { removed }))
+    }
+
     type SipTraceStream = TraceStream;
 
     async fn sip_trace(
@@ -921,5 +1020,19 @@ fn instance_pb(r: ServiceRecord) -> pb::ServiceInstance {
         capacity: r.capacity,
         load: r.load,
         expires_unix_ms: r.expires_at_ms,
+    }
+}
+
+fn gateway_pb(rec: &GatewayRecord, state: Option<&gateways::GatewayState>) -> pb::Gateway {
+    pb::Gateway {
+        name: rec.name.clone(),
+        uri: rec.uri(),
+        prefixes: rec.prefixes.clone(),
+        priority: rec.priority,
+        weight: rec.weight,
+        capacity: rec.capacity,
+        region: rec.region.clone(),
+        up: state.is_some_and(|s| s.up),
+        active_calls: state.map_or(0, |s| s.active),
     }
 }

@@ -308,6 +308,15 @@ pub struct SupernodeArgs {
     /// How many relays an answer names at most.
     #[arg(long, env = "RINGMESH_TURN_SERVERS", default_value_t = 3)]
     pub turn_servers: usize,
+    /// How dialled numbers become E.164 before they are looked up or sent
+    /// to a PSTN gateway: `cc=44,national=0,international=00` (empty:
+    /// numbers are taken as dialled).
+    #[arg(long, env = "RINGMESH_DIAL_PLAN", default_value = "")]
+    pub dial_plan: String,
+    /// How long a PSTN gateway has to answer a call at all (even 100
+    /// Trying) before the call moves to the next gateway, milliseconds.
+    #[arg(long, env = "RINGMESH_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
+    pub gateway_timeout_ms: u64,
     /// Write call records (as the originating edge of each call) to
     /// `--cdr-dir`, by default `cdr/` in the data directory.
     #[arg(long, env = "RINGMESH_CDR", default_value_t = true,
@@ -795,6 +804,13 @@ impl SupernodeArgs {
                 .map_err(|m| err("region", m))?,
             turn,
             trusted: TrustTable::new(elements),
+            dial_plan: self.dial_plan.parse().map_err(|m| err("dial-plan", m))?,
+            gateway_timeout: Duration::from_millis(in_range(
+                "gateway-timeout-ms",
+                self.gateway_timeout_ms,
+                100..=32_000,
+            )?),
+            gateway_refresh: Some(Duration::from_secs(2)),
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {
             in_range(key, v, 1..=600_000).map(Duration::from_millis)

@@ -253,11 +253,25 @@ impl SipCore {
             .set(load.lingering as i64);
         self.metrics.inbound_queue.set(depth as i64);
         self.metrics.calls_up.set(load.calls_up as i64);
+        self.publish_gateways();
         self.metrics.outbound_flows.set(load.outbound_flows as i64);
         self.metrics.queue_delay.set(self.queue_delay_us as i64);
         self.metrics
             .overload_active
             .set(i64::from(o.shed_reason(depth).is_some()));
+    }
+
+    /// Each gateway's state as gauges (a removed gateway's series go).
+    fn publish_gateways(&self) {
+        let (up, active) = (&self.metrics.gateway_up, &self.metrics.gateway_active);
+        up.reset();
+        active.reset();
+        for g in self.proxy.gateway_states() {
+            up.with_label_values(&[&g.rec.name]).set(i64::from(g.up));
+            active
+                .with_label_values(&[&g.rec.name])
+                .set(i64::from(g.active));
+        }
     }
 
     fn on_inbound(&mut self, ev: Inbound, at: Instant) {
@@ -337,6 +351,10 @@ impl SipCore {
             Control::Trusted(table) => self.proxy.set_trusted(table),
             Control::Subscriber(change) => self.proxy.subscriber_changed(change, now),
             Control::Changed(aor) => self.proxy.record_changed(aor, now),
+            Control::Gateways(tx) => {
+                let _ = tx.send(self.proxy.gateway_states());
+            }
+            Control::GatewaysChanged => self.proxy.gateways_changed(now),
         }
     }
 

@@ -317,6 +317,9 @@ pub struct Metrics {
     pub subscription_events: IntCounterVec,
     pub app_server_events: IntCounterVec,
     pub offline_messages: IntCounterVec,
+    pub gateway_events: IntCounterVec,
+    pub gateway_up: IntGaugeVec,
+    pub gateway_active: IntGaugeVec,
     /// Call records written (`cdr`), and the calls this edge keeps one of.
     pub cdr: crate::cdr::CdrMetrics,
     pub calls_up: IntGauge,
@@ -567,6 +570,24 @@ impl Metrics {
                 "ringmesh_sip_offline_messages_total",
                 "Messages for subscribers with no reachable device by event: kept (202), refused because the mailbox was full (480), answered 202 and dropped because they were for no subscriber or a barred one, delivered to a device that registered (2xx), deferred (the device did not take it now) and refused by the device for good (dropped)",
                 &["event"],
+            ),
+            gateway_events: counter_vec(
+                r,
+                "ringmesh_sip_gateway_events_total",
+                "PSTN gateways by gateway and event: calls sent to it, answered (2xx), refused for good (4xx other than 408, 6xx: the caller gets that answer), failed over to the next gateway (408, 5xx, no answer in time, transport error); and the gateway going down (a probe unanswered) and up again",
+                &["gateway", "event"],
+            ),
+            gateway_up: gauge_vec(
+                r,
+                "ringmesh_sip_gateway_up",
+                "Whether each PSTN gateway answers this node's OPTIONS probes (1) or not (0: no call is sent to it)",
+                &["gateway"],
+            ),
+            gateway_active: gauge_vec(
+                r,
+                "ringmesh_sip_gateway_active_calls",
+                "Calls this node has up or being set up at each PSTN gateway (its cap is per node)",
+                &["gateway"],
             ),
             cdr: crate::cdr::CdrMetrics {
                 records: counter_vec(
@@ -932,6 +953,10 @@ impl Observer for Metrics {
             Metric::Mail(e) => self
                 .offline_messages
                 .with_label_values(&[e.as_label()])
+                .inc(),
+            Metric::Gateway { name, event } => self
+                .gateway_events
+                .with_label_values(&[name, event.as_label()])
                 .inc(),
         }
     }

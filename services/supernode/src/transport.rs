@@ -111,6 +111,10 @@ pub enum Control {
     /// An AOR's record was changed outside the SIP path (a presence rule):
     /// its watchers are told.
     Changed(ringmesh_sip::aor::Aor),
+    /// Each PSTN gateway as this node sees it.
+    Gateways(tokio::sync::oneshot::Sender<Vec<ringmesh_proxy::gateways::GatewayState>>),
+    /// The gateway table changed in the ring: read it now.
+    GatewaysChanged,
 }
 
 /// State the reader tasks share.

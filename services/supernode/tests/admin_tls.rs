@@ -47,6 +47,18 @@ fn advert() -> pb::AdvertiseServiceRequest {
     }
 }
 
+fn gateway(uri: &str, prefix: &str) -> pb::AddGatewayRequest {
+    pb::AddGatewayRequest {
+        gateway: Some(pb::Gateway {
+            name: "pstn".into(),
+            uri: uri.into(),
+            prefixes: vec![prefix.into()],
+            weight: 1,
+            ..Default::default()
+        }),
+    }
+}
+
 fn lift(source: &str) -> pb::LiftBanRequest {
     pb::LiftBanRequest {
         source: source.into(),
@@ -180,6 +192,20 @@ fn only_the_roles_of_the_farm_ca_reach_the_admin_api() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        // Nor send the farm's calls to a gateway of its choosing, or take
+        // one away.
+        let e = c
+            .add_gateway(gateway("sip:198.51.100.66", "+"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = c
+            .remove_gateway(pb::RemoveGatewayRequest {
+                name: "pstn".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
         // An admin does both (this node has no ring to write to: refused
         // as unavailable, not as forbidden).
@@ -188,6 +214,21 @@ fn only_the_roles_of_the_farm_ca_reach_the_admin_api() {
             .unwrap();
         let e = c.advertise_service(advert()).await.unwrap_err();
         assert_ne!(e.code(), Code::PermissionDenied, "{e:?}");
+        // A gateway that is not valid is refused with the field at fault.
+        for (req, field) in [
+            (gateway("sip:pstn.example.net", "+"), "gateway.uri"),
+            (gateway("sip:198.51.100.66", "44"), "gateway.prefix"),
+            (pb::AddGatewayRequest { gateway: None }, "gateway"),
+        ] {
+            let e = c.add_gateway(req).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().starts_with(field), "{e:?}");
+        }
+        let e = c
+            .add_gateway(gateway("sip:198.51.100.66", "+"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "no ring here: {e:?}");
         c.status(pb::StatusRequest {}).await.unwrap();
         assert_eq!(
             c.lift_ban(lift("192.0.2.1"))

@@ -36,6 +36,8 @@ pub(super) struct ProxyCtx {
     call: bool,
     /// The application server this request went to, if it did.
     pub service: Option<Box<super::services::ServiceHop>>,
+    /// The PSTN gateway this call is at, if it is (`gateways.rs`).
+    pub gateway: Option<Box<super::gateways::GatewayHop>>,
     /// What its responses need from a request rewritten for privacy or
     /// topology hiding (`privacy.rs`).
     rewritten: Option<Box<Rewritten>>,
@@ -55,6 +57,16 @@ impl ProxyCtx {
     /// response (an application server failed).
     pub fn take_request(&mut self) -> Option<Box<Message>> {
         self.request.take()
+    }
+
+    /// The request, until its final response went upstream.
+    pub fn request(&self) -> Option<&Message> {
+        self.request.as_deref()
+    }
+
+    /// The caller cancelled it.
+    pub fn cancelled(&self) -> bool {
+        self.cancelled
     }
 }
 
@@ -264,6 +276,7 @@ impl Proxy {
                 started: now.mono,
                 call,
                 service: None,
+                gateway: None,
                 rewritten: (rewritten.hide_upstream || !rewritten.branches.is_empty())
                     .then(|| Box::new(rewritten)),
             },
@@ -273,6 +286,7 @@ impl Proxy {
     pub(super) fn on_response(&mut self, client: ClientKey, msg: Message, now: Now) {
         if self.notifier_answered(client, msg.status(), now)
             || self.delivery_answered(client, msg.status(), now)
+            || self.probe_answered(client, msg.status())
         {
             return;
         }
@@ -280,7 +294,10 @@ impl Proxy {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.service_heard(server, Some(status), now) || status == 100 {
+        if self.gateway_heard(server, Some(status), now)
+            || self.service_heard(server, Some(status), now)
+            || status == 100
+        {
             return;
         }
         let Some(ctx) = self.proxies.get_mut(&server) else {
@@ -361,13 +378,16 @@ impl Proxy {
     }
 
     pub(super) fn on_branch_failed(&mut self, client: ClientKey, now: Now) {
-        if self.notifier_answered(client, None, now) || self.delivery_answered(client, None, now) {
+        if self.notifier_answered(client, None, now)
+            || self.delivery_answered(client, None, now)
+            || self.probe_answered(client, None)
+        {
             return;
         }
         let Some(&server) = self.client_to_server.get(&client) else {
             return;
         };
-        if self.service_heard(server, None, now) {
+        if self.gateway_heard(server, None, now) || self.service_heard(server, None, now) {
             return;
         }
         if let Some(ctx) = self.proxies.get_mut(&server)

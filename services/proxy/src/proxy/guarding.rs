@@ -243,6 +243,6 @@ pub(super) fn is_member_message(msg: &Message, user: &str, content_type: &str) -
             .is_some_and(|u| u.user() == Some(user.as_bytes()))
 }
 
-fn hex_id(id: &[u8; 16]) -> String {
+pub(super) fn hex_id(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -93,12 +93,11 @@ impl Proxy {
         // does not use one to start something new.
         let in_dialog = msg.to_tag().is_some();
         let routing = self.consume_routes(&msg, origin.flow(), now.secs());
-        if in_dialog
-            && *msg.method() == Method::Bye
-            && !matches!(routing, Routing::Here { .. })
-            && self.calls.up() > 0
-        {
-            self.call_bye(&msg, now);
+        if in_dialog && *msg.method() == Method::Bye && !matches!(routing, Routing::Here { .. }) {
+            if self.calls.up() > 0 {
+                self.call_bye(&msg, now);
+            }
+            self.gateway_bye(&msg);
         }
         let popped = match routing {
             Routing::Toward { popped, dest } if in_dialog || !origin.is_phone() => {
@@ -760,13 +759,18 @@ impl Proxy {
 
     /// The AOR a request for `ruri` is routed to, and the instance it must
     /// reach when `ruri` is a GRUU. A `tel:` URI, or a SIP URI with
-    /// `user=phone`, is the number; `None` for a URI that names no AOR (or
-    /// a temporary GRUU this farm did not issue).
+    /// `user=phone` or a global number (`+` and digits) as its user, is
+    /// the number (E.164 by the dial plan); `None` for a URI that names no
+    /// AOR (or a temporary GRUU this farm did not issue).
     pub(super) fn callee_of(&self, ruri: &Uri<'_>) -> Option<(Aor, Option<Bytes>)> {
-        if ruri.param("user") == Some(Some(b"phone")) {
+        let global = ruri
+            .user()
+            .is_some_and(|u| u.len() > 1 && u[0] == b'+' && u[1..].iter().all(u8::is_ascii_digit));
+        if global || ruri.param("user") == Some(Some(b"phone")) {
             let mut tel = b"tel:".to_vec();
             tel.extend_from_slice(ruri.user()?);
-            return Some((Aor::parse(&tel).ok()?, None));
+            let number = self.policy.dial_plan.normalize(Aor::parse(&tel).ok()?);
+            return Some((number, None));
         }
         match ruri.param("gr") {
             Some(Some(urn)) => {
@@ -783,7 +787,10 @@ impl Proxy {
                 let aor = Aor::parse(&plain[..at]).ok()?;
                 Some((aor, Some(Bytes::copy_from_slice(&plain[at + 1..]))))
             }
-            None => Some((Aor::from_uri(ruri).ok()?, None)),
+            None => Some((
+                self.policy.dial_plan.normalize(Aor::from_uri(ruri).ok()?),
+                None,
+            )),
         }
     }
 
@@ -877,7 +884,17 @@ impl Proxy {
                 self.refused(Refusal::BarredCallee);
                 return self.forbid(server, &msg, b"399 ringmesh \"the callee is barred\"", now);
             }
-            Ok(None) => return self.unreachable(server, msg, now),
+            Ok(None) => {
+                // A number no subscriber owns: a PSTN gateway's.
+                let number = match msg.request_uri().and_then(|u| self.callee_of(&u)) {
+                    Some((aor, None)) => self.gateway_number(&msg, &aor),
+                    _ => None,
+                };
+                if let Some(number) = number {
+                    return self.route_to_gateway(server, msg, origin, onward, number, now);
+                }
+                return self.unreachable(server, msg, now);
+            }
             Ok(Some(sub)) => {
                 let registered = !bindings.is_empty();
                 mailbox = self.mailbox_of(&msg, &sub);

@@ -23,6 +23,7 @@
 use std::process::ExitCode;
 
 mod cdr;
+mod gateway;
 mod presence;
 mod service;
 mod subscriber;
@@ -157,6 +158,12 @@ pub enum AdminCommand {
     Service {
         #[command(subcommand)]
         command: service::ServiceCommand,
+    },
+    /// PSTN gateways: the farm's table in the ring, and each gateway's
+    /// state as this node sees it.
+    Gateway {
+        #[command(subcommand)]
+        command: gateway::GatewayCommand,
     },
     /// Presence: a presentity's authorisation rules and what its watchers
     /// see.
@@ -349,6 +356,7 @@ async fn admin_execute(
     let out = &mut *io.out;
     match cmd {
         AdminCommand::Presence { command } => presence::execute(&mut c, json, command, out).await?,
+        AdminCommand::Gateway { command } => gateway::execute(&mut c, json, command, out).await?,
         AdminCommand::Service { command } => {
             service::execute(&mut c, json, command, out, &mut *io.err).await?
         }

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use ringmesh_overlay::{Entry, Key};
 use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts};
 use ringmesh_proxy::discovery::{self, ServiceRecord};
+use ringmesh_proxy::gateways::{self, GatewayRecord};
 use ringmesh_proxy::location::{
     ALIAS_ENTRY_ID, Completion, Held, Located, LocationError, LocationOp, WATCH_GRACE_MS,
     alias_expiry, decode_alias, encode_alias,
@@ -58,6 +59,8 @@ enum Stage {
     Mailbox,
     /// A service's record being read for its instances.
     Services,
+    /// The gateways' record being read.
+    Gateways,
     /// A presentity's record being read before a publication is written.
     PublishRead {
         if_match: Option<[u8; 8]>,
@@ -235,6 +238,9 @@ impl OverlayStore {
                     Stage::Services => self
                         .done
                         .push_back((token, Ok(Located::Services(services_of(&entries, now_ms))))),
+                    Stage::Gateways => self
+                        .done
+                        .push_back((token, Ok(Located::Gateways(gateways_of(&entries, now_ms))))),
                     Stage::Mailbox => self
                         .done
                         .push_back((token, Ok(Located::Mailbox(messages_of(&entries, now_ms))))),
@@ -558,6 +564,15 @@ pub fn services_of(entries: &[Entry], now_ms: u64) -> Vec<ServiceRecord> {
         .collect()
 }
 
+/// The live gateways in the gateways' record.
+pub fn gateways_of(entries: &[Entry], now_ms: u64) -> Vec<GatewayRecord> {
+    entries
+        .iter()
+        .filter(|e| e.is_live(now_ms) && gateways::is_gateway_id(&e.id))
+        .filter_map(|e| GatewayRecord::decode(&e.value))
+        .collect()
+}
+
 /// The AOR a record's live alias names, if it has one.
 fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
     entries
@@ -637,6 +652,16 @@ impl LocationService for OverlayStore {
             }
             LocationOp::Services { name, .. } => {
                 (Key::hash(&discovery::key_material(&name)), Stage::Services)
+            }
+            LocationOp::Gateways { .. } => (Key::hash(gateways::KEY_MATERIAL), Stage::Gateways),
+            LocationOp::KeepGateway { record } => {
+                let spec = EntrySpec {
+                    id: record.entry_id(),
+                    value: Some(record.encode()),
+                    expires_at_ms: record.expires_at_ms,
+                    floor: None,
+                };
+                return self.put(token, Key::hash(gateways::KEY_MATERIAL), spec);
             }
             LocationOp::RemoveMessage {
                 aor,

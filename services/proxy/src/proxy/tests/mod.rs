@@ -8,6 +8,7 @@ mod calls;
 mod checks;
 mod flows;
 mod forking;
+mod gateways;
 mod ims;
 mod messages;
 mod policy;

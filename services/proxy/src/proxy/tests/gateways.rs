@@ -1,0 +1,309 @@
+//! Calls to numbers no subscriber owns go to the farm's PSTN gateways:
+//! the dial plan, the longest prefix, failover on 503 and on silence,
+//! probes, caps, and no transit for what is not a subscriber.
+
+use super::*;
+use crate::gateways::{DialPlan, GatewayRecord};
+use crate::trust::{Element, TrustTable};
+
+fn gw(name: &str, host: u8, prefixes: &[&str], priority: u32, capacity: u32) -> GatewayRecord {
+    GatewayRecord {
+        name: name.into(),
+        addr: SocketAddr::from(([192, 0, 2, host], 5060)),
+        transport: Transport::Udp,
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        priority,
+        weight: 1,
+        capacity,
+        region: String::new(),
+        expires_at_ms: u64::MAX,
+    }
+}
+
+fn at(host: u8) -> Dest {
+    Dest::Addr {
+        transport: Transport::Udp,
+        addr: SocketAddr::from(([192, 0, 2, host], 5060)),
+    }
+}
+
+/// One node with a UK dial plan and `gateways`.
+fn with_gateways(gateways: Vec<GatewayRecord>) -> Harness {
+    let mut h = Harness::new();
+    h.node(1).policy.dial_plan = "cc=44,national=0,international=00"
+        .parse::<DialPlan>()
+        .unwrap();
+    let now = h.now;
+    h.node(1).set_gateways(gateways, now);
+    h
+}
+
+/// An INVITE from `from` on `flow` to `ruri`.
+fn invite_to(flow: FlowRef, from: &str, ruri: &str, call: &str) -> String {
+    let via = via_for(flow);
+    format!(
+        "INVITE {ruri} SIP/2.0\nVia: {via};branch=z9hG4bKi{call}\nMax-Forwards: 70\n\
+         From: <sip:{from}@{DOMAIN}>;tag=f{call}\nTo: <{ruri}>\nCall-ID: {call}\n\
+         CSeq: 1 INVITE\nContact: <sip:{from}@{}>\nContent-Length: 0\n\n",
+        flow.peer()
+    )
+}
+
+/// alice (authenticated) dials `number` as a phone does.
+fn alice_dials(h: &mut Harness, alice: FlowRef, number: &str, call: &str) {
+    let ruri = format!("sip:{number}@{DOMAIN};user=phone");
+    h.send_authenticated(alice, "alice", &invite_to(alice, "alice", &ruri, call));
+}
+
+/// The INVITEs sent since the last `take`, each with where it went.
+fn invites(h: &mut Harness) -> Vec<Sent> {
+    h.requests()
+        .into_iter()
+        .filter(|s| s.msg.method().as_bytes() == b"INVITE")
+        .collect()
+}
+
+/// The gateway at `from` answers `invite` with `status`.
+fn gateway_answers(h: &mut Harness, invite: &Sent, status: u16) {
+    let bytes = invite.msg.response_writer(status, Some(b"gw")).finish(b"");
+    let now = h.now;
+    h.node(1)
+        .handle_message(Message::parse(bytes).unwrap(), invite.dest, now);
+    h.pump();
+}
+
+/// Moves the clock on by `steps` × 100 ms, every gateway answering its
+/// probes; the INVITEs sent meanwhile.
+fn advance_answering_probes(h: &mut Harness, steps: usize) -> Vec<Sent> {
+    let mut invites = Vec::new();
+    for _ in 0..steps {
+        h.advance(Duration::from_millis(100));
+        for s in h.requests() {
+            match s.msg.method().as_bytes() {
+                b"OPTIONS" => gateway_answers(h, &s, 200),
+                b"INVITE" => invites.push(s),
+                _ => {}
+            }
+        }
+    }
+    invites
+}
+
+fn state(h: &mut Harness, name: &str) -> crate::gateways::GatewayState {
+    h.node(1)
+        .gateway_states()
+        .into_iter()
+        .find(|g| g.rec.name == name)
+        .unwrap()
+}
+
+#[test]
+fn a_dialled_number_goes_global_and_to_the_longest_prefix() {
+    let mut h = with_gateways(vec![
+        gw("any", 1, &["+"], 0, 0),
+        gw("uk", 44, &["+44"], 5, 0),
+        gw("london", 20, &["+4420"], 9, 0),
+    ]);
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "02071234567", "uk-1");
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dest, at(20), "the longest prefix wins over priority");
+    assert_eq!(
+        out[0].msg.request_uri_bytes(),
+        b"sip:+442071234567@192.0.2.20:5060;user=phone"
+    );
+    assert_eq!(
+        header(&out[0].msg, HeaderName::PAssertedIdentity).as_deref(),
+        Some(format!("<sip:alice@{DOMAIN}>").as_str()),
+        "the gateway learns who calls"
+    );
+    // International dialling: 00 1 … is +1 …, which only "any" takes.
+    alice_dials(&mut h, alice, "0015551234567", "us-1");
+    let out = invites(&mut h);
+    assert_eq!(out[0].dest, at(1));
+    assert_eq!(
+        out[0].msg.request_uri_bytes(),
+        b"sip:+15551234567@192.0.2.1:5060;user=phone"
+    );
+}
+
+#[test]
+fn a_number_a_subscriber_owns_is_never_sent_to_a_gateway() {
+    // erin owns tel:+15550100 (in her implicit set).
+    let mut h = with_gateways(vec![gw("any", 1, &["+"], 0, 0)]);
+    let erin = udp_leaf(5);
+    assert_eq!(
+        h.register(erin, "erin", "<sip:erin@192.0.2.5:5060>")
+            .status(),
+        Some(200)
+    );
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+15550100", "erin-1");
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].msg.request_uri_bytes().starts_with(b"sip:erin@"),
+        "to erin's phone: {out:?}"
+    );
+    // A number no one owns, to the gateway; an unregistered owner is
+    // unreachable (480), not sent to the PSTN.
+    alice_dials(&mut h, alice, "+15550199", "pstn-1");
+    assert_eq!(invites(&mut h)[0].dest, at(1));
+    h.node(1).set_trusted(TrustTable::default());
+    let now = h.now;
+    h.node(1)
+        .set_gateways(vec![gw("any", 1, &["+"], 0, 0)], now);
+    h.register(erin, "erin", "<sip:erin@192.0.2.5:5060>;expires=0");
+    h.take();
+    alice_dials(&mut h, alice, "+15550100", "erin-2");
+    assert!(invites(&mut h).is_empty());
+    assert_eq!(h.final_to(alice).status(), Some(480));
+}
+
+#[test]
+fn a_503_and_silence_move_the_call_to_the_next_gateway() {
+    let mut h = with_gateways(vec![
+        gw("first", 1, &["+44"], 0, 0),
+        gw("second", 2, &["+44"], 1, 0),
+        gw("third", 3, &["+44"], 2, 0),
+    ]);
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+441611234567", "fo-1");
+    let out = invites(&mut h);
+    assert_eq!(out[0].dest, at(1));
+    gateway_answers(&mut h, &out[0], 503);
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1, "on to the next: {out:?}");
+    assert_eq!(out[0].dest, at(2));
+    assert!(
+        h.responses_to(alice)
+            .iter()
+            .all(|r| r.status().is_some_and(|s| s < 200)),
+        "the caller hears no final response meanwhile"
+    );
+    // The second says nothing to the call (it answers its probes): after
+    // the gateway timeout, the third.
+    let out = advance_answering_probes(&mut h, 21);
+    let third: Vec<&Sent> = out.iter().filter(|s| s.dest == at(3)).collect();
+    assert_eq!(third.len(), 1, "{out:?}");
+    gateway_answers(&mut h, third[0], 200);
+    let finals: Vec<Option<u16>> = h
+        .responses_to(alice)
+        .iter()
+        .filter(|r| r.cseq() == 2 && r.status().is_some_and(|s| s >= 200))
+        .map(Message::status)
+        .collect();
+    assert_eq!(finals, [Some(200)]);
+    assert_eq!(state(&mut h, "third").active, 1, "the call is up there");
+    assert_eq!(state(&mut h, "first").active, 0);
+    assert_eq!(state(&mut h, "second").active, 0);
+    assert_eq!(h.metrics[0].count("FailedOver"), 2);
+}
+
+#[test]
+fn a_silent_gateway_is_down_within_two_seconds_and_back_when_it_answers() {
+    let mut h = with_gateways(vec![gw("a", 1, &["+44"], 0, 0), gw("b", 2, &["+44"], 1, 0)]);
+    h.advance(Duration::from_millis(100));
+    let probes: Vec<Sent> = h
+        .requests()
+        .into_iter()
+        .filter(|s| s.msg.method().as_bytes() == b"OPTIONS")
+        .collect();
+    assert_eq!(probes.len(), 2, "each gateway is probed");
+    let b_probe = probes.iter().find(|s| s.dest == at(2)).unwrap();
+    gateway_answers(&mut h, b_probe, 200);
+    // "a" never answers; "b" answers each probe.
+    for _ in 0..20 {
+        h.advance(Duration::from_millis(100));
+        for p in h.requests() {
+            if p.dest == at(2) && p.msg.method().as_bytes() == b"OPTIONS" {
+                gateway_answers(&mut h, &p, 200);
+            }
+        }
+    }
+    assert!(!state(&mut h, "a").up, "down after 2 s of silence");
+    assert!(state(&mut h, "b").up);
+    // No call waits on it: straight to b.
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+441611234567", "down-1");
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, at(2));
+    // "a" answers a retransmission of its probe: up again.
+    h.advance(Duration::from_secs(4));
+    let retrans = h
+        .requests()
+        .into_iter()
+        .find(|s| s.dest == at(1) && s.msg.method().as_bytes() == b"OPTIONS")
+        .expect("the probe is retransmitted");
+    gateway_answers(&mut h, &retrans, 200);
+    assert!(state(&mut h, "a").up);
+}
+
+#[test]
+fn a_full_gateway_is_skipped_and_with_none_left_the_caller_gets_503() {
+    let mut h = with_gateways(vec![gw("small", 1, &["+44"], 0, 1)]);
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+441611234567", "cap-1");
+    assert_eq!(invites(&mut h).len(), 1);
+    assert_eq!(state(&mut h, "small").active, 1);
+    alice_dials(&mut h, alice, "+441611234568", "cap-2");
+    assert!(invites(&mut h).is_empty(), "at its cap");
+    let r = h.final_to(alice);
+    assert_eq!(r.status(), Some(503));
+    assert!(header(&r, HeaderName::RetryAfter).is_some());
+    assert!(
+        header(&r, HeaderName::Warning)
+            .unwrap()
+            .contains("no PSTN gateway")
+    );
+}
+
+#[test]
+fn attacker_no_transit_to_the_pstn_for_peers_gateways_or_strangers() {
+    let mut h = with_gateways(vec![gw("any", 1, &["+"], 0, 0)]);
+    h.node(1).set_trusted(TrustTable::new(vec![
+        Element::parse_flag("peer-farm:other=192.0.2.210").unwrap(),
+        Element::parse_flag("gateway:gw=192.0.2.211").unwrap(),
+        Element::parse_flag("front-end:pcscf=192.0.2.212").unwrap(),
+    ]));
+    // A peer farm, or a gateway sending a number back, would make the
+    // farm a free route to the PSTN.
+    for (host, who) in [(210, "peer farm"), (211, "gateway")] {
+        let flow = udp_leaf(host);
+        h.leaf_sends(
+            flow,
+            &invite_to(
+                flow,
+                "+15550000",
+                "sip:+15551234@ringmesh.test;user=phone",
+                "tr",
+            ),
+        );
+        assert!(invites(&mut h).is_empty(), "{who}");
+        let r = h.final_to(flow);
+        assert_eq!(r.status(), Some(403), "{who}");
+    }
+    assert_eq!(h.metrics[0].count("GatewayTransit"), 2);
+    // A stranger is challenged, and a wrong password is no better.
+    let mallory = udp_leaf(9);
+    let text = invite_to(mallory, "alice", "tel:+15551234", "m1");
+    h.leaf_sends(mallory, &text);
+    assert_eq!(h.final_to(mallory).status(), Some(407));
+    assert!(invites(&mut h).is_empty());
+    // A front end acting for its users may, as a subscriber's phone may.
+    let pcscf = udp_leaf(212);
+    h.leaf_sends(
+        pcscf,
+        &invite_to(pcscf, "alice", "tel:+15551234", "fe1").replacen(
+            "Content-Length",
+            "P-Asserted-Identity: <sip:alice@ringmesh.test>\nContent-Length",
+            1,
+        ),
+    );
+    assert_eq!(invites(&mut h).len(), 1, "the front end's call");
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+15551234", "ok-1");
+    assert_eq!(invites(&mut h).len(), 1, "alice's call");
+}
