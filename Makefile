@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 # which needs google/protobuf/*.proto from libprotobuf-dev.
 BUILD_DEBS := protobuf-compiler libprotobuf-dev
 # Debian packages the tests drive (real peers and servers, never mocks).
-TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools kamailio-tls-modules coturn debootstrap podman runc
+TEST_DEBS := $(BUILD_DEBS) sip-tester sipsak baresip-core etcd-server etcd-client prometheus kamailio procps iproute2 python3-venv openssl chromium libnss3-tools kamailio-tls-modules coturn debootstrap podman runc dnsmasq-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Installs the Debian packages in $(1) that are missing.

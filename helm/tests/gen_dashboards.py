@@ -428,7 +428,12 @@ def sip():
                     "full (the mailbox was at offline-messages, 480); discarded (for no subscriber or a barred one: "
                     "202 and dropped); delivered (a device that registered took one); deferred (it did not take it "
                     "now: kept for its next REGISTER); refused_by_device (refused for good: dropped).")
-    b.row("PSTN gateways")
+    b.row("Numbers: ENUM and PSTN gateways")
+    b.ts("ENUM lookups by result", [(
+        f"sum by (result) ({rate('ringmesh_sip_enum_lookups_total')})", "{{result}}")], unit="ops",
+        description="Calls to numbers no subscriber owns, looked up in ENUM: local (a URI of this farm), direct (a "
+                    "URI naming an address), foreign (another domain: to the gateways), none (no SIP record: to the "
+                    "gateways), failed (DNS did not answer within 2 s: to the gateways).")
     b.ts("Gateways up, as each node sees them", [(
         f"min by (node, gateway) (ringmesh_sip_gateway_up{{{S}}})", "{{gateway}} {{node}}")],
         description="1: the gateway answers this node's OPTIONS probes (every 500 ms); 0: it left one unanswered "

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod binding;
 pub mod cdr;
 pub mod discovery;
+pub mod dns;
 pub mod gateways;
 pub mod guard;
 pub mod ifc;

@@ -111,8 +111,8 @@ pub enum Refusal {
     /// An application server's return Route that is forged, too old, or
     /// sent by a phone.
     ServiceReturn,
-    /// A call to the PSTN from what is not a subscriber (a peer farm, a
-    /// gateway): no transit.
+    /// A call to a number beyond the farm (ENUM, the PSTN) from what is
+    /// not a subscriber (a peer farm, a gateway): no transit.
     GatewayTransit,
 }
 
@@ -228,6 +228,44 @@ pub enum Metric<'a> {
         name: &'a str,
         event: GatewayEvent,
     },
+    /// What an ENUM lookup for a call came to.
+    Enum(EnumResult),
+}
+
+/// What an ENUM lookup for a call came to
+/// (`ringmesh_sip_enum_lookups_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnumResult {
+    /// A URI of this farm: routed here.
+    Local,
+    /// A URI naming an address: sent there.
+    Direct,
+    /// A URI of another domain (not routed to yet): to the gateways.
+    Foreign,
+    /// No SIP record: to the gateways.
+    None,
+    /// DNS did not answer: to the gateways.
+    Failed,
+}
+
+impl EnumResult {
+    pub const ALL: [EnumResult; 5] = [
+        EnumResult::Local,
+        EnumResult::Direct,
+        EnumResult::Foreign,
+        EnumResult::None,
+        EnumResult::Failed,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            EnumResult::Local => "local",
+            EnumResult::Direct => "direct",
+            EnumResult::Foreign => "foreign",
+            EnumResult::None => "none",
+            EnumResult::Failed => "failed",
+        }
+    }
 }
 
 /// What happened at a PSTN gateway
@@ -423,12 +461,13 @@ mod tests {
     /// series and the dashboards name them.
     #[test]
     fn labels_are_distinct_snake_case_words() {
-        let sets: [Vec<&str>; 5] = [
+        let sets: [Vec<&str>; 6] = [
             Registration::ALL.map(Registration::as_label).to_vec(),
             AuthFailure::ALL.map(AuthFailure::as_label).to_vec(),
             Refusal::ALL.map(Refusal::as_label).to_vec(),
             GuardEvent::ALL.map(GuardEvent::as_label).to_vec(),
             GatewayEvent::ALL.map(GatewayEvent::as_label).to_vec(),
+            EnumResult::ALL.map(EnumResult::as_label).to_vec(),
         ];
         for labels in sets {
             let mut unique = labels.clone();

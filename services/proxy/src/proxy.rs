@@ -46,6 +46,7 @@ mod gateways;
 mod guarding;
 mod messages;
 mod notifier;
+mod numbers;
 mod presence;
 mod privacy;
 mod relays;
@@ -173,6 +174,9 @@ pub struct Policy {
     /// How long a PSTN gateway has to answer a call at all before the
     /// call moves to the next (`proxy/gateways.rs`).
     pub gateway_timeout: Duration,
+    /// The ENUM domain numbers are looked up under (`e164.arpa`, or a
+    /// carrier's private tree); None: no ENUM.
+    pub enum_domain: Option<String>,
     /// How often the gateway table is read from the ring; None: never
     /// (it is set with [`Proxy::set_gateways`]).
     pub gateway_refresh: Option<Duration>,
@@ -206,6 +210,7 @@ impl Default for Policy {
             dial_plan: crate::gateways::DialPlan::default(),
             gateway_timeout: Duration::from_secs(2),
             gateway_refresh: None,
+            enum_domain: None,
         }
     }
 }
@@ -246,6 +251,12 @@ pub enum Action {
     CloseFlow { id: u64 },
     /// Write a call record (this node is the call's originating edge).
     CallRecord(Box<crate::cdr::CallRecord>),
+    /// Ask DNS and report the answer with [`Proxy::handle_resolved`]
+    /// under `token`.
+    Resolve {
+        token: u64,
+        query: crate::dns::Query,
+    },
 }
 
 /// The live members of the farm, as this node last saw them.
@@ -376,6 +387,14 @@ enum Pending {
     Mailbox { aor: ringmesh_sip::aor::Aor },
     /// A delivered message being removed.
     MessageRemoved { aor: ringmesh_sip::aor::Aor },
+    /// A call to a number waiting for ENUM.
+    Enum {
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        onward: services::Onward,
+        number: String,
+    },
     /// The gateway table being read.
     GatewayTable,
     /// A gateway's entry being written again before it expires.
@@ -755,6 +774,30 @@ impl Proxy {
                     self.reply(server, &msg, 487, &[], now);
                 } else {
                     self.forward_to_callee(server, msg, origin, bindings, onward, answer, now);
+                }
+            }
+            Some(other) => {
+                self.pending.insert(token, other);
+            }
+            None => {}
+        }
+        self.drive(now);
+    }
+
+    /// The driver's answer to an [`Action::Resolve`] under `token`.
+    pub fn handle_resolved(&mut self, token: u64, answer: crate::dns::Resolved, now: Now) {
+        match self.pending.remove(&token) {
+            Some(Pending::Enum {
+                server,
+                msg,
+                origin,
+                onward,
+                number,
+            }) => {
+                if self.cancelled_pending.remove(&server) {
+                    self.reply(server, &msg, 487, &[], now);
+                } else {
+                    self.enum_answered(server, msg, origin, onward, number, answer, now);
                 }
             }
             Some(other) => {

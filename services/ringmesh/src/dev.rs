@@ -91,6 +91,13 @@ pub struct DevArgs {
     /// default: the farm applies the production per-source limits.
     #[arg(long)]
     pub trusted: Vec<String>,
+    /// The DNS server (ADDRESS:PORT) the supernodes ask (ENUM), instead of
+    /// the system's.
+    #[arg(long)]
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// The ENUM domain numbers no subscriber owns are looked up under.
+    #[arg(long)]
+    pub enum_domain: Option<String>,
     /// Run every process (provisioning, enrollment, supernodes) as a
     /// container of this image, as the chart runs it: podman with host
     /// networking, a read-only root, user 10001, every capability
@@ -268,6 +275,12 @@ impl NodeTemplate<'_> {
         argv.extend(self.etcd_args.iter().cloned());
         for t in &self.args.trusted {
             argv.extend(["--trusted".into(), t.clone()]);
+        }
+        if let Some(dns) = self.args.dns_server {
+            argv.extend(["--dns-server".into(), dns.to_string()]);
+        }
+        if let Some(domain) = &self.args.enum_domain {
+            argv.extend(["--enum-domain".into(), domain.clone()]);
         }
         for s in seeds {
             argv.extend(["--seed".into(), s.to_string()]);

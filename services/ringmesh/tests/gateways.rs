@@ -280,16 +280,12 @@ fn calls_to_numbers_reach_the_gateways_the_overlay_names() {
         "the call did not wait on the dead gateway (the gateway timeout is 2 s): {took:?}"
     );
     // The node the calls went through counts each event.
-    let (_, metrics) = common::http_get(farm.nodes[0].metrics, "/metrics");
-    let events = |gw: &str, ev: &str| -> Option<f64> {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("ringmesh_sip_gateway_events_total{")
-                    && l.contains(&format!("gateway=\"{gw}\""))
-                    && l.contains(&format!("event=\"{ev}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    let events = |gw: &str, ev: &str| {
+        common::metric_labelled(
+            farm.nodes[0].metrics,
+            "ringmesh_sip_gateway_events_total",
+            &[("gateway", gw), ("event", ev)],
+        )
     };
     assert_eq!(events("heavy", "answered"), Some(750.0));
     assert_eq!(events("light", "answered"), Some(250.0));

@@ -313,6 +313,15 @@ pub struct SupernodeArgs {
     /// numbers are taken as dialled).
     #[arg(long, env = "RINGMESH_DIAL_PLAN", default_value = "")]
     pub dial_plan: String,
+    /// The DNS server (HOST:PORT, an address) that ENUM asks; empty: the
+    /// system's (`/etc/resolv.conf`).
+    #[arg(long, env = "RINGMESH_DNS_SERVER", default_value = "")]
+    pub dns_server: String,
+    /// The ENUM domain numbers no subscriber owns are looked up under
+    /// (`e164.arpa`, or a carrier's private tree) before the PSTN
+    /// gateways; empty: no ENUM.
+    #[arg(long, env = "RINGMESH_ENUM_DOMAIN", default_value = "")]
+    pub enum_domain: String,
     /// How long a PSTN gateway has to answer a call at all (even 100
     /// Trying) before the call moves to the next gateway, milliseconds.
     #[arg(long, env = "RINGMESH_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
@@ -498,6 +507,8 @@ pub struct Config {
     pub ws_origins: Vec<String>,
     /// The phone rules and the emergency route.
     pub policy: ringmesh_proxy::Policy,
+    /// The DNS server ENUM asks; None: the system's.
+    pub dns_server: Option<SocketAddr>,
     pub digest_algorithms: Vec<ringmesh_sip::digest::Algorithm>,
     pub nonce_lifetime: Duration,
     pub max_dialog: Duration,
@@ -811,6 +822,18 @@ impl SupernodeArgs {
                 100..=32_000,
             )?),
             gateway_refresh: Some(Duration::from_secs(2)),
+            enum_domain: match self.enum_domain.trim_end_matches('.') {
+                "" => None,
+                d if d.contains('.') && ringmesh_sip::Host::parse(d.as_bytes()).is_ok() => {
+                    Some(d.to_ascii_lowercase())
+                }
+                d => {
+                    return Err(err(
+                        "enum-domain",
+                        format!("{d:?} is not a domain name (e.g. e164.arpa)"),
+                    ));
+                }
+            },
         };
         let ms = |key: &str, v: u64| -> Result<Duration, ConfigError> {
             in_range(key, v, 1..=600_000).map(Duration::from_millis)
@@ -977,7 +1000,17 @@ impl SupernodeArgs {
         } else {
             None
         };
+        let dns_server = match self.dns_server.as_str() {
+            "" => None,
+            a => Some(a.parse().map_err(|_| {
+                err(
+                    "dns-server",
+                    format!("{a:?} is not ADDRESS:PORT (e.g. 127.0.0.1:53)"),
+                )
+            })?),
+        };
         Ok(Config {
+            dns_server,
             name,
             domain: domain.to_ascii_lowercase(),
             listen,
@@ -1044,6 +1077,33 @@ mod tests {
 
     fn key_of(args: &[&str]) -> String {
         resolve(args).unwrap_err().key
+    }
+
+    #[test]
+    fn dns_server_enum_domain_and_dial_plan_are_checked() {
+        let c = resolve(&[
+            "--dns-server",
+            "127.0.0.1:5353",
+            "--enum-domain",
+            "E164.Arpa.",
+            "--dial-plan",
+            "cc=44,national=0",
+        ])
+        .unwrap();
+        assert_eq!(c.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.policy.enum_domain.as_deref(), Some("e164.arpa"));
+        assert_eq!(c.policy.dial_plan.country_code, "44");
+        let none = resolve(&[]).unwrap();
+        assert_eq!((none.dns_server, none.policy.enum_domain), (None, None));
+        assert_eq!(key_of(&["--dns-server", "dns.example:53"]), "dns-server");
+        assert_eq!(key_of(&["--dns-server", "127.0.0.1"]), "dns-server");
+        assert_eq!(key_of(&["--enum-domain", "e164"]), "enum-domain");
+        assert_eq!(key_of(&["--enum-domain", "bad domain.arpa"]), "enum-domain");
+        assert_eq!(key_of(&["--dial-plan", "national=0"]), "dial-plan");
+        assert_eq!(
+            key_of(&["--gateway-timeout-ms", "50"]),
+            "gateway-timeout-ms"
+        );
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub struct SipCore {
     taken: usize,
     /// Where call records go; `None`: dropped.
     cdr: Option<crate::cdr::CdrWriter>,
+    /// The DNS the proxy asks (ENUM), and its answers coming back.
+    dns: Option<crate::dns::Dns>,
+    resolved: (
+        mpsc::UnboundedSender<Answer>,
+        mpsc::UnboundedReceiver<Answer>,
+    ),
 }
+
+/// A DNS answer for the proxy, under its token.
+type Answer = (u64, ringmesh_proxy::dns::Resolved);
 
 impl std::fmt::Debug for SipCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +104,15 @@ impl SipCore {
             core_wait: Duration::ZERO,
             taken: 0,
             cdr: None,
+            dns: None,
+            resolved: mpsc::unbounded_channel(),
         }
+    }
+
+    /// The proxy's DNS questions go to `dns` (none: each is answered as
+    /// failed at once).
+    pub fn with_dns(self, dns: Option<crate::dns::Dns>) -> SipCore {
+        SipCore { dns, ..self }
     }
 
     /// Call records of the calls this node is the originating edge of go
@@ -178,6 +195,9 @@ impl SipCore {
                 Some((token, answer)) = fetched => {
                     self.proxy.handle_subscriber(token, answer, now());
                 }
+                Some((token, answer)) = self.resolved.1.recv() => {
+                    self.proxy.handle_resolved(token, answer, now());
+                }
                 () = sleep => self.proxy.handle_timeout(now()),
                 // Wakes the loop to check whether it has drained already.
                 () = drain.cancelled(), if !drain.is_cancelled() => {}
@@ -222,6 +242,19 @@ impl SipCore {
                         w.record(r);
                     }
                 }
+                Action::Resolve { token, query } => match &self.dns {
+                    // Answered on the loop: no task per question holds the core.
+                    Some(dns) => {
+                        let (dns, tx) = (dns.clone(), self.resolved.0.clone());
+                        tokio::spawn(async move {
+                            let _ = tx.send((token, dns.resolve(query).await));
+                        });
+                    }
+                    None => {
+                        let no = ringmesh_proxy::dns::Resolved::Failed("no resolver".into());
+                        let _ = self.resolved.0.send((token, no));
+                    }
+                },
                 Action::CloseFlow { id } => {
                     if let Some(tx) = self.conns.get(&id) {
                         // The writer flushes what is queued, then closes.

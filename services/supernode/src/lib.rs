@@ -40,6 +40,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod directory;
+pub mod dns;
 pub mod farm;
 pub mod journal;
 pub mod link;
@@ -621,6 +622,11 @@ async fn serve(
         ),
         None => None,
     };
+    // Only ENUM asks DNS so far.
+    let dns = match cfg.policy.enum_domain {
+        Some(_) => Some(dns::Dns::new(cfg.dns_server)?),
+        None => None,
+    };
     let core = SipCore::new(
         proxy,
         location,
@@ -631,7 +637,8 @@ async fn serve(
         farm.clone(),
         Some(trace.clone()),
     )
-    .with_cdr(cdr);
+    .with_cdr(cdr)
+    .with_dns(dns);
     if let Some(addr) = cfg.admin {
         let svc = admin::AdminService {
             facts: admin::NodeFacts {

@@ -318,6 +318,7 @@ pub struct Metrics {
     pub app_server_events: IntCounterVec,
     pub offline_messages: IntCounterVec,
     pub gateway_events: IntCounterVec,
+    pub enum_lookups: IntCounterVec,
     pub gateway_up: IntGaugeVec,
     pub gateway_active: IntGaugeVec,
     /// Call records written (`cdr`), and the calls this edge keeps one of.
@@ -576,6 +577,12 @@ impl Metrics {
                 "ringmesh_sip_gateway_events_total",
                 "PSTN gateways by gateway and event: calls sent to it, answered (2xx), refused for good (4xx other than 408, 6xx: the caller gets that answer), failed over to the next gateway (408, 5xx, no answer in time, transport error); and the gateway going down (a probe unanswered) and up again",
                 &["gateway", "event"],
+            ),
+            enum_lookups: counter_vec(
+                r,
+                "ringmesh_sip_enum_lookups_total",
+                "ENUM lookups for calls to numbers no subscriber owns, by result: local (a URI of this farm, routed here), direct (a URI naming an address, sent there), foreign (another domain, not routed to: the gateways), none (no SIP record: the gateways), failed (DNS did not answer: the gateways)",
+                &["result"],
             ),
             gateway_up: gauge_vec(
                 r,
@@ -865,6 +872,9 @@ impl Metrics {
         for e in ringmesh_proxy::observe::MailEvent::ALL {
             m.offline_messages.with_label_values(&[e.as_label()]);
         }
+        for r in ringmesh_proxy::observe::EnumResult::ALL {
+            m.enum_lookups.with_label_values(&[r.as_label()]);
+        }
         for record in ["interim", "final"] {
             m.cdr.records.with_label_values(&[record]);
         }
@@ -954,6 +964,7 @@ impl Observer for Metrics {
                 .offline_messages
                 .with_label_values(&[e.as_label()])
                 .inc(),
+            Metric::Enum(r) => self.enum_lookups.with_label_values(&[r.as_label()]).inc(),
             Metric::Gateway { name, event } => self
                 .gateway_events
                 .with_label_values(&[name, event.as_label()])

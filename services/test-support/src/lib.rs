@@ -196,6 +196,20 @@ pub fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// The value of series `name` of `addr`'s `/metrics` with these labels
+/// (among others: the node's, in whatever order they are written).
+pub fn metric_labelled(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// The value of the first line of `addr`'s `/metrics` that starts with
 /// `prefix` (a name, or a name with the start of its labels).
 pub fn metric_line(addr: SocketAddr, prefix: &str) -> Option<f64> {

@@ -472,7 +472,7 @@ impl Proxy {
             None => {
                 if self.pending.values().any(|p| {
                     matches!(p, Pending::Route { server, .. } | Pending::Callee { server, .. }
-                        if *server == invite)
+                        | Pending::Enum { server, .. } if *server == invite)
                 }) {
                     self.cancelled_pending.insert(invite);
                 }

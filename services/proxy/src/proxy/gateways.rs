@@ -1,10 +1,7 @@
 //! Calls to numbers no subscriber owns: to the farm's PSTN gateways
 //! ([`crate::gateways`]).
 //!
-//! Only a subscriber's call (an authenticated phone, or a front end or
-//! application server in the trust domain) may reach a gateway: a peer
-//! farm or a gateway itself sending the farm a number it does not own is
-//! refused (403), so the farm carries no transit traffic to the PSTN.
+//! Only a subscriber's call reaches a gateway (`numbers.rs` checks).
 //!
 //! A call goes to the first gateway of its route; a 408 or 5xx, a
 //! transport failure, or no answer at all within `gateway_timeout` moves
@@ -20,18 +17,16 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringmesh_sip::aor::Aor;
 use ringmesh_sip::transaction::{ClientKey, ServerKey};
 use ringmesh_sip::{HeaderName, Message, Method};
 
 use super::routing::Target;
 use super::services::Onward;
 use super::{IdMap, Now, Origin, Pending, Proxy};
-use crate::gateways::{self, GatewayRecord, number_of};
+use crate::gateways::{self, GatewayRecord};
 use crate::location::{Located, LocationError, LocationOp};
-use crate::observe::{GatewayEvent, Metric, Refusal};
+use crate::observe::{GatewayEvent, Metric};
 use crate::token::Dest;
-use crate::trust::Kind;
 
 /// How often each gateway is sent an OPTIONS.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -115,31 +110,8 @@ impl Proxy {
         self.gateways.iter().cloned().collect()
     }
 
-    /// Whether `origin` may send a call to the PSTN: a subscriber
-    /// (authenticated, so its identity is asserted) or a front end or
-    /// application server acting for one.
-    fn may_use_gateways(&self, origin: Origin, onward: &Onward) -> bool {
-        match origin {
-            Origin::Phone(_) => onward.asserted.is_some(),
-            Origin::Trusted(flow) => self
-                .trusted_element(flow)
-                .is_some_and(|e| matches!(e.kind, Kind::FrontEnd | Kind::AppServer)),
-            Origin::Peer => false,
-        }
-    }
-
-    /// The number an INVITE for `callee` (which no subscriber owns) is
-    /// sent to the gateways with: `None` when gateway routing does not
-    /// apply (not an INVITE, not a global number, no gateway configured):
-    /// the request is answered as for any unknown callee.
-    pub(super) fn gateway_number(&self, msg: &Message, callee: &Aor) -> Option<String> {
-        (*msg.method() == Method::Invite && !self.gateways.is_empty())
-            .then(|| number_of(callee).map(str::to_string))
-            .flatten()
-    }
-
-    /// An INVITE for `number` (see [`Proxy::gateway_number`]): to a
-    /// gateway, or refused.
+    /// A subscriber's INVITE for `number` (`numbers.rs`): to a gateway;
+    /// 480 when the farm has none.
     pub(super) fn route_to_gateway(
         &mut self,
         server: ServerKey,
@@ -149,14 +121,8 @@ impl Proxy {
         number: String,
         now: Now,
     ) {
-        if !self.may_use_gateways(origin, &onward) {
-            self.refused(Refusal::GatewayTransit);
-            return self.forbid(
-                server,
-                &msg,
-                b"399 ringmesh \"calls to the PSTN are for subscribers only\"",
-                now,
-            );
+        if self.gateways.is_empty() {
+            return self.reply(server, &msg, 480, &[], now);
         }
         let mut route = self.gateways.route(&number, &self.policy.region);
         if route.is_empty() {

@@ -283,7 +283,7 @@ impl Proxy {
         let onward = Onward {
             asserted,
             charging,
-            after: None,
+            ..Onward::default()
         };
         match (caller, service_route.flatten()) {
             (Some(sub), _) => self.originating(server, msg, origin, onward, &sub, None, now),
@@ -885,13 +885,13 @@ impl Proxy {
                 return self.forbid(server, &msg, b"399 ringmesh \"the callee is barred\"", now);
             }
             Ok(None) => {
-                // A number no subscriber owns: a PSTN gateway's.
+                // A number no subscriber owns: ENUM's, or a PSTN gateway's.
                 let number = match msg.request_uri().and_then(|u| self.callee_of(&u)) {
-                    Some((aor, None)) => self.gateway_number(&msg, &aor),
+                    Some((aor, None)) => self.onward_number(&msg, &aor),
                     _ => None,
                 };
                 if let Some(number) = number {
-                    return self.route_to_gateway(server, msg, origin, onward, number, now);
+                    return self.route_number(server, msg, origin, onward, number, now);
                 }
                 return self.unreachable(server, msg, now);
             }

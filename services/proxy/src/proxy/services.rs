@@ -91,6 +91,8 @@ pub(super) struct Onward {
     pub asserted: Option<Bytes>,
     pub charging: Option<Bytes>,
     pub after: Option<(Aor, i32)>,
+    /// ENUM was asked for the number already (`numbers.rs`).
+    pub enum_done: bool,
 }
 
 /// A request at an application server: what resuming without it needs.

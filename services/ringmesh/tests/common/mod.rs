@@ -15,8 +15,8 @@ pub use ringmesh_test_support::sip::{
     options_ok, register_with_password, status_of, tcp_exchange, udp_exchange,
 };
 pub use ringmesh_test_support::{
-    Etcd, NodeInfo, PortBlock, free_port, free_sip_port, http_get, metric, metric_line, rand_u64,
-    repo_root, require, wait_until,
+    Etcd, NodeInfo, PortBlock, free_port, free_sip_port, http_get, metric, metric_labelled,
+    metric_line, rand_u64, repo_root, require, wait_until,
 };
 
 /// A `ringmesh dev` farm of this build.

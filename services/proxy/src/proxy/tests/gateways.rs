@@ -307,3 +307,160 @@ fn attacker_no_transit_to_the_pstn_for_peers_gateways_or_strangers() {
     alice_dials(&mut h, alice, "+15551234", "ok-1");
     assert_eq!(invites(&mut h).len(), 1, "alice's call");
 }
+
+// ---- ENUM -------------------------------------------------------------------
+
+use crate::dns::{Naptr, Query, Resolved};
+
+/// A node with ENUM under e164.test and one gateway taking every number.
+fn with_enum() -> Harness {
+    let mut h = with_gateways(vec![gw("any", 1, &["+"], 0, 0)]);
+    h.node(1).policy.enum_domain = Some("e164.test".into());
+    h
+}
+
+fn sip_rule(regexp: &str) -> Resolved {
+    Resolved::Naptr(vec![Naptr {
+        order: 10,
+        preference: 10,
+        flags: "u".into(),
+        services: "E2U+sip".into(),
+        regexp: regexp.into(),
+    }])
+}
+
+/// The one DNS question asked since the last call, answered with `answer`.
+fn answer_enum(h: &mut Harness, name: &str, answer: Resolved) {
+    let asked = std::mem::take(&mut h.resolves);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let (_, token, query) = asked.into_iter().next().unwrap();
+    assert_eq!(query, Query::Naptr { name: name.into() });
+    let now = h.now;
+    h.node(1).handle_resolved(token, answer, now);
+    h.pump();
+}
+
+#[test]
+fn an_enum_record_sends_the_call_where_it_points() {
+    let mut h = with_enum();
+    let bob = udp_leaf(2);
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    let alice = udp_leaf(1);
+    // A number ported to bob: his phone rings.
+    alice_dials(&mut h, alice, "+15557770001", "enum-1");
+    assert!(invites(&mut h).is_empty(), "waits for DNS");
+    answer_enum(
+        &mut h,
+        "1.0.0.0.7.7.7.5.5.5.1.e164.test.",
+        sip_rule("!^.*$!sip:bob@ringmesh.test!"),
+    );
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0]
+            .msg
+            .request_uri_bytes()
+            .starts_with(b"sip:bob@192.0.2.2")
+    );
+    // A number served elsewhere, by address: sent there, to the URI.
+    alice_dials(&mut h, alice, "+15557770002", "enum-2");
+    answer_enum(
+        &mut h,
+        "2.0.0.0.7.7.7.5.5.5.1.e164.test.",
+        sip_rule("!^\\+(.*)$!sip:\\1@192.0.2.77:5070!"),
+    );
+    let out = invites(&mut h);
+    assert_eq!(
+        out[0].dest,
+        Dest::Addr {
+            transport: Transport::Udp,
+            addr: "192.0.2.77:5070".parse().unwrap()
+        }
+    );
+    assert_eq!(
+        out[0].msg.request_uri_bytes(),
+        b"sip:15557770002@192.0.2.77:5070"
+    );
+    assert_eq!(h.metrics[0].count("Enum(Local)"), 1);
+    assert_eq!(h.metrics[0].count("Enum(Direct)"), 1);
+}
+
+#[test]
+fn no_record_a_dns_failure_or_another_domain_leave_the_call_to_the_gateways() {
+    let mut h = with_enum();
+    let alice = udp_leaf(1);
+    for (n, answer) in [
+        ("3", Resolved::NotFound),
+        ("4", Resolved::Failed("timed out".into())),
+        ("5", sip_rule("!^.*$!sip:carol@other.example!")),
+        ("6", sip_rule("!^.*$!mailto:x@example.com!")),
+    ] {
+        alice_dials(
+            &mut h,
+            alice,
+            &format!("+1555777000{n}"),
+            &format!("enum-{n}"),
+        );
+        answer_enum(
+            &mut h,
+            &format!("{n}.0.0.0.7.7.7.5.5.5.1.e164.test."),
+            answer,
+        );
+        let out = invites(&mut h);
+        assert_eq!(out.len(), 1, "{n}");
+        assert_eq!(out[0].dest, at(1), "{n}: to the gateway");
+    }
+    // A record naming a number of ours that no one owns is not looked up
+    // again (no loop): the gateway.
+    alice_dials(&mut h, alice, "+15557770007", "enum-7");
+    answer_enum(
+        &mut h,
+        "7.0.0.0.7.7.7.5.5.5.1.e164.test.",
+        sip_rule("!^.*$!sip:+15557770008@ringmesh.test!"),
+    );
+    assert!(h.resolves.is_empty(), "asked once");
+    assert_eq!(invites(&mut h)[0].dest, at(1));
+}
+
+#[test]
+fn a_call_cancelled_while_dns_answers_gets_487_and_goes_nowhere() {
+    let mut h = with_enum();
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+15557770009", "enum-9");
+    let cancel = invite_to(
+        alice,
+        "alice",
+        &format!("sip:+15557770009@{DOMAIN};user=phone"),
+        "enum-9",
+    )
+    .replace("INVITE sip", "CANCEL sip")
+    .replace("CSeq: 1 INVITE", "CSeq: 2 CANCEL")
+    .replace("branch=z9hG4bKienum-9", "branch=z9hG4bK2ienum-9");
+    h.leaf_sends(alice, &cancel);
+    answer_enum(
+        &mut h,
+        "9.0.0.0.7.7.7.5.5.5.1.e164.test.",
+        sip_rule("!^.*$!sip:bob@ringmesh.test!"),
+    );
+    assert!(invites(&mut h).is_empty());
+    let statuses: Vec<Option<u16>> = h.responses_to(alice).iter().map(Message::status).collect();
+    assert!(statuses.contains(&Some(487)), "{statuses:?}");
+}
+
+#[test]
+fn attacker_a_peer_gets_no_enum_lookup_on_the_farms_account() {
+    let mut h = with_enum();
+    h.node(1).set_trusted(TrustTable::new(vec![
+        Element::parse_flag("peer-farm:other=192.0.2.210").unwrap(),
+    ]));
+    let peer = udp_leaf(210);
+    h.leaf_sends(
+        peer,
+        &invite_to(peer, "+15550000", "tel:+15557770010", "p1"),
+    );
+    assert_eq!(h.final_to(peer).status(), Some(403));
+    assert!(h.resolves.is_empty(), "no DNS query made for it");
+}

@@ -323,6 +323,8 @@ pub struct Harness {
     pub closed: Vec<(u8, u64)>,
     /// Call records, with the node that wrote each.
     pub records: Vec<(u8, crate::cdr::CallRecord)>,
+    /// DNS questions asked: node, token, query (answered by the test).
+    pub resolves: Vec<(u8, u64, crate::dns::Query)>,
 }
 
 /// What a harness is built with.
@@ -435,6 +437,7 @@ impl Harness {
             sent: Vec::new(),
             closed: Vec::new(),
             records: Vec::new(),
+            resolves: Vec::new(),
         }
     }
 
@@ -476,6 +479,7 @@ impl Harness {
                         }
                         Action::CloseFlow { id } => self.closed.push((n, id)),
                         Action::CallRecord(r) => self.records.push((n, *r)),
+                        Action::Resolve { token, query } => self.resolves.push((n, token, query)),
                         Action::Transmit { dest, bytes } => {
                             let m = Message::parse(bytes).expect("the proxy writes valid SIP");
                             if let Dest::Peer(peer) = dest {

@@ -1,0 +1,146 @@
+//! ENUM on a real farm (`ringmesh dev`, three nodes) against a real DNS
+//! server (Debian's dnsmasq) holding NAPTR records under `e164.test`:
+//! a number ported to bob rings bob's phone; a number whose record names
+//! an address reaches that address with the URI the record gives; a
+//! number with no record gets 480 (the farm has no PSTN gateway here).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, require, wait_until};
+use ringmesh_test_support::phone::UdpPhone;
+
+const ENUM_DOMAIN: &str = "e164.test";
+
+/// dnsmasq on 127.0.0.1 with `records` (name, regexp) as E2U+sip NAPTR
+/// records; stopped (by PID) when dropped.
+struct DnsServer {
+    child: Child,
+    port: u16,
+}
+
+impl DnsServer {
+    fn start(dir: &std::path::Path, records: &[(&str, String)]) -> DnsServer {
+        let bin = require("dnsmasq", "dnsmasq-base");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+        ])
+        .args([
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg("--log-facility=-")
+        .arg(format!("--local=/{ENUM_DOMAIN}/"));
+        for (name, regexp) in records {
+            cmd.arg(format!("--naptr-record={name},10,10,u,E2U+sip,{regexp}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq starts");
+        wait_until("dnsmasq listening", Duration::from_secs(5), || {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+        });
+        DnsServer { child, port }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// alice calls `number` at `node`; the callee (if any) answers 486 on
+/// another thread: the final status alice hears.
+fn alice_calls(node: std::net::SocketAddr, number: &str) -> u16 {
+    let alice = UdpPhone::on("127.0.0.1");
+    let text = alice.request_to(
+        "INVITE",
+        &format!("sip:{number}@ringmesh.test"),
+        "alice",
+        "",
+    );
+    alice
+        .authenticated(node, &text, "alice", "secret")
+        .map_or(0, |(s, _)| s)
+}
+
+#[test]
+#[ignore = "slow: needs dnsmasq and a ringmesh dev farm"]
+fn numbers_go_where_their_enum_records_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let carrier = UdpPhone::on("127.0.0.1");
+    let dns = DnsServer::start(
+        dir.path(),
+        &[
+            (
+                "1.0.0.0.7.7.7.5.5.5.1.e164.test",
+                "!^.*$!sip:bob@ringmesh.test!".to_string(),
+            ),
+            (
+                "2.0.0.0.7.7.7.5.5.5.1.e164.test",
+                format!("!^.*$!sip:ported@{}!", carrier.me),
+            ),
+        ],
+    );
+    let dns_server = format!("127.0.0.1:{}", dns.port);
+    let farm = common::start_farm(
+        &[
+            "--nodes",
+            "3",
+            "--dns-server",
+            &dns_server,
+            "--enum-domain",
+            ENUM_DOMAIN,
+        ],
+        &[],
+    );
+    let bob = UdpPhone::on("127.0.0.1");
+    assert_eq!(bob.register(farm.nodes[2].sip, "bob", "secret"), Some(200));
+    let node = farm.nodes[1].sip;
+
+    // Ported to bob: his phone rings (and says busy).
+    let ringing = std::thread::spawn(move || bob.answer_next(486, Duration::from_secs(10)));
+    assert_eq!(alice_calls(node, "+15557770001"), 486);
+    let (invite, _) = ringing.join().unwrap().expect("bob's phone got the INVITE");
+    assert!(invite.starts_with("INVITE sip:bob@"), "{invite}");
+
+    // Served elsewhere, by address: the INVITE reaches it, for the URI the
+    // record names.
+    let at_carrier = std::thread::spawn(move || carrier.answer_next(486, Duration::from_secs(10)));
+    assert_eq!(alice_calls(node, "+15557770002"), 486);
+    let (invite, _) = at_carrier
+        .join()
+        .unwrap()
+        .expect("the carrier got the INVITE");
+    assert!(
+        invite.starts_with("INVITE sip:ported@127.0.0.1:"),
+        "{invite}"
+    );
+
+    // No record, and no gateway: unreachable.
+    assert_eq!(alice_calls(node, "+15557770003"), 480);
+
+    let lookups = |result: &str| {
+        common::metric_labelled(
+            farm.nodes[1].metrics,
+            "ringmesh_sip_enum_lookups_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(lookups("local"), Some(1.0));
+    assert_eq!(lookups("direct"), Some(1.0));
+    assert_eq!(lookups("none"), Some(1.0));
+}
