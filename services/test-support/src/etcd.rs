@@ -280,3 +280,191 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// A plaintext etcd cluster of `n` members on 127.0.0.1 (the test's
+/// ports), for availability tests: members are killed, restarted, and
+/// the whole cluster restored from a snapshot, as an operator would.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    binary: PathBuf,
+    members: Vec<Option<Child>>,
+    pub data: tempfile::TempDir,
+    ports: PortBlock,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster is healthy.
+    pub fn start(n: usize) -> EtcdCluster {
+        let mut c = EtcdCluster {
+            binary: require("etcd", "etcd-server"),
+            members: (0..n).map(|_| None).collect(),
+            data: tempfile::tempdir().expect("a temporary directory"),
+            ports: PortBlock::reserve(),
+        };
+        c.start_all();
+        c
+    }
+
+    fn client_port(&self, i: usize) -> u16 {
+        self.ports.base + 10 * i as u16
+    }
+
+    fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.client_port(i) + 1)
+    }
+
+    /// Member `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.client_port(i))
+    }
+
+    /// `--etcd URL` for every member: how a Ringmesh process reaches it.
+    pub fn client_args(&self) -> Vec<String> {
+        (0..self.members.len())
+            .flat_map(|i| ["--etcd".to_string(), self.url(i)])
+            .collect()
+    }
+
+    /// `m0=PEER0,m1=PEER1,…`.
+    pub fn initial_cluster(&self) -> String {
+        (0..self.members.len())
+            .map(|i| format!("m{i}={}", self.peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `i`'s data directory.
+    pub fn member_dir(&self, i: usize) -> PathBuf {
+        self.data.path().join(format!("m{i}"))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let client = self.url(i);
+        let peer = self.peer_url(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("m{i}.log")))
+            .expect("the etcd log");
+        let child = Command::new(&self.binary)
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.member_dir(i))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-token", "ringmesh-test"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the etcd log"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.members[i] = Some(child);
+    }
+
+    /// Whether member `i` says the cluster is healthy (it has a leader and
+    /// a quorum).
+    pub fn healthy(&self, i: usize) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port(i))) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.contains("\"health\":\"true\"")
+    }
+
+    /// Starts every member that is not running, and waits until each
+    /// running member reports a healthy cluster.
+    pub fn start_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].is_none() {
+                self.spawn(i);
+            }
+        }
+        wait_until(
+            "the etcd cluster is healthy",
+            Duration::from_secs(30),
+            || (0..self.members.len()).all(|i| self.healthy(i)),
+        );
+    }
+
+    /// Kills member `i` (by its PID, SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills every member.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Loses the cluster and restores it from `snapshot` (made with
+    /// `etcdctl snapshot save`), as docs/operations.md says: every member
+    /// stopped, its data directory replaced by `etcdctl snapshot restore`
+    /// with the same names and peer URLs, then started.
+    pub fn restore(&mut self, snapshot: &std::path::Path) {
+        self.kill_all();
+        for i in 0..self.members.len() {
+            let dir = self.member_dir(i);
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = Command::new(require("etcdctl", "etcd-client"))
+                .env("ETCDCTL_API", "3")
+                .arg("snapshot")
+                .arg("restore")
+                .arg(snapshot)
+                .args(["--name", &format!("m{i}")])
+                .args(["--initial-cluster", &self.initial_cluster()])
+                .args(["--initial-cluster-token", "ringmesh-test-restored"])
+                .args(["--initial-advertise-peer-urls", &self.peer_url(i)])
+                .arg("--data-dir")
+                .arg(&dir)
+                .output()
+                .expect("etcdctl runs");
+            assert!(out.status.success(), "snapshot restore: {out:?}");
+        }
+        self.start_all();
+    }
+
+    /// The keys under `prefix`, read through any live member.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let endpoints: Vec<String> = (0..self.members.len()).map(|i| self.url(i)).collect();
+        let out = Command::new(require("etcdctl", "etcd-client"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints.join(","), "--command-timeout=5s"])
+            .args(["get", "--prefix", "--keys-only", prefix])
+            .output()
+            .expect("etcdctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// The operator's backup: `etcdctl snapshot save` from member
+    /// `member` (a snapshot is taken from one member) to `path`.
+    pub fn snapshot_save(&self, member: usize, path: &std::path::Path) {
+        let out = Command::new(require("etcdctl", "etcd-client"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url(member), "--command-timeout=10s"])
+            .args(["snapshot", "save"])
+            .arg(path)
+            .output()
+            .expect("etcdctl runs");
+        assert!(out.status.success(), "snapshot save: {out:?}");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use etcd::{Etcd, EtcdCerts};
+pub use etcd::{Etcd, EtcdCerts, EtcdCluster};
 pub use farm::{Farm, NodeInfo};
 
 /// The repository's root directory.

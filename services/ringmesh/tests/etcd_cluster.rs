@@ -1,0 +1,181 @@
+//! A farm on a 3-member etcd cluster (Debian's etcd), played as an
+//! operator lives it:
+//!
+//! 1. one member killed: nothing is noticed (registrations, calls and
+//!    provisioning writes go on);
+//! 2. every member stopped for 60 s: registrations and calls go on from
+//!    the supernodes' subscriber caches, provisioning writes fail with
+//!    UNAVAILABLE (ctl exit 4), and everything recovers by itself when the
+//!    members come back;
+//! 3. the cluster lost: restored from a snapshot taken earlier with the
+//!    commands of docs/operations.md ("etcd: backup and restore"), the farm
+//!    reconnects by itself; what was written before the snapshot is there,
+//!    what was written after it is not (the loss window the runbook names).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{ctl_with, metric, register_with_password, wait_until};
+use ringmesh_test_support::EtcdCluster;
+use ringmesh_test_support::phone::UdpPhone;
+
+/// `user` registers at `node` from a phone of its own and unregisters
+/// again: the node has the subscriber cached, and no binding is left.
+fn warm(node: SocketAddr, user: &str) {
+    let phone = UdpPhone::on("127.0.0.1");
+    assert_eq!(phone.register(node, user, "secret"), Some(200));
+    let gone = phone.register_expires(node, user, "secret", 0);
+    assert_eq!(gone.map(|(s, _)| s), Some(200));
+}
+
+/// alice calls bob (whose phone, registered at `bob_node` for the call,
+/// answers 486 on another thread) through `node`: the status alice hears,
+/// and whether bob's phone rang.
+fn alice_calls_bob(node: SocketAddr, bob_node: SocketAddr) -> (u16, bool) {
+    let bob = UdpPhone::on("127.0.0.1");
+    assert_eq!(bob.register(bob_node, "bob", "secret"), Some(200));
+    let ringing = std::thread::spawn(move || {
+        let rang = bob.answer_next(486, Duration::from_secs(10)).is_some();
+        let gone = bob.register_expires(bob_node, "bob", "secret", 0);
+        assert_eq!(gone.map(|(s, _)| s), Some(200), "bob unregisters");
+        rang
+    });
+    let alice = UdpPhone::on("127.0.0.1");
+    let text = alice.request("INVITE", "bob", "alice", "");
+    let status = alice
+        .authenticated(node, &text, "alice", "secret")
+        .map_or(0, |(s, _)| s);
+    (status, ringing.join().unwrap())
+}
+
+fn add(farm: &common::Farm, user: &str) -> (i32, String) {
+    let (code, out, err) = ctl_with(
+        farm,
+        &[
+            "subscriber",
+            "add",
+            user,
+            "--public",
+            &format!("sip:{user}@ringmesh.test"),
+            "--password",
+            "pw",
+        ],
+    );
+    (code, format!("{out}{err}"))
+}
+
+fn exists(farm: &common::Farm, user: &str) -> bool {
+    let (code, _, err) = ctl_with(farm, &["subscriber", "get", user]);
+    assert!(code == 0 || code == 3, "{err}");
+    code == 0
+}
+
+#[test]
+#[ignore = "slow: a 3-member etcd cluster, a ringmesh dev farm, a minute of outage"]
+fn a_farm_rides_out_etcd_member_loss_a_full_outage_and_a_restore() {
+    let mut etcd = EtcdCluster::start(3);
+    let mut args: Vec<String> = vec!["--users".into(), "20".into()];
+    args.extend(etcd.client_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let farm = common::start_farm(&args, &[]);
+    let (n0, n1) = (farm.nodes[0].sip, farm.nodes[1].sip);
+    let connected = |want: f64| {
+        farm.nodes
+            .iter()
+            .all(|n| metric(n.metrics, "ringmesh_etcd_connected") == Some(want))
+    };
+    wait_until("every node on etcd", Duration::from_secs(30), || {
+        connected(1.0)
+    });
+    // Warm each node's cache with the callers of the outage below.
+    for node in [n0, n1] {
+        for u in ["alice", "bob"] {
+            warm(node, u);
+        }
+    }
+
+    // 1. A member killed: nothing noticed.
+    etcd.kill(0);
+    let (code, out) = add(&farm, "carol");
+    assert_eq!(code, 0, "a provisioning write with 2 of 3 members: {out}");
+    assert_eq!(register_with_password(n1, "carol", "pw"), 200);
+    assert_eq!(alice_calls_bob(n0, n1), (486, true));
+    assert!(connected(1.0), "the nodes stay on etcd");
+
+    // The operator's backup (docs/operations.md), with carol in it.
+    let snapshot = etcd.data.path().join("backup.db");
+    etcd.snapshot_save(1, &snapshot);
+    etcd.start_all();
+    let (code, out) = add(&farm, "dave");
+    assert_eq!(code, 0, "{out}");
+
+    // 2. Every member stopped for a minute.
+    etcd.kill_all();
+    let down = Instant::now();
+    wait_until("the nodes see etcd gone", Duration::from_secs(30), || {
+        connected(0.0)
+    });
+    let (code, out) = add(&farm, "erin2");
+    assert_eq!(code, 4, "provisioning answers UNAVAILABLE: {out}");
+    assert!(out.to_lowercase().contains("unavailable"), "{out}");
+    for node in [n0, n1] {
+        // (From the cache: a phone's binding left behind would make every
+        // later call to it fork to a phone that is gone.)
+        warm(node, "alice");
+    }
+    assert_eq!(
+        alice_calls_bob(n0, n1),
+        (486, true),
+        "a call with etcd down"
+    );
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(down.elapsed()));
+    warm(n0, "bob");
+    etcd.start_all();
+    let back = wait_until("every node back on etcd", Duration::from_secs(60), || {
+        connected(1.0)
+    });
+    eprintln!("the farm back on etcd {back:?} after the cluster came back");
+    let took = wait_until("provisioning writes again", Duration::from_secs(30), || {
+        add(&farm, "erin2").0 == 0
+    });
+    eprintln!("provisioning wrote again {took:?} after the farm reconnected");
+    assert_eq!(register_with_password(n1, "erin2", "pw"), 200);
+
+    // 3. The cluster lost, restored from the backup.
+    etcd.restore(&snapshot);
+    wait_until(
+        "every node back on the restored etcd",
+        Duration::from_secs(60),
+        || connected(1.0),
+    );
+    wait_until(
+        "provisioning reads the restored store",
+        Duration::from_secs(30),
+        || exists(&farm, "carol"),
+    );
+    assert!(!exists(&farm, "dave"), "written after the backup: lost");
+    assert!(!exists(&farm, "erin2"), "written after the backup: lost");
+    let (code, out) = add(&farm, "frank");
+    assert_eq!(code, 0, "writes go on after the restore: {out}");
+    assert_eq!(register_with_password(n0, "frank", "pw"), 200);
+    assert_eq!(alice_calls_bob(n1, n0), (486, true));
+    wait_until(
+        "every node's membership key is back",
+        Duration::from_secs(40),
+        || etcd.keys("/ringmesh/members/").len() == 3,
+    );
+    // The supernodes still hear of changes: a new password reaches the node
+    // that has frank cached.
+    let (code, _, err) = ctl_with(
+        &farm,
+        &["subscriber", "set-password", "frank", "--password", "pw2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        "the new password reaches node 0",
+        Duration::from_secs(10),
+        || register_with_password(n0, "frank", "pw2") == 200,
+    );
+}
