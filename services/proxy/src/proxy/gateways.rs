@@ -90,6 +90,7 @@ impl Proxy {
         self.gateways.set(records);
         let names: Vec<&str> = self.gateways.iter().map(|g| g.rec.name.as_str()).collect();
         self.gw.probing.retain(|n, _| names.contains(&n.as_str()));
+        self.gw.up.retain(|_, (n, _)| names.contains(&n.as_str()));
         self.gw.next_probe = match (self.gateways.is_empty(), self.gw.next_probe) {
             (true, _) => None,
             (false, None) => Some(now.mono),
@@ -335,8 +336,8 @@ impl Proxy {
         }
     }
 
-    /// Gateway timers: calls that heard nothing in time move on, probes,
-    /// the table's refresh, answered calls that ran out.
+    /// Gateway timers: calls that heard nothing in time move on, the
+    /// table's refresh, probes (and answered calls that ran out).
     pub(super) fn gateway_timers(&mut self, now: Now) {
         while let Some(&(at, server)) = self.gw.deadlines.front() {
             if at > now.mono {
@@ -359,8 +360,8 @@ impl Proxy {
         if self.gw.next_probe.is_some_and(|at| at <= now.mono) {
             self.gw.next_probe = Some(now.mono + PROBE_EVERY);
             self.probe_gateways(now);
-        }
-        if !self.gw.up.is_empty() {
+            // Answered calls whose BYE never passed: over at the longest
+            // dialog (swept with the probes, not at every timer).
             let over: Vec<_> = self
                 .gw
                 .up
