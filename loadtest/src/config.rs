@@ -192,6 +192,12 @@ pub struct Args {
     /// first (by its pid) and restart it from its argv.
     #[arg(long, value_parser = parse_churn)]
     pub churn_every: Option<f64>,
+    /// With --churn-every: each step picks a node other than the first and
+    /// an action at random (seeded by --seed): SIGKILL and restart, SIGSTOP
+    /// for 20 s, or SIGTERM and restart; and every node's RSS is sampled
+    /// every 10 s (a chaos soak).
+    #[arg(long)]
+    pub chaos: bool,
     /// Write the first 10,000 messages each thread sends and receives to
     /// FILE (FILE.N for thread N > 0), for debugging.
     #[arg(long)]
@@ -260,6 +266,7 @@ pub struct Config {
     pub seed: u64,
     #[serde(serialize_with = "as_secs_opt")]
     pub churn_every: Option<Duration>,
+    pub chaos: bool,
     pub trace_msg: Option<PathBuf>,
     pub max_fail_pct: Option<f64>,
 }
@@ -371,6 +378,9 @@ impl Args {
         if self.churn_every.is_some() && self.farm_json.is_none() {
             return bad("--churn-every needs --farm-json (the nodes to restart)");
         }
+        if self.chaos && self.churn_every.is_none() {
+            return bad("--chaos needs --churn-every (how often a node is hit)");
+        }
         if self.refresh && self.scenario != Scenario::Register {
             return bad("--refresh applies to --scenario register (mixed always refreshes)");
         }
@@ -440,6 +450,7 @@ impl Args {
             progress: !self.no_progress,
             seed: self.seed.unwrap_or_else(entropy),
             churn_every: self.churn_every.map(Duration::from_secs_f64),
+            chaos: self.chaos,
             trace_msg: self.trace_msg,
             max_fail_pct: self.max_fail_pct,
         })
@@ -633,6 +644,7 @@ mod tests {
             (&["--bind", "0.0.0.0"][..], "--bind"),
             (&["--threads", "8", "--sockets", "2"][..], "--threads"),
             (&["--churn-every", "5"][..], "--churn-every"),
+            (&["--chaos"][..], "--chaos"),
             (&["--mix", "register=0,call=0", "-s", "mixed"][..], "--mix"),
             (&["--domain", "a b"][..], "--domain"),
             (&["--t1-ms", "600", "--t2-ms", "500"][..], "--t2-ms"),

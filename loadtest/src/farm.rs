@@ -9,6 +9,11 @@
 //! each step with its time. Nodes it restarted are its own children: it
 //! kills those through their handles, and stops them (SIGTERM, then
 //! SIGKILL after 10 s) when the run ends.
+//!
+//! With `--chaos` (a soak), each step picks a node other than the first
+//! and an action with a generator seeded by `--seed`, so a run can be
+//! replayed: SIGKILL and restart, SIGSTOP for 20 s, or SIGTERM (drain and
+//! hand-off) and restart; every node's RSS is sampled every 10 s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,18 +101,52 @@ pub struct ChurnEvent {
     pub detail: String,
 }
 
-/// Kills and restarts farm nodes, one at a time.
+/// A node's resident memory at one moment (chaos runs sample every node
+/// every [`RSS_EVERY`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct RssSample {
+    pub t_s: f64,
+    pub node: String,
+    pub pid: u32,
+    pub rss_kib: u64,
+}
+
+/// How often a chaos run samples each node's RSS.
+pub const RSS_EVERY: Duration = Duration::from_secs(10);
+/// How long a chaos run keeps a node frozen (SIGSTOP).
+pub const FREEZE: Duration = Duration::from_secs(20);
+
+/// What one chaos step does to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chaos {
+    /// SIGKILL, then start it again.
+    Kill,
+    /// SIGSTOP for [`FREEZE`], then SIGCONT.
+    Freeze,
+    /// SIGTERM (it drains and hands off), then start it again.
+    Restart,
+}
+
+/// Kills and restarts farm nodes, one at a time: in turn, or (chaos) a
+/// node and an action chosen by a seeded generator.
 #[derive(Debug)]
 pub struct Churner {
     nodes: Vec<Node>,
     next: usize,
     children: HashMap<usize, Child>,
     t0: Instant,
+    /// Chaos: the generator's state (splitmix64), and the frozen nodes
+    /// with when they thaw.
+    chaos: Option<u64>,
+    frozen: Vec<(usize, Instant)>,
     pub events: Vec<ChurnEvent>,
+    pub rss: Vec<RssSample>,
 }
 
 impl Churner {
-    pub fn new(nodes: Vec<Node>, t0: Instant) -> Result<Churner, String> {
+    /// A churner of `nodes` from `t0`; with `chaos`, the seed of its
+    /// choices.
+    pub fn new(nodes: Vec<Node>, t0: Instant, chaos: Option<u64>) -> Result<Churner, String> {
         if nodes.len() < 2 {
             return Err(
                 "--churn-every needs a farm of at least 2 nodes (the first is never killed)".into(),
@@ -118,13 +157,20 @@ impl Churner {
             next: 0,
             children: HashMap::new(),
             t0,
+            chaos,
+            frozen: Vec::new(),
             events: Vec::new(),
+            rss: Vec::new(),
         })
+    }
+
+    fn t_s(&self) -> f64 {
+        (self.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
     }
 
     fn log(&mut self, event: &'static str, i: usize, pid: u32, detail: String) {
         let e = ChurnEvent {
-            t_s: (self.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            t_s: self.t_s(),
             event,
             node: self.nodes[i].name.clone(),
             pid,
@@ -137,34 +183,136 @@ impl Churner {
         self.events.push(e);
     }
 
-    /// Kills the next node (never the first) and restarts it.
+    /// The next number of the chaos generator (splitmix64).
+    fn roll(&mut self) -> u64 {
+        let s = self.chaos.get_or_insert(0);
+        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// One step: the next node (never the first) killed and restarted; in
+    /// a chaos run, a node that is not frozen, chosen at random, killed,
+    /// frozen or restarted gracefully.
     pub async fn churn_one(&mut self) {
-        let i = 1 + self.next % (self.nodes.len() - 1);
-        self.next += 1;
+        if self.chaos.is_none() {
+            let i = 1 + self.next % (self.nodes.len() - 1);
+            self.next += 1;
+            return self.kill_and_start(i, Chaos::Kill).await;
+        }
+        let candidates: Vec<usize> = (1..self.nodes.len())
+            .filter(|i| !self.frozen.iter().any(|(f, _)| f == i))
+            .collect();
+        let i = candidates[(self.roll() % candidates.len() as u64) as usize];
+        let action = [Chaos::Kill, Chaos::Freeze, Chaos::Restart][(self.roll() % 3) as usize];
+        if action == Chaos::Freeze {
+            let pid = self.nodes[i].pid;
+            match kill(Pid::from_raw(pid as i32), Signal::SIGSTOP) {
+                Ok(()) => {
+                    self.frozen.push((i, Instant::now() + FREEZE));
+                    self.log(
+                        "freeze",
+                        i,
+                        pid,
+                        format!("SIGSTOP for {}s", FREEZE.as_secs()),
+                    );
+                }
+                Err(e) => self.log("skip", i, pid, format!("SIGSTOP failed: {e}")),
+            }
+            return;
+        }
+        self.kill_and_start(i, action).await;
+    }
+
+    /// Thaws the frozen nodes whose time is up (all of them with `all`).
+    pub fn thaw(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.frozen)
+            .into_iter()
+            .partition(|(_, until)| all || *until <= now);
+        self.frozen = keep;
+        for (i, _) in due {
+            let pid = self.nodes[i].pid;
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            self.log("thaw", i, pid, "SIGCONT".into());
+        }
+    }
+
+    /// Every running node's resident memory, from /proc.
+    pub fn sample_rss(&mut self) {
+        let t_s = self.t_s();
+        for n in &self.nodes {
+            let rss = std::fs::read_to_string(format!("/proc/{}/status", n.pid))
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                });
+            if let Some(rss_kib) = rss {
+                self.rss.push(RssSample {
+                    t_s,
+                    node: n.name.clone(),
+                    pid: n.pid,
+                    rss_kib,
+                });
+            }
+        }
+    }
+
+    /// Stops node `i` (SIGKILL, or for [`Chaos::Restart`] SIGTERM and up
+    /// to 20 s to drain) and starts it again from its argv.
+    async fn kill_and_start(&mut self, i: usize, how: Chaos) {
         let pid = self.nodes[i].pid;
+        let (signal, name, grace) = match how {
+            Chaos::Restart => (Signal::SIGTERM, "SIGTERM", Duration::from_secs(20)),
+            _ => (Signal::SIGKILL, "SIGKILL", Duration::from_secs(5)),
+        };
+        let event = if how == Chaos::Restart {
+            "stop"
+        } else {
+            "kill"
+        };
         if let Some(mut child) = self.children.remove(&i) {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            self.log("kill", i, pid, "SIGKILL (restarted earlier by us)".into());
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            self.log(event, i, pid, format!("{name} (restarted earlier by us)"));
         } else {
             match proc_matches(pid, &self.nodes[i].argv) {
                 ProcState::Runs => {
-                    match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {
-                        Ok(()) => self.log("kill", i, pid, "SIGKILL".into()),
+                    match kill(Pid::from_raw(pid as i32), signal) {
+                        Ok(()) => self.log(event, i, pid, name.into()),
                         Err(e) => {
-                            self.log("skip", i, pid, format!("kill failed: {e}"));
+                            self.log("skip", i, pid, format!("{name} failed: {e}"));
                             return;
                         }
                     }
                     // it is `ringmesh dev`'s child: wait until it is gone
                     // or a zombie (its sockets are then closed); its
                     // cmdline empties earlier, while it is still exiting
-                    let deadline = Instant::now() + Duration::from_secs(5);
+                    let deadline = Instant::now() + grace;
                     while proc_alive(pid) && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    if proc_alive(pid) {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        self.log(
+                            "kill",
+                            i,
+                            pid,
+                            format!("still running {grace:?} after {name}"),
+                        );
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        while proc_alive(pid) && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
                 }
-                ProcState::Gone => self.log("kill", i, pid, "already gone".into()),
+                ProcState::Gone => self.log(event, i, pid, "already gone".into()),
                 ProcState::Other => {
                     self.log(
                         "skip",
@@ -220,8 +368,10 @@ impl Churner {
         }
     }
 
-    /// Stops the nodes this run restarted (they are its children).
+    /// Thaws frozen nodes, and stops the nodes this run restarted (they
+    /// are its children).
     pub async fn shutdown(&mut self) {
+        self.thaw(true);
         let mut children: Vec<(usize, Child)> = self.children.drain().collect();
         for (i, c) in &mut children {
             if let Some(pid) = c.id() {
@@ -382,6 +532,29 @@ not json
         .unwrap();
         assert!(read_farm(&p).unwrap_err().contains("absolute"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chaos_choices_replay_from_their_seed_and_cover_every_action() {
+        let node = |i: u32| Node {
+            name: format!("sn{i}"),
+            pid: 100 + i,
+            sip: "127.0.0.1:5060".parse().unwrap(),
+            argv: vec!["/bin/true".into()],
+        };
+        let nodes: Vec<Node> = (0..5).map(node).collect();
+        let rolls = |seed| {
+            let mut c = Churner::new(nodes.clone(), Instant::now(), Some(seed)).unwrap();
+            (0..60).map(|_| c.roll()).collect::<Vec<u64>>()
+        };
+        assert_eq!(rolls(7), rolls(7), "a seed replays");
+        assert_ne!(rolls(7), rolls(8));
+        let actions: std::collections::HashSet<u64> = rolls(7).iter().map(|r| r % 3).collect();
+        assert_eq!(actions.len(), 3, "kill, freeze and restart all come up");
+        // Thawing with nothing frozen does nothing.
+        let mut c = Churner::new(nodes, Instant::now(), Some(1)).unwrap();
+        c.thaw(true);
+        assert!(c.events.is_empty());
     }
 
     #[test]

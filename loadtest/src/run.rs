@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{Args, Config, Scenario, Transport};
 use crate::driver::{self, Conn, Io, Shared};
 use crate::engine::{Engine, EngineConfig};
-use crate::farm::{self, ChurnEvent, Churner, Node};
+use crate::farm::{self, ChurnEvent, Churner, Node, RssSample};
 use crate::stats::{self, LAT_NAMES, LatencySummary, MsgCounts, OpCounts, SeriesPoint, Stats};
 
 /// Parses the command line, runs, and returns the exit status: 0, 1 (an
@@ -92,6 +92,8 @@ pub struct Report {
     /// CPU seconds the generator used (user, system).
     pub generator_cpu_s: CpuUse,
     pub churn: Vec<ChurnEvent>,
+    /// Chaos runs: every node's RSS every 10 s.
+    pub rss: Vec<RssSample>,
     pub series: Vec<SeriesPoint>,
 }
 
@@ -351,7 +353,7 @@ fn run(cfg: Config, nodes: Vec<Node>) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let show_progress = cfg.progress && std::io::stderr().is_terminal();
-    let churn_events = watch_rt.block_on(watch(&cfg, &shared, &handles, nodes, show_progress))?;
+    let churn = watch_rt.block_on(watch(&cfg, &shared, &handles, nodes, show_progress))?;
 
     let mut total = Stats::default();
     for h in handles {
@@ -367,7 +369,7 @@ fn run(cfg: Config, nodes: Vec<Node>) -> anyhow::Result<i32> {
         &total,
         run_id,
         started_unix_ms,
-        churn_events,
+        churn,
         snmp1.saturating_sub(snmp0),
         elapsed,
     );
@@ -429,7 +431,7 @@ async fn watch(
     handles: &[std::thread::JoinHandle<anyhow::Result<Stats>>],
     nodes: Vec<Node>,
     show_progress: bool,
-) -> anyhow::Result<Vec<ChurnEvent>> {
+) -> anyhow::Result<(Vec<ChurnEvent>, Vec<RssSample>)> {
     let bar = show_progress.then(|| {
         let b = indicatif::ProgressBar::new(cfg.count);
         b.set_style(
@@ -443,6 +445,7 @@ async fn watch(
     });
     let mut churner: Option<Churner> = None;
     let mut next_churn: Option<Instant> = None;
+    let mut next_rss: Option<Instant> = None;
     let mut measure_start: Option<Instant> = None;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut interrupted = false;
@@ -464,8 +467,13 @@ async fn watch(
             let now = Instant::now();
             measure_start = Some(now);
             if let Some(every) = cfg.churn_every {
-                churner = Some(Churner::new(nodes.clone(), now).map_err(anyhow::Error::msg)?);
+                let chaos = cfg.chaos.then_some(cfg.seed);
+                churner =
+                    Some(Churner::new(nodes.clone(), now, chaos).map_err(anyhow::Error::msg)?);
                 next_churn = Some(now + every);
+                if cfg.chaos {
+                    next_rss = Some(now);
+                }
             }
         }
         if let Some(b) = &bar {
@@ -486,6 +494,13 @@ async fn watch(
         if all_done {
             break;
         }
+        if let Some(c) = &mut churner {
+            c.thaw(false);
+            if next_rss.is_some_and(|at| Instant::now() >= at) {
+                c.sample_rss();
+                next_rss = next_rss.map(|at| at + farm::RSS_EVERY);
+            }
+        }
         // churn only while operations are being started
         if let (Some(c), Some(at), Some(t0)) = (&mut churner, next_churn, measure_start)
             && Instant::now() >= at
@@ -502,9 +517,9 @@ async fn watch(
     Ok(match churner {
         Some(mut c) => {
             c.shutdown().await;
-            c.events
+            (c.events, c.rss)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     })
 }
 
@@ -513,7 +528,7 @@ fn report(
     s: &Stats,
     run_id: u32,
     started_unix_ms: u64,
-    churn: Vec<ChurnEvent>,
+    (churn, rss): (Vec<ChurnEvent>, Vec<RssSample>),
     rcvbuf_errors: u64,
     elapsed: Duration,
 ) -> Report {
@@ -579,6 +594,7 @@ fn report(
         udp_rcvbuf_errors: rcvbuf_errors,
         generator_cpu_s: CpuUse { user, system },
         churn,
+        rss,
         series: stats::series(s),
     }
 }
