@@ -98,9 +98,26 @@ fn add(admin: &str, name: &str, gw: &Gateway, prefix: &str, priority: u32, weigh
     assert_eq!(code, 0, "{err}");
 }
 
-fn remove(admin: &str, name: &str) {
-    let (code, _, err) = ctl(&["--admin", admin, "gateway", "remove", name]);
-    assert_eq!(code, 0, "{err}");
+fn remove(admin: &str, names: &[&str]) {
+    for name in names {
+        let (code, _, err) = ctl(&["--admin", admin, "gateway", "remove", name]);
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
+/// Adds `gateways` (gateway, name, prefix, priority, weight) at `admin`,
+/// and waits until the node at `seen` has all of them, up.
+fn install(admin: &str, seen: &str, gateways: &[(&Gateway, &str, &str, u32, u32)]) {
+    for (gw, name, prefix, priority, weight) in gateways {
+        add(admin, name, gw, prefix, *priority, *weight);
+    }
+    let mut want: Vec<(String, bool)> = gateways.iter().map(|g| (g.1.to_string(), true)).collect();
+    want.sort();
+    wait_until(
+        "the node has the gateways, up",
+        Duration::from_secs(10),
+        || listed(seen) == want,
+    );
 }
 
 /// The gateways as `admin`'s node sees them: (name, up).
@@ -194,11 +211,11 @@ fn calls_to_numbers_reach_the_gateways_the_overlay_names() {
     // The longest prefix wins.
     let uk = Gateway::start("uas_noauth.xml", "uk", w);
     let london = Gateway::start("uas_noauth.xml", "london", w);
-    add(&admin, "uk", &uk, "+44", 0, 1);
-    add(&admin, "london", &london, "+4420", 9, 1);
-    wait_until("node 0 has both, up", Duration::from_secs(10), || {
-        listed(&seen) == [("london".into(), true), ("uk".into(), true)]
-    });
+    install(
+        &admin,
+        &seen,
+        &[(&uk, "uk", "+44", 0, 1), (&london, "london", "+4420", 9, 1)],
+    );
     assert!(
         alice_calls(&node0, "+442071234567", 1, 1, w).0,
         "the London call"
@@ -209,18 +226,18 @@ fn calls_to_numbers_reach_the_gateways_the_overlay_names() {
         "the Manchester call"
     );
     assert_eq!((london.calls(), uk.calls()), (1, 1), "uk took it");
-    remove(&admin, "uk");
-    remove(&admin, "london");
+    remove(&admin, &["uk", "london"]);
 
     // A gateway answering 503 is skipped.
     let busy = Gateway::start("uas_503.xml", "paris-busy", w);
     let paris = Gateway::start("uas_noauth.xml", "paris", w);
-    add(&admin, "paris-busy", &busy, "+33", 0, 1);
-    add(&admin, "paris", &paris, "+33", 1, 1);
-    wait_until(
-        "node 0 has the Paris gateways",
-        Duration::from_secs(10),
-        || listed(&seen) == [("paris".into(), true), ("paris-busy".into(), true)],
+    install(
+        &admin,
+        &seen,
+        &[
+            (&busy, "paris-busy", "+33", 0, 1),
+            (&paris, "paris", "+33", 1, 1),
+        ],
     );
     assert!(
         alice_calls(&node0, "+33123456789", 1, 1, w).0,
@@ -231,35 +248,32 @@ fn calls_to_numbers_reach_the_gateways_the_overlay_names() {
         (1, 1),
         "the busy one was asked first, then the next"
     );
-    remove(&admin, "paris-busy");
-    remove(&admin, "paris");
+    remove(&admin, &["paris-busy", "paris"]);
 
     // Weights 1:3 over 1,000 calls: exactly 250 and 750.
     let light = Gateway::start("uas_noauth.xml", "light", w);
     let heavy = Gateway::start("uas_noauth.xml", "heavy", w);
-    add(&admin, "light", &light, "+1", 0, 1);
-    add(&admin, "heavy", &heavy, "+1", 0, 3);
-    wait_until(
-        "node 0 has the weighted pair",
-        Duration::from_secs(10),
-        || listed(&seen) == [("heavy".into(), true), ("light".into(), true)],
+    install(
+        &admin,
+        &seen,
+        &[(&light, "light", "+1", 0, 1), (&heavy, "heavy", "+1", 0, 3)],
     );
     let (ok, took) = alice_calls(&node0, "+15551234567", 1000, 100, w);
     assert!(ok, "every one of the 1,000 calls succeeded");
     assert_eq!((light.calls(), heavy.calls()), (250, 750));
     eprintln!("1,000 calls through the weighted pair in {took:?}");
-    remove(&admin, "light");
-    remove(&admin, "heavy");
+    remove(&admin, &["light", "heavy"]);
 
     // A gateway that dies is down within 2 s; no call waits on it.
     let dead = Gateway::start("uas_noauth.xml", "berlin-1", w);
     let berlin = Gateway::start("uas_noauth.xml", "berlin-2", w);
-    add(&admin, "berlin-1", &dead, "+49", 0, 1);
-    add(&admin, "berlin-2", &berlin, "+49", 1, 1);
-    wait_until(
-        "node 0 has the Berlin gateways",
-        Duration::from_secs(10),
-        || listed(&seen) == [("berlin-1".into(), true), ("berlin-2".into(), true)],
+    install(
+        &admin,
+        &seen,
+        &[
+            (&dead, "berlin-1", "+49", 0, 1),
+            (&berlin, "berlin-2", "+49", 1, 1),
+        ],
     );
     drop(dead);
     let t0 = Instant::now();

@@ -137,14 +137,7 @@ impl Etcd {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            buf.contains("\"health\":\"true\"")
+            healthy(port)
         });
     }
 
@@ -213,6 +206,19 @@ impl Etcd {
         self.stop();
         self.spawn();
     }
+}
+
+/// Whether the etcd whose `/health` is on `port` (plain HTTP) says it is
+/// healthy: it has a leader and a quorum.
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.contains("\"health\":\"true\"")
 }
 
 /// Certificates of a TLS etcd: its CA, its server certificate (127.0.0.1)
@@ -366,14 +372,7 @@ impl EtcdCluster {
     /// Whether member `i` says the cluster is healthy (it has a leader and
     /// a quorum).
     pub fn healthy(&self, i: usize) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port(i))) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        buf.contains("\"health\":\"true\"")
+        healthy(self.client_port(i))
     }
 
     /// Starts every member that is not running, and waits until each
