@@ -352,10 +352,21 @@ class Farm:
 
     # --- the whole scenario ---------------------------------------------------
 
+    def add_gateway(self):
+        """A PSTN gateway with nothing behind it: every node probes it and
+        marks it down, so the gateway panels have series."""
+        admin = next(ev["admin"] for ev in self.dev_lines if ev.get("event") == "node")
+        r = subprocess.run([self.bin, "ctl", "--admin", admin, "gateway", "add", "live-gw",
+                            f"sip:127.0.0.1:{free_port()}", "--prefix", "+999"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise Failure(f"ringmesh ctl gateway add: {r.stderr}")
+
     def start(self):
         self.work.mkdir(parents=True, exist_ok=True)
         self.make_stubs()
         self.start_dev()
+        self.add_gateway()
         self.start_etcd()
         self.start_control_plane()
         self.start_prometheus()
