@@ -144,6 +144,13 @@ impl Located {
 /// The overlay entry id of an AOR's alias (bindings' ids start with `i`
 /// or `c`).
 pub const ALIAS_ENTRY_ID: &[u8] = b"a";
+/// The overlay entry id of an AOR's cleared mark, written by a
+/// `Contact: *` removal: every binding whose entry is not later (by HLC)
+/// than the mark is gone, those the removing node could not see included
+/// (a copy on the far side of a partition, merged back later).
+pub const CLEARED_ENTRY_ID: &[u8] = b"x";
+/// The value of a cleared mark (what it means is in its HLC).
+pub const CLEARED_VALUE: &[u8] = b"*";
 /// The first byte of an alias value: no binding format starts with it.
 const ALIAS_FORMAT: u8 = 1;
 

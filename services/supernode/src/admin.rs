@@ -342,11 +342,9 @@ impl Admin for AdminService {
         let (replicas, result) = self.ask(|reply| AdminQuery::Lookup { key, reply }).await?;
         let ok = result.map_err(|e| Status::unavailable(format!("lookup failed: {e}")))?;
         let now_ms = crate::clock::wall_ms();
-        let bindings: Vec<pb::Binding> = ok
-            .entries
+        let bindings: Vec<pb::Binding> = crate::farm::live_bindings(&ok.entries, now_ms)
             .iter()
-            .filter(|e| e.is_live(now_ms))
-            .filter_map(|e| crate::farm::binding_of(e).map(|b| binding_pb(&b)))
+            .map(|(b, _)| binding_pb(b))
             .collect();
         let alive: Vec<NodeId> = view
             .members
@@ -432,12 +430,10 @@ impl Admin for AdminService {
             if page.is_empty() {
                 break;
             }
+            let now_ms = crate::clock::wall_ms();
             for (key, entries) in &page {
                 cursor = Some(*key);
-                for e in entries {
-                    let Some(b) = crate::farm::binding_of(e) else {
-                        continue;
-                    };
+                for (b, _) in crate::farm::live_bindings(entries, now_ms) {
                     if only.as_ref().is_some_and(|a| a.as_bytes() != &b.aor[..])
                         || (req.edge_only && b.edge != me)
                     {

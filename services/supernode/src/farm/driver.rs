@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::seeds::Seeds;
+use super::store::{cleared_mark, is_live_binding};
 use super::{
-    AdminQuery, Command, EntrySpec, HeldCounts, MemberInfo, Reply, SharedMembers, View, binding_of,
-    nid,
+    AdminQuery, Command, EntrySpec, HeldCounts, MemberInfo, Reply, SharedMembers, View,
+    live_bindings, nid,
 };
 use crate::clock::wall_ms;
 use crate::journal::Journal;
@@ -232,8 +233,8 @@ impl Driver {
                     .node
                     .store()
                     .iter()
-                    .flat_map(|(_, r)| r.live(wall).filter_map(binding_of).collect::<Vec<_>>())
-                    .filter(|b| b.edge == me)
+                    .flat_map(|(_, r)| live_bindings(r.entries(), wall))
+                    .filter(|(b, _)| b.edge == me)
                     .count();
                 let _ = reply.send(View {
                     status: self.node.status(),
@@ -526,9 +527,11 @@ impl Driver {
         {
             seen += 1;
             last = Some(*key);
+            let mark = cleared_mark(record.entries(), wall);
             let live = record
-                .live(wall)
-                .filter(|e| ringmesh_proxy::binding::is_binding_id(&e.id))
+                .entries()
+                .iter()
+                .filter(|e| is_live_binding(e, mark, wall))
                 .count();
             if live == 0 {
                 continue;

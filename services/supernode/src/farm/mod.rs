@@ -46,7 +46,7 @@ use crate::transport::Inbound;
 
 use driver::{Census, Driver, StatsSeen};
 use seeds::Seeds;
-pub use store::{OverlayStore, binding_of, gateways_of, presence_of, services_of};
+pub use store::{OverlayStore, gateways_of, live_bindings, presence_of, services_of};
 
 /// A Node-ID from its 16-byte form (as links and tokens carry it).
 pub fn nid(b: [u8; 16]) -> NodeId {

@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use ringmesh_overlay::{Entry, Key};
-use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts};
+use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts, is_binding_id};
 use ringmesh_proxy::discovery::{self, ServiceRecord};
 use ringmesh_proxy::gateways::{self, GatewayRecord};
 use ringmesh_proxy::location::{
-    ALIAS_ENTRY_ID, Completion, Held, Located, LocationError, LocationOp, WATCH_GRACE_MS,
-    alias_expiry, decode_alias, encode_alias,
+    ALIAS_ENTRY_ID, CLEARED_ENTRY_ID, CLEARED_VALUE, Completion, Held, Located, LocationError,
+    LocationOp, WATCH_GRACE_MS, alias_expiry, decode_alias, encode_alias,
 };
 use ringmesh_proxy::mailbox::{self, StoredMessage, is_message_id};
 use ringmesh_proxy::presence::{self, Publication, Rule};
@@ -151,7 +151,7 @@ impl OverlayStore {
                             .push_back((token, Err(LocationError::Unavailable(e.to_string()))));
                     }
                 };
-                let current = decode_live(&entries, now_ms);
+                let current = live_bindings(&entries, now_ms);
                 match stage {
                     Stage::Lookup => {
                         let mut list: Vec<Binding> = current.into_iter().map(|(b, _)| b).collect();
@@ -422,6 +422,13 @@ impl OverlayStore {
     }
 
     /// Applies the plan to what the ring holds and writes the difference.
+    ///
+    /// A removal writes its tombstone even when the read found no such
+    /// binding: during a partition the side that takes the removal may not
+    /// hold the record at all, and only a tombstone, later by its clock than
+    /// the copy the other side kept, stops that copy coming back when the
+    /// two merge. For the same reason `Contact: *` writes the record's
+    /// cleared mark, which ends the bindings it could not see as well.
     #[allow(clippy::too_many_arguments)]
     fn register_write(
         &mut self,
@@ -461,14 +468,21 @@ impl OverlayStore {
                         floor,
                     })
                 }
-                None if floor.is_some() => specs.push(EntrySpec {
+                None => specs.push(EntrySpec {
                     id: k.to_entry_id(),
                     value: None,
                     expires_at_ms: now_ms + self.tombstone_ms,
                     floor,
                 }),
-                None => {}
             }
+        }
+        if plan.wildcard {
+            specs.push(EntrySpec {
+                id: bytes::Bytes::from_static(CLEARED_ENTRY_ID),
+                value: Some(bytes::Bytes::from_static(CLEARED_VALUE)),
+                expires_at_ms: now_ms + self.tombstone_ms,
+                floor: before.values().map(|(_, h)| *h).max(),
+            });
         }
         registrar::sort_by_preference(&mut after);
         if specs.is_empty() {
@@ -502,7 +516,7 @@ impl OverlayStore {
 
 /// The binding an overlay entry holds (its value read with what the entry
 /// carries: id, origin, expiry, HLC).
-pub fn binding_of(e: &Entry) -> Option<Binding> {
+fn binding_of(e: &Entry) -> Option<Binding> {
     Binding::decode_entry(
         &e.value,
         EntryFacts {
@@ -581,11 +595,27 @@ fn alias_of(entries: &[Entry], now_ms: u64) -> Option<Aor> {
         .and_then(|e| decode_alias(&e.value))
 }
 
-/// The live bindings in a record's entries, each with its entry's HLC.
-fn decode_live(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
+/// The HLC of a record's live cleared mark ([`CLEARED_ENTRY_ID`]; 0 when
+/// it has none): no binding entry up to it is live.
+pub fn cleared_mark(entries: &[Entry], now_ms: u64) -> u64 {
     entries
         .iter()
-        .filter(|e| e.is_live(now_ms) && !is_message_id(&e.id))
+        .find(|e| &e.id[..] == CLEARED_ENTRY_ID && e.is_live(now_ms))
+        .map_or(0, |e| e.hlc.as_u64())
+}
+
+/// Whether `e` is a live binding entry of a record whose cleared mark is
+/// `mark`.
+pub fn is_live_binding(e: &Entry, mark: u64, now_ms: u64) -> bool {
+    e.is_live(now_ms) && is_binding_id(&e.id) && e.hlc.as_u64() > mark
+}
+
+/// The live bindings among a record's entries, each with its entry's HLC.
+pub fn live_bindings(entries: &[Entry], now_ms: u64) -> Vec<(Binding, u64)> {
+    let mark = cleared_mark(entries, now_ms);
+    entries
+        .iter()
+        .filter(|e| is_live_binding(e, mark, now_ms))
         .filter_map(|e| Some((binding_of(e)?, e.hlc.as_u64())))
         .collect()
 }
