@@ -12,6 +12,7 @@
 //! | [`farm`] | [`Farm`]: `ringmesh dev --json` on kernel-chosen ports, its nodes and logs |
 //! | [`etcd`] | [`Etcd`]: a real etcd on a [`PortBlock`] |
 //! | [`sip`] | raw SIP over UDP and TCP, and a digest REGISTER |
+//! | [`netns`] | [`netns::Racks`]: two network namespaces joined by a veth pair, cut and healed |
 //! | [`phone`] | [`phone::UdpPhone`]: a raw SIP phone that answers digest challenges |
 //!
 //! The crate root: [`require`] a tool, [`free_port`], a [`PortBlock`] for a
@@ -19,6 +20,7 @@
 
 pub mod etcd;
 pub mod farm;
+pub mod netns;
 pub mod phone;
 pub mod sip;
 pub mod tls;
