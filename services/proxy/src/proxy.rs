@@ -47,6 +47,7 @@ mod guarding;
 mod messages;
 mod notifier;
 mod numbers;
+mod parked;
 mod presence;
 mod privacy;
 mod relays;
@@ -491,6 +492,8 @@ pub struct Proxy {
     gw: gateways::GatewayRuntime,
     /// The calls this node is the originating edge of (`calls`).
     calls: calls::Calls,
+    /// Requests waiting for their callee's supernode (`parked`).
+    parked: parked::Parked,
     /// The longest call: an answered call's record is closed after it.
     max_call: Duration,
     next_token: u64,
@@ -561,6 +564,7 @@ impl Proxy {
             gateways: crate::gateways::Gateways::default(),
             gw: gateways::GatewayRuntime::default(),
             calls: calls::Calls::default(),
+            parked: parked::Parked::default(),
             max_call: cfg.max_dialog,
             next_token: 1,
             branch_counter: cfg.branch_seed,
@@ -858,6 +862,7 @@ impl Proxy {
         self.call_timers(now);
         self.start_gateway_refresh(now);
         self.gateway_timers(now);
+        self.parked_timers(now);
         self.txl.handle_timeout(now.mono);
         self.drive(now);
     }
@@ -877,6 +882,7 @@ impl Proxy {
             self.service_deadlines.front().map(|(at, _)| *at),
             self.calls.next_due(),
             self.gw.next_due(),
+            self.parked.next_due(),
         ]
         .into_iter()
         .flatten()

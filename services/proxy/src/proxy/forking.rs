@@ -467,9 +467,13 @@ impl Proxy {
                     let _ = self.txl.cancel(c, now.mono);
                 }
             }
-            // Still looking the callee up: answer 487 when the lookup ends.
-            // Otherwise the INVITE was already answered.
+            // Waiting for the callee's supernode: 487 now. Still looking
+            // the callee up: 487 when the lookup ends. Otherwise the INVITE
+            // was already answered.
             None => {
+                if self.cancel_parked(invite, now) {
+                    return;
+                }
                 if self.pending.values().any(|p| {
                     matches!(p, Pending::Route { server, .. } | Pending::Callee { server, .. }
                         | Pending::Enum { server, .. } if *server == invite)

@@ -27,6 +27,10 @@ use crate::token::{Dest, Dialog, Purpose};
 const SERVICE_ROUTE_PREFIX: &str = "sr.";
 /// The user part of a temporary GRUU begins with this (RFC 5627 §3.2).
 const TEMP_GRUU_PREFIX: &str = "tgruu.";
+/// Retry-After (seconds) of the 480 to a callee registered through a
+/// supernode that cannot be reached now: about what a supernode's restart
+/// takes, or a phone's re-registration through another one.
+const EDGE_RETRY_AFTER: &[u8] = b"2";
 
 /// Whether `msg` says it supports the option `tag`.
 fn supports(msg: &Message, tag: &str) -> bool {
@@ -917,6 +921,30 @@ impl Proxy {
         }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));
+        let targets = self.callee_targets(&msg, &bindings, now);
+        if targets.is_empty() {
+            return match mailbox {
+                Some(key) => {
+                    let asserted = self.sender_identity(&msg, origin, &onward);
+                    self.keep_message(server, msg, key, asserted, now)
+                }
+                // Registered, but no binding reachable now: its supernode
+                // may be restarting (`parked`).
+                None if self.can_park() => self.park(server, msg, origin, bindings, onward, now),
+                None => self.callee_unreachable(server, &msg, now),
+            };
+        }
+        self.proxy_to_callee(server, msg, origin, targets, &onward, now);
+    }
+
+    /// The branches to the callee's preferred `max_branches` reachable
+    /// `bindings` (sorted best first).
+    pub(super) fn callee_targets(
+        &self,
+        msg: &Message,
+        bindings: &[Binding],
+        now: Now,
+    ) -> Vec<Target> {
         let dialog = Dialog {
             call_id: msg.call_id(),
             caller_tag: msg.from_tag().unwrap_or_default(),
@@ -924,7 +952,7 @@ impl Proxy {
         // The callee learns which of its identities was called (3GPP
         // `P-Called-Party-ID`, RFC 3455).
         let called = Bytes::from([&b"<"[..], msg.request_uri_bytes(), &b">"[..]].concat());
-        let targets: Vec<Target> = bindings
+        bindings
             .iter()
             .filter_map(|b| self.binding_target(b, dialog, now.secs()))
             .map(|t| Target {
@@ -932,21 +960,38 @@ impl Proxy {
                 ..t
             })
             .take(self.policy.max_branches)
-            .collect();
-        if targets.is_empty() {
-            return match mailbox {
-                Some(key) => {
-                    let asserted = self.sender_identity(&msg, origin, &onward);
-                    self.keep_message(server, msg, key, asserted, now)
-                }
-                None => self.reply(server, &msg, 480, &[], now),
-            };
-        }
+            .collect()
+    }
+
+    /// Proxies to the callee's `targets`.
+    pub(super) fn proxy_to_callee(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        origin: Origin,
+        targets: Vec<Target>,
+        onward: &Onward,
+        now: Now,
+    ) {
         // The Routes that brought it here (a preloaded outbound proxy, a
         // Service-Route, an application server's return) name this node:
         // they go.
         let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        self.proxy_to(server, msg, origin, targets, ours, &onward, now);
+        self.proxy_to(server, msg, origin, targets, ours, onward, now);
+    }
+
+    /// 480 with Retry-After to a request for a callee that is registered
+    /// but none of whose bindings can be reached: the supernode holding
+    /// its flows is restarting or gone, and the phone is back, or
+    /// registered through another, within seconds.
+    pub(super) fn callee_unreachable(&mut self, server: ServerKey, msg: &Message, now: Now) {
+        self.reply(
+            server,
+            msg,
+            480,
+            &[(HeaderName::RetryAfter, EDGE_RETRY_AFTER)],
+            now,
+        );
     }
 
     /// Why a REGISTER's contacts are refused: an address that would send

@@ -334,8 +334,9 @@ fn the_top_via_gets_received_and_rport_filled_in() {
     assert!(vias[1].contains("received=192.0.2.1"), "{}", vias[1]);
 }
 
-#[test]
-fn a_binding_whose_edge_supernode_is_gone_is_not_tried() {
+/// bob registered at node 2, which then leaves node 1's view; alice calls
+/// him through node 1. The harness, the node's address and alice.
+fn bob_behind_a_gone_supernode(call_id: &str) -> (Harness, String, FlowRef) {
     let mut h = Harness::farm();
     let bob = udp_leaf(BOB);
     assert_eq!(
@@ -343,21 +344,84 @@ fn a_binding_whose_edge_supernode_is_gone_is_not_tried() {
             .status(),
         Some(200)
     );
-    // Node 2 leaves the view of node 1.
-    h.members.0.lock().unwrap().remove(&node_id(2));
+    let addr = h.members.0.lock().unwrap().remove(&node_id(2)).unwrap();
     h.take();
     let alice = udp_leaf(ALICE);
-    h.send_authenticated(
-        alice,
-        "alice",
-        &invite_text(alice, "alice", "bob", "gone-1"),
+    h.send_authenticated(alice, "alice", &invite_text(alice, "alice", "bob", call_id));
+    (h, addr, alice)
+}
+
+fn sent_to_node_2(sent: &[Sent]) -> usize {
+    sent.iter()
+        .filter(|s| s.msg.is_request() && s.dest == Dest::Peer(node_id(2)))
+        .count()
+}
+
+/// The final responses to the authenticated INVITE (the challenge's 407
+/// is retransmitted: it is never acknowledged here).
+fn finals(sent: &[Sent]) -> Vec<&Message> {
+    sent.iter()
+        .map(|s| &s.msg)
+        .filter(|m| m.status().is_some_and(|c| c >= 200 && c != 407))
+        .collect()
+}
+
+#[test]
+fn a_call_waits_for_a_gone_supernode_then_gets_480_asking_to_retry() {
+    let (mut h, _, _) = bob_behind_a_gone_supernode("gone-1");
+    let sent = h.take();
+    assert_eq!(sent_to_node_2(&sent), 0, "nothing sent to a gone edge");
+    assert!(finals(&sent).is_empty(), "the call waits: {sent:?}");
+    h.advance(crate::proxy::parked::PARK_FOR + crate::proxy::parked::RETRY_EVERY);
+    let sent = h.take();
+    assert_eq!(sent_to_node_2(&sent), 0);
+    // bob is registered through a node that did not come back: the caller
+    // may try again in a moment (he registers through another).
+    let answer = finals(&sent);
+    assert_eq!(answer.len(), 1, "{sent:?}");
+    assert_eq!(answer[0].status(), Some(480));
+    assert_eq!(answer[0].header(HeaderName::RetryAfter), Some(&b"2"[..]));
+}
+
+#[test]
+fn a_call_waiting_for_a_restarting_supernode_goes_through_when_it_is_back() {
+    let (mut h, addr, _) = bob_behind_a_gone_supernode("gone-2");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(sent_to_node_2(&h.take()), 0);
+    // Node 2 is back (its restart done) within the wait.
+    h.members.0.lock().unwrap().insert(node_id(2), addr);
+    h.advance(crate::proxy::parked::RETRY_EVERY);
+    let sent = h.take();
+    assert_eq!(
+        sent_to_node_2(&sent),
+        1,
+        "the INVITE reaches bob's node: {sent:?}"
     );
+    assert!(finals(&sent).is_empty(), "no failure on the way: {sent:?}");
+}
+
+#[test]
+fn a_cancel_ends_a_call_waiting_for_a_supernode_at_once() {
+    let (mut h, _, alice) = bob_behind_a_gone_supernode("gone-3");
+    // The CANCEL of the INVITE that carried credentials (its branch, its
+    // CSeq number).
+    let cancel = invite_text(alice, "alice", "bob", "gone-3")
+        .replace("INVITE sip:bob", "CANCEL sip:bob")
+        .replace("branch=z9hG4bK", "branch=z9hG4bK2")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 CANCEL");
+    h.take();
+    h.leaf_sends(alice, &cancel);
+    let statuses: Vec<u16> = finals(&h.take())
+        .iter()
+        .filter_map(|m| m.status())
+        .collect();
+    assert!(statuses.contains(&487), "the INVITE ends 487: {statuses:?}");
+    h.advance(crate::proxy::parked::PARK_FOR);
+    let sent = h.take();
+    assert_eq!(sent_to_node_2(&sent), 0);
     assert!(
-        h.take()
-            .iter()
-            .filter(|s| s.msg.is_request())
-            .all(|s| s.dest != Dest::Peer(node_id(2))),
-        "nothing sent to a dead edge"
+        finals(&sent).iter().all(|m| m.status() == Some(487)),
+        "nothing but the 487 again once cancelled: {sent:?}"
     );
 }
 
