@@ -114,7 +114,9 @@ pub struct SupernodeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay_advertise: Option<String>,
     /// Found a new ring if no seed accepts within this many seconds (one
-    /// node of a farm may do this; without it a node only ever joins).
+    /// node of a farm may do this; without it a node only ever joins). A
+    /// node that restored bindings from its data directory (it was in a
+    /// ring) waits at least 30 s.
     #[arg(long, env = "RINGMESH_BOOTSTRAP_AFTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_after: Option<u64>,

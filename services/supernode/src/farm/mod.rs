@@ -259,6 +259,10 @@ impl std::fmt::Debug for FarmSetup {
     }
 }
 
+/// How long a node that restored records (it was in a ring) waits for a
+/// seed before it may found a ring of its own (`--bootstrap-after`).
+pub const REJOIN_BEFORE_FOUNDING: Duration = Duration::from_secs(30);
+
 /// Starts the overlay task; returns the SIP core's handle and the reply
 /// channel for its [`OverlayStore`].
 pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Reply>)> {
@@ -266,8 +270,14 @@ pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Rep
     let mut node = Node::new(setup.node).map_err(|e| anyhow::anyhow!("overlay config: {e}"))?;
     let (journal, replay) = Journal::open(&setup.data.join("overlay.log"))?;
     let wall = wall_ms();
+    // A node restarted with the records it held was in a ring: founding
+    // another because its seeds took a moment to accept it would split
+    // the farm, so it waits much longer for them (a whole farm restarted
+    // at once still comes up, later).
+    let mut bootstrap_after = setup.bootstrap_after;
     if !replay.records.is_empty() {
         tracing::info!(records = replay.records.len(), frames = replay.frames, torn = ?replay.torn, "restored bindings from disk");
+        bootstrap_after = bootstrap_after.map(|d| d.max(REJOIN_BEFORE_FOUNDING));
     }
     node.restore(replay.records, wall);
     let (cmd_tx, cmd_rx) = mpsc::channel(16_384);
@@ -284,7 +294,7 @@ pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Rep
         node,
         links: setup.links,
         seeds: Seeds::start(setup.seeds, setup.own, &setup.tasks),
-        bootstrap_after: setup.bootstrap_after,
+        bootstrap_after,
         started: tokio::time::Instant::now(),
         replies: reply_tx,
         sip_inbound: setup.sip_inbound,
