@@ -28,7 +28,7 @@ define apt_missing
 	fi
 endef
 
-.PHONY: dev test test-fast build release softphone image deps-build deps-test lint ops soak fuzz bench clean help
+.PHONY: dev test test-fast build release softphone image deps-build deps-test lint ops soak upgrade fuzz bench clean help
 
 help:
 	@echo "make dev        build and run a local farm with demo subscribers"
@@ -84,6 +84,7 @@ test: deps-test lint release softphone image
 	$(call timed,$(CARGO) test --workspace --no-fail-fast -- --include-ignored,cargo test (both tiers))
 	$(call timed,$(MAKE) ops,ops)
 	$(call timed,$(MAKE) soak SOAK_MINUTES=3,soak (3 minutes))
+	$(call timed,$(MAKE) upgrade,rolling upgrade)
 	$(call timed,$(MAKE) fuzz,fuzz)
 
 ## The chaos soak (loadtest/soak/soak.py): SOAK_MINUTES of steady load on
@@ -93,6 +94,16 @@ test: deps-test lint release softphone image
 SOAK_MINUTES ?= 30
 soak: deps-test release
 	python3 loadtest/soak/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+## A rolling upgrade under load (loadtest/soak/soak.py --upgrade-from): a
+## 5-node farm of the previous release (the commit in
+## loadtest/upgrade/PREVIOUS_RELEASE, built from this clone's history)
+## upgraded node by node to this build; fails if a binding is lost, a node
+## is left behind, or an operation fails otherwise than with a 503.
+upgrade: deps-test
+	CARGO="$(CARGO)" loadtest/upgrade/build-previous.sh
+	$(MAKE) release
+	python3 loadtest/soak/soak.py --upgrade-from $${CARGO_TARGET_DIR:-target}/upgrade/bin --minutes 4 $(UPGRADE_ARGS)
 
 ## The container image, built here with no registry (docs/operations.md):
 ## a debootstrap'd Debian bookworm root and the release binary, imported

@@ -307,6 +307,11 @@ def overview():
         (f"sum({rate('ringmesh_overload_rejections_total')})", "overload rejections/s"),
         (f"sum(ringmesh_overlay_replicas_below_k{{{S}}})", "replicas below k"),
     ], description="Each should stay at zero.")
+    b.ts("Supernodes by release", [(
+        f"count by (version, protocol) (ringmesh_build_info{{{S}}})", "{{version}} (protocol {{protocol}})")],
+        stack=True, w=24, h=6,
+        description="Supernodes running each release: two series while a rolling upgrade is under way; "
+                    "two protocol versions for 2 hours fire RingmeshUpgradeStalled.")
     return b
 
 

@@ -30,6 +30,21 @@ It fails (exit 1) when:
 Success rates are reported, not judged: a handset whose supernode is
 frozen or restarting fails until it is back, as a phone would.
 
+With --upgrade-from DIR it is a rolling upgrade instead (`make upgrade`):
+the farm starts from DIR/ringmesh (the previous release) and, every 30 s,
+the next supernode (the founder last) is stopped with SIGTERM (drain,
+hand-off) and started again from the current build with the same flags.
+While the farm runs mixed versions the current nodes' view of the ring
+must show both protocol versions, every node a full ring and no link
+refused for its version. The report adds the failures by reason; it fails
+when a binding is lost (checked once every node is upgraded, while the
+load still runs), when a node was not upgraded, or when an operation
+failed with an answer that did not ask to retry (Retry-After: a 503 of a
+draining node, or a 480 for a callee whose supernode did not come back
+within the 3 s a node of this build waits) or with no answer at all. Plain
+480s (no Retry-After) come from nodes of a previous release that does not
+wait: they are counted and bounded (PREVIOUS_480_PCT of the calls).
+
 Everything listens on 127.0.0.1; every process started here is stopped by
 its PID; the load is bounded by its duration. Python standard library only.
 """
@@ -50,6 +65,8 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, "release")
 DOMAIN = "ringmesh.test"
 CHAOS_EVERY = 60
+UPGRADE_EVERY = 30
+PREVIOUS_480_PCT = 2.0
 RSS_CHECK_MINUTES = 15
 
 
@@ -101,7 +118,7 @@ def start_farm(a, work):
     json_path = os.path.join(work, "farm.json")
     out = open(json_path, "w")
     err = open(os.path.join(work, "dev.err"), "w")
-    argv = [os.path.join(BIN, "ringmesh"), "dev", "--json", "--auth", "none",
+    argv = [os.path.join(a.upgrade_from or BIN, "ringmesh"), "dev", "--json", "--auth", "none",
             "--nodes", str(a.nodes), "--replicas", "3", "--sip-port", str(port),
             "--data", data, "--log", "warn", "--trusted", "load=127.0.0.1"]
     p = subprocess.Popen(argv, stdout=out, stderr=err)
@@ -182,6 +199,122 @@ def rss_check(samples, duration):
     return lines, failures
 
 
+def sha256(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def metric(addr, name, **labels):
+    """The sum of the series `name` whose labels include `labels`, at a
+    node's metrics address (None: no answer, or no such series)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = None
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        base, _, rest = series.partition("{")
+        if base != name or not all(w in rest for w in want):
+            continue
+        try:
+            total = (total or 0.0) + float(value)
+        except ValueError:
+            pass
+    return total
+
+
+def ring_view(admin):
+    """(alive members, their protocol versions) in a node's view of the
+    ring (`ringmesh ctl ring`), or None when it does not answer."""
+    try:
+        out = subprocess.run([os.path.join(BIN, "ringmesh"), "ctl", "--json", "--admin", admin, "ring"],
+                             capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        return None
+    members = [m for m in json.loads(out.stdout)["members"] if m["state"] == "alive"]
+    return len(members), sorted({m["protocol_version"] for m in members})
+
+
+def watch_upgrade(nodes, load, t0, check_at, users):
+    """While `load` runs: every 5 s, each node's ring size, version
+    refusals and view of versions; at `check_at` s (after the last node's
+    upgrade, before the load ends and stops the nodes it restarted), the
+    users that no longer resolve. (The samples, the users lost.)"""
+    samples, lost = [], None
+    while load.poll() is None:
+        t = time.time() - t0
+        if lost is None and t >= check_at:
+            lost = unresolved(nodes[0]["sip"], users)
+        for n in nodes:
+            view = ring_view(n["admin"])
+            samples.append({
+                "t_s": round(t, 1), "node": n["name"],
+                "ring": metric(n["metrics"], "ringmesh_overlay_ring_size"),
+                "refused_version": metric(n["metrics"], "ringmesh_overlay_link_refusals_total", reason="version"),
+                "alive": view[0] if view else None, "versions": view[1] if view else None,
+            })
+        for _ in range(50):
+            if load.poll() is not None:
+                break
+            time.sleep(0.1)
+    return samples, lost
+
+
+def upgrade_check(a, report, samples):
+    """(lines of the report, failures) of a rolling upgrade."""
+    lines, failures = [], []
+    names = [f"sn{i}" for i in range(a.nodes)]
+    churn = report.get("churn", [])
+    for name in names:
+        steps = [e["event"] for e in churn if e["node"] == name]
+        if "upgrade" not in steps or "ready" not in steps[steps.index("upgrade"):]:
+            failures.append(f"{name} was not upgraded (steps: {steps})")
+    mixed = [s for s in samples if s["versions"] and len(s["versions"]) > 1]
+    seen = sorted({v for s in samples if s["versions"] for v in s["versions"]})
+    lines.append(f"- protocol versions seen in the nodes' views: {', '.join(seen) or 'none'}; "
+                 f"views holding two at once: {len(mixed)} of {len(samples)} samples")
+    refused = max((s["refused_version"] or 0 for s in samples), default=0)
+    lines.append(f"- overlay links refused for their version: {refused:g}")
+    if refused:
+        failures.append(f"{refused:g} overlay links refused for their version")
+    last_t = max((s["t_s"] for s in samples), default=0)
+    last = [s for s in samples if s["t_s"] >= last_t - 6]
+    final = {s["node"]: s for s in last}
+    for name in names:
+        s = final.get(name)
+        if not s or s["alive"] != a.nodes or s["ring"] != a.nodes or not s["versions"] or len(s["versions"]) != 1:
+            failures.append(f"{name} at the end: {s}")
+    if final:
+        lines.append(f"- at the end every node sees {a.nodes} alive members, all speaking "
+                     f"{', '.join(sorted({v for s in final.values() for v in (s['versions'] or [])}))}")
+    fails = report.get("failures", {})
+    lines.append("- failed operations by reason: " +
+                 (", ".join(f"{k}: {v}" for k, v in sorted(fails.items())) or "none"))
+    # A node of this build waits for a restarting supernode, and answers
+    # 480 with Retry-After if it does not come back; a plain 480 comes from
+    # a node of the previous release, which did neither: counted, bounded,
+    # not failed (they go once the previous release has the wait too).
+    plain_480 = fails.get("INVITE 480", 0)
+    calls = report["by_kind"]["call"]["started"]
+    if plain_480:
+        lines.append(f"- calls answered a plain 480 by nodes of the previous release: {plain_480} of {calls} "
+                     f"({100.0 * plain_480 / max(calls, 1):.2f}%; at most {PREVIOUS_480_PCT:g}% allowed)")
+        if plain_480 > calls * PREVIOUS_480_PCT / 100:
+            failures.append(f"{plain_480} calls answered a plain 480, more than {PREVIOUS_480_PCT:g}%")
+    bad = {k: v for k, v in fails.items() if not k.endswith(" Retry-After") and k != "INVITE 480"}
+    if bad:
+        failures.append("operations failed without being asked to retry: " +
+                        ", ".join(f"{k}: {v}" for k, v in sorted(bad.items())))
+    return lines, failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30)
@@ -190,12 +323,24 @@ def main():
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--upgrade-from", default=None, metavar="DIR",
+                    help="a rolling upgrade from DIR/ringmesh (the previous release) to the current build")
     a = ap.parse_args()
     if not 1 <= a.minutes <= 240 or a.nodes < 4 or a.users < 10 or not 1 <= a.rate <= 5000:
         sys.exit("soak: --minutes 1..240, --nodes >= 4, --users >= 10, --rate 1..5000")
     for b in ("ringmesh", "ringmesh-load"):
         if not os.access(os.path.join(BIN, b), os.X_OK):
             sys.exit(f"soak: {BIN}/{b} is missing: cargo build --release -p ringmesh -p ringmesh-load")
+    if a.upgrade_from:
+        a.upgrade_from = os.path.abspath(a.upgrade_from)
+        old_bin = os.path.join(a.upgrade_from, "ringmesh")
+        if not os.access(old_bin, os.X_OK):
+            sys.exit(f"soak: --upgrade-from: {old_bin} is missing (loadtest/upgrade/build-previous.sh builds it)")
+        if sha256(old_bin) == sha256(os.path.join(BIN, "ringmesh")):
+            sys.exit(f"soak: {BIN}/ringmesh is the previous release's build: build the current one (make release)")
+        if a.minutes * 60 < UPGRADE_EVERY * (a.nodes + 2):
+            sys.exit(f"soak: --upgrade-from needs --minutes of at least {UPGRADE_EVERY * (a.nodes + 2) / 60:g} "
+                     f"for {a.nodes} nodes (a node every {UPGRADE_EVERY} s, then a last {UPGRADE_EVERY} s)")
     work = a.work or tempfile.mkdtemp(prefix="ringmesh-soak-")
     os.makedirs(work, exist_ok=True)
     duration = int(a.minutes * 60)
@@ -204,19 +349,28 @@ def main():
     farm, farm_json, nodes = start_farm(a, work)
     load_json = os.path.join(work, "load.json")
     try:
+        if a.upgrade_from:
+            churn = ["--churn-every", str(UPGRADE_EVERY), "--upgrade-to", os.path.join(BIN, "ringmesh")]
+        else:
+            churn = ["--churn-every", str(CHAOS_EVERY), "--chaos"]
         argv = [os.path.join(BIN, "ringmesh-load"), "--scenario", "mixed", "--farm-json", farm_json,
                 "--users", str(a.users), "--rate", str(a.rate), "--duration", str(duration),
                 "--expires", "3600", "--mix", "register=70,call=30", "--timeout-ms", "8000",
-                "--churn-every", str(CHAOS_EVERY), "--chaos", "--seed", str(a.seed),
-                "--json-out", load_json, "--no-progress"]
+                *churn, "--seed", str(a.seed), "--json-out", load_json, "--no-progress"]
+        samples, lost = [], None
+        users = [f"user{i}" for i in range(a.users)]
         with open(os.path.join(work, "load.log"), "w") as log:
-            rc = subprocess.run(["timeout", str(duration + 300), *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+            load = subprocess.Popen(["timeout", str(duration + 300), *argv], stdout=log, stderr=subprocess.STDOUT)
+            if a.upgrade_from:
+                # The load's setup (every callee registered) comes first.
+                samples, lost = watch_upgrade(nodes, load, time.time(), duration - 20, users)
+            rc = load.wait()
         if rc not in (0, 1) or not os.path.exists(load_json):
             sys.exit(f"soak: ringmesh-load failed ({rc}); see {work}/load.log")
         with open(load_json) as f:
             report = json.load(f)
-        users = [f"user{i}" for i in range(a.users)]
-        lost = unresolved(nodes[0]["sip"], users)
+        if lost is None:
+            lost = unresolved(nodes[0]["sip"], users)
     finally:
         # Nodes ringmesh-load restarted were its children and are stopped;
         # `ringmesh dev` stops the rest and its control plane.
@@ -227,17 +381,27 @@ def main():
         return c["succeeded"], c["started"], 100.0 * c["succeeded"] / max(c["started"], 1)
 
     rss_lines, rss_failures = rss_check(report.get("rss", []), duration)
-    out = [f"## Chaos soak: {a.minutes:g} minutes, seed {a.seed}", "",
-           f"`loadtest/soak/soak.py --minutes {a.minutes:g} --seed {a.seed} --rate {a.rate} --users {a.users} --nodes {a.nodes}`",
-           f"on {os.cpu_count()} CPUs; a {a.nodes}-node farm (k=3), mixed load (refresh REGISTERs 70, calls 30) at {a.rate} ops/s; "
-           f"every {CHAOS_EVERY} s a node other than the first is killed, frozen for 20 s, or restarted.", ""]
+    command = (f"`loadtest/soak/soak.py --minutes {a.minutes:g} --seed {a.seed} --rate {a.rate} --users {a.users} "
+               f"--nodes {a.nodes}" + (" --upgrade-from DIR`" if a.upgrade_from else "`"))
+    load_text = f"mixed load (refresh REGISTERs 70, calls 30) at {a.rate} ops/s"
+    if a.upgrade_from:
+        out = [f"## Rolling upgrade: {a.nodes} nodes", "", command,
+               f"on {os.cpu_count()} CPUs; a {a.nodes}-node farm (k=3) of the previous release, {load_text}; "
+               f"every {UPGRADE_EVERY} s the next node (the founder last) is stopped with SIGTERM and started "
+               f"from the current build.", ""]
+    else:
+        out = [f"## Chaos soak: {a.minutes:g} minutes, seed {a.seed}", "", command,
+               f"on {os.cpu_count()} CPUs; a {a.nodes}-node farm (k=3), {load_text}; "
+               f"every {CHAOS_EVERY} s a node other than the first is killed, frozen for 20 s, or restarted.", ""]
     for k in ("register", "call"):
         ok, started, pct = rate(k)
         out.append(f"- {k}: {ok} of {started} succeeded ({pct:.2f}%)")
     out.append(f"- bindings lost: {len(lost)} of {a.users}" + (f" (e.g. {lost[:5]})" if lost else ""))
+    upgrade_lines, upgrade_failures = upgrade_check(a, report, samples) if a.upgrade_from else ([], [])
+    out += upgrade_lines
     out += ["", "| t (s) | step | node | pid | detail |", "|---|---|---|---|---|"]
     for e in report.get("churn", []):
-        if e["event"] in ("kill", "freeze", "thaw", "stop", "ready", "not_ready", "restart_failed", "skip"):
+        if e["event"] in ("kill", "freeze", "thaw", "stop", "ready", "not_ready", "restart_failed", "skip", "upgrade"):
             out.append(f"| {e['t_s']:.1f} | {e['event']} | {e['node']} | {e['pid']} | {e['detail'][:60]} |")
     out += ["", "| node | pid | alive | RSS MiB (reference -> last third) | ratio |", "|---|---|---|---|---|"]
     out += rss_lines
@@ -246,11 +410,13 @@ def main():
     with open(os.path.join(work, "soak.md"), "w") as f:
         f.write(text)
     judged = a.minutes >= RSS_CHECK_MINUTES
-    failures = ([f"{len(lost)} bindings lost"] if lost else []) + (rss_failures if judged else [])
+    failures = ([f"{len(lost)} bindings lost"] if lost else []) + (rss_failures if judged else []) + upgrade_failures
     if failures:
         print("soak FAILED: " + "; ".join(failures), file=sys.stderr)
         sys.exit(1)
-    if judged:
+    if a.upgrade_from:
+        print("upgrade passed: every node upgraded, no binding lost, every failure asked to retry")
+    elif judged:
         print("soak passed: no binding lost, no memory growth")
     else:
         print(f"soak passed: no binding lost (RSS reported, judged only in runs of {RSS_CHECK_MINUTES} minutes or more)")

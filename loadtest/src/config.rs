@@ -198,6 +198,12 @@ pub struct Args {
     /// every 10 s (a chaos soak).
     #[arg(long)]
     pub chaos: bool,
+    /// With --churn-every: a rolling upgrade. Each step restarts the next
+    /// supernode (the first last) gracefully, SIGTERM (drain and
+    /// hand-off), with PROGRAM (an absolute path) in place of its own;
+    /// every node's RSS is sampled every 10 s.
+    #[arg(long, value_name = "PROGRAM")]
+    pub upgrade_to: Option<PathBuf>,
     /// Write the first 10,000 messages each thread sends and receives to
     /// FILE (FILE.N for thread N > 0), for debugging.
     #[arg(long)]
@@ -267,6 +273,7 @@ pub struct Config {
     #[serde(serialize_with = "as_secs_opt")]
     pub churn_every: Option<Duration>,
     pub chaos: bool,
+    pub upgrade_to: Option<PathBuf>,
     pub trace_msg: Option<PathBuf>,
     pub max_fail_pct: Option<f64>,
 }
@@ -381,6 +388,19 @@ impl Args {
         if self.chaos && self.churn_every.is_none() {
             return bad("--chaos needs --churn-every (how often a node is hit)");
         }
+        if let Some(p) = &self.upgrade_to {
+            if self.churn_every.is_none() || self.chaos {
+                return bad(
+                    "--upgrade-to needs --churn-every (the time between two nodes) and no --chaos",
+                );
+            }
+            if !p.is_absolute() || !p.is_file() {
+                return bad(format!(
+                    "--upgrade-to {}: not an absolute path to a program",
+                    p.display()
+                ));
+            }
+        }
         if self.refresh && self.scenario != Scenario::Register {
             return bad("--refresh applies to --scenario register (mixed always refreshes)");
         }
@@ -451,6 +471,7 @@ impl Args {
             seed: self.seed.unwrap_or_else(entropy),
             churn_every: self.churn_every.map(Duration::from_secs_f64),
             chaos: self.chaos,
+            upgrade_to: self.upgrade_to,
             trace_msg: self.trace_msg,
             max_fail_pct: self.max_fail_pct,
         })
@@ -645,6 +666,18 @@ mod tests {
             (&["--threads", "8", "--sockets", "2"][..], "--threads"),
             (&["--churn-every", "5"][..], "--churn-every"),
             (&["--chaos"][..], "--chaos"),
+            (&["--upgrade-to", "/bin/true"][..], "--upgrade-to"),
+            (
+                &[
+                    "--upgrade-to",
+                    "ringmesh",
+                    "--churn-every",
+                    "5",
+                    "--farm-json",
+                    "f.json",
+                ][..],
+                "--upgrade-to",
+            ),
             (&["--mix", "register=0,call=0", "-s", "mixed"][..], "--mix"),
             (&["--domain", "a b"][..], "--domain"),
             (&["--t1-ms", "600", "--t2-ms", "500"][..], "--t2-ms"),

@@ -44,6 +44,11 @@ use crate::stats::{Fail, Kind, Lat, Meth, Stats, micros};
 use crate::template::{Field, Shape, Templates, push_dec, push_hex};
 use crate::timer::Timers;
 
+/// Whether a final response asks to retry later (RFC 3261 §20.33).
+fn asks_retry(msg: &Message) -> bool {
+    msg.header(HeaderName::RetryAfter).is_some()
+}
+
 /// Most operations started by one call of [`Engine::handle_timeout`], so
 /// that receiving keeps up when the generator falls behind.
 const MAX_START_BATCH: u64 = 128;
@@ -1049,7 +1054,11 @@ impl Engine {
         let elapsed = micros(now - op.tx.first);
         if status == 401 || status == 407 {
             if op.tx.answered_challenge {
-                return self.finish(slot, Err(Fail::Status(Meth::Register, status)), now);
+                return self.finish(
+                    slot,
+                    Err(Fail::Status(Meth::Register, status, asks_retry(msg))),
+                    now,
+                );
             }
             let (Some(pw), Some(ch)) = (
                 self.cfg.password.clone(),
@@ -1097,7 +1106,11 @@ impl Engine {
             }
             self.finish(slot, Ok(()), now);
         } else {
-            self.finish(slot, Err(Fail::Status(Meth::Register, status)), now);
+            self.finish(
+                slot,
+                Err(Fail::Status(Meth::Register, status, asks_retry(msg))),
+                now,
+            );
         }
     }
 
@@ -1208,7 +1221,11 @@ impl Engine {
                     self.arm_tx_timers(slot, now);
                     return;
                 }
-                self.finish(slot, Err(Fail::Status(Meth::Invite, status)), now);
+                self.finish(
+                    slot,
+                    Err(Fail::Status(Meth::Invite, status, asks_retry(msg))),
+                    now,
+                );
             }
             Method::Bye => {
                 if phase != CallPhase::Byeing || step != tx.step || !tx.active {
@@ -1224,7 +1241,11 @@ impl Engine {
                     self.stats.latency(Lat::Bye200, micros(now - tx.first), now);
                     self.finish(slot, Ok(()), now);
                 } else {
-                    self.finish(slot, Err(Fail::Status(Meth::Bye, status)), now);
+                    self.finish(
+                        slot,
+                        Err(Fail::Status(Meth::Bye, status, asks_retry(msg))),
+                        now,
+                    );
                 }
             }
             _ => self.stats.msgs.stray += 1,

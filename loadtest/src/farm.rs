@@ -14,6 +14,11 @@
 //! and an action with a generator seeded by `--seed`, so a run can be
 //! replayed: SIGKILL and restart, SIGSTOP for 20 s, or SIGTERM (drain and
 //! hand-off) and restart; every node's RSS is sampled every 10 s.
+//!
+//! With `--upgrade-to PROGRAM` (a rolling upgrade), each step takes the
+//! next node, the first (the ring's founder) last: SIGTERM (drain and
+//! hand-off), then the same argv with PROGRAM as the program; the steps
+//! end when every node runs it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -127,8 +132,18 @@ enum Chaos {
     Restart,
 }
 
-/// Kills and restarts farm nodes, one at a time: in turn, or (chaos) a
-/// node and an action chosen by a seeded generator.
+/// What the steps of a [`Churner`] do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// SIGKILL and restart each node but the first, in turn.
+    InTurn,
+    /// A node and an action chosen by a generator of this seed.
+    Chaos(u64),
+    /// Restart every node gracefully with this program, the first last.
+    Upgrade(PathBuf),
+}
+
+/// Kills and restarts farm nodes, one at a time, as its [`Plan`] says.
 #[derive(Debug)]
 pub struct Churner {
     nodes: Vec<Node>,
@@ -139,14 +154,15 @@ pub struct Churner {
     /// with when they thaw.
     chaos: Option<u64>,
     frozen: Vec<(usize, Instant)>,
+    /// Upgrade: the program every node is restarted with.
+    upgrade: Option<PathBuf>,
     pub events: Vec<ChurnEvent>,
     pub rss: Vec<RssSample>,
 }
 
 impl Churner {
-    /// A churner of `nodes` from `t0`; with `chaos`, the seed of its
-    /// choices.
-    pub fn new(nodes: Vec<Node>, t0: Instant, chaos: Option<u64>) -> Result<Churner, String> {
+    /// A churner of `nodes` from `t0`.
+    pub fn new(nodes: Vec<Node>, t0: Instant, plan: Plan) -> Result<Churner, String> {
         if nodes.len() < 2 {
             return Err(
                 "--churn-every needs a farm of at least 2 nodes (the first is never killed)".into(),
@@ -157,8 +173,15 @@ impl Churner {
             next: 0,
             children: HashMap::new(),
             t0,
-            chaos,
+            chaos: match plan {
+                Plan::Chaos(seed) => Some(seed),
+                _ => None,
+            },
             frozen: Vec::new(),
+            upgrade: match plan {
+                Plan::Upgrade(program) => Some(program),
+                _ => None,
+            },
             events: Vec::new(),
             rss: Vec::new(),
         })
@@ -195,12 +218,29 @@ impl Churner {
 
     /// One step: the next node (never the first) killed and restarted; in
     /// a chaos run, a node that is not frozen, chosen at random, killed,
-    /// frozen or restarted gracefully.
+    /// frozen or restarted gracefully; in an upgrade, the next node not
+    /// upgraded yet (the first last) restarted gracefully with the new
+    /// program.
     pub async fn churn_one(&mut self) {
+        if let Some(program) = self.upgrade.clone() {
+            let n = self.nodes.len();
+            if self.next >= n {
+                return;
+            }
+            let i = (self.next + 1) % n;
+            self.next += 1;
+            self.log(
+                "upgrade",
+                i,
+                self.nodes[i].pid,
+                program.display().to_string(),
+            );
+            return self.kill_and_start(i, Chaos::Restart, Some(program)).await;
+        }
         if self.chaos.is_none() {
             let i = 1 + self.next % (self.nodes.len() - 1);
             self.next += 1;
-            return self.kill_and_start(i, Chaos::Kill).await;
+            return self.kill_and_start(i, Chaos::Kill, None).await;
         }
         let candidates: Vec<usize> = (1..self.nodes.len())
             .filter(|i| !self.frozen.iter().any(|(f, _)| f == i))
@@ -223,7 +263,7 @@ impl Churner {
             }
             return;
         }
-        self.kill_and_start(i, action).await;
+        self.kill_and_start(i, action, None).await;
     }
 
     /// Thaws the frozen nodes whose time is up (all of them with `all`).
@@ -263,8 +303,9 @@ impl Churner {
     }
 
     /// Stops node `i` (SIGKILL, or for [`Chaos::Restart`] SIGTERM and up
-    /// to 20 s to drain) and starts it again from its argv.
-    async fn kill_and_start(&mut self, i: usize, how: Chaos) {
+    /// to 20 s to drain) and starts it again from its argv, with `program`
+    /// as its program when given.
+    async fn kill_and_start(&mut self, i: usize, how: Chaos, program: Option<PathBuf>) {
         let pid = self.nodes[i].pid;
         let (signal, name, grace) = match how {
             Chaos::Restart => (Signal::SIGTERM, "SIGTERM", Duration::from_secs(20)),
@@ -323,6 +364,9 @@ impl Churner {
                     return;
                 }
             }
+        }
+        if let Some(p) = program {
+            self.nodes[i].argv[0] = p.display().to_string();
         }
         let node = self.nodes[i].clone();
         let mut spawned = spawn(&node);
@@ -544,7 +588,7 @@ not json
         };
         let nodes: Vec<Node> = (0..5).map(node).collect();
         let rolls = |seed| {
-            let mut c = Churner::new(nodes.clone(), Instant::now(), Some(seed)).unwrap();
+            let mut c = Churner::new(nodes.clone(), Instant::now(), Plan::Chaos(seed)).unwrap();
             (0..60).map(|_| c.roll()).collect::<Vec<u64>>()
         };
         assert_eq!(rolls(7), rolls(7), "a seed replays");
@@ -552,7 +596,7 @@ not json
         let actions: std::collections::HashSet<u64> = rolls(7).iter().map(|r| r % 3).collect();
         assert_eq!(actions.len(), 3, "kill, freeze and restart all come up");
         // Thawing with nothing frozen does nothing.
-        let mut c = Churner::new(nodes, Instant::now(), Some(1)).unwrap();
+        let mut c = Churner::new(nodes, Instant::now(), Plan::Chaos(1)).unwrap();
         c.thaw(true);
         assert!(c.events.is_empty());
     }

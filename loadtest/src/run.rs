@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{Args, Config, Scenario, Transport};
 use crate::driver::{self, Conn, Io, Shared};
 use crate::engine::{Engine, EngineConfig};
-use crate::farm::{self, ChurnEvent, Churner, Node, RssSample};
+use crate::farm::{self, ChurnEvent, Churner, Node, Plan, RssSample};
 use crate::stats::{self, LAT_NAMES, LatencySummary, MsgCounts, OpCounts, SeriesPoint, Stats};
 
 /// Parses the command line, runs, and returns the exit status: 0, 1 (an
@@ -467,11 +467,14 @@ async fn watch(
             let now = Instant::now();
             measure_start = Some(now);
             if let Some(every) = cfg.churn_every {
-                let chaos = cfg.chaos.then_some(cfg.seed);
-                churner =
-                    Some(Churner::new(nodes.clone(), now, chaos).map_err(anyhow::Error::msg)?);
+                let plan = match (&cfg.upgrade_to, cfg.chaos) {
+                    (Some(program), _) => Plan::Upgrade(program.clone()),
+                    (None, true) => Plan::Chaos(cfg.seed),
+                    (None, false) => Plan::InTurn,
+                };
+                churner = Some(Churner::new(nodes.clone(), now, plan).map_err(anyhow::Error::msg)?);
                 next_churn = Some(now + every);
-                if cfg.chaos {
+                if cfg.chaos || cfg.upgrade_to.is_some() {
                     next_rss = Some(now);
                 }
             }

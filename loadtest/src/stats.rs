@@ -55,8 +55,9 @@ const METH_NAMES: [&str; 3] = ["REGISTER", "INVITE", "BYE"];
 /// Why an operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fail {
-    /// A final response that ends the operation unsuccessfully.
-    Status(Meth, u16),
+    /// A final response that ends the operation unsuccessfully, and
+    /// whether it asked to retry later (a Retry-After header).
+    Status(Meth, u16, bool),
     /// No final response within the transaction timeout.
     Timeout(Meth),
     /// Still open when the run's drain time ran out.
@@ -71,7 +72,8 @@ pub enum Fail {
 impl Fail {
     fn label(&self) -> String {
         match self {
-            Fail::Status(m, s) => format!("{} {s}", METH_NAMES[*m as usize]),
+            Fail::Status(m, s, false) => format!("{} {s}", METH_NAMES[*m as usize]),
+            Fail::Status(m, s, true) => format!("{} {s} Retry-After", METH_NAMES[*m as usize]),
             Fail::Timeout(m) => format!("{} timeout", METH_NAMES[*m as usize]),
             Fail::Unfinished => "unfinished at end of run".into(),
             Fail::Auth(m) => format!("{} challenge not answerable", METH_NAMES[*m as usize]),

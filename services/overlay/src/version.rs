@@ -21,7 +21,13 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+    ///
+    /// - 1.0: the first.
+    /// - 1.1: a record may hold a cleared mark (written by the registrar
+    ///   for `Contact: *`), which hides the binding entries it is later
+    ///   than; a 1.0 node stores and merges it as an opaque entry but shows
+    ///   the bindings it hides until they expire.
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
     pub const fn new(major: u16, minor: u16) -> Self {
         ProtocolVersion { major, minor }

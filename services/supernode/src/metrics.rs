@@ -911,6 +911,24 @@ impl Metrics {
             m.link_refusals.with_label_values(&[reason]);
         }
         m.up.set(1);
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "ringmesh_build_info",
+                "1, labelled with the release and the overlay protocol version this node runs \
+                 (two protocol versions in a farm: an upgrade in progress)",
+            ),
+            &["version", "protocol"],
+        )
+        .expect("valid metric");
+        m.registry
+            .register(Box::new(build.clone()))
+            .expect("unique metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &ringmesh_overlay::ProtocolVersion::CURRENT.to_string(),
+            ])
+            .set(1);
         m
     }
 
