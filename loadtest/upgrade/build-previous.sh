@@ -17,7 +17,11 @@ if [ -x "$out/bin/ringmesh" ] && [ "$(cat "$out/bin/SHA" 2>/dev/null)" = "$sha" 
     exit 0
 fi
 if ! git -C "$root" cat-file -e "$sha^{commit}" 2>/dev/null; then
-    echo "upgrade: the previous release $sha is not in this clone's history: git fetch --tags, or a full clone" >&2
+    # A shallow clone: ask its origin for that one commit.
+    git -C "$root" fetch --quiet --depth=1 origin "$sha" 2>/dev/null || true
+fi
+if ! git -C "$root" cat-file -e "$sha^{commit}" 2>/dev/null; then
+    echo "upgrade: the previous release $sha is not in this clone's history, and its origin did not give it: a full clone (or git fetch --tags) has it" >&2
     exit 1
 fi
 rm -rf "$out/src" "$out/bin"
