@@ -252,14 +252,7 @@ impl Model {
         user: &str,
         contact: &str,
     ) -> Option<u16> {
-        let n = rand_u64();
-        let text = format!(
-            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKp{n:x};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=p{n:x}\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
-             Call-ID: p{n:x}\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\n\
-             Content-Length: 0\r\n\r\n",
-            me = phone.me
-        );
+        let text = register_text(phone, user, &format!("Contact: {contact}\r\n"));
         self.sent[rack] += 1;
         let status = phone
             .ask(node, &text, phone.patience)
@@ -272,6 +265,18 @@ impl Model {
         }
         status
     }
+}
+
+/// A REGISTER of `user` from `phone` with a fresh Call-ID, and
+/// `contact_lines` (none: a query of the bindings).
+fn register_text(phone: &UdpPhone, user: &str, contact_lines: &str) -> String {
+    let n = rand_u64();
+    format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKp{n:x};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=p{n:x}\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+         Call-ID: p{n:x}\r\nCSeq: 1 REGISTER\r\n{contact_lines}Content-Length: 0\r\n\r\n",
+        me = phone.me
+    )
 }
 
 /// The groups of users, by index modulo 7, and what the cut does to each
@@ -591,13 +596,7 @@ fn a_partition_between_racks_loses_nothing_and_converges() {
     // rack B node returns the contacts both sides registered during the
     // cut.
     let query = |rack: usize, node: SocketAddr, u: &str| -> String {
-        let n = rand_u64();
-        let text = format!(
-            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKq{n:x};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{u}@{DOMAIN}>;tag=q{n:x}\r\nTo: <sip:{u}@{DOMAIN}>\r\n\
-             Call-ID: q{n:x}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
-            me = phones[rack].me
-        );
+        let text = register_text(&phones[rack], u, "");
         phones[rack]
             .ask(node, &text, Duration::from_secs(4))
             .expect("an answer to the query")
