@@ -49,11 +49,14 @@ impl Parked {
 }
 
 impl Proxy {
-    /// Whether a request may wait for its callee's supernode: only in a
-    /// farm (a farm of one has no other supernode to wait for), and while
-    /// fewer than [`MAX_PARKED`] wait.
-    pub(super) fn can_park(&self) -> bool {
-        self.farm.is_some() && self.parked.0.len() < MAX_PARKED
+    /// Whether a request for a callee with these `bindings` may wait: only
+    /// in a farm, when one of them is held by another supernode (a binding
+    /// this node holds and cannot reach will not become reachable by
+    /// waiting), and while fewer than [`MAX_PARKED`] wait.
+    pub(super) fn can_park(&self, bindings: &[Binding]) -> bool {
+        self.farm.is_some()
+            && bindings.iter().any(|b| b.edge != self.me.node_id)
+            && self.parked.0.len() < MAX_PARKED
     }
 
     /// Makes `msg` wait for one of its callee's `bindings` (best first) to

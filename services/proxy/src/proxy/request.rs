@@ -930,7 +930,9 @@ impl Proxy {
                 }
                 // Registered, but no binding reachable now: its supernode
                 // may be restarting (`parked`).
-                None if self.can_park() => self.park(server, msg, origin, bindings, onward, now),
+                None if self.can_park(&bindings) => {
+                    self.park(server, msg, origin, bindings, onward, now)
+                }
                 None => self.callee_unreachable(server, &msg, now),
             };
         }

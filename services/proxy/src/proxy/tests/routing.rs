@@ -426,6 +426,27 @@ fn a_cancel_ends_a_call_waiting_for_a_supernode_at_once() {
 }
 
 #[test]
+fn a_callee_unreachable_from_its_own_supernode_gets_480_at_once() {
+    // bob's only binding is held by this node and names nothing it can
+    // send to: no other supernode is coming back for him, so the call does
+    // not wait.
+    let mut h = Harness::farm();
+    let bob = udp_leaf(BOB);
+    assert_eq!(
+        h.register_at(1, bob, "bob", "<mailto:bob@example.com>")
+            .status(),
+        Some(200)
+    );
+    h.take();
+    let alice = udp_leaf(ALICE);
+    h.send_authenticated(alice, "alice", &invite_text(alice, "alice", "bob", "own-1"));
+    let sent = h.take();
+    let answer = finals(&sent);
+    assert_eq!(answer.len(), 1, "answered without waiting: {sent:?}");
+    assert_eq!(answer[0].status(), Some(480));
+}
+
+#[test]
 fn a_retransmitted_2xx_reaches_a_caller_behind_nat_at_its_source() {
     let mut h = Harness::open();
     let (alice, bob) = (udp_leaf(ALICE), udp_leaf(BOB));
