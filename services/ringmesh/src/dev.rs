@@ -98,6 +98,11 @@ pub struct DevArgs {
     /// The ENUM domain numbers no subscriber owns are looked up under.
     #[arg(long)]
     pub enum_domain: Option<String>,
+    /// The supernodes' --presize-transactions (room their SIP tables make
+    /// at start); their default when not given. The chaos soak passes 0,
+    /// so that what it measures is growth with the traffic.
+    #[arg(long)]
+    pub presize_transactions: Option<usize>,
     /// Run every process (provisioning, enrollment, supernodes) as a
     /// container of this image, as the chart runs it: podman with host
     /// networking, a read-only root, user 10001, every capability
@@ -281,6 +286,9 @@ impl NodeTemplate<'_> {
         }
         if let Some(domain) = &self.args.enum_domain {
             argv.extend(["--enum-domain".into(), domain.clone()]);
+        }
+        if let Some(n) = self.args.presize_transactions {
+            argv.extend(["--presize-transactions".into(), n.to_string()]);
         }
         for s in seeds {
             argv.extend(["--seed".into(), s.to_string()]);

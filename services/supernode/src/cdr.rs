@@ -23,7 +23,7 @@
 //!
 //! The record schema is in docs/operations.md ("Call records").
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -140,8 +140,12 @@ impl File {
     fn close_lost(&mut self, now_ms: u64) -> anyhow::Result<u64> {
         let mut files = rotated(&self.cfg.dir);
         let newest = files.pop();
-        let mut open: Vec<Value> = Vec::new();
-        let mut closed = HashSet::new();
+        // The calls with an interim record and no final yet, by ICID: a
+        // call's final follows its interim in the files (one writer, in
+        // order), so only calls still open are held, not the history.
+        // Each with its place in the files, to write them in that order.
+        let mut open: HashMap<String, (usize, Value)> = HashMap::new();
+        let mut seen = 0;
         for path in newest.into_iter().chain([self.cfg.dir.join(CURRENT)]) {
             let Ok(f) = std::fs::File::open(&path) else {
                 continue;
@@ -155,19 +159,19 @@ impl File {
                     continue;
                 };
                 let icid = v["icid"].as_str().unwrap_or_default().to_string();
+                seen += 1;
                 if v["record"] == "interim" {
-                    open.push(v);
+                    open.insert(icid, (seen, v));
                 } else {
-                    closed.insert(icid);
+                    open.remove(&icid);
                 }
             }
         }
         let mut buf = Vec::new();
         let mut lost = 0;
-        for mut v in open {
-            if closed.contains(v["icid"].as_str().unwrap_or_default()) {
-                continue;
-            }
+        let mut open: Vec<(usize, Value)> = open.into_values().collect();
+        open.sort_unstable_by_key(|(at, _)| *at);
+        for (_, mut v) in open {
             v["record"] = "final".into();
             v["result"] = CallResult::EdgeLost.as_str().into();
             v["ended_by"] = EndedBy::Farm.as_str().into();

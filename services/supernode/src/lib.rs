@@ -75,11 +75,6 @@ use crate::location::{Local, LocationService};
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 
-/// Transactions the SIP core makes room for at start: a few seconds of a
-/// busy node's traffic, so its tables do not grow, all at once, in the
-/// middle of it.
-const PRESIZED_TRANSACTIONS: usize = 1 << 18;
-
 /// How long a draining node waits for its transactions in progress, and
 /// for the hand-off of its records (both at once).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(15);
@@ -604,7 +599,7 @@ async fn serve(
             t2: cfg.t2,
             t4: cfg.t4,
             retry_after: cfg.overload.retry_after,
-            presized_transactions: cfg.overload.max_transactions.min(PRESIZED_TRANSACTIONS),
+            presized_transactions: cfg.presize_transactions,
             secrets: secrets.clone(),
             max_dialog: cfg.max_dialog,
             branch_seed: rand::random(),
