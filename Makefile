@@ -84,6 +84,7 @@ test: deps-test lint release softphone image
 	$(call timed,$(CARGO) test --workspace --no-fail-fast -- --include-ignored,cargo test (both tiers))
 	$(call timed,$(MAKE) ops,ops)
 	$(call timed,$(MAKE) soak SOAK_MINUTES=3,soak (3 minutes))
+	$(call timed,python3 loadtest/soak/rejoin.py --rounds 6,rejoin (6 restarts of the founder))
 	$(call timed,$(MAKE) upgrade,rolling upgrade)
 	$(call timed,$(MAKE) fuzz,fuzz)
 

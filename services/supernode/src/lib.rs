@@ -695,6 +695,9 @@ async fn serve(
         transactions_finished = finished.is_ok(),
         "drained; stopping"
     );
+    if let Some(f) = &farm {
+        f.close_links().await;
+    }
     Ok(())
 }
 

@@ -10,7 +10,12 @@
 //! refused. Every refusal is logged and counted.
 //!
 //! When two nodes dial each other at once, the connection opened by the
-//! lower Node-ID survives, so each pair keeps exactly one.
+//! lower Node-ID survives, so each pair keeps exactly one. The hello also
+//! names the sender's process (a random boot id, appended: older nodes
+//! ignore it): a link from a new process of a peer replaces the one to its
+//! previous process at once, which after a kill would otherwise stay until
+//! the idle timeout and turn the restarted node's dials away as
+//! duplicates.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +58,18 @@ pub enum LinkEvent {
     Frame { peer: NodeId, frame: Frame },
 }
 
+/// An address being dialled, no longer once dropped.
+struct Dial<'a> {
+    dialing: &'a Mutex<std::collections::HashSet<SocketAddr>>,
+    addr: SocketAddr,
+}
+
+impl Drop for Dial<'_> {
+    fn drop(&mut self) {
+        self.dialing.lock().remove(&self.addr);
+    }
+}
+
 /// The protocol version spoken on links, checked in the hello: the
 /// overlay's (same major, at most one minor apart: rolling upgrades work).
 pub use ringmesh_overlay::ProtocolVersion as LinkVersion;
@@ -63,6 +80,8 @@ struct Peer {
     tx: mpsc::Sender<Frame>,
     serial: u64,
     addr: SocketAddr,
+    /// The peer process's boot id (None: a node too old to send one).
+    boot: Option<u64>,
 }
 
 /// The link manager of one supernode.
@@ -73,6 +92,8 @@ pub struct Links {
 
 struct Inner {
     me: NodeId,
+    /// This process's boot id, sent in every hello.
+    boot: u64,
     version: LinkVersion,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
@@ -133,6 +154,7 @@ impl Links {
         let links = Links {
             inner: Arc::new(Inner {
                 me: identity.node_id,
+                boot: rand::random(),
                 version,
                 endpoint,
                 client,
@@ -152,7 +174,7 @@ impl Links {
                 acceptor.inner.tasks.spawn(async move {
                     let remote = incoming.remote_address();
                     match incoming.await {
-                        Ok(conn) => l.established(conn, None, false).await,
+                        Ok(conn) => l.established(conn, None, None).await,
                         Err(e) => l.refused(remote, &format!("handshake failed: {e}")),
                     }
                 });
@@ -187,10 +209,7 @@ impl Links {
             ) {
                 Ok(connecting) => {
                     match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-                        Ok(Ok(conn)) => {
-                            l.inner.dialing.lock().remove(&addr);
-                            return l.established(conn, expect, true).await;
-                        }
+                        Ok(Ok(conn)) => return l.established(conn, expect, Some(addr)).await,
                         // Nobody there yet (a node starting): not a refusal.
                         Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
                             tracing::debug!(%addr, "overlay peer not answering")
@@ -211,6 +230,15 @@ impl Links {
             Some(p) => p.tx.try_send(frame).is_ok(),
             None => false,
         }
+    }
+
+    /// Closes the endpoint and with it every link, and waits (at most a
+    /// second) for the peers to be told.
+    pub async fn shutdown(&self) {
+        self.inner
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 
     /// Revokes Node-IDs: their links close now and are refused from now on.
@@ -257,7 +285,22 @@ impl Links {
             .inc();
     }
 
-    async fn established(&self, conn: quinn::Connection, expect: Option<NodeId>, dialled: bool) {
+    /// Runs a link from its handshake to its end; `dialled` is the address
+    /// this node dialled (None: the peer dialled), which stays marked as
+    /// being dialled until the link is in the table or refused, so that no
+    /// second dial races the hello exchange (the duplicate would replace
+    /// this link, and the frames already sent on it would be lost).
+    async fn established(
+        &self,
+        conn: quinn::Connection,
+        expect: Option<NodeId>,
+        dialled: Option<SocketAddr>,
+    ) {
+        let dial = dialled.map(|addr| Dial {
+            dialing: &self.inner.dialing,
+            addr,
+        });
+        let dialled = dialled.is_some();
         let addr = conn.remote_address();
         let Some(cert_id) = peer_node_id(&conn) else {
             conn.close(quinn::VarInt::from_u32(2), b"no Node-ID in certificate");
@@ -276,7 +319,7 @@ impl Links {
             Ok(s) => s,
             Err(e) => return self.refused(addr, &format!("no stream: {e}")),
         };
-        let hello = encode_hello(&self.inner.me, self.inner.version);
+        let hello = encode_hello(&self.inner.me, self.inner.version, self.inner.boot);
         if send.write_all(&hello).await.is_err() {
             return self.refused(addr, "closed during hello");
         }
@@ -290,7 +333,7 @@ impl Links {
             }
             _ => return self.refused(addr, "no hello"),
         };
-        let (claimed, version) = match read_frame(&mut recv).await {
+        let (claimed, version, boot) = match read_frame(&mut recv).await {
             Ok((KIND_HELLO, body)) => match decode_hello(&body) {
                 Some(h) => h,
                 None => {
@@ -323,9 +366,12 @@ impl Links {
         {
             let mut peers = self.inner.peers.lock();
             if let Some(existing) = peers.get(&cert_id) {
-                // Simultaneous dials: the lower Node-ID's dial wins.
+                // A new process of the peer replaces its previous one's
+                // link; between the same two processes (simultaneous
+                // dials) the lower Node-ID's dial wins.
+                let restarted = boot.is_some() && existing.boot.is_some() && boot != existing.boot;
                 let mine_wins = (self.inner.me < cert_id) == dialled;
-                if !mine_wins {
+                if !restarted && !mine_wins {
                     drop(peers);
                     conn.close(quinn::VarInt::from_u32(7), b"duplicate link");
                     return;
@@ -341,9 +387,11 @@ impl Links {
                     tx,
                     serial,
                     addr,
+                    boot,
                 },
             );
         }
+        drop(dial);
         self.inner
             .metrics
             .links
@@ -441,22 +489,28 @@ fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
     crate::pki::node_id_of(certs.first()?)
 }
 
-fn encode_hello(me: &NodeId, v: LinkVersion) -> Bytes {
-    let mut body = BytesMut::with_capacity(20);
+fn encode_hello(me: &NodeId, v: LinkVersion, boot: u64) -> Bytes {
+    let mut body = BytesMut::with_capacity(28);
     body.put_slice(me);
     body.put_u16(v.major);
     body.put_u16(v.minor);
+    body.put_u64(boot);
     frame_bytes(KIND_HELLO, &body)
 }
 
-fn decode_hello(body: &[u8]) -> Option<(NodeId, LinkVersion)> {
+/// The Node-ID, version and (when sent: nodes of protocol 1.1 and later)
+/// boot id of a hello; bytes past them are ignored, for later additions.
+fn decode_hello(body: &[u8]) -> Option<(NodeId, LinkVersion, Option<u64>)> {
     if body.len() < 20 {
         return None;
     }
     let id: NodeId = body[..16].try_into().ok()?;
     let major = u16::from_be_bytes([body[16], body[17]]);
     let minor = u16::from_be_bytes([body[18], body[19]]);
-    Some((id, LinkVersion { major, minor }))
+    let boot = body
+        .get(20..28)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    Some((id, LinkVersion { major, minor }, boot))
 }
 
 fn frame_bytes(kind: u8, body: &[u8]) -> Bytes {
@@ -503,11 +557,15 @@ mod tests {
 
     #[test]
     fn hello_round_trip_and_versions() {
-        let f = encode_hello(&[9; 16], LinkVersion { major: 1, minor: 3 });
+        let f = encode_hello(&[9; 16], LinkVersion { major: 1, minor: 3 }, 77);
         assert_eq!(f[4], KIND_HELLO);
-        let (id, v) = decode_hello(&f[5..]).unwrap();
+        let (id, v, boot) = decode_hello(&f[5..]).unwrap();
         assert_eq!(id, [9; 16]);
         assert_eq!(v, LinkVersion { major: 1, minor: 3 });
+        assert_eq!(boot, Some(77));
+        // A hello of a node that sends no boot id (the previous release).
+        let (_, _, boot) = decode_hello(&f[5..25]).unwrap();
+        assert_eq!(boot, None);
         assert!(decode_hello(&[0; 5]).is_none());
     }
 }

@@ -172,3 +172,89 @@ fn issued_identities_load_with_their_node_id() {
         "placed opposite"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_peer_replaces_the_link_to_its_previous_process_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("farm").unwrap();
+    let (one, two) = (
+        identity(dir.path(), "one", &ca),
+        identity(dir.path(), "two", &ca),
+    );
+    // The seed has the lower Node-ID: between the same two processes, the
+    // seed's own dial would win and the other's be closed as a duplicate.
+    let (seed_id, node_id) = if one.node_id < two.node_id {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    let (seed, mut seed_rx, _) = start(&seed_id, V);
+    let (before, mut before_rx, _) = start(&node_id, V);
+    before.connect(seed.local_addr().unwrap(), Some(seed_id.node_id));
+    assert!(matches!(next(&mut seed_rx).await, LinkEvent::Up { .. }));
+    assert!(matches!(next(&mut before_rx).await, LinkEvent::Up { .. }));
+
+    // The node's new process (same identity, another boot id) dials while
+    // the seed still holds the link to the previous one, as after a kill.
+    let (after, mut after_rx, _) = start(&node_id, V);
+    after.connect(seed.local_addr().unwrap(), Some(seed_id.node_id));
+    match next(&mut after_rx).await {
+        LinkEvent::Up { peer, .. } => assert_eq!(peer, seed_id.node_id),
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        matches!(next(&mut before_rx).await, LinkEvent::Down { .. }),
+        "the previous process's link is closed"
+    );
+    assert!(seed.send(
+        &node_id.node_id,
+        Frame::Sip(Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+    ));
+    assert!(
+        matches!(
+            next(&mut after_rx).await,
+            LinkEvent::Frame {
+                frame: Frame::Sip(_),
+                ..
+            }
+        ),
+        "the seed's frames reach the new process"
+    );
+    assert_eq!(seed.peers(), vec![node_id.node_id]);
+}
+
+#[tokio::test]
+async fn dials_repeated_while_a_link_comes_up_make_no_second_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("farm").unwrap();
+    let (a_id, b_id) = (
+        identity(dir.path(), "a", &ca),
+        identity(dir.path(), "b", &ca),
+    );
+    let (a, mut a_rx, _) = start(&a_id, V);
+    let (b, mut b_rx, _) = start(&b_id, V);
+    // As a joining node does: the seed's address dialled, then the same
+    // node asked for by its Node-ID (a message to send) again and again
+    // while the first dial's hello exchange is under way.
+    let at = b.local_addr().unwrap();
+    a.connect(at, None);
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < until {
+        a.connect(at, Some(b_id.node_id));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut events = Vec::new();
+    while let Ok(e) = a_rx.try_recv() {
+        events.push(e);
+    }
+    while let Ok(e) = b_rx.try_recv() {
+        events.push(e);
+    }
+    assert_eq!(
+        events.len(),
+        2,
+        "one link up on each side, nothing replaced: {events:?}"
+    );
+    assert!(events.iter().all(|e| matches!(e, LinkEvent::Up { .. })));
+}

@@ -79,7 +79,7 @@ pub(super) struct Driver {
     pub(super) ops: HashMap<OpId, OpKind>,
     pub(super) members: SharedMembers,
     pub(super) held: Arc<HeldCounts>,
-    pub(super) pending_sip: HashMap<[u8; 16], Vec<(Instant, Bytes)>>,
+    pub(super) pending: Pending,
     pub(super) journal: Journal,
     pub(super) metrics: Metrics,
     pub(super) ready: Arc<AtomicBool>,
@@ -149,10 +149,8 @@ impl Driver {
                     Phase::Joining => self.node.add_seeds(&[id]),
                     _ => {}
                 }
-                if let Some(queued) = self.pending_sip.remove(&peer) {
-                    for (_, b) in queued {
-                        self.links.send(&peer, Frame::Sip(b));
-                    }
+                for frame in self.pending.take(&peer) {
+                    self.links.send(&peer, frame);
                 }
                 tracing::debug!(peer = %id, %addr, "link up");
             }
@@ -205,16 +203,7 @@ impl Driver {
                 self.ops.insert(op, OpKind::Put(token, now));
             }
             Command::Sip { peer, bytes } => {
-                if !self.links.send(&peer, Frame::Sip(bytes.clone())) {
-                    let q = self.pending_sip.entry(peer).or_default();
-                    if q.len() < 1024 {
-                        q.push((now, bytes));
-                    }
-                    if let Some(addr) = self.node.address_of(nid(peer)).and_then(|a| a.parse().ok())
-                    {
-                        self.links.connect(addr, Some(peer));
-                    }
-                }
+                self.send_or_queue(peer, Frame::Sip(bytes), now);
             }
             Command::Leave { done } => {
                 self.ready.store(false, Ordering::Relaxed);
@@ -308,12 +297,7 @@ impl Driver {
                 &t.message,
                 self.node.config().version,
             ));
-            if !self.links.send(&to, Frame::Overlay(frame)) {
-                // Best effort: the node retries; make sure a link comes.
-                if let Some(addr) = self.node.address_of(t.to).and_then(|a| a.parse().ok()) {
-                    self.links.connect(addr, Some(to));
-                }
-            }
+            self.send_or_queue(to, Frame::Overlay(frame), Instant::now());
         }
         let mut membership_changed = false;
         while let Some(ev) = self.node.poll_event() {
@@ -420,6 +404,19 @@ impl Driver {
         m.joined = joined;
     }
 
+    /// Sends `frame` to `peer`, or keeps it until the link being dialled
+    /// comes up: the first messages to a node just linked (a joining node's
+    /// hand-off request to its successor) are not lost to the race.
+    fn send_or_queue(&mut self, peer: [u8; 16], frame: Frame, now: Instant) {
+        if self.links.send(&peer, frame.clone()) {
+            return;
+        }
+        self.pending.push(peer, frame, now);
+        if let Some(addr) = self.node.address_of(nid(peer)).and_then(|a| a.parse().ok()) {
+            self.links.connect(addr, Some(peer));
+        }
+    }
+
     fn connect_wanted(&self) {
         let have: Vec<[u8; 16]> = self.links.peers();
         for w in self.node.wanted_links() {
@@ -444,16 +441,16 @@ impl Driver {
                     .bootstrap_after
                     .is_some_and(|d| now.duration_since(self.started) >= d)
                 {
-                    tracing::warn!("no seed accepted the join: founding a new ring");
+                    // A join a seed accepted runs to its end instead.
                     self.node.bootstrap(now.into_std(), wall_ms());
+                    if self.node.phase() == Phase::Alive {
+                        tracing::warn!("no seed accepted the join: founded a new ring");
+                    }
                 }
             }
             _ => self.connect_wanted(),
         }
-        self.pending_sip.retain(|_, q| {
-            q.retain(|(t, _)| now.duration_since(*t) < Duration::from_secs(5));
-            !q.is_empty()
-        });
+        self.pending.expire(now);
         let status = self.node.status();
         let ready = status.phase == Phase::Alive && status.replicas_below_k == 0;
         self.ready.store(ready, Ordering::Relaxed);
@@ -563,5 +560,95 @@ impl Driver {
             .bindings
             .with_label_values(&["replica"])
             .set(replica as i64);
+    }
+}
+
+/// Frames for peers whose link is being dialled, each kept for
+/// [`PENDING_FOR`], at most [`PENDING_FRAMES`] frames and
+/// [`PENDING_BYTES`] bytes a peer (past that, dropped: the overlay retries
+/// what matters, a SIP transaction retransmits).
+#[derive(Debug, Default)]
+pub(super) struct Pending(HashMap<[u8; 16], PeerQueue>);
+
+#[derive(Debug, Default)]
+struct PeerQueue {
+    frames: Vec<(Instant, Frame)>,
+    bytes: usize,
+}
+
+const PENDING_FOR: Duration = Duration::from_secs(5);
+const PENDING_FRAMES: usize = 1024;
+const PENDING_BYTES: usize = 4 << 20;
+
+fn frame_len(f: &Frame) -> usize {
+    match f {
+        Frame::Overlay(b) | Frame::Sip(b) => b.len(),
+    }
+}
+
+impl Pending {
+    fn push(&mut self, peer: [u8; 16], frame: Frame, now: Instant) {
+        let q = self.0.entry(peer).or_default();
+        let len = frame_len(&frame);
+        if q.frames.len() < PENDING_FRAMES && q.bytes + len <= PENDING_BYTES {
+            q.bytes += len;
+            q.frames.push((now, frame));
+        }
+    }
+
+    /// The frames kept for `peer`, oldest first (its link is up).
+    fn take(&mut self, peer: &[u8; 16]) -> impl Iterator<Item = Frame> + use<> {
+        self.0
+            .remove(peer)
+            .into_iter()
+            .flat_map(|q| q.frames)
+            .map(|(_, f)| f)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.0.retain(|_, q| {
+            q.frames.retain(|(t, f)| {
+                let keep = now.duration_since(*t) < PENDING_FOR;
+                if !keep {
+                    q.bytes -= frame_len(f);
+                }
+                keep
+            });
+            !q.frames.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_frames_wait_for_their_link_in_order_within_bounds() {
+        let t0 = Instant::now();
+        let (a, b) = ([1; 16], [2; 16]);
+        let mut p = Pending::default();
+        for i in 0..3u8 {
+            p.push(a, Frame::Sip(Bytes::from(vec![i; 10])), t0);
+        }
+        p.push(b, Frame::Overlay(Bytes::from_static(b"x")), t0);
+        let sent: Vec<usize> = p.take(&a).map(|f| frame_len(&f)).collect();
+        assert_eq!(sent, [10, 10, 10], "oldest first, all of them");
+        assert_eq!(p.take(&a).count(), 0, "taken once");
+
+        // Bounded in frames and in bytes.
+        for _ in 0..PENDING_FRAMES + 10 {
+            p.push(a, Frame::Sip(Bytes::from_static(b"y")), t0);
+        }
+        assert_eq!(p.0[&a].frames.len(), PENDING_FRAMES);
+        p.push(b, Frame::Overlay(Bytes::from(vec![0; PENDING_BYTES])), t0);
+        assert_eq!(p.0[&b].frames.len(), 1, "over the byte bound: dropped");
+
+        // Kept for PENDING_FOR only.
+        p.push(b, Frame::Sip(Bytes::from_static(b"late")), t0 + PENDING_FOR);
+        p.expire(t0 + PENDING_FOR);
+        assert!(!p.0.contains_key(&a));
+        assert_eq!(p.0[&b].frames.len(), 1);
+        assert_eq!(p.0[&b].bytes, 4);
     }
 }

@@ -174,6 +174,7 @@ pub struct FarmHandle {
     pub cmd: mpsc::Sender<Command>,
     pub members: SharedMembers,
     pub held: Arc<HeldCounts>,
+    links: Links,
 }
 
 impl FarmHandle {
@@ -208,6 +209,13 @@ impl FarmHandle {
             .ok()
             .and_then(Result::ok)
             .unwrap_or(false)
+    }
+
+    /// Closes every overlay link, for a process about to exit: its peers
+    /// drop the links at once instead of after the idle timeout, so the
+    /// node's next start links (and joins) at once.
+    pub async fn close_links(&self) {
+        self.links.shutdown().await;
     }
 }
 
@@ -289,6 +297,7 @@ pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Rep
         cmd: cmd_tx,
         members: members.clone(),
         held: held.clone(),
+        links: setup.links.clone(),
     };
     let driver = Driver {
         node,
@@ -301,7 +310,7 @@ pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Rep
         ops: HashMap::new(),
         members,
         held,
-        pending_sip: HashMap::new(),
+        pending: driver::Pending::default(),
         journal,
         metrics: setup.metrics,
         ready: setup.ready,
