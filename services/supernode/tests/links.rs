@@ -40,6 +40,17 @@ fn start(id: &Identity, v: LinkVersion) -> (Links, mpsc::Receiver<LinkEvent>, Me
     (l, rx, m)
 }
 
+/// Two node identities from one farm CA (kept in the directory returned).
+fn two_of_one_farm() -> (tempfile::TempDir, Identity, Identity) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("farm").unwrap();
+    let (a, b) = (
+        identity(dir.path(), "a", &ca),
+        identity(dir.path(), "b", &ca),
+    );
+    (dir, a, b)
+}
+
 async fn next(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -49,12 +60,7 @@ async fn next(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
 
 #[tokio::test]
 async fn same_farm_links_and_exchanges_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::generate("farm").unwrap();
-    let (a_id, b_id) = (
-        identity(dir.path(), "a", &ca),
-        identity(dir.path(), "b", &ca),
-    );
+    let (_dir, a_id, b_id) = two_of_one_farm();
     let (a, mut a_rx, _) = start(&a_id, V);
     let (b, mut b_rx, _) = start(&b_id, LinkVersion { major: 1, minor: 1 });
     a.connect(b.local_addr().unwrap(), Some(b_id.node_id));
@@ -175,12 +181,7 @@ fn issued_identities_load_with_their_node_id() {
 
 #[tokio::test]
 async fn a_restarted_peer_replaces_the_link_to_its_previous_process_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::generate("farm").unwrap();
-    let (one, two) = (
-        identity(dir.path(), "one", &ca),
-        identity(dir.path(), "two", &ca),
-    );
+    let (_dir, one, two) = two_of_one_farm();
     // The seed has the lower Node-ID: between the same two processes, the
     // seed's own dial would win and the other's be closed as a duplicate.
     let (seed_id, node_id) = if one.node_id < two.node_id {
@@ -225,12 +226,7 @@ async fn a_restarted_peer_replaces_the_link_to_its_previous_process_at_once() {
 
 #[tokio::test]
 async fn dials_repeated_while_a_link_comes_up_make_no_second_link() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::generate("farm").unwrap();
-    let (a_id, b_id) = (
-        identity(dir.path(), "a", &ca),
-        identity(dir.path(), "b", &ca),
-    );
+    let (_dir, a_id, b_id) = two_of_one_farm();
     let (a, mut a_rx, _) = start(&a_id, V);
     let (b, mut b_rx, _) = start(&b_id, V);
     // As a joining node does: the seed's address dialled, then the same
