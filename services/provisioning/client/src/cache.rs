@@ -11,8 +11,10 @@
 //! - A background task follows Watch. A PUT replaces a cached subscriber
 //!   (a password change or a barring is pushed, not polled), a DELETE drops
 //!   it, a RESET drops everything. After a disconnection it reconnects with
-//!   exponential backoff from the last revision it saw, so nothing that
-//!   changed meanwhile is missed (or it gets a RESET).
+//!   exponential backoff and starts over (the cache emptied, the watch
+//!   from now): a revision seen before may name another store's history
+//!   (etcd restored from a backup reuses its numbers), and resuming from it
+//!   would miss the changes made since under the same numbers.
 //! - While provisioning (or etcd behind it) is down, cached subscribers
 //!   keep being served; only misses fail, with [`CacheError::Unavailable`].
 //! - A fetch that raced a change to the same subscriber is answered but not
@@ -616,6 +618,8 @@ async fn watch_loop(shared: Arc<Shared>) {
                 }
                 m.watch_connected.store(false, Ordering::Relaxed);
                 shared.connected.send_replace(false);
+                // Start over at the next connection (see the module docs).
+                next_start = 0;
             }
             Err(s) => {
                 tracing::debug!(code = ?s.code(), message = s.message(), "cannot open the subscriber watch");
