@@ -99,13 +99,10 @@ pub async fn keep_registered(
         if let Err(e) = attempt.await {
             if connected.swap(false, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "etcd unreachable; the farm keeps working without it");
-                // The member it was on may be the only one gone: try the
-                // others at once, and back off only if they fail too.
-                backoff = Duration::ZERO;
             }
             metrics.etcd_connected.set(0);
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
