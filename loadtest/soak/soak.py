@@ -125,11 +125,7 @@ def start_farm(a, work):
             "--nodes", str(a.nodes), "--replicas", "3", "--sip-port", str(port),
             "--data", data, "--log", "warn", "--trusted", "load=127.0.0.1"]
     if not a.upgrade_from:
-        # Tables that grow with the traffic: the memory check judges what
-        # the load makes resident, not the room a production node makes at
-        # start (--presize-transactions), which its use makes resident over
-        # hours and a soak would report as growth.
-        argv += ["--presize-transactions", "0"]
+        argv += ["--presize-transactions", "0"]  # see the module docs
     p = subprocess.Popen(argv, stdout=out, stderr=err)
     deadline = time.time() + 90
     while time.time() < deadline:

@@ -140,10 +140,10 @@ impl File {
     fn close_lost(&mut self, now_ms: u64) -> anyhow::Result<u64> {
         let mut files = rotated(&self.cfg.dir);
         let newest = files.pop();
-        // The calls with an interim record and no final yet, by ICID: a
-        // call's final follows its interim in the files (one writer, in
-        // order), so only calls still open are held, not the history.
-        // Each with its place in the files, to write them in that order.
+        // The calls with an interim record and no final yet, by ICID, each
+        // with its place in the files (to be closed in that order). A
+        // call's final follows its interim (one writer, in order), so only
+        // calls still open are held, not the history.
         let mut open: HashMap<String, (usize, Value)> = HashMap::new();
         let mut seen = 0;
         for path in newest.into_iter().chain([self.cfg.dir.join(CURRENT)]) {
