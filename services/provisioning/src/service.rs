@@ -473,10 +473,10 @@ impl<S: Store> Provisioning for ProvisioningService<S> {
             Err(e) => return self.done("Watch", t, Err(e)),
         };
         let leaf = peer_leaf(&req);
-        let start = req.into_inner().start_revision;
+        let req = req.into_inner();
         let events = self
             .store
-            .watch(start)
+            .watch(req.start_revision, req.store_id)
             .await
             .map(|events| -> Events<pb::WatchEvent> {
                 Box::pin(events.map(move |r| {

@@ -360,7 +360,7 @@ async fn watch_streams_changes_in_order_and_ends_on_shutdown() {
     let server = Server::start(EmbeddedStore::open(dir.path()).unwrap()).await;
     let mut c = server.client().await;
     let mut w = c
-        .watch(pb::WatchRequest { start_revision: 0 })
+        .watch(pb::WatchRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -403,6 +403,7 @@ async fn watch_streams_changes_in_order_and_ends_on_shutdown() {
     let mut r = c
         .watch(pb::WatchRequest {
             start_revision: a.revision + 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -605,6 +606,56 @@ async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
     let md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"three").md5_hex();
     wait_for(
         "a change after the reconnection",
+        Duration::from_secs(10),
+        async || {
+            let s = cache.by_private_id("alice").await.unwrap().unwrap();
+            (s.credentials.as_ref().unwrap().ha1_md5 == md5).then_some(())
+        },
+    )
+    .await;
+    server.stop().await;
+
+    // Provisioning comes back on another store (a wiped directory, or etcd
+    // restored from a backup) that holds alice with another password and
+    // has reached exactly the revision the cache had seen: revision numbers
+    // cannot tell the stores apart, the store id does, and the cache starts
+    // over instead of keeping the old password.
+    wait_for("the cache notices", Duration::from_secs(10), async || {
+        (!cache.is_watching()).then_some(())
+    })
+    .await;
+    let seen = m.watch_revision.load(Ordering::Relaxed);
+    let other = tempfile::tempdir().unwrap();
+    let filling = Server::start(EmbeddedStore::open(other.path()).unwrap()).await;
+    let mut c = filling.client().await;
+    let mut rev = c
+        .create_subscriber(create("alice", &["sip:alice@ringmesh.test"], "four"))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    for i in 0.. {
+        if rev >= seen {
+            break;
+        }
+        let user = format!("filler{i}");
+        rev = c
+            .create_subscriber(create(&user, &[&format!("sip:{user}@x.test")], "x"))
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+    }
+    assert_eq!(rev, seen, "the other store is where the cache was");
+    filling.stop().await;
+    let server = Server::start_on(addr, EmbeddedStore::open(other.path()).unwrap()).await;
+    assert!(
+        cache.wait_watching(Duration::from_secs(20)).await,
+        "watch reconnects"
+    );
+    let md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"four").md5_hex();
+    wait_for(
+        "the other store's password replaces the cached one",
         Duration::from_secs(10),
         async || {
             let s = cache.by_private_id("alice").await.unwrap().unwrap();

@@ -134,7 +134,10 @@ async fn each_role_does_what_it_may_and_nothing_more() {
             .all(|s| ha1(s) == (String::new(), String::new()))
     );
     let mut watch = operator
-        .watch(WatchRequest { start_revision: 1 })
+        .watch(WatchRequest {
+            start_revision: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

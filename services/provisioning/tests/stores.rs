@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Etcd, conformance, element, next_change, next_trust_change, sub, trust_conformance};
+use common::{
+    Etcd, conformance, element, next_change, next_trust_change, store_id, sub, trust_conformance,
+};
 use futures::StreamExt as _;
 use ringmesh_proto::provisioning::{Barring, EventType};
 use ringmesh_provisioning::store::{
@@ -84,7 +86,7 @@ async fn embedded_store_keeps_trusted_elements_across_restarts() {
 #[tokio::test]
 async fn embedded_store_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (rev, a) = {
+    let (rev, a, id) = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
         store.create(sub("bob", &["sip:bob@x"])).await.unwrap();
@@ -100,9 +102,10 @@ async fn embedded_store_survives_restart() {
             .await
             .unwrap();
         let rev = store.delete("bob", None).await.unwrap();
-        (rev, a)
+        (rev, a, store_id(&store).await)
     };
     let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store_id(&store).await, id, "the same store after a restart");
     assert_eq!(
         store.get("alice").await.unwrap(),
         a,
@@ -124,7 +127,7 @@ async fn embedded_store_survives_restart() {
 
     // History is not kept across restarts: a watcher resuming from before
     // the restart is told to start over, then follows live changes.
-    let mut w = store.watch(2).await.unwrap();
+    let mut w = store.watch(2, 0).await.unwrap();
     let first = w.next().await.unwrap().unwrap();
     assert_eq!(first.r#type, EventType::Reset as i32);
     assert_eq!(first.revision, rev);
@@ -144,6 +147,20 @@ async fn embedded_store_survives_restart() {
     store.create(sub("dave", &["sip:dave@x"])).await.unwrap();
     drop(store);
     assert_eq!(EmbeddedStore::open(dir.path()).unwrap().len(), 3);
+
+    // A wiped directory is another store, and an id file that is not one
+    // is refused with what to do.
+    let wiped = tempfile::tempdir().unwrap();
+    assert_ne!(
+        store_id(&EmbeddedStore::open(wiped.path()).unwrap()).await,
+        id
+    );
+    std::fs::write(dir.path().join("store-id"), "zz\n").unwrap();
+    let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("store-id") && err.contains("remove it"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +262,7 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     let deadline = opts.timeout;
     let store = EtcdStore::connect(opts).await.unwrap();
     let a = store.create(sub("alice", &["sip:alice@x"])).await.unwrap();
-    let mut watch = store.watch(a.revision + 1).await.unwrap();
+    let mut watch = store.watch(a.revision + 1, 0).await.unwrap();
 
     etcd.stop();
     // Every kind of call fails with Unavailable within the deadline (plus
@@ -268,7 +285,7 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(
-        store.watch(0).await,
+        store.watch(0, 0).await,
         Err(StoreError::Unavailable(_))
     ));
     let took = t.elapsed();
@@ -306,7 +323,7 @@ async fn etcd_stopped_mid_test_means_unavailable_then_recovery() {
     assert_eq!(back, a, "nothing lost");
     // Resuming the watch from the last revision seen replays what follows.
     let b = store.create(sub("bob", &["sip:bob@x"])).await.unwrap();
-    let mut watch = store.watch(a.revision + 1).await.unwrap();
+    let mut watch = store.watch(a.revision + 1, 0).await.unwrap();
     let ev = next_change(&mut watch).await;
     assert_eq!(
         (ev.r#type, ev.revision),
@@ -340,7 +357,7 @@ async fn etcd_watch_after_compaction_says_reset() {
         .await
         .unwrap();
     c.compact(now as i64, None).await.unwrap();
-    let mut w = store.watch(a.revision).await.unwrap();
+    let mut w = store.watch(a.revision, 0).await.unwrap();
     let ev = next_change(&mut w).await;
     assert_eq!(ev.r#type, EventType::Reset as i32, "{ev:?}");
     assert!(ev.revision < now, "changes after {} follow", ev.revision);

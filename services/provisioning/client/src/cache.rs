@@ -11,10 +11,10 @@
 //! - A background task follows Watch. A PUT replaces a cached subscriber
 //!   (a password change or a barring is pushed, not polled), a DELETE drops
 //!   it, a RESET drops everything. After a disconnection it reconnects with
-//!   exponential backoff and starts over (the cache emptied, the watch
-//!   from now): a revision seen before may name another store's history
-//!   (etcd restored from a backup reuses its numbers), and resuming from it
-//!   would miss the changes made since under the same numbers.
+//!   exponential backoff from the last revision it saw, so nothing that
+//!   changed meanwhile is missed, and names the store that revision
+//!   belongs to: a store replaced meanwhile (etcd restored from a backup
+//!   reuses revision numbers for other changes) answers with a RESET.
 //! - While provisioning (or etcd behind it) is down, cached subscribers
 //!   keep being served; only misses fail, with [`CacheError::Unavailable`].
 //! - A fetch that raced a change to the same subscriber is answered but not
@@ -552,12 +552,15 @@ async fn watch_loop(shared: Arc<Shared>) {
     let m = &shared.metrics;
     let mut backoff = cfg.backoff_min;
     let mut next_start = 0u64;
+    // The store `next_start` belongs to (0 until the first marker).
+    let mut store_id = 0u64;
     let mut first = true;
     loop {
         let mut client = shared.client.clone();
         match client
             .watch(WatchRequest {
                 start_revision: next_start,
+                store_id,
             })
             .await
         {
@@ -586,6 +589,9 @@ async fn watch_loop(shared: Arc<Shared>) {
                                 next_start = ev.revision + 1;
                             } else {
                                 next_start = next_start.max(ev.revision + 1);
+                            }
+                            if ev.store_id != 0 {
+                                store_id = ev.store_id;
                             }
                             m.watch_revision.store(ev.revision, Ordering::Relaxed);
                             let change = {
@@ -618,8 +624,6 @@ async fn watch_loop(shared: Arc<Shared>) {
                 }
                 m.watch_connected.store(false, Ordering::Relaxed);
                 shared.connected.send_replace(false);
-                // Start over at the next connection (see the module docs).
-                next_start = 0;
             }
             Err(s) => {
                 tracing::debug!(code = ?s.code(), message = s.message(), "cannot open the subscriber watch");
@@ -640,6 +644,7 @@ mod tests {
             r#type: kind as i32,
             revision,
             subscriber,
+            store_id: 0,
         }
     }
 

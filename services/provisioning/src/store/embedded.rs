@@ -46,6 +46,9 @@ use super::{
 };
 
 const LOG_FILE: &str = "subscribers.log";
+/// The store's id (16 hex digits), made with the directory: a watcher that
+/// followed the store of a wiped directory starts over.
+const ID_FILE: &str = "store-id";
 /// Events kept for replay.
 const HISTORY: usize = 4096;
 /// Largest record accepted when reading the log.
@@ -132,6 +135,7 @@ impl Inner {
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
+    id: u64,
     inner: Mutex<Inner>,
     keepalive: Duration,
 }
@@ -153,6 +157,32 @@ fn frame(rec: &LogRecord) -> Vec<u8> {
     out.extend_from_slice(&Sha256::digest(&payload)[..4]);
     out.extend_from_slice(&payload);
     out
+}
+
+/// The id in `dir`, made (random, not 0) when there is none yet.
+fn store_id(dir: &Path) -> Result<u64, StoreError> {
+    let path = dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{} holds no store id (16 hex digits); remove it to make a new one",
+                    path.display()
+                ))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>().max(1);
+            let tmp = dir.join(format!("{ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id:016x}\n"))
+                .and_then(|()| File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| io("cannot write", &path, e))?;
+            Ok(id)
+        }
+        Err(e) => Err(io("cannot read", &path, e)),
+    }
 }
 
 /// Decodes the records of a log; returns them and the length of the valid
@@ -250,6 +280,7 @@ impl EmbeddedStore {
         };
         let store = EmbeddedStore {
             shared: Arc::new(Shared {
+                id: store_id(dir)?,
                 dir: dir.to_path_buf(),
                 inner: Mutex::new(inner),
                 keepalive,
@@ -571,8 +602,11 @@ impl EmbeddedStore {
     fn watch_feed<E: StoreEvent>(
         &self,
         start_revision: u64,
+        store_id: u64,
         feed: fn(&mut Inner) -> &mut Feed<E>,
     ) -> Events<E> {
+        let id = self.shared.id;
+        let other_store = store_id != 0 && store_id != id;
         let (first, current, mut rx) = {
             let mut inner = self.shared.inner.lock();
             let current = inner.revision;
@@ -580,8 +614,11 @@ impl EmbeddedStore {
             let rx = f.tx.subscribe();
             let first: Vec<E> = if start_revision == 0 {
                 Vec::new()
-            } else if start_revision <= f.replayable_after || start_revision > current + 1 {
-                vec![E::marker(EventType::Reset, current)]
+            } else if other_store
+                || start_revision <= f.replayable_after
+                || start_revision > current + 1
+            {
+                vec![E::marker(EventType::Reset, current, id)]
             } else {
                 f.history
                     .iter()
@@ -601,7 +638,7 @@ impl EmbeddedStore {
             }
             let mut last = current;
             if tx
-                .send(Ok(E::marker(EventType::Synced, current)))
+                .send(Ok(E::marker(EventType::Synced, current, id)))
                 .await
                 .is_err()
             {
@@ -621,11 +658,11 @@ impl EmbeddedStore {
                             let mut inner = shared.inner.lock();
                             last = inner.revision;
                             rx = feed(&mut inner).tx.subscribe();
-                            E::marker(EventType::Reset, last)
+                            E::marker(EventType::Reset, last, id)
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    _ = tick.tick() => E::marker(EventType::Synced, last),
+                    _ = tick.tick() => E::marker(EventType::Synced, last, id),
                     () = tx.closed() => return,
                 };
                 if tx.send(Ok(item)).await.is_err() {
@@ -714,8 +751,8 @@ impl SubscriberStore for EmbeddedStore {
             .await
     }
 
-    async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
-        Ok(self.watch_feed(start_revision, subscriber_feed))
+    async fn watch(&self, start_revision: u64, store_id: u64) -> Result<EventStream, StoreError> {
+        Ok(self.watch_feed(start_revision, store_id, subscriber_feed))
     }
 
     async fn current_revision(&self) -> Result<u64, StoreError> {
@@ -754,7 +791,7 @@ impl TrustStore for EmbeddedStore {
     }
 
     async fn watch_trusted(&self, start_revision: u64) -> Result<TrustEventStream, StoreError> {
-        Ok(self.watch_feed(start_revision, trust_feed))
+        Ok(self.watch_feed(start_revision, 0, trust_feed))
     }
 }
 

@@ -397,10 +397,11 @@ impl SubscriberStore for EtcdStore {
         )))
     }
 
-    async fn watch(&self, start_revision: u64) -> Result<EventStream, StoreError> {
+    async fn watch(&self, start_revision: u64, store_id: u64) -> Result<EventStream, StoreError> {
         self.watch_range(
             self.private_prefix.clone(),
             start_revision,
+            store_id,
             EtcdStore::convert,
         )
         .await
@@ -423,23 +424,28 @@ impl SubscriberStore for EtcdStore {
 struct OpenWatch<E> {
     watch: etcd_client::WatchStream,
     initial: Vec<E>,
+    /// The cluster's id: the store id markers carry.
+    cluster: u64,
 }
 
 impl EtcdStore {
     /// Changes to the keys under `prefix` from `start_revision` on, as
-    /// events made by `convert`, with RESET and SYNCED markers.
+    /// events made by `convert`, with RESET and SYNCED markers (a RESET
+    /// first when `store_id` is another cluster's id).
     async fn watch_range<E: StoreEvent>(
         &self,
         prefix: String,
         start_revision: u64,
+        store_id: u64,
         convert: fn(&EtcdStore, &etcd_client::Event) -> Result<E, StoreError>,
     ) -> Result<Events<E>, StoreError> {
         let me = self.clone();
         // Establish the first watch here so that an unreachable etcd fails
         // the call instead of an empty stream.
-        let first = me.open_watch(&prefix, start_revision).await?;
+        let first = me.open_watch(&prefix, start_revision, store_id).await?;
         Ok(async_stream(move |tx| async move {
             let (mut stream, synced_at) = first;
+            let cluster = stream.cluster;
             let mut pending: Vec<E> = stream.initial;
             // The last revision delivered (or known to have nothing for us).
             let mut last = if start_revision > 0 {
@@ -490,10 +496,10 @@ impl EtcdStore {
                     // The revision we need is compacted away: say RESET and
                     // watch again from the oldest revision etcd still has.
                     let from = (resp.compact_revision() as u64).max(last + 1);
-                    match me.open_watch(&prefix, from).await {
+                    match me.open_watch(&prefix, from, cluster).await {
                         Ok((s, _)) => {
                             stream = s;
-                            pending.push(E::marker(EventType::Reset, from - 1));
+                            pending.push(E::marker(EventType::Reset, from - 1, cluster));
                             pending.append(&mut stream.initial);
                         }
                         Err(e) => {
@@ -506,7 +512,7 @@ impl EtcdStore {
                 let header_rev = resp.header().map_or(0, |h| h.revision() as u64);
                 if resp.events().is_empty() {
                     if !resp.created() && header_rev > 0 {
-                        pending.push(E::marker(EventType::Synced, header_rev.max(last)));
+                        pending.push(E::marker(EventType::Synced, header_rev.max(last), cluster));
                     }
                     continue;
                 }
@@ -526,12 +532,15 @@ impl EtcdStore {
     /// Opens a watch on the range under `prefix` from `start` (0: now) and
     /// waits for etcd to confirm it. Returns it with the store revision at
     /// that moment; `initial` holds a RESET when `start` is ahead of etcd
-    /// (etcd was replaced) and otherwise nothing. A SYNCED marker follows
-    /// once etcd has delivered the replay (a progress request).
+    /// or `store` (if not 0) is not this cluster's id (etcd was replaced:
+    /// restored from a backup, or wiped) and otherwise nothing. A SYNCED
+    /// marker follows once etcd has delivered the replay (a progress
+    /// request).
     async fn open_watch<E: StoreEvent>(
         &self,
         prefix: &str,
         start: u64,
+        store: u64,
     ) -> Result<(OpenWatch<E>, u64), StoreError> {
         let mut opts = WatchOptions::new().with_prefix().with_prev_key();
         if start > 0 {
@@ -544,10 +553,11 @@ impl EtcdStore {
             .await?
             .ok_or_else(|| StoreError::Unavailable("etcd closed the watch at once".into()))?;
         let rev = created.header().map_or(0, |h| h.revision() as u64);
+        let cluster = created.header().map_or(0, |h| h.cluster_id());
         let mut initial = Vec::new();
-        if start > rev + 1 {
+        if start > 0 && (start > rev + 1 || store != 0 && store != cluster) {
             // Revisions from another (or a wiped) etcd: caches must start over.
-            initial.push(E::marker(EventType::Reset, rev));
+            initial.push(E::marker(EventType::Reset, rev, cluster));
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_prev_key()
@@ -559,7 +569,14 @@ impl EtcdStore {
         // etcd answers a progress request once the replay is out: that
         // answer is the first SYNCED.
         self.call("a watch", watch.request_progress()).await?;
-        Ok((OpenWatch { watch, initial }, rev))
+        Ok((
+            OpenWatch {
+                watch,
+                initial,
+                cluster,
+            },
+            rev,
+        ))
     }
 
     fn convert(&self, ev: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
@@ -741,6 +758,7 @@ impl TrustStore for EtcdStore {
         self.watch_range(
             self.trusted_prefix.clone(),
             start_revision,
+            0,
             EtcdStore::convert_trusted,
         )
         .await

@@ -187,11 +187,14 @@ pub trait SubscriberStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Changes from `start_revision` on (0: from now): the replayed changes
-    /// (or a `RESET` when they are gone), then live changes, with `SYNCED`
-    /// keep-alives carrying the current revision in between.
+    /// (or a `RESET` when they are gone, or when `store_id`, if not 0, names
+    /// another store than this one), then live changes, with `SYNCED`
+    /// keep-alives carrying the current revision in between. Markers carry
+    /// this store's id.
     fn watch(
         &self,
         start_revision: u64,
+        store_id: u64,
     ) -> impl Future<Output = Result<EventStream, StoreError>> + Send;
 
     /// The current revision; fails when the store is unreachable (readiness).
@@ -245,8 +248,10 @@ impl<S: SubscriberStore + TrustStore> Store for S {}
 /// What a watch stream carries (a subscriber event or a trusted-element
 /// event), so both streams share one implementation per store.
 pub(crate) trait StoreEvent: Clone + Send + Sync + 'static {
-    /// A RESET or SYNCED marker.
-    fn marker(kind: EventType, revision: u64) -> Self;
+    /// A RESET or SYNCED marker of the store `store` (subscriber events
+    /// carry it; trusted-element watchers list the table again after every
+    /// reconnection and need none).
+    fn marker(kind: EventType, revision: u64, store: u64) -> Self;
     /// The event's type (wire value).
     fn kind(&self) -> i32;
     /// The event's revision.
@@ -254,8 +259,11 @@ pub(crate) trait StoreEvent: Clone + Send + Sync + 'static {
 }
 
 impl StoreEvent for WatchEvent {
-    fn marker(kind: EventType, revision: u64) -> Self {
-        event(kind, revision, None)
+    fn marker(kind: EventType, revision: u64, store: u64) -> Self {
+        WatchEvent {
+            store_id: store,
+            ..event(kind, revision, None)
+        }
     }
     fn kind(&self) -> i32 {
         self.r#type
@@ -266,7 +274,7 @@ impl StoreEvent for WatchEvent {
 }
 
 impl StoreEvent for TrustedElementEvent {
-    fn marker(kind: EventType, revision: u64) -> Self {
+    fn marker(kind: EventType, revision: u64, _store: u64) -> Self {
         trust_event(kind, revision, None)
     }
     fn kind(&self) -> i32 {
@@ -296,6 +304,7 @@ pub fn event(kind: EventType, revision: u64, subscriber: Option<Subscriber>) -> 
         r#type: kind as i32,
         revision,
         subscriber,
+        store_id: 0,
     }
 }
 

@@ -110,10 +110,23 @@ pub async fn next_change(stream: &mut EventStream) -> WatchEvent {
     }
 }
 
+/// The store's id, as the first marker of a watch from now carries it.
+pub async fn store_id<S: SubscriberStore>(store: &S) -> u64 {
+    let mut w = store.watch(0, 0).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("a marker within 10 s")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(ev.r#type, EventType::Synced as i32, "{ev:?}");
+    assert_ne!(ev.store_id, 0, "markers name the store");
+    ev.store_id
+}
+
 /// What every store must do.
 pub async fn conformance<S: SubscriberStore>(store: &S) {
     let t = Instant::now();
-    let mut watch = store.watch(0).await.unwrap();
+    let mut watch = store.watch(0, 0).await.unwrap();
 
     // Create, and the identity index.
     let a = store
@@ -280,13 +293,23 @@ pub async fn conformance<S: SubscriberStore>(store: &S) {
     assert_eq!(last, rev);
 
     // Replay from a revision.
-    let mut replay = store.watch(a2.revision).await.unwrap();
+    let mut replay = store.watch(a2.revision, 0).await.unwrap();
     let ev = next_change(&mut replay).await;
     assert_eq!(ev.revision, a2.revision);
     assert_eq!(
         ev.subscriber.unwrap().public_ids,
         ["sip:alice@x", "sip:al@x"]
     );
+    // A watcher naming this store resumes; one naming another store (this
+    // one replaced it: a backup restored) starts over, however plausible its
+    // revision.
+    let id = store_id(store).await;
+    let mut same = store.watch(a2.revision, id).await.unwrap();
+    assert_eq!(next_change(&mut same).await.revision, a2.revision);
+    let mut other = store.watch(a2.revision, id ^ 1).await.unwrap();
+    let ev = next_change(&mut other).await;
+    assert_eq!(ev.r#type, EventType::Reset as i32, "{ev:?}");
+    assert_eq!(ev.store_id, id, "the RESET names the store to follow");
     eprintln!("store conformance: {:?}", t.elapsed());
 }
 
@@ -322,7 +345,7 @@ pub async fn next_trust_change(stream: &mut TrustEventStream) -> TrustedElementE
 pub async fn trust_conformance<S: Store>(store: &S) {
     let t = Instant::now();
     let mut trust = store.watch_trusted(0).await.unwrap();
-    let mut subs = store.watch(0).await.unwrap();
+    let mut subs = store.watch(0, 0).await.unwrap();
 
     let gw = store
         .create_trusted(element("gw", "192.0.2.0/24:5080"))
