@@ -248,15 +248,14 @@ def ring_view(admin):
 
 
 def watch_upgrade(nodes, load, t0, check_at, users):
-    """While `load` runs: every 5 s, each node's ring size, version
-    refusals and view of versions; at `check_at` s (after the last node's
-    upgrade, before the load ends and stops the nodes it restarted), the
-    users that no longer resolve. (The samples, the users lost.)"""
+    """While `load` runs, until `check_at` s (after the last node's upgrade,
+    before the load ends and stops the nodes it restarted: a sample taken
+    then would see nodes going away): every 5 s, each node's ring size,
+    version refusals and view of versions; at the end, the users that no
+    longer resolve. (The samples, the users lost.)"""
     samples, lost = [], None
     while load.poll() is None:
         t = time.time() - t0
-        if lost is None and t >= check_at:
-            lost = unresolved(nodes[0]["sip"], users)
         for n in nodes:
             view = ring_view(n["admin"])
             samples.append({
@@ -265,6 +264,9 @@ def watch_upgrade(nodes, load, t0, check_at, users):
                 "refused_version": metric(n["metrics"], "ringmesh_overlay_link_refusals_total", reason="version"),
                 "alive": view[0] if view else None, "versions": view[1] if view else None,
             })
+        if t >= check_at:
+            lost = unresolved(nodes[0]["sip"], users)
+            break
         for _ in range(50):
             if load.poll() is not None:
                 break
