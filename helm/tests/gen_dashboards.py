@@ -437,8 +437,8 @@ def sip():
     b.ts("ENUM lookups by result", [(
         f"sum by (result) ({rate('ringmesh_sip_enum_lookups_total')})", "{{result}}")], unit="ops",
         description="Calls to numbers no subscriber owns, looked up in ENUM: local (a URI of this farm), direct (a "
-                    "URI naming an address), foreign (another domain: to the gateways), none (no SIP record: to the "
-                    "gateways), failed (DNS did not answer within 2 s: to the gateways).")
+                    "URI naming an address), foreign (another domain: to its servers, found by RFC 3263), none (no "
+                    "SIP record: to the gateways), failed (DNS did not answer within 2 s: to the gateways).")
     b.ts("Gateways up, as each node sees them", [(
         f"min by (node, gateway) (ringmesh_sip_gateway_up{{{S}}})", "{{gateway}} {{node}}")],
         description="1: the gateway answers this node's OPTIONS probes (every 500 ms); 0: it left one unanswered "
@@ -453,6 +453,12 @@ def sip():
         f"sum by (gateway) (ringmesh_sip_gateway_active_calls{{{S}}})", "{{gateway}}")],
         description="Calls being set up or answered at each gateway, over the selected nodes (the capacity cap is "
                     "per node).")
+    b.ts("Calls to other domains' servers (RFC 3263) by event", [(
+        f"sum by (event) ({rate('ringmesh_sip_located_calls_total')})", "{{event}}")], unit="ops",
+        description="Calls to the URI an ENUM record names (not of this farm), at the servers RFC 3263 finds for "
+                    "it: sent to a server; answered (2xx); refused (a final answer other than 408 and 503, passed to "
+                    "the caller); failed_over (408, 503, no answer within gateway-timeout-ms: the next server); "
+                    "exhausted (no server left or reachable: to the gateways).")
     return b
 
 

@@ -16,17 +16,23 @@
 
 use regex::RegexBuilder;
 
-/// A DNS question of the proxy's.
+/// A DNS question of the proxy's (names are fully qualified).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     /// The NAPTR records of a name.
     Naptr { name: String },
+    /// The SRV records of a name (`_sip._udp.example.com.`).
+    Srv { name: String },
+    /// The addresses of a name (A and AAAA).
+    Addrs { name: String },
 }
 
 /// The driver's answer to a [`Query`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     Naptr(Vec<Naptr>),
+    Srv(Vec<Srv>),
+    Addrs(Vec<std::net::IpAddr>),
     /// The name, or records of that type, do not exist.
     NotFound,
     /// No answer (timeout, server failure, refused); why.
@@ -41,6 +47,17 @@ pub struct Naptr {
     pub flags: String,
     pub services: String,
     pub regexp: String,
+    /// The name to look up next ("." when the record is terminal).
+    pub replacement: String,
+}
+
+/// An SRV record (RFC 2782), as the driver read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Srv {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    pub target: String,
 }
 
 /// The domain name of `number` (E.164, `+…`) under `domain`.
@@ -126,6 +143,7 @@ mod tests {
             flags: "u".into(),
             services: services.into(),
             regexp: regexp.into(),
+            replacement: ".".into(),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod dns;
 pub mod gateways;
 pub mod guard;
 pub mod ifc;
+pub mod locate;
 pub mod location;
 pub mod mailbox;
 pub mod observe;

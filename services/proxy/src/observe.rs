@@ -230,6 +230,47 @@ pub enum Metric<'a> {
     },
     /// What an ENUM lookup for a call came to.
     Enum(EnumResult),
+    /// Something happened to a call sent to the servers RFC 3263 found
+    /// for the URI ENUM named (`ringmesh_sip_located_calls_total{event}`).
+    Located(LocatedEvent),
+}
+
+/// What happened to a call at a located server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocatedEvent {
+    /// Sent to a server.
+    Sent,
+    /// A server answered it (2xx).
+    Answered,
+    /// A server refused it for good (a final answer other than 408 and
+    /// 503): the caller gets that answer.
+    Refused,
+    /// A server failed it (408, 503, no answer in time, transport error):
+    /// it moved on to the next.
+    FailedOver,
+    /// No server (left) took it, or none can be reached from here: to the
+    /// gateways.
+    Exhausted,
+}
+
+impl LocatedEvent {
+    pub const ALL: [LocatedEvent; 5] = [
+        LocatedEvent::Sent,
+        LocatedEvent::Answered,
+        LocatedEvent::Refused,
+        LocatedEvent::FailedOver,
+        LocatedEvent::Exhausted,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            LocatedEvent::Sent => "sent",
+            LocatedEvent::Answered => "answered",
+            LocatedEvent::Refused => "refused",
+            LocatedEvent::FailedOver => "failed_over",
+            LocatedEvent::Exhausted => "exhausted",
+        }
+    }
 }
 
 /// What an ENUM lookup for a call came to
@@ -240,7 +281,7 @@ pub enum EnumResult {
     Local,
     /// A URI naming an address: sent there.
     Direct,
-    /// A URI of another domain (not routed to yet): to the gateways.
+    /// A URI of another domain: to its servers (RFC 3263).
     Foreign,
     /// No SIP record: to the gateways.
     None,

@@ -44,6 +44,7 @@ mod flows;
 mod forking;
 mod gateways;
 mod guarding;
+mod located;
 mod messages;
 mod notifier;
 mod numbers;
@@ -395,6 +396,12 @@ enum Pending {
         origin: Origin,
         onward: services::Onward,
         number: String,
+    },
+    /// DNS asked for the next server of a located call (`located.rs`).
+    Locate {
+        server: ServerKey,
+        msg: Message,
+        hop: Box<gateways::SerialHop>,
     },
     /// The gateway table being read.
     GatewayTable,
@@ -802,6 +809,13 @@ impl Proxy {
                     self.reply(server, &msg, 487, &[], now);
                 } else {
                     self.enum_answered(server, msg, origin, onward, number, answer, now);
+                }
+            }
+            Some(Pending::Locate { server, msg, hop }) => {
+                if self.cancelled_pending.remove(&server) {
+                    self.reply(server, &msg, 487, &[], now);
+                } else {
+                    self.next_located(server, msg, *hop, Some(answer), now);
                 }
             }
             Some(other) => {

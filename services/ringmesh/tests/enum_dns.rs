@@ -2,12 +2,14 @@
 //! server (Debian's dnsmasq) holding NAPTR records under `e164.test`:
 //! a number ported to bob rings bob's phone; a number whose record names
 //! an address reaches that address with the URI the record gives; a
-//! number with no record gets 480 (the farm has no PSTN gateway here).
+//! number whose record names another domain reaches that domain's servers
+//! by RFC 3263 (NAPTR, SRV, A), over a silent first server; a number with
+//! no record gets 480 (the farm has no PSTN gateway here).
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{free_port, require, wait_until};
 use ringmesh_test_support::phone::UdpPhone;
@@ -15,14 +17,15 @@ use ringmesh_test_support::phone::UdpPhone;
 const ENUM_DOMAIN: &str = "e164.test";
 
 /// dnsmasq on 127.0.0.1 with `records` (name, regexp) as E2U+sip NAPTR
-/// records; stopped (by PID) when dropped.
+/// records, and `extra` options (more records); stopped (by PID) when
+/// dropped.
 struct DnsServer {
     child: Child,
     port: u16,
 }
 
 impl DnsServer {
-    fn start(dir: &std::path::Path, records: &[(&str, String)]) -> DnsServer {
+    fn start(dir: &std::path::Path, records: &[(&str, String)], extra: &[String]) -> DnsServer {
         let bin = require("dnsmasq", "dnsmasq-base");
         let port = free_port();
         let mut cmd = Command::new(bin);
@@ -43,6 +46,7 @@ impl DnsServer {
         for (name, regexp) in records {
             cmd.arg(format!("--naptr-record={name},10,10,u,E2U+sip,{regexp}"));
         }
+        cmd.args(extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,6 +86,10 @@ fn alice_calls(node: std::net::SocketAddr, number: &str) -> u16 {
 fn numbers_go_where_their_enum_records_point() {
     let dir = tempfile::tempdir().unwrap();
     let carrier = UdpPhone::on("127.0.0.1");
+    // b.test: its NAPTR records name its TCP SRV record first, a server
+    // nothing listens on, then its UDP one, a server that answers.
+    let b_test = UdpPhone::on("127.0.0.1");
+    let closed = free_port();
     let dns = DnsServer::start(
         dir.path(),
         &[
@@ -93,6 +101,22 @@ fn numbers_go_where_their_enum_records_point() {
                 "2.0.0.0.7.7.7.5.5.5.1.e164.test",
                 format!("!^.*$!sip:ported@{}!", carrier.me),
             ),
+            (
+                "4.0.0.0.7.7.7.5.5.5.1.e164.test",
+                "!^.*$!sip:ported@b.test!".to_string(),
+            ),
+        ],
+        &[
+            "--local=/b.test/".into(),
+            "--naptr-record=b.test,10,10,s,SIP+D2T,,_sip._tcp.b.test".into(),
+            "--naptr-record=b.test,20,10,s,SIP+D2U,,_sip._udp.b.test".into(),
+            format!("--srv-host=_sip._tcp.b.test,closed.b.test,{closed},10,0"),
+            format!(
+                "--srv-host=_sip._udp.b.test,live.b.test,{},10,0",
+                b_test.me.port()
+            ),
+            "--host-record=closed.b.test,127.0.0.1".into(),
+            "--host-record=live.b.test,127.0.0.1".into(),
         ],
     );
     let dns_server = format!("127.0.0.1:{}", dns.port);
@@ -130,6 +154,21 @@ fn numbers_go_where_their_enum_records_point() {
         "{invite}"
     );
 
+    // Another domain: its first server refuses the connection, and the
+    // call reaches the second at once (well within the 2 s a silent one
+    // gets), for the record's URI.
+    let started = Instant::now();
+    let at_b = std::thread::spawn(move || b_test.answer_next(486, Duration::from_secs(10)));
+    assert_eq!(alice_calls(node, "+15557770004"), 486);
+    let (invite, _) = at_b.join().unwrap().expect("b.test's second server got it");
+    let took = started.elapsed();
+    eprintln!("the call to b.test was answered by its second server {took:?} after it started");
+    assert!(
+        invite.starts_with("INVITE sip:ported@b.test SIP/2.0"),
+        "{invite}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
     // No record, and no gateway: unreachable.
     assert_eq!(alice_calls(node, "+15557770003"), 480);
 
@@ -142,5 +181,16 @@ fn numbers_go_where_their_enum_records_point() {
     };
     assert_eq!(lookups("local"), Some(1.0));
     assert_eq!(lookups("direct"), Some(1.0));
+    assert_eq!(lookups("foreign"), Some(1.0));
     assert_eq!(lookups("none"), Some(1.0));
+    let located = |event: &str| {
+        common::metric_labelled(
+            farm.nodes[1].metrics,
+            "ringmesh_sip_located_calls_total",
+            &[("event", event)],
+        )
+    };
+    assert_eq!(located("sent"), Some(3.0), "the address, and b.test's two");
+    assert_eq!(located("failed_over"), Some(1.0));
+    assert_eq!(located("refused"), Some(2.0), "two 486s");
 }

@@ -349,6 +349,16 @@ impl SipCore {
                 self.conn_by_peer.retain(|_, c| *c != id);
                 self.proxy.connection_closed(id, now());
             }
+            Inbound::ConnFailed { id, peer } => {
+                self.conns.remove(&id);
+                self.conn_by_peer.retain(|_, c| *c != id);
+                let dest = Dest::Addr {
+                    transport: Transport::Tcp,
+                    addr: peer,
+                };
+                self.proxy.connection_refused(dest, now());
+                self.proxy.connection_closed(id, now());
+            }
             Inbound::KeepAlive { flow } => self.proxy.flow_alive(flow, now()),
             Inbound::PeerSip { msg, peer } => {
                 if self.tracing() {

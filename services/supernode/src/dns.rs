@@ -1,4 +1,5 @@
-//! The DNS the proxy core asks for ([`Query`], answered as [`Resolved`]),
+//! The DNS the proxy core asks for ([`Query`], answered as [`Resolved`]:
+//! NAPTR, SRV, and a name's A and AAAA records together),
 //! with hickory-resolver: the servers of `--dns-server`, or the system's
 //! (`/etc/resolv.conf`). Every answer comes within [`DEADLINE`]; the
 //! resolver caches what it got for the records' TTLs (and NXDOMAIN for its
@@ -12,7 +13,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{RData, RecordType};
-use ringmesh_proxy::dns::{Naptr, Query, Resolved};
+use ringmesh_proxy::dns::{Naptr, Query, Resolved, Srv};
 
 /// How long a question may take, every retry included.
 pub const DEADLINE: Duration = Duration::from_secs(2);
@@ -59,31 +60,63 @@ impl Dns {
 
     /// Answers `query`.
     pub async fn resolve(&self, query: Query) -> Resolved {
-        match query {
-            Query::Naptr { name } => {
-                let lookup = self.resolver.lookup(name.as_str(), RecordType::NAPTR);
-                match tokio::time::timeout(DEADLINE, lookup).await {
+        let (name, kind) = match &query {
+            Query::Naptr { name } => (name, RecordType::NAPTR),
+            Query::Srv { name } => (name, RecordType::SRV),
+            Query::Addrs { name } => {
+                let lookup = self.resolver.lookup_ip(name.as_str());
+                return match tokio::time::timeout(DEADLINE, lookup).await {
                     Err(_) => Resolved::Failed(format!("no answer for {name} within {DEADLINE:?}")),
-                    Ok(Err(NetError::Dns(DnsError::NoRecordsFound(_)))) => Resolved::NotFound,
-                    Ok(Err(e)) => Resolved::Failed(e.to_string()),
-                    Ok(Ok(found)) => Resolved::Naptr(
-                        found
-                            .answers()
-                            .iter()
-                            .filter_map(|r| match &r.data {
-                                RData::NAPTR(n) => Some(Naptr {
-                                    order: n.order,
-                                    preference: n.preference,
-                                    flags: String::from_utf8_lossy(&n.flags).into_owned(),
-                                    services: String::from_utf8_lossy(&n.services).into_owned(),
-                                    regexp: String::from_utf8_lossy(&n.regexp).into_owned(),
-                                }),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                }
+                    Ok(Err(e)) => failure(e),
+                    Ok(Ok(found)) => Resolved::Addrs(found.iter().collect()),
+                };
             }
+        };
+        let lookup = self.resolver.lookup(name.as_str(), kind);
+        let found = match tokio::time::timeout(DEADLINE, lookup).await {
+            Err(_) => return Resolved::Failed(format!("no answer for {name} within {DEADLINE:?}")),
+            Ok(Err(e)) => return failure(e),
+            Ok(Ok(found)) => found,
+        };
+        let records = found.answers().iter().map(|r| &r.data);
+        match kind {
+            RecordType::NAPTR => Resolved::Naptr(
+                records
+                    .filter_map(|d| match d {
+                        RData::NAPTR(n) => Some(Naptr {
+                            order: n.order,
+                            preference: n.preference,
+                            flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                            services: String::from_utf8_lossy(&n.services).into_owned(),
+                            regexp: String::from_utf8_lossy(&n.regexp).into_owned(),
+                            replacement: n.replacement.to_ascii(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => Resolved::Srv(
+                records
+                    .filter_map(|d| match d {
+                        RData::SRV(r) => Some(Srv {
+                            priority: r.priority,
+                            weight: r.weight,
+                            port: r.port,
+                            target: r.target.to_ascii(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
         }
+    }
+}
+
+/// A failed lookup as the proxy core sees it: no such name or record, or
+/// no answer.
+fn failure(e: NetError) -> Resolved {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(_)) => Resolved::NotFound,
+        e => Resolved::Failed(e.to_string()),
     }
 }

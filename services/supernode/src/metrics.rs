@@ -319,6 +319,7 @@ pub struct Metrics {
     pub offline_messages: IntCounterVec,
     pub gateway_events: IntCounterVec,
     pub enum_lookups: IntCounterVec,
+    pub located_calls: IntCounterVec,
     pub gateway_up: IntGaugeVec,
     pub gateway_active: IntGaugeVec,
     /// Call records written (`cdr`), and the calls this edge keeps one of.
@@ -581,8 +582,14 @@ impl Metrics {
             enum_lookups: counter_vec(
                 r,
                 "ringmesh_sip_enum_lookups_total",
-                "ENUM lookups for calls to numbers no subscriber owns, by result: local (a URI of this farm, routed here), direct (a URI naming an address, sent there), foreign (another domain, not routed to: the gateways), none (no SIP record: the gateways), failed (DNS did not answer: the gateways)",
+                "ENUM lookups for calls to numbers no subscriber owns, by result: local (a URI of this farm, routed here), direct (a URI naming an address, sent there), foreign (another domain: to its servers, found by RFC 3263), none (no SIP record: the gateways), failed (DNS did not answer: the gateways)",
                 &["result"],
+            ),
+            located_calls: counter_vec(
+                r,
+                "ringmesh_sip_located_calls_total",
+                "Calls to the URI an ENUM record names (not of this farm), at the servers RFC 3263 finds for it, by event: sent to a server, answered (2xx), refused for good (a final answer other than 408 and 503), failed over to the next server (408, 503, no answer in time, transport error), exhausted (no server left or reachable: to the gateways)",
+                &["event"],
             ),
             gateway_up: gauge_vec(
                 r,
@@ -875,6 +882,9 @@ impl Metrics {
         for r in ringmesh_proxy::observe::EnumResult::ALL {
             m.enum_lookups.with_label_values(&[r.as_label()]);
         }
+        for e in ringmesh_proxy::observe::LocatedEvent::ALL {
+            m.located_calls.with_label_values(&[e.as_label()]);
+        }
         for record in ["interim", "final"] {
             m.cdr.records.with_label_values(&[record]);
         }
@@ -983,6 +993,7 @@ impl Observer for Metrics {
                 .with_label_values(&[e.as_label()])
                 .inc(),
             Metric::Enum(r) => self.enum_lookups.with_label_values(&[r.as_label()]).inc(),
+            Metric::Located(e) => self.located_calls.with_label_values(&[e.as_label()]).inc(),
             Metric::Gateway { name, event } => self
                 .gateway_events
                 .with_label_values(&[name, event.as_label()])

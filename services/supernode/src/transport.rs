@@ -78,6 +78,12 @@ pub enum Inbound {
     ConnClosed {
         id: u64,
     },
+    /// An outbound connection could not be opened (refused, or no answer
+    /// within 5 s): what was to be sent to `peer` is lost.
+    ConnFailed {
+        id: u64,
+        peer: SocketAddr,
+    },
     /// An RFC 5626 keep-alive (CRLF ping, STUN Binding request) came over
     /// a leaf's flow.
     KeepAlive {
@@ -692,7 +698,7 @@ pub fn connect(
             _ => {
                 tracing::debug!(%peer, "outbound connection failed");
                 drop(conn);
-                let _ = shared.inbound.send(Inbound::ConnClosed { id }).await;
+                let _ = shared.inbound.send(Inbound::ConnFailed { id, peer }).await;
             }
         }
     });

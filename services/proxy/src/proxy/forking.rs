@@ -36,8 +36,9 @@ pub(super) struct ProxyCtx {
     call: bool,
     /// The application server this request went to, if it did.
     pub service: Option<Box<super::services::ServiceHop>>,
-    /// The PSTN gateway this call is at, if it is (`gateways.rs`).
-    pub gateway: Option<Box<super::gateways::GatewayHop>>,
+    /// The PSTN gateway (or the server of another domain) this call is
+    /// at, if it is (`gateways.rs`, `located.rs`).
+    pub serial: Option<Box<super::gateways::SerialHop>>,
     /// What its responses need from a request rewritten for privacy or
     /// topology hiding (`privacy.rs`).
     rewritten: Option<Box<Rewritten>>,
@@ -276,7 +277,7 @@ impl Proxy {
                 started: now.mono,
                 call,
                 service: None,
-                gateway: None,
+                serial: None,
                 rewritten: (rewritten.hide_upstream || !rewritten.branches.is_empty())
                     .then(|| Box::new(rewritten)),
             },
@@ -294,7 +295,7 @@ impl Proxy {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.gateway_heard(server, Some(status), now)
+        if self.serial_heard(server, Some(status), now)
             || self.service_heard(server, Some(status), now)
             || status == 100
         {
@@ -387,7 +388,7 @@ impl Proxy {
         let Some(&server) = self.client_to_server.get(&client) else {
             return;
         };
-        if self.gateway_heard(server, None, now) || self.service_heard(server, None, now) {
+        if self.serial_heard(server, None, now) || self.service_heard(server, None, now) {
             return;
         }
         if let Some(ctx) = self.proxies.get_mut(&server)
@@ -476,7 +477,8 @@ impl Proxy {
                 }
                 if self.pending.values().any(|p| {
                     matches!(p, Pending::Route { server, .. } | Pending::Callee { server, .. }
-                        | Pending::Enum { server, .. } if *server == invite)
+                        | Pending::Enum { server, .. } | Pending::Locate { server, .. }
+                        if *server == invite)
                 }) {
                     self.cancelled_pending.insert(invite);
                 }

@@ -25,7 +25,7 @@ use super::services::Onward;
 use super::{IdMap, Now, Origin, Pending, Proxy};
 use crate::gateways::{self, GatewayRecord};
 use crate::location::{Located, LocationError, LocationOp};
-use crate::observe::{GatewayEvent, Metric};
+use crate::observe::{GatewayEvent, LocatedEvent, Metric};
 use crate::token::Dest;
 
 /// How often each gateway is sent an OPTIONS.
@@ -53,21 +53,73 @@ pub(super) struct GatewayRuntime {
     refreshing: bool,
 }
 
-/// A call at a gateway: what moving it to the next one needs.
+/// A call sent to one server after another (a gateway, or a server RFC
+/// 3263 found for an ENUM URI): what moving it to the next needs.
 #[derive(Debug)]
-pub(super) struct GatewayHop {
-    origin: Origin,
-    onward: Onward,
+pub(super) struct SerialHop {
+    pub origin: Origin,
+    pub onward: Onward,
     /// The E.164 number, and the Routes of ours the request came with.
-    number: String,
-    pop_routes: usize,
-    /// The gateway it is at, and those left to try.
-    current: String,
-    left: Vec<String>,
-    /// The gateway answered something (no timeout applies then), and
+    pub number: String,
+    pub pop_routes: usize,
+    /// Where it is, and where it goes next.
+    pub way: Way,
+    /// Where it was sent last.
+    sent_to: Option<Dest>,
+    /// The server answered something (no timeout applies then), and
     /// when it must have.
     heard: bool,
     deadline: Instant,
+}
+
+/// Which servers a [`SerialHop`] goes through.
+#[derive(Debug)]
+pub(super) enum Way {
+    /// The gateway it is at, and those left to try.
+    Gateways { current: String, left: Vec<String> },
+    /// The servers of an ENUM URI's domain (`located.rs`).
+    Located(Box<super::located::Located>),
+}
+
+impl SerialHop {
+    pub fn new(
+        origin: Origin,
+        onward: Onward,
+        number: String,
+        pop_routes: usize,
+        way: Way,
+        now: Now,
+    ) -> Self {
+        SerialHop {
+            origin,
+            onward,
+            number,
+            pop_routes,
+            way,
+            sent_to: None,
+            heard: false,
+            deadline: now.mono,
+        }
+    }
+
+    /// Whether a final `status` (or, `None`, a transport failure or
+    /// silence) moves the call on: a gateway's 408 or 5xx; a located
+    /// server's 408 or 503 (RFC 3263 §4.3: the others are answers).
+    fn fails_over(&self, status: Option<u16>) -> bool {
+        match (status, &self.way) {
+            (None, _) | (Some(408), _) => true,
+            (Some(s), Way::Gateways { .. }) => (500..600).contains(&s),
+            (Some(s), Way::Located(_)) => s == 503,
+        }
+    }
+
+    /// The gateway it is at, if it is at one.
+    fn gateway(&self) -> Option<&str> {
+        match &self.way {
+            Way::Gateways { current, .. } => Some(current),
+            Way::Located(_) => None,
+        }
+    }
 }
 
 impl GatewayRuntime {
@@ -130,38 +182,49 @@ impl Proxy {
             return self.no_gateway(server, &msg, now);
         }
         let first = route.remove(0);
-        // The Routes that brought it here name this node: they go.
-        let pop_routes = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        let hop = GatewayHop {
-            origin,
-            onward,
-            number,
-            pop_routes,
+        let pop_routes = self.our_routes(&msg);
+        let way = Way::Gateways {
             current: first,
             left: route,
-            heard: false,
-            deadline: now.mono,
         };
-        self.send_to_gateway(server, msg, hop, now);
+        let hop = SerialHop::new(origin, onward, number, pop_routes, way, now);
+        self.send_serial(server, msg, hop, now);
     }
 
-    /// Sends the call to `hop.current`, or on to the next when it cannot
-    /// be sent there.
-    fn send_to_gateway(&mut self, server: ServerKey, msg: Message, mut hop: GatewayHop, now: Now) {
-        let Some(g) = self.gateways.get_mut(&hop.current) else {
-            return self.next_gateway(server, msg, hop, None, now);
+    /// How many of `msg`'s first Routes name this node (they go).
+    pub(super) fn our_routes(&self, msg: &Message) -> usize {
+        msg.routes().take_while(|r| self.me.is_me(r.uri())).count()
+    }
+
+    /// Sends the call where `hop` is, or on to the next gateway when it
+    /// cannot be sent there.
+    pub(super) fn send_serial(
+        &mut self,
+        server: ServerKey,
+        msg: Message,
+        mut hop: SerialHop,
+        now: Now,
+    ) {
+        let target = match &hop.way {
+            Way::Gateways { current, .. } => {
+                let Some(g) = self.gateways.get_mut(current) else {
+                    return self.next_gateway(server, msg, hop, None, now);
+                };
+                g.active += 1;
+                let (addr, transport) = (g.rec.addr, g.rec.transport);
+                self.observer.observe(Metric::Gateway {
+                    name: current,
+                    event: GatewayEvent::Sent,
+                });
+                let uri = format!("sip:{}@{addr};user=phone", hop.number);
+                Target {
+                    uri: Some(Bytes::from(uri)),
+                    ..Target::hop(Dest::Addr { transport, addr })
+                }
+            }
+            Way::Located(l) => self.located_target(l),
         };
-        g.active += 1;
-        let (addr, transport) = (g.rec.addr, g.rec.transport);
-        let uri = format!("sip:{}@{addr};user=phone", hop.number);
-        let target = Target {
-            uri: Some(Bytes::from(uri)),
-            ..Target::hop(Dest::Addr { transport, addr })
-        };
-        self.observer.observe(Metric::Gateway {
-            name: &hop.current,
-            event: GatewayEvent::Sent,
-        });
+        hop.sent_to = Some(target.dest);
         let pop_routes = hop.pop_routes;
         let onward = std::mem::take(&mut hop.onward);
         self.proxy_to(
@@ -176,12 +239,17 @@ impl Proxy {
         hop.onward = onward;
         match self.proxies.get_mut(&server) {
             Some(ctx) => {
+                hop.heard = false;
                 hop.deadline = now.mono + self.policy.gateway_timeout;
                 self.gw.deadlines.push_back((hop.deadline, server));
-                ctx.gateway = Some(Box::new(hop));
+                ctx.serial = Some(Box::new(hop));
             }
             // Nothing could be sent (and 500 went up): the count goes back.
-            None => self.release_gateway(&hop.current),
+            None => {
+                if let Some(name) = hop.gateway() {
+                    self.release_gateway(name);
+                }
+            }
         }
     }
 
@@ -209,64 +277,66 @@ impl Proxy {
         }
     }
 
-    /// A response (or, `None`, a failure) on a call at a gateway. `true`
-    /// when it was taken here: the call moved on to the next gateway.
-    pub(super) fn gateway_heard(
+    /// A response (or, `None`, a failure) on a call sent serially. `true`
+    /// when it was taken here: the call moved on to the next server.
+    pub(super) fn serial_heard(
         &mut self,
         server: ServerKey,
         status: Option<u16>,
         now: Now,
     ) -> bool {
-        let Some(hop) = self
-            .proxies
-            .get_mut(&server)
-            .and_then(|c| c.gateway.as_deref_mut())
-        else {
+        let Some(ctx) = self.proxies.get_mut(&server) else {
             return false;
         };
-        match status {
-            Some(s) if s < 200 => {
-                hop.heard = true;
-                false
-            }
-            Some(s) if s < 300 => {
-                hop.heard = true;
-                let name = hop.current.clone();
-                self.observer.observe(Metric::Gateway {
-                    name: &name,
-                    event: GatewayEvent::Answered,
-                });
-                let ctx = self.proxies.get_mut(&server).expect("found above");
-                ctx.gateway = None;
-                if let Some(req) = ctx.request() {
-                    let key = (
-                        req.share(req.call_id()),
-                        req.share(req.from_tag().unwrap_or_default()),
-                    );
-                    self.gw.up.insert(key, (name, now.mono + self.max_call));
-                }
-                false
-            }
-            Some(s) if s != 408 && s < 500 || s >= 600 => {
-                let name = std::mem::take(&mut hop.current);
-                self.proxies.get_mut(&server).expect("found above").gateway = None;
-                self.observer.observe(Metric::Gateway {
-                    name: &name,
-                    event: GatewayEvent::Refused,
-                });
-                self.release_gateway(&name);
-                false
-            }
-            _ => {
-                self.gateway_failed(server, status, now);
-                true
-            }
+        let Some(hop) = ctx.serial.as_deref_mut() else {
+            return false;
+        };
+        if status.is_some_and(|s| s < 200) {
+            hop.heard = true;
+            return false;
         }
+        if hop.fails_over(status) {
+            self.serial_failed(server, status, now);
+            return true;
+        }
+        // A final answer: the call stays where it is.
+        let hop = ctx.serial.take().expect("found above");
+        let answered = status.is_some_and(|s| s < 300);
+        // An answered call holds its gateway until its BYE passes.
+        let call = ctx.request().filter(|_| answered).map(|req| {
+            (
+                req.share(req.call_id()),
+                req.share(req.from_tag().unwrap_or_default()),
+            )
+        });
+        match hop.way {
+            Way::Gateways { current: name, .. } => {
+                let event = if answered {
+                    GatewayEvent::Answered
+                } else {
+                    GatewayEvent::Refused
+                };
+                self.observer
+                    .observe(Metric::Gateway { name: &name, event });
+                match call {
+                    Some(key) => {
+                        self.gw.up.insert(key, (name, now.mono + self.max_call));
+                    }
+                    None => self.release_gateway(&name),
+                }
+            }
+            Way::Located(_) => self.observer.observe(Metric::Located(if answered {
+                LocatedEvent::Answered
+            } else {
+                LocatedEvent::Refused
+            })),
+        }
+        false
     }
 
-    /// The gateway failed the call: it is given up there (a CANCEL follows
+    /// The server failed the call: it is given up there (a CANCEL follows
     /// anything it answers late) and tried at the next.
-    fn gateway_failed(&mut self, server: ServerKey, status: Option<u16>, now: Now) {
+    fn serial_failed(&mut self, server: ServerKey, status: Option<u16>, now: Now) {
         let Some(mut ctx) = self.proxies.remove(&server) else {
             return;
         };
@@ -279,40 +349,50 @@ impl Proxy {
         if ctx.is_call() {
             self.observer.observe(Metric::CallEnded);
         }
-        let (Some(hop), Some(msg)) = (ctx.gateway.take(), ctx.take_request()) else {
+        let (Some(hop), Some(msg)) = (ctx.serial.take(), ctx.take_request()) else {
             return;
         };
-        self.observer.observe(Metric::Gateway {
-            name: &hop.current,
-            event: GatewayEvent::FailedOver,
-        });
-        tracing::info!(gateway = %hop.current, ?status, number = %hop.number, "a gateway failed a call");
-        self.release_gateway(&hop.current);
+        if let Some(name) = hop.gateway() {
+            self.observer.observe(Metric::Gateway {
+                name,
+                event: GatewayEvent::FailedOver,
+            });
+            tracing::info!(gateway = %name, ?status, number = %hop.number, "a gateway failed a call");
+            self.release_gateway(name);
+        } else {
+            self.observer
+                .observe(Metric::Located(LocatedEvent::FailedOver));
+        }
         if ctx.cancelled() {
             return self.reply(server, &msg, 487, &[], now);
         }
-        self.next_gateway(server, *msg, *hop, status, now);
+        if hop.gateway().is_some() {
+            self.next_gateway(server, *msg, *hop, status, now);
+        } else {
+            self.next_located(server, *msg, *hop, None, now);
+        }
     }
 
     fn next_gateway(
         &mut self,
         server: ServerKey,
         msg: Message,
-        mut hop: GatewayHop,
+        mut hop: SerialHop,
         status: Option<u16>,
         now: Now,
     ) {
-        // Skip those that went down or filled up meanwhile.
-        while !hop.left.is_empty() {
-            let next = hop.left.remove(0);
-            if self
-                .gateways
-                .iter()
-                .any(|g| g.rec.name == next && g.usable())
-            {
-                hop.current = next;
-                hop.heard = false;
-                return self.send_to_gateway(server, msg, hop, now);
+        if let Way::Gateways { current, left } = &mut hop.way {
+            // Skip those that went down or filled up meanwhile.
+            while !left.is_empty() {
+                let next = left.remove(0);
+                if self
+                    .gateways
+                    .iter()
+                    .any(|g| g.rec.name == next && g.usable())
+                {
+                    *current = next;
+                    return self.send_serial(server, msg, hop, now);
+                }
             }
         }
         tracing::info!(number = %hop.number, ?status, "no gateway left for a call");
@@ -336,6 +416,24 @@ impl Proxy {
         }
     }
 
+    /// Nothing can be sent to `dest` (a connection to it was refused):
+    /// the calls sent there that heard nothing yet move on at once.
+    pub fn connection_refused(&mut self, dest: Dest, now: Now) {
+        // (The calls waiting on a server are those with a deadline.)
+        let waiting: Vec<ServerKey> = self.gw.deadlines.iter().map(|(_, s)| *s).collect();
+        for server in waiting {
+            let sent_there = self
+                .proxies
+                .get(&server)
+                .and_then(|c| c.serial.as_deref())
+                .is_some_and(|h| !h.heard && h.sent_to == Some(dest));
+            if sent_there {
+                self.serial_failed(server, None, now);
+            }
+        }
+        self.drive(now);
+    }
+
     /// Gateway timers: calls that heard nothing in time move on, the
     /// table's refresh, probes (and answered calls that ran out).
     pub(super) fn gateway_timers(&mut self, now: Now) {
@@ -348,10 +446,10 @@ impl Proxy {
             let silent = self
                 .proxies
                 .get(&server)
-                .and_then(|c| c.gateway.as_deref())
+                .and_then(|c| c.serial.as_deref())
                 .is_some_and(|h| !h.heard && h.deadline <= now.mono);
             if silent {
-                self.gateway_failed(server, None, now);
+                self.serial_failed(server, None, now);
             }
         }
         if self.gw.next_refresh.is_some_and(|at| at <= now.mono) {

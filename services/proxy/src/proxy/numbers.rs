@@ -7,23 +7,20 @@
 //! (403), so the farm carries no transit traffic.
 //!
 //! The URI an ENUM record names is routed where it points: a URI of this
-//! farm's domain is routed like a request for it (a number ported in), a
-//! URI whose host is an address goes to that address over UDP or TCP;
-//! anything else (another domain: RFC 3263 is not built yet), no record,
-//! or a DNS failure leaves the call to the gateways.
+//! farm's domain is routed like a request for it (a number ported in); any
+//! other goes to the servers RFC 3263 finds for it, one after another
+//! (`located.rs`), and to the gateways when none takes it. No record, or a
+//! DNS failure, leaves the call to the gateways.
 
 use bytes::Bytes;
 use ringmesh_sip::transaction::ServerKey;
 use ringmesh_sip::{Message, Method, Uri};
 
-use super::routing::Target;
 use super::services::Onward;
 use super::{Action, Now, Origin, Pending, Proxy};
-use crate::binding::Transport;
 use crate::dns::{self, Query, Resolved};
 use crate::gateways::number_of;
 use crate::observe::{EnumResult, Metric, Refusal};
-use crate::token::Dest;
 use crate::trust::Kind;
 
 impl Proxy {
@@ -112,7 +109,8 @@ impl Proxy {
         onward.enum_done = true;
         let uri = match answer {
             Resolved::Naptr(records) => dns::sip_uri(&number, &records),
-            Resolved::NotFound => None,
+            // (An answer of another type is no record either.)
+            Resolved::NotFound | Resolved::Srv(_) | Resolved::Addrs(_) => None,
             Resolved::Failed(why) => {
                 tracing::warn!(%number, %why, "ENUM lookup failed: the call goes to the gateways");
                 self.observer.observe(Metric::Enum(EnumResult::Failed));
@@ -134,28 +132,13 @@ impl Proxy {
                 None => self.reply(server, &msg, 500, &[], now),
             };
         }
-        let transport = match parsed.param("transport") {
-            None => Some(Transport::Udp),
-            Some(Some(t)) => {
-                Transport::from_token(t).filter(|t| matches!(t, Transport::Udp | Transport::Tcp))
-            }
-            Some(None) => None,
-        };
-        let direct = parsed.host().and_then(|h| h.ip()).zip(transport);
-        let Some((ip, transport)) = direct.filter(|_| parsed.scheme() == ringmesh_sip::Scheme::Sip)
-        else {
-            tracing::info!(%number, %uri, "ENUM names another domain, which this farm does not route to yet: the call goes to the gateways");
-            self.observer.observe(Metric::Enum(EnumResult::Foreign));
-            return self.route_to_gateway(server, msg, origin, onward, number, now);
-        };
-        self.observer.observe(Metric::Enum(EnumResult::Direct));
-        let addr = std::net::SocketAddr::new(ip, parsed.port().unwrap_or(5060));
-        let target = Target {
-            uri: Some(Bytes::from(uri)),
-            ..Target::hop(Dest::Addr { transport, addr })
-        };
-        let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
-        self.proxy_to(server, msg, origin, vec![target], ours, &onward, now);
+        let direct = parsed.host().is_some_and(|h| h.ip().is_some());
+        self.observer.observe(Metric::Enum(if direct {
+            EnumResult::Direct
+        } else {
+            EnumResult::Foreign
+        }));
+        self.route_located(server, msg, origin, onward, number, uri, now);
     }
 }
 

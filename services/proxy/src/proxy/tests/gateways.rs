@@ -326,15 +326,22 @@ fn sip_rule(regexp: &str) -> Resolved {
         flags: "u".into(),
         services: "E2U+sip".into(),
         regexp: regexp.into(),
+        replacement: ".".into(),
     }])
 }
 
 /// The one DNS question asked since the last call, answered with `answer`.
 fn answer_enum(h: &mut Harness, name: &str, answer: Resolved) {
+    answer_dns(h, Query::Naptr { name: name.into() }, answer);
+}
+
+/// The one DNS question asked since the last call (`query`), answered with
+/// `answer`.
+fn answer_dns(h: &mut Harness, query: Query, answer: Resolved) {
     let asked = std::mem::take(&mut h.resolves);
     assert_eq!(asked.len(), 1, "{asked:?}");
-    let (_, token, query) = asked.into_iter().next().unwrap();
-    assert_eq!(query, Query::Naptr { name: name.into() });
+    let (_, token, asked) = asked.into_iter().next().unwrap();
+    assert_eq!(asked, query);
     let now = h.now;
     h.node(1).handle_resolved(token, answer, now);
     h.pump();
@@ -389,7 +396,7 @@ fn an_enum_record_sends_the_call_where_it_points() {
 }
 
 #[test]
-fn no_record_a_dns_failure_or_another_domain_leave_the_call_to_the_gateways() {
+fn no_record_a_dns_failure_or_an_unknown_domain_leave_the_call_to_the_gateways() {
     let mut h = with_enum();
     let alice = udp_leaf(1);
     for (n, answer) in [
@@ -409,6 +416,16 @@ fn no_record_a_dns_failure_or_another_domain_leave_the_call_to_the_gateways() {
             &format!("{n}.0.0.0.7.7.7.5.5.5.1.e164.test."),
             answer,
         );
+        // Another domain that DNS knows nothing of: NAPTR, each SRV, the
+        // host's addresses.
+        for _ in 0..5 {
+            let Some((_, token, _)) = h.resolves.pop() else {
+                break;
+            };
+            let now = h.now;
+            h.node(1).handle_resolved(token, Resolved::NotFound, now);
+            h.pump();
+        }
         let out = invites(&mut h);
         assert_eq!(out.len(), 1, "{n}");
         assert_eq!(out[0].dest, at(1), "{n}: to the gateway");
@@ -448,6 +465,208 @@ fn a_call_cancelled_while_dns_answers_gets_487_and_goes_nowhere() {
     assert!(invites(&mut h).is_empty());
     let statuses: Vec<Option<u16>> = h.responses_to(alice).iter().map(Message::status).collect();
     assert!(statuses.contains(&Some(487)), "{statuses:?}");
+}
+
+fn srv(priority: u16, port: u16, target: &str) -> crate::dns::Srv {
+    crate::dns::Srv {
+        priority,
+        weight: 0,
+        port,
+        target: target.into(),
+    }
+}
+
+fn udp_at(addr: &str) -> Dest {
+    Dest::Addr {
+        transport: Transport::Udp,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+/// alice calls a number ENUM maps to sip:bob@b.test, whose NAPTR and SRV
+/// records name two servers (priority 10, then 20), each found when it is
+/// needed; the first server's INVITE.
+fn call_to_b_test(h: &mut Harness, call: &str, number: &str) -> Sent {
+    let alice = udp_leaf(1);
+    alice_dials(h, alice, number, call);
+    let digits: String = number[1..].chars().rev().map(|d| format!("{d}.")).collect();
+    answer_enum(
+        h,
+        &format!("{digits}e164.test."),
+        sip_rule("!^.*$!sip:bob@b.test!"),
+    );
+    answer_dns(
+        h,
+        Query::Naptr {
+            name: "b.test.".into(),
+        },
+        Resolved::Naptr(vec![Naptr {
+            order: 10,
+            preference: 10,
+            flags: "s".into(),
+            services: "SIP+D2U".into(),
+            regexp: String::new(),
+            replacement: "_sip._udp.b.test.".into(),
+        }]),
+    );
+    answer_dns(
+        h,
+        Query::Srv {
+            name: "_sip._udp.b.test.".into(),
+        },
+        Resolved::Srv(vec![
+            srv(20, 5080, "second.b.test."),
+            srv(10, 5070, "first.b.test."),
+        ]),
+    );
+    answer_dns(
+        h,
+        Query::Addrs {
+            name: "first.b.test.".into(),
+        },
+        Resolved::Addrs(vec!["192.0.2.31".parse().unwrap()]),
+    );
+    let out = invites(h);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dest, udp_at("192.0.2.31:5070"));
+    assert_eq!(out[0].msg.request_uri_bytes(), b"sip:bob@b.test");
+    out.into_iter().next().unwrap()
+}
+
+/// The second server of b.test, found once the first failed.
+fn second_b_test_server(h: &mut Harness) -> Sent {
+    answer_dns(
+        h,
+        Query::Addrs {
+            name: "second.b.test.".into(),
+        },
+        Resolved::Addrs(vec!["192.0.2.32".parse().unwrap()]),
+    );
+    let out = invites(h);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dest, udp_at("192.0.2.32:5080"));
+    out.into_iter().next().unwrap()
+}
+
+/// The final responses `flow` got since the last call, the digest
+/// challenges aside.
+fn finals_to(h: &mut Harness, flow: FlowRef) -> Vec<u16> {
+    h.responses_to(flow)
+        .iter()
+        .filter_map(Message::status)
+        .filter(|s| *s >= 200 && *s != 407)
+        .collect()
+}
+
+#[test]
+fn another_domain_is_located_by_rfc_3263_and_a_503_moves_the_call_on() {
+    let mut h = with_enum();
+    let first = call_to_b_test(&mut h, "loc-1", "+15557770021");
+    gateway_answers(&mut h, &first, 503);
+    let second = second_b_test_server(&mut h);
+    assert!(
+        finals_to(&mut h, udp_leaf(1)).is_empty(),
+        "nothing final yet"
+    );
+    gateway_answers(&mut h, &second, 200);
+    assert_eq!(finals_to(&mut h, udp_leaf(1)), [200]);
+    assert_eq!(h.metrics[0].count("Enum(Foreign)"), 1);
+    assert_eq!(h.metrics[0].count("Located(Sent)"), 2);
+    assert_eq!(h.metrics[0].count("Located(FailedOver)"), 1);
+    assert_eq!(h.metrics[0].count("Located(Answered)"), 1);
+}
+
+#[test]
+fn a_silent_server_is_left_a_final_answer_stays_and_none_left_means_the_gateways() {
+    let mut h = with_enum();
+    // The first says nothing: after the timeout, the second; its 486 is
+    // the callee's answer (no failover).
+    let first = call_to_b_test(&mut h, "loc-2", "+15557770022");
+    let sent = advance_answering_probes(&mut h, 21);
+    assert!(
+        sent.iter().all(|s| s.dest == first.dest),
+        "only retransmissions: {sent:?}"
+    );
+    let second = second_b_test_server(&mut h);
+    gateway_answers(&mut h, &second, 486);
+    assert_eq!(finals_to(&mut h, udp_leaf(1)), [486]);
+    assert!(h.resolves.is_empty() && invites(&mut h).is_empty());
+    // Both servers fail (503, then silence): the gateway.
+    let first = call_to_b_test(&mut h, "loc-3", "+15557770023");
+    gateway_answers(&mut h, &first, 503);
+    second_b_test_server(&mut h);
+    let out = advance_answering_probes(&mut h, 21);
+    let to_gateway = out.iter().filter(|s| s.dest == at(1)).count();
+    assert_eq!(to_gateway, 1, "to the gateway: {out:?}");
+    assert_eq!(h.metrics[0].count("Located(Exhausted)"), 1);
+    assert_eq!(h.metrics[0].count("Located(Refused)"), 1);
+}
+
+#[test]
+fn a_call_cancelled_while_its_next_server_is_looked_up_gets_487() {
+    let mut h = with_enum();
+    let alice = udp_leaf(1);
+    let first = call_to_b_test(&mut h, "loc-4", "+15557770024");
+    gateway_answers(&mut h, &first, 503);
+    assert_eq!(h.resolves.len(), 1, "looking up the second server");
+    let ruri = format!("sip:+15557770024@{DOMAIN};user=phone");
+    let cancel = invite_to(alice, "alice", &ruri, "loc-4")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 CANCEL")
+        .replace("branch=z9hG4bKiloc-4", "branch=z9hG4bK2iloc-4");
+    h.leaf_sends(alice, &cancel);
+    second_b_test_server_unsent(&mut h);
+    assert!(invites(&mut h).is_empty());
+    assert!(finals_to(&mut h, alice).contains(&487));
+}
+
+#[test]
+fn a_server_whose_connection_is_refused_is_left_at_once() {
+    let mut h = with_enum();
+    let alice = udp_leaf(1);
+    alice_dials(&mut h, alice, "+15557770025", "loc-5");
+    answer_enum(
+        &mut h,
+        "5.2.0.0.7.7.7.5.5.5.1.e164.test.",
+        sip_rule("!^.*$!sip:bob@b.test;transport=tcp!"),
+    );
+    answer_dns(
+        &mut h,
+        Query::Srv {
+            name: "_sip._tcp.b.test.".into(),
+        },
+        Resolved::Srv(vec![
+            srv(10, 5070, "192.0.2.41"),
+            srv(20, 5070, "192.0.2.42"),
+        ]),
+    );
+    let tcp = |a: &str| Dest::Addr {
+        transport: Transport::Tcp,
+        addr: a.parse().unwrap(),
+    };
+    assert_eq!(invites(&mut h)[0].dest, tcp("192.0.2.41:5070"));
+    let now = h.now;
+    // Another address refusing changes nothing.
+    h.node(1).connection_refused(tcp("192.0.2.99:5070"), now);
+    h.pump();
+    assert!(h.resolves.is_empty() && invites(&mut h).is_empty());
+    h.node(1).connection_refused(tcp("192.0.2.41:5070"), now);
+    h.pump();
+    let out = invites(&mut h);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dest, tcp("192.0.2.42:5070"), "no wait for a timeout");
+}
+
+/// The second server's address comes after the call is gone: nothing is
+/// sent.
+fn second_b_test_server_unsent(h: &mut Harness) {
+    answer_dns(
+        h,
+        Query::Addrs {
+            name: "second.b.test.".into(),
+        },
+        Resolved::Addrs(vec!["192.0.2.32".parse().unwrap()]),
+    );
 }
 
 #[test]
