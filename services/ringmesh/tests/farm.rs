@@ -820,3 +820,145 @@ fn a_node_seeded_by_host_name_joins() {
         );
     }
 }
+
+/// A supernode stopped with SIGTERM answers every call the others routed
+/// to it, including those they sent after its drain began and before they
+/// heard that it leaves; once it is gone, calls for its callee get 480
+/// with Retry-After. None is left without an answer (a stopping node once
+/// dropped what reached it after its last transaction ended, and the
+/// caller's supernode waited for a response that never came).
+#[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
+fn calls_toward_a_stopping_node_are_all_answered() {
+    let farm = common::start_farm(&["--nodes", "3", "--auth", "none"], &[]);
+    let (caller_node, callee_node) = (&farm.nodes[0], &farm.nodes[1]);
+
+    // bob's phone, registered through sn1, is busy: it answers every
+    // INVITE 486 at once.
+    let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
+    bob.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let bob_addr = bob.local_addr().unwrap();
+    let reg = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {bob_addr};branch=z9hG4bKst1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: st-reg\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:bob@{bob_addr}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    bob.send_to(reg.as_bytes(), callee_node.sip).unwrap();
+    let mut buf = [0u8; 8192];
+    let (n, _) = bob.recv_from(&mut buf).expect("an answer to the REGISTER");
+    assert_eq!(status_of(&buf[..n]), Some(200), "bob registers through sn1");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let phone = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = bob.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.starts_with("INVITE ") {
+                    let busy = ringmesh_test_support::sip::ok_for(&text, "busy", "sip:bob@x")
+                        .replacen("SIP/2.0 200 OK", "SIP/2.0 486 Busy Here", 1);
+                    let _ = bob.send_to(busy.as_bytes(), from);
+                }
+            }
+        })
+    };
+
+    // alice calls bob through sn0 every 4 ms for 2.4 s. 0.4 s in, sn1 is
+    // told to stop while sn0 is frozen for 0.2 s: the calls that wait for
+    // sn0 meanwhile reach it with sn1's notice that it leaves, so some go
+    // to sn1 during its drain, as on a busy farm.
+    let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
+    alice.set_nonblocking(true).unwrap();
+    let me = alice.local_addr().unwrap();
+    let mut finals: HashMap<String, String> = HashMap::new();
+    let mut take = |alice: &UdpSocket, finals: &mut HashMap<String, String>| {
+        while let Ok((n, _)) = alice.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0 100") {
+                continue;
+            }
+            let call = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Call-ID: "))
+                .unwrap_or_default()
+                .to_string();
+            finals.entry(call).or_insert(text);
+        }
+    };
+    let started = Instant::now();
+    let mut sent = 0;
+    let (mut stopped, mut thawed) = (false, false);
+    while started.elapsed() < Duration::from_millis(2400) {
+        if !stopped && started.elapsed() >= Duration::from_millis(400) {
+            stop(caller_node.pid, Signal::SIGSTOP);
+            stop(callee_node.pid, Signal::SIGTERM);
+            stopped = true;
+        }
+        if stopped && !thawed && started.elapsed() >= Duration::from_millis(600) {
+            stop(caller_node.pid, Signal::SIGCONT);
+            thawed = true;
+        }
+        let invite = format!(
+            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKst{sent};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a{sent}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: st-{sent}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        alice.send_to(invite.as_bytes(), caller_node.sip).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(4));
+        take(&alice, &mut finals);
+    }
+    // A call parked for bob's gone supernode waits 3 s for it to come back.
+    alice.set_nonblocking(false).unwrap();
+    alice
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while finals.len() < sent && Instant::now() < until {
+        take(&alice, &mut finals);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    phone.join().unwrap();
+    wait_gone(callee_node.pid);
+
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for text in finals.values() {
+        let status = text.get(8..11).unwrap_or("?").to_string();
+        let retry = text.lines().any(|l| l.starts_with("Retry-After:"));
+        assert!(
+            status == "486" || (matches!(status.as_str(), "480" | "503") && retry),
+            "every call ends with bob's 486 or a temporary failure that asks to retry:\n{text}"
+        );
+        *by_status
+            .entry(if retry {
+                format!("{status} Retry-After")
+            } else {
+                status
+            })
+            .or_default() += 1;
+    }
+    eprintln!("{sent} calls: {by_status:?}");
+    let missing: Vec<String> = (0..sent)
+        .map(|i| format!("st-{i}"))
+        .filter(|c| !finals.contains_key(c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} calls got no final answer, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        by_status.get("486").copied().unwrap_or(0) > 0,
+        "bob answered calls before and while sn1 drained: {by_status:?}"
+    );
+    assert!(
+        farm.log(&callee_node.name).contains("handed_off=true"),
+        "sn1 handed off before it exited:\n{}",
+        farm.log(&callee_node.name)
+    );
+}

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ringmesh_proxy::auth::Fetched;
 use ringmesh_proxy::{Action, Dest, FlowRef, Proxy, Transport};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -139,10 +139,19 @@ impl SipCore {
         }
     }
 
-    /// Runs until every transport is gone (or the task is stopped). After
-    /// `drain` is cancelled, it runs on until every request it took has
-    /// been answered (the readers refuse new work meanwhile).
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, drain: CancellationToken) {
+    /// Runs until every transport is gone, `stop` is cancelled, or the
+    /// task is stopped. Once `drain` is cancelled (the readers refuse new
+    /// work), `idle` tells whether every request it took has been
+    /// answered; it goes on serving meanwhile, since what the other
+    /// supernodes sent before they heard that this one leaves still comes
+    /// in until its links are closed.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        drain: CancellationToken,
+        stop: CancellationToken,
+        idle: watch::Sender<bool>,
+    ) {
         // Each tick sweeps one shard of the node-local store (16 in all).
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         // Messages handled since the core last let other tasks run: after a
@@ -150,9 +159,16 @@ impl SipCore {
         // timestamping what waits there) while the core is busy.
         let mut since_yield = 0;
         loop {
-            if drain.is_cancelled() && self.proxy.unanswered() == 0 {
-                tracing::info!("drained: every request answered");
+            if stop.is_cancelled() {
                 return;
+            }
+            if drain.is_cancelled() {
+                let answered = self.proxy.unanswered() == 0;
+                idle.send_if_modified(|was| {
+                    let changed = *was != answered;
+                    *was = answered;
+                    changed
+                });
             }
             if since_yield >= transport::READ_BATCH {
                 since_yield = 0;
@@ -201,6 +217,7 @@ impl SipCore {
                 () = sleep => self.proxy.handle_timeout(now()),
                 // Wakes the loop to check whether it has drained already.
                 () = drain.cancelled(), if !drain.is_cancelled() => {}
+                () = stop.cancelled() => {}
                 _ = sweep.tick() => {
                     if self.taken == 0 && inbound.is_empty() {
                         // Idle for a whole tick: a message now would not
@@ -370,6 +387,7 @@ impl SipCore {
                 }
                 self.proxy.handle_message(msg, Dest::Peer(peer), now());
             }
+            Inbound::PeerGone { peer } => self.proxy.peer_gone(peer, now()),
             Inbound::Control(c) => self.control(c),
         }
         self.flush();

@@ -30,8 +30,10 @@
 //! When the shutdown future completes, the node drains: `/readyz` turns
 //! 503, the readers answer new requests 503 with Retry-After, a farm
 //! member hands its records to their new replicas, and the transactions in
-//! progress finish (at most [`DRAIN_LIMIT`]); then every task is stopped
-//! and awaited, and the journal is flushed.
+//! progress finish (at most [`DRAIN_LIMIT`]). A farm member goes on
+//! answering what its peers sent before they heard that it leaves, then
+//! closes its links once they carried its last answers. Then every task is
+//! stopped and awaited, and the journal is flushed.
 
 pub mod admin;
 pub mod admission;
@@ -78,6 +80,11 @@ use crate::tasks::Tasks;
 /// How long a draining node waits for its transactions in progress, and
 /// for the hand-off of its records (both at once).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// How long a leaving farm member goes on taking requests once drained
+/// and handed off: what the others sent before they heard that it leaves
+/// (a round trip on a farm's network) arrives meanwhile, and is answered.
+const LINGER: Duration = Duration::from_millis(300);
 
 /// Reads a secret file, or creates it with 32 random bytes.
 pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -664,7 +671,9 @@ async fn serve(
         bound.admin = Some(local);
     }
     let drain = CancellationToken::new();
-    let mut core_task = tasks.spawn(core.run(rx, drain.clone()));
+    let stop_core = CancellationToken::new();
+    let (idle_tx, mut idle) = tokio::sync::watch::channel(false);
+    let mut core_task = tasks.spawn(core.run(rx, drain.clone(), stop_core.clone(), idle_tx));
     if farm.is_none() {
         ready.store(true, Ordering::Relaxed);
         tracing::info!(name = %cfg.name, domain = %cfg.domain, "supernode ready (a farm of one)");
@@ -688,17 +697,37 @@ async fn serve(
             None => true,
         }
     };
-    let finish = tokio::time::timeout(DRAIN_LIMIT, &mut core_task);
-    let (handed_off, finished) = tokio::join!(leave, finish);
-    tracing::info!(
-        handed_off,
-        transactions_finished = finished.is_ok(),
-        "drained; stopping"
-    );
+    let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+    let (handed_off, mut finished) = tokio::join!(leave, all_answered(&mut idle, until));
     if let Some(f) = &farm {
+        // The others route nothing new here once they hear that this node
+        // leaves; what they sent before is still on its way. Take it and
+        // answer it too, then close the links once they carried the last
+        // answers.
+        tokio::time::sleep(LINGER).await;
+        let until = until.max(tokio::time::Instant::now() + LINGER);
+        finished = all_answered(&mut idle, until).await;
         f.close_links().await;
     }
+    tracing::info!(
+        handed_off,
+        transactions_finished = finished,
+        "drained; stopping"
+    );
+    stop_core.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), core_task).await;
     Ok(())
+}
+
+/// Waits until the SIP core has answered every request it took; false if
+/// it had not by `until`.
+async fn all_answered(
+    idle: &mut tokio::sync::watch::Receiver<bool>,
+    until: tokio::time::Instant,
+) -> bool {
+    tokio::time::timeout_at(until, idle.wait_for(|answered| *answered))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// Starts the overlay side of a farm member: identity, links, membership

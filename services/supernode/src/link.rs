@@ -106,6 +106,9 @@ struct Inner {
     metrics: Metrics,
     serial: AtomicU64,
     tasks: Tasks,
+    /// Each link's frame writer, so that a shutdown can wait until what
+    /// they were given is sent.
+    writers: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Links {
@@ -165,6 +168,7 @@ impl Links {
                 metrics,
                 serial: AtomicU64::new(1),
                 tasks,
+                writers: tokio_util::task::TaskTracker::new(),
             }),
         };
         let acceptor = links.clone();
@@ -232,9 +236,16 @@ impl Links {
         }
     }
 
-    /// Closes the endpoint and with it every link, and waits (at most a
-    /// second) for the peers to be told.
+    /// Closes every link, for a process about to exit: first each link
+    /// sends what it was given (the last responses of a drain) and ends its
+    /// stream, and the peers read it to the end; then the endpoint closes.
+    /// Closing the endpoint at once would throw away what is still queued.
+    /// Each wait is at most a second.
     pub async fn shutdown(&self) {
+        // Dropping the peers' senders lets each writer finish its queue.
+        drop(std::mem::take(&mut *self.inner.peers.lock()));
+        self.inner.writers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.writers.wait()).await;
         self.inner
             .endpoint
             .close(quinn::VarInt::from_u32(0), b"shutting down");
@@ -406,7 +417,10 @@ impl Links {
             .await;
         tracing::info!(peer = %hex::encode(cert_id), %addr, "overlay link up");
 
-        let writer = self.inner.tasks.spawn(write_frames(send, rx));
+        let writer = self
+            .inner
+            .tasks
+            .spawn(self.inner.writers.track_future(write_frames(send, rx)));
         loop {
             match read_frame(&mut recv).await {
                 Ok((KIND_OVERLAY, body)) => {
@@ -548,6 +562,11 @@ async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Frame>
         if send.write_all(&out).await.is_err() {
             return;
         }
+    }
+    // The link is being shut down: end the stream, and wait until the peer
+    // has read it all (or stopped reading).
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
     }
 }
 

@@ -94,6 +94,10 @@ pub enum Inbound {
         msg: Message,
         peer: [u8; 16],
     },
+    /// The overlay link to another supernode went down.
+    PeerGone {
+        peer: [u8; 16],
+    },
     /// The admin API or a watcher asks the SIP core something.
     Control(Control),
 }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use ringmesh_sip::transaction::{ClientKey, ServerKey};
+use ringmesh_sip::transaction::{ClientKey, ServerKey, TransactionKey};
 use ringmesh_sip::{Forward, HeaderName, Message, Method, Via};
 
 use super::privacy::{Privacy, Rewritten, USER_HEADERS, anonymous_from, upstream_response};
@@ -30,6 +30,8 @@ pub(super) struct ProxyCtx {
     best: Option<(Box<Message>, ClientKey)>,
     final_sent: bool,
     cancelled: bool,
+    /// A branch ended because the supernode it went to is gone.
+    edge_gone: bool,
     started: Instant,
     /// An INVITE toward a callee (not to an application server: a call
     /// through servers is counted once, on its way to the callee).
@@ -274,6 +276,7 @@ impl Proxy {
                 best: None,
                 final_sent: false,
                 cancelled: false,
+                edge_gone: false,
                 started: now.mono,
                 call,
                 service: None,
@@ -399,6 +402,29 @@ impl Proxy {
         self.maybe_finish(server, now);
     }
 
+    /// The link to supernode `node` is gone: its process stopped or died,
+    /// and the branches sent there that have no final answer will never
+    /// get one. They end now, and a request left with no answer at all
+    /// gets 480 with Retry-After, as when the callee's supernode cannot be
+    /// reached, instead of waiting for its transaction to time out.
+    pub fn peer_gone(&mut self, node: [u8; 16], now: Now) {
+        let dest = Dest::Peer(node);
+        let stranded: Vec<(ClientKey, ServerKey)> = self
+            .client_to_server
+            .iter()
+            .filter(|(c, _)| self.txl.client_dest(**c) == Some(&dest))
+            .map(|(c, s)| (*c, *s))
+            .collect();
+        for (client, server) in stranded {
+            if let Some(ctx) = self.proxies.get_mut(&server) {
+                ctx.edge_gone = true;
+            }
+            self.txl
+                .transport_error(TransactionKey::Client(client), now.mono);
+        }
+        self.drive(now);
+    }
+
     /// Sends the best final response once no branch is pending (§16.7 step 6).
     fn maybe_finish(&mut self, server: ServerKey, now: Now) {
         let Some(ctx) = self.proxies.get_mut(&server) else {
@@ -429,10 +455,9 @@ impl Proxy {
                 };
                 self.respond(server, status, out, transport, now);
             }
-            None => {
-                let status = if ctx.cancelled { 487 } else { 408 };
-                self.reply(server, &req, status, &[], now);
-            }
+            None if ctx.cancelled => self.reply(server, &req, 487, &[], now),
+            None if ctx.edge_gone => self.callee_unreachable(server, &req, now),
+            None => self.reply(server, &req, 408, &[], now),
         }
         if call {
             self.observer.observe(Metric::CallSetupLatency(

@@ -535,6 +535,13 @@ impl<D: Clone> TransactionLayer<D> {
         Ok(())
     }
 
+    /// Where a client transaction sends its request, while it lives.
+    pub fn client_dest(&self, client: ClientKey) -> Option<&D> {
+        self.txn(client.0)
+            .filter(|t| t.is_client())
+            .map(|t| &t.dest)
+    }
+
     /// The driver could not send for this transaction (connection refused
     /// or reset, no route): a client transaction reports
     /// [`Event::TransportError`]; either kind ends (§17.1.4, §17.2.4).

@@ -154,7 +154,12 @@ impl Driver {
                 }
                 tracing::debug!(peer = %id, %addr, "link up");
             }
-            LinkEvent::Down { peer } => self.node.handle_link_down(nid(peer), now),
+            LinkEvent::Down { peer } => {
+                self.node.handle_link_down(nid(peer), now);
+                // The SIP core ends what it sent there and heard nothing of
+                // (with its queue full, their own timers end them).
+                let _ = self.sip_inbound.try_send(Inbound::PeerGone { peer });
+            }
             LinkEvent::Frame {
                 peer,
                 frame: Frame::Overlay(b),

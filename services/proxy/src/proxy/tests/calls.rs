@@ -175,3 +175,39 @@ fn a_call_still_up_when_the_longest_dialog_runs_out_is_closed_as_such() {
     );
     assert_eq!(h.node(1).load().calls_up, 0);
 }
+
+#[test]
+fn a_call_at_a_supernode_that_is_gone_ends_at_once_with_480_and_retry_after() {
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
+    h.send_authenticated(
+        alice,
+        "alice",
+        &invite_text(alice, "alice", "bob", "gone-1"),
+    );
+    let (at_bob, _) = invite_at_bob(&mut h, bob);
+    bob_answers(&mut h, bob, &at_bob, 180);
+    h.take();
+    // Node 2's link goes down (its process died): no final answer will
+    // come from there; alice is not left waiting for her INVITE's timers.
+    let now = h.now;
+    h.node(1).peer_gone(node_id(2), now);
+    h.pump();
+    let answer = h.final_to(alice);
+    assert_eq!(answer.status(), Some(480), "{answer:?}");
+    assert_eq!(
+        header(&answer, HeaderName::RetryAfter).as_deref(),
+        Some("2")
+    );
+    // A link to another node going down ends nothing of this one.
+    h.send_authenticated(
+        alice,
+        "alice",
+        &invite_text(alice, "alice", "bob", "gone-2"),
+    );
+    invite_at_bob(&mut h, bob);
+    h.take();
+    let now = h.now;
+    h.node(1).peer_gone(node_id(3), now);
+    h.pump();
+    assert!(h.responses_to(alice).is_empty());
+}
