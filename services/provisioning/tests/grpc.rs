@@ -439,6 +439,23 @@ async fn wait_for<T>(
     }
 }
 
+/// Waits (at most `deadline`) until the cache holds alice with `password`;
+/// returns how long that took.
+async fn alice_cached_with(
+    cache: &SubscriberCache,
+    password: &str,
+    what: &str,
+    deadline: Duration,
+) -> Duration {
+    let md5 = Ha1::compute(b"alice", REALM.as_bytes(), password.as_bytes()).md5_hex();
+    let (_, took) = wait_for(what, deadline, async || {
+        let s = cache.by_private_id("alice").await.unwrap().unwrap();
+        (s.credentials.as_ref().unwrap().ha1_md5 == md5).then_some(())
+    })
+    .await;
+    took
+}
+
 #[tokio::test]
 async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
     let dir = tempfile::tempdir().unwrap();
@@ -499,7 +516,6 @@ async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
     ));
 
     // A password change is pushed through Watch.
-    let new_md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"two").md5_hex();
     let t = Instant::now();
     c.set_password(pb::SetPasswordRequest {
         private_id: "alice".into(),
@@ -509,13 +525,11 @@ async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
     .await
     .unwrap();
     let acked = t.elapsed();
-    let (_, delay) = wait_for(
+    let delay = alice_cached_with(
+        &cache,
+        "two",
         "password change reaches the cache",
         Duration::from_secs(10),
-        async || {
-            let s = cache.by_private_id("alice").await.unwrap().unwrap();
-            (s.credentials.as_ref().unwrap().ha1_md5 == new_md5).then_some(())
-        },
     )
     .await;
     eprintln!(
@@ -603,14 +617,11 @@ async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
     })
     .await
     .unwrap();
-    let md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"three").md5_hex();
-    wait_for(
+    alice_cached_with(
+        &cache,
+        "three",
         "a change after the reconnection",
         Duration::from_secs(10),
-        async || {
-            let s = cache.by_private_id("alice").await.unwrap().unwrap();
-            (s.credentials.as_ref().unwrap().ha1_md5 == md5).then_some(())
-        },
     )
     .await;
     server.stop().await;
@@ -653,14 +664,11 @@ async fn cache_fetches_hits_follows_watch_and_survives_an_outage() {
         cache.wait_watching(Duration::from_secs(20)).await,
         "watch reconnects"
     );
-    let md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"four").md5_hex();
-    wait_for(
+    alice_cached_with(
+        &cache,
+        "four",
         "the other store's password replaces the cached one",
         Duration::from_secs(10),
-        async || {
-            let s = cache.by_private_id("alice").await.unwrap().unwrap();
-            (s.credentials.as_ref().unwrap().ha1_md5 == md5).then_some(())
-        },
     )
     .await;
     server.stop().await;
@@ -756,14 +764,11 @@ async fn cache_serves_while_etcd_is_down() {
         },
     )
     .await;
-    let md5 = Ha1::compute(b"alice", REALM.as_bytes(), b"two").md5_hex();
-    let (_, d) = wait_for(
+    let d = alice_cached_with(
+        &cache,
+        "two",
         "the change after the outage reaches the cache",
         Duration::from_secs(30),
-        async || {
-            let s = cache.by_private_id("alice").await.unwrap().unwrap();
-            (s.credentials.as_ref().unwrap().ha1_md5 == md5).then_some(())
-        },
     )
     .await;
     eprintln!(
