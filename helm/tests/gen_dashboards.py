@@ -350,6 +350,12 @@ def sip():
         f"sum by (reason) ({rate('ringmesh_overload_shed_total')})", "{{reason}}")], unit="reqps",
         description="Which limit shed new requests: queue_delay, queue_depth, transactions, or pending (waiting for "
                     "the ring or the subscriber directory).")
+    b.ts("Refused for an overloaded peer", [
+        (f"sum by (node) ({rate('ringmesh_overload_peer_refusals_total')})", "{{node}} refused"),
+        (f"max by (node) (ringmesh_overlay_peers_overloaded{{{S}}})", "{{node}} sees overloaded")],
+        description="New calls a node answered 503 + Retry-After itself because the callee's supernode told the "
+                    "farm it is overloaded (instead of sending them there), and how many members each node sees "
+                    "overloaded now.")
     b.ts("Queueing delay", [(
         f"max by (node) (ringmesh_sip_inbound_queue_delay_microseconds{{{S}}})", "{{node}}")], unit="µs",
         description="Smoothed wait between a transport reader and the SIP core; overload control sheds above "

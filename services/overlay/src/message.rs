@@ -80,6 +80,10 @@ pub enum Message {
         nonce: u64,
         view_root: u64,
     },
+    /// The sender's load: 0 serving, 1 overloaded (refusing new requests).
+    Load {
+        level: u32,
+    },
     JoinRequest {
         member: MemberRecord,
     },
@@ -175,6 +179,7 @@ impl Message {
         match self {
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
+            Message::Load { .. } => "load",
             Message::JoinRequest { .. } => "join_request",
             Message::JoinAccept { .. } => "join_accept",
             Message::Gossip { .. } => "gossip",
@@ -397,6 +402,7 @@ fn body_to_pb(msg: &Message) -> pb::envelope::Body {
             nonce: *nonce,
             view_root: *view_root,
         }),
+        Message::Load { level } => B::Load(pb::Load { level: *level }),
         Message::JoinRequest { member } => B::JoinRequest(pb::JoinRequest {
             member: Some(member_to_pb(member)),
         }),
@@ -696,6 +702,7 @@ fn body_from_pb(body: pb::envelope::Body) -> Result<Message, DecodeError> {
             nonce: p.nonce,
             view_root: p.view_root,
         },
+        B::Load(l) => Message::Load { level: l.level },
         B::JoinRequest(j) => Message::JoinRequest {
             member: member_from_pb(j.member.ok_or(invalid("member", "missing"))?)?,
         },
@@ -874,6 +881,7 @@ mod tests {
                 nonce: 1,
                 view_root: 2,
             },
+            Message::Load { level: 1 },
             Message::JoinRequest { member: member(5) },
             Message::JoinAccept {
                 chunks: chunks.clone(),

@@ -839,3 +839,37 @@ fn entries_stamped_far_ahead_or_living_forever_are_refused() {
     r.expect("an honest write to the same entry is acked");
     assert_eq!(get(&mut sim, ids[2], k).unwrap().entries, vec![e]);
 }
+
+/// An overloaded node's mark reaches every member at once, is renewed
+/// while the load lasts, is lifted when it ends, and expires by itself when
+/// the node dies overloaded.
+#[test]
+fn load_marks_spread_renew_lift_and_expire() {
+    let mut sim = new_sim(41);
+    let ids = joined_farm(&mut sim, 4);
+    let (hot, others) = (ids[1], [ids[0], ids[2], ids[3]]);
+    let marked = |sim: &Sim, at: NodeId| {
+        sim.node(at)
+            .unwrap()
+            .overloaded(sim.now())
+            .any(|id| id == hot)
+    };
+    sim.set_load(hot, 1);
+    sim.run_for(Duration::from_millis(100));
+    for o in others {
+        assert!(marked(&sim, o), "{o:?} heard that {hot:?} is overloaded");
+    }
+    // Renewed every ping interval: still marked long after the first word.
+    sim.run_for(Duration::from_secs(10));
+    assert!(others.iter().all(|o| marked(&sim, *o)));
+    sim.set_load(hot, 0);
+    sim.run_for(Duration::from_millis(100));
+    assert!(others.iter().all(|o| !marked(&sim, *o)), "lifted at once");
+    // Dead while overloaded: the mark outlives it by three intervals at most.
+    sim.set_load(hot, 1);
+    sim.run_for(Duration::from_millis(100));
+    assert!(others.iter().all(|o| marked(&sim, *o)));
+    sim.kill(hot);
+    sim.run_for(Duration::from_secs(4));
+    assert!(others.iter().all(|o| !marked(&sim, *o)), "expired");
+}

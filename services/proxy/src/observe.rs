@@ -202,6 +202,9 @@ pub enum Metric<'a> {
     /// An emergency request arrived (routed, or refused for want of a
     /// route).
     Emergency,
+    /// A new request answered 503 with Retry-After because the supernode
+    /// of every reachable binding of its callee said it is overloaded.
+    PeerOverloaded,
     /// From REGISTER to its final response.
     RegisterLatency(Duration),
     /// The final response to an out-of-dialog INVITE from a leaf of this

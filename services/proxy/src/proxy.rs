@@ -272,6 +272,11 @@ pub trait Members: Send + 'static {
     fn member_at(&self, addr: &str) -> Option<[u8; 16]>;
     /// Every live member's Node-ID.
     fn alive_ids(&self) -> Vec<[u8; 16]>;
+    /// The member said it is overloaded: new requests for its phones are
+    /// refused here (503 with Retry-After) rather than sent on.
+    fn is_overloaded(&self, _node: &[u8; 16]) -> bool {
+        false
+    }
 }
 
 /// The proxy's load, for overload control and gauges.

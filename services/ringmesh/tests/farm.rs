@@ -962,3 +962,91 @@ fn calls_toward_a_stopping_node_are_all_answered() {
         farm.log(&callee_node.name)
     );
 }
+
+/// A supernode over its limits tells the other members, and they refuse
+/// new calls for its phones at once (503 with Retry-After) instead of
+/// sending them there to be refused or to time out.
+#[test]
+#[ignore = "slow: needs sipp and a ringmesh dev farm of up to five nodes"]
+fn calls_for_phones_at_an_overloaded_node_are_refused_where_they_enter() {
+    // 100 transactions at most (the least allowed): 50 calls held at sn1
+    // (a server and a client transaction each) put it over.
+    let farm = common::start_farm(
+        &["--nodes", "2", "--auth", "none"],
+        &[("RINGMESH_OVERLOAD_MAX_TRANSACTIONS", "100")],
+    );
+    let (entry, hot) = (&farm.nodes[0], &farm.nodes[1]);
+    let phone = |name: &str| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let me = s.local_addr().unwrap();
+        (s, me, name.to_string())
+    };
+    let invite = |me: SocketAddr, from: &str, call: &str| {
+        format!(
+            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}@{DOMAIN}>;tag={call}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{me}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let final_answer = |s: &UdpSocket| -> String {
+        let mut buf = [0u8; 8192];
+        loop {
+            let (n, _) = s.recv_from(&mut buf).expect("a final answer");
+            let t = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !t.starts_with("SIP/2.0 1") {
+                return t;
+            }
+        }
+    };
+    // bob's phone, registered through sn1, never answers.
+    let (bob, bob_addr, _) = phone("bob");
+    let reg = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {bob_addr};branch=z9hG4bKol1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: ol-reg\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:bob@{bob_addr}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    bob.send_to(reg.as_bytes(), hot.sip).unwrap();
+    assert!(final_answer(&bob).starts_with("SIP/2.0 200"));
+
+    // carol, a phone of sn1, calls bob 55 times; the calls ring on (those
+    // past the limit sn1 refuses itself).
+    let (carol, carol_addr, _) = phone("carol");
+    for i in 0..55 {
+        carol
+            .send_to(
+                invite(carol_addr, "carol", &format!("ol-held-{i}")).as_bytes(),
+                hot.sip,
+            )
+            .unwrap();
+    }
+    wait_until("sn1 says it is overloaded", Duration::from_secs(10), || {
+        metric(hot, "ringmesh_overload_active") == Some(1.0)
+            && metric(entry, "ringmesh_overlay_peers_overloaded") == Some(1.0)
+    });
+
+    // alice, at sn0, calls bob: sn0 answers at once, sn1 never sees it.
+    let (alice, alice_addr, _) = phone("alice");
+    let started = Instant::now();
+    alice
+        .send_to(invite(alice_addr, "alice", "ol-new").as_bytes(), entry.sip)
+        .unwrap();
+    let answer = final_answer(&alice);
+    eprintln!("answered in {:?}", started.elapsed());
+    assert!(answer.starts_with("SIP/2.0 503"), "{answer}");
+    assert!(
+        answer.lines().any(|l| l.starts_with("Retry-After:")),
+        "{answer}"
+    );
+    assert_eq!(
+        metric(entry, "ringmesh_overload_peer_refusals_total"),
+        Some(1.0)
+    );
+    let mut buf = [0u8; 8192];
+    bob.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while let Ok((n, _)) = bob.recv_from(&mut buf) {
+        let t = String::from_utf8_lossy(&buf[..n]);
+        assert!(!t.contains("ol-new"), "the refused call reached bob:\n{t}");
+    }
+}

@@ -471,7 +471,7 @@ async fn serve(
             metrics.connections.clone(),
         ),
         next_conn: AtomicU64::new(1),
-        overload: overload::Overload::new(cfg.overload),
+        overload: Arc::new(overload::Overload::new(cfg.overload)),
         classifier: overload::Classifier {
             tokens: ringmesh_proxy::TokenKeys::new(&secrets, cfg.max_dialog.as_secs()),
             emergency_numbers: cfg.policy.emergency_numbers.clone(),
@@ -579,6 +579,7 @@ async fn serve(
                 &metrics,
                 ready.clone(),
                 etcd_connected.clone(),
+                shared.overload.clone(),
             )
             .await?;
             facts.overlay_addr = overlay.0.clone();
@@ -744,6 +745,7 @@ async fn join_farm(
     metrics: &Metrics,
     ready: Arc<AtomicBool>,
     etcd_connected: Arc<AtomicBool>,
+    overload: Arc<overload::Overload>,
 ) -> anyhow::Result<(
     farm::FarmHandle,
     farm::OverlayStore,
@@ -859,6 +861,7 @@ async fn join_farm(
         metrics: metrics.clone(),
         ready,
         tasks: tasks.clone(),
+        overload,
     })?;
     let store = farm::OverlayStore::new(farm.clone(), replies, cfg.max_expires);
     Ok((farm, store, (overlay_addr, overlay_local), expires))

@@ -306,6 +306,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub guard: IntCounterVec,
     pub emergency: IntCounter,
+    pub overload_peer_refusals: IntCounter,
+    pub peers_overloaded: IntGauge,
     pub overload_rejections: IntCounterVec,
     pub overload_shed: IntCounterVec,
     pub overload_active: IntGauge,
@@ -499,6 +501,16 @@ impl Metrics {
                 r,
                 "ringmesh_sip_emergency_requests_total",
                 "Emergency requests (urn:service:sos, emergency numbers) received",
+            ),
+            overload_peer_refusals: counter(
+                r,
+                "ringmesh_overload_peer_refusals_total",
+                "New requests answered 503 with Retry-After here because the supernode of every reachable binding of the callee said it is overloaded",
+            ),
+            peers_overloaded: gauge(
+                r,
+                "ringmesh_overlay_peers_overloaded",
+                "Other members that said they are overloaded (new requests for their phones are refused here)",
             ),
             overload_rejections: counter_vec(
                 r,
@@ -973,6 +985,7 @@ impl Observer for Metrics {
                 .inc(),
             Metric::Refused(why) => self.refused.with_label_values(&[why.as_label()]).inc(),
             Metric::Emergency => self.emergency.inc(),
+            Metric::PeerOverloaded => self.overload_peer_refusals.inc(),
             Metric::Guard(e) => self.guard.with_label_values(&[e.as_label()]).inc(),
             Metric::RegisterLatency(d) => self.register_latency.observe(d.as_secs_f64()),
             Metric::CallSetup { status } => self.hot.call_setup(status),

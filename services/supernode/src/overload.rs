@@ -256,6 +256,12 @@ impl Overload {
         }
     }
 
+    /// Whether new requests are shed for overload (not for a shutdown):
+    /// what this node tells the other members (`farm`).
+    pub fn is_overloaded(&self) -> bool {
+        !matches!(self.shed_reason(0), None | Some(ShedReason::Draining))
+    }
+
     /// The `Retry-After` value of the 503s this node writes.
     pub fn retry_after(&self) -> &[u8] {
         &self.retry_after

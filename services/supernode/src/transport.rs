@@ -143,7 +143,7 @@ pub struct Shared {
     /// Every TCP connection's slot, in all and per address.
     pub connections: Arc<Connections>,
     pub next_conn: AtomicU64,
-    pub overload: Overload,
+    pub overload: Arc<Overload>,
     /// What overload control may shed.
     pub classifier: Classifier,
     /// The per-source rate limit, if any.

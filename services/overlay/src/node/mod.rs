@@ -25,6 +25,7 @@
 //! [`lookup`](Node::lookup), [`route`](Node::route), [`leave`](Node::leave) —
 //! returns at once; results arrive as [`Event`]s.
 
+mod load;
 mod members;
 mod ops;
 mod repair;
@@ -354,6 +355,10 @@ pub struct Node {
     ae_partners: Vec<NodeId>,
     last_triggered_sync: Option<Instant>,
     told_gone: BTreeMap<NodeId, Instant>,
+    /// This node's load as it tells the others (`load.rs`).
+    load: u32,
+    /// When each member last said it is overloaded.
+    loads: BTreeMap<NodeId, Instant>,
     member_gc_cursor: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -399,6 +404,8 @@ impl Node {
             ae_partners: Vec::new(),
             last_triggered_sync: None,
             told_gone: BTreeMap::new(),
+            load: 0,
+            loads: BTreeMap::new(),
             member_gc_cursor: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -614,6 +621,7 @@ impl Node {
         match msg {
             Message::Ping { nonce, view_root } => self.on_ping(from, nonce, view_root, c),
             Message::Pong { view_root, .. } => self.on_pong(from, view_root, c),
+            Message::Load { level } => self.on_load(from, level, now),
             Message::JoinRequest { member } => self.on_join_request(from, member, c),
             Message::JoinAccept { chunks } => self.on_join_accept(from, chunks, c),
             Message::Gossip { chunks } => self.on_gossip(from, chunks, c),
@@ -696,6 +704,7 @@ impl Node {
             match t {
                 Timer::Stabilize => {
                     self.stabilize(c);
+                    self.renew_load();
                     let next = now + self.jitter(self.cfg.ping_interval);
                     self.timers.set_earlier(Timer::Stabilize, next);
                 }

@@ -407,6 +407,11 @@ impl Sim {
         self.start_op(at, tag, |n, now, wall| n.lookup(key, now, wall))
     }
 
+    /// Sets node `id`'s load (see [`Node::set_load`]).
+    pub fn set_load(&mut self, id: NodeId, level: u32) {
+        self.with_node(id, |n, _, _| n.set_load(level));
+    }
+
     /// A live entry stamped by node `at` (value, expiry in `ttl_ms`).
     pub fn entry(&mut self, at: NodeId, id: &[u8], value: Bytes, ttl_ms: u64) -> Option<Entry> {
         let slot = *self.index.get(&at)?;

@@ -921,7 +921,15 @@ impl Proxy {
         }
         // Highest q first, then the most recent registration.
         bindings.sort_by_key(|b| std::cmp::Reverse((b.q.unwrap_or(1000), b.hlc)));
-        let targets = self.callee_targets(&msg, &bindings, now);
+        let mut targets = self.callee_targets(&msg, &bindings, now);
+        // A supernode that said it is overloaded takes nothing new: with
+        // every branch there, the call is refused at once rather than sent
+        // on to be refused or to time out.
+        if !targets.is_empty() && targets.iter().all(|t| self.overloaded_peer(t.dest)) {
+            self.observer.observe(Metric::PeerOverloaded);
+            return self.reply_unavailable(server, &msg, now);
+        }
+        targets.retain(|t| !self.overloaded_peer(t.dest));
         if targets.is_empty() {
             return match mailbox {
                 Some(key) => {
@@ -980,6 +988,14 @@ impl Proxy {
         // they go.
         let ours = msg.routes().take_while(|r| self.me.is_me(r.uri())).count();
         self.proxy_to(server, msg, origin, targets, ours, onward, now);
+    }
+
+    /// `dest` is a member that said it is overloaded.
+    fn overloaded_peer(&self, dest: Dest) -> bool {
+        match (dest, &self.farm) {
+            (Dest::Peer(node), Some(farm)) => farm.is_overloaded(&node),
+            _ => false,
+        }
     }
 
     /// 480 with Retry-After to a request for a callee that is registered

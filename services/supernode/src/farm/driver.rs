@@ -3,7 +3,7 @@
 //! asks, persists what it changes, carries SIP between supernodes, and
 //! answers the SIP core's and the admin API's requests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::clock::wall_ms;
 use crate::journal::Journal;
 use crate::link::{Frame, LinkEvent, Links};
 use crate::metrics::Metrics;
+use crate::overload::Overload;
 use crate::transport::Inbound;
 
 #[derive(Debug)]
@@ -50,6 +51,10 @@ pub(super) enum OpKind {
 /// the SIP core sharing the worker never waits on one.
 const CENSUS_STEP: usize = 2_000;
 const CENSUS_EVERY: Duration = Duration::from_millis(100);
+/// How often this node's load is told (when it changed) and the others'
+/// marks are read: a call toward an overloaded supernode is refused within
+/// about this much of its saying so.
+const LOAD_EVERY: Duration = Duration::from_millis(250);
 
 /// A census pass in progress: where it stopped and what it counted.
 #[derive(Debug, Default)]
@@ -86,6 +91,8 @@ pub(super) struct Driver {
     pub(super) leave_waiters: Vec<oneshot::Sender<bool>>,
     pub(super) stats_seen: StatsSeen,
     pub(super) census: Census,
+    /// This node's overload signals, told to the other members.
+    pub(super) overload: Arc<Overload>,
 }
 
 impl Driver {
@@ -104,6 +111,7 @@ impl Driver {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut census = tokio::time::interval(CENSUS_EVERY);
+        let mut load = tokio::time::interval(LOAD_EVERY);
         loop {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -129,6 +137,7 @@ impl Driver {
                 () = sleep => self.node.handle_timeout(Instant::now().into_std(), wall_ms()),
                 _ = tick.tick() => self.maintain(),
                 _ = census.tick() => self.census(),
+                _ = load.tick() => self.exchange_load(),
             }
             self.flush();
             if self.node.phase() == Phase::Left && self.leave_waiters.is_empty() {
@@ -377,6 +386,22 @@ impl Driver {
             self.journal.append(&p.frame);
         }
         self.journal.flush();
+    }
+
+    /// Tells the others whether this node is overloaded, and publishes
+    /// which of them said they are, for the SIP core.
+    fn exchange_load(&mut self) {
+        self.node.set_load(u32::from(self.overload.is_overloaded()));
+        let overloaded: HashSet<[u8; 16]> = self
+            .node
+            .overloaded(Instant::now().into_std())
+            .map(|id| id.to_bytes())
+            .collect();
+        self.metrics.peers_overloaded.set(overloaded.len() as i64);
+        let mut m = self.members.write();
+        if m.overloaded != overloaded {
+            m.overloaded = overloaded;
+        }
     }
 
     fn refresh_members(&mut self) {

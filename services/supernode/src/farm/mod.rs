@@ -25,7 +25,7 @@ mod driver;
 mod seeds;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use crate::clock::wall_ms;
 use crate::journal::Journal;
 use crate::link::{LinkEvent, Links};
 use crate::metrics::Metrics;
+use crate::overload::Overload;
 use crate::tasks::Tasks;
 use crate::transport::Inbound;
 
@@ -65,6 +66,8 @@ pub struct MemberInfo {
 #[derive(Debug, Default)]
 pub struct Members {
     pub alive: HashMap<[u8; 16], MemberInfo>,
+    /// Members that said they are overloaded (refusing new requests).
+    pub overloaded: HashSet<[u8; 16]>,
     /// This node owns its range.
     pub joined: bool,
 }
@@ -236,6 +239,9 @@ impl ringmesh_proxy::Members for FarmHandle {
     fn alive_ids(&self) -> Vec<[u8; 16]> {
         self.members.read().alive.keys().copied().collect()
     }
+    fn is_overloaded(&self, node: &[u8; 16]) -> bool {
+        self.members.read().overloaded.contains(node)
+    }
 }
 
 // ---- the overlay task -------------------------------------------------------
@@ -256,6 +262,7 @@ pub struct FarmSetup {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
     pub tasks: Tasks,
+    pub overload: Arc<Overload>,
 }
 
 impl std::fmt::Debug for FarmSetup {
@@ -317,6 +324,7 @@ pub fn start(setup: FarmSetup) -> anyhow::Result<(FarmHandle, mpsc::Receiver<Rep
         leave_waiters: Vec::new(),
         stats_seen: StatsSeen::default(),
         census: Census::default(),
+        overload: setup.overload,
     };
     setup.tasks.spawn(driver.run(cmd_rx, setup.link_events));
     Ok((handle, reply_rx))

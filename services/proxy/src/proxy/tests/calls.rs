@@ -211,3 +211,25 @@ fn a_call_at_a_supernode_that_is_gone_ends_at_once_with_480_and_retry_after() {
     h.pump();
     assert!(h.responses_to(alice).is_empty());
 }
+
+#[test]
+fn a_call_for_a_phone_at_an_overloaded_supernode_is_refused_at_once_with_retry_after() {
+    let (mut h, alice, bob) = alice_and_bob_on_two_nodes();
+    // Node 2, bob's, says it is overloaded: node 1 does not send the call.
+    h.members.1.lock().unwrap().insert(node_id(2));
+    h.send_authenticated(alice, "alice", &invite_text(alice, "alice", "bob", "hot-1"));
+    let answer = h.final_to(alice);
+    assert_eq!(answer.status(), Some(503), "{answer:?}");
+    assert!(header(&answer, HeaderName::RetryAfter).is_some());
+    assert!(
+        h.requests().iter().all(|s| s.node != 1),
+        "nothing went to node 2"
+    );
+    assert_eq!(h.metrics[0].count("PeerOverloaded"), 1);
+    // The mark lifted, calls go through again.
+    h.members.1.lock().unwrap().clear();
+    h.send_authenticated(alice, "alice", &invite_text(alice, "alice", "bob", "hot-2"));
+    let (at_bob, _) = invite_at_bob(&mut h, bob);
+    bob_answers(&mut h, bob, &at_bob, 486);
+    assert_eq!(h.final_to(alice).status(), Some(486));
+}

@@ -275,9 +275,13 @@ impl Directory for TestDirectory {
     }
 }
 
-/// The farm's live members, shared by every node of a harness.
+/// The farm's live members, shared by every node of a harness, and those
+/// that said they are overloaded.
 #[derive(Debug, Clone, Default)]
-pub struct TestMembers(Arc<Mutex<HashMap<[u8; 16], String>>>);
+pub struct TestMembers(
+    pub Arc<Mutex<HashMap<[u8; 16], String>>>,
+    pub Arc<Mutex<std::collections::HashSet<[u8; 16]>>>,
+);
 
 impl Members for TestMembers {
     fn sip_addr(&self, node: &[u8; 16]) -> Option<String> {
@@ -293,6 +297,9 @@ impl Members for TestMembers {
             .iter()
             .find(|(_, a)| *a == addr)
             .map(|(id, _)| *id)
+    }
+    fn is_overloaded(&self, node: &[u8; 16]) -> bool {
+        self.1.lock().unwrap().contains(node)
     }
 }
 
