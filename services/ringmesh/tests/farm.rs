@@ -821,6 +821,34 @@ fn a_node_seeded_by_host_name_joins() {
     }
 }
 
+/// An INVITE to bob from `from`'s phone at `me`; `call` names its Call-ID,
+/// branch and From tag.
+fn invite_bob(me: SocketAddr, from: &str, call: &str) -> String {
+    format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{from}@{DOMAIN}>;tag={call}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{me}>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Registers bob's phone, the socket `bob`, through `node`.
+fn register_bob(bob: &UdpSocket, node: SocketAddr) {
+    let me = bob.local_addr().unwrap();
+    let reg = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbob;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: bob-reg\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:bob@{me}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    bob.send_to(reg.as_bytes(), node).unwrap();
+    let mut buf = [0u8; 8192];
+    let (n, _) = bob.recv_from(&mut buf).expect("an answer to the REGISTER");
+    assert_eq!(
+        status_of(&buf[..n]),
+        Some(200),
+        "bob registers through {node}"
+    );
+}
+
 /// A supernode stopped with SIGTERM answers every call the others routed
 /// to it, including those they sent after its drain began and before they
 /// heard that it leaves; once it is gone, calls for its callee get 480
@@ -838,16 +866,7 @@ fn calls_toward_a_stopping_node_are_all_answered() {
     let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
     bob.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let bob_addr = bob.local_addr().unwrap();
-    let reg = format!(
-        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {bob_addr};branch=z9hG4bKst1;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: st-reg\r\n\
-         CSeq: 1 REGISTER\r\nContact: <sip:bob@{bob_addr}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-    );
-    bob.send_to(reg.as_bytes(), callee_node.sip).unwrap();
-    let mut buf = [0u8; 8192];
-    let (n, _) = bob.recv_from(&mut buf).expect("an answer to the REGISTER");
-    assert_eq!(status_of(&buf[..n]), Some(200), "bob registers through sn1");
+    register_bob(&bob, callee_node.sip);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let phone = {
         let done = done.clone();
@@ -875,7 +894,8 @@ fn calls_toward_a_stopping_node_are_all_answered() {
     alice.set_nonblocking(true).unwrap();
     let me = alice.local_addr().unwrap();
     let mut finals: HashMap<String, String> = HashMap::new();
-    let mut take = |alice: &UdpSocket, finals: &mut HashMap<String, String>| {
+    let take = |alice: &UdpSocket, finals: &mut HashMap<String, String>| {
+        let mut buf = [0u8; 8192];
         while let Ok((n, _)) = alice.recv_from(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if text.starts_with("SIP/2.0 100") {
@@ -902,11 +922,7 @@ fn calls_toward_a_stopping_node_are_all_answered() {
             stop(caller_node.pid, Signal::SIGCONT);
             thawed = true;
         }
-        let invite = format!(
-            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKst{sent};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a{sent}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-             Call-ID: st-{sent}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nContent-Length: 0\r\n\r\n"
-        );
+        let invite = invite_bob(me, "alice", &format!("st-{sent}"));
         alice.send_to(invite.as_bytes(), caller_node.sip).unwrap();
         sent += 1;
         std::thread::sleep(Duration::from_millis(4));
@@ -976,18 +992,11 @@ fn calls_for_phones_at_an_overloaded_node_are_refused_where_they_enter() {
         &[("RINGMESH_OVERLOAD_MAX_TRANSACTIONS", "100")],
     );
     let (entry, hot) = (&farm.nodes[0], &farm.nodes[1]);
-    let phone = |name: &str| {
+    let phone = || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let me = s.local_addr().unwrap();
-        (s, me, name.to_string())
-    };
-    let invite = |me: SocketAddr, from: &str, call: &str| {
-        format!(
-            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{from}@{DOMAIN}>;tag={call}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-             Call-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{me}>\r\nContent-Length: 0\r\n\r\n"
-        )
+        (s, me)
     };
     let final_answer = |s: &UdpSocket| -> String {
         let mut buf = [0u8; 8192];
@@ -1000,22 +1009,16 @@ fn calls_for_phones_at_an_overloaded_node_are_refused_where_they_enter() {
         }
     };
     // bob's phone, registered through sn1, never answers.
-    let (bob, bob_addr, _) = phone("bob");
-    let reg = format!(
-        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {bob_addr};branch=z9hG4bKol1;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: ol-reg\r\n\
-         CSeq: 1 REGISTER\r\nContact: <sip:bob@{bob_addr}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-    );
-    bob.send_to(reg.as_bytes(), hot.sip).unwrap();
-    assert!(final_answer(&bob).starts_with("SIP/2.0 200"));
+    let (bob, _) = phone();
+    register_bob(&bob, hot.sip);
 
     // carol, a phone of sn1, calls bob 55 times; the calls ring on (those
     // past the limit sn1 refuses itself).
-    let (carol, carol_addr, _) = phone("carol");
+    let (carol, carol_addr) = phone();
     for i in 0..55 {
         carol
             .send_to(
-                invite(carol_addr, "carol", &format!("ol-held-{i}")).as_bytes(),
+                invite_bob(carol_addr, "carol", &format!("ol-held-{i}")).as_bytes(),
                 hot.sip,
             )
             .unwrap();
@@ -1026,10 +1029,13 @@ fn calls_for_phones_at_an_overloaded_node_are_refused_where_they_enter() {
     });
 
     // alice, at sn0, calls bob: sn0 answers at once, sn1 never sees it.
-    let (alice, alice_addr, _) = phone("alice");
+    let (alice, alice_addr) = phone();
     let started = Instant::now();
     alice
-        .send_to(invite(alice_addr, "alice", "ol-new").as_bytes(), entry.sip)
+        .send_to(
+            invite_bob(alice_addr, "alice", "ol-new").as_bytes(),
+            entry.sip,
+        )
         .unwrap();
     let answer = final_answer(&alice);
     eprintln!("answered in {:?}", started.elapsed());

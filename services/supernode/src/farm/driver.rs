@@ -398,10 +398,7 @@ impl Driver {
             .map(|id| id.to_bytes())
             .collect();
         self.metrics.peers_overloaded.set(overloaded.len() as i64);
-        let mut m = self.members.write();
-        if m.overloaded != overloaded {
-            m.overloaded = overloaded;
-        }
+        self.members.write().overloaded = overloaded;
     }
 
     fn refresh_members(&mut self) {
