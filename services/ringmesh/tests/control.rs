@@ -316,8 +316,15 @@ fn every_admin_rpc_and_ctl_subcommand() {
 #[ignore = "slow: runs a ringmesh dev farm (several processes)"]
 fn password_changes_and_barring_reach_every_supernode() {
     // This test polls with wrong passwords on purpose; the brute-force guard
-    // (tested on its own) would ban the pair long before propagation is seen.
-    let farm = common::start_farm(&[], &[("RINGMESH_GUARD_PAIR_FAILURES", "1000")]);
+    // (tested on its own) would ban the pair, or the source after 20, before
+    // a slow propagation is seen.
+    let farm = common::start_farm(
+        &[],
+        &[
+            ("RINGMESH_GUARD_PAIR_FAILURES", "0"),
+            ("RINGMESH_GUARD_SOURCE_FAILURES", "0"),
+        ],
+    );
     for n in &farm.nodes {
         assert_eq!(
             register_with_password(n.sip, "alice", "secret"),
