@@ -41,11 +41,20 @@ impl Node {
         }
     }
 
-    /// The stabilize tick: an overloaded node renews its mark.
-    pub(super) fn renew_load(&mut self) {
+    /// The stabilize tick: an overloaded node renews its mark, and marks
+    /// past their lifetime are forgotten (a member that died overloaded
+    /// never speaks again to lift its own).
+    pub(super) fn renew_load(&mut self, now: Instant) {
         if self.load > 0 {
             self.tell_load();
         }
+        let lifetime = self.mark_lifetime();
+        self.loads
+            .retain(|_, at| now.saturating_duration_since(*at) < lifetime);
+    }
+
+    fn mark_lifetime(&self) -> std::time::Duration {
+        self.cfg.ping_interval * MARK_LIFETIME
     }
 
     pub(super) fn on_load(&mut self, from: NodeId, level: u32, now: Instant) {
@@ -59,10 +68,47 @@ impl Node {
     /// The members whose last word, within its lifetime, is that they are
     /// overloaded.
     pub fn overloaded(&self, now: Instant) -> impl Iterator<Item = NodeId> + '_ {
-        let lifetime = self.cfg.ping_interval * MARK_LIFETIME;
+        let lifetime = self.mark_lifetime();
         self.loads
             .iter()
             .filter(move |(_, at)| now.saturating_duration_since(**at) < lifetime)
             .map(|(id, _)| *id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::id::NodeId;
+    use crate::node::Config;
+    use crate::sim::{NetParams, Sim};
+
+    #[test]
+    fn the_mark_of_a_member_that_died_overloaded_is_forgotten() {
+        let mut sim = Sim::new(
+            7,
+            NetParams::default(),
+            Config::new(NodeId::from_u128(0)),
+            false,
+        );
+        let first = sim.add_node();
+        sim.bootstrap(first);
+        let hot = sim.add_node();
+        sim.join(hot, first);
+        assert!(sim.run_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            Sim::converged
+        ));
+        sim.set_load(hot, 1);
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(sim.node(first).unwrap().loads.len(), 1, "marked");
+        sim.kill(hot);
+        sim.run_for(Duration::from_secs(6));
+        assert!(
+            sim.node(first).unwrap().loads.is_empty(),
+            "an expired mark is not kept"
+        );
     }
 }

@@ -704,7 +704,7 @@ impl Node {
             match t {
                 Timer::Stabilize => {
                     self.stabilize(c);
-                    self.renew_load();
+                    self.renew_load(now);
                     let next = now + self.jitter(self.cfg.ping_interval);
                     self.timers.set_earlier(Timer::Stabilize, next);
                 }
