@@ -22,12 +22,13 @@
 //! `ringmesh supernode` needs no module here: its arguments and its
 //! service are in `ringmesh-supernode`.
 
-/// The allocator of every Ringmesh process: mimalloc gives the pages of a
+/// The allocator of every Ringmesh process: jemalloc gives the pages of a
 /// storm's freed transactions back to the system, where glibc's malloc
-/// keeps them (0.55x the memory per binding, same CPU: docs/benchmarks.md,
-/// "The process allocator").
+/// keeps them (0.65x the memory per binding on one supernode, and no less
+/// goodput when overloaded, which mimalloc lost: docs/benchmarks.md, "The
+/// process allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod certs;
 mod control;
