@@ -58,7 +58,7 @@ def main():
                 port = a.port_base + 2400 * rnd + 1200 * i
                 cfg = types.SimpleNamespace(port_base=port + 50, callees=2000, work=a.work,
                                             server_cpu=1, load_cpu=0, quick=False,
-                                            mem_bindings=300_000, mem_rate=20_000)
+                                            mem_bindings=300_000, mem_rate=rate)
                 os.makedirs(a.work, exist_ok=True)
                 kind = bench.Farm if row == "farm memory" else bench.Supernode
                 server = bench.baseline_of(kind, path)(cfg, port, a.work)
