@@ -459,12 +459,13 @@ def sip():
         f"sum by (gateway) (ringmesh_sip_gateway_active_calls{{{S}}})", "{{gateway}}")],
         description="Calls being set up or answered at each gateway, over the selected nodes (the capacity cap is "
                     "per node).")
-    b.ts("Calls to other domains' servers (RFC 3263) by event", [(
-        f"sum by (event) ({rate('ringmesh_sip_located_calls_total')})", "{{event}}")], unit="ops",
-        description="Calls to the URI an ENUM record names (not of this farm), at the servers RFC 3263 finds for "
-                    "it: sent to a server; answered (2xx); refused (a final answer other than 408 and 503, passed to "
-                    "the caller); failed_over (408, 503, no answer within gateway-timeout-ms: the next server); "
-                    "exhausted (no server left or reachable: to the gateways).")
+    b.ts("Requests to other domains' servers (RFC 3263) by peer and event", [(
+        f"sum by (peer, event) ({rate('ringmesh_sip_located_calls_total')})", "{{peer}} {{event}}")], unit="ops",
+        description="Requests to other domains' servers, found by RFC 3263: per peer farm (its name), and other for "
+                    "the URI an ENUM record names. sent to a server; answered (2xx); refused (a final answer other "
+                    "than 408 and 503, passed to the caller); failed_over (408, 503, no answer within "
+                    "gateway-timeout-ms, a refused connection or TLS handshake: the next server); exhausted (no "
+                    "server left or reachable: an ENUM call goes to the gateways, a peer's request gets 503).")
     return b
 
 

@@ -396,6 +396,7 @@ def render_sip_tls(chart, sip_tls, **extra):
 
 def test_sip_tls_from_a_secret_is_mounted_whole_and_served_on_the_sip_service(chart):
     docs = render_sip_tls(chart, {"existingSecret": "sip-cert", "clientCaSecret": "partners-ca",
+                                  "peerCaSecret": "peers-ca",
                                   "wsOrigins": ["https://phone.example.net"]})
     pod = one(docs, "StatefulSet", "supernode")["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -403,6 +404,7 @@ def test_sip_tls_from_a_secret_is_mounted_whole_and_served_on_the_sip_service(ch
     assert f["sip"][2:] == ["tls:0.0.0.0:5061", "wss:0.0.0.0:7443"]
     assert f["tls-cert"] == ["/etc/ringmesh/sip-tls"]
     assert f["tls-client-ca"] == ["/etc/ringmesh/sip-client-ca/ca.crt"]
+    assert f["peer-ca"] == ["/etc/ringmesh/sip-peer-ca/ca.crt"]
     assert f["ws-origin"] == ["https://phone.example.net"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["sip-tls"]["mountPath"] == "/etc/ringmesh/sip-tls" and mounts["sip-tls"]["readOnly"]
@@ -411,6 +413,8 @@ def test_sip_tls_from_a_secret_is_mounted_whole_and_served_on_the_sip_service(ch
     assert vols["sip-tls"]["secret"]["secretName"] == "sip-cert"
     assert {i["key"] for i in vols["sip-tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
     assert vols["sip-client-ca"]["secret"]["secretName"] == "partners-ca"
+    assert vols["sip-peer-ca"]["secret"]["secretName"] == "peers-ca"
+    assert mounts["sip-peer-ca"]["mountPath"] == "/etc/ringmesh/sip-peer-ca"
     ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
     assert ports["sip-tls"] == (5061, "TCP") and ports["sip-wss"] == (7443, "TCP")
     assert not objects(docs, "Certificate"), "the operator's Secret: no Certificate"
@@ -638,7 +642,7 @@ def test_values_document_every_config_key():
                  # a subscriber file is for a lab; a farm uses provisioning
                  "subscribers",
                  # SIP TLS: from sipTls (the Secret's mount, the client CA, origins)
-                 "tls-cert", "tls-client-ca", "ws-origin"}
+                 "tls-cert", "tls-client-ca", "peer-ca", "ws-origin"}
     assert keys - chart_set <= known, f"config keys missing from the schema: {sorted(keys - chart_set - known)}"
     assert known <= keys, f"schema keys the supernode does not know: {sorted(known - keys)}"
     text = (CHART / "values.yaml").read_text()

@@ -189,6 +189,11 @@ impl Locator {
         Ok(l)
     }
 
+    /// The host name the URI names (lower case, no trailing dot).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     fn srv_name(&self, t: Transport) -> String {
         fqdn(&format!(
             "{}.{}",

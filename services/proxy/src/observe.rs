@@ -233,9 +233,13 @@ pub enum Metric<'a> {
     },
     /// What an ENUM lookup for a call came to.
     Enum(EnumResult),
-    /// Something happened to a call sent to the servers RFC 3263 found
-    /// for the URI ENUM named (`ringmesh_sip_located_calls_total{event}`).
-    Located(LocatedEvent),
+    /// Something happened to a request sent to the servers RFC 3263
+    /// found, for peer farm `peer`'s domain or (None) for the URI ENUM
+    /// named (`ringmesh_sip_located_calls_total{peer,event}`, "other").
+    Located {
+        peer: Option<&'a str>,
+        event: LocatedEvent,
+    },
 }
 
 /// What happened to a call at a located server.
@@ -252,7 +256,7 @@ pub enum LocatedEvent {
     /// it moved on to the next.
     FailedOver,
     /// No server (left) took it, or none can be reached from here: to the
-    /// gateways.
+    /// gateways (a peer's domain: 503 to the caller).
     Exhausted,
 }
 

@@ -182,6 +182,10 @@ pub struct Policy {
     /// How often the gateway table is read from the ring; None: never
     /// (it is set with [`Proxy::set_gateways`]).
     pub gateway_refresh: Option<Duration>,
+    /// The driver opens TLS connections to other domains' servers, with a
+    /// client certificate: peer farms can be reached, and ENUM URIs over
+    /// TLS too (`proxy/located.rs`).
+    pub tls_client: bool,
 }
 
 /// What phones asking for TURN relays get.
@@ -213,6 +217,7 @@ impl Default for Policy {
             gateway_timeout: Duration::from_secs(2),
             gateway_refresh: None,
             enum_domain: None,
+            tls_client: false,
         }
     }
 }
@@ -488,6 +493,9 @@ pub struct Proxy {
     client_to_server: IdMap<ClientKey, ServerKey>,
     pending: IdMap<u64, Pending>,
     cancelled_pending: IdSet<ServerKey>,
+    /// The name each TLS server this node sent to must prove
+    /// ([`Proxy::tls_server_name`]).
+    tls_names: HashMap<std::net::SocketAddr, String>,
     register_started: IdMap<ServerKey, Instant>,
     /// Out-of-dialog INVITEs from leaves awaiting their final response.
     leaf_invites: IdSet<ServerKey>,
@@ -568,6 +576,7 @@ impl Proxy {
             client_to_server: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             pending: IdMap::default(),
             cancelled_pending: IdSet::default(),
+            tls_names: HashMap::new(),
             register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             leaf_invites: IdSet::default(),
             watching: notifier::Watching::default(),

@@ -9,9 +9,15 @@
 //! authentication, identity checks, per-source limits, brute-force bans)
 //! apply to it.
 //!
+//! A peer farm may name the SIP domains it serves: this farm's
+//! subscribers' requests for those domains go to their servers (RFC 3263,
+//! over TLS, the server certificate checked against the domain); requests
+//! for any other domain are refused.
+//!
 //! The table is kept in provisioning and managed with `ringmesh ctl
-//! trusted`; a supernode may also list elements in its own configuration
-//! (`--trusted NAME=ADDRESS`, for a lab or a benchmark).
+//! trusted` (or `ringmesh ctl peer` for peer farms); a supernode may also
+//! list elements in its own configuration (`--trusted NAME=ADDRESS`, for a
+//! lab or a benchmark).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -192,6 +198,9 @@ pub struct Element {
     pub name: String,
     pub kind: Kind,
     pub matcher: Matcher,
+    /// A peer farm's SIP domains (lower case), which this farm's
+    /// subscribers may call; empty for every other kind.
+    pub domains: Vec<String>,
 }
 
 impl Element {
@@ -202,7 +211,8 @@ impl Element {
     }
 
     /// `NAME=MATCHER` (kind `load-generator` unless `KIND:` prefixes the
-    /// name): the form of `--trusted`.
+    /// name), and for a peer farm `@DOMAIN[,DOMAIN…]`: the form of
+    /// `--trusted`.
     pub fn parse_flag(s: &str) -> Result<Element, String> {
         let (name, matcher) = s
             .split_once('=')
@@ -212,12 +222,75 @@ impl Element {
             None => (Kind::LoadGenerator, name),
         };
         check_name(name)?;
+        let (matcher, domains) = match matcher.split_once('@') {
+            Some((m, d)) => (m, d.split(',').map(str::to_string).collect()),
+            None => (matcher, Vec::new()),
+        };
+        let matcher = matcher.parse()?;
+        let domains = check_domains(kind, &matcher, &domains)?;
         Ok(Element {
             name: name.to_string(),
             kind,
-            matcher: matcher.parse()?,
+            matcher,
+            domains,
         })
     }
+
+    /// Whether it is a peer farm serving `domain` (lower case).
+    pub fn serves(&self, domain: &str) -> bool {
+        self.kind == Kind::PeerFarm && self.domains.iter().any(|d| d == domain)
+    }
+}
+
+/// The most domains one peer farm may name.
+pub const MAX_DOMAINS: usize = 16;
+
+/// The domains an element names, checked and in lower case: only a peer
+/// farm, recognised by its TLS certificate (a source address proves
+/// nothing across domains), names any; each is a DNS name, named once.
+pub fn check_domains(
+    kind: Kind,
+    matcher: &Matcher,
+    domains: &[String],
+) -> Result<Vec<String>, String> {
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    if kind != Kind::PeerFarm {
+        return Err(format!(
+            "only a peer-farm serves domains, not a {}",
+            kind.as_str()
+        ));
+    }
+    if !matches!(matcher, Matcher::TlsName(_)) {
+        return Err("a peer farm serving domains is recognised by tls:NAME".into());
+    }
+    if domains.len() > MAX_DOMAINS {
+        return Err(format!(
+            "{} domains; the limit is {MAX_DOMAINS}",
+            domains.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(domains.len());
+    for d in domains {
+        let d = d.to_ascii_lowercase();
+        let labels_ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !labels_ok {
+            return Err(format!("'{d}' is not a domain name"));
+        }
+        if out.contains(&d) {
+            return Err(format!("'{d}' is named twice"));
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 /// A name is 1–64 characters of letters, digits, `-`, `_` and `.`.
@@ -261,6 +334,12 @@ impl TrustTable {
             .iter()
             .find_map(|n| self.lookup(peer, Some(n)))
             .or_else(|| self.lookup(peer, None))
+    }
+
+    /// The peer farm that serves `domain` (compared case-insensitively).
+    pub fn peer_for(&self, domain: &str) -> Option<&Element> {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.elements.iter().find(|e| e.serves(&d))
     }
 
     pub fn is_trusted(&self, peer: SocketAddr, tls_name: Option<&str>) -> bool {
@@ -393,5 +472,28 @@ mod tests {
             Kind::Gateway,
             "kinds parse from their labels"
         );
+        for (bad, why) in [
+            ("gateway:g=tls:g.test@g.test", "only a peer-farm"),
+            ("peer-farm:b=127.0.0.1@b.test", "tls:NAME"),
+            ("peer-farm:b=tls:b.test@b..test", "not a domain name"),
+            ("peer-farm:b=tls:b.test@-b.test", "not a domain name"),
+            ("peer-farm:b=tls:b.test@b.test,B.test", "named twice"),
+        ] {
+            let e = Element::parse_flag(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_peer_farm_is_found_by_the_domains_it_serves() {
+        let t = TrustTable::new(vec![
+            Element::parse_flag("front-end:pcscf=tls:b.test").unwrap(),
+            Element::parse_flag("peer-farm:b=tls:sbc.b.test@b.test,B2.test").unwrap(),
+        ]);
+        assert_eq!(t.elements()[1].domains, ["b.test", "b2.test"]);
+        assert_eq!(t.peer_for("B.TEST.").unwrap().name, "b");
+        assert_eq!(t.peer_for("b2.test").unwrap().name, "b");
+        assert!(t.peer_for("c.test").is_none());
+        assert!(t.peer_for("test").is_none(), "no suffix match");
     }
 }

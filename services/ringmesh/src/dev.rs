@@ -98,6 +98,12 @@ pub struct DevArgs {
     /// The ENUM domain numbers no subscriber owns are looked up under.
     #[arg(long)]
     pub enum_domain: Option<String>,
+    /// The CA certificates (PEM) of peer farms, given to every supernode
+    /// (its `--peer-ca`): the supernodes open TLS to the servers of the
+    /// domains peers serve (`ringmesh ctl peer add`), and accept the peers'
+    /// supernodes on their tls listeners.
+    #[arg(long)]
+    pub peer_ca: Option<PathBuf>,
     /// The supernodes' --presize-transactions (room their SIP tables make
     /// at start); their default when not given. The chaos soak passes 0,
     /// so that what it measures is growth with the traffic.
@@ -157,8 +163,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
                 "--container needs root (rootful podman runs the containers as user {CONTAINER_USER})"
             );
         }
-        if args.softphone.is_some() || args.etcd_certs.is_some() {
-            bail!("--container mounts only the data directory: drop --softphone and --etcd-certs");
+        if args.softphone.is_some() || args.etcd_certs.is_some() || args.peer_ca.is_some() {
+            bail!(
+                "--container mounts only the data directory: drop --softphone, --etcd-certs and --peer-ca"
+            );
         }
         let _ = CONTAINER.set(image.clone());
     }
@@ -286,6 +294,9 @@ impl NodeTemplate<'_> {
         }
         if let Some(domain) = &self.args.enum_domain {
             argv.extend(["--enum-domain".into(), domain.clone()]);
+        }
+        if let Some(ca) = &self.args.peer_ca {
+            argv.extend(["--peer-ca".into(), ca.display().to_string()]);
         }
         if let Some(n) = self.args.presize_transactions {
             argv.extend(["--presize-transactions".into(), n.to_string()]);

@@ -82,8 +82,7 @@ impl Site {
 pub async fn serve(addr: SocketAddr, cert_dir: &Path, site: Site) -> anyhow::Result<SocketAddr> {
     use ringmesh_supernode::sip_tls;
     let certs = sip_tls::Certificates::load(&[cert_dir.to_path_buf()])?;
-    let tls =
-        tokio_rustls::TlsAcceptor::from(sip_tls::server_config(&certs, None, &[b"http/1.1"])?);
+    let tls = tokio_rustls::TlsAcceptor::from(sip_tls::server_config(&certs, &[], &[b"http/1.1"])?);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot serve the softphone on {addr}"))?;

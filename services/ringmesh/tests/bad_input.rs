@@ -88,6 +88,40 @@ fn bad_flags_and_config_keys_exit_non_zero_naming_the_key() {
     let (code, err) = ringmesh(&["supernode", "--auth", "none", "--source-rate-burst", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("source-rate-burst"), "{err}");
+    // Domains are a peer farm's, known by its certificate.
+    let (code, err) = ringmesh(&[
+        "supernode",
+        "--auth",
+        "none",
+        "--trusted",
+        "gateway:gw=127.0.0.1@b.test",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only a peer-farm"), "{err}");
+    // A peer CA file with no certificate in it stops the node at start.
+    let ca = ringmesh_enrollment::ca::Ca::generate("t").unwrap();
+    let (cert, key) = ca.issue_sip("t", &["a.test"], &[], 1).unwrap();
+    let certs = dir.path().join("sip-tls");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("tls.crt"), cert).unwrap();
+    std::fs::write(certs.join("tls.key"), key).unwrap();
+    let empty = dir.path().join("peers.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let (code, err) = ringmesh(&[
+        "supernode",
+        "--auth",
+        "none",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--sip",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        certs.to_str().unwrap(),
+        "--peer-ca",
+        empty.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("peers.pem holds no CA certificate"), "{err}");
 }
 
 #[test]

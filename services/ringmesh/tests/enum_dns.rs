@@ -8,62 +8,22 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, require, wait_until};
+use common::{Dnsmasq, free_port};
 use ringmesh_test_support::phone::UdpPhone;
 
 const ENUM_DOMAIN: &str = "e164.test";
 
-/// dnsmasq on 127.0.0.1 with `records` (name, regexp) as E2U+sip NAPTR
-/// records, and `extra` options (more records); stopped (by PID) when
-/// dropped.
-struct DnsServer {
-    child: Child,
-    port: u16,
-}
-
-impl DnsServer {
-    fn start(dir: &std::path::Path, records: &[(&str, String)], extra: &[String]) -> DnsServer {
-        let bin = require("dnsmasq", "dnsmasq-base");
-        let port = free_port();
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-        ])
-        .args([
-            "--no-hosts",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .arg("--log-facility=-")
-        .arg(format!("--local=/{ENUM_DOMAIN}/"));
-        for (name, regexp) in records {
-            cmd.arg(format!("--naptr-record={name},10,10,u,E2U+sip,{regexp}"));
-        }
-        cmd.args(extra);
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq starts");
-        wait_until("dnsmasq listening", Duration::from_secs(5), || {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
-        });
-        DnsServer { child, port }
+/// dnsmasq answering for `ENUM_DOMAIN` with `records` (name, regexp) as
+/// E2U+sip NAPTR records, and `extra` options (more records).
+fn enum_dns(dir: &std::path::Path, records: &[(&str, String)], extra: &[String]) -> Dnsmasq {
+    let mut args = vec![format!("--local=/{ENUM_DOMAIN}/")];
+    for (name, regexp) in records {
+        args.push(format!("--naptr-record={name},10,10,u,E2U+sip,{regexp}"));
     }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    args.extend_from_slice(extra);
+    Dnsmasq::start(dir, free_port(), &args)
 }
 
 /// alice calls `number` at `node`; the callee (if any) answers 486 on
@@ -90,7 +50,7 @@ fn numbers_go_where_their_enum_records_point() {
     // nothing listens on, then its UDP one, a server that answers.
     let b_test = UdpPhone::on("127.0.0.1");
     let closed = free_port();
-    let dns = DnsServer::start(
+    let dns = enum_dns(
         dir.path(),
         &[
             (

@@ -186,6 +186,7 @@ fn phone(racks: &Racks, rack: usize) -> UdpPhone {
         sock,
         me,
         patience: Duration::from_secs(4),
+        domain: ringmesh_test_support::phone::DOMAIN.into(),
     }
 }
 

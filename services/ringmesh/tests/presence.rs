@@ -144,13 +144,8 @@ fn a_watcher_sees_changes_made_elsewhere_a_blocked_one_nothing_and_the_accepting
 
     // alice watches from node 0.
     let alice = UdpPhone::on("127.0.0.1");
-    let alice_addr = alice.sock.try_clone().unwrap();
     let (tx, rx) = mpsc::channel();
-    let alice_listener = UdpPhone {
-        sock: alice_addr,
-        me: alice.me,
-        patience: alice.patience,
-    };
+    let alice_listener = alice.try_clone();
     assert_eq!(subscribe(&alice, n0.sip, "alice"), 200);
     watcher(alice_listener, tx, until);
     let first = rx

@@ -233,6 +233,15 @@ pub struct SupernodeArgs {
     #[arg(long, env = "RINGMESH_TLS_CLIENT_CA")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// CA certificates (PEM) of peer farms: the TLS certificates of their
+    /// servers (this node connects to them for the domains they serve)
+    /// and of their supernodes (when they connect to this one's tls
+    /// listener) must chain to these or to --tls-client-ca. With either,
+    /// the node opens TLS to other domains' servers, presenting its first
+    /// --tls-cert. Needs a tls listener: peers answer and call back there.
+    #[arg(long, env = "RINGMESH_PEER_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ca: Option<PathBuf>,
     /// An Origin allowed to open a SIP WebSocket, e.g.
     /// `https://phone.example.com` (repeatable). None listed: any origin.
     #[arg(long, env = "RINGMESH_WS_ORIGIN", value_delimiter = ',')]
@@ -522,6 +531,7 @@ pub struct Config {
     /// The certificate directories of the tls and wss listeners.
     pub tls_certs: Vec<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
     /// The origins allowed to open a WebSocket; empty: any.
     pub ws_origins: Vec<String>,
     /// The phone rules and the emergency route.
@@ -671,6 +681,12 @@ impl SupernodeArgs {
                 format!(
                     "the {l} listener needs a certificate: give --tls-cert DIR (tls.crt and tls.key)"
                 ),
+            ));
+        }
+        if self.peer_ca.is_some() && !listen.iter().any(|l| l.transport == Transport::Tls) {
+            return Err(err(
+                "peer-ca",
+                "peer farms reach this node over TLS: add a tls:HOST:PORT listener to --sip",
             ));
         }
         for o in &self.ws_origin {
@@ -843,6 +859,8 @@ impl SupernodeArgs {
                 100..=32_000,
             )?),
             gateway_refresh: Some(Duration::from_secs(2)),
+            // Set once the certificates are loaded (`serve`).
+            tls_client: false,
             enum_domain: match self.enum_domain.trim_end_matches('.') {
                 "" => None,
                 d if d.contains('.') && ringmesh_sip::Host::parse(d.as_bytes()).is_ok() => {
@@ -1058,6 +1076,7 @@ impl SupernodeArgs {
             allow_loopback_contacts: self.allow_loopback_contacts,
             tls_certs: self.tls_cert,
             tls_client_ca: self.tls_client_ca,
+            peer_ca: self.peer_ca,
             ws_origins: self.ws_origin,
             policy,
             digest_algorithms,
@@ -1235,6 +1254,27 @@ mod tests {
         assert_eq!(c.listen[0].transport, Transport::Ws);
         assert_eq!(c.ws_origins, ["https://phone.example.com"]);
         assert_eq!(key_of(&["--ws-origin", "phone.example.com"]), "ws-origin");
+    }
+
+    #[test]
+    fn peer_farms_need_a_tls_listener_to_answer_on() {
+        let e = resolve(&["--peer-ca", "/etc/peers.pem"]).unwrap_err();
+        assert_eq!(e.key, "peer-ca");
+        assert!(e.to_string().contains("tls:HOST:PORT"), "{e}");
+        let c = resolve(&[
+            "--sip",
+            "tls:127.0.0.1:5061",
+            "--tls-cert",
+            "/etc/cert",
+            "--peer-ca",
+            "/etc/peers.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.peer_ca.as_deref(),
+            Some(std::path::Path::new("/etc/peers.pem"))
+        );
+        assert!(!c.policy.tls_client, "decided once the files are read");
     }
 
     #[test]

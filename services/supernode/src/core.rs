@@ -366,16 +366,21 @@ impl SipCore {
                 self.conn_by_peer.retain(|_, c| *c != id);
                 self.proxy.connection_closed(id, now());
             }
-            Inbound::ConnFailed { id, peer } => {
+            Inbound::ConnFailed {
+                id,
+                peer,
+                transport,
+            } => {
                 self.conns.remove(&id);
                 self.conn_by_peer.retain(|_, c| *c != id);
                 let dest = Dest::Addr {
-                    transport: Transport::Tcp,
+                    transport,
                     addr: peer,
                 };
                 self.proxy.connection_refused(dest, now());
                 self.proxy.connection_closed(id, now());
             }
+            Inbound::ConnNamed { id, names } => self.proxy.connection_named(id, names),
             Inbound::KeepAlive { flow } => self.proxy.flow_alive(flow, now()),
             Inbound::PeerSip { msg, peer } => {
                 if self.tracing() {
@@ -477,14 +482,30 @@ impl SipCore {
                     let _ = tx.try_send(bytes);
                     return;
                 }
-                // Connections are opened over TCP only: TLS and WebSocket
-                // phones are reached down the connections they opened (a
-                // phone listens for neither), so without one the message is
-                // dropped and its transaction times out.
-                if transport != Transport::Tcp {
-                    tracing::debug!(%addr, transport = transport.as_str(), "no connection to send on");
-                    return;
-                }
+                // Connections are opened over TCP, and over TLS to other
+                // domains' servers (the proxy names the domain the server
+                // must prove). TLS and WebSocket phones are reached down the
+                // connections they opened (a phone listens for neither), so
+                // without one the message is dropped and its transaction
+                // times out.
+                let tls = match transport {
+                    Transport::Tcp => None,
+                    Transport::Tls if self.shared.tls_client.is_some() => {
+                        match self.proxy.tls_server_name(addr).and_then(|n| {
+                            rustls::pki_types::ServerName::try_from(n.to_string()).ok()
+                        }) {
+                            Some(name) => Some(name),
+                            None => {
+                                tracing::debug!(%addr, "no name to check a TLS server against");
+                                return;
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(%addr, transport = transport.as_str(), "no connection to send on");
+                        return;
+                    }
+                };
                 // A connection the node opens holds a slot like one it
                 // accepts: with the quota full, the message is dropped, as
                 // a datagram the kernel could not send would be.
@@ -503,7 +524,7 @@ impl SipCore {
                 self.conns.insert(id, tx.clone());
                 self.conn_by_peer.insert(addr, id);
                 self.proxy.connection_opened(id);
-                transport::connect(id, addr, slot, tx, rx, self.shared.clone());
+                transport::connect(id, addr, tls, slot, tx, rx, self.shared.clone());
             }
         }
     }

@@ -452,6 +452,30 @@ async fn serve(
         tasks.spawn(follow_cache(c, metrics.clone()));
     }
 
+    // Certificates are loaded before anything binds: a bad one stops the
+    // node at start with what is wrong, never at the first handshake.
+    let tls = if cfg.listen.iter().any(|l| l.transport.is_secure()) {
+        let certs = sip_tls::Certificates::load(&cfg.tls_certs)?;
+        tasks.spawn(sip_tls::follow(certs.clone(), metrics.clone()));
+        Some(certs)
+    } else {
+        None
+    };
+    // The CAs peers' and TLS phones' certificates chain to.
+    let client_cas: Vec<std::path::PathBuf> = [&cfg.tls_client_ca, &cfg.peer_ca]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    // With a certificate and a CA to check servers against, this node
+    // opens TLS to other domains' servers (peer farms, ENUM URIs).
+    let tls_client = match (&tls, client_cas.is_empty()) {
+        (Some(certs), false) => Some(sip_tls::client_config(certs, &client_cas)?),
+        _ => None,
+    };
+    let mut cfg = cfg;
+    cfg.policy.tls_client = tls_client.is_some();
+
     let (tx, rx) = mpsc::channel(config::INBOUND_QUEUE);
     let shared = Arc::new(transport::Shared {
         inbound: tx.clone(),
@@ -481,6 +505,7 @@ async fn serve(
             .map(|r| admission::SourceLimiter::new(r.limit, r.burst, admission::SOURCE_TABLE)),
         trusted: admission::Trusted::new(cfg.policy.trusted.clone()),
         tasks: tasks.clone(),
+        tls_client,
     });
     bound.trusted = shared.trusted.clone();
     if let Some(c) = &cache {
@@ -489,15 +514,6 @@ async fn serve(
     if let Some(addr) = &cfg.provisioning {
         follow_trusted(addr, &cfg, shared.trusted.clone(), tx.clone(), tasks)?;
     }
-    // Certificates are loaded before anything binds: a bad one stops the
-    // node at start with what is wrong, never at the first handshake.
-    let tls = if cfg.listen.iter().any(|l| l.transport.is_secure()) {
-        let certs = sip_tls::Certificates::load(&cfg.tls_certs)?;
-        tasks.spawn(sip_tls::follow(certs.clone(), metrics.clone()));
-        Some(certs)
-    } else {
-        None
-    };
     let ws_policy = Arc::new(websocket::Policy {
         origins: cfg.ws_origins.clone(),
     });
@@ -523,10 +539,10 @@ async fn serve(
                     // they would prompt the user for one, or, headless,
                     // cancel the WebSocket.
                     (Some(certs), Transport::Tls) => Some(tokio_rustls::TlsAcceptor::from(
-                        sip_tls::server_config(certs, cfg.tls_client_ca.as_deref(), &[])?,
+                        sip_tls::server_config(certs, &client_cas, &[])?,
                     )),
                     (Some(certs), Transport::Wss) => Some(tokio_rustls::TlsAcceptor::from(
-                        sip_tls::server_config(certs, None, &[b"http/1.1"])?,
+                        sip_tls::server_config(certs, &[], &[b"http/1.1"])?,
                     )),
                     _ => None,
                 };
@@ -625,10 +641,11 @@ async fn serve(
         ),
         None => None,
     };
-    // Only ENUM asks DNS so far.
-    let dns = match cfg.policy.enum_domain {
-        Some(_) => Some(dns::Dns::new(cfg.dns_server)?),
-        None => None,
+    // ENUM asks DNS, and so do requests for peer farms' domains.
+    let dns = if cfg.policy.enum_domain.is_some() || cfg.policy.tls_client {
+        Some(dns::Dns::new(cfg.dns_server)?)
+    } else {
+        None
     };
     let core = SipCore::new(
         proxy,

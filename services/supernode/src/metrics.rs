@@ -600,8 +600,8 @@ impl Metrics {
             located_calls: counter_vec(
                 r,
                 "ringmesh_sip_located_calls_total",
-                "Calls to the URI an ENUM record names (not of this farm), at the servers RFC 3263 finds for it, by event: sent to a server, answered (2xx), refused for good (a final answer other than 408 and 503), failed over to the next server (408, 503, no answer in time, transport error), exhausted (no server left or reachable: to the gateways)",
-                &["event"],
+                "Requests to other domains' servers, found by RFC 3263, by peer farm (peer: its name; other: the URI an ENUM record names) and event: sent to a server, answered (2xx), refused for good (a final answer other than 408 and 503), failed over to the next server (408, 503, no answer in time, transport error, failed TLS handshake), exhausted (no server left or reachable: an ENUM call goes to the gateways, a peer's request gets 503)",
+                &["peer", "event"],
             ),
             gateway_up: gauge_vec(
                 r,
@@ -895,7 +895,7 @@ impl Metrics {
             m.enum_lookups.with_label_values(&[r.as_label()]);
         }
         for e in ringmesh_proxy::observe::LocatedEvent::ALL {
-            m.located_calls.with_label_values(&[e.as_label()]);
+            m.located_calls.with_label_values(&["other", e.as_label()]);
         }
         for record in ["interim", "final"] {
             m.cdr.records.with_label_values(&[record]);
@@ -1006,7 +1006,10 @@ impl Observer for Metrics {
                 .with_label_values(&[e.as_label()])
                 .inc(),
             Metric::Enum(r) => self.enum_lookups.with_label_values(&[r.as_label()]).inc(),
-            Metric::Located(e) => self.located_calls.with_label_values(&[e.as_label()]).inc(),
+            Metric::Located { peer, event } => self
+                .located_calls
+                .with_label_values(&[peer.unwrap_or("other"), event.as_label()])
+                .inc(),
             Metric::Gateway { name, event } => self
                 .gateway_events
                 .with_label_values(&[name, event.as_label()])

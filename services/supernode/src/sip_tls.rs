@@ -178,43 +178,80 @@ impl ResolvesServerCert for BySni {
     }
 }
 
+/// The CA certificates (PEM) of `paths`, in one root store.
+fn roots(paths: &[PathBuf]) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in paths {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let before = roots.len();
+        for block in pem::parse_many(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))? {
+            if block.tag() == "CERTIFICATE" {
+                roots
+                    .add(CertificateDer::from(block.into_contents()))
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            }
+        }
+        if roots.len() == before {
+            bail!("{} holds no CA certificate", path.display());
+        }
+    }
+    Ok(roots)
+}
+
 /// The server configuration of a TLS or WSS listener: TLS 1.2 and 1.3,
-/// certificates by SNI, client certificates verified against `client_ca`
-/// when given (asked for, not required).
+/// certificates by SNI, client certificates verified against `client_cas`
+/// when any is given (asked for, not required).
 pub fn server_config(
     certs: &Arc<Certificates>,
-    client_ca: Option<&Path>,
+    client_cas: &[PathBuf],
     alpn: &[&[u8]],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => {
-            let pem =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for block in pem::parse_many(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))? {
-                if block.tag() == "CERTIFICATE" {
-                    roots
-                        .add(CertificateDer::from(block.into_contents()))
-                        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-                }
-            }
-            if roots.is_empty() {
-                bail!("{} holds no CA certificate", path.display());
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.into(),
-                provider(),
-            )
-            .allow_unauthenticated()
-            .build()?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots(client_cas)?.into(),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        builder.with_client_cert_verifier(verifier)
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(BySni(certs.clone())));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// The certificate this node presents as a TLS client: the first (the
+/// one phones that ask no name get), reloaded like the others.
+#[derive(Debug)]
+struct FirstCert(Arc<Certificates>);
+
+impl rustls::client::ResolvesClientCert for FirstCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.choose(None)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The client configuration of connections to other domains' servers
+/// (peer farms, RFC 5922): TLS 1.2 and 1.3, the server's certificate
+/// chaining to `cas` and naming the domain the connection is for (the
+/// name sent as SNI), this node's first certificate as its client
+/// certificate (a peer recognises the farm by it).
+pub fn client_config(
+    certs: &Arc<Certificates>,
+    cas: &[PathBuf],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots(cas)?)
+        .with_client_cert_resolver(Arc::new(FirstCert(certs.clone())));
     Ok(Arc::new(cfg))
 }
 

@@ -78,11 +78,19 @@ pub enum Inbound {
     ConnClosed {
         id: u64,
     },
-    /// An outbound connection could not be opened (refused, or no answer
-    /// within 5 s): what was to be sent to `peer` is lost.
+    /// An outbound connection could not be opened (refused, no answer
+    /// within 5 s, or a failed TLS handshake): what was to be sent to
+    /// `peer` is lost.
     ConnFailed {
         id: u64,
         peer: SocketAddr,
+        transport: Transport,
+    },
+    /// An outbound TLS connection's server proved these DNS names (its
+    /// certificate chained to a peer CA and named the domain asked for).
+    ConnNamed {
+        id: u64,
+        names: Vec<String>,
     },
     /// An RFC 5626 keep-alive (CRLF ping, STUN Binding request) came over
     /// a leaf's flow.
@@ -153,6 +161,9 @@ pub struct Shared {
     pub trusted: Trusted,
     /// Where connection tasks are spawned.
     pub tasks: Tasks,
+    /// How TLS to other domains' servers is opened; None: this node
+    /// opens none.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Datagrams a UDP reader takes per turn before it lets other tasks run.
@@ -679,33 +690,68 @@ pub(crate) async fn open_inbound(
     Some((tx, rx))
 }
 
-/// Opens an outbound TCP connection for the core, which already holds
-/// `tx`, in the slot the core reserved for it
-/// ([`Shared::reserve_connection`]).
+/// Opens an outbound connection for the core, which already holds `tx`,
+/// in the slot the core reserved for it ([`Shared::reserve_connection`]):
+/// TCP, or with `tls` (the name the server must prove) TLS over it.
 pub fn connect(
     id: u64,
     peer: SocketAddr,
+    tls: Option<rustls::pki_types::ServerName<'static>>,
     slot: ConnSlot,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 ) {
     let tasks = shared.tasks.clone();
-    let conn = Conn::new(id, peer, Direction::Outbound, Transport::Tcp, slot, &shared);
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let mut conn = Conn::new(id, peer, Direction::Outbound, transport, slot, &shared);
     tasks.spawn(async move {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(peer)).await {
+            Ok(Ok(stream)) => stream,
+            _ => return connect_failed(conn, "no connection", &shared).await,
+        };
+        let _ = stream.set_nodelay(true);
+        let (Some(name), Some(client)) = (tls, shared.tls_client.clone()) else {
+            let (r, w) = stream.into_split();
+            return run_connection(conn, r, w, tx, rx, shared).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(client);
+        match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => {
+                let names = leaf_names(tls.get_ref().1.peer_certificates());
+                conn.identify(names.clone(), &shared);
+                let _ = shared.inbound.send(Inbound::ConnNamed { id, names }).await;
+                let (r, w) = tokio::io::split(tls);
                 run_connection(conn, r, w, tx, rx, shared).await
             }
-            _ => {
-                tracing::debug!(%peer, "outbound connection failed");
-                drop(conn);
-                let _ = shared.inbound.send(Inbound::ConnFailed { id, peer }).await;
+            Ok(Err(e)) => {
+                shared.metrics.hot.handshake_failed(Transport::Tls, "tls");
+                tracing::info!(%peer, error = %e, "TLS to another domain's server failed");
+                connect_failed(conn, "tls", &shared).await
             }
+            Err(_) => connect_failed(conn, "tls timeout", &shared).await,
         }
     });
+}
+
+/// An outbound connection that could not be opened: the core is told.
+async fn connect_failed(conn: Conn, why: &str, shared: &Shared) {
+    let (id, peer, transport) = (conn.id, conn.peer, conn.transport);
+    tracing::debug!(%peer, why, "outbound connection failed");
+    drop(conn);
+    let _ = shared
+        .inbound
+        .send(Inbound::ConnFailed {
+            id,
+            peer,
+            transport,
+        })
+        .await;
 }
 
 /// A connection and the slot it holds (given back when it is dropped),
@@ -812,7 +858,12 @@ pub(crate) async fn finish_connection(
 /// The DNS names of the client certificate a TLS peer presented (the
 /// verifier checked it chains to the client CA; none without one).
 fn client_names(tls: &rustls::ServerConnection) -> Vec<String> {
-    tls.peer_certificates()
+    leaf_names(tls.peer_certificates())
+}
+
+/// The DNS names of a verified certificate chain's leaf.
+fn leaf_names(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Vec<String> {
+    chain
         .and_then(|chain| chain.first())
         .and_then(|leaf| ringmesh_enrollment_client::cert::cert_info(leaf).ok())
         .map(|info| info.dns_names)

@@ -66,6 +66,17 @@ impl Farm {
     /// `{"event":"ready"}`.
     pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Farm {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        Farm::start_in(bin, dir, args, env)
+    }
+
+    /// [`Farm::start`] in a data directory the caller prepared (a CA of
+    /// its own in `DIR/ca`, say).
+    pub fn start_in(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Farm {
         let mut cmd = Command::new(bin);
         cmd.arg("dev").arg("--json").arg("--data").arg(dir.path());
         if !args.contains(&"--sip-port") {

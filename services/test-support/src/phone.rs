@@ -19,6 +19,8 @@ pub struct UdpPhone {
     pub me: SocketAddr,
     /// How long to wait for each answer.
     pub patience: Duration,
+    /// The domain it is a phone of ([`DOMAIN`] unless set).
+    pub domain: String,
 }
 
 impl UdpPhone {
@@ -31,6 +33,25 @@ impl UdpPhone {
             sock,
             me,
             patience: Duration::from_secs(5),
+            domain: DOMAIN.into(),
+        }
+    }
+
+    /// Another handle on the same socket (for a thread that answers).
+    pub fn try_clone(&self) -> UdpPhone {
+        UdpPhone {
+            sock: self.sock.try_clone().expect("a socket handle"),
+            me: self.me,
+            patience: self.patience,
+            domain: self.domain.clone(),
+        }
+    }
+
+    /// The same phone, of `domain`'s farm.
+    pub fn of(self, domain: &str) -> UdpPhone {
+        UdpPhone {
+            domain: domain.into(),
+            ..self
         }
     }
 
@@ -138,7 +159,12 @@ impl UdpPhone {
 
     /// A request from this phone, as `from` (a user of the domain).
     pub fn request(&self, method: &str, to_user: &str, from: &str, extra: &str) -> String {
-        self.request_to(method, &format!("sip:{to_user}@{DOMAIN}"), from, extra)
+        self.request_to(
+            method,
+            &format!("sip:{to_user}@{}", self.domain),
+            from,
+            extra,
+        )
     }
 
     /// A request to the Request-URI `ruri` from this phone, as `from`.
@@ -146,9 +172,10 @@ impl UdpPhone {
         let n = rand_u64();
         format!(
             "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKa{n:x};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{from}@{DOMAIN}>;tag=a{n:x}\r\nTo: <{ruri}>\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}@{domain}>;tag=a{n:x}\r\nTo: <{ruri}>\r\n\
              Call-ID: ph-{n:x}\r\nCSeq: 1 {method}\r\nContact: <sip:{from}@{me}>\r\n{extra}Content-Length: 0\r\n\r\n",
-            me = self.me
+            me = self.me,
+            domain = self.domain
         )
     }
 
@@ -189,8 +216,8 @@ impl UdpPhone {
         let text = self
             .request("REGISTER", user, user, &format!("Expires: {expires}\r\n"))
             .replacen(
-                &format!("REGISTER sip:{user}@{DOMAIN}"),
-                &format!("REGISTER sip:{DOMAIN}"),
+                &format!("REGISTER sip:{user}@{}", self.domain),
+                &format!("REGISTER sip:{}", self.domain),
                 1,
             );
         self.authenticated(to, &text, user, password)
@@ -265,9 +292,10 @@ pub fn with_credentials(
         .find(|l| l.contains("MD5"))
         .unwrap_or_else(|| panic!("an MD5 challenge in {challenge_response}"));
     let nonce = param(challenge, "nonce");
+    let realm = param(challenge, "realm");
     let method = text.split(' ').next().unwrap();
     let uri = text.split(' ').nth(1).unwrap();
-    let ha1 = Ha1::compute(user.as_bytes(), DOMAIN.as_bytes(), password.as_bytes());
+    let ha1 = Ha1::compute(user.as_bytes(), realm.as_bytes(), password.as_bytes());
     let resp = response_hex(
         &ha1,
         &ResponseParams {
@@ -281,7 +309,7 @@ pub fn with_credentials(
         },
     );
     let cred = format!(
-        "{answer}: Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+        "{answer}: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
          response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"\r\n"
     );
     let n = rand_u64();

@@ -557,10 +557,13 @@ pub fn trusted_element(prefix: &str, e: &TrustedElement) -> Result<Element, Fiel
         None => return Err(bad(f("matcher"), "give address or tls_name")),
     };
     description(&f("description"), &e.description)?;
+    let domains = ringmesh_proxy::trust::check_domains(kind, &matcher, &e.domains)
+        .map_err(|m| bad(f("domains"), m))?;
     Ok(Element {
         name,
         kind,
         matcher,
+        domains,
     })
 }
 
@@ -581,6 +584,7 @@ pub fn trusted_element_to_pb(e: &Element, description: &str) -> TrustedElement {
         description: description.to_string(),
         revision: 0,
         created_unix_ms: 0,
+        domains: e.domains.clone(),
     }
 }
 
@@ -879,6 +883,46 @@ mod tests {
             "element",
             "missing"
         );
+    }
+
+    #[test]
+    fn only_a_peer_farm_known_by_its_certificate_serves_domains() {
+        let peer = TrustedElement {
+            name: "b".into(),
+            kind: TrustedElementKind::PeerFarm as i32,
+            matcher: Some(trusted_element::Matcher::TlsName("sbc.b.test".into())),
+            domains: vec!["B.test".into(), "b2.test".into()],
+            ..Default::default()
+        };
+        let stored = new_trusted_element(Some(&peer)).unwrap();
+        assert_eq!(stored.domains, ["b.test", "b2.test"], "lower case");
+        let refused = |e: TrustedElement| new_trusted_element(Some(&e)).unwrap_err();
+        let by_address = refused(TrustedElement {
+            matcher: Some(trusted_element::Matcher::Address("192.0.2.1".into())),
+            ..peer.clone()
+        });
+        assert_eq!(by_address.field, "element.domains");
+        assert!(by_address.to_string().contains("tls:NAME"), "{by_address}");
+        let gateway = refused(TrustedElement {
+            kind: TrustedElementKind::Gateway as i32,
+            ..peer.clone()
+        });
+        assert!(
+            gateway.to_string().contains("only a peer-farm"),
+            "{gateway}"
+        );
+        for bad in ["", "b..test", "b test", "b_test"] {
+            let e = refused(TrustedElement {
+                domains: vec![bad.into()],
+                ..peer.clone()
+            });
+            assert_eq!(e.field, "element.domains", "{bad}");
+        }
+        let many = refused(TrustedElement {
+            domains: (0..17).map(|i| format!("d{i}.test")).collect(),
+            ..peer
+        });
+        assert!(many.to_string().contains("limit is 16"), "{many}");
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub(super) struct GatewayRuntime {
 pub(super) struct SerialHop {
     pub origin: Origin,
     pub onward: Onward,
-    /// The E.164 number, and the Routes of ours the request came with.
+    /// The E.164 number (for a peer farm's domain, the Request-URI), and
+    /// the Routes of ours the request came with.
     pub number: String,
     pub pop_routes: usize,
     /// Where it is, and where it goes next.
@@ -325,11 +326,14 @@ impl Proxy {
                     None => self.release_gateway(&name),
                 }
             }
-            Way::Located(_) => self.observer.observe(Metric::Located(if answered {
-                LocatedEvent::Answered
-            } else {
-                LocatedEvent::Refused
-            })),
+            Way::Located(l) => self.observer.observe(Metric::Located {
+                peer: l.peer(),
+                event: if answered {
+                    LocatedEvent::Answered
+                } else {
+                    LocatedEvent::Refused
+                },
+            }),
         }
         false
     }
@@ -359,9 +363,11 @@ impl Proxy {
             });
             tracing::info!(gateway = %name, ?status, number = %hop.number, "a gateway failed a call");
             self.release_gateway(name);
-        } else {
-            self.observer
-                .observe(Metric::Located(LocatedEvent::FailedOver));
+        } else if let Way::Located(l) = &hop.way {
+            self.observer.observe(Metric::Located {
+                peer: l.peer(),
+                event: LocatedEvent::FailedOver,
+            });
         }
         if ctx.cancelled() {
             return self.reply(server, &msg, 487, &[], now);

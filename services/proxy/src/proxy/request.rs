@@ -135,13 +135,34 @@ impl Proxy {
         if emergency {
             return self.route_emergency(server, msg, origin, popped, now);
         }
+        // A new request for a peer farm's domain goes there once its
+        // sender is authenticated (a peer farm's goes nowhere: the farm
+        // carries no transit).
+        let mut foreign = None;
         if ruri.scheme() != Scheme::Tel && !self.me.serves(&ruri) {
-            return self.forbid(
-                server,
-                &msg,
-                b"399 ringmesh \"domain not served here\"",
-                now,
-            );
+            let from_peer = origin
+                .flow()
+                .and_then(|f| self.trusted_element(f))
+                .is_some_and(|e| e.kind == crate::trust::Kind::PeerFarm);
+            let peer = ruri
+                .host()
+                .and_then(|h| {
+                    self.policy
+                        .trusted
+                        .peer_for(&String::from_utf8_lossy(h.text))
+                })
+                .filter(|_| !from_peer && !in_dialog && *msg.method() != Method::Register);
+            match peer {
+                Some(p) => foreign = Some(p.name.clone()),
+                None => {
+                    return self.forbid(
+                        server,
+                        &msg,
+                        b"399 ringmesh \"domain not served here\"",
+                        now,
+                    );
+                }
+            }
         }
 
         // 4. A dialog this farm holds has a flow token of ours, or is a
@@ -227,7 +248,7 @@ impl Proxy {
                 Authn::Wait(token) => return self.wait_for_directory(token, server, msg, origin),
             }
         }
-        if let Some(sub) = caller.clone() {
+        if let Some(sub) = caller.clone().filter(|_| foreign.is_none()) {
             if super::relays::asks_for_relays(&msg) {
                 return self.relays_for(server, msg, &sub, now);
             }
@@ -257,6 +278,15 @@ impl Proxy {
             if returned.is_none() {
                 charging = Some(self.call_started(server, &msg, asserted.as_ref(), now));
             }
+        }
+
+        if let Some(peer) = foreign {
+            let onward = Onward {
+                asserted,
+                charging,
+                ..Onward::default()
+            };
+            return self.route_foreign(server, msg, origin, onward, peer, now);
         }
 
         // 6. Application servers (`services`): the caller's originating

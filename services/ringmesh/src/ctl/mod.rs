@@ -30,7 +30,7 @@ mod subscriber;
 mod trusted;
 
 use subscriber::{Exit, Io, SubscriberCommand};
-use trusted::TrustedCommand;
+use trusted::{PeerCommand, TrustedCommand};
 
 /// The `ringmesh ctl` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,6 +81,12 @@ pub enum CtlCommand {
     Trusted {
         #[command(subcommand)]
         command: TrustedCommand,
+    },
+    /// Manage peer farms: the other domains this farm exchanges calls
+    /// with (trusted elements of kind peer-farm, provisioning API).
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
     },
     /// Call records a supernode wrote (read from its data directory).
     Cdr {
@@ -913,6 +919,9 @@ pub async fn run_with(args: CtlArgs, io: &mut Io<'_>) -> Exit {
             subscriber::run(&p, args.json, command, io).await
         }
         (CtlCommand::Trusted { command }, Ok(p)) => trusted::run(&p, args.json, command, io).await,
+        (CtlCommand::Peer { command }, Ok(p)) => {
+            trusted::run_peer(&p, args.json, command, io).await
+        }
     }
 }
 

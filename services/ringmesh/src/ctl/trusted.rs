@@ -1,6 +1,8 @@
 //! `ringmesh ctl trusted add|list|get|remove`: the trusted elements
 //! (front ends, application servers, peer farms, gateways, load
-//! generators), kept by provisioning and followed by every supernode.
+//! generators), kept by provisioning and followed by every supernode;
+//! `ringmesh ctl peer add|list|remove`: the peer farms among them, with the
+//! domains they serve.
 
 use ringmesh_proto::provisioning as pb;
 use ringmesh_proto::provisioning::provisioning_client::ProvisioningClient;
@@ -31,6 +33,10 @@ pub enum TrustedCommand {
         /// Who runs it and why it is trusted.
         #[arg(long, default_value = "")]
         description: String,
+        /// A domain a peer farm serves (repeat for more): this farm's
+        /// subscribers may call it.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
     },
     /// List every trusted element.
     List,
@@ -46,9 +52,65 @@ pub enum TrustedCommand {
     },
 }
 
+/// `ringmesh ctl peer` commands: the peer farms among the trusted
+/// elements.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PeerCommand {
+    /// Peer with another farm: requests on TLS connections whose client
+    /// certificate names TLS_NAME come from it (and its asserted identities
+    /// are kept); this farm's subscribers may call the domains it serves.
+    Add {
+        /// Unique name (letters, digits, '-', '_', '.').
+        name: String,
+        /// The DNS name its TLS certificate carries.
+        #[arg(long)]
+        tls_name: String,
+        /// A domain it serves (repeat for more).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Who runs it.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the peer farms.
+    List,
+    /// Stop peering: its domains are refused, its requests are a phone's.
+    Remove {
+        /// The peer's name.
+        name: String,
+    },
+}
+
+impl From<PeerCommand> for TrustedCommand {
+    fn from(c: PeerCommand) -> TrustedCommand {
+        match c {
+            PeerCommand::Add {
+                name,
+                tls_name,
+                domains,
+                description,
+            } => TrustedCommand::Add {
+                name,
+                matcher: format!("tls:{tls_name}"),
+                kind: Kind::PeerFarm.as_str().into(),
+                description,
+                domains,
+            },
+            PeerCommand::List => TrustedCommand::List,
+            PeerCommand::Remove { name } => TrustedCommand::Remove { name },
+        }
+    }
+}
+
 /// Runs one `ctl trusted` command against provisioning `p`.
 pub async fn run(p: &Provisioning, json: bool, cmd: TrustedCommand, io: &mut Io<'_>) -> Exit {
-    let outcome = execute(p, json, cmd, io).await;
+    let outcome = execute(p, json, cmd, None, io).await;
+    conclude(&p.addr, json, outcome, io)
+}
+
+/// Runs one `ctl peer` command against provisioning `p`.
+pub async fn run_peer(p: &Provisioning, json: bool, cmd: PeerCommand, io: &mut Io<'_>) -> Exit {
+    let outcome = execute(p, json, cmd.into(), Some(Kind::PeerFarm), io).await;
     conclude(&p.addr, json, outcome, io)
 }
 
@@ -58,6 +120,7 @@ fn element(
     matcher: &str,
     kind: &str,
     description: &str,
+    domains: &[String],
 ) -> Result<pb::TrustedElement, Failure> {
     let kind: Kind = kind
         .parse()
@@ -71,6 +134,7 @@ fn element(
         kind: validate::trusted_kind_to_pb(kind) as i32,
         matcher: Some(matcher),
         description: description.to_string(),
+        domains: domains.to_vec(),
         ..Default::default()
     };
     let checked = validate::trusted_element("", &e)?;
@@ -97,6 +161,7 @@ fn element_json(e: &pb::TrustedElement) -> Value {
         "kind": kind_text(e),
         "matcher": matcher_text(e),
         "description": e.description,
+        "domains": e.domains,
         "revision": e.revision,
         "created_unix_ms": e.created_unix_ms,
     })
@@ -109,18 +174,20 @@ fn rows(es: &[pb::TrustedElement]) -> Vec<Vec<String>> {
                 e.name.clone(),
                 kind_text(e).to_string(),
                 matcher_text(e),
+                e.domains.join(","),
                 e.description.clone(),
             ]
         })
         .collect()
 }
 
-const HEADER: [&str; 4] = ["NAME", "KIND", "MATCHES", "DESCRIPTION"];
+const HEADER: [&str; 5] = ["NAME", "KIND", "MATCHES", "DOMAINS", "DESCRIPTION"];
 
 async fn execute(
     p: &Provisioning,
     json: bool,
     cmd: TrustedCommand,
+    only: Option<Kind>,
     io: &mut Io<'_>,
 ) -> Result<(), Failure> {
     let name_ok = |n: &str| validate::trusted_name("name", n).map(|_| ());
@@ -130,7 +197,8 @@ async fn execute(
             matcher,
             kind,
             description,
-        } => Some(element(name, matcher, kind, description)?),
+            domains,
+        } => Some(element(name, matcher, kind, description, domains)?),
         TrustedCommand::Get { name } | TrustedCommand::Remove { name } => {
             name_ok(name)?;
             None
@@ -157,10 +225,14 @@ async fn execute(
             ]
         }
         TrustedCommand::List => {
-            let r = client
+            let mut r = client
                 .list_trusted_elements(request(pb::ListTrustedElementsRequest {}))
                 .await?
                 .into_inner();
+            if let Some(kind) = only {
+                let wanted = validate::trusted_kind_to_pb(kind) as i32;
+                r.elements.retain(|e| e.kind == wanted);
+            }
             if json {
                 let list: Vec<Value> = r.elements.iter().map(element_json).collect();
                 let _ = writeln!(
@@ -169,7 +241,12 @@ async fn execute(
                     json!({"elements": list, "revision": r.revision})
                 );
             } else if r.elements.is_empty() {
-                let _ = writeln!(io.out, "no trusted elements");
+                let what = if only.is_some() {
+                    "peers"
+                } else {
+                    "trusted elements"
+                };
+                let _ = writeln!(io.out, "no {what}");
             } else {
                 let _ = write!(io.out, "{}", render_table(&HEADER, &rows(&r.elements)));
             }
@@ -209,13 +286,14 @@ mod tests {
 
     #[test]
     fn add_is_checked_before_anything_is_sent() {
-        let ok = element("gw", "192.0.2.0/24:5080", "gateway", "PSTN").unwrap_or_else(|_| panic!());
+        let ok =
+            element("gw", "192.0.2.0/24:5080", "gateway", "PSTN", &[]).unwrap_or_else(|_| panic!());
         assert_eq!(
             ok.matcher,
             Some(Matcher::Address("192.0.2.0/24:5080".into()))
         );
-        let tls =
-            element("pcscf", "tls:PCSCF.example.net", "front-end", "").unwrap_or_else(|_| panic!());
+        let tls = element("pcscf", "tls:PCSCF.example.net", "front-end", "", &[])
+            .unwrap_or_else(|_| panic!());
         assert_eq!(
             tls.matcher,
             Some(Matcher::TlsName("pcscf.example.net".into()))
@@ -226,10 +304,38 @@ mod tests {
             ("", "192.0.2.1", "gateway", "name"),
             ("gw", "192.0.2.1", "gateway", "\u{7}"),
         ] {
-            match element(name, m, kind, why) {
+            match element(name, m, kind, why, &[]) {
                 Err(Failure::Usage(msg)) => eprintln!("{why}: {msg}"),
                 _ => panic!("{name} {m} {kind} must be refused"),
             }
+        }
+    }
+
+    #[test]
+    fn a_peer_is_a_peer_farm_known_by_its_certificate_with_its_domains() {
+        let TrustedCommand::Add {
+            name,
+            matcher,
+            kind,
+            description,
+            domains,
+        } = TrustedCommand::from(PeerCommand::Add {
+            name: "b".into(),
+            tls_name: "B.test".into(),
+            domains: vec!["B.test".into()],
+            description: String::new(),
+        })
+        else {
+            panic!("add stays add");
+        };
+        let e =
+            element(&name, &matcher, &kind, &description, &domains).unwrap_or_else(|_| panic!());
+        assert_eq!(e.matcher, Some(Matcher::TlsName("b.test".into())));
+        assert_eq!(e.kind, pb::TrustedElementKind::PeerFarm as i32);
+        assert_eq!(e.domains, ["b.test"]);
+        match element("b", "tls:b.test", "peer-farm", "", &["not a domain".into()]) {
+            Err(Failure::Usage(msg)) => assert!(msg.contains("domains"), "{msg}"),
+            _ => panic!("a bad domain must be refused"),
         }
     }
 }

@@ -151,3 +151,52 @@ impl Drop for Kamailio {
         let _ = self.child.wait();
     }
 }
+
+/// dnsmasq on 127.0.0.1:`port` answering only from `args` (its records
+/// and `--local` domains), its PID file in `dir`; stopped (by PID) when
+/// dropped.
+pub struct Dnsmasq {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    pub fn start(dir: &Path, port: u16, args: &[String]) -> Dnsmasq {
+        let bin = require("dnsmasq", "dnsmasq-base");
+        let child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq starts");
+        wait_until(
+            "dnsmasq listening",
+            std::time::Duration::from_secs(5),
+            || std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
+        );
+        Dnsmasq { child, port }
+    }
+
+    /// Its address, for `--dns-server`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

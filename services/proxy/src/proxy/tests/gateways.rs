@@ -571,9 +571,15 @@ fn another_domain_is_located_by_rfc_3263_and_a_503_moves_the_call_on() {
     gateway_answers(&mut h, &second, 200);
     assert_eq!(finals_to(&mut h, udp_leaf(1)), [200]);
     assert_eq!(h.metrics[0].count("Enum(Foreign)"), 1);
-    assert_eq!(h.metrics[0].count("Located(Sent)"), 2);
-    assert_eq!(h.metrics[0].count("Located(FailedOver)"), 1);
-    assert_eq!(h.metrics[0].count("Located(Answered)"), 1);
+    assert_eq!(h.metrics[0].count("Located { peer: None, event: Sent }"), 2);
+    assert_eq!(
+        h.metrics[0].count("Located { peer: None, event: FailedOver }"),
+        1
+    );
+    assert_eq!(
+        h.metrics[0].count("Located { peer: None, event: Answered }"),
+        1
+    );
 }
 
 #[test]
@@ -598,8 +604,14 @@ fn a_silent_server_is_left_a_final_answer_stays_and_none_left_means_the_gateways
     let out = advance_answering_probes(&mut h, 21);
     let to_gateway = out.iter().filter(|s| s.dest == at(1)).count();
     assert_eq!(to_gateway, 1, "to the gateway: {out:?}");
-    assert_eq!(h.metrics[0].count("Located(Exhausted)"), 1);
-    assert_eq!(h.metrics[0].count("Located(Refused)"), 1);
+    assert_eq!(
+        h.metrics[0].count("Located { peer: None, event: Exhausted }"),
+        1
+    );
+    assert_eq!(
+        h.metrics[0].count("Located { peer: None, event: Refused }"),
+        1
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod forking;
 mod gateways;
 mod ims;
 mod messages;
+mod peers;
 mod policy;
 mod presence;
 mod privacy;
