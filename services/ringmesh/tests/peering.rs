@@ -10,6 +10,10 @@
 //! attacker tries is refused while those calls are served: a domain no
 //! peer serves, a TLS client with no certificate or one of another CA
 //! claiming to be a.test, and a.test once b.test stops peering with it.
+//!
+//! Then Kamailio serving `k.test` (`tests/peer.cfg`) peers with a farm the
+//! same way: kate@k.test and alice@a.test call each other over TLS, each
+//! BYE from the other side than the caller's.
 
 mod common;
 
@@ -355,4 +359,171 @@ fn final_of(phone: &mut TlsPhone) -> Option<u16> {
         }
     }
     None
+}
+
+/// kate's phone registers at Kamailio (k.test, no authentication in this
+/// lab config) and the farm a.test peers with it: calls both ways over
+/// TLS, the callee hanging up each time.
+#[test]
+#[ignore = "slow: needs kamailio with its TLS module, dnsmasq and a ringmesh dev farm"]
+fn kamailio_serving_its_domain_peers_with_a_farm_both_ways() {
+    let (a_dir, a_ca) = data_with_ca("a.test CA");
+    let work = tempfile::tempdir().unwrap();
+    // k.test's certificate, of a CA of its own.
+    let k_ca = Ca::generate("k.test CA").unwrap();
+    let (k_cert, k_key) = k_ca.issue_sip("k.test", &["k.test"], &[], 1).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = work.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let k_ca_file = file("k-ca.crt", k_ca.cert_pem());
+    let (k_crt, k_key) = (file("k.crt", &k_cert), file("k.key", &k_key));
+    let a_ca_text = std::fs::read_to_string(&a_ca).unwrap();
+    let a_ca_file = file("a-ca.crt", &a_ca_text);
+    let dns_port = free_port();
+    let a = start(
+        a_dir,
+        "a.test",
+        Path::new(&k_ca_file),
+        &format!("127.0.0.1:{dns_port}"),
+    );
+    let (k_udp, k_tls) = (common::free_sip_port(), free_port());
+    let tls_cfg = file(
+        "tls.cfg",
+        &format!(
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = no\n\
+             private_key = {k_key}\ncertificate = {k_crt}\nca_list = {a_ca_file}\n\n\
+             [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             private_key = {k_key}\ncertificate = {k_crt}\nca_list = {a_ca_file}\nserver_name = a.test\n"
+        ),
+    );
+    let kamailio = common::Kamailio::start(
+        "peer.cfg",
+        &[
+            "-l".into(),
+            format!("udp:127.0.0.1:{k_udp}"),
+            "-l".into(),
+            format!("tls:127.0.0.1:{k_tls}"),
+            "-A".into(),
+            "DOMAIN=\"k.test\"".into(),
+            "-A".into(),
+            "PEER_DOMAIN=\"a.test\"".into(),
+            "-A".into(),
+            format!(
+                "PEER=\"sip:127.0.0.1:{};transport=tls\"",
+                a.nodes[0].tls.port()
+            ),
+            "-A".into(),
+            format!("TLSCFG=\"{tls_cfg}\""),
+        ],
+        &[k_udp],
+        work.path().join("kamailio.log"),
+    );
+    let _dns = Dnsmasq::start(
+        work.path(),
+        dns_port,
+        &[
+            "--local=/k.test/".into(),
+            format!("--srv-host=_sips._tcp.k.test,k.test,{k_tls},10,0"),
+            "--host-record=k.test,127.0.0.1".into(),
+        ],
+    );
+    let (code, out, err) = ctl_with(
+        &a,
+        &[
+            "peer",
+            "add",
+            "k",
+            "--tls-name",
+            "k.test",
+            "--domain",
+            "k.test",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let kate = UdpPhone::on("127.0.0.1").of("k.test");
+    let k_sip: SocketAddr = format!("127.0.0.1:{k_udp}").parse().unwrap();
+    assert_eq!(
+        kate.register(k_sip, "kate", "-"),
+        Some(200),
+        "{}",
+        kamailio.log()
+    );
+    let alice = UdpPhone::on("127.0.0.1").of("a.test");
+    let a_node = a.nodes[1].sip;
+    assert_eq!(alice.register(a_node, "alice", "secret"), Some(200));
+
+    // alice calls kate through a.test's peering: Kamailio takes it from
+    // the farm's TLS connection and rings kate; kate hangs up.
+    wait_until("a.test knows k.test", Duration::from_secs(30), || {
+        let callee = std::thread::spawn({
+            let kate = kate.try_clone();
+            move || answer_invite(&kate)
+        });
+        let (status, ok) = send(&alice, a_node, "INVITE", "sip:kate@k.test", "alice");
+        let rang = callee.join().unwrap();
+        if status != 200 {
+            return false;
+        }
+        let (invite, from, kate_ok) = rang.expect("kate's phone rang");
+        let sent_invite = ok_request(&alice, &ok);
+        let ack = alice.in_dialog("ACK", 2, &sent_invite, &ok, "");
+        alice.sock.send_to(ack.as_bytes(), a_node).unwrap();
+        let hangup = answers_next(alice.try_clone());
+        let bye = callee_bye(&kate, &invite, &kate_ok);
+        let answer = kate.ask(from, &bye, Duration::from_secs(5));
+        assert!(
+            hangup
+                .join()
+                .unwrap()
+                .is_some_and(|r| r.starts_with("BYE ")),
+            "alice got kate's BYE: {}",
+            kamailio.log()
+        );
+        assert_eq!(
+            answer.as_deref().and_then(|r| status_of(r.as_bytes())),
+            Some(200)
+        );
+        true
+    });
+
+    let log = kamailio.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer: INVITE for sip:kate@") && l.ends_with("(tls)")),
+        "the farm's INVITE reached Kamailio over TLS: {log}"
+    );
+
+    // kate calls alice: Kamailio sends it over TLS with its certificate,
+    // a.test takes it as its peer's (no challenge) and rings alice; alice
+    // hangs up.
+    let callee = std::thread::spawn({
+        let alice = alice.try_clone();
+        move || answer_invite(&alice)
+    });
+    let invite = kate.request_to("INVITE", "sip:alice@a.test", "kate", "");
+    let ok = kate
+        .ask(k_sip, &invite, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("kate's call was answered: {}", kamailio.log()));
+    assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
+    let (at_alice, from, alice_ok) = callee.join().unwrap().expect("alice's phone rang");
+    assert!(at_alice.contains("From: <sip:kate@k.test>"), "{at_alice}");
+    let ack = kate.in_dialog("ACK", 1, &invite, &ok, "");
+    kate.sock.send_to(ack.as_bytes(), k_sip).unwrap();
+    let hangup = answers_next(kate.try_clone());
+    let bye = callee_bye(&alice, &at_alice, &alice_ok);
+    let answer = alice.ask(from, &bye, Duration::from_secs(5));
+    assert!(
+        hangup
+            .join()
+            .unwrap()
+            .is_some_and(|r| r.starts_with("BYE ")),
+        "kate got alice's BYE: {}",
+        kamailio.log()
+    );
+    assert_eq!(
+        answer.as_deref().and_then(|r| status_of(r.as_bytes())),
+        Some(200)
+    );
 }

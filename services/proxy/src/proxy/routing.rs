@@ -177,7 +177,7 @@ impl Proxy {
             };
             let from_that_leaf = from.is_some_and(|f| match tok.dest {
                 Dest::Flow(d) => d == f || d.peer() == f.peer(),
-                Dest::Addr { addr, .. } => addr == f.peer(),
+                Dest::Addr { addr, .. } => addr == f.peer() || self.same_peer(addr, f),
                 Dest::Peer(_) => false,
             });
             if !from_that_leaf {
@@ -198,6 +198,15 @@ impl Proxy {
             }
             _ => Routing::Here { popped },
         }
+    }
+
+    /// Whether `flow` comes from the peer farm whose server at `addr` this
+    /// node sent a request to: a peer answers and sends the dialog's
+    /// requests on connections of its own (other ports, other nodes),
+    /// each proving it serves the domain that server was asked for.
+    fn same_peer(&self, addr: SocketAddr, flow: FlowRef) -> bool {
+        self.tls_server_name(addr)
+            .is_some_and(|domain| self.trusted_element(flow).is_some_and(|e| e.serves(domain)))
     }
 
     /// A Record-Route URI of this node carrying a flow token for `dest`,

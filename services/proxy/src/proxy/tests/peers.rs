@@ -281,3 +281,48 @@ fn a_peers_call_reaches_our_subscriber_with_its_identity_kept_a_strangers_is_not
         "bob's phone got nothing more"
     );
 }
+
+#[test]
+fn the_peers_bye_on_a_connection_of_its_own_reaches_the_caller() {
+    let mut h = peering();
+    let alice = udp_leaf(1);
+    h.send_authenticated(
+        alice,
+        "alice",
+        &request_to(alice, "INVITE", "bob@b.test", "d1"),
+    );
+    b_test_dns(&mut h);
+    let out = sent(&mut h, "INVITE");
+    let invite = &out[0].msg;
+    // bob's BYE comes back from another b.test supernode, on a connection
+    // b.test opened (its certificate names sbc.b.test), along the route
+    // set the INVITE recorded.
+    let peer = stream_leaf(9, 93, Transport::Tls);
+    h.node(1).connection_opened(93);
+    h.node(1).connection_named(93, vec!["sbc.b.test".into()]);
+    let route = record_route(invite).join(", ");
+    let bye = format!(
+        "BYE sip:alice@192.0.2.1:5060 SIP/2.0\nVia: {};branch=z9hG4bKbye-d1\nMax-Forwards: 70\n\
+         From: <sip:bob@b.test>;tag=b\nTo: <sip:alice@{DOMAIN}>;tag=fd1\nCall-ID: d1\n\
+         CSeq: 1 BYE\nRoute: {route}\nContent-Length: 0\n\n",
+        via_for(peer)
+    );
+    h.leaf_sends(peer, &bye);
+    let byes = sent(&mut h, "BYE");
+    assert_eq!(byes.len(), 1, "{byes:?}");
+    assert_eq!(
+        byes[0].dest,
+        Dest::Flow(alice),
+        "to alice, not back to b.test"
+    );
+    // The same BYE from a connection of someone else is not b.test's: it
+    // goes back toward the server the token names, not to alice.
+    let other = stream_leaf(10, 94, Transport::Tls);
+    h.node(1).connection_opened(94);
+    h.leaf_sends(other, &bye.replace("bye-d1", "bye-d1x"));
+    let byes = sent(&mut h, "BYE");
+    assert!(
+        byes.iter().all(|b| b.dest != Dest::Flow(alice)),
+        "a stranger does not reach alice with b.test's route: {byes:?}"
+    );
+}
