@@ -114,10 +114,15 @@ pub enum Refusal {
     /// A call to a number beyond the farm (ENUM, the PSTN) from what is
     /// not a subscriber (a peer farm, a gateway): no transit.
     GatewayTransit,
+    /// A peer farm's request for a domain this farm does not serve: no
+    /// transit.
+    PeerTransit,
+    /// A peer farm's request beyond its rate limit (503).
+    PeerRate,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::NotInDialog,
         Refusal::ContactAddress,
         Refusal::TooManyContacts,
@@ -129,6 +134,8 @@ impl Refusal {
         Refusal::TooManySubscriptions,
         Refusal::ServiceReturn,
         Refusal::GatewayTransit,
+        Refusal::PeerTransit,
+        Refusal::PeerRate,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -144,6 +151,8 @@ impl Refusal {
             Refusal::TooManySubscriptions => "too_many_subscriptions",
             Refusal::ServiceReturn => "service_return",
             Refusal::GatewayTransit => "gateway_transit",
+            Refusal::PeerTransit => "peer_transit",
+            Refusal::PeerRate => "peer_rate",
         }
     }
 }

@@ -49,6 +49,7 @@ mod messages;
 mod notifier;
 mod numbers;
 mod parked;
+mod peering;
 mod presence;
 mod privacy;
 mod relays;
@@ -496,6 +497,8 @@ pub struct Proxy {
     /// The name each TLS server this node sent to must prove
     /// ([`Proxy::tls_server_name`]).
     tls_names: HashMap<std::net::SocketAddr, String>,
+    /// Rate-limited peer farms' buckets.
+    peer_buckets: peering::PeerBuckets,
     register_started: IdMap<ServerKey, Instant>,
     /// Out-of-dialog INVITEs from leaves awaiting their final response.
     leaf_invites: IdSet<ServerKey>,
@@ -577,6 +580,7 @@ impl Proxy {
             pending: IdMap::default(),
             cancelled_pending: IdSet::default(),
             tls_names: HashMap::new(),
+            peer_buckets: peering::PeerBuckets::default(),
             register_started: IdMap::with_capacity_and_hasher(presized / 4, Default::default()),
             leaf_invites: IdSet::default(),
             watching: notifier::Watching::default(),
@@ -843,6 +847,7 @@ impl Proxy {
     /// Replaces the table of trusted elements.
     pub fn set_trusted(&mut self, trusted: TrustTable) {
         self.policy.trusted = trusted;
+        self.prune_peer_buckets();
     }
 
     /// A connection (TCP) was accepted or opened.

@@ -201,6 +201,12 @@ pub struct Element {
     /// A peer farm's SIP domains (lower case), which this farm's
     /// subscribers may call; empty for every other kind.
     pub domains: Vec<String>,
+    /// A peer farm's requests per second each supernode takes from it
+    /// (0: no limit); beyond it, 503 with Retry-After.
+    pub rate: u32,
+    /// A peer farm outside this farm's trust domain (RFC 3325): the
+    /// identities it asserts are removed, as a phone's are.
+    pub strip_identity: bool,
 }
 
 impl Element {
@@ -233,6 +239,8 @@ impl Element {
             kind,
             matcher,
             domains,
+            rate: 0,
+            strip_identity: false,
         })
     }
 
@@ -244,6 +252,27 @@ impl Element {
 
 /// The most domains one peer farm may name.
 pub const MAX_DOMAINS: usize = 16;
+
+/// The highest per-supernode rate a peer farm may be given (requests per
+/// second).
+pub const MAX_PEER_RATE: u32 = 100_000;
+
+/// A peer farm's rate limit and identity policy, checked: only a peer
+/// farm has them.
+pub fn check_peer_policy(kind: Kind, rate: u32, strip_identity: bool) -> Result<(), String> {
+    if kind != Kind::PeerFarm && (rate != 0 || strip_identity) {
+        return Err(format!(
+            "a rate limit and identity policy are a peer-farm's, not a {}'s",
+            kind.as_str()
+        ));
+    }
+    if rate > MAX_PEER_RATE {
+        return Err(format!(
+            "{rate} requests per second; the limit is {MAX_PEER_RATE}"
+        ));
+    }
+    Ok(())
+}
 
 /// The domains an element names, checked and in lower case: only a peer
 /// farm, recognised by its TLS certificate (a source address proves

@@ -169,6 +169,8 @@ fn two_farms_call_and_message_each_other_over_tls() {
                 domain,
                 "--description",
                 "the other farm of the test",
+                "--rate",
+                "1000",
             ],
         );
         assert_eq!(code, 0, "{out}{err}");
@@ -179,6 +181,11 @@ fn two_farms_call_and_message_each_other_over_tls() {
         out.contains("b.test") && out.contains("tls:b.test"),
         "{out}"
     );
+    let (code, out, _) = ctl_with(&a, &["--json", "peer", "list"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(list["elements"][0]["domains"][0], "b.test", "{out}");
+    assert_eq!(list["elements"][0]["rate_limit"], 1000, "{out}");
     // In force both ways: b.test's answer for a user it does not have
     // (202: a MESSAGE from a trusted element is taken, and dropped) comes
     // back, not a challenge of a stranger (407).

@@ -488,7 +488,7 @@ impl Metrics {
             refused: counter_vec(
                 r,
                 "ringmesh_sip_refused_total",
-                "Requests refused by a rule of the farm (not in a dialog, contact address, too many contacts, barred callee, no emergency route)",
+                "Requests refused by a rule of the farm (not in a dialog, contact address, too many contacts, barred callee, no emergency route, forged response, Path from a phone, Service-Route, too many subscriptions, application server return, transit to the PSTN or to another domain, a peer farm over its rate)",
                 &["reason"],
             ),
             guard: counter_vec(

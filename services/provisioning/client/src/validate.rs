@@ -559,11 +559,15 @@ pub fn trusted_element(prefix: &str, e: &TrustedElement) -> Result<Element, Fiel
     description(&f("description"), &e.description)?;
     let domains = ringmesh_proxy::trust::check_domains(kind, &matcher, &e.domains)
         .map_err(|m| bad(f("domains"), m))?;
+    ringmesh_proxy::trust::check_peer_policy(kind, e.rate_limit, e.strip_identity)
+        .map_err(|m| bad(f("rate_limit"), m))?;
     Ok(Element {
         name,
         kind,
         matcher,
         domains,
+        rate: e.rate_limit,
+        strip_identity: e.strip_identity,
     })
 }
 
@@ -585,6 +589,8 @@ pub fn trusted_element_to_pb(e: &Element, description: &str) -> TrustedElement {
         revision: 0,
         created_unix_ms: 0,
         domains: e.domains.clone(),
+        rate_limit: e.rate,
+        strip_identity: e.strip_identity,
     }
 }
 
@@ -920,9 +926,29 @@ mod tests {
         }
         let many = refused(TrustedElement {
             domains: (0..17).map(|i| format!("d{i}.test")).collect(),
-            ..peer
+            ..peer.clone()
         });
         assert!(many.to_string().contains("limit is 16"), "{many}");
+        let limited = TrustedElement {
+            rate_limit: 50,
+            strip_identity: true,
+            ..peer.clone()
+        };
+        let el = trusted_element("", &limited).unwrap();
+        assert_eq!((el.rate, el.strip_identity), (50, true));
+        assert_eq!(new_trusted_element(Some(&limited)).unwrap().rate_limit, 50);
+        let too_fast = refused(TrustedElement {
+            rate_limit: 100_001,
+            ..peer.clone()
+        });
+        assert_eq!(too_fast.field, "element.rate_limit");
+        let gateway = refused(TrustedElement {
+            kind: TrustedElementKind::Gateway as i32,
+            domains: Vec::new(),
+            strip_identity: true,
+            ..peer
+        });
+        assert!(gateway.to_string().contains("peer-farm's"), "{gateway}");
     }
 
     #[test]

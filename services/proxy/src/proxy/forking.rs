@@ -175,14 +175,15 @@ impl Proxy {
                 // The farm says which identity was called, no one else.
                 strip.push(HeaderName::PCalledPartyId);
             }
-            if origin.is_phone() {
+            // A peer farm outside the trust domain is held to the same.
+            if origin.is_phone() || self.distrusted_peer(origin) {
                 strip.extend([
                     HeaderName::PAssertedIdentity,
                     HeaderName::PPreferredIdentity,
                     HeaderName::RemotePartyId,
                     HeaderName::PChargingVector,
                 ]);
-                if self.auth.is_some() {
+                if origin.is_phone() && self.auth.is_some() {
                     strip.push(HeaderName::ProxyAuthorization);
                 }
             } else if withheld {

@@ -59,6 +59,24 @@ impl Proxy {
         {
             return self.reply(server, &msg, 200, &[], now);
         }
+        if !matches!(msg.method(), Method::Ack | Method::Cancel) && self.peer_over_rate(origin, now)
+        {
+            self.refused(Refusal::PeerRate);
+            let retry_after = self.retry_after.clone();
+            return self.reply(
+                server,
+                &msg,
+                503,
+                &[
+                    (HeaderName::RetryAfter, &retry_after),
+                    (
+                        HeaderName::Warning,
+                        b"399 ringmesh \"over the peer's rate limit\"",
+                    ),
+                ],
+                now,
+            );
+        }
         // 1. Checks that depend on nothing but the message (§16.3).
         let Some(ruri) = msg.request_uri() else {
             return;
@@ -155,6 +173,9 @@ impl Proxy {
             match peer {
                 Some(p) => foreign = Some(p.name.clone()),
                 None => {
+                    if from_peer {
+                        self.refused(Refusal::PeerTransit);
+                    }
                     return self.forbid(
                         server,
                         &msg,

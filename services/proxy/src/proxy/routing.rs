@@ -200,15 +200,6 @@ impl Proxy {
         }
     }
 
-    /// Whether `flow` comes from the peer farm whose server at `addr` this
-    /// node sent a request to: a peer answers and sends the dialog's
-    /// requests on connections of its own (other ports, other nodes),
-    /// each proving it serves the domain that server was asked for.
-    fn same_peer(&self, addr: SocketAddr, flow: FlowRef) -> bool {
-        self.tls_server_name(addr)
-            .is_some_and(|domain| self.trusted_element(flow).is_some_and(|e| e.serves(domain)))
-    }
-
     /// A Record-Route URI of this node carrying a flow token for `dest`,
     /// for the dialog `dialog`, naming this node's port for `t`. A TLS or
     /// WebSocket hop is `sip:` with `transport=tls` or `ws` (what deployed

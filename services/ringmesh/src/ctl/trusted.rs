@@ -37,6 +37,14 @@ pub enum TrustedCommand {
         /// subscribers may call it.
         #[arg(long = "domain")]
         domains: Vec<String>,
+        /// A peer farm's requests per second each supernode takes (0: no
+        /// limit); beyond it, 503 with Retry-After.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// A peer farm outside the trust domain: the identities it asserts
+        /// are removed.
+        #[arg(long)]
+        strip_identity: bool,
     },
     /// List every trusted element.
     List,
@@ -68,6 +76,14 @@ pub enum PeerCommand {
         /// A domain it serves (repeat for more).
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
+        /// Its requests per second each supernode takes (0: no limit);
+        /// beyond it, 503 with Retry-After.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// It is outside this farm's trust domain: the identities it
+        /// asserts (P-Asserted-Identity…) are removed, not kept.
+        #[arg(long)]
+        strip_identity: bool,
         /// Who runs it.
         #[arg(long, default_value = "")]
         description: String,
@@ -88,6 +104,8 @@ impl From<PeerCommand> for TrustedCommand {
                 name,
                 tls_name,
                 domains,
+                rate,
+                strip_identity,
                 description,
             } => TrustedCommand::Add {
                 name,
@@ -95,6 +113,8 @@ impl From<PeerCommand> for TrustedCommand {
                 kind: Kind::PeerFarm.as_str().into(),
                 description,
                 domains,
+                rate,
+                strip_identity,
             },
             PeerCommand::List => TrustedCommand::List,
             PeerCommand::Remove { name } => TrustedCommand::Remove { name },
@@ -114,13 +134,21 @@ pub async fn run_peer(p: &Provisioning, json: bool, cmd: PeerCommand, io: &mut I
     conclude(&p.addr, json, outcome, io)
 }
 
+/// What `add` says beyond the name, matcher and kind.
+#[derive(Debug, Default)]
+struct Extra<'a> {
+    description: &'a str,
+    domains: &'a [String],
+    rate: u32,
+    strip_identity: bool,
+}
+
 /// The API message of `add`, checked before anything is sent.
 fn element(
     name: &str,
     matcher: &str,
     kind: &str,
-    description: &str,
-    domains: &[String],
+    extra: &Extra<'_>,
 ) -> Result<pb::TrustedElement, Failure> {
     let kind: Kind = kind
         .parse()
@@ -133,12 +161,14 @@ fn element(
         name: name.to_string(),
         kind: validate::trusted_kind_to_pb(kind) as i32,
         matcher: Some(matcher),
-        description: description.to_string(),
-        domains: domains.to_vec(),
+        description: extra.description.to_string(),
+        domains: extra.domains.to_vec(),
+        rate_limit: extra.rate,
+        strip_identity: extra.strip_identity,
         ..Default::default()
     };
     let checked = validate::trusted_element("", &e)?;
-    Ok(validate::trusted_element_to_pb(&checked, description))
+    Ok(validate::trusted_element_to_pb(&checked, extra.description))
 }
 
 fn matcher_text(e: &pb::TrustedElement) -> String {
@@ -162,6 +192,8 @@ fn element_json(e: &pb::TrustedElement) -> Value {
         "matcher": matcher_text(e),
         "description": e.description,
         "domains": e.domains,
+        "rate_limit": e.rate_limit,
+        "strip_identity": e.strip_identity,
         "revision": e.revision,
         "created_unix_ms": e.created_unix_ms,
     })
@@ -198,7 +230,19 @@ async fn execute(
             kind,
             description,
             domains,
-        } => Some(element(name, matcher, kind, description, domains)?),
+            rate,
+            strip_identity,
+        } => Some(element(
+            name,
+            matcher,
+            kind,
+            &Extra {
+                description,
+                domains,
+                rate: *rate,
+                strip_identity: *strip_identity,
+            },
+        )?),
         TrustedCommand::Get { name } | TrustedCommand::Remove { name } => {
             name_ok(name)?;
             None
@@ -286,14 +330,22 @@ mod tests {
 
     #[test]
     fn add_is_checked_before_anything_is_sent() {
-        let ok =
-            element("gw", "192.0.2.0/24:5080", "gateway", "PSTN", &[]).unwrap_or_else(|_| panic!());
+        let pstn = Extra {
+            description: "PSTN",
+            ..Extra::default()
+        };
+        let ok = element("gw", "192.0.2.0/24:5080", "gateway", &pstn).unwrap_or_else(|_| panic!());
         assert_eq!(
             ok.matcher,
             Some(Matcher::Address("192.0.2.0/24:5080".into()))
         );
-        let tls = element("pcscf", "tls:PCSCF.example.net", "front-end", "", &[])
-            .unwrap_or_else(|_| panic!());
+        let tls = element(
+            "pcscf",
+            "tls:PCSCF.example.net",
+            "front-end",
+            &Extra::default(),
+        )
+        .unwrap_or_else(|_| panic!());
         assert_eq!(
             tls.matcher,
             Some(Matcher::TlsName("pcscf.example.net".into()))
@@ -304,7 +356,11 @@ mod tests {
             ("", "192.0.2.1", "gateway", "name"),
             ("gw", "192.0.2.1", "gateway", "\u{7}"),
         ] {
-            match element(name, m, kind, why, &[]) {
+            let extra = Extra {
+                description: why,
+                ..Extra::default()
+            };
+            match element(name, m, kind, &extra) {
                 Err(Failure::Usage(msg)) => eprintln!("{why}: {msg}"),
                 _ => panic!("{name} {m} {kind} must be refused"),
             }
@@ -319,23 +375,45 @@ mod tests {
             kind,
             description,
             domains,
+            rate,
+            strip_identity,
         } = TrustedCommand::from(PeerCommand::Add {
             name: "b".into(),
             tls_name: "B.test".into(),
             domains: vec!["B.test".into()],
+            rate: 40,
+            strip_identity: true,
             description: String::new(),
         })
         else {
             panic!("add stays add");
         };
-        let e =
-            element(&name, &matcher, &kind, &description, &domains).unwrap_or_else(|_| panic!());
+        let extra = Extra {
+            description: &description,
+            domains: &domains,
+            rate,
+            strip_identity,
+        };
+        let e = element(&name, &matcher, &kind, &extra).unwrap_or_else(|_| panic!());
         assert_eq!(e.matcher, Some(Matcher::TlsName("b.test".into())));
         assert_eq!(e.kind, pb::TrustedElementKind::PeerFarm as i32);
         assert_eq!(e.domains, ["b.test"]);
-        match element("b", "tls:b.test", "peer-farm", "", &["not a domain".into()]) {
+        assert_eq!((e.rate_limit, e.strip_identity), (40, true));
+        let bad_domain = Extra {
+            domains: &["not a domain".into()],
+            ..Extra::default()
+        };
+        match element("b", "tls:b.test", "peer-farm", &bad_domain) {
             Err(Failure::Usage(msg)) => assert!(msg.contains("domains"), "{msg}"),
             _ => panic!("a bad domain must be refused"),
+        }
+        let gateway_rate = Extra {
+            rate: 5,
+            ..Extra::default()
+        };
+        match element("g", "192.0.2.1", "gateway", &gateway_rate) {
+            Err(Failure::Usage(msg)) => assert!(msg.contains("rate_limit"), "{msg}"),
+            _ => panic!("only a peer farm has a rate limit"),
         }
     }
 }

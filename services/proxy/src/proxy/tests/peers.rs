@@ -326,3 +326,109 @@ fn the_peers_bye_on_a_connection_of_its_own_reaches_the_caller() {
         "a stranger does not reach alice with b.test's route: {byes:?}"
     );
 }
+
+/// A node whose peer b (certificate sbc.b.test) is limited to `rate`
+/// requests per second and `strip`s its identities or not; b's connection
+/// 95, and bob registered.
+fn limited_peer(rate: u32, strip: bool) -> (Harness, FlowRef, FlowRef) {
+    let mut h = peering();
+    let mut b = Element::parse_flag("peer-farm:b=tls:sbc.b.test@b.test").unwrap();
+    b.rate = rate;
+    b.strip_identity = strip;
+    h.node(1).set_trusted(TrustTable::new(vec![b]));
+    let bob = udp_leaf(2);
+    assert_eq!(
+        h.register(bob, "bob", "<sip:bob@192.0.2.2:5060>").status(),
+        Some(200)
+    );
+    let peer = stream_leaf(9, 95, Transport::Tls);
+    h.node(1).connection_opened(95);
+    h.node(1).connection_named(95, vec!["sbc.b.test".into()]);
+    (h, peer, bob)
+}
+
+/// A MESSAGE from carol@b.test on the peer's connection, asserting her.
+fn carols_message(peer: FlowRef, call: &str) -> String {
+    format!(
+        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\nVia: {};branch=z9hG4bKc{call}\nMax-Forwards: 70\n\
+         From: <sip:carol@b.test>;tag=c{call}\nTo: <sip:bob@{DOMAIN}>\nCall-ID: {call}\n\
+         CSeq: 1 MESSAGE\nP-Asserted-Identity: <sip:carol@b.test>\nContent-Type: text/plain\n\
+         Content-Length: 2\n\nhi",
+        via_for(peer)
+    )
+}
+
+#[test]
+fn attacker_a_peer_flooding_past_its_rate_gets_503_and_subscribers_are_served() {
+    let (mut h, peer, _bob) = limited_peer(3, false);
+    for i in 0..10 {
+        h.leaf_sends(peer, &carols_message(peer, &format!("flood{i}")));
+    }
+    let at_bob = sent(&mut h, "MESSAGE");
+    assert_eq!(at_bob.len(), 3, "one second's worth passes: {at_bob:?}");
+    let refused: Vec<Message> = h
+        .responses_to(peer)
+        .into_iter()
+        .filter(|m| m.status() == Some(503))
+        .collect();
+    assert_eq!(refused.len(), 7);
+    assert!(header(&refused[0], HeaderName::RetryAfter).is_some());
+    assert_eq!(h.metrics[0].count("Refused(PeerRate)"), 7);
+    // alice, on the same node meanwhile, is served.
+    let alice = udp_leaf(1);
+    h.send_authenticated(alice, "alice", &message_text(alice, "alice", "bob", "ok1"));
+    assert_eq!(
+        sent(&mut h, "MESSAGE").len(),
+        1,
+        "alice's message reached bob"
+    );
+    // A second later the peer has its rate again.
+    h.advance(Duration::from_secs(1));
+    h.take();
+    h.leaf_sends(peer, &carols_message(peer, "later"));
+    assert_eq!(sent(&mut h, "MESSAGE").len(), 1);
+}
+
+#[test]
+fn a_peer_outside_the_trust_domain_loses_its_asserted_identity() {
+    for (strip, kept) in [(false, true), (true, false)] {
+        let (mut h, peer, _bob) = limited_peer(0, strip);
+        h.leaf_sends(peer, &carols_message(peer, "pai"));
+        let at_bob = sent(&mut h, "MESSAGE");
+        assert_eq!(at_bob.len(), 1, "{at_bob:?}");
+        assert_eq!(
+            header(&at_bob[0].msg, HeaderName::PAssertedIdentity).is_some(),
+            kept,
+            "strip_identity {strip}: {:?}",
+            at_bob[0].msg
+        );
+    }
+}
+
+#[test]
+fn with_topology_hiding_a_peer_sees_only_the_edge() {
+    let mut h = peering();
+    h.node(1).policy.topology_hiding = true;
+    let alice = udp_leaf(1);
+    h.send_authenticated(
+        alice,
+        "alice",
+        &request_to(alice, "INVITE", "bob@b.test", "th"),
+    );
+    b_test_dns(&mut h);
+    let out = sent(&mut h, "INVITE");
+    let vias: Vec<&[u8]> = out[0].msg.header_lines(HeaderName::Via).collect();
+    assert_eq!(vias.len(), 1, "only the edge's Via: {vias:?}");
+    assert!(
+        !String::from_utf8_lossy(out[0].msg.raw()).contains("192.0.2.1:5060;branch"),
+        "alice's address is not in the request's Vias"
+    );
+}
+
+#[test]
+fn attacker_a_peers_transit_is_counted() {
+    let (mut h, peer, _bob) = limited_peer(0, false);
+    h.leaf_sends(peer, &request_to(peer, "INVITE", "dave@c.test", "tr"));
+    assert_eq!(finals(&mut h, peer)[0].status(), Some(403));
+    assert_eq!(h.metrics[0].count("Refused(PeerTransit)"), 1);
+}
