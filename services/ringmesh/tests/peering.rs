@@ -1,8 +1,9 @@
 //! Two farms peering over TLS: `a.test` and `b.test`, each a `ringmesh
 //! dev` farm with a CA of its own, told about each other with `ringmesh
 //! ctl peer add` and each other's CA (`--peer-ca`), and a real DNS server
-//! (Debian's dnsmasq) holding their `_sips._tcp` SRV records, the first
-//! target of b.test a port nothing listens on.
+//! (Debian's dnsmasq) holding their records (b.test: a `SIPS+D2T` NAPTR
+//! naming its `_sips._tcp` SRV records; a.test: SRV records alone), the
+//! first target of b.test a port nothing listens on.
 //!
 //! alice@a.test calls bob@b.test (BYE from the callee) and bob calls
 //! alice back (BYE from the caller), a MESSAGE crosses, each over TLS
@@ -132,6 +133,8 @@ fn two_farms_call_and_message_each_other_over_tls() {
             "--local=/a.test/".into(),
             "--local=/b.test/".into(),
             "--local=/c.test/".into(),
+            // b.test: NAPTR, then SRV (a.test: SRV alone).
+            "--naptr-record=b.test,10,10,s,SIPS+D2T,,_sips._tcp.b.test".into(),
             format!("--srv-host=_sips._tcp.b.test,dead.b.test,{dead},10,0"),
             format!(
                 "--srv-host=_sips._tcp.b.test,b.test,{},20,0",
