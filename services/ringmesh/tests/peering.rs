@@ -3,11 +3,12 @@
 //! ctl peer add` and each other's CA (`--peer-ca`), and a real DNS server
 //! (Debian's dnsmasq) holding their records (b.test: a `SIPS+D2T` NAPTR
 //! naming its `_sips._tcp` SRV records; a.test: SRV records alone), the
-//! first target of b.test a port nothing listens on.
+//! first target of b.test a port nothing listens on, the second a TLS
+//! server whose certificate does not name b.test.
 //!
 //! alice@a.test calls bob@b.test (BYE from the callee) and bob calls
 //! alice back (BYE from the caller), a MESSAGE crosses, each over TLS
-//! between the farms, the first server of b.test skipped at once. What an
+//! between the farms, the first two servers of b.test skipped at once. What an
 //! attacker tries is refused while those calls are served: a domain no
 //! peer serves, a TLS client with no certificate or one of another CA
 //! claiming to be a.test, and a.test once b.test stops peering with it.
@@ -123,7 +124,9 @@ fn two_farms_call_and_message_each_other_over_tls() {
     let dns_addr = format!("127.0.0.1:{dns_port}");
     let a = start(a_dir, "a.test", &b_ca, &dns_addr);
     let b = start(b_dir, "b.test", &a_ca, &dns_addr);
-    // b.test's first server (priority 10) has no listener.
+    // b.test's first server (priority 10) has no listener; its second
+    // (15) is an impostor: a TLS server whose certificate (a.test's, of a
+    // CA a.test trusts) does not name b.test (RFC 5922).
     let dead = free_port();
     let dns_dir = tempfile::tempdir().unwrap();
     let _dns = Dnsmasq::start(
@@ -137,6 +140,10 @@ fn two_farms_call_and_message_each_other_over_tls() {
             "--naptr-record=b.test,10,10,s,SIPS+D2T,,_sips._tcp.b.test".into(),
             format!("--srv-host=_sips._tcp.b.test,dead.b.test,{dead},10,0"),
             format!(
+                "--srv-host=_sips._tcp.b.test,impostor.b.test,{},15,0",
+                a.nodes[1].tls.port()
+            ),
+            format!(
                 "--srv-host=_sips._tcp.b.test,b.test,{},20,0",
                 b.nodes[0].tls.port()
             ),
@@ -145,6 +152,7 @@ fn two_farms_call_and_message_each_other_over_tls() {
                 a.nodes[1].tls.port()
             ),
             "--host-record=dead.b.test,127.0.0.1".into(),
+            "--host-record=impostor.b.test,127.0.0.1".into(),
             "--host-record=b.test,127.0.0.1".into(),
             "--host-record=a.test,127.0.0.1".into(),
             "--host-record=c.test,127.0.0.1".into(),
@@ -211,6 +219,15 @@ fn two_farms_call_and_message_each_other_over_tls() {
         .unwrap_or(0.0)
     };
     let failed_over = located("failed_over");
+    let handshakes_failed = || {
+        common::metric_labelled(
+            a.nodes[0].metrics,
+            "ringmesh_sip_handshake_failures_total",
+            &[("transport", "tls"), ("stage", "tls")],
+        )
+        .unwrap_or(0.0)
+    };
+    let refused_handshakes = handshakes_failed();
     let started = Instant::now();
     let (status, ok) = send(&alice, a_node, "INVITE", "sip:bob@b.test", "alice");
     let setup = started.elapsed();
@@ -218,13 +235,18 @@ fn two_farms_call_and_message_each_other_over_tls() {
     eprintln!("alice's call was answered {setup:?} after the (authenticated) INVITE");
     assert!(
         setup < Duration::from_secs(2),
-        "the dead first server is left at once: {setup:?}"
+        "the dead server and the impostor are left at once: {setup:?}"
     );
     let (invite, from, bob_ok) = callee.join().unwrap().expect("bob's phone rang");
     assert_eq!(
         located("failed_over"),
-        failed_over + 1.0,
-        "the dead server was tried first"
+        failed_over + 2.0,
+        "the dead server and the impostor were tried first"
+    );
+    assert_eq!(
+        handshakes_failed(),
+        refused_handshakes + 1.0,
+        "the impostor's certificate does not name b.test"
     );
     assert!(invite.starts_with("INVITE sip:bob@"), "{invite}");
     assert!(
