@@ -16,12 +16,13 @@ use crate::trust::{Element, Kind};
 pub(super) struct PeerBuckets(HashMap<String, (f64, Instant)>);
 
 impl Proxy {
-    /// The peer farm `origin` is, if it is one.
-    fn peer_of(&self, origin: Origin) -> Option<&Element> {
-        origin
-            .flow()
-            .and_then(|f| self.trusted_element(f))
-            .filter(|e| e.kind == Kind::PeerFarm)
+    /// The peer farm `origin` is, if it is one (a phone is none: no
+    /// lookup on the phones' path).
+    pub(super) fn peer_of(&self, origin: Origin) -> Option<&Element> {
+        match origin {
+            Origin::Trusted(f) => self.trusted_element(f).filter(|e| e.kind == Kind::PeerFarm),
+            Origin::Phone(_) | Origin::Peer => None,
+        }
     }
 
     /// Whether a request from `origin` is over its peer farm's rate (one

@@ -158,10 +158,7 @@ impl Proxy {
         // carries no transit).
         let mut foreign = None;
         if ruri.scheme() != Scheme::Tel && !self.me.serves(&ruri) {
-            let from_peer = origin
-                .flow()
-                .and_then(|f| self.trusted_element(f))
-                .is_some_and(|e| e.kind == crate::trust::Kind::PeerFarm);
+            let from_peer = self.peer_of(origin).is_some();
             let peer = ruri
                 .host()
                 .and_then(|h| {
