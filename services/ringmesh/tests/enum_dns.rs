@@ -79,7 +79,7 @@ fn numbers_go_where_their_enum_records_point() {
             "--host-record=live.b.test,127.0.0.1".into(),
         ],
     );
-    let dns_server = format!("127.0.0.1:{}", dns.port);
+    let dns_server = dns.addr();
     let farm = common::start_farm(
         &[
             "--nodes",
