@@ -12,6 +12,10 @@ rates against
   (b) a 3-supernode farm, k=3  `ringmesh dev --auth none --nodes 3 --json`
                                (its children inherit the CPU affinity)
   (c) Kamailio                 `loadtest/kamailio/run-kamailio.sh --daemon`
+  (e) a 1-supernode farm       `ringmesh dev --auth none --nodes 1 --json`
+  (f) a 3-node Kamailio cluster with DMQ usrloc replication (every node
+      holds every contact), the anchor a carrier would otherwise run:
+                               `run-kamailio.sh --daemon --dmq SEED PORT` x3
 with both sipp and ringmesh-load, and
   (d) one supernode with digest `ringmesh dev --auth digest --nodes 1 --users 5000`
 with ringmesh-load (REGISTER only: each user registered, then refreshed with
@@ -32,12 +36,16 @@ run, as extra columns, and the report gives each knee as a ratio to the
 baseline's: a change is judged against the same machine and the same
 minutes, not against figures from another day.
 
+sipp sends to the first node of a farm or cluster; ringmesh-load spreads
+its handsets over every node, and a call's caller and callee are on
+different nodes.
+
 Scenarios: REGISTER without auth (distinct users: every REGISTER creates a
 binding) and calls (INVITE/100/180/200/ACK/BYE/200 through the
 record-routing proxy, callees registered first).
 
---quick is a smoke version (about 5 minutes): shorter steps, fewer of them,
-no wait for memory to settle. The full run takes about 20-25 minutes.
+--quick is a smoke version (about 8 minutes): shorter steps, fewer of them,
+no wait for memory to settle. The full run takes about 35-40 minutes.
 
 Every process started here is stopped by its PID (SIGTERM, then SIGKILL);
 every load run is bounded by count, duration and `timeout`; everything
@@ -73,6 +81,8 @@ P99_LIMIT_US = {"register": 100_000, "call": 100_000}
 CALL_P99_TARGET_US = 10_000
 
 STARTED = []  # (pid, what) of every server started, stopped at exit
+# The servers with knee searches, in the report's column order.
+SERVERS = ("single", "single_base", "farm1", "farm", "farm_base", "kamailio", "kamailio_dmq")
 
 
 def log(*a):
@@ -324,6 +334,13 @@ class Farm(Server):
         STARTED[:] = [s for s in STARTED if s[0] != self.pid]
 
 
+class Farm1(Farm):
+    """The farm's code path (overlay, replication machinery, control
+    plane) with one supernode: what the farm costs over a bare supernode."""
+    label = "Ringmesh, 1-node farm"
+    dev_args = ["--auth", "none", "--nodes", "1", "--replicas", "1"]
+
+
 class DigestNode(Farm):
     """One supernode with digest authentication (`ringmesh dev --nodes 1`,
     its control plane included in the CPU): demo subscribers user0… that
@@ -359,14 +376,84 @@ class Kamailio(Server):
             return None
 
     def contacts(self):
+        """The contacts the node holds (a list of one, as for a cluster)."""
         try:
-            return bff.registered(self.run_dir)
+            return [bff.registered(self.run_dir)]
         except Exception:  # noqa: BLE001
-            return 0
+            return [0]
 
     def close(self):
         stop(self.pid)
         STARTED[:] = [s for s in STARTED if s[0] != self.pid]
+
+
+class KamailioDmq(Server):
+    """Three Kamailio nodes that replicate usrloc to each other by DMQ
+    (dmq_usrloc: every contact saved on one node is sent to the two
+    others), all on the server CPU, as the farm's three supernodes are.
+    Node i listens on PORT+10i; nodes 1 and 2 find the cluster through
+    node 0, node 0 through node 1."""
+    label, kind = "Kamailio 5.6 DMQ cluster, 3 nodes (children=2 each)", "kamailio"
+    nodes = 3
+
+    def __init__(self, a, port, work):
+        self.ports = [port + 10 * i for i in range(self.nodes)]
+        self.sip = f"127.0.0.1:{port}"
+        self.run_dirs, self.node_pids = [], []
+        for i, p in enumerate(self.ports):
+            run_dir = os.path.join(work, f"kamdmq_{p}")
+            subprocess.run(["rm", "-rf", run_dir], check=True)
+            seed = self.ports[1] if i == 0 else self.ports[0]
+            argv = [os.path.join(KAM_DIR, "run-kamailio.sh"), "--daemon", "--cpu", str(a.server_cpu),
+                    "--run-dir", run_dir, "--dmq", str(seed), str(p)]
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            pid = int(out.strip().splitlines()[-1])
+            STARTED.append((pid, "kamailio dmq"))
+            self.run_dirs.append(run_dir)
+            self.node_pids.append(pid)
+        self.pid = self.node_pids[0]
+        # Every node must know the two others before any load.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if all(self.active_nodes(d) == self.nodes for d in self.run_dirs):
+                return
+            time.sleep(0.5)
+        raise SystemExit(f"the DMQ cluster did not form within 30 s; see {work}/kamdmq_*")
+
+    @staticmethod
+    def active_nodes(run_dir):
+        out = subprocess.run(["kamcmd", "-s", f"unix:{run_dir}/ctl.sock", "dmq.list_nodes"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return out.count("status: active")
+
+    def pids(self):
+        return [p for pid in self.node_pids for p in tree_pids(pid)]
+
+    def targets(self):
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def metrics_addrs(self):
+        return []
+
+    def shm(self):
+        try:
+            used = [bff.shm_used(d, "used_size") for d in self.run_dirs]
+            real = [bff.shm_used(d, "real_used_size") for d in self.run_dirs]
+            return sum(used), sum(real)
+        except Exception:  # noqa: BLE001  (kamcmd missing or a node gone)
+            return None
+
+    def contacts(self):
+        """The contacts each node holds (replication complete: all equal)."""
+        try:
+            return [bff.registered(d) for d in self.run_dirs]
+        except Exception:  # noqa: BLE001
+            return [0] * self.nodes
+
+    def close(self):
+        for pid in self.node_pids:
+            stop(pid)
+        STARTED[:] = [s for s in STARTED if s[0] not in self.node_pids]
 
 
 def baseline_of(cls, binary):
@@ -438,7 +525,8 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
     if isinstance(server, Farm):
         argv += ["--farm-json", server.json_path]
     else:
-        argv += ["--target", server.sip]
+        for t in server.targets():
+            argv += ["--target", t]
     if scenario == "register" and server.digest_users:
         argv += ["--refresh", "--users", str(server.digest_users), "--user-start", "0",
                  "--password", "secret"]
@@ -579,8 +667,9 @@ def clean(r):
 
 
 def knee(a, server, tool, scenario, start, users, tag):
-    """Steps the offered rate up (x1.5) until a step is not clean, then
-    bisects once or twice (geometric mean). Bounded in steps."""
+    """Steps the offered rate up (x1.5) until a step is not clean (or, when
+    the first step is not, down (/1.5) until one is), then bisects once or
+    twice (geometric mean). Bounded in steps."""
     steps, best, worst = [], None, None
     rate = start
     run = run_rml if tool == "ringmesh-load" else run_sipp
@@ -590,15 +679,19 @@ def knee(a, server, tool, scenario, start, users, tag):
         log(f"  {server.label} / {tool} / {scenario}: {rate}/s")
         r = run(a, server, scenario, rate, a.step_seconds, users, f"{tag}_{tool}_{scenario}_{rate}")
         steps.append(r)
-        time.sleep(a.settle)
+        # An overloaded server retransmits and times out for a while (a
+        # Kamailio cluster's KDMQ requests up to Timer F): let it drain.
+        time.sleep(a.settle if clean(r) else 5 * a.settle)
         if clean(r):
             best = r
-            if rate >= cap:
+            if rate >= cap or worst is not None:
                 break
             rate = rate * 1.5
         else:
             worst = r
-            break
+            if best is not None:
+                break
+            rate = rate / 1.5
     for _ in range(a.bisections):
         if best is None or worst is None:
             break
@@ -608,7 +701,7 @@ def knee(a, server, tool, scenario, start, users, tag):
         log(f"  {server.label} / {tool} / {scenario}: {mid}/s (bisect)")
         r = run(a, server, scenario, mid, a.step_seconds, users, f"{tag}_{tool}_{scenario}_{mid}")
         steps.append(r)
-        time.sleep(a.settle)
+        time.sleep(a.settle if clean(r) else 5 * a.settle)
         if clean(r):
             best = r
         else:
@@ -675,7 +768,7 @@ def main():
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
     p.add_argument("--only", default="",
-                   help="comma list of servers: single,farm,kamailio,digest "
+                   help="comma list of servers: single,farm1,farm,kamailio,kamailio_dmq,digest "
                         "(and single_base,farm_base,digest_base)")
     p.add_argument("--baseline", default=None,
                    help="another ringmesh binary: its one-supernode and farm rows, same run")
@@ -704,7 +797,8 @@ def main():
     # What each generator can offer on one core of this machine (loadtest/README.md).
     a.max_rate = {("ringmesh-load", "register"): 90_000, ("ringmesh-load", "call"): 20_000,
                   ("sipp", "register"): 40_000, ("sipp", "call"): 8_000}
-    only = set(x for x in a.only.split(",") if x) or {"single", "farm", "kamailio", "digest",
+    only = set(x for x in a.only.split(",") if x) or {"single", "farm1", "farm", "kamailio",
+                                                       "kamailio_dmq", "digest",
                                                        "single_base", "farm_base", "digest_base"}
     if a.baseline and not os.access(a.baseline, os.X_OK):
         raise SystemExit(f"--baseline {a.baseline}: not an executable")
@@ -720,9 +814,11 @@ def main():
     users = Users()
     res = {}
     ports = {"single": a.port_base, "farm": a.port_base + 1000, "kamailio": a.port_base + 200,
+             "kamailio_dmq": a.port_base + 600, "farm1": a.port_base + 5000,
              "single_base": a.port_base + 400, "farm_base": a.port_base + 2000,
              "digest": a.port_base + 3000, "digest_base": a.port_base + 4000}
-    makers = {"single": Supernode, "farm": Farm, "kamailio": Kamailio, "digest": DigestNode}
+    makers = {"single": Supernode, "farm1": Farm1, "farm": Farm, "kamailio": Kamailio,
+              "kamailio_dmq": KamailioDmq, "digest": DigestNode}
     if a.baseline:
         makers["single_base"] = baseline_of(Supernode, a.baseline)
         makers["farm_base"] = baseline_of(Farm, a.baseline)
@@ -731,31 +827,33 @@ def main():
     # compared: start x 1.5^k.
     starts = {"register": 12_000 if a.quick else 5_000, "call": 2_000 if a.quick else 1_000}
     fixed = {"register": 10_000, "call": 1_000}
-    for name in ("kamailio", "single", "single_base", "farm", "farm_base"):
+    for name in SERVERS:
         if name not in only:
             continue
         make = lambda: makers[name](a, ports[name], a.work)  # noqa: E731
         r = res[name] = {"label": makers[name].label}
         log(f"== {r['label']}")
         # Memory: distinct bindings on a fresh server.
-        if name != "kamailio":
+        if makers[name].kind != "kamailio":
             s = make()
             r["memory"] = memory_phase(a, s, users, name)
             s.close()
         for scenario in ("register", "call"):
             # Same offered rate for everyone, sipp (CPU per request).
             s = make()
-            kam_shm0 = s.shm() if isinstance(s, Kamailio) else None
+            kam_shm0 = s.shm() if s.kind == "kamailio" else None
             log(f"  fixed rate {fixed[scenario]}/s, sipp")
             r[("fixed", scenario)] = run_sipp(a, s, scenario, fixed[scenario], a.step_seconds, users,
                                               f"{name}_fixed_{scenario}")
             time.sleep(a.settle)
-            if isinstance(s, Kamailio) and scenario == "register":
+            if s.kind == "kamailio" and scenario == "register":
+                # Per contact per node that holds it (a DMQ cluster: every node).
                 shm1, contacts = s.shm(), s.contacts()
-                if kam_shm0 and shm1 and contacts:
-                    r["memory"] = {"bindings": contacts, "replicas": 1,
-                                   "used_per": (shm1[0] - kam_shm0[0]) / contacts,
-                                   "real_per": (shm1[1] - kam_shm0[1]) / contacts}
+                if kam_shm0 and shm1 and sum(contacts):
+                    r["memory"] = {"bindings": max(contacts), "replicas": len(contacts),
+                                   "per_node": contacts,
+                                   "used_per": (shm1[0] - kam_shm0[0]) / sum(contacts),
+                                   "real_per": (shm1[1] - kam_shm0[1]) / sum(contacts)}
             for tool in a.knee_tools:
                 r[("knee", scenario, tool)] = knee(a, s, tool, scenario, starts[scenario], users, name)
             s.close()
@@ -840,7 +938,7 @@ def report(a, info, res, took):
     w("")
     w(f"Command: `make bench` (= `loadtest/bench/bench.py{' --quick' if a.quick else ''}`). Every server "
       f"pinned to CPU {a.server_cpu} (`taskset`; the farm's three supernodes and its control plane "
-      f"share it), every generator to CPU {a.load_cpu}; UDP on 127.0.0.1; every process at normal "
+      f"share it, as do the DMQ cluster's three Kamailio nodes), every generator to CPU {a.load_cpu}; UDP on 127.0.0.1; every process at normal "
       f"scheduling priority, as a pod runs (a shared box: other jobs may take some of both cores, so "
       f"compare within the table, not across runs).")
     w("")
@@ -853,7 +951,7 @@ def report(a, info, res, took):
       "process and its children), per 1,000 REGISTERs or calls. Overload: a fresh server offered "
       "2x its knee (ringmesh-load); goodput = successes per second of sending.")
     w("")
-    servers = [n for n in ("single", "single_base", "farm", "farm_base", "kamailio") if n in res]
+    servers = [n for n in SERVERS if n in res]
     every = servers + [n for n in ("digest", "digest_base") if n in res]
 
     def knee_cell(k):
@@ -907,8 +1005,10 @@ def report(a, info, res, took):
         if not m:
             row.append("-")
         elif "used_per" in m:
+            held = "" if m["replicas"] == 1 else \
+                f" per node holding it ({' / '.join(fnum(c) for c in m['per_node'])} contacts on the nodes)"
             row.append(f"{fnum(m['used_per'])} B shm payload ({fnum(m['real_per'])} B with the allocator's "
-                       f"overhead), {fnum(m['bindings'])} contacts")
+                       f"overhead){held}, {fnum(m['bindings'])} contacts")
         else:
             note = "" if m["lingering_left"] == 0 else \
                 f", {fnum(m['lingering_left'])} transactions still lingering (Timer J) counted in"
@@ -920,7 +1020,9 @@ def report(a, info, res, took):
         digest_table(w, res)
     # Ratios and targets.
     k = res.get("kamailio", {})
+    kd = res.get("kamailio_dmq", {})
     sn = res.get("single", {})
+    f1 = res.get("farm1", {})
     fm = res.get("farm", {})
 
     def best(d, scenario, tool="ringmesh-load"):
@@ -945,6 +1047,22 @@ def report(a, info, res, took):
         ratio = fb["offered"] / kb["offered"]
         targets.append(("3-node farm REGISTER/s ≥ Kamailio's single node",
                         f"{fnum(fb['offered'])} vs {fnum(kb['offered'])}: ratio {ratio:.2f}", ratio >= 1))
+    f1b = best(f1, "register")
+    if kb and f1b:
+        ratio = f1b["offered"] / kb["offered"]
+        targets.append(("1-node farm REGISTER/s ≥ Kamailio's single node",
+                        f"{fnum(f1b['offered'])} vs {fnum(kb['offered'])}: ratio {ratio:.2f}", ratio >= 1))
+    # The anchor: a 3-node farm against a 3-node Kamailio cluster sharing
+    # its registrations by DMQ, on the same core.
+    for scenario, what in (("register", "REGISTER"), ("call", "calls")):
+        db, fmb = best(kd, scenario), best(fm, scenario)
+        if db and fmb:
+            ratio = fmb["offered"] / db["offered"]
+            for need, required in ((1, "required"), (2, "reported")):
+                targets.append((f"3-node farm {what} knee ≥ {need}× the 3-node Kamailio DMQ cluster's "
+                                f"(ringmesh-load; {required})",
+                                f"{fnum(fmb['offered'])} vs {fnum(db['offered'])}: ratio {ratio:.2f}",
+                                ratio >= need))
     kc, sc = best(k, "call"), best(sn, "call")
     c2 = sn.get(("calls_2x_kam",))
     if kc and c2:
@@ -959,7 +1077,7 @@ def report(a, info, res, took):
                         f"{fnum(sc['offered'])} vs {fnum(kc['offered'])}: ratio "
                         f"{sc['offered'] / kc['offered']:.2f}", sc["offered"] >= 2 * kc["offered"]))
     for scenario, what in (("register", "REGISTER"), ("call", "calls")):
-        for n, d in (("single", sn), ("farm", fm)):
+        for n, d in (("single", sn), ("farm1", f1), ("farm", fm)):
             o, b = d.get(("overload", scenario)), best(d, scenario)
             if o and b:
                 ratio = o["goodput"] / b["offered"]
@@ -968,14 +1086,14 @@ def report(a, info, res, took):
                                 f"{fnum(100 * ratio)}% ({fnum(o['goodput'])}/s of {fnum(b['offered'])}/s); "
                                 f"{fnum(o['r503'])} of {fnum(rest)} not served were 503",
                                 ratio >= 0.9 and (o["r503"] or 0) >= 0.9 * rest))
-    for n, d in (("single", sn), ("farm", fm)):
+    for n, d in (("single", sn), ("farm1", f1), ("farm", fm)):
         m = d.get("memory")
         if m:
             targets.append((f"{res[n]['label']}: memory per binding per replica ≤ 300 B (PSS growth)",
                             f"{fnum(m['per_binding'])} B at {fnum(m['bindings'])} bindings"
                             + ("" if m["lingering_left"] == 0 else " (Timer J lingerers still counted)"),
                             m["per_binding"] <= 300))
-    for n, d in (("single", sn), ("farm", fm)):
+    for n, d in (("single", sn), ("farm1", f1), ("farm", fm)):
         for scenario, what in (("register", "REGISTER"), ("call", "calls")):
             for tool in ("ringmesh-load", "sipp"):
                 k = d.get(("knee", scenario, tool))

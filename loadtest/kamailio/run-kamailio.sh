@@ -19,6 +19,9 @@
 #   --cpu LIST          pin with `taskset -c LIST` (e.g. 1)
 #   --tls PORT CERT KEY SIP over TLS on PORT too (the tls module), with the
 #                       certificate and key files (PEM)
+#   --dmq SEED_PORT     a cluster node: usrloc replicated by DMQ (dmq_usrloc)
+#                       to the other nodes; SEED_PORT is the SIP port (on
+#                       --addr) of the node it first asks for the others
 #   --daemon            start in the background, wait until it answers OPTIONS,
 #                       print its PID (also in RUN/kamailio.pid) and return;
 #                       log in RUN/kamailio.log. Stop it with
@@ -41,6 +44,7 @@ children=2
 malloc=
 cpu=
 tls_port= tls_cert= tls_key=
+dmq_seed=
 daemon=0
 auth=0
 port=
@@ -59,10 +63,11 @@ while [ $# -gt 0 ]; do
 	--malloc) malloc=$2; shift ;;
 	--cpu) cpu=$2; shift ;;
 	--tls) tls_port=$2 tls_cert=$3 tls_key=$4; shift 3 ;;
+	--dmq) dmq_seed=$2; shift ;;
 	--daemon) daemon=1 ;;
 	auth) auth=1 ;;
 	noauth) auth=0 ;;
-	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,33p' "$0"; exit 0 ;;
 	-*) echo "unknown option: $1" >&2; exit 2 ;;
 	*)
 		if [ -n "$port" ]; then echo "unexpected argument: $1" >&2; exit 2; fi
@@ -71,7 +76,7 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case $port in ''|*[!0-9]*) echo "usage: run-kamailio.sh [options] PORT [auth|noauth]" >&2; exit 2 ;; esac
-for v in "$shm" "$pkg" "$children" "$users"; do
+for v in "$shm" "$pkg" "$children" "$users" ${dmq_seed:+"$dmq_seed"}; do
 	case $v in ''|*[!0-9]*) echo "not a number: $v" >&2; exit 2 ;; esac
 done
 
@@ -98,6 +103,9 @@ if [ -n "$malloc" ]; then
 fi
 if [ -n "$tls_port" ]; then
 	set -- "$@" -l "tls:$addr:$tls_port" -A WITH_TLS -A "TLSCERT=\"$tls_cert\"" -A "TLSKEY=\"$tls_key\""
+fi
+if [ -n "$dmq_seed" ]; then
+	set -- "$@" -A WITH_DMQ -A "DMQ_SELF=\"sip:$addr:$port\"" -A "DMQ_SEED=\"sip:$addr:$dmq_seed\""
 fi
 if [ "$auth" = 1 ]; then
 	"$here/gen_subscribers.sh" "$run_dir/dbtext" "$users" "$domain" "$password"
