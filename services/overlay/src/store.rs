@@ -266,6 +266,9 @@ pub struct Store {
     records: BTreeMap<Key, Stored>,
     gc_grace_ms: u64,
     dirty: Option<std::collections::BTreeSet<Key>>,
+    /// Where the next [`Store::collect_garbage_step`] resumes (`None`: from
+    /// the first key).
+    gc_cursor: Option<Key>,
 }
 
 impl Store {
@@ -276,6 +279,7 @@ impl Store {
             records: BTreeMap::new(),
             gc_grace_ms,
             dirty: track_dirty.then(Default::default),
+            gc_cursor: None,
         }
     }
 
@@ -355,17 +359,39 @@ impl Store {
         r
     }
 
-    /// Drops collectable entries and then empty records; returns how many
-    /// records changed.
+    /// Drops collectable entries and then empty records, in the whole
+    /// store; returns how many records changed.
     pub fn collect_garbage(&mut self, wall_ms: u64) -> usize {
+        self.gc_cursor = None;
+        self.collect_garbage_step(wall_ms, usize::MAX)
+    }
+
+    /// [`Store::collect_garbage`] over at most `budget` records, from where
+    /// the last step stopped (back to the first key after the last): a
+    /// periodic sweep of a million records then never holds the node for
+    /// the whole pass at once.
+    pub fn collect_garbage_step(&mut self, wall_ms: u64, budget: usize) -> usize {
         let grace = self.gc_grace_ms;
         let mut changed = Vec::new();
-        for (k, s) in self.records.iter_mut() {
+        let from = match self.gc_cursor {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut seen = 0;
+        let mut last = None;
+        for (k, s) in self
+            .records
+            .range_mut((from, Bound::Unbounded))
+            .take(budget)
+        {
+            seen += 1;
+            last = Some(*k);
             if s.record.collect_garbage(wall_ms, grace) {
                 s.digest = s.record.digest(k);
                 changed.push(*k);
             }
         }
+        self.gc_cursor = if seen == budget { last } else { None };
         for k in &changed {
             if self.records.get(k).is_some_and(|s| s.record.is_empty()) {
                 self.records.remove(k);
@@ -385,6 +411,15 @@ impl Store {
         range: RingRange,
         after: Option<Key>,
     ) -> impl Iterator<Item = (&Key, &Record)> {
+        self.stored_after(range, after).map(|(k, s)| (k, &s.record))
+    }
+
+    /// [`Store::range_after`] with each record's digest at hand.
+    fn stored_after(
+        &self,
+        range: RingRange,
+        after: Option<Key>,
+    ) -> impl Iterator<Item = (&Key, &Stored)> {
         use Bound::{Excluded, Included, Unbounded};
         let lo = Key::last_at(range.start);
         let hi = Key::last_at(range.end);
@@ -415,7 +450,6 @@ impl Store {
             .into_iter()
             .flatten()
             .chain(second.into_iter().flatten())
-            .map(|(k, s)| (k, &s.record))
     }
 
     pub fn range(&self, range: RingRange) -> impl Iterator<Item = (&Key, &Record)> {
@@ -424,13 +458,13 @@ impl Store {
 
     /// Keys and digests in `range`.
     pub fn digests(&self, range: RingRange) -> impl Iterator<Item = (Key, u64)> + '_ {
-        self.range(range).map(|(k, _)| (*k, self.records[k].digest))
+        self.stored_after(range, None).map(|(k, s)| (*k, s.digest))
     }
 
     pub fn summary(&self, range: RingRange) -> Summary {
         let mut s = Summary::default();
-        for (k, _) in self.range(range) {
-            s.add(self.records[k].digest);
+        for (_, stored) in self.stored_after(range, None) {
+            s.add(stored.digest);
         }
         s
     }
@@ -440,9 +474,9 @@ impl Store {
     pub fn part_summaries(&self, range: RingRange, bits: u32) -> Option<Vec<Summary>> {
         range.split(bits)?;
         let mut out = vec![Summary::default(); 1 << bits];
-        for (k, _) in self.range(range) {
+        for (k, stored) in self.stored_after(range, None) {
             let i = range.part_of(bits, k.position())?;
-            out[i].add(self.records[k].digest);
+            out[i].add(stored.digest);
         }
         Some(out)
     }
@@ -593,6 +627,26 @@ mod tests {
         // A stale replica pushes the collected entry back: ignored.
         assert!(!s.merge(k, [&e], 11_001));
         assert!(s.get(&k).is_none());
+    }
+
+    #[test]
+    fn gc_steps_resume_where_they_stopped_and_wrap() {
+        let mut s = Store::new(1000, true);
+        let keys: Vec<Key> = (0..10u8).map(|i| Key::hash(&[i])).collect();
+        let e = entry(1, 1, 1, false); // expires 10_001
+        for k in &keys {
+            assert!(s.merge(*k, [&e], 5000));
+        }
+        // Four records a step: 4, 4, then the last 2 and back to the start.
+        assert_eq!(s.collect_garbage_step(20_000, 4), 4);
+        assert_eq!(s.len(), 6);
+        assert_eq!(s.collect_garbage_step(20_000, 4), 4);
+        assert_eq!(s.collect_garbage_step(20_000, 4), 2);
+        assert!(s.is_empty());
+        // Wrapped: a record written since is reached by the next step.
+        assert!(s.merge(keys[0], [&e], 5000));
+        assert_eq!(s.collect_garbage_step(20_000, 4), 1);
+        assert!(s.is_empty());
     }
 
     #[test]

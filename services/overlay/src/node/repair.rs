@@ -30,6 +30,10 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Records one sweep hands off at most, so a large ownership change is
 /// spread over several rounds instead of one burst.
 const SWEEP_BATCHES: usize = 4;
+/// Records whose expired entries one sweep collects: the store is swept a
+/// step at a time (a million records in 20 sweeps), so that no sweep holds
+/// the node, and the SIP core sharing its core, for a whole pass.
+const GC_STEP: usize = 50_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum PushPurpose {
@@ -220,7 +224,7 @@ impl Node {
         if self.phase != Phase::Alive {
             return;
         }
-        self.store.collect_garbage(c.wall);
+        self.store.collect_garbage_step(c.wall, GC_STEP);
         let ring = Ring::new(&self.view);
         let Some(outside) = ring
             .replica_range(self.cfg.id, self.cfg.replicas)
