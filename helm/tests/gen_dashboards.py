@@ -517,6 +517,9 @@ def overlay():
     b.ts("Repaired records", [(
         f"sum by (node) ({rate('ringmesh_overlay_repaired_records_total')})", "{{node}}")], unit="ops",
         description="Records changed by hand-off (join, leave) or anti-entropy repair.")
+    b.ts("Records held", [(f"max by (node) (ringmesh_overlay_records{{{S}}})", "{{node}}")],
+         description="Records in each node's overlay store, one per address of record: a node "
+                     "restarted with its data directory wiped refills from its replicas.")
     b.ts("Anti-entropy rounds", [(
         f"sum by (node) ({rate('ringmesh_overlay_anti_entropy_rounds_total')})", "{{node}}")], unit="ops",
         description="Anti-entropy rounds run by each node.")

@@ -344,6 +344,7 @@ pub struct Metrics {
     pub overlay_writes: IntCounterVec,
     pub quorum_failures: IntCounter,
     pub replicas_below_k: IntGauge,
+    pub records: IntGauge,
     pub repairs: IntCounter,
     pub anti_entropy_rounds: IntCounter,
     pub failures_detected: IntCounter,
@@ -735,6 +736,11 @@ impl Metrics {
                 r,
                 "ringmesh_overlay_replicas_below_k",
                 "Replicas of this node's range not confirmed in sync at the last anti-entropy round",
+            ),
+            records: gauge(
+                r,
+                "ringmesh_overlay_records",
+                "Records (one per address of record or other key) this node's overlay store holds",
             ),
             repairs: counter(
                 r,

@@ -484,6 +484,7 @@ impl Driver {
         self.metrics
             .replicas_below_k
             .set(status.replicas_below_k as i64);
+        self.metrics.records.set(status.records as i64);
         let st = self.node.stats();
         let seen = &mut self.stats_seen;
         self.metrics
