@@ -126,10 +126,11 @@ ops:
 fuzz:
 	services/sip/fuzz/run.sh $(FUZZ_SECONDS)
 
-## Ringmesh vs Kamailio side by side: servers on CPU 1, load on CPU 0, at
-## normal scheduling priority (as a pod runs), about 25 minutes; the table
-## goes to docs/benchmarks.md. `make bench BENCH_ARGS=--quick` is a
-## 5-minute smoke run. Then SIP over TLS against Kamailio's tls module
+## Ringmesh vs Kamailio side by side (one node each, and a 3-node farm vs
+## a 3-node Kamailio DMQ cluster): servers on CPU 1, load on CPU 0, at
+## normal scheduling priority (as a pod runs), about 40 minutes; the table
+## goes to docs/benchmarks.md. `make bench BENCH_ARGS=--quick` is an
+## 8-minute smoke run. Then SIP over TLS against Kamailio's tls module
 ## (loadtest/bench/tls.py, about 5 minutes; TLS_BENCH_ARGS=--quick).
 bench: deps-test release
 	python3 loadtest/bench/bench.py $(BENCH_ARGS)

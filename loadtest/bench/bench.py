@@ -232,6 +232,10 @@ class Server:
     def targets(self):
         return [self.sip]
 
+    def replicas(self):
+        """How many copies of each binding the server keeps."""
+        return 1
+
 
 def flags_for_load(binary, command):
     """The flags the load generators need, where `binary command` has them
@@ -316,6 +320,9 @@ class Farm(Server):
 
     def targets(self):
         return [n["sip"] for n in self.nodes]
+
+    def replicas(self):
+        return int(self.dev_args[self.dev_args.index("--replicas") + 1])
 
     def metrics_addrs(self):
         return [n["metrics"] for n in self.nodes]
@@ -515,8 +522,10 @@ def server_cpu(server):
     return pids, cpu_ticks(pids)
 
 
-def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
-    """One ringmesh-load run; returns a result dict."""
+def run_rml(a, server, scenario, rate, seconds, users, name, extra=(), refresh=None):
+    """One ringmesh-load run; returns a result dict. REGISTERs are of
+    distinct users, unless the server's digest users or `refresh` users
+    (0..refresh-1) are registered and then refreshed over and over."""
     out = os.path.join(a.work, f"{name}.json")
     argv = ["timeout", str(seconds + 80), "taskset", "-c", str(a.load_cpu),
             os.path.join(BIN, "ringmesh-load"), "--no-progress", "--json-out", out,
@@ -527,9 +536,10 @@ def run_rml(a, server, scenario, rate, seconds, users, name, extra=()):
     else:
         for t in server.targets():
             argv += ["--target", t]
-    if scenario == "register" and server.digest_users:
-        argv += ["--refresh", "--users", str(server.digest_users), "--user-start", "0",
-                 "--password", "secret"]
+    if scenario == "register" and (server.digest_users or refresh):
+        argv += ["--refresh", "--users", str(server.digest_users or refresh), "--user-start", "0"]
+        if server.digest_users:
+            argv += ["--password", "secret"]
     elif scenario == "register":
         n = int(rate * seconds)
         argv += ["--users", str(n), "--user-start", str(users.take(n)), "--count", str(n)]
@@ -737,7 +747,7 @@ def memory_phase(a, server, users, tag):
     lingers (full run), and returns RSS growth per binding per replica."""
     if not isinstance(server, (Supernode, Farm)):
         return None
-    replicas = 3 if isinstance(server, Farm) else 1
+    replicas = server.replicas()
     pids = server.pids()
     rss0 = rss_bytes(pids)
     rate = a.mem_rate
