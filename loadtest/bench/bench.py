@@ -742,6 +742,18 @@ def machine():
     return {"model": model, "cores": cores, "kernel": kernel, "versions": ver.strip("; ")}
 
 
+def wait_quiet(server, limit):
+    """Waits (at most `limit` s) until no answered transaction lingers in
+    Timer J: their memory and timers are not what is measured. Returns the
+    seconds waited."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if metric_sum(server.metrics_addrs(), "ringmesh_sip_transactions_lingering") == 0:
+            break
+        time.sleep(1)
+    return time.time() - t0
+
+
 def memory_phase(a, server, users, tag):
     """Registers a.mem_bindings distinct users, waits until no transaction
     lingers (full run), and returns RSS growth per binding per replica."""
@@ -754,14 +766,7 @@ def memory_phase(a, server, users, tag):
     r = run_rml(a, server, "register", rate, a.mem_bindings / rate, users, f"{tag}_memory")
     if r is None:
         return None
-    waited = 0.0
-    if not a.quick:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if metric_sum(server.metrics_addrs(), "ringmesh_sip_transactions_lingering") == 0:
-                break
-            time.sleep(1)
-            waited += 1
+    waited = 0.0 if a.quick else wait_quiet(server, 60)
     rss1 = rss_bytes(pids)
     return {"bindings": r["ok"], "replicas": replicas, "rss_delta": rss1 - rss0,
             "per_binding": (rss1 - rss0) / max(r["ok"] * replicas, 1), "waited": waited,
