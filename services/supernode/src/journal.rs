@@ -9,11 +9,17 @@
 //! SIP core and the transport readers that share it, the datagrams wait in
 //! the kernel, and overload control sees a queue that is not there.
 //!
-//! Durability: a frame reaches the page cache within moments of the driver
-//! turn that made it (a killed process loses at most the frames still in
-//! the channel, which the other replicas hold); `fdatasync` runs once a
-//! second (a power cut loses at most that second). Dropping the
+//! Durability: a frame reaches the page cache within `GATHER` (5 ms) of the
+//! driver turn that made it (a killed process loses at most the frames
+//! still in the channel, which the other replicas hold); `fdatasync` runs
+//! once a second (a power cut loses at most that second). Dropping the
 //! [`Journal`] writes what is queued, syncs and joins the thread.
+//!
+//! Cost: after each write the thread rests for `GATHER` before it takes
+//! the next batch, so under load it wakes and writes once per `GATHER`
+//! with every driver turn of that time in one `write(2)`, not once per
+//! turn: on a node whose core is busy, a wake-up per turn (thousands a
+//! second) costs context switches that the SIP path pays for.
 //!
 //! Compaction: when the file grows past [`compact_after`] the
 //! thread replays its own file (last frame per key wins), writes the live
@@ -32,6 +38,9 @@ use ringmesh_overlay::persist;
 
 /// How often written frames are synced to the device.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the journal thread gathers batches after a write.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The journal of one node: frames go in on the overlay task and are
 /// written by the journal thread.
@@ -162,11 +171,12 @@ impl Writer {
                 Duration::from_secs(3600)
             };
             match rx.recv_timeout(wait) {
-                Ok(batch) => {
-                    self.write(&batch);
+                Ok(mut batch) => {
                     while let Ok(more) = rx.try_recv() {
-                        self.write(&more);
+                        batch.extend_from_slice(&more);
                     }
+                    self.write(&batch);
+                    std::thread::sleep(GATHER);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
