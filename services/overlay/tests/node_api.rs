@@ -174,6 +174,7 @@ fn join_protocol_between_two_nodes_by_hand() {
     });
     let route = a.route(&key_near_b);
     assert_eq!(route.replicas, vec![b.id(), a.id()]);
+    assert_eq!(a.primary(&key_near_b), Some(b.id()), "the first replica");
     assert_eq!(route.next_hop, NextHop::Forward(b.id()));
     assert_eq!(b.route(&key_near_b).next_hop, NextHop::Local);
 }

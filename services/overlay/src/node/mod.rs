@@ -493,6 +493,12 @@ impl Node {
         }
     }
 
+    /// The first of a key's replicas (its primary) as this node sees it:
+    /// [`Node::route`]'s first replica, without building the route.
+    pub fn primary(&self, key: &Key) -> Option<NodeId> {
+        Ring::new(&self.view).successor(key.position())
+    }
+
     /// A key's replica set and next hop as this node sees it, without
     /// sending anything.
     pub fn route(&self, key: &Key) -> Route {

@@ -562,7 +562,7 @@ impl Driver {
                 continue;
             }
             aors += 1;
-            if self.node.route(key).replicas.first() == Some(&me) {
+            if self.node.primary(key) == Some(me) {
                 primary += live;
             } else {
                 replica += live;
