@@ -486,6 +486,17 @@ pub struct SupernodeArgs {
     /// subscriber directory, for a whole delay interval.
     #[arg(long, env = "RINGMESH_OVERLOAD_MAX_PENDING", default_value_t = 500)]
     pub overload_max_pending: usize,
+    /// Overload control: the target wait of a location operation on the
+    /// ring, milliseconds. New requests are shed once every operation
+    /// that finished for a whole `overload-delay-interval-ms` took longer
+    /// than this (CoDel's rule, as for the queueing delay): the ring is a
+    /// queue of its own, invisible in the core's.
+    #[arg(
+        long,
+        env = "RINGMESH_OVERLOAD_PENDING_DELAY_MS",
+        default_value_t = 150
+    )]
+    pub overload_pending_delay_ms: u64,
     /// Seconds a client turned away by overload control (or an
     /// unavailable store) is asked to wait: the Retry-After of the 503.
     #[arg(long, env = "RINGMESH_OVERLOAD_RETRY_AFTER", default_value_t = 5)]
@@ -584,6 +595,8 @@ pub struct OverloadConfig {
     pub max_transactions: usize,
     /// Requests waiting for the location service or the directory.
     pub max_pending: usize,
+    /// Target wait of a location operation on the ring.
+    pub pending_delay: Duration,
     /// Retry-After of the 503, seconds.
     pub retry_after: u32,
 }
@@ -951,6 +964,11 @@ impl SupernodeArgs {
                 100..,
             )?,
             max_pending: in_range("overload-max-pending", self.overload_max_pending, 10..)?,
+            pending_delay: Duration::from_millis(in_range(
+                "overload-pending-delay-ms",
+                self.overload_pending_delay_ms,
+                1..=10_000,
+            )?),
             retry_after: in_range("overload-retry-after", self.overload_retry_after, 1..=3600)?,
         };
         let data = match self.data {
@@ -1374,6 +1392,7 @@ mod tests {
                 delay_interval: Duration::from_millis(100),
                 max_transactions: 1_000_000,
                 max_pending: 500,
+                pending_delay: Duration::from_millis(150),
                 retry_after: 5,
             }
         );
@@ -1383,7 +1402,8 @@ mod tests {
             &path,
             "overload-queue-depth = 512\noverload-queue-delay-ms = 5\n\
              overload-max-transactions = 20000\noverload-retry-after = 30\n\
-             overload-max-pending = 300\noverload-delay-interval-ms = 250\n",
+             overload-max-pending = 300\noverload-delay-interval-ms = 250\n\
+             overload-pending-delay-ms = 40\n",
         )
         .unwrap();
         let c = resolve(&[
@@ -1398,6 +1418,7 @@ mod tests {
         assert_eq!(c.overload.delay_interval, Duration::from_millis(250));
         assert_eq!(c.overload.max_transactions, 20_000);
         assert_eq!(c.overload.max_pending, 300);
+        assert_eq!(c.overload.pending_delay, Duration::from_millis(40));
         assert_eq!(c.overload.retry_after, 7, "a flag beats the file");
         assert_eq!(
             c.presize_transactions, 20_000,
@@ -1418,6 +1439,7 @@ mod tests {
             ("--overload-max-transactions", "10"),
             ("--overload-retry-after", "0"),
             ("--overload-max-pending", "1"),
+            ("--overload-pending-delay-ms", "0"),
         ] {
             let e = resolve(&[flag, value]).unwrap_err();
             assert_eq!(e.key, flag.trim_start_matches("--"));

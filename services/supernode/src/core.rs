@@ -205,9 +205,7 @@ impl SipCore {
                     }
                     since_yield += n;
                 }
-                c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => {
-                    self.proxy.handle_location(c, now());
-                }
+                c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => self.located(c),
                 Some((token, answer)) = fetched => {
                     self.proxy.handle_subscriber(token, answer, now());
                 }
@@ -251,7 +249,7 @@ impl SipCore {
                 Action::Location { token, op } => {
                     self.location.submit(op, token);
                     while let Poll::Ready(c) = self.location.poll_complete(&mut cx) {
-                        self.proxy.handle_location(c, now());
+                        self.located(c);
                     }
                 }
                 Action::CallRecord(r) => {
@@ -282,6 +280,17 @@ impl SipCore {
         }
     }
 
+    /// A location operation finished: its wait on the ring is an overload
+    /// signal, its result goes to the proxy.
+    fn located(&mut self, c: ringmesh_proxy::location::Completion) {
+        if let Some(wait) = self.location.waited() {
+            self.shared
+                .overload
+                .observe_pending_wait(wait, std::time::Instant::now());
+        }
+        self.proxy.handle_location(c, now());
+    }
+
     /// Publishes the overload signals the transport readers act on, and
     /// the matching gauges.
     fn publish_load(&self, depth: usize) {
@@ -294,7 +303,14 @@ impl SipCore {
         });
         o.transactions
             .store(load.transactions, std::sync::atomic::Ordering::Relaxed);
-        o.observe_pending(load.pending, std::time::Instant::now());
+        let at = std::time::Instant::now();
+        o.observe_pending(load.pending, at);
+        if load.pending == 0 {
+            // Nothing waits for the ring: its queue is empty, whatever the
+            // last answer's wait (two slow answers a second apart are not
+            // a standing queue).
+            o.observe_pending_wait(Duration::ZERO, at);
+        }
         self.metrics
             .transactions
             .set(load.transactions_total as i64);

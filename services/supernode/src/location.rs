@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use ringmesh_proxy::location::{Completion, Held, LocalStore, LocationOp};
 
@@ -14,6 +15,12 @@ pub trait LocationService: Send + 'static {
     /// The next finished operation. The local store finishes during
     /// `submit`; the ring wakes the task when an answer arrives.
     fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<Completion>;
+    /// How long the operation last returned by `poll_complete` waited,
+    /// from its `submit`, when it could wait at all (the ring: overload
+    /// control judges it); `None` for a store that answers at once.
+    fn waited(&self) -> Option<Duration> {
+        None
+    }
     /// Drops expired bindings; called once a second.
     fn expire(&mut self, now_ms: u64);
     /// What this node holds, for metrics.

@@ -22,11 +22,17 @@
 //!   (a reader then sheds new work instead of waiting for room).
 //! - **transactions** (`overload-max-transactions`): the transactions the
 //!   core holds, a hard bound on their memory.
-//! - **pending** (`overload-max-pending`): requests waiting for the location
-//!   service or the subscriber directory. In a farm the ring is a queue of
-//!   its own, invisible in the core's, which would otherwise fill until
-//!   operations time out (late 503s, retransmissions, collapse). Judged
-//!   like the delay: over the limit for a whole interval.
+//! - **pending**: in a farm the ring is a queue of its own, invisible in
+//!   the core's, which would otherwise fill until operations time out
+//!   (late 503s, retransmissions, collapse). Judged like the queueing
+//!   delay on each location operation's wait, from the moment the core
+//!   handed it to the ring to its answer, against
+//!   `overload-pending-delay-ms`: a wait, unlike a count, means the same
+//!   on a small pod and a large server, so admitted requests wait about
+//!   the target wherever the node runs. A bound on the count of requests
+//!   waiting for the ring or the subscriber directory
+//!   (`overload-max-pending`, over it for a whole interval) holds their
+//!   memory when no operation finishes at all.
 //!
 //! A node shutting down sheds every new request (`draining`) while it
 //! finishes what it has.
@@ -161,6 +167,7 @@ pub struct Overload {
     epoch: Instant,
     delay: Sustained,
     pending_over: Sustained,
+    pending_wait: Sustained,
     /// Transactions the core holds, Timer J lingerers not counted.
     pub transactions: AtomicUsize,
     /// Requests waiting for the location service or the directory.
@@ -181,6 +188,7 @@ impl Overload {
             epoch: Instant::now(),
             delay: Sustained::default(),
             pending_over: Sustained::default(),
+            pending_wait: Sustained::default(),
             transactions: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             core_wait_us: AtomicU64::new(0),
@@ -218,6 +226,16 @@ impl Overload {
         );
     }
 
+    /// How long one location operation waited for the ring, observed by
+    /// the core when its answer came.
+    pub fn observe_pending_wait(&self, wait: Duration, now: Instant) {
+        self.pending_wait.observe(
+            wait > self.limits.pending_delay,
+            self.micros(now),
+            self.interval_us(),
+        );
+    }
+
     /// From now on every new request is refused (the node shuts down).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -249,7 +267,7 @@ impl Overload {
             Some(ShedReason::QueueDelay)
         } else if self.transactions.load(Ordering::Relaxed) >= self.limits.max_transactions {
             Some(ShedReason::Transactions)
-        } else if self.pending_over.is_active() {
+        } else if self.pending_over.is_active() || self.pending_wait.is_active() {
             Some(ShedReason::Pending)
         } else {
             None
@@ -333,6 +351,7 @@ mod tests {
             delay_interval: ms(100),
             max_transactions: 1000,
             max_pending: 50,
+            pending_delay: ms(30),
             retry_after: 7,
         }
     }
@@ -422,6 +441,33 @@ Content-Length: 0\n\n";
         assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
         o.observe_pending(49, t0 + ms(202));
         assert_eq!(o.shed_reason(0), None);
+    }
+
+    #[test]
+    fn ring_waits_shed_when_every_one_is_long_for_an_interval() {
+        let o = Overload::new(limits());
+        let t0 = o.epoch;
+        // A slow replica: one operation in ten waits 200 ms, the others
+        // are answered at once. Nothing to shed.
+        for t in 0..300 {
+            let wait = if t % 10 == 0 { ms(200) } else { ms(2) };
+            o.observe_pending_wait(wait, t0 + ms(t));
+        }
+        assert_eq!(o.shed_reason(0), None);
+        // A standing queue on the ring: every answer waits 40 ms.
+        for t in 300..399 {
+            o.observe_pending_wait(ms(40), t0 + ms(t));
+        }
+        assert_eq!(o.shed_reason(0), None, "not yet a whole interval");
+        o.observe_pending_wait(ms(40), t0 + ms(400));
+        assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
+        assert!(o.is_overloaded(), "told to the other members");
+        // The first answer under the target ends it; the next over it,
+        // soon after, resumes it at once.
+        o.observe_pending_wait(ms(29), t0 + ms(401));
+        assert_eq!(o.shed_reason(0), None);
+        o.observe_pending_wait(ms(31), t0 + ms(402));
+        assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
     }
 
     #[test]

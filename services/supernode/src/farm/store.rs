@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use ringmesh_overlay::{Entry, Key};
 use ringmesh_proxy::binding::{Binding, BindingKey, EntryFacts, is_binding_id};
@@ -96,6 +97,10 @@ pub struct OverlayStore {
     farm: FarmHandle,
     replies: mpsc::Receiver<Reply>,
     pending: HashMap<u64, (Key, Stage)>,
+    /// When each operation of the proxy was submitted, by its token.
+    submitted: HashMap<u64, Instant>,
+    /// How long the last completed operation waited.
+    waited: Option<Duration>,
     done: VecDeque<Completion>,
     /// Tombstones outlive any binding they remove.
     tombstone_ms: u64,
@@ -120,6 +125,8 @@ impl OverlayStore {
             farm,
             replies,
             pending: HashMap::new(),
+            submitted: HashMap::new(),
+            waited: None,
             done: VecDeque::new(),
             tombstone_ms: u64::from(max_expires_secs) * 1000 + 60_000,
             next_own_token: OWN_TOKEN,
@@ -632,6 +639,7 @@ impl Found {
 
 impl LocationService for OverlayStore {
     fn submit(&mut self, op: LocationOp, token: u64) {
+        self.submitted.insert(token, Instant::now());
         let (key, stage) = match op {
             LocationOp::Register {
                 aor,
@@ -713,6 +721,7 @@ impl LocationService for OverlayStore {
     fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
         loop {
             if let Some(c) = self.done.pop_front() {
+                self.waited = self.submitted.remove(&c.0).map(|t| t.elapsed());
                 return Poll::Ready(c);
             }
             match self.replies.poll_recv(cx) {
@@ -720,6 +729,10 @@ impl LocationService for OverlayStore {
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    fn waited(&self) -> Option<Duration> {
+        self.waited
     }
 
     fn expire(&mut self, _now_ms: u64) {
