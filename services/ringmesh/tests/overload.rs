@@ -67,6 +67,17 @@ fn pin(pid: u32) {
     }
 }
 
+/// The release ringmesh-load, on CPU 0 when there are two.
+fn load_generator() -> Command {
+    if two_cpus() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(release_bin("ringmesh-load"));
+        c
+    } else {
+        Command::new(release_bin("ringmesh-load"))
+    }
+}
+
 /// `ringmesh_overload_shed_total` of every node, for the reasons that
 /// start with `reason` (all of them with "").
 fn shed_for(farm: &Farm, reason: &str) -> f64 {
@@ -263,13 +274,7 @@ fn a_real_overload_is_shed_with_retry_after_and_the_node_keeps_its_capacity() {
 
     let work = tempfile::tempdir().unwrap();
     let report = work.path().join("load.json");
-    let mut cmd = if two_cpus() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(release_bin("ringmesh-load"));
-        c
-    } else {
-        Command::new(release_bin("ringmesh-load"))
-    };
+    let mut cmd = load_generator();
     cmd.args([
         "--target",
         &node.to_string(),
@@ -357,13 +362,7 @@ fn a_real_overload_is_shed_with_retry_after_and_the_node_keeps_its_capacity() {
 fn register_storm(farm: &Farm, rate: u32, count: u32) -> serde_json::Value {
     let work = tempfile::tempdir().unwrap();
     let report = work.path().join("load.json");
-    let mut cmd = if two_cpus() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(release_bin("ringmesh-load"));
-        c
-    } else {
-        Command::new(release_bin("ringmesh-load"))
-    };
+    let mut cmd = load_generator();
     for n in &farm.nodes {
         cmd.args(["--target", &n.sip.to_string()]);
     }
