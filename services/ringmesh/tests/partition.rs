@@ -443,12 +443,19 @@ fn a_partition_between_racks_loses_nothing_and_converges() {
 
     racks.cut();
     let cut_at = Instant::now();
-    // Each side serves again once it has declared the other side dead and
-    // re-formed its replica sets: probe with a scratch user per side.
+    // Each side serves again once it has declared the other side dead
+    // (every node of it sees a ring of three) and re-formed its replica
+    // sets: probe with a scratch user per side. Until then a record whose
+    // write quorum is on the far side cannot be written (503 at the
+    // operation deadline), whatever the probe's own record does.
     let mut serving = [None, None];
     while serving.iter().any(Option::is_none) && cut_at.elapsed() < CUT {
         for rack in 0..2 {
             if serving[rack].is_none()
+                && nodes
+                    .iter()
+                    .filter(|n| n.rack == rack)
+                    .all(|n| node_metric(&racks, n, "ringmesh_overlay_ring_size") == Some(3.0))
                 && m.register(
                     &phones[rack],
                     rack,
@@ -461,6 +468,7 @@ fn a_partition_between_racks_loses_nothing_and_converges() {
                 serving[rack] = Some(cut_at.elapsed());
             }
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!(
         "after the cut, rack A serves again after {:?}, rack B after {:?}",
