@@ -117,6 +117,13 @@ impl Key {
         u128::from_be_bytes(p)
     }
 
+    /// The least key at a position.
+    pub fn first_at(pos: Position) -> Self {
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&pos.to_be_bytes());
+        Key(b)
+    }
+
     /// The greatest key at a position. Keys sort by position first, so the
     /// keys at positions in `(a, b]` are exactly those in
     /// `(Key::last_at(a), Key::last_at(b)]`; the store's range scans use it.
@@ -189,21 +196,6 @@ impl RingRange {
             out.push(RingRange::new(s, e));
         }
         Some(out)
-    }
-
-    /// Which of the `2^bits` parts of [`split`](Self::split) holds `p`
-    /// (which must lie in the interval). One division instead of a search,
-    /// so range digests are a single pass over the records.
-    pub fn part_of(&self, bits: u32, p: Position) -> Option<usize> {
-        let step = self.step(bits)?;
-        // Offset within (start, end], in 1..=width; the full ring's width
-        // 2^128 wraps to 0, which belongs to the last part.
-        let off = p.wrapping_sub(self.start);
-        let last = (1usize << bits) - 1;
-        if off == 0 {
-            return Some(last);
-        }
-        Some((((off - 1) / step) as usize).min(last))
     }
 
     fn step(&self, bits: u32) -> Option<u128> {
@@ -279,15 +271,9 @@ mod tests {
             prop_assume!(r.contains(p));
             if let Some(parts) = r.split(4) {
                 prop_assert_eq!(parts.len(), 16);
-                let holders: Vec<usize> = parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, q)| q.contains(p))
-                    .map(|(i, _)| i)
-                    .collect();
-                // Exactly one part holds p, and part_of finds it.
-                prop_assert_eq!(holders.len(), 1);
-                prop_assert_eq!(r.part_of(4, p), Some(holders[0]));
+                // Exactly one part holds p.
+                let holders = parts.iter().filter(|q| q.contains(p)).count();
+                prop_assert_eq!(holders, 1);
                 prop_assert_eq!(parts[0].start, r.start);
                 prop_assert_eq!(parts[15].end, r.end);
             }
