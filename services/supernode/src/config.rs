@@ -497,6 +497,16 @@ pub struct SupernodeArgs {
         default_value_t = 150
     )]
     pub overload_pending_delay_ms: u64,
+    /// Overload control, in a farm: how long this node must shed new
+    /// requests without a break, for its queueing delay or its waits for
+    /// the ring, before it tells the other members to refuse new calls
+    /// for its phones, milliseconds. Shedding what enters here drains a
+    /// backlog within a few intervals when this node's own traffic is the
+    /// cause; shedding that goes on unbroken means calls sent on by the
+    /// others (which it never sheds) keep it over. A hard limit
+    /// (--overload-max-transactions) is told at once.
+    #[arg(long, env = "RINGMESH_OVERLOAD_MARK_AFTER_MS", default_value_t = 1000)]
+    pub overload_mark_after_ms: u64,
     /// Seconds a client turned away by overload control (or an
     /// unavailable store) is asked to wait: the Retry-After of the 503.
     #[arg(long, env = "RINGMESH_OVERLOAD_RETRY_AFTER", default_value_t = 5)]
@@ -597,6 +607,9 @@ pub struct OverloadConfig {
     pub max_pending: usize,
     /// Target wait of a location operation on the ring.
     pub pending_delay: Duration,
+    /// Unbroken shedding, for a signal judged over time, before the other
+    /// members are told.
+    pub mark_after: Duration,
     /// Retry-After of the 503, seconds.
     pub retry_after: u32,
 }
@@ -968,6 +981,11 @@ impl SupernodeArgs {
                 "overload-pending-delay-ms",
                 self.overload_pending_delay_ms,
                 1..=10_000,
+            )?),
+            mark_after: Duration::from_millis(in_range(
+                "overload-mark-after-ms",
+                self.overload_mark_after_ms,
+                0..=60_000,
             )?),
             retry_after: in_range("overload-retry-after", self.overload_retry_after, 1..=3600)?,
         };
@@ -1393,6 +1411,7 @@ mod tests {
                 max_transactions: 1_000_000,
                 max_pending: 500,
                 pending_delay: Duration::from_millis(150),
+                mark_after: Duration::from_millis(1000),
                 retry_after: 5,
             }
         );
@@ -1403,7 +1422,7 @@ mod tests {
             "overload-queue-depth = 512\noverload-queue-delay-ms = 5\n\
              overload-max-transactions = 20000\noverload-retry-after = 30\n\
              overload-max-pending = 300\noverload-delay-interval-ms = 250\n\
-             overload-pending-delay-ms = 40\n",
+             overload-pending-delay-ms = 40\noverload-mark-after-ms = 300\n",
         )
         .unwrap();
         let c = resolve(&[
@@ -1419,6 +1438,7 @@ mod tests {
         assert_eq!(c.overload.max_transactions, 20_000);
         assert_eq!(c.overload.max_pending, 300);
         assert_eq!(c.overload.pending_delay, Duration::from_millis(40));
+        assert_eq!(c.overload.mark_after, Duration::from_millis(300));
         assert_eq!(c.overload.retry_after, 7, "a flag beats the file");
         assert_eq!(
             c.presize_transactions, 20_000,
@@ -1440,6 +1460,7 @@ mod tests {
             ("--overload-retry-after", "0"),
             ("--overload-max-pending", "1"),
             ("--overload-pending-delay-ms", "0"),
+            ("--overload-mark-after-ms", "60001"),
         ] {
             let e = resolve(&[flag, value]).unwrap_err();
             assert_eq!(e.key, flag.trim_start_matches("--"));

@@ -119,6 +119,8 @@ pub struct Sustained {
     /// When the signal last stopped being sustained (same clock, plus
     /// one); zero if never.
     ended: AtomicU64,
+    /// When the signal last became sustained (same clock, plus one).
+    began: AtomicU64,
     active: AtomicBool,
 }
 
@@ -148,6 +150,7 @@ impl Sustained {
         let ended = self.ended.load(Ordering::Relaxed);
         let recent = ended != 0 && now < ended + RECENT_INTERVALS * interval_us;
         if recent || now >= since + interval_us {
+            self.began.store(now, Ordering::Relaxed);
             self.active.store(true, Ordering::Relaxed);
             return true;
         }
@@ -156,6 +159,13 @@ impl Sustained {
 
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// How long the signal has been sustained without a break at `now_us`
+    /// (`None` while it is not).
+    fn active_for(&self, now_us: u64) -> Option<u64> {
+        self.is_active()
+            .then(|| (now_us + 1).saturating_sub(self.began.load(Ordering::Relaxed)))
     }
 }
 
@@ -274,10 +284,28 @@ impl Overload {
         }
     }
 
-    /// Whether new requests are shed for overload (not for a shutdown):
-    /// what this node tells the other members (`farm`).
-    pub fn is_overloaded(&self) -> bool {
-        !matches!(self.shed_reason(0), None | Some(ShedReason::Draining))
+    /// What this node tells the other members (`farm`): whether they must
+    /// refuse new calls for its phones. Yes at a hard limit; for a signal
+    /// judged over time, only once this node has shed without a break for
+    /// `mark_after`. Shedding what enters here drains a backlog this
+    /// node's own traffic made within a few intervals, shedding and
+    /// admitting by turns; on a core shared with the other members, all
+    /// of them shed by turns together, and a call refused for its callee's
+    /// node after its caller's node took it and looked the callee up is
+    /// work thrown away. Shedding that never breaks means work this node
+    /// cannot shed (calls the others send on) keeps it over.
+    pub fn is_overloaded(&self, now: Instant) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.transactions.load(Ordering::Relaxed) >= self.limits.max_transactions {
+            return true;
+        }
+        let (now, after) = (self.micros(now), self.limits.mark_after.as_micros() as u64);
+        [&self.delay, &self.pending_over, &self.pending_wait]
+            .iter()
+            .filter_map(|s| s.active_for(now))
+            .any(|unbroken| unbroken >= after)
     }
 
     /// The `Retry-After` value of the 503s this node writes.
@@ -352,6 +380,7 @@ mod tests {
             max_transactions: 1000,
             max_pending: 50,
             pending_delay: ms(30),
+            mark_after: ms(500),
             retry_after: 7,
         }
     }
@@ -461,13 +490,56 @@ Content-Length: 0\n\n";
         assert_eq!(o.shed_reason(0), None, "not yet a whole interval");
         o.observe_pending_wait(ms(40), t0 + ms(400));
         assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
-        assert!(o.is_overloaded(), "told to the other members");
         // The first answer under the target ends it; the next over it,
         // soon after, resumes it at once.
         o.observe_pending_wait(ms(29), t0 + ms(401));
         assert_eq!(o.shed_reason(0), None);
         o.observe_pending_wait(ms(31), t0 + ms(402));
         assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
+    }
+
+    #[test]
+    fn only_shedding_without_a_break_is_told_to_the_other_members() {
+        let o = Overload::new(limits());
+        let t0 = o.epoch;
+        let told = |t: u64| o.is_overloaded(t0 + ms(t));
+        // A standing queue: shedding starts after an interval (100 ms).
+        feed(&o, t0, 0, 101, |_| ms(30));
+        assert_eq!(o.shed_reason(0), Some(ShedReason::QueueDelay));
+        assert!(!told(101));
+        // Shedding drains it every 80 ms and resumes at once, for two
+        // seconds: this node sheds by turns, the others hear nothing.
+        for k in 0..25 {
+            let s = 101 + 80 * k;
+            feed(&o, t0, s, s + 79, |_| ms(30));
+            assert!(!told(s + 78), "{s}");
+            o.observe_sojourn(ms(1), t0 + ms(s + 79));
+            assert_eq!(o.shed_reason(0), None);
+        }
+        // Now it never drains: told once it has shed for 500 ms unbroken.
+        feed(&o, t0, 2101, 2600, |_| ms(30));
+        assert!(!told(2600));
+        feed(&o, t0, 2600, 2602, |_| ms(30));
+        assert!(told(2601));
+        // The first sojourn under the target lifts it.
+        o.observe_sojourn(ms(1), t0 + ms(2700));
+        assert!(!told(2700));
+        // The same for the waits on the ring.
+        let o = Overload::new(limits());
+        for t in 0..700 {
+            o.observe_pending_wait(ms(40), t0 + ms(t));
+        }
+        assert_eq!(o.shed_reason(0), Some(ShedReason::Pending));
+        assert!(o.is_overloaded(t0 + ms(700)));
+        // A hard limit is told at once, whatever else is going on; a node
+        // shutting down is not overloaded.
+        let o = Overload::new(limits());
+        o.transactions.store(1000, Ordering::Relaxed);
+        assert!(o.is_overloaded(t0));
+        feed(&o, t0, 0, 101, |_| ms(30));
+        assert!(o.is_overloaded(t0 + ms(101)));
+        o.start_draining();
+        assert!(!o.is_overloaded(t0 + ms(102)));
     }
 
     #[test]

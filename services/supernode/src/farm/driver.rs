@@ -403,7 +403,9 @@ impl Driver {
     /// Tells the others whether this node is overloaded, and publishes
     /// which of them said they are, for the SIP core.
     fn exchange_load(&mut self) {
-        self.node.set_load(u32::from(self.overload.is_overloaded()));
+        let now = Instant::now().into_std();
+        self.node
+            .set_load(u32::from(self.overload.is_overloaded(now)));
         let overloaded: HashSet<[u8; 16]> = self
             .node
             .overloaded(Instant::now().into_std())
