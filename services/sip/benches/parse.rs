@@ -28,6 +28,14 @@ fn parse_and_encode(c: &mut Criterion) {
             b.iter(|| Message::parse(black_box(bytes.clone())).unwrap())
         });
     }
+    // What overload control reads of a new request it refuses.
+    let limits = ringmesh_sip::Limits::default();
+    for (name, bytes) in &cases[..2] {
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.bench_function(format!("{name}_shallow"), |b| {
+            b.iter(|| Message::parse_shallow(black_box(bytes.clone()), &limits).unwrap())
+        });
+    }
     g.finish();
     let mut g = c.benchmark_group("encode");
     for (name, bytes) in &cases {

@@ -144,6 +144,23 @@ impl Message {
     }
 
     pub fn parse_with(buf: Bytes, limits: &Limits) -> Result<Message, ParseError> {
+        Self::parse_to(buf, limits, true)
+    }
+
+    /// Parses a message only as far as a stateless answer to it needs: the
+    /// start line, the header index, and the headers a response copies or
+    /// a proxy must check first (Via, From, To, Call-ID, CSeq,
+    /// Max-Forwards, Content-Length), each checked as [`Message::parse_with`]
+    /// checks it. The others (Contact, Route, Expires, option tags) are
+    /// indexed unchecked, and [`Message::expires`] is not read. What parses
+    /// in full parses here with the same view of those headers; overload
+    /// control reads a new request it is about to refuse this way, and
+    /// such a message must never be handed on.
+    pub fn parse_shallow(buf: Bytes, limits: &Limits) -> Result<Message, ParseError> {
+        Self::parse_to(buf, limits, false)
+    }
+
+    fn parse_to(buf: Bytes, limits: &Limits, full: bool) -> Result<Message, ParseError> {
         if buf.len() > limits.max_message {
             return Err(ParseError::too_large("message exceeds the size limit"));
         }
@@ -240,7 +257,7 @@ impl Message {
             content_length: None,
             buf: Bytes::new(),
         };
-        msg.validate(b)?;
+        msg.validate(b, full)?;
         let rest = b.len() - body_start;
         let body_len = match msg.content_length {
             Some(cl) if cl as usize > rest => {
@@ -261,10 +278,25 @@ impl Message {
         Ok(msg)
     }
 
-    /// Checks every header the upper layers rely on and caches the scalars.
-    fn validate(&mut self, b: &[u8]) -> Result<(), ParseError> {
+    /// Checks every header the upper layers rely on (only those of a
+    /// stateless answer unless `full`) and caches the scalars.
+    fn validate(&mut self, b: &[u8], full: bool) -> Result<(), ParseError> {
         let mut seen = [false; MANDATORY.len()];
         for (idx, h) in self.headers.iter().enumerate() {
+            if !full
+                && !matches!(
+                    h.name,
+                    HeaderName::Via
+                        | HeaderName::From
+                        | HeaderName::To
+                        | HeaderName::CallId
+                        | HeaderName::CSeq
+                        | HeaderName::MaxForwards
+                        | HeaderName::ContentLength
+                )
+            {
+                continue;
+            }
             let v = h.value.of(b);
             let once = |done: bool, what: &'static str| {
                 if done {

@@ -10,7 +10,9 @@
 //! sends UDP itself (`try_send_to` never blocks).
 //!
 //! New requests are shed (503 with Retry-After) by the readers themselves
-//! while the node is overloaded: the rules are in [`crate::overload`].
+//! while the node is overloaded: the rules are in [`crate::overload`]. A
+//! request about to be refused is read only as far as its 503 needs
+//! ([`Message::parse_shallow`]).
 //! Readers take at most [`READ_BATCH`] datagrams per turn and the core
 //! yields after as many messages, so neither starves the other.
 //!
@@ -52,7 +54,7 @@ use ringmesh_proxy::{FlowRef, Transport};
 use crate::admission::{ConnSlot, Connections, Direction, SourceLimiter, Trusted};
 use crate::config::Listen;
 use crate::metrics::Metrics;
-use crate::overload::{Classifier, Overload, ShedReason, overload_response};
+use crate::overload::{Classifier, Overload, ShedReason, Work, overload_response};
 use crate::tasks::Tasks;
 
 /// What the transports hand the SIP core.
@@ -219,6 +221,36 @@ impl Shared {
         self.overload.shed_reason(depth)
     }
 
+    /// While the node sheds, the 503 for a new request, read only as far
+    /// as that answer needs ([`Message::parse_shallow`]): a refused
+    /// request costs the node as little as possible, so that what it
+    /// admits keeps the core. `None` when the node is not shedding, or
+    /// `raw` is a response, an ACK or a CANCEL, or is not a new request it
+    /// may shed, or does not read: then it is parsed in full (a malformed
+    /// one gets its 4xx) and [`Shared::deliver`] decides.
+    fn shed_unread(&self, raw: &Bytes, waited: Duration, transport: Transport) -> Option<Bytes> {
+        let depth = self.queue_len();
+        self.overload.shed_reason(depth)?;
+        if raw.starts_with(b"SIP/") || raw.starts_with(b"ACK ") || raw.starts_with(b"CANCEL ") {
+            return None;
+        }
+        let msg = Message::parse_shallow(raw.clone(), &self.limits).ok()?;
+        let work = self
+            .classifier
+            .classify(&msg, crate::clock::wall_ms() / 1000);
+        if work == Work::Finishing {
+            return None;
+        }
+        // A request declined from here on is judged again by `deliver`: a
+        // second look at the same sojourn, which changes nothing.
+        let reason = self.shed_reason(depth, waited, Instant::now())?;
+        if !work.may_shed(reason) {
+            return None;
+        }
+        self.metrics.hot.shed(reason, transport.into());
+        Some(overload_response(&msg, self.overload.retry_after()))
+    }
+
     /// Delivers a parsed message to the core, or sheds it (new work only)
     /// with a 503 when the node is over capacity. What is not shed waits
     /// for room when the queue is full: dropping a response or an ACK only
@@ -330,6 +362,10 @@ impl Shared {
         let (flow, transport) = (conn.flow(), conn.transport);
         if self.rate_limited_unless(conn.peer, transport, conn.exempt) {
             return Some(false);
+        }
+        if let Some(refusal) = self.shed_unread(&raw, Duration::ZERO, transport) {
+            let _ = tx.try_send(refusal);
+            return Some(true);
         }
         match Message::parse_with(raw.clone(), &self.limits) {
             Ok(msg) => {
@@ -543,7 +579,12 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         let reply = |b: Bytes| {
             let _ = sock.try_send_to(&b, peer);
         };
-        match Message::parse_with(Bytes::copy_from_slice(data), &shared.limits) {
+        let raw = Bytes::copy_from_slice(data);
+        if let Some(refusal) = shared.shed_unread(&raw, waited, Transport::Udp) {
+            reply(refusal);
+            continue;
+        }
+        match Message::parse_with(raw, &shared.limits) {
             Ok(msg) => {
                 shared
                     .deliver(msg, flow, Transport::Udp, waited, reply)

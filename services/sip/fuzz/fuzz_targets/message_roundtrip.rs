@@ -13,6 +13,15 @@ use ringmesh_sip::{Contact, Forward, HeaderName, Limits, Message};
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     let _ = next_frame(data, &limits);
+    // What overload control reads of a request it refuses: it accepts
+    // whatever the full parse accepts, and the 503 it writes parses.
+    let shallow = Message::parse_shallow(Bytes::copy_from_slice(data), &limits);
+    if let Ok(s) = &shallow {
+        let answer = s.response_writer(503, Some(b"shed")).finish(b"");
+        if let Err(e) = Message::parse(answer.clone()) {
+            panic!("the 503 to a shallow parse does not parse ({e}):\n{}", String::from_utf8_lossy(&answer));
+        }
+    }
     let m = match Message::parse(Bytes::copy_from_slice(data)) {
         Ok(m) => m,
         Err(e) => {
@@ -21,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
+    match shallow {
+        Ok(s) => assert!(
+            s == m && s.to_tag() == m.to_tag() && s.top_via_bytes() == m.top_via_bytes(),
+            "a shallow parse differs from the full one"
+        ),
+        Err(e) => panic!("parsed in full, not shallow: {e}"),
+    }
 
     let encoded = m.encode();
     let again = match Message::parse(encoded.clone()) {
