@@ -227,8 +227,8 @@ impl Shared {
     /// admits keeps the core. `None` when the node is not shedding, or
     /// `raw` is a response, an ACK or a CANCEL, or is not a new request it
     /// may shed, or does not read: then it is parsed in full (a malformed
-    /// one gets its 4xx) and [`Shared::deliver`] decides.
-    fn shed_unread(&self, raw: &Bytes, waited: Duration, transport: Transport) -> Option<Bytes> {
+    /// one gets its 4xx) and [delivered](Shared::deliver).
+    fn shed(&self, raw: &Bytes, waited: Duration, transport: Transport) -> Option<Bytes> {
         let depth = self.queue_len();
         self.overload.shed_reason(depth)?;
         if raw.starts_with(b"SIP/") || raw.starts_with(b"ACK ") || raw.starts_with(b"CANCEL ") {
@@ -241,8 +241,6 @@ impl Shared {
         if work == Work::Finishing {
             return None;
         }
-        // A request declined from here on is judged again by `deliver`: a
-        // second look at the same sojourn, which changes nothing.
         let reason = self.shed_reason(depth, waited, Instant::now())?;
         if !work.may_shed(reason) {
             return None;
@@ -251,36 +249,15 @@ impl Shared {
         Some(overload_response(&msg, self.overload.retry_after()))
     }
 
-    /// Delivers a parsed message to the core, or sheds it (new work only)
-    /// with a 503 when the node is over capacity. What is not shed waits
-    /// for room when the queue is full: dropping a response or an ACK only
-    /// causes retransmissions.
-    async fn deliver(
-        &self,
-        msg: Message,
-        flow: FlowRef,
-        transport: Transport,
-        waited: Duration,
-        reply: impl FnOnce(Bytes),
-    ) {
-        let depth = self.queue_len();
-        let now = Instant::now();
-        if msg.is_request()
-            && let Some(reason) = self.shed_reason(depth, waited, now)
-            && self
-                .classifier
-                .classify(&msg, crate::clock::wall_ms() / 1000)
-                .may_shed(reason)
-        {
-            self.metrics.hot.shed(reason, transport.into());
-            reply(overload_response(&msg, self.overload.retry_after()));
-            return;
-        }
+    /// Hands a parsed message the readers did not [shed](Shared::shed) to
+    /// the core, waiting for room when the queue is full: dropping a
+    /// response or an ACK only causes retransmissions.
+    async fn deliver(&self, msg: Message, flow: FlowRef, transport: Transport, waited: Duration) {
         let ev = Inbound::Sip {
             msg,
             flow,
             transport,
-            queued: now,
+            queued: Instant::now(),
             kernel_wait: waited,
         };
         if let Err(mpsc::error::TrySendError::Full(ev)) = self.inbound.try_send(ev) {
@@ -363,18 +340,14 @@ impl Shared {
         if self.rate_limited_unless(conn.peer, transport, conn.exempt) {
             return Some(false);
         }
-        if let Some(refusal) = self.shed_unread(&raw, Duration::ZERO, transport) {
+        if let Some(refusal) = self.shed(&raw, Duration::ZERO, transport) {
             let _ = tx.try_send(refusal);
             return Some(true);
         }
         match Message::parse_with(raw.clone(), &self.limits) {
             Ok(msg) => {
                 let request = msg.is_request();
-                let reply = |b: Bytes| {
-                    let _ = tx.try_send(b);
-                };
-                self.deliver(msg, flow, transport, Duration::ZERO, reply)
-                    .await;
+                self.deliver(msg, flow, transport, Duration::ZERO).await;
                 Some(request)
             }
             Err(e) => match self.parse_failed(&raw, &e, transport) {
@@ -580,16 +553,12 @@ pub async fn udp_reader(index: u16, sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             let _ = sock.try_send_to(&b, peer);
         };
         let raw = Bytes::copy_from_slice(data);
-        if let Some(refusal) = shared.shed_unread(&raw, waited, Transport::Udp) {
+        if let Some(refusal) = shared.shed(&raw, waited, Transport::Udp) {
             reply(refusal);
             continue;
         }
         match Message::parse_with(raw, &shared.limits) {
-            Ok(msg) => {
-                shared
-                    .deliver(msg, flow, Transport::Udp, waited, reply)
-                    .await
-            }
+            Ok(msg) => shared.deliver(msg, flow, Transport::Udp, waited).await,
             Err(e) => {
                 if let Some(resp) = shared.parse_failed(data, &e, Transport::Udp) {
                     reply(resp);

@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = &shallow {
         let answer = s.response_writer(503, Some(b"shed")).finish(b"");
         if let Err(e) = Message::parse(answer.clone()) {
-            panic!("the 503 to a shallow parse does not parse ({e}):\n{}", String::from_utf8_lossy(&answer));
+            panic!(
+                "the 503 to a shallow parse does not parse ({e}):\n{}",
+                String::from_utf8_lossy(&answer)
+            );
         }
     }
     let m = match Message::parse(Bytes::copy_from_slice(data)) {

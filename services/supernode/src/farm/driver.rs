@@ -406,11 +406,8 @@ impl Driver {
         let now = Instant::now().into_std();
         self.node
             .set_load(u32::from(self.overload.is_overloaded(now)));
-        let overloaded: HashSet<[u8; 16]> = self
-            .node
-            .overloaded(Instant::now().into_std())
-            .map(|id| id.to_bytes())
-            .collect();
+        let overloaded: HashSet<[u8; 16]> =
+            self.node.overloaded(now).map(|id| id.to_bytes()).collect();
         self.metrics.peers_overloaded.set(overloaded.len() as i64);
         self.members.write().overloaded = overloaded;
     }
