@@ -77,6 +77,15 @@ def http_get(url, timeout=5):
         return r.status, r.read().decode()
 
 
+def rfc3339(stamp):
+    """Seconds since the epoch of a Prometheus API timestamp such as
+    2026-12-07T02:51:10.123456789Z (nanoseconds cut to microseconds)."""
+    from datetime import datetime
+    date, _, frac = stamp.rstrip("Z").partition(".")
+    t = datetime.fromisoformat(date + "+00:00").timestamp()
+    return t + (float("0." + frac[:6]) if frac else 0.0)
+
+
 def wait_http(url, deadline_s, what):
     end = time.monotonic() + deadline_s
     last = None
@@ -387,9 +396,23 @@ class Farm:
             time.sleep(2)
         log(f"control plane: {self.stats['control_plane_before']} / without etcd: "
             f"{self.stats['control_plane_without_etcd']}")
-        # A few more scrapes (1 s apart) and a rule evaluation (5 s).
-        time.sleep(6)
+        # A few more scrapes (1 s apart), then every rule group evaluated
+        # on data from after the load: the SLO group runs every 30 s at an
+        # offset of Prometheus's choosing, so a fixed sleep can miss it.
+        time.sleep(3)
+        self.wait_rules_evaluated_after(self.t_load_end, 45)
         self.t_end = time.time()
+
+    def wait_rules_evaluated_after(self, t, timeout):
+        end = time.monotonic() + timeout
+        while True:
+            groups = self.api("rules")["groups"]
+            late = [g["name"] for g in groups if rfc3339(g["lastEvaluation"]) <= t]
+            if groups and not late:
+                return
+            if time.monotonic() > end:
+                raise Failure(f"rule groups not evaluated since the load ended, after {timeout} s: {late}")
+            time.sleep(1)
 
     # --- Prometheus API -------------------------------------------------------
 
