@@ -4,9 +4,11 @@
 //! subscriber directory and the clock deliver, carries out the proxy's
 //! [`Action`]s (bytes to a UDP socket, a connection or another supernode;
 //! location operations), and sleeps until the next input or deadline. It
-//! decides nothing about SIP. It also measures what overload control needs
-//! (each message's sojourn, the proxy's load) and publishes it, and feeds
-//! the live SIP trace while someone listens.
+//! decides nothing about SIP. It serves its queue of finishing work
+//! (responses, ACKs, what other supernodes send) before its queue of new
+//! work. It also measures what overload control needs (each new message's
+//! sojourn, the proxy's load) and publishes it, and feeds the live SIP
+//! trace while someone listens.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +30,14 @@ use crate::location::LocationService;
 use crate::metrics::{Metrics, Wire};
 use crate::trace::TraceRecord;
 use crate::transport::{self, Control, Inbound, Shared};
+
+/// Which of the core's two queues a message came from
+/// ([`Shared::inbound`] or [`Shared::finishing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    New,
+    Finishing,
+}
 
 /// The SIP core task's state: the proxy, and the I/O it drives.
 pub struct SipCore {
@@ -148,6 +158,7 @@ impl SipCore {
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
+        mut finishing: mpsc::Receiver<Inbound>,
         drain: CancellationToken,
         stop: CancellationToken,
         idle: watch::Sender<bool>,
@@ -187,25 +198,24 @@ impl SipCore {
                     None => std::future::pending().await,
                 }
             };
+            // Whatever finishes work already taken on comes first; new
+            // requests last, so that under load they (and not the answers
+            // from the ring, the timers or the responses) wait.
             tokio::select! {
                 biased;
-                ev = inbound.recv() => {
-                    let Some(ev) = ev else { return };
+                Some(ev) = finishing.recv() => {
                     let at = Instant::now();
-                    self.on_inbound(ev, at);
-                    // Take what else is queued before flushing: one wake-up
-                    // serves a burst.
-                    let mut n = 1;
-                    while n < 64 {
-                        match inbound.try_recv() {
-                            Ok(ev) => self.on_inbound(ev, at),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
-                    since_yield += n;
+                    self.on_inbound(ev, at, Queue::Finishing);
+                    since_yield += 1 + self.take_queued(&mut finishing, &mut inbound, at);
                 }
-                c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => self.located(c),
+                c = std::future::poll_fn(|cx| self.location.poll_complete(cx)) => {
+                    self.located(c);
+                    let mut cx = Context::from_waker(Waker::noop());
+                    for _ in 1..transport::READ_BATCH {
+                        let Poll::Ready(c) = self.location.poll_complete(&mut cx) else { break };
+                        self.located(c);
+                    }
+                }
                 Some((token, answer)) = fetched => {
                     self.proxy.handle_subscriber(token, answer, now());
                 }
@@ -230,12 +240,38 @@ impl SipCore {
                     self.metrics.bindings.with_label_values(&["primary"]).set(held.primary as i64);
                     self.metrics.bindings.with_label_values(&["replica"]).set(held.replica as i64);
                 }
+                ev = inbound.recv() => {
+                    let Some(ev) = ev else { return };
+                    let at = Instant::now();
+                    self.on_inbound(ev, at, Queue::New);
+                    since_yield += 1 + self.take_queued(&mut finishing, &mut inbound, at);
+                }
             }
             self.flush();
             // After every turn: a completion may have lowered what the
             // readers shed on.
             self.publish_load(inbound.len());
         }
+    }
+
+    /// Takes what else is queued before flushing (one wake-up serves a
+    /// burst), up to 63 messages, finishing work first; returns how many.
+    fn take_queued(
+        &mut self,
+        finishing: &mut mpsc::Receiver<Inbound>,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        at: Instant,
+    ) -> usize {
+        for n in 0..63 {
+            if let Ok(ev) = finishing.try_recv() {
+                self.on_inbound(ev, at, Queue::Finishing);
+            } else if let Ok(ev) = inbound.try_recv() {
+                self.on_inbound(ev, at, Queue::New);
+            } else {
+                return n;
+            }
+        }
+        63
     }
 
     /// Carries out the proxy's actions until it has none; location
@@ -340,7 +376,7 @@ impl SipCore {
         }
     }
 
-    fn on_inbound(&mut self, ev: Inbound, at: Instant) {
+    fn on_inbound(&mut self, ev: Inbound, at: Instant, queue: Queue) {
         match ev {
             Inbound::Sip {
                 msg,
@@ -350,11 +386,16 @@ impl SipCore {
                 kernel_wait,
             } => {
                 self.taken += 1;
-                self.core_wait = at.saturating_duration_since(queued);
-                let sojourn = self.core_wait + kernel_wait;
-                self.shared.overload.observe_sojourn(sojourn, at.into_std());
-                // The gauge: smoothed over about 16 messages.
-                self.queue_delay_us += (sojourn.as_micros() as f64 - self.queue_delay_us) / 16.0;
+                // The delay that overload control acts on is the new
+                // work's: finishing work overtakes it and is never shed.
+                if queue == Queue::New {
+                    self.core_wait = at.saturating_duration_since(queued);
+                    let sojourn = self.core_wait + kernel_wait;
+                    self.shared.overload.observe_sojourn(sojourn, at.into_std());
+                    // The gauge: smoothed over about 16 messages.
+                    self.queue_delay_us +=
+                        (sojourn.as_micros() as f64 - self.queue_delay_us) / 16.0;
+                }
                 if self.tracing() {
                     self.traced(true, transport.as_str(), flow.peer().to_string(), msg.raw());
                 }

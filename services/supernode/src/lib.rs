@@ -477,8 +477,10 @@ async fn serve(
     cfg.policy.tls_client = tls_client.is_some();
 
     let (tx, rx) = mpsc::channel(config::INBOUND_QUEUE);
+    let (finishing_tx, finishing_rx) = mpsc::channel(config::INBOUND_QUEUE);
     let shared = Arc::new(transport::Shared {
         inbound: tx.clone(),
+        finishing: finishing_tx.clone(),
         metrics: metrics.clone(),
         limits: Limits::default(),
         idle_timeout: cfg.tcp_idle_timeout,
@@ -591,7 +593,7 @@ async fn serve(
                 &ov,
                 &bound,
                 tasks,
-                tx.clone(),
+                finishing_tx,
                 &metrics,
                 ready.clone(),
                 etcd_connected.clone(),
@@ -691,7 +693,8 @@ async fn serve(
     let drain = CancellationToken::new();
     let stop_core = CancellationToken::new();
     let (idle_tx, mut idle) = tokio::sync::watch::channel(false);
-    let mut core_task = tasks.spawn(core.run(rx, drain.clone(), stop_core.clone(), idle_tx));
+    let mut core_task =
+        tasks.spawn(core.run(rx, finishing_rx, drain.clone(), stop_core.clone(), idle_tx));
     if farm.is_none() {
         ready.store(true, Ordering::Relaxed);
         tracing::info!(name = %cfg.name, domain = %cfg.domain, "supernode ready (a farm of one)");

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ringmesh_sip::framing::{Frame, Framer};
-use ringmesh_sip::{Limits, Message, ParseError, salvage};
+use ringmesh_sip::{Limits, Message, Method, ParseError, salvage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -140,7 +140,15 @@ pub enum Control {
 /// State the reader tasks share.
 #[derive(Debug)]
 pub struct Shared {
+    /// The core's queue of new work: requests, and every connection's
+    /// events in order with them. Overload control measures and sheds
+    /// this queue.
     pub inbound: mpsc::Sender<Inbound>,
+    /// The core's queue of work that finishes what it already took on:
+    /// responses, ACKs, and what other supernodes send (they took the
+    /// request on). The core serves it first, so an admitted call is not
+    /// held up behind the new requests that arrived after it.
+    pub finishing: mpsc::Sender<Inbound>,
     pub metrics: Metrics,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -250,9 +258,15 @@ impl Shared {
     }
 
     /// Hands a parsed message the readers did not [shed](Shared::shed) to
-    /// the core, waiting for room when the queue is full: dropping a
+    /// the core (responses and ACKs on its [finishing](Shared::finishing)
+    /// queue), waiting for room when the queue is full: dropping a
     /// response or an ACK only causes retransmissions.
     async fn deliver(&self, msg: Message, flow: FlowRef, transport: Transport, waited: Duration) {
+        let queue = if msg.is_response() || *msg.method() == Method::Ack {
+            &self.finishing
+        } else {
+            &self.inbound
+        };
         let ev = Inbound::Sip {
             msg,
             flow,
@@ -260,8 +274,8 @@ impl Shared {
             queued: Instant::now(),
             kernel_wait: waited,
         };
-        if let Err(mpsc::error::TrySendError::Full(ev)) = self.inbound.try_send(ev) {
-            let _ = self.inbound.send(ev).await;
+        if let Err(mpsc::error::TrySendError::Full(ev)) = queue.try_send(ev) {
+            let _ = queue.send(ev).await;
         }
     }
 
