@@ -39,6 +39,32 @@ enum Queue {
     Finishing,
 }
 
+/// Messages the core takes from its queues after the first of a turn.
+const TURN: usize = 63;
+
+/// Takes up to [`TURN`] messages from the two queues, finishing work
+/// first but new work at least one slot in eight: a flood of responses
+/// (forged ones cost an attacker little) cannot starve new requests,
+/// connection events and control. Returns how many it took.
+fn take_turn<T>(
+    mut finishing: impl FnMut() -> Option<T>,
+    mut new: impl FnMut() -> Option<T>,
+    mut take: impl FnMut(T, Queue),
+) -> usize {
+    for n in 0..TURN {
+        let mut from_finishing = || finishing().map(|ev| (ev, Queue::Finishing));
+        let mut from_new = || new().map(|ev| (ev, Queue::New));
+        let next = if n % 8 == 7 {
+            from_new().or_else(from_finishing)
+        } else {
+            from_finishing().or_else(from_new)
+        };
+        let Some((ev, queue)) = next else { return n };
+        take(ev, queue);
+    }
+    TURN
+}
+
 /// The SIP core task's state: the proxy, and the I/O it drives.
 pub struct SipCore {
     proxy: Proxy,
@@ -255,23 +281,18 @@ impl SipCore {
     }
 
     /// Takes what else is queued before flushing (one wake-up serves a
-    /// burst), up to 63 messages, finishing work first; returns how many.
+    /// burst), in the order of [`take_turn`]; returns how many.
     fn take_queued(
         &mut self,
         finishing: &mut mpsc::Receiver<Inbound>,
         inbound: &mut mpsc::Receiver<Inbound>,
         at: Instant,
     ) -> usize {
-        for n in 0..63 {
-            if let Ok(ev) = finishing.try_recv() {
-                self.on_inbound(ev, at, Queue::Finishing);
-            } else if let Ok(ev) = inbound.try_recv() {
-                self.on_inbound(ev, at, Queue::New);
-            } else {
-                return n;
-            }
-        }
-        63
+        take_turn(
+            || finishing.try_recv().ok(),
+            || inbound.try_recv().ok(),
+            |ev, queue| self.on_inbound(ev, at, queue),
+        )
     }
 
     /// Carries out the proxy's actions until it has none; location
@@ -595,5 +616,52 @@ impl SipCore {
             .position(|&v4| v4 == addr.is_ipv4())
             .unwrap_or(0);
         self.udp.get(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// One turn over `finishing` and `new` queued messages: which queue
+    /// each message taken came from, in order.
+    fn turn(finishing: usize, new: usize) -> Vec<Queue> {
+        let mut f: VecDeque<()> = std::iter::repeat_n((), finishing).collect();
+        let mut n: VecDeque<()> = std::iter::repeat_n((), new).collect();
+        let mut taken = Vec::new();
+        let count = take_turn(|| f.pop_front(), || n.pop_front(), |(), q| taken.push(q));
+        assert_eq!(count, taken.len());
+        taken
+    }
+
+    #[test]
+    fn finishing_work_goes_first_and_new_work_is_never_starved() {
+        // Both queues backlogged (a flood of responses): every eighth
+        // slot is new work's, the rest finishing work's.
+        let t = turn(1000, 1000);
+        assert_eq!(t.len(), TURN);
+        let new: Vec<usize> = (0..TURN).filter(|&i| t[i] == Queue::New).collect();
+        assert_eq!(new, vec![7, 15, 23, 31, 39, 47, 55]);
+        // Finishing work drained: new work fills the rest of the turn.
+        let t = turn(3, 1000);
+        assert_eq!(t.len(), TURN);
+        assert!(t[..3].iter().all(|q| *q == Queue::Finishing));
+        assert!(t[3..].iter().all(|q| *q == Queue::New));
+        // No new work: a slot of its own is not wasted.
+        assert_eq!(turn(1000, 0), vec![Queue::Finishing; TURN]);
+        // Less than a turn queued: all of it, finishing work first.
+        let t = turn(2, 3);
+        assert_eq!(
+            t,
+            vec![
+                Queue::Finishing,
+                Queue::Finishing,
+                Queue::New,
+                Queue::New,
+                Queue::New
+            ]
+        );
+        assert!(turn(0, 0).is_empty());
     }
 }
