@@ -55,8 +55,10 @@ impl Victim {
                     continue;
                 }
                 let answer = response_to(&t, 200, "");
-                let _ = sock.send_to(answer.as_bytes(), from);
+                // Kept before it is answered: whoever sees the answer
+                // must find the request here.
                 g.lock().unwrap().push(t);
+                let _ = sock.send_to(answer.as_bytes(), from);
             }
         });
         Victim {
