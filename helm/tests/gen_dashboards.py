@@ -365,8 +365,11 @@ def sip():
         description="Digest failures: bad credentials, stale nonce, foreign nonce (another node's or a restart's: "
                     "the phone retries), replay (a (nonce, nc) already accepted), unknown user, barred, identity not "
                     "the user's own.")
-    b.ts("Inbound queue", [(f"max by (node) (ringmesh_sip_inbound_queue{{{S}}})", "{{node}}")],
-         description="Messages waiting for each node's SIP core; a queue that stays full sheds load (503).")
+    b.ts("Inbound queue", [(f"max by (node) (ringmesh_sip_inbound_queue{{{S}}})", "new {{node}}"),
+                           (f"max by (node) (ringmesh_sip_finishing_queue{{{S}}})", "finishing {{node}}")],
+         description="Messages waiting for each node's SIP core. New: requests and connection events; a queue "
+                     "that stays full sheds load (503). Finishing: responses, ACKs and what other supernodes send; "
+                     "served first and never shed.")
     b.row("Transactions, calls, connections")
     b.ts("Transactions", [(f"sum by (node) (ringmesh_sip_transactions{{{S}}})", "{{node}}")], stack=True,
          description="Live client and server transactions per supernode.")

@@ -442,8 +442,10 @@ pub struct SupernodeArgs {
     #[serde(default)]
     pub trusted: Vec<String>,
     /// Overload control: new requests are answered 503 with Retry-After by
-    /// the transport readers once this many messages wait for the SIP core
-    /// (a hard bound on their memory; at most 8192, the whole queue).
+    /// the transport readers once this many new requests and connection
+    /// events wait for the SIP core (a hard bound on their memory; at most
+    /// 8192, the whole queue). Responses, ACKs and what other supernodes
+    /// send wait in a queue of their own, served first and never shed.
     #[arg(long, env = "RINGMESH_OVERLOAD_QUEUE_DEPTH", default_value_t = INBOUND_QUEUE)]
     pub overload_queue_depth: usize,
     /// Overload control: the target queueing delay, milliseconds. New

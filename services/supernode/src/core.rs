@@ -276,7 +276,7 @@ impl SipCore {
             self.flush();
             // After every turn: a completion may have lowered what the
             // readers shed on.
-            self.publish_load(inbound.len());
+            self.publish_load(inbound.len(), finishing.len());
         }
     }
 
@@ -348,9 +348,9 @@ impl SipCore {
         self.proxy.handle_location(c, now());
     }
 
-    /// Publishes the overload signals the transport readers act on, and
-    /// the matching gauges.
-    fn publish_load(&self, depth: usize) {
+    /// Publishes the overload signals the transport readers act on (from
+    /// `depth`, the queue of new work), and the matching gauges.
+    fn publish_load(&self, depth: usize, finishing: usize) {
         let o = &self.shared.overload;
         let load = self.proxy.load();
         o.set_core_wait(if depth == 0 {
@@ -375,6 +375,7 @@ impl SipCore {
             .transactions_lingering
             .set(load.lingering as i64);
         self.metrics.inbound_queue.set(depth as i64);
+        self.metrics.finishing_queue.set(finishing as i64);
         self.metrics.calls_up.set(load.calls_up as i64);
         self.publish_gateways();
         self.metrics.outbound_flows.set(load.outbound_flows as i64);

@@ -335,6 +335,7 @@ pub struct Metrics {
     pub transactions_lingering: IntGauge,
     pub connections: IntGauge,
     pub inbound_queue: IntGauge,
+    pub finishing_queue: IntGauge,
     pub forwarded: IntCounterVec,
     pub links: IntGauge,
     pub overlay_members: IntGaugeVec,
@@ -672,7 +673,12 @@ impl Metrics {
             inbound_queue: gauge(
                 r,
                 "ringmesh_sip_inbound_queue",
-                "Messages waiting for the SIP core",
+                "New work waiting for the SIP core: requests and connection events (what overload control bounds and sheds)",
+            ),
+            finishing_queue: gauge(
+                r,
+                "ringmesh_sip_finishing_queue",
+                "Finishing work waiting for the SIP core: responses, ACKs and what other supernodes send (served first, never shed)",
             ),
             forwarded: counter_vec(
                 r,
