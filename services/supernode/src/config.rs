@@ -492,12 +492,11 @@ pub struct SupernodeArgs {
     /// ring, milliseconds. New requests are shed once every operation
     /// that finished for a whole `overload-delay-interval-ms` took longer
     /// than this (CoDel's rule, as for the queueing delay): the ring is a
-    /// queue of its own, invisible in the core's.
-    #[arg(
-        long,
-        env = "RINGMESH_OVERLOAD_PENDING_DELAY_MS",
-        default_value_t = 150
-    )]
+    /// queue of its own, invisible in the core's. Admitted calls wait about
+    /// this long while a farm sheds, so it is kept well under SIP's 500 ms
+    /// retransmission timer, and well over the few milliseconds an answer
+    /// takes from another member when nothing queues.
+    #[arg(long, env = "RINGMESH_OVERLOAD_PENDING_DELAY_MS", default_value_t = 30)]
     pub overload_pending_delay_ms: u64,
     /// Overload control, in a farm: how long this node must shed new
     /// requests without a break, for its queueing delay or its waits for
@@ -1412,7 +1411,7 @@ mod tests {
                 delay_interval: Duration::from_millis(100),
                 max_transactions: 1_000_000,
                 max_pending: 500,
-                pending_delay: Duration::from_millis(150),
+                pending_delay: Duration::from_millis(30),
                 mark_after: Duration::from_millis(1000),
                 retry_after: 5,
             }
