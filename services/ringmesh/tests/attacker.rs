@@ -637,6 +637,101 @@ fn a_forged_stray_response_is_not_relayed() {
     legit.finish();
 }
 
+/// Forged responses cost an attacker nothing to make, are never shed
+/// (responses finish work already admitted), and each one costs the node a
+/// parse and a branch check. Spread over many addresses, each under the
+/// per-source rate limit, they all reach the SIP core, where new requests
+/// keep their share of every turn: a phone registering at the flooded
+/// node meanwhile is served every time.
+#[test]
+#[ignore = "slow: runs a ringmesh dev farm and sipp"]
+fn a_forged_response_flood_from_many_sources_does_not_starve_requests() {
+    const SOURCES: u8 = 100;
+    // 250 a second from each source (the limit is 500): 25,000 a second in
+    // all, for at most 4 s.
+    const PASS: Duration = Duration::from_millis(4);
+    const FLOOD: Duration = Duration::from_secs(4);
+    let (_g, farm, legit) = farm_under_attack(None);
+    let (sip, metrics) = (farm.nodes[0].sip, farm.nodes[0].metrics);
+    assert!(
+        metric_line(metrics, "ringmesh_sip_finishing_queue").is_some(),
+        "the finishing queue's depth is exported"
+    );
+    let before = refused(&farm, "forged_response");
+    let flood = std::thread::spawn(move || {
+        let socks: Vec<UdpSocket> = (1..=SOURCES)
+            .map(|i| UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 2, i), 0)).unwrap())
+            .collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        for pass in 0u32.. {
+            if start.elapsed() >= FLOOD {
+                break;
+            }
+            for s in &socks {
+                let fake = format!(
+                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{:x}\r\n\
+                     Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKv\r\n\
+                     From: <sip:a@{DOMAIN}>;tag=1\r\nTo: <sip:b@{DOMAIN}>;tag=2\r\n\
+                     Call-ID: flood-{:x}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+                    sip,
+                    rand_u64(),
+                    rand_u64()
+                );
+                if s.send_to(fake.as_bytes(), sip).is_ok() {
+                    sent += 1;
+                }
+            }
+            if let Some(wait) = (PASS * (pass + 1)).checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        sent
+    });
+    // Meanwhile a phone registers at the flooded node, one after another.
+    let phone = Phone::on("127.0.0.1");
+    let start = Instant::now();
+    let (mut served, mut slowest) = (0, Duration::ZERO);
+    while !flood.is_finished() && start.elapsed() < FLOOD * 2 {
+        let t = Instant::now();
+        assert_eq!(
+            phone.register(sip, "user3", PASSWORD),
+            Some(200),
+            "a REGISTER at the flooded node, {served} served before it"
+        );
+        served += 1;
+        slowest = slowest.max(t.elapsed());
+    }
+    let sent = flood.join().unwrap();
+    let counted = forged_counted(&farm, before, sent);
+    eprintln!(
+        "forged responses: {sent} sent, {counted} refused as forged; \
+         {served} REGISTERs served during the flood, slowest {slowest:?}"
+    );
+    assert!(served >= 5, "REGISTERs ran through the flood: {served}");
+    // Most of the flood reached the core (the node kept reading it), so the
+    // REGISTERs above were served beside it, not after it.
+    assert!(
+        counted * 2.0 >= sent as f64,
+        "{counted} of {sent} forged responses reached the core"
+    );
+    legit.finish();
+}
+
+/// The forged responses counted since `before`, once they stop rising
+/// (every one `sent` counted, or nothing more within a second).
+fn forged_counted(farm: &Farm, before: f64, sent: u64) -> f64 {
+    let mut last = -1.0;
+    loop {
+        let now = refused(farm, "forged_response") - before;
+        if now >= sent as f64 || now == last {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[test]
 #[ignore = "slow: runs a ringmesh dev farm and sipp"]
 fn an_emergency_call_from_an_unregistered_phone_is_routed() {
@@ -679,8 +774,9 @@ fn an_emergency_call_from_an_unregistered_phone_is_routed() {
 /// to lo would make every test fail for the wrong reason).
 #[test]
 fn attacker_addresses_are_loopback() {
-    for i in 61..=69 {
-        let ip: IpAddr = format!("127.0.0.{i}").parse().unwrap();
+    let flood = (1..=100).map(|i| format!("127.0.2.{i}"));
+    for ip in (61..=69).map(|i| format!("127.0.0.{i}")).chain(flood) {
+        let ip: IpAddr = ip.parse().unwrap();
         assert!(ip.is_loopback());
         UdpSocket::bind((ip, 0)).expect("127.0.0.0/8 is routed to lo");
     }
