@@ -647,9 +647,12 @@ fn a_forged_stray_response_is_not_relayed() {
 #[ignore = "slow: runs a ringmesh dev farm and sipp"]
 fn a_forged_response_flood_from_many_sources_does_not_starve_requests() {
     const SOURCES: u8 = 100;
-    // 250 a second from each source (the limit is 500): 25,000 a second in
-    // all, for at most 4 s.
-    const PASS: Duration = Duration::from_millis(4);
+    // 100 a second from each source (the limit is 500): 10,000 a second in
+    // all, for at most 4 s. Within what a debug-built node on a busy CI
+    // box absorbs: beyond it the node sheds new requests with 503 and
+    // Retry-After, as it should, and this test is about the flood's
+    // forged responses, not about overload.
+    const PASS: Duration = Duration::from_millis(10);
     const FLOOD: Duration = Duration::from_secs(4);
     let (_g, farm, legit) = farm_under_attack(None);
     let (sip, metrics) = (farm.nodes[0].sip, farm.nodes[0].metrics);
