@@ -640,9 +640,10 @@ fn a_forged_stray_response_is_not_relayed() {
 /// Forged responses cost an attacker nothing to make, are never shed
 /// (responses finish work already admitted), and each one costs the node a
 /// parse and a branch check. Spread over many addresses, each under the
-/// per-source rate limit, they all reach the SIP core, where new requests
-/// keep their share of every turn: a phone registering at the flooded
-/// node meanwhile is served every time.
+/// per-source rate limit, they all reach the SIP core: each is refused and
+/// counted there, and a phone registering at the flooded node meanwhile is
+/// served every time. (The core's rule that new work keeps one slot in
+/// eight under a backlog of responses is unit-tested in core.rs.)
 #[test]
 #[ignore = "slow: runs a ringmesh dev farm and sipp"]
 fn a_forged_response_flood_from_many_sources_does_not_starve_requests() {
